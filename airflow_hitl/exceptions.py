@@ -1,0 +1,88 @@
+"""Errors raised by airflow-hitl.
+
+Each domain error carries the HTTP status the REST API answers with, so the routes
+stay thin and every caller (API, UI, links, Slack, CLI) reports the same reason.
+"""
+
+from __future__ import annotations
+
+
+class HitlError(Exception):
+    """Base class for every airflow-hitl error."""
+
+    status_code: int = 500
+
+
+class InvalidInput(ValueError, HitlError):
+    """A value given to airflow-hitl is wrong; the message names the field."""
+
+    status_code = 422
+    prefix = "invalid"
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{self.prefix} `{field}`: {message}")
+
+
+class InvalidApprovalConfig(InvalidInput):
+    """An approval gate was configured wrongly; raised when the DAG is parsed.
+
+    The message always names the offending field so a DAG author can fix it at once.
+    """
+
+    prefix = "ApprovalOperator: invalid"
+
+
+class ApprovalNotFound(HitlError):
+    """No approval request with the given id exists."""
+
+    status_code = 404
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(f"approval request {request_id!r} not found")
+
+
+class ApprovalConflict(HitlError):
+    """The request cannot take this action in its current state (decided, expired, already voted)."""
+
+    status_code = 409
+
+
+class ApprovalNotPending(ApprovalConflict):
+    """The request is no longer waiting for a decision."""
+
+    def __init__(self, request_id: str, state: str, detail: str | None = None) -> None:
+        self.request_id = request_id
+        self.state = state
+        super().__init__(detail or f"approval request {request_id} is {state}, not pending")
+
+
+class AlreadyVoted(ApprovalConflict):
+    """The user has already voted on this request; one person counts once."""
+
+    def __init__(self, request_id: str, user: str) -> None:
+        self.request_id = request_id
+        self.user = user
+        super().__init__(f"user {user!r} has already voted on approval request {request_id}")
+
+
+class NotAllowed(HitlError):
+    """The user may not take this action; ``reason`` says why."""
+
+    status_code = 403
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class StoreError(HitlError):
+    """The approval store is unreachable or misconfigured."""
+
+    status_code = 503
+
+
+class StoreSchemaError(StoreError):
+    """The store's schema does not match this version of airflow-hitl."""

@@ -1,0 +1,786 @@
+"""ApprovalManager: the one writer of the approval store.
+
+The operator, the trigger, the REST API, the UI, email links, Slack buttons and the CLI
+all call this class; none of them writes rows on its own. Every state transition is one
+transaction that first locks the request row (``SELECT ... FOR UPDATE`` on PostgreSQL,
+``BEGIN IMMEDIATE`` on SQLite) and then re-checks the state, so two racing deciders, or a
+decider racing the timeout, produce exactly one outcome and no vote is lost. Every vote
+and transition appends to the hash-chained audit trail in the same transaction, and on
+PostgreSQL sends a NOTIFY that is delivered when the transaction commits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from airflow_hitl.audit import GENESIS_HASH, ChainVerification, event_hash, verify_chain
+from airflow_hitl.exceptions import (
+    AlreadyVoted,
+    ApprovalNotFound,
+    ApprovalNotPending,
+    InvalidInput,
+    NotAllowed,
+)
+from airflow_hitl.models.store import NOTIFY_CHANNEL, ApprovalStore, get_store
+from airflow_hitl.models.tables import (
+    TIMEOUT_ACTIONS,
+    WAITING_STATES,
+    ApprovalEventRow,
+    ApprovalRequestRow,
+    ApprovalVoteRow,
+)
+from airflow_hitl.policy import (
+    Eligibility,
+    EscalationLevel,
+    Principal,
+    check_vote,
+    quorum_reached,
+    str_list,
+)
+from airflow_hitl.records import Approval, WaitState, policy_of
+
+log = logging.getLogger(__name__)
+
+APPROVAL_TYPES = ("manual", "auto", "conditional")
+ON_REJECT = ("fail", "skip")
+FINAL_ACTIONS = ("approve", "reject")
+VOTE_SOURCES = ("api", "ui", "email", "slack", "bulk", "cli")
+TERMINAL_STATES = ("approved", "rejected", "timeout", "cancelled")
+ORDERABLE = {
+    "requested_at": ApprovalRequestRow.requested_at,
+    "expires_at": ApprovalRequestRow.expires_at,
+    "decided_at": ApprovalRequestRow.decided_at,
+    "updated_at": ApprovalRequestRow.updated_at,
+    "dag_id": ApprovalRequestRow.dag_id,
+    "state": ApprovalRequestRow.state,
+    "title": ApprovalRequestRow.title,
+}
+# Any constant works; it serialises appends to the audit chain across processes.
+_AUDIT_LOCK_KEY = 0x41F1_A0D1
+
+
+def utcnow() -> dt.datetime:
+    """The current time, UTC-aware."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalSpec:
+    """Everything needed to open an approval gate; validated before anything is written."""
+
+    dag_id: str
+    title: str
+    run_id: str | None = None
+    task_id: str | None = None
+    map_index: int = -1
+    try_number: int | None = None
+    description: str | None = None
+    reason: str | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+    approval_type: str = "manual"
+    requested_by: str | None = None
+    timeout: dt.timedelta | None = None
+    timeout_action: str | None = None
+    escalation_targets: Sequence[EscalationLevel] = ()
+    escalation_final_action: str | None = None
+    required_approvals: int = 1
+    require_all: bool = False
+    allowed_approvers: Sequence[str] = ()
+    allowed_roles: Sequence[str] = ()
+    allow_self_approval: bool = False
+    on_reject: str = "fail"
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    notify: Mapping[str, Any] = field(default_factory=dict)
+
+    def validate(self, error: type[InvalidInput] = InvalidInput) -> None:
+        """Raise ``error`` naming the first wrong field; the operator passes its own subclass."""
+        if not isinstance(self.dag_id, str) or not self.dag_id:
+            raise error("dag_id", "is required")
+        if not isinstance(self.title, str) or not self.title.strip():
+            raise error("title", "is required and must be a non-empty string")
+        if len(self.title) > 500:
+            raise error("title", "must be at most 500 characters")
+        if self.approval_type not in APPROVAL_TYPES:
+            raise error("approval_type", f"must be one of {list(APPROVAL_TYPES)}, got {self.approval_type!r}")
+        if self.timeout is not None:
+            if not isinstance(self.timeout, dt.timedelta):
+                raise error("timeout", "must be a datetime.timedelta")
+            if self.timeout <= dt.timedelta(0):
+                raise error("timeout", "must be positive")
+        if self.timeout_action is not None and self.timeout_action not in TIMEOUT_ACTIONS:
+            raise error("timeout_action", f"must be one of {list(TIMEOUT_ACTIONS)}, got {self.timeout_action!r}")
+        if self.timeout_action is not None and self.timeout is None:
+            raise error("timeout", f"is required when timeout_action={self.timeout_action!r}")
+        if self.timeout_action == "escalate":
+            if not self.escalation_targets:
+                raise error("escalate_to", "is required when timeout_action='escalate'")
+            if self.escalation_final_action not in FINAL_ACTIONS:
+                raise error(
+                    "escalation_final_action",
+                    f"must be one of {list(FINAL_ACTIONS)}, got {self.escalation_final_action!r}",
+                )
+        elif self.escalation_targets:
+            raise error("escalate_to", "is only used with timeout_action='escalate'")
+        if (
+            not isinstance(self.required_approvals, int)
+            or isinstance(self.required_approvals, bool)
+            or self.required_approvals < 1
+        ):
+            raise error("required_approvals", "must be a positive integer")
+        approvers = str_list(list(self.allowed_approvers), "allowed_approvers")
+        str_list(list(self.allowed_roles), "allowed_roles")
+        if approvers and not self.allowed_roles and self.required_approvals > len(set(approvers)):
+            raise error(
+                "required_approvals",
+                f"asks for {self.required_approvals} approvals but allowed_approvers names only "
+                f"{len(set(approvers))} people",
+            )
+        if self.require_all and not approvers:
+            raise error("require_all", "needs allowed_approvers: 'all' must be a known list of people")
+        if self.on_reject not in ON_REJECT:
+            raise error("on_reject", f"must be one of {list(ON_REJECT)}, got {self.on_reject!r}")
+        for name in ("context", "metadata", "notify"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise error(name, "must be a dict")
+            try:
+                json.dumps(value, default=_json_default)
+            except (TypeError, ValueError) as err:
+                raise error(name, f"must be JSON-serialisable: {err}") from err
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalFilter:
+    """Filters shared by list, pending and history."""
+
+    states: Sequence[str] | None = None
+    dag_id: str | None = None
+    dag_ids: Iterable[str] | None = None
+    run_id: str | None = None
+    task_id: str | None = None
+    map_index: int | None = None
+    requested_by: str | None = None
+    decided_by: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    ids: Iterable[str] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimeoutOutcome:
+    """What :meth:`ApprovalManager.apply_timeout` did."""
+
+    approval: Approval
+    applied: bool
+    escalated: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditEvent:
+    """One audit trail entry."""
+
+    seq: int
+    request_id: str | None
+    event_type: str
+    actor: str | None
+    source: str
+    comment: str | None
+    details: dict[str, Any]
+    created_at: dt.datetime
+    hash: str
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _json_safe(value: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(value), default=_json_default))
+
+
+class ApprovalManager:
+    """Owns every state transition, policy check and audit row of the approval store."""
+
+    def __init__(
+        self,
+        *,
+        store: ApprovalStore | None = None,
+        conn_id: str | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.store = store or get_store(conn_id=conn_id)
+        self._clock = clock
+
+    # ------------------------------------------------------------------ create
+
+    def create(self, spec: ApprovalSpec, *, actor: str | None = None, source: str = "operator") -> Approval:
+        """Open a gate; for a task try that already has one, return it instead of a second."""
+        spec.validate()
+        if spec.run_id and spec.task_id and spec.try_number is not None:
+            existing = self._find_for_try(spec)
+            if existing is not None:
+                return existing
+        try:
+            return self._insert(spec, actor=actor, source=source)
+        except IntegrityError:
+            # Two workers running the same try raced; the other one's row is the request.
+            existing = self._find_for_try(spec)
+            if existing is None:
+                raise
+            return existing
+
+    def _find_for_try(self, spec: ApprovalSpec) -> Approval | None:
+        with self.store.session() as session:
+            row = session.scalar(
+                select(ApprovalRequestRow).where(
+                    ApprovalRequestRow.dag_id == spec.dag_id,
+                    ApprovalRequestRow.run_id == spec.run_id,
+                    ApprovalRequestRow.task_id == spec.task_id,
+                    ApprovalRequestRow.map_index == spec.map_index,
+                    ApprovalRequestRow.try_number == spec.try_number,
+                )
+            )
+            return Approval.from_row(row) if row is not None else None
+
+    def _insert(self, spec: ApprovalSpec, *, actor: str | None, source: str) -> Approval:
+        now = self._clock()
+        with self.store.begin() as session:
+            if spec.run_id and spec.task_id and spec.try_number is not None:
+                self._supersede_earlier_tries(session, spec, now)
+            row = ApprovalRequestRow(
+                id=str(uuid.uuid4()),
+                dag_id=spec.dag_id,
+                run_id=spec.run_id,
+                task_id=spec.task_id,
+                map_index=spec.map_index,
+                try_number=spec.try_number,
+                title=spec.title,
+                description=spec.description,
+                reason=spec.reason,
+                context=_json_safe(spec.context),
+                approval_type=spec.approval_type,
+                state="pending",
+                requested_by=spec.requested_by,
+                requested_at=now,
+                expires_at=now + spec.timeout if spec.timeout else None,
+                timeout_seconds=spec.timeout.total_seconds() if spec.timeout else None,
+                timeout_action=spec.timeout_action if spec.timeout else None,
+                escalation_level=0,
+                escalation_targets=[level.to_json() for level in spec.escalation_targets],
+                escalation_final_action=spec.escalation_final_action,
+                required_approvals=spec.required_approvals,
+                require_all=spec.require_all,
+                allowed_approvers=list(dict.fromkeys(spec.allowed_approvers)),
+                allowed_roles=list(dict.fromkeys(spec.allowed_roles)),
+                allow_self_approval=spec.allow_self_approval,
+                on_reject=spec.on_reject,
+                metadata_=_json_safe(spec.metadata),
+                notify=_json_safe(spec.notify),
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            session.flush()
+            self._audit(
+                session,
+                request_id=row.id,
+                event_type="requested",
+                actor=actor or spec.requested_by,
+                source=source,
+                details={
+                    "dag_id": spec.dag_id,
+                    "run_id": spec.run_id,
+                    "task_id": spec.task_id,
+                    "map_index": spec.map_index,
+                    "try_number": spec.try_number,
+                    "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+                    "required_approvals": spec.required_approvals,
+                    "allowed_approvers": row.allowed_approvers,
+                    "allowed_roles": row.allowed_roles,
+                },
+                at=now,
+            )
+            return Approval.from_row(row)
+
+    def _supersede_earlier_tries(self, session: Session, spec: ApprovalSpec, now: dt.datetime) -> None:
+        # A task cleared while deferred comes back as a new try. Where the triggerer could
+        # not cancel the old request (on_kill missing, triggerer down), do it here.
+        stale = session.scalars(
+            select(ApprovalRequestRow)
+            .where(
+                ApprovalRequestRow.dag_id == spec.dag_id,
+                ApprovalRequestRow.run_id == spec.run_id,
+                ApprovalRequestRow.task_id == spec.task_id,
+                ApprovalRequestRow.map_index == spec.map_index,
+                ApprovalRequestRow.try_number < spec.try_number,  # type: ignore[operator]
+                ApprovalRequestRow.state.in_(WAITING_STATES),
+            )
+            .with_for_update()
+        ).all()
+        for row in stale:
+            self._finish(
+                session,
+                row,
+                state="cancelled",
+                decision=None,
+                by=None,
+                comment=f"superseded by try {spec.try_number}",
+                source="system",
+                now=now,
+                event_type="cancelled",
+            )
+
+    # ------------------------------------------------------------------ read
+
+    def get(self, request_id: str) -> Approval:
+        """One request with its votes; :class:`ApprovalNotFound` when unknown."""
+        with self.store.session() as session:
+            row = session.get(ApprovalRequestRow, str(request_id))
+            if row is None:
+                raise ApprovalNotFound(str(request_id))
+            return Approval.from_row(row)
+
+    def list(
+        self,
+        filters: ApprovalFilter | None = None,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        order_by: str = "-requested_at",
+    ) -> tuple[list[Approval], int]:
+        """Requests matching ``filters``, one page of them, and the total count."""
+        if limit < 0 or limit > 10_000:
+            raise InvalidInput("limit", "must be between 0 and 10000")
+        if offset < 0:
+            raise InvalidInput("offset", "must not be negative")
+        column_name = order_by.lstrip("-+")
+        if column_name not in ORDERABLE:
+            raise InvalidInput("order_by", f"must be one of {sorted(ORDERABLE)} (prefix '-' for descending)")
+        column = ORDERABLE[column_name]
+        ordering = column.desc() if order_by.startswith("-") else column.asc()
+        where = self._where(filters or ApprovalFilter())
+        with self.store.session() as session:
+            total = session.scalar(select(func.count()).select_from(ApprovalRequestRow).where(*where)) or 0
+            rows = session.scalars(
+                select(ApprovalRequestRow)
+                .where(*where)
+                .order_by(ordering.nulls_last(), ApprovalRequestRow.id)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+            return [Approval.from_row(r) for r in rows], int(total)
+
+    def pending(
+        self, filters: ApprovalFilter | None = None, *, limit: int = 100, offset: int = 0, order_by: str = "expires_at"
+    ) -> tuple[list[Approval], int]:
+        """Requests still waiting for a decision, soonest expiry first by default."""
+        base = filters or ApprovalFilter()
+        return self.list(
+            _replace(base, states=WAITING_STATES), limit=limit, offset=offset, order_by=order_by
+        )
+
+    def pending_for(
+        self, user: Principal, filters: ApprovalFilter | None = None, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[tuple[Approval, Eligibility]], int]:
+        """Waiting requests, each with whether ``user`` may approve it now."""
+        items, total = self.pending(filters, limit=limit, offset=offset)
+        return [(a, self.can_approve(user, a)) for a in items], total
+
+    def history(
+        self, filters: ApprovalFilter | None = None, *, limit: int = 100, offset: int = 0, order_by: str = "-decided_at"
+    ) -> tuple[list[Approval], int]:
+        """Decided requests (``since``/``until`` apply to the decision time), newest first."""
+        base = filters or ApprovalFilter()
+        states = [s for s in (base.states or TERMINAL_STATES) if s in TERMINAL_STATES]
+        return self.list(_replace(base, states=states or ["__none__"]), limit=limit, offset=offset, order_by=order_by)
+
+    def can_approve(self, user: Principal, approval: Approval, *, action: str = "approve") -> Eligibility:
+        """May ``user`` cast ``action`` on ``approval`` now? The reason says why not."""
+        if not approval.is_waiting:
+            return Eligibility(allowed=False, code="not_pending", reason=f"this request is {approval.state}")
+        if approval.expires_at is not None and self._clock() >= approval.expires_at:
+            return Eligibility(allowed=False, code="expired", reason="this request has expired")
+        return check_vote(approval.policy, user, action=action, voters=(v.user for v in approval.votes))
+
+    def wait_states(self, request_ids: Sequence[str]) -> dict[str, WaitState]:
+        """State and expiry of many requests in one query, whatever their number."""
+        if not request_ids:
+            return {}
+        ids = [str(i) for i in request_ids]
+        if self.store.is_postgres:
+            sql = text(
+                "SELECT id, state, expires_at, escalation_level FROM approval_requests WHERE id = ANY(:ids)"
+            )
+            params: dict[str, Any] = {"ids": ids}
+        else:
+            sql = text(
+                "SELECT id, state, expires_at, escalation_level FROM approval_requests "
+                "WHERE id IN (SELECT value FROM json_each(:ids))"
+            )
+            params = {"ids": json.dumps(ids)}
+        sql = sql.columns(
+            ApprovalRequestRow.id,
+            ApprovalRequestRow.state,
+            ApprovalRequestRow.expires_at,
+            ApprovalRequestRow.escalation_level,
+        )
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(sql, params).all()
+            conn.rollback()
+        return {
+            r.id: WaitState(id=r.id, state=r.state, expires_at=r.expires_at, escalation_level=r.escalation_level)
+            for r in rows
+        }
+
+    # ------------------------------------------------------------------ decide
+
+    def approve(
+        self,
+        request_id: str,
+        *,
+        user: Principal,
+        comment: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        source: str = "api",
+        client: Mapping[str, Any] | None = None,
+    ) -> Approval:
+        """Record ``user``'s approval; approve the request once quorum is reached."""
+        return self._vote(
+            request_id, user=user, action="approve", comment=comment, reason=None,
+            metadata=metadata, source=source, client=client,
+        )
+
+    def reject(
+        self,
+        request_id: str,
+        *,
+        user: Principal,
+        reason: str,
+        comment: str | None = None,
+        source: str = "api",
+        client: Mapping[str, Any] | None = None,
+    ) -> Approval:
+        """Record ``user``'s rejection; one allowed rejection rejects the request at once."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidInput("reason", "a reason is required to reject")
+        return self._vote(
+            request_id, user=user, action="reject", comment=comment, reason=reason.strip(),
+            metadata=None, source=source, client=client,
+        )
+
+    def _vote(
+        self,
+        request_id: str,
+        *,
+        user: Principal,
+        action: str,
+        comment: str | None,
+        reason: str | None,
+        metadata: Mapping[str, Any] | None,
+        source: str,
+        client: Mapping[str, Any] | None,
+    ) -> Approval:
+        if source not in VOTE_SOURCES:
+            raise InvalidInput("source", f"must be one of {list(VOTE_SOURCES)}")
+        with self.store.begin() as session:
+            row = self._lock(session, request_id)
+            now = self._clock()
+            self._ensure_open(row, now)
+            eligibility = check_vote(policy_of(row), user, action=action, voters=(v.user for v in row.votes))
+            if not eligibility.allowed:
+                if eligibility.code == "already_voted":
+                    raise AlreadyVoted(row.id, user.name)
+                raise NotAllowed(eligibility.reason or "not allowed")
+            vote = ApprovalVoteRow(
+                request_id=row.id,
+                user=user.name,
+                user_roles=sorted(user.roles),
+                vote=action,
+                comment=comment,
+                reason=reason,
+                source=source,
+                escalation_level=row.escalation_level,
+                metadata_=_json_safe(metadata or {}),
+                created_at=now,
+            )
+            row.votes.append(vote)
+            try:
+                session.flush()
+            except IntegrityError as err:
+                raise AlreadyVoted(row.id, user.name) from err
+            self._audit(
+                session,
+                request_id=row.id,
+                event_type="vote",
+                actor=user.name,
+                source=source,
+                comment=comment or reason,
+                details={"vote": action, "reason": reason, "roles": sorted(user.roles),
+                         "escalation_level": row.escalation_level, **dict(client or {})},
+                at=now,
+            )
+            if action == "reject":
+                self._finish(
+                    session, row, state="rejected", decision="rejected", by=user.name,
+                    comment=reason if not comment else f"{reason} — {comment}", source=source, now=now,
+                    client=client,
+                )
+            elif quorum_reached(policy_of(row), ((v.user, v.user_roles, v.vote) for v in row.votes)):
+                self._finish(
+                    session, row, state="approved", decision="approved", by=user.name,
+                    comment=comment, source=source, now=now, client=client,
+                )
+            else:
+                row.updated_at = now
+            session.flush()
+            return Approval.from_row(row)
+
+    def decide_automatically(self, request_id: str, *, source: str, comment: str) -> Approval:
+        """Approve at once without people (``approval_type='auto'`` or a true condition)."""
+        with self.store.begin() as session:
+            row = self._lock(session, request_id)
+            if row.state not in WAITING_STATES:
+                return Approval.from_row(row)
+            self._finish(
+                session, row, state="approved", decision="approved", by=None, comment=comment,
+                source=source, now=self._clock(),
+            )
+            session.flush()
+            return Approval.from_row(row)
+
+    def cancel(
+        self,
+        request_id: str,
+        *,
+        actor: str | None,
+        reason: str,
+        source: str = "api",
+        client: Mapping[str, Any] | None = None,
+    ) -> Approval:
+        """Cancel a waiting request (the task was cleared or marked, or someone withdrew it)."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidInput("reason", "a reason is required to cancel")
+        with self.store.begin() as session:
+            row = self._lock(session, request_id)
+            if row.state not in WAITING_STATES:
+                raise ApprovalNotPending(row.id, row.state)
+            self._finish(
+                session, row, state="cancelled", decision=None, by=actor, comment=reason.strip(),
+                source=source, now=self._clock(), client=client,
+            )
+            session.flush()
+            return Approval.from_row(row)
+
+    def apply_timeout(self, request_id: str) -> TimeoutOutcome:
+        """Apply the timeout action if the request is still waiting and has expired.
+
+        Safe to call from any number of triggerers at once: the row lock makes exactly one
+        of them apply it; the others see the new state and change nothing.
+        """
+        with self.store.begin() as session:
+            row = self._lock(session, request_id)
+            now = self._clock()
+            if row.state not in WAITING_STATES or row.expires_at is None or now < row.expires_at:
+                return TimeoutOutcome(approval=Approval.from_row(row), applied=False)
+            targets = [EscalationLevel.from_json(t) for t in row.escalation_targets or ()]
+            if row.timeout_action == "escalate" and row.escalation_level < len(targets):
+                self._escalate(session, row, targets[row.escalation_level], now)
+                session.flush()
+                return TimeoutOutcome(approval=Approval.from_row(row), applied=True, escalated=True)
+            action = row.escalation_final_action if row.timeout_action == "escalate" else row.timeout_action
+            decision = "approved" if action == "approve" else "rejected"
+            self._finish(
+                session, row, state="timeout", decision=decision, by=None,
+                comment=f"timed out; action taken: {action}", source="timeout", now=now,
+                details={"action": action, "escalation_level": row.escalation_level},
+            )
+            session.flush()
+            return TimeoutOutcome(approval=Approval.from_row(row), applied=True)
+
+    def _escalate(self, session: Session, row: ApprovalRequestRow, level: EscalationLevel, now: dt.datetime) -> None:
+        # Escalation widens the circle: the earlier approvers may still decide.
+        row.escalation_level += 1
+        row.state = "escalated"
+        row.allowed_approvers = list(dict.fromkeys([*row.allowed_approvers, *level.approvers]))
+        row.allowed_roles = list(dict.fromkeys([*row.allowed_roles, *level.roles]))
+        if level.required_approvals is not None:
+            row.required_approvals = level.required_approvals
+        row.expires_at = now + level.timeout
+        row.updated_at = now
+        self._audit(
+            session,
+            request_id=row.id,
+            event_type="escalated",
+            actor=None,
+            source="timeout",
+            details={
+                "escalation_level": row.escalation_level,
+                "added_approvers": list(level.approvers),
+                "added_roles": list(level.roles),
+                "expires_at": row.expires_at.isoformat(),
+            },
+            at=now,
+        )
+        self._notify(session, row.id)
+
+    # ------------------------------------------------------------------ audit
+
+    def events(self, request_id: str | None = None) -> list[AuditEvent]:
+        """Audit events, oldest first; of one request when ``request_id`` is given."""
+        query = select(ApprovalEventRow).order_by(ApprovalEventRow.seq)
+        if request_id is not None:
+            query = query.where(ApprovalEventRow.request_id == str(request_id))
+        with self.store.session() as session:
+            return [
+                AuditEvent(
+                    seq=e.seq, request_id=e.request_id, event_type=e.event_type, actor=e.actor,
+                    source=e.source, comment=e.comment, details=dict(e.details or {}),
+                    created_at=e.created_at, hash=e.hash,
+                )
+                for e in session.scalars(query)
+            ]
+
+    def verify_audit_chain(self) -> ChainVerification:
+        """Walk the whole audit trail and check every hash."""
+        with self.store.session() as session:
+            rows: Iterator[ApprovalEventRow] = iter(
+                session.scalars(select(ApprovalEventRow).order_by(ApprovalEventRow.seq).execution_options(yield_per=1000))
+            )
+            return verify_chain(rows)
+
+    # ------------------------------------------------------------------ internals
+
+    def _lock(self, session: Session, request_id: str) -> ApprovalRequestRow:
+        row = session.scalar(
+            select(ApprovalRequestRow).where(ApprovalRequestRow.id == str(request_id)).with_for_update()
+        )
+        if row is None:
+            raise ApprovalNotFound(str(request_id))
+        return row
+
+    @staticmethod
+    def _ensure_open(row: ApprovalRequestRow, now: dt.datetime) -> None:
+        if row.state not in WAITING_STATES:
+            raise ApprovalNotPending(row.id, row.state)
+        if row.expires_at is not None and now >= row.expires_at:
+            raise ApprovalNotPending(row.id, row.state, detail=f"approval request {row.id} has expired")
+
+    def _finish(
+        self,
+        session: Session,
+        row: ApprovalRequestRow,
+        *,
+        state: str,
+        decision: str | None,
+        by: str | None,
+        comment: str | None,
+        source: str,
+        now: dt.datetime,
+        event_type: str | None = None,
+        client: Mapping[str, Any] | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        previous = row.state
+        row.state = state
+        row.decision = decision
+        row.decided_by = by
+        row.decided_at = now
+        row.decision_source = source
+        row.comment = comment
+        row.updated_at = now
+        self._audit(
+            session,
+            request_id=row.id,
+            event_type=event_type or state,
+            actor=by,
+            source=source,
+            comment=comment,
+            details={"from_state": previous, "decision": decision, **dict(details or {}), **dict(client or {})},
+            at=now,
+        )
+        self._notify(session, row.id)
+
+    def _notify(self, session: Session, request_id: str) -> None:
+        # Delivered by PostgreSQL only when the transaction commits: waiting triggers
+        # wake on a decision that is durable, never on one that rolls back.
+        if self.store.is_postgres:
+            session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": request_id})
+
+    def _audit(
+        self,
+        session: Session,
+        *,
+        request_id: str | None,
+        event_type: str,
+        actor: str | None,
+        source: str,
+        at: dt.datetime,
+        comment: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        if self.store.is_postgres:
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
+        prev = session.scalar(select(ApprovalEventRow.hash).order_by(ApprovalEventRow.seq.desc()).limit(1))
+        prev = prev or GENESIS_HASH
+        clean = _json_safe(details or {})
+        digest = event_hash(
+            prev_hash=prev, request_id=request_id, event_type=event_type, actor=actor, source=source,
+            comment=comment, details=clean, created_at=at,
+        )
+        session.add(
+            ApprovalEventRow(
+                request_id=request_id, event_type=event_type, actor=actor, source=source, comment=comment,
+                details=clean, created_at=at, prev_hash=prev, hash=digest,
+            )
+        )
+        session.flush()
+
+    @staticmethod
+    def _where(filters: ApprovalFilter) -> list[Any]:
+        r = ApprovalRequestRow
+        where: list[Any] = []
+        if filters.states:
+            where.append(r.state.in_(list(filters.states)))
+        if filters.dag_id:
+            where.append(r.dag_id == filters.dag_id)
+        if filters.dag_ids is not None:
+            where.append(r.dag_id.in_(list(filters.dag_ids)))
+        if filters.run_id:
+            where.append(r.run_id == filters.run_id)
+        if filters.task_id:
+            where.append(r.task_id == filters.task_id)
+        if filters.map_index is not None:
+            where.append(r.map_index == filters.map_index)
+        if filters.requested_by:
+            where.append(r.requested_by == filters.requested_by)
+        if filters.decided_by:
+            where.append(r.decided_by == filters.decided_by)
+        if filters.ids is not None:
+            where.append(r.id.in_([str(i) for i in filters.ids]))
+        decided = filters.states is not None and set(filters.states) <= set(TERMINAL_STATES)
+        moment = r.decided_at if decided else r.requested_at
+        if filters.since:
+            where.append(moment >= filters.since)
+        if filters.until:
+            where.append(moment <= filters.until)
+        return where
+
+
+def _replace(filters: ApprovalFilter, **changes: Any) -> ApprovalFilter:
+    from dataclasses import replace
+
+    return replace(filters, **changes)

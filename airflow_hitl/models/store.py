@@ -1,0 +1,192 @@
+"""The approval store's engine: PostgreSQL through ``hitl_default``, or a SQLite file.
+
+Workers, the triggerer and the api-server all open the store the same way: look up the
+Airflow connection named by ``[hitl] conn_id``; when it is not defined, use a SQLite
+file under ``AIRFLOW_HOME``. One engine per URL per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from airflow_hitl.exceptions import StoreError
+from airflow_hitl.settings import HitlSettings
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine.interfaces import DBAPIConnection
+    from sqlalchemy.pool import ConnectionPoolEntry
+
+log = logging.getLogger(__name__)
+
+# Channel on which committed decisions are announced (PostgreSQL LISTEN/NOTIFY).
+NOTIFY_CHANNEL = "hitl_approvals"
+
+_POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}
+
+
+def url_from_connection(conn: Any) -> str:
+    """Build a SQLAlchemy URL from an Airflow connection (``postgres`` or ``sqlite`` type)."""
+    conn_type = (conn.conn_type or "").lower()
+    if conn_type in {"postgres", "postgresql"}:
+        extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
+        query = {k: str(v) for k, v in extra.items() if k in {"sslmode", "sslrootcert", "sslcert", "sslkey"}}
+        return URL.create(
+            "postgresql+psycopg",
+            username=conn.login or None,
+            password=conn.password or None,
+            host=conn.host or None,
+            port=conn.port or None,
+            database=conn.schema or None,
+            query=query,
+        ).render_as_string(hide_password=False)
+    if conn_type == "sqlite":
+        path = conn.host or conn.schema
+        if not path:
+            raise StoreError(f"sqlite connection {conn.conn_id!r} names no file (put the path in host)")
+        return f"sqlite:///{os.path.abspath(os.path.expanduser(path))}"
+    raise StoreError(
+        f"connection {conn.conn_id!r} has type {conn.conn_type!r}; the approval store needs postgres or sqlite"
+    )
+
+
+def normalize_url(url: str) -> str:
+    """Pin PostgreSQL URLs to psycopg 3, which Airflow already installs."""
+    parsed = make_url(url)
+    if parsed.drivername in _POSTGRES_SCHEMES:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def resolve_store_url(conn_id: str | None = None, settings: HitlSettings | None = None) -> str:
+    """Find the store's URL: an explicit override, the connection, else the SQLite fallback."""
+    settings = settings or HitlSettings.load()
+    override = os.environ.get("AIRFLOW_HITL_STORE_URL")
+    if override:
+        return normalize_url(override)
+    conn_id = conn_id or settings.conn_id
+    conn = _lookup_connection(conn_id)
+    if conn is not None:
+        return url_from_connection(conn)
+    return f"sqlite:///{os.path.abspath(settings.sqlite_path)}"
+
+
+def _lookup_connection(conn_id: str) -> Any | None:
+    try:
+        from airflow.sdk import BaseHook
+    except ImportError:  # pragma: no cover - Airflow 3 always has the task SDK
+        from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
+    try:
+        return BaseHook.get_connection(conn_id)
+    except Exception as err:
+        # "Not defined" is the documented way to choose the embedded SQLite store.
+        if type(err).__name__ in {"AirflowNotFoundException", "ConnectionNotFound"} or "isn't defined" in str(
+            err
+        ):
+            return None
+        raise StoreError(f"could not read connection {conn_id!r}: {err}") from err
+
+
+def _sqlite_on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    # pysqlite's own transaction handling defers BEGIN until the first write, which lets
+    # two writers read the same row and both decide. Take control and BEGIN IMMEDIATE.
+    dbapi_conn.isolation_level = None  # type: ignore[attr-defined]
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class ApprovalStore:
+    """An engine and session factory over one approval store."""
+
+    def __init__(self, *, url: str, pool_size: int = 5) -> None:
+        self.url = normalize_url(url)
+        self.dialect = make_url(self.url).get_backend_name()
+        self.engine = self._create_engine(pool_size)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_postgres(self) -> bool:
+        """True when the store is PostgreSQL (row locks, LISTEN/NOTIFY)."""
+        return self.dialect == "postgresql"
+
+    def _create_engine(self, pool_size: int) -> Engine:
+        if self.dialect == "sqlite":
+            path = make_url(self.url).database
+            if path and path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 30})
+            event.listen(engine, "connect", _sqlite_on_connect)
+            event.listen(engine, "begin", _sqlite_on_begin)
+            return engine
+        return create_engine(
+            self.url,
+            pool_size=pool_size,
+            max_overflow=pool_size * 2,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+        )
+
+    @contextmanager
+    def begin(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def session(self) -> Session:
+        """A plain session for reads."""
+        return self._sessions()
+
+    def ping(self) -> None:
+        """Run a trivial query; raises when the store cannot be reached."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"ApprovalStore({make_url(self.url).render_as_string(hide_password=True)})"
+
+
+_stores: dict[str, ApprovalStore] = {}
+_stores_lock = threading.Lock()
+
+
+def get_store(*, conn_id: str | None = None, url: str | None = None) -> ApprovalStore:
+    """The process-wide store for ``url`` (or the one ``conn_id`` resolves to), migrated if allowed."""
+    settings = HitlSettings.load()
+    url = normalize_url(url) if url else resolve_store_url(conn_id, settings)
+    with _stores_lock:
+        store = _stores.get(url)
+        if store is None:
+            store = ApprovalStore(url=url, pool_size=settings.pool_size)
+            from airflow_hitl.models.schema import ensure_schema
+
+            ensure_schema(store, migrate=settings.auto_migrate)
+            _stores[url] = store
+        return store
+
+
+def reset_stores() -> None:
+    """Forget cached stores (tests, and processes that fork)."""
+    with _stores_lock:
+        for store in _stores.values():
+            store.dispose()
+        _stores.clear()

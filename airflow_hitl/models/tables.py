@@ -1,0 +1,235 @@
+"""SQLAlchemy 2 models of the approval store.
+
+The store is ours, not Airflow's metadata database: workers and triggers cannot reach
+Airflow's ORM, so every table here is reached through the ``hitl_default`` connection.
+The schema is owned by the Alembic migrations in ``airflow_hitl/migrations``; these
+models must stay in step with them (a test compares the two).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+STATES = ("pending", "approved", "rejected", "timeout", "escalated", "cancelled")
+WAITING_STATES = ("pending", "escalated")
+TIMEOUT_ACTIONS = ("approve", "reject", "escalate")
+VOTES = ("approve", "reject")
+NOTIFICATION_STATUSES = ("pending", "sent", "failed", "read")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    PostgreSQL keeps ``timestamptz``; SQLite has no time zones, so values are stored as
+    naive UTC and made aware again on the way out. Audit hashes are computed from these
+    values, so both backends must hand back the same instant in the same form.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} refused: the store keeps UTC-aware times only")
+        value = value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+
+
+# JSONB on PostgreSQL (indexable, compact), plain JSON text elsewhere.
+JsonType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+# SQLite only auto-increments an INTEGER PRIMARY KEY, not a BIGINT one.
+BigIntPk = BigInteger().with_variant(sqlite.INTEGER(), "sqlite")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention so Alembic names constraints predictably."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ApprovalRequestRow(Base):
+    """One approval gate: what is asked, of whom, under which policy, and how it ended."""
+
+    __tablename__ = "approval_requests"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    dag_id: Mapped[str] = mapped_column(String(250), nullable=False)
+    run_id: Mapped[str | None] = mapped_column(String(250))
+    task_id: Mapped[str | None] = mapped_column(String(250))
+    map_index: Mapped[int] = mapped_column(Integer, nullable=False, default=-1)
+    try_number: Mapped[int | None] = mapped_column(Integer)
+
+    title: Mapped[str] = mapped_column(String(500), nullable=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    context: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False, default=dict)
+    approval_type: Mapped[str] = mapped_column(String(20), nullable=False, default="manual")
+
+    state: Mapped[str] = mapped_column(String(20), nullable=False, default="pending")
+    requested_by: Mapped[str | None] = mapped_column(String(250))
+    requested_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    timeout_seconds: Mapped[float | None] = mapped_column()
+    timeout_action: Mapped[str | None] = mapped_column(String(20))
+
+    escalation_level: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    escalation_targets: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, nullable=False, default=list)
+    escalation_final_action: Mapped[str | None] = mapped_column(String(20))
+
+    required_approvals: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    require_all: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    allowed_approvers: Mapped[list[str]] = mapped_column(JsonType, nullable=False, default=list)
+    allowed_roles: Mapped[list[str]] = mapped_column(JsonType, nullable=False, default=list)
+    allow_self_approval: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    on_reject: Mapped[str] = mapped_column(String(10), nullable=False, default="fail")
+
+    decided_by: Mapped[str | None] = mapped_column(String(250))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    decision: Mapped[str | None] = mapped_column(String(20))
+    decision_source: Mapped[str | None] = mapped_column(String(20))
+    comment: Mapped[str | None] = mapped_column(Text)
+
+    # ``metadata`` is reserved by SQLAlchemy's declarative classes; the column keeps its name.
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, nullable=False, default=dict)
+    notify: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False, default=dict)
+
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+
+    votes: Mapped[list[ApprovalVoteRow]] = relationship(
+        back_populates="request", order_by="ApprovalVoteRow.id", lazy="selectin"
+    )
+
+    __table_args__ = (
+        CheckConstraint(_in("state", STATES), name="state"),
+        CheckConstraint(f"timeout_action IS NULL OR {_in('timeout_action', TIMEOUT_ACTIONS)}", name="timeout_action"),
+        CheckConstraint("required_approvals >= 1", name="required_approvals"),
+        # One request per task try: retrying execute() of the same try finds it again.
+        UniqueConstraint("dag_id", "run_id", "task_id", "map_index", "try_number"),
+        Index(None, "state", "expires_at"),
+        Index(None, "dag_id", "run_id", "task_id"),
+        Index(None, "requested_by"),
+        Index(None, "decided_by"),
+        Index(None, "decided_at"),
+    )
+
+
+class ApprovalVoteRow(Base):
+    """One person's vote on one request; a person counts once."""
+
+    __tablename__ = "approval_votes"
+
+    id: Mapped[int] = mapped_column(BigIntPk, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("approval_requests.id", ondelete="CASCADE"), nullable=False
+    )
+    user: Mapped[str] = mapped_column(String(250), nullable=False)
+    user_roles: Mapped[list[str]] = mapped_column(JsonType, nullable=False, default=list)
+    vote: Mapped[str] = mapped_column(String(10), nullable=False)
+    comment: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(20), nullable=False)
+    escalation_level: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, nullable=False, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+
+    request: Mapped[ApprovalRequestRow] = relationship(back_populates="votes")
+
+    __table_args__ = (
+        UniqueConstraint("request_id", "user"),
+        CheckConstraint(_in("vote", VOTES), name="vote"),
+    )
+
+
+class ApprovalEventRow(Base):
+    """Append-only audit trail; each row carries the hash of the one before it."""
+
+    __tablename__ = "approval_events"
+
+    seq: Mapped[int] = mapped_column(BigIntPk, primary_key=True, autoincrement=True)
+    # No foreign key: the audit trail must outlive any request row it speaks of.
+    request_id: Mapped[str | None] = mapped_column(String(36))
+    event_type: Mapped[str] = mapped_column(String(40), nullable=False)
+    actor: Mapped[str | None] = mapped_column(String(250))
+    source: Mapped[str] = mapped_column(String(20), nullable=False)
+    comment: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+
+    __table_args__ = (Index(None, "request_id", "seq"),)
+
+
+class ApprovalNotificationRow(Base):
+    """One notice to one recipient on one channel, with its delivery state."""
+
+    __tablename__ = "approval_notifications"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    request_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("approval_requests.id", ondelete="CASCADE"), nullable=False
+    )
+    channel: Mapped[str] = mapped_column(String(20), nullable=False)
+    recipient: Mapped[str] = mapped_column(String(320), nullable=False)
+    event_type: Mapped[str] = mapped_column(String(40), nullable=False)
+    status: Mapped[str] = mapped_column(String(20), nullable=False, default="pending")
+    retry_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(String(500))
+    body: Mapped[str | None] = mapped_column(Text)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, nullable=False, default=dict)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    read_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    failed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint(_in("status", NOTIFICATION_STATUSES), name="status"),
+        Index(None, "request_id"),
+        Index(None, "recipient", "status"),
+        Index(None, "status", "next_attempt_at"),
+    )

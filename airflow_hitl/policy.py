@@ -1,0 +1,181 @@
+"""Approval policy: who may vote, when quorum is reached, how escalation widens the circle.
+
+Pure functions over plain values so the manager, the API's ``can_approve`` flag and the
+UI's disabled buttons all give the same answer for the same request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_hitl.exceptions import InvalidApprovalConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class Principal:
+    """An Airflow user as our policy sees them: a name and the roles the auth manager gives."""
+
+    name: str
+    roles: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def of(cls, name: str, roles: Iterable[str] = ()) -> Principal:
+        """Convenience constructor taking any iterable of roles."""
+        return cls(name=name, roles=frozenset(r for r in roles if r))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Eligibility:
+    """Whether a user may vote now, and if not, why (shown in the API and UI)."""
+
+    allowed: bool
+    reason: str | None = None
+    code: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+@dataclass(frozen=True, kw_only=True)
+class EscalationLevel:
+    """One escalation step: who is added as approvers, and how long they have."""
+
+    approvers: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    timeout: dt.timedelta
+    required_approvals: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The form stored in ``approval_requests.escalation_targets``."""
+        return {
+            "approvers": list(self.approvers),
+            "roles": list(self.roles),
+            "timeout_seconds": self.timeout.total_seconds(),
+            "required_approvals": self.required_approvals,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EscalationLevel:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            approvers=tuple(data.get("approvers") or ()),
+            roles=tuple(data.get("roles") or ()),
+            timeout=dt.timedelta(seconds=float(data["timeout_seconds"])),
+            required_approvals=data.get("required_approvals"),
+        )
+
+    @classmethod
+    def parse(cls, value: Any, *, field_name: str = "escalate_to", index: int = 0) -> EscalationLevel:
+        """Accept an ``EscalationLevel`` or a dict, validating it with errors naming the field."""
+        name = f"{field_name}[{index}]"
+        if isinstance(value, EscalationLevel):
+            level = value
+        elif isinstance(value, Mapping):
+            unknown = set(value) - {"approvers", "roles", "timeout", "required_approvals"}
+            if unknown:
+                raise InvalidApprovalConfig(name, f"unknown keys {sorted(unknown)}")
+            timeout = value.get("timeout")
+            if not isinstance(timeout, dt.timedelta):
+                raise InvalidApprovalConfig(f"{name}.timeout", "must be a datetime.timedelta")
+            level = cls(
+                approvers=tuple(_str_list(value.get("approvers"), f"{name}.approvers")),
+                roles=tuple(_str_list(value.get("roles"), f"{name}.roles")),
+                timeout=timeout,
+                required_approvals=value.get("required_approvals"),
+            )
+        else:
+            raise InvalidApprovalConfig(name, "must be an EscalationLevel or a dict with approvers/roles/timeout")
+        if not level.approvers and not level.roles:
+            raise InvalidApprovalConfig(name, "names no approvers and no roles to escalate to")
+        if level.timeout <= dt.timedelta(0):
+            raise InvalidApprovalConfig(f"{name}.timeout", "must be positive")
+        if level.required_approvals is not None and (
+            not isinstance(level.required_approvals, int) or level.required_approvals < 1
+        ):
+            raise InvalidApprovalConfig(f"{name}.required_approvals", "must be a positive integer")
+        return level
+
+
+def _str_list(value: Any, field_name: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(
+        isinstance(v, str) and v for v in value
+    ):
+        raise InvalidApprovalConfig(field_name, "must be a list of non-empty strings")
+    return list(value)
+
+
+def str_list(value: Any, field_name: str) -> list[str]:
+    """Validate a list of names (users, roles); a single string is taken as a one-item list."""
+    return _str_list(value, field_name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyView:
+    """The parts of a request the policy looks at."""
+
+    requested_by: str | None
+    allowed_approvers: Sequence[str]
+    allowed_roles: Sequence[str]
+    allow_self_approval: bool
+    required_approvals: int
+    require_all: bool
+
+
+def is_allowed_approver(policy: PolicyView, name: str, roles: Iterable[str]) -> bool:
+    """True when the user is named, holds a named role, or nobody is named at all."""
+    if not policy.allowed_approvers and not policy.allowed_roles:
+        return True
+    return name in policy.allowed_approvers or bool(set(roles) & set(policy.allowed_roles))
+
+
+def check_vote(
+    policy: PolicyView, user: Principal, *, action: str, voters: Iterable[str]
+) -> Eligibility:
+    """May ``user`` cast ``action`` ('approve' or 'reject') now? The reason says why not."""
+    if user.name in set(voters):
+        return Eligibility(allowed=False, code="already_voted", reason="you have already voted on this request")
+    if not is_allowed_approver(policy, user.name, user.roles):
+        return Eligibility(
+            allowed=False, code="not_allowed", reason="you are not an allowed approver of this request"
+        )
+    if action == "approve" and not policy.allow_self_approval and user.name == policy.requested_by:
+        return Eligibility(
+            allowed=False, code="self_approval", reason="you triggered this run and cannot approve it yourself"
+        )
+    return Eligibility(allowed=True)
+
+
+def approvals_needed(policy: PolicyView) -> int:
+    """How many distinct allowed approvals complete the request."""
+    if policy.require_all and policy.allowed_approvers:
+        eligible = [u for u in policy.allowed_approvers if policy.allow_self_approval or u != policy.requested_by]
+        return max(len(set(eligible)), 1)
+    return policy.required_approvals
+
+
+def counted_approvals(policy: PolicyView, votes: Iterable[tuple[str, Iterable[str], str]]) -> set[str]:
+    """The distinct users whose approve votes count now: (user, roles at vote time, vote)."""
+    counted: set[str] = set()
+    for user, roles, vote in votes:
+        if vote != "approve" or not is_allowed_approver(policy, user, roles):
+            continue
+        if not policy.allow_self_approval and user == policy.requested_by:
+            continue
+        counted.add(user)
+    return counted
+
+
+def quorum_reached(policy: PolicyView, votes: Iterable[tuple[str, Iterable[str], str]]) -> bool:
+    """True when enough distinct allowed approvers have approved."""
+    counted = counted_approvals(policy, votes)
+    if policy.require_all and policy.allowed_approvers:
+        needed = {u for u in policy.allowed_approvers if policy.allow_self_approval or u != policy.requested_by}
+        return needed <= counted
+    return len(counted) >= policy.required_approvals

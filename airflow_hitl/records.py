@@ -1,0 +1,196 @@
+"""Immutable views of store rows handed to callers (operator, trigger, API, UI, CLI).
+
+The manager never returns ORM objects: a detached row that lazily loads on attribute
+access is a bug waiting in every caller that outlives its session.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from airflow_hitl.models.tables import WAITING_STATES, ApprovalRequestRow, ApprovalVoteRow
+from airflow_hitl.policy import EscalationLevel, PolicyView, approvals_needed, counted_approvals
+
+
+@dataclass(frozen=True, kw_only=True)
+class Vote:
+    """One person's recorded vote."""
+
+    user: str
+    vote: str
+    comment: str | None
+    reason: str | None
+    source: str
+    escalation_level: int
+    created_at: dt.datetime
+    user_roles: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: ApprovalVoteRow) -> Vote:
+        """Copy a vote row."""
+        return cls(
+            user=row.user,
+            vote=row.vote,
+            comment=row.comment,
+            reason=row.reason,
+            source=row.source,
+            escalation_level=row.escalation_level,
+            created_at=row.created_at,
+            user_roles=tuple(row.user_roles or ()),
+            metadata=dict(row.metadata_ or {}),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Approval:
+    """An approval request with its votes."""
+
+    id: str
+    dag_id: str
+    run_id: str | None
+    task_id: str | None
+    map_index: int
+    try_number: int | None
+    title: str
+    description: str | None
+    reason: str | None
+    context: dict[str, Any]
+    approval_type: str
+    state: str
+    requested_by: str | None
+    requested_at: dt.datetime
+    expires_at: dt.datetime | None
+    timeout_action: str | None
+    escalation_level: int
+    escalation_targets: tuple[EscalationLevel, ...]
+    escalation_final_action: str | None
+    required_approvals: int
+    require_all: bool
+    allowed_approvers: tuple[str, ...]
+    allowed_roles: tuple[str, ...]
+    allow_self_approval: bool
+    on_reject: str
+    decided_by: str | None
+    decided_at: dt.datetime | None
+    decision: str | None
+    decision_source: str | None
+    comment: str | None
+    metadata: dict[str, Any]
+    notify: dict[str, Any]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    votes: tuple[Vote, ...] = ()
+
+    @classmethod
+    def from_row(cls, row: ApprovalRequestRow) -> Approval:
+        """Copy a request row and its votes."""
+        return cls(
+            id=row.id,
+            dag_id=row.dag_id,
+            run_id=row.run_id,
+            task_id=row.task_id,
+            map_index=row.map_index,
+            try_number=row.try_number,
+            title=row.title,
+            description=row.description,
+            reason=row.reason,
+            context=dict(row.context or {}),
+            approval_type=row.approval_type,
+            state=row.state,
+            requested_by=row.requested_by,
+            requested_at=row.requested_at,
+            expires_at=row.expires_at,
+            timeout_action=row.timeout_action,
+            escalation_level=row.escalation_level,
+            escalation_targets=tuple(EscalationLevel.from_json(t) for t in row.escalation_targets or ()),
+            escalation_final_action=row.escalation_final_action,
+            required_approvals=row.required_approvals,
+            require_all=row.require_all,
+            allowed_approvers=tuple(row.allowed_approvers or ()),
+            allowed_roles=tuple(row.allowed_roles or ()),
+            allow_self_approval=row.allow_self_approval,
+            on_reject=row.on_reject,
+            decided_by=row.decided_by,
+            decided_at=row.decided_at,
+            decision=row.decision,
+            decision_source=row.decision_source,
+            comment=row.comment,
+            metadata=dict(row.metadata_ or {}),
+            notify=dict(row.notify or {}),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            votes=tuple(Vote.from_row(v) for v in row.votes),
+        )
+
+    @property
+    def is_waiting(self) -> bool:
+        """True while the request can still be decided (pending or escalated)."""
+        return self.state in WAITING_STATES
+
+    @property
+    def approved(self) -> bool:
+        """True when the gate opened: approved by people, or by the timeout action."""
+        return self.decision == "approved" and self.state in {"approved", "timeout"}
+
+    @property
+    def policy(self) -> PolicyView:
+        """The policy fields, for :mod:`airflow_hitl.policy`."""
+        return policy_of(self)
+
+    @property
+    def approvers(self) -> list[str]:
+        """Users whose approvals count now."""
+        return sorted(counted_approvals(self.policy, ((v.user, v.user_roles, v.vote) for v in self.votes)))
+
+    @property
+    def approvals_needed(self) -> int:
+        """Distinct allowed approvals that complete the request."""
+        return approvals_needed(self.policy)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (datetimes as ISO strings), used for XCom and the API."""
+        data = asdict(self)
+        data["escalation_targets"] = [t.to_json() for t in self.escalation_targets]
+        data["approvers"] = self.approvers
+        data["approvals_needed"] = self.approvals_needed
+        return _jsonable(data)
+
+
+def policy_of(row: Approval | ApprovalRequestRow) -> PolicyView:
+    """The policy fields of a request, row or snapshot."""
+    return PolicyView(
+        requested_by=row.requested_by,
+        allowed_approvers=tuple(row.allowed_approvers or ()),
+        allowed_roles=tuple(row.allowed_roles or ()),
+        allow_self_approval=row.allow_self_approval,
+        required_approvals=row.required_approvals,
+        require_all=row.require_all,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class WaitState:
+    """What a waiting trigger needs to know about its request."""
+
+    id: str
+    state: str
+    expires_at: dt.datetime | None
+    escalation_level: int
+
+    @property
+    def is_waiting(self) -> bool:
+        """True while the request is pending or escalated."""
+        return self.state in WAITING_STATES
