@@ -69,7 +69,10 @@ def verify_chain(events: Iterable[Any]) -> ChainVerification:
     for ev in events:
         if ev.prev_hash != prev:
             return ChainVerification(
-                ok=False, checked=checked, first_bad_seq=ev.seq, problem="prev_hash does not match the event before"
+                ok=False,
+                checked=checked,
+                first_bad_seq=ev.seq,
+                problem="prev_hash does not match the event before",
             )
         expected = event_hash(
             prev_hash=ev.prev_hash,

@@ -118,7 +118,9 @@ class ApprovalSpec:
             if self.timeout <= dt.timedelta(0):
                 raise error("timeout", "must be positive")
         if self.timeout_action is not None and self.timeout_action not in TIMEOUT_ACTIONS:
-            raise error("timeout_action", f"must be one of {list(TIMEOUT_ACTIONS)}, got {self.timeout_action!r}")
+            raise error(
+                "timeout_action", f"must be one of {list(TIMEOUT_ACTIONS)}, got {self.timeout_action!r}"
+            )
         if self.timeout_action is not None and self.timeout is None:
             raise error("timeout", f"is required when timeout_action={self.timeout_action!r}")
         if self.timeout_action == "escalate":
@@ -385,13 +387,16 @@ class ApprovalManager:
             return [Approval.from_row(r) for r in rows], int(total)
 
     def pending(
-        self, filters: ApprovalFilter | None = None, *, limit: int = 100, offset: int = 0, order_by: str = "expires_at"
+        self,
+        filters: ApprovalFilter | None = None,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        order_by: str = "expires_at",
     ) -> tuple[list[Approval], int]:
         """Requests still waiting for a decision, soonest expiry first by default."""
         base = filters or ApprovalFilter()
-        return self.list(
-            _replace(base, states=WAITING_STATES), limit=limit, offset=offset, order_by=order_by
-        )
+        return self.list(_replace(base, states=WAITING_STATES), limit=limit, offset=offset, order_by=order_by)
 
     def pending_for(
         self, user: Principal, filters: ApprovalFilter | None = None, *, limit: int = 100, offset: int = 0
@@ -401,12 +406,19 @@ class ApprovalManager:
         return [(a, self.can_approve(user, a)) for a in items], total
 
     def history(
-        self, filters: ApprovalFilter | None = None, *, limit: int = 100, offset: int = 0, order_by: str = "-decided_at"
+        self,
+        filters: ApprovalFilter | None = None,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        order_by: str = "-decided_at",
     ) -> tuple[list[Approval], int]:
         """Decided requests (``since``/``until`` apply to the decision time), newest first."""
         base = filters or ApprovalFilter()
         states = [s for s in (base.states or TERMINAL_STATES) if s in TERMINAL_STATES]
-        return self.list(_replace(base, states=states or ["__none__"]), limit=limit, offset=offset, order_by=order_by)
+        return self.list(
+            _replace(base, states=states or ["__none__"]), limit=limit, offset=offset, order_by=order_by
+        )
 
     def can_approve(self, user: Principal, approval: Approval, *, action: str = "approve") -> Eligibility:
         """May ``user`` cast ``action`` on ``approval`` now? The reason says why not."""
@@ -442,7 +454,9 @@ class ApprovalManager:
             rows = conn.execute(sql, params).all()
             conn.rollback()
         return {
-            r.id: WaitState(id=r.id, state=r.state, expires_at=r.expires_at, escalation_level=r.escalation_level)
+            r.id: WaitState(
+                id=r.id, state=r.state, expires_at=r.expires_at, escalation_level=r.escalation_level
+            )
             for r in rows
         }
 
@@ -460,8 +474,14 @@ class ApprovalManager:
     ) -> Approval:
         """Record ``user``'s approval; approve the request once quorum is reached."""
         return self._vote(
-            request_id, user=user, action="approve", comment=comment, reason=None,
-            metadata=metadata, source=source, client=client,
+            request_id,
+            user=user,
+            action="approve",
+            comment=comment,
+            reason=None,
+            metadata=metadata,
+            source=source,
+            client=client,
         )
 
     def reject(
@@ -478,8 +498,14 @@ class ApprovalManager:
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidInput("reason", "a reason is required to reject")
         return self._vote(
-            request_id, user=user, action="reject", comment=comment, reason=reason.strip(),
-            metadata=None, source=source, client=client,
+            request_id,
+            user=user,
+            action="reject",
+            comment=comment,
+            reason=reason.strip(),
+            metadata=None,
+            source=source,
+            client=client,
         )
 
     def _vote(
@@ -529,20 +555,38 @@ class ApprovalManager:
                 actor=user.name,
                 source=source,
                 comment=comment or reason,
-                details={"vote": action, "reason": reason, "roles": sorted(user.roles),
-                         "escalation_level": row.escalation_level, **dict(client or {})},
+                details={
+                    "vote": action,
+                    "reason": reason,
+                    "roles": sorted(user.roles),
+                    "escalation_level": row.escalation_level,
+                    **dict(client or {}),
+                },
                 at=now,
             )
             if action == "reject":
                 self._finish(
-                    session, row, state="rejected", decision="rejected", by=user.name,
-                    comment=reason if not comment else f"{reason} — {comment}", source=source, now=now,
+                    session,
+                    row,
+                    state="rejected",
+                    decision="rejected",
+                    by=user.name,
+                    comment=reason if not comment else f"{reason} — {comment}",
+                    source=source,
+                    now=now,
                     client=client,
                 )
             elif quorum_reached(policy_of(row), ((v.user, v.user_roles, v.vote) for v in row.votes)):
                 self._finish(
-                    session, row, state="approved", decision="approved", by=user.name,
-                    comment=comment, source=source, now=now, client=client,
+                    session,
+                    row,
+                    state="approved",
+                    decision="approved",
+                    by=user.name,
+                    comment=comment,
+                    source=source,
+                    now=now,
+                    client=client,
                 )
             else:
                 row.updated_at = now
@@ -556,8 +600,14 @@ class ApprovalManager:
             if row.state not in WAITING_STATES:
                 return Approval.from_row(row)
             self._finish(
-                session, row, state="approved", decision="approved", by=None, comment=comment,
-                source=source, now=self._clock(),
+                session,
+                row,
+                state="approved",
+                decision="approved",
+                by=None,
+                comment=comment,
+                source=source,
+                now=self._clock(),
             )
             session.flush()
             return Approval.from_row(row)
@@ -579,8 +629,15 @@ class ApprovalManager:
             if row.state not in WAITING_STATES:
                 raise ApprovalNotPending(row.id, row.state)
             self._finish(
-                session, row, state="cancelled", decision=None, by=actor, comment=reason.strip(),
-                source=source, now=self._clock(), client=client,
+                session,
+                row,
+                state="cancelled",
+                decision=None,
+                by=actor,
+                comment=reason.strip(),
+                source=source,
+                now=self._clock(),
+                client=client,
             )
             session.flush()
             return Approval.from_row(row)
@@ -604,14 +661,22 @@ class ApprovalManager:
             action = row.escalation_final_action if row.timeout_action == "escalate" else row.timeout_action
             decision = "approved" if action == "approve" else "rejected"
             self._finish(
-                session, row, state="timeout", decision=decision, by=None,
-                comment=f"timed out; action taken: {action}", source="timeout", now=now,
+                session,
+                row,
+                state="timeout",
+                decision=decision,
+                by=None,
+                comment=f"timed out; action taken: {action}",
+                source="timeout",
+                now=now,
                 details={"action": action, "escalation_level": row.escalation_level},
             )
             session.flush()
             return TimeoutOutcome(approval=Approval.from_row(row), applied=True)
 
-    def _escalate(self, session: Session, row: ApprovalRequestRow, level: EscalationLevel, now: dt.datetime) -> None:
+    def _escalate(
+        self, session: Session, row: ApprovalRequestRow, level: EscalationLevel, now: dt.datetime
+    ) -> None:
         # Escalation widens the circle: the earlier approvers may still decide.
         row.escalation_level += 1
         row.state = "escalated"
@@ -647,9 +712,15 @@ class ApprovalManager:
         with self.store.session() as session:
             return [
                 AuditEvent(
-                    seq=e.seq, request_id=e.request_id, event_type=e.event_type, actor=e.actor,
-                    source=e.source, comment=e.comment, details=dict(e.details or {}),
-                    created_at=e.created_at, hash=e.hash,
+                    seq=e.seq,
+                    request_id=e.request_id,
+                    event_type=e.event_type,
+                    actor=e.actor,
+                    source=e.source,
+                    comment=e.comment,
+                    details=dict(e.details or {}),
+                    created_at=e.created_at,
+                    hash=e.hash,
                 )
                 for e in session.scalars(query)
             ]
@@ -658,7 +729,9 @@ class ApprovalManager:
         """Walk the whole audit trail and check every hash."""
         with self.store.session() as session:
             rows: Iterator[ApprovalEventRow] = iter(
-                session.scalars(select(ApprovalEventRow).order_by(ApprovalEventRow.seq).execution_options(yield_per=1000))
+                session.scalars(
+                    select(ApprovalEventRow).order_by(ApprovalEventRow.seq).execution_options(yield_per=1000)
+                )
             )
             return verify_chain(rows)
 
@@ -709,7 +782,12 @@ class ApprovalManager:
             actor=by,
             source=source,
             comment=comment,
-            details={"from_state": previous, "decision": decision, **dict(details or {}), **dict(client or {})},
+            details={
+                "from_state": previous,
+                "decision": decision,
+                **dict(details or {}),
+                **dict(client or {}),
+            },
             at=now,
         )
         self._notify(session, row.id)
@@ -718,7 +796,10 @@ class ApprovalManager:
         # Delivered by PostgreSQL only when the transaction commits: waiting triggers
         # wake on a decision that is durable, never on one that rolls back.
         if self.store.is_postgres:
-            session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": request_id})
+            session.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": NOTIFY_CHANNEL, "payload": request_id},
+            )
 
     def _audit(
         self,
@@ -738,13 +819,26 @@ class ApprovalManager:
         prev = prev or GENESIS_HASH
         clean = _json_safe(details or {})
         digest = event_hash(
-            prev_hash=prev, request_id=request_id, event_type=event_type, actor=actor, source=source,
-            comment=comment, details=clean, created_at=at,
+            prev_hash=prev,
+            request_id=request_id,
+            event_type=event_type,
+            actor=actor,
+            source=source,
+            comment=comment,
+            details=clean,
+            created_at=at,
         )
         session.add(
             ApprovalEventRow(
-                request_id=request_id, event_type=event_type, actor=actor, source=source, comment=comment,
-                details=clean, created_at=at, prev_hash=prev, hash=digest,
+                request_id=request_id,
+                event_type=event_type,
+                actor=actor,
+                source=source,
+                comment=comment,
+                details=clean,
+                created_at=at,
+                prev_hash=prev,
+                hash=digest,
             )
         )
         session.flush()

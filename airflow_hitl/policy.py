@@ -87,7 +87,9 @@ class EscalationLevel:
                 required_approvals=value.get("required_approvals"),
             )
         else:
-            raise InvalidApprovalConfig(name, "must be an EscalationLevel or a dict with approvers/roles/timeout")
+            raise InvalidApprovalConfig(
+                name, "must be an EscalationLevel or a dict with approvers/roles/timeout"
+            )
         if not level.approvers and not level.roles:
             raise InvalidApprovalConfig(name, "names no approvers and no roles to escalate to")
         if level.timeout <= dt.timedelta(0):
@@ -135,19 +137,21 @@ def is_allowed_approver(policy: PolicyView, name: str, roles: Iterable[str]) -> 
     return name in policy.allowed_approvers or bool(set(roles) & set(policy.allowed_roles))
 
 
-def check_vote(
-    policy: PolicyView, user: Principal, *, action: str, voters: Iterable[str]
-) -> Eligibility:
+def check_vote(policy: PolicyView, user: Principal, *, action: str, voters: Iterable[str]) -> Eligibility:
     """May ``user`` cast ``action`` ('approve' or 'reject') now? The reason says why not."""
     if user.name in set(voters):
-        return Eligibility(allowed=False, code="already_voted", reason="you have already voted on this request")
+        return Eligibility(
+            allowed=False, code="already_voted", reason="you have already voted on this request"
+        )
     if not is_allowed_approver(policy, user.name, user.roles):
         return Eligibility(
             allowed=False, code="not_allowed", reason="you are not an allowed approver of this request"
         )
     if action == "approve" and not policy.allow_self_approval and user.name == policy.requested_by:
         return Eligibility(
-            allowed=False, code="self_approval", reason="you triggered this run and cannot approve it yourself"
+            allowed=False,
+            code="self_approval",
+            reason="you triggered this run and cannot approve it yourself",
         )
     return Eligibility(allowed=True)
 
@@ -155,7 +159,9 @@ def check_vote(
 def approvals_needed(policy: PolicyView) -> int:
     """How many distinct allowed approvals complete the request."""
     if policy.require_all and policy.allowed_approvers:
-        eligible = [u for u in policy.allowed_approvers if policy.allow_self_approval or u != policy.requested_by]
+        eligible = [
+            u for u in policy.allowed_approvers if policy.allow_self_approval or u != policy.requested_by
+        ]
         return max(len(set(eligible)), 1)
     return policy.required_approvals
 
@@ -176,6 +182,8 @@ def quorum_reached(policy: PolicyView, votes: Iterable[tuple[str, Iterable[str],
     """True when enough distinct allowed approvers have approved."""
     counted = counted_approvals(policy, votes)
     if policy.require_all and policy.allowed_approvers:
-        needed = {u for u in policy.allowed_approvers if policy.allow_self_approval or u != policy.requested_by}
+        needed = {
+            u for u in policy.allowed_approvers if policy.allow_self_approval or u != policy.requested_by
+        }
         return needed <= counted
     return len(counted) >= policy.required_approvals

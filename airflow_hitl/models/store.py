@@ -79,20 +79,46 @@ def resolve_store_url(conn_id: str | None = None, settings: HitlSettings | None 
     return f"sqlite:///{os.path.abspath(settings.sqlite_path)}"
 
 
-def _lookup_connection(conn_id: str) -> Any | None:
+async def aresolve_store_url(conn_id: str | None = None, settings: HitlSettings | None = None) -> str:
+    """:func:`resolve_store_url` for async code (the triggerer), which must not block its loop."""
+    settings = settings or HitlSettings.load()
+    override = os.environ.get("AIRFLOW_HITL_STORE_URL")
+    if override:
+        return normalize_url(override)
+    conn_id = conn_id or settings.conn_id
+    from airflow.sdk import BaseHook
+
+    getter = getattr(BaseHook, "aget_connection", None)
     try:
-        from airflow.sdk import BaseHook
-    except ImportError:  # pragma: no cover - Airflow 3 always has the task SDK
-        from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
+        if getter is not None:
+            conn = await getter(conn_id)
+        else:  # Airflow 3.1 has no async lookup
+            import asyncio
+
+            conn = await asyncio.to_thread(BaseHook.get_connection, conn_id)
+    except Exception as err:
+        conn = _not_found_or_raise(conn_id, err)
+    if conn is not None:
+        return url_from_connection(conn)
+    return f"sqlite:///{os.path.abspath(settings.sqlite_path)}"
+
+
+def _lookup_connection(conn_id: str) -> Any | None:
+    from airflow.sdk import BaseHook
+
     try:
         return BaseHook.get_connection(conn_id)
     except Exception as err:
-        # "Not defined" is the documented way to choose the embedded SQLite store.
-        if type(err).__name__ in {"AirflowNotFoundException", "ConnectionNotFound"} or "isn't defined" in str(
-            err
-        ):
-            return None
-        raise StoreError(f"could not read connection {conn_id!r}: {err}") from err
+        return _not_found_or_raise(conn_id, err)
+
+
+def _not_found_or_raise(conn_id: str, err: Exception) -> None:
+    # "Not defined" is the documented way to choose the embedded SQLite store.
+    if type(err).__name__ in {"AirflowNotFoundException", "ConnectionNotFound"} or "isn't defined" in str(
+        err
+    ):
+        return None
+    raise StoreError(f"could not read connection {conn_id!r}: {err}") from err
 
 
 def _sqlite_on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:

@@ -143,7 +143,9 @@ class ApprovalRequestRow(Base):
 
     __table_args__ = (
         CheckConstraint(_in("state", STATES), name="state"),
-        CheckConstraint(f"timeout_action IS NULL OR {_in('timeout_action', TIMEOUT_ACTIONS)}", name="timeout_action"),
+        CheckConstraint(
+            f"timeout_action IS NULL OR {_in('timeout_action', TIMEOUT_ACTIONS)}", name="timeout_action"
+        ),
         CheckConstraint("required_approvals >= 1", name="required_approvals"),
         # One request per task try: retrying execute() of the same try finds it again.
         UniqueConstraint("dag_id", "run_id", "task_id", "map_index", "try_number"),

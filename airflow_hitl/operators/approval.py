@@ -1,0 +1,359 @@
+"""ApprovalOperator: a human approval gate in a DAG.
+
+The task opens an approval request in the store, defers to :class:`ApprovalTrigger`
+(no worker slot is held while people decide), and on resume succeeds, fails, skips its
+downstream tasks, or waits again after an escalation, exactly as configured. Every option
+is checked when the DAG is parsed, with an error naming the field.
+
+Example::
+
+    from datetime import timedelta
+    from airflow_hitl.operators.approval import ApprovalOperator
+
+    gate = ApprovalOperator(
+        task_id="approve_release",
+        title="Release model {{ params.version }} to production",
+        context_from={"metrics": "evaluate"},
+        required_approvals=2,
+        allowed_roles=["ml-leads"],
+        timeout=timedelta(hours=4),
+        timeout_action="escalate",
+        escalate_to=[{"approvers": ["head-of-ml"], "timeout": timedelta(hours=2)}],
+        escalation_final_action="reject",
+    )
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from airflow_hitl.exceptions import InvalidApprovalConfig
+from airflow_hitl.manager import ApprovalManager, ApprovalSpec
+from airflow_hitl.policy import EscalationLevel, str_list
+from airflow_hitl.records import Approval
+from airflow_hitl.triggers.approval import ApprovalTrigger, ApprovalTriggerEventPayload
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+ContextSource = str | tuple[str, str]
+
+
+class ApprovalOperator(BaseOperator):
+    """Pause the DAG run until the right people approve; fail, skip or escalate otherwise.
+
+    :param title: Headline shown to approvers (templated).
+    :param description: Longer text about what is being approved (templated).
+    :param reason: Why approval is needed (templated).
+    :param context: Facts shown to approvers, e.g. metrics (templated dict).
+    :param context_from: Pull upstream XComs into ``context``: ``{"metrics": "evaluate"}`` takes the
+        return value of task ``evaluate``; ``{"acc": ("evaluate", "accuracy")}`` takes XCom key
+        ``accuracy``; a list of task ids stores each task's return value under its id.
+    :param approval_type: ``manual`` (people decide), ``auto`` (approved at once, recorded as such),
+        ``conditional`` (``condition(context)`` true approves at once, false waits for people).
+    :param condition: The callable for ``approval_type="conditional"``; it receives the context dict.
+    :param timeout: How long people have (a ``timedelta``); None waits for ever. Not
+        ``execution_timeout``, which would kill the waiting task.
+    :param timeout_action: What happens at expiry: ``approve``, ``reject`` or ``escalate``.
+    :param escalate_to: With ``timeout_action="escalate"``: one or more levels, each a dict or
+        :class:`~airflow_hitl.policy.EscalationLevel` with ``approvers`` and/or ``roles``, its own
+        ``timeout`` and optionally ``required_approvals``. A list of user names is one level
+        that gets ``timeout`` again. Escalation adds approvers; earlier ones may still decide.
+    :param escalation_final_action: ``approve`` or ``reject`` when the last level expires.
+    :param required_approvals: Distinct allowed approvals that open the gate.
+    :param require_all: Every user in ``allowed_approvers`` must approve.
+    :param allowed_approvers: Airflow user names who may decide (empty with no roles: anyone
+        with edit access to the DAG).
+    :param allowed_roles: Auth-manager roles whose members may decide.
+    :param allow_self_approval: Let the user who triggered the run approve it (default False).
+    :param on_reject: ``fail`` (default) fails the task; ``skip`` skips it and its downstream tasks.
+    :param metadata: Free-form dict (environment, model version, ``risk``) kept with the request (templated).
+    :param conn_id: Connection of the approval store; default ``[hitl] conn_id``.
+    :param poll_interval: Seconds between store polls in the triggerer; default ``[hitl] poll_interval``.
+    """
+
+    template_fields: Sequence[str] = ("title", "description", "reason", "context", "metadata")
+    template_fields_renderers = {"context": "json", "metadata": "json", "description": "md"}
+    ui_color = "#f6d365"
+
+    def __init__(
+        self,
+        *,
+        title: str,
+        description: str | None = None,
+        reason: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        context_from: Mapping[str, ContextSource] | Sequence[str] | None = None,
+        approval_type: str = "manual",
+        condition: Callable[[dict[str, Any]], bool] | None = None,
+        timeout: dt.timedelta | None = None,
+        timeout_action: str | None = None,
+        escalate_to: Any = None,
+        escalation_final_action: str | None = None,
+        required_approvals: int = 1,
+        require_all: bool = False,
+        allowed_approvers: Sequence[str] | None = None,
+        allowed_roles: Sequence[str] | None = None,
+        allow_self_approval: bool = False,
+        on_reject: str = "fail",
+        metadata: Mapping[str, Any] | None = None,
+        conn_id: str | None = None,
+        poll_interval: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if self.execution_timeout is not None:
+            raise InvalidApprovalConfig(
+                "execution_timeout",
+                "is not how long approvers have and would kill the waiting gate; use `timeout` instead",
+            )
+        if timeout is not None and timeout_action is None:
+            timeout_action = "reject"
+        self.title = title
+        self.description = description
+        self.reason = reason
+        self.context = dict(context or {}) if isinstance(context, Mapping) or context is None else context
+        self.context_from = _parse_context_from(context_from)
+        self.approval_type = approval_type
+        self.condition = condition
+        self.timeout = timeout
+        self.timeout_action = timeout_action
+        self.escalate_to = _parse_escalation(escalate_to, timeout)
+        self.escalation_final_action = escalation_final_action
+        self.required_approvals = required_approvals
+        self.require_all = require_all
+        self.allowed_approvers = str_list(allowed_approvers, "allowed_approvers")
+        self.allowed_roles = str_list(allowed_roles, "allowed_roles")
+        self.allow_self_approval = allow_self_approval
+        self.on_reject = on_reject
+        self.metadata = (
+            dict(metadata or {}) if isinstance(metadata, Mapping) or metadata is None else metadata
+        )
+        self.conn_id = conn_id
+        self.poll_interval = poll_interval
+        self._validate()
+
+    # ------------------------------------------------------------------ parse time
+
+    def _validate(self) -> None:
+        if not isinstance(self.context, Mapping):
+            raise InvalidApprovalConfig("context", "must be a dict")
+        if not isinstance(self.metadata, Mapping):
+            raise InvalidApprovalConfig("metadata", "must be a dict")
+        if not isinstance(self.allow_self_approval, bool):
+            raise InvalidApprovalConfig("allow_self_approval", "must be True or False")
+        if not isinstance(self.require_all, bool):
+            raise InvalidApprovalConfig("require_all", "must be True or False")
+        if self.approval_type == "conditional" and not callable(self.condition):
+            raise InvalidApprovalConfig(
+                "condition", "a callable is required when approval_type='conditional'"
+            )
+        if self.condition is not None and self.approval_type != "conditional":
+            raise InvalidApprovalConfig("condition", "is only used with approval_type='conditional'")
+        if self.poll_interval is not None and (
+            not isinstance(self.poll_interval, (int, float)) or self.poll_interval <= 0
+        ):
+            raise InvalidApprovalConfig("poll_interval", "must be a positive number of seconds")
+        # Templated values are not rendered yet; check the shape of everything else now.
+        self._spec(dag_id="validation", context={}, metadata={}).validate(InvalidApprovalConfig)
+
+    def _spec(self, **overrides: Any) -> ApprovalSpec:
+        fields: dict[str, Any] = {
+            "title": self.title,
+            "description": self.description,
+            "reason": self.reason,
+            "context": self.context,
+            "approval_type": self.approval_type,
+            "timeout": self.timeout,
+            "timeout_action": self.timeout_action,
+            "escalation_targets": tuple(self.escalate_to),
+            "escalation_final_action": self.escalation_final_action,
+            "required_approvals": self.required_approvals,
+            "require_all": self.require_all,
+            "allowed_approvers": tuple(self.allowed_approvers),
+            "allowed_roles": tuple(self.allowed_roles),
+            "allow_self_approval": self.allow_self_approval,
+            "on_reject": self.on_reject,
+            "metadata": self.metadata,
+        }
+        fields.update(overrides)
+        return ApprovalSpec(**fields)
+
+    # ------------------------------------------------------------------ run time
+
+    def _manager(self) -> ApprovalManager:
+        return ApprovalManager(conn_id=self.conn_id)
+
+    def execute(self, context: Context) -> Any:
+        """Open (or find again) the request, then wait in the triggerer unless already decided."""
+        ti = context["ti"]
+        dag_run = context["dag_run"]
+        gate_context = dict(self.context)
+        gate_context.update(self._pull_context(context))
+        spec = self._spec(
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            task_id=ti.task_id,
+            map_index=getattr(ti, "map_index", -1) if getattr(ti, "map_index", None) is not None else -1,
+            try_number=ti.try_number,
+            context=gate_context,
+            requested_by=getattr(dag_run, "triggering_user_name", None),
+        )
+        manager = self._manager()
+        approval = manager.create(spec)
+        self.log.info(
+            "approval request %s for %s.%s (try %s) is %s",
+            approval.id,
+            ti.dag_id,
+            ti.task_id,
+            ti.try_number,
+            approval.state,
+        )
+        if approval.is_waiting and self.approval_type == "auto":
+            approval = manager.decide_automatically(
+                approval.id, source="auto", comment="approved automatically (approval_type='auto')"
+            )
+        elif approval.is_waiting and self.approval_type == "conditional":
+            assert self.condition is not None
+            if self.condition(gate_context):
+                approval = manager.decide_automatically(
+                    approval.id, source="condition", comment="approved automatically: condition is true"
+                )
+            else:
+                self.log.info("condition is false: waiting for people")
+        if not approval.is_waiting:
+            return self._finish(context, approval)
+        self._defer(approval)
+
+    def _defer(self, approval: Approval) -> None:
+        self.defer(
+            trigger=ApprovalTrigger(
+                request_id=approval.id, conn_id=self.conn_id, poll_interval=self.poll_interval
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: ApprovalTriggerEventPayload | None = None) -> Any:
+        """Resume after the trigger's event: finish the task, or wait again after an escalation."""
+        if not event or "request_id" not in event:
+            raise AirflowFailException(f"approval trigger returned no usable event: {event!r}")
+        if event.get("status") == "error":
+            raise AirflowFailException(event.get("error") or "approval trigger failed")
+        approval = self._manager().get(event["request_id"])
+        if approval.is_waiting:
+            if event.get("status") == "escalated":
+                self.log.info(
+                    "approval request %s escalated to level %s; waiting for the new approvers until %s",
+                    approval.id,
+                    approval.escalation_level,
+                    approval.expires_at,
+                )
+            self._defer(approval)
+        return self._finish(context, approval)
+
+    def _finish(self, context: Context, approval: Approval) -> dict[str, Any]:
+        result = decision_summary(approval)
+        if approval.approved:
+            self.log.info(
+                "approved by %s (%s)", approval.approvers or approval.decision_source, approval.state
+            )
+            return result
+        context["ti"].xcom_push(key="decision", value=result)
+        if approval.state == "cancelled":
+            raise AirflowFailException(f"approval request {approval.id} was cancelled: {approval.comment}")
+        message = (
+            f"approval request {approval.id} {approval.state}: "
+            f"{approval.decision} by {approval.decided_by or approval.decision_source}"
+            + (f" ({approval.comment})" if approval.comment else "")
+        )
+        if self.on_reject == "skip":
+            raise AirflowSkipException(message)
+        raise AirflowFailException(message)
+
+    def _pull_context(self, context: Context) -> dict[str, Any]:
+        pulled: dict[str, Any] = {}
+        ti = context["ti"]
+        for name, (task_id, key) in self.context_from.items():
+            value = ti.xcom_pull(task_ids=task_id, key=key)
+            if value is None:
+                self.log.warning("context_from: no XCom %r from task %r for %r", key, task_id, name)
+            pulled[name] = value
+        return pulled
+
+
+def decision_summary(approval: Approval) -> dict[str, Any]:
+    """The gate's XCom: outcome, deciders, comments and times."""
+    return {
+        "request_id": approval.id,
+        "state": approval.state,
+        "decision": approval.decision,
+        "approved": approval.approved,
+        "decided_by": approval.decided_by,
+        "decided_at": approval.decided_at.isoformat() if approval.decided_at else None,
+        "decision_source": approval.decision_source,
+        "comment": approval.comment,
+        "approvers": approval.approvers,
+        "requested_by": approval.requested_by,
+        "requested_at": approval.requested_at.isoformat(),
+        "escalation_level": approval.escalation_level,
+        "votes": [
+            {
+                "user": v.user,
+                "vote": v.vote,
+                "comment": v.comment,
+                "reason": v.reason,
+                "source": v.source,
+                "at": v.created_at.isoformat(),
+            }
+            for v in approval.votes
+        ],
+    }
+
+
+def _parse_context_from(value: Any) -> dict[str, tuple[str, str]]:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        raise InvalidApprovalConfig("context_from", "must be a dict or a list of task ids, not a string")
+    if isinstance(value, Mapping):
+        parsed: dict[str, tuple[str, str]] = {}
+        for name, source in value.items():
+            if not isinstance(name, str) or not name:
+                raise InvalidApprovalConfig("context_from", "keys must be non-empty strings")
+            if isinstance(source, str) and source:
+                parsed[name] = (source, "return_value")
+            elif (
+                isinstance(source, (tuple, list))
+                and len(source) == 2
+                and all(isinstance(s, str) and s for s in source)
+            ):
+                parsed[name] = (source[0], source[1])
+            else:
+                raise InvalidApprovalConfig(
+                    f"context_from[{name!r}]", "must be a task id or a (task_id, xcom_key) pair"
+                )
+        return parsed
+    if isinstance(value, Sequence) and all(isinstance(v, str) and v for v in value):
+        return {task_id: (task_id, "return_value") for task_id in value}
+    raise InvalidApprovalConfig("context_from", "must be a dict or a list of task ids")
+
+
+def _parse_escalation(value: Any, timeout: dt.timedelta | None) -> list[EscalationLevel]:
+    if value is None:
+        return []
+    if isinstance(value, (EscalationLevel, Mapping)):
+        value = [value]
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, Sequence) or not value:
+        raise InvalidApprovalConfig("escalate_to", "must be a non-empty list of levels or user names")
+    if all(isinstance(v, str) for v in value):
+        if not isinstance(timeout, dt.timedelta):
+            raise InvalidApprovalConfig("escalate_to", "a list of user names needs `timeout` for the level")
+        return [EscalationLevel.parse({"approvers": list(value), "timeout": timeout})]
+    return [EscalationLevel.parse(v, index=i) for i, v in enumerate(value)]

@@ -1,0 +1,1 @@
+"""Airflow plugin of airflow-hitl."""

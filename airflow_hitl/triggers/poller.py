@@ -1,0 +1,226 @@
+"""One shared poller per triggerer process for every waiting approval trigger.
+
+A triggerer may hold thousands of waiting gates. Polling the store once per trigger would
+make the store's load grow with them; instead every :class:`ApprovalTrigger` in a process
+registers its request id here, and one task reads the state of all of them in a single
+query per ``[hitl] poll_interval``. On PostgreSQL the poller also LISTENs on the channel
+the manager NOTIFYs when a decision commits, and re-reads just the announced ids at once,
+so a decision wakes its trigger in milliseconds rather than at the next poll.
+
+Store errors (a database restarting) are logged and retried with exponential backoff;
+they never turn into a decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.models.store import NOTIFY_CHANNEL
+from airflow_hitl.records import WaitState
+
+log = logging.getLogger(__name__)
+
+# A new watcher triggers a poll this soon, so several triggers starting together share one.
+_KICK_DEBOUNCE = 0.05
+
+
+class Watch:
+    """One trigger's subscription to one request id."""
+
+    def __init__(self, *, request_id: str) -> None:
+        self.request_id = request_id
+        self.state: WaitState | None = None
+        self.missing = False
+        self._changed = asyncio.Event()
+
+    def update(self, state: WaitState | None) -> None:
+        """Record the newest state seen (None: the row is gone) and wake the waiter on change."""
+        if state is None:
+            self.missing = True
+            self._changed.set()
+            return
+        if self.state is None or state != self.state:
+            self.state = state
+            self._changed.set()
+
+    async def wait(self, timeout: float | None) -> None:
+        """Sleep until the state changes or ``timeout`` seconds pass."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self._changed.clear()
+
+
+class ApprovalPoller:
+    """Reads the state of every watched request in one query per interval."""
+
+    def __init__(
+        self,
+        *,
+        manager: ApprovalManager,
+        poll_interval: float,
+        max_backoff: float = 30.0,
+        listen: bool = True,
+        on_empty: Callable[[ApprovalPoller], None] | None = None,
+    ) -> None:
+        self.manager = manager
+        self.poll_interval = poll_interval
+        self.max_backoff = max_backoff
+        self.listen = listen and manager.store.is_postgres
+        self.queries = 0
+        self.errors = 0
+        self._watches: dict[str, set[Watch]] = {}
+        self._kick = asyncio.Event()
+        self._targeted: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._on_empty = on_empty
+
+    # ------------------------------------------------------------------ subscribe
+
+    def watch(self, request_id: str) -> Watch:
+        """Start watching ``request_id``; the first state arrives at the next (prompt) poll."""
+        watch = Watch(request_id=request_id)
+        self._watches.setdefault(request_id, set()).add(watch)
+        self._targeted.add(request_id)
+        self._ensure_running()
+        self._kick.set()
+        return watch
+
+    def unwatch(self, watch: Watch) -> None:
+        """Stop watching; the poller stops itself when nobody is left."""
+        watchers = self._watches.get(watch.request_id)
+        if watchers is not None:
+            watchers.discard(watch)
+            if not watchers:
+                del self._watches[watch.request_id]
+        if not self._watches:
+            self.stop()
+
+    @property
+    def watched(self) -> int:
+        """Number of distinct request ids being watched."""
+        return len(self._watches)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _ensure_running(self) -> None:
+        if self._tasks and not all(t.done() for t in self._tasks):
+            return
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._poll_loop(), name="hitl-approval-poller")]
+        if self.listen:
+            self._tasks.append(loop.create_task(self._listen_loop(), name="hitl-approval-listener"))
+
+    def stop(self) -> None:
+        """Cancel the polling and listening tasks."""
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+        if self._on_empty is not None:
+            self._on_empty(self)
+
+    # ------------------------------------------------------------------ polling
+
+    async def _poll_loop(self) -> None:
+        backoff = 0.0
+        next_full_poll = 0.0
+        while self._watches:
+            wait = backoff if backoff else max(0.0, next_full_poll - time.monotonic())
+            try:
+                await asyncio.wait_for(self._kick.wait(), timeout=wait)
+                await asyncio.sleep(_KICK_DEBOUNCE)
+            except asyncio.TimeoutError:
+                pass
+            self._kick.clear()
+            full = backoff > 0 or time.monotonic() >= next_full_poll
+            # Between full polls, read only what was announced (NOTIFY) or newly watched.
+            ids = list(self._watches) if full else sorted(self._targeted & self._watches.keys())
+            self._targeted.clear()
+            if not ids:
+                continue
+            try:
+                states = await asyncio.to_thread(self.manager.wait_states, ids)
+            except Exception:
+                self.errors += 1
+                backoff = min(self.max_backoff, max(1.0, backoff * 2))
+                log.warning("approval store poll failed; retrying in %.1fs", backoff, exc_info=True)
+                continue
+            self.queries += 1
+            backoff = 0.0
+            if full:
+                next_full_poll = time.monotonic() + self.poll_interval
+            for request_id in ids:
+                for watch in list(self._watches.get(request_id, ())):
+                    watch.update(states.get(request_id))
+
+    def _on_notify(self, request_id: str) -> None:
+        if request_id in self._watches:
+            self._targeted.add(request_id)
+            self._kick.set()
+
+    # ------------------------------------------------------------------ LISTEN
+
+    def _conninfo(self) -> dict[str, Any]:
+        url = make_url(self.manager.store.url)
+        info: dict[str, Any] = {
+            "host": url.host,
+            "port": url.port,
+            "user": url.username,
+            "password": url.password,
+            "dbname": url.database,
+        }
+        info.update({k: v for k, v in url.query.items() if isinstance(v, str)})
+        return {k: v for k, v in info.items() if v is not None}
+
+    async def _listen_loop(self) -> None:
+        import psycopg
+
+        backoff = 1.0
+        while self._watches:
+            try:
+                async with await psycopg.AsyncConnection.connect(autocommit=True, **self._conninfo()) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    backoff = 1.0
+                    # Decisions committed while we were (re)connecting were not announced to us.
+                    self._targeted.update(self._watches)
+                    self._kick.set()
+                    async for notify in conn.notifies():
+                        self._on_notify(notify.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning(
+                    "LISTEN connection lost; polling continues, reconnecting in %.1fs", backoff, exc_info=True
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(self.max_backoff, backoff * 2)
+
+
+_pollers: dict[tuple[int, str], ApprovalPoller] = {}
+
+
+def shared_poller(
+    manager: ApprovalManager, *, poll_interval: float, max_backoff: float = 30.0
+) -> ApprovalPoller:
+    """The poller of the running event loop for ``manager``'s store, created on first use."""
+    key = (id(asyncio.get_running_loop()), manager.store.url)
+    poller = _pollers.get(key)
+    if poller is None:
+
+        def forget(p: ApprovalPoller) -> None:
+            if _pollers.get(key) is p:
+                del _pollers[key]
+
+        poller = ApprovalPoller(
+            manager=manager, poll_interval=poll_interval, max_backoff=max_backoff, on_empty=forget
+        )
+        _pollers[key] = poller
+    return poller
