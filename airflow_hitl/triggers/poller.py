@@ -14,6 +14,7 @@ they never turn into a decision.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -52,10 +53,8 @@ class Watch:
 
     async def wait(self, timeout: float | None) -> None:
         """Sleep until the state changes or ``timeout`` seconds pass."""
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
         self._changed.clear()
 
 
@@ -197,9 +196,7 @@ class ApprovalPoller:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.warning(
-                    "LISTEN connection lost; polling continues, reconnecting in %.1fs", backoff, exc_info=True
-                )
+                log.warning("LISTEN connection lost; polling continues, reconnecting in %.1fs", backoff, exc_info=True)
                 await asyncio.sleep(backoff)
                 backoff = min(self.max_backoff, backoff * 2)
 
@@ -207,9 +204,7 @@ class ApprovalPoller:
 _pollers: dict[tuple[int, str], ApprovalPoller] = {}
 
 
-def shared_poller(
-    manager: ApprovalManager, *, poll_interval: float, max_backoff: float = 30.0
-) -> ApprovalPoller:
+def shared_poller(manager: ApprovalManager, *, poll_interval: float, max_backoff: float = 30.0) -> ApprovalPoller:
     """The poller of the running event loop for ``manager``'s store, created on first use."""
     key = (id(asyncio.get_running_loop()), manager.store.url)
     poller = _pollers.get(key)
@@ -219,8 +214,6 @@ def shared_poller(
             if _pollers.get(key) is p:
                 del _pollers[key]
 
-        poller = ApprovalPoller(
-            manager=manager, poll_interval=poll_interval, max_backoff=max_backoff, on_empty=forget
-        )
+        poller = ApprovalPoller(manager=manager, poll_interval=poll_interval, max_backoff=max_backoff, on_empty=forget)
         _pollers[key] = poller
     return poller
