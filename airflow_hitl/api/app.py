@@ -1,19 +1,77 @@
-"""FastAPI application factory of the ``/hitl`` sub-app."""
+"""FastAPI application factory of the ``/hitl`` sub-app.
+
+The plugin mounts this app on Airflow's api-server at ``/hitl``; the REST API lives under
+``/hitl/api/v1`` and the app serves its own OpenAPI document (``/hitl/openapi.json``,
+``/hitl/docs``). A mounted sub-app inherits no authentication from Airflow: every route of
+the API depends on :func:`airflow_hitl.api.security.current_caller`.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import logging
+
+from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.responses import JSONResponse
 
 from airflow_hitl import __version__
+from airflow_hitl.exceptions import HitlError, NotAllowed
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+
+async def _hitl_error(request: Request, exc: Exception) -> JSONResponse:
+    # Domain errors carry their HTTP status; NotAllowed's reason is the 403's detail.
+    assert isinstance(exc, HitlError)
+    detail = exc.reason if isinstance(exc, NotAllowed) else str(exc)
+    if exc.status_code >= 500:
+        log.error("approval store error on %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(status_code=exc.status_code, content={"detail": detail})
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI validates the body before any dependency runs, so a request with a broken
+    # body and no token would get a 422 that tells an anonymous caller about our schema.
+    # Authenticate first: without a valid token the answer is 401, as for any other call.
+    assert isinstance(exc, RequestValidationError)
+    path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+    if path.startswith(API_PREFIX):
+        from airflow_hitl.api.security import authenticate, bearer_credentials
+
+        try:
+            await authenticate(request, await bearer_credentials(request))
+        except HTTPException as auth_error:
+            return JSONResponse(
+                status_code=auth_error.status_code,
+                content={"detail": auth_error.detail},
+                headers=dict(auth_error.headers or {}),
+            )
+    return JSONResponse(
+        status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
+        content={"detail": jsonable_encoder(exc.errors(), custom_encoder={Exception: str})},
+    )
 
 
 def create_app() -> FastAPI:
-    """Build the ``/hitl`` app; routes are added by the routers in :mod:`airflow_hitl.api.routes`."""
+    """Build the ``/hitl`` app with the approvals REST API under ``/api/v1``."""
+    from airflow_hitl.api.routes.approvals import router as approvals_router
+
     app = FastAPI(
         title="airflow-hitl",
         version=__version__,
-        description="Human approval gates for Apache Airflow 3.",
+        description=(
+            "Human approval gates for Apache Airflow 3. Authenticate with a bearer token from the "
+            "api-server's `POST /auth/token` (or the Airflow UI's session cookie). Reading needs read "
+            "access to the approval's DAG; deciding and cancelling need edit access to it and must "
+            "pass the request's own policy."
+        ),
     )
+    app.add_exception_handler(HitlError, _hitl_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.include_router(approvals_router, prefix=API_PREFIX)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:

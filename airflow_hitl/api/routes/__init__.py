@@ -1,0 +1,1 @@
+"""Routers of the ``/hitl`` app, one module per resource."""

@@ -1,0 +1,443 @@
+"""``/api/v1/approvals``: thin handlers over :class:`~airflow_hitl.manager.ApprovalManager`.
+
+Each handler authenticates the caller (Airflow token), checks DAG access with the auth
+manager, calls the manager, and shapes the answer. Policy, state transitions and audit
+rows all live in the manager; domain errors carry their own HTTP status and are turned
+into responses by the handler installed in :mod:`airflow_hitl.api.app`.
+
+Handlers are plain ``def``: the manager does blocking database work, which FastAPI then
+runs in its thread pool instead of on the event loop.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import threading
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Annotated, Any, Literal, cast
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from sqlalchemy import select
+
+from airflow_hitl.api.datamodels import (
+    DECIDED_STATES,
+    MAX_ID_LENGTH,
+    STATES,
+    ApprovalCollectionResponse,
+    ApprovalResponse,
+    ApproveBody,
+    BulkBody,
+    BulkItemResult,
+    BulkResponse,
+    CancelBody,
+    CreateBody,
+    RejectBody,
+)
+from airflow_hitl.api.security import (
+    Caller,
+    CallerDep,
+    current_caller,
+    edit_refusal,
+    readable_dag_ids,
+    require_edit,
+    require_read,
+)
+from airflow_hitl.exceptions import HitlError, InvalidInput
+from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec
+from airflow_hitl.models.tables import ApprovalRequestRow
+from airflow_hitl.policy import EscalationLevel
+from airflow_hitl.records import Approval
+
+router = APIRouter(prefix="/approvals", tags=["approvals"], dependencies=[Depends(current_caller)])
+
+_manager_lock = threading.Lock()
+_process_manager: ApprovalManager | None = None
+
+MAX_LIMIT = 10_000
+DEFAULT_LIMIT = 100
+CSV_COLUMNS = (
+    "id",
+    "dag_id",
+    "run_id",
+    "task_id",
+    "map_index",
+    "title",
+    "state",
+    "decision",
+    "decided_by",
+    "decided_at",
+    "decision_source",
+    "comment",
+    "requested_by",
+    "requested_at",
+    "expires_at",
+    "required_approvals",
+    "approvers",
+    "votes",
+)
+
+
+def get_manager(request: Request) -> ApprovalManager:
+    """The manager of this process, created on first use.
+
+    A test (or an embedding app) may set ``app.state.hitl_manager`` or override this
+    dependency. Creation is lazy because resolving the store reads the ``hitl_default``
+    connection, which must not happen when the plugin is merely imported.
+    """
+    injected = getattr(request.app.state, "hitl_manager", None)
+    if injected is not None:
+        return injected
+    global _process_manager
+    if _process_manager is None:
+        with _manager_lock:
+            if _process_manager is None:
+                _process_manager = ApprovalManager()
+    return _process_manager
+
+
+ManagerDep = Annotated[ApprovalManager, Depends(get_manager)]
+
+
+def _client(request: Request) -> dict[str, Any]:
+    # Recorded in the audit trail with every decision made over HTTP.
+    return {
+        "client_address": request.client.host if request.client else None,
+        "user_agent": request.headers.get("user-agent"),
+    }
+
+
+def _approval_id(value: str) -> str:
+    """Canonical form of an approval id; InvalidInput when it is not a UUID."""
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInput("id", "is not a valid approval id")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidInput("id", f"{value!r} is not a valid approval id") from None
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    # A time without an offset is taken as UTC, the zone every stored time is in.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+def _store_dag_ids(manager: ApprovalManager) -> list[str]:
+    # A read-only query the manager has no method for: which DAGs have approvals at all.
+    with manager.store.session() as session:
+        return list(session.scalars(select(ApprovalRequestRow.dag_id).distinct()))
+
+
+def _visible(caller: Caller, manager: ApprovalManager, filters: ApprovalFilter) -> ApprovalFilter | None:
+    """``filters`` narrowed to the DAGs ``caller`` may read; None when nothing is visible."""
+    dag_ids = readable_dag_ids(caller, lambda: _store_dag_ids(manager))
+    if dag_ids is None:
+        return filters
+    if not dag_ids:
+        return None
+    from dataclasses import replace
+
+    return replace(filters, dag_ids=sorted(dag_ids))
+
+
+def _response(approval: Approval, caller: Caller | None = None, manager: ApprovalManager | None = None) -> dict:
+    data = approval.to_dict()
+    if caller is not None and manager is not None:
+        refusal = edit_refusal(caller, approval.dag_id)
+        if refusal is None:
+            eligibility = manager.can_approve(caller.principal, approval)
+            data["can_approve"], data["can_approve_reason"] = eligibility.allowed, eligibility.reason
+        else:
+            data["can_approve"], data["can_approve_reason"] = False, refusal
+    return data
+
+
+def _states(values: Iterable[str] | None, allowed: Iterable[str]) -> list[str] | None:
+    if not values:
+        return None
+    allowed = tuple(allowed)
+    wrong = [v for v in values if v not in allowed]
+    if wrong:
+        raise InvalidInput("state", f"unknown state(s) {wrong}; one of {list(allowed)}")
+    return list(values)
+
+
+def _page(result: Any) -> tuple[Sequence[Approval], int]:
+    # The manager annotates its pages with ``list[...]`` inside a class that has a method
+    # called ``list``, which mypy reads as that method; restate the real type here.
+    return cast("tuple[Sequence[Approval], int]", result)
+
+
+Limit = Annotated[int, Query(ge=0, le=MAX_LIMIT, description=f"Page size, 0 to {MAX_LIMIT}.")]
+Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
+Text = Annotated[str | None, Query(max_length=250)]
+
+
+@router.get("", response_model=ApprovalCollectionResponse, summary="List approval requests")
+def list_approvals(
+    caller: CallerDep,
+    manager: ManagerDep,
+    state: Annotated[list[str] | None, Query(description="Repeat for several states.")] = None,
+    dag_id: Text = None,
+    run_id: Text = None,
+    task_id: Text = None,
+    requested_by: Text = None,
+    decided_by: Text = None,
+    limit: Limit = DEFAULT_LIMIT,
+    offset: Offset = 0,
+    order_by: Annotated[str, Query(max_length=50, description="A column; prefix '-' for descending.")] = (
+        "-requested_at"
+    ),
+) -> dict:
+    """Approval requests on DAGs the caller may read, newest first by default."""
+    filters = _visible(
+        caller,
+        manager,
+        ApprovalFilter(
+            states=_states(state, STATES),
+            dag_id=dag_id,
+            run_id=run_id,
+            task_id=task_id,
+            requested_by=requested_by,
+            decided_by=decided_by,
+        ),
+    )
+    if filters is None:
+        return {"approvals": [], "total_entries": 0}
+    items, total = _page(manager.list(filters, limit=limit, offset=offset, order_by=order_by))
+    return {"approvals": [_response(a) for a in items], "total_entries": total}
+
+
+@router.get("/pending", response_model=ApprovalCollectionResponse, summary="List pending approval requests")
+def list_pending(
+    caller: CallerDep,
+    manager: ManagerDep,
+    dag_id: Text = None,
+    run_id: Text = None,
+    task_id: Text = None,
+    requested_by: Text = None,
+    limit: Limit = DEFAULT_LIMIT,
+    offset: Offset = 0,
+) -> dict:
+    """Requests still waiting (pending or escalated), soonest expiry first, each with ``can_approve``."""
+    filters = _visible(
+        caller, manager, ApprovalFilter(dag_id=dag_id, run_id=run_id, task_id=task_id, requested_by=requested_by)
+    )
+    if filters is None:
+        return {"approvals": [], "total_entries": 0}
+    items, total = _page(manager.pending(filters, limit=limit, offset=offset))
+    return {"approvals": [_response(a, caller, manager) for a in items], "total_entries": total}
+
+
+@router.get(
+    "/history",
+    response_model=ApprovalCollectionResponse,
+    summary="Decided approval requests (JSON, or CSV with format=csv)",
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON page, or a CSV export with a header row."}},
+)
+def history(
+    caller: CallerDep,
+    manager: ManagerDep,
+    dag_id: Text = None,
+    state: Annotated[list[str] | None, Query(description="Decided states; repeat for several.")] = None,
+    decided_by: Text = None,
+    requested_by: Text = None,
+    run_id: Text = None,
+    task_id: Text = None,
+    since: Annotated[dt.datetime | None, Query(description="Decided at or after (ISO 8601; UTC if no offset).")] = None,
+    until: Annotated[dt.datetime | None, Query(description="Decided at or before.")] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    offset: Offset = 0,
+    format: Literal["json", "csv"] = "json",
+) -> Any:
+    """Decided requests, newest decision first; ``format=csv`` is the audit export."""
+    since, until = _aware(since), _aware(until)
+    if since is not None and until is not None and since > until:
+        raise InvalidInput("since", "must not be after `until`")
+    filters = _visible(
+        caller,
+        manager,
+        ApprovalFilter(
+            states=_states(state, DECIDED_STATES),
+            dag_id=dag_id,
+            run_id=run_id,
+            task_id=task_id,
+            decided_by=decided_by,
+            requested_by=requested_by,
+            since=since,
+            until=until,
+        ),
+    )
+    items: Sequence[Approval] = []
+    total = 0
+    if filters is not None:
+        items, total = _page(manager.history(filters, limit=limit, offset=offset))
+    if format == "csv":
+        return Response(
+            content=_csv(items),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": 'attachment; filename="hitl-approval-history.csv"',
+                "X-Total-Count": str(total),
+            },
+        )
+    return {"approvals": [_response(a) for a in items], "total_entries": total}
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    text = value.isoformat() if isinstance(value, dt.datetime) else str(value)
+    # Spreadsheets run cells that start like a formula; user text must never be one.
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        text = "'" + text
+    return text
+
+
+def _csv(items: Iterable[Approval]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for a in items:
+        row: Mapping[str, Any] = {
+            **{c: getattr(a, c, None) for c in CSV_COLUMNS},
+            "approvers": ";".join(a.approvers),
+            "votes": ";".join(f"{v.user}:{v.vote}" for v in a.votes),
+        }
+        writer.writerow([_csv_cell(row[c]) for c in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+@router.post(
+    "",
+    response_model=ApprovalResponse,
+    status_code=status.HTTP_201_CREATED,
+    summary="Open an approval request (a gate outside a task)",
+)
+def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) -> dict:
+    """Open a request on a DAG the caller may edit; the caller is recorded as ``requested_by``."""
+    require_edit(caller, body.dag_id)
+    spec = ApprovalSpec(
+        dag_id=body.dag_id,
+        title=body.title,
+        run_id=body.run_id,
+        task_id=body.task_id,
+        map_index=body.map_index,
+        description=body.description,
+        reason=body.reason,
+        context=body.context,
+        requested_by=caller.name,
+        timeout=dt.timedelta(seconds=body.timeout_seconds) if body.timeout_seconds else None,
+        timeout_action=body.timeout_action,
+        escalation_targets=tuple(
+            EscalationLevel(
+                approvers=tuple(level.approvers),
+                roles=tuple(level.roles),
+                timeout=dt.timedelta(seconds=level.timeout_seconds),
+                required_approvals=level.required_approvals,
+            )
+            for level in body.escalate_to
+        ),
+        escalation_final_action=body.escalation_final_action,
+        required_approvals=body.required_approvals,
+        require_all=body.require_all,
+        allowed_approvers=tuple(body.allowed_approvers),
+        allowed_roles=tuple(body.allowed_roles),
+        allow_self_approval=body.allow_self_approval,
+        on_reject=body.on_reject,
+        metadata=body.metadata,
+    )
+    return _response(manager.create(spec, actor=caller.name, source="api"), caller, manager)
+
+
+@router.get("/{approval_id}", response_model=ApprovalResponse, summary="One approval request with its votes")
+def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> dict:
+    """One request, with ``can_approve`` for the caller."""
+    approval = manager.get(_approval_id(approval_id))
+    require_read(caller, approval.dag_id)
+    return _response(approval, caller, manager)
+
+
+def _load_for_edit(manager: ApprovalManager, caller: Caller, approval_id: str) -> Approval:
+    approval = manager.get(_approval_id(approval_id))
+    require_edit(caller, approval.dag_id)
+    return approval
+
+
+@router.post("/{approval_id}/approve", response_model=ApprovalResponse, summary="Approve")
+def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> dict:
+    """Vote to approve; the request is approved once its quorum is reached."""
+    approval = _load_for_edit(manager, caller, approval_id)
+    decided = manager.approve(
+        approval.id,
+        user=caller.principal,
+        comment=body.comment,
+        metadata=body.metadata,
+        source="api",
+        client=_client(request),
+    )
+    return _response(decided)
+
+
+@router.post("/{approval_id}/reject", response_model=ApprovalResponse, summary="Reject (a reason is required)")
+def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> dict:
+    """Reject; one allowed rejection rejects the request at once."""
+    approval = _load_for_edit(manager, caller, approval_id)
+    decided = manager.reject(
+        approval.id,
+        user=caller.principal,
+        reason=body.reason,
+        comment=body.comment,
+        source="api",
+        client=_client(request),
+    )
+    return _response(decided)
+
+
+@router.post("/{approval_id}/cancel", response_model=ApprovalResponse, summary="Cancel a waiting request")
+def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerDep, manager: ManagerDep) -> dict:
+    """Withdraw a waiting request; its task fails. Needs edit access to the DAG."""
+    approval = _load_for_edit(manager, caller, approval_id)
+    cancelled = manager.cancel(
+        approval.id, actor=caller.name, reason=body.reason, source="api", client=_client(request)
+    )
+    return _response(cancelled)
+
+
+@router.post("/bulk", response_model=BulkResponse, summary="Approve, reject or cancel many requests")
+def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDep) -> dict:
+    """Apply one action to every id; each gets its own result, and one failure stops nothing."""
+    client = _client(request)
+    results: list[BulkItemResult] = []
+    for raw_id in body.ids:
+        try:
+            approval = _load_for_edit(manager, caller, raw_id)
+            if body.action == "approve":
+                done = manager.approve(
+                    approval.id, user=caller.principal, comment=body.comment, source="bulk", client=client
+                )
+            elif body.action == "reject":
+                done = manager.reject(
+                    approval.id,
+                    user=caller.principal,
+                    reason=body.reason or "",
+                    comment=body.comment,
+                    source="bulk",
+                    client=client,
+                )
+            else:
+                done = manager.cancel(
+                    approval.id, actor=caller.name, reason=body.reason or "", source="bulk", client=client
+                )
+            results.append(BulkItemResult(id=approval.id, ok=True, status_code=200, state=done.state))
+        except HitlError as err:
+            detail = getattr(err, "reason", None) or str(err)
+            results.append(BulkItemResult(id=raw_id, ok=False, status_code=err.status_code, detail=detail))
+        except HTTPException as err:
+            results.append(BulkItemResult(id=raw_id, ok=False, status_code=err.status_code, detail=str(err.detail)))
+    succeeded = sum(1 for r in results if r.ok)
+    return {"action": body.action, "results": results, "succeeded": succeeded, "failed": len(results) - succeeded}

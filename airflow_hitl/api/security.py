@@ -1,0 +1,209 @@
+"""Authentication and authorization of the ``/hitl`` API through Airflow's own auth manager.
+
+This is the ONE module of airflow-hitl that imports ``airflow.api_fastapi.*``: that package
+is not Airflow's public API and moves between releases, so when it does, only this file
+changes. Everything else asks this module who the caller is (:class:`Caller`) and whether
+they may read or edit a DAG.
+
+- Authentication: Airflow's ``get_user`` (a bearer token from ``POST /auth/token``, or the
+  UI's ``_token`` cookie). A missing, expired or invalid token is a 401 here, where Airflow
+  answers an invalid one with 403, because our contract keeps 403 for "authenticated but
+  not allowed".
+- Authorization: reading an approval needs read (``GET``) access to its DAG; deciding,
+  cancelling and creating need edit (``PUT``) access, asked of the auth manager with the
+  approval's ``dag_id`` exactly as Airflow's ``requires_access_dag`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from airflow_hitl.policy import Principal
+
+if TYPE_CHECKING:
+    from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
+    from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+
+log = logging.getLogger(__name__)
+
+# Declared with auto_error=False so a missing header reaches Airflow's get_user, which then
+# falls back to the UI cookie; it also documents the bearer scheme in our OpenAPI.
+_bearer_scheme = HTTPBearer(auto_error=False, description="A JWT from Airflow's `POST /auth/token`.")
+
+READ = "GET"
+EDIT = "PUT"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Caller:
+    """The authenticated Airflow user of one request, and our policy's view of them."""
+
+    user: BaseUser
+    principal: Principal
+    _verdicts: dict[tuple[str, str], bool] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The user name the policy, votes and audit trail use."""
+        return self.principal.name
+
+    def can_read_dag(self, dag_id: str) -> bool:
+        """True when the auth manager gives this user read access to ``dag_id``."""
+        return self._authorized(READ, dag_id)
+
+    def can_edit_dag(self, dag_id: str) -> bool:
+        """True when the auth manager gives this user edit access to ``dag_id``."""
+        return self._authorized(EDIT, dag_id)
+
+    def _authorized(self, method: str, dag_id: str) -> bool:
+        # Lists ask the same question for every row of a DAG; one answer per request is enough.
+        key = (method, dag_id)
+        if key not in self._verdicts:
+            self._verdicts[key] = is_authorized_dag(self.user, method=method, dag_id=dag_id)
+        return self._verdicts[key]
+
+
+def auth_manager() -> BaseAuthManager:
+    """The auth manager the api-server initialised (SimpleAuthManager, FabAuthManager, ...)."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return get_auth_manager()
+
+
+def principal_of(user: BaseUser) -> Principal:
+    """Our :class:`Principal` for an Airflow user of any auth manager.
+
+    The name is ``get_name()`` (the user name that DAG authors write in ``allowed_approvers``).
+    Roles come from SimpleAuthManager's single ``role`` or FabAuthManager's ``roles`` (role
+    objects with a ``name``, or plain strings); an auth manager with neither gives none.
+    """
+    name = str(user.get_name() or user.get_id())
+    roles: list[str] = []
+    single = getattr(user, "role", None)
+    if isinstance(single, str) and single:
+        roles.append(single)
+    many = getattr(user, "roles", None)
+    if many and not isinstance(many, str):
+        for role in many:
+            role_name = getattr(role, "name", role)
+            if isinstance(role_name, str) and role_name:
+                roles.append(role_name)
+    return Principal.of(name, roles)
+
+
+def _team_names(dag_ids: Iterable[str]) -> dict[str, str | None]:
+    # Team ownership only exists in multi-team mode; elsewhere it would be a wasted query.
+    from airflow.configuration import conf
+
+    ids = list(dag_ids)
+    if not ids or not conf.getboolean("core", "multi_team", fallback=False):
+        return dict.fromkeys(ids)
+    from airflow.models.dag import DagModel
+
+    return dict(DagModel.get_dag_id_to_team_name_mapping(ids))
+
+
+def is_authorized_dag(user: Any, *, method: str, dag_id: str | None) -> bool:
+    """Ask the auth manager whether ``user`` may ``method`` the DAG (all DAGs when ``dag_id`` is None)."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+    details = None
+    if dag_id is not None:
+        details = DagDetails(id=dag_id, team_name=_team_names([dag_id]).get(dag_id))
+    return bool(auth_manager().is_authorized_dag(method=method, user=user, details=details))  # type: ignore[arg-type]
+
+
+def readable_dag_ids(caller: Caller, candidates: Callable[[], Iterable[str]]) -> set[str] | None:
+    """Of the DAG ids ``candidates()`` returns, those ``caller`` may read; None when they may read every DAG.
+
+    Airflow's own list routes filter with ``get_authorized_dag_ids``, which only knows DAGs in
+    the metadata DB; approvals can outlive their DAG or be opened from outside a task, so we
+    filter the DAG ids that occur in the approval store with the same auth manager instead.
+    """
+    if is_authorized_dag(caller.user, method=READ, dag_id=None):
+        return None
+    # Only asked for when needed: a user who may read every DAG costs no store query.
+    ids = set(candidates())
+    if not ids:
+        return set()
+    teams = _team_names(ids)
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+    manager = auth_manager()
+    return {
+        dag_id
+        for dag_id in ids
+        if manager.is_authorized_dag(
+            method=READ,  # type: ignore[arg-type]
+            user=caller.user,
+            details=DagDetails(id=dag_id, team_name=teams.get(dag_id)),
+        )
+    }
+
+
+async def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None = None) -> Caller:
+    """Resolve the caller with Airflow's ``get_user``; raise 401 when there is no valid token."""
+    from airflow.api_fastapi.core_api.security import get_user
+
+    try:
+        user = await get_user(request=request, _oauth_token=None, bearer_credentials=credentials)
+    except HTTPException as err:
+        # Airflow says 403 "Invalid JWT token" for a forged or malformed token; to an API
+        # client that is "not authenticated", which the contract spells 401.
+        if err.status_code in (status.HTTP_401_UNAUTHORIZED, status.HTTP_403_FORBIDDEN):
+            raise HTTPException(
+                status_code=status.HTTP_401_UNAUTHORIZED,
+                detail=str(err.detail) if err.status_code == status.HTTP_401_UNAUTHORIZED else "Invalid token",
+                headers={"WWW-Authenticate": "Bearer"},
+            ) from err
+        raise
+    except Exception as err:
+        # A token the validator cannot even parse must never become a 500.
+        log.info("rejecting a request whose token could not be validated: %s", err)
+        raise HTTPException(
+            status_code=status.HTTP_401_UNAUTHORIZED,
+            detail="Invalid token",
+            headers={"WWW-Authenticate": "Bearer"},
+        ) from err
+    return Caller(user=user, principal=principal_of(user))
+
+
+async def bearer_credentials(request: Request) -> HTTPAuthorizationCredentials | None:
+    """The ``Authorization: Bearer`` credentials of ``request``, if any."""
+    return await _bearer_scheme(request)
+
+
+async def current_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
+) -> Caller:
+    """FastAPI dependency: the authenticated caller of this request."""
+    return await authenticate(request, credentials)
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+def require_read(caller: Caller, dag_id: str) -> None:
+    """Raise 403 unless ``caller`` may read ``dag_id``."""
+    if not caller.can_read_dag(dag_id):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"you do not have read access to DAG {dag_id!r}")
+
+
+def require_edit(caller: Caller, dag_id: str) -> None:
+    """Raise 403 unless ``caller`` may edit ``dag_id`` (decide, cancel or open its approvals)."""
+    if not caller.can_edit_dag(dag_id):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"you do not have edit access to DAG {dag_id!r}")
+
+
+def edit_refusal(caller: Caller, dag_id: str) -> str | None:
+    """Why ``caller`` may not decide approvals of ``dag_id``, or None when they may."""
+    if caller.can_edit_dag(dag_id):
+        return None
+    return f"you do not have edit access to DAG {dag_id!r}"
