@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse
@@ -50,7 +50,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
                 headers=dict(auth_error.headers or {}),
             )
     return JSONResponse(
-        status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
+        status_code=422,
         content={"detail": jsonable_encoder(exc.errors(), custom_encoder={Exception: str})},
     )
 
