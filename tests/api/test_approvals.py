@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from airflow_hitl.api.datamodels import ApprovalCollectionResponse, ApprovalResponse, BulkResponse, VoteResponse
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.policy import Principal
 from tests.api.conftest import API, AirflowApi, open_request, snapshot
@@ -372,3 +373,35 @@ class TestHistory:
         rejected = next(r for r in rows if r["state"] == "rejected")
         # Spreadsheet formulas in user text are neutralised.
         assert rejected["comment"].startswith("'=")
+
+
+class TestResponseShapes:
+    """Handlers build JSON by hand for speed; it must match the documented models exactly."""
+
+    def test_every_response_matches_its_model(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        approval = open_request(api_manager, required_approvals=2, metadata={"k": [1, 2]})
+        other = open_request(api_manager, run_id="manual__2")
+        api_manager.approve(approval.id, user=Principal.of("alice"), comment="first", metadata={"m": 1})
+        item_fields = set(ApprovalResponse.model_fields)
+        listed = [
+            api.client.get(API, headers=api.headers("op")).json(),
+            api.client.get(f"{API}/pending", headers=api.headers("op")).json(),
+        ]
+        single = [
+            api.client.get(f"{API}/{approval.id}", headers=api.headers("op")).json(),
+            _post(api, f"{API}/{approval.id}/approve", "op", {}).json(),
+            _post(api, API, "op", {"dag_id": "billing", "title": "t"}).json(),
+        ]
+        listed.append(api.client.get(f"{API}/history", headers=api.headers("op")).json())
+        for page in listed:
+            ApprovalCollectionResponse.model_validate(page)
+            assert page["approvals"]
+            for item in page["approvals"]:
+                assert set(item) == item_fields
+        for item in single:
+            ApprovalResponse.model_validate(item)
+            assert set(item) == item_fields
+            for vote in item["votes"]:
+                assert set(vote) == set(VoteResponse.model_fields)
+        bulk = _post(api, f"{API}/bulk", "op", {"ids": [other.id], "action": "approve"}).json()
+        assert BulkResponse.model_validate(bulk).model_dump(mode="json") == bulk

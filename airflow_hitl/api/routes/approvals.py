@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from airflow_hitl.api.datamodels import (
@@ -35,6 +36,7 @@ from airflow_hitl.api.datamodels import (
     CancelBody,
     CreateBody,
     RejectBody,
+    VoteResponse,
 )
 from airflow_hitl.api.security import (
     Caller,
@@ -45,7 +47,7 @@ from airflow_hitl.api.security import (
     require_edit,
     require_read,
 )
-from airflow_hitl.exceptions import HitlError, InvalidInput
+from airflow_hitl.exceptions import ApprovalNotFound, HitlError, InvalidInput
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec
 from airflow_hitl.models.tables import ApprovalRequestRow
 from airflow_hitl.policy import EscalationLevel
@@ -144,8 +146,40 @@ def _visible(caller: Caller, manager: ApprovalManager, filters: ApprovalFilter) 
     return replace(filters, dag_ids=sorted(dag_ids))
 
 
-def _response(approval: Approval, caller: Caller | None = None, manager: ApprovalManager | None = None) -> dict:
-    data = approval.to_dict()
+_ITEM_FIELDS = tuple(
+    name for name in ApprovalResponse.model_fields if name not in {"can_approve", "can_approve_reason"}
+)
+_VOTE_FIELDS = tuple(VoteResponse.model_fields)
+
+
+def _plain(value: Any) -> Any:
+    # JSON-ready copies of stored values: ISO datetimes, lists for tuples.
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _item(approval: Approval, caller: Caller | None = None, manager: ApprovalManager | None = None) -> dict[str, Any]:
+    """The API form of ``approval`` (the fields of :class:`ApprovalResponse`).
+
+    Built field by field rather than with ``Approval.to_dict()`` and response-model validation:
+    on a page of 100 requests those two cost more than the database. The tests check every
+    response against the models.
+    """
+    data: dict[str, Any] = {}
+    for name in _ITEM_FIELDS:
+        if name == "votes":
+            data[name] = [{f: _plain(getattr(v, f)) for f in _VOTE_FIELDS} for v in approval.votes]
+        elif name == "escalation_targets":
+            data[name] = [t.to_json() for t in approval.escalation_targets]
+        else:
+            data[name] = _plain(getattr(approval, name))
+    # Only the pending list and the single item say what the caller may do; null elsewhere.
+    data["can_approve"] = data["can_approve_reason"] = None
     if caller is not None and manager is not None:
         refusal = edit_refusal(caller, approval.dag_id)
         if refusal is None:
@@ -154,6 +188,15 @@ def _response(approval: Approval, caller: Caller | None = None, manager: Approva
         else:
             data["can_approve"], data["can_approve_reason"] = False, refusal
     return data
+
+
+def _json(content: Any, status_code: int = status.HTTP_200_OK) -> JSONResponse:
+    # The body is already JSON-ready; skip FastAPI's second pass through the response model.
+    return JSONResponse(content=content, status_code=status_code)
+
+
+def _collection(items: Iterable[dict[str, Any]], total: int) -> JSONResponse:
+    return _json({"approvals": list(items), "total_entries": total})
 
 
 def _states(values: Iterable[str] | None, allowed: Iterable[str]) -> list[str] | None:
@@ -192,7 +235,7 @@ def list_approvals(
     order_by: Annotated[str, Query(max_length=50, description="A column; prefix '-' for descending.")] = (
         "-requested_at"
     ),
-) -> dict:
+) -> Response:
     """Approval requests on DAGs the caller may read, newest first by default."""
     filters = _visible(
         caller,
@@ -207,9 +250,9 @@ def list_approvals(
         ),
     )
     if filters is None:
-        return {"approvals": [], "total_entries": 0}
+        return _collection([], 0)
     items, total = _page(manager.list(filters, limit=limit, offset=offset, order_by=order_by))
-    return {"approvals": [_response(a) for a in items], "total_entries": total}
+    return _collection((_item(a) for a in items), total)
 
 
 @router.get("/pending", response_model=ApprovalCollectionResponse, summary="List pending approval requests")
@@ -222,15 +265,15 @@ def list_pending(
     requested_by: Text = None,
     limit: Limit = DEFAULT_LIMIT,
     offset: Offset = 0,
-) -> dict:
+) -> Response:
     """Requests still waiting (pending or escalated), soonest expiry first, each with ``can_approve``."""
     filters = _visible(
         caller, manager, ApprovalFilter(dag_id=dag_id, run_id=run_id, task_id=task_id, requested_by=requested_by)
     )
     if filters is None:
-        return {"approvals": [], "total_entries": 0}
+        return _collection([], 0)
     items, total = _page(manager.pending(filters, limit=limit, offset=offset))
-    return {"approvals": [_response(a, caller, manager) for a in items], "total_entries": total}
+    return _collection((_item(a, caller, manager) for a in items), total)
 
 
 @router.get(
@@ -253,7 +296,7 @@ def history(
     limit: Limit = DEFAULT_LIMIT,
     offset: Offset = 0,
     format: Literal["json", "csv"] = "json",
-) -> Any:
+) -> Response:
     """Decided requests, newest decision first; ``format=csv`` is the audit export."""
     since, until = _aware(since), _aware(until)
     if since is not None and until is not None and since > until:
@@ -285,7 +328,7 @@ def history(
                 "X-Total-Count": str(total),
             },
         )
-    return {"approvals": [_response(a) for a in items], "total_entries": total}
+    return _collection((_item(a) for a in items), total)
 
 
 def _csv_cell(value: Any) -> str:
@@ -318,7 +361,7 @@ def _csv(items: Iterable[Approval]) -> str:
     status_code=status.HTTP_201_CREATED,
     summary="Open an approval request (a gate outside a task)",
 )
-def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) -> dict:
+def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) -> Response:
     """Open a request on a DAG the caller may edit; the caller is recorded as ``requested_by``."""
     require_edit(caller, body.dag_id)
     spec = ApprovalSpec(
@@ -351,78 +394,84 @@ def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) ->
         on_reject=body.on_reject,
         metadata=body.metadata,
     )
-    return _response(manager.create(spec, actor=caller.name, source="api"), caller, manager)
+    return _json(_item(manager.create(spec, actor=caller.name, source="api"), caller, manager), status.HTTP_201_CREATED)
 
 
 @router.get("/{approval_id}", response_model=ApprovalResponse, summary="One approval request with its votes")
-def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> dict:
+def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Response:
     """One request, with ``can_approve`` for the caller."""
     approval = manager.get(_approval_id(approval_id))
     require_read(caller, approval.dag_id)
-    return _response(approval, caller, manager)
+    return _json(_item(approval, caller, manager))
 
 
-def _load_for_edit(manager: ApprovalManager, caller: Caller, approval_id: str) -> Approval:
-    approval = manager.get(_approval_id(approval_id))
-    require_edit(caller, approval.dag_id)
-    return approval
+def _load_for_edit(manager: ApprovalManager, caller: Caller, approval_id: str) -> str:
+    """The canonical id of a request ``caller`` may decide: 422 bad id, 404 unknown, 403 no edit access."""
+    canonical = _approval_id(approval_id)
+    # Only the DAG id is needed to authorize; the manager re-reads the row under its lock.
+    with manager.store.session() as session:
+        dag_id = session.scalar(select(ApprovalRequestRow.dag_id).where(ApprovalRequestRow.id == canonical))
+    if dag_id is None:
+        raise ApprovalNotFound(canonical)
+    require_edit(caller, dag_id)
+    return canonical
 
 
 @router.post("/{approval_id}/approve", response_model=ApprovalResponse, summary="Approve")
-def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> dict:
+def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Vote to approve; the request is approved once its quorum is reached."""
-    approval = _load_for_edit(manager, caller, approval_id)
+    approval_id = _load_for_edit(manager, caller, approval_id)
     decided = manager.approve(
-        approval.id,
+        approval_id,
         user=caller.principal,
         comment=body.comment,
         metadata=body.metadata,
         source="api",
         client=_client(request),
     )
-    return _response(decided)
+    return _json(_item(decided))
 
 
 @router.post("/{approval_id}/reject", response_model=ApprovalResponse, summary="Reject (a reason is required)")
-def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> dict:
+def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Reject; one allowed rejection rejects the request at once."""
-    approval = _load_for_edit(manager, caller, approval_id)
+    approval_id = _load_for_edit(manager, caller, approval_id)
     decided = manager.reject(
-        approval.id,
+        approval_id,
         user=caller.principal,
         reason=body.reason,
         comment=body.comment,
         source="api",
         client=_client(request),
     )
-    return _response(decided)
+    return _json(_item(decided))
 
 
 @router.post("/{approval_id}/cancel", response_model=ApprovalResponse, summary="Cancel a waiting request")
-def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerDep, manager: ManagerDep) -> dict:
+def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Withdraw a waiting request; its task fails. Needs edit access to the DAG."""
-    approval = _load_for_edit(manager, caller, approval_id)
+    approval_id = _load_for_edit(manager, caller, approval_id)
     cancelled = manager.cancel(
-        approval.id, actor=caller.name, reason=body.reason, source="api", client=_client(request)
+        approval_id, actor=caller.name, reason=body.reason, source="api", client=_client(request)
     )
-    return _response(cancelled)
+    return _json(_item(cancelled))
 
 
 @router.post("/bulk", response_model=BulkResponse, summary="Approve, reject or cancel many requests")
-def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDep) -> dict:
+def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Apply one action to every id; each gets its own result, and one failure stops nothing."""
     client = _client(request)
     results: list[BulkItemResult] = []
     for raw_id in body.ids:
         try:
-            approval = _load_for_edit(manager, caller, raw_id)
+            approval_id = _load_for_edit(manager, caller, raw_id)
             if body.action == "approve":
                 done = manager.approve(
-                    approval.id, user=caller.principal, comment=body.comment, source="bulk", client=client
+                    approval_id, user=caller.principal, comment=body.comment, source="bulk", client=client
                 )
             elif body.action == "reject":
                 done = manager.reject(
-                    approval.id,
+                    approval_id,
                     user=caller.principal,
                     reason=body.reason or "",
                     comment=body.comment,
@@ -431,13 +480,20 @@ def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDe
                 )
             else:
                 done = manager.cancel(
-                    approval.id, actor=caller.name, reason=body.reason or "", source="bulk", client=client
+                    approval_id, actor=caller.name, reason=body.reason or "", source="bulk", client=client
                 )
-            results.append(BulkItemResult(id=approval.id, ok=True, status_code=200, state=done.state))
+            results.append(BulkItemResult(id=approval_id, ok=True, status_code=200, state=done.state))
         except HitlError as err:
             detail = getattr(err, "reason", None) or str(err)
             results.append(BulkItemResult(id=raw_id, ok=False, status_code=err.status_code, detail=detail))
         except HTTPException as err:
             results.append(BulkItemResult(id=raw_id, ok=False, status_code=err.status_code, detail=str(err.detail)))
     succeeded = sum(1 for r in results if r.ok)
-    return {"action": body.action, "results": results, "succeeded": succeeded, "failed": len(results) - succeeded}
+    return _json(
+        {
+            "action": body.action,
+            "results": [r.model_dump() for r in results],
+            "succeeded": succeeded,
+            "failed": len(results) - succeeded,
+        }
+    )

@@ -1,0 +1,440 @@
+"""Latency and throughput of the approvals REST API on one real Airflow api-server.
+
+Not a test: it prints figures. What it does, all on loopback:
+
+1. creates two fresh PostgreSQL databases on ``--pg`` (the approval store and Airflow's
+   metadata DB) and drops them at the end;
+2. builds a temporary ``AIRFLOW_HOME`` (SimpleAuthManager user ``admin``, a DAG using
+   Airflow's own ``airflow.providers.standard.operators.hitl.ApprovalOperator``), migrates
+   Airflow's DB and serialises the DAG;
+3. starts ONE ``airflow api-server`` (our plugin loads through its entry point; the store is
+   named by ``AIRFLOW_HITL_STORE_URL``);
+4. seeds 10,000 pending requests through :class:`~airflow_hitl.manager.ApprovalManager`,
+   and native HITL rows for the comparison: DAG runs triggered through ``/api/v2`` whose
+   gate task instances get a ``hitl_detail`` row and are parked as ``deferred``, exactly
+   what a waiting native ``ApprovalOperator`` leaves behind (no scheduler runs, so nothing
+   else touches them while we measure);
+5. measures, at 1, 10 and 50 concurrent clients: ``POST /hitl/api/v1/approvals/{id}/approve``
+   (each call decides a different request), ``GET /hitl/api/v1/approvals/pending`` (first
+   page, 100 items with ``can_approve``) and Airflow's ``PATCH .../hitlDetails`` (each call
+   answers a different task instance), and prints p50/p99 latency and throughput.
+
+The load generator runs on the same machine as the server, so on a small box the figures
+include the client's own CPU use. Usage::
+
+    .venv/bin/python benchmarks/api_latency.py [--decisions 200] [--reads 200] [--pg URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+SEED_REQUESTS = 10_000
+CONCURRENCY = (1, 10, 50)
+NATIVE_DAG_ID = "bench_native_hitl"
+NATIVE_TASK_ID = "native_gate"
+
+NATIVE_DAG = textwrap.dedent(
+    f'''
+    """A gate with Airflow's own HITL operator, for the comparison."""
+    from __future__ import annotations
+
+    import datetime as dt
+
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from airflow.sdk import DAG
+
+    with DAG(dag_id="{NATIVE_DAG_ID}", schedule=None, start_date=dt.datetime(2026, 1, 1), catchup=False):
+        ApprovalOperator(task_id="{NATIVE_TASK_ID}", subject="Release?")
+    '''
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    """Figures of one scenario at one concurrency."""
+
+    name: str
+    clients: int
+    requests: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    throughput: float
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def fresh_databases(admin_url: str, *names: str) -> Iterator[list[str]]:
+    """Create PostgreSQL databases for this run and drop them afterwards; yield their URLs."""
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    created: list[str] = []
+    try:
+        with admin.connect() as conn:
+            for name in names:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+                created.append(name)
+        yield [admin_url.rsplit("/", 1)[0] + f"/{name}" for name in names]
+    finally:
+        with admin.connect() as conn:
+            for name in created:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest-rank."""
+    ordered = sorted(values)
+    index = max(0, min(len(ordered) - 1, round(q * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+async def measure(
+    name: str, clients: int, jobs: Sequence[Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]], base_url: str
+) -> Result:
+    """Run ``jobs`` with ``clients`` concurrent workers over keep-alive connections."""
+    queue: asyncio.Queue[Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]] = asyncio.Queue()
+    for job in jobs:
+        queue.put_nowait(job)
+    latencies: list[float] = []
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=120.0) as client:
+
+        async def worker() -> None:
+            while True:
+                try:
+                    job = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                started = time.perf_counter()
+                response = await job(client)
+                latencies.append(time.perf_counter() - started)
+                if response.status_code >= 400:
+                    errors.append(f"{response.status_code} {response.text[:200]}")
+
+        wall = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - wall
+    if errors:
+        print(f"  {name} x{clients}: {len(errors)} errors, first: {errors[0]}", file=sys.stderr)
+    return Result(
+        name=name,
+        clients=clients,
+        requests=len(latencies),
+        errors=len(errors),
+        p50_ms=statistics.median(latencies) * 1000,
+        p99_ms=percentile(latencies, 0.99) * 1000,
+        throughput=len(latencies) / wall,
+    )
+
+
+class ApiServer:
+    """One ``airflow api-server`` in its own process group."""
+
+    def __init__(self, *, airflow_bin: str, env: dict[str, str], port: int, log_path: Path, workers: int) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [airflow_bin, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        """Wait until the api-server answers its health endpoint."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"api-server exited {self.process.returncode}; see {self.log_path}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base_url}/api/v2/monitor/health", timeout=2).status_code == 200:
+                    return
+            time.sleep(1)
+        raise RuntimeError(f"api-server not ready after {timeout}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        """SIGTERM the process group we started, SIGKILL it if it lingers."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+        self._log.close()
+
+
+def airflow_env(home: Path, *, meta_url: str, store_url: str, port: int) -> dict[str, str]:
+    """Environment of every Airflow command of the run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta_url,
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex * 4,
+            "AIRFLOW__API__SECRET_KEY": uuid.uuid4().hex,
+            # Per-request access logging would measure the terminal, not the API.
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+            "AIRFLOW__HITL__POOL_SIZE": "10",
+            "AIRFLOW_HITL_STORE_URL": store_url,
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+        }
+    )
+    return env
+
+
+def run_cli(airflow_bin: str, args: Sequence[str], env: dict[str, str], log_path: Path) -> None:
+    """Run an ``airflow`` command to completion; raise with its log on failure."""
+    with log_path.open("ab") as out:
+        result = subprocess.run(
+            [airflow_bin, *args], env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600, check=False
+        )
+    if result.returncode != 0:
+        raise RuntimeError(f"airflow {' '.join(args)} failed; see {log_path}")
+
+
+def seed_store(store_url: str, count: int) -> list[str]:
+    """Open ``count`` pending requests through the manager; return their ids."""
+    from airflow_hitl.manager import ApprovalManager, ApprovalSpec
+    from airflow_hitl.models.schema import migrate
+    from airflow_hitl.models.store import ApprovalStore
+
+    store = ApprovalStore(url=store_url, pool_size=8)
+    migrate(store)
+    manager = ApprovalManager(store=store)
+
+    def one(i: int) -> str:
+        spec = ApprovalSpec(
+            dag_id=f"bench_dag_{i % 20}",
+            run_id=f"manual__{i}",
+            task_id="gate",
+            try_number=1,
+            title=f"Benchmark gate {i}",
+            context={"i": i, "rows": 1000 + i},
+            requested_by="seeder",
+            timeout=dt.timedelta(days=7),
+            timeout_action="reject",
+        )
+        return manager.create(spec, source="benchmark").id
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = list(pool.map(one, range(count)))
+    store.dispose()
+    return ids
+
+
+def seed_native(base_url: str, headers: dict[str, str], meta_url: str, count: int) -> list[str]:
+    """Trigger ``count`` runs of the native-HITL DAG and park their gates with a hitl_detail row."""
+    with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
+        client.patch(f"/api/v2/dags/{NATIVE_DAG_ID}", json={"is_paused": False}).raise_for_status()
+        run_ids = []
+        for i in range(count):
+            response = client.post(
+                f"/api/v2/dags/{NATIVE_DAG_ID}/dagRuns", json={"dag_run_id": f"bench_{i}", "logical_date": None}
+            )
+            response.raise_for_status()
+            run_ids.append(response.json()["dag_run_id"])
+    engine = create_engine(meta_url)
+    with engine.begin() as conn:
+        # What HITLOperator.execute leaves behind when it parks: a hitl_detail row and a
+        # deferred task instance that resumes into execute_complete.
+        conn.execute(
+            text(
+                "UPDATE task_instance SET state = 'deferred', next_method = 'execute_complete', "
+                "next_kwargs = CAST('{}' AS JSON) WHERE dag_id = :dag AND task_id = :task"
+            ),
+            {"dag": NATIVE_DAG_ID, "task": NATIVE_TASK_ID},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO hitl_detail (ti_id, options, subject, body, defaults, multiple, params, "
+                "assignees, created_at, params_input) "
+                "SELECT id, CAST(:options AS JSON), 'Release?', NULL, NULL, false, CAST('{}' AS JSON), NULL, now(), "
+                "CAST('{}' AS JSON) FROM task_instance WHERE dag_id = :dag AND task_id = :task"
+            ),
+            {"options": json.dumps(["Approve", "Reject"]), "dag": NATIVE_DAG_ID, "task": NATIVE_TASK_ID},
+        )
+        found = conn.execute(
+            text("SELECT count(*) FROM hitl_detail h JOIN task_instance t ON t.id = h.ti_id WHERE t.dag_id = :dag"),
+            {"dag": NATIVE_DAG_ID},
+        ).scalar_one()
+    engine.dispose()
+    if found != count:
+        raise RuntimeError(f"expected {count} native HITL rows, made {found}")
+    return run_ids
+
+
+def print_table(results: Sequence[Result], seeded: int) -> None:
+    """Print the figures as a Markdown table."""
+    print(f"\nairflow-hitl REST API vs Airflow native HITL, one api-server, {seeded:,} requests in the store\n")
+    print("| endpoint | clients | requests | errors | p50 ms | p99 ms | req/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        print(
+            f"| {r.name} | {r.clients} | {r.requests} | {r.errors} | {r.p50_ms:.1f} | {r.p99_ms:.1f} "
+            f"| {r.throughput:.0f} |"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Set everything up, measure, print, and clean up."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pg", default=os.environ.get("HITL_BENCH_PG_URL", PG_ADMIN_URL), help="admin URL")
+    parser.add_argument("--seed", type=int, default=SEED_REQUESTS, help="pending requests in the store")
+    parser.add_argument("--decisions", type=int, default=200, help="approve / PATCH calls per concurrency")
+    parser.add_argument("--reads", type=int, default=200, help="GET /pending calls per concurrency")
+    parser.add_argument("--workers", type=int, default=1, help="api-server worker processes")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary AIRFLOW_HOME")
+    args = parser.parse_args(argv)
+    needed = args.decisions * len(CONCURRENCY)
+    if needed > args.seed:
+        parser.error(f"--seed must be at least --decisions x {len(CONCURRENCY)} = {needed}")
+
+    airflow_bin = str(Path(sys.executable).with_name("airflow"))
+    home = Path(tempfile.mkdtemp(prefix="hitl-bench-"))
+    (home / "dags").mkdir()
+    (home / "plugins").mkdir()
+    (home / "dags" / "bench_native_hitl.py").write_text(NATIVE_DAG)
+    suffix = uuid.uuid4().hex[:8]
+    port = free_port()
+    server: ApiServer | None = None
+    results: list[Result] = []
+    try:
+        with fresh_databases(args.pg, f"hitl_bench_store_{suffix}", f"hitl_bench_meta_{suffix}") as (store, meta):
+            env = airflow_env(home, meta_url=meta, store_url=store, port=port)
+            t0 = time.perf_counter()
+            run_cli(airflow_bin, ["db", "migrate"], env, home / "db-migrate.log")
+            run_cli(airflow_bin, ["dags", "reserialize"], env, home / "reserialize.log")
+            print(f"Airflow metadata DB ready in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+
+            t0 = time.perf_counter()
+            ids = seed_store(store, args.seed)
+            print(f"seeded {len(ids):,} requests in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+
+            server = ApiServer(
+                airflow_bin=airflow_bin, env=env, port=port, log_path=home / "api-server.log", workers=args.workers
+            )
+            server.wait_ready()
+            passwords = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
+            token = httpx.post(
+                f"{server.base_url}/auth/token", json={"username": "admin", "password": passwords["admin"]}
+            ).json()["access_token"]
+            headers = {"Authorization": f"Bearer {token}"}
+
+            t0 = time.perf_counter()
+            native_runs = seed_native(server.base_url, headers, meta, needed)
+            print(f"parked {len(native_runs)} native HITL gates in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+
+            # Warm both code paths (imports, pools, lazy manager) outside the measurements.
+            httpx.get(f"{server.base_url}/hitl/api/v1/approvals/pending?limit=1", headers=headers).raise_for_status()
+            httpx.get(
+                f"{server.base_url}/api/v2/dags/~/dagRuns/~/hitlDetails?limit=1", headers=headers
+            ).raise_for_status()
+
+            pending_ids = iter(ids)
+            native = iter(native_runs)
+            for clients in CONCURRENCY:
+                scenarios = [
+                    (
+                        "POST /hitl/.../approve",
+                        [_approve_job(next(pending_ids), headers) for _ in range(args.decisions)],
+                    ),
+                    ("GET /hitl/.../pending", [_pending_job(headers) for _ in range(args.reads)]),
+                    (
+                        "PATCH /api/v2/.../hitlDetails",
+                        [_native_job(next(native), headers) for _ in range(args.decisions)],
+                    ),
+                ]
+                for name, jobs in scenarios:
+                    results.append(asyncio.run(measure(name, clients, jobs, server.base_url)))
+                print(f"  done at {clients} clients", file=sys.stderr)
+
+            server.stop()
+            server = None
+    finally:
+        if server is not None:
+            server.stop()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(home, ignore_errors=True)
+        else:
+            print(f"kept {home}", file=sys.stderr)
+    print_table(results, args.seed)
+    return 0
+
+
+def _approve_job(approval_id: str, headers: dict[str, str]) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
+    def job(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
+        return client.post(
+            f"/hitl/api/v1/approvals/{approval_id}/approve", headers=headers, json={"comment": "benchmark"}
+        )
+
+    return job
+
+
+def _pending_job(headers: dict[str, str]) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
+    def job(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
+        return client.get("/hitl/api/v1/approvals/pending", headers=headers)
+
+    return job
+
+
+def _native_job(run_id: str, headers: dict[str, str]) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
+    def job(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
+        return client.patch(
+            f"/api/v2/dags/{NATIVE_DAG_ID}/dagRuns/{run_id}/taskInstances/{NATIVE_TASK_ID}/-1/hitlDetails",
+            headers=headers,
+            json={"chosen_options": ["Approve"]},
+        )
+
+    return job
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
