@@ -143,9 +143,7 @@ class ApprovalRequestRow(Base):
 
     __table_args__ = (
         CheckConstraint(_in("state", STATES), name="state"),
-        CheckConstraint(
-            f"timeout_action IS NULL OR {_in('timeout_action', TIMEOUT_ACTIONS)}", name="timeout_action"
-        ),
+        CheckConstraint(f"timeout_action IS NULL OR {_in('timeout_action', TIMEOUT_ACTIONS)}", name="timeout_action"),
         CheckConstraint("required_approvals >= 1", name="required_approvals"),
         # One request per task try: retrying execute() of the same try finds it again.
         UniqueConstraint("dag_id", "run_id", "task_id", "map_index", "try_number"),
@@ -235,3 +233,10 @@ class ApprovalNotificationRow(Base):
         Index(None, "recipient", "status"),
         Index(None, "status", "next_attempt_at"),
     )
+
+
+# Configure our mappers now, in the importing thread. Left to the first query, SQLAlchemy's
+# global "configure" step would run Airflow's own mapper hooks (which import every Airflow
+# model) in whichever thread queries first, and can deadlock on the import lock against a
+# main thread that is importing Airflow at the same moment.
+Base.registry.configure()
