@@ -10,6 +10,7 @@ only the request id, so a triggerer restart resumes the wait from the store.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal, TypedDict
 
@@ -22,6 +23,15 @@ from airflow_hitl.triggers.poller import shared_poller
 
 # Never spin: when our clock says "expired" but the store's does not yet, look again soon.
 _MIN_WAIT = 0.2
+
+# Airflow 3.3 fails a task whose trigger fires before the scheduler has seen the worker of the
+# deferring try exit: the trigger puts the task instance back to scheduled, the scheduler queues
+# it, and the late "success" executor event of the deferring workload (same key, same try number)
+# then finds it queued and marks it failed ("task instance's state attribute is queued"). The
+# deferring worker can take several seconds to exit on a busy machine. This is how Airflow's own
+# HITL loses decisions made right after the task pauses; we hold the event until the deferring
+# try has surely been processed (only when resuming a real task instance in a triggerer).
+RESUME_GRACE_SECONDS = 10.0
 
 
 class ApprovalTriggerEventPayload(TypedDict, total=False):
@@ -71,6 +81,7 @@ class ApprovalTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Yield one event: decided (any final state), escalated, or error (request vanished)."""
+        started = time.monotonic()
         settings = HitlSettings.load()
         manager = await self._call_with_retry(self._manager, settings)
         poller = shared_poller(
@@ -83,6 +94,7 @@ class ApprovalTrigger(BaseTrigger):
             while True:
                 if watch.missing:
                     self.log.error("approval request %s no longer exists in the store", self.request_id)
+                    await self._settle(started)
                     yield self._event("error", "missing", f"approval request {self.request_id} not found")
                     return
                 state = watch.state
@@ -90,6 +102,7 @@ class ApprovalTrigger(BaseTrigger):
                 if state is not None:
                     if not state.is_waiting:
                         self.log.info("approval request %s is %s", self.request_id, state.state)
+                        await self._settle(started)
                         yield self._event("decided", state.state)
                         return
                     if state.expires_at is not None:
@@ -104,9 +117,11 @@ class ApprovalTrigger(BaseTrigger):
                                     self.request_id,
                                     outcome.approval.escalation_level,
                                 )
+                                await self._settle(started)
                                 yield self._event("escalated", outcome.approval.state)
                                 return
                             if not outcome.approval.is_waiting:
+                                await self._settle(started)
                                 yield self._event("decided", outcome.approval.state)
                                 return
                             remaining = _MIN_WAIT
@@ -114,6 +129,20 @@ class ApprovalTrigger(BaseTrigger):
                 await watch.wait(timeout)
         finally:
             poller.unwatch(watch)
+
+    async def _settle(self, started: float) -> None:
+        # See RESUME_GRACE_SECONDS: never resume the task while its deferring try may still be exiting.
+        if self.task_instance is None:
+            return
+        wait = RESUME_GRACE_SECONDS - (time.monotonic() - started)
+        if wait > 0:
+            self.log.info(
+                "approval request %s settled %.1fs after the trigger started; resuming the task in %.1fs",
+                self.request_id,
+                time.monotonic() - started,
+                wait,
+            )
+            await asyncio.sleep(wait)
 
     async def _call_with_retry(self, call: Any, settings: HitlSettings) -> Any:
         # A store that is restarting must delay the gate, never decide it.

@@ -1,0 +1,609 @@
+"""Run a real Airflow 3 (api-server, scheduler, triggerer, dag-processor) for end-to-end tests.
+
+:class:`AirflowHarness` builds a throw-away ``AIRFLOW_HOME`` in a temporary folder,
+configures Airflow there (SimpleAuthManager users, LocalExecutor over SQLite, the example
+DAGs plus the e2e test DAGs, a free loopback port), migrates Airflow's database and the
+approval store, starts the four Airflow components as separate processes (each in its own
+process group, logging to a file) and stops them again by their own process group.
+
+The approval store is a SQLite file in the same folder, named through
+``AIRFLOW_HITL_STORE_URL`` for the Airflow processes; the test reaches the very same file
+through :attr:`AirflowHarness.manager`, so decisions a test makes are the ones the
+running gates see.
+
+Usage::
+
+    with AirflowHarness(root=tmp_path) as airflow:
+        run_id = airflow.trigger("hitl_quorum", user="admin")
+        airflow.wait_for_ti_state("hitl_quorum", run_id, "approve_load", "deferred")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from airflow_hitl.manager import ApprovalFilter, ApprovalManager
+from airflow_hitl.models.store import ApprovalStore
+from airflow_hitl.records import Approval
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_DAGS = REPO_ROOT / "dags"
+TEST_DAGS = Path(__file__).resolve().parent / "dags"
+
+#: user -> SimpleAuthManager role. ``admin``, ``op`` and ``viewer`` are relied on by the API tests.
+DEFAULT_USERS: dict[str, str] = {
+    "admin": "admin",
+    "op": "op",
+    "viewer": "viewer",
+    "alice": "op",
+    "bob": "op",
+    "carol": "op",
+    "nobody": "viewer",
+}
+
+COMPONENTS: tuple[str, ...] = ("api-server", "scheduler", "triggerer", "dag-processor")
+TERMINAL_RUN_STATES = frozenset({"success", "failed"})
+TERMINAL_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
+
+
+class HarnessError(RuntimeError):
+    """Airflow did not start, or did not reach an expected state in time."""
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    check: Callable[[], T | None],
+    *,
+    timeout: float,
+    interval: float = 0.5,
+    what: str = "condition",
+    on_timeout: Callable[[], str] | None = None,
+) -> T:
+    """Call ``check`` until it returns something truthy, and return that; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            detail = on_timeout() if on_timeout else ""
+            raise HarnessError(f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{detail}" if detail else ""))
+        time.sleep(interval)
+
+
+class AirflowProcess:
+    """One Airflow component running in its own process group, logging to a file."""
+
+    def __init__(self, *, name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv,
+            env=dict(env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: we stop exactly what we started
+        )
+
+    @property
+    def pid(self) -> int:
+        """The process id (also its process group id)."""
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.popen.poll() is None
+
+    def stop(self, *, grace: float = 20.0) -> None:
+        """SIGTERM the process group, then SIGKILL it when ``grace`` seconds pass."""
+        try:
+            if self.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.popen.wait(timeout=grace)
+            # Children (task runners, uvicorn workers) may outlive the leader: end the group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=5)
+        finally:
+            self._log.close()
+
+    def tail(self, lines: int = 80) -> str:
+        """The last ``lines`` lines of the component's log."""
+        return tail_file(self.log_path, lines)
+
+
+def tail_file(path: Path, lines: int = 80) -> str:
+    """The last ``lines`` lines of a text file ('' when it does not exist)."""
+    try:
+        data = path.read_bytes()[-200_000:]
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+class AirflowHarness:
+    """A real Airflow 3 in a temporary ``AIRFLOW_HOME``, with the approval store beside it.
+
+    :param root: Empty folder to build ``AIRFLOW_HOME`` in (removed only if ``cleanup``).
+    :param users: SimpleAuthManager ``user -> role``; the defaults keep ``admin``, ``op``, ``viewer``.
+    :param extra_dag_dirs: Folders whose ``*.py`` files are copied into the dags folder too
+        (besides the example DAGs of ``dags/`` and the e2e test DAGs).
+    :param env: Extra environment for every Airflow process (overrides the defaults).
+    :param metadata_db_url: Airflow's metadata database; SQLite under ``root`` by default.
+    :param poll_interval: ``[hitl] poll_interval`` for the triggerer's shared poller.
+    :param python: Python interpreter of the virtualenv that has Airflow and airflow-hitl.
+    :param startup_timeout: Seconds allowed for the components to report healthy.
+    :param cleanup: Delete ``root`` after stopping.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        users: Mapping[str, str] | None = None,
+        extra_dag_dirs: Iterable[Path] = (),
+        env: Mapping[str, str] | None = None,
+        metadata_db_url: str | None = None,
+        poll_interval: float = 0.5,
+        python: str | None = None,
+        startup_timeout: float = 240.0,
+        cleanup: bool = False,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.home = self.root / "airflow_home"
+        self.dags_folder = self.root / "dags"
+        self.plugins_folder = self.root / "plugins"
+        self.logs_folder = self.root / "process-logs"
+        self.users = dict(users or DEFAULT_USERS)
+        self.dag_dirs = [EXAMPLE_DAGS, TEST_DAGS, *[Path(d) for d in extra_dag_dirs]]
+        self.python = python or sys.executable
+        self.airflow_bin = str(Path(self.python).with_name("airflow"))
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.store_url = f"sqlite:///{self.root / 'hitl-store.db'}"
+        self.metadata_db_url = metadata_db_url or f"sqlite:///{self.home / 'airflow.db'}"
+        self.poll_interval = poll_interval
+        self.startup_timeout = startup_timeout
+        self.cleanup = cleanup
+        self.processes: dict[str, AirflowProcess] = {}
+        self._extra_env = dict(env or {})
+        self._passwords: dict[str, str] = {}
+        self._tokens: dict[str, str] = {}
+        self._store: ApprovalStore | None = None
+        self._manager: ApprovalManager | None = None
+        self._http = httpx.Client(base_url=self.base_url, timeout=30.0, trust_env=False)
+        self.env = self._build_env()
+
+    # ------------------------------------------------------------------ setup
+
+    def _build_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        users = ",".join(f"{user}:{role}" for user, role in self.users.items())
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW_HITL_STORE_URL": self.store_url,
+                "AIRFLOW__CORE__AUTH_MANAGER": (
+                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+                ),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": users,
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__PARALLELISM": "4",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.plugins_folder),
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
+                "AIRFLOW__CORE__FERNET_KEY": "",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.metadata_db_url,
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(self.port),
+                "AIRFLOW__API__BASE_URL": self.base_url,
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__API__EXPOSE_CONFIG": "False",
+                # Every process must sign and check task tokens with the same secret.
+                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+                "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+                "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+                "AIRFLOW__HITL__POLL_INTERVAL": str(self.poll_interval),
+                "PYTHONUNBUFFERED": "1",
+                "NO_PROXY": "127.0.0.1,localhost",
+                "no_proxy": "127.0.0.1,localhost",
+            }
+        )
+        env.update(self._extra_env)
+        return env
+
+    def prepare(self) -> None:
+        """Create AIRFLOW_HOME, copy the DAGs in, migrate Airflow's DB and the approval store."""
+        for folder in (self.home, self.dags_folder, self.plugins_folder, self.logs_folder):
+            folder.mkdir(parents=True, exist_ok=True)
+        for source in self.dag_dirs:
+            for path in sorted(Path(source).glob("*.py")):
+                if path.name != "__init__.py":
+                    shutil.copy2(path, self.dags_folder / path.name)
+        self._run_cli(["db", "migrate"], log="db-migrate.log", timeout=300)
+        self._run_cli(["hitl", "db", "migrate"], log="hitl-db-migrate.log", timeout=120)
+
+    def _run_cli(self, args: Sequence[str], *, log: str, timeout: float) -> None:
+        log_path = self.logs_folder / log
+        with log_path.open("ab") as out:
+            result = subprocess.run(
+                [self.airflow_bin, *args],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+                check=False,
+                start_new_session=True,
+            )
+        if result.returncode != 0:
+            raise HarnessError(f"`airflow {' '.join(args)}` exited {result.returncode}:\n{tail_file(log_path)}")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> AirflowHarness:
+        """Prepare, start the four components and wait until they are healthy and the DAGs are loaded."""
+        self.prepare()
+        try:
+            for component in COMPONENTS:
+                argv = [self.airflow_bin, component]
+                if component == "api-server":
+                    argv += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+                self.processes[component] = AirflowProcess(
+                    name=component, argv=argv, env=self.env, log_path=self.logs_folder / f"{component}.log"
+                )
+            self._wait_healthy()
+            self.wait_for_dags(self.expected_dag_ids())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every component by its own process group; remove ``root`` when asked to."""
+        for name in reversed(list(self.processes)):
+            self.processes[name].stop()
+        self.processes.clear()
+        self._http.close()
+        if self._store is not None:
+            self._store.dispose()
+            self._store = None
+        if self.cleanup:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> AirflowHarness:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _check_alive(self) -> None:
+        dead = [p for p in self.processes.values() if not p.alive()]
+        if dead:
+            raise HarnessError(
+                "Airflow process exited: "
+                + ", ".join(f"{p.name} (code {p.popen.returncode})" for p in dead)
+                + "\n"
+                + self.dump_logs(lines=60)
+            )
+
+    def _wait_healthy(self) -> None:
+        def healthy() -> bool:
+            self._check_alive()
+            try:
+                response = self._http.get("/api/v2/monitor/health", timeout=5)
+            except httpx.HTTPError:
+                return False
+            if response.status_code != 200:
+                return False
+            body = response.json()
+            return all(
+                (body.get(part) or {}).get("status") == "healthy"
+                for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+            )
+
+        wait_until(
+            healthy,
+            timeout=self.startup_timeout,
+            interval=1.0,
+            what="Airflow components to report healthy",
+            on_timeout=self.dump_logs,
+        )
+
+    def expected_dag_ids(self) -> list[str]:
+        """DAG ids of the copied files (``dag_id="..."`` as written in each file)."""
+        import re
+
+        ids: list[str] = []
+        for path in sorted(self.dags_folder.glob("*.py")):
+            ids += re.findall(r"dag_id=\"([^\"]+)\"", path.read_text())
+        return ids
+
+    def wait_for_dags(self, dag_ids: Iterable[str], *, timeout: float = 180.0) -> None:
+        """Wait until every DAG is parsed and known to the API; fail at once on import errors."""
+        wanted = set(dag_ids)
+
+        def loaded() -> bool:
+            self._check_alive()
+            errors = self.api("GET", "/api/v2/importErrors").json()
+            if errors.get("total_entries"):
+                raise HarnessError(f"DAG import errors: {json.dumps(errors['import_errors'], indent=1)}")
+            dags = self.api("GET", "/api/v2/dags", params={"limit": 1000}).json()["dags"]
+            return wanted <= {d["dag_id"] for d in dags}
+
+        wait_until(loaded, timeout=timeout, interval=1.0, what=f"DAGs {sorted(wanted)}", on_timeout=self.dump_logs)
+
+    # ------------------------------------------------------------------ logs
+
+    def dump_logs(self, lines: int = 80) -> str:
+        """Tails of every process log, for failure reports."""
+        parts = []
+        for path in sorted(self.logs_folder.glob("*.log")):
+            parts.append(f"===== {path.name} (last {lines} lines) =====\n{tail_file(path, lines)}")
+        return "\n".join(parts)
+
+    def task_logs(self, dag_id: str, run_id: str, task_id: str, lines: int = 60) -> str:
+        """Tails of the task's log files (every try) in AIRFLOW_HOME/logs."""
+        base = self.home / "logs"
+        parts = []
+        for path in sorted(base.glob(f"dag_id={dag_id}/run_id={run_id}/task_id={task_id}/**/*.log")):
+            parts.append(f"===== {path.relative_to(base)} =====\n{tail_file(path, lines)}")
+        return "\n".join(parts)
+
+    # ------------------------------------------------------------------ auth and HTTP
+
+    @property
+    def passwords(self) -> dict[str, str]:
+        """SimpleAuthManager's generated passwords, by user."""
+        if not self._passwords:
+            path = self.home / "simple_auth_manager_passwords.json.generated"
+            self._passwords = json.loads(path.read_text())
+        return self._passwords
+
+    def token(self, user: str = "admin") -> str:
+        """A JWT for ``user`` from ``POST /auth/token`` (cached)."""
+        if user not in self._tokens:
+            response = self._http.post("/auth/token", json={"username": user, "password": self.passwords[user]})
+            if response.status_code not in (200, 201):
+                raise HarnessError(f"POST /auth/token for {user!r}: {response.status_code} {response.text}")
+            self._tokens[user] = response.json()["access_token"]
+        return self._tokens[user]
+
+    def headers(self, user: str = "admin") -> dict[str, str]:
+        """Authorization header for ``user``."""
+        return {"Authorization": f"Bearer {self.token(user)}"}
+
+    def api(
+        self,
+        method: str,
+        path: str,
+        *,
+        user: str = "admin",
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        expect: Iterable[int] | None = (200,),
+    ) -> httpx.Response:
+        """Call the api-server as ``user``; raise unless the status is in ``expect`` (None: any)."""
+        response = self._http.request(method, path, headers=self.headers(user), json=json_body, params=params)
+        if expect is not None and response.status_code not in set(expect):
+            raise HarnessError(f"{method} {path} as {user}: {response.status_code} {response.text}")
+        return response
+
+    # ------------------------------------------------------------------ DAGs, runs and task instances
+
+    def unpause(self, dag_id: str, *, user: str = "admin") -> None:
+        """Unpause ``dag_id``."""
+        self.api("PATCH", f"/api/v2/dags/{dag_id}", user=user, json_body={"is_paused": False})
+
+    def trigger(
+        self,
+        dag_id: str,
+        *,
+        user: str = "admin",
+        conf: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        unpause: bool = True,
+    ) -> str:
+        """Trigger a run through ``POST /api/v2/dags/{dag_id}/dagRuns`` as ``user``; return its run id.
+
+        The run's ``triggering_user_name`` is ``user``: the gate's requester.
+        """
+        if unpause:
+            self.unpause(dag_id)
+        body: dict[str, Any] = {"logical_date": None, "conf": dict(conf or {})}
+        if run_id:
+            body["dag_run_id"] = run_id
+        response = self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", user=user, json_body=body, expect=(200, 201))
+        return str(response.json()["dag_run_id"])
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        """The run as the REST API returns it."""
+        return dict(self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").json())
+
+    def task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+        """The task instance as the REST API returns it."""
+        return dict(self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}").json())
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        """``task_id -> state`` of every task instance of the run."""
+        body = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()
+        return {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
+
+    def _diagnose(self, dag_id: str, run_id: str, task_id: str | None = None) -> Callable[[], str]:
+        def describe() -> str:
+            parts = []
+            with contextlib.suppress(Exception):
+                parts.append(f"run state: {self.dag_run(dag_id, run_id).get('state')}")
+                parts.append(f"task states: {self.task_states(dag_id, run_id)}")
+            with contextlib.suppress(Exception):
+                approvals, _ = self.manager.list(ApprovalFilter(dag_id=dag_id, run_id=run_id))
+                parts.append("approvals: " + repr([(a.id, a.task_id, a.try_number, a.state) for a in approvals]))
+            for tid in [task_id] if task_id else list(self.task_states(dag_id, run_id)):
+                parts.append(self.task_logs(dag_id, run_id, tid))
+            parts.append(self.dump_logs(lines=40))
+            return "\n".join(parts)
+
+        return describe
+
+    def wait_for_ti_state(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        states: str | Iterable[str],
+        *,
+        timeout: float = 120.0,
+    ) -> dict[str, Any]:
+        """Wait until the task instance is in one of ``states``; fail early if it ends otherwise."""
+        wanted = {states} if isinstance(states, str) else set(states)
+
+        def check() -> dict[str, Any] | None:
+            self._check_alive()
+            response = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", expect=None)
+            if response.status_code == 404:
+                return None
+            if response.status_code != 200:
+                raise HarnessError(f"task instance lookup: {response.status_code} {response.text}")
+            ti = dict(response.json())
+            if ti["state"] in wanted:
+                return ti
+            if ti["state"] in TERMINAL_TI_STATES:
+                raise HarnessError(
+                    f"{dag_id}.{task_id} ended {ti['state']!r}, expected {sorted(wanted)}\n"
+                    + self._diagnose(dag_id, run_id, task_id)()
+                )
+            return None
+
+        return wait_until(
+            check,
+            timeout=timeout,
+            interval=0.5,
+            what=f"{dag_id}/{run_id}/{task_id} to be {sorted(wanted)}",
+            on_timeout=self._diagnose(dag_id, run_id, task_id),
+        )
+
+    def wait_for_run_state(
+        self, dag_id: str, run_id: str, states: str | Iterable[str] = TERMINAL_RUN_STATES, *, timeout: float = 180.0
+    ) -> dict[str, Any]:
+        """Wait until the run is in one of ``states`` (default: finished); fail early on another end."""
+        wanted = {states} if isinstance(states, str) else set(states)
+
+        def check() -> dict[str, Any] | None:
+            self._check_alive()
+            run = self.dag_run(dag_id, run_id)
+            if run["state"] in wanted:
+                return run
+            if run["state"] in TERMINAL_RUN_STATES:
+                raise HarnessError(
+                    f"run {dag_id}/{run_id} ended {run['state']!r}, expected {sorted(wanted)}\n"
+                    + self._diagnose(dag_id, run_id)()
+                )
+            return None
+
+        return wait_until(
+            check,
+            timeout=timeout,
+            interval=0.5,
+            what=f"run {dag_id}/{run_id} to be {sorted(wanted)}",
+            on_timeout=self._diagnose(dag_id, run_id),
+        )
+
+    def clear_task(self, dag_id: str, run_id: str, task_id: str, *, user: str = "admin") -> dict[str, Any]:
+        """Clear one task instance through the REST API (as the Clear button does)."""
+        body = {
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": [task_id],
+            "only_failed": False,
+            "only_running": False,
+            "include_upstream": False,
+            "include_downstream": False,
+            "reset_dag_runs": True,
+        }
+        return dict(self.api("POST", f"/api/v2/dags/{dag_id}/clearTaskInstances", user=user, json_body=body).json())
+
+    # ------------------------------------------------------------------ approval store
+
+    @property
+    def manager(self) -> ApprovalManager:
+        """An ApprovalManager over the same store the running Airflow uses."""
+        if self._manager is None:
+            self._store = ApprovalStore(url=self.store_url)
+            self._manager = ApprovalManager(store=self._store)
+        return self._manager
+
+    def approvals(self, dag_id: str, run_id: str, task_id: str | None = None) -> list[Approval]:
+        """Every request of the run (of ``task_id`` if given), oldest try first."""
+        items, _ = self.manager.list(
+            ApprovalFilter(dag_id=dag_id, run_id=run_id, task_id=task_id), order_by="requested_at"
+        )
+        return items
+
+    def wait_for_approval(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        *,
+        try_number: int | None = None,
+        states: Iterable[str] | None = None,
+        timeout: float = 120.0,
+        interval: float = 0.25,
+    ) -> Approval:
+        """Wait for the gate's request (of ``try_number`` if given, in one of ``states`` if given)."""
+        wanted = set(states) if states is not None else None
+
+        def check() -> Approval | None:
+            self._check_alive()
+            for approval in reversed(self.approvals(dag_id, run_id, task_id)):
+                if try_number is not None and approval.try_number != try_number:
+                    continue
+                if wanted is None or approval.state in wanted:
+                    return approval
+            return None
+
+        return wait_until(
+            check,
+            timeout=timeout,
+            interval=interval,
+            what=f"approval request of {dag_id}/{run_id}/{task_id} (try {try_number}, states {wanted})",
+            on_timeout=self._diagnose(dag_id, run_id, task_id),
+        )
