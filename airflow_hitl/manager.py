@@ -118,9 +118,7 @@ class ApprovalSpec:
             if self.timeout <= dt.timedelta(0):
                 raise error("timeout", "must be positive")
         if self.timeout_action is not None and self.timeout_action not in TIMEOUT_ACTIONS:
-            raise error(
-                "timeout_action", f"must be one of {list(TIMEOUT_ACTIONS)}, got {self.timeout_action!r}"
-            )
+            raise error("timeout_action", f"must be one of {list(TIMEOUT_ACTIONS)}, got {self.timeout_action!r}")
         if self.timeout_action is not None and self.timeout is None:
             raise error("timeout", f"is required when timeout_action={self.timeout_action!r}")
         if self.timeout_action == "escalate":
@@ -416,9 +414,7 @@ class ApprovalManager:
         """Decided requests (``since``/``until`` apply to the decision time), newest first."""
         base = filters or ApprovalFilter()
         states = [s for s in (base.states or TERMINAL_STATES) if s in TERMINAL_STATES]
-        return self.list(
-            _replace(base, states=states or ["__none__"]), limit=limit, offset=offset, order_by=order_by
-        )
+        return self.list(_replace(base, states=states or ["__none__"]), limit=limit, offset=offset, order_by=order_by)
 
     def can_approve(self, user: Principal, approval: Approval, *, action: str = "approve") -> Eligibility:
         """May ``user`` cast ``action`` on ``approval`` now? The reason says why not."""
@@ -434,9 +430,7 @@ class ApprovalManager:
             return {}
         ids = [str(i) for i in request_ids]
         if self.store.is_postgres:
-            sql = text(
-                "SELECT id, state, expires_at, escalation_level FROM approval_requests WHERE id = ANY(:ids)"
-            )
+            sql = text("SELECT id, state, expires_at, escalation_level FROM approval_requests WHERE id = ANY(:ids)")
             params: dict[str, Any] = {"ids": ids}
         else:
             sql = text(
@@ -454,9 +448,7 @@ class ApprovalManager:
             rows = conn.execute(sql, params).all()
             conn.rollback()
         return {
-            r.id: WaitState(
-                id=r.id, state=r.state, expires_at=r.expires_at, escalation_level=r.escalation_level
-            )
+            r.id: WaitState(id=r.id, state=r.state, expires_at=r.expires_at, escalation_level=r.escalation_level)
             for r in rows
         }
 
@@ -674,9 +666,7 @@ class ApprovalManager:
             session.flush()
             return TimeoutOutcome(approval=Approval.from_row(row), applied=True)
 
-    def _escalate(
-        self, session: Session, row: ApprovalRequestRow, level: EscalationLevel, now: dt.datetime
-    ) -> None:
+    def _escalate(self, session: Session, row: ApprovalRequestRow, level: EscalationLevel, now: dt.datetime) -> None:
         # Escalation widens the circle: the earlier approvers may still decide.
         row.escalation_level += 1
         row.state = "escalated"

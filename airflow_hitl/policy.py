@@ -87,9 +87,7 @@ class EscalationLevel:
                 required_approvals=value.get("required_approvals"),
             )
         else:
-            raise InvalidApprovalConfig(
-                name, "must be an EscalationLevel or a dict with approvers/roles/timeout"
-            )
+            raise InvalidApprovalConfig(name, "must be an EscalationLevel or a dict with approvers/roles/timeout")
         if not level.approvers and not level.roles:
             raise InvalidApprovalConfig(name, "names no approvers and no roles to escalate to")
         if level.timeout <= dt.timedelta(0):
@@ -106,9 +104,7 @@ def _str_list(value: Any, field_name: str) -> list[str]:
         return []
     if isinstance(value, str):
         return [value]
-    if not isinstance(value, (list, tuple, set, frozenset)) or not all(
-        isinstance(v, str) and v for v in value
-    ):
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(isinstance(v, str) and v for v in value):
         raise InvalidApprovalConfig(field_name, "must be a list of non-empty strings")
     return list(value)
 
@@ -140,13 +136,9 @@ def is_allowed_approver(policy: PolicyView, name: str, roles: Iterable[str]) -> 
 def check_vote(policy: PolicyView, user: Principal, *, action: str, voters: Iterable[str]) -> Eligibility:
     """May ``user`` cast ``action`` ('approve' or 'reject') now? The reason says why not."""
     if user.name in set(voters):
-        return Eligibility(
-            allowed=False, code="already_voted", reason="you have already voted on this request"
-        )
+        return Eligibility(allowed=False, code="already_voted", reason="you have already voted on this request")
     if not is_allowed_approver(policy, user.name, user.roles):
-        return Eligibility(
-            allowed=False, code="not_allowed", reason="you are not an allowed approver of this request"
-        )
+        return Eligibility(allowed=False, code="not_allowed", reason="you are not an allowed approver of this request")
     if action == "approve" and not policy.allow_self_approval and user.name == policy.requested_by:
         return Eligibility(
             allowed=False,
@@ -159,9 +151,7 @@ def check_vote(policy: PolicyView, user: Principal, *, action: str, voters: Iter
 def approvals_needed(policy: PolicyView) -> int:
     """How many distinct allowed approvals complete the request."""
     if policy.require_all and policy.allowed_approvers:
-        eligible = [
-            u for u in policy.allowed_approvers if policy.allow_self_approval or u != policy.requested_by
-        ]
+        eligible = [u for u in policy.allowed_approvers if policy.allow_self_approval or u != policy.requested_by]
         return max(len(set(eligible)), 1)
     return policy.required_approvals
 
@@ -182,8 +172,6 @@ def quorum_reached(policy: PolicyView, votes: Iterable[tuple[str, Iterable[str],
     """True when enough distinct allowed approvers have approved."""
     counted = counted_approvals(policy, votes)
     if policy.require_all and policy.allowed_approvers:
-        needed = {
-            u for u in policy.allowed_approvers if policy.allow_self_approval or u != policy.requested_by
-        }
+        needed = {u for u in policy.allowed_approvers if policy.allow_self_approval or u != policy.requested_by}
         return needed <= counted
     return len(counted) >= policy.required_approvals

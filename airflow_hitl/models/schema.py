@@ -51,9 +51,7 @@ def schema_status(store: ApprovalStore) -> SchemaStatus:
     head = script.get_current_head()
     assert head is not None
     with store.engine.connect() as conn:
-        current = MigrationContext.configure(
-            conn, opts={"version_table": VERSION_TABLE}
-        ).get_current_revision()
+        current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
     if current is not None and current not in {rev.revision for rev in script.walk_revisions()}:
         raise StoreSchemaError(
             f"the approval store {store!r} is at schema revision {current!r}, which this airflow-hitl "

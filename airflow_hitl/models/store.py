@@ -114,9 +114,7 @@ def _lookup_connection(conn_id: str) -> Any | None:
 
 def _not_found_or_raise(conn_id: str, err: Exception) -> None:
     # "Not defined" is the documented way to choose the embedded SQLite store.
-    if type(err).__name__ in {"AirflowNotFoundException", "ConnectionNotFound"} or "isn't defined" in str(
-        err
-    ):
+    if type(err).__name__ in {"AirflowNotFoundException", "ConnectionNotFound"} or "isn't defined" in str(err):
         return None
     raise StoreError(f"could not read connection {conn_id!r}: {err}") from err
 

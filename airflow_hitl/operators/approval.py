@@ -131,9 +131,7 @@ class ApprovalOperator(BaseOperator):
         self.allowed_roles = str_list(allowed_roles, "allowed_roles")
         self.allow_self_approval = allow_self_approval
         self.on_reject = on_reject
-        self.metadata = (
-            dict(metadata or {}) if isinstance(metadata, Mapping) or metadata is None else metadata
-        )
+        self.metadata = dict(metadata or {}) if isinstance(metadata, Mapping) or metadata is None else metadata
         self.conn_id = conn_id
         self.poll_interval = poll_interval
         self._validate()
@@ -150,9 +148,7 @@ class ApprovalOperator(BaseOperator):
         if not isinstance(self.require_all, bool):
             raise InvalidApprovalConfig("require_all", "must be True or False")
         if self.approval_type == "conditional" and not callable(self.condition):
-            raise InvalidApprovalConfig(
-                "condition", "a callable is required when approval_type='conditional'"
-            )
+            raise InvalidApprovalConfig("condition", "a callable is required when approval_type='conditional'")
         if self.condition is not None and self.approval_type != "conditional":
             raise InvalidApprovalConfig("condition", "is only used with approval_type='conditional'")
         if self.poll_interval is not None and (
@@ -232,9 +228,7 @@ class ApprovalOperator(BaseOperator):
 
     def _defer(self, approval: Approval) -> None:
         self.defer(
-            trigger=ApprovalTrigger(
-                request_id=approval.id, conn_id=self.conn_id, poll_interval=self.poll_interval
-            ),
+            trigger=ApprovalTrigger(request_id=approval.id, conn_id=self.conn_id, poll_interval=self.poll_interval),
             method_name="execute_complete",
         )
 
@@ -259,9 +253,7 @@ class ApprovalOperator(BaseOperator):
     def _finish(self, context: Context, approval: Approval) -> dict[str, Any]:
         result = decision_summary(approval)
         if approval.approved:
-            self.log.info(
-                "approved by %s (%s)", approval.approvers or approval.decision_source, approval.state
-            )
+            self.log.info("approved by %s (%s)", approval.approvers or approval.decision_source, approval.state)
             return result
         context["ti"].xcom_push(key="decision", value=result)
         if approval.state == "cancelled":
@@ -328,9 +320,7 @@ def _parse_context_from(value: Any) -> dict[str, tuple[str, str]]:
             if isinstance(source, str) and source:
                 parsed[name] = (source, "return_value")
             elif (
-                isinstance(source, (tuple, list))
-                and len(source) == 2
-                and all(isinstance(s, str) and s for s in source)
+                isinstance(source, (tuple, list)) and len(source) == 2 and all(isinstance(s, str) and s for s in source)
             ):
                 parsed[name] = (source[0], source[1])
             else:
