@@ -1,0 +1,222 @@
+"""ApprovalTrigger and its shared poller, run in a real event loop against a real store."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.models.store import ApprovalStore, reset_stores
+from airflow_hitl.policy import EscalationLevel, Principal
+from airflow_hitl.triggers.approval import ApprovalTrigger
+from airflow_hitl.triggers.poller import shared_poller
+from tests.helpers import spec
+
+ALICE = Principal.of("alice")
+
+
+@pytest.fixture(autouse=True)
+def store_url(store: ApprovalStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Point triggers at the test store without an Airflow connection lookup."""
+    monkeypatch.setenv("AIRFLOW_HITL_STORE_URL", store.url)
+    yield store.url
+    reset_stores()
+
+
+async def first_event(trigger: ApprovalTrigger, timeout: float = 20.0) -> dict[str, Any]:
+    """Run the trigger until its first event, as the triggerer would."""
+    events = trigger.run()
+    try:
+        event = await asyncio.wait_for(events.__anext__(), timeout)
+        return event.payload
+    finally:
+        await events.aclose()
+
+
+def later(delay: float, fn: Any, *args: Any, **kwargs: Any) -> threading.Thread:
+    """Call ``fn`` from another thread after ``delay`` seconds (a person deciding)."""
+
+    def run() -> None:
+        time.sleep(delay)
+        fn(*args, **kwargs)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+class TestSerialize:
+    def test_round_trip(self) -> None:
+        trigger = ApprovalTrigger(request_id="abc", conn_id="hitl_pg", poll_interval=3.0)
+        classpath, kwargs = trigger.serialize()
+        assert classpath == "airflow_hitl.triggers.approval.ApprovalTrigger"
+        assert kwargs == {"request_id": "abc", "conn_id": "hitl_pg", "poll_interval": 3.0}
+        assert ApprovalTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+class TestRun:
+    def test_decision_wakes_the_trigger(self, manager: ApprovalManager) -> None:
+        approval = manager.create(spec())
+        later(0.5, manager.approve, approval.id, user=ALICE)
+        payload = asyncio.run(first_event(ApprovalTrigger(request_id=approval.id, poll_interval=0.3)))
+        assert payload == {"request_id": approval.id, "status": "decided", "state": "approved"}
+
+    def test_already_decided(self, manager: ApprovalManager) -> None:
+        approval = manager.create(spec())
+        manager.reject(approval.id, user=ALICE, reason="no")
+        payload = asyncio.run(first_event(ApprovalTrigger(request_id=approval.id, poll_interval=60)))
+        assert payload["state"] == "rejected"
+
+    def test_quorum_not_reached_keeps_waiting(self, manager: ApprovalManager) -> None:
+        approval = manager.create(spec(required_approvals=2))
+        later(0.2, manager.approve, approval.id, user=ALICE)
+        with pytest.raises(asyncio.TimeoutError):
+            asyncio.run(first_event(ApprovalTrigger(request_id=approval.id, poll_interval=0.2), timeout=2))
+        assert manager.get(approval.id).state == "pending"
+
+    @pytest.mark.parametrize(("action", "decision"), [("approve", "approved"), ("reject", "rejected")])
+    def test_expiry_applies_the_timeout(self, manager: ApprovalManager, action: str, decision: str) -> None:
+        approval = manager.create(spec(timeout=dt.timedelta(seconds=1), timeout_action=action))
+        payload = asyncio.run(first_event(ApprovalTrigger(request_id=approval.id, poll_interval=60)))
+        assert payload["status"] == "decided"
+        assert payload["state"] == "timeout"
+        assert manager.get(approval.id).decision == decision
+
+    def test_escalation_yields_and_resumes(self, manager: ApprovalManager) -> None:
+        approval = manager.create(
+            spec(
+                allowed_approvers=["bob"],
+                timeout=dt.timedelta(seconds=1),
+                timeout_action="escalate",
+                escalation_targets=[EscalationLevel(approvers=("carol",), timeout=dt.timedelta(seconds=30))],
+                escalation_final_action="reject",
+            )
+        )
+        payload = asyncio.run(first_event(ApprovalTrigger(request_id=approval.id, poll_interval=60)))
+        assert payload == {"request_id": approval.id, "status": "escalated", "state": "escalated"}
+        escalated = manager.get(approval.id)
+        assert escalated.escalation_level == 1
+        # The operator re-defers; the next trigger waits for the escalation approver.
+        later(0.3, manager.approve, approval.id, user=Principal.of("carol"))
+        payload = asyncio.run(first_event(ApprovalTrigger(request_id=approval.id, poll_interval=0.3)))
+        assert payload["state"] == "approved"
+
+    def test_missing_request_is_an_error(self) -> None:
+        payload = asyncio.run(first_event(ApprovalTrigger(request_id="00000000-0000-4000-8000-000000000000")))
+        assert payload["status"] == "error"
+        assert "not found" in payload["error"]
+
+    def test_many_triggers_one_event_each(self, manager: ApprovalManager) -> None:
+        ids = [manager.create(spec()).id for _ in range(30)]
+
+        async def main() -> list[dict[str, Any]]:
+            waits = [asyncio.create_task(first_event(ApprovalTrigger(request_id=i, poll_interval=0.3))) for i in ids]
+            await asyncio.sleep(0.5)
+            for i in ids:
+                await asyncio.to_thread(manager.approve, i, user=ALICE)
+            return await asyncio.gather(*waits)
+
+        payloads = asyncio.run(main())
+        assert sorted(p["request_id"] for p in payloads) == sorted(ids)
+        assert {p["state"] for p in payloads} == {"approved"}
+
+
+class TestStoreOutage:
+    def test_outage_delays_but_never_decides(self, manager: ApprovalManager, store: ApprovalStore) -> None:
+        approval = manager.create(spec(timeout=dt.timedelta(minutes=5), timeout_action="approve"))
+
+        async def main() -> dict[str, Any]:
+            trigger = ApprovalTrigger(request_id=approval.id, poll_interval=0.2)
+            waiting = asyncio.create_task(first_event(trigger, timeout=60))
+            await asyncio.sleep(0.6)
+            poller = shared_poller(manager, poll_interval=0.2)
+            # The store "goes away": every read now fails.
+            await asyncio.to_thread(_rename, store, "approval_requests", "approval_requests_away")
+            errors_before = poller.errors
+            deadline = time.monotonic() + 15
+            while poller.errors == errors_before and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert poller.errors > errors_before
+            assert not waiting.done()
+            await asyncio.to_thread(_rename, store, "approval_requests_away", "approval_requests")
+            await asyncio.to_thread(manager.approve, approval.id, user=ALICE)
+            return await waiting
+
+        payload = asyncio.run(main())
+        assert payload["state"] == "approved"
+        assert manager.get(approval.id).decision_source == "api"
+
+
+def _rename(store: ApprovalStore, old: str, new: str) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+
+class TestOnKill:
+    def test_on_kill_cancels_the_request(self, manager: ApprovalManager) -> None:
+        approval = manager.create(spec())
+        asyncio.run(ApprovalTrigger(request_id=approval.id).on_kill())
+        cancelled = manager.get(approval.id)
+        assert cancelled.state == "cancelled"
+        assert cancelled.decision_source == "airflow"
+
+    def test_on_kill_after_decision_changes_nothing(self, manager: ApprovalManager) -> None:
+        approval = manager.create(spec())
+        manager.approve(approval.id, user=ALICE)
+        asyncio.run(ApprovalTrigger(request_id=approval.id).on_kill())
+        assert manager.get(approval.id).state == "approved"
+
+
+class TestPoller:
+    @staticmethod
+    def _count_queries(manager: ApprovalManager, n: int, seconds: float) -> int:
+        ids = [manager.create(spec()).id for _ in range(n)]
+
+        async def main() -> int:
+            waits = [
+                asyncio.create_task(first_event(ApprovalTrigger(request_id=i, poll_interval=0.5), 60)) for i in ids
+            ]
+            await asyncio.sleep(1.2)  # every trigger registered and read once
+            poller = shared_poller(manager, poll_interval=0.5)
+            start = poller.queries
+            await asyncio.sleep(seconds)
+            counted = poller.queries - start
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+            return counted
+
+        return asyncio.run(main())
+
+    def test_idle_queries_do_not_grow_with_waiting_gates(self, manager: ApprovalManager) -> None:
+        few = self._count_queries(manager, 3, 3.0)
+        many = self._count_queries(manager, 300, 3.0)
+        # One query per 0.5 s interval whatever the number of gates: about 6 in 3 s.
+        assert 3 <= few <= 8
+        assert 3 <= many <= 8
+
+    @pytest.mark.postgres
+    def test_notify_wakes_before_the_next_poll(self, pg_store: ApprovalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AIRFLOW_HITL_STORE_URL", pg_store.url)
+        manager = ApprovalManager(store=pg_store)
+        approval = manager.create(spec())
+
+        async def main() -> tuple[dict[str, Any], float]:
+            waiting = asyncio.create_task(first_event(ApprovalTrigger(request_id=approval.id, poll_interval=120), 60))
+            await asyncio.sleep(1.5)  # registered, first read done, LISTEN connected
+            started = time.monotonic()
+            await asyncio.to_thread(manager.approve, approval.id, user=ALICE)
+            payload = await waiting
+            return payload, time.monotonic() - started
+
+        payload, waited = asyncio.run(main())
+        assert payload["state"] == "approved"
+        # With a 120 s poll interval only the NOTIFY can have woken it this soon.
+        assert waited < 60
