@@ -1,0 +1,77 @@
+"""The CLI: `airflow hitl ...` (provider CLI) and the `airflow-hitl` console script, run as users would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.models.store import ApprovalStore
+from airflow_hitl.policy import Principal
+from tests.helpers import spec
+
+BIN = Path(sys.executable).parent
+
+
+def run(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", **env}
+    full_env.pop("AIRFLOW_HITL_STORE_URL", None)
+    return subprocess.run(args, env=full_env, capture_output=True, text=True, timeout=180)
+
+
+class TestConsoleScript:
+    def test_migrate_twice_check_and_verify(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'cli.db'}"
+        script = str(BIN / "airflow-hitl")
+        first = run([script, "db", "migrate", "--store-url", url], tmp_path)
+        assert first.returncode == 0, first.stderr
+        assert "migrated from empty to 0001" in first.stdout
+        second = run([script, "db", "migrate", "--store-url", url], tmp_path)
+        assert "already at revision 0001" in second.stdout
+        assert run([script, "db", "check", "--store-url", url], tmp_path).returncode == 0
+
+        manager = ApprovalManager(store=ApprovalStore(url=url))
+        approval = manager.create(spec())
+        manager.approve(approval.id, user=Principal.of("alice"))
+        ok = run([script, "audit", "verify", "--store-url", url], tmp_path)
+        assert ok.returncode == 0
+        assert json.loads(ok.stdout) == {"ok": True, "checked": 3, "first_bad_seq": None, "problem": None}
+        with manager.store.engine.begin() as conn:
+            conn.execute(text("UPDATE approval_events SET actor = 'mallory' WHERE event_type = 'vote'"))
+        bad = run([script, "audit", "verify", "--store-url", url], tmp_path)
+        assert bad.returncode == 1
+        assert json.loads(bad.stdout)["first_bad_seq"] == 2
+
+    def test_check_on_empty_store_fails_and_says_what_to_run(self, tmp_path: Path) -> None:
+        result = run(
+            [str(BIN / "airflow-hitl"), "db", "check", "--store-url", f"sqlite:///{tmp_path / 'e.db'}"], tmp_path
+        )
+        assert result.returncode == 1
+        assert "airflow hitl db migrate" in result.stderr
+
+
+@pytest.mark.slow
+class TestAirflowCli:
+    def test_provider_cli_uses_the_sqlite_fallback(self, tmp_path: Path) -> None:
+        result = run([str(BIN / "airflow"), "hitl", "db", "migrate"], tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert (tmp_path / "hitl.db").exists()
+        again = run([str(BIN / "airflow"), "hitl", "db", "migrate"], tmp_path)
+        assert "already at revision" in again.stdout
+
+    def test_provider_cli_uses_the_connection(self, tmp_path: Path) -> None:
+        target = tmp_path / "via_conn.db"
+        result = run(
+            [str(BIN / "airflow"), "hitl", "db", "migrate"],
+            tmp_path,
+            AIRFLOW_CONN_HITL_DEFAULT=json.dumps({"conn_type": "sqlite", "host": str(target)}),
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert target.exists()
+        assert not (tmp_path / "hitl.db").exists()
