@@ -11,6 +11,7 @@ PostgreSQL sends a NOTIFY that is delivered when the transaction commits.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import json
 import logging
@@ -361,7 +362,7 @@ class ApprovalManager:
         limit: int = 100,
         offset: int = 0,
         order_by: str = "-requested_at",
-    ) -> tuple[list[Approval], int]:
+    ) -> tuple[builtins.list[Approval], int]:
         """Requests matching ``filters``, one page of them, and the total count."""
         if limit < 0 or limit > 10_000:
             raise InvalidInput("limit", "must be between 0 and 10000")
@@ -391,14 +392,14 @@ class ApprovalManager:
         limit: int = 100,
         offset: int = 0,
         order_by: str = "expires_at",
-    ) -> tuple[list[Approval], int]:
+    ) -> tuple[builtins.list[Approval], int]:
         """Requests still waiting for a decision, soonest expiry first by default."""
         base = filters or ApprovalFilter()
         return self.list(_replace(base, states=WAITING_STATES), limit=limit, offset=offset, order_by=order_by)
 
     def pending_for(
         self, user: Principal, filters: ApprovalFilter | None = None, *, limit: int = 100, offset: int = 0
-    ) -> tuple[list[tuple[Approval, Eligibility]], int]:
+    ) -> tuple[builtins.list[tuple[Approval, Eligibility]], int]:
         """Waiting requests, each with whether ``user`` may approve it now."""
         items, total = self.pending(filters, limit=limit, offset=offset)
         return [(a, self.can_approve(user, a)) for a in items], total
@@ -410,7 +411,7 @@ class ApprovalManager:
         limit: int = 100,
         offset: int = 0,
         order_by: str = "-decided_at",
-    ) -> tuple[list[Approval], int]:
+    ) -> tuple[builtins.list[Approval], int]:
         """Decided requests (``since``/``until`` apply to the decision time), newest first."""
         base = filters or ApprovalFilter()
         states = [s for s in (base.states or TERMINAL_STATES) if s in TERMINAL_STATES]
@@ -430,15 +431,15 @@ class ApprovalManager:
             return {}
         ids = [str(i) for i in request_ids]
         if self.store.is_postgres:
-            sql = text("SELECT id, state, expires_at, escalation_level FROM approval_requests WHERE id = ANY(:ids)")
+            raw = text("SELECT id, state, expires_at, escalation_level FROM approval_requests WHERE id = ANY(:ids)")
             params: dict[str, Any] = {"ids": ids}
         else:
-            sql = text(
+            raw = text(
                 "SELECT id, state, expires_at, escalation_level FROM approval_requests "
                 "WHERE id IN (SELECT value FROM json_each(:ids))"
             )
             params = {"ids": json.dumps(ids)}
-        sql = sql.columns(
+        sql = raw.columns(
             ApprovalRequestRow.id,
             ApprovalRequestRow.state,
             ApprovalRequestRow.expires_at,
@@ -694,7 +695,7 @@ class ApprovalManager:
 
     # ------------------------------------------------------------------ audit
 
-    def events(self, request_id: str | None = None) -> list[AuditEvent]:
+    def events(self, request_id: str | None = None) -> builtins.list[AuditEvent]:
         """Audit events, oldest first; of one request when ``request_id`` is given."""
         query = select(ApprovalEventRow).order_by(ApprovalEventRow.seq)
         if request_id is not None:
@@ -834,9 +835,9 @@ class ApprovalManager:
         session.flush()
 
     @staticmethod
-    def _where(filters: ApprovalFilter) -> list[Any]:
+    def _where(filters: ApprovalFilter) -> builtins.list[Any]:
         r = ApprovalRequestRow
-        where: list[Any] = []
+        where: builtins.list[Any] = []
         if filters.states:
             where.append(r.state.in_(list(filters.states)))
         if filters.dag_id:

@@ -97,7 +97,8 @@ async def aresolve_store_url(conn_id: str | None = None, settings: HitlSettings 
 
             conn = await asyncio.to_thread(BaseHook.get_connection, conn_id)
     except Exception as err:
-        conn = _not_found_or_raise(conn_id, err)
+        _raise_unless_not_found(conn_id, err)
+        conn = None
     if conn is not None:
         return url_from_connection(conn)
     return f"sqlite:///{os.path.abspath(settings.sqlite_path)}"
@@ -109,13 +110,14 @@ def _lookup_connection(conn_id: str) -> Any | None:
     try:
         return BaseHook.get_connection(conn_id)
     except Exception as err:
-        return _not_found_or_raise(conn_id, err)
+        _raise_unless_not_found(conn_id, err)
+        return None
 
 
-def _not_found_or_raise(conn_id: str, err: Exception) -> None:
+def _raise_unless_not_found(conn_id: str, err: Exception) -> None:
     # "Not defined" is the documented way to choose the embedded SQLite store.
     if type(err).__name__ in {"AirflowNotFoundException", "ConnectionNotFound"} or "isn't defined" in str(err):
-        return None
+        return
     raise StoreError(f"could not read connection {conn_id!r}: {err}") from err
 
 
