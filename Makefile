@@ -1,0 +1,34 @@
+# airflow-hitl: `make demo` starts Airflow with the plugin and example DAGs; `make test` runs every test.
+.PHONY: install demo test test-unit test-e2e lint typecheck bench clean
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+install:
+	bash scripts/bootstrap.sh
+
+demo:
+	bash scripts/demo.sh
+
+test: install lint typecheck
+	$(PY) -m pytest tests -q
+
+test-unit: install
+	$(PY) -m pytest tests -q -m "not e2e"
+
+test-e2e: install
+	$(PY) -m pytest tests -q -m e2e
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy airflow_hitl
+
+bench: install
+	$(PY) benchmarks/trigger_scale.py
+	$(PY) benchmarks/api_latency.py
+
+clean:
+	rm -rf .demo build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
