@@ -66,8 +66,8 @@ class ApprovalTrigger(BaseTrigger):
             {"request_id": self.request_id, "conn_id": self.conn_id, "poll_interval": self.poll_interval},
         )
 
-    async def _manager(self) -> ApprovalManager:
-        url = await aresolve_store_url(self.conn_id)
+    async def _manager(self, settings: HitlSettings | None = None) -> ApprovalManager:
+        url = await aresolve_store_url(self.conn_id, settings)
         store = await asyncio.to_thread(get_store, url=url)
         return ApprovalManager(store=store)
 
@@ -83,7 +83,7 @@ class ApprovalTrigger(BaseTrigger):
         """Yield one event: decided (any final state), escalated, or error (request vanished)."""
         started = time.monotonic()
         settings = HitlSettings.load()
-        manager = await self._call_with_retry(self._manager, settings)
+        manager = await self._call_with_retry(lambda: self._manager(settings), settings)
         poller = shared_poller(
             manager,
             poll_interval=self.poll_interval or settings.poll_interval,

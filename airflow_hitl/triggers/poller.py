@@ -5,7 +5,10 @@ make the store's load grow with them; instead every :class:`ApprovalTrigger` in 
 registers its request id here, and one task reads the state of all of them in a single
 query per ``[hitl] poll_interval``. On PostgreSQL the poller also LISTENs on the channel
 the manager NOTIFYs when a decision commits, and re-reads just the announced ids at once,
-so a decision wakes its trigger in milliseconds rather than at the next poll.
+so a decision wakes its trigger in milliseconds rather than at the next poll. Those targeted
+reads (and the first read of a newly watched id) run beside the full poll, never queued
+behind it: with ten thousand waiting gates a full poll takes a few hundred milliseconds.
+When reads overlap, each watch keeps the state from the most recently started one.
 
 Store errors (a database restarting) are logged and retried with exponential backoff;
 they never turn into a decision.
@@ -16,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,9 +42,17 @@ class Watch:
         self.state: WaitState | None = None
         self.missing = False
         self._changed = asyncio.Event()
+        self._read_seq = -1
 
-    def update(self, state: WaitState | None) -> None:
-        """Record the newest state seen (None: the row is gone) and wake the waiter on change."""
+    def update(self, state: WaitState | None, *, read_seq: int = 0) -> None:
+        """Record the newest state seen (None: the row is gone) and wake the waiter on change.
+
+        ``read_seq`` numbers the reads in the order they were started; the result of a read
+        started before the one already applied is older than what we hold and is ignored.
+        """
+        if read_seq < self._read_seq:
+            return
+        self._read_seq = read_seq
         if state is None:
             self.missing = True
             self._changed.set()
@@ -79,6 +89,7 @@ class ApprovalPoller:
         self._watches: dict[str, set[Watch]] = {}
         self._kick = asyncio.Event()
         self._targeted: set[str] = set()
+        self._read_seq = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._on_empty = on_empty
 
@@ -114,7 +125,10 @@ class ApprovalPoller:
         if self._tasks and not all(t.done() for t in self._tasks):
             return
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._poll_loop(), name="hitl-approval-poller")]
+        self._tasks = [
+            loop.create_task(self._poll_loop(), name="hitl-approval-poller"),
+            loop.create_task(self._targeted_loop(), name="hitl-approval-targeted-reads"),
+        ]
         if self.listen:
             self._tasks.append(loop.create_task(self._listen_loop(), name="hitl-approval-listener"))
 
@@ -128,37 +142,56 @@ class ApprovalPoller:
 
     # ------------------------------------------------------------------ polling
 
+    async def _read(self, ids: list[str]) -> None:
+        """Read ``ids`` in one query and hand every watch of them its state."""
+        self._read_seq += 1
+        read_seq = self._read_seq
+        states = await asyncio.to_thread(self.manager.wait_states, ids)
+        self.queries += 1
+        for request_id in ids:
+            for watch in list(self._watches.get(request_id, ())):
+                watch.update(states.get(request_id), read_seq=read_seq)
+
     async def _poll_loop(self) -> None:
+        # Full polls: every watched id, one query per interval. A newly watched id is read
+        # at once by the targeted loop, so the first full poll can wait a whole interval.
         backoff = 0.0
-        next_full_poll = 0.0
         while self._watches:
-            wait = backoff if backoff else max(0.0, next_full_poll - time.monotonic())
+            await asyncio.sleep(backoff or self.poll_interval)
+            if not self._watches:
+                break
             try:
-                await asyncio.wait_for(self._kick.wait(), timeout=wait)
-                await asyncio.sleep(_KICK_DEBOUNCE)
-            except asyncio.TimeoutError:
-                pass
-            self._kick.clear()
-            full = backoff > 0 or time.monotonic() >= next_full_poll
-            # Between full polls, read only what was announced (NOTIFY) or newly watched.
-            ids = list(self._watches) if full else sorted(self._targeted & self._watches.keys())
-            self._targeted.clear()
-            if not ids:
-                continue
-            try:
-                states = await asyncio.to_thread(self.manager.wait_states, ids)
+                await self._read(list(self._watches))
             except Exception:
                 self.errors += 1
                 backoff = min(self.max_backoff, max(1.0, backoff * 2))
                 log.warning("approval store poll failed; retrying in %.1fs", backoff, exc_info=True)
                 continue
-            self.queries += 1
             backoff = 0.0
-            if full:
-                next_full_poll = time.monotonic() + self.poll_interval
-            for request_id in ids:
-                for watch in list(self._watches.get(request_id, ())):
-                    watch.update(states.get(request_id))
+
+    async def _targeted_loop(self) -> None:
+        # Reads only what was announced (NOTIFY) or newly watched, without waiting for a
+        # full poll in progress to finish.
+        backoff = 0.0
+        while self._watches:
+            await self._kick.wait()
+            await asyncio.sleep(_KICK_DEBOUNCE)  # several triggers starting together share one read
+            self._kick.clear()
+            ids = sorted(i for i in self._targeted if i in self._watches)
+            self._targeted.clear()
+            if not ids:
+                continue
+            try:
+                await self._read(ids)
+            except Exception:
+                self.errors += 1
+                backoff = min(self.max_backoff, max(1.0, backoff * 2))
+                log.warning("approval store read failed; retrying in %.1fs", backoff, exc_info=True)
+                self._targeted.update(ids)
+                await asyncio.sleep(backoff)
+                self._kick.set()
+                continue
+            backoff = 0.0
 
     def _on_notify(self, request_id: str) -> None:
         if request_id in self._watches:
