@@ -163,7 +163,7 @@ def store(airflow_home: dict[str, str]) -> ApprovalStore:
 
 
 def _run_dag(env: dict[str, str], dag_id: str, decide: Callable[[Approval], None] | None = None) -> dict[str, str]:
-    """Run `airflow dags test`, deciding the gate from a thread; return the task states."""
+    """Run `airflow dags test`, deciding the gate from a thread; return its output and the request id."""
     manager = ApprovalManager(store=ApprovalStore(url=env["AIRFLOW_HITL_STORE_URL"]))
     migrate(manager.store)
     stop = threading.Event()
@@ -183,11 +183,6 @@ def _run_dag(env: dict[str, str], dag_id: str, decide: Callable[[Approval], None
     proc = subprocess.run([AIRFLOW, "dags", "test", dag_id], env=env, capture_output=True, text=True, timeout=240)
     stop.set()
     thread.join(5)
-    states: dict[str, str] = {}
-    for line in proc.stdout.splitlines() + proc.stderr.splitlines():
-        if "[DAG TEST] end task task_id=" in line:
-            task_id = line.split("task_id=")[1].split()[0]
-            states[task_id] = "ended"
     runs, _ = manager.list(ApprovalFilter(dag_id=dag_id), limit=1)
     assert runs, f"no approval request was created:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return {"returncode": str(proc.returncode), "output": proc.stdout + proc.stderr, "request_id": runs[0].id}
@@ -236,25 +231,25 @@ class TestRuns:
         assert approval.title == "Gate of op_manual"
         assert _ti_states(airflow_home, "op_manual") == {"evaluate": "success", "gate": "success", "after": "success"}
 
-    def test_rejected_gate_fails(self, airflow_home: dict[str, str], store: ApprovalStore) -> None:
-        _run_dag(
+    @pytest.mark.parametrize(
+        ("dag_id", "gate_state", "downstream_state"),
+        [
+            pytest.param("op_reject_fail", "failed", "upstream_failed", id="on_reject-fail"),
+            pytest.param("op_reject_skip", "skipped", "skipped", id="on_reject-skip"),
+        ],
+    )
+    def test_rejected_gate(
+        self, airflow_home: dict[str, str], store: ApprovalStore, dag_id: str, gate_state: str, downstream_state: str
+    ) -> None:
+        result = _run_dag(
             airflow_home,
-            "op_reject_fail",
+            dag_id,
             lambda a: ApprovalManager(store=store).reject(a.id, user=Principal.of("alice"), reason="bad metrics"),
         )
-        states = _ti_states(airflow_home, "op_reject_fail")
-        assert states["gate"] == "failed"
-        assert states["after"] == "upstream_failed"
-
-    def test_rejected_gate_skips_downstream(self, airflow_home: dict[str, str], store: ApprovalStore) -> None:
-        _run_dag(
-            airflow_home,
-            "op_reject_skip",
-            lambda a: ApprovalManager(store=store).reject(a.id, user=Principal.of("alice"), reason="not today"),
-        )
-        states = _ti_states(airflow_home, "op_reject_skip")
-        assert states["gate"] == "skipped"
-        assert states["after"] == "skipped"
+        states = _ti_states(airflow_home, dag_id)
+        assert states["gate"] == gate_state
+        assert states["after"] == downstream_state
+        assert ApprovalManager(store=store).get(result["request_id"]).comment == "bad metrics"
 
     @pytest.mark.parametrize(("dag_id", "source"), [("op_auto", "auto"), ("op_conditional_true", "condition")])
     def test_automatic_approval(
