@@ -127,7 +127,7 @@ async def measure(
     latencies: list[float] = []
     errors: list[str] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=120.0) as client:
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60.0) as client:
 
         async def worker() -> None:
             while True:
@@ -136,7 +136,13 @@ async def measure(
                 except asyncio.QueueEmpty:
                     return
                 started = time.perf_counter()
-                response = await job(client)
+                try:
+                    response = await job(client)
+                except httpx.HTTPError as err:
+                    # A timed-out or dropped call counts, with its time, as an error.
+                    latencies.append(time.perf_counter() - started)
+                    errors.append(f"{type(err).__name__}: {err}")
+                    continue
                 latencies.append(time.perf_counter() - started)
                 if response.status_code >= 400:
                     errors.append(f"{response.status_code} {response.text[:200]}")
@@ -391,7 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ),
                 ]
                 for name, jobs in scenarios:
-                    results.append(asyncio.run(measure(name, clients, jobs, server.base_url)))
+                    result = asyncio.run(measure(name, clients, jobs, server.base_url))
+                    results.append(result)
+                    print(f"  {result}", file=sys.stderr)
                 print(f"  done at {clients} clients", file=sys.stderr)
 
             server.stop()

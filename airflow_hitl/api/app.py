@@ -51,7 +51,13 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
             )
     return JSONResponse(
         status_code=422,
-        content={"detail": jsonable_encoder(exc.errors(), custom_encoder={Exception: str})},
+        # The offending ``input`` is not echoed: it can be huge, or not JSON at all (NaN).
+        content={
+            "detail": jsonable_encoder(
+                [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()],
+                custom_encoder={Exception: str},
+            )
+        },
     )
 
 

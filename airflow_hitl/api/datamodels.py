@@ -11,6 +11,7 @@ Free text (``comment``, ``reason``) is limited to ``[hitl] max_comment_length`` 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -29,10 +30,34 @@ DECIDED_STATES = ("approved", "rejected", "timeout", "cancelled")
 _TEXT_HELP = f"At most {MAX_COMMENT_LENGTH} characters (`[hitl] max_comment_length`)."
 
 
+def _unstorable(value: Any) -> str | None:
+    """What in a raw body the store cannot keep or JSON cannot return, if anything."""
+    if isinstance(value, str):
+        return "text must not contain NUL characters" if "\x00" in value else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "numbers must be finite (no NaN or Infinity)"
+    if isinstance(value, dict):
+        items: list[Any] = [*value.keys(), *value.values()]
+        return next((p for p in map(_unstorable, items) if p), None)
+    if isinstance(value, (list, tuple)):
+        return next((p for p in map(_unstorable, value) if p), None)
+    return None
+
+
 class _Body(BaseModel):
     """Base of request bodies: unknown fields are refused."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        # Python's JSON parser accepts NaN, and PostgreSQL refuses NUL in text and NaN in
+        # JSON: refuse both here as bad input (422) instead of failing later with a 500.
+        problem = _unstorable(data)
+        if problem:
+            raise ValueError(problem)
+        return data
 
 
 class _Response(BaseModel):

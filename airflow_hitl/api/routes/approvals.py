@@ -217,7 +217,8 @@ def _page(result: Any) -> tuple[Sequence[Approval], int]:
 
 Limit = Annotated[int, Query(ge=0, le=MAX_LIMIT, description=f"Page size, 0 to {MAX_LIMIT}.")]
 Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
-Text = Annotated[str | None, Query(max_length=250)]
+# No NUL: PostgreSQL refuses it in text, which must be a 422 rather than a 500.
+Text = Annotated[str | None, Query(max_length=250, pattern=r"^[^\x00]*$")]
 
 
 @router.get("", response_model=ApprovalCollectionResponse, summary="List approval requests")
