@@ -94,6 +94,15 @@ def get_provider_info() -> dict[str, Any]:
                         "4000",
                         "10000",
                     ),
+                    "resume_grace_seconds": _option(
+                        "A decision made within this many seconds of a gate opening resumes the task only "
+                        "this long after the gate opened. Airflow 3 can fail a task whose trigger fires "
+                        "before the worker of the deferring try has exited (how Airflow's own HITL loses "
+                        "instant decisions); this delay avoids that race. 0 disables it.",
+                        "float",
+                        "10.0",
+                        "5.0",
+                    ),
                     "base_url": _option(
                         "Public URL of the Airflow api-server, used in links sent to approvers.",
                         "string",

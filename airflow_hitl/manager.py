@@ -445,7 +445,7 @@ class ApprovalManager:
             ApprovalRequestRow.expires_at,
             ApprovalRequestRow.escalation_level,
         )
-        with self.store.engine.connect() as conn:
+        with self.store.read_engine.connect() as conn:
             rows = conn.execute(sql, params).all()
             conn.rollback()
         return {

@@ -21,6 +21,7 @@ DEFAULTS: dict[str, str] = {
     "pool_size": "5",
     "max_comment_length": "4000",
     "base_url": "http://localhost:8080",
+    "resume_grace_seconds": "10.0",
 }
 
 
@@ -56,6 +57,7 @@ class HitlSettings:
     pool_size: int
     max_comment_length: int
     base_url: str
+    resume_grace_seconds: float
 
     @classmethod
     def load(cls) -> HitlSettings:
@@ -70,4 +72,5 @@ class HitlSettings:
             pool_size=int(_conf_get("pool_size")),
             max_comment_length=int(_conf_get("max_comment_length")),
             base_url=_conf_get("base_url").rstrip("/"),
+            resume_grace_seconds=float(_conf_get("resume_grace_seconds")),
         )

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # Channel on which committed decisions are announced (PostgreSQL LISTEN/NOTIFY).
 NOTIFY_CHANNEL = "hitl_approvals"
 
+_READ_ONLY = "hitl_read_only"
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}
 
 
@@ -134,7 +135,10 @@ def _sqlite_on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry
 
 
 def _sqlite_on_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writers take the write lock up front; readers must not, or a large poll of
+    # thousands of ids would block every decision while it runs.
+    read_only = conn.get_execution_options().get(_READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class ApprovalStore:
@@ -144,7 +148,10 @@ class ApprovalStore:
         self.url = normalize_url(url)
         self.dialect = make_url(self.url).get_backend_name()
         self.engine = self._create_engine(pool_size)
+        # Same pool; only marks its transactions read-only (a deferred BEGIN on SQLite).
+        self.read_engine = self.engine.execution_options(**{_READ_ONLY: True})
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
 
     @property
     def is_postgres(self) -> bool:
@@ -175,8 +182,8 @@ class ApprovalStore:
             yield session
 
     def session(self) -> Session:
-        """A plain session for reads."""
-        return self._sessions()
+        """A session for reads: it never takes the store's write lock."""
+        return self._read_sessions()
 
     def ping(self) -> None:
         """Run a trivial query; raises when the store cannot be reached."""
@@ -197,8 +204,14 @@ _stores_lock = threading.Lock()
 
 def get_store(*, conn_id: str | None = None, url: str | None = None) -> ApprovalStore:
     """The process-wide store for ``url`` (or the one ``conn_id`` resolves to), migrated if allowed."""
+    if url:
+        url = normalize_url(url)
+        # Thousands of triggers start at once in a triggerer: skip re-reading config for a known store.
+        cached = _stores.get(url)
+        if cached is not None:
+            return cached
     settings = HitlSettings.load()
-    url = normalize_url(url) if url else resolve_store_url(conn_id, settings)
+    url = url or resolve_store_url(conn_id, settings)
     with _stores_lock:
         store = _stores.get(url)
         if store is None:

@@ -30,8 +30,8 @@ _MIN_WAIT = 0.2
 # then finds it queued and marks it failed ("task instance's state attribute is queued"). The
 # deferring worker can take several seconds to exit on a busy machine. This is how Airflow's own
 # HITL loses decisions made right after the task pauses; we hold the event until the deferring
-# try has surely been processed (only when resuming a real task instance in a triggerer).
-RESUME_GRACE_SECONDS = 10.0
+# try has surely been processed (only when resuming a real task instance in a triggerer), for
+# ``[hitl] resume_grace_seconds`` after the trigger started.
 
 
 class ApprovalTriggerEventPayload(TypedDict, total=False):
@@ -94,7 +94,7 @@ class ApprovalTrigger(BaseTrigger):
             while True:
                 if watch.missing:
                     self.log.error("approval request %s no longer exists in the store", self.request_id)
-                    await self._settle(started)
+                    await self._settle(started, settings)
                     yield self._event("error", "missing", f"approval request {self.request_id} not found")
                     return
                 state = watch.state
@@ -102,7 +102,7 @@ class ApprovalTrigger(BaseTrigger):
                 if state is not None:
                     if not state.is_waiting:
                         self.log.info("approval request %s is %s", self.request_id, state.state)
-                        await self._settle(started)
+                        await self._settle(started, settings)
                         yield self._event("decided", state.state)
                         return
                     if state.expires_at is not None:
@@ -117,11 +117,11 @@ class ApprovalTrigger(BaseTrigger):
                                     self.request_id,
                                     outcome.approval.escalation_level,
                                 )
-                                await self._settle(started)
+                                await self._settle(started, settings)
                                 yield self._event("escalated", outcome.approval.state)
                                 return
                             if not outcome.approval.is_waiting:
-                                await self._settle(started)
+                                await self._settle(started, settings)
                                 yield self._event("decided", outcome.approval.state)
                                 return
                             remaining = _MIN_WAIT
@@ -130,11 +130,11 @@ class ApprovalTrigger(BaseTrigger):
         finally:
             poller.unwatch(watch)
 
-    async def _settle(self, started: float) -> None:
-        # See RESUME_GRACE_SECONDS: never resume the task while its deferring try may still be exiting.
+    async def _settle(self, started: float, settings: HitlSettings) -> None:
+        # Never resume the task while its deferring try may still be exiting (see the module comment).
         if self.task_instance is None:
             return
-        wait = RESUME_GRACE_SECONDS - (time.monotonic() - started)
+        wait = settings.resume_grace_seconds - (time.monotonic() - started)
         if wait > 0:
             self.log.info(
                 "approval request %s settled %.1fs after the trigger started; resuming the task in %.1fs",
