@@ -247,6 +247,29 @@ class TestClearWaitingGate:
         assert [a.state for a in airflow.approvals(dag_id, run_id, "gate")] == ["cancelled", "approved"]
 
 
+class TestMarkWaitingGate:
+    @pytest.mark.parametrize("new_state", ["failed", "success"])
+    def test_marking_a_deferred_gate_cancels_its_request(self, airflow: AirflowHarness, new_state: str) -> None:
+        # No new try follows a mark, so only the trigger's on_kill() can cancel the request here.
+        dag_id = "e2e_gate"
+        run_id = airflow.trigger(dag_id, user="admin")
+        assert_waiting_in_triggerer(airflow, dag_id, run_id, "gate")
+        request = airflow.wait_for_approval(dag_id, run_id, "gate", try_number=1, states=["pending"])
+
+        airflow.api(
+            "PATCH",
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/gate",
+            json_body={"new_state": new_state},
+        )
+
+        cancelled = airflow.wait_for_approval(dag_id, run_id, "gate", try_number=1, states=["cancelled"], timeout=90)
+        assert cancelled.id == request.id
+        assert cancelled.decision_source == "airflow"
+        assert airflow.task_instance(dag_id, run_id, "gate")["state"] == new_state
+        waiting, _ = airflow.manager.pending(ApprovalFilter(dag_id=dag_id, run_id=run_id))
+        assert waiting == []
+
+
 class TestInstantDecision:
     RUNS = 10
 
