@@ -1,0 +1,175 @@
+"""``/ui``: the Approvals pages embedded in the Airflow UI (inbox, history, per-task view).
+
+The pages are server-rendered shells (Jinja2, autoescaped) plus one local script and one
+stylesheet; the script reads and decides through the REST API under ``/api/v1`` with the
+Airflow UI's ``_token`` cookie, so nobody logs in twice. A page request without a valid
+cookie is redirected to Airflow's own login, which sends the user back here afterwards.
+
+Every page answers with a strict Content-Security-Policy (scripts and styles from this app
+only, no inline script), so even a rendering mistake could not run an injected script; the
+script itself only ever writes user-supplied values with ``textContent``.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from airflow_hitl import __version__
+from airflow_hitl.api.security import Caller, authenticate
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+#: Mount point of our app inside the api-server (``HitlPlugin`` mounts it at ``/hitl``).
+_STATIC_PACKAGE = "airflow_hitl.ui"
+_STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".png": "image/png"}
+
+# 'self' for scripts, styles and fetches; no inline script at all; framing only by the
+# Airflow UI on the same origin (the external view's iframe).
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'self'",
+    )
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+@lru_cache(maxsize=1)
+def _templates() -> Environment:
+    # Autoescape every template: values reach the HTML only as escaped text.
+    return Environment(
+        loader=PackageLoader(_STATIC_PACKAGE, "templates"),
+        autoescape=select_autoescape(["html"], default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _airflow_base(request: Request) -> str:
+    """Path prefix of the Airflow UI (empty unless Airflow itself runs under a sub-path)."""
+    root = request.scope.get("root_path", "") or ""
+    # Our app is mounted at <airflow base>/hitl; strip our own mount point.
+    return root[: -len("/hitl")] if root.endswith("/hitl") else ""
+
+
+def _login_redirect(request: Request) -> RedirectResponse:
+    """Send the browser to Airflow's login, which returns it to this page afterwards."""
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    login = f"{_airflow_base(request)}/api/v2/auth/login?{urlencode({'next': target})}"
+    return RedirectResponse(login, status_code=status.HTTP_303_SEE_OTHER)
+
+
+async def _page_caller(request: Request) -> Caller | None:
+    """The caller from the UI cookie (or a bearer header), or None when there is no valid one."""
+    try:
+        return await authenticate(request, None)
+    except HTTPException as err:
+        if err.status_code == status.HTTP_401_UNAUTHORIZED:
+            return None
+        raise
+
+
+def _render(request: Request, template: str, caller: Caller, **extra: Any) -> HTMLResponse:
+    root = request.scope.get("root_path", "") or ""
+    context = {
+        "user": caller.name,
+        "roles": sorted(caller.principal.roles),
+        "app_base": root,
+        "api_base": f"{root}/api/v1",
+        "airflow_base": _airflow_base(request),
+        "static_base": f"{root}/ui/static",
+        "version": __version__,
+        **extra,
+    }
+    html = _templates().get_template(template).render(**context)
+    return HTMLResponse(html, headers=SECURITY_HEADERS)
+
+
+@router.get("")
+async def ui_root(request: Request) -> RedirectResponse:
+    """``/hitl/ui`` -> ``/hitl/ui/`` (relative links in the pages assume the slash)."""
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/ui/", status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def inbox(request: Request) -> Response:
+    """The inbox: pending approvals the user can see, with the decision modal and bulk actions."""
+    caller = await _page_caller(request)
+    if caller is None:
+        return _login_redirect(request)
+    return _render(request, "inbox.html", caller, page="inbox")
+
+
+@router.get("/history", response_class=HTMLResponse)
+async def history(request: Request) -> Response:
+    """Decided approvals as a timeline, with filters and the CSV export."""
+    caller = await _page_caller(request)
+    if caller is None:
+        return _login_redirect(request)
+    return _render(request, "history.html", caller, page="history")
+
+
+@router.get("/task", response_class=HTMLResponse)
+async def task_view(
+    request: Request,
+    dag_id: str = "",
+    run_id: str = "",
+    task_id: str = "",
+    map_index: str = "-1",
+) -> Response:
+    """The approval of one task instance (the ``task_instance`` external view of the Airflow UI)."""
+    caller = await _page_caller(request)
+    if caller is None:
+        return _login_redirect(request)
+    # The Airflow UI substitutes {MAP_INDEX} with -1 for unmapped tasks; anything else
+    # that is not an integer means "whatever index", left for the script to ignore.
+    index = map_index if map_index.lstrip("-").isdigit() else ""
+    return _render(
+        request, "task.html", caller, page="task", dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=index
+    )
+
+
+def _static_file(name: str) -> bytes | None:
+    # Only plain file names inside the package's static folder: no paths, no traversal.
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    node = resources.files(_STATIC_PACKAGE).joinpath("static").joinpath(name)
+    if not node.is_file():
+        return None
+    return node.read_bytes()
+
+
+@router.get("/static/{name}")
+async def static(name: str) -> Response:
+    """The pages' script, stylesheet and icon, shipped as package data (no CDN: offline machines)."""
+    data = _static_file(name)
+    if data is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such file")
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    media_type = _STATIC_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    # Versioned by the package: the query string ?v=<version> changes on upgrade.
+    return Response(
+        data,
+        media_type=media_type,
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )

@@ -1,0 +1,809 @@
+/*
+ * airflow-hitl Approvals pages: inbox with decision modal and bulk actions, history, task view.
+ *
+ * Plain browser JavaScript, no build step and no third-party code (the machines are offline).
+ * Every value that comes from the API is written with textContent or as an attribute value
+ * set through the DOM, never parsed as HTML: titles, descriptions, context and comments are
+ * user-supplied. State-changing requests carry X-Requested-With, which a cross-site form can
+ * never send, on top of the JSON content type and Airflow's SameSite=Lax cookie.
+ */
+"use strict";
+
+(function () {
+  const body = document.body;
+  const API = body.dataset.apiBase;
+  const APP = body.dataset.appBase;
+  const AIRFLOW = body.dataset.airflowBase || "";
+  const POLL_MS = 5000;
+  const WAITING = new Set(["pending", "escalated"]);
+
+  /* ------------------------------------------------------------------ DOM helpers */
+
+  const $ = (id) => document.getElementById(id);
+
+  /** Build an element; string children become text nodes, so data never becomes markup. */
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "className") node.className = value;
+      else if (key === "text") node.textContent = String(value);
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function setText(id, value) {
+    const node = $(id);
+    if (node) node.textContent = value === null || value === undefined ? "" : String(value);
+  }
+
+  function show(node, visible) {
+    if (node) node.hidden = !visible;
+  }
+
+  let toastTimer = null;
+  function toast(message, kind) {
+    const node = $("toast");
+    node.textContent = message;
+    node.className = "toast " + (kind || "");
+    node.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => (node.hidden = true), 6000);
+  }
+
+  /* ------------------------------------------------------------------ API */
+
+  class ApiError extends Error {
+    constructor(status, detail) {
+      super(detail);
+      this.status = status;
+    }
+  }
+
+  function detailText(detail) {
+    if (typeof detail === "string") return detail;
+    if (Array.isArray(detail)) return detail.map((d) => (d && d.msg) || JSON.stringify(d)).join("; ");
+    return JSON.stringify(detail);
+  }
+
+  function loginUrl() {
+    const here = window.location.pathname + window.location.search;
+    return AIRFLOW + "/api/v2/auth/login?" + new URLSearchParams({ next: here }).toString();
+  }
+
+  /** Call the REST API with the UI cookie; JSON in and out. */
+  async function api(path, options) {
+    const opts = options || {};
+    const headers = { Accept: "application/json", "X-Requested-With": "XMLHttpRequest" };
+    let payload;
+    if (opts.json !== undefined) {
+      headers["Content-Type"] = "application/json";
+      payload = JSON.stringify(opts.json);
+    }
+    const response = await fetch(API + path, {
+      method: opts.method || "GET",
+      headers,
+      body: payload,
+      credentials: "same-origin",
+      cache: "no-store",
+    });
+    if (response.status === 401) {
+      // The cookie expired: Airflow's login brings the user back to this page.
+      window.location.assign(loginUrl());
+      throw new ApiError(401, "not signed in");
+    }
+    let data = null;
+    try {
+      data = await response.json();
+    } catch (err) {
+      data = null;
+    }
+    if (!response.ok) {
+      throw new ApiError(response.status, data && data.detail ? detailText(data.detail) : response.statusText);
+    }
+    return data;
+  }
+
+  function query(params) {
+    const search = new URLSearchParams();
+    for (const [key, value] of Object.entries(params)) {
+      if (value === undefined || value === null || value === "") continue;
+      if (Array.isArray(value)) value.forEach((v) => search.append(key, v));
+      else search.append(key, String(value));
+    }
+    const text = search.toString();
+    return text ? "?" + text : "";
+  }
+
+  /* ------------------------------------------------------------------ time */
+
+  function parseTime(value) {
+    return value ? new Date(value) : null;
+  }
+
+  function duration(ms) {
+    const s = Math.max(0, Math.round(Math.abs(ms) / 1000));
+    if (s < 60) return s + "s";
+    const m = Math.floor(s / 60);
+    if (m < 60) return m + "m " + (s % 60) + "s";
+    const h = Math.floor(m / 60);
+    if (h < 48) return h + "h " + (m % 60) + "m";
+    return Math.floor(h / 24) + "d " + (h % 24) + "h";
+  }
+
+  function timeLeft(expiresAt) {
+    const expires = parseTime(expiresAt);
+    if (!expires) return "no expiry";
+    const ms = expires.getTime() - Date.now();
+    return ms > 0 ? "expires in " + duration(ms) : "expired " + duration(ms) + " ago";
+  }
+
+  function ago(value) {
+    const at = parseTime(value);
+    if (!at) return "";
+    return duration(Date.now() - at.getTime()) + " ago";
+  }
+
+  function stamp(value) {
+    const at = parseTime(value);
+    return at ? at.toLocaleString() : "";
+  }
+
+  /** Risk colour: metadata.risk when the DAG author gave one, else from the time left. */
+  function risk(item) {
+    const given = String((item.metadata && item.metadata.risk) || "").toLowerCase();
+    if (["critical", "high", "medium", "low"].includes(given)) return given;
+    const expires = parseTime(item.expires_at);
+    if (!expires) return "none";
+    const left = expires.getTime() - Date.now();
+    if (left < 3600 * 1000) return "high";
+    if (left < 4 * 3600 * 1000) return "medium";
+    return "low";
+  }
+
+  /* ------------------------------------------------------------------ links into Airflow */
+
+  function runUrl(item) {
+    return AIRFLOW + "/dags/" + encodeURIComponent(item.dag_id) + "/runs/" + encodeURIComponent(item.run_id || "");
+  }
+
+  function dagUrl(item) {
+    return AIRFLOW + "/dags/" + encodeURIComponent(item.dag_id);
+  }
+
+  function historyUrl(dagId) {
+    return APP + "/ui/history" + query({ dag_id: dagId });
+  }
+
+  /**
+   * Open an Airflow page. Inside the Airflow UI we are an iframe sandboxed without
+   * top-navigation rights, so instead of navigating the top window we push the URL into its
+   * history and let its router (which listens to popstate) render the page.
+   */
+  function openAirflow(event) {
+    const href = event.currentTarget.getAttribute("href");
+    if (window.top === window || !href) return;
+    try {
+      const top = window.top;
+      const idx = ((top.history.state && top.history.state.idx) || 0) + 1;
+      top.history.pushState({ usr: null, key: Math.random().toString(36).slice(2, 10), idx }, "", href);
+      top.dispatchEvent(new PopStateEvent("popstate", { state: top.history.state }));
+      event.preventDefault();
+    } catch (err) {
+      // Not the same origin after all: let the link open inside the frame.
+    }
+  }
+
+  function airflowLink(href, text, props) {
+    return el("a", Object.assign({ href, onclick: openAirflow }, props || {}), text);
+  }
+
+  function setAirflowLink(node, href, text) {
+    node.setAttribute("href", href);
+    if (text !== undefined) node.textContent = text;
+    if (!node.dataset.wired) {
+      node.addEventListener("click", openAirflow);
+      node.dataset.wired = "1";
+    }
+  }
+
+  /* ------------------------------------------------------------------ decision rules shown */
+
+  /** Whether the Reject button is usable: like approving, except your own run (you may reject it). */
+  function canReject(item) {
+    if (!WAITING.has(item.state)) return false;
+    if (item.can_approve) return true;
+    return /triggered this run/.test(item.can_approve_reason || "");
+  }
+
+  function quorumText(item) {
+    const counted = (item.approvers || []).length;
+    const needed = item.approvals_needed || item.required_approvals || 1;
+    const still = Math.max(0, needed - counted);
+    return counted + " of " + needed + " approvals" + (WAITING.has(item.state) ? ", " + still + " still needed" : "");
+  }
+
+  /* ------------------------------------------------------------------ detail (modal and task view) */
+
+  function isScalar(value) {
+    return value === null || ["string", "number", "boolean"].includes(typeof value);
+  }
+
+  function prettyKey(key) {
+    const text = String(key).replace(/_/g, " ");
+    return text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
+  // Ratios that people read as percentages (accuracy 0.962 -> 96.2%); a loss stays a number.
+  const PERCENT_KEYS = /accuracy|precision|recall|f1|auc|score|rate|ratio|percent|pct/i;
+
+  function prettyValue(value, key) {
+    if (typeof value === "number" && value >= 0 && value <= 1 && !Number.isInteger(value) && PERCENT_KEYS.test(String(key))) {
+      return String(value) + " (" + (value * 100).toFixed(1) + "%)";
+    }
+    return isScalar(value) ? String(value) : JSON.stringify(value);
+  }
+
+  /** Context as readable lists: scalars under "Details", each flat object (metrics) as its own list. */
+  function renderContext(container, context) {
+    container.replaceChildren();
+    const entries = Object.entries(context || {});
+    const scalars = entries.filter(([, v]) => isScalar(v));
+    const groups = entries.filter(([, v]) => v && typeof v === "object" && !Array.isArray(v));
+    const others = entries.filter(([, v]) => Array.isArray(v));
+    const list = (pairs) =>
+      el("ul", { className: "kv" }, pairs.map(([k, v]) => el("li", {}, el("span", { className: "k", text: prettyKey(k) + ": " }), el("span", { className: "v", text: prettyValue(v, k) }))));
+    if (scalars.length || others.length) {
+      container.append(el("h4", { text: "Details" }), list([...scalars, ...others]));
+    }
+    for (const [name, value] of groups) {
+      container.append(el("h4", { text: prettyKey(name) }), list(Object.entries(value)));
+    }
+    if (!entries.length) container.append(el("p", { className: "muted", text: "No context was attached." }));
+  }
+
+  function voteItem(vote) {
+    const what = vote.vote === "approve" ? "approved" : vote.vote === "reject" ? "rejected" : vote.vote;
+    return el(
+      "li",
+      { className: "vote " + what },
+      el("strong", { text: vote.user }),
+      " ",
+      el("span", { className: "badge " + what, text: what }),
+      " ",
+      el("span", { className: "muted", text: "via " + vote.source + " · " + ago(vote.created_at) }),
+      vote.reason ? el("div", { className: "prewrap", text: "Reason: " + vote.reason }) : null,
+      vote.comment ? el("div", { className: "prewrap", text: "“" + vote.comment + "”" }) : null
+    );
+  }
+
+  /**
+   * A decision view bound to the #detail markup (the inbox modal and the task page share it).
+   * onDecided runs after a successful decision.
+   */
+  class DecisionView {
+    constructor(onDecided) {
+      this.item = null;
+      this.pending = null; // "approve" | "reject" while the confirmation step shows
+      this.onDecided = onDecided;
+      $("m-approve").addEventListener("click", () => this.ask("approve"));
+      $("m-reject").addEventListener("click", () => this.ask("reject"));
+      $("m-confirm-cancel").addEventListener("click", () => this.cancelConfirm());
+      $("m-confirm-ok").addEventListener("click", () => this.submit());
+      $("m-form").addEventListener("submit", (e) => e.preventDefault());
+    }
+
+    reset() {
+      $("m-comment").value = "";
+      $("m-reason-input").value = "";
+      this.cancelConfirm();
+      this.error(null);
+    }
+
+    error(message) {
+      setText("m-error", message || "");
+      show($("m-error"), Boolean(message));
+    }
+
+    fill(item) {
+      const changed = !this.item || this.item.id !== item.id;
+      this.item = item;
+      if (changed) this.reset();
+      setText("m-title", item.title);
+      const state = $("m-state");
+      state.textContent = item.state;
+      state.className = "badge " + item.state;
+      setAirflowLink($("m-dag"), dagUrl(item), item.dag_id);
+      setAirflowLink($("m-run"), runUrl(item), item.run_id || "(no run)");
+      setText("m-task", item.task_id ? item.task_id + (item.map_index >= 0 ? "[" + item.map_index + "]" : "") : "");
+      setText("m-requested-by", item.requested_by || "unknown");
+      setText("m-requested-at", stamp(item.requested_at) + " (" + ago(item.requested_at) + ")");
+      this.tick();
+      setText("m-description", item.description || "No description.");
+      setText("m-reason", item.reason ? "Why: " + item.reason : "");
+      show($("m-reason"), Boolean(item.reason));
+      renderContext($("m-context"), item.context);
+      setText("m-json", JSON.stringify(item.context || {}, null, 2));
+      setText("m-quorum", "(" + quorumText(item) + ")");
+      const votes = $("m-votes");
+      votes.replaceChildren(...(item.votes || []).map(voteItem));
+      if (!(item.votes || []).length) votes.append(el("li", { className: "muted", text: "No votes yet." }));
+      setAirflowLink($("m-run-link"), runUrl(item));
+      $("m-history-link").setAttribute("href", historyUrl(item.dag_id));
+      this.applyRights();
+    }
+
+    applyRights() {
+      const item = this.item;
+      const waiting = WAITING.has(item.state);
+      const approve = $("m-approve");
+      const reject = $("m-reject");
+      approve.disabled = !waiting || !item.can_approve;
+      reject.disabled = !canReject(item);
+      let why = "";
+      if (!waiting) why = "This request is " + item.state + (item.decided_by ? " (by " + item.decided_by + ")" : "") + ".";
+      else if (!item.can_approve) why = "You cannot approve: " + (item.can_approve_reason || "not allowed") + ".";
+      approve.title = approve.disabled ? why : "";
+      reject.title = reject.disabled ? why : "";
+      setText("m-disabled-reason", why);
+      show($("m-disabled-reason"), Boolean(why));
+      const inputs = [$("m-comment"), $("m-reason-input")];
+      inputs.forEach((node) => (node.disabled = approve.disabled && reject.disabled));
+      if (approve.disabled && reject.disabled) this.cancelConfirm();
+    }
+
+    tick() {
+      if (this.item) setText("m-time-left", WAITING.has(this.item.state) ? timeLeft(this.item.expires_at) : this.item.state);
+    }
+
+    ask(action) {
+      this.error(null);
+      const reason = $("m-reason-input").value.trim();
+      if (action === "reject" && !reason) {
+        // The API refuses it too (422); say so here before anything is sent.
+        this.error("A reason is required to reject.");
+        $("m-reason-input").focus();
+        return;
+      }
+      this.pending = action;
+      const item = this.item;
+      const counted = (item.approvers || []).length;
+      const needed = item.approvals_needed || 1;
+      setText(
+        "m-confirm-text",
+        action === "approve"
+          ? "Approve “" + item.title + "”? Yours will be approval " + (counted + 1) + " of " + needed + " needed."
+          : "Reject “" + item.title + "”? This rejects the request at once."
+      );
+      const ok = $("m-confirm-ok");
+      ok.className = "btn " + action;
+      ok.textContent = action === "approve" ? "Confirm approval" : "Confirm rejection";
+      show($("m-actions"), false);
+      show($("m-confirm"), true);
+      ok.focus();
+    }
+
+    cancelConfirm() {
+      this.pending = null;
+      show($("m-confirm"), false);
+      show($("m-actions"), true);
+    }
+
+    async submit() {
+      const action = this.pending;
+      if (!action || !this.item) return;
+      const ok = $("m-confirm-ok");
+      ok.disabled = true;
+      const comment = $("m-comment").value.trim() || null;
+      const json = action === "approve" ? { comment } : { reason: $("m-reason-input").value.trim(), comment };
+      try {
+        const result = await api("/approvals/" + encodeURIComponent(this.item.id) + "/" + action, { method: "POST", json });
+        const verb = action === "approve" ? "Approved" : "Rejected";
+        toast(verb + ": " + result.title + " (now " + result.state + ")", "ok");
+        this.cancelConfirm();
+        this.onDecided(result);
+      } catch (err) {
+        this.cancelConfirm();
+        this.error(err.status ? err.status + ": " + err.message : String(err));
+      } finally {
+        ok.disabled = false;
+      }
+    }
+  }
+
+  /* ------------------------------------------------------------------ inbox */
+
+  function inboxPage() {
+    const state = { items: [], selected: new Set(), openId: null, loaded: false };
+    const cards = $("cards");
+    const modal = $("modal");
+    const view = new DecisionView(() => {
+      closeModal();
+      refresh();
+    });
+
+    function filtered() {
+      const dag = $("filter-dag").value;
+      const st = $("filter-state").value;
+      const age = Number($("filter-age").value || 0);
+      const mine = $("filter-mine").checked;
+      const now = Date.now();
+      let items = state.items.filter((item) => {
+        if (dag && item.dag_id !== dag) return false;
+        if (st && item.state !== st) return false;
+        if (mine && !item.can_approve) return false;
+        if (age) {
+          const seconds = (now - new Date(item.requested_at).getTime()) / 1000;
+          if (age > 0 && seconds > age) return false;
+          if (age < 0 && seconds <= -age) return false;
+        }
+        return true;
+      });
+      const sort = $("sort").value;
+      const t = (v, missing) => (v ? new Date(v).getTime() : missing);
+      items = items.slice().sort((a, b) => {
+        if (sort === "requested_desc") return t(b.requested_at, 0) - t(a.requested_at, 0);
+        if (sort === "requested_asc") return t(a.requested_at, 0) - t(b.requested_at, 0);
+        return t(a.expires_at, Infinity) - t(b.expires_at, Infinity) || t(a.requested_at, 0) - t(b.requested_at, 0);
+      });
+      return items;
+    }
+
+    function dagOptions() {
+      const select = $("filter-dag");
+      const current = select.value;
+      const dags = [...new Set(state.items.map((i) => i.dag_id))].sort();
+      if (current && !dags.includes(current)) dags.push(current);
+      select.replaceChildren(el("option", { value: "", text: "All DAGs" }), ...dags.map((d) => el("option", { value: d, text: d })));
+      select.value = current;
+    }
+
+    function card(item) {
+      const level = risk(item);
+      const checkbox = el("input", {
+        type: "checkbox",
+        className: "select",
+        "aria-label": "Select " + item.title,
+        dataset: { id: item.id },
+        onchange: (e) => {
+          if (e.target.checked) state.selected.add(item.id);
+          else state.selected.delete(item.id);
+          updateBulk();
+        },
+      });
+      checkbox.checked = state.selected.has(item.id);
+      const rights = item.can_approve
+        ? el("span", { className: "badge can", text: "you can decide" })
+        : el("span", { className: "badge cannot", text: item.can_approve_reason || "view only", title: item.can_approve_reason || "" });
+      return el(
+        "li",
+        { className: "card risk-" + level, dataset: { id: item.id, dagId: item.dag_id } },
+        el(
+          "div",
+          { className: "card-top" },
+          checkbox,
+          el("button", { type: "button", className: "title linklike", onclick: () => openModal(item.id), text: item.title }),
+          el("span", { className: "risk", title: "risk: " + level, text: level === "none" ? "" : level })
+        ),
+        el(
+          "div",
+          { className: "meta" },
+          airflowLink(dagUrl(item), item.dag_id, { className: "dag" }),
+          " · ",
+          airflowLink(runUrl(item), item.run_id || "(no run)", { className: "run" }),
+          item.task_id ? " · " + item.task_id : ""
+        ),
+        el(
+          "div",
+          { className: "meta" },
+          el("span", { className: "countdown", dataset: { expires: item.expires_at || "" }, text: timeLeft(item.expires_at) }),
+          " · requested " + ago(item.requested_at) + (item.requested_by ? " by " + item.requested_by : "") + " · " + quorumText(item),
+          item.state === "escalated" ? el("span", { className: "badge escalated", text: "escalated" }) : null
+        ),
+        el("div", { className: "card-actions" }, rights, el("button", { type: "button", className: "btn review", onclick: () => openModal(item.id), text: "Review" }))
+      );
+    }
+
+    function render() {
+      const items = filtered();
+      setText("pending-count", String(items.length));
+      // Forget selections of requests that are gone (decided elsewhere).
+      const ids = new Set(state.items.map((i) => i.id));
+      for (const id of [...state.selected]) if (!ids.has(id)) state.selected.delete(id);
+      cards.replaceChildren(...items.map(card));
+      show($("empty"), state.loaded && items.length === 0);
+      updateBulk();
+    }
+
+    function updateBulk() {
+      const n = state.selected.size;
+      setText("selected-count", n + " selected");
+      $("bulk-approve").disabled = n === 0;
+      $("bulk-reject").disabled = n === 0;
+      const visible = filtered();
+      $("select-all").checked = visible.length > 0 && visible.every((i) => state.selected.has(i.id));
+    }
+
+    async function refresh() {
+      try {
+        const data = await api("/approvals/pending" + query({ limit: 500 }));
+        state.items = data.approvals;
+        state.loaded = true;
+        show($("load-error"), false);
+        $("live-status").className = "live";
+        dagOptions();
+        render();
+        if (state.openId && !modal.hidden) {
+          const item = await api("/approvals/" + encodeURIComponent(state.openId));
+          if (state.openId === item.id) view.fill(item);
+        }
+      } catch (err) {
+        if (err.status === 401) return;
+        setText("load-error", "Could not load approvals: " + err.message);
+        show($("load-error"), true);
+        $("live-status").className = "live stale";
+      }
+    }
+
+    async function openModal(id) {
+      try {
+        const item = await api("/approvals/" + encodeURIComponent(id));
+        state.openId = id;
+        view.fill(item);
+        modal.hidden = false;
+        $("m-close").focus();
+      } catch (err) {
+        toast("Could not open the approval: " + err.message, "bad");
+      }
+    }
+
+    function closeModal() {
+      state.openId = null;
+      modal.hidden = true;
+    }
+
+    $("m-close").addEventListener("click", closeModal);
+    modal.addEventListener("click", (e) => {
+      if (e.target === modal) closeModal();
+    });
+    document.addEventListener("keydown", (e) => {
+      if (e.key !== "Escape") return;
+      if (!$("bulk-modal").hidden) closeBulk();
+      else if (!modal.hidden) closeModal();
+    });
+    ["filter-dag", "filter-state", "filter-age", "sort", "filter-mine"].forEach((id) => $(id).addEventListener("change", render));
+    $("inbox-filters").addEventListener("submit", (e) => e.preventDefault());
+    $("select-all").addEventListener("change", (e) => {
+      for (const item of filtered()) {
+        if (e.target.checked) state.selected.add(item.id);
+        else state.selected.delete(item.id);
+      }
+      render();
+    });
+
+    /* bulk */
+    let bulkAction = null;
+    function openBulk(action) {
+      bulkAction = action;
+      const chosen = state.items.filter((i) => state.selected.has(i.id));
+      setText("b-title", (action === "approve" ? "Approve " : "Reject ") + chosen.length + " request" + (chosen.length === 1 ? "" : "s") + "?");
+      $("b-list").replaceChildren(...chosen.map((i) => el("li", { dataset: { id: i.id } }, el("strong", { text: i.title }), " ", el("span", { className: "muted", text: i.dag_id + " · " + (i.run_id || "") }))));
+      show($("b-reason-wrap"), action === "reject");
+      $("b-comment").value = "";
+      $("b-reason").value = "";
+      show($("b-error"), false);
+      show($("b-form"), true);
+      show($("b-results"), false);
+      const confirm = $("b-confirm");
+      confirm.className = "btn " + action;
+      confirm.textContent = action === "approve" ? "Confirm approval" : "Confirm rejection";
+      confirm.disabled = false;
+      $("bulk-modal").hidden = false;
+      confirm.focus();
+    }
+
+    function closeBulk() {
+      $("bulk-modal").hidden = true;
+      bulkAction = null;
+    }
+
+    async function submitBulk() {
+      const reason = $("b-reason").value.trim();
+      if (bulkAction === "reject" && !reason) {
+        setText("b-error", "A reason is required to reject.");
+        show($("b-error"), true);
+        return;
+      }
+      const ids = state.items.filter((i) => state.selected.has(i.id)).map((i) => i.id);
+      const titles = Object.fromEntries(state.items.map((i) => [i.id, i.title]));
+      $("b-confirm").disabled = true;
+      try {
+        const result = await api("/approvals/bulk", {
+          method: "POST",
+          json: { ids, action: bulkAction, comment: $("b-comment").value.trim() || null, reason: reason || null },
+        });
+        show($("b-form"), false);
+        const list = $("b-results");
+        list.replaceChildren(
+          el("li", { className: "summary", text: result.succeeded + " succeeded, " + result.failed + " failed" }),
+          ...result.results.map((r) =>
+            el(
+              "li",
+              { className: "result " + (r.ok ? "ok" : "bad"), dataset: { id: r.id } },
+              el("span", { className: "badge " + (r.ok ? "approved" : "rejected"), text: r.ok ? "ok" : String(r.status_code) }),
+              " ",
+              el("strong", { text: titles[r.id] || r.id }),
+              " ",
+              el("span", { className: "muted", text: r.ok ? "now " + r.state : r.detail || "failed" })
+            )
+          )
+        );
+        show(list, true);
+        state.selected.clear();
+        refresh();
+      } catch (err) {
+        setText("b-error", err.status + ": " + err.message);
+        show($("b-error"), true);
+        $("b-confirm").disabled = false;
+      }
+    }
+
+    $("bulk-approve").addEventListener("click", () => openBulk("approve"));
+    $("bulk-reject").addEventListener("click", () => openBulk("reject"));
+    $("b-close").addEventListener("click", closeBulk);
+    $("b-cancel").addEventListener("click", closeBulk);
+    $("b-confirm").addEventListener("click", submitBulk);
+    $("b-form").addEventListener("submit", (e) => e.preventDefault());
+
+    setInterval(() => {
+      document.querySelectorAll(".countdown").forEach((node) => (node.textContent = timeLeft(node.dataset.expires)));
+      view.tick();
+    }, 1000);
+    setInterval(() => {
+      if (!document.hidden) refresh();
+    }, POLL_MS);
+    refresh();
+  }
+
+  /* ------------------------------------------------------------------ history */
+
+  function historyPage() {
+    const params = new URLSearchParams(window.location.search);
+    const fields = { state: "h-state", decided_by: "h-approver", dag_id: "h-dag", since: "h-since", until: "h-until" };
+    for (const [name, id] of Object.entries(fields)) if (params.get(name)) $(id).value = params.get(name);
+
+    function dayStart(value, endOfDay) {
+      if (!value) return null;
+      const [y, m, d] = value.split("-").map(Number);
+      const at = endOfDay ? new Date(y, m - 1, d, 23, 59, 59, 999) : new Date(y, m - 1, d, 0, 0, 0, 0);
+      return at.toISOString();
+    }
+
+    function filters() {
+      return {
+        state: $("h-state").value,
+        decided_by: $("h-approver").value.trim(),
+        dag_id: $("h-dag").value.trim(),
+        since: dayStart($("h-since").value, false),
+        until: dayStart($("h-until").value, true),
+      };
+    }
+
+    function entry(item) {
+      const who = item.decided_by || (item.decision_source === "timeout" ? "timeout" : "—");
+      return el(
+        "li",
+        { className: "event " + item.state, dataset: { id: item.id } },
+        el("div", { className: "when", text: stamp(item.decided_at) }),
+        el(
+          "div",
+          { className: "what" },
+          el("span", { className: "badge " + item.state, text: item.state }),
+          " ",
+          el("strong", { className: "title", text: item.title })
+        ),
+        el(
+          "div",
+          { className: "meta" },
+          airflowLink(dagUrl(item), item.dag_id, { className: "dag" }),
+          " · ",
+          airflowLink(runUrl(item), item.run_id || "(no run)", { className: "run" }),
+          item.task_id ? " · " + item.task_id : ""
+        ),
+        el(
+          "div",
+          { className: "meta" },
+          "by ",
+          el("strong", { className: "who", text: who }),
+          " via ",
+          el("span", { className: "source", text: item.decision_source || "—" }),
+          " · requested by " + (item.requested_by || "unknown")
+        ),
+        item.comment ? el("div", { className: "comment prewrap", text: "“" + item.comment + "”" }) : null,
+        (item.votes || []).length ? el("ul", { className: "votes" }, item.votes.map(voteItem)) : null
+      );
+    }
+
+    async function load() {
+      const f = filters();
+      const csv = API + "/approvals/history" + query(Object.assign({}, f, { format: "csv", limit: 10000 }));
+      $("csv-link").setAttribute("href", csv);
+      try {
+        const data = await api("/approvals/history" + query(Object.assign({}, f, { limit: 200 })));
+        setText("history-count", String(data.total_entries));
+        $("timeline").replaceChildren(...data.approvals.map(entry));
+        show($("empty"), data.approvals.length === 0);
+        show($("load-error"), false);
+      } catch (err) {
+        if (err.status === 401) return;
+        setText("load-error", "Could not load the history: " + err.message);
+        show($("load-error"), true);
+      }
+    }
+
+    $("history-filters").addEventListener("submit", (e) => {
+      e.preventDefault();
+      // Keep the filters in the address so a link (and the Airflow UI's URL sync) keeps them.
+      const f = filters();
+      const shown = { state: f.state, decided_by: f.decided_by, dag_id: f.dag_id, since: $("h-since").value, until: $("h-until").value };
+      window.history.replaceState(null, "", window.location.pathname + query(shown));
+      load();
+    });
+    ["h-state", "h-since", "h-until"].forEach((id) => $(id).addEventListener("change", load));
+    setInterval(() => {
+      if (!document.hidden) load();
+    }, POLL_MS * 2);
+    load();
+  }
+
+  /* ------------------------------------------------------------------ task view */
+
+  function taskPage() {
+    const { dagId, runId, taskId, mapIndex } = body.dataset;
+    const view = new DecisionView(() => refresh());
+
+    async function refresh() {
+      try {
+        const data = await api("/approvals" + query({ dag_id: dagId, run_id: runId, task_id: taskId, limit: 50, order_by: "-requested_at" }));
+        const mine = data.approvals.filter((a) => mapIndex === "" || String(a.map_index) === mapIndex);
+        show($("load-error"), false);
+        show($("empty"), mine.length === 0);
+        show($("task-detail"), mine.length > 0);
+        if (!mine.length) return;
+        // The newest try's request; its own GET says whether this user may decide it.
+        const item = await api("/approvals/" + encodeURIComponent(mine[0].id));
+        view.fill(item);
+        const older = mine.slice(1);
+        show($("t-older"), older.length > 0);
+        $("t-older-list").replaceChildren(
+          ...older.map((a) => el("li", {}, el("span", { className: "badge " + a.state, text: a.state }), " try " + (a.try_number || "?") + " · requested " + stamp(a.requested_at) + (a.decided_by ? " · by " + a.decided_by : "")))
+        );
+      } catch (err) {
+        if (err.status === 401) return;
+        setText("load-error", "Could not load the approval: " + err.message);
+        show($("load-error"), true);
+      }
+    }
+
+    if (!dagId || !runId || !taskId) {
+      setText("load-error", "Open this page from a task instance in Airflow (dag_id, run_id and task_id are needed).");
+      show($("load-error"), true);
+      return;
+    }
+    setInterval(() => view.tick(), 1000);
+    setInterval(() => {
+      if (!document.hidden) refresh();
+    }, POLL_MS);
+    refresh();
+  }
+
+  const pages = { inbox: inboxPage, history: historyPage, task: taskPage };
+  (pages[body.dataset.page] || (() => undefined))();
+})();

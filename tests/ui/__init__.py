@@ -1,0 +1,1 @@
+"""Browser tests of the Approvals pages against real Airflow processes."""

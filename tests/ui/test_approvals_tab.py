@@ -1,0 +1,391 @@
+"""The Approvals tab in a real Airflow 3 UI, driven through headless Debian Chromium.
+
+Each test signs in through Airflow's own login page, works in the pages the plugin serves
+(embedded in the Airflow UI or opened directly at ``/hitl/ui/``), and checks the outcome
+where it really lands: the approval store the gates read and the DAG runs Airflow reports.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.e2e.harness import AirflowHarness
+from tests.ui.conftest import DESKTOP, DOCS_IMAGES, PHONE
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+API = "/hitl/api/v1/approvals"
+# What the pages send with every state-changing call; tests calling the API from the page's
+# cookie session send the same, so a refusal is the API's verdict and not a CSRF guard's.
+XHR = {"X-Requested-With": "XMLHttpRequest"}
+
+PageFactory = Callable[..., Page]
+
+
+def login(page: Page, airflow: AirflowHarness, user: str, path: str = "/") -> None:
+    """Open ``path``; sign in on Airflow's login page it redirects to; wait to be back on ``path``."""
+    page.goto(path)
+    expect(page).to_have_url(re.compile(r"/auth/login"))
+    page.get_by_label("Username").fill(user)
+    page.get_by_label("Password").fill(airflow.passwords[user])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(lambda url: "/auth/login" not in url)
+    if path != "/":
+        expect(page).to_have_url(re.compile(re.escape(path.split("?")[0])))
+
+
+def open_gate(airflow: AirflowHarness, dag_id: str, task_id: str, *, user: str) -> tuple[str, str]:
+    """Trigger ``dag_id`` as ``user`` and wait for its gate to be pending; return (run_id, approval id)."""
+    run_id = airflow.trigger(dag_id, user=user)
+    approval = airflow.wait_for_approval(dag_id, run_id, task_id, states={"pending"}, timeout=240)
+    return run_id, approval.id
+
+
+def card(page_or_frame: Any, approval_id: str) -> Any:
+    """The inbox card of one approval."""
+    return page_or_frame.locator(f'li.card[data-id="{approval_id}"]')
+
+
+def run_href(dag_id: str, run_id: str) -> str:
+    """Airflow's own page of a run, as the cards link it (encodeURIComponent == quote(safe=''))."""
+    return f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+class TestPagesWithoutBrowser:
+    """Plain HTTP: sign-in redirect, headers and static files."""
+
+    def test_page_without_cookie_redirects_to_airflow_login(self, airflow: AirflowHarness) -> None:
+        with httpx.Client(base_url=airflow.base_url, trust_env=False) as client:
+            for path in ("/hitl/ui/", "/hitl/ui/history", "/hitl/ui/task?dag_id=a&run_id=b&task_id=c"):
+                response = client.get(path, follow_redirects=False)
+                assert response.status_code == 303, path
+                location = response.headers["location"]
+                assert location.startswith("/api/v2/auth/login?next="), location
+                # A forged cookie is no better than none.
+                forged = client.get(path, cookies={"_token": "not-a-jwt"}, follow_redirects=False)
+                assert forged.status_code == 303
+
+    def test_page_with_token_has_strict_headers(self, airflow: AirflowHarness) -> None:
+        with httpx.Client(base_url=airflow.base_url, trust_env=False) as client:
+            response = client.get("/hitl/ui/", cookies={"_token": airflow.token("alice")})
+        assert response.status_code == 200
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'self'" in csp and "unsafe-inline" not in csp
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert 'data-user="alice"' in response.text
+
+    @pytest.mark.parametrize(
+        ("name", "status", "media"),
+        [
+            ("hitl.js", 200, "text/javascript"),
+            ("hitl.css", 200, "text/css"),
+            ("approvals.svg", 200, "image/svg+xml"),
+            ("..%2F__init__.py", 404, None),
+            ("nope.js", 404, None),
+        ],
+        ids=["script", "stylesheet", "icon", "traversal", "missing"],
+    )
+    def test_static_files(self, airflow: AirflowHarness, name: str, status: int, media: str | None) -> None:
+        with httpx.Client(base_url=airflow.base_url, trust_env=False) as client:
+            response = client.get(f"/hitl/ui/static/{name}")
+        assert response.status_code == status
+        if media:
+            assert response.headers["content-type"].startswith(media)
+
+    def test_external_views_registered(self, airflow: AirflowHarness) -> None:
+        plugins = airflow.api("GET", "/api/v2/plugins").json()["plugins"]
+        views = {v["url_route"]: v for p in plugins for v in p["external_views"]}
+        assert views["approvals"]["destination"] == "nav"
+        assert views["approvals"]["href"] == "/hitl/ui/"
+        assert views["hitl-approval"]["destination"] == "task_instance"
+        assert "{TASK_ID}" in views["hitl-approval"]["href"]
+
+
+class TestApproveFromModal:
+    """Sign in, open Approvals from Airflow's nav, approve from the modal, the run succeeds."""
+
+    def test_approve_gate_from_nav_modal(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
+        dag_id = "hitl_model_release"
+        run_id, approval_id = open_gate(airflow, dag_id, "approve_release", user="bob")
+        page = new_page()
+        login(page, airflow, "alice")
+        page.get_by_role("link", name="Approvals").click()
+        expect(page).to_have_url(re.compile(r"/plugin/approvals"))
+        frame = page.frame_locator('iframe[title="Approvals"]')
+
+        item = card(frame, approval_id)
+        expect(item).to_be_visible()
+        expect(frame.locator("#pending-count")).to_have_text(re.compile(r"^[1-9]\d*$"))
+        expect(item.locator("a.run")).to_have_attribute("href", run_href(dag_id, run_id))
+        expect(item.locator(".countdown")).to_have_text(re.compile(r"expires in 3h 5\dm"))
+        expect(item).to_have_class(re.compile(r"risk-high"))  # metadata.risk of the example DAG
+
+        item.get_by_role("button", name="Review").click()
+        modal = frame.locator("#modal")
+        expect(modal).to_be_visible()
+        expect(modal.locator("#m-title")).to_have_text("Release churn model 1.4.0 to production")
+        expect(modal.locator("#m-requested-by")).to_have_text("bob")
+        expect(modal.locator("#m-context")).to_contain_text("Accuracy: 0.962 (96.2%)")
+        expect(modal.locator("#m-quorum")).to_have_text("(0 of 1 approvals, 1 still needed)")
+        expect(modal.locator("#m-history-link")).to_have_attribute("href", f"/hitl/ui/history?dag_id={dag_id}")
+        modal.locator("#m-json-details summary").click()
+        expect(modal.locator("#m-json")).to_contain_text('"accuracy": 0.962')
+
+        modal.locator("#m-comment").fill("metrics look right, ship it")
+        modal.locator("#m-approve").click()
+        # Nothing is sent before the confirmation step.
+        expect(modal.locator("#m-confirm")).to_be_visible()
+        assert airflow.manager.get(approval_id).state == "pending"
+        modal.locator("#m-confirm-ok").click()
+        expect(modal).to_be_hidden()
+        expect(item).to_have_count(0)
+
+        decided = airflow.manager.get(approval_id)
+        assert (decided.state, decided.decided_by, decided.comment) == (
+            "approved",
+            "alice",
+            "metrics look right, ship it",
+        )
+        airflow.wait_for_run_state(dag_id, run_id, "success", timeout=240)
+
+    def test_run_link_opens_airflow_run_page(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
+        run_id, approval_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
+        page = new_page()
+        login(page, airflow, "alice")
+        page.get_by_role("link", name="Approvals").click()
+        frame = page.frame_locator('iframe[title="Approvals"]')
+        card(frame, approval_id).locator("a.run").click()
+        # The Airflow UI itself (not a copy inside the frame) now shows the run.
+        expect(page).to_have_url(re.compile(re.escape(run_href("e2e_gate", run_id)) + "$"))
+        expect(page.locator('iframe[title="Approvals"]')).to_have_count(0)
+
+
+class TestReject:
+    """Rejecting needs a reason: the page refuses without one, so does the API."""
+
+    def test_reject_requires_reason(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
+        run_id, approval_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
+        page = new_page()
+        login(page, airflow, "alice", "/hitl/ui/")
+        card(page, approval_id).get_by_role("button", name="Review").click()
+
+        page.locator("#m-reject").click()
+        expect(page.locator("#m-error")).to_have_text("A reason is required to reject.")
+        expect(page.locator("#m-confirm")).to_be_hidden()
+        assert airflow.manager.get(approval_id).state == "pending"
+
+        refused = page.request.post(f"{API}/{approval_id}/reject", data={"comment": "no reason"}, headers=XHR)
+        assert refused.status == 422
+        blank = page.request.post(f"{API}/{approval_id}/reject", data={"reason": "   "}, headers=XHR)
+        assert blank.status == 422
+        unchanged = airflow.manager.get(approval_id)
+        assert unchanged.state == "pending" and not unchanged.votes
+
+        page.locator("#m-reason-input").fill("numbers do not add up")
+        page.locator("#m-reject").click()
+        expect(page.locator("#m-confirm-text")).to_contain_text("Reject")
+        page.locator("#m-confirm-ok").click()
+        expect(page.locator("#modal")).to_be_hidden()
+        expect(card(page, approval_id)).to_have_count(0)
+
+        rejected = airflow.manager.get(approval_id)
+        assert rejected.state == "rejected" and rejected.decided_by == "alice"
+        assert rejected.votes[0].reason == "numbers do not add up"
+        airflow.wait_for_ti_state("e2e_gate", run_id, "gate", "failed", timeout=240)
+
+
+class TestViewer:
+    """A viewer sees the request but every decision is refused, in the page and by the API."""
+
+    def test_viewer_cannot_decide(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
+        _, approval_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
+        page = new_page()
+        login(page, airflow, "viewer", "/hitl/ui/")
+        item = card(page, approval_id)
+        expect(item).to_be_visible()
+        expect(item.locator(".badge.cannot")).to_contain_text("edit access")
+
+        item.get_by_role("button", name="Review").click()
+        expect(page.locator("#m-approve")).to_be_disabled()
+        expect(page.locator("#m-reject")).to_be_disabled()
+        expect(page.locator("#m-disabled-reason")).to_contain_text("You cannot approve: you do not have edit access")
+        expect(page.locator("#m-approve")).to_have_attribute("title", re.compile("edit access"))
+
+        for action, body in (("approve", {"comment": "me too"}), ("reject", {"reason": "because"})):
+            response = page.request.post(f"{API}/{approval_id}/{action}", data=body, headers=XHR)
+            assert response.status == 403, (action, response.text())
+        bulk = page.request.post(f"{API}/bulk", data={"ids": [approval_id], "action": "approve"}, headers=XHR)
+        assert bulk.json()["results"][0]["status_code"] == 403
+        assert airflow.manager.get(approval_id).state == "pending"
+        # Leave nothing waiting for the other tests.
+        airflow.manager.cancel(approval_id, actor="admin", reason="test cleanup", source="api")
+
+
+class TestBulk:
+    """Select three pending gates, approve them with one confirmation, see each result."""
+
+    def test_bulk_approve_three(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
+        gates = [open_gate(airflow, "e2e_gate", "gate", user="admin") for _ in range(3)]
+        page = new_page()
+        login(page, airflow, "alice", "/hitl/ui/")
+        for _, approval_id in gates:
+            card(page, approval_id).locator("input.select").check()
+        expect(page.locator("#selected-count")).to_have_text("3 selected")
+
+        page.locator("#bulk-approve").click()
+        dialog = page.locator("#bulk-modal")
+        expect(dialog.locator("#b-title")).to_have_text("Approve 3 requests?")
+        expect(dialog.locator("#b-list li")).to_have_count(3)
+        dialog.locator("#b-comment").fill("batch release")
+        dialog.locator("#b-confirm").click()
+
+        expect(dialog.locator("#b-results .summary")).to_have_text("3 succeeded, 0 failed")
+        expect(dialog.locator("#b-results li.result.ok")).to_have_count(3)
+        for _, approval_id in gates:
+            expect(dialog.locator(f'#b-results li[data-id="{approval_id}"]')).to_contain_text("now approved")
+            approval = airflow.manager.get(approval_id)
+            assert (approval.state, approval.decided_by, approval.decision_source) == ("approved", "alice", "bulk")
+        for run_id, _ in gates:
+            airflow.wait_for_run_state("e2e_gate", run_id, "success", timeout=240)
+
+
+class TestHistory:
+    """The timeline filtered by approver and state, and the CSV export of the same filter."""
+
+    def test_history_filter_and_csv(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
+        _, approved_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
+        _, rejected_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
+        airflow.api("POST", f"{API}/{approved_id}/approve", user="alice", json_body={"comment": "fine"})
+        airflow.api("POST", f"{API}/{rejected_id}/reject", user="carol", json_body={"reason": "carol says no"})
+
+        page = new_page()
+        login(page, airflow, "alice", "/hitl/ui/history")
+        timeline = page.locator("#timeline")
+        expect(timeline.locator(f'li[data-id="{approved_id}"]')).to_be_visible()
+
+        page.locator("#h-approver").fill("carol")
+        page.locator("#h-state").select_option("rejected")
+        page.locator("#h-dag").fill("e2e_gate")
+        page.locator("#h-apply").click()
+        entry = timeline.locator(f'li[data-id="{rejected_id}"]')
+        expect(entry).to_be_visible()
+        expect(timeline.locator(f'li[data-id="{approved_id}"]')).to_have_count(0)
+        expect(entry.locator(".who")).to_have_text("carol")
+        expect(entry.locator(".source")).to_have_text("api")
+        expect(entry).to_contain_text("carol says no")
+        shown = timeline.locator("li.event")
+        assert shown.count() >= 1
+        for index in range(shown.count()):
+            expect(shown.nth(index).locator(".who")).to_have_text("carol")
+            expect(shown.nth(index).locator(".badge").first).to_have_text("rejected")
+        expect(page).to_have_url(re.compile(r"decided_by=carol"))
+
+        with page.expect_download() as info:
+            page.locator("#csv-link").click()
+        download = info.value
+        assert download.suggested_filename.endswith(".csv")
+        rows = list(csv.DictReader(io.StringIO(Path(download.path()).read_text(encoding="utf-8"))))
+        assert rows, "the export has a header and at least one row"
+        assert {r["decided_by"] for r in rows} == {"carol"}
+        assert {r["state"] for r in rows} == {"rejected"}
+        assert {r["dag_id"] for r in rows} == {"e2e_gate"}
+        assert rejected_id in {r["id"] for r in rows}
+        assert len(rows) == shown.count()
+
+
+class TestUntrustedText:
+    """Titles, descriptions and context with markup and scripts are shown as text, never run."""
+
+    def test_script_and_img_payloads_render_as_text(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
+        run_id, approval_id = open_gate(airflow, "ui_xss", "gate", user="admin")
+        page = new_page()
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        login(page, airflow, "alice", "/hitl/ui/")
+
+        item = card(page, approval_id)
+        expect(item.locator(".title")).to_have_text(
+            "Payload <img src=x onerror=\"window.__hitl_xss = 'img'; alert('xss-img')\">"
+        )
+        item.get_by_role("button", name="Review").click()
+        expect(page.locator("#m-description")).to_contain_text("<script>window.__hitl_xss")
+        expect(page.locator("#m-context")).to_contain_text("<script>window.__hitl_xss = 'script'")
+        page.locator("#m-json-details summary").click()
+        expect(page.locator("#m-json")).to_contain_text("<img src=x onerror")
+
+        page.goto(f"/hitl/ui/task?dag_id=ui_xss&run_id={quote(run_id, safe='')}&task_id=gate&map_index=-1")
+        expect(page.locator("#m-title")).to_contain_text("<img src=x onerror")
+        page.wait_for_timeout(1500)  # give any injected handler time to fire
+
+        for where in (page,):
+            assert where.evaluate("window.__hitl_xss") is None
+            assert where.locator("main img, main script").count() == 0
+        assert dialogs == []
+        airflow.manager.cancel(approval_id, actor="admin", reason="test cleanup", source="api")
+
+
+class TestTaskInstanceTab:
+    """The task_instance external view: the task's approval, decided right there."""
+
+    def test_decide_from_task_instance_tab(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
+        run_id, approval_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
+        page = new_page()
+        login(page, airflow, "alice")
+        page.goto(f"/dags/e2e_gate/runs/{quote(run_id, safe='')}/tasks/gate")
+        page.get_by_role("link", name="Approval", exact=True).or_(
+            page.get_by_role("tab", name="Approval", exact=True)
+        ).first.click()
+        frame = page.frame_locator('iframe[title="Approval"]')
+        expect(frame.locator("#m-title")).to_have_text("e2e gate")
+        expect(frame.locator("#m-state")).to_have_text("pending")
+        frame.locator("#m-approve").click()
+        frame.locator("#m-confirm-ok").click()
+        expect(frame.locator("#m-state")).to_have_text("approved")
+        expect(frame.locator("#m-approve")).to_be_disabled()
+        assert airflow.manager.get(approval_id).state == "approved"
+        airflow.wait_for_run_state("e2e_gate", run_id, "success", timeout=240)
+
+
+class TestScreenshots:
+    """Inbox and modal at desktop and phone width, for the README (docs/images/)."""
+
+    def test_screenshots(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
+        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        _, release_id = open_gate(airflow, "hitl_model_release", "approve_release", user="bob")
+        extra = [open_gate(airflow, "e2e_gate", "gate", user="admin")[1] for _ in range(2)]
+
+        desktop = new_page(DESKTOP)
+        login(desktop, airflow, "alice")
+        desktop.get_by_role("link", name="Approvals").click()
+        frame = desktop.frame_locator('iframe[title="Approvals"]')
+        expect(card(frame, release_id)).to_be_visible()
+        desktop.screenshot(path=str(DOCS_IMAGES / "approvals-inbox-desktop.png"))
+        card(frame, release_id).get_by_role("button", name="Review").click()
+        expect(frame.locator("#m-context")).to_contain_text("Accuracy")
+        desktop.screenshot(path=str(DOCS_IMAGES / "approvals-modal-desktop.png"))
+
+        phone = new_page(PHONE)
+        login(phone, airflow, "alice", "/hitl/ui/")
+        expect(card(phone, release_id)).to_be_visible()
+        # No sideways scrolling at 375 px.
+        assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        phone.screenshot(path=str(DOCS_IMAGES / "approvals-inbox-phone.png"))
+        card(phone, release_id).get_by_role("button", name="Review").click()
+        expect(phone.locator("#m-context")).to_contain_text("Accuracy")
+        assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        phone.screenshot(path=str(DOCS_IMAGES / "approvals-modal-phone.png"))
+
+        for name in ("inbox-desktop", "modal-desktop", "inbox-phone", "modal-phone"):
+            assert (DOCS_IMAGES / f"approvals-{name}.png").stat().st_size > 10_000
+        for approval_id in (release_id, *extra):
+            airflow.manager.cancel(approval_id, actor="admin", reason="test cleanup", source="api")
