@@ -417,6 +417,19 @@ class ApprovalManager:
         states = [s for s in (base.states or TERMINAL_STATES) if s in TERMINAL_STATES]
         return self.list(_replace(base, states=states or ["__none__"]), limit=limit, offset=offset, order_by=order_by)
 
+    def dag_ids(self) -> builtins.list[str]:
+        """Every DAG that has approval requests (to narrow lists to the DAGs a caller may read)."""
+        with self.store.session() as session:
+            return sorted(session.scalars(select(ApprovalRequestRow.dag_id).distinct()))
+
+    def dag_id_of(self, request_id: str) -> str:
+        """The DAG of one request, without loading it (enough to authorize a decision)."""
+        with self.store.session() as session:
+            dag_id = session.scalar(select(ApprovalRequestRow.dag_id).where(ApprovalRequestRow.id == str(request_id)))
+        if dag_id is None:
+            raise ApprovalNotFound(str(request_id))
+        return dag_id
+
     def can_approve(self, user: Principal, approval: Approval, *, action: str = "approve") -> Eligibility:
         """May ``user`` cast ``action`` on ``approval`` now? The reason says why not."""
         if not approval.is_waiting:

@@ -17,11 +17,10 @@ import io
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
 
 from airflow_hitl.api.datamodels import (
     DECIDED_STATES,
@@ -47,9 +46,8 @@ from airflow_hitl.api.security import (
     require_edit,
     require_read,
 )
-from airflow_hitl.exceptions import ApprovalNotFound, HitlError, InvalidInput
+from airflow_hitl.exceptions import HitlError, InvalidInput
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec
-from airflow_hitl.models.tables import ApprovalRequestRow
 from airflow_hitl.policy import EscalationLevel
 from airflow_hitl.records import Approval
 
@@ -128,15 +126,9 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
-def _store_dag_ids(manager: ApprovalManager) -> list[str]:
-    # A read-only query the manager has no method for: which DAGs have approvals at all.
-    with manager.store.session() as session:
-        return list(session.scalars(select(ApprovalRequestRow.dag_id).distinct()))
-
-
 def _visible(caller: Caller, manager: ApprovalManager, filters: ApprovalFilter) -> ApprovalFilter | None:
     """``filters`` narrowed to the DAGs ``caller`` may read; None when nothing is visible."""
-    dag_ids = readable_dag_ids(caller, lambda: _store_dag_ids(manager))
+    dag_ids = readable_dag_ids(caller, manager.dag_ids)
     if dag_ids is None:
         return filters
     if not dag_ids:
@@ -209,12 +201,6 @@ def _states(values: Iterable[str] | None, allowed: Iterable[str]) -> list[str] |
     return list(values)
 
 
-def _page(result: Any) -> tuple[Sequence[Approval], int]:
-    # The manager annotates its pages with ``list[...]`` inside a class that has a method
-    # called ``list``, which mypy reads as that method; restate the real type here.
-    return cast("tuple[Sequence[Approval], int]", result)
-
-
 Limit = Annotated[int, Query(ge=0, le=MAX_LIMIT, description=f"Page size, 0 to {MAX_LIMIT}.")]
 Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
 # No NUL: PostgreSQL refuses it in text, which must be a 422 rather than a 500.
@@ -252,7 +238,7 @@ def list_approvals(
     )
     if filters is None:
         return _collection([], 0)
-    items, total = _page(manager.list(filters, limit=limit, offset=offset, order_by=order_by))
+    items, total = manager.list(filters, limit=limit, offset=offset, order_by=order_by)
     return _collection((_item(a) for a in items), total)
 
 
@@ -273,7 +259,7 @@ def list_pending(
     )
     if filters is None:
         return _collection([], 0)
-    items, total = _page(manager.pending(filters, limit=limit, offset=offset))
+    items, total = manager.pending(filters, limit=limit, offset=offset)
     return _collection((_item(a, caller, manager) for a in items), total)
 
 
@@ -319,7 +305,7 @@ def history(
     items: Sequence[Approval] = []
     total = 0
     if filters is not None:
-        items, total = _page(manager.history(filters, limit=limit, offset=offset))
+        items, total = manager.history(filters, limit=limit, offset=offset)
     if format == "csv":
         return Response(
             content=_csv(items),
@@ -410,11 +396,7 @@ def _load_for_edit(manager: ApprovalManager, caller: Caller, approval_id: str) -
     """The canonical id of a request ``caller`` may decide: 422 bad id, 404 unknown, 403 no edit access."""
     canonical = _approval_id(approval_id)
     # Only the DAG id is needed to authorize; the manager re-reads the row under its lock.
-    with manager.store.session() as session:
-        dag_id = session.scalar(select(ApprovalRequestRow.dag_id).where(ApprovalRequestRow.id == canonical))
-    if dag_id is None:
-        raise ApprovalNotFound(canonical)
-    require_edit(caller, dag_id)
+    require_edit(caller, manager.dag_id_of(canonical))
     return canonical
 
 
