@@ -40,6 +40,14 @@ PHONE = {"width": 375, "height": 812}
 _harness: AirflowHarness | None = None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _patient_expect() -> None:
+    """Give web-first assertions 30 s: the Airflow UI is slow on a busy 2-core machine."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=30_000)
+
+
 @pytest.fixture(scope="session")
 def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowHarness]:
     """A running Airflow 3 with the example DAGs, the e2e DAGs and the UI test DAGs."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,22 @@ class TestPagesWithoutBrowser:
         if media:
             assert response.headers["content-type"].startswith(media)
 
+    def test_page_decisions_refuse_cross_site_requests(self, airflow: AirflowHarness) -> None:
+        url = f"/hitl/ui/api/approvals/{uuid.uuid4()}/approve"
+        cookie = {"_token": airflow.token("alice")}
+        with httpx.Client(base_url=airflow.base_url, trust_env=False) as client:
+            # A cross-site form post: the cookie rides along, the custom header cannot.
+            forged = client.post(url, cookies=cookie, data={"comment": "x"})
+            assert forged.status_code == 403 and "X-Requested-With" in forged.json()["detail"]
+            other_site = client.post(url, cookies=cookie, json={}, headers={**XHR, "Origin": "https://evil.example"})
+            assert other_site.status_code == 403
+            anonymous = client.post(url, json={}, headers=XHR)
+            assert anonymous.status_code == 401
+            # Same site, header present: past the guard, to the lookup of the unknown id.
+            assert client.post(url, cookies=cookie, json={}, headers=XHR).status_code == 404
+            origin = {**XHR, "Origin": airflow.base_url}
+            assert client.post(url, cookies=cookie, json={}, headers=origin).status_code == 404
+
     def test_external_views_registered(self, airflow: AirflowHarness) -> None:
         plugins = airflow.api("GET", "/api/v2/plugins").json()["plugins"]
         views = {v["url_route"]: v for p in plugins for v in p["external_views"]}
@@ -151,10 +168,11 @@ class TestApproveFromModal:
         expect(item).to_have_count(0)
 
         decided = airflow.manager.get(approval_id)
-        assert (decided.state, decided.decided_by, decided.comment) == (
+        assert (decided.state, decided.decided_by, decided.comment, decided.decision_source) == (
             "approved",
             "alice",
             "metrics look right, ship it",
+            "ui",
         )
         airflow.wait_for_run_state(dag_id, run_id, "success", timeout=240)
 
@@ -168,6 +186,88 @@ class TestApproveFromModal:
         # The Airflow UI itself (not a copy inside the frame) now shows the run.
         expect(page).to_have_url(re.compile(re.escape(run_href("e2e_gate", run_id)) + "$"))
         expect(page.locator('iframe[title="Approvals"]')).to_have_count(0)
+
+
+class TestLiveAndFilters:
+    """Decisions made elsewhere show up without a reload; the inbox filters and sorts."""
+
+    def test_decision_elsewhere_updates_open_page(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
+        _, first = open_gate(airflow, "e2e_gate", "gate", user="admin")
+        _, second = open_gate(airflow, "e2e_gate", "gate", user="admin")
+        page = new_page()
+        login(page, airflow, "alice", "/hitl/ui/")
+        expect(card(page, first)).to_be_visible()
+        expect(card(page, second)).to_be_visible()
+        page.evaluate("window.__same_document = true")  # gone if the page reloads
+
+        card(page, first).get_by_role("button", name="Review").click()
+        airflow.api("POST", f"{API}/{first}/approve", user="carol", json_body={"comment": "from elsewhere"})
+        # The open decision view follows the request: approved, buttons off, carol's vote listed.
+        expect(page.locator("#m-state")).to_have_text("approved", timeout=20_000)
+        expect(page.locator("#m-approve")).to_be_disabled()
+        expect(page.locator("#m-votes")).to_contain_text("carol")
+        page.locator("#m-close").click()
+        expect(card(page, first)).to_have_count(0)
+
+        airflow.api("POST", f"{API}/{second}/reject", user="carol", json_body={"reason": "elsewhere"})
+        expect(card(page, second)).to_have_count(0, timeout=20_000)
+        assert page.evaluate("window.__same_document") is True
+
+    def test_filters_and_sort(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
+        _, gate_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
+        _, release_id = open_gate(airflow, "hitl_model_release", "approve_release", user="bob")
+        page = new_page()
+        login(page, airflow, "alice", "/hitl/ui/")
+        expect(card(page, release_id)).to_be_visible()
+        expect(card(page, gate_id)).to_be_visible()
+
+        # Soonest expiry first: the release gate expires in 4 h, the e2e gate never.
+        ids = page.locator("li.card").evaluate_all("cards => cards.map(c => c.dataset.id)")
+        assert ids.index(release_id) < ids.index(gate_id)
+        page.locator("#sort").select_option("requested_desc")
+        ids = page.locator("li.card").evaluate_all("cards => cards.map(c => c.dataset.id)")
+        assert ids.index(release_id) < ids.index(gate_id)  # requested later
+        page.locator("#sort").select_option("requested_asc")
+        ids = page.locator("li.card").evaluate_all("cards => cards.map(c => c.dataset.id)")
+        assert ids.index(gate_id) < ids.index(release_id)
+
+        page.locator("#filter-dag").select_option("hitl_model_release")
+        expect(card(page, gate_id)).to_have_count(0)
+        expect(card(page, release_id)).to_be_visible()
+        dags = page.locator("li.card").evaluate_all("cards => cards.map(c => c.dataset.dagId)")
+        assert set(dags) == {"hitl_model_release"}
+        expect(page.locator("#pending-count")).to_have_text(str(len(dags)))
+
+        page.locator("#filter-state").select_option("escalated")
+        expect(page.locator("li.card")).to_have_count(0)
+        expect(page.locator("#empty")).to_be_visible()
+        page.locator("#filter-state").select_option("")
+        page.locator("#filter-age").select_option("-604800")  # older than 7 days: none
+        expect(page.locator("li.card")).to_have_count(0)
+        page.locator("#filter-age").select_option("3600")
+        expect(card(page, release_id)).to_be_visible()
+        for approval_id in (gate_id, release_id):
+            airflow.manager.cancel(approval_id, actor="admin", reason="test cleanup", source="api")
+
+
+class TestOwnRun:
+    """The user who triggered the run may not approve it, but may still reject it."""
+
+    def test_requester_can_reject_but_not_approve(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
+        _, approval_id = open_gate(airflow, "hitl_model_release", "approve_release", user="bob")
+        page = new_page()
+        login(page, airflow, "bob", "/hitl/ui/")
+        card(page, approval_id).get_by_role("button", name="Review").click()
+        expect(page.locator("#m-approve")).to_be_disabled()
+        expect(page.locator("#m-reject")).to_be_enabled()
+        expect(page.locator("#m-disabled-reason")).to_contain_text("you triggered this run")
+        refused = page.request.post(f"{API}/{approval_id}/approve", data={}, headers=XHR)
+        assert refused.status == 403
+        page.locator("#m-reason-input").fill("withdrawn by the requester")
+        page.locator("#m-reject").click()
+        page.locator("#m-confirm-ok").click()
+        expect(page.locator("#modal")).to_be_hidden()
+        assert airflow.manager.get(approval_id).state == "rejected"
 
 
 class TestReject:
@@ -200,7 +300,7 @@ class TestReject:
 
         rejected = airflow.manager.get(approval_id)
         assert rejected.state == "rejected" and rejected.decided_by == "alice"
-        assert rejected.votes[0].reason == "numbers do not add up"
+        assert (rejected.votes[0].reason, rejected.votes[0].source) == ("numbers do not add up", "ui")
         airflow.wait_for_ti_state("e2e_gate", run_id, "gate", "failed", timeout=240)
 
 
@@ -226,6 +326,9 @@ class TestViewer:
             assert response.status == 403, (action, response.text())
         bulk = page.request.post(f"{API}/bulk", data={"ids": [approval_id], "action": "approve"}, headers=XHR)
         assert bulk.json()["results"][0]["status_code"] == 403
+        # The pages' own decision endpoints refuse too.
+        page_call = page.request.post(f"/hitl/ui/api/approvals/{approval_id}/approve", data={}, headers=XHR)
+        assert page_call.status == 403, page_call.text()
         assert airflow.manager.get(approval_id).state == "pending"
         # Leave nothing waiting for the other tests.
         airflow.manager.cancel(approval_id, actor="admin", reason="test cleanup", source="api")
@@ -290,6 +393,26 @@ class TestHistory:
             expect(shown.nth(index).locator(".badge").first).to_have_text("rejected")
         expect(page).to_have_url(re.compile(r"decided_by=carol"))
 
+        # Date range, in the browser's own calendar: today keeps the entry, yesterday drops it.
+        today, yesterday = page.evaluate(
+            """() => [0, 1].map(back => {
+                const d = new Date(Date.now() - back * 86400000);
+                return [d.getFullYear(), d.getMonth() + 1, d.getDate()].map(n => String(n).padStart(2, "0")).join("-");
+            })"""
+        )
+        page.locator("#h-since").fill(today)
+        page.locator("#h-apply").click()
+        expect(entry).to_be_visible()
+        page.locator("#h-since").fill(yesterday)
+        page.locator("#h-until").fill(yesterday)
+        page.locator("#h-apply").click()
+        expect(entry).to_have_count(0)
+        expect(page.locator("#empty")).to_be_visible()
+        page.locator("#h-since").fill(today)
+        page.locator("#h-until").fill(today)
+        page.locator("#h-apply").click()
+        expect(entry).to_be_visible()
+
         with page.expect_download() as info:
             page.locator("#csv-link").click()
         download = info.value
@@ -345,6 +468,7 @@ class TestTaskInstanceTab:
         page.get_by_role("link", name="Approval", exact=True).or_(
             page.get_by_role("tab", name="Approval", exact=True)
         ).first.click()
+        expect(page).to_have_url(re.compile(r"/tasks/gate/plugin/hitl-approval"))
         frame = page.frame_locator('iframe[title="Approval"]')
         expect(frame.locator("#m-title")).to_have_text("e2e gate")
         expect(frame.locator("#m-state")).to_have_text("pending")

@@ -8,22 +8,36 @@ cookie is redirected to Airflow's own login, which sends the user back here afte
 Every page answers with a strict Content-Security-Policy (scripts and styles from this app
 only, no inline script), so even a rendering mistake could not run an injected script; the
 script itself only ever writes user-supplied values with ``textContent``.
+
+Decisions made in the pages go through ``/ui/api/...`` here rather than the REST API, for
+two reasons: they are recorded with source ``ui`` (the REST API records ``api``), and they
+are protected against cross-site requests. The cookie is ``SameSite=Lax`` and bodies must
+be JSON, and on top of that these routes refuse any request without the
+``X-Requested-With: XMLHttpRequest`` header (which a cross-site form cannot send and a
+cross-site script cannot add without a CORS preflight we never grant) or whose ``Origin``
+is another site.
 """
 
 from __future__ import annotations
 
 import mimetypes
+import uuid
 from functools import lru_cache
 from importlib import resources
-from typing import Any
-from urllib.parse import urlencode
+from typing import Annotated, Any
+from urllib.parse import urlencode, urlsplit
 
-from fastapi import APIRouter, HTTPException, Request, status
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from airflow_hitl import __version__
-from airflow_hitl.api.security import Caller, authenticate
+from airflow_hitl.api.datamodels import MAX_ID_LENGTH, ApproveBody, BulkBody, RejectBody
+from airflow_hitl.api.routes.approvals import get_manager
+from airflow_hitl.api.security import Caller, CallerDep, authenticate, require_edit
+from airflow_hitl.exceptions import HitlError, InvalidInput
+from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.records import Approval
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -173,3 +187,120 @@ async def static(name: str) -> Response:
         media_type=media_type,
         headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
     )
+
+
+# ---------------------------------------------------------------------------- decisions from the pages
+
+
+def require_page_request(request: Request) -> None:
+    """Refuse a state-changing request that did not come from our own pages (CSRF guard).
+
+    Browsers only let a page add ``X-Requested-With`` to a same-origin request (cross-origin
+    it needs a CORS preflight, which this app never answers), and they always send ``Origin``
+    on a cross-site POST.
+    """
+    if request.headers.get("x-requested-with") != "XMLHttpRequest":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "missing X-Requested-With header (cross-site request refused)")
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "cross-site request refused")
+
+
+decisions = APIRouter(prefix="/api/approvals", dependencies=[Depends(require_page_request)])
+ManagerDep = Annotated[ApprovalManager, Depends(get_manager)]
+
+
+def _client(request: Request) -> dict[str, Any]:
+    # Recorded in the audit trail with the decision, as the REST API does.
+    return {
+        "client_address": request.client.host if request.client else None,
+        "user_agent": request.headers.get("user-agent"),
+    }
+
+
+def _editable(manager: ApprovalManager, caller: Caller, approval_id: str) -> str:
+    """The canonical id of a request ``caller`` may decide: 422 bad id, 404 unknown, 403 no edit access."""
+    if len(approval_id) > MAX_ID_LENGTH:
+        raise InvalidInput("id", "is not a valid approval id")
+    try:
+        canonical = str(uuid.UUID(approval_id))
+    except ValueError:
+        raise InvalidInput("id", "is not a valid approval id") from None
+    require_edit(caller, manager.get(canonical).dag_id)
+    return canonical
+
+
+def _answer(approval: Approval) -> JSONResponse:
+    return JSONResponse(approval.to_dict())
+
+
+@decisions.post("/{approval_id}/approve")
+def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
+    """Approve from a page (recorded with source ``ui``)."""
+    canonical = _editable(manager, caller, approval_id)
+    return _answer(
+        manager.approve(
+            canonical,
+            user=caller.principal,
+            comment=body.comment,
+            metadata=body.metadata,
+            source="ui",
+            client=_client(request),
+        )
+    )
+
+
+@decisions.post("/{approval_id}/reject")
+def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
+    """Reject from a page (a reason is required; recorded with source ``ui``)."""
+    canonical = _editable(manager, caller, approval_id)
+    return _answer(
+        manager.reject(
+            canonical,
+            user=caller.principal,
+            reason=body.reason,
+            comment=body.comment,
+            source="ui",
+            client=_client(request),
+        )
+    )
+
+
+@decisions.post("/bulk")
+def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
+    """Approve or reject many requests from the inbox; one result per id (source ``bulk``)."""
+    if body.action not in ("approve", "reject"):
+        raise InvalidInput("action", "the pages only approve or reject")
+    client = _client(request)
+    results: list[dict[str, Any]] = []
+    for raw_id in body.ids:
+        try:
+            canonical = _editable(manager, caller, raw_id)
+            if body.action == "approve":
+                done = manager.approve(
+                    canonical, user=caller.principal, comment=body.comment, source="bulk", client=client
+                )
+            else:
+                done = manager.reject(
+                    canonical,
+                    user=caller.principal,
+                    reason=body.reason or "",
+                    comment=body.comment,
+                    source="bulk",
+                    client=client,
+                )
+            results.append({"id": canonical, "ok": True, "status_code": 200, "state": done.state, "detail": None})
+        except HitlError as err:
+            detail = getattr(err, "reason", None) or str(err)
+            results.append({"id": raw_id, "ok": False, "status_code": err.status_code, "state": None, "detail": detail})
+        except HTTPException as err:
+            results.append(
+                {"id": raw_id, "ok": False, "status_code": err.status_code, "state": None, "detail": str(err.detail)}
+            )
+    succeeded = sum(1 for r in results if r["ok"])
+    return JSONResponse(
+        {"action": body.action, "results": results, "succeeded": succeeded, "failed": len(results) - succeeded}
+    )
+
+
+router.include_router(decisions)

@@ -4,8 +4,8 @@
  * Plain browser JavaScript, no build step and no third-party code (the machines are offline).
  * Every value that comes from the API is written with textContent or as an attribute value
  * set through the DOM, never parsed as HTML: titles, descriptions, context and comments are
- * user-supplied. State-changing requests carry X-Requested-With, which a cross-site form can
- * never send, on top of the JSON content type and Airflow's SameSite=Lax cookie.
+ * user-supplied. Reads use the REST API; decisions use the pages' own endpoints under
+ * /hitl/ui/api, which require X-Requested-With (a cross-site form can never send it).
  */
 "use strict";
 
@@ -14,6 +14,8 @@
   const API = body.dataset.apiBase;
   const APP = body.dataset.appBase;
   const AIRFLOW = body.dataset.airflowBase || "";
+  // Decisions go through the pages' own endpoints: recorded as source "ui", CSRF-guarded.
+  const DECIDE = APP + "/ui/api";
   const POLL_MS = 5000;
   const WAITING = new Set(["pending", "escalated"]);
 
@@ -87,7 +89,7 @@
       headers["Content-Type"] = "application/json";
       payload = JSON.stringify(opts.json);
     }
-    const response = await fetch(API + path, {
+    const response = await fetch((opts.base || API) + path, {
       method: opts.method || "GET",
       headers,
       body: payload,
@@ -404,7 +406,7 @@
       const comment = $("m-comment").value.trim() || null;
       const json = action === "approve" ? { comment } : { reason: $("m-reason-input").value.trim(), comment };
       try {
-        const result = await api("/approvals/" + encodeURIComponent(this.item.id) + "/" + action, { method: "POST", json });
+        const result = await api("/approvals/" + encodeURIComponent(this.item.id) + "/" + action, { method: "POST", json, base: DECIDE });
         const verb = action === "approve" ? "Approved" : "Rejected";
         toast(verb + ": " + result.title + " (now " + result.state + ")", "ok");
         this.cancelConfirm();
@@ -627,6 +629,7 @@
       try {
         const result = await api("/approvals/bulk", {
           method: "POST",
+          base: DECIDE,
           json: { ids, action: bulkAction, comment: $("b-comment").value.trim() || null, reason: reason || null },
         });
         show($("b-form"), false);
