@@ -68,6 +68,7 @@ ORDERABLE = {
 }
 # Any constant works; it serialises appends to the audit chain across processes.
 _AUDIT_LOCK_KEY = 0x41F1_A0D1
+_AUDIT_TAIL = "hitl_audit_tail"
 
 
 def utcnow() -> dt.datetime:
@@ -817,10 +818,14 @@ class ApprovalManager:
         comment: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> None:
-        if self.store.is_postgres:
-            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
-        prev = session.scalar(select(ApprovalEventRow.hash).order_by(ApprovalEventRow.seq.desc()).limit(1))
-        prev = prev or GENESIS_HASH
+        # The chain's tail is ours from the first append of a transaction until it commits
+        # (advisory lock on PostgreSQL, the write lock on SQLite): lock and look it up once.
+        prev = session.info.get(_AUDIT_TAIL)
+        if prev is None:
+            if self.store.is_postgres:
+                session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
+            prev = session.scalar(select(ApprovalEventRow.hash).order_by(ApprovalEventRow.seq.desc()).limit(1))
+            prev = prev or GENESIS_HASH
         clean = _json_safe(details or {})
         digest = event_hash(
             prev_hash=prev,
@@ -846,6 +851,7 @@ class ApprovalManager:
             )
         )
         session.flush()
+        session.info[_AUDIT_TAIL] = digest
 
     @staticmethod
     def _where(filters: ApprovalFilter) -> builtins.list[Any]:

@@ -30,6 +30,18 @@ ROUNDS = 200
 TERMINAL_EVENTS = {"approved", "rejected", "timeout", "cancelled"}
 
 
+def _decision_latency_ms(manager: ApprovalManager) -> float:
+    """Median time of one vote here and now, so expiry can be set in units of it."""
+    approval = manager.create(spec(required_approvals=50))
+    took = []
+    for i in range(15):
+        started = time.perf_counter()
+        manager.approve(approval.id, user=Principal.of(f"calibration{i}"))
+        took.append((time.perf_counter() - started) * 1000)
+    manager.cancel(approval.id, actor="test", reason="calibration done")
+    return max(sorted(took)[len(took) // 2], 2.0)
+
+
 def _act(
     i: int,
     role: str,
@@ -65,11 +77,13 @@ class TestRaces:
     def test_fifty_threads_two_hundred_rounds(self, pg_store: ApprovalStore) -> None:
         manager = ApprovalManager(store=pg_store)
         rng = random.Random(20261123)
+        unit_ms = _decision_latency_ms(manager)
         outcomes: Counter[str] = Counter()
         with ThreadPoolExecutor(max_workers=THREADS) as pool:
             for round_no in range(ROUNDS):
                 required = rng.randint(1, 12)
-                timeout_ms = rng.randint(5, 40)
+                # Expiry lands among the votes whatever the machine's speed: 2 to 25 decisions' time.
+                timeout_ms = rng.uniform(2, 25) * unit_ms
                 approval = manager.create(
                     spec(
                         required_approvals=required,
