@@ -20,7 +20,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.harness import AirflowHarness
+from tests.e2e.harness import AirflowHarness, HarnessError, wait_until
 from tests.ui.conftest import DESKTOP, DOCS_IMAGES, PHONE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -46,10 +46,27 @@ def login(page: Page, airflow: AirflowHarness, user: str, path: str = "/") -> No
 
 
 def open_gate(airflow: AirflowHarness, dag_id: str, task_id: str, *, user: str) -> tuple[str, str]:
-    """Trigger ``dag_id`` as ``user`` and wait for its gate to be pending; return (run_id, approval id)."""
-    run_id = airflow.trigger(dag_id, user=user)
-    approval = airflow.wait_for_approval(dag_id, run_id, task_id, states={"pending"}, timeout=240)
-    return run_id, approval.id
+    """Trigger ``dag_id`` as ``user`` and wait for its gate to be pending; return (run_id, approval id).
+
+    A run that fails before its gate opens (on a busy machine Airflow's Execution API can
+    stall long enough for a task runner to give up on starting a task) is triggered once more;
+    a second failure is an error.
+    """
+    failures: list[str] = []
+    for _ in range(2):
+        run_id = airflow.trigger(dag_id, user=user)
+
+        def opened(run_id: str = run_id) -> Any:
+            pending = [a for a in airflow.approvals(dag_id, run_id, task_id) if a.state == "pending"]
+            if pending:
+                return pending[-1]
+            return "failed" if airflow.dag_run(dag_id, run_id)["state"] == "failed" else None
+
+        result = wait_until(opened, timeout=240, interval=0.5, what=f"the gate of {dag_id}/{run_id} to open")
+        if result != "failed":
+            return run_id, result.id
+        failures.append(f"{run_id}: {airflow.task_states(dag_id, run_id)}")
+    raise HarnessError(f"{dag_id} failed before its gate opened, twice: {failures}\n{airflow.dump_logs(lines=40)}")
 
 
 def card(page_or_frame: Any, approval_id: str) -> Any:
@@ -498,6 +515,10 @@ class TestScreenshots:
         expect(frame.locator("#m-context")).to_contain_text("Accuracy")
         desktop.screenshot(path=str(DOCS_IMAGES / "approvals-modal-desktop.png"))
 
+        desktop.goto("/hitl/ui/history")
+        expect(desktop.locator("#timeline li.event").first).to_be_visible()
+        desktop.screenshot(path=str(DOCS_IMAGES / "approvals-history-desktop.png"))
+
         phone = new_page(PHONE)
         login(phone, airflow, "alice", "/hitl/ui/")
         expect(card(phone, release_id)).to_be_visible()
@@ -509,7 +530,7 @@ class TestScreenshots:
         assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
         phone.screenshot(path=str(DOCS_IMAGES / "approvals-modal-phone.png"))
 
-        for name in ("inbox-desktop", "modal-desktop", "inbox-phone", "modal-phone"):
+        for name in ("inbox-desktop", "modal-desktop", "history-desktop", "inbox-phone", "modal-phone"):
             assert (DOCS_IMAGES / f"approvals-{name}.png").stat().st_size > 10_000
         for approval_id in (release_id, *extra):
             airflow.manager.cancel(approval_id, actor="admin", reason="test cleanup", source="api")
