@@ -109,6 +109,99 @@ def get_provider_info() -> dict[str, Any]:
                         "http://localhost:8080",
                         "https://airflow.example.com",
                     ),
+                    "notify_smtp_conn_id": _option(
+                        "SMTP connection used for approval emails (a gate may name another).",
+                        "string",
+                        "smtp_default",
+                        "smtp_approvals",
+                    ),
+                    "notify_slack_conn_id": _option(
+                        "Slack API connection (bot token) used for approval messages and for updating them.",
+                        "string",
+                        "slack_api_default",
+                        "slack_approvals",
+                    ),
+                    "notify_webhook_conn_id": _option(
+                        "HTTP connection of the approval webhook receiver; its password (or `secret` extra) "
+                        "signs every payload.",
+                        "string",
+                        "hitl_webhook",
+                        "approvals_webhook",
+                    ),
+                    "notify_from_email": _option(
+                        "Sender of approval emails when the SMTP connection has no from_email.",
+                        "string",
+                        "",
+                        "Airflow approvals <noreply@example.com>",
+                    ),
+                    "notify_max_retries": _option(
+                        "Retries of a failed notification send (exponential backoff between them).",
+                        "integer",
+                        "3",
+                        "5",
+                    ),
+                    "notify_retry_backoff": _option(
+                        "Seconds before the first retry of a failed send; doubled for each further retry.",
+                        "float",
+                        "1.0",
+                        "2.0",
+                    ),
+                    "notify_retry_max_backoff": _option(
+                        "Longest wait, in seconds, between two retries of a send.",
+                        "float",
+                        "30.0",
+                        "60.0",
+                    ),
+                    "user_emails": _option(
+                        "JSON object mapping Airflow user names to email addresses, for users the auth "
+                        "manager has no email for (SimpleAuthManager users have none).",
+                        "string",
+                        # Airflow formats defaults with str.format: braces are doubled.
+                        "{{}}",
+                        '{"alice": "alice@example.com"}',
+                    ),
+                    "slack_users": _option(
+                        "JSON object mapping Airflow user names to Slack member ids (direct messages, and "
+                        "mapping Slack button clicks back to Airflow users).",
+                        "string",
+                        # Airflow formats defaults with str.format: braces are doubled.
+                        "{{}}",
+                        '{"alice": "U012ABCDEF"}',
+                    ),
+                    "role_members": _option(
+                        "JSON object mapping role names to Airflow user names, used to resolve notify_roles "
+                        "and allowed_roles to people (SimpleAuthManager users are added automatically).",
+                        "string",
+                        # Airflow formats defaults with str.format: braces are doubled.
+                        "{{}}",
+                        '{"ml-leads": ["alice", "bob"]}',
+                    ),
+                    "signing_key": _option(
+                        "Secret that signs emailed approval links. Empty: the password of the signing_conn_id "
+                        "connection, else a key derived from [api_auth] jwt_secret.",
+                        "string",
+                        "",
+                        None,
+                    ),
+                    "signing_conn_id": _option(
+                        "Connection whose password is the link signing key when signing_key is empty.",
+                        "string",
+                        "hitl_signing",
+                        "hitl_signing",
+                    ),
+                    "slack_signing_secret": _option(
+                        "Slack app signing secret that verifies button clicks at /hitl/slack/interactions. "
+                        "Empty: the `signing_secret` extra of the notify_slack_conn_id connection.",
+                        "string",
+                        "",
+                        None,
+                    ),
+                    "link_max_age": _option(
+                        "Longest life, in seconds, of an emailed link (links also expire with their request).",
+                        "integer",
+                        "604800",
+                        "86400",
+                    ),
                 },
             }
         },

@@ -34,12 +34,16 @@ from airflow_hitl.exceptions import (
 )
 from airflow_hitl.models.store import NOTIFY_CHANNEL, ApprovalStore, get_store
 from airflow_hitl.models.tables import (
+    NOTIFICATION_STATUSES,
     TIMEOUT_ACTIONS,
     WAITING_STATES,
     ApprovalEventRow,
+    ApprovalNotificationRow,
     ApprovalRequestRow,
     ApprovalVoteRow,
 )
+from airflow_hitl.notifications.record import CHANNELS as NOTIFICATION_CHANNELS
+from airflow_hitl.notifications.record import LinkAlreadyUsed, Notification
 from airflow_hitl.policy import (
     Eligibility,
     EscalationLevel,
@@ -706,6 +710,188 @@ class ApprovalManager:
             at=now,
         )
         self._notify(session, row.id)
+
+    # ------------------------------------------------------------------ notifications
+
+    def record_notification(
+        self,
+        *,
+        request_id: str,
+        channel: str,
+        recipient: str,
+        event_type: str,
+        subject: str | None = None,
+        body: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        status: str = "pending",
+        notification_id: str | None = None,
+    ) -> Notification:
+        """Record one notice about to be sent (or, for ``in_app``, delivered by being written).
+
+        ``notification_id`` may be chosen by the caller: signed email links name the row
+        that carries them, so they are made before the row is written.
+        """
+        if channel not in NOTIFICATION_CHANNELS:
+            raise InvalidInput("channel", f"must be one of {list(NOTIFICATION_CHANNELS)}")
+        if status not in NOTIFICATION_STATUSES:
+            raise InvalidInput("status", f"must be one of {list(NOTIFICATION_STATUSES)}")
+        now = self._clock()
+        with self.store.begin() as session:
+            row = ApprovalNotificationRow(
+                id=notification_id or str(uuid.uuid4()),
+                request_id=str(request_id),
+                channel=channel,
+                recipient=recipient[:320],
+                event_type=event_type,
+                status=status,
+                retry_count=0,
+                subject=subject[:500] if subject else subject,
+                body=body,
+                metadata_=_json_safe(metadata or {}),
+                sent_at=now if status == "sent" else None,
+                failed_at=now if status == "failed" else None,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            session.flush()
+            return Notification.from_row(row)
+
+    def _notification_row(self, session: Session, notification_id: str) -> ApprovalNotificationRow:
+        row = session.scalar(
+            select(ApprovalNotificationRow).where(ApprovalNotificationRow.id == str(notification_id)).with_for_update()
+        )
+        if row is None:
+            raise InvalidInput("notification_id", f"no notification {notification_id!r}")
+        return row
+
+    def mark_notification_sent(
+        self,
+        notification_id: str,
+        *,
+        retry_count: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Notification:
+        """The notice reached its channel; ``metadata`` is merged (e.g. Slack's message ``ts``)."""
+        now = self._clock()
+        with self.store.begin() as session:
+            row = self._notification_row(session, notification_id)
+            row.status = "sent"
+            row.sent_at = now
+            row.error = None
+            row.next_attempt_at = None
+            if retry_count is not None:
+                row.retry_count = retry_count
+            if metadata:
+                row.metadata_ = {**(row.metadata_ or {}), **_json_safe(metadata)}
+            row.updated_at = now
+            session.flush()
+            return Notification.from_row(row)
+
+    def mark_notification_failed(
+        self,
+        notification_id: str,
+        *,
+        error: str,
+        retry_count: int | None = None,
+        next_attempt_at: dt.datetime | None = None,
+    ) -> Notification:
+        """A send failed; with ``next_attempt_at`` it will be retried, without it it is final."""
+        now = self._clock()
+        with self.store.begin() as session:
+            row = self._notification_row(session, notification_id)
+            row.status = "failed"
+            row.failed_at = now
+            row.error = error[:4000]
+            row.next_attempt_at = next_attempt_at
+            if retry_count is not None:
+                row.retry_count = retry_count
+            row.updated_at = now
+            session.flush()
+            return Notification.from_row(row)
+
+    def get_notification(self, notification_id: str) -> Notification:
+        """One notification by id."""
+        with self.store.session() as session:
+            row = session.get(ApprovalNotificationRow, str(notification_id))
+            if row is None:
+                raise InvalidInput("notification_id", f"no notification {notification_id!r}")
+            return Notification.from_row(row)
+
+    def list_notifications(
+        self,
+        *,
+        request_id: str | None = None,
+        recipient: str | None = None,
+        channel: str | None = None,
+        status: str | None = None,
+        event_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> builtins.list[Notification]:
+        """Notifications, oldest first, filtered by any of the given fields."""
+        n = ApprovalNotificationRow
+        query = select(n)
+        for column, value in (
+            (n.request_id, request_id),
+            (n.recipient, recipient),
+            (n.channel, channel),
+            (n.status, status),
+            (n.event_type, event_type),
+        ):
+            if value is not None:
+                query = query.where(column == str(value))
+        query = query.order_by(n.created_at, n.id).limit(limit).offset(offset)
+        with self.store.session() as session:
+            return [Notification.from_row(r) for r in session.scalars(query)]
+
+    def unread_count(self, recipient: str) -> int:
+        """In-app notifications of ``recipient`` not yet marked read."""
+        n = ApprovalNotificationRow
+        with self.store.session() as session:
+            return int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(n)
+                    .where(n.channel == "in_app", n.recipient == recipient, n.status == "sent")
+                )
+                or 0
+            )
+
+    def mark_read(self, recipient: str, notification_ids: Iterable[str] | None = None) -> int:
+        """Mark ``recipient``'s in-app notifications read (all, or the given ids); return how many."""
+        n = ApprovalNotificationRow
+        now = self._clock()
+        with self.store.begin() as session:
+            query = select(n).where(n.channel == "in_app", n.recipient == recipient, n.status == "sent")
+            if notification_ids is not None:
+                query = query.where(n.id.in_([str(i) for i in notification_ids]))
+            rows = builtins.list(session.scalars(query))
+            for row in rows:
+                row.status = "read"
+                row.read_at = now
+                row.updated_at = now
+            session.flush()
+            return len(rows)
+
+    def consume_link(self, notification_id: str, *, request_id: str, recipient: str, action: str) -> Notification:
+        """Record that the emailed link of ``notification_id`` was used; :class:`LinkAlreadyUsed` if it was.
+
+        The row lock makes two simultaneous uses of one link produce exactly one success.
+        """
+        now = self._clock()
+        with self.store.begin() as session:
+            row = self._notification_row(session, notification_id)
+            if row.request_id != str(request_id) or row.recipient != recipient:
+                raise InvalidInput("link", "does not belong to this request and recipient")
+            meta = dict(row.metadata_ or {})
+            if meta.get("link_used"):
+                raise LinkAlreadyUsed(row.id)
+            meta["link_used"] = {"action": action, "at": now.isoformat()}
+            row.metadata_ = meta
+            row.updated_at = now
+            session.flush()
+            return Notification.from_row(row)
 
     # ------------------------------------------------------------------ audit
 

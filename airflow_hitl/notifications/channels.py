@@ -1,0 +1,361 @@
+"""Channel notifiers: email (SmtpHook), Slack (SlackHook), webhook (HttpHook).
+
+Each class is an Airflow notifier (``BaseNotifier``, templated fields, sync ``notify`` and
+async ``async_notify``), usable on its own, e.g. ``on_failure_callback=HitlSlackNotifier(
+channel="#ops", text="{{ ti.task_id }} failed")``. The dispatcher uses their ``send``/``post``
+methods directly with messages it has rendered itself. Secrets come from the connections
+(SMTP password, Slack token, webhook secret), never from arguments or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import smtplib
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.notifier import BaseNotifier
+
+from airflow_hitl.notifications.signing import webhook_signature
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_hitl.records import Approval
+
+WEBHOOK_ID_HEADER = "X-Hitl-Message-Id"
+WEBHOOK_TIMESTAMP_HEADER = "X-Hitl-Timestamp"
+WEBHOOK_SIGNATURE_HEADER = "X-Hitl-Signature"
+APPROVE_ACTION_ID = "hitl_approve"
+REJECT_ACTION_ID = "hitl_reject"
+REJECT_MODAL_ID = "hitl_reject_reason"
+
+
+class DeliveryError(RuntimeError):
+    """A channel refused or could not take a message; the dispatcher retries it."""
+
+
+# ---------------------------------------------------------------------------- email
+
+
+class HitlEmailNotifier(BaseNotifier):
+    """Send a multipart (plain text + HTML) email through ``SmtpHook``.
+
+    :param to: One address or a list.
+    :param subject: Subject (templated).
+    :param text: Plain-text part (templated).
+    :param html: HTML part (templated); omitted means a text-only email.
+    :param smtp_conn_id: SMTP connection; default ``[hitl] notify_smtp_conn_id`` (``smtp_default``).
+    :param from_email: Sender; default the connection's ``from_email`` extra, then ``[hitl] notify_from_email``.
+    """
+
+    template_fields: Sequence[str] = ("to", "subject", "text", "html", "smtp_conn_id", "from_email")
+
+    def __init__(
+        self,
+        *,
+        to: str | Sequence[str] | None = None,
+        subject: str = "",
+        text: str = "",
+        html: str | None = None,
+        smtp_conn_id: str | None = None,
+        from_email: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.to = to
+        self.subject = subject
+        self.text = text
+        self.html = html
+        self.smtp_conn_id = smtp_conn_id
+        self.from_email = from_email
+
+    def notify(self, context: Context) -> None:
+        """Send the (rendered) email."""
+        if not self.to:
+            raise DeliveryError("no recipient (`to`)")
+        self.send(to=self.to, subject=self.subject, text=self.text, html=self.html)
+
+    async def async_notify(self, context: Context) -> None:
+        """Send without blocking the event loop (SMTP is a blocking protocol here)."""
+        await asyncio.to_thread(self.notify, context)
+
+    def send(
+        self,
+        *,
+        to: str | Sequence[str],
+        subject: str,
+        text: str,
+        html: str | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Send one message; return its Message-ID."""
+        from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+        from airflow_hitl.notifications.config import NotifySettings
+
+        settings = NotifySettings.load()
+        recipients = [to] if isinstance(to, str) else list(to)
+        hook = SmtpHook(smtp_conn_id=self.smtp_conn_id or settings.smtp_conn_id)
+        with hook as conn:
+            sender = self.from_email or conn.from_email or settings.from_email or "airflow-hitl@localhost"
+            msg = EmailMessage()
+            msg["Subject"] = subject
+            msg["From"] = sender
+            msg["To"] = ", ".join(recipients)
+            msg["Date"] = formatdate(localtime=False)
+            msg["Message-ID"] = make_msgid(domain="airflow-hitl")
+            for key, value in (headers or {}).items():
+                msg[key] = value
+            msg.set_content(text)
+            if html is not None:
+                msg.add_alternative(html, subtype="html")
+            # SmtpHook only builds HTML-only messages; we need text + HTML alternatives, so we
+            # hand our own message to the client the hook logged in with.
+            client = conn._smtp_client
+            if not isinstance(client, smtplib.SMTP):
+                raise DeliveryError("SMTP client did not connect")
+            client.send_message(msg, from_addr=sender, to_addrs=recipients)
+            return {"message_id": msg["Message-ID"]}
+
+
+# ---------------------------------------------------------------------------- slack
+
+
+def _slack_text(value: str, limit: int = 2900) -> str:
+    # Block text fields are capped at 3000 characters by Slack.
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def approval_blocks(
+    approval: Approval,
+    *,
+    headline: str,
+    details_url: str | None,
+    buttons: bool,
+    footer: str | None = None,
+) -> list[dict[str, Any]]:
+    """Block Kit for a gate: title, where, who, why, context fields, expiry, and the buttons."""
+
+    def esc(text: Any) -> str:
+        # mrkdwn treats &, < and > specially; everything user-supplied goes through here.
+        return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+    fields = [
+        {"type": "mrkdwn", "text": f"*DAG*\n{esc(approval.dag_id)}"},
+        {"type": "mrkdwn", "text": f"*Task*\n{esc(approval.task_id or '-')}"},
+        {"type": "mrkdwn", "text": f"*Run*\n{esc(approval.run_id or '-')}"},
+        {"type": "mrkdwn", "text": f"*Requested by*\n{esc(approval.requested_by or '(scheduler)')}"},
+    ]
+    if approval.expires_at:
+        stamp = int(approval.expires_at.timestamp())
+        fallback = approval.expires_at.strftime("%Y-%m-%d %H:%M UTC")
+        fields.append(
+            {"type": "mrkdwn", "text": f"*Expires*\n<!date^{stamp}^{{date_short_pretty}} {{time}}|{fallback}>"}
+        )
+    fields.append({"type": "mrkdwn", "text": f"*Approvals*\n{len(approval.approvers)} of {approval.approvals_needed}"})
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": _slack_text(headline, 150)}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": _slack_text(f"*{esc(approval.title)}*")}},
+        {"type": "section", "fields": fields[:10]},
+    ]
+    if approval.reason:
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": _slack_text(f"*Reason:* {esc(approval.reason)}")}}
+        )
+    if approval.context:
+        lines = []
+        for key, value in approval.context.items():
+            shown = json.dumps(value, default=str, sort_keys=True) if isinstance(value, (dict, list)) else value
+            lines.append(f"• *{esc(key)}*: {esc(shown)}")
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_text("\n".join(lines))}})
+    elements: list[dict[str, Any]] = []
+    if buttons:
+        elements += [
+            {
+                "type": "button",
+                "action_id": APPROVE_ACTION_ID,
+                "style": "primary",
+                "text": {"type": "plain_text", "text": "Approve"},
+                "value": approval.id,
+            },
+            {
+                "type": "button",
+                "action_id": REJECT_ACTION_ID,
+                "style": "danger",
+                "text": {"type": "plain_text", "text": "Reject"},
+                "value": approval.id,
+            },
+        ]
+    if details_url:
+        elements.append(
+            {
+                "type": "button",
+                "action_id": "hitl_open",
+                "text": {"type": "plain_text", "text": "Open"},
+                "url": details_url,
+            }
+        )
+    if elements:
+        blocks.append({"type": "actions", "block_id": f"hitl:{approval.id}", "elements": elements})
+    if footer:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _slack_text(esc(footer))}]})
+    return blocks
+
+
+def outcome_line(approval: Approval) -> str:
+    """One line saying how a gate ended, for the updated Slack message."""
+    if approval.is_waiting:
+        return f"Waiting: {len(approval.approvers)} of {approval.approvals_needed} approvals"
+    who = approval.decided_by or approval.decision_source or "airflow"
+    if approval.state == "approved":
+        return f"Approved by {', '.join(approval.approvers) or who}"
+    if approval.state == "rejected":
+        return f"Rejected by {who}: {approval.comment or ''}".rstrip(": ")
+    if approval.state == "timeout":
+        return f"Timed out: {approval.decision} automatically"
+    return f"{approval.state.capitalize()}: {approval.comment or ''}".rstrip(": ")
+
+
+class HitlSlackNotifier(BaseNotifier):
+    """Post (or update) a Slack message through ``SlackHook`` (``chat.postMessage`` / ``chat.update``).
+
+    :param channel: Channel name or id, or a member id for a direct message (templated).
+    :param text: Message text, also the notification fallback (templated).
+    :param blocks: Block Kit blocks (templated).
+    :param slack_conn_id: Slack API connection; default ``[hitl] notify_slack_conn_id``. Its
+        ``base_url`` extra points the client elsewhere (a proxy, or a test stand-in).
+    """
+
+    template_fields: Sequence[str] = ("channel", "text", "blocks", "slack_conn_id")
+
+    def __init__(
+        self,
+        *,
+        channel: str | None = None,
+        text: str = "",
+        blocks: Sequence[Mapping[str, Any]] = (),
+        slack_conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.channel = channel
+        self.text = text
+        self.blocks = list(blocks)
+        self.slack_conn_id = slack_conn_id
+
+    def _client(self) -> Any:
+        from airflow.providers.slack.hooks.slack import SlackHook
+
+        from airflow_hitl.notifications.config import NotifySettings
+
+        return SlackHook(slack_conn_id=self.slack_conn_id or NotifySettings.load().slack_conn_id).client
+
+    def notify(self, context: Context) -> None:
+        """Post the (rendered) message."""
+        if not self.channel:
+            raise DeliveryError("no Slack channel")
+        self.post(channel=self.channel, text=self.text, blocks=self.blocks)
+
+    async def async_notify(self, context: Context) -> None:
+        """Post without blocking the event loop."""
+        await asyncio.to_thread(self.notify, context)
+
+    def post(self, *, channel: str, text: str, blocks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """``chat.postMessage``; return the message's ``channel`` and ``ts`` (needed to update it)."""
+        response = self._client().chat_postMessage(channel=channel, text=text, blocks=list(blocks))
+        return {"channel": response.get("channel", channel), "ts": response.get("ts")}
+
+    def update(self, *, channel: str, ts: str, text: str, blocks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """``chat.update`` of a message posted earlier."""
+        response = self._client().chat_update(channel=channel, ts=ts, text=text, blocks=list(blocks))
+        return {"channel": response.get("channel", channel), "ts": response.get("ts", ts)}
+
+
+# ---------------------------------------------------------------------------- webhook
+
+
+class HitlWebhookNotifier(BaseNotifier):
+    """POST a signed JSON payload through ``HttpHook``.
+
+    Headers: ``X-Hitl-Message-Id`` (unique), ``X-Hitl-Timestamp`` (Unix seconds) and
+    ``X-Hitl-Signature: sha256=<hex>``, the HMAC-SHA256 of ``{id}.{timestamp}.{body}`` keyed
+    with the connection's password (or its ``secret`` extra). See the README for verifying.
+
+    :param payload: JSON-serialisable dict (templated).
+    :param http_conn_id: HTTP connection (host = the receiver); default ``[hitl] notify_webhook_conn_id``.
+    :param endpoint: Path appended to the connection's URL (templated).
+    """
+
+    template_fields: Sequence[str] = ("payload", "http_conn_id", "endpoint")
+
+    def __init__(
+        self,
+        *,
+        payload: Mapping[str, Any] | None = None,
+        http_conn_id: str | None = None,
+        endpoint: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.payload = dict(payload or {})
+        self.http_conn_id = http_conn_id
+        self.endpoint = endpoint
+
+    def notify(self, context: Context) -> None:
+        """Send the (rendered) payload."""
+        self.send(self.payload)
+
+    async def async_notify(self, context: Context) -> None:
+        """Send without blocking the event loop."""
+        await asyncio.to_thread(self.notify, context)
+
+    def send(self, payload: Mapping[str, Any], *, message_id: str | None = None) -> dict[str, Any]:
+        """POST ``payload`` once; raise :class:`DeliveryError` on a non-2xx answer or no secret."""
+        from airflow.providers.http.hooks.http import HttpHook
+
+        from airflow_hitl.notifications.config import NotifySettings
+
+        conn_id = self.http_conn_id or NotifySettings.load().webhook_conn_id
+        hook = HttpHook(method="POST", http_conn_id=conn_id)
+        conn = hook.get_connection(conn_id)
+        extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
+        secret = conn.password or extra.get("secret")
+        if not secret:
+            # Receivers must be able to trust what we send: never send unsigned.
+            raise DeliveryError(f"connection {conn_id!r} has no webhook secret (password or `secret` extra)")
+        message_id = message_id or str(uuid.uuid4())
+        timestamp = str(int(time.time()))
+        body = json.dumps(dict(payload), default=_json_default, separators=(",", ":"), sort_keys=True).encode()
+        headers = {
+            "Content-Type": "application/json",
+            WEBHOOK_ID_HEADER: message_id,
+            WEBHOOK_TIMESTAMP_HEADER: timestamp,
+            WEBHOOK_SIGNATURE_HEADER: webhook_signature(
+                str(secret).encode(), message_id=message_id, timestamp=timestamp, body=body
+            ),
+        }
+        try:
+            response = hook.run(
+                endpoint=self.endpoint or "",
+                data=body.decode(),
+                headers=headers,
+                extra_options={"timeout": float(extra.get("timeout", 10)), "check_response": False},
+            )
+        except Exception as err:
+            raise DeliveryError(f"webhook request failed: {type(err).__name__}: {err}") from err
+        if not 200 <= response.status_code < 300:
+            raise DeliveryError(f"webhook answered HTTP {response.status_code}")
+        return {"message_id": message_id, "status_code": response.status_code}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    return str(value)

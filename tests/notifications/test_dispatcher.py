@@ -1,0 +1,248 @@
+"""The delivery layer against real local channels: rows, retries, recipients, templates.
+
+Runs on SQLite and PostgreSQL (the ``manager`` fixture): every send is a row in
+``approval_notifications`` written through the manager.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.notifications.config import NotifySettings
+from airflow_hitl.notifications.dispatcher import NotificationDispatcher
+from airflow_hitl.policy import Principal
+from airflow_hitl.records import Approval
+from tests.helpers import spec
+from tests.notifications.conftest import SlackApi, SmtpSink, WebhookReceiver
+
+ALL_CHANNELS = ["email", "slack", "webhook", "in_app"]
+
+
+def open_gate(manager: ApprovalManager, **notify: Any) -> Approval:
+    """A pending gate with ``notify`` options, approvers alice and bob, one hour to decide."""
+    options: dict[str, Any] = {"channels": ALL_CHANNELS}
+    options.update(notify)
+    return manager.create(
+        spec(
+            allowed_approvers=("alice", "bob"),
+            timeout=dt.timedelta(hours=1),
+            timeout_action="reject",
+            reason="Accuracy above 95%",
+            context={"metrics": {"accuracy": 0.962}, "model": "churn"},
+            notify=options,
+        )
+    )
+
+
+def dispatcher(manager: ApprovalManager, **kwargs: Any) -> NotificationDispatcher:
+    """A dispatcher with the test environment's settings and no real sleeping."""
+    return NotificationDispatcher(manager=manager, settings=NotifySettings.load(), sleep=lambda s: None, **kwargs)
+
+
+@pytest.mark.usefixtures("notify_env")
+class TestDispatch:
+    def test_every_channel_delivers_and_records_a_row(
+        self, manager: ApprovalManager, smtp_server: SmtpSink, slack_api: SlackApi, webhook_receiver: WebhookReceiver
+    ) -> None:
+        gate = open_gate(manager)
+        rows = dispatcher(manager).dispatch(gate, "required")
+
+        by_channel = {(r.channel, r.recipient): r for r in rows}
+        assert set(by_channel) == {
+            ("email", "alice"),
+            ("email", "bob"),
+            ("slack", "alice"),
+            ("slack", "bob"),
+            ("webhook", "hitl_webhook"),
+            ("in_app", "alice"),
+            ("in_app", "bob"),
+        }
+        assert all(r.status == "sent" and r.retry_count == 0 for r in rows), rows
+        stored = manager.list_notifications(request_id=gate.id)
+        assert {r.id for r in stored} == {r.id for r in rows}
+
+        mails = smtp_server.wait(2)
+        assert sorted(str(m["To"]) for m in mails) == ["alice@example.com", "bob@example.com"]
+        mail = smtp_server.to("alice@example.com")[0]
+        assert mail["Subject"] == f"Approval required: {gate.title}"
+        assert mail.get_body(("plain",)) is not None and mail.get_body(("html",)) is not None
+        assert "Accuracy above 95%" in mail.get_body(("plain",)).get_content()
+
+        posts = slack_api.of("chat.postMessage")
+        assert sorted(p.params["channel"] for p in posts) == ["UALICE001", "UBOB00001"]
+        actions = next(b for b in posts[0].params["blocks"] if b["type"] == "actions")
+        assert [e["action_id"] for e in actions["elements"]][:2] == ["hitl_approve", "hitl_reject"]
+        assert actions["elements"][0]["value"] == gate.id
+        assert all(r.metadata.get("ts") for r in rows if r.channel == "slack")
+
+        assert len(webhook_receiver.deliveries) == 1
+        delivery = webhook_receiver.deliveries[0]
+        assert delivery["valid"]
+        assert delivery["body"]["event"] == "required"
+        assert delivery["body"]["approval"]["id"] == gate.id
+
+        assert manager.unread_count("alice") == 1
+
+    def test_the_stored_body_never_holds_working_links(self, manager: ApprovalManager, smtp_server: SmtpSink) -> None:
+        gate = open_gate(manager, channels=["email"])
+        rows = dispatcher(manager).dispatch(gate, "required")
+        mail = smtp_server.wait(2)[0]
+        assert "/hitl/links/" in mail.get_body(("plain",)).get_content()
+        assert all("/hitl/links/" not in (r.body or "") for r in rows)
+        assert all("[link]" in (r.body or "") for r in rows)
+
+    def test_webhook_500_twice_then_200_ends_sent_with_two_retries(
+        self, manager: ApprovalManager, webhook_receiver: WebhookReceiver
+    ) -> None:
+        webhook_receiver.statuses[:] = [500, 500, 200]
+        gate = open_gate(manager, channels=["webhook"])
+        [row] = dispatcher(manager).dispatch(gate, "required")
+        assert row.status == "sent"
+        assert row.retry_count == 2
+        assert row.error is None
+        assert [d["status"] for d in webhook_receiver.deliveries] == [500, 500, 200]
+        assert all(d["valid"] for d in webhook_receiver.deliveries)
+        # Each attempt is a fresh timestamp and signature, but one message id.
+        assert len({d["headers"]["X-Hitl-Message-Id"] for d in webhook_receiver.deliveries}) == 1
+
+    def test_retries_are_bounded_and_the_row_ends_failed(
+        self, manager: ApprovalManager, webhook_receiver: WebhookReceiver
+    ) -> None:
+        webhook_receiver.statuses[:] = [500] * 10
+        delays: list[float] = []
+        gate = open_gate(manager, channels=["webhook"])
+        [row] = NotificationDispatcher(manager=manager, settings=NotifySettings.load(), sleep=delays.append).dispatch(
+            gate, "required"
+        )
+        assert row.status == "failed"
+        assert row.retry_count == 3
+        assert "HTTP 500" in (row.error or "")
+        assert len(webhook_receiver.deliveries) == 4
+        assert delays == [0.01, 0.02, 0.04], "exponential backoff"
+
+    def test_a_broken_channel_does_not_block_the_others_or_the_approval(
+        self, manager: ApprovalManager, smtp_server: SmtpSink, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_SLACK_API_DEFAULT",
+            '{"conn_type": "slack", "password": "xoxb-test-token", "extra": {"base_url": "http://127.0.0.1:9/api/"}}',
+        )
+        gate = open_gate(manager, channels=["slack", "email"])
+        rows = dispatcher(manager).dispatch(gate, "required")
+        status = {(r.channel, r.recipient): r.status for r in rows}
+        assert status[("slack", "alice")] == "failed"
+        assert status[("email", "alice")] == "sent"
+        assert len(smtp_server.wait(2)) == 2
+        decided = manager.approve(gate.id, user=Principal.of("alice"))
+        assert decided.state == "approved"
+
+    def test_unknown_recipients_are_recorded_failed_not_crashed_on(
+        self, manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        gate = open_gate(manager, channels=["email", "slack"], users=["alice", "stranger"], roles=["ghosts"])
+        rows = dispatcher(manager).dispatch(gate, "required")
+        failed = {(r.channel, r.recipient) for r in rows if r.status == "failed"}
+        assert failed == {
+            ("email", "stranger"),
+            ("email", "nobody-knows"),
+            ("slack", "stranger"),
+            ("slack", "nobody-knows"),
+        }
+        assert all("no " in r.metadata.get("error", "") for r in rows if r.status == "failed")
+        assert [str(m["To"]) for m in smtp_server.wait(1)] == ["alice@example.com"]
+
+    def test_roles_resolve_to_members(self, manager: ApprovalManager, smtp_server: SmtpSink) -> None:
+        gate = open_gate(manager, channels=["email"], users=[], roles=["leads"])
+        dispatcher(manager).dispatch(gate, "required")
+        assert sorted(str(m["To"]) for m in smtp_server.wait(2)) == ["alice@example.com", "bob@example.com"]
+
+    def test_slack_channel_target_and_update_after_decision(
+        self, manager: ApprovalManager, slack_api: SlackApi
+    ) -> None:
+        gate = open_gate(manager, channels=["slack"], slack_channel="#approvals")
+        [posted] = dispatcher(manager).dispatch(gate, "required")
+        assert posted.recipient == "#approvals"
+        decided = manager.approve(gate.id, user=Principal.of("alice"), comment="ok")
+        [updated] = dispatcher(manager).dispatch(decided, "decided")
+        assert updated.status == "sent"
+        [call] = slack_api.of("chat.update")
+        assert call.params["ts"] == posted.metadata["ts"]
+        footer = call.params["blocks"][-1]["elements"][0]["text"]
+        assert "Approved by alice" in footer
+        assert not any(b["type"] == "actions" and len(b["elements"]) > 1 for b in call.params["blocks"])
+
+    def test_template_overrides_per_gate(self, manager: ApprovalManager, smtp_server: SmtpSink) -> None:
+        gate = open_gate(
+            manager,
+            channels=["email", "in_app"],
+            templates={
+                "required": {"subject": "Please look at {{ approval.context.model }}", "text": "Hi {{ recipient }}"}
+            },
+        )
+        rows = dispatcher(manager).dispatch(gate, "required")
+        assert smtp_server.wait(2)[0]["Subject"] == "Please look at churn"
+        assert {r.body.strip() for r in rows if r.channel == "in_app"} == {"Hi alice", "Hi bob"}
+
+    def test_no_channels_no_rows(self, manager: ApprovalManager) -> None:
+        gate = open_gate(manager, channels=[])
+        assert dispatcher(manager).dispatch(gate, "required") == []
+        assert manager.list_notifications(request_id=gate.id) == []
+
+
+class TestInApp:
+    def test_unread_count_and_mark_read(self, manager: ApprovalManager) -> None:
+        gate = manager.create(spec(allowed_approvers=("alice",)))
+        first = manager.record_notification(
+            request_id=gate.id, channel="in_app", recipient="alice", event_type="required", status="sent"
+        )
+        manager.record_notification(
+            request_id=gate.id, channel="in_app", recipient="alice", event_type="reminder", status="sent"
+        )
+        assert manager.unread_count("alice") == 2
+        assert manager.unread_count("bob") == 0
+        assert manager.mark_read("bob", [first.id]) == 0
+        assert manager.mark_read("alice", [first.id]) == 1
+        assert manager.unread_count("alice") == 1
+        assert manager.get_notification(first.id).status == "read"
+        assert manager.mark_read("alice") == 1
+        assert manager.unread_count("alice") == 0
+
+
+@pytest.mark.usefixtures("notify_env")
+class TestStandaloneNotifiers:
+    """The channel classes work as plain Airflow notifiers (e.g. in ``on_failure_callback``)."""
+
+    def test_email_notifier_renders_its_templated_fields(self, smtp_server: SmtpSink) -> None:
+        from airflow_hitl.notifications.channels import HitlEmailNotifier
+
+        notifier = HitlEmailNotifier(
+            to="ops@example.com", subject="{{ task_id }} failed", text="see {{ task_id }}", html="<p>{{ task_id }}</p>"
+        )
+        notifier({"task_id": "load"})
+        [mail] = smtp_server.wait(1)
+        assert mail["Subject"] == "load failed"
+        assert mail.get_body(("plain",)).get_content().strip() == "see load"
+        assert "<p>load</p>" in mail.get_body(("html",)).get_content()
+
+    def test_slack_notifier_posts(self, slack_api: SlackApi) -> None:
+        from airflow_hitl.notifications.channels import HitlSlackNotifier
+
+        HitlSlackNotifier(channel="#ops", text="{{ task_id }} failed")({"task_id": "load"})
+        [call] = slack_api.of("chat.postMessage")
+        assert (call.params["channel"], call.params["text"]) == ("#ops", "load failed")
+
+    def test_webhook_notifier_signs(self, webhook_receiver: WebhookReceiver) -> None:
+        import asyncio
+
+        from airflow_hitl.notifications.channels import HitlWebhookNotifier
+
+        notifier = HitlWebhookNotifier(payload={"failed": "{{ task_id }}"})
+        notifier.render_template_fields({"task_id": "load"})  # type: ignore[arg-type]
+        asyncio.run(notifier.async_notify({}))  # type: ignore[arg-type]
+        [delivery] = webhook_receiver.deliveries
+        assert delivery["valid"]
+        assert delivery["body"] == {"failed": "load"}
