@@ -82,6 +82,14 @@ def create_app() -> FastAPI:
     # The Approvals pages (/hitl/ui/...), embedded in the Airflow UI through external_views.
     app.include_router(ui_router)
 
+    # Signed email links (/hitl/links/...) and Slack buttons (/hitl/slack/interactions) carry
+    # their own credentials (a signed token, Slack's signature) instead of an Airflow login.
+    from airflow_hitl.api.routes.links import router as links_router
+    from airflow_hitl.api.routes.slack import router as slack_router
+
+    app.include_router(links_router)
+    app.include_router(slack_router)
+
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}

@@ -1,0 +1,216 @@
+"""``/links/{token}``: the signed approve / reject / details links sent by email.
+
+A link is the recipient's credential for one action on one request (see
+:mod:`airflow_hitl.notifications.signing`), so these routes need no Airflow login. GET only
+ever shows a page (mail scanners and link previews fetch links; a GET must never decide);
+POST decides through :class:`~airflow_hitl.manager.ApprovalManager` with source ``email``,
+as the recipient, under exactly the request's policy, and uses the link up.
+
+Answers: a tampered or foreign link 403, an expired or used one 410, a request that is no
+longer pending 409; each as an HTML page that says so. Every value on a page is escaped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse
+
+from airflow_hitl.api.routes.approvals import get_manager
+from airflow_hitl.exceptions import AlreadyVoted, ApprovalNotFound, ApprovalNotPending, InvalidInput, NotAllowed
+from airflow_hitl.manager import ApprovalManager, utcnow
+from airflow_hitl.notifications.access import decider
+from airflow_hitl.notifications.dispatcher import details_url
+from airflow_hitl.notifications.recipients import UserDirectory
+from airflow_hitl.notifications.record import LinkAlreadyUsed, Notification
+from airflow_hitl.notifications.signing import LINK_ACTIONS, InvalidToken, LinkClaims, SigningKeyMissing, read_token
+from airflow_hitl.notifications.templates import html_env
+from airflow_hitl.records import Approval
+from airflow_hitl.settings import HitlSettings
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/links", tags=["email links"], include_in_schema=False)
+
+MAX_FORM_BYTES = 64 * 1024
+_HEADERS = {
+    # The token is in the URL: keep it out of caches and out of Referer headers.
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Robots-Tag": "noindex, nofollow",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+}
+
+
+class LinkRefused(Exception):
+    """The link cannot be used; ``status`` and ``message`` make the page."""
+
+    def __init__(self, status: int, heading: str, message: str, approval: Approval | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.heading = heading
+        self.message = message
+        self.approval = approval
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckedLink:
+    """A genuine, current link with its request and the notice that carried it."""
+
+    claims: LinkClaims
+    approval: Approval
+    notification: Notification
+
+
+def _page(template: str, status: int, **values: Any) -> HTMLResponse:
+    values.setdefault("details_url", None)
+    html = html_env().get_template(template).render(**values)
+    return HTMLResponse(html, status_code=status, headers=_HEADERS)
+
+
+def _refusal(err: LinkRefused) -> HTMLResponse:
+    url = details_url(HitlSettings.load().base_url, err.approval) if err.approval else None
+    return _page("page_result.html.j2", err.status, heading=err.heading, message=err.message, details_url=url)
+
+
+def _check(manager: ApprovalManager, token: str) -> CheckedLink:
+    try:
+        claims = read_token(token)
+    except InvalidToken as err:
+        log.warning("refused an email link: %s", err)
+        raise LinkRefused(403, "Invalid link", "This link is not valid: it was altered or is incomplete.") from err
+    except SigningKeyMissing as err:
+        log.error("email links cannot be checked: %s", err)
+        raise LinkRefused(503, "Links unavailable", "Email links are not configured on this server.") from err
+    if claims.action not in LINK_ACTIONS:
+        raise LinkRefused(403, "Invalid link", "This link is not valid.")
+    try:
+        approval = manager.get(claims.request_id)
+        notification = manager.get_notification(claims.notification_id)
+    except (ApprovalNotFound, InvalidInput) as err:
+        raise LinkRefused(404, "Not found", "This approval request no longer exists.") from err
+    if (
+        notification.request_id != approval.id
+        or notification.recipient != claims.recipient
+        or notification.channel != "email"
+    ):
+        # Genuinely signed but stitched together from another notice: treat as forged.
+        raise LinkRefused(403, "Invalid link", "This link is not valid.", approval)
+    if claims.action == "details":
+        return CheckedLink(claims=claims, approval=approval, notification=notification)
+    if notification.metadata.get("link_used"):
+        raise LinkRefused(410, "Link already used", "This link has already been used; links work once.", approval)
+    now = utcnow()
+    if now.timestamp() >= claims.expires_at or (approval.expires_at is not None and now >= approval.expires_at):
+        raise LinkRefused(410, "Link expired", "This link has expired together with its approval request.", approval)
+    if not approval.is_waiting:
+        who = approval.decided_by or approval.decision_source or "airflow"
+        raise LinkRefused(
+            409, "Already decided", f"This request is no longer pending: it is {approval.state} ({who}).", approval
+        )
+    return CheckedLink(claims=claims, approval=approval, notification=notification)
+
+
+def _confirm_page(link: CheckedLink, status: int = 200, message: str | None = None) -> HTMLResponse:
+    action = link.claims.action
+    heading = {"approve": "Approve this request?", "reject": "Reject this request?"}.get(action, "Approval request")
+    return _page(
+        "page_confirm.html.j2",
+        status,
+        heading=message or heading,
+        approval=link.approval,
+        action=action if link.approval.is_waiting else "details",
+        recipient=link.claims.recipient,
+        post_url="",
+        details_url=details_url(HitlSettings.load().base_url, link.approval),
+    )
+
+
+@router.get("/{token}", response_class=HTMLResponse)
+def show_link(token: str, request: Request) -> HTMLResponse:
+    """Show the request and a confirmation button. Never changes anything."""
+    manager = get_manager(request)
+    try:
+        link = _check(manager, token)
+    except LinkRefused as err:
+        return _refusal(err)
+    return _confirm_page(link)
+
+
+@router.post("/{token}", response_class=HTMLResponse)
+async def use_link(token: str, request: Request) -> HTMLResponse:
+    """Decide as the link's recipient (source ``email``); the link is used up."""
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return _page("page_result.html.j2", 413, heading="Too large", message="The form is too large.")
+    form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+    client = {
+        "client_address": request.client.host if request.client else None,
+        "user_agent": request.headers.get("user-agent"),
+    }
+    manager = get_manager(request)
+    return await run_in_threadpool(_decide, manager, token, form, client)
+
+
+def _decide(manager: ApprovalManager, token: str, form: dict[str, str], client: dict[str, Any]) -> HTMLResponse:
+    try:
+        link = _check(manager, token)
+    except LinkRefused as err:
+        return _refusal(err)
+    claims = link.claims
+    if claims.action == "details":
+        return _page("page_result.html.j2", 405, heading="Nothing to decide", message="This link only shows details.")
+    limit = HitlSettings.load().max_comment_length
+    reason = (form.get("reason") or "").strip()
+    comment = (form.get("comment") or "").strip() or None
+    if claims.action == "reject" and not reason:
+        return _confirm_page(link, 422, "A reason is required to reject")
+    if len(reason) > limit or len(comment or "") > limit:
+        return _confirm_page(link, 422, f"Comments are limited to {limit} characters")
+    directory = UserDirectory(use_auth_manager=True)
+    user, refusal = decider(claims.recipient, link.approval.dag_id, extra_roles=directory.roles_of(claims.recipient))
+    if user is None:
+        return _refusal(LinkRefused(403, "Not allowed", refusal or "You may not decide this request."))
+    eligibility = manager.can_approve(user, link.approval, action=claims.action)
+    if not eligibility.allowed:
+        return _refusal(LinkRefused(403, "Not allowed", eligibility.reason or "You may not decide this request."))
+    try:
+        manager.consume_link(
+            claims.notification_id, request_id=claims.request_id, recipient=claims.recipient, action=claims.action
+        )
+    except LinkAlreadyUsed:
+        return _refusal(LinkRefused(410, "Link already used", "This link has already been used; links work once."))
+    details = {**client, "via": "email_link", "notification_id": claims.notification_id}
+    try:
+        if claims.action == "approve":
+            approval = manager.approve(claims.request_id, user=user, comment=comment, source="email", client=details)
+        else:
+            approval = manager.reject(
+                claims.request_id, user=user, reason=reason, comment=comment, source="email", client=details
+            )
+    except (ApprovalNotPending, AlreadyVoted) as err:
+        return _refusal(LinkRefused(409, "Not recorded", str(err), link.approval))
+    except NotAllowed as err:
+        return _refusal(LinkRefused(403, "Not allowed", err.reason, link.approval))
+    verb = "approved" if claims.action == "approve" else "rejected"
+    if approval.is_waiting:
+        message = (
+            f"Your approval is recorded, {claims.recipient}: {len(approval.approvers)} of "
+            f"{approval.approvals_needed} approvals so far."
+        )
+    else:
+        message = f"You {verb} “{approval.title}”. The request is now {approval.state}."
+    log.info("approval request %s: %s by %s through an email link", approval.id, claims.action, claims.recipient)
+    return _page(
+        "page_result.html.j2",
+        200,
+        heading="Thank you",
+        message=message,
+        details_url=details_url(HitlSettings.load().base_url, approval),
+    )

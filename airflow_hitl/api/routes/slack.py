@@ -1,0 +1,297 @@
+"""``POST /slack/interactions``: Approve / Reject buttons and the reject-reason modal from Slack.
+
+Every request is verified first (``X-Slack-Signature``: v0 HMAC-SHA256 of
+``v0:{timestamp}:{body}`` with the app's signing secret, compared in constant time;
+timestamps more than five minutes off are refused as replays); a refused request changes
+nothing and gets 401. The Slack user is mapped to an Airflow user (``[hitl] slack_users``,
+else Slack's ``users.info`` email matched against ``[hitl] user_emails`` or the auth
+manager's users), the request's own policy is applied exactly as for the REST API, the vote
+is recorded with source ``slack``, and the original message is updated to show who decided.
+Reject opens a modal asking for the reason (``views.open``); its ``view_submission`` rejects.
+
+Slack expects an answer within three seconds and shows nothing for non-200 answers to
+clicks, so refusals after verification are told to the clicker as an ephemeral message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from airflow_hitl.api.routes.approvals import get_manager
+from airflow_hitl.exceptions import AlreadyVoted, ApprovalNotFound, ApprovalNotPending, HitlError, NotAllowed
+from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.notifications.access import decider
+from airflow_hitl.notifications.channels import (
+    APPROVE_ACTION_ID,
+    REJECT_ACTION_ID,
+    REJECT_MODAL_ID,
+    approval_blocks,
+    outcome_line,
+)
+from airflow_hitl.notifications.config import NotifySettings, conf_get
+from airflow_hitl.notifications.dispatcher import details_url
+from airflow_hitl.notifications.recipients import UserDirectory
+from airflow_hitl.notifications.signing import verify_slack_request
+from airflow_hitl.policy import Principal
+from airflow_hitl.records import Approval
+from airflow_hitl.settings import HitlSettings
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/slack", tags=["slack"], include_in_schema=False)
+
+MAX_BODY_BYTES = 256 * 1024
+
+
+def signing_secret(settings: NotifySettings) -> bytes | None:
+    """Slack's signing secret: ``[hitl] slack_signing_secret``, else the Slack connection's ``signing_secret`` extra."""
+    configured = conf_get("slack_signing_secret")
+    if configured:
+        return configured.encode()
+    from airflow_hitl.models.store import _lookup_connection
+
+    try:
+        conn = _lookup_connection(settings.slack_conn_id)
+    except Exception:
+        conn = None
+    extra = conn.extra_dejson if conn is not None and hasattr(conn, "extra_dejson") else {}
+    secret = extra.get("signing_secret")
+    return str(secret).encode() if secret else None
+
+
+def _slack_client(approval: Approval | None, settings: NotifySettings) -> Any:
+    from airflow.providers.slack.hooks.slack import SlackHook
+
+    conn_id = (approval.notify.get("slack_conn_id") if approval else None) or settings.slack_conn_id
+    return SlackHook(slack_conn_id=conn_id).client
+
+
+@router.post("/interactions")
+async def interactions(request: Request) -> Response:
+    """Verify a Slack interaction, then act on it (button click or modal submission)."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        return JSONResponse({"detail": "payload too large"}, status_code=413)
+    settings = NotifySettings.load()
+    secret = await run_in_threadpool(signing_secret, settings)
+    if secret is None:
+        log.error("Slack interaction refused: no signing secret configured ([hitl] slack_signing_secret)")
+        return JSONResponse({"detail": "Slack signing secret is not configured"}, status_code=503)
+    refusal = verify_slack_request(
+        secret,
+        timestamp=request.headers.get("X-Slack-Request-Timestamp"),
+        signature=request.headers.get("X-Slack-Signature"),
+        body=body,
+    )
+    if refusal:
+        log.warning("Slack interaction refused: %s", refusal)
+        return JSONResponse({"detail": refusal}, status_code=401)
+    try:
+        payload = json.loads(parse_qs(body.decode())["payload"][0])
+        kind = payload["type"]
+    except (KeyError, IndexError, ValueError, TypeError):
+        return JSONResponse({"detail": "not a Slack interaction payload"}, status_code=400)
+    manager = get_manager(request)
+    handler = SlackInteraction(manager=manager, settings=settings, payload=payload)
+    if kind == "block_actions":
+        return await run_in_threadpool(handler.block_action)
+    if kind == "view_submission" and payload.get("view", {}).get("callback_id") == REJECT_MODAL_ID:
+        return await run_in_threadpool(handler.reject_submission)
+    return Response(status_code=200)
+
+
+class SlackInteraction:
+    """One verified interaction payload and what to do with it."""
+
+    def __init__(self, *, manager: ApprovalManager, settings: NotifySettings, payload: dict[str, Any]) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.payload = payload
+        self.directory = UserDirectory(settings=settings)
+        self.slack_user = str((payload.get("user") or {}).get("id") or "")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _airflow_user(self, client: Any) -> str | None:
+        known = self.directory.user_for_slack_id(self.slack_user)
+        if known:
+            return known
+        try:
+            info = client.users_info(user=self.slack_user)
+            address = ((info.get("user") or {}).get("profile") or {}).get("email")
+        except Exception as err:
+            log.warning("Slack users.info for %s failed: %s", self.slack_user, err)
+            return None
+        return self.directory.user_for_email(address) if address else None
+
+    def _principal(self, name: str, dag_id: str) -> tuple[Principal | None, str | None]:
+        # The same questions the REST API asks: edit access to the DAG (auth manager), then the policy.
+        return decider(name, dag_id, extra_roles=self.directory.roles_of(name))
+
+    def _tell(self, client: Any, channel: str | None, text: str) -> Response:
+        # Clicks cannot be answered in the HTTP response; an ephemeral message reaches the clicker only.
+        if channel:
+            try:
+                client.chat_postEphemeral(channel=channel, user=self.slack_user, text=text)
+            except Exception as err:
+                log.warning("could not tell Slack user %s: %s", self.slack_user, err)
+        return Response(status_code=200)
+
+    def _update_message(self, client: Any, approval: Approval, channel: str | None, ts: str | None) -> None:
+        if not channel or not ts:
+            return
+        base = HitlSettings.load().base_url
+        blocks = approval_blocks(
+            approval,
+            headline=("Approval required" if approval.is_waiting else outcome_line(approval))[:150],
+            details_url=details_url(base, approval),
+            buttons=approval.is_waiting,
+            footer=outcome_line(approval),
+        )
+        try:
+            client.chat_update(channel=channel, ts=ts, text=outcome_line(approval), blocks=blocks)
+            status = "sent"
+            error = None
+        except Exception as err:
+            status, error = "failed", f"{type(err).__name__}: {err}"
+            log.warning("chat.update for approval request %s failed: %s", approval.id, err)
+        row = self.manager.record_notification(
+            request_id=approval.id,
+            channel="slack",
+            recipient=channel,
+            event_type="decided" if not approval.is_waiting else "reminder",
+            subject=outcome_line(approval),
+            metadata={"channel": channel, "ts": ts, "update": True, "via": "interaction"},
+        )
+        if status == "sent":
+            self.manager.mark_notification_sent(row.id)
+        else:
+            self.manager.mark_notification_failed(row.id, error=error or "failed")
+
+    # ------------------------------------------------------------------ block_actions
+
+    def block_action(self) -> Response:
+        """Approve at once, or open the reason modal for Reject; refusals go to the clicker."""
+        actions = self.payload.get("actions") or []
+        action = actions[0] if actions else {}
+        action_id = action.get("action_id")
+        if action_id not in (APPROVE_ACTION_ID, REJECT_ACTION_ID):
+            return Response(status_code=200)
+        container = self.payload.get("container") or {}
+        channel = container.get("channel_id") or (self.payload.get("channel") or {}).get("id")
+        ts = container.get("message_ts") or (self.payload.get("message") or {}).get("ts")
+        request_id = str(action.get("value") or "")
+        try:
+            approval = self.manager.get(request_id)
+        except (ApprovalNotFound, HitlError):
+            return self._tell(_slack_client(None, self.settings), channel, "This approval request no longer exists.")
+        client = _slack_client(approval, self.settings)
+        name = self._airflow_user(client)
+        if name is None:
+            return self._tell(client, channel, "Your Slack account is not linked to an Airflow user.")
+        user, refusal = self._principal(name, approval.dag_id)
+        if user is None:
+            return self._tell(client, channel, f"Not recorded: {refusal}")
+        vote = "approve" if action_id == APPROVE_ACTION_ID else "reject"
+        eligibility = self.manager.can_approve(user, approval, action=vote)
+        if not eligibility.allowed:
+            log.info(
+                "Slack %s on %s by %s (%s) refused: %s", vote, approval.id, name, self.slack_user, eligibility.reason
+            )
+            return self._tell(client, channel, f"Not recorded: {eligibility.reason}")
+        if vote == "reject":
+            view = reject_modal(approval, channel=channel, ts=ts)
+            try:
+                client.views_open(trigger_id=self.payload.get("trigger_id"), view=view)
+            except Exception as err:
+                log.warning("views.open failed: %s", err)
+                return self._tell(client, channel, "Could not open the rejection form; reject in Airflow instead.")
+            return Response(status_code=200)
+        try:
+            decided = self.manager.approve(
+                approval.id,
+                user=user,
+                source="slack",
+                client={"via": "slack", "slack_user_id": self.slack_user},
+            )
+        except (ApprovalNotPending, AlreadyVoted) as err:
+            return self._tell(client, channel, f"Not recorded: {err}")
+        except NotAllowed as err:
+            return self._tell(client, channel, f"Not recorded: {err.reason}")
+        self._update_message(client, decided, channel, ts)
+        return Response(status_code=200)
+
+    # ------------------------------------------------------------------ view_submission
+
+    def reject_submission(self) -> Response:
+        """Reject with the reason typed into the modal; errors are shown in the modal."""
+        view = self.payload.get("view") or {}
+        try:
+            meta = json.loads(view.get("private_metadata") or "{}")
+            request_id = str(meta["request_id"])
+        except (ValueError, KeyError):
+            return Response(status_code=200)
+        values = (view.get("state") or {}).get("values") or {}
+        reason = str(((values.get("reason") or {}).get("reason") or {}).get("value") or "").strip()
+
+        def error(text: str) -> JSONResponse:
+            return JSONResponse({"response_action": "errors", "errors": {"reason": text[:150]}})
+
+        if not reason:
+            return error("A reason is required to reject.")
+        if len(reason) > HitlSettings.load().max_comment_length:
+            return error("The reason is too long.")
+        try:
+            approval = self.manager.get(request_id)
+        except HitlError:
+            return error("This approval request no longer exists.")
+        client = _slack_client(approval, self.settings)
+        name = self._airflow_user(client)
+        if name is None:
+            return error("Your Slack account is not linked to an Airflow user.")
+        user, refusal = self._principal(name, approval.dag_id)
+        if user is None:
+            return error(f"Not recorded: {refusal}")
+        try:
+            decided = self.manager.reject(
+                request_id,
+                user=user,
+                reason=reason,
+                source="slack",
+                client={"via": "slack", "slack_user_id": self.slack_user},
+            )
+        except NotAllowed as err:
+            return error(f"Not recorded: {err.reason}")
+        except HitlError as err:
+            return error(f"Not recorded: {err}")
+        self._update_message(client, decided, meta.get("channel"), meta.get("ts"))
+        return Response(status_code=200)
+
+
+def reject_modal(approval: Approval, *, channel: str | None, ts: str | None) -> dict[str, Any]:
+    """The modal asking why; ``private_metadata`` carries the request and the message to update."""
+    title = approval.title if len(approval.title) <= 200 else approval.title[:199] + "…"
+    return {
+        "type": "modal",
+        "callback_id": REJECT_MODAL_ID,
+        "private_metadata": json.dumps({"request_id": approval.id, "channel": channel, "ts": ts}),
+        "title": {"type": "plain_text", "text": "Reject request"},
+        "submit": {"type": "plain_text", "text": "Reject"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {"type": "section", "text": {"type": "plain_text", "text": title}},
+            {
+                "type": "input",
+                "block_id": "reason",
+                "label": {"type": "plain_text", "text": "Reason"},
+                "element": {"type": "plain_text_input", "action_id": "reason", "multiline": True, "max_length": 3000},
+            },
+        ],
+    }

@@ -1,0 +1,265 @@
+"""Signed email links end to end: a real SMTP server receives the mail, the test follows its links.
+
+The ``/hitl`` app (links router included) answers over a real ASGI client; the approval
+store is a fresh SQLite file. Every refusal is checked to change nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from airflow_hitl.api.app import create_app
+from airflow_hitl.manager import ApprovalManager, ApprovalSpec
+from airflow_hitl.notifications.config import NotifySettings
+from airflow_hitl.notifications.dispatcher import NotificationDispatcher
+from airflow_hitl.records import Approval
+from tests.notifications.conftest import BASE_URL, SmtpSink
+
+LINK = re.compile(re.escape(BASE_URL) + r"/hitl(/links/[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)")
+HOSTILE = '<script>alert("x")</script>'
+
+
+@pytest.fixture
+def client(sqlite_manager: ApprovalManager) -> Iterator[TestClient]:
+    """The ``/hitl`` app over this test's store."""
+    app = create_app()
+    app.state.hitl_manager = sqlite_manager
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def open_and_mail(
+    manager: ApprovalManager, smtp: SmtpSink, **overrides: Any
+) -> tuple[Approval, dict[str, dict[str, str]]]:
+    """Open a gate notifying by email, send the notice, and parse each recipient's links from the mail."""
+    fields: dict[str, Any] = {
+        "dag_id": "release",
+        "run_id": "manual__1",
+        "task_id": "gate",
+        "try_number": 1,
+        "title": "Release churn model",
+        "requested_by": "ricky",
+        "allowed_approvers": ("alice", "bob"),
+        "timeout": dt.timedelta(hours=1),
+        "timeout_action": "reject",
+        "context": {"accuracy": 0.962},
+        "notify": {"channels": ["email"]},
+    }
+    fields.update(overrides)
+    gate = manager.create(ApprovalSpec(**fields))
+    rows = NotificationDispatcher(manager=manager, settings=NotifySettings.load(), sleep=lambda s: None).dispatch(
+        gate, "required"
+    )
+    sent = [r for r in rows if r.status == "sent"]
+    mails = smtp.wait(len(sent))
+    links: dict[str, dict[str, str]] = {}
+    for mail in mails:
+        user = str(mail["To"]).split("@")[0]
+        text = mail.get_body(("plain",)).get_content()
+        found = LINK.findall(text)
+        html_links = LINK.findall(mail.get_body(("html",)).get_content())
+        assert set(found) == set(html_links), "text and HTML parts carry the same links"
+        approve, reject, details = found
+        links[user] = {"approve": approve, "reject": reject, "details": details}
+    return gate, links
+
+
+def state_of(manager: ApprovalManager, request_id: str) -> tuple[Any, ...]:
+    """Everything a decision could change: state, votes, audit length, notification metadata."""
+    approval = manager.get(request_id)
+    notes = sorted(
+        (n.id, json.dumps(n.metadata, sort_keys=True)) for n in manager.list_notifications(request_id=request_id)
+    )
+    return approval.state, approval.votes, len(manager.events()), notes
+
+
+def tamper_payload(path: str, **changes: Any) -> str:
+    """The same link with a changed claim and the original signature."""
+    prefix, token = path.rsplit("/", 1)
+    payload, signature = token.split(".")
+    data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    data.update(changes)
+    forged = base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":"), sort_keys=True).encode()).rstrip(b"=")
+    return f"{prefix}/{forged.decode()}.{signature}"
+
+
+@pytest.mark.usefixtures("notify_env")
+class TestEmailLinks:
+    def test_get_shows_a_confirmation_and_changes_nothing(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server)
+        before = state_of(sqlite_manager, gate.id)
+        for _ in range(3):  # a mail scanner, a preview, the person
+            page = client.get(links["alice"]["approve"])
+            assert page.status_code == 200
+            assert "Release churn model" in page.text
+            assert '<form method="post"' in page.text
+            assert "Approve as alice" in page.text
+            assert page.headers["cache-control"] == "no-store"
+            assert page.headers["referrer-policy"] == "no-referrer"
+        assert state_of(sqlite_manager, gate.id) == before
+
+    def test_post_approves_as_the_recipient_with_source_email_and_audit(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server)
+        response = client.post(links["alice"]["approve"], data={"comment": "looks good"})
+        assert response.status_code == 200, response.text
+        assert "Thank you" in response.text
+        approval = sqlite_manager.get(gate.id)
+        assert approval.state == "approved"
+        [vote] = approval.votes
+        assert (vote.user, vote.vote, vote.source, vote.comment) == ("alice", "approve", "email", "looks good")
+        event = next(e for e in sqlite_manager.events(gate.id) if e.event_type == "vote")
+        assert event.source == "email"
+        assert event.actor == "alice"
+        assert event.details["via"] == "email_link"
+        assert sqlite_manager.verify_audit_chain().ok
+
+    def test_second_post_is_410(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server, required_approvals=2)
+        assert client.post(links["alice"]["approve"]).status_code == 200
+        before = state_of(sqlite_manager, gate.id)
+        again = client.post(links["alice"]["approve"])
+        assert again.status_code == 410
+        assert "already been used" in again.text
+        assert client.get(links["alice"]["approve"]).status_code == 410
+        # One mail, one decision: its reject link is used up with it.
+        assert client.post(links["alice"]["reject"], data={"reason": "changed my mind"}).status_code == 410
+        after = state_of(sqlite_manager, gate.id)
+        assert before[:3] == after[:3]
+
+    @pytest.mark.parametrize(
+        "mangle",
+        [
+            pytest.param(lambda p: p[:-3] + ("AAA" if not p.endswith("AAA") else "BBB"), id="signature"),
+            pytest.param(lambda p: p.replace(".", "x.", 1), id="payload-byte"),
+            pytest.param(lambda p: p.rsplit(".", 1)[0], id="no-signature"),
+            pytest.param(lambda p: tamper_payload(p, a="approve"), id="reject-link-turned-approve"),
+        ],
+    )
+    def test_altered_link_is_403_and_changes_nothing(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink, mangle: Any
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server)
+        forged = mangle(links["alice"]["reject"])
+        before = state_of(sqlite_manager, gate.id)
+        assert client.get(forged).status_code == 403
+        response = client.post(forged, data={"reason": "x"})
+        assert response.status_code == 403
+        assert "not valid" in response.text
+        assert state_of(sqlite_manager, gate.id) == before
+
+    def test_a_recipients_link_cannot_be_used_by_someone_else(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server)
+        other, _ = open_and_mail(sqlite_manager, smtp_server, run_id="manual__2")
+        before = state_of(sqlite_manager, gate.id)
+        # bob re-labels alice's link as his own, or points it at another request: the signature breaks.
+        assert client.post(tamper_payload(links["alice"]["approve"], u="bob")).status_code == 403
+        assert client.post(tamper_payload(links["alice"]["approve"], r=other.id)).status_code == 403
+        # alice's signature on bob's claims.
+        alice_sig = links["alice"]["approve"].rsplit(".", 1)[1]
+        bob_payload = links["bob"]["approve"].rsplit(".", 1)[0]
+        assert client.post(f"{bob_payload}.{alice_sig}").status_code == 403
+        assert state_of(sqlite_manager, gate.id) == before
+        # Each genuine link decides as its own recipient only.
+        assert client.post(links["bob"]["approve"]).status_code == 200
+        assert [v.user for v in sqlite_manager.get(gate.id).votes] == ["bob"]
+
+    def test_expired_link_is_410(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server, timeout=dt.timedelta(seconds=1))
+        time.sleep(1.2)
+        before = state_of(sqlite_manager, gate.id)
+        assert client.get(links["alice"]["approve"]).status_code == 410
+        response = client.post(links["alice"]["approve"])
+        assert response.status_code == 410
+        assert "expired" in response.text
+        assert state_of(sqlite_manager, gate.id) == before
+
+    def test_request_no_longer_pending_is_409(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server)
+        sqlite_manager.cancel(gate.id, actor="admin", reason="withdrawn")
+        page = client.get(links["alice"]["approve"])
+        assert page.status_code == 409
+        response = client.post(links["alice"]["approve"])
+        assert response.status_code == 409
+        assert "no longer pending" in response.text
+        assert sqlite_manager.get(gate.id).votes == ()
+
+    def test_reject_needs_a_reason_and_does_not_use_the_link_without_one(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server)
+        page = client.get(links["bob"]["reject"])
+        assert 'name="reason"' in page.text
+        assert client.post(links["bob"]["reject"], data={"reason": "  "}).status_code == 422
+        response = client.post(links["bob"]["reject"], data={"reason": "metrics regressed"})
+        assert response.status_code == 200
+        approval = sqlite_manager.get(gate.id)
+        assert approval.state == "rejected"
+        assert approval.votes[0].reason == "metrics regressed"
+        assert approval.votes[0].source == "email"
+
+    def test_policy_applies_to_link_votes(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        # carol is told (notify_users) but is not an allowed approver; ricky triggered the run.
+        gate, links = open_and_mail(
+            sqlite_manager,
+            smtp_server,
+            notify={"channels": ["email"], "users": ["carol", "ricky@example.com"]},
+        )
+        before = state_of(sqlite_manager, gate.id)
+        response = client.post(links["carol"]["approve"])
+        assert response.status_code == 403
+        assert state_of(sqlite_manager, gate.id) == before
+        # Refused links are not used up.
+        assert client.get(links["carol"]["approve"]).status_code == 200
+
+    def test_details_link_shows_the_request_any_number_of_times(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server)
+        for _ in range(2):
+            page = client.get(links["alice"]["details"])
+            assert page.status_code == 200
+            assert "<form" not in page.text
+        assert client.post(links["alice"]["details"]).status_code == 405
+        assert sqlite_manager.get(gate.id).votes == ()
+
+    def test_hostile_values_are_escaped_in_mail_and_pages(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        _gate, links = open_and_mail(
+            sqlite_manager,
+            smtp_server,
+            title=f"Release {HOSTILE}",
+            reason=f"because {HOSTILE}",
+            context={HOSTILE: HOSTILE, "nested": {"x": HOSTILE}},
+        )
+        html = smtp_server.to("alice@example.com")[0].get_body(("html",)).get_content()
+        assert "<script>" not in html
+        assert "&lt;script&gt;" in html
+        page = client.get(links["alice"]["approve"]).text
+        assert "<script>" not in page
+        assert "&lt;script&gt;" in page
+        done = client.post(links["alice"]["approve"]).text
+        assert "<script>" not in done
