@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,19 @@ class ApprovalOperator(BaseOperator):
     :param metadata: Free-form dict (environment, model version, ``risk``) kept with the request (templated).
     :param conn_id: Connection of the approval store; default ``[hitl] conn_id``.
     :param poll_interval: Seconds between store polls in the triggerer; default ``[hitl] poll_interval``.
+    :param notify_channels: Where to tell people: any of ``email``, ``slack``, ``webhook``, ``in_app``.
+        Notices go out when the gate opens, on every ``remind_every``, on escalation, and when it is
+        decided, times out or is cancelled. Sent from the worker, never from the triggerer.
+    :param notify_users: Airflow user names to tell (default: ``allowed_approvers``).
+    :param notify_roles: Roles whose members to tell (default: ``allowed_roles``).
+    :param slack_channel: Post to this Slack channel instead of direct messages to each person.
+    :param slack_conn_id: Slack API connection; default ``[hitl] notify_slack_conn_id``.
+    :param smtp_conn_id: SMTP connection; default ``[hitl] notify_smtp_conn_id``.
+    :param webhook_conn_id: HTTP connection of the webhook receiver; default ``[hitl] notify_webhook_conn_id``.
+    :param webhook_endpoint: Path appended to the webhook connection's URL.
+    :param remind_every: Remind the approvers this often while the gate waits (a ``timedelta``).
+    :param notify_templates: Jinja2 overrides per event (``required``, ``reminder``, ``escalated``,
+        ``timed_out``, ``decided``, ``cancelled``), each a dict with any of ``subject``, ``text``, ``html``.
     """
 
     template_fields: Sequence[str] = ("title", "description", "reason", "context", "metadata")
@@ -104,6 +118,16 @@ class ApprovalOperator(BaseOperator):
         metadata: Mapping[str, Any] | None = None,
         conn_id: str | None = None,
         poll_interval: float | None = None,
+        notify_channels: Sequence[str] | None = None,
+        notify_users: Sequence[str] | None = None,
+        notify_roles: Sequence[str] | None = None,
+        slack_channel: str | None = None,
+        slack_conn_id: str | None = None,
+        smtp_conn_id: str | None = None,
+        webhook_conn_id: str | None = None,
+        webhook_endpoint: str | None = None,
+        remind_every: dt.timedelta | None = None,
+        notify_templates: Mapping[str, Mapping[str, str]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -134,6 +158,19 @@ class ApprovalOperator(BaseOperator):
         self.metadata = dict(metadata or {}) if isinstance(metadata, Mapping) or metadata is None else metadata
         self.conn_id = conn_id
         self.poll_interval = poll_interval
+        self.notify = _parse_notify(
+            channels=notify_channels,
+            users=notify_users,
+            roles=notify_roles,
+            slack_channel=slack_channel,
+            slack_conn_id=slack_conn_id,
+            smtp_conn_id=smtp_conn_id,
+            webhook_conn_id=webhook_conn_id,
+            webhook_endpoint=webhook_endpoint,
+            remind_every=remind_every,
+            templates=notify_templates,
+        )
+        self.remind_every = remind_every
         self._validate()
 
     # ------------------------------------------------------------------ parse time
@@ -176,6 +213,7 @@ class ApprovalOperator(BaseOperator):
             "allow_self_approval": self.allow_self_approval,
             "on_reject": self.on_reject,
             "metadata": self.metadata,
+            "notify": self.notify,
         }
         fields.update(overrides)
         return ApprovalSpec(**fields)
@@ -224,11 +262,51 @@ class ApprovalOperator(BaseOperator):
                 self.log.info("condition is false: waiting for people")
         if not approval.is_waiting:
             return self._finish(context, approval)
+        if self.notify.get("channels") and not manager.list_notifications(
+            request_id=approval.id, event_type="required", limit=1
+        ):
+            # Only once per request: a retried execute() of the same try finds its request again.
+            self._send_notices(manager, approval, "required")
         self._defer(approval)
+
+    def _send_notices(self, manager: ApprovalManager, approval: Approval, event: str) -> None:
+        """Tell people on every configured channel; a failure is logged, never raised."""
+        if not self.notify.get("channels"):
+            return
+        try:
+            from airflow_hitl.notifications.dispatcher import NotificationDispatcher
+
+            rows = NotificationDispatcher(manager=manager).dispatch(approval, event)
+        except Exception:
+            self.log.exception("could not send %s notices for approval request %s", event, approval.id)
+            return
+        failed = [r for r in rows if r.status == "failed"]
+        self.log.info(
+            "%s notices for approval request %s: %d sent, %d failed",
+            event,
+            approval.id,
+            len(rows) - len(failed),
+            len(failed),
+        )
+        for row in failed:
+            self.log.warning("%s notice to %s failed: %s", row.channel, row.recipient, row.error or row.metadata)
+
+    def _next_reminder(self, approval: Approval) -> float | None:
+        if self.remind_every is None or not approval.is_waiting:
+            return None
+        at = time.time() + self.remind_every.total_seconds()
+        if approval.expires_at is not None and at >= approval.expires_at.timestamp():
+            return None  # the expiry notice (timed out / escalated) comes instead
+        return at
 
     def _defer(self, approval: Approval) -> None:
         self.defer(
-            trigger=ApprovalTrigger(request_id=approval.id, conn_id=self.conn_id, poll_interval=self.poll_interval),
+            trigger=ApprovalTrigger(
+                request_id=approval.id,
+                conn_id=self.conn_id,
+                poll_interval=self.poll_interval,
+                remind_at=self._next_reminder(approval),
+            ),
             method_name="execute_complete",
         )
 
@@ -238,7 +316,8 @@ class ApprovalOperator(BaseOperator):
             raise AirflowFailException(f"approval trigger returned no usable event: {event!r}")
         if event.get("status") == "error":
             raise AirflowFailException(event.get("error") or "approval trigger failed")
-        approval = self._manager().get(event["request_id"])
+        manager = self._manager()
+        approval = manager.get(event["request_id"])
         if approval.is_waiting:
             if event.get("status") == "escalated":
                 self.log.info(
@@ -247,7 +326,14 @@ class ApprovalOperator(BaseOperator):
                     approval.escalation_level,
                     approval.expires_at,
                 )
+                self._send_notices(manager, approval, "escalated")
+            elif event.get("status") == "remind":
+                self._send_notices(manager, approval, "reminder")
             self._defer(approval)
+        if approval.state not in ("pending", "escalated") and approval.decision_source not in ("auto", "condition"):
+            from airflow_hitl.notifications.dispatcher import event_for
+
+            self._send_notices(manager, approval, event_for(approval))
         return self._finish(context, approval)
 
     def _finish(self, context: Context, approval: Approval) -> dict[str, Any]:
@@ -347,3 +433,76 @@ def _parse_escalation(value: Any, timeout: dt.timedelta | None) -> list[Escalati
             raise InvalidApprovalConfig("escalate_to", "a list of user names needs `timeout` for the level")
         return [EscalationLevel.parse({"approvers": list(value), "timeout": timeout})]
     return [EscalationLevel.parse(v, index=i) for i, v in enumerate(value)]
+
+
+NOTIFY_CHANNELS = ("email", "slack", "webhook", "in_app")
+
+
+def _optional_str(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidApprovalConfig(name, "must be a non-empty string")
+    return value
+
+
+def _parse_notify(
+    *,
+    channels: Any,
+    users: Any,
+    roles: Any,
+    slack_channel: Any,
+    slack_conn_id: Any,
+    smtp_conn_id: Any,
+    webhook_conn_id: Any,
+    webhook_endpoint: Any,
+    remind_every: Any,
+    templates: Any,
+) -> dict[str, Any]:
+    """The request's ``notify`` options, checked now so a wrong one fails the DAG import naming it."""
+    from airflow_hitl.notifications.templates import validate_overrides
+
+    if channels is None:
+        channels = []
+    if isinstance(channels, str) or not isinstance(channels, Sequence):
+        raise InvalidApprovalConfig("notify_channels", f"must be a list of channels from {list(NOTIFY_CHANNELS)}")
+    for channel in channels:
+        if channel not in NOTIFY_CHANNELS:
+            raise InvalidApprovalConfig("notify_channels", f"unknown channel {channel!r}; use {list(NOTIFY_CHANNELS)}")
+    channels = list(dict.fromkeys(channels))
+    notify: dict[str, Any] = {"channels": channels}
+    user_list = str_list(users, "notify_users")
+    role_list = str_list(roles, "notify_roles")
+    if user_list:
+        notify["users"] = user_list
+    if role_list:
+        notify["roles"] = role_list
+    per_channel = {
+        "slack_channel": ("slack", slack_channel),
+        "slack_conn_id": ("slack", slack_conn_id),
+        "smtp_conn_id": ("email", smtp_conn_id),
+        "webhook_conn_id": ("webhook", webhook_conn_id),
+        "webhook_endpoint": ("webhook", webhook_endpoint),
+    }
+    for name, (channel, value) in per_channel.items():
+        if _optional_str(name, value) is None:
+            continue
+        if channel not in channels:
+            raise InvalidApprovalConfig(name, f"is only used when notify_channels includes {channel!r}")
+        notify[name] = value
+    if (user_list or role_list) and not channels:
+        raise InvalidApprovalConfig("notify_channels", "is required when notify_users or notify_roles is given")
+    if remind_every is not None:
+        if not isinstance(remind_every, dt.timedelta) or remind_every <= dt.timedelta(0):
+            raise InvalidApprovalConfig("remind_every", "must be a positive datetime.timedelta")
+        if not channels:
+            raise InvalidApprovalConfig("remind_every", "needs notify_channels to remind anyone")
+        notify["remind_every_seconds"] = remind_every.total_seconds()
+    problem = validate_overrides(templates)
+    if problem:
+        raise InvalidApprovalConfig("notify_templates", problem)
+    if templates:
+        if not channels:
+            raise InvalidApprovalConfig("notify_templates", "needs notify_channels")
+        notify["templates"] = {event: dict(parts) for event, parts in templates.items()}
+    return notify if channels else {}

@@ -38,7 +38,7 @@ class ApprovalTriggerEventPayload(TypedDict, total=False):
     """What the trigger hands back to ``ApprovalOperator.execute_complete``."""
 
     request_id: str
-    status: Literal["decided", "escalated", "error"]
+    status: Literal["decided", "escalated", "error", "remind"]
     state: str
     error: str
 
@@ -52,19 +52,27 @@ class ApprovalTrigger(BaseTrigger):
         request_id: str,
         conn_id: str | None = None,
         poll_interval: float | None = None,
+        remind_at: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.request_id = str(request_id)
         self.conn_id = conn_id
         self.poll_interval = poll_interval
+        # Unix time of the next reminder (``remind_every``): the trigger only wakes the task
+        # then; the worker sends the reminder, so nothing slow runs in the triggerer.
+        self.remind_at = float(remind_at) if remind_at is not None else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Only the id and where the store is: everything else is read from the store."""
-        return (
-            "airflow_hitl.triggers.approval.ApprovalTrigger",
-            {"request_id": self.request_id, "conn_id": self.conn_id, "poll_interval": self.poll_interval},
-        )
+        kwargs: dict[str, Any] = {
+            "request_id": self.request_id,
+            "conn_id": self.conn_id,
+            "poll_interval": self.poll_interval,
+        }
+        if self.remind_at is not None:
+            kwargs["remind_at"] = self.remind_at
+        return ("airflow_hitl.triggers.approval.ApprovalTrigger", kwargs)
 
     async def _manager(self, settings: HitlSettings | None = None) -> ApprovalManager:
         url = await aresolve_store_url(self.conn_id, settings)
@@ -72,7 +80,7 @@ class ApprovalTrigger(BaseTrigger):
         return ApprovalManager(store=store)
 
     def _event(
-        self, status: Literal["decided", "escalated", "error"], state: str, error: str | None = None
+        self, status: Literal["decided", "escalated", "error", "remind"], state: str, error: str | None = None
     ) -> TriggerEvent:
         payload = ApprovalTriggerEventPayload(request_id=self.request_id, status=status, state=state)
         if error:
@@ -80,7 +88,7 @@ class ApprovalTrigger(BaseTrigger):
         return TriggerEvent(payload)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Yield one event: decided (any final state), escalated, or error (request vanished)."""
+        """Yield one event: decided (any final state), escalated, remind (``remind_at`` passed), or error."""
         started = time.monotonic()
         settings = HitlSettings.load()
         manager = await self._call_with_retry(lambda: self._manager(settings), settings)
@@ -126,6 +134,15 @@ class ApprovalTrigger(BaseTrigger):
                                 return
                             remaining = _MIN_WAIT
                         timeout = max(remaining, _MIN_WAIT)
+                    if self.remind_at is not None:
+                        until_remind = self.remind_at - time.time()
+                        if until_remind <= 0:
+                            self.log.info("approval request %s: time to remind the approvers", self.request_id)
+                            await self._settle(started, settings)
+                            yield self._event("remind", state.state)
+                            return
+                        until_remind = max(until_remind, _MIN_WAIT)
+                        timeout = until_remind if timeout is None else min(timeout, until_remind)
                 await watch.wait(timeout)
         finally:
             poller.unwatch(watch)
