@@ -201,7 +201,7 @@ class AirflowHarness:
         self._tokens: dict[str, str] = {}
         self._store: ApprovalStore | None = None
         self._manager: ApprovalManager | None = None
-        self._http = httpx.Client(base_url=self.base_url, timeout=30.0, trust_env=False)
+        self._http = httpx.Client(base_url=self.base_url, timeout=90.0, trust_env=False)
         self.env = self._build_env()
 
     # ------------------------------------------------------------------ setup
@@ -290,10 +290,26 @@ class AirflowHarness:
                 )
             self._wait_healthy()
             self.wait_for_dags(self.expected_dag_ids())
+            self.warm_up()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def warm_up(self, *, attempts: int = 3) -> None:
+        """Run ``e2e_warmup`` until it succeeds once.
+
+        On a busy machine the api-server's first task-execution request can take over 30 s;
+        the task runner gives up meanwhile and that first task fails. Pay for it here, once,
+        rather than in whichever test happens to run first.
+        """
+        self.api("GET", "/execution/health", expect=None)
+        for _ in range(attempts):
+            run_id = self.trigger("e2e_warmup")
+            run = self.wait_for_run_state("e2e_warmup", run_id, ("success", "failed"), timeout=240)
+            if run["state"] == "success":
+                return
+        raise HarnessError(f"e2e_warmup did not succeed in {attempts} runs:\n{self.dump_logs(lines=40)}")
 
     def stop(self) -> None:
         """Stop every component by its own process group; remove ``root`` when asked to."""

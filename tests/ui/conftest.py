@@ -57,7 +57,6 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowHarness
     print(f"\nstarting Airflow in {root} on {harness.base_url}", file=sys.stderr)
     harness.start()
     _harness = harness
-    _warm_up(harness)
     try:
         yield harness
     finally:
@@ -65,17 +64,6 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowHarness
         harness.stop()
         if os.environ.get("HITL_E2E_KEEP"):
             print(f"\nkept Airflow home: {root}", file=sys.stderr)
-
-
-def _warm_up(harness: AirflowHarness, attempts: int = 3) -> None:
-    """Run ``ui_warmup`` until it succeeds once: the first task execution after start-up is slow."""
-    harness.api("GET", "/execution/health", expect=None)
-    for _ in range(attempts):
-        run_id = harness.trigger("ui_warmup")
-        run = harness.wait_for_run_state("ui_warmup", run_id, ("success", "failed"), timeout=240)
-        if run["state"] == "success":
-            return
-    raise RuntimeError(f"ui_warmup did not succeed in {attempts} runs:\n{harness.dump_logs(lines=40)}")
 
 
 @pytest.fixture(scope="session")
