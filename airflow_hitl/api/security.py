@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -179,12 +180,36 @@ async def bearer_credentials(request: Request) -> HTTPAuthorizationCredentials |
     return await _bearer_scheme(request)
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def require_same_site(request: Request) -> None:
+    """Refuse a state-changing request that did not come from a page of this site (CSRF guard).
+
+    Browsers only let a page add ``X-Requested-With`` to a same-origin request (cross-origin
+    it needs a CORS preflight, which this app never answers), and they always send ``Origin``
+    on a cross-site POST.
+    """
+    if request.headers.get("x-requested-with") != "XMLHttpRequest":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "missing X-Requested-With header (cross-site request refused)")
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "cross-site request refused")
+
+
 async def current_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
 ) -> Caller:
-    """FastAPI dependency: the authenticated caller of this request."""
-    return await authenticate(request, credentials)
+    """FastAPI dependency: the authenticated caller of this request.
+
+    A bearer token cannot be sent by another site; the UI's cookie can, so a state-changing
+    request authenticated by the cookie alone must also prove it came from our own pages.
+    """
+    caller = await authenticate(request, credentials)
+    if credentials is None and request.method not in SAFE_METHODS:
+        require_same_site(request)
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]

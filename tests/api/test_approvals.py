@@ -146,6 +146,33 @@ class TestAuthentication:
         assert response.status_code == 200
         assert response.json()["total_entries"] == 1
 
+    @pytest.mark.parametrize(
+        ("headers", "status"),
+        [
+            pytest.param({}, 403, id="no-header"),
+            pytest.param(
+                {"X-Requested-With": "XMLHttpRequest", "Origin": "https://evil.example"}, 403, id="other-site"
+            ),
+            pytest.param({"X-Requested-With": "XMLHttpRequest"}, 200, id="own-page"),
+        ],
+    )
+    def test_cookie_authenticated_decisions_need_a_same_site_request(
+        self, api: AirflowApi, api_manager: ApprovalManager, headers: dict[str, str], status: int
+    ) -> None:
+        approval = open_request(api_manager)
+        before = snapshot(api_manager)
+        api.client.cookies.set("_token", api.tokens["op"])
+        try:
+            response = api.client.post(f"{API}/{approval.id}/approve", json={}, headers=headers)
+        finally:
+            api.client.cookies.clear()
+        assert response.status_code == status, response.text
+        if status == 403:
+            assert "cross-site" in response.json()["detail"]
+            assert snapshot(api_manager) == before
+        else:
+            assert response.json()["decided_by"] == "op"
+
     def test_vote_is_cast_as_the_token_user(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
         approval = open_request(api_manager)
         response = _post(api, f"{API}/{approval.id}/approve", "op", {"comment": "fine"})

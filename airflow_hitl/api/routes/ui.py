@@ -25,7 +25,7 @@ import uuid
 from functools import lru_cache
 from importlib import resources
 from typing import Annotated, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -34,7 +34,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from airflow_hitl import __version__
 from airflow_hitl.api.datamodels import MAX_ID_LENGTH, ApproveBody, BulkBody, RejectBody
 from airflow_hitl.api.routes.approvals import get_manager
-from airflow_hitl.api.security import Caller, CallerDep, authenticate, require_edit
+from airflow_hitl.api.security import Caller, CallerDep, authenticate, require_edit, require_same_site
 from airflow_hitl.exceptions import HitlError, InvalidInput
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.records import Approval
@@ -192,21 +192,7 @@ async def static(name: str) -> Response:
 # ---------------------------------------------------------------------------- decisions from the pages
 
 
-def require_page_request(request: Request) -> None:
-    """Refuse a state-changing request that did not come from our own pages (CSRF guard).
-
-    Browsers only let a page add ``X-Requested-With`` to a same-origin request (cross-origin
-    it needs a CORS preflight, which this app never answers), and they always send ``Origin``
-    on a cross-site POST.
-    """
-    if request.headers.get("x-requested-with") != "XMLHttpRequest":
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "missing X-Requested-With header (cross-site request refused)")
-    origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "cross-site request refused")
-
-
-decisions = APIRouter(prefix="/api/approvals", dependencies=[Depends(require_page_request)])
+decisions = APIRouter(prefix="/api/approvals", dependencies=[Depends(require_same_site)])
 ManagerDep = Annotated[ApprovalManager, Depends(get_manager)]
 
 
