@@ -246,3 +246,47 @@ class TestStandaloneNotifiers:
         [delivery] = webhook_receiver.deliveries
         assert delivery["valid"]
         assert delivery["body"] == {"failed": "load"}
+
+
+@pytest.mark.usefixtures("notify_env")
+class TestEveryEvent:
+    """Every event's default templates render and deliver, in the state the gate is in then."""
+
+    @pytest.mark.parametrize("event", ["required", "reminder", "escalated", "timed_out", "decided", "cancelled"])
+    def test_event_renders_and_is_delivered(
+        self, manager: ApprovalManager, smtp_server: SmtpSink, webhook_receiver: WebhookReceiver, event: str
+    ) -> None:
+        gate = open_gate(manager, channels=["email", "webhook", "in_app"], users=["alice"])
+        if event == "timed_out":
+            gate = manager.create(
+                spec(
+                    allowed_approvers=("alice",),
+                    timeout=dt.timedelta(milliseconds=1),
+                    timeout_action="approve",
+                    notify={"channels": ["email", "webhook", "in_app"], "users": ["alice"]},
+                )
+            )
+            import time
+
+            time.sleep(0.01)
+            gate = manager.apply_timeout(gate.id).approval
+            assert gate.state == "timeout"
+        elif event == "decided":
+            gate = manager.reject(gate.id, user=Principal.of("alice"), reason="not <yet>")
+        elif event == "cancelled":
+            gate = manager.cancel(gate.id, actor="admin", reason="superseded")
+        rows = dispatcher(manager).dispatch(gate, event)
+        # The requester (ricky) hears the outcome too, but has no email address: recorded failed.
+        failed = {(r.channel, r.recipient) for r in rows if r.status != "sent"}
+        assert failed == ({("email", "ricky")} if event in ("decided", "timed_out", "cancelled") else set())
+        assert [d["body"]["event"] for d in webhook_receiver.deliveries] == [event]
+        mails = smtp_server.wait(1)
+        text = mails[0].get_body(("plain",)).get_content()
+        actionable = event in ("required", "reminder", "escalated")
+        assert ("/hitl/links/" in text) is actionable
+        if event == "timed_out":
+            assert "approved automatically" in text
+            assert "continue with the downstream tasks" in text
+        if event == "decided":
+            assert "not <yet>" in text
+            assert "stop: the gate fails" in text
