@@ -212,7 +212,7 @@ def _editable(manager: ApprovalManager, caller: Caller, approval_id: str) -> str
         canonical = str(uuid.UUID(approval_id))
     except ValueError:
         raise InvalidInput("id", "is not a valid approval id") from None
-    require_edit(caller, manager.get(canonical).dag_id)
+    require_edit(caller, manager.dag_id_of(canonical))
     return canonical
 
 
