@@ -7,6 +7,10 @@ transaction that first locks the request row (``SELECT ... FOR UPDATE`` on Postg
 decider racing the timeout, produce exactly one outcome and no vote is lost. Every vote
 and transition appends to the hash-chained audit trail in the same transaction, and on
 PostgreSQL sends a NOTIFY that is delivered when the transaction commits.
+
+The chain has one tail, so appends from all processes take turns. A transaction collects
+its events and appends them all just before it commits (:meth:`ApprovalManager._seal`):
+the turn is held for three short statements, not for the whole decision.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from airflow_hitl.audit import GENESIS_HASH, ChainVerification, event_hash, verify_chain
 from airflow_hitl.exceptions import (
@@ -72,7 +77,12 @@ ORDERABLE = {
 }
 # Any constant works; it serialises appends to the audit chain across processes.
 _AUDIT_LOCK_KEY = 0x41F1_A0D1
-_AUDIT_TAIL = "hitl_audit_tail"
+# Keys of ``Session.info``: what a transaction will append and wake when it seals.
+_PENDING_EVENTS = "hitl_pending_events"
+_PENDING_NOTIFY = "hitl_pending_notify"
+
+DagAccess = Callable[[str], str | None]
+"""Checks the caller's access to a request's DAG: returns why not, or None when allowed."""
 
 
 def utcnow() -> dt.datetime:
@@ -264,7 +274,7 @@ class ApprovalManager:
 
     def _insert(self, spec: ApprovalSpec, *, actor: str | None, source: str) -> Approval:
         now = self._clock()
-        with self.store.begin() as session:
+        with self._transaction() as session:
             if spec.run_id and spec.task_id and spec.try_number is not None:
                 self._supersede_earlier_tries(session, spec, now)
             row = ApprovalRequestRow(
@@ -355,7 +365,7 @@ class ApprovalManager:
     def get(self, request_id: str) -> Approval:
         """One request with its votes; :class:`ApprovalNotFound` when unknown."""
         with self.store.session() as session:
-            row = session.get(ApprovalRequestRow, str(request_id))
+            row = session.get(ApprovalRequestRow, str(request_id), options=[joinedload(ApprovalRequestRow.votes)])
             if row is None:
                 raise ApprovalNotFound(str(request_id))
             return Approval.from_row(row)
@@ -427,14 +437,6 @@ class ApprovalManager:
         with self.store.session() as session:
             return sorted(session.scalars(select(ApprovalRequestRow.dag_id).distinct()))
 
-    def dag_id_of(self, request_id: str) -> str:
-        """The DAG of one request, without loading it (enough to authorize a decision)."""
-        with self.store.session() as session:
-            dag_id = session.scalar(select(ApprovalRequestRow.dag_id).where(ApprovalRequestRow.id == str(request_id)))
-        if dag_id is None:
-            raise ApprovalNotFound(str(request_id))
-        return dag_id
-
     def can_approve(self, user: Principal, approval: Approval, *, action: str = "approve") -> Eligibility:
         """May ``user`` cast ``action`` on ``approval`` now? The reason says why not."""
         if not approval.is_waiting:
@@ -482,8 +484,14 @@ class ApprovalManager:
         metadata: Mapping[str, Any] | None = None,
         source: str = "api",
         client: Mapping[str, Any] | None = None,
+        dag_access: DagAccess | None = None,
     ) -> Approval:
-        """Record ``user``'s approval; approve the request once quorum is reached."""
+        """Record ``user``'s approval; approve the request once quorum is reached.
+
+        ``dag_access`` lets a caller's own access rule (Airflow's, for the REST API) refuse
+        the vote with :class:`NotAllowed`; it is asked under the row lock, with the DAG id
+        read in the same statement, so authorizing costs no extra query.
+        """
         return self._vote(
             request_id,
             user=user,
@@ -493,6 +501,7 @@ class ApprovalManager:
             metadata=metadata,
             source=source,
             client=client,
+            dag_access=dag_access,
         )
 
     def reject(
@@ -504,6 +513,7 @@ class ApprovalManager:
         comment: str | None = None,
         source: str = "api",
         client: Mapping[str, Any] | None = None,
+        dag_access: DagAccess | None = None,
     ) -> Approval:
         """Record ``user``'s rejection; one allowed rejection rejects the request at once."""
         if not isinstance(reason, str) or not reason.strip():
@@ -517,6 +527,7 @@ class ApprovalManager:
             metadata=None,
             source=source,
             client=client,
+            dag_access=dag_access,
         )
 
     def _vote(
@@ -530,11 +541,12 @@ class ApprovalManager:
         metadata: Mapping[str, Any] | None,
         source: str,
         client: Mapping[str, Any] | None,
+        dag_access: DagAccess | None,
     ) -> Approval:
         if source not in VOTE_SOURCES:
             raise InvalidInput("source", f"must be one of {list(VOTE_SOURCES)}")
-        with self.store.begin() as session:
-            row = self._lock(session, request_id)
+        with self._transaction() as session:
+            row = self._lock(session, request_id, dag_access=dag_access)
             now = self._clock()
             self._ensure_open(row, now)
             eligibility = check_vote(policy_of(row), user, action=action, voters=(v.user for v in row.votes))
@@ -555,10 +567,6 @@ class ApprovalManager:
                 created_at=now,
             )
             row.votes.append(vote)
-            try:
-                session.flush()
-            except IntegrityError as err:
-                raise AlreadyVoted(row.id, user.name) from err
             self._audit(
                 session,
                 request_id=row.id,
@@ -601,12 +609,17 @@ class ApprovalManager:
                 )
             else:
                 row.updated_at = now
-            session.flush()
+            try:
+                # The vote and the request in one flush; the row lock makes a duplicate
+                # impossible, the unique constraint makes it impossible twice over.
+                session.flush()
+            except IntegrityError as err:
+                raise AlreadyVoted(row.id, user.name) from err
             return Approval.from_row(row)
 
     def decide_automatically(self, request_id: str, *, source: str, comment: str) -> Approval:
         """Approve at once without people (``approval_type='auto'`` or a true condition)."""
-        with self.store.begin() as session:
+        with self._transaction() as session:
             row = self._lock(session, request_id)
             if row.state not in WAITING_STATES:
                 return Approval.from_row(row)
@@ -631,12 +644,13 @@ class ApprovalManager:
         reason: str,
         source: str = "api",
         client: Mapping[str, Any] | None = None,
+        dag_access: DagAccess | None = None,
     ) -> Approval:
         """Cancel a waiting request (the task was cleared or marked, or someone withdrew it)."""
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidInput("reason", "a reason is required to cancel")
-        with self.store.begin() as session:
-            row = self._lock(session, request_id)
+        with self._transaction() as session:
+            row = self._lock(session, request_id, dag_access=dag_access)
             if row.state not in WAITING_STATES:
                 raise ApprovalNotPending(row.id, row.state)
             self._finish(
@@ -659,7 +673,7 @@ class ApprovalManager:
         Safe to call from any number of triggerers at once: the row lock makes exactly one
         of them apply it; the others see the new state and change nothing.
         """
-        with self.store.begin() as session:
+        with self._transaction() as session:
             row = self._lock(session, request_id)
             now = self._clock()
             if row.state not in WAITING_STATES or row.expires_at is None or now < row.expires_at:
@@ -736,7 +750,7 @@ class ApprovalManager:
         if status not in NOTIFICATION_STATUSES:
             raise InvalidInput("status", f"must be one of {list(NOTIFICATION_STATUSES)}")
         now = self._clock()
-        with self.store.begin() as session:
+        with self._transaction() as session:
             row = ApprovalNotificationRow(
                 id=notification_id or str(uuid.uuid4()),
                 request_id=str(request_id),
@@ -774,7 +788,7 @@ class ApprovalManager:
     ) -> Notification:
         """The notice reached its channel; ``metadata`` is merged (e.g. Slack's message ``ts``)."""
         now = self._clock()
-        with self.store.begin() as session:
+        with self._transaction() as session:
             row = self._notification_row(session, notification_id)
             row.status = "sent"
             row.sent_at = now
@@ -798,7 +812,7 @@ class ApprovalManager:
     ) -> Notification:
         """A send failed; with ``next_attempt_at`` it will be retried, without it it is final."""
         now = self._clock()
-        with self.store.begin() as session:
+        with self._transaction() as session:
             row = self._notification_row(session, notification_id)
             row.status = "failed"
             row.failed_at = now
@@ -862,7 +876,7 @@ class ApprovalManager:
         """Mark ``recipient``'s in-app notifications read (all, or the given ids); return how many."""
         n = ApprovalNotificationRow
         now = self._clock()
-        with self.store.begin() as session:
+        with self._transaction() as session:
             query = select(n).where(n.channel == "in_app", n.recipient == recipient, n.status == "sent")
             if notification_ids is not None:
                 query = query.where(n.id.in_([str(i) for i in notification_ids]))
@@ -880,7 +894,7 @@ class ApprovalManager:
         The row lock makes two simultaneous uses of one link produce exactly one success.
         """
         now = self._clock()
-        with self.store.begin() as session:
+        with self._transaction() as session:
             row = self._notification_row(session, notification_id)
             if row.request_id != str(request_id) or row.recipient != recipient:
                 raise InvalidInput("link", "does not belong to this request and recipient")
@@ -928,12 +942,25 @@ class ApprovalManager:
 
     # ------------------------------------------------------------------ internals
 
-    def _lock(self, session: Session, request_id: str) -> ApprovalRequestRow:
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        """One write transaction whose audit events are appended just before it commits."""
+        with self.store.begin() as session:
+            yield session
+            self._seal(session)
+
+    def _lock(self, session: Session, request_id: str, *, dag_access: DagAccess | None = None) -> ApprovalRequestRow:
+        # Votes must NOT be joined into this statement: after waiting for the lock, PostgreSQL
+        # re-reads the locked row but keeps the joined rows of the statement's older snapshot,
+        # so the votes of the transaction we waited for would be missing. The relationship's
+        # own SELECT runs next, with a fresh snapshot that sees them.
         row = session.scalar(
             select(ApprovalRequestRow).where(ApprovalRequestRow.id == str(request_id)).with_for_update()
         )
         if row is None:
             raise ApprovalNotFound(str(request_id))
+        if dag_access is not None and (refusal := dag_access(row.dag_id)) is not None:
+            raise NotAllowed(refusal)
         return row
 
     @staticmethod
@@ -983,17 +1010,14 @@ class ApprovalManager:
         )
         self._notify(session, row.id)
 
-    def _notify(self, session: Session, request_id: str) -> None:
-        # Delivered by PostgreSQL only when the transaction commits: waiting triggers
-        # wake on a decision that is durable, never on one that rolls back.
-        if self.store.is_postgres:
-            session.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": NOTIFY_CHANNEL, "payload": request_id},
-            )
+    @staticmethod
+    def _notify(session: Session, request_id: str) -> None:
+        # Sent when the transaction seals, delivered by PostgreSQL only when it commits:
+        # waiting triggers wake on a decision that is durable, never on one that rolls back.
+        session.info.setdefault(_PENDING_NOTIFY, {})[request_id] = None
 
+    @staticmethod
     def _audit(
-        self,
         session: Session,
         *,
         request_id: str | None,
@@ -1004,40 +1028,43 @@ class ApprovalManager:
         comment: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> None:
-        # The chain's tail is ours from the first append of a transaction until it commits
-        # (advisory lock on PostgreSQL, the write lock on SQLite): lock and look it up once.
-        prev = session.info.get(_AUDIT_TAIL)
-        if prev is None:
-            if self.store.is_postgres:
-                session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
-            prev = session.scalar(select(ApprovalEventRow.hash).order_by(ApprovalEventRow.seq.desc()).limit(1))
-            prev = prev or GENESIS_HASH
-        clean = _json_safe(details or {})
-        digest = event_hash(
-            prev_hash=prev,
-            request_id=request_id,
-            event_type=event_type,
-            actor=actor,
-            source=source,
-            comment=comment,
-            details=clean,
-            created_at=at,
+        session.info.setdefault(_PENDING_EVENTS, []).append(
+            {
+                "request_id": request_id,
+                "event_type": event_type,
+                "actor": actor,
+                "source": source,
+                "comment": comment,
+                "details": _json_safe(details or {}),
+                "created_at": at,
+            }
         )
-        session.add(
-            ApprovalEventRow(
-                request_id=request_id,
-                event_type=event_type,
-                actor=actor,
-                source=source,
-                comment=comment,
-                details=clean,
-                created_at=at,
-                prev_hash=prev,
-                hash=digest,
-            )
-        )
+
+    def _seal(self, session: Session) -> None:
+        """Append the transaction's audit events to the chain and queue its NOTIFYs."""
+        events: builtins.list[dict[str, Any]] = session.info.pop(_PENDING_EVENTS, [])
+        wake: dict[str, None] = session.info.pop(_PENDING_NOTIFY, {})
+        # Rows the events speak of go first, before this transaction takes the chain's turn.
         session.flush()
-        session.info[_AUDIT_TAIL] = digest
+        if self.store.is_postgres and (events or wake):
+            # One round trip queues the wake-ups and waits for the chain's turn, which is
+            # ours until commit. (On SQLite, BEGIN IMMEDIATE already made it ours.)
+            calls = ["pg_advisory_xact_lock(:lock)"] if events else []
+            params: dict[str, Any] = {"lock": _AUDIT_LOCK_KEY, "channel": NOTIFY_CHANNEL}
+            for i, request_id in enumerate(wake):
+                calls.append(f"pg_notify(:channel, :p{i})")
+                params[f"p{i}"] = request_id
+            session.execute(text(f"SELECT {', '.join(calls)}"), params)
+        if not events:
+            return
+        prev = session.scalar(select(ApprovalEventRow.hash).order_by(ApprovalEventRow.seq.desc()).limit(1))
+        prev = prev or GENESIS_HASH
+        for event in events:
+            digest = event_hash(prev_hash=prev, **event)
+            event.update(prev_hash=prev, hash=digest)
+            prev = digest
+        # Inserted in chain order: the sequence numbers follow the list.
+        session.execute(insert(ApprovalEventRow), events)
 
     @staticmethod
     def _where(filters: ApprovalFilter) -> builtins.list[Any]:

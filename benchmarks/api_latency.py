@@ -35,19 +35,18 @@ import json
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from loadgen import Call, Result, measure
 from sqlalchemy import create_engine, text
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -70,19 +69,6 @@ NATIVE_DAG = textwrap.dedent(
         ApprovalOperator(task_id="{NATIVE_TASK_ID}", subject="Release?")
     '''
 )
-
-
-@dataclass(frozen=True, kw_only=True)
-class Result:
-    """Figures of one scenario at one concurrency."""
-
-    name: str
-    clients: int
-    requests: int
-    errors: int
-    p50_ms: float
-    p99_ms: float
-    throughput: float
 
 
 def free_port() -> int:
@@ -108,59 +94,6 @@ def fresh_databases(admin_url: str, *names: str) -> Iterator[list[str]]:
             for name in created:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile (0..1) of ``values``, nearest-rank."""
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(q * len(ordered) + 0.5) - 1))
-    return ordered[index]
-
-
-async def measure(
-    name: str, clients: int, jobs: Sequence[Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]], base_url: str
-) -> Result:
-    """Run ``jobs`` with ``clients`` concurrent workers over keep-alive connections."""
-    queue: asyncio.Queue[Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]] = asyncio.Queue()
-    for job in jobs:
-        queue.put_nowait(job)
-    latencies: list[float] = []
-    errors: list[str] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60.0) as client:
-
-        async def worker() -> None:
-            while True:
-                try:
-                    job = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                started = time.perf_counter()
-                try:
-                    response = await job(client)
-                except httpx.HTTPError as err:
-                    # A timed-out or dropped call counts, with its time, as an error.
-                    latencies.append(time.perf_counter() - started)
-                    errors.append(f"{type(err).__name__}: {err}")
-                    continue
-                latencies.append(time.perf_counter() - started)
-                if response.status_code >= 400:
-                    errors.append(f"{response.status_code} {response.text[:200]}")
-
-        wall = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        wall = time.perf_counter() - wall
-    if errors:
-        print(f"  {name} x{clients}: {len(errors)} errors, first: {errors[0]}", file=sys.stderr)
-    return Result(
-        name=name,
-        clients=clients,
-        requests=len(latencies),
-        errors=len(errors),
-        p50_ms=statistics.median(latencies) * 1000,
-        p99_ms=percentile(latencies, 0.99) * 1000,
-        throughput=len(latencies) / wall,
-    )
 
 
 class ApiServer:
@@ -211,6 +144,9 @@ def airflow_env(home: Path, *, meta_url: str, store_url: str, port: int) -> dict
         {
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta_url,
+            # psycopg 3 is async-capable; without this Airflow derives an asyncpg URL, a driver
+            # nothing else here needs.
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": meta_url,
             "AIRFLOW__CORE__AUTH_MANAGER": (
                 "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
             ),
@@ -335,11 +271,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--decisions", type=int, default=200, help="approve / PATCH calls per concurrency")
     parser.add_argument("--reads", type=int, default=200, help="GET /pending calls per concurrency")
     parser.add_argument("--workers", type=int, default=1, help="api-server worker processes")
+    parser.add_argument("--clients", default=",".join(map(str, CONCURRENCY)), help="comma-separated concurrency levels")
     parser.add_argument("--keep", action="store_true", help="keep the temporary AIRFLOW_HOME")
     args = parser.parse_args(argv)
-    needed = args.decisions * len(CONCURRENCY)
+    concurrency = [int(c) for c in args.clients.split(",")]
+    needed = args.decisions * len(concurrency)
     if needed > args.seed:
-        parser.error(f"--seed must be at least --decisions x {len(CONCURRENCY)} = {needed}")
+        parser.error(f"--seed must be at least --decisions x {len(concurrency)} = {needed}")
 
     airflow_bin = str(Path(sys.executable).with_name("airflow"))
     home = Path(tempfile.mkdtemp(prefix="hitl-bench-"))
@@ -382,25 +320,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{server.base_url}/api/v2/dags/~/dagRuns/~/hitlDetails?limit=1", headers=headers
             ).raise_for_status()
 
+            host = server.base_url.removeprefix("http://")
             pending_ids = iter(ids)
             native = iter(native_runs)
-            for clients in CONCURRENCY:
+            for clients in concurrency:
                 scenarios = [
                     (
                         "POST /hitl/.../approve",
-                        [_approve_job(next(pending_ids), headers) for _ in range(args.decisions)],
+                        [_approve_call(next(pending_ids), host, headers) for _ in range(args.decisions)],
                     ),
-                    ("GET /hitl/.../pending", [_pending_job(headers) for _ in range(args.reads)]),
+                    ("GET /hitl/.../pending", [_pending_call(host, headers) for _ in range(args.reads)]),
                     (
                         "PATCH /api/v2/.../hitlDetails",
-                        [_native_job(next(native), headers) for _ in range(args.decisions)],
+                        [_native_call(next(native), host, headers) for _ in range(args.decisions)],
                     ),
                 ]
-                for name, jobs in scenarios:
-                    result = asyncio.run(measure(name, clients, jobs, server.base_url))
+                for name, calls in scenarios:
+                    result = asyncio.run(measure(name, clients, calls, server.base_url))
                     results.append(result)
+                    if result.first_error:
+                        print(f"  {name} x{clients}: first error {result.first_error}", file=sys.stderr)
                     print(f"  {result}", file=sys.stderr)
-                print(f"  done at {clients} clients", file=sys.stderr)
 
             server.stop()
             server = None
@@ -417,31 +357,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _approve_job(approval_id: str, headers: dict[str, str]) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
-    def job(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
-        return client.post(
-            f"/hitl/api/v1/approvals/{approval_id}/approve", headers=headers, json={"comment": "benchmark"}
-        )
-
-    return job
-
-
-def _pending_job(headers: dict[str, str]) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
-    def job(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
-        return client.get("/hitl/api/v1/approvals/pending", headers=headers)
-
-    return job
+def _approve_call(approval_id: str, host: str, headers: dict[str, str]) -> Call:
+    return Call.make(
+        method="POST",
+        path=f"/hitl/api/v1/approvals/{approval_id}/approve",
+        host=host,
+        headers=headers,
+        body={"comment": "benchmark"},
+    )
 
 
-def _native_job(run_id: str, headers: dict[str, str]) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
-    def job(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
-        return client.patch(
-            f"/api/v2/dags/{NATIVE_DAG_ID}/dagRuns/{run_id}/taskInstances/{NATIVE_TASK_ID}/-1/hitlDetails",
-            headers=headers,
-            json={"chosen_options": ["Approve"]},
-        )
+def _pending_call(host: str, headers: dict[str, str]) -> Call:
+    return Call.make(method="GET", path="/hitl/api/v1/approvals/pending", host=host, headers=headers)
 
-    return job
+
+def _native_call(run_id: str, host: str, headers: dict[str, str]) -> Call:
+    return Call.make(
+        method="PATCH",
+        path=f"/api/v2/dags/{NATIVE_DAG_ID}/dagRuns/{run_id}/taskInstances/{NATIVE_TASK_ID}/-1/hitlDetails",
+        host=host,
+        headers=headers,
+        body={"chosen_options": ["Approve"]},
+    )
 
 
 if __name__ == "__main__":

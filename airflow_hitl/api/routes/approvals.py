@@ -17,6 +17,7 @@ import io
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
@@ -109,7 +110,7 @@ def _client(request: Request) -> dict[str, Any]:
     }
 
 
-def _approval_id(value: str) -> str:
+def canonical_approval_id(value: str) -> str:
     """Canonical form of an approval id; InvalidInput when it is not a UUID."""
     if len(value) > MAX_ID_LENGTH:
         raise InvalidInput("id", "is not a valid approval id")
@@ -387,30 +388,22 @@ def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) ->
 @router.get("/{approval_id}", response_model=ApprovalResponse, summary="One approval request with its votes")
 def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Response:
     """One request, with ``can_approve`` for the caller."""
-    approval = manager.get(_approval_id(approval_id))
+    approval = manager.get(canonical_approval_id(approval_id))
     require_read(caller, approval.dag_id)
     return _json(_item(approval, caller, manager))
-
-
-def _load_for_edit(manager: ApprovalManager, caller: Caller, approval_id: str) -> str:
-    """The canonical id of a request ``caller`` may decide: 422 bad id, 404 unknown, 403 no edit access."""
-    canonical = _approval_id(approval_id)
-    # Only the DAG id is needed to authorize; the manager re-reads the row under its lock.
-    require_edit(caller, manager.dag_id_of(canonical))
-    return canonical
 
 
 @router.post("/{approval_id}/approve", response_model=ApprovalResponse, summary="Approve")
 def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Vote to approve; the request is approved once its quorum is reached."""
-    approval_id = _load_for_edit(manager, caller, approval_id)
     decided = manager.approve(
-        approval_id,
+        canonical_approval_id(approval_id),
         user=caller.principal,
         comment=body.comment,
         metadata=body.metadata,
         source="api",
         client=_client(request),
+        dag_access=partial(edit_refusal, caller),
     )
     return _json(_item(decided))
 
@@ -418,14 +411,14 @@ def approve(approval_id: str, body: ApproveBody, request: Request, caller: Calle
 @router.post("/{approval_id}/reject", response_model=ApprovalResponse, summary="Reject (a reason is required)")
 def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Reject; one allowed rejection rejects the request at once."""
-    approval_id = _load_for_edit(manager, caller, approval_id)
     decided = manager.reject(
-        approval_id,
+        canonical_approval_id(approval_id),
         user=caller.principal,
         reason=body.reason,
         comment=body.comment,
         source="api",
         client=_client(request),
+        dag_access=partial(edit_refusal, caller),
     )
     return _json(_item(decided))
 
@@ -433,9 +426,13 @@ def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerD
 @router.post("/{approval_id}/cancel", response_model=ApprovalResponse, summary="Cancel a waiting request")
 def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Withdraw a waiting request; its task fails. Needs edit access to the DAG."""
-    approval_id = _load_for_edit(manager, caller, approval_id)
     cancelled = manager.cancel(
-        approval_id, actor=caller.name, reason=body.reason, source="api", client=_client(request)
+        canonical_approval_id(approval_id),
+        actor=caller.name,
+        reason=body.reason,
+        source="api",
+        client=_client(request),
+        dag_access=partial(edit_refusal, caller),
     )
     return _json(_item(cancelled))
 
@@ -444,13 +441,19 @@ def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerD
 def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Apply one action to every id; each gets its own result, and one failure stops nothing."""
     client = _client(request)
+    access = partial(edit_refusal, caller)
     results: list[BulkItemResult] = []
     for raw_id in body.ids:
         try:
-            approval_id = _load_for_edit(manager, caller, raw_id)
+            approval_id = canonical_approval_id(raw_id)
             if body.action == "approve":
                 done = manager.approve(
-                    approval_id, user=caller.principal, comment=body.comment, source="bulk", client=client
+                    approval_id,
+                    user=caller.principal,
+                    comment=body.comment,
+                    source="bulk",
+                    client=client,
+                    dag_access=access,
                 )
             elif body.action == "reject":
                 done = manager.reject(
@@ -460,10 +463,16 @@ def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDe
                     comment=body.comment,
                     source="bulk",
                     client=client,
+                    dag_access=access,
                 )
             else:
                 done = manager.cancel(
-                    approval_id, actor=caller.name, reason=body.reason or "", source="bulk", client=client
+                    approval_id,
+                    actor=caller.name,
+                    reason=body.reason or "",
+                    source="bulk",
+                    client=client,
+                    dag_access=access,
                 )
             results.append(BulkItemResult(id=approval_id, ok=True, status_code=200, state=done.state))
         except HitlError as err:

@@ -21,8 +21,7 @@ is another site.
 from __future__ import annotations
 
 import mimetypes
-import uuid
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -32,9 +31,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from airflow_hitl import __version__
-from airflow_hitl.api.datamodels import MAX_ID_LENGTH, ApproveBody, BulkBody, RejectBody
-from airflow_hitl.api.routes.approvals import get_manager
-from airflow_hitl.api.security import Caller, CallerDep, authenticate, require_edit, require_same_site
+from airflow_hitl.api.datamodels import ApproveBody, BulkBody, RejectBody
+from airflow_hitl.api.routes.approvals import canonical_approval_id, get_manager
+from airflow_hitl.api.security import Caller, CallerDep, authenticate, edit_refusal, require_same_site
 from airflow_hitl.exceptions import HitlError, InvalidInput
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.records import Approval
@@ -204,18 +203,6 @@ def _client(request: Request) -> dict[str, Any]:
     }
 
 
-def _editable(manager: ApprovalManager, caller: Caller, approval_id: str) -> str:
-    """The canonical id of a request ``caller`` may decide: 422 bad id, 404 unknown, 403 no edit access."""
-    if len(approval_id) > MAX_ID_LENGTH:
-        raise InvalidInput("id", "is not a valid approval id")
-    try:
-        canonical = str(uuid.UUID(approval_id))
-    except ValueError:
-        raise InvalidInput("id", "is not a valid approval id") from None
-    require_edit(caller, manager.dag_id_of(canonical))
-    return canonical
-
-
 def _answer(approval: Approval) -> JSONResponse:
     return JSONResponse(approval.to_dict())
 
@@ -223,15 +210,15 @@ def _answer(approval: Approval) -> JSONResponse:
 @decisions.post("/{approval_id}/approve")
 def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Approve from a page (recorded with source ``ui``)."""
-    canonical = _editable(manager, caller, approval_id)
     return _answer(
         manager.approve(
-            canonical,
+            canonical_approval_id(approval_id),
             user=caller.principal,
             comment=body.comment,
             metadata=body.metadata,
             source="ui",
             client=_client(request),
+            dag_access=partial(edit_refusal, caller),
         )
     )
 
@@ -239,15 +226,15 @@ def approve(approval_id: str, body: ApproveBody, request: Request, caller: Calle
 @decisions.post("/{approval_id}/reject")
 def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Reject from a page (a reason is required; recorded with source ``ui``)."""
-    canonical = _editable(manager, caller, approval_id)
     return _answer(
         manager.reject(
-            canonical,
+            canonical_approval_id(approval_id),
             user=caller.principal,
             reason=body.reason,
             comment=body.comment,
             source="ui",
             client=_client(request),
+            dag_access=partial(edit_refusal, caller),
         )
     )
 
@@ -258,13 +245,19 @@ def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDe
     if body.action not in ("approve", "reject"):
         raise InvalidInput("action", "the pages only approve or reject")
     client = _client(request)
+    access = partial(edit_refusal, caller)
     results: list[dict[str, Any]] = []
     for raw_id in body.ids:
         try:
-            canonical = _editable(manager, caller, raw_id)
+            canonical = canonical_approval_id(raw_id)
             if body.action == "approve":
                 done = manager.approve(
-                    canonical, user=caller.principal, comment=body.comment, source="bulk", client=client
+                    canonical,
+                    user=caller.principal,
+                    comment=body.comment,
+                    source="bulk",
+                    client=client,
+                    dag_access=access,
                 )
             else:
                 done = manager.reject(
@@ -274,6 +267,7 @@ def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDe
                     comment=body.comment,
                     source="bulk",
                     client=client,
+                    dag_access=access,
                 )
             results.append({"id": canonical, "ok": True, "status_code": 200, "state": done.state, "detail": None})
         except HitlError as err:
