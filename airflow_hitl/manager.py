@@ -41,6 +41,7 @@ from airflow_hitl.models.store import NOTIFY_CHANNEL, ApprovalStore, get_store
 from airflow_hitl.models.tables import (
     NOTIFICATION_STATUSES,
     TIMEOUT_ACTIONS,
+    WAITING_PREDICATE,
     WAITING_STATES,
     ApprovalEventRow,
     ApprovalNotificationRow,
@@ -1070,7 +1071,9 @@ class ApprovalManager:
     def _where(filters: ApprovalFilter) -> builtins.list[Any]:
         r = ApprovalRequestRow
         where: builtins.list[Any] = []
-        if filters.states:
+        if filters.states and set(filters.states) == set(WAITING_STATES):
+            where.append(text(WAITING_PREDICATE))
+        elif filters.states:
             where.append(r.state.in_(list(filters.states)))
         if filters.dag_id:
             where.append(r.dag_id == filters.dag_id)

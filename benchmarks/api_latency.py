@@ -14,15 +14,21 @@ Not a test: it prints figures. What it does, all on loopback:
    gate task instances get a ``hitl_detail`` row and are parked as ``deferred``, exactly
    what a waiting native ``ApprovalOperator`` leaves behind (no scheduler runs, so nothing
    else touches them while we measure);
-5. measures, at 1, 10 and 50 concurrent clients: ``POST /hitl/api/v1/approvals/{id}/approve``
-   (each call decides a different request), ``GET /hitl/api/v1/approvals/pending`` (first
-   page, 100 items with ``can_approve``) and Airflow's ``PATCH .../hitlDetails`` (each call
-   answers a different task instance), and prints p50/p99 latency and throughput.
+5. measures, at 1, 10 and 50 concurrent keep-alive clients, each operation next to its
+   Airflow-native counterpart: deciding (``POST .../approvals/{id}/approve``, each call a
+   different request, vs ``PATCH .../hitlDetails``, each call a different task instance),
+   reading one (``GET .../approvals/{id}`` vs ``GET .../hitlDetails``) and a 100-item page
+   (``GET .../approvals/pending`` with ``can_approve`` vs ``GET /api/v2/dags/~/dagRuns/~/
+   hitlDetails``); then both decisions again at a fixed offered rate (``--rate``) from 10
+   clients, where latency counts from when each call was due. Prints p50/p99 and req/s.
+   Ours run first: under 50 concurrent PATCHes Airflow's own connection pool runs dry,
+   and the wedged server would slow whatever came after.
 
-The load generator runs on the same machine as the server, so on a small box the figures
-include the client's own CPU use. Usage::
+Closed-loop clients keep the server saturated, so their latency is mostly queueing: about
+clients x CPU time per request, divided by the cores the api-server can use. The load
+generator (:mod:`loadgen`, about 0.15 ms of CPU per call) shares the machine. Usage::
 
-    .venv/bin/python benchmarks/api_latency.py [--decisions 200] [--reads 200] [--pg URL]
+    .venv/bin/python benchmarks/api_latency.py [--decisions 300] [--reads 300] [--workers 1] [--pg URL]
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -52,6 +59,7 @@ from sqlalchemy import create_engine, text
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SEED_REQUESTS = 10_000
 CONCURRENCY = (1, 10, 50)
+API = "/hitl/api/v1/approvals"
 NATIVE_DAG_ID = "bench_native_hitl"
 NATIVE_TASK_ID = "native_gate"
 
@@ -251,15 +259,29 @@ def seed_native(base_url: str, headers: dict[str, str], meta_url: str, count: in
     return run_ids
 
 
-def print_table(results: Sequence[Result], seeded: int) -> None:
+_ORDER = (
+    "POST /hitl/.../approve",
+    "PATCH /api/v2/.../hitlDetails",
+    "GET /hitl/.../approvals/{id}",
+    "GET /api/v2/.../hitlDetails (one)",
+    "GET /hitl/.../pending (100 items)",
+    "GET /api/v2/.../hitlDetails (100 items)",
+)
+
+
+def print_table(results: Sequence[Result], seeded: int, workers: int) -> None:
     """Print the figures as a Markdown table."""
-    print(f"\nairflow-hitl REST API vs Airflow native HITL, one api-server, {seeded:,} requests in the store\n")
-    print("| endpoint | clients | requests | errors | p50 ms | p99 ms | req/s |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in results:
+    print(
+        f"\nairflow-hitl REST API vs Airflow native HITL, one api-server ({workers} worker), "
+        f"{seeded:,} requests in the store\n"
+    )
+    print("| endpoint | clients | load | requests | errors | p50 ms | p99 ms | req/s |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in sorted(results, key=lambda r: (_ORDER.index(r.name.split(" @")[0].strip()), "@" in r.name, r.clients)):
+        load = "closed loop" if r.name.find("@") < 0 else r.name.split("@", 1)[1].strip()
         print(
-            f"| {r.name} | {r.clients} | {r.requests} | {r.errors} | {r.p50_ms:.1f} | {r.p99_ms:.1f} "
-            f"| {r.throughput:.0f} |"
+            f"| {r.name.split('@', 1)[0].strip()} | {r.clients} | {load} | {r.requests} | {r.errors} "
+            f"| {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.throughput:.0f} |"
         )
 
 
@@ -268,16 +290,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pg", default=os.environ.get("HITL_BENCH_PG_URL", PG_ADMIN_URL), help="admin URL")
     parser.add_argument("--seed", type=int, default=SEED_REQUESTS, help="pending requests in the store")
-    parser.add_argument("--decisions", type=int, default=200, help="approve / PATCH calls per concurrency")
-    parser.add_argument("--reads", type=int, default=200, help="GET /pending calls per concurrency")
-    parser.add_argument("--workers", type=int, default=1, help="api-server worker processes")
-    parser.add_argument("--clients", default=",".join(map(str, CONCURRENCY)), help="comma-separated concurrency levels")
+    parser.add_argument("--decisions", type=int, default=300, help="approve / PATCH calls per concurrency")
+    parser.add_argument("--reads", type=int, default=300, help="read calls per scenario and concurrency")
+    parser.add_argument("--workers", type=int, default=1, help="api-server workers (Airflow's default is 1)")
+    parser.add_argument("--clients", default=",".join(map(str, CONCURRENCY)), help="concurrency levels")
+    parser.add_argument(
+        "--rate", type=float, default=50.0, help="decisions/s offered by 10 clients in the open-loop run (0: none)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary AIRFLOW_HOME")
     args = parser.parse_args(argv)
     concurrency = [int(c) for c in args.clients.split(",")]
-    needed = args.decisions * len(concurrency)
+    needed = args.decisions * (len(concurrency) + (1 if args.rate else 0))
     if needed > args.seed:
-        parser.error(f"--seed must be at least --decisions x {len(concurrency)} = {needed}")
+        parser.error(f"--seed must be at least {needed} (one request per decision)")
 
     airflow_bin = str(Path(sys.executable).with_name("airflow"))
     home = Path(tempfile.mkdtemp(prefix="hitl-bench-"))
@@ -314,33 +339,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             native_runs = seed_native(server.base_url, headers, meta, needed)
             print(f"parked {len(native_runs)} native HITL gates in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
 
-            # Warm both code paths (imports, pools, lazy manager) outside the measurements.
-            httpx.get(f"{server.base_url}/hitl/api/v1/approvals/pending?limit=1", headers=headers).raise_for_status()
-            httpx.get(
-                f"{server.base_url}/api/v2/dags/~/dagRuns/~/hitlDetails?limit=1", headers=headers
-            ).raise_for_status()
-
             host = server.base_url.removeprefix("http://")
-            pending_ids = iter(ids)
-            native = iter(native_runs)
+            ours = Calls(host=host, headers=headers, ids=iter(ids), one=ids[-1])
+            native = NativeCalls(host=host, headers=headers, runs=iter(native_runs), one=native_runs[-1])
+            # Warm both code paths (imports, pools, lazy manager) outside the measurements.
+            for call in (ours.pending(), ours.get_one(), native.get_one(), native.list_page()):
+                asyncio.run(measure("warm-up", 1, [call] * 20, server.base_url))
+
+            def run(name: str, clients: int, calls: list[Call], rate: float | None = None) -> None:
+                result = asyncio.run(measure(name, clients, calls, server.base_url, rate=rate, timeout=30.0))
+                results.append(result)
+                if result.first_error:
+                    print(f"  {name} x{clients}: first error {result.first_error}", file=sys.stderr)
+                print(f"  {result}", file=sys.stderr)
+
+            # All of ours first (see the module docstring).
             for clients in concurrency:
-                scenarios = [
-                    (
-                        "POST /hitl/.../approve",
-                        [_approve_call(next(pending_ids), host, headers) for _ in range(args.decisions)],
-                    ),
-                    ("GET /hitl/.../pending", [_pending_call(host, headers) for _ in range(args.reads)]),
-                    (
-                        "PATCH /api/v2/.../hitlDetails",
-                        [_native_call(next(native), host, headers) for _ in range(args.decisions)],
-                    ),
-                ]
-                for name, calls in scenarios:
-                    result = asyncio.run(measure(name, clients, calls, server.base_url))
-                    results.append(result)
-                    if result.first_error:
-                        print(f"  {name} x{clients}: first error {result.first_error}", file=sys.stderr)
-                    print(f"  {result}", file=sys.stderr)
+                run("POST /hitl/.../approve", clients, [ours.approve() for _ in range(args.decisions)])
+                run("GET /hitl/.../approvals/{id}", clients, [ours.get_one()] * args.reads)
+                run("GET /hitl/.../pending (100 items)", clients, [ours.pending()] * args.reads)
+            if args.rate:
+                decisions = [ours.approve() for _ in range(args.decisions)]
+                run(f"POST /hitl/.../approve @ {args.rate:g}/s offered", 10, decisions, args.rate)
+            for clients in concurrency:
+                run("GET /api/v2/.../hitlDetails (one)", clients, [native.get_one()] * args.reads)
+                # At about 0.4 s a page, a third of the calls is plenty.
+                run("GET /api/v2/.../hitlDetails (100 items)", clients, [native.list_page()] * (args.reads // 3))
+            if args.rate:
+                decisions = [native.answer() for _ in range(args.decisions)]
+                run(f"PATCH /api/v2/.../hitlDetails @ {args.rate:g}/s offered", 10, decisions, args.rate)
+            for clients in concurrency:
+                run("PATCH /api/v2/.../hitlDetails", clients, [native.answer() for _ in range(args.decisions)])
 
             server.stop()
             server = None
@@ -353,32 +382,69 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(home, ignore_errors=True)
         else:
             print(f"kept {home}", file=sys.stderr)
-    print_table(results, args.seed)
+    print_table(results, args.seed, args.workers)
     return 0
 
 
-def _approve_call(approval_id: str, host: str, headers: dict[str, str]) -> Call:
-    return Call.make(
-        method="POST",
-        path=f"/hitl/api/v1/approvals/{approval_id}/approve",
-        host=host,
-        headers=headers,
-        body={"comment": "benchmark"},
-    )
+@dataclass(kw_only=True)
+class Calls:
+    """Requests to our API; each decision takes the next pending request."""
+
+    host: str
+    headers: dict[str, str]
+    ids: Iterator[str]
+    one: str
+
+    def approve(self) -> Call:
+        """Approve the next pending request."""
+        return Call.make(
+            method="POST",
+            path=f"{API}/{next(self.ids)}/approve",
+            host=self.host,
+            headers=self.headers,
+            body={"comment": "benchmark"},
+        )
+
+    def get_one(self) -> Call:
+        """Read one request with its votes and ``can_approve``."""
+        return Call.make(method="GET", path=f"{API}/{self.one}", host=self.host, headers=self.headers)
+
+    def pending(self) -> Call:
+        """The first page (100 items) of the pending list."""
+        return Call.make(method="GET", path=f"{API}/pending", host=self.host, headers=self.headers)
 
 
-def _pending_call(host: str, headers: dict[str, str]) -> Call:
-    return Call.make(method="GET", path="/hitl/api/v1/approvals/pending", host=host, headers=headers)
+@dataclass(kw_only=True)
+class NativeCalls:
+    """The same operations on Airflow's own HITL API; each answer takes the next parked gate."""
 
+    host: str
+    headers: dict[str, str]
+    runs: Iterator[str]
+    one: str
 
-def _native_call(run_id: str, host: str, headers: dict[str, str]) -> Call:
-    return Call.make(
-        method="PATCH",
-        path=f"/api/v2/dags/{NATIVE_DAG_ID}/dagRuns/{run_id}/taskInstances/{NATIVE_TASK_ID}/-1/hitlDetails",
-        host=host,
-        headers=headers,
-        body={"chosen_options": ["Approve"]},
-    )
+    def _path(self, run_id: str) -> str:
+        return f"/api/v2/dags/{NATIVE_DAG_ID}/dagRuns/{run_id}/taskInstances/{NATIVE_TASK_ID}/-1/hitlDetails"
+
+    def answer(self) -> Call:
+        """Approve the next parked gate."""
+        return Call.make(
+            method="PATCH",
+            path=self._path(next(self.runs)),
+            host=self.host,
+            headers=self.headers,
+            body={"chosen_options": ["Approve"]},
+        )
+
+    def get_one(self) -> Call:
+        """Read one gate's details."""
+        return Call.make(method="GET", path=self._path(self.one), host=self.host, headers=self.headers)
+
+    def list_page(self) -> Call:
+        """The first page (100 items) of all gates."""
+        return Call.make(
+            method="GET", path="/api/v2/dags/~/dagRuns/~/hitlDetails?limit=100", host=self.host, headers=self.headers
+        )
 
 
 if __name__ == "__main__":

@@ -129,19 +129,39 @@ class _Connection:
         self._reader = self._writer = None
 
 
-async def measure(name: str, clients: int, calls: Sequence[Call], base_url: str, *, timeout: float = 60.0) -> Result:
-    """Run ``calls`` through ``clients`` concurrent keep-alive connections, each waiting for its answer."""
+async def measure(
+    name: str,
+    clients: int,
+    calls: Sequence[Call],
+    base_url: str,
+    *,
+    rate: float | None = None,
+    timeout: float = 60.0,
+) -> Result:
+    """Run ``calls`` through ``clients`` concurrent keep-alive connections, each waiting for its answer.
+
+    Without ``rate`` the clients send as fast as they are answered (closed loop: the server
+    is saturated and latency is mostly queueing). With ``rate`` the calls are due at that
+    many per second and each latency counts from when its call was due, so a server that
+    falls behind is charged for the wait (no coordinated omission).
+    """
     url = urlsplit(base_url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
-    pending = iter(calls)
+    pending = enumerate(calls)
     latencies: list[float] = []
     errors: list[str] = []
+    origin = time.perf_counter()
 
     async def client() -> None:
         conn = _Connection(host=host, port=port, timeout=timeout)
         try:
-            for call in pending:
+            for index, call in pending:
                 started = time.perf_counter()
+                if rate is not None:
+                    due = origin + index / rate
+                    if due > started:
+                        await asyncio.sleep(due - started)
+                    started = due
                 try:
                     status, body = await conn.send(call)
                 except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as err:
@@ -155,9 +175,8 @@ async def measure(name: str, clients: int, calls: Sequence[Call], base_url: str,
         finally:
             await conn.close()
 
-    wall = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
-    wall = time.perf_counter() - wall
+    wall = time.perf_counter() - origin
     return Result(
         name=name,
         clients=clients,

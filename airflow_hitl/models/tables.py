@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -80,6 +81,11 @@ BigIntPk = BigInteger().with_variant(sqlite.INTEGER(), "sqlite")
 
 def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+# Queries for waiting requests use this very text, so PostgreSQL can match it to the
+# partial index below even in a prepared statement's generic plan (bound values cannot).
+WAITING_PREDICATE = _in("state", WAITING_STATES)
 
 
 class Base(DeclarativeBase):
@@ -148,6 +154,15 @@ class ApprovalRequestRow(Base):
         # One request per task try: retrying execute() of the same try finds it again.
         UniqueConstraint("dag_id", "run_id", "task_id", "map_index", "try_number"),
         Index(None, "state", "expires_at"),
+        # The inbox (pending, soonest expiry first) walks this in order and stops after a
+        # page, however many requests wait; without it every page sorts all of them.
+        Index(
+            "ix_approval_requests_waiting",
+            "expires_at",
+            "id",
+            postgresql_where=text(WAITING_PREDICATE),
+            sqlite_where=text(WAITING_PREDICATE),
+        ),
         Index(None, "dag_id", "run_id", "task_id"),
         Index(None, "requested_by"),
         Index(None, "decided_by"),

@@ -31,9 +31,9 @@ class TestConsoleScript:
         script = str(BIN / "airflow-hitl")
         first = run([script, "db", "migrate", "--store-url", url], tmp_path)
         assert first.returncode == 0, first.stderr
-        assert "migrated from empty to 0001" in first.stdout
+        assert "migrated from empty to 0002" in first.stdout
         second = run([script, "db", "migrate", "--store-url", url], tmp_path)
-        assert "already at revision 0001" in second.stdout
+        assert "already at revision 0002" in second.stdout
         assert run([script, "db", "check", "--store-url", url], tmp_path).returncode == 0
 
         manager = ApprovalManager(store=ApprovalStore(url=url))
