@@ -237,12 +237,15 @@ class TestStandaloneNotifiers:
 
     def test_webhook_notifier_signs(self, webhook_receiver: WebhookReceiver) -> None:
         import asyncio
+        from concurrent.futures import ThreadPoolExecutor
 
         from airflow_hitl.notifications.channels import HitlWebhookNotifier
 
         notifier = HitlWebhookNotifier(payload={"failed": "{{ task_id }}"})
         notifier.render_template_fields({"task_id": "load"})  # type: ignore[arg-type]
-        asyncio.run(notifier.async_notify({}))  # type: ignore[arg-type]
+        # Its own thread: Playwright's sync API (tests/ui) leaves a loop running in this one.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, notifier.async_notify({})).result()  # type: ignore[arg-type]
         [delivery] = webhook_receiver.deliveries
         assert delivery["valid"]
         assert delivery["body"] == {"failed": "load"}
