@@ -29,6 +29,7 @@ typecheck: install
 bench: install
 	$(PY) benchmarks/trigger_scale.py
 	$(PY) benchmarks/api_latency.py
+	$(PY) benchmarks/notify_latency.py
 
 clean:
 	rm -rf .demo build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -440,7 +440,13 @@ def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerD
 @router.post("/bulk", response_model=BulkResponse, summary="Approve, reject or cancel many requests")
 def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Apply one action to every id; each gets its own result, and one failure stops nothing."""
-    client = _client(request)
+    return _json(decide_many(body, caller=caller, manager=manager, client=_client(request)))
+
+
+def decide_many(
+    body: BulkBody, *, caller: Caller, manager: ApprovalManager, client: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Apply ``body.action`` to each id as ``caller`` (source ``bulk``); the JSON of a :class:`BulkResponse`."""
     access = partial(edit_refusal, caller)
     results: list[BulkItemResult] = []
     for raw_id in body.ids:
@@ -481,11 +487,9 @@ def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDe
         except HTTPException as err:
             results.append(BulkItemResult(id=raw_id, ok=False, status_code=err.status_code, detail=str(err.detail)))
     succeeded = sum(1 for r in results if r.ok)
-    return _json(
-        {
-            "action": body.action,
-            "results": [r.model_dump() for r in results],
-            "succeeded": succeeded,
-            "failed": len(results) - succeeded,
-        }
-    )
+    return {
+        "action": body.action,
+        "results": [r.model_dump() for r in results],
+        "succeeded": succeeded,
+        "failed": len(results) - succeeded,
+    }

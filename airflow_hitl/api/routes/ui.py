@@ -32,9 +32,9 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from airflow_hitl import __version__
 from airflow_hitl.api.datamodels import ApproveBody, BulkBody, RejectBody
-from airflow_hitl.api.routes.approvals import canonical_approval_id, get_manager
+from airflow_hitl.api.routes.approvals import canonical_approval_id, decide_many, get_manager
 from airflow_hitl.api.security import Caller, CallerDep, authenticate, edit_refusal, require_same_site
-from airflow_hitl.exceptions import HitlError, InvalidInput
+from airflow_hitl.exceptions import InvalidInput
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.records import Approval
 
@@ -244,43 +244,7 @@ def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDe
     """Approve or reject many requests from the inbox; one result per id (source ``bulk``)."""
     if body.action not in ("approve", "reject"):
         raise InvalidInput("action", "the pages only approve or reject")
-    client = _client(request)
-    access = partial(edit_refusal, caller)
-    results: list[dict[str, Any]] = []
-    for raw_id in body.ids:
-        try:
-            canonical = canonical_approval_id(raw_id)
-            if body.action == "approve":
-                done = manager.approve(
-                    canonical,
-                    user=caller.principal,
-                    comment=body.comment,
-                    source="bulk",
-                    client=client,
-                    dag_access=access,
-                )
-            else:
-                done = manager.reject(
-                    canonical,
-                    user=caller.principal,
-                    reason=body.reason or "",
-                    comment=body.comment,
-                    source="bulk",
-                    client=client,
-                    dag_access=access,
-                )
-            results.append({"id": canonical, "ok": True, "status_code": 200, "state": done.state, "detail": None})
-        except HitlError as err:
-            detail = getattr(err, "reason", None) or str(err)
-            results.append({"id": raw_id, "ok": False, "status_code": err.status_code, "state": None, "detail": detail})
-        except HTTPException as err:
-            results.append(
-                {"id": raw_id, "ok": False, "status_code": err.status_code, "state": None, "detail": str(err.detail)}
-            )
-    succeeded = sum(1 for r in results if r["ok"])
-    return JSONResponse(
-        {"action": body.action, "results": results, "succeeded": succeeded, "failed": len(results) - succeeded}
-    )
+    return JSONResponse(decide_many(body, caller=caller, manager=manager, client=_client(request)))
 
 
 router.include_router(decisions)
