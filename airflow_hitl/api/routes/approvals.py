@@ -102,8 +102,8 @@ def get_manager(request: Request) -> ApprovalManager:
 ManagerDep = Annotated[ApprovalManager, Depends(get_manager)]
 
 
-def _client(request: Request) -> dict[str, Any]:
-    # Recorded in the audit trail with every decision made over HTTP.
+def client_of(request: Request) -> dict[str, Any]:
+    """Who sent ``request`` (address, user agent): recorded in the audit trail with every decision made over HTTP."""
     return {
         "client_address": request.client.host if request.client else None,
         "user_agent": request.headers.get("user-agent"),
@@ -402,7 +402,7 @@ def approve(approval_id: str, body: ApproveBody, request: Request, caller: Calle
         comment=body.comment,
         metadata=body.metadata,
         source="api",
-        client=_client(request),
+        client=client_of(request),
         dag_access=partial(edit_refusal, caller),
     )
     return _json(_item(decided))
@@ -417,7 +417,7 @@ def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerD
         reason=body.reason,
         comment=body.comment,
         source="api",
-        client=_client(request),
+        client=client_of(request),
         dag_access=partial(edit_refusal, caller),
     )
     return _json(_item(decided))
@@ -431,7 +431,7 @@ def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerD
         actor=caller.name,
         reason=body.reason,
         source="api",
-        client=_client(request),
+        client=client_of(request),
         dag_access=partial(edit_refusal, caller),
     )
     return _json(_item(cancelled))
@@ -440,7 +440,7 @@ def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerD
 @router.post("/bulk", response_model=BulkResponse, summary="Approve, reject or cancel many requests")
 def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Apply one action to every id; each gets its own result, and one failure stops nothing."""
-    return _json(decide_many(body, caller=caller, manager=manager, client=_client(request)))
+    return _json(decide_many(body, caller=caller, manager=manager, client=client_of(request)))
 
 
 def decide_many(

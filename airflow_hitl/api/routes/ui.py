@@ -23,7 +23,7 @@ from __future__ import annotations
 import mimetypes
 from functools import lru_cache, partial
 from importlib import resources
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
@@ -32,10 +32,9 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from airflow_hitl import __version__
 from airflow_hitl.api.datamodels import ApproveBody, BulkBody, RejectBody
-from airflow_hitl.api.routes.approvals import canonical_approval_id, decide_many, get_manager
+from airflow_hitl.api.routes.approvals import ManagerDep, canonical_approval_id, client_of, decide_many
 from airflow_hitl.api.security import Caller, CallerDep, authenticate, edit_refusal, require_same_site
 from airflow_hitl.exceptions import InvalidInput
-from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.records import Approval
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -192,15 +191,6 @@ async def static(name: str) -> Response:
 
 
 decisions = APIRouter(prefix="/api/approvals", dependencies=[Depends(require_same_site)])
-ManagerDep = Annotated[ApprovalManager, Depends(get_manager)]
-
-
-def _client(request: Request) -> dict[str, Any]:
-    # Recorded in the audit trail with the decision, as the REST API does.
-    return {
-        "client_address": request.client.host if request.client else None,
-        "user_agent": request.headers.get("user-agent"),
-    }
 
 
 def _answer(approval: Approval) -> JSONResponse:
@@ -217,7 +207,7 @@ def approve(approval_id: str, body: ApproveBody, request: Request, caller: Calle
             comment=body.comment,
             metadata=body.metadata,
             source="ui",
-            client=_client(request),
+            client=client_of(request),
             dag_access=partial(edit_refusal, caller),
         )
     )
@@ -233,7 +223,7 @@ def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerD
             reason=body.reason,
             comment=body.comment,
             source="ui",
-            client=_client(request),
+            client=client_of(request),
             dag_access=partial(edit_refusal, caller),
         )
     )
@@ -244,7 +234,7 @@ def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDe
     """Approve or reject many requests from the inbox; one result per id (source ``bulk``)."""
     if body.action not in ("approve", "reject"):
         raise InvalidInput("action", "the pages only approve or reject")
-    return JSONResponse(decide_many(body, caller=caller, manager=manager, client=_client(request)))
+    return JSONResponse(decide_many(body, caller=caller, manager=manager, client=client_of(request)))
 
 
 router.include_router(decisions)
