@@ -62,6 +62,15 @@ class Caller:
         """True when the auth manager gives this user edit access to ``dag_id``."""
         return self._authorized(EDIT, dag_id)
 
+    def edit_refusal(self, dag_id: str) -> str | None:
+        """Why this user may not decide approvals of ``dag_id``, or None when they may.
+
+        Passed as ``dag_access`` to the manager's decisions, which ask it under the row lock.
+        """
+        if self.can_edit_dag(dag_id):
+            return None
+        return f"you do not have edit access to DAG {dag_id!r}"
+
     def _authorized(self, method: str, dag_id: str) -> bool:
         # Lists ask the same question for every row of a DAG; one answer per request is enough.
         key = (method, dag_id)
@@ -225,10 +234,3 @@ def require_edit(caller: Caller, dag_id: str) -> None:
     """Raise 403 unless ``caller`` may edit ``dag_id`` (decide, cancel or open its approvals)."""
     if not caller.can_edit_dag(dag_id):
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"you do not have edit access to DAG {dag_id!r}")
-
-
-def edit_refusal(caller: Caller, dag_id: str) -> str | None:
-    """Why ``caller`` may not decide approvals of ``dag_id``, or None when they may."""
-    if caller.can_edit_dag(dag_id):
-        return None
-    return f"you do not have edit access to DAG {dag_id!r}"

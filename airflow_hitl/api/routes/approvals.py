@@ -17,7 +17,6 @@ import io
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
@@ -42,7 +41,6 @@ from airflow_hitl.api.security import (
     Caller,
     CallerDep,
     current_caller,
-    edit_refusal,
     readable_dag_ids,
     require_edit,
     require_read,
@@ -174,7 +172,7 @@ def _item(approval: Approval, caller: Caller | None = None, manager: ApprovalMan
     # Only the pending list and the single item say what the caller may do; null elsewhere.
     data["can_approve"] = data["can_approve_reason"] = None
     if caller is not None and manager is not None:
-        refusal = edit_refusal(caller, approval.dag_id)
+        refusal = caller.edit_refusal(approval.dag_id)
         if refusal is None:
             eligibility = manager.can_approve(caller.principal, approval)
             data["can_approve"], data["can_approve_reason"] = eligibility.allowed, eligibility.reason
@@ -403,7 +401,7 @@ def approve(approval_id: str, body: ApproveBody, request: Request, caller: Calle
         metadata=body.metadata,
         source="api",
         client=client_of(request),
-        dag_access=partial(edit_refusal, caller),
+        dag_access=caller.edit_refusal,
     )
     return _json(_item(decided))
 
@@ -418,7 +416,7 @@ def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerD
         comment=body.comment,
         source="api",
         client=client_of(request),
-        dag_access=partial(edit_refusal, caller),
+        dag_access=caller.edit_refusal,
     )
     return _json(_item(decided))
 
@@ -432,7 +430,7 @@ def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerD
         reason=body.reason,
         source="api",
         client=client_of(request),
-        dag_access=partial(edit_refusal, caller),
+        dag_access=caller.edit_refusal,
     )
     return _json(_item(cancelled))
 
@@ -447,7 +445,6 @@ def decide_many(
     body: BulkBody, *, caller: Caller, manager: ApprovalManager, client: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Apply ``body.action`` to each id as ``caller`` (source ``bulk``); the JSON of a :class:`BulkResponse`."""
-    access = partial(edit_refusal, caller)
     results: list[BulkItemResult] = []
     for raw_id in body.ids:
         try:
@@ -459,7 +456,7 @@ def decide_many(
                     comment=body.comment,
                     source="bulk",
                     client=client,
-                    dag_access=access,
+                    dag_access=caller.edit_refusal,
                 )
             elif body.action == "reject":
                 done = manager.reject(
@@ -469,7 +466,7 @@ def decide_many(
                     comment=body.comment,
                     source="bulk",
                     client=client,
-                    dag_access=access,
+                    dag_access=caller.edit_refusal,
                 )
             else:
                 done = manager.cancel(
@@ -478,7 +475,7 @@ def decide_many(
                     reason=body.reason or "",
                     source="bulk",
                     client=client,
-                    dag_access=access,
+                    dag_access=caller.edit_refusal,
                 )
             results.append(BulkItemResult(id=approval_id, ok=True, status_code=200, state=done.state))
         except HitlError as err:

@@ -21,7 +21,7 @@ is another site.
 from __future__ import annotations
 
 import mimetypes
-from functools import lru_cache, partial
+from functools import lru_cache
 from importlib import resources
 from typing import Any
 from urllib.parse import urlencode
@@ -33,7 +33,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from airflow_hitl import __version__
 from airflow_hitl.api.datamodels import ApproveBody, BulkBody, RejectBody
 from airflow_hitl.api.routes.approvals import ManagerDep, canonical_approval_id, client_of, decide_many
-from airflow_hitl.api.security import Caller, CallerDep, authenticate, edit_refusal, require_same_site
+from airflow_hitl.api.security import Caller, CallerDep, authenticate, require_same_site
 from airflow_hitl.exceptions import InvalidInput
 from airflow_hitl.records import Approval
 
@@ -208,7 +208,7 @@ def approve(approval_id: str, body: ApproveBody, request: Request, caller: Calle
             metadata=body.metadata,
             source="ui",
             client=client_of(request),
-            dag_access=partial(edit_refusal, caller),
+            dag_access=caller.edit_refusal,
         )
     )
 
@@ -224,7 +224,7 @@ def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerD
             comment=body.comment,
             source="ui",
             client=client_of(request),
-            dag_access=partial(edit_refusal, caller),
+            dag_access=caller.edit_refusal,
         )
     )
 
