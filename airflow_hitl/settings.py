@@ -1,31 +1,255 @@
-"""The ``[hitl]`` configuration section, read in one place.
+"""The ``[hitl]`` configuration section: every option declared once, read in one place.
 
-Defaults live in ``get_provider_info()`` (so ``airflow config list`` documents them) and
-are repeated here as fallbacks, because a provider's defaults are only registered once
-Airflow's providers manager has loaded, which a test or a bare script may never do.
+:data:`OPTIONS` is the only declaration of an option (name, type, default, description,
+example). ``get_provider_info()`` builds Airflow's config documentation from it, and
+:func:`conf_get` falls back to its defaults, because a provider's defaults are only
+registered once Airflow's providers manager has loaded, which a test or a bare script may
+never do. Nothing here reads configuration at import time.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Literal
 
 SECTION = "hitl"
 
-DEFAULTS: dict[str, str] = {
-    "conn_id": "hitl_default",
-    "sqlite_path": "",
-    "auto_migrate": "True",
-    "poll_interval": "2.0",
-    "store_retry_max_backoff": "30.0",
-    "pool_size": "5",
-    "max_comment_length": "4000",
-    "base_url": "http://localhost:8080",
-    "resume_grace_seconds": "10.0",
-}
+OptionType = Literal["string", "boolean", "integer", "float"]
 
 
-def _conf_get(key: str) -> str:
+@dataclass(frozen=True, kw_only=True)
+class Option:
+    """One ``[hitl]`` option as ``airflow config list`` documents it."""
+
+    name: str
+    type: OptionType
+    default: str
+    description: str
+    example: str | None = None
+    version_added: str = "0.1.0"
+
+    def provider_info(self) -> dict[str, Any]:
+        """The option in the shape of a provider's ``config`` section."""
+        return {
+            "description": self.description,
+            "version_added": self.version_added,
+            "type": self.type,
+            # Airflow formats defaults with str.format: braces must be doubled.
+            "default": self.default.replace("{", "{{").replace("}", "}}"),
+            "example": self.example,
+        }
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        name="conn_id",
+        type="string",
+        default="hitl_default",
+        example="hitl_default",
+        description=(
+            "Airflow connection of the approval store (postgres). When it is not defined, a SQLite file under "
+            "AIRFLOW_HOME is used (see sqlite_path)."
+        ),
+    ),
+    Option(
+        name="sqlite_path",
+        type="string",
+        default="",
+        example="/var/lib/airflow/hitl.db",
+        description=(
+            "File of the embedded SQLite store used when the connection is not defined. Empty means "
+            "$AIRFLOW_HOME/hitl.db."
+        ),
+    ),
+    Option(
+        name="auto_migrate",
+        type="boolean",
+        default="True",
+        example="False",
+        description=(
+            "Migrate the approval store on first use when it is behind. Set False in production and run "
+            "`airflow hitl db migrate` from your deployment instead."
+        ),
+    ),
+    Option(
+        name="poll_interval",
+        type="float",
+        default="2.0",
+        example="5.0",
+        description=(
+            "Seconds between the triggerer's store polls. One query per interval serves every waiting gate in "
+            "a triggerer; on PostgreSQL, LISTEN/NOTIFY wakes gates at once anyway."
+        ),
+    ),
+    Option(
+        name="store_retry_max_backoff",
+        type="float",
+        default="30.0",
+        example="60.0",
+        description=("Upper bound, in seconds, of the backoff between retries when the store is unreachable."),
+    ),
+    Option(
+        name="pool_size",
+        type="integer",
+        default="5",
+        example="10",
+        description=("SQLAlchemy connection pool size per process for a PostgreSQL store."),
+    ),
+    Option(
+        name="max_comment_length",
+        type="integer",
+        default="4000",
+        example="10000",
+        description=("Longest comment or reason, in characters, accepted with a decision."),
+    ),
+    Option(
+        name="resume_grace_seconds",
+        type="float",
+        default="10.0",
+        example="5.0",
+        description=(
+            "A decision made within this many seconds of a gate opening resumes the task only this long after "
+            "the gate opened. Airflow 3 can fail a task whose trigger fires before the worker of the "
+            "deferring try has exited (how Airflow's own HITL loses instant decisions); this delay avoids "
+            "that race. 0 disables it."
+        ),
+    ),
+    Option(
+        name="base_url",
+        type="string",
+        default="http://localhost:8080",
+        example="https://airflow.example.com",
+        description=("Public URL of the Airflow api-server, used in links sent to approvers."),
+    ),
+    Option(
+        name="notify_smtp_conn_id",
+        type="string",
+        default="smtp_default",
+        example="smtp_approvals",
+        description=("SMTP connection used for approval emails (a gate may name another)."),
+    ),
+    Option(
+        name="notify_slack_conn_id",
+        type="string",
+        default="slack_api_default",
+        example="slack_approvals",
+        description=("Slack API connection (bot token) used for approval messages and for updating them."),
+    ),
+    Option(
+        name="notify_webhook_conn_id",
+        type="string",
+        default="hitl_webhook",
+        example="approvals_webhook",
+        description=(
+            "HTTP connection of the approval webhook receiver; its password (or `secret` extra) signs every payload."
+        ),
+    ),
+    Option(
+        name="notify_from_email",
+        type="string",
+        default="",
+        example="Airflow approvals <noreply@example.com>",
+        description=("Sender of approval emails when the SMTP connection has no from_email."),
+    ),
+    Option(
+        name="notify_max_retries",
+        type="integer",
+        default="3",
+        example="5",
+        description=("Retries of a failed notification send (exponential backoff between them)."),
+    ),
+    Option(
+        name="notify_retry_backoff",
+        type="float",
+        default="1.0",
+        example="2.0",
+        description=("Seconds before the first retry of a failed send; doubled for each further retry."),
+    ),
+    Option(
+        name="notify_retry_max_backoff",
+        type="float",
+        default="30.0",
+        example="60.0",
+        description=("Longest wait, in seconds, between two retries of a send."),
+    ),
+    Option(
+        name="user_emails",
+        type="string",
+        default="{}",
+        example='{"alice": "alice@example.com"}',
+        description=(
+            "JSON object mapping Airflow user names to email addresses, for users the auth manager has no "
+            "email for (SimpleAuthManager users have none)."
+        ),
+    ),
+    Option(
+        name="slack_users",
+        type="string",
+        default="{}",
+        example='{"alice": "U012ABCDEF"}',
+        description=(
+            "JSON object mapping Airflow user names to Slack member ids (direct messages, and mapping Slack "
+            "button clicks back to Airflow users)."
+        ),
+    ),
+    Option(
+        name="role_members",
+        type="string",
+        default="{}",
+        example='{"ml-leads": ["alice", "bob"]}',
+        description=(
+            "JSON object mapping role names to Airflow user names, used to resolve notify_roles and "
+            "allowed_roles to people (SimpleAuthManager users are added automatically)."
+        ),
+    ),
+    Option(
+        name="signing_key",
+        type="string",
+        default="",
+        example=None,
+        description=(
+            "Secret that signs emailed approval links. Empty: the password of the signing_conn_id connection, "
+            "else a key derived from [api_auth] jwt_secret."
+        ),
+    ),
+    Option(
+        name="signing_conn_id",
+        type="string",
+        default="hitl_signing",
+        example="hitl_signing",
+        description=("Connection whose password is the link signing key when signing_key is empty."),
+    ),
+    Option(
+        name="slack_signing_secret",
+        type="string",
+        default="",
+        example=None,
+        description=(
+            "Slack app signing secret that verifies button clicks at /hitl/slack/interactions. Empty: the "
+            "`signing_secret` extra of the notify_slack_conn_id connection."
+        ),
+    ),
+    Option(
+        name="link_max_age",
+        type="integer",
+        default="604800",
+        example="86400",
+        description=("Longest life, in seconds, of an emailed link (links also expire with their request)."),
+    ),
+)
+
+_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+
+def option(name: str) -> Option:
+    """The declaration of one option; a ``KeyError`` names an option that does not exist."""
+    return _BY_NAME[name]
+
+
+def conf_get(key: str) -> str:
+    """One ``[hitl]`` option as a string: Airflow's config (environment included), else its default."""
+    default = _BY_NAME[key].default
     try:
         from airflow.configuration import conf
 
@@ -33,10 +257,11 @@ def _conf_get(key: str) -> str:
     except Exception:
         # Reading config must never break a gate; fall back to the environment and defaults.
         value = os.environ.get(f"AIRFLOW__{SECTION.upper()}__{key.upper()}")
-    return DEFAULTS[key] if value is None else str(value)
+    return default if value is None else str(value)
 
 
-def _as_bool(value: str) -> bool:
+def as_bool(value: str) -> bool:
+    """Airflow's spelling of a boolean option."""
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
@@ -47,7 +272,7 @@ def airflow_home() -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class HitlSettings:
-    """Typed view of the ``[hitl]`` section."""
+    """Typed view of the store and API options of ``[hitl]`` (notifications: ``NotifySettings``)."""
 
     conn_id: str
     sqlite_path: str
@@ -62,15 +287,15 @@ class HitlSettings:
     @classmethod
     def load(cls) -> HitlSettings:
         """Read the current configuration (environment variables included)."""
-        sqlite_path = _conf_get("sqlite_path") or os.path.join(airflow_home(), "hitl.db")
+        sqlite_path = conf_get("sqlite_path") or os.path.join(airflow_home(), "hitl.db")
         return cls(
-            conn_id=_conf_get("conn_id"),
+            conn_id=conf_get("conn_id"),
             sqlite_path=sqlite_path,
-            auto_migrate=_as_bool(_conf_get("auto_migrate")),
-            poll_interval=float(_conf_get("poll_interval")),
-            store_retry_max_backoff=float(_conf_get("store_retry_max_backoff")),
-            pool_size=int(_conf_get("pool_size")),
-            max_comment_length=int(_conf_get("max_comment_length")),
-            base_url=_conf_get("base_url").rstrip("/"),
-            resume_grace_seconds=float(_conf_get("resume_grace_seconds")),
+            auto_migrate=as_bool(conf_get("auto_migrate")),
+            poll_interval=float(conf_get("poll_interval")),
+            store_retry_max_backoff=float(conf_get("store_retry_max_backoff")),
+            pool_size=int(conf_get("pool_size")),
+            max_comment_length=int(conf_get("max_comment_length")),
+            base_url=conf_get("base_url").rstrip("/"),
+            resume_grace_seconds=float(conf_get("resume_grace_seconds")),
         )

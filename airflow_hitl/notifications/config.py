@@ -1,8 +1,8 @@
-"""Notification options of the ``[hitl]`` section, read in one place.
+"""Typed view of the notification options of the ``[hitl]`` section.
 
-Kept apart from :mod:`airflow_hitl.settings` so the store's settings stay small; the
-defaults are also declared in ``get_provider_info()`` so ``airflow config list`` documents them.
-Secrets (the link signing key, Slack's signing secret) are read here and nowhere else, and
+The options are declared, with their defaults, in :data:`airflow_hitl.settings.OPTIONS` and
+read through :func:`airflow_hitl.settings.conf_get`, like every other ``[hitl]`` option.
+Secrets (the link signing key, Slack's signing secret) are read where they are used, and
 never logged.
 """
 
@@ -10,43 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from airflow_hitl.settings import SECTION
+__all__ = ["NotifySettings", "conf_get"]
+
+from airflow_hitl.settings import conf_get
 
 log = logging.getLogger(__name__)
-
-NOTIFY_DEFAULTS: dict[str, str] = {
-    "notify_smtp_conn_id": "smtp_default",
-    "notify_slack_conn_id": "slack_api_default",
-    "notify_webhook_conn_id": "hitl_webhook",
-    "notify_from_email": "",
-    "notify_max_retries": "3",
-    "notify_retry_backoff": "1.0",
-    "notify_retry_max_backoff": "30.0",
-    "user_emails": "{}",
-    "slack_users": "{}",
-    "role_members": "{}",
-    "signing_key": "",
-    "signing_conn_id": "hitl_signing",
-    "slack_signing_secret": "",
-    "link_max_age": "604800",
-}
-
-
-def conf_get(key: str) -> str:
-    """One ``[hitl]`` option as a string (config file, environment, then the default)."""
-    try:
-        from airflow.configuration import conf
-
-        value = conf.get(SECTION, key, fallback=None)
-    except Exception:
-        # Reading config must never break a gate: use the environment and defaults.
-        value = os.environ.get(f"AIRFLOW__{SECTION.upper()}__{key.upper()}")
-    return NOTIFY_DEFAULTS[key] if value is None else str(value)
 
 
 def _json_mapping(key: str) -> dict[str, Any]:
@@ -71,17 +43,17 @@ class NotifySettings:
     JSON object in the config, used where the auth manager has no such record.
     """
 
-    smtp_conn_id: str = "smtp_default"
-    slack_conn_id: str = "slack_api_default"
-    webhook_conn_id: str = "hitl_webhook"
-    from_email: str = ""
-    max_retries: int = 3
-    retry_backoff: float = 1.0
-    retry_max_backoff: float = 30.0
-    user_emails: dict[str, str] = field(default_factory=dict)
-    slack_users: dict[str, str] = field(default_factory=dict)
-    role_members: dict[str, list[str]] = field(default_factory=dict)
-    link_max_age: float = 604800.0
+    smtp_conn_id: str
+    slack_conn_id: str
+    webhook_conn_id: str
+    from_email: str
+    max_retries: int
+    retry_backoff: float
+    retry_max_backoff: float
+    user_emails: dict[str, str]
+    slack_users: dict[str, str]
+    role_members: dict[str, list[str]]
+    link_max_age: float
 
     @classmethod
     def load(cls) -> NotifySettings:
