@@ -48,7 +48,6 @@ from airflow_hitl.models.tables import (
     ApprovalRequestRow,
     ApprovalVoteRow,
 )
-from airflow_hitl.notifications.record import CHANNELS as NOTIFICATION_CHANNELS
 from airflow_hitl.notifications.record import LinkAlreadyUsed, Notification
 from airflow_hitl.policy import (
     Eligibility,
@@ -59,14 +58,10 @@ from airflow_hitl.policy import (
     str_list,
 )
 from airflow_hitl.records import Approval, WaitState, policy_of
+from airflow_hitl.vocabulary import APPROVAL_TYPES, CHANNELS, FINAL_ACTIONS, ON_REJECT, TERMINAL_STATES, VOTE_SOURCES
 
 log = logging.getLogger(__name__)
 
-APPROVAL_TYPES = ("manual", "auto", "conditional")
-ON_REJECT = ("fail", "skip")
-FINAL_ACTIONS = ("approve", "reject")
-VOTE_SOURCES = ("api", "ui", "email", "slack", "bulk", "cli")
-TERMINAL_STATES = ("approved", "rejected", "timeout", "cancelled")
 ORDERABLE = {
     "requested_at": ApprovalRequestRow.requested_at,
     "expires_at": ApprovalRequestRow.expires_at,
@@ -746,8 +741,8 @@ class ApprovalManager:
         ``notification_id`` may be chosen by the caller: signed email links name the row
         that carries them, so they are made before the row is written.
         """
-        if channel not in NOTIFICATION_CHANNELS:
-            raise InvalidInput("channel", f"must be one of {list(NOTIFICATION_CHANNELS)}")
+        if channel not in CHANNELS:
+            raise InvalidInput("channel", f"must be one of {list(CHANNELS)}")
         if status not in NOTIFICATION_STATUSES:
             raise InvalidInput("status", f"must be one of {list(NOTIFICATION_STATUSES)}")
         now = self._clock()

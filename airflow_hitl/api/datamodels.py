@@ -24,8 +24,6 @@ MAX_COMMENT_LENGTH: int = HitlSettings.load().max_comment_length
 MAX_BULK_IDS = 500
 MAX_ID_LENGTH = 64
 
-STATES = ("pending", "approved", "rejected", "timeout", "escalated", "cancelled")
-DECIDED_STATES = ("approved", "rejected", "timeout", "cancelled")
 
 _TEXT_HELP = f"At most {MAX_COMMENT_LENGTH} characters (`[hitl] max_comment_length`)."
 

@@ -31,11 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-STATES = ("pending", "approved", "rejected", "timeout", "escalated", "cancelled")
-WAITING_STATES = ("pending", "escalated")
-TIMEOUT_ACTIONS = ("approve", "reject", "escalate")
-VOTES = ("approve", "reject")
-NOTIFICATION_STATUSES = ("pending", "sent", "failed", "read")
+from airflow_hitl.vocabulary import NOTIFICATION_STATUSES, STATES, TIMEOUT_ACTIONS, VOTES, WAITING_STATES
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

@@ -32,26 +32,21 @@ from airflow_hitl.notifications.channels import (
 )
 from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.recipients import UserDirectory
-from airflow_hitl.notifications.record import CHANNELS, EVENTS, Notification
+from airflow_hitl.notifications.record import Notification
 from airflow_hitl.notifications.signing import LinkClaims, link_expiry, make_token, signing_key
 from airflow_hitl.notifications.templates import RenderedMessage, render, template_context
 from airflow_hitl.records import Approval
 from airflow_hitl.settings import HitlSettings
+from airflow_hitl.vocabulary import ACTION_EVENTS, CHANNELS, EVENTS, FINAL_EVENTS, final_event
 
 log = logging.getLogger(__name__)
 
-FINAL_EVENTS = ("decided", "timed_out", "cancelled")
-ACTION_EVENTS = ("required", "reminder", "escalated")
 LINKS_PATH = "/hitl/links"
 
 
 def event_for(approval: Approval) -> str:
     """The notice event that matches a finished request's state."""
-    if approval.state == "timeout":
-        return "timed_out"
-    if approval.state == "cancelled":
-        return "cancelled"
-    return "decided"
+    return final_event(approval.state)
 
 
 def details_url(base_url: str, approval: Approval) -> str:

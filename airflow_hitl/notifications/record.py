@@ -13,9 +13,6 @@ from typing import Any
 from airflow_hitl.exceptions import HitlError
 from airflow_hitl.models.tables import ApprovalNotificationRow
 
-CHANNELS = ("email", "slack", "webhook", "in_app")
-EVENTS = ("required", "reminder", "escalated", "timed_out", "decided", "cancelled")
-
 
 class LinkAlreadyUsed(HitlError):
     """An emailed action link was already used once; links work once."""

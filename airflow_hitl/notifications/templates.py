@@ -153,7 +153,7 @@ def render(
 
 def validate_overrides(value: Any) -> str | None:
     """Why ``notify_templates`` is wrong (None when it is fine); templates must also compile."""
-    from airflow_hitl.notifications.record import EVENTS
+    from airflow_hitl.vocabulary import EVENTS
 
     if value is None:
         return None

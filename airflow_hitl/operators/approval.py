@@ -38,6 +38,7 @@ from airflow_hitl.manager import ApprovalManager, ApprovalSpec
 from airflow_hitl.policy import EscalationLevel, str_list
 from airflow_hitl.records import Approval
 from airflow_hitl.triggers.approval import ApprovalTrigger, ApprovalTriggerEventPayload
+from airflow_hitl.vocabulary import CHANNELS
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -435,7 +436,7 @@ def _parse_escalation(value: Any, timeout: dt.timedelta | None) -> list[Escalati
     return [EscalationLevel.parse(v, index=i) for i, v in enumerate(value)]
 
 
-NOTIFY_CHANNELS = ("email", "slack", "webhook", "in_app")
+NOTIFY_CHANNELS = CHANNELS
 
 
 def _optional_str(name: str, value: Any) -> str | None:

@@ -23,9 +23,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from fastapi.responses import JSONResponse
 
 from airflow_hitl.api.datamodels import (
-    DECIDED_STATES,
     MAX_ID_LENGTH,
-    STATES,
     ApprovalCollectionResponse,
     ApprovalResponse,
     ApproveBody,
@@ -49,6 +47,7 @@ from airflow_hitl.exceptions import HitlError, InvalidInput
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec
 from airflow_hitl.policy import EscalationLevel
 from airflow_hitl.records import Approval
+from airflow_hitl.vocabulary import STATES, TERMINAL_STATES
 
 router = APIRouter(prefix="/approvals", tags=["approvals"], dependencies=[Depends(current_caller)])
 
@@ -291,7 +290,7 @@ def history(
         caller,
         manager,
         ApprovalFilter(
-            states=_states(state, DECIDED_STATES),
+            states=_states(state, TERMINAL_STATES),
             dag_id=dag_id,
             run_id=run_id,
             task_id=task_id,

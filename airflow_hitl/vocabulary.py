@@ -1,0 +1,92 @@
+"""The words of an approval, declared once: states, actions, sources, channels and events.
+
+Every other module (the tables' check constraints, the manager, the API's models, the
+notices, the operator) imports them from here, and the pages receive them from the server
+(:func:`for_pages`), so adding a state or a channel is one change in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# ---------------------------------------------------------------- request states
+PENDING = "pending"
+APPROVED = "approved"
+REJECTED = "rejected"
+TIMEOUT = "timeout"
+ESCALATED = "escalated"
+CANCELLED = "cancelled"
+
+STATES = (PENDING, APPROVED, REJECTED, TIMEOUT, ESCALATED, CANCELLED)
+#: Still waiting for people (the trigger keeps watching these).
+WAITING_STATES = (PENDING, ESCALATED)
+#: Finished for good: nothing changes a request in one of these.
+TERMINAL_STATES = (APPROVED, REJECTED, TIMEOUT, CANCELLED)
+
+# ---------------------------------------------------------------- what people and expiry do
+APPROVE = "approve"
+REJECT = "reject"
+ESCALATE = "escalate"
+CANCEL = "cancel"
+
+#: A person's vote.
+VOTES = (APPROVE, REJECT)
+#: The decisions a REST/UI caller can ask for (bulk included).
+ACTIONS = (APPROVE, REJECT, CANCEL)
+#: What happens when a request expires.
+TIMEOUT_ACTIONS = (APPROVE, REJECT, ESCALATE)
+#: What happens when the last escalation level expires.
+FINAL_ACTIONS = (APPROVE, REJECT)
+
+APPROVAL_TYPES = ("manual", "auto", "conditional")
+ON_REJECT = ("fail", "skip")
+
+# ---------------------------------------------------------------- where a decision came from
+#: Channels through which a person votes.
+VOTE_SOURCES = ("api", "ui", "email", "slack", "bulk", "cli")
+#: Sources of a decision no person made.
+SYSTEM_SOURCES = ("timeout", "auto", "condition", "airflow", "system", "operator")
+SOURCES = VOTE_SOURCES + SYSTEM_SOURCES
+
+# ---------------------------------------------------------------- notices
+EMAIL = "email"
+SLACK = "slack"
+WEBHOOK = "webhook"
+IN_APP = "in_app"
+CHANNELS = (EMAIL, SLACK, WEBHOOK, IN_APP)
+
+REQUIRED = "required"
+REMINDER = "reminder"
+ESCALATED_EVENT = "escalated"
+TIMED_OUT = "timed_out"
+DECIDED = "decided"
+CANCELLED_EVENT = "cancelled"
+#: Notice events, in the order a request can go through them.
+EVENTS = (REQUIRED, REMINDER, ESCALATED_EVENT, TIMED_OUT, DECIDED, CANCELLED_EVENT)
+#: Events that ask people to act (they carry decision links and buttons).
+ACTION_EVENTS = (REQUIRED, REMINDER, ESCALATED_EVENT)
+#: Events that tell people how a request ended.
+FINAL_EVENTS = (DECIDED, TIMED_OUT, CANCELLED_EVENT)
+
+NOTIFICATION_STATUSES = ("pending", "sent", "failed", "read")
+
+
+def final_event(state: str) -> str:
+    """The notice event that announces a request that ended in ``state``."""
+    if state == TIMEOUT:
+        return TIMED_OUT
+    if state == CANCELLED:
+        return CANCELLED_EVENT
+    return DECIDED
+
+
+def for_pages() -> dict[str, Any]:
+    """The vocabulary the Approvals pages need, embedded in each page as JSON."""
+    return {
+        "states": list(STATES),
+        "waiting_states": list(WAITING_STATES),
+        "terminal_states": list(TERMINAL_STATES),
+        "votes": list(VOTES),
+        "sources": list(SOURCES),
+        "channels": list(CHANNELS),
+    }
