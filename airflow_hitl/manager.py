@@ -23,12 +23,14 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
+from airflow_hitl import metrics
 from airflow_hitl.audit import GENESIS_HASH, ChainVerification, event_hash, verify_chain
 from airflow_hitl.exceptions import (
     AlreadyVoted,
@@ -76,6 +78,7 @@ _AUDIT_LOCK_KEY = 0x41F1_A0D1
 # Keys of ``Session.info``: what a transaction will append and wake when it seals.
 _PENDING_EVENTS = "hitl_pending_events"
 _PENDING_NOTIFY = "hitl_pending_notify"
+_PENDING_METRICS = "hitl_pending_metrics"
 
 DagAccess = Callable[[str], str | None]
 """Checks the caller's access to a request's DAG: returns why not, or None when allowed."""
@@ -307,6 +310,7 @@ class ApprovalManager:
             )
             session.add(row)
             session.flush()
+            self._measure(session, metrics.request_opened)
             self._audit(
                 session,
                 request_id=row.id,
@@ -440,6 +444,13 @@ class ApprovalManager:
         if approval.expires_at is not None and self._clock() >= approval.expires_at:
             return Eligibility(allowed=False, code="expired", reason="this request has expired")
         return check_vote(approval.policy, user, action=action, voters=(v.user for v in approval.votes))
+
+    def count_waiting(self) -> int:
+        """How many requests wait for people, store-wide."""
+        with self.store.session() as session:
+            return int(
+                session.scalar(select(func.count()).select_from(ApprovalRequestRow).where(text(WAITING_PREDICATE))) or 0
+            )
 
     def wait_states(self, request_ids: Sequence[str]) -> dict[str, WaitState]:
         """State and expiry of many requests in one query, whatever their number."""
@@ -699,6 +710,7 @@ class ApprovalManager:
         # Escalation widens the circle: the earlier approvers may still decide.
         row.escalation_level += 1
         row.state = "escalated"
+        self._measure(session, metrics.request_escalated)
         row.allowed_approvers = list(dict.fromkeys([*row.allowed_approvers, *level.approvers]))
         row.allowed_roles = list(dict.fromkeys([*row.allowed_roles, *level.roles]))
         if level.required_approvals is not None:
@@ -944,6 +956,16 @@ class ApprovalManager:
         with self.store.begin() as session:
             yield session
             self._seal(session)
+            measured: builtins.list[Callable[[], None]] = session.info.pop(_PENDING_METRICS, [])
+        # Only what committed is counted.
+        for send in measured:
+            send()
+        if measured:
+            metrics.waiting(self.count_waiting)
+
+    @staticmethod
+    def _measure(session: Session, send: Callable[[], None]) -> None:
+        session.info.setdefault(_PENDING_METRICS, []).append(send)
 
     def _lock(self, session: Session, request_id: str, *, dag_access: DagAccess | None = None) -> ApprovalRequestRow:
         # Votes must NOT be joined into this statement: after waiting for the lock, PostgreSQL
@@ -982,6 +1004,10 @@ class ApprovalManager:
         details: Mapping[str, Any] | None = None,
     ) -> None:
         previous = row.state
+        self._measure(
+            session,
+            partial(metrics.request_ended, state=state, source=source, requested_at=row.requested_at, ended_at=now),
+        )
         row.state = state
         row.decision = decision
         row.decided_by = by

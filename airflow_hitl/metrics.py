@@ -1,0 +1,144 @@
+"""Metrics of the approval gates, sent through Airflow's own ``Stats``.
+
+Whatever the user configured in ``[metrics]`` (StatsD, DataDog's DogStatsD or OpenTelemetry)
+receives them, under Airflow's ``statsd_prefix``. The names (all under ``hitl.``):
+
+=====================================  =======  ==============================================
+name                                   type     meaning
+=====================================  =======  ==============================================
+``hitl.requests.opened``               counter  a gate opened a request
+``hitl.decided.<state>.<source>``      counter  a request ended: ``approved``, ``rejected``,
+                                                ``timeout`` or ``cancelled``, by ``api``, ``ui``,
+                                                ``email``, ``slack``, ``bulk``, ``cli``,
+                                                ``timeout``, ``auto``, ``condition``, ``airflow``
+``hitl.timeouts``                      counter  a request expired (its action applied)
+``hitl.escalations``                   counter  a request expired and escalated to a new level
+``hitl.notices.sent.<channel>``        counter  a notice was delivered (``email``, ``slack``,
+                                                ``webhook``, ``in_app``)
+``hitl.notices.failed.<channel>``      counter  a notice send failed
+``hitl.time_to_decision``              timer    from the request's opening to its end
+``hitl.requests.waiting``              gauge    requests waiting for people, store-wide
+=====================================  =======  ==============================================
+
+Each process of Airflow 3.3 initialises its ``Stats`` (api-server, scheduler, triggerer,
+task runner), but in two copies (the core's and the Task SDK's): we use whichever this process
+initialised, and initialise the Task SDK's from ``[metrics]`` where neither was (the trigger
+runner's subprocess, a script). Sending a metric never raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PREFIX = "hitl"
+
+_lock = threading.Lock()
+_backend: Any = None
+
+
+def _initialised(module: Any) -> bool:
+    return getattr(module, "_factory", None) is not None
+
+
+def _stats() -> Any:
+    """The ``Stats`` facade of this process, initialised from ``[metrics]`` if nobody did."""
+    global _backend
+    if _backend is not None:
+        return _backend
+    with _lock:
+        if _backend is not None:
+            return _backend
+        try:
+            from airflow.sdk._shared.observability.metrics import stats as sdk_stats
+        except ImportError:  # Airflow 3.1 and 3.2: one Stats, set up on first use
+            from airflow.stats import Stats
+
+            _backend = Stats
+            return _backend
+        core_stats: Any = None
+        with contextlib.suppress(ImportError):
+            from airflow._shared.observability.metrics import stats as core_stats
+        if core_stats is not None and _initialised(core_stats):
+            _backend = core_stats
+        else:
+            if not _initialised(sdk_stats):
+                from airflow.sdk.configuration import conf
+                from airflow.sdk.observability.metrics import stats_utils
+
+                sdk_stats.initialize(
+                    factory=stats_utils.get_stats_factory(),
+                    export_legacy_names=conf.getboolean("metrics", "legacy_names_on", fallback=False),
+                )
+            _backend = sdk_stats
+        return _backend
+
+
+def enabled() -> bool:
+    """True when ``[metrics]`` sends metrics anywhere (then a gauge is worth a query)."""
+    try:
+        from airflow.configuration import conf
+
+        return any(
+            conf.getboolean("metrics", option, fallback=False)
+            for option in ("statsd_on", "statsd_datadog_enabled", "otel_on")
+        )
+    except Exception:
+        return False
+
+
+def _send(kind: str, name: str, *args: Any) -> None:
+    try:
+        getattr(_stats(), kind)(f"{PREFIX}.{name}", *args)
+    except Exception:
+        # Metrics are an aside: a broken StatsD must never fail a decision.
+        log.debug("could not send metric %s", name, exc_info=True)
+
+
+def request_opened() -> None:
+    """A gate opened a request."""
+    _send("incr", "requests.opened")
+
+
+def request_ended(*, state: str, source: str, requested_at: dt.datetime, ended_at: dt.datetime) -> None:
+    """A request reached a final state; also times it from its opening."""
+    _send("incr", f"decided.{state}.{source}")
+    if source == "timeout":
+        _send("incr", "timeouts")
+    _send("timing", "time_to_decision", ended_at - requested_at)
+
+
+def request_escalated() -> None:
+    """A request expired and escalated to its next level."""
+    _send("incr", "timeouts")
+    _send("incr", "escalations")
+
+
+def notice(*, channel: str, delivered: bool) -> None:
+    """A notice was delivered, or its send failed."""
+    _send("incr", f"notices.{'sent' if delivered else 'failed'}.{channel}")
+
+
+def waiting(count_waiting: Callable[[], int]) -> None:
+    """The gauge of waiting requests; ``count_waiting`` runs only when metrics are on."""
+    if not enabled():
+        return
+    try:
+        value = count_waiting()
+    except Exception:
+        log.debug("could not count waiting requests", exc_info=True)
+        return
+    _send("gauge", "requests.waiting", value)
+
+
+def reset() -> None:
+    """Forget the chosen backend (tests that change ``[metrics]``)."""
+    global _backend
+    with _lock:
+        _backend = None
