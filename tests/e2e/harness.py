@@ -307,6 +307,8 @@ class AirflowHarness:
         # Several stacks may share the Redis server: each gets its own Celery queue and worker name.
         self.celery_queue = f"hitl-e2e-{secrets.token_hex(4)}"
         self.processes: dict[str, AirflowProcess] = {}
+        #: Triggerer process name -> its job id (``trigger.triggerer_id``), when there are several.
+        self.triggerer_jobs: dict[str, int] = {}
         #: Every ``airflow`` command line this harness ran, in order (init steps and services).
         self.commands: list[list[str]] = []
         self._extra_env = dict(env or {})
@@ -522,12 +524,32 @@ class AirflowHarness:
         self.processes[name] = process
         return process
 
+    def _start_triggerer(self, name: str, index: int) -> None:
+        # Triggerers start one after another so that each process is known by its job id
+        # (the jobs table names no pid): a test can then kill the one that runs given triggers.
+        known = {job["id"] for job in self.alive_triggerers()} if index else set()
+        self.start_process(name, "triggerer", index)
+        if self.triggerer_count == 1:
+            return
+
+        def registered() -> int | None:
+            self._check_alive()
+            new = {job["id"] for job in self.alive_triggerers()} - known - set(self.triggerer_jobs.values())
+            return min(new) if new else None
+
+        self.triggerer_jobs[name] = wait_until(
+            registered, timeout=self.startup_timeout, what=f"{name} to register", on_timeout=self.dump_logs
+        )
+
     def start(self) -> AirflowHarness:
         """Prepare, start every component and wait until they are healthy and the DAGs are loaded."""
         try:
             self.prepare()
             for name, service, index in self.topology():
-                self.start_process(name, service, index)
+                if service == "triggerer":
+                    self._start_triggerer(name, index)
+                else:
+                    self.start_process(name, service, index)
             self._wait_healthy()
             self.wait_for_dags(self.expected_dag_ids())
             self.warm_up()
@@ -616,10 +638,13 @@ class AirflowHarness:
         )
 
     def alive_triggerers(self) -> list[dict[str, Any]]:
-        """The triggerer jobs Airflow considers alive (``GET /api/v2/jobs``)."""
-        response = self.api(
-            "GET", "/api/v2/jobs", params={"job_type": "TriggererJob", "is_alive": True, "limit": 100}, expect=None
-        )
+        """The triggerer jobs Airflow considers alive (``GET /api/v2/jobs``; none while the API is down)."""
+        try:
+            response = self.api(
+                "GET", "/api/v2/jobs", params={"job_type": "TriggererJob", "is_alive": True, "limit": 100}, expect=None
+            )
+        except (httpx.HTTPError, HarnessError):
+            return []
         if response.status_code != 200:
             return []
         return list(response.json().get("jobs", []))
