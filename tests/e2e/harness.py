@@ -78,7 +78,6 @@ FAB_USERS: dict[str, tuple[str, ...]] = {
     "admin": ("Admin",),
     "alice": ("Op", "ReleaseManagers"),
     "bob": ("Op",),
-    "carol": ("Op",),
 }
 FAB_CUSTOM_ROLES: tuple[str, ...] = ("ReleaseManagers",)
 
