@@ -481,8 +481,6 @@ class AirflowHarness:
             shown = " ".join("***" if i and args[i - 1] == "--password" else a for i, a in enumerate(args))
             raise HarnessError(f"`airflow {shown}` exited {result.returncode}:\n{tail_file(log_path)}")
 
-    _run_cli = run_cli
-
     # ------------------------------------------------------------------ lifecycle
 
     def service_argv(self, service: str, *, index: int = 0) -> list[str]:
@@ -508,9 +506,10 @@ class AirflowHarness:
         """``(process name, service, index)`` of every long-running process of this stack."""
         plan = [(f"api-server-{i}" if i else "api-server", "api-server", i) for i in range(len(self.api_ports))]
         plan += [("scheduler", "scheduler", 0), ("dag-processor", "dag-processor", 0)]
-        plan += [(f"triggerer-{i}" if i else "triggerer", "triggerer", i) for i in range(self.triggerer_count)]
         if self.executor == "CeleryExecutor":
             plan.append(("celery-worker", "celery-worker", 0))
+        # Last: with several, each triggerer waits for the one before it to register.
+        plan += [(f"triggerer-{i}" if i else "triggerer", "triggerer", i) for i in range(self.triggerer_count)]
         return plan
 
     def start_process(self, name: str, service: str, index: int = 0) -> AirflowProcess:

@@ -199,6 +199,12 @@ class TestFabRoles:
 
 
 class TestSqliteFallbackRefused:
+    # strict: once h-safety's refusal (models/store.py) is merged this passes, XPASS fails the
+    # run, and the marker must go.
+    @pytest.mark.xfail(
+        strict=True,
+        reason="needs the SQLite-fallback refusal under distributed executors (branch h-safety); remove after merge",
+    )
     def test_gate_without_hitl_default_fails_naming_the_connection(self, stack: AirflowHarness) -> None:
         """Under CeleryExecutor a missing ``hitl_default`` must not fall back to a per-host SQLite file."""
         dag_id = "dist_no_store"
@@ -216,11 +222,25 @@ class TestSqliteFallbackRefused:
 
 
 class TestEmailedLinkForFabUser:
+    # strict: once notices are sent from the api-server's outbox (which has FAB's auth manager)
+    # this passes, XPASS fails the run, and the marker must go.
+    @pytest.mark.xfail(
+        strict=True,
+        reason="a Celery worker cannot read FAB users' emails; needs the notification outbox; remove after merge",
+    )
     def test_link_sent_to_the_fab_users_email_decides(self, stack: AirflowHarness, smtp: SmtpSink) -> None:
         dag_id = "dist_email"
         [run_id] = trigger_runs(stack, dag_id, 1)
         approval = stack.wait_for_approval(dag_id, run_id, "gate", states=["pending"], timeout=300)
-        mail = wait_until(lambda: next(iter(smtp.to("alice@example.com")), None), timeout=300, what="alice's email")
+
+        def notice_settled() -> Any:
+            notices = stack.manager.list_notifications(request_id=approval.id)
+            settled = [n for n in notices if n.channel == "email" and n.status in {"sent", "failed"}]
+            return settled or None
+
+        [notice] = wait_until(notice_settled, timeout=300, what="the email notice to be sent or to fail")
+        assert (notice.recipient, notice.status) == ("alice", "sent"), notice
+        mail = wait_until(lambda: next(iter(smtp.to("alice@example.com")), None), timeout=60, what="alice's email")
         text_part = mail.get_body(("plain",)).get_content()
         link = re.search(re.escape(stack.base_url) + r"(/hitl/links/[\w\-]+\.[\w\-]+)", text_part)
         assert link, text_part
