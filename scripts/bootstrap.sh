@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything airflow-hitl needs on a fresh Debian machine: a virtualenv with
-# Airflow 3, this package and its test tools, and Debian's Chromium for the UI tests.
+# Airflow 3, this package and its test tools, Debian's Chromium for the UI tests and
+# Debian's redis-server for the distributed (CeleryExecutor) end-to-end tests.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +32,16 @@ if [ "${HITL_SKIP_CHROMIUM:-0}" != "1" ] && ! command -v chromium >/dev/null 2>&
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   else
     echo "warning: chromium is missing and cannot be installed here (need root and apt-get)" >&2
+  fi
+fi
+
+# Redis for the distributed e2e suite's Celery broker (.ci/run starts it).
+if [ "${HITL_SKIP_REDIS:-0}" != "1" ] && ! command -v redis-server >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+    echo "installing Debian's redis-server"
+    apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "warning: redis-server is missing and cannot be installed here (need root and apt-get)" >&2
   fi
 fi

@@ -1,15 +1,25 @@
 """Run a real Airflow 3 (api-server, scheduler, triggerer, dag-processor) for end-to-end tests.
 
 :class:`AirflowHarness` builds a throw-away ``AIRFLOW_HOME`` in a temporary folder,
-configures Airflow there (SimpleAuthManager users, LocalExecutor over SQLite, the example
-DAGs plus the e2e test DAGs, a free loopback port), migrates Airflow's database and the
-approval store, starts the four Airflow components as separate processes (each in its own
-process group, logging to a file) and stops them again by their own process group.
+configures Airflow there (SimpleAuthManager users, LocalExecutor, the example DAGs plus the
+e2e test DAGs, free loopback ports), migrates Airflow's database and the approval store,
+starts the Airflow components as separate processes (each in its own process group,
+logging to a file) and stops them again by their own process group.
 
-The approval store is a SQLite file in the same folder, named through
-``AIRFLOW_HITL_STORE_URL`` for the Airflow processes; the test reaches the very same file
-through :attr:`AirflowHarness.manager`, so decisions a test makes are the ones the
-running gates see.
+Airflow's metadata DB is a fresh PostgreSQL database per harness (as in production; the
+SQLite metadata DB failed DAG-run inserts under load), dropped again at stop. By default
+the approval store is a SQLite file in the same folder, named through
+``AIRFLOW_HITL_STORE_URL`` for the Airflow processes; with ``store="postgres"`` it is a
+fresh PostgreSQL database reached, as in production, through the ``hitl_default``
+connection created with ``airflow connections add``. The test reaches the very same store
+through :attr:`AirflowHarness.manager`, so decisions a test makes are the ones the running
+gates see.
+
+The distributed topology of ``docker-compose.yaml`` is the same class with
+``executor="CeleryExecutor"`` (Redis broker, one Celery worker), ``auth_manager="fab"``
+(users and roles created with Airflow's CLI), ``api_servers=2`` and ``triggerers=2``.
+:data:`SERVICE_COMMANDS`, :data:`SERVICE_FLAGS` and :data:`INIT_COMMANDS` are the Airflow
+commands it runs; ``tests/test_deployment.py`` checks the compose file runs only those.
 
 Usage::
 
@@ -58,7 +68,49 @@ DEFAULT_USERS: dict[str, str] = {
     "nobody": "viewer",
 }
 
+PG_ADMIN_URL = os.environ.get("HITL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("HITL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+
+#: FAB users of the distributed stack: user -> FAB roles (``ReleaseManagers`` is a custom role).
+FAB_USERS: dict[str, tuple[str, ...]] = {
+    "admin": ("Admin",),
+    "alice": ("Op", "ReleaseManagers"),
+    "bob": ("Op",),
+}
+FAB_CUSTOM_ROLES: tuple[str, ...] = ("ReleaseManagers",)
+
 COMPONENTS: tuple[str, ...] = ("api-server", "scheduler", "triggerer", "dag-processor")
+
+#: Long-running Airflow services: service -> the ``airflow`` sub-command that runs it.
+#: docker-compose.yaml runs exactly these (checked by tests/test_deployment.py).
+SERVICE_COMMANDS: dict[str, tuple[str, ...]] = {
+    "api-server": ("api-server",),
+    "scheduler": ("scheduler",),
+    "dag-processor": ("dag-processor",),
+    "triggerer": ("triggerer",),
+    "celery-worker": ("celery", "worker"),
+}
+#: The options the harness passes to each service (the compose file may use no others).
+SERVICE_FLAGS: dict[str, frozenset[str]] = {
+    "api-server": frozenset({"--host", "--port", "--workers"}),
+    "scheduler": frozenset(),
+    "dag-processor": frozenset(),
+    "triggerer": frozenset({"--capacity"}),
+    "celery-worker": frozenset({"--concurrency", "--queues", "--celery-hostname"}),
+}
+#: One-off deploy steps, in order (``airflow`` sub-commands and the options the harness gives them).
+INIT_COMMANDS: dict[tuple[str, ...], frozenset[str]] = {
+    ("db", "migrate"): frozenset(),
+    ("connections", "add"): frozenset({"--conn-uri"}),
+    ("hitl", "db", "migrate"): frozenset(),
+    ("roles", "create"): frozenset(),
+    ("users", "create"): frozenset(
+        {"--username", "--password", "--firstname", "--lastname", "--email", "--role", "--use-random-password"}
+    ),
+    ("users", "add-role"): frozenset({"--username", "--role"}),
+}
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 TERMINAL_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
@@ -151,15 +203,50 @@ def tail_file(path: Path, lines: int = 80) -> str:
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
+def create_database(prefix: str) -> str:
+    """Create a fresh PostgreSQL database on the server of :data:`PG_ADMIN_URL`; return its URL."""
+    from sqlalchemy import create_engine, text
+
+    name = f"{prefix}_{secrets.token_hex(5)}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(url: str) -> None:
+    """Drop the database of ``url`` (closing whatever still holds it open)."""
+    from sqlalchemy import create_engine, make_url, text
+
+    name = make_url(url).database
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
 class AirflowHarness:
     """A real Airflow 3 in a temporary ``AIRFLOW_HOME``, with the approval store beside it.
 
     :param root: Empty folder to build ``AIRFLOW_HOME`` in (removed only if ``cleanup``).
     :param users: SimpleAuthManager ``user -> role``; the defaults keep ``admin``, ``op``, ``viewer``.
+        With ``auth_manager="fab"``: ``user -> FAB roles`` (default :data:`FAB_USERS`).
     :param extra_dag_dirs: Folders whose ``*.py`` files are copied into the dags folder too
         (besides the example DAGs of ``dags/`` and the e2e test DAGs).
     :param env: Extra environment for every Airflow process (overrides the defaults).
-    :param metadata_db_url: Airflow's metadata database; SQLite under ``root`` by default.
+    :param metadata_db_url: Airflow's metadata database; by default a fresh PostgreSQL
+        database created at start and dropped at stop.
+    :param store: ``"sqlite"`` (a file under ``root``, named by ``AIRFLOW_HITL_STORE_URL``) or
+        ``"postgres"`` (a fresh database behind the ``hitl_default`` connection).
+    :param executor: ``LocalExecutor`` or ``CeleryExecutor`` (Redis at :data:`REDIS_URL`, one worker).
+    :param auth_manager: ``"simple"`` (SimpleAuthManager) or ``"fab"`` (FabAuthManager).
+    :param api_servers: How many api-servers to run, each on its own port.
+    :param triggerers: How many triggerers to run.
     :param poll_interval: ``[hitl] poll_interval`` for the triggerer's shared poller.
     :param python: Python interpreter of the virtualenv that has Airflow and airflow-hitl.
     :param startup_timeout: Seconds allowed for the components to report healthy.
@@ -170,62 +257,86 @@ class AirflowHarness:
         self,
         *,
         root: Path,
-        users: Mapping[str, str] | None = None,
+        users: Mapping[str, str] | Mapping[str, Sequence[str]] | None = None,
         extra_dag_dirs: Iterable[Path] = (),
         env: Mapping[str, str] | None = None,
         metadata_db_url: str | None = None,
+        store: str = "sqlite",
+        executor: str = "LocalExecutor",
+        auth_manager: str = "simple",
+        api_servers: int = 1,
+        triggerers: int = 1,
         poll_interval: float = 0.5,
         python: str | None = None,
         startup_timeout: float = 240.0,
         cleanup: bool = False,
     ) -> None:
+        if store not in {"sqlite", "postgres"}:
+            raise ValueError(f"store must be 'sqlite' or 'postgres', not {store!r}")
+        if executor not in {"LocalExecutor", "CeleryExecutor"}:
+            raise ValueError(f"executor must be LocalExecutor or CeleryExecutor, not {executor!r}")
+        if auth_manager not in {"simple", "fab"}:
+            raise ValueError(f"auth_manager must be 'simple' or 'fab', not {auth_manager!r}")
         self.root = Path(root).resolve()
         self.home = self.root / "airflow_home"
         self.dags_folder = self.root / "dags"
         self.plugins_folder = self.root / "plugins"
         self.logs_folder = self.root / "process-logs"
-        self.users = dict(users or DEFAULT_USERS)
+        self.auth_manager = auth_manager
+        self.users: dict[str, tuple[str, ...]] = {
+            user: (roles,) if isinstance(roles, str) else tuple(roles)
+            for user, roles in (users or (FAB_USERS if auth_manager == "fab" else DEFAULT_USERS)).items()
+        }
         self.dag_dirs = [EXAMPLE_DAGS, TEST_DAGS, *[Path(d) for d in extra_dag_dirs]]
         self.python = python or sys.executable
         self.airflow_bin = str(Path(self.python).with_name("airflow"))
-        self.port = free_port()
+        self.executor = executor
+        self.api_ports = [free_port() for _ in range(max(1, api_servers))]
+        self.triggerer_count = max(1, triggerers)
+        self.port = self.api_ports[0]
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_urls = [f"http://127.0.0.1:{port}" for port in self.api_ports]
+        self.store_kind = store
         self.store_url = f"sqlite:///{self.root / 'hitl-store.db'}"
-        self.metadata_db_url = metadata_db_url or f"sqlite:///{self.home / 'airflow.db'}"
+        self._owned_databases: list[str] = []
+        self.metadata_db_url = metadata_db_url or ""
         self.poll_interval = poll_interval
         self.startup_timeout = startup_timeout
         self.cleanup = cleanup
+        # Several stacks may share the Redis server: each gets its own Celery queue and worker name.
+        self.celery_queue = f"hitl-e2e-{secrets.token_hex(4)}"
         self.processes: dict[str, AirflowProcess] = {}
+        #: Triggerer process name -> its job id (``trigger.triggerer_id``), when there are several.
+        self.triggerer_jobs: dict[str, int] = {}
+        #: Every ``airflow`` command line this harness ran, in order (init steps and services).
+        self.commands: list[list[str]] = []
         self._extra_env = dict(env or {})
         self._passwords: dict[str, str] = {}
         self._tokens: dict[str, str] = {}
         self._store: ApprovalStore | None = None
         self._manager: ApprovalManager | None = None
-        self._http = httpx.Client(base_url=self.base_url, timeout=90.0, trust_env=False)
+        self._clients = [httpx.Client(base_url=url, timeout=90.0, trust_env=False) for url in self.base_urls]
+        self._http = self._clients[0]
         self.env = self._build_env()
 
     # ------------------------------------------------------------------ setup
 
     def _build_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-        users = ",".join(f"{user}:{role}" for user, role in self.users.items())
         env.update(
             {
                 "AIRFLOW_HOME": str(self.home),
-                "AIRFLOW_HITL_STORE_URL": self.store_url,
-                "AIRFLOW__CORE__AUTH_MANAGER": (
-                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-                ),
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": users,
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__PARALLELISM": "4",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__EXECUTOR": self.executor,
                 "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.plugins_folder),
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
                 "AIRFLOW__CORE__FERNET_KEY": "",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.metadata_db_url,
+                # Each process keeps a small pool: six helpers' stacks share one PostgreSQL server.
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE": "3",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": "7",
                 "AIRFLOW__API__HOST": "127.0.0.1",
                 "AIRFLOW__API__PORT": str(self.port),
                 "AIRFLOW__API__BASE_URL": self.base_url,
@@ -242,28 +353,119 @@ class AirflowHarness:
                 "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+                # A triggerer whose heartbeat is this old has its triggers taken over by another.
+                "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "20",
                 "AIRFLOW__HITL__POLL_INTERVAL": str(self.poll_interval),
                 "PYTHONUNBUFFERED": "1",
                 "NO_PROXY": "127.0.0.1,localhost",
                 "no_proxy": "127.0.0.1,localhost",
             }
         )
+        if self.auth_manager == "fab":
+            env["AIRFLOW__CORE__AUTH_MANAGER"] = FAB_AUTH_MANAGER
+        else:
+            env["AIRFLOW__CORE__AUTH_MANAGER"] = SIMPLE_AUTH_MANAGER
+            env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = ",".join(
+                f"{user}:{roles[0]}" for user, roles in self.users.items()
+            )
+        if self.store_kind == "sqlite":
+            env["AIRFLOW_HITL_STORE_URL"] = self.store_url
+        if self.executor == "CeleryExecutor":
+            env.update(
+                {
+                    "AIRFLOW__CELERY__BROKER_URL": REDIS_URL,
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": "4",
+                    "AIRFLOW__OPERATORS__DEFAULT_QUEUE": self.celery_queue,
+                    "AIRFLOW__CELERY__DEFAULT_QUEUE": self.celery_queue,
+                }
+            )
         env.update(self._extra_env)
         return env
 
+    def _create_databases(self) -> None:
+        # Created here rather than in __init__ so that a harness that never starts owns nothing.
+        if not self.metadata_db_url:
+            self.metadata_db_url = create_database("airflow_e2e")
+            self._owned_databases.append(self.metadata_db_url)
+        self.env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", self.metadata_db_url)
+        if self.executor == "CeleryExecutor":
+            self.env.setdefault("AIRFLOW__CELERY__RESULT_BACKEND", "db+" + self.metadata_db_url)
+        if self.store_kind == "postgres" and self.store_url.startswith("sqlite"):
+            self.store_url = create_database("hitl_store_e2e")
+            self._owned_databases.append(self.store_url)
+
     def prepare(self) -> None:
-        """Create AIRFLOW_HOME, copy the DAGs in, migrate Airflow's DB and the approval store."""
+        """Create AIRFLOW_HOME and the databases, copy the DAGs in, run the deploy steps.
+
+        The deploy steps are those of docker-compose.yaml's init service: ``airflow db
+        migrate``; the ``hitl_default`` connection (PostgreSQL store); ``airflow hitl db
+        migrate``; FAB roles and users.
+        """
         for folder in (self.home, self.dags_folder, self.plugins_folder, self.logs_folder):
             folder.mkdir(parents=True, exist_ok=True)
         for source in self.dag_dirs:
             for path in sorted(Path(source).glob("*.py")):
                 if path.name != "__init__.py":
                     shutil.copy2(path, self.dags_folder / path.name)
-        self._run_cli(["db", "migrate"], log="db-migrate.log", timeout=300)
-        self._run_cli(["hitl", "db", "migrate"], log="hitl-db-migrate.log", timeout=120)
+        self._create_databases()
+        self.run_cli(["db", "migrate"], log="db-migrate.log", timeout=300)
+        if self.store_kind == "postgres":
+            self.create_store_connection()
+        self.run_cli(["hitl", "db", "migrate"], log="hitl-db-migrate.log", timeout=120)
+        if self.auth_manager == "fab":
+            self._create_fab_users()
 
-    def _run_cli(self, args: Sequence[str], *, log: str, timeout: float) -> None:
+    def store_connection_uri(self) -> str:
+        """The ``hitl_default`` connection URI of the PostgreSQL store."""
+        from sqlalchemy import make_url
+
+        url = make_url(self.store_url)
+        return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def create_store_connection(self) -> None:
+        """``airflow connections add hitl_default`` for the PostgreSQL store, as a deployment does."""
+        self.run_cli(
+            ["connections", "add", "hitl_default", "--conn-uri", self.store_connection_uri()],
+            log="connections.log",
+            timeout=120,
+        )
+
+    def _create_fab_users(self) -> None:
+        builtin = {"Admin", "Op", "User", "Viewer", "Public"}
+        custom = sorted({role for roles in self.users.values() for role in roles} - builtin)
+        if custom:
+            self.run_cli(["roles", "create", *custom], log="fab-users.log", timeout=120)
+        for user, roles in self.users.items():
+            password = secrets.token_urlsafe(12)
+            self.run_cli(
+                [
+                    "users",
+                    "create",
+                    "--username",
+                    user,
+                    "--password",
+                    password,
+                    "--firstname",
+                    user,
+                    "--lastname",
+                    "Example",
+                    "--email",
+                    f"{user}@example.com",
+                    "--role",
+                    roles[0],
+                ],
+                log="fab-users.log",
+                timeout=120,
+            )
+            for role in roles[1:]:
+                argv = ["users", "add-role", "--username", user, "--role", role]
+                self.run_cli(argv, log="fab-users.log", timeout=120)
+            self._passwords[user] = password
+
+    def run_cli(self, args: Sequence[str], *, log: str, timeout: float) -> None:
+        """Run ``airflow <args>`` with the stack's environment; raise with the log tail when it fails."""
         log_path = self.logs_folder / log
+        self.commands.append(["airflow", *args])
         with log_path.open("ab") as out:
             result = subprocess.run(
                 [self.airflow_bin, *args],
@@ -276,21 +478,76 @@ class AirflowHarness:
                 start_new_session=True,
             )
         if result.returncode != 0:
-            raise HarnessError(f"`airflow {' '.join(args)}` exited {result.returncode}:\n{tail_file(log_path)}")
+            shown = " ".join("***" if i and args[i - 1] == "--password" else a for i, a in enumerate(args))
+            raise HarnessError(f"`airflow {shown}` exited {result.returncode}:\n{tail_file(log_path)}")
 
     # ------------------------------------------------------------------ lifecycle
 
+    def service_argv(self, service: str, *, index: int = 0) -> list[str]:
+        """The ``airflow`` command line of ``service`` (see :data:`SERVICE_COMMANDS`)."""
+        argv = [self.airflow_bin, *SERVICE_COMMANDS[service]]
+        if service == "api-server":
+            argv += ["--host", "127.0.0.1", "--port", str(self.api_ports[index]), "--workers", "1"]
+        elif service == "celery-worker":
+            argv += ["--concurrency", "4", "--queues", self.celery_queue]
+            argv += ["--celery-hostname", f"{self.celery_queue}-{index}@%h"]
+        return argv
+
+    def service_env(self, service: str, *, index: int = 0) -> dict[str, str]:
+        """The environment of one service process (each server process its own log-server port)."""
+        env = dict(self.env)
+        if service == "triggerer" and index:
+            env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(free_port())
+        if service == "api-server":
+            env["AIRFLOW__API__PORT"] = str(self.api_ports[index])
+        return env
+
+    def topology(self) -> list[tuple[str, str, int]]:
+        """``(process name, service, index)`` of every long-running process of this stack."""
+        plan = [(f"api-server-{i}" if i else "api-server", "api-server", i) for i in range(len(self.api_ports))]
+        plan += [("scheduler", "scheduler", 0), ("dag-processor", "dag-processor", 0)]
+        if self.executor == "CeleryExecutor":
+            plan.append(("celery-worker", "celery-worker", 0))
+        # Last: with several, each triggerer waits for the one before it to register.
+        plan += [(f"triggerer-{i}" if i else "triggerer", "triggerer", i) for i in range(self.triggerer_count)]
+        return plan
+
+    def start_process(self, name: str, service: str, index: int = 0) -> AirflowProcess:
+        """Start one service process (again, e.g. after a test killed it) under ``name``."""
+        argv = self.service_argv(service, index=index)
+        self.commands.append(["airflow", *argv[1:]])
+        process = AirflowProcess(
+            name=name, argv=argv, env=self.service_env(service, index=index), log_path=self.logs_folder / f"{name}.log"
+        )
+        self.processes[name] = process
+        return process
+
+    def _start_triggerer(self, name: str, index: int) -> None:
+        # Triggerers start one after another so that each process is known by its job id
+        # (the jobs table names no pid): a test can then kill the one that runs given triggers.
+        known = {job["id"] for job in self.alive_triggerers()} if index else set()
+        self.start_process(name, "triggerer", index)
+        if self.triggerer_count == 1:
+            return
+
+        def registered() -> int | None:
+            self._check_alive()
+            new = {job["id"] for job in self.alive_triggerers()} - known - set(self.triggerer_jobs.values())
+            return min(new) if new else None
+
+        self.triggerer_jobs[name] = wait_until(
+            registered, timeout=self.startup_timeout, what=f"{name} to register", on_timeout=self.dump_logs
+        )
+
     def start(self) -> AirflowHarness:
-        """Prepare, start the four components and wait until they are healthy and the DAGs are loaded."""
-        self.prepare()
+        """Prepare, start every component and wait until they are healthy and the DAGs are loaded."""
         try:
-            for component in COMPONENTS:
-                argv = [self.airflow_bin, component]
-                if component == "api-server":
-                    argv += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-                self.processes[component] = AirflowProcess(
-                    name=component, argv=argv, env=self.env, log_path=self.logs_folder / f"{component}.log"
-                )
+            self.prepare()
+            for name, service, index in self.topology():
+                if service == "triggerer":
+                    self._start_triggerer(name, index)
+                else:
+                    self.start_process(name, service, index)
             self._wait_healthy()
             self.wait_for_dags(self.expected_dag_ids())
             self.warm_up()
@@ -306,7 +563,8 @@ class AirflowHarness:
         the task runner gives up meanwhile and that first task fails. Pay for it here, once,
         rather than in whichever test happens to run first.
         """
-        self.api("GET", "/execution/health", expect=None)
+        for index in range(len(self.api_ports)):
+            self.api("GET", "/execution/health", expect=None, server=index)
         for _ in range(attempts):
             run_id = self.trigger("e2e_warmup")
             run = self.wait_for_run_state("e2e_warmup", run_id, ("success", "failed"), timeout=240)
@@ -315,14 +573,21 @@ class AirflowHarness:
         raise HarnessError(f"e2e_warmup did not succeed in {attempts} runs:\n{self.dump_logs(lines=40)}")
 
     def stop(self) -> None:
-        """Stop every component by its own process group; remove ``root`` when asked to."""
+        """Stop every component by its own process group, drop the databases it created; remove ``root`` if asked."""
         for name in reversed(list(self.processes)):
             self.processes[name].stop()
         self.processes.clear()
-        self._http.close()
+        for client in self._clients:
+            client.close()
         if self._store is not None:
             self._store.dispose()
             self._store = None
+        for url in self._owned_databases:
+            try:
+                drop_database(url)
+            except Exception as err:  # a leftover database must not hide the test's own outcome
+                print(f"could not drop {url}: {err}", file=sys.stderr)
+        self._owned_databases.clear()
         if self.cleanup:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -347,17 +612,20 @@ class AirflowHarness:
     def _wait_healthy(self) -> None:
         def healthy() -> bool:
             self._check_alive()
-            try:
-                response = self._http.get("/api/v2/monitor/health", timeout=5)
-            except httpx.HTTPError:
-                return False
-            if response.status_code != 200:
-                return False
-            body = response.json()
-            return all(
-                (body.get(part) or {}).get("status") == "healthy"
-                for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
-            )
+            for client in self._clients:
+                try:
+                    response = client.get("/api/v2/monitor/health", timeout=5)
+                except httpx.HTTPError:
+                    return False
+                if response.status_code != 200:
+                    return False
+                body = response.json()
+                if not all(
+                    (body.get(part) or {}).get("status") == "healthy"
+                    for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+                ):
+                    return False
+            return len(self.alive_triggerers()) >= self.triggerer_count
 
         wait_until(
             healthy,
@@ -366,6 +634,18 @@ class AirflowHarness:
             what="Airflow components to report healthy",
             on_timeout=self.dump_logs,
         )
+
+    def alive_triggerers(self) -> list[dict[str, Any]]:
+        """The triggerer jobs Airflow considers alive (``GET /api/v2/jobs``; none while the API is down)."""
+        try:
+            response = self.api(
+                "GET", "/api/v2/jobs", params={"job_type": "TriggererJob", "is_alive": True, "limit": 100}, expect=None
+            )
+        except (httpx.HTTPError, HarnessError):
+            return []
+        if response.status_code != 200:
+            return []
+        return list(response.json().get("jobs", []))
 
     def expected_dag_ids(self) -> list[str]:
         """DAG ids of the copied files (``dag_id="..."`` as written in each file)."""
@@ -411,14 +691,14 @@ class AirflowHarness:
 
     @property
     def passwords(self) -> dict[str, str]:
-        """SimpleAuthManager's generated passwords, by user."""
-        if not self._passwords:
+        """Passwords by user: SimpleAuthManager's generated ones, or those given to the FAB users."""
+        if not self._passwords and self.auth_manager == "simple":
             path = self.home / "simple_auth_manager_passwords.json.generated"
             self._passwords = json.loads(path.read_text())
         return self._passwords
 
     def token(self, user: str = "admin") -> str:
-        """A JWT for ``user`` from ``POST /auth/token`` (cached)."""
+        """A JWT for ``user`` from ``POST /auth/token`` (cached; every api-server accepts it)."""
         if user not in self._tokens:
             response = self._http.post("/auth/token", json={"username": user, "password": self.passwords[user]})
             if response.status_code not in (200, 201):
@@ -439,11 +719,14 @@ class AirflowHarness:
         json_body: Any = None,
         params: Mapping[str, Any] | None = None,
         expect: Iterable[int] | None = (200,),
+        server: int = 0,
     ) -> httpx.Response:
-        """Call the api-server as ``user``; raise unless the status is in ``expect`` (None: any)."""
-        response = self._http.request(method, path, headers=self.headers(user), json=json_body, params=params)
+        """Call api-server number ``server`` as ``user``; raise unless the status is in ``expect`` (None: any)."""
+        client = self._clients[server]
+        response = client.request(method, path, headers=self.headers(user), json=json_body, params=params)
         if expect is not None and response.status_code not in set(expect):
-            raise HarnessError(f"{method} {path} as {user}: {response.status_code} {response.text}")
+            where = f"{method} {path} as {user} on {client.base_url}"
+            raise HarnessError(f"{where}: {response.status_code} {response.text}")
         return response
 
     # ------------------------------------------------------------------ DAGs, runs and task instances

@@ -1,0 +1,319 @@
+"""The production topology end to end: any number of api-servers and triggerers, one outcome per gate.
+
+One stack for the whole module, shaped like ``docker-compose.yaml``: PostgreSQL for Airflow's
+metadata DB and for the approval store (the ``hitl_default`` connection), CeleryExecutor on
+the local Redis with one Celery worker, two api-servers on two ports, two triggerers, the
+FAB auth manager with users and roles created through Airflow's own CLI. Decisions go
+through the REST API of either api-server with the users' own FAB tokens.
+
+The tests run in file order; the triggerer crash is last because it leaves one triggerer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from airflow_hitl.manager import ApprovalFilter
+from tests.e2e.harness import AirflowHarness, HarnessError, free_port, wait_until
+from tests.notifications.conftest import SmtpSink, _Handler
+
+pytestmark = pytest.mark.e2e
+
+DISTRIBUTED_DAGS = Path(__file__).resolve().parent / "distributed_dags"
+INSTANT_GATES = 20
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[SmtpSink]:
+    """The local mail catcher (a real SMTP server on loopback)."""
+    from aiosmtpd.controller import Controller
+
+    sink = SmtpSink(port=free_port())
+    controller = Controller(_Handler(sink), hostname="127.0.0.1", port=sink.port)
+    controller.start()
+    yield sink
+    controller.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpSink) -> Iterator[AirflowHarness]:
+    """The distributed stack, started once for the module."""
+    import json
+
+    root = tmp_path_factory.mktemp("airflow-distributed")
+    harness = AirflowHarness(
+        root=root,
+        extra_dag_dirs=[DISTRIBUTED_DAGS],
+        store="postgres",
+        executor="CeleryExecutor",
+        auth_manager="fab",
+        api_servers=2,
+        triggerers=2,
+    )
+    # Email notices and links; no [hitl] user_emails: addresses come from the FAB user records.
+    harness.env.update(
+        {
+            "AIRFLOW__HITL__BASE_URL": harness.base_url,
+            "AIRFLOW__HITL__SIGNING_KEY": "distributed-e2e-signing-key",
+            "AIRFLOW__HITL__NOTIFY_FROM_EMAIL": "airflow@example.com",
+            "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(
+                {
+                    "conn_type": "smtp",
+                    "host": "127.0.0.1",
+                    "port": smtp.port,
+                    "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "airflow@example.com"},
+                }
+            ),
+        }
+    )
+    print(f"\nstarting the distributed Airflow in {root} on {harness.base_urls}", file=sys.stderr)
+    harness.start()
+    try:
+        yield harness
+    finally:
+        harness.stop()
+
+
+def decide(
+    stack: AirflowHarness, approval_id: str, action: str, *, user: str, server: int, **body: Any
+) -> httpx.Response:
+    """``POST /hitl/api/v1/approvals/{id}/{action}`` as ``user`` through api-server ``server``."""
+    return stack.api(
+        "POST",
+        f"/hitl/api/v1/approvals/{approval_id}/{action}",
+        user=user,
+        server=server,
+        json_body=body,
+        expect=None,
+    )
+
+
+def trigger_runs(stack: AirflowHarness, dag_id: str, count: int) -> list[str]:
+    """Trigger ``count`` runs of ``dag_id`` as admin, alternating the api-servers."""
+    stack.unpause(dag_id)
+    run_ids = []
+    for i in range(count):
+        body = {"logical_date": None, "conf": {}}
+        response = stack.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", json_body=body, server=i % 2, expect=(200, 201))
+        run_ids.append(str(response.json()["dag_run_id"]))
+    return run_ids
+
+
+def assert_resumed_once(stack: AirflowHarness, dag_id: str, run_id: str) -> None:
+    """The run succeeded, its gate in its first try (one resume, no retry) and the task after it once."""
+    stack.wait_for_run_state(dag_id, run_id, "success", timeout=300)
+    gate = stack.task_instance(dag_id, run_id, "gate")
+    assert (gate["state"], gate["try_number"]) == ("success", 1)
+    after = stack.task_instance(dag_id, run_id, "after")
+    assert (after["state"], after["try_number"]) == ("success", 1)
+
+
+class TestDecisionsThroughEitherApiServer:
+    def test_instant_decisions_through_both_api_servers_never_lose_a_run(self, stack: AirflowHarness) -> None:
+        dag_id = "dist_instant"
+        run_ids = trigger_runs(stack, dag_id, INSTANT_GATES)
+        decided: dict[str, str] = {}  # run_id -> request id
+        deadline = time.monotonic() + 600
+        while len(decided) < INSTANT_GATES:
+            if time.monotonic() > deadline:
+                raise HarnessError(f"only {len(decided)} of {INSTANT_GATES} gates opened\n{stack.dump_logs()}")
+            waiting, _ = stack.manager.pending(ApprovalFilter(dag_id=dag_id))
+            for approval in waiting:
+                if approval.run_id in run_ids and approval.run_id not in decided:
+                    # The instant the request exists, before the task has even finished deferring.
+                    server = len(decided) % 2
+                    response = decide(stack, approval.id, "approve", user="alice", server=server, comment="now")
+                    assert response.status_code == 200, response.text
+                    decided[str(approval.run_id)] = approval.id
+            time.sleep(0.02)
+
+        for run_id in run_ids:
+            assert_resumed_once(stack, dag_id, run_id)
+            [approval] = stack.approvals(dag_id, run_id, "gate")
+            assert (approval.id, approval.state, approval.decided_by) == (decided[run_id], "approved", "alice")
+
+
+class TestQuorumAcrossApiServers:
+    def test_two_votes_at_the_same_moment_approve_once_and_resume_once(self, stack: AirflowHarness) -> None:
+        dag_id = "dist_quorum"
+        [run_id] = trigger_runs(stack, dag_id, 1)
+        approval = stack.wait_for_approval(dag_id, run_id, "gate", states=["pending"], timeout=300)
+        stack.wait_for_ti_state(dag_id, run_id, "gate", "deferred", timeout=300)
+        for user in ("alice", "bob"):
+            stack.token(user)  # log in first, so both votes leave at the same moment
+
+        barrier = threading.Barrier(2)
+        results: dict[str, httpx.Response] = {}
+
+        def vote(user: str, server: int) -> None:
+            barrier.wait()
+            results[user] = decide(stack, approval.id, "approve", user=user, server=server, comment=f"{user} ok")
+
+        threads = [threading.Thread(target=vote, args=(u, s)) for u, s in (("alice", 0), ("bob", 1))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert {u: r.status_code for u, r in results.items()} == {"alice": 200, "bob": 200}
+
+        decided = stack.manager.get(approval.id)
+        assert decided.state == "approved"
+        assert sorted(v.user for v in decided.votes) == ["alice", "bob"]
+        events = [e.event_type for e in stack.manager.events(approval.id)]
+        assert events.count("vote") == 2
+        assert events.count("approved") == 1, events
+        assert_resumed_once(stack, dag_id, run_id)
+
+
+class TestFabRoles:
+    def test_custom_fab_role_decides_and_others_are_refused_with_the_reason(self, stack: AirflowHarness) -> None:
+        dag_id = "dist_release_managers"
+        [run_id] = trigger_runs(stack, dag_id, 1)
+        approval = stack.wait_for_approval(dag_id, run_id, "gate", states=["pending"], timeout=300)
+
+        pending = stack.api("GET", "/hitl/api/v1/approvals/pending", user="bob", server=1).json()
+        mine = {a["id"]: a for a in pending["approvals"]}
+        assert mine[approval.id]["can_approve"] is False
+
+        refused = decide(stack, approval.id, "approve", user="bob", server=1)
+        assert refused.status_code == 403
+        assert "not an allowed approver" in refused.json()["detail"]
+        assert stack.manager.get(approval.id).state == "pending"
+
+        accepted = decide(stack, approval.id, "approve", user="alice", server=0, comment="release manager")
+        assert accepted.status_code == 200, accepted.text
+        assert accepted.json()["state"] == "approved"
+        assert_resumed_once(stack, dag_id, run_id)
+
+
+class TestSqliteFallbackRefused:
+    # strict: once h-safety's refusal (models/store.py) is merged this passes, XPASS fails the
+    # run, and the marker must go.
+    @pytest.mark.xfail(
+        strict=True,
+        reason="needs the SQLite-fallback refusal under distributed executors (branch h-safety); remove after merge",
+    )
+    def test_gate_without_hitl_default_fails_naming_the_connection(self, stack: AirflowHarness) -> None:
+        """Under CeleryExecutor a missing ``hitl_default`` must not fall back to a per-host SQLite file."""
+        dag_id = "dist_no_store"
+        stack.api("DELETE", "/api/v2/connections/hitl_default", expect=(204,))
+        try:
+            [run_id] = trigger_runs(stack, dag_id, 1)
+            # "At once": the gate must fail rather than defer to a store other hosts cannot see.
+            gate = stack.wait_for_ti_state(dag_id, run_id, "gate", ("failed", "deferred"), timeout=300)
+        finally:
+            stack.create_store_connection()
+        assert gate["state"] == "failed"
+        assert stack.wait_for_run_state(dag_id, run_id, "failed")["state"] == "failed"
+        assert "hitl_default" in stack.task_logs(dag_id, run_id, "gate", lines=400)
+        assert stack.approvals(dag_id, run_id) == []
+
+
+class TestEmailedLinkForFabUser:
+    # strict: once notices are sent from the api-server's outbox (which has FAB's auth manager)
+    # this passes, XPASS fails the run, and the marker must go.
+    @pytest.mark.xfail(
+        strict=True,
+        reason="a Celery worker cannot read FAB users' emails; needs the notification outbox; remove after merge",
+    )
+    def test_link_sent_to_the_fab_users_email_decides(self, stack: AirflowHarness, smtp: SmtpSink) -> None:
+        dag_id = "dist_email"
+        [run_id] = trigger_runs(stack, dag_id, 1)
+        approval = stack.wait_for_approval(dag_id, run_id, "gate", states=["pending"], timeout=300)
+
+        def notice_settled() -> Any:
+            notices = stack.manager.list_notifications(request_id=approval.id)
+            settled = [n for n in notices if n.channel == "email" and n.status in {"sent", "failed"}]
+            return settled or None
+
+        [notice] = wait_until(notice_settled, timeout=300, what="the email notice to be sent or to fail")
+        assert (notice.recipient, notice.status) == ("alice", "sent"), notice
+        mail = wait_until(lambda: next(iter(smtp.to("alice@example.com")), None), timeout=60, what="alice's email")
+        text_part = mail.get_body(("plain",)).get_content()
+        link = re.search(re.escape(stack.base_url) + r"(/hitl/links/[\w\-]+\.[\w\-]+)", text_part)
+        assert link, text_part
+        with httpx.Client(base_url=stack.base_urls[1], timeout=60, trust_env=False) as browser:
+            assert browser.get(link.group(1)).status_code == 200
+            done = browser.post(link.group(1), data={"comment": "by email"})
+            assert done.status_code == 200, done.text
+        decided = stack.manager.get(approval.id)
+        assert decided.state == "approved"
+        assert [(v.user, v.source) for v in decided.votes] == [("alice", "email")]
+        assert_resumed_once(stack, dag_id, run_id)
+
+
+class TestTriggererCrash:
+    MANUAL = 4
+    TIMED = 2
+
+    def _triggers_by_job(self, stack: AirflowHarness, run_ids: dict[str, list[str]]) -> dict[int, list[str]]:
+        engine = create_engine(stack.metadata_db_url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    text(
+                        "SELECT ti.run_id, t.triggerer_id FROM task_instance ti JOIN trigger t ON ti.trigger_id = t.id"
+                        " WHERE ti.dag_id IN ('dist_takeover', 'dist_takeover_timeout') AND ti.task_id = 'gate'"
+                    )
+                ).all()
+        finally:
+            engine.dispose()
+        wanted = {run_id for ids in run_ids.values() for run_id in ids}
+        by_job: dict[int, list[str]] = {}
+        for run_id, job_id in rows:
+            if run_id in wanted and job_id is not None:
+                by_job.setdefault(int(job_id), []).append(run_id)
+        return by_job
+
+    def test_sigkilled_triggerer_is_taken_over(self, stack: AirflowHarness) -> None:
+        run_ids = {
+            "dist_takeover": trigger_runs(stack, "dist_takeover", self.MANUAL),
+            "dist_takeover_timeout": trigger_runs(stack, "dist_takeover_timeout", self.TIMED),
+        }
+        total = self.MANUAL + self.TIMED
+
+        def all_running() -> dict[int, list[str]] | None:
+            found = self._triggers_by_job(stack, run_ids)
+            return found if sum(map(len, found.values())) == total else None
+
+        by_job = wait_until(
+            all_running,
+            timeout=400,
+            what="every gate's trigger to run in a triggerer",
+        )
+        # Kill the triggerer that runs the most of them.
+        victim_job = max(by_job, key=lambda job: len(by_job[job]))
+        [victim] = [name for name, job in stack.triggerer_jobs.items() if job == victim_job]
+        [survivor_job] = [job for job in stack.triggerer_jobs.values() if job != victim_job]
+        process = stack.processes.pop(victim)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.popen.wait(timeout=30)
+        process.stop()
+
+        # Decisions made while the triggers have nobody to run them.
+        for i, run_id in enumerate(run_ids["dist_takeover"]):
+            approval = stack.wait_for_approval("dist_takeover", run_id, "gate", states=["pending"])
+            response = decide(stack, approval.id, "approve", user="alice", server=i % 2, comment="during the crash")
+            assert response.status_code == 200, response.text
+
+        for run_id in run_ids["dist_takeover"]:
+            assert_resumed_once(stack, "dist_takeover", run_id)
+        for run_id in run_ids["dist_takeover_timeout"]:
+            assert_resumed_once(stack, "dist_takeover_timeout", run_id)
+            [approval] = stack.approvals("dist_takeover_timeout", run_id, "gate")
+            assert (approval.state, approval.decision, approval.decision_source) == ("timeout", "approved", "timeout")
+        alive = {job["id"] for job in stack.alive_triggerers()}
+        assert victim_job not in alive
+        assert survivor_job in alive
