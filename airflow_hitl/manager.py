@@ -852,8 +852,9 @@ class ApprovalManager:
         event_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        newest_first: bool = False,
     ) -> builtins.list[Notification]:
-        """Notifications, oldest first, filtered by any of the given fields."""
+        """Notifications, oldest (or newest) first, filtered by any of the given fields."""
         n = ApprovalNotificationRow
         query = select(n)
         for column, value in (
@@ -865,9 +866,21 @@ class ApprovalManager:
         ):
             if value is not None:
                 query = query.where(column == str(value))
-        query = query.order_by(n.created_at, n.id).limit(limit).offset(offset)
+        order = (n.created_at.desc(), n.id.desc()) if newest_first else (n.created_at, n.id)
+        query = query.order_by(*order).limit(limit).offset(offset)
         with self.store.session() as session:
             return [Notification.from_row(r) for r in session.scalars(query)]
+
+    def count_notifications(self, *, recipient: str, channel: str | None = None, status: str | None = None) -> int:
+        """How many notifications of ``recipient`` there are (on ``channel``, in ``status``)."""
+        n = ApprovalNotificationRow
+        query = select(func.count()).select_from(n).where(n.recipient == recipient)
+        if channel is not None:
+            query = query.where(n.channel == channel)
+        if status is not None:
+            query = query.where(n.status == status)
+        with self.store.session() as session:
+            return int(session.scalar(query) or 0)
 
     def unread_count(self, recipient: str) -> int:
         """In-app notifications of ``recipient`` not yet marked read."""
