@@ -6,6 +6,12 @@ stay thin and every caller (API, UI, links, Slack, CLI) reports the same reason.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 
 class HitlError(Exception):
     """Base class for every airflow-hitl error."""
@@ -19,10 +25,24 @@ class InvalidInput(ValueError, HitlError):
     status_code = 422
     prefix = "invalid"
 
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        self.message = message
-        super().__init__(f"{self.prefix} `{field}`: {message}")
+    def __init__(self, field: str, message: str, *, problems: Sequence[tuple[str, str]] = (), where: str = "") -> None:
+        #: Every ``(field, message)`` found; ``field``/``message`` are the first of them.
+        self.problems = list(problems) or [(field, message)]
+        self.field, self.message = self.problems[0]
+        self.where = where
+        super().__init__(self._text())
+
+    @classmethod
+    def of(cls, problems: Sequence[tuple[str, str]], *, where: str = "") -> Self:
+        """One error naming every problem (at least one), e.g. all wrong options of a task."""
+        return cls(problems[0][0], problems[0][1], problems=problems, where=where)
+
+    def _text(self) -> str:
+        where = f" {self.where}" if self.where else ""
+        if len(self.problems) == 1:
+            return f"{self.prefix} `{self.field}`{where}: {self.message}"
+        lines = "".join(f"\n  - `{field}`: {message}" for field, message in self.problems)
+        return f"{self.prefix} options{where} ({len(self.problems)} problems):{lines}"
 
 
 class InvalidApprovalConfig(InvalidInput):

@@ -52,6 +52,7 @@ from airflow_hitl.models.tables import (
 )
 from airflow_hitl.notifications.record import LinkAlreadyUsed, Notification
 from airflow_hitl.policy import (
+    ConfigProblems,
     Eligibility,
     EscalationLevel,
     Principal,
@@ -117,61 +118,69 @@ class ApprovalSpec:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     notify: Mapping[str, Any] = field(default_factory=dict)
 
-    def validate(self, error: type[InvalidInput] = InvalidInput) -> None:
-        """Raise ``error`` naming the first wrong field; the operator passes its own subclass."""
+    def validate(self, error: type[InvalidInput] = InvalidInput, *, where: str = "") -> None:
+        """Raise one ``error`` naming every wrong field; the operator passes its own subclass."""
+        self.problems().raise_if_any(error, where=where)
+
+    def problems(self) -> ConfigProblems:
+        """Every wrong field, checked independently so one look shows them all."""
+        problems = ConfigProblems()
         if not isinstance(self.dag_id, str) or not self.dag_id:
-            raise error("dag_id", "is required")
+            problems.add("dag_id", "is required")
         if not isinstance(self.title, str) or not self.title.strip():
-            raise error("title", "is required and must be a non-empty string")
-        if len(self.title) > 500:
-            raise error("title", "must be at most 500 characters")
+            problems.add("title", "is required and must be a non-empty string")
+        elif len(self.title) > 500:
+            problems.add("title", "must be at most 500 characters")
         if self.approval_type not in APPROVAL_TYPES:
-            raise error("approval_type", f"must be one of {list(APPROVAL_TYPES)}, got {self.approval_type!r}")
+            problems.add("approval_type", f"must be one of {list(APPROVAL_TYPES)}, got {self.approval_type!r}")
         if self.timeout is not None:
             if not isinstance(self.timeout, dt.timedelta):
-                raise error("timeout", "must be a datetime.timedelta")
-            if self.timeout <= dt.timedelta(0):
-                raise error("timeout", "must be positive")
+                problems.add("timeout", "must be a datetime.timedelta")
+            elif self.timeout <= dt.timedelta(0):
+                problems.add("timeout", "must be positive")
         if self.timeout_action is not None and self.timeout_action not in TIMEOUT_ACTIONS:
-            raise error("timeout_action", f"must be one of {list(TIMEOUT_ACTIONS)}, got {self.timeout_action!r}")
+            problems.add("timeout_action", f"must be one of {list(TIMEOUT_ACTIONS)}, got {self.timeout_action!r}")
         if self.timeout_action is not None and self.timeout is None:
-            raise error("timeout", f"is required when timeout_action={self.timeout_action!r}")
+            problems.add("timeout", f"is required when timeout_action={self.timeout_action!r}")
         if self.timeout_action == "escalate":
             if not self.escalation_targets:
-                raise error("escalate_to", "is required when timeout_action='escalate'")
+                problems.add("escalate_to", "is required when timeout_action='escalate'")
             if self.escalation_final_action not in FINAL_ACTIONS:
-                raise error(
+                problems.add(
                     "escalation_final_action",
                     f"must be one of {list(FINAL_ACTIONS)}, got {self.escalation_final_action!r}",
                 )
         elif self.escalation_targets:
-            raise error("escalate_to", "is only used with timeout_action='escalate'")
-        if (
-            not isinstance(self.required_approvals, int)
-            or isinstance(self.required_approvals, bool)
-            or self.required_approvals < 1
-        ):
-            raise error("required_approvals", "must be a positive integer")
-        approvers = str_list(list(self.allowed_approvers), "allowed_approvers")
-        str_list(list(self.allowed_roles), "allowed_roles")
-        if approvers and not self.allowed_roles and self.required_approvals > len(set(approvers)):
-            raise error(
+            problems.add("escalate_to", "is only used with timeout_action='escalate'")
+        quorum_ok = (
+            isinstance(self.required_approvals, int)
+            and not isinstance(self.required_approvals, bool)
+            and self.required_approvals >= 1
+        )
+        if not quorum_ok:
+            problems.add("required_approvals", "must be a positive integer")
+        approvers = problems.parse(str_list, list(self.allowed_approvers), "allowed_approvers", default=[])
+        problems.parse(str_list, list(self.allowed_roles), "allowed_roles", default=[])
+        if quorum_ok and approvers and not self.allowed_roles and self.required_approvals > len(set(approvers)):
+            problems.add(
                 "required_approvals",
                 f"asks for {self.required_approvals} approvals but allowed_approvers names only "
                 f"{len(set(approvers))} people",
             )
         if self.require_all and not approvers:
-            raise error("require_all", "needs allowed_approvers: 'all' must be a known list of people")
+            problems.add("require_all", "needs allowed_approvers: 'all' must be a known list of people")
         if self.on_reject not in ON_REJECT:
-            raise error("on_reject", f"must be one of {list(ON_REJECT)}, got {self.on_reject!r}")
+            problems.add("on_reject", f"must be one of {list(ON_REJECT)}, got {self.on_reject!r}")
         for name in ("context", "metadata", "notify"):
             value = getattr(self, name)
             if not isinstance(value, Mapping):
-                raise error(name, "must be a dict")
+                problems.add(name, "must be a dict")
+                continue
             try:
                 json.dumps(value, default=_json_default)
             except (TypeError, ValueError) as err:
-                raise error(name, f"must be JSON-serialisable: {err}") from err
+                problems.add(name, f"must be JSON-serialisable: {err}")
+        return problems
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -850,8 +859,9 @@ class ApprovalManager:
         event_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        newest_first: bool = False,
     ) -> builtins.list[Notification]:
-        """Notifications, oldest first, filtered by any of the given fields."""
+        """Notifications, oldest (or newest) first, filtered by any of the given fields."""
         n = ApprovalNotificationRow
         query = select(n)
         for column, value in (
@@ -863,9 +873,21 @@ class ApprovalManager:
         ):
             if value is not None:
                 query = query.where(column == str(value))
-        query = query.order_by(n.created_at, n.id).limit(limit).offset(offset)
+        order = (n.created_at.desc(), n.id.desc()) if newest_first else (n.created_at, n.id)
+        query = query.order_by(*order).limit(limit).offset(offset)
         with self.store.session() as session:
             return [Notification.from_row(r) for r in session.scalars(query)]
+
+    def count_notifications(self, *, recipient: str, channel: str | None = None, status: str | None = None) -> int:
+        """How many notifications of ``recipient`` there are (on ``channel``, in ``status``)."""
+        n = ApprovalNotificationRow
+        query = select(func.count()).select_from(n).where(n.recipient == recipient)
+        if channel is not None:
+            query = query.where(n.channel == channel)
+        if status is not None:
+            query = query.where(n.status == status)
+        with self.store.session() as session:
+            return int(session.scalar(query) or 0)
 
     def unread_count(self, recipient: str) -> int:
         """In-app notifications of ``recipient`` not yet marked read."""

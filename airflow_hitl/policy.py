@@ -7,11 +7,52 @@ UI's disabled buttons all give the same answer for the same request.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from airflow_hitl.exceptions import InvalidApprovalConfig
+from airflow_hitl.exceptions import InvalidApprovalConfig, InvalidInput
+
+T = TypeVar("T")
+D = TypeVar("D")
+
+
+class ConfigProblems:
+    """Every wrong option found so far, so one error can name them all at once.
+
+    A DAG author fixing a gate should see all of its mistakes in one parse, the way Airflow
+    lists every misspelled keyword, not one field per attempt.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def add(self, field_name: str, message: str) -> None:
+        """Record one problem with ``field_name``."""
+        self.items.append((field_name, message))
+
+    @contextmanager
+    def collecting(self) -> Iterator[None]:
+        """Record the problems of an :class:`InvalidInput` raised inside instead of raising it."""
+        try:
+            yield
+        except InvalidInput as err:
+            self.items.extend(err.problems)
+
+    def parse(self, parse: Callable[..., T], *args: Any, default: D, **kwargs: Any) -> T | D:
+        """``parse(*args, **kwargs)``, or ``default`` (recording the problems) when it raises InvalidInput."""
+        with self.collecting():
+            return parse(*args, **kwargs)
+        return default
+
+    def raise_if_any(self, error: type[InvalidInput] = InvalidApprovalConfig, *, where: str = "") -> None:
+        """Raise one ``error`` listing every recorded problem (nothing when there is none)."""
+        if self.items:
+            raise error.of(self.items, where=where)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,33 +110,40 @@ class EscalationLevel:
 
     @classmethod
     def parse(cls, value: Any, *, field_name: str = "escalate_to", index: int = 0) -> EscalationLevel:
-        """Accept an ``EscalationLevel`` or a dict, validating it with errors naming the field."""
+        """Accept an ``EscalationLevel`` or a dict, validating it with errors naming every wrong field."""
         name = f"{field_name}[{index}]"
+        problems = ConfigProblems()
+        names_ok = True
         if isinstance(value, EscalationLevel):
             level = value
         elif isinstance(value, Mapping):
             unknown = set(value) - {"approvers", "roles", "timeout", "required_approvals"}
             if unknown:
-                raise InvalidApprovalConfig(name, f"unknown keys {sorted(unknown)}")
+                problems.add(name, f"unknown keys {sorted(unknown)}")
             timeout = value.get("timeout")
             if not isinstance(timeout, dt.timedelta):
-                raise InvalidApprovalConfig(f"{name}.timeout", "must be a datetime.timedelta")
+                problems.add(f"{name}.timeout", "must be a datetime.timedelta")
+                timeout = dt.timedelta(seconds=1)  # a placeholder so the other fields are checked too
             level = cls(
-                approvers=tuple(_str_list(value.get("approvers"), f"{name}.approvers")),
-                roles=tuple(_str_list(value.get("roles"), f"{name}.roles")),
+                approvers=tuple(problems.parse(_str_list, value.get("approvers"), f"{name}.approvers", default=[])),
+                roles=tuple(problems.parse(_str_list, value.get("roles"), f"{name}.roles", default=[])),
                 timeout=timeout,
                 required_approvals=value.get("required_approvals"),
             )
+            names_ok = not any(f in (f"{name}.approvers", f"{name}.roles") for f, _ in problems.items)
         else:
             raise InvalidApprovalConfig(name, "must be an EscalationLevel or a dict with approvers/roles/timeout")
-        if not level.approvers and not level.roles:
-            raise InvalidApprovalConfig(name, "names no approvers and no roles to escalate to")
+        if names_ok and not level.approvers and not level.roles:
+            problems.add(name, "names no approvers and no roles to escalate to")
         if level.timeout <= dt.timedelta(0):
-            raise InvalidApprovalConfig(f"{name}.timeout", "must be positive")
+            problems.add(f"{name}.timeout", "must be positive")
         if level.required_approvals is not None and (
-            not isinstance(level.required_approvals, int) or level.required_approvals < 1
+            not isinstance(level.required_approvals, int)
+            or isinstance(level.required_approvals, bool)
+            or level.required_approvals < 1
         ):
-            raise InvalidApprovalConfig(f"{name}.required_approvals", "must be a positive integer")
+            problems.add(f"{name}.required_approvals", "must be a positive integer")
+        problems.raise_if_any()
         return level
 
 

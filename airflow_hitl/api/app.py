@@ -64,6 +64,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 def create_app() -> FastAPI:
     """Build the ``/hitl`` app with the approvals REST API under ``/api/v1``."""
     from airflow_hitl.api.routes.approvals import router as approvals_router
+    from airflow_hitl.api.routes.notifications import router as notifications_router
     from airflow_hitl.api.routes.ui import router as ui_router
 
     app = FastAPI(
@@ -79,6 +80,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(HitlError, _hitl_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(approvals_router, prefix=API_PREFIX)
+    app.include_router(notifications_router, prefix=API_PREFIX)
     # The Approvals pages (/hitl/ui/...), embedded in the Airflow UI through external_views.
     app.include_router(ui_router)
 

@@ -26,21 +26,30 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
+import os
+import sys
+import sysconfig
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import airflow as airflow_package
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+import airflow_hitl as airflow_hitl_package
 from airflow_hitl.exceptions import InvalidApprovalConfig
 from airflow_hitl.manager import ApprovalManager, ApprovalSpec
-from airflow_hitl.policy import EscalationLevel, str_list
+from airflow_hitl.policy import ConfigProblems, EscalationLevel, str_list
 from airflow_hitl.records import Approval
 from airflow_hitl.triggers.approval import ApprovalTrigger, ApprovalTriggerEventPayload
 from airflow_hitl.vocabulary import CHANNELS
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from airflow.sdk import Context
 
 ContextSource = str | tuple[str, str]
@@ -132,8 +141,10 @@ class ApprovalOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # Every option is checked before anything is raised, so one parse names every mistake.
+        problems = ConfigProblems()
         if self.execution_timeout is not None:
-            raise InvalidApprovalConfig(
+            problems.add(
                 "execution_timeout",
                 "is not how long approvers have and would kill the waiting gate; use `timeout` instead",
             )
@@ -143,17 +154,17 @@ class ApprovalOperator(BaseOperator):
         self.description = description
         self.reason = reason
         self.context = dict(context or {}) if isinstance(context, Mapping) or context is None else context
-        self.context_from = _parse_context_from(context_from)
+        self.context_from = problems.parse(_parse_context_from, context_from, default={})
         self.approval_type = approval_type
         self.condition = condition
         self.timeout = timeout
         self.timeout_action = timeout_action
-        self.escalate_to = _parse_escalation(escalate_to, timeout)
+        self.escalate_to = problems.parse(_parse_escalation, escalate_to, timeout, default=[])
         self.escalation_final_action = escalation_final_action
         self.required_approvals = required_approvals
         self.require_all = require_all
-        self.allowed_approvers = str_list(allowed_approvers, "allowed_approvers")
-        self.allowed_roles = str_list(allowed_roles, "allowed_roles")
+        self.allowed_approvers = problems.parse(str_list, allowed_approvers, "allowed_approvers", default=[])
+        self.allowed_roles = problems.parse(str_list, allowed_roles, "allowed_roles", default=[])
         self.allow_self_approval = allow_self_approval
         self.on_reject = on_reject
         self.metadata = dict(metadata or {}) if isinstance(metadata, Mapping) or metadata is None else metadata
@@ -170,31 +181,49 @@ class ApprovalOperator(BaseOperator):
             webhook_endpoint=webhook_endpoint,
             remind_every=remind_every,
             templates=notify_templates,
+            problems=problems,
         )
         self.remind_every = remind_every
-        self._validate()
+        self._validate(problems)
+        if problems:
+            dag_file_frame = _dag_file_frame()
+            error = InvalidApprovalConfig.of(problems.items, where=self._where(dag_file_frame))
+            _raise_at(error, dag_file_frame)
 
     # ------------------------------------------------------------------ parse time
 
-    def _validate(self) -> None:
+    def _validate(self, problems: ConfigProblems) -> None:
         if not isinstance(self.context, Mapping):
-            raise InvalidApprovalConfig("context", "must be a dict")
+            problems.add("context", "must be a dict")
         if not isinstance(self.metadata, Mapping):
-            raise InvalidApprovalConfig("metadata", "must be a dict")
+            problems.add("metadata", "must be a dict")
         if not isinstance(self.allow_self_approval, bool):
-            raise InvalidApprovalConfig("allow_self_approval", "must be True or False")
+            problems.add("allow_self_approval", "must be True or False")
         if not isinstance(self.require_all, bool):
-            raise InvalidApprovalConfig("require_all", "must be True or False")
+            problems.add("require_all", "must be True or False")
         if self.approval_type == "conditional" and not callable(self.condition):
-            raise InvalidApprovalConfig("condition", "a callable is required when approval_type='conditional'")
+            problems.add("condition", "a callable is required when approval_type='conditional'")
         if self.condition is not None and self.approval_type != "conditional":
-            raise InvalidApprovalConfig("condition", "is only used with approval_type='conditional'")
+            problems.add("condition", "is only used with approval_type='conditional'")
         if self.poll_interval is not None and (
             not isinstance(self.poll_interval, (int, float)) or self.poll_interval <= 0
         ):
-            raise InvalidApprovalConfig("poll_interval", "must be a positive number of seconds")
-        # Templated values are not rendered yet; check the shape of everything else now.
-        self._spec(dag_id="validation", context={}, metadata={}).validate(InvalidApprovalConfig)
+            problems.add("poll_interval", "must be a positive number of seconds")
+        # Templated values are not rendered yet; check the shape of everything else now. A field
+        # already reported (say escalate_to, left empty after its own error) is not reported again.
+        reported = {_option_of(name) for name, _ in problems.items}
+        for name, message in self._spec(dag_id="validation", context={}, metadata={}).problems().items:
+            if _option_of(name) not in reported:
+                problems.add(name, message)
+
+    def _where(self, frame: FrameType | None) -> str:
+        """'of task ... in DAG ... at file:line', for the error a DAG author reads."""
+        where = f"of task {self.task_id!r}"
+        if self.has_dag():
+            where += f" in DAG {self.dag_id!r}"
+        if frame is not None:
+            where += f" at {frame.f_code.co_filename}:{frame.f_lineno}"
+        return where
 
     def _spec(self, **overrides: Any) -> ApprovalSpec:
         fields: dict[str, Any] = {
@@ -394,6 +423,45 @@ def decision_summary(approval: Approval) -> dict[str, Any]:
     }
 
 
+def _option_of(name: str) -> str:
+    """The operator argument a reported field belongs to: ``escalate_to[0].timeout`` -> ``escalate_to``."""
+    return name.split("[", 1)[0].split(".", 1)[0]
+
+
+_LIBRARY_DIRS = tuple(
+    str(Path(path).resolve()) + os.sep
+    for path in (
+        Path(airflow_hitl_package.__file__).parent,
+        Path(airflow_package.__file__).parent,
+        sysconfig.get_paths()["stdlib"],
+    )
+)
+
+
+def _dag_file_frame() -> FrameType | None:
+    """The innermost frame outside airflow-hitl, Airflow and the standard library: the DAG file's line."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith("<") and not str(Path(filename).resolve()).startswith(_LIBRARY_DIRS):
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def _raise_at(error: InvalidApprovalConfig, frame: FrameType | None) -> NoReturn:
+    """Raise ``error`` with the DAG file's line as its innermost traceback entry.
+
+    Airflow keeps only the innermost entries of an import error's traceback
+    (``[core] dagbag_import_error_traceback_depth``, 2 by default), which would all be ours;
+    a traceback entry for the author's own line (as Jinja2 does for template lines) makes the
+    import error point at the line to fix.
+    """
+    if frame is None:
+        raise error
+    raise error.with_traceback(types.TracebackType(None, frame, frame.f_lasti, frame.f_lineno))
+
+
 def _parse_context_from(value: Any) -> dict[str, tuple[str, str]]:
     if value is None:
         return {}
@@ -433,7 +501,10 @@ def _parse_escalation(value: Any, timeout: dt.timedelta | None) -> list[Escalati
         if not isinstance(timeout, dt.timedelta):
             raise InvalidApprovalConfig("escalate_to", "a list of user names needs `timeout` for the level")
         return [EscalationLevel.parse({"approvers": list(value), "timeout": timeout})]
-    return [EscalationLevel.parse(v, index=i) for i, v in enumerate(value)]
+    problems = ConfigProblems()
+    levels = [problems.parse(EscalationLevel.parse, v, index=i, default=None) for i, v in enumerate(value)]
+    problems.raise_if_any()
+    return [level for level in levels if level is not None]
 
 
 NOTIFY_CHANNELS = CHANNELS
@@ -459,6 +530,7 @@ def _parse_notify(
     webhook_endpoint: Any,
     remind_every: Any,
     templates: Any,
+    problems: ConfigProblems,
 ) -> dict[str, Any]:
     """The request's ``notify`` options, checked now so a wrong one fails the DAG import naming it."""
     from airflow_hitl.notifications.templates import validate_overrides
@@ -466,14 +538,15 @@ def _parse_notify(
     if channels is None:
         channels = []
     if isinstance(channels, str) or not isinstance(channels, Sequence):
-        raise InvalidApprovalConfig("notify_channels", f"must be a list of channels from {list(NOTIFY_CHANNELS)}")
+        problems.add("notify_channels", f"must be a list of channels from {list(NOTIFY_CHANNELS)}")
+        channels = []
     for channel in channels:
         if channel not in NOTIFY_CHANNELS:
-            raise InvalidApprovalConfig("notify_channels", f"unknown channel {channel!r}; use {list(NOTIFY_CHANNELS)}")
-    channels = list(dict.fromkeys(channels))
+            problems.add("notify_channels", f"unknown channel {channel!r}; use {list(NOTIFY_CHANNELS)}")
+    channels = [channel for channel in dict.fromkeys(channels) if channel in NOTIFY_CHANNELS]
     notify: dict[str, Any] = {"channels": channels}
-    user_list = str_list(users, "notify_users")
-    role_list = str_list(roles, "notify_roles")
+    user_list = problems.parse(str_list, users, "notify_users", default=[])
+    role_list = problems.parse(str_list, roles, "notify_roles", default=[])
     if user_list:
         notify["users"] = user_list
     if role_list:
@@ -486,24 +559,26 @@ def _parse_notify(
         "webhook_endpoint": ("webhook", webhook_endpoint),
     }
     for name, (channel, value) in per_channel.items():
-        if _optional_str(name, value) is None:
+        if problems.parse(_optional_str, name, value, default=None) is None:
             continue
         if channel not in channels:
-            raise InvalidApprovalConfig(name, f"is only used when notify_channels includes {channel!r}")
+            problems.add(name, f"is only used when notify_channels includes {channel!r}")
         notify[name] = value
     if (user_list or role_list) and not channels:
-        raise InvalidApprovalConfig("notify_channels", "is required when notify_users or notify_roles is given")
+        problems.add("notify_channels", "is required when notify_users or notify_roles is given")
     if remind_every is not None:
         if not isinstance(remind_every, dt.timedelta) or remind_every <= dt.timedelta(0):
-            raise InvalidApprovalConfig("remind_every", "must be a positive datetime.timedelta")
-        if not channels:
-            raise InvalidApprovalConfig("remind_every", "needs notify_channels to remind anyone")
-        notify["remind_every_seconds"] = remind_every.total_seconds()
+            problems.add("remind_every", "must be a positive datetime.timedelta")
+        elif not channels:
+            problems.add("remind_every", "needs notify_channels to remind anyone")
+        else:
+            notify["remind_every_seconds"] = remind_every.total_seconds()
     problem = validate_overrides(templates)
     if problem:
-        raise InvalidApprovalConfig("notify_templates", problem)
-    if templates:
+        problems.add("notify_templates", problem)
+    elif templates:
         if not channels:
-            raise InvalidApprovalConfig("notify_templates", "needs notify_channels")
-        notify["templates"] = {event: dict(parts) for event, parts in templates.items()}
+            problems.add("notify_templates", "needs notify_channels")
+        else:
+            notify["templates"] = {event: dict(parts) for event, parts in templates.items()}
     return notify if channels else {}

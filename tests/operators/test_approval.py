@@ -133,7 +133,77 @@ class TestValidation:
         bag = DagBag(dag_folder=str(tmp_path))
         assert "bad_gate" not in bag.dags
         errors = "\n".join(bag.import_errors.values())
-        assert "invalid `required_approvals`" in errors
+        assert "invalid `required_approvals` of task 'gate' in DAG 'bad_gate'" in errors
+
+    def test_every_problem_is_reported_at_once(self) -> None:
+        from airflow.sdk import DAG
+
+        with DAG("release", schedule=None), pytest.raises(InvalidApprovalConfig) as err:
+            ApprovalOperator(
+                task_id="approve_release",
+                title="Release",
+                required_approvals=0,
+                timeout_action="nap",
+                on_reject="retry",
+                escalate_to=[{"approvers": ["boss"]}, {"roles": 3, "timeout": dt.timedelta(hours=1)}],
+                notify_channels=["pager"],
+                execution_timeout=dt.timedelta(hours=1),
+            )
+        fields = [field for field, _ in err.value.problems]
+        assert sorted(fields) == sorted(
+            [
+                "execution_timeout",
+                "escalate_to[0].timeout",
+                "escalate_to[1].roles",
+                "notify_channels",
+                "timeout_action",
+                "timeout",
+                "required_approvals",
+                "on_reject",
+            ]
+        )
+        message = str(err.value)
+        assert message.startswith(
+            "ApprovalOperator: invalid options of task 'approve_release' in DAG 'release' at " + __file__
+        )
+        assert "(8 problems)" in message
+        for field in fields:
+            assert f"\n  - `{field}`: " in message
+        assert err.value.field == fields[0]
+
+    def test_a_field_left_empty_by_its_own_error_is_not_reported_twice(self) -> None:
+        with pytest.raises(InvalidApprovalConfig) as err:
+            ApprovalOperator(
+                task_id="gate",
+                title="t",
+                timeout=dt.timedelta(hours=1),
+                timeout_action="escalate",
+                escalation_final_action="reject",
+                escalate_to=[{"approvers": ["boss"], "timeout": dt.timedelta(0)}],
+            )
+        assert err.value.problems == [("escalate_to[0].timeout", "must be positive")]
+
+    def test_import_error_traceback_ends_at_the_dag_files_line(self, tmp_path: Path) -> None:
+        """Airflow keeps the innermost two traceback entries of an import error: one must be the author's line."""
+        (tmp_path / "two_mistakes.py").write_text(
+            "import datetime as dt\n"
+            "from airflow.sdk import DAG\n"
+            "from airflow_hitl.operators.approval import ApprovalOperator\n"
+            "with DAG('two_mistakes', schedule=None, start_date=dt.datetime(2026, 1, 1)):\n"
+            "    ApprovalOperator(task_id='ok', title='fine')\n"
+            "    ApprovalOperator(task_id='gate', title='', on_reject='retry')  # line 6\n"
+        )
+        from airflow.dag_processing.dagbag import DagBag
+
+        bag = DagBag(dag_folder=str(tmp_path))
+        assert "two_mistakes" not in bag.dags
+        [error] = bag.import_errors.values()
+        assert f'File "{tmp_path / "two_mistakes.py"}", line 6, in <module>' in error
+        assert "ApprovalOperator(task_id='gate', title='', on_reject='retry')  # line 6" in error
+        assert "invalid options of task 'gate' in DAG 'two_mistakes'" in error
+        assert "two_mistakes.py:6 (2 problems):" in error
+        assert "- `title`: is required" in error
+        assert "- `on_reject`: must be one of" in error
 
 
 @pytest.fixture(scope="module")
