@@ -9,13 +9,17 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import re
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from airflow_hitl.api.app import create_app
@@ -23,7 +27,8 @@ from airflow_hitl.manager import ApprovalManager, ApprovalSpec
 from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.records import Approval
-from tests.notifications.conftest import BASE_URL, SmtpSink
+from tests.e2e.harness import free_port
+from tests.notifications.conftest import BASE_URL, SmtpSink, wait_for
 
 LINK = re.compile(re.escape(BASE_URL) + r"/hitl/links\?token=([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)")
 HOSTILE = '<script>alert("x")</script>'
@@ -336,3 +341,53 @@ class TestEmailLinks:
         assert "&lt;script&gt;" in page
         done = use(client, links["alice"]["approve"]).text
         assert "<script>" not in done
+
+
+class _Records(logging.Handler):
+    """Keeps every formatted record of the logger it is attached to."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.mark.usefixtures("notify_env")
+class TestUvicornAccessLog:
+    def test_a_real_uvicorn_access_log_never_holds_a_token(
+        self, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        # uvicorn with its own access log on (deployments that serve the app that way).
+        app = create_app()
+        app.state.hitl_manager = sqlite_manager
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None, access_log=True, lifespan="off")
+        )
+        records = _Records()
+        access = logging.getLogger("uvicorn.access")
+        level = access.level
+        access.setLevel(logging.INFO)
+        access.addHandler(records)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: server.started, 30, "uvicorn to start")
+            gate, links = open_and_mail(sqlite_manager, smtp_server)
+            token = links["alice"]["approve"]
+            with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", trust_env=False) as browser:
+                assert browser.get("/links", params={"token": token}).status_code == 200
+                assert browser.get(f"/links?x=1&token={token}=").status_code == 403
+                assert browser.post("/links", data={"token": token}).status_code == 200
+            wait_for(lambda: len(records.lines) >= 3, 10, "three access log lines")
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+            access.removeHandler(records)
+            access.setLevel(level)
+        assert sqlite_manager.get(gate.id).state == "approved"
+        assert sum("/links?" in line for line in records.lines) == 2, records.lines
+        assert all("token=***" in line for line in records.lines if "/links?" in line)
+        payload, signature = token.split(".")
+        assert not [line for line in records.lines if payload in line or signature in line], records.lines

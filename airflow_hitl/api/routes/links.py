@@ -11,8 +11,11 @@ record verbatim. The emailed link carries it as the ``token`` query parameter, w
 Airflow's api-server access log redacts (``token`` is a secret-looking key to its secrets
 masker; a tampered or extra ``token`` is redacted all the same), and the confirmation page
 POSTs it in the form body to ``/links``, so the deciding request has no token in its URL at
-all. We never log a token ourselves, genuine or not. (A fragment, ``#token``, would keep it
-from the server entirely but needs script on the page; mail clients' browsers vary.)
+all. We never log a token ourselves, genuine or not. Where uvicorn's own access log is
+switched on (Airflow 3.3 turns it off for its own middleware), :class:`LinkTokenRedactor`,
+installed by the app factory, blanks the ``token`` of ``/links?`` URLs in its records too.
+(A fragment, ``#token``, would keep it from the server entirely but needs script on the
+page, and the page must work in any mail client's browser.)
 
 Answers: a tampered or foreign link 403, an expired or used one 410, a request that is no
 longer pending 409; each as an HTML page that says so. Every value on a page is escaped.
@@ -21,6 +24,7 @@ longer pending 409; each as an HTML page that says so. Every value on a page is 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -54,6 +58,34 @@ _HEADERS = {
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
 }
+
+
+ACCESS_LOGGER = "uvicorn.access"
+_TOKEN_VALUE = re.compile(r"(?<=[?&])token=[^&\s\"#]*")
+
+
+def _redact_links(value: object) -> object:
+    if isinstance(value, str) and "/links?" in value:
+        return _TOKEN_VALUE.sub("token=***", value)
+    return value
+
+
+class LinkTokenRedactor(logging.Filter):
+    """Blank the ``token`` of our ``/links?`` URLs in uvicorn's access log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message and arguments in place; never drop it."""
+        record.msg = _redact_links(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_links(arg) for arg in record.args)
+        return True
+
+
+def redact_tokens_in_access_logs() -> None:
+    """Install :class:`LinkTokenRedactor` on uvicorn's access logger (once per process)."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    if not any(isinstance(f, LinkTokenRedactor) for f in logger.filters):
+        logger.addFilter(LinkTokenRedactor())
 
 
 class LinkRefused(Exception):
