@@ -84,11 +84,13 @@ def create_app() -> FastAPI:
     # The Approvals pages (/hitl/ui/...), embedded in the Airflow UI through external_views.
     app.include_router(ui_router)
 
-    # Signed email links (/hitl/links/...) and Slack buttons (/hitl/slack/interactions) carry
+    # Signed email links (/hitl/links?token=...) and Slack buttons (/hitl/slack/interactions) carry
     # their own credentials (a signed token, Slack's signature) instead of an Airflow login.
+    from airflow_hitl.api.routes.links import redact_tokens_in_access_logs
     from airflow_hitl.api.routes.links import router as links_router
     from airflow_hitl.api.routes.slack import router as slack_router
 
+    redact_tokens_in_access_logs()
     app.include_router(links_router)
     app.include_router(slack_router)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 import smtplib
 import time
 import uuid
@@ -22,16 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.notifier import BaseNotifier
 
-from airflow_hitl.notifications.signing import webhook_signature
+from airflow_hitl.notifications.signing import webhook_keys, webhook_signature
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_hitl.records import Approval
 
-WEBHOOK_ID_HEADER = "X-Hitl-Message-Id"
-WEBHOOK_TIMESTAMP_HEADER = "X-Hitl-Timestamp"
-WEBHOOK_SIGNATURE_HEADER = "X-Hitl-Signature"
+# Standard Webhooks (https://www.standardwebhooks.com/) header names.
+WEBHOOK_ID_HEADER = "webhook-id"
+WEBHOOK_TIMESTAMP_HEADER = "webhook-timestamp"
+WEBHOOK_SIGNATURE_HEADER = "webhook-signature"
 APPROVE_ACTION_ID = "hitl_approve"
 REJECT_ACTION_ID = "hitl_reject"
 REJECT_MODAL_ID = "hitl_reject_reason"
@@ -128,6 +130,28 @@ class HitlEmailNotifier(BaseNotifier):
 # ---------------------------------------------------------------------------- slack
 
 
+_ZWJ = "\u200d"
+# Characters that start formatting in Slack mrkdwn anywhere in a line ...
+_SLACK_FORMATTING = re.compile(r"([*_~`])")
+# ... and ``>`` (already ``&gt;`` here), which quotes a line it starts, after optional blanks.
+_SLACK_QUOTE = re.compile(r"^([ \t]*)(&gt;)", re.MULTILINE)
+
+
+def slack_escape(value: Any) -> str:
+    """Make ``value`` inert text for Slack: no mention, no link, no formatting.
+
+    The one escaping function for everything from a user or a DAG that reaches Slack, in
+    every block and in the top-level ``text`` of ``chat.postMessage``, ``chat.update`` and
+    ``chat.postEphemeral``. ``&``, ``<`` and ``>`` become entities, so ``<!channel>``,
+    ``<@U123>`` and ``<https://x|text>`` arrive as text; a zero-width joiner on both sides of
+    ``*``, ``_``, ``~`` and backticks, and before a ``>`` that starts a line, keeps them from
+    being read as markup while they still show as typed.
+    """
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _SLACK_FORMATTING.sub(_ZWJ + r"\1" + _ZWJ, text)
+    return _SLACK_QUOTE.sub(r"\1" + _ZWJ + r"\2", text)
+
+
 def _slack_text(value: str, limit: int = 2900) -> str:
     # Block text fields are capped at 3000 characters by Slack.
     return value if len(value) <= limit else value[: limit - 1] + "…"
@@ -141,12 +165,12 @@ def approval_blocks(
     buttons: bool,
     footer: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Block Kit for a gate: title, where, who, why, context fields, expiry, and the buttons."""
+    """Block Kit for a gate: title, where, who, why, context fields, expiry, and the buttons.
 
-    def esc(text: Any) -> str:
-        # mrkdwn treats &, < and > specially; everything user-supplied goes through here.
-        return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
+    Every value from the request (and ``headline`` and ``footer``, which quote it) goes
+    through :func:`slack_escape`; only our own labels are markup.
+    """
+    esc = slack_escape
     fields = [
         {"type": "mrkdwn", "text": f"*DAG*\n{esc(approval.dag_id)}"},
         {"type": "mrkdwn", "text": f"*Task*\n{esc(approval.task_id or '-')}"},
@@ -161,7 +185,7 @@ def approval_blocks(
         )
     fields.append({"type": "mrkdwn", "text": f"*Approvals*\n{len(approval.approvers)} of {approval.approvals_needed}"})
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _slack_text(headline, 150)}},
+        {"type": "header", "text": {"type": "plain_text", "text": _slack_text(esc(headline), 150)}},
         {"type": "section", "text": {"type": "mrkdwn", "text": _slack_text(f"*{esc(approval.title)}*")}},
         {"type": "section", "fields": fields[:10]},
     ]
@@ -227,8 +251,9 @@ class HitlSlackNotifier(BaseNotifier):
     """Post (or update) a Slack message through ``SlackHook`` (``chat.postMessage`` / ``chat.update``).
 
     :param channel: Channel name or id, or a member id for a direct message (templated).
-    :param text: Message text, also the notification fallback (templated).
-    :param blocks: Block Kit blocks (templated).
+    :param text: Message text, also the notification fallback (templated). Plain text: it is
+        escaped before sending, so neither a DAG nor a user value in it can mention or link.
+    :param blocks: Block Kit blocks (templated), sent as given.
     :param slack_conn_id: Slack API connection; default ``[hitl] notify_slack_conn_id``. Its
         ``base_url`` extra points the client elsewhere (a proxy, or a test stand-in).
     """
@@ -268,13 +293,16 @@ class HitlSlackNotifier(BaseNotifier):
         await asyncio.to_thread(self.notify, context)
 
     def post(self, *, channel: str, text: str, blocks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """``chat.postMessage``; return the message's ``channel`` and ``ts`` (needed to update it)."""
-        response = self._client().chat_postMessage(channel=channel, text=text, blocks=list(blocks))
+        """``chat.postMessage``; return the message's ``channel`` and ``ts`` (needed to update it).
+
+        ``text`` is plain text: it is escaped (:func:`slack_escape`), so it cannot mention or link.
+        """
+        response = self._client().chat_postMessage(channel=channel, text=slack_escape(text), blocks=list(blocks))
         return {"channel": response.get("channel", channel), "ts": response.get("ts")}
 
     def update(self, *, channel: str, ts: str, text: str, blocks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """``chat.update`` of a message posted earlier."""
-        response = self._client().chat_update(channel=channel, ts=ts, text=text, blocks=list(blocks))
+        """``chat.update`` of a message posted earlier; ``text`` is escaped as in :meth:`post`."""
+        response = self._client().chat_update(channel=channel, ts=ts, text=slack_escape(text), blocks=list(blocks))
         return {"channel": response.get("channel", channel), "ts": response.get("ts", ts)}
 
 
@@ -284,9 +312,12 @@ class HitlSlackNotifier(BaseNotifier):
 class HitlWebhookNotifier(BaseNotifier):
     """POST a signed JSON payload through ``HttpHook``.
 
-    Headers: ``X-Hitl-Message-Id`` (unique), ``X-Hitl-Timestamp`` (Unix seconds) and
-    ``X-Hitl-Signature: sha256=<hex>``, the HMAC-SHA256 of ``{id}.{timestamp}.{body}`` keyed
-    with the connection's password (or its ``secret`` extra). See the README for verifying.
+    Signed the Standard Webhooks way, so any receiver can verify it with the
+    ``standardwebhooks`` library: ``webhook-id`` (unique, the same on retries),
+    ``webhook-timestamp`` (Unix seconds) and ``webhook-signature: v1,<base64>``, the
+    HMAC-SHA256 of ``{id}.{timestamp}.{body}``, once per secret. The secrets are the
+    connection's password, else its ``secret`` extra: ``whsec_<base64>`` or a plain string,
+    several separated by spaces for key rotation (see :func:`~.signing.webhook_keys`).
 
     :param payload: JSON-serialisable dict (templated).
     :param http_conn_id: HTTP connection (host = the receiver); default ``[hitl] notify_webhook_conn_id``.
@@ -327,9 +358,13 @@ class HitlWebhookNotifier(BaseNotifier):
         conn = hook.get_connection(conn_id)
         extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
         secret = conn.password or extra.get("secret")
-        if not secret:
+        if not secret or not str(secret).strip():
             # Receivers must be able to trust what we send: never send unsigned.
             raise DeliveryError(f"connection {conn_id!r} has no webhook secret (password or `secret` extra)")
+        try:
+            keys = webhook_keys(str(secret))
+        except ValueError as err:
+            raise DeliveryError(f"connection {conn_id!r}: {err}") from err
         message_id = message_id or str(uuid.uuid4())
         timestamp = str(int(time.time()))
         body = json.dumps(dict(payload), default=_json_default, separators=(",", ":"), sort_keys=True).encode()
@@ -337,9 +372,7 @@ class HitlWebhookNotifier(BaseNotifier):
             "Content-Type": "application/json",
             WEBHOOK_ID_HEADER: message_id,
             WEBHOOK_TIMESTAMP_HEADER: timestamp,
-            WEBHOOK_SIGNATURE_HEADER: webhook_signature(
-                str(secret).encode(), message_id=message_id, timestamp=timestamp, body=body
-            ),
+            WEBHOOK_SIGNATURE_HEADER: webhook_signature(keys, message_id=message_id, timestamp=timestamp, body=body),
         }
         try:
             response = hook.run(

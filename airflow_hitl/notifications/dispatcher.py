@@ -227,7 +227,7 @@ class NotificationDispatcher:
                 ),
                 key=key,
             )
-            links[action] = f"{self.base_url}{LINKS_PATH}/{token}"
+            links[action] = f"{self.base_url}{LINKS_PATH}?token={token}"
         return links
 
     def _jobs_email(

@@ -5,6 +5,11 @@ the recipient, the action, the notification row that carried it (its "use once" 
 a hard expiry; ``signature`` is HMAC-SHA256 of the payload under the signing key. Changing any
 byte (another request, another recipient, another action) breaks the signature.
 
+A token has exactly one valid spelling. Base64 decoders forgive a lot (padding, the standard
+alphabet's ``+/``, stray characters, non-zero trailing bits), so a lenient reader would accept
+many strings for one signature; :func:`read_token` only accepts the canonical form, i.e. the
+one :func:`make_token` writes, byte for byte, before it compares the signature.
+
 The key comes from ``[hitl] signing_key``, else the password of the connection named by
 ``[hitl] signing_conn_id`` (default ``hitl_signing``), else it is derived from Airflow's own
 ``[api_auth] jwt_secret`` (which every component of a deployment already shares). It is never
@@ -14,10 +19,12 @@ taken from DAG code and never logged.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,12 +45,30 @@ class SigningKeyMissing(RuntimeError):
     """No signing key is configured anywhere; links cannot be made or checked."""
 
 
+MAX_TOKEN_LENGTH = 2048
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Decode unpadded base64url, accepting only the spelling :func:`_b64` produces."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise InvalidToken("not canonical base64url")
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as err:
+        raise InvalidToken("not canonical base64url") from err
+    # Re-encoding catches what the alphabet check cannot: non-zero trailing bits.
+    if _b64(data) != text:
+        raise InvalidToken("not canonical base64url")
+    return data
+
+
+def _claims_json(claims: dict[str, Any]) -> bytes:
+    return json.dumps(claims, separators=(",", ":"), sort_keys=True).encode()
 
 
 def signing_key() -> bytes:
@@ -97,7 +122,7 @@ class LinkClaims:
 
 def make_token(claims: LinkClaims, *, key: bytes | None = None) -> str:
     """Sign ``claims`` into a URL-safe token."""
-    payload = _b64(json.dumps(claims.to_json(), separators=(",", ":"), sort_keys=True).encode())
+    payload = _b64(_claims_json(claims.to_json()))
     mac = hmac.new(key or signing_key(), payload.encode(), hashlib.sha256).digest()
     return f"{payload}.{_b64(mac)}"
 
@@ -105,20 +130,27 @@ def make_token(claims: LinkClaims, *, key: bytes | None = None) -> str:
 def read_token(token: str, *, key: bytes | None = None) -> LinkClaims:
     """Verify the signature (constant time) and return the claims; :class:`InvalidToken` otherwise.
 
-    Expiry is not checked here: an expired link is genuine and gets its own answer (410).
+    Only the canonical spelling is accepted: both parts must decode and re-encode to exactly
+    the given text, and the payload must be the canonical JSON of its claims. Expiry is not
+    checked here: an expired link is genuine and gets its own answer (410).
     """
-    if not isinstance(token, str) or token.count(".") != 1 or len(token) > 2048:
+    if not isinstance(token, str) or token.count(".") != 1 or len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken("malformed link")
     payload, signature = token.split(".")
+    raw_payload = _unb64(payload)
+    given = _unb64(signature)
+    if len(given) != hashlib.sha256().digest_size:
+        raise InvalidToken("malformed signature")
     expected = hmac.new(key or signing_key(), payload.encode(), hashlib.sha256).digest()
-    try:
-        given = _unb64(signature)
-    except ValueError as err:
-        raise InvalidToken("malformed signature") from err
     if not hmac.compare_digest(expected, given):
         raise InvalidToken("signature does not match")
     try:
-        data = json.loads(_unb64(payload))
+        data = json.loads(raw_payload)
+    except ValueError as err:
+        raise InvalidToken("malformed payload") from err
+    if not isinstance(data, dict) or _claims_json(data) != raw_payload:
+        raise InvalidToken("payload is not canonical")
+    try:
         return LinkClaims(
             request_id=str(data["r"]),
             recipient=str(data["u"]),
@@ -136,10 +168,45 @@ def link_expiry(expires_at: float | None, *, max_age: float, now: float | None =
     return min(expires_at, cap) if expires_at is not None else cap
 
 
-def webhook_signature(secret: bytes, *, message_id: str, timestamp: str, body: bytes) -> str:
-    """``sha256=<hex>``: HMAC-SHA256 over ``{message_id}.{timestamp}.{body}`` (see README)."""
-    mac = hmac.new(secret, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"sha256={mac}"
+WEBHOOK_SECRET_PREFIX = "whsec_"
+
+
+def webhook_keys(secrets: str) -> list[bytes]:
+    """The signing keys in a webhook secret setting, for Standard Webhooks signatures.
+
+    ``secrets`` is one secret or several separated by spaces (key rotation: every message is
+    signed with each, so receivers holding either the old or the new one keep verifying). A
+    ``whsec_<base64>`` secret is the base64-decoded key, as in the Standard Webhooks
+    libraries; any other secret is used as its UTF-8 bytes. Raises ``ValueError`` (without
+    the secret in the message) when a ``whsec_`` secret is not valid base64 or is empty.
+    """
+    keys = []
+    for position, secret in enumerate(secrets.split(), start=1):
+        if secret.startswith(WEBHOOK_SECRET_PREFIX):
+            encoded = secret[len(WEBHOOK_SECRET_PREFIX) :]
+            try:
+                key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+            except (binascii.Error, ValueError) as err:
+                raise ValueError(f"webhook secret #{position} is `whsec_` but not valid base64") from err
+        else:
+            key = secret.encode()
+        if not key:
+            raise ValueError(f"webhook secret #{position} is empty")
+        keys.append(key)
+    if not keys:
+        raise ValueError("no webhook secret")
+    return keys
+
+
+def webhook_signature(keys: list[bytes], *, message_id: str, timestamp: str, body: bytes) -> str:
+    """The Standard Webhooks ``webhook-signature`` header: ``v1,<base64>`` per key, space separated.
+
+    Each signature is base64 HMAC-SHA256 over ``{message_id}.{timestamp}.{body}``.
+    """
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode("ascii") for key in keys
+    )
 
 
 def slack_signature(secret: bytes, *, timestamp: str, body: bytes) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from urllib.parse import urljoin
 
 import httpx
 import pytest
@@ -65,7 +66,7 @@ class TestEmailLinkApproval:
         html = mail.get_body(("html",)).get_content()
         assert "&lt;b&gt;not bold&lt;/b&gt;" in html
         text = mail.get_body(("plain",)).get_content()
-        approve = re.search(re.escape(airflow.base_url) + r"(/hitl/links/[\w\-]+\.[\w\-]+)", text)
+        approve = re.search(re.escape(airflow.base_url) + r"(/hitl/links\?token=[\w\-]+\.[\w\-]+)", text)
         assert approve, text
         link = approve.group(1)
 
@@ -81,9 +82,14 @@ class TestEmailLinkApproval:
             assert "Approve as alice" in page.text
             assert airflow.manager.get(approval.id).state == "pending", "GET decides nothing"
 
-            done = browser.post(link, data={"comment": "shipping it"})
+            # Submit the page's form as a browser does: the token goes in the body, not the URL.
+            action = re.search(r'<form method="post" action="([^"]*)">', page.text)
+            token = re.search(r'<input type="hidden" name="token" value="([^"]+)">', page.text)
+            assert action and token, page.text
+            target = urljoin(str(page.url), action.group(1))
+            done = browser.post(target, data={"token": token.group(1), "comment": "shipping it"})
             assert done.status_code == 200, done.text
-            assert browser.post(link).status_code == 410
+            assert browser.post(target, data={"token": token.group(1)}).status_code == 410
 
         decided = airflow.manager.get(approval.id)
         assert decided.state == "approved"

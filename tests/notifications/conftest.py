@@ -5,8 +5,9 @@
   (``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``, ``views.open``,
   ``users.info``), recording every call; ``slack_sdk``'s ``WebClient`` reaches it through the
   Slack connection's ``base_url`` extra.
-- :func:`webhook_receiver`: an HTTP server that verifies our HMAC signature on every POST and
-  answers with a scripted sequence of status codes.
+- :func:`webhook_receiver`: an HTTP server that verifies every POST with the
+  ``standardwebhooks`` library (as any receiver would) and answers with a scripted sequence
+  of status codes.
 
 :func:`notify_env` points Airflow connections and ``[hitl]`` options (environment variables)
 at them. Nothing leaves 127.0.0.1.
@@ -14,10 +15,9 @@ at them. Nothing leaves 127.0.0.1.
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
-import hashlib
-import hmac
 import json
 import threading
 import time
@@ -31,6 +31,7 @@ from urllib.parse import parse_qs
 
 import pytest
 from aiosmtpd.controller import Controller
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.schema import migrate
@@ -39,7 +40,7 @@ from tests.e2e.harness import free_port
 
 SIGNING_KEY = "test-signing-key-" + "k" * 32
 SLACK_SIGNING_SECRET = "slack-signing-secret-for-tests"
-WEBHOOK_SECRET = "webhook-secret-for-tests"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"webhook-secret-for-tests-32bytes").decode()
 BASE_URL = "http://hitl.test"
 USER_EMAILS = {
     "alice": "alice@example.com",
@@ -211,21 +212,22 @@ class WebhookReceiver:
     port: int
     statuses: list[int] = field(default_factory=list)
     deliveries: list[dict[str, Any]] = field(default_factory=list)
+    # The secrets a receiver holds (``whsec_...`` text, or raw bytes); "valid" means any verifies.
+    secrets: list[str | bytes] = field(default_factory=lambda: [WEBHOOK_SECRET])
 
 
-def verify_webhook(secret: bytes, headers: Any, body: bytes) -> bool:
-    """How a receiver checks our signature (the recipe documented in the README)."""
-    message_id = headers.get("X-Hitl-Message-Id", "")
-    timestamp = headers.get("X-Hitl-Timestamp", "")
-    given = headers.get("X-Hitl-Signature", "")
-    expected = "sha256=" + hmac.new(secret, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    fresh = timestamp.isdigit() and abs(time.time() - int(timestamp)) < 300
-    return fresh and hmac.compare_digest(expected, given)
+def verify_webhook(secret: str | bytes, headers: Any, body: bytes) -> bool:
+    """How a receiver checks our signature: the ``standardwebhooks`` library (see the README)."""
+    try:
+        Webhook(secret).verify(body, dict(headers))
+    except WebhookVerificationError:
+        return False
+    return True
 
 
 @pytest.fixture
 def webhook_receiver() -> Iterator[WebhookReceiver]:
-    """A loopback webhook receiver that verifies our signature."""
+    """A loopback webhook receiver that verifies our signature with ``standardwebhooks``."""
     receiver = WebhookReceiver(url="", port=0)
 
     class Handler(BaseHTTPRequestHandler):
@@ -240,7 +242,8 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
                     "path": self.path,
                     "headers": dict(self.headers),
                     "body": json.loads(body),
-                    "valid": verify_webhook(WEBHOOK_SECRET.encode(), self.headers, body),
+                    "raw": body,
+                    "valid": any(verify_webhook(secret, self.headers, body) for secret in receiver.secrets),
                     "status": status,
                     "at": time.monotonic(),
                 }

@@ -23,7 +23,7 @@ from airflow_hitl.notifications.signing import slack_signature
 from tests.api.conftest import AirflowApi, airflow_api  # noqa: F401  (the session's real api-server app)
 from tests.notifications.conftest import BASE_URL, SLACK_SIGNING_SECRET, SlackApi, SmtpSink
 
-LINK = re.compile(re.escape(BASE_URL) + r"(/hitl/links/[\w\-]+\.[\w\-]+)")
+LINK = re.compile(re.escape(BASE_URL) + r"/hitl/links\?token=([\w\-]+\.[\w\-]+)")
 
 
 @pytest.fixture
@@ -66,11 +66,11 @@ class TestAuthManagerAccess:
             str(m["To"]).split("@")[0]: LINK.findall(m.get_body(("plain",)).get_content())[0]
             for m in smtp_server.messages
         }
-        refused = app.client.post(links["viewer"])
+        refused = app.client.post("/hitl/links", data={"token": links["viewer"]})
         assert refused.status_code == 403
         assert "edit access" in refused.text
         assert sqlite_manager.get(gate.id).votes == ()
-        accepted = app.client.post(links["alice"])
+        accepted = app.client.post("/hitl/links", data={"token": links["alice"]})
         assert accepted.status_code == 200, accepted.text
         approval = sqlite_manager.get(gate.id)
         assert approval.state == "approved"
@@ -104,3 +104,30 @@ class TestAuthManagerAccess:
         assert "edit access" in slack_api.of("chat.postEphemeral")[0].params["text"]
         assert click("UALICE001") == 200
         assert sqlite_manager.get(gate.id).state == "approved"
+
+
+@pytest.mark.usefixtures("notify_env")
+class TestAccessLog:
+    """What Airflow's api-server writes to its access log for our links: never a token."""
+
+    def test_link_tokens_do_not_reach_the_access_log(
+        self, app: Any, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        from structlog.testing import capture_logs
+
+        gate = open_gate(sqlite_manager, ["email"])
+        smtp_server.wait(2)
+        mail = next(m for m in smtp_server.messages if str(m["To"]).startswith("alice@"))
+        token = LINK.findall(mail.get_body(("plain",)).get_content())[0]
+        payload, signature = token.split(".")
+        with capture_logs() as logs:
+            # The emailed link, a tampered spelling of it, a doubled parameter, then the decision.
+            assert app.client.get(f"/hitl/links?token={token}").status_code == 200
+            assert app.client.get(f"/hitl/links?token={token}=").status_code == 403
+            assert app.client.get(f"/hitl/links?token={token}&token={token}").status_code == 403
+            assert app.client.post("/hitl/links", data={"token": token}).status_code == 200
+        assert sqlite_manager.get(gate.id).state == "approved"
+        access = [entry for entry in logs if str(entry.get("path", "")).startswith("/hitl/links")]
+        assert len(access) == 4, logs
+        for secret in (token, payload, signature):
+            assert not [entry for entry in logs if secret in repr(entry)], f"{secret[:12]}... was logged"

@@ -6,10 +6,13 @@ Runs on SQLite and PostgreSQL (the ``manager`` fixture): every send is a row in
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.notifications.config import NotifySettings
@@ -17,7 +20,7 @@ from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.policy import Principal
 from airflow_hitl.records import Approval
 from tests.helpers import spec
-from tests.notifications.conftest import SlackApi, SmtpSink, WebhookReceiver
+from tests.notifications.conftest import WEBHOOK_SECRET, SlackApi, SmtpSink, WebhookReceiver
 
 ALL_CHANNELS = ["email", "slack", "webhook", "in_app"]
 
@@ -91,8 +94,8 @@ class TestDispatch:
         gate = open_gate(manager, channels=["email"])
         rows = dispatcher(manager).dispatch(gate, "required")
         mail = smtp_server.wait(2)[0]
-        assert "/hitl/links/" in mail.get_body(("plain",)).get_content()
-        assert all("/hitl/links/" not in (r.body or "") for r in rows)
+        assert "/hitl/links?token=" in mail.get_body(("plain",)).get_content()
+        assert all("/hitl/links?token=" not in (r.body or "") for r in rows)
         assert all("[link]" in (r.body or "") for r in rows)
 
     def test_webhook_500_twice_then_200_ends_sent_with_two_retries(
@@ -107,7 +110,7 @@ class TestDispatch:
         assert [d["status"] for d in webhook_receiver.deliveries] == [500, 500, 200]
         assert all(d["valid"] for d in webhook_receiver.deliveries)
         # Each attempt is a fresh timestamp and signature, but one message id.
-        assert len({d["headers"]["X-Hitl-Message-Id"] for d in webhook_receiver.deliveries}) == 1
+        assert len({d["headers"]["webhook-id"] for d in webhook_receiver.deliveries}) == 1
 
     def test_retries_are_bounded_and_the_row_ends_failed(
         self, manager: ApprovalManager, webhook_receiver: WebhookReceiver
@@ -286,10 +289,96 @@ class TestEveryEvent:
         mails = smtp_server.wait(1)
         text = mails[0].get_body(("plain",)).get_content()
         actionable = event in ("required", "reminder", "escalated")
-        assert ("/hitl/links/" in text) is actionable
+        assert ("/hitl/links?token=" in text) is actionable
         if event == "timed_out":
             assert "approved automatically" in text
             assert "continue with the downstream tasks" in text
         if event == "decided":
             assert "not <yet>" in text
             assert "stop: the gate fails" in text
+
+
+def webhook_connection(receiver: WebhookReceiver, *, password: str | None = None, secret: str | None = None) -> str:
+    """``AIRFLOW_CONN_HITL_WEBHOOK`` for ``receiver`` with the given password and/or ``secret`` extra."""
+    conn: dict[str, Any] = {"conn_type": "http", "host": "127.0.0.1", "port": receiver.port, "schema": "http"}
+    if password is not None:
+        conn["password"] = password
+    if secret is not None:
+        conn["extra"] = {"secret": secret}
+    return json.dumps(conn)
+
+
+def whsec(raw: bytes) -> str:
+    """A Standard Webhooks secret for the key ``raw``."""
+    return "whsec_" + base64.b64encode(raw).decode()
+
+
+@pytest.mark.usefixtures("notify_env")
+class TestStandardWebhooks:
+    """Deliveries any receiver can verify with the ``standardwebhooks`` library."""
+
+    def test_a_delivery_verifies_with_the_library_and_carries_the_standard_headers(
+        self, manager: ApprovalManager, webhook_receiver: WebhookReceiver
+    ) -> None:
+        gate = open_gate(manager, channels=["webhook"])
+        [row] = dispatcher(manager).dispatch(gate, "required")
+        assert row.status == "sent", row.error
+        [delivery] = webhook_receiver.deliveries
+        headers = delivery["headers"]
+        assert headers["webhook-id"] == row.metadata["message_id"]
+        assert headers["webhook-signature"].startswith("v1,")
+        assert not any(name.lower().startswith("x-hitl") for name in headers)
+        verified = Webhook(WEBHOOK_SECRET).verify(delivery["raw"], headers)
+        assert verified["approval"]["id"] == gate.id
+        # One changed byte and the library refuses it.
+        with pytest.raises(WebhookVerificationError):
+            Webhook(WEBHOOK_SECRET).verify(delivery["raw"].replace(b"required", b"requirex"), headers)
+
+    def test_several_secrets_sign_every_message_for_key_rotation(
+        self, manager: ApprovalManager, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        new, old = whsec(b"n" * 32), whsec(b"o" * 32)
+        monkeypatch.setenv("AIRFLOW_CONN_HITL_WEBHOOK", webhook_connection(webhook_receiver, password=f"{new} {old}"))
+        gate = open_gate(manager, channels=["webhook"])
+        [row] = dispatcher(manager).dispatch(gate, "required")
+        assert row.status == "sent", row.error
+        [delivery] = webhook_receiver.deliveries
+        assert len(delivery["headers"]["webhook-signature"].split(" ")) == 2
+        for secret in (new, old):  # a receiver still on the old secret, one already on the new
+            assert Webhook(secret).verify(delivery["raw"], delivery["headers"])["event"] == "required"
+        with pytest.raises(WebhookVerificationError):
+            Webhook(whsec(b"x" * 32)).verify(delivery["raw"], delivery["headers"])
+
+    def test_a_plain_secret_extra_signs_with_its_bytes(
+        self, manager: ApprovalManager, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("AIRFLOW_CONN_HITL_WEBHOOK", webhook_connection(webhook_receiver, secret="plain-secret"))
+        webhook_receiver.secrets[:] = [b"plain-secret"]
+        gate = open_gate(manager, channels=["webhook"])
+        [row] = dispatcher(manager).dispatch(gate, "required")
+        assert row.status == "sent", row.error
+        assert [d["valid"] for d in webhook_receiver.deliveries] == [True]
+
+    @pytest.mark.parametrize(
+        ("password", "said"),
+        [
+            pytest.param("whsec_!!not-base64!!", "not valid base64", id="bad-whsec"),
+            pytest.param("   ", "no webhook secret", id="blank"),
+        ],
+    )
+    def test_a_bad_secret_sends_nothing_and_says_why(
+        self,
+        manager: ApprovalManager,
+        webhook_receiver: WebhookReceiver,
+        monkeypatch: pytest.MonkeyPatch,
+        password: str,
+        said: str,
+    ) -> None:
+        monkeypatch.setenv("AIRFLOW_CONN_HITL_WEBHOOK", webhook_connection(webhook_receiver, password=password))
+        gate = open_gate(manager, channels=["webhook"])
+        [row] = dispatcher(manager).dispatch(gate, "required")
+        assert row.status == "failed"
+        assert said in (row.error or "")
+        assert "not-base64" not in (row.error or ""), "the secret is never echoed"
+        assert webhook_receiver.deliveries == []
+        assert manager.get(gate.id).state == "pending"

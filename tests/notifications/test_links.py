@@ -9,12 +9,17 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import re
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
+import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from airflow_hitl.api.app import create_app
@@ -22,10 +27,12 @@ from airflow_hitl.manager import ApprovalManager, ApprovalSpec
 from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.records import Approval
-from tests.notifications.conftest import BASE_URL, SmtpSink
+from tests.e2e.harness import free_port
+from tests.notifications.conftest import BASE_URL, SmtpSink, wait_for
 
-LINK = re.compile(re.escape(BASE_URL) + r"/hitl(/links/[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)")
+LINK = re.compile(re.escape(BASE_URL) + r"/hitl/links\?token=([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)")
 HOSTILE = '<script>alert("x")</script>'
+B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 @pytest.fixture
@@ -37,10 +44,20 @@ def client(sqlite_manager: ApprovalManager) -> Iterator[TestClient]:
         yield test_client
 
 
+def show(client: TestClient, token: str) -> Any:
+    """Open an emailed link (GET ``/links?token=...``), as the mail's reader does."""
+    return client.get("/links", params={"token": token})
+
+
+def use(client: TestClient, token: str, data: dict[str, str] | None = None) -> Any:
+    """Press the confirmation page's button: POST the token (and the form's fields) in the body."""
+    return client.post("/links", data={"token": token, **(data or {})})
+
+
 def open_and_mail(
     manager: ApprovalManager, smtp: SmtpSink, **overrides: Any
 ) -> tuple[Approval, dict[str, dict[str, str]]]:
-    """Open a gate notifying by email, send the notice, and parse each recipient's links from the mail."""
+    """Open a gate notifying by email, send the notice, and parse each recipient's link tokens from the mail."""
     fields: dict[str, Any] = {
         "dag_id": "release",
         "run_id": "manual__1",
@@ -82,14 +99,13 @@ def state_of(manager: ApprovalManager, request_id: str) -> tuple[Any, ...]:
     return approval.state, approval.votes, len(manager.events()), notes
 
 
-def tamper_payload(path: str, **changes: Any) -> str:
-    """The same link with a changed claim and the original signature."""
-    prefix, token = path.rsplit("/", 1)
+def tamper_payload(token: str, **changes: Any) -> str:
+    """The same token with a changed claim and the original signature."""
     payload, signature = token.split(".")
     data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     data.update(changes)
     forged = base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":"), sort_keys=True).encode()).rstrip(b"=")
-    return f"{prefix}/{forged.decode()}.{signature}"
+    return f"{forged.decode()}.{signature}"
 
 
 @pytest.mark.usefixtures("notify_env")
@@ -100,7 +116,7 @@ class TestEmailLinks:
         gate, links = open_and_mail(sqlite_manager, smtp_server)
         before = state_of(sqlite_manager, gate.id)
         for _ in range(3):  # a mail scanner, a preview, the person
-            page = client.get(links["alice"]["approve"])
+            page = show(client, links["alice"]["approve"])
             assert page.status_code == 200
             assert "Release churn model" in page.text
             assert '<form method="post"' in page.text
@@ -113,7 +129,7 @@ class TestEmailLinks:
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
     ) -> None:
         gate, links = open_and_mail(sqlite_manager, smtp_server)
-        response = client.post(links["alice"]["approve"], data={"comment": "looks good"})
+        response = use(client, links["alice"]["approve"], {"comment": "looks good"})
         assert response.status_code == 200, response.text
         assert "Thank you" in response.text
         approval = sqlite_manager.get(gate.id)
@@ -130,14 +146,14 @@ class TestEmailLinks:
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
     ) -> None:
         gate, links = open_and_mail(sqlite_manager, smtp_server, required_approvals=2)
-        assert client.post(links["alice"]["approve"]).status_code == 200
+        assert use(client, links["alice"]["approve"]).status_code == 200
         before = state_of(sqlite_manager, gate.id)
-        again = client.post(links["alice"]["approve"])
+        again = use(client, links["alice"]["approve"])
         assert again.status_code == 410
         assert "already been used" in again.text
-        assert client.get(links["alice"]["approve"]).status_code == 410
+        assert show(client, links["alice"]["approve"]).status_code == 410
         # One mail, one decision: its reject link is used up with it.
-        assert client.post(links["alice"]["reject"], data={"reason": "changed my mind"}).status_code == 410
+        assert use(client, links["alice"]["reject"], {"reason": "changed my mind"}).status_code == 410
         after = state_of(sqlite_manager, gate.id)
         assert before[:3] == after[:3]
 
@@ -156,11 +172,73 @@ class TestEmailLinks:
         gate, links = open_and_mail(sqlite_manager, smtp_server)
         forged = mangle(links["alice"]["reject"])
         before = state_of(sqlite_manager, gate.id)
-        assert client.get(forged).status_code == 403
-        response = client.post(forged, data={"reason": "x"})
+        assert show(client, forged).status_code == 403
+        response = use(client, forged, {"reason": "x"})
         assert response.status_code == 403
         assert "not valid" in response.text
         assert state_of(sqlite_manager, gate.id) == before
+
+    @pytest.mark.parametrize(
+        "respell",
+        [
+            pytest.param(lambda sig: sig + "=", id="padding"),
+            pytest.param(lambda sig: sig + "==", id="double-padding"),
+            pytest.param(lambda sig: sig[:-1] + B64URL[B64URL.index(sig[-1]) ^ 1], id="trailing-bits"),
+            pytest.param(lambda sig: sig[:8] + " \n\t" + sig[8:] + "=", id="whitespace"),
+            pytest.param(lambda sig: sig[:5] + "!!!!" + sig[5:], id="stray-characters"),
+        ],
+    )
+    def test_another_spelling_of_a_genuine_signature_is_403_and_changes_nothing(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink, respell: Any
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server)
+        payload, signature = links["alice"]["approve"].split(".")
+        variant = f"{payload}.{respell(signature)}"
+        # Lenient base64 decodes the variant to the very same signature bytes: only the spelling differs.
+        assert base64.urlsafe_b64decode(respell(signature) + "==") == base64.urlsafe_b64decode(signature + "==")
+        before = state_of(sqlite_manager, gate.id)
+        assert show(client, variant).status_code == 403
+        response = use(client, variant)
+        assert response.status_code == 403
+        assert "not valid" in response.text
+        assert state_of(sqlite_manager, gate.id) == before
+        # The one true spelling still works.
+        assert use(client, links["alice"]["approve"]).status_code == 200
+
+    def test_a_second_token_parameter_is_refused(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server)
+        token = links["alice"]["approve"]
+        before = state_of(sqlite_manager, gate.id)
+        assert client.get("/links", params=[("token", token), ("token", token)]).status_code == 403
+        assert client.post("/links", data={"token": [token, token]}).status_code == 403
+        assert client.post("/links", data={"comment": "no token"}).status_code == 403
+        assert client.get("/links").status_code == 403
+        assert state_of(sqlite_manager, gate.id) == before
+
+    def test_the_token_travels_in_the_form_body_not_the_url(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        # Follow the page the way a browser submits its form: resolve the action against the page URL.
+        gate, links = open_and_mail(sqlite_manager, smtp_server)
+        page = show(client, links["alice"]["approve"])
+        form = re.search(r'<form method="post" action="([^"]*)">', page.text)
+        assert form, page.text
+        target = urljoin(str(page.url), form.group(1))
+        assert urlsplit(target).path == "/links"
+        assert links["alice"]["approve"] not in target
+        hidden = re.search(r'<input type="hidden" name="token" value="([^"]+)">', page.text)
+        assert hidden and hidden.group(1) == links["alice"]["approve"]
+        assert client.post(target, data={"token": hidden.group(1), "comment": "ok"}).status_code == 200
+        assert sqlite_manager.get(gate.id).state == "approved"
+
+    def test_a_token_in_the_path_is_not_a_link(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server)
+        assert client.post(f"/links/{links['alice']['approve']}").status_code in (404, 405)
+        assert sqlite_manager.get(gate.id).votes == ()
 
     def test_a_recipients_link_cannot_be_used_by_someone_else(
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
@@ -169,15 +247,15 @@ class TestEmailLinks:
         other, _ = open_and_mail(sqlite_manager, smtp_server, run_id="manual__2")
         before = state_of(sqlite_manager, gate.id)
         # bob re-labels alice's link as his own, or points it at another request: the signature breaks.
-        assert client.post(tamper_payload(links["alice"]["approve"], u="bob")).status_code == 403
-        assert client.post(tamper_payload(links["alice"]["approve"], r=other.id)).status_code == 403
+        assert use(client, tamper_payload(links["alice"]["approve"], u="bob")).status_code == 403
+        assert use(client, tamper_payload(links["alice"]["approve"], r=other.id)).status_code == 403
         # alice's signature on bob's claims.
         alice_sig = links["alice"]["approve"].rsplit(".", 1)[1]
         bob_payload = links["bob"]["approve"].rsplit(".", 1)[0]
-        assert client.post(f"{bob_payload}.{alice_sig}").status_code == 403
+        assert use(client, f"{bob_payload}.{alice_sig}").status_code == 403
         assert state_of(sqlite_manager, gate.id) == before
         # Each genuine link decides as its own recipient only.
-        assert client.post(links["bob"]["approve"]).status_code == 200
+        assert use(client, links["bob"]["approve"]).status_code == 200
         assert [v.user for v in sqlite_manager.get(gate.id).votes] == ["bob"]
 
     def test_expired_link_is_410(
@@ -186,8 +264,8 @@ class TestEmailLinks:
         gate, links = open_and_mail(sqlite_manager, smtp_server, timeout=dt.timedelta(seconds=1))
         time.sleep(1.2)
         before = state_of(sqlite_manager, gate.id)
-        assert client.get(links["alice"]["approve"]).status_code == 410
-        response = client.post(links["alice"]["approve"])
+        assert show(client, links["alice"]["approve"]).status_code == 410
+        response = use(client, links["alice"]["approve"])
         assert response.status_code == 410
         assert "expired" in response.text
         assert state_of(sqlite_manager, gate.id) == before
@@ -197,9 +275,9 @@ class TestEmailLinks:
     ) -> None:
         gate, links = open_and_mail(sqlite_manager, smtp_server)
         sqlite_manager.cancel(gate.id, actor="admin", reason="withdrawn")
-        page = client.get(links["alice"]["approve"])
+        page = show(client, links["alice"]["approve"])
         assert page.status_code == 409
-        response = client.post(links["alice"]["approve"])
+        response = use(client, links["alice"]["approve"])
         assert response.status_code == 409
         assert "no longer pending" in response.text
         assert sqlite_manager.get(gate.id).votes == ()
@@ -208,10 +286,10 @@ class TestEmailLinks:
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
     ) -> None:
         gate, links = open_and_mail(sqlite_manager, smtp_server)
-        page = client.get(links["bob"]["reject"])
+        page = show(client, links["bob"]["reject"])
         assert 'name="reason"' in page.text
-        assert client.post(links["bob"]["reject"], data={"reason": "  "}).status_code == 422
-        response = client.post(links["bob"]["reject"], data={"reason": "metrics regressed"})
+        assert use(client, links["bob"]["reject"], {"reason": "  "}).status_code == 422
+        response = use(client, links["bob"]["reject"], {"reason": "metrics regressed"})
         assert response.status_code == 200
         approval = sqlite_manager.get(gate.id)
         assert approval.state == "rejected"
@@ -228,21 +306,21 @@ class TestEmailLinks:
             notify={"channels": ["email"], "users": ["carol", "ricky@example.com"]},
         )
         before = state_of(sqlite_manager, gate.id)
-        response = client.post(links["carol"]["approve"])
+        response = use(client, links["carol"]["approve"])
         assert response.status_code == 403
         assert state_of(sqlite_manager, gate.id) == before
         # Refused links are not used up.
-        assert client.get(links["carol"]["approve"]).status_code == 200
+        assert show(client, links["carol"]["approve"]).status_code == 200
 
     def test_details_link_shows_the_request_any_number_of_times(
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
     ) -> None:
         gate, links = open_and_mail(sqlite_manager, smtp_server)
         for _ in range(2):
-            page = client.get(links["alice"]["details"])
+            page = show(client, links["alice"]["details"])
             assert page.status_code == 200
             assert "<form" not in page.text
-        assert client.post(links["alice"]["details"]).status_code == 405
+        assert use(client, links["alice"]["details"]).status_code == 405
         assert sqlite_manager.get(gate.id).votes == ()
 
     def test_hostile_values_are_escaped_in_mail_and_pages(
@@ -258,8 +336,58 @@ class TestEmailLinks:
         html = smtp_server.to("alice@example.com")[0].get_body(("html",)).get_content()
         assert "<script>" not in html
         assert "&lt;script&gt;" in html
-        page = client.get(links["alice"]["approve"]).text
+        page = show(client, links["alice"]["approve"]).text
         assert "<script>" not in page
         assert "&lt;script&gt;" in page
-        done = client.post(links["alice"]["approve"]).text
+        done = use(client, links["alice"]["approve"]).text
         assert "<script>" not in done
+
+
+class _Records(logging.Handler):
+    """Keeps every formatted record of the logger it is attached to."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.mark.usefixtures("notify_env")
+class TestUvicornAccessLog:
+    def test_a_real_uvicorn_access_log_never_holds_a_token(
+        self, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        # uvicorn with its own access log on (deployments that serve the app that way).
+        app = create_app()
+        app.state.hitl_manager = sqlite_manager
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None, access_log=True, lifespan="off")
+        )
+        records = _Records()
+        access = logging.getLogger("uvicorn.access")
+        level = access.level
+        access.setLevel(logging.INFO)
+        access.addHandler(records)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: server.started, 30, "uvicorn to start")
+            gate, links = open_and_mail(sqlite_manager, smtp_server)
+            token = links["alice"]["approve"]
+            with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", trust_env=False) as browser:
+                assert browser.get("/links", params={"token": token}).status_code == 200
+                assert browser.get(f"/links?x=1&token={token}=").status_code == 403
+                assert browser.post("/links", data={"token": token}).status_code == 200
+            wait_for(lambda: len(records.lines) >= 3, 10, "three access log lines")
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+            access.removeHandler(records)
+            access.setLevel(level)
+        assert sqlite_manager.get(gate.id).state == "approved"
+        assert sum("/links?" in line for line in records.lines) == 2, records.lines
+        assert all("token=***" in line for line in records.lines if "/links?" in line)
+        payload, signature = token.split(".")
+        assert not [line for line in records.lines if payload in line or signature in line], records.lines

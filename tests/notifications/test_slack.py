@@ -8,7 +8,9 @@ them to ``/hitl/slack/interactions``.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,9 +21,11 @@ from fastapi.testclient import TestClient
 
 from airflow_hitl.api.app import create_app
 from airflow_hitl.manager import ApprovalManager, ApprovalSpec
+from airflow_hitl.notifications.channels import slack_escape
 from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.notifications.signing import slack_signature
+from airflow_hitl.policy import Principal
 from airflow_hitl.records import Approval
 from tests.notifications.conftest import SLACK_SIGNING_SECRET, SlackApi
 
@@ -255,3 +259,116 @@ class TestInteractions:
         assert post(client, click(gate, message, "UOPS00001", "hitl_approve")).status_code == 200
         assert recorded(sqlite_manager, gate.id) == before
         assert "approved" in slack_api.of("chat.postEphemeral")[0].params["text"]
+
+
+HOSTILE_SLACK = (
+    "<!channel> <!everyone> <!here> <@U0BOSS> <#C0SECRET> <https://evil.example/steal|click here> "
+    "*bold* _it_ ~gone~ `code`\n> quoted & done"
+)
+LIVE_MARKUP = re.compile(r"<(?!!date\^)[^>]*>")
+QUOTE_LINE = re.compile(r"^[ \t]*(>|&gt;)", re.MULTILINE)
+
+
+def texts(params: dict[str, Any]) -> list[str]:
+    """Every text Slack renders from a Web API call: top-level ``text`` and every text object in blocks."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "text" and isinstance(value, str):
+                    found.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    blocks = params.get("blocks")
+    walk({"text": params.get("text"), "blocks": json.loads(blocks) if isinstance(blocks, str) else blocks})
+    return found
+
+
+def live_markup(text: str) -> list[str]:
+    """What in ``text`` Slack would act on: mentions, links, formatting or a quote from the hostile value."""
+    problems = LIVE_MARKUP.findall(text) + [m.group(0) for m in QUOTE_LINE.finditer(text)]
+    problems += [s for s in ("*bold*", "_it_", "~gone~", "`code`") if s in text]
+    return problems
+
+
+def shown(text: str) -> str:
+    """Roughly what a reader sees: entities decoded, zero-width joiners invisible."""
+    return html.unescape(text.replace("\u200d", ""))
+
+
+@pytest.mark.usefixtures("notify_env")
+class TestSlackEscaping:
+    """Everything from a user or a DAG reaches Slack as inert text, in blocks and in ``text``."""
+
+    def test_the_posted_message_has_no_live_mention_link_or_formatting(
+        self, sqlite_manager: ApprovalManager, slack_api: SlackApi
+    ) -> None:
+        open_and_post(
+            sqlite_manager,
+            title=HOSTILE_SLACK,
+            reason=HOSTILE_SLACK,
+            requested_by="<!channel>*boss*",
+            context={HOSTILE_SLACK: HOSTILE_SLACK, "nested": {"x": HOSTILE_SLACK}},
+        )
+        [call] = slack_api.of("chat.postMessage")
+        rendered = texts(call.params)
+        assert call.params["text"] in rendered
+        for text in rendered:
+            assert live_markup(text) == [], text
+        # Escaped, not dropped: the reader still sees what was written.
+        body = "\n".join(shown(t) for t in rendered)
+        assert HOSTILE_SLACK in body
+        assert "<!channel>*boss*" in body
+        assert "<!channel>" in shown(call.params["text"])
+
+    def test_decisions_update_the_message_without_live_markup(
+        self, client: TestClient, sqlite_manager: ApprovalManager, slack_api: SlackApi
+    ) -> None:
+        gate, message = open_and_post(sqlite_manager, title=HOSTILE_SLACK)
+        assert post(client, click(gate, message, "UALICE001", "hitl_reject")).status_code == 200
+        [opened] = slack_api.of("views.open")
+        view = opened.params["view"]
+        for text in texts({"blocks": [json.loads(view) if isinstance(view, str) else view]}):
+            assert live_markup(text) == [], text
+        assert post(client, submission(gate, message, "UALICE001", HOSTILE_SLACK)).status_code == 200
+        assert sqlite_manager.get(gate.id).state == "rejected"
+        [update] = slack_api.of("chat.update")
+        rendered = texts(update.params)
+        for text in rendered:
+            assert live_markup(text) == [], text
+        assert "Rejected by alice: " + HOSTILE_SLACK in shown(update.params["text"])
+
+    def test_the_workers_outcome_update_and_refusals_are_escaped_too(
+        self, client: TestClient, sqlite_manager: ApprovalManager, slack_api: SlackApi
+    ) -> None:
+        gate, message = open_and_post(sqlite_manager, title=HOSTILE_SLACK)
+        decided = sqlite_manager.reject(gate.id, user=Principal.of("alice"), reason=HOSTILE_SLACK)
+        [row] = NotificationDispatcher(
+            manager=sqlite_manager, settings=NotifySettings.load(), sleep=lambda s: None
+        ).dispatch(decided, "decided")
+        assert row.status == "sent", row.error
+        [update] = slack_api.of("chat.update")
+        for text in texts(update.params):
+            assert live_markup(text) == [], text
+        # A click on the old message is refused with the outcome, quoting the reason: escaped as well.
+        assert post(client, click(gate, message, "UOPS00001", "hitl_approve")).status_code == 200
+        [ephemeral] = slack_api.of("chat.postEphemeral")
+        assert live_markup(ephemeral.params["text"]) == [], ephemeral.params["text"]
+
+    @pytest.mark.parametrize(
+        ("raw", "visible"),
+        [
+            pytest.param("a & b", "a &amp; b", id="ampersand"),
+            pytest.param("<!channel>", "&lt;!channel&gt;", id="mention"),
+            pytest.param("*x*", "\u200d*\u200dx\u200d*\u200d", id="bold"),
+            pytest.param("line\n> quote", "line\n\u200d&gt; quote", id="quote"),
+            pytest.param("a > b", "a &gt; b", id="inline-gt-is-not-a-quote"),
+        ],
+    )
+    def test_slack_escape(self, raw: str, visible: str) -> None:
+        assert slack_escape(raw) == visible

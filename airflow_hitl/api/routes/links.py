@@ -1,10 +1,21 @@
-"""``/links/{token}``: the signed approve / reject / details links sent by email.
+"""``/links?token=...``: the signed approve / reject / details links sent by email.
 
 A link is the recipient's credential for one action on one request (see
 :mod:`airflow_hitl.notifications.signing`), so these routes need no Airflow login. GET only
 ever shows a page (mail scanners and link previews fetch links; a GET must never decide);
 POST decides through :class:`~airflow_hitl.manager.ApprovalManager` with source ``email``,
 as the recipient, under exactly the request's policy, and uses the link up.
+
+The token is a bearer credential, so it is kept out of the URL path, which access logs
+record verbatim. The emailed link carries it as the ``token`` query parameter, whose value
+Airflow's api-server access log redacts (``token`` is a secret-looking key to its secrets
+masker; a tampered or extra ``token`` is redacted all the same), and the confirmation page
+POSTs it in the form body to ``/links``, so the deciding request has no token in its URL at
+all. We never log a token ourselves, genuine or not. Where uvicorn's own access log is
+switched on (Airflow 3.3 turns it off for its own middleware), :class:`LinkTokenRedactor`,
+installed by the app factory, blanks the ``token`` of ``/links?`` URLs in its records too.
+(A fragment, ``#token``, would keep it from the server entirely but needs script on the
+page, and the page must work in any mail client's browser.)
 
 Answers: a tampered or foreign link 403, an expired or used one 410, a request that is no
 longer pending 409; each as an HTML page that says so. Every value on a page is escaped.
@@ -13,6 +24,7 @@ longer pending 409; each as an HTML page that says so. Every value on a page is 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -48,6 +60,34 @@ _HEADERS = {
 }
 
 
+ACCESS_LOGGER = "uvicorn.access"
+_TOKEN_VALUE = re.compile(r"(?<=[?&])token=[^&\s\"#]*")
+
+
+def _redact_links(value: object) -> object:
+    if isinstance(value, str) and "/links?" in value:
+        return _TOKEN_VALUE.sub("token=***", value)
+    return value
+
+
+class LinkTokenRedactor(logging.Filter):
+    """Blank the ``token`` of our ``/links?`` URLs in uvicorn's access log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message and arguments in place; never drop it."""
+        record.msg = _redact_links(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_links(arg) for arg in record.args)
+        return True
+
+
+def redact_tokens_in_access_logs() -> None:
+    """Install :class:`LinkTokenRedactor` on uvicorn's access logger (once per process)."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    if not any(isinstance(f, LinkTokenRedactor) for f in logger.filters):
+        logger.addFilter(LinkTokenRedactor())
+
+
 class LinkRefused(Exception):
     """The link cannot be used; ``status`` and ``message`` make the page."""
 
@@ -63,6 +103,7 @@ class LinkRefused(Exception):
 class CheckedLink:
     """A genuine, current link with its request and the notice that carried it."""
 
+    token: str
     claims: LinkClaims
     approval: Approval
     notification: Notification
@@ -77,6 +118,13 @@ def _page(template: str, status: int, **values: Any) -> HTMLResponse:
 def _refusal(err: LinkRefused) -> HTMLResponse:
     url = details_url(HitlSettings.load().base_url, err.approval) if err.approval else None
     return _page("page_result.html.j2", err.status, heading=err.heading, message=err.message, details_url=url)
+
+
+def _token_of(values: list[str]) -> str:
+    # One spelling only: a second ``token`` field is not a choice we make for the sender.
+    if len(values) != 1:
+        raise LinkRefused(403, "Invalid link", "This link is not valid: it was altered or is incomplete.")
+    return values[0]
 
 
 def _check(manager: ApprovalManager, token: str) -> CheckedLink:
@@ -103,7 +151,7 @@ def _check(manager: ApprovalManager, token: str) -> CheckedLink:
         # Genuinely signed but stitched together from another notice: treat as forged.
         raise LinkRefused(403, "Invalid link", "This link is not valid.", approval)
     if claims.action == "details":
-        return CheckedLink(claims=claims, approval=approval, notification=notification)
+        return CheckedLink(token=token, claims=claims, approval=approval, notification=notification)
     if notification.metadata.get("link_used"):
         raise LinkRefused(410, "Link already used", "This link has already been used; links work once.", approval)
     now = utcnow()
@@ -114,7 +162,7 @@ def _check(manager: ApprovalManager, token: str) -> CheckedLink:
         raise LinkRefused(
             409, "Already decided", f"This request is no longer pending: it is {approval.state} ({who}).", approval
         )
-    return CheckedLink(claims=claims, approval=approval, notification=notification)
+    return CheckedLink(token=token, claims=claims, approval=approval, notification=notification)
 
 
 def _confirm_page(link: CheckedLink, status: int = 200, message: str | None = None) -> HTMLResponse:
@@ -127,40 +175,43 @@ def _confirm_page(link: CheckedLink, status: int = 200, message: str | None = No
         approval=link.approval,
         action=action if link.approval.is_waiting else "details",
         recipient=link.claims.recipient,
-        post_url="",
+        # Relative to the page (``.../links?token=``): ``links`` is this router's POST at any mount point.
+        post_url="links",
+        token=link.token,
         details_url=details_url(HitlSettings.load().base_url, link.approval),
     )
 
 
-@router.get("/{token}", response_class=HTMLResponse)
-def show_link(token: str, request: Request) -> HTMLResponse:
-    """Show the request and a confirmation button. Never changes anything."""
+@router.get("", response_class=HTMLResponse)
+def show_link(request: Request) -> HTMLResponse:
+    """Show the request and a confirmation form (``?token=``). Never changes anything."""
     manager = get_manager(request)
     try:
-        link = _check(manager, token)
+        link = _check(manager, _token_of(request.query_params.getlist("token")))
     except LinkRefused as err:
         return _refusal(err)
     return _confirm_page(link)
 
 
-@router.post("/{token}", response_class=HTMLResponse)
-async def use_link(token: str, request: Request) -> HTMLResponse:
-    """Decide as the link's recipient (source ``email``); the link is used up."""
+@router.post("", response_class=HTMLResponse)
+async def use_link(request: Request) -> HTMLResponse:
+    """Decide as the link's recipient (source ``email``), token in the form body; the link is used up."""
     body = await request.body()
     if len(body) > MAX_FORM_BYTES:
         return _page("page_result.html.j2", 413, heading="Too large", message="The form is too large.")
-    form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+    fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     client = {
         "client_address": request.client.host if request.client else None,
         "user_agent": request.headers.get("user-agent"),
     }
     manager = get_manager(request)
-    return await run_in_threadpool(_decide, manager, token, form, client)
+    return await run_in_threadpool(_decide, manager, fields, client)
 
 
-def _decide(manager: ApprovalManager, token: str, form: dict[str, str], client: dict[str, Any]) -> HTMLResponse:
+def _decide(manager: ApprovalManager, fields: dict[str, list[str]], client: dict[str, Any]) -> HTMLResponse:
+    form = {k: v[0] for k, v in fields.items()}
     try:
-        link = _check(manager, token)
+        link = _check(manager, _token_of(fields.get("token", [])))
     except LinkRefused as err:
         return _refusal(err)
     claims = link.claims

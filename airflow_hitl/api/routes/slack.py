@@ -34,6 +34,7 @@ from airflow_hitl.notifications.channels import (
     REJECT_MODAL_ID,
     approval_blocks,
     outcome_line,
+    slack_escape,
 )
 from airflow_hitl.notifications.config import NotifySettings, conf_get
 from airflow_hitl.notifications.dispatcher import details_url
@@ -139,7 +140,8 @@ class SlackInteraction:
         # Clicks cannot be answered in the HTTP response; an ephemeral message reaches the clicker only.
         if channel:
             try:
-                client.chat_postEphemeral(channel=channel, user=self.slack_user, text=text)
+                # Refusals quote user names, states and reasons: escaped like everything we send.
+                client.chat_postEphemeral(channel=channel, user=self.slack_user, text=slack_escape(text))
             except Exception as err:
                 log.warning("could not tell Slack user %s: %s", self.slack_user, err)
         return Response(status_code=200)
@@ -156,7 +158,7 @@ class SlackInteraction:
             footer=outcome_line(approval),
         )
         try:
-            client.chat_update(channel=channel, ts=ts, text=outcome_line(approval), blocks=blocks)
+            client.chat_update(channel=channel, ts=ts, text=slack_escape(outcome_line(approval)), blocks=blocks)
             status = "sent"
             error = None
         except Exception as err:
@@ -286,7 +288,7 @@ def reject_modal(approval: Approval, *, channel: str | None, ts: str | None) -> 
         "submit": {"type": "plain_text", "text": "Reject"},
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
-            {"type": "section", "text": {"type": "plain_text", "text": title}},
+            {"type": "section", "text": {"type": "plain_text", "text": slack_escape(title)}},
             {
                 "type": "input",
                 "block_id": "reason",
