@@ -276,6 +276,8 @@ class HitlSettings:
 
     conn_id: str
     sqlite_path: str
+    #: True when ``[hitl] sqlite_path`` is set: the file every component shares, any executor.
+    sqlite_path_configured: bool
     auto_migrate: bool
     poll_interval: float
     store_retry_max_backoff: float
@@ -287,10 +289,11 @@ class HitlSettings:
     @classmethod
     def load(cls) -> HitlSettings:
         """Read the current configuration (environment variables included)."""
-        sqlite_path = conf_get("sqlite_path") or os.path.join(airflow_home(), "hitl.db")
+        configured_path = conf_get("sqlite_path")
         return cls(
             conn_id=conf_get("conn_id"),
-            sqlite_path=sqlite_path,
+            sqlite_path=configured_path or os.path.join(airflow_home(), "hitl.db"),
+            sqlite_path_configured=bool(configured_path),
             auto_migrate=as_bool(conf_get("auto_migrate")),
             poll_interval=float(conf_get("poll_interval")),
             store_retry_max_backoff=float(conf_get("store_retry_max_backoff")),

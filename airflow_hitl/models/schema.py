@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from alembic import command
@@ -45,12 +48,44 @@ def alembic_config(store: ApprovalStore) -> Config:
     return config
 
 
+class _AlembicQuiet:
+    """Raise the ``alembic`` logger to WARNING while any thread is inside :meth:`__call__`.
+
+    Alembic logs "Context impl SQLiteImpl" and "Will assume ..." at INFO on every status
+    read; under Airflow's logging that lands in every CLI call and every gate's task log.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = logging.NOTSET
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        logger = logging.getLogger("alembic")
+        with self._lock:
+            if self._depth == 0:
+                self._saved = logger.level
+                logger.setLevel(max(logging.WARNING, logger.level))
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    logger.setLevel(self._saved)
+
+
+_quiet_alembic = _AlembicQuiet()
+
+
 def schema_status(store: ApprovalStore) -> SchemaStatus:
     """Read the store's revision; refuse a store migrated by a newer airflow-hitl."""
     script = ScriptDirectory.from_config(alembic_config(store))
     head = script.get_current_head()
     assert head is not None
-    with store.engine.connect() as conn:
+    with _quiet_alembic(), store.engine.connect() as conn:
         current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
     if current is not None and current not in {rev.revision for rev in script.walk_revisions()}:
         raise StoreSchemaError(
@@ -61,33 +96,58 @@ def schema_status(store: ApprovalStore) -> SchemaStatus:
     return SchemaStatus(current=current, head=head)
 
 
-def migrate(store: ApprovalStore) -> SchemaStatus:
-    """Bring the store to head; a no-op when it is already there."""
-    before = schema_status(store)
-    if before.up_to_date:
-        log.info("approval store already at revision %s", before.head)
-        return before
-    config = alembic_config(store)
+@contextmanager
+def migration_lock(store: ApprovalStore) -> Iterator[None]:
+    """Hold the store's migration lock: one migrator at a time across processes and hosts.
+
+    PostgreSQL: a session advisory lock, which every host sharing the database sees.
+    SQLite: an exclusive ``flock`` on a file beside the database (threads and processes on
+    the one machine that can open it). An in-memory database has a single user.
+    """
     if store.is_postgres:
-        # Serialise concurrent migrators (several workers starting at once).
         with store.engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            conn.commit()
             try:
-                conn.commit()
-                if not schema_status(store).up_to_date:
-                    command.upgrade(config, "head")
+                yield
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})
                 conn.commit()
-    else:
+        return
+    path = store.sqlite_path
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    with open(f"{path}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            command.upgrade(config, "head")
-        except Exception:
-            # Another process may have migrated between our check and our upgrade.
-            if not schema_status(store).up_to_date:
-                raise
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def migrate(store: ApprovalStore) -> SchemaStatus:
+    """Bring the store to head; a no-op when it is already there.
+
+    Any number of processes may call this at once on an empty store (several api-servers
+    and triggerers starting together): the first to take :func:`migration_lock` migrates,
+    the others find the store at head once they get it.
+    """
+    before = schema_status(store)
+    if before.up_to_date:
+        log.debug("approval store already at revision %s", before.head)
+        return before
+    with migration_lock(store):
+        locked = schema_status(store)
+        if locked.up_to_date:
+            log.info("approval store was migrated to %s by another process", locked.head)
+            return locked
+        with _quiet_alembic():
+            command.upgrade(alembic_config(store), "head")
     after = schema_status(store)
-    log.info("approval store migrated from %s to %s", before.current, after.current)
+    log.info("approval store migrated from %s to %s", locked.current, after.current)
     return after
 
 

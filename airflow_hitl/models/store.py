@@ -1,8 +1,9 @@
 """The approval store's engine: PostgreSQL through ``hitl_default``, or a SQLite file.
 
 Workers, the triggerer and the api-server all open the store the same way: look up the
-Airflow connection named by ``[hitl] conn_id``; when it is not defined, use a SQLite
-file under ``AIRFLOW_HOME``. One engine per URL per process.
+Airflow connection named by ``[hitl] conn_id``; when the default ``hitl_default`` is not
+defined on a single-machine deployment, use a SQLite file under ``AIRFLOW_HOME``. One
+engine per URL per process.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from airflow_hitl.exceptions import StoreError
-from airflow_hitl.settings import HitlSettings
+from airflow_hitl.settings import HitlSettings, option
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "hitl_approvals"
 
 _READ_ONLY = "hitl_read_only"
+DEFAULT_CONN_ID = option("conn_id").default
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}
 
 
@@ -68,16 +70,21 @@ def normalize_url(url: str) -> str:
 
 
 def resolve_store_url(conn_id: str | None = None, settings: HitlSettings | None = None) -> str:
-    """Find the store's URL: an explicit override, the connection, else the SQLite fallback."""
+    """Find the store's URL: an explicit override, the connection, else the SQLite fallback.
+
+    ``conn_id`` is the one a gate or the CLI named (None when they named none). A named
+    connection that does not exist is an error, as is the fallback where it would split
+    the store between hosts (see :func:`sqlite_fallback_url`).
+    """
     settings = settings or HitlSettings.load()
     override = os.environ.get("AIRFLOW_HITL_STORE_URL")
     if override:
         return normalize_url(override)
-    conn_id = conn_id or settings.conn_id
-    conn = _lookup_connection(conn_id)
+    name = conn_id or settings.conn_id
+    conn = _lookup_connection(name)
     if conn is not None:
         return url_from_connection(conn)
-    return f"sqlite:///{os.path.abspath(settings.sqlite_path)}"
+    return sqlite_fallback_url(name, explicit=conn_id is not None, settings=settings)
 
 
 async def aresolve_store_url(conn_id: str | None = None, settings: HitlSettings | None = None) -> str:
@@ -86,22 +93,77 @@ async def aresolve_store_url(conn_id: str | None = None, settings: HitlSettings 
     override = os.environ.get("AIRFLOW_HITL_STORE_URL")
     if override:
         return normalize_url(override)
-    conn_id = conn_id or settings.conn_id
+    name = conn_id or settings.conn_id
     from airflow.sdk import BaseHook
 
     getter = getattr(BaseHook, "aget_connection", None)
     try:
         if getter is not None:
-            conn = await getter(conn_id)
+            conn = await getter(name)
         else:  # Airflow 3.1 has no async lookup
             import asyncio
 
-            conn = await asyncio.to_thread(BaseHook.get_connection, conn_id)
+            conn = await asyncio.to_thread(BaseHook.get_connection, name)
     except Exception as err:
-        _raise_unless_not_found(conn_id, err)
+        _raise_unless_not_found(name, err)
         conn = None
     if conn is not None:
         return url_from_connection(conn)
+    return sqlite_fallback_url(name, explicit=conn_id is not None, settings=settings)
+
+
+#: Executors that run every task on the scheduler's own machine, so on the host whose
+#: AIRFLOW_HOME the api-server and triggerer also read (Airflow's single-machine setups).
+LOCAL_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor", "DebugExecutor"})
+
+
+def executor_names(value: str) -> list[str]:
+    """Class names of the executors in a ``[core] executor`` value.
+
+    Understands every spelling Airflow 3 accepts: a name (``CeleryExecutor``), a module path,
+    ``alias:module.path.Class``, comma-separated lists (several executors) and the
+    multi-team form ``team=Executor,...;other=...``.
+    """
+    names = []
+    for team_part in value.split(";"):
+        executors = team_part.split("=", 1)[-1]
+        for item in executors.split(","):
+            item = item.strip()
+            if item:
+                names.append(item.rsplit(":", 1)[-1].rsplit(".", 1)[-1])
+    return names
+
+
+def _configured_executor() -> str:
+    from airflow.configuration import conf
+
+    return str(conf.get("core", "executor", fallback="LocalExecutor") or "LocalExecutor")
+
+
+def sqlite_fallback_url(conn_id: str, *, explicit: bool, settings: HitlSettings) -> str:
+    """The SQLite store to use because connection ``conn_id`` is not defined, or why there is none.
+
+    Only the default connection falls back, and only where every component shares one
+    machine: with Celery, Kubernetes, Edge or any other remote executor, each host would
+    open its own file and gates would wait for decisions recorded elsewhere. An explicit
+    ``[hitl] sqlite_path`` is the administrator's statement that every component reaches
+    that same file (one host, a shared local volume), so it is honoured with any executor.
+    """
+    if explicit or conn_id != DEFAULT_CONN_ID:
+        raise StoreError(
+            f"the approval store connection {conn_id!r} is not defined; define it (a postgres or sqlite "
+            f"connection) or name another one. Only the default {DEFAULT_CONN_ID!r}, when undefined, "
+            "falls back to a local SQLite file."
+        )
+    if not settings.sqlite_path_configured:
+        remote = [name for name in executor_names(_configured_executor()) if name not in LOCAL_EXECUTORS]
+        if remote:
+            raise StoreError(
+                f"the approval store connection {DEFAULT_CONN_ID!r} is not defined, and the executor "
+                f"{', '.join(remote)} may run tasks on other hosts, each of which would open its own "
+                f"SQLite file: define the connection {DEFAULT_CONN_ID!r} (postgres) for a store every "
+                "component shares (or set [hitl] sqlite_path to a file they all reach on one host)."
+            )
     return f"sqlite:///{os.path.abspath(settings.sqlite_path)}"
 
 
@@ -157,6 +219,14 @@ class ApprovalStore:
     def is_postgres(self) -> bool:
         """True when the store is PostgreSQL (row locks, LISTEN/NOTIFY)."""
         return self.dialect == "postgresql"
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The database file of a SQLite store (None for PostgreSQL or an in-memory database)."""
+        if self.dialect != "sqlite":
+            return None
+        path = make_url(self.url).database
+        return os.path.abspath(path) if path and path != ":memory:" else None
 
     def _create_engine(self, pool_size: int) -> Engine:
         if self.dialect == "sqlite":

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from alembic import command
@@ -110,3 +116,72 @@ class TestUpgrade:
         before = _indexes(own_store)
         command.downgrade(alembic_config(own_store), "0001")
         assert _indexes(own_store) == before - {"ix_approval_requests_waiting"}
+
+
+_STARTER = """
+import logging, os, sys, time
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
+from airflow_hitl.models.store import get_store
+go = sys.argv[2]
+while not os.path.exists(go):
+    time.sleep(0.01)
+store = get_store(url=sys.argv[1])
+print("ready", flush=True)
+"""
+
+
+class TestConcurrentStart:
+    """Several api-servers and triggerers starting on an empty store migrate it exactly once."""
+
+    def test_processes_starting_at_once_migrate_once(self, own_store: ApprovalStore, tmp_path) -> None:
+        go = tmp_path / "go"
+        env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__HITL__AUTO_MIGRATE": "True"}
+        env.pop("AIRFLOW_HITL_STORE_URL", None)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _STARTER, own_store.url, str(go)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        go.touch()  # every process waits for this file, so they open the store together
+        results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+        # Airflow may route logging to either stream once its config is imported: read both.
+        logs = [out + err for _, out, err in results]
+        for (code, out, _), log_text in zip(results, logs, strict=True):
+            assert code == 0, log_text
+            assert out.splitlines()[-1] == "ready"
+            assert "Context impl" not in log_text
+        migrations = [line for text_ in logs for line in text_.splitlines() if "migrated from None" in line]
+        assert len(migrations) == 1, logs
+        assert schema_status(own_store).up_to_date
+
+    def test_threads_starting_at_once_migrate_once(
+        self, own_store: ApprovalStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        barrier = threading.Barrier(8)
+
+        def start() -> bool:
+            store = ApprovalStore(url=own_store.url)
+            try:
+                barrier.wait(timeout=60)
+                return migrate(store).up_to_date
+            finally:
+                store.dispose()
+
+        with caplog.at_level(logging.INFO, logger="airflow_hitl"), ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(lambda _: start(), range(8)))
+        assert outcomes == [True] * 8
+        assert len([r for r in caplog.records if r.getMessage().startswith("approval store migrated from")]) == 1
+        with own_store.engine.connect() as conn:
+            assert conn.execute(text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar_one() == 1
+
+    def test_status_reads_log_no_alembic_info(self, own_store: ApprovalStore, caplog: pytest.LogCaptureFixture) -> None:
+        with caplog.at_level(logging.INFO):
+            migrate(own_store)
+            schema_status(own_store)
+        assert not [r for r in caplog.records if r.name.startswith("alembic")]
+        assert logging.getLogger("alembic").level == logging.NOTSET
