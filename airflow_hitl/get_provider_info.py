@@ -94,6 +94,46 @@ def get_provider_info() -> dict[str, Any]:
                         "4000",
                         "10000",
                     ),
+                    "max_request_bytes": _option(
+                        "Largest request body, in bytes, the /hitl app accepts; a larger one is answered 413 "
+                        "before it is read further.",
+                        "integer",
+                        "1048576",
+                        "262144",
+                    ),
+                    "max_json_bytes": _option(
+                        "Largest `context` or `metadata` of a request or a vote, in bytes of compact JSON "
+                        "(both are read with every view of the request).",
+                        "integer",
+                        "65536",
+                        "16384",
+                    ),
+                    "max_json_depth": _option(
+                        "Deepest nesting of objects and arrays accepted in `context` and `metadata`.",
+                        "integer",
+                        "16",
+                        "8",
+                    ),
+                    "store_connect_timeout": _option(
+                        "Seconds to wait for a connection to a PostgreSQL store before the call fails "
+                        "(the REST API then answers 503 with Retry-After).",
+                        "float",
+                        "5",
+                        "2",
+                    ),
+                    "store_statement_timeout": _option(
+                        "Seconds one statement on a PostgreSQL store may run (statement_timeout) before it "
+                        "is cancelled and its transaction rolled back.",
+                        "float",
+                        "15",
+                        "30",
+                    ),
+                    "store_pool_timeout": _option(
+                        "Seconds to wait for a free pooled store connection before the call fails.",
+                        "float",
+                        "10",
+                        "30",
+                    ),
                     "resume_grace_seconds": _option(
                         "A decision made within this many seconds of a gate opening resumes the task only "
                         "this long after the gate opened. Airflow 3 can fail a task whose trigger fires "

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import Session, joinedload
 
 from airflow_hitl.audit import GENESIS_HASH, ChainVerification, event_hash, verify_chain
@@ -36,6 +37,8 @@ from airflow_hitl.exceptions import (
     ApprovalNotPending,
     InvalidInput,
     NotAllowed,
+    StoreOutcomeUnknown,
+    StoreUnavailable,
 )
 from airflow_hitl.models.store import NOTIFY_CHANNEL, ApprovalStore, get_store
 from airflow_hitl.models.tables import (
@@ -945,10 +948,22 @@ class ApprovalManager:
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
-        """One write transaction whose audit events are appended just before it commits."""
-        with self.store.begin() as session:
-            yield session
-            self._seal(session)
+        """One write transaction whose audit events are appended just before it commits.
+
+        A lost or timed-out store is :class:`StoreUnavailable` while nothing can have been
+        committed, and :class:`StoreOutcomeUnknown` once COMMIT may have reached the server:
+        a caller is never told "failed" about a change that later turns out applied.
+        """
+        committing = False
+        try:
+            with self.store.begin() as session:
+                yield session
+                self._seal(session)
+                committing = True
+        except (OperationalError, InterfaceError, SQLAlchemyTimeoutError) as err:
+            if committing:
+                raise StoreOutcomeUnknown(f"the approval store stopped answering while committing: {err}") from err
+            raise StoreUnavailable(f"the approval store is unavailable: {err}") from err
 
     def _lock(self, session: Session, request_id: str, *, dag_access: DagAccess | None = None) -> ApprovalRequestRow:
         # Votes must NOT be joined into this statement: after waiting for the lock, PostgreSQL

@@ -22,6 +22,12 @@ DEFAULTS: dict[str, str] = {
     "max_comment_length": "4000",
     "base_url": "http://localhost:8080",
     "resume_grace_seconds": "10.0",
+    "max_request_bytes": "1048576",
+    "max_json_bytes": "65536",
+    "max_json_depth": "16",
+    "store_connect_timeout": "5",
+    "store_statement_timeout": "15",
+    "store_pool_timeout": "10",
 }
 
 
@@ -58,6 +64,12 @@ class HitlSettings:
     max_comment_length: int
     base_url: str
     resume_grace_seconds: float
+    max_request_bytes: int
+    max_json_bytes: int
+    max_json_depth: int
+    store_connect_timeout: float
+    store_statement_timeout: float
+    store_pool_timeout: float
 
     @classmethod
     def load(cls) -> HitlSettings:
@@ -73,4 +85,10 @@ class HitlSettings:
             max_comment_length=int(_conf_get("max_comment_length")),
             base_url=_conf_get("base_url").rstrip("/"),
             resume_grace_seconds=float(_conf_get("resume_grace_seconds")),
+            max_request_bytes=int(_conf_get("max_request_bytes")),
+            max_json_bytes=int(_conf_get("max_json_bytes")),
+            max_json_depth=int(_conf_get("max_json_depth")),
+            store_connect_timeout=float(_conf_get("store_connect_timeout")),
+            store_statement_timeout=float(_conf_get("store_statement_timeout")),
+            store_pool_timeout=float(_conf_get("store_pool_timeout")),
         )

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from pydantic import AfterValidator
 
 from airflow_hitl.api.datamodels import (
     DECIDED_STATES,
@@ -36,6 +37,7 @@ from airflow_hitl.api.datamodels import (
     CreateBody,
     RejectBody,
     VoteResponse,
+    error_responses,
 )
 from airflow_hitl.api.security import (
     Caller,
@@ -46,16 +48,26 @@ from airflow_hitl.api.security import (
     require_read,
 )
 from airflow_hitl.exceptions import HitlError, InvalidInput
+from airflow_hitl.limits import INT32_MAX, text_problem, time_problem
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec
 from airflow_hitl.policy import EscalationLevel
 from airflow_hitl.records import Approval
 
-router = APIRouter(prefix="/approvals", tags=["approvals"], dependencies=[Depends(current_caller)])
+router = APIRouter(
+    prefix="/approvals",
+    tags=["approvals"],
+    dependencies=[Depends(current_caller)],
+    responses=error_responses(401, 422, 503),
+)
+# What a single request's decision can answer besides 401, 422 and 503.
+_DECISION_ERRORS = error_responses(403, 404, 409, 413)
 
 _manager_lock = threading.Lock()
 _process_manager: ApprovalManager | None = None
 
 MAX_LIMIT = 10_000
+# Beyond any real store, within PostgreSQL's bigint OFFSET.
+MAX_OFFSET = INT32_MAX
 DEFAULT_LIMIT = 100
 CSV_COLUMNS = (
     "id",
@@ -200,10 +212,25 @@ def _states(values: Iterable[str] | None, allowed: Iterable[str]) -> list[str] |
     return list(values)
 
 
+def _storable_text(value: str | None) -> str | None:
+    # PostgreSQL refuses NUL and lone surrogates in text: a 422 here rather than a 500 there.
+    problem = text_problem(value) if value is not None else None
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _representable_time(value: dt.datetime | None) -> dt.datetime | None:
+    problem = time_problem(value) if value is not None else None
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 Limit = Annotated[int, Query(ge=0, le=MAX_LIMIT, description=f"Page size, 0 to {MAX_LIMIT}.")]
-Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
-# No NUL: PostgreSQL refuses it in text, which must be a 422 rather than a 500.
-Text = Annotated[str | None, Query(max_length=250, pattern=r"^[^\x00]*$")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"Rows to skip, 0 to {MAX_OFFSET}.")]
+Text = Annotated[str | None, Query(max_length=250), AfterValidator(_storable_text)]
+Time = Annotated[dt.datetime | None, AfterValidator(_representable_time)]
 
 
 @router.get("", response_model=ApprovalCollectionResponse, summary="List approval requests")
@@ -218,9 +245,9 @@ def list_approvals(
     decided_by: Text = None,
     limit: Limit = DEFAULT_LIMIT,
     offset: Offset = 0,
-    order_by: Annotated[str, Query(max_length=50, description="A column; prefix '-' for descending.")] = (
-        "-requested_at"
-    ),
+    order_by: Annotated[
+        str, Query(max_length=50, description="A column; prefix '-' for descending."), AfterValidator(_storable_text)
+    ] = ("-requested_at"),
 ) -> Response:
     """Approval requests on DAGs the caller may read, newest first by default."""
     filters = _visible(
@@ -266,7 +293,12 @@ def list_pending(
     "/history",
     response_model=ApprovalCollectionResponse,
     summary="Decided approval requests (JSON, or CSV with format=csv)",
-    responses={200: {"content": {"text/csv": {}}, "description": "JSON page, or a CSV export with a header row."}},
+    responses={
+        200: {
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "description": "JSON page, or a CSV export with a header row.",
+        }
+    },
 )
 def history(
     caller: CallerDep,
@@ -277,8 +309,8 @@ def history(
     requested_by: Text = None,
     run_id: Text = None,
     task_id: Text = None,
-    since: Annotated[dt.datetime | None, Query(description="Decided at or after (ISO 8601; UTC if no offset).")] = None,
-    until: Annotated[dt.datetime | None, Query(description="Decided at or before.")] = None,
+    since: Annotated[Time, Query(description="Decided at or after (ISO 8601; UTC if no offset).")] = None,
+    until: Annotated[Time, Query(description="Decided at or before.")] = None,
     limit: Limit = DEFAULT_LIMIT,
     offset: Offset = 0,
     format: Literal["json", "csv"] = "json",
@@ -346,6 +378,7 @@ def _csv(items: Iterable[Approval]) -> str:
     response_model=ApprovalResponse,
     status_code=status.HTTP_201_CREATED,
     summary="Open an approval request (a gate outside a task)",
+    responses=error_responses(403, 413),
 )
 def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) -> Response:
     """Open a request on a DAG the caller may edit; the caller is recorded as ``requested_by``."""
@@ -383,7 +416,12 @@ def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) ->
     return _json(_item(manager.create(spec, actor=caller.name, source="api"), caller, manager), status.HTTP_201_CREATED)
 
 
-@router.get("/{approval_id}", response_model=ApprovalResponse, summary="One approval request with its votes")
+@router.get(
+    "/{approval_id}",
+    response_model=ApprovalResponse,
+    summary="One approval request with its votes",
+    responses=error_responses(403, 404),
+)
 def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Response:
     """One request, with ``can_approve`` for the caller."""
     approval = manager.get(canonical_approval_id(approval_id))
@@ -391,7 +429,7 @@ def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Re
     return _json(_item(approval, caller, manager))
 
 
-@router.post("/{approval_id}/approve", response_model=ApprovalResponse, summary="Approve")
+@router.post("/{approval_id}/approve", response_model=ApprovalResponse, summary="Approve", responses=_DECISION_ERRORS)
 def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Vote to approve; the request is approved once its quorum is reached."""
     decided = manager.approve(
@@ -406,7 +444,12 @@ def approve(approval_id: str, body: ApproveBody, request: Request, caller: Calle
     return _json(_item(decided))
 
 
-@router.post("/{approval_id}/reject", response_model=ApprovalResponse, summary="Reject (a reason is required)")
+@router.post(
+    "/{approval_id}/reject",
+    response_model=ApprovalResponse,
+    summary="Reject (a reason is required)",
+    responses=_DECISION_ERRORS,
+)
 def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Reject; one allowed rejection rejects the request at once."""
     decided = manager.reject(
@@ -421,7 +464,12 @@ def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerD
     return _json(_item(decided))
 
 
-@router.post("/{approval_id}/cancel", response_model=ApprovalResponse, summary="Cancel a waiting request")
+@router.post(
+    "/{approval_id}/cancel",
+    response_model=ApprovalResponse,
+    summary="Cancel a waiting request",
+    responses=_DECISION_ERRORS,
+)
 def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Withdraw a waiting request; its task fails. Needs edit access to the DAG."""
     cancelled = manager.cancel(
@@ -435,7 +483,12 @@ def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerD
     return _json(_item(cancelled))
 
 
-@router.post("/bulk", response_model=BulkResponse, summary="Approve, reject or cancel many requests")
+@router.post(
+    "/bulk",
+    response_model=BulkResponse,
+    summary="Approve, reject or cancel many requests",
+    responses=error_responses(413),
+)
 def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Apply one action to every id; each gets its own result, and one failure stops nothing."""
     return _json(decide_many(body, caller=caller, manager=manager, client=client_of(request)))
