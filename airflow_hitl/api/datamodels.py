@@ -203,6 +203,10 @@ class ApprovalResponse(_Response):
     task_id: str | None = None
     map_index: int
     try_number: int | None = None
+    origin: Literal["task", "api"] = Field(
+        description="`task`: the gate of that task instance's try. `api`: opened over the REST API; it never "
+        "stands for a task's gate, whatever dag, run and task ids it names."
+    )
     title: str
     description: str | None = None
     reason: str | None = None

@@ -36,6 +36,9 @@ WAITING_STATES = ("pending", "escalated")
 TIMEOUT_ACTIONS = ("approve", "reject", "escalate")
 VOTES = ("approve", "reject")
 NOTIFICATION_STATUSES = ("pending", "sent", "failed", "read")
+# Who opened a request: a task's gate (the operator) or someone over the REST API. Only
+# ``task`` requests ever stand for a task instance's gate.
+ORIGINS = ("task", "api")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -105,6 +108,7 @@ class ApprovalRequestRow(Base):
     task_id: Mapped[str | None] = mapped_column(String(250))
     map_index: Mapped[int] = mapped_column(Integer, nullable=False, default=-1)
     try_number: Mapped[int | None] = mapped_column(Integer)
+    origin: Mapped[str] = mapped_column(String(10), nullable=False, default="task", server_default="task")
 
     title: Mapped[str] = mapped_column(String(500), nullable=False)
     description: Mapped[str | None] = mapped_column(Text)
@@ -151,6 +155,7 @@ class ApprovalRequestRow(Base):
         CheckConstraint(_in("state", STATES), name="state"),
         CheckConstraint(f"timeout_action IS NULL OR {_in('timeout_action', TIMEOUT_ACTIONS)}", name="timeout_action"),
         CheckConstraint("required_approvals >= 1", name="required_approvals"),
+        CheckConstraint(_in("origin", ORIGINS), name="origin"),
         # One request per task try: retrying execute() of the same try finds it again.
         UniqueConstraint("dag_id", "run_id", "task_id", "map_index", "try_number"),
         Index(None, "state", "expires_at"),

@@ -75,6 +75,7 @@ CSV_COLUMNS = (
     "run_id",
     "task_id",
     "map_index",
+    "origin",
     "title",
     "state",
     "decision",
@@ -231,6 +232,11 @@ Limit = Annotated[int, Query(ge=0, le=MAX_LIMIT, description=f"Page size, 0 to {
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"Rows to skip, 0 to {MAX_OFFSET}.")]
 Text = Annotated[str | None, Query(max_length=250), AfterValidator(_storable_text)]
 Time = Annotated[dt.datetime | None, AfterValidator(_representable_time)]
+Origin = Annotated[
+    Literal["task", "api"] | None,
+    Query(description="`task`: only task instances' gates; `api`: only requests opened over the REST API."),
+]
+MapIndex = Annotated[int | None, Query(ge=-1, le=INT32_MAX, description="Task map index (-1: not mapped).")]
 
 
 @router.get("", response_model=ApprovalCollectionResponse, summary="List approval requests")
@@ -241,6 +247,8 @@ def list_approvals(
     dag_id: Text = None,
     run_id: Text = None,
     task_id: Text = None,
+    map_index: MapIndex = None,
+    origin: Origin = None,
     requested_by: Text = None,
     decided_by: Text = None,
     limit: Limit = DEFAULT_LIMIT,
@@ -258,6 +266,8 @@ def list_approvals(
             dag_id=dag_id,
             run_id=run_id,
             task_id=task_id,
+            map_index=map_index,
+            origin=origin,
             requested_by=requested_by,
             decided_by=decided_by,
         ),
@@ -275,13 +285,16 @@ def list_pending(
     dag_id: Text = None,
     run_id: Text = None,
     task_id: Text = None,
+    origin: Origin = None,
     requested_by: Text = None,
     limit: Limit = DEFAULT_LIMIT,
     offset: Offset = 0,
 ) -> Response:
     """Requests still waiting (pending or escalated), soonest expiry first, each with ``can_approve``."""
     filters = _visible(
-        caller, manager, ApprovalFilter(dag_id=dag_id, run_id=run_id, task_id=task_id, requested_by=requested_by)
+        caller,
+        manager,
+        ApprovalFilter(dag_id=dag_id, run_id=run_id, task_id=task_id, origin=origin, requested_by=requested_by),
     )
     if filters is None:
         return _collection([], 0)
@@ -309,6 +322,7 @@ def history(
     requested_by: Text = None,
     run_id: Text = None,
     task_id: Text = None,
+    origin: Origin = None,
     since: Annotated[Time, Query(description="Decided at or after (ISO 8601; UTC if no offset).")] = None,
     until: Annotated[Time, Query(description="Decided at or before.")] = None,
     limit: Limit = DEFAULT_LIMIT,
@@ -329,6 +343,7 @@ def history(
             task_id=task_id,
             decided_by=decided_by,
             requested_by=requested_by,
+            origin=origin,
             since=since,
             until=until,
         ),
@@ -352,11 +367,15 @@ def history(
 def _csv_cell(value: Any) -> str:
     if value is None:
         return ""
-    text = value.isoformat() if isinstance(value, dt.datetime) else str(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if not isinstance(value, str):
+        # Numbers and booleans are ours, never a formula: -1 stays -1.
+        return str(value)
     # Spreadsheets run cells that start like a formula; user text must never be one.
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        text = "'" + text
-    return text
+    if value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _csv(items: Iterable[Approval]) -> str:
@@ -381,7 +400,11 @@ def _csv(items: Iterable[Approval]) -> str:
     responses=error_responses(403, 413),
 )
 def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) -> Response:
-    """Open a request on a DAG the caller may edit; the caller is recorded as ``requested_by``."""
+    """Open a request on a DAG the caller may edit; the caller is recorded as ``requested_by``.
+
+    The request is marked ``origin: api`` everywhere it is shown: it never stands for a task
+    instance's gate, even when it names the dag, run and task of a waiting one.
+    """
     require_edit(caller, body.dag_id)
     spec = ApprovalSpec(
         dag_id=body.dag_id,
@@ -413,7 +436,9 @@ def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) ->
         on_reject=body.on_reject,
         metadata=body.metadata,
     )
-    return _json(_item(manager.create(spec, actor=caller.name, source="api"), caller, manager), status.HTTP_201_CREATED)
+    # Marked as opened over the API by the caller, never by the body: no task's gate.
+    created = manager.create(spec, actor=caller.name, source="api", origin="api")
+    return _json(_item(created, caller, manager), status.HTTP_201_CREATED)
 
 
 @router.get(
