@@ -106,3 +106,20 @@ class StoreError(HitlError):
 
 class StoreSchemaError(StoreError):
     """The store's schema does not match this version of airflow-hitl."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached or did not answer in time; nothing was changed.
+
+    Raised only when the transaction certainly did not commit, so the caller may retry.
+    """
+
+    retry_after: int = 5
+
+
+class StoreOutcomeUnknown(StoreUnavailable):
+    """The store stopped answering while committing: the change may or may not be recorded.
+
+    Never reported as a failure: the caller must look (GET the request) before retrying;
+    a retried vote that did land is refused as already voted, never counted twice.
+    """

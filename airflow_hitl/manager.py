@@ -27,7 +27,8 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import Session, joinedload
 
 from airflow_hitl import metrics
@@ -38,10 +39,14 @@ from airflow_hitl.exceptions import (
     ApprovalNotPending,
     InvalidInput,
     NotAllowed,
+    StoreOutcomeUnknown,
+    StoreUnavailable,
 )
+from airflow_hitl.limits import INT32_MAX, MAX_TIMEOUT_SECONDS, json_problem, text_problem
 from airflow_hitl.models.store import NOTIFY_CHANNEL, ApprovalStore, get_store
 from airflow_hitl.models.tables import (
     NOTIFICATION_STATUSES,
+    ORIGINS,
     TIMEOUT_ACTIONS,
     WAITING_PREDICATE,
     WAITING_STATES,
@@ -61,6 +66,7 @@ from airflow_hitl.policy import (
     str_list,
 )
 from airflow_hitl.records import Approval, WaitState, policy_of
+from airflow_hitl.settings import HitlSettings
 from airflow_hitl.vocabulary import APPROVAL_TYPES, CHANNELS, FINAL_ACTIONS, ON_REJECT, TERMINAL_STATES, VOTE_SOURCES
 
 log = logging.getLogger(__name__)
@@ -171,6 +177,7 @@ class ApprovalSpec:
             problems.add("require_all", "needs allowed_approvers: 'all' must be a known list of people")
         if self.on_reject not in ON_REJECT:
             problems.add("on_reject", f"must be one of {list(ON_REJECT)}, got {self.on_reject!r}")
+        self._validate_storable(problems)
         for name in ("context", "metadata", "notify"):
             value = getattr(self, name)
             if not isinstance(value, Mapping):
@@ -178,9 +185,34 @@ class ApprovalSpec:
                 continue
             try:
                 json.dumps(value, default=_json_default)
-            except (TypeError, ValueError) as err:
+            except (TypeError, ValueError, RecursionError) as err:
                 problems.add(name, f"must be JSON-serialisable: {err}")
         return problems
+
+    def _validate_storable(self, problems: ConfigProblems) -> None:
+        # The same limits as the REST API's bodies (airflow_hitl.limits): what the store
+        # cannot keep is refused here, naming the field, not by the database later.
+        for name in ("dag_id", "title", "run_id", "task_id", "description", "reason", "requested_by"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                problems.add(name, "must be a string")
+                continue
+            problem = text_problem(value) if value else None
+            if problem:
+                problems.add(name, problem)
+        if not isinstance(self.map_index, int) or not -1 <= self.map_index <= INT32_MAX:
+            problems.add("map_index", f"must be an integer from -1 to {INT32_MAX}")
+        if isinstance(self.required_approvals, int) and self.required_approvals > INT32_MAX:
+            problems.add("required_approvals", f"must be at most {INT32_MAX}")
+        if isinstance(self.timeout, dt.timedelta) and self.timeout.total_seconds() > MAX_TIMEOUT_SECONDS:
+            problems.add("timeout", f"must be at most {MAX_TIMEOUT_SECONDS} seconds (ten years)")
+        limits = HitlSettings.load()
+        for name in ("context", "metadata"):
+            problem = json_problem(
+                getattr(self, name), max_depth=limits.max_json_depth, max_bytes=limits.max_json_bytes
+            )
+            if problem:
+                problems.add(name, problem)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,6 +225,7 @@ class ApprovalFilter:
     run_id: str | None = None
     task_id: str | None = None
     map_index: int | None = None
+    origin: str | None = None
     requested_by: str | None = None
     decided_by: str | None = None
     since: dt.datetime | None = None
@@ -251,15 +284,24 @@ class ApprovalManager:
 
     # ------------------------------------------------------------------ create
 
-    def create(self, spec: ApprovalSpec, *, actor: str | None = None, source: str = "operator") -> Approval:
-        """Open a gate; for a task try that already has one, return it instead of a second."""
+    def create(
+        self, spec: ApprovalSpec, *, actor: str | None = None, source: str = "operator", origin: str = "task"
+    ) -> Approval:
+        """Open a gate; for a task try that already has one, return it instead of a second.
+
+        ``origin`` is the caller's, never the request body's: ``task`` for the operator's
+        gate, ``api`` for a request opened over the REST API. Only a ``task`` request is ever
+        taken for a task instance's gate, whatever dag, run and task ids an ``api`` one names.
+        """
         spec.validate()
-        if spec.run_id and spec.task_id and spec.try_number is not None:
+        if origin not in ORIGINS:
+            raise InvalidInput("origin", f"must be one of {list(ORIGINS)}")
+        if origin == "task" and spec.run_id and spec.task_id and spec.try_number is not None:
             existing = self._find_for_try(spec)
             if existing is not None:
                 return existing
         try:
-            return self._insert(spec, actor=actor, source=source)
+            return self._insert(spec, actor=actor, source=source, origin=origin)
         except IntegrityError:
             # Two workers running the same try raced; the other one's row is the request.
             existing = self._find_for_try(spec)
@@ -276,14 +318,15 @@ class ApprovalManager:
                     ApprovalRequestRow.task_id == spec.task_id,
                     ApprovalRequestRow.map_index == spec.map_index,
                     ApprovalRequestRow.try_number == spec.try_number,
+                    ApprovalRequestRow.origin == "task",
                 )
             )
             return Approval.from_row(row) if row is not None else None
 
-    def _insert(self, spec: ApprovalSpec, *, actor: str | None, source: str) -> Approval:
+    def _insert(self, spec: ApprovalSpec, *, actor: str | None, source: str, origin: str) -> Approval:
         now = self._clock()
         with self._transaction() as session:
-            if spec.run_id and spec.task_id and spec.try_number is not None:
+            if origin == "task" and spec.run_id and spec.task_id and spec.try_number is not None:
                 self._supersede_earlier_tries(session, spec, now)
             row = ApprovalRequestRow(
                 id=str(uuid.uuid4()),
@@ -292,6 +335,7 @@ class ApprovalManager:
                 task_id=spec.task_id,
                 map_index=spec.map_index,
                 try_number=spec.try_number,
+                origin=origin,
                 title=spec.title,
                 description=spec.description,
                 reason=spec.reason,
@@ -332,6 +376,7 @@ class ApprovalManager:
                     "task_id": spec.task_id,
                     "map_index": spec.map_index,
                     "try_number": spec.try_number,
+                    "origin": origin,
                     "expires_at": row.expires_at.isoformat() if row.expires_at else None,
                     "required_approvals": spec.required_approvals,
                     "allowed_approvers": row.allowed_approvers,
@@ -352,6 +397,7 @@ class ApprovalManager:
                 ApprovalRequestRow.task_id == spec.task_id,
                 ApprovalRequestRow.map_index == spec.map_index,
                 ApprovalRequestRow.try_number < spec.try_number,  # type: ignore[operator]
+                ApprovalRequestRow.origin == "task",
                 ApprovalRequestRow.state.in_(WAITING_STATES),
             )
             .with_for_update()
@@ -974,11 +1020,23 @@ class ApprovalManager:
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
-        """One write transaction whose audit events are appended just before it commits."""
-        with self.store.begin() as session:
-            yield session
-            self._seal(session)
-            measured: builtins.list[Callable[[], None]] = session.info.pop(_PENDING_METRICS, [])
+        """One write transaction whose audit events are appended just before it commits.
+
+        A lost or timed-out store is :class:`StoreUnavailable` while nothing can have been
+        committed, and :class:`StoreOutcomeUnknown` once COMMIT may have reached the server:
+        a caller is never told "failed" about a change that later turns out applied.
+        """
+        committing = False
+        try:
+            with self.store.begin() as session:
+                yield session
+                self._seal(session)
+                measured: builtins.list[Callable[[], None]] = session.info.pop(_PENDING_METRICS, [])
+                committing = True
+        except (OperationalError, InterfaceError, SQLAlchemyTimeoutError) as err:
+            if committing:
+                raise StoreOutcomeUnknown(f"the approval store stopped answering while committing: {err}") from err
+            raise StoreUnavailable(f"the approval store is unavailable: {err}") from err
         # Only what committed is counted.
         for send in measured:
             send()
@@ -1128,6 +1186,8 @@ class ApprovalManager:
             where.append(r.task_id == filters.task_id)
         if filters.map_index is not None:
             where.append(r.map_index == filters.map_index)
+        if filters.origin is not None:
+            where.append(r.origin == filters.origin)
         if filters.requested_by:
             where.append(r.requested_by == filters.requested_by)
         if filters.decided_by:

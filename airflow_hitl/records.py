@@ -54,6 +54,7 @@ class Approval:
     task_id: str | None
     map_index: int
     try_number: int | None
+    origin: str
     title: str
     description: str | None
     reason: str | None
@@ -94,6 +95,7 @@ class Approval:
             task_id=row.task_id,
             map_index=row.map_index,
             try_number=row.try_number,
+            origin=row.origin,
             title=row.title,
             description=row.description,
             reason=row.reason,
@@ -129,6 +131,11 @@ class Approval:
     def is_waiting(self) -> bool:
         """True while the request can still be decided (pending or escalated)."""
         return self.state in WAITING_STATES
+
+    @property
+    def opened_over_api(self) -> bool:
+        """True for a request opened over the REST API: it is no task's gate, whatever ids it names."""
+        return self.origin == "api"
 
     @property
     def approved(self) -> bool:

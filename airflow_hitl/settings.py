@@ -104,6 +104,60 @@ OPTIONS: tuple[Option, ...] = (
         description=("Longest comment or reason, in characters, accepted with a decision."),
     ),
     Option(
+        name="max_request_bytes",
+        type="integer",
+        default="1048576",
+        example="262144",
+        description=(
+            "Largest request body, in bytes, the /hitl app accepts; a larger one is answered 413 before it is "
+            "read further."
+        ),
+    ),
+    Option(
+        name="max_json_bytes",
+        type="integer",
+        default="65536",
+        example="16384",
+        description=(
+            "Largest `context` or `metadata` of a request or a vote, in bytes of compact JSON (both are read "
+            "with every view of the request)."
+        ),
+    ),
+    Option(
+        name="max_json_depth",
+        type="integer",
+        default="16",
+        example="8",
+        description=("Deepest nesting of objects and arrays accepted in `context` and `metadata`."),
+    ),
+    Option(
+        name="store_connect_timeout",
+        type="float",
+        default="5",
+        example="2",
+        description=(
+            "Seconds to wait for a connection to a PostgreSQL store before the call fails (the REST API then "
+            "answers 503 with Retry-After)."
+        ),
+    ),
+    Option(
+        name="store_statement_timeout",
+        type="float",
+        default="15",
+        example="30",
+        description=(
+            "Seconds one statement on a PostgreSQL store may run (statement_timeout) before it is cancelled "
+            "and its transaction rolled back."
+        ),
+    ),
+    Option(
+        name="store_pool_timeout",
+        type="float",
+        default="10",
+        example="30",
+        description=("Seconds to wait for a free pooled store connection before the call fails."),
+    ),
+    Option(
         name="resume_grace_seconds",
         type="float",
         default="10.0",
@@ -285,6 +339,12 @@ class HitlSettings:
     max_comment_length: int
     base_url: str
     resume_grace_seconds: float
+    max_request_bytes: int
+    max_json_bytes: int
+    max_json_depth: int
+    store_connect_timeout: float
+    store_statement_timeout: float
+    store_pool_timeout: float
 
     @classmethod
     def load(cls) -> HitlSettings:
@@ -301,4 +361,10 @@ class HitlSettings:
             max_comment_length=int(conf_get("max_comment_length")),
             base_url=conf_get("base_url").rstrip("/"),
             resume_grace_seconds=float(conf_get("resume_grace_seconds")),
+            max_request_bytes=int(conf_get("max_request_bytes")),
+            max_json_bytes=int(conf_get("max_json_bytes")),
+            max_json_depth=int(conf_get("max_json_depth")),
+            store_connect_timeout=float(conf_get("store_connect_timeout")),
+            store_statement_timeout=float(conf_get("store_statement_timeout")),
+            store_pool_timeout=float(conf_get("store_pool_timeout")),
         )

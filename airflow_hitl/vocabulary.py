@@ -39,6 +39,12 @@ TIMEOUT_ACTIONS = (APPROVE, REJECT, ESCALATE)
 FINAL_ACTIONS = (APPROVE, REJECT)
 
 APPROVAL_TYPES = ("manual", "auto", "conditional")
+
+#: Who opened a request: a task's gate (the operator) or someone over the REST API. Only
+#: ``task`` requests ever stand for a task instance's gate.
+TASK_ORIGIN = "task"
+API_ORIGIN = "api"
+ORIGINS = (TASK_ORIGIN, API_ORIGIN)
 ON_REJECT = ("fail", "skip")
 
 # ---------------------------------------------------------------- where a decision came from

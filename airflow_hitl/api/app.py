@@ -14,9 +14,12 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from airflow_hitl import __version__
-from airflow_hitl.exceptions import HitlError, NotAllowed
+from airflow_hitl.api.limits import BodyLimitMiddleware
+from airflow_hitl.exceptions import HitlError, NotAllowed, StoreError, StoreOutcomeUnknown, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +30,32 @@ async def _hitl_error(request: Request, exc: Exception) -> JSONResponse:
     # Domain errors carry their HTTP status; NotAllowed's reason is the 403's detail.
     assert isinstance(exc, HitlError)
     detail = exc.reason if isinstance(exc, NotAllowed) else str(exc)
-    if exc.status_code >= 500:
-        log.error("approval store error on %s %s: %s", request.method, request.url.path, exc)
+    if isinstance(exc, StoreError):
+        return _store_unavailable(request, exc)
     return JSONResponse(status_code=exc.status_code, content={"detail": detail})
+
+
+def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 with ``Retry-After``; the detail says whether anything may have changed."""
+    log.error("approval store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    if isinstance(exc, StoreOutcomeUnknown):
+        detail = (
+            "the approval store stopped answering while recording this change: it may or may not have been "
+            "applied; read the request again before retrying"
+        )
+    else:
+        detail = "the approval store is unavailable; nothing was changed, retry later"
+    return JSONResponse(
+        status_code=503,
+        content={"detail": detail},
+        headers={"Retry-After": str(StoreUnavailable.retry_after)},
+    )
+
+
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    # Reads go straight to the store (no transaction to classify): a lost connection, a
+    # statement or pool timeout there changed nothing either.
+    return _store_unavailable(request, exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -78,6 +104,10 @@ def create_app() -> FastAPI:
         ),
     )
     app.add_exception_handler(HitlError, _hitl_error)
+    for store_error in (OperationalError, InterfaceError, SQLAlchemyTimeoutError):
+        app.add_exception_handler(store_error, _store_error)
+    # Outermost: an oversized or unparsable body is refused before any other work.
+    app.add_middleware(BodyLimitMiddleware)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(approvals_router, prefix=API_PREFIX)
     app.include_router(notifications_router, prefix=API_PREFIX)

@@ -11,11 +11,11 @@ Free text (``comment``, ``reason``) is limited to ``[hitl] max_comment_length`` 
 from __future__ import annotations
 
 import datetime as dt
-import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from airflow_hitl.limits import INT32_MAX, MAX_TIMEOUT_SECONDS, json_problem
 from airflow_hitl.settings import HitlSettings
 
 MAX_COMMENT_LENGTH: int = HitlSettings.load().max_comment_length
@@ -26,33 +26,25 @@ MAX_ID_LENGTH = 64
 
 
 _TEXT_HELP = f"At most {MAX_COMMENT_LENGTH} characters (`[hitl] max_comment_length`)."
+_JSON_HELP = "A JSON object within `[hitl] max_json_bytes` and `[hitl] max_json_depth`."
 
 
-def _unstorable(value: Any) -> str | None:
-    """What in a raw body the store cannot keep or JSON cannot return, if anything."""
-    if isinstance(value, str):
-        return "text must not contain NUL characters" if "\x00" in value else None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else "numbers must be finite (no NaN or Infinity)"
-    if isinstance(value, dict):
-        items: list[Any] = [*value.keys(), *value.values()]
-        return next((p for p in map(_unstorable, items) if p), None)
-    if isinstance(value, (list, tuple)):
-        return next((p for p in map(_unstorable, value) if p), None)
-    return None
+def _limits() -> HitlSettings:
+    # Read when a body is validated, never at import: tests and deployments change them.
+    return HitlSettings.load()
 
 
 class _Body(BaseModel):
-    """Base of request bodies: unknown fields are refused."""
+    """Base of request bodies: unknown fields are refused, every value must be storable."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     @model_validator(mode="before")
     @classmethod
     def _storable(cls, data: Any) -> Any:
-        # Python's JSON parser accepts NaN, and PostgreSQL refuses NUL in text and NaN in
-        # JSON: refuse both here as bad input (422) instead of failing later with a 500.
-        problem = _unstorable(data)
+        # Python's JSON parser accepts NaN and lone surrogates (\ud800); PostgreSQL refuses
+        # them, and NUL in text. Refuse all of them here as bad input (422), not later as a 500.
+        problem = json_problem(data)
         if problem:
             raise ValueError(problem)
         return data
@@ -68,34 +60,65 @@ def _blank_to_none(value: str | None) -> str | None:
     return value or None
 
 
+def _not_blank(value: str) -> str:
+    # Whitespace is stripped first, so "   " arrives here as "".
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
+def _bounded_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    limits = _limits()
+    problem = json_problem(value, max_depth=limits.max_json_depth, max_bytes=limits.max_json_bytes)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=250)]
+Names = Annotated[list[Name], Field(default_factory=list, max_length=1000)]
+# Whole seconds of a gate; ``now + timeout`` must stay a time the store can represent.
+TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=1, le=INT32_MAX)]
+RequiredText = Annotated[str, Field(max_length=MAX_COMMENT_LENGTH, description=f"Required. {_TEXT_HELP}")]
+
+
 class ApproveBody(_Body):
     """Body of ``POST /approvals/{id}/approve``."""
 
     comment: str | None = Field(default=None, max_length=MAX_COMMENT_LENGTH, description=_TEXT_HELP)
-    metadata: dict[str, Any] | None = Field(default=None, description="Recorded with the vote.")
+    metadata: dict[str, Any] | None = Field(default=None, description=f"Recorded with the vote. {_JSON_HELP}")
 
     _clean_comment = field_validator("comment")(_blank_to_none)
+    _bounded = field_validator("metadata")(_bounded_json)
 
 
 class RejectBody(_Body):
     """Body of ``POST /approvals/{id}/reject``: a reason is required."""
 
-    reason: str = Field(min_length=1, max_length=MAX_COMMENT_LENGTH, description=f"Required. {_TEXT_HELP}")
+    reason: RequiredText
     comment: str | None = Field(default=None, max_length=MAX_COMMENT_LENGTH, description=_TEXT_HELP)
 
     _clean_comment = field_validator("comment")(_blank_to_none)
+    _reason_given = field_validator("reason")(_not_blank)
 
 
 class CancelBody(_Body):
     """Body of ``POST /approvals/{id}/cancel``: a reason is required."""
 
-    reason: str = Field(min_length=1, max_length=MAX_COMMENT_LENGTH, description=f"Required. {_TEXT_HELP}")
+    reason: RequiredText
+
+    _reason_given = field_validator("reason")(_not_blank)
 
 
 class BulkBody(_Body):
     """Body of ``POST /approvals/bulk``: one action applied to many requests."""
 
-    ids: list[str] = Field(min_length=1, max_length=MAX_BULK_IDS, description="Approval request ids.")
+    ids: list[Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH)]] = Field(
+        min_length=1, max_length=MAX_BULK_IDS, description="Approval request ids."
+    )
     action: Literal["approve", "reject", "cancel"]
     comment: str | None = Field(default=None, max_length=MAX_COMMENT_LENGTH, description=_TEXT_HELP)
     reason: str | None = Field(
@@ -114,10 +137,10 @@ class BulkBody(_Body):
 class EscalationBody(_Body):
     """One escalation level of a request opened over the API."""
 
-    approvers: list[str] = Field(default_factory=list)
-    roles: list[str] = Field(default_factory=list)
-    timeout_seconds: float = Field(gt=0)
-    required_approvals: int | None = Field(default=None, ge=1)
+    approvers: Names
+    roles: Names
+    timeout_seconds: TimeoutSeconds
+    required_approvals: Count | None = None
 
 
 class CreateBody(_Body):
@@ -126,25 +149,28 @@ class CreateBody(_Body):
     ``requested_by`` is the authenticated caller; it cannot be set in the body.
     """
 
-    dag_id: str = Field(min_length=1, max_length=250)
-    title: str = Field(min_length=1, max_length=500)
+    dag_id: str = Field(max_length=250)
+    title: str = Field(max_length=500)
     run_id: str | None = Field(default=None, max_length=250)
     task_id: str | None = Field(default=None, max_length=250)
-    map_index: int = -1
+    map_index: int = Field(default=-1, ge=-1, le=INT32_MAX)
     description: str | None = Field(default=None, max_length=20_000)
     reason: str | None = Field(default=None, max_length=MAX_COMMENT_LENGTH)
-    context: dict[str, Any] = Field(default_factory=dict)
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    context: dict[str, Any] = Field(default_factory=dict, description=f"Facts shown to approvers. {_JSON_HELP}")
+    timeout_seconds: TimeoutSeconds | None = None
     timeout_action: Literal["approve", "reject", "escalate"] | None = None
-    escalate_to: list[EscalationBody] = Field(default_factory=list)
+    escalate_to: list[EscalationBody] = Field(default_factory=list, max_length=20)
     escalation_final_action: Literal["approve", "reject"] | None = None
-    required_approvals: int = Field(default=1, ge=1)
+    required_approvals: Count = 1
     require_all: bool = False
-    allowed_approvers: list[str] = Field(default_factory=list)
-    allowed_roles: list[str] = Field(default_factory=list)
+    allowed_approvers: Names
+    allowed_roles: Names
     allow_self_approval: bool = False
     on_reject: Literal["fail", "skip"] = "fail"
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict, description=_JSON_HELP)
+
+    _required = field_validator("dag_id", "title")(_not_blank)
+    _bounded = field_validator("context", "metadata")(_bounded_json)
 
 
 class VoteResponse(_Response):
@@ -175,6 +201,10 @@ class ApprovalResponse(_Response):
     task_id: str | None = None
     map_index: int
     try_number: int | None = None
+    origin: Literal["task", "api"] = Field(
+        description="`task`: the gate of that task instance's try. `api`: opened over the REST API; it never "
+        "stands for a task's gate, whatever dag, run and task ids it names."
+    )
     title: str
     description: str | None = None
     reason: str | None = None
@@ -233,3 +263,44 @@ class BulkResponse(_Response):
     results: list[BulkItemResult]
     succeeded: int
     failed: int
+
+
+class FieldError(_Response):
+    """One problem with the input: where (``loc``, ending with the field's name), what, and its kind."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(_Response):
+    """Every error answer: ``detail`` says why; for invalid input it lists each problem with its field."""
+
+    detail: str | list[FieldError]
+
+
+_ERROR_DESCRIPTIONS = {
+    401: "No token, or an invalid or expired one.",
+    403: "Authenticated but not allowed (the reason is in `detail`).",
+    404: "No approval request with this id.",
+    409: "The request is no longer pending, or the caller has already voted.",
+    413: "The body is larger than `[hitl] max_request_bytes`.",
+    422: "Invalid input; `detail` names the field.",
+    503: "The approval store is unavailable; nothing was changed unless `detail` says the outcome is unknown. "
+    "Retry after `Retry-After` seconds.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route answers, each with its body schema."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[code]}
+        if code == 503:
+            entry["headers"] = {
+                "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}
+            }
+        responses[code] = entry
+    return responses

@@ -237,12 +237,23 @@ class ApprovalStore:
             event.listen(engine, "connect", _sqlite_on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
             return engine
+        # Bounded waits, so an unreachable store fails a call in seconds (the REST API then
+        # answers 503) instead of holding it until the client gives up.
+        limits = HitlSettings.load()
+        statement_ms = int(limits.store_statement_timeout * 1000)
         return create_engine(
             self.url,
             pool_size=pool_size,
             max_overflow=pool_size * 2,
             pool_pre_ping=True,
             pool_recycle=1800,
+            pool_timeout=limits.store_pool_timeout,
+            connect_args={
+                "connect_timeout": max(1, round(limits.store_connect_timeout)),
+                "options": f"-c statement_timeout={statement_ms}",
+                # A server that vanishes mid-statement (no FIN, no RST) fails the socket too.
+                "tcp_user_timeout": statement_ms + int(limits.store_connect_timeout * 1000),
+            },
         )
 
     @contextmanager

@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from airflow_hitl.vocabulary import NOTIFICATION_STATUSES, STATES, TIMEOUT_ACTIONS, VOTES, WAITING_STATES
+from airflow_hitl.vocabulary import NOTIFICATION_STATUSES, ORIGINS, STATES, TIMEOUT_ACTIONS, VOTES, WAITING_STATES
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -101,6 +101,7 @@ class ApprovalRequestRow(Base):
     task_id: Mapped[str | None] = mapped_column(String(250))
     map_index: Mapped[int] = mapped_column(Integer, nullable=False, default=-1)
     try_number: Mapped[int | None] = mapped_column(Integer)
+    origin: Mapped[str] = mapped_column(String(10), nullable=False, default="task", server_default="task")
 
     title: Mapped[str] = mapped_column(String(500), nullable=False)
     description: Mapped[str | None] = mapped_column(Text)
@@ -147,6 +148,7 @@ class ApprovalRequestRow(Base):
         CheckConstraint(_in("state", STATES), name="state"),
         CheckConstraint(f"timeout_action IS NULL OR {_in('timeout_action', TIMEOUT_ACTIONS)}", name="timeout_action"),
         CheckConstraint("required_approvals >= 1", name="required_approvals"),
+        CheckConstraint(_in("origin", ORIGINS), name="origin"),
         # One request per task try: retrying execute() of the same try finds it again.
         UniqueConstraint("dag_id", "run_id", "task_id", "map_index", "try_number"),
         Index(None, "state", "expires_at"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import MetaData, Table, create_engine, inspect, text
 
 from airflow_hitl.exceptions import StoreSchemaError
 from airflow_hitl.manager import ApprovalManager
@@ -23,7 +24,6 @@ from airflow_hitl.models.schema import VERSION_TABLE, alembic_config, ensure_sch
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.models.tables import Base
 from airflow_hitl.policy import Principal
-from tests.helpers import spec
 
 
 @pytest.fixture
@@ -89,6 +89,42 @@ def own_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[ApprovalStor
     admin.dispose()
 
 
+def _old_request(store: ApprovalStore, state: str) -> str:
+    """Insert a request row with only the columns revision 0001 has; return its id."""
+    table = Table("approval_requests", MetaData(), autoload_with=store.engine)
+    now = dt.datetime.now(dt.timezone.utc)
+    row_id = str(uuid.uuid4())
+    with store.engine.begin() as conn:
+        conn.execute(
+            table.insert().values(
+                id=row_id,
+                dag_id="release",
+                run_id=f"manual__{row_id}",
+                task_id="gate",
+                map_index=-1,
+                try_number=1,
+                title="old",
+                context={},
+                approval_type="manual",
+                state=state,
+                requested_at=now,
+                escalation_level=0,
+                escalation_targets=[],
+                required_approvals=1,
+                require_all=False,
+                allowed_approvers=[],
+                allowed_roles=[],
+                allow_self_approval=True,
+                on_reject="fail",
+                metadata={},
+                notify={},
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    return row_id
+
+
 def _indexes(store: ApprovalStore) -> set[str]:
     return {ix["name"] for ix in inspect(store.engine).get_indexes("approval_requests")}
 
@@ -98,17 +134,21 @@ class TestUpgrade:
         # A store of the first release, with requests in it.
         command.upgrade(alembic_config(own_store), "0001")
         assert "ix_approval_requests_waiting" not in _indexes(own_store)
-        manager = ApprovalManager(store=own_store)
-        waiting = [manager.create(spec()) for _ in range(3)]
-        manager.approve(waiting[0].id, user=Principal.of("alice"))
+        # Rows as the first release wrote them (today's models have columns 0001 lacks).
+        waiting = [_old_request(own_store, "pending") for _ in range(3)]
+        decided = _old_request(own_store, "approved")
 
         status = migrate(own_store)
 
-        assert status.up_to_date and status.current == status.head == "0002"
+        assert status.up_to_date and status.current == status.head == "0003"
         assert "ix_approval_requests_waiting" in _indexes(own_store)
+        manager = ApprovalManager(store=own_store)
         items, total = manager.pending()
-        assert total == 2 and {a.id for a in items} == {w.id for w in waiting[1:]}
-        assert manager.get(waiting[0].id).state == "approved"
+        assert total == 3 and {a.id for a in items} == set(waiting)
+        assert manager.get(decided).state == "approved"
+        assert {a.origin for a in items} == {"task"}
+        manager.approve(waiting[0], user=Principal.of("alice"))
+        assert manager.get(waiting[0]).state == "approved"
         assert manager.verify_audit_chain().ok
 
     def test_downgrade_to_0001_drops_only_the_new_index(self, own_store: ApprovalStore) -> None:

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from pydantic import AfterValidator
 
 from airflow_hitl.api.datamodels import (
     MAX_ID_LENGTH,
@@ -34,6 +35,7 @@ from airflow_hitl.api.datamodels import (
     CreateBody,
     RejectBody,
     VoteResponse,
+    error_responses,
 )
 from airflow_hitl.api.security import (
     Caller,
@@ -44,17 +46,27 @@ from airflow_hitl.api.security import (
     require_read,
 )
 from airflow_hitl.exceptions import HitlError, InvalidInput
+from airflow_hitl.limits import INT32_MAX, text_problem, time_problem
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec
 from airflow_hitl.policy import EscalationLevel
 from airflow_hitl.records import Approval
 from airflow_hitl.vocabulary import STATES, TERMINAL_STATES
 
-router = APIRouter(prefix="/approvals", tags=["approvals"], dependencies=[Depends(current_caller)])
+router = APIRouter(
+    prefix="/approvals",
+    tags=["approvals"],
+    dependencies=[Depends(current_caller)],
+    responses=error_responses(401, 422, 503),
+)
+# What a single request's decision can answer besides 401, 422 and 503.
+_DECISION_ERRORS = error_responses(403, 404, 409, 413)
 
 _manager_lock = threading.Lock()
 _process_manager: ApprovalManager | None = None
 
 MAX_LIMIT = 10_000
+# Beyond any real store, within PostgreSQL's bigint OFFSET.
+MAX_OFFSET = INT32_MAX
 DEFAULT_LIMIT = 100
 CSV_COLUMNS = (
     "id",
@@ -62,6 +74,7 @@ CSV_COLUMNS = (
     "run_id",
     "task_id",
     "map_index",
+    "origin",
     "title",
     "state",
     "decision",
@@ -199,10 +212,30 @@ def _states(values: Iterable[str] | None, allowed: Iterable[str]) -> list[str] |
     return list(values)
 
 
+def _storable_text(value: str | None) -> str | None:
+    # PostgreSQL refuses NUL and lone surrogates in text: a 422 here rather than a 500 there.
+    problem = text_problem(value) if value is not None else None
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _representable_time(value: dt.datetime | None) -> dt.datetime | None:
+    problem = time_problem(value) if value is not None else None
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 Limit = Annotated[int, Query(ge=0, le=MAX_LIMIT, description=f"Page size, 0 to {MAX_LIMIT}.")]
-Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
-# No NUL: PostgreSQL refuses it in text, which must be a 422 rather than a 500.
-Text = Annotated[str | None, Query(max_length=250, pattern=r"^[^\x00]*$")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"Rows to skip, 0 to {MAX_OFFSET}.")]
+Text = Annotated[str | None, Query(max_length=250), AfterValidator(_storable_text)]
+Time = Annotated[dt.datetime | None, AfterValidator(_representable_time)]
+Origin = Annotated[
+    Literal["task", "api"] | None,
+    Query(description="`task`: only task instances' gates; `api`: only requests opened over the REST API."),
+]
+MapIndex = Annotated[int | None, Query(ge=-1, le=INT32_MAX, description="Task map index (-1: not mapped).")]
 
 
 @router.get("", response_model=ApprovalCollectionResponse, summary="List approval requests")
@@ -213,13 +246,15 @@ def list_approvals(
     dag_id: Text = None,
     run_id: Text = None,
     task_id: Text = None,
+    map_index: MapIndex = None,
+    origin: Origin = None,
     requested_by: Text = None,
     decided_by: Text = None,
     limit: Limit = DEFAULT_LIMIT,
     offset: Offset = 0,
-    order_by: Annotated[str, Query(max_length=50, description="A column; prefix '-' for descending.")] = (
-        "-requested_at"
-    ),
+    order_by: Annotated[
+        str, Query(max_length=50, description="A column; prefix '-' for descending."), AfterValidator(_storable_text)
+    ] = ("-requested_at"),
 ) -> Response:
     """Approval requests on DAGs the caller may read, newest first by default."""
     filters = _visible(
@@ -230,6 +265,8 @@ def list_approvals(
             dag_id=dag_id,
             run_id=run_id,
             task_id=task_id,
+            map_index=map_index,
+            origin=origin,
             requested_by=requested_by,
             decided_by=decided_by,
         ),
@@ -247,13 +284,16 @@ def list_pending(
     dag_id: Text = None,
     run_id: Text = None,
     task_id: Text = None,
+    origin: Origin = None,
     requested_by: Text = None,
     limit: Limit = DEFAULT_LIMIT,
     offset: Offset = 0,
 ) -> Response:
     """Requests still waiting (pending or escalated), soonest expiry first, each with ``can_approve``."""
     filters = _visible(
-        caller, manager, ApprovalFilter(dag_id=dag_id, run_id=run_id, task_id=task_id, requested_by=requested_by)
+        caller,
+        manager,
+        ApprovalFilter(dag_id=dag_id, run_id=run_id, task_id=task_id, origin=origin, requested_by=requested_by),
     )
     if filters is None:
         return _collection([], 0)
@@ -265,7 +305,12 @@ def list_pending(
     "/history",
     response_model=ApprovalCollectionResponse,
     summary="Decided approval requests (JSON, or CSV with format=csv)",
-    responses={200: {"content": {"text/csv": {}}, "description": "JSON page, or a CSV export with a header row."}},
+    responses={
+        200: {
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "description": "JSON page, or a CSV export with a header row.",
+        }
+    },
 )
 def history(
     caller: CallerDep,
@@ -276,8 +321,9 @@ def history(
     requested_by: Text = None,
     run_id: Text = None,
     task_id: Text = None,
-    since: Annotated[dt.datetime | None, Query(description="Decided at or after (ISO 8601; UTC if no offset).")] = None,
-    until: Annotated[dt.datetime | None, Query(description="Decided at or before.")] = None,
+    origin: Origin = None,
+    since: Annotated[Time, Query(description="Decided at or after (ISO 8601; UTC if no offset).")] = None,
+    until: Annotated[Time, Query(description="Decided at or before.")] = None,
     limit: Limit = DEFAULT_LIMIT,
     offset: Offset = 0,
     format: Literal["json", "csv"] = "json",
@@ -296,6 +342,7 @@ def history(
             task_id=task_id,
             decided_by=decided_by,
             requested_by=requested_by,
+            origin=origin,
             since=since,
             until=until,
         ),
@@ -319,11 +366,15 @@ def history(
 def _csv_cell(value: Any) -> str:
     if value is None:
         return ""
-    text = value.isoformat() if isinstance(value, dt.datetime) else str(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if not isinstance(value, str):
+        # Numbers and booleans are ours, never a formula: -1 stays -1.
+        return str(value)
     # Spreadsheets run cells that start like a formula; user text must never be one.
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        text = "'" + text
-    return text
+    if value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _csv(items: Iterable[Approval]) -> str:
@@ -345,9 +396,14 @@ def _csv(items: Iterable[Approval]) -> str:
     response_model=ApprovalResponse,
     status_code=status.HTTP_201_CREATED,
     summary="Open an approval request (a gate outside a task)",
+    responses=error_responses(403, 413),
 )
 def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) -> Response:
-    """Open a request on a DAG the caller may edit; the caller is recorded as ``requested_by``."""
+    """Open a request on a DAG the caller may edit; the caller is recorded as ``requested_by``.
+
+    The request is marked ``origin: api`` everywhere it is shown: it never stands for a task
+    instance's gate, even when it names the dag, run and task of a waiting one.
+    """
     require_edit(caller, body.dag_id)
     spec = ApprovalSpec(
         dag_id=body.dag_id,
@@ -379,10 +435,17 @@ def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) ->
         on_reject=body.on_reject,
         metadata=body.metadata,
     )
-    return _json(_item(manager.create(spec, actor=caller.name, source="api"), caller, manager), status.HTTP_201_CREATED)
+    # Marked as opened over the API by the caller, never by the body: no task's gate.
+    created = manager.create(spec, actor=caller.name, source="api", origin="api")
+    return _json(_item(created, caller, manager), status.HTTP_201_CREATED)
 
 
-@router.get("/{approval_id}", response_model=ApprovalResponse, summary="One approval request with its votes")
+@router.get(
+    "/{approval_id}",
+    response_model=ApprovalResponse,
+    summary="One approval request with its votes",
+    responses=error_responses(403, 404),
+)
 def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Response:
     """One request, with ``can_approve`` for the caller."""
     approval = manager.get(canonical_approval_id(approval_id))
@@ -390,7 +453,7 @@ def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Re
     return _json(_item(approval, caller, manager))
 
 
-@router.post("/{approval_id}/approve", response_model=ApprovalResponse, summary="Approve")
+@router.post("/{approval_id}/approve", response_model=ApprovalResponse, summary="Approve", responses=_DECISION_ERRORS)
 def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Vote to approve; the request is approved once its quorum is reached."""
     decided = manager.approve(
@@ -405,7 +468,12 @@ def approve(approval_id: str, body: ApproveBody, request: Request, caller: Calle
     return _json(_item(decided))
 
 
-@router.post("/{approval_id}/reject", response_model=ApprovalResponse, summary="Reject (a reason is required)")
+@router.post(
+    "/{approval_id}/reject",
+    response_model=ApprovalResponse,
+    summary="Reject (a reason is required)",
+    responses=_DECISION_ERRORS,
+)
 def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Reject; one allowed rejection rejects the request at once."""
     decided = manager.reject(
@@ -420,7 +488,12 @@ def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerD
     return _json(_item(decided))
 
 
-@router.post("/{approval_id}/cancel", response_model=ApprovalResponse, summary="Cancel a waiting request")
+@router.post(
+    "/{approval_id}/cancel",
+    response_model=ApprovalResponse,
+    summary="Cancel a waiting request",
+    responses=_DECISION_ERRORS,
+)
 def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Withdraw a waiting request; its task fails. Needs edit access to the DAG."""
     cancelled = manager.cancel(
@@ -434,7 +507,12 @@ def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerD
     return _json(_item(cancelled))
 
 
-@router.post("/bulk", response_model=BulkResponse, summary="Approve, reject or cancel many requests")
+@router.post(
+    "/bulk",
+    response_model=BulkResponse,
+    summary="Approve, reject or cancel many requests",
+    responses=error_responses(413),
+)
 def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Apply one action to every id; each gets its own result, and one failure stops nothing."""
     return _json(decide_many(body, caller=caller, manager=manager, client=client_of(request)))

@@ -1,0 +1,98 @@
+"""Schemathesis fuzzes every operation of ``/hitl/openapi.json`` against the real app.
+
+The app is Airflow's own api-server with our plugin mounted at ``/hitl``, authenticated as
+``admin`` with a real SimpleAuthManager token, over a PostgreSQL approval store (the
+backend that refuses the most input: NUL, lone surrogates, huge numbers). The run is
+deterministic (derandomized, bounded examples) and fails on any 5xx, on a status code or
+content type the document does not declare, and on a body that breaks its declared schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.models.schema import migrate
+from airflow_hitl.models.store import ApprovalStore
+from tests.api.conftest import AirflowApi, open_request
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+EXAMPLES_PER_OPERATION = 60
+
+
+@pytest.fixture(scope="module")
+def fuzz_api(airflow_api: AirflowApi, pg_url: str) -> Iterator[AirflowApi]:
+    """The api-server app over a PostgreSQL store holding a few requests to find."""
+    store = ApprovalStore(url=pg_url)
+    migrate(store)
+    manager = ApprovalManager(store=store)
+    for n in range(3):
+        open_request(manager, run_id=f"fuzz__{n}")
+    airflow_api.hitl_app.state.hitl_manager = manager
+    yield airflow_api
+    airflow_api.hitl_app.state.hitl_manager = None
+    store.dispose()
+
+
+def _operations() -> list[Any]:
+    # Collected from the app's own document, so a new route is fuzzed without editing this file.
+    from airflow_hitl.api.app import create_app
+
+    paths = create_app().openapi()["paths"]
+    return [
+        pytest.param(method.upper(), path, id=f"{method.upper()} {path}")
+        for path, methods in sorted(paths.items())
+        for method in sorted(methods)
+    ]
+
+
+@pytest.fixture(scope="module")
+def hitl_schema(fuzz_api: AirflowApi) -> Any:
+    """The OpenAPI document as served, requests sent through the whole api-server app."""
+    return schemathesis.openapi.from_asgi("/hitl/openapi.json", fuzz_api.app)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+class TestOpenApiFuzz:
+    """Valid and invalid inputs for every operation, as ``admin``."""
+
+    @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["valid", "invalid"])
+    @pytest.mark.parametrize(("method", "path"), _operations())
+    def test_operation(self, hitl_schema: Any, fuzz_api: AirflowApi, method: str, path: str, mode: Any) -> None:
+        """No input, however odd, gets a 5xx or an answer the document does not describe."""
+        operation = hitl_schema[path][method]
+        headers = fuzz_api.headers("admin")
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            derandomize=True,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+            phases=[Phase.generate, Phase.shrink],
+        )
+        def run(case: Any) -> None:
+            case.call_and_validate(headers=headers, checks=CHECKS)
+
+        run()
