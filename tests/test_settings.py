@@ -100,3 +100,20 @@ class TestReading:
             check=True,
         )
         assert out.stdout.strip().splitlines()[-1] == option("link_max_age").default
+
+
+def test_nothing_reads_config_at_import_time():
+    # Deployments and tests change [hitl] after the package is imported: every read happens at use.
+    script = """
+import importlib, pkgutil
+import airflow_hitl, airflow_hitl.settings as settings
+reads = []
+original = settings.conf_get
+settings.conf_get = lambda key: reads.append(key) or original(key)
+for info in pkgutil.walk_packages(airflow_hitl.__path__, "airflow_hitl."):
+    if ".migrations.versions" not in info.name and not info.name.endswith("migrations.env"):
+        importlib.import_module(info.name)
+print("READS", sorted(set(reads)))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    assert "READS []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]

@@ -5,7 +5,8 @@ user (``user_id``, ``decided_by``) is a 422 instead of being silently ignored: i
 ever comes from the Airflow token.
 
 Free text (``comment``, ``reason``) is limited to ``[hitl] max_comment_length`` characters
-(default 4000), read once when the API module is imported; longer text is a 422.
+(default 4000), read when a body is validated (and when the OpenAPI document is built), never
+at import; longer text is a 422.
 """
 
 from __future__ import annotations
@@ -13,19 +14,29 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from airflow_hitl.limits import INT32_MAX, MAX_TIMEOUT_SECONDS, json_problem
 from airflow_hitl.settings import HitlSettings
 
-MAX_COMMENT_LENGTH: int = HitlSettings.load().max_comment_length
 # A bulk call decides one request per transaction; a bound keeps one call from holding a
 # worker thread for minutes.
 MAX_BULK_IDS = 500
 MAX_ID_LENGTH = 64
 
 
-_TEXT_HELP = f"At most {MAX_COMMENT_LENGTH} characters (`[hitl] max_comment_length`)."
+_TEXT_HELP = "At most `[hitl] max_comment_length` characters (4000 unless configured)."
 _JSON_HELP = "A JSON object within `[hitl] max_json_bytes` and `[hitl] max_json_depth`."
 
 
@@ -56,6 +67,26 @@ class _Response(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+def _within_comment_limit(value: str) -> str:
+    limit = _limits().max_comment_length
+    if len(value) > limit:
+        raise ValueError(f"must be at most {limit} characters (`[hitl] max_comment_length`)")
+    return value
+
+
+class _CommentLimitSchema:
+    """Documents the configured ``max_comment_length`` as ``maxLength`` when the schema is built."""
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema["maxLength"] = _limits().max_comment_length
+        return json_schema
+
+
+#: Free text with a decision: at most ``[hitl] max_comment_length`` characters.
+Text = Annotated[str, AfterValidator(_within_comment_limit), _CommentLimitSchema()]
+
+
 def _blank_to_none(value: str | None) -> str | None:
     return value or None
 
@@ -82,13 +113,13 @@ Names = Annotated[list[Name], Field(default_factory=list, max_length=1000)]
 # Whole seconds of a gate; ``now + timeout`` must stay a time the store can represent.
 TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=1, le=INT32_MAX)]
-RequiredText = Annotated[str, Field(max_length=MAX_COMMENT_LENGTH, description=f"Required. {_TEXT_HELP}")]
+RequiredText = Annotated[Text, Field(description=f"Required. {_TEXT_HELP}")]
 
 
 class ApproveBody(_Body):
     """Body of ``POST /approvals/{id}/approve``."""
 
-    comment: str | None = Field(default=None, max_length=MAX_COMMENT_LENGTH, description=_TEXT_HELP)
+    comment: Text | None = Field(default=None, description=_TEXT_HELP)
     metadata: dict[str, Any] | None = Field(default=None, description=f"Recorded with the vote. {_JSON_HELP}")
 
     _clean_comment = field_validator("comment")(_blank_to_none)
@@ -99,7 +130,7 @@ class RejectBody(_Body):
     """Body of ``POST /approvals/{id}/reject``: a reason is required."""
 
     reason: RequiredText
-    comment: str | None = Field(default=None, max_length=MAX_COMMENT_LENGTH, description=_TEXT_HELP)
+    comment: Text | None = Field(default=None, description=_TEXT_HELP)
 
     _clean_comment = field_validator("comment")(_blank_to_none)
     _reason_given = field_validator("reason")(_not_blank)
@@ -120,10 +151,8 @@ class BulkBody(_Body):
         min_length=1, max_length=MAX_BULK_IDS, description="Approval request ids."
     )
     action: Literal["approve", "reject", "cancel"]
-    comment: str | None = Field(default=None, max_length=MAX_COMMENT_LENGTH, description=_TEXT_HELP)
-    reason: str | None = Field(
-        default=None, max_length=MAX_COMMENT_LENGTH, description=f"Required to reject or cancel. {_TEXT_HELP}"
-    )
+    comment: Text | None = Field(default=None, description=_TEXT_HELP)
+    reason: Text | None = Field(default=None, description=f"Required to reject or cancel. {_TEXT_HELP}")
 
     _clean_comment = field_validator("comment", "reason")(_blank_to_none)
 
@@ -155,7 +184,7 @@ class CreateBody(_Body):
     task_id: str | None = Field(default=None, max_length=250)
     map_index: int = Field(default=-1, ge=-1, le=INT32_MAX)
     description: str | None = Field(default=None, max_length=20_000)
-    reason: str | None = Field(default=None, max_length=MAX_COMMENT_LENGTH)
+    reason: Text | None = None
     context: dict[str, Any] = Field(default_factory=dict, description=f"Facts shown to approvers. {_JSON_HELP}")
     timeout_seconds: TimeoutSeconds | None = None
     timeout_action: Literal["approve", "reject", "escalate"] | None = None

@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from airflow_hitl.api.datamodels import MAX_COMMENT_LENGTH
 from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.settings import option
 from tests.api.conftest import API, AirflowApi, open_request, snapshot
 
+MAX_COMMENT_LENGTH = int(option("max_comment_length").default)
 LONG = "x" * (MAX_COMMENT_LENGTH + 1)
 
 # (id, method, path with {id}, raw body or JSON body, expected status)
