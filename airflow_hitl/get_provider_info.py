@@ -49,15 +49,18 @@ def get_provider_info() -> dict[str, Any]:
                 "description": "Human-in-the-loop approval gates (airflow-hitl).",
                 "options": {
                     "conn_id": _option(
-                        "Airflow connection of the approval store (postgres). When it is not defined, "
-                        "a SQLite file under AIRFLOW_HOME is used (see sqlite_path).",
+                        "Airflow connection of the approval store (postgres). A connection named here must "
+                        "exist; only the default hitl_default, when not defined, falls back to a SQLite file "
+                        "(see sqlite_path), and only with a single-machine executor (Local, Sequential, Debug).",
                         "string",
                         "hitl_default",
                         "hitl_default",
                     ),
                     "sqlite_path": _option(
-                        "File of the embedded SQLite store used when the connection is not defined. "
-                        "Empty means $AIRFLOW_HOME/hitl.db.",
+                        "File of the embedded SQLite store used when hitl_default is not defined. Empty means "
+                        "$AIRFLOW_HOME/hitl.db, refused with a remote executor (Celery, Kubernetes, Edge). Set "
+                        "explicitly, it is the one file every component shares (one host, a local volume; never "
+                        "a network filesystem) and is used with any executor.",
                         "string",
                         "",
                         "/var/lib/airflow/hitl.db",

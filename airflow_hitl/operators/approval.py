@@ -31,13 +31,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_hitl.exceptions import InvalidApprovalConfig
 from airflow_hitl.manager import ApprovalManager, ApprovalSpec
 from airflow_hitl.policy import EscalationLevel, str_list
 from airflow_hitl.records import Approval
 from airflow_hitl.triggers.approval import ApprovalTrigger, ApprovalTriggerEventPayload
+from airflow_hitl.version_compat import AirflowFailException, AirflowSkipException
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

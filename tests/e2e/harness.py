@@ -188,6 +188,7 @@ class AirflowHarness:
         self.dag_dirs = [EXAMPLE_DAGS, TEST_DAGS, *[Path(d) for d in extra_dag_dirs]]
         self.python = python or sys.executable
         self.airflow_bin = str(Path(self.python).with_name("airflow"))
+        self.hitl_bin = str(Path(self.python).with_name("airflow-hitl"))
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.store_url = f"sqlite:///{self.root / 'hitl-store.db'}"
@@ -260,13 +261,14 @@ class AirflowHarness:
                 if path.name != "__init__.py":
                     shutil.copy2(path, self.dags_folder / path.name)
         self._run_cli(["db", "migrate"], log="db-migrate.log", timeout=300)
-        self._run_cli(["hitl", "db", "migrate"], log="hitl-db-migrate.log", timeout=120)
+        # `airflow-hitl` rather than `airflow hitl`: Airflow 3.1 has no provider CLI.
+        self._run_cli(["db", "migrate"], log="hitl-db-migrate.log", timeout=120, binary=self.hitl_bin)
 
-    def _run_cli(self, args: Sequence[str], *, log: str, timeout: float) -> None:
+    def _run_cli(self, args: Sequence[str], *, log: str, timeout: float, binary: str | None = None) -> None:
         log_path = self.logs_folder / log
         with log_path.open("ab") as out:
             result = subprocess.run(
-                [self.airflow_bin, *args],
+                [binary or self.airflow_bin, *args],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
