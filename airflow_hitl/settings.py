@@ -48,8 +48,9 @@ OPTIONS: tuple[Option, ...] = (
         default="hitl_default",
         example="hitl_default",
         description=(
-            "Airflow connection of the approval store (postgres). When it is not defined, a SQLite file under "
-            "AIRFLOW_HOME is used (see sqlite_path)."
+            "Airflow connection of the approval store (postgres). A connection named here must exist; only "
+            "the default hitl_default, when not defined, falls back to a SQLite file (see sqlite_path), and "
+            "only with a single-machine executor (Local, Sequential, Debug)."
         ),
     ),
     Option(
@@ -58,8 +59,10 @@ OPTIONS: tuple[Option, ...] = (
         default="",
         example="/var/lib/airflow/hitl.db",
         description=(
-            "File of the embedded SQLite store used when the connection is not defined. Empty means "
-            "$AIRFLOW_HOME/hitl.db."
+            "File of the embedded SQLite store used when hitl_default is not defined. Empty means "
+            "$AIRFLOW_HOME/hitl.db, refused with a remote executor (Celery, Kubernetes, Edge). Set "
+            "explicitly, it is the one file every component shares (one host, a local volume; never a network "
+            "filesystem) and is used with any executor."
         ),
     ),
     Option(

@@ -16,4 +16,28 @@ def get_base_airflow_version_tuple() -> tuple[int, int, int]:
 AIRFLOW_V_3_2_PLUS = get_base_airflow_version_tuple() >= (3, 2, 0)
 AIRFLOW_V_3_3_PLUS = get_base_airflow_version_tuple() >= (3, 3, 0)
 
-__all__ = ["AIRFLOW_V_3_2_PLUS", "AIRFLOW_V_3_3_PLUS", "get_base_airflow_version_tuple"]
+#: Airflow 3.2 added the provider ``cli`` entry (``airflow hitl ...``); 3.1 has only ``airflow-hitl``.
+HAS_PROVIDER_CLI = AIRFLOW_V_3_2_PLUS
+#: Triggerers call ``BaseTrigger.on_kill`` when a deferred task is cleared or marked from 3.3 on;
+#: before, the next try's supersede cancels a cleared gate's request, a marked one stays pending.
+TRIGGER_ON_KILL = AIRFLOW_V_3_3_PLUS
+
+# The task exceptions moved to the Task SDK in 3.2; 3.1 only has them in airflow.exceptions
+# (3.2+ still has those too, but deprecated).
+if AIRFLOW_V_3_2_PLUS:
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+else:  # pragma: no cover - exercised by scripts/test-airflow-versions.sh
+    from airflow.exceptions import (  # type: ignore[no-redef,assignment]
+        AirflowFailException,
+        AirflowSkipException,
+    )
+
+__all__ = [
+    "AIRFLOW_V_3_2_PLUS",
+    "AIRFLOW_V_3_3_PLUS",
+    "HAS_PROVIDER_CLI",
+    "TRIGGER_ON_KILL",
+    "AirflowFailException",
+    "AirflowSkipException",
+    "get_base_airflow_version_tuple",
+]

@@ -16,6 +16,8 @@ they may read or edit a DAG.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -157,12 +159,19 @@ def readable_dag_ids(caller: Caller, candidates: Callable[[], Iterable[str]]) ->
     }
 
 
+@functools.cache
+def _oauth_token_param(get_user: Callable[..., Any]) -> str:
+    # Airflow 3.3 renamed get_user's ``oauth_token`` to ``_oauth_token``; passing the wrong
+    # name is a TypeError, which would turn every call into a 401 on 3.1 and 3.2.
+    return "_oauth_token" if "_oauth_token" in inspect.signature(get_user).parameters else "oauth_token"
+
+
 async def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None = None) -> Caller:
     """Resolve the caller with Airflow's ``get_user``; raise 401 when there is no valid token."""
     from airflow.api_fastapi.core_api.security import get_user
 
     try:
-        user = await get_user(request=request, _oauth_token=None, bearer_credentials=credentials)
+        user = await get_user(request=request, bearer_credentials=credentials, **{_oauth_token_param(get_user): None})
     except HTTPException as err:
         # Airflow says 403 "Invalid JWT token" for a forged or malformed token; to an API
         # client that is "not authenticated", which the contract spells 401.

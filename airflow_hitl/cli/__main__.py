@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Sequence
 
-from airflow_hitl.cli import commands
+from airflow_hitl.cli.definition import ARGS, COMMANDS, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``airflow-hitl`` script."""
+    """The argument parser of the ``airflow-hitl`` script, from the table ``airflow hitl`` uses too."""
     parser = argparse.ArgumentParser(prog="airflow-hitl", description="Human-in-the-loop approval gates")
     groups = parser.add_subparsers(dest="group", required=True)
-    table = {
-        "db": {"migrate": commands.db_migrate, "check": commands.db_check},
-        "audit": {"verify": commands.audit_verify},
-    }
-    for group, actions in table.items():
-        sub = groups.add_parser(group).add_subparsers(dest="action", required=True)
-        for action, func in actions.items():
-            cmd = sub.add_parser(action, help=(func.__doc__ or "").splitlines()[0])
-            cmd.add_argument("--conn-id", help="Connection of the approval store (default: [hitl] conn_id)")
-            cmd.add_argument("--store-url", help="SQLAlchemy URL of the store, instead of a connection")
-            cmd.set_defaults(func=func)
+    for group, (group_help, commands) in COMMANDS.items():
+        sub = groups.add_parser(group, help=group_help).add_subparsers(dest="action", required=True)
+        for command in commands:
+            cmd = sub.add_parser(command.name, help=command.help)
+            for name in command.args:
+                flags, kwargs = ARGS[name]
+                cmd.add_argument(*flags, **kwargs)
+            cmd.set_defaults(func=functools.partial(run_command, command.func))
     return parser
 
 

@@ -1,27 +1,73 @@
-"""What the CLI commands do; shared by ``airflow hitl`` and the ``airflow-hitl`` script."""
+"""What the CLI commands do; shared by ``airflow hitl`` and the ``airflow-hitl`` script.
+
+Every failure is one line on stderr and exit status 1 (``SystemExit`` with the message, as
+Airflow's own commands do), never a traceback. Only ``db migrate`` may create a store:
+every other command refuses a SQLite file that does not exist, so a wrong ``AIRFLOW_HOME``
+is reported instead of silently checking a new, empty store.
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
+import socket
 import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
-from airflow_hitl.manager import ApprovalManager
-from airflow_hitl.models.schema import migrate, schema_status
-from airflow_hitl.models.store import ApprovalStore, resolve_store_url
-from airflow_hitl.settings import HitlSettings
+from airflow_hitl.exceptions import HitlError
+from airflow_hitl.manager import ApprovalFilter, ApprovalManager
+from airflow_hitl.models.schema import ensure_schema, migrate, schema_status
+from airflow_hitl.models.store import ApprovalStore, resolve_store_url, sqlite_file
+from airflow_hitl.models.tables import STATES
+from airflow_hitl.policy import Principal
+from airflow_hitl.records import Approval
+from airflow_hitl.settings import airflow_home
+
+#: The source recorded in the audit trail for decisions made here.
+CLI_SOURCE = "cli"
 
 
-def _store(args: argparse.Namespace) -> ApprovalStore:
-    url = getattr(args, "store_url", None) or resolve_store_url(getattr(args, "conn_id", None))
-    return ApprovalStore(url=url, pool_size=HitlSettings.load().pool_size)
+@contextmanager
+def _errors_exit() -> Iterator[None]:
+    # Domain errors already say what is wrong and what to do; a traceback adds nothing.
+    try:
+        yield
+    except HitlError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def _open_store(args: argparse.Namespace, *, create: bool = False) -> ApprovalStore:
+    """The store the arguments name; a missing SQLite file is an error unless ``create``."""
+    with _errors_exit():
+        url = getattr(args, "store_url", None) or resolve_store_url(getattr(args, "conn_id", None))
+    path = sqlite_file(url)
+    if path is not None and not create and not os.path.exists(path):
+        raise SystemExit(
+            f"error: there is no approval store at {path}. Nothing was migrated there: is AIRFLOW_HOME "
+            f"({airflow_home()}) the one your Airflow uses (`make demo` uses .demo/airflow)? Name the store "
+            "with --conn-id or --store-url, or create it with `airflow hitl db migrate`."
+        )
+    return ApprovalStore(url=url, pool_size=1)
+
+
+def _manager(args: argparse.Namespace) -> ApprovalManager:
+    store = _open_store(args)
+    with _errors_exit():
+        ensure_schema(store, migrate=False)
+    return ApprovalManager(store=store)
 
 
 def db_migrate(args: argparse.Namespace) -> None:
     """Bring the approval store's schema to this version; a no-op when it is there already."""
-    store = _store(args)
-    before = schema_status(store)
-    after = migrate(store)
+    store = _open_store(args, create=True)
+    with _errors_exit():
+        before = schema_status(store)
+        after = migrate(store)
     if before.current == after.current:
         print(f"approval store {store!r} already at revision {after.current}")
     else:
@@ -30,8 +76,9 @@ def db_migrate(args: argparse.Namespace) -> None:
 
 def db_check(args: argparse.Namespace) -> None:
     """Exit 0 when the store is reachable and at this version's schema, 1 otherwise."""
-    store = _store(args)
-    status = schema_status(store)
+    store = _open_store(args)
+    with _errors_exit():
+        status = schema_status(store)
     print(f"approval store {store!r}: revision {status.current or 'empty'}, code head {status.head}")
     if not status.up_to_date:
         print("run `airflow hitl db migrate`", file=sys.stderr)
@@ -40,7 +87,7 @@ def db_check(args: argparse.Namespace) -> None:
 
 def audit_verify(args: argparse.Namespace) -> None:
     """Walk the audit trail's hash chain; exit 1 and name the first bad event if it was altered."""
-    result = ApprovalManager(store=_store(args)).verify_audit_chain()
+    result = _manager(args).verify_audit_chain()
     print(
         json.dumps(
             {
@@ -53,3 +100,140 @@ def audit_verify(args: argparse.Namespace) -> None:
     )
     if not result.ok:
         sys.exit(1)
+
+
+# ---------------------------------------------------------------------- approvals
+
+
+def _print(data: list[dict[str, Any]], output: str) -> None:
+    from airflow.cli.simple_table import AirflowConsole
+
+    AirflowConsole().print_as(data=data, output=output)
+
+
+def _summary(approval: Approval) -> dict[str, Any]:
+    return {
+        "id": approval.id,
+        "dag_id": approval.dag_id,
+        "run_id": approval.run_id,
+        "task_id": approval.task_id,
+        "title": approval.title,
+        "state": approval.state,
+        "requested_by": approval.requested_by,
+        "requested_at": approval.requested_at.isoformat(),
+        "expires_at": approval.expires_at.isoformat() if approval.expires_at else None,
+        "approvals": f"{len(approval.approvers)}/{approval.approvals_needed}",
+        "decided_by": approval.decided_by,
+    }
+
+
+def _approval_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise SystemExit(f"error: {value!r} is not a valid approval id") from None
+
+
+def approvals_list(args: argparse.Namespace) -> None:
+    """List approval requests, newest first, filtered by ``--state`` and ``--dag-id``."""
+    if args.state and args.state not in STATES:
+        raise SystemExit(f"error: --state {args.state!r} is not one of {', '.join(STATES)}")
+    manager = _manager(args)
+    with _errors_exit():
+        approvals, _total = manager.list(
+            ApprovalFilter(states=[args.state] if args.state else None, dag_id=args.dag_id), limit=args.limit
+        )
+    _print([_summary(a) for a in approvals], args.output)
+
+
+def approvals_show(args: argparse.Namespace) -> None:
+    """Show one request with its votes (``--output json``/``yaml`` for every field)."""
+    manager = _manager(args)
+    with _errors_exit():
+        approval = manager.get(_approval_id(args.approval_id))
+    if args.output in {"json", "yaml"}:
+        _print([approval.to_dict()], args.output)
+        return
+    votes = "; ".join(
+        f"{v.user} {v.vote} via {v.source}" + (f": {v.comment}" if v.comment else "") for v in approval.votes
+    )
+    details = {**_summary(approval), "description": approval.description, "comment": approval.comment, "votes": votes}
+    _print([{"field": key, "value": value} for key, value in details.items()], args.output)
+
+
+def os_user() -> str:
+    """The operating-system user running this command (recorded in the audit trail)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no name for this uid (containers with an arbitrary uid)
+        return str(os.getuid())
+
+
+def _cli_client() -> dict[str, Any]:
+    return {"os_user": os_user(), "hostname": socket.gethostname()}
+
+
+def principal_for(user: str, roles: list[str] | None) -> Principal:
+    """The policy's view of ``--user``: its ``--role`` options, else the roles config knows.
+
+    Outside the api-server no auth manager is initialised (FAB's users and roles are not
+    reachable), so roles come from ``--role``, or from SimpleAuthManager's user list and
+    ``[hitl] role_members``, as for email links and Slack buttons.
+    """
+    if roles:
+        return Principal.of(user, roles)
+    from airflow_hitl.notifications.recipients import UserDirectory
+
+    return Principal.of(user, UserDirectory(use_auth_manager=False).roles_of(user))
+
+
+def _decide(args: argparse.Namespace, action: Callable[[ApprovalManager, str, Principal], Approval]) -> None:
+    if not args.user.strip():
+        raise SystemExit("error: --user must name an Airflow user")
+    manager = _manager(args)
+    user = principal_for(args.user.strip(), args.role)
+    with _errors_exit():
+        approval = action(manager, _approval_id(args.approval_id), user)
+    print(
+        f"approval request {approval.id} ({approval.dag_id}): {approval.state}, "
+        f"{len(approval.approvers)} of {approval.approvals_needed} approvals"
+    )
+
+
+def approvals_approve(args: argparse.Namespace) -> None:
+    """Approve a request as ``--user``, under the request's policy (source ``cli``)."""
+    _decide(
+        args,
+        lambda manager, request_id, user: manager.approve(
+            request_id, user=user, comment=args.comment, source=CLI_SOURCE, client=_cli_client()
+        ),
+    )
+
+
+def approvals_reject(args: argparse.Namespace) -> None:
+    """Reject a request as ``--user`` with ``--reason``, under the request's policy (source ``cli``)."""
+    _decide(
+        args,
+        lambda manager, request_id, user: manager.reject(
+            request_id,
+            user=user,
+            reason=args.reason or "",
+            comment=args.comment,
+            source=CLI_SOURCE,
+            client=_cli_client(),
+        ),
+    )
+
+
+def approvals_cancel(args: argparse.Namespace) -> None:
+    """Cancel a waiting request as ``--user`` with ``--reason`` (source ``cli``)."""
+    _decide(
+        args,
+        lambda manager, request_id, user: manager.cancel(
+            request_id,
+            actor=user.name,
+            reason=args.reason or "",
+            source=CLI_SOURCE,
+            client={**_cli_client(), "comment": args.comment} if args.comment else _cli_client(),
+        ),
+    )

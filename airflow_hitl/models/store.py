@@ -69,6 +69,14 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite URL (None for other databases or an in-memory one)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return os.path.abspath(parsed.database)
+
+
 def resolve_store_url(conn_id: str | None = None, settings: HitlSettings | None = None) -> str:
     """Find the store's URL: an explicit override, the connection, else the SQLite fallback.
 
@@ -223,10 +231,7 @@ class ApprovalStore:
     @property
     def sqlite_path(self) -> str | None:
         """The database file of a SQLite store (None for PostgreSQL or an in-memory database)."""
-        if self.dialect != "sqlite":
-            return None
-        path = make_url(self.url).database
-        return os.path.abspath(path) if path and path != ":memory:" else None
+        return sqlite_file(self.url)
 
     def _create_engine(self, pool_size: int) -> Engine:
         if self.dialect == "sqlite":

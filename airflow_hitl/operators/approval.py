@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import airflow as airflow_package
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 import airflow_hitl as airflow_hitl_package
 from airflow_hitl.exceptions import InvalidApprovalConfig
@@ -45,6 +44,7 @@ from airflow_hitl.manager import ApprovalManager, ApprovalSpec
 from airflow_hitl.policy import ConfigProblems, EscalationLevel, str_list
 from airflow_hitl.records import Approval
 from airflow_hitl.triggers.approval import ApprovalTrigger, ApprovalTriggerEventPayload
+from airflow_hitl.version_compat import AirflowFailException, AirflowSkipException
 from airflow_hitl.vocabulary import CHANNELS
 
 if TYPE_CHECKING:

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.models.schema import migrate
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.policy import Principal
 from tests.helpers import spec
@@ -48,12 +49,34 @@ class TestConsoleScript:
         assert bad.returncode == 1
         assert json.loads(bad.stdout)["first_bad_seq"] == 2
 
-    def test_check_on_empty_store_fails_and_says_what_to_run(self, tmp_path: Path) -> None:
-        result = run(
-            [str(BIN / "airflow-hitl"), "db", "check", "--store-url", f"sqlite:///{tmp_path / 'e.db'}"], tmp_path
-        )
+    def test_check_on_an_empty_store_fails_and_says_what_to_run(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'e.db'}"
+        ApprovalStore(url=url).ping()  # an empty database file, never migrated
+        result = run([str(BIN / "airflow-hitl"), "db", "check", "--store-url", url], tmp_path)
         assert result.returncode == 1
         assert "airflow hitl db migrate" in result.stderr
+
+    @pytest.mark.parametrize("command", ["db check", "audit verify", "approvals list"], ids=lambda c: c.split()[0])
+    def test_no_command_but_migrate_creates_a_store(self, tmp_path: Path, command: str) -> None:
+        # The wrong AIRFLOW_HOME must be reported, not answered with a fresh empty store.
+        result = run([str(BIN / "airflow-hitl"), *command.split()], tmp_path)
+        assert result.returncode == 1
+        assert f"there is no approval store at {tmp_path / 'hitl.db'}" in result.stderr
+        assert f"AIRFLOW_HOME ({tmp_path})" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "hitl.db").exists()
+
+    def test_a_conn_id_that_does_not_exist_fails_naming_it(self, tmp_path: Path) -> None:
+        result = run([str(BIN / "airflow-hitl"), "db", "check", "--conn-id", "approvals_pg"], tmp_path)
+        assert result.returncode == 1
+        assert "connection 'approvals_pg' is not defined" in result.stderr
+        assert not (tmp_path / "hitl.db").exists()
+
+    def test_a_remote_executor_refuses_the_sqlite_fallback(self, tmp_path: Path) -> None:
+        result = run([str(BIN / "airflow-hitl"), "db", "migrate"], tmp_path, AIRFLOW__CORE__EXECUTOR="CeleryExecutor")
+        assert result.returncode == 1
+        assert "'hitl_default' is not defined, and the executor CeleryExecutor" in result.stderr
+        assert not (tmp_path / "hitl.db").exists()
 
 
 @pytest.mark.slow
@@ -62,8 +85,35 @@ class TestAirflowCli:
         result = run([str(BIN / "airflow"), "hitl", "db", "migrate"], tmp_path)
         assert result.returncode == 0, result.stderr[-2000:]
         assert (tmp_path / "hitl.db").exists()
-        again = run([str(BIN / "airflow"), "hitl", "db", "migrate"], tmp_path)
-        assert "already at revision" in again.stdout
+        again = run([str(BIN / "airflow"), "hitl", "db", "check"], tmp_path)
+        assert again.returncode == 0, again.stderr[-2000:]
+        for output in (result.stdout + result.stderr, again.stdout + again.stderr):
+            # Alembic's INFO chatter ("Context impl SQLiteImpl", "Running upgrade") stays out.
+            assert "Context impl" not in output
+            assert "alembic" not in output
+
+    def test_provider_cli_help_names_the_default_and_approvals_commands_run(self, tmp_path: Path) -> None:
+        help_text = run([str(BIN / "airflow"), "hitl", "db", "check", "--help"], tmp_path).stdout
+        assert "(default: option conn_id of the hitl config section, hitl_default)" in " ".join(help_text.split())
+        url = f"sqlite:///{tmp_path / 'cli.db'}"
+        manager = ApprovalManager(store=ApprovalStore(url=url))
+        migrate(manager.store)
+        approval = manager.create(spec(requested_by="ricky"))
+        refused = run(
+            [str(BIN / "airflow"), "hitl", "approvals", "approve", approval.id, "--user", "ricky", "--store-url", url],
+            tmp_path,
+        )
+        assert refused.returncode == 1
+        assert "cannot approve it yourself" in refused.stderr
+        approved = run(
+            [str(BIN / "airflow"), "hitl", "approvals", "approve", approval.id, "--user", "alice", "--store-url", url],
+            tmp_path,
+        )
+        assert approved.returncode == 0, approved.stderr[-2000:]
+        listed = run([str(BIN / "airflow"), "hitl", "approvals", "list", "-o", "json", "--store-url", url], tmp_path)
+        assert [(r["id"], r["state"], r["decided_by"]) for r in json.loads(listed.stdout)] == [
+            (approval.id, "approved", "alice")
+        ]
 
     def test_provider_cli_uses_the_connection(self, tmp_path: Path) -> None:
         target = tmp_path / "via_conn.db"

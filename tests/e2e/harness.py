@@ -294,6 +294,7 @@ class AirflowHarness:
         self.api_ports = [free_port() for _ in range(max(1, api_servers))]
         self.triggerer_count = max(1, triggerers)
         self.port = self.api_ports[0]
+        self.hitl_bin = str(Path(self.python).with_name("airflow-hitl"))
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.base_urls = [f"http://127.0.0.1:{port}" for port in self.api_ports]
         self.store_kind = store
@@ -411,7 +412,10 @@ class AirflowHarness:
         self.run_cli(["db", "migrate"], log="db-migrate.log", timeout=300)
         if self.store_kind == "postgres":
             self.create_store_connection()
-        self.run_cli(["hitl", "db", "migrate"], log="hitl-db-migrate.log", timeout=120)
+        if self._has_provider_cli():
+            self.run_cli(["hitl", "db", "migrate"], log="hitl-db-migrate.log", timeout=120)
+        else:  # Airflow 3.1 has no provider CLI: the same command under `airflow-hitl`
+            self.run_cli(["db", "migrate"], log="hitl-db-migrate.log", timeout=120, binary=self.hitl_bin)
         if self.auth_manager == "fab":
             self._create_fab_users()
 
@@ -462,13 +466,18 @@ class AirflowHarness:
                 self.run_cli(argv, log="fab-users.log", timeout=120)
             self._passwords[user] = password
 
-    def run_cli(self, args: Sequence[str], *, log: str, timeout: float) -> None:
-        """Run ``airflow <args>`` with the stack's environment; raise with the log tail when it fails."""
+    def _has_provider_cli(self) -> bool:
+        # Provider CLI commands (`airflow hitl ...`) exist from Airflow 3.2 on.
+        probe = "import airflow, sys; sys.exit(tuple(map(int, airflow.__version__.split('.')[:2])) < (3, 2))"
+        return subprocess.run([self.python, "-c", probe], env=self.env, timeout=120, check=False).returncode == 0
+
+    def run_cli(self, args: Sequence[str], *, log: str, timeout: float, binary: str | None = None) -> None:
+        """Run ``airflow <args>`` (or ``binary <args>``) with the stack's environment; raise with the log tail."""
         log_path = self.logs_folder / log
-        self.commands.append(["airflow", *args])
+        self.commands.append([Path(binary).name if binary else "airflow", *args])
         with log_path.open("ab") as out:
             result = subprocess.run(
-                [self.airflow_bin, *args],
+                [binary or self.airflow_bin, *args],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
