@@ -1,9 +1,9 @@
 """Authentication and authorization of the ``/hitl`` API through Airflow's own auth manager.
 
-This is the ONE module of airflow-hitl that imports ``airflow.api_fastapi.*``: that package
-is not Airflow's public API and moves between releases, so when it does, only this file
-changes. Everything else asks this module who the caller is (:class:`Caller`) and whether
-they may read or edit a DAG.
+FastAPI's side of it: who the caller of a request is (:class:`Caller`), the dependencies
+that require read or edit access, and the CSRF guard. The questions themselves are asked of
+Airflow's auth manager in :mod:`airflow_hitl.identity`, which the notifications (links,
+Slack clicks, recipients) share.
 
 - Authentication: Airflow's ``get_user`` (a bearer token from ``POST /auth/token``, or the
   UI's ``_token`` cookie). A missing, expired or invalid token is a 401 here, where Airflow
@@ -16,21 +16,26 @@ they may read or edit a DAG.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from airflow_hitl.identity import (
+    EDIT,
+    READ,
+    authorized_dag_ids,
+    is_authorized_dag,
+    principal_of,
+    user_from_request,
+)
 from airflow_hitl.policy import Principal
 
 if TYPE_CHECKING:
-    from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 
 log = logging.getLogger(__name__)
@@ -39,8 +44,7 @@ log = logging.getLogger(__name__)
 # falls back to the UI cookie; it also documents the bearer scheme in our OpenAPI.
 _bearer_scheme = HTTPBearer(auto_error=False, description="A JWT from Airflow's `POST /auth/token`.")
 
-READ = "GET"
-EDIT = "PUT"
+__all__ = ["EDIT", "READ", "Caller", "authenticate", "current_caller", "is_authorized_dag", "principal_of"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,56 +85,6 @@ class Caller:
         return self._verdicts[key]
 
 
-def auth_manager() -> BaseAuthManager:
-    """The auth manager the api-server initialised (SimpleAuthManager, FabAuthManager, ...)."""
-    from airflow.api_fastapi.app import get_auth_manager
-
-    return get_auth_manager()
-
-
-def principal_of(user: BaseUser) -> Principal:
-    """Our :class:`Principal` for an Airflow user of any auth manager.
-
-    The name is ``get_name()`` (the user name that DAG authors write in ``allowed_approvers``).
-    Roles come from SimpleAuthManager's single ``role`` or FabAuthManager's ``roles`` (role
-    objects with a ``name``, or plain strings); an auth manager with neither gives none.
-    """
-    name = str(user.get_name() or user.get_id())
-    roles: list[str] = []
-    single = getattr(user, "role", None)
-    if isinstance(single, str) and single:
-        roles.append(single)
-    many = getattr(user, "roles", None)
-    if many and not isinstance(many, str):
-        for role in many:
-            role_name = getattr(role, "name", role)
-            if isinstance(role_name, str) and role_name:
-                roles.append(role_name)
-    return Principal.of(name, roles)
-
-
-def _team_names(dag_ids: Iterable[str]) -> dict[str, str | None]:
-    # Team ownership only exists in multi-team mode; elsewhere it would be a wasted query.
-    from airflow.configuration import conf
-
-    ids = list(dag_ids)
-    if not ids or not conf.getboolean("core", "multi_team", fallback=False):
-        return dict.fromkeys(ids)
-    from airflow.models.dag import DagModel
-
-    return dict(DagModel.get_dag_id_to_team_name_mapping(ids))
-
-
-def is_authorized_dag(user: Any, *, method: str, dag_id: str | None) -> bool:
-    """Ask the auth manager whether ``user`` may ``method`` the DAG (all DAGs when ``dag_id`` is None)."""
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
-
-    details = None
-    if dag_id is not None:
-        details = DagDetails(id=dag_id, team_name=_team_names([dag_id]).get(dag_id))
-    return bool(auth_manager().is_authorized_dag(method=method, user=user, details=details))  # type: ignore[arg-type]
-
-
 def readable_dag_ids(caller: Caller, candidates: Callable[[], Iterable[str]]) -> set[str] | None:
     """Of the DAG ids ``candidates()`` returns, those ``caller`` may read; None when they may read every DAG.
 
@@ -141,37 +95,13 @@ def readable_dag_ids(caller: Caller, candidates: Callable[[], Iterable[str]]) ->
     if is_authorized_dag(caller.user, method=READ, dag_id=None):
         return None
     # Only asked for when needed: a user who may read every DAG costs no store query.
-    ids = set(candidates())
-    if not ids:
-        return set()
-    teams = _team_names(ids)
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
-
-    manager = auth_manager()
-    return {
-        dag_id
-        for dag_id in ids
-        if manager.is_authorized_dag(
-            method=READ,  # type: ignore[arg-type]
-            user=caller.user,
-            details=DagDetails(id=dag_id, team_name=teams.get(dag_id)),
-        )
-    }
-
-
-@functools.cache
-def _oauth_token_param(get_user: Callable[..., Any]) -> str:
-    # Airflow 3.3 renamed get_user's ``oauth_token`` to ``_oauth_token``; passing the wrong
-    # name is a TypeError, which would turn every call into a 401 on 3.1 and 3.2.
-    return "_oauth_token" if "_oauth_token" in inspect.signature(get_user).parameters else "oauth_token"
+    return authorized_dag_ids(caller.user, method=READ, dag_ids=candidates())
 
 
 async def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None = None) -> Caller:
     """Resolve the caller with Airflow's ``get_user``; raise 401 when there is no valid token."""
-    from airflow.api_fastapi.core_api.security import get_user
-
     try:
-        user = await get_user(request=request, bearer_credentials=credentials, **{_oauth_token_param(get_user): None})
+        user = await user_from_request(request, credentials)
     except HTTPException as err:
         # Airflow says 403 "Invalid JWT token" for a forged or malformed token; to an API
         # client that is "not authenticated", which the contract spells 401.

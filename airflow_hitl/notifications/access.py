@@ -14,46 +14,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
 
+from airflow_hitl.identity import EDIT, find_user, is_authorized_dag, principal_of
 from airflow_hitl.policy import Principal
 
 log = logging.getLogger(__name__)
 
 
-def _lookup(name: str) -> tuple[bool, Any | None]:
-    """(auth manager available, its user record for ``name`` or None)."""
-    try:
-        from airflow_hitl.api.security import auth_manager
-
-        manager = auth_manager()
-    except Exception:
-        return False, None
-    get_users = getattr(manager, "get_users", None)
-    if callable(get_users):  # SimpleAuthManager: users come from [core] simple_auth_manager_users
-        for user in get_users():
-            if user.get_name() == name:
-                return True, user
-        return True, None
-    finder = getattr(getattr(manager, "security_manager", None), "find_user", None)
-    if callable(finder):  # FabAuthManager
-        try:
-            return True, finder(username=name)
-        except Exception:
-            log.warning("auth manager lookup of user %r failed", name, exc_info=True)
-            return True, None
-    return True, None
-
-
 def decider(name: str, dag_id: str, *, extra_roles: Iterable[str] = ()) -> tuple[Principal | None, str | None]:
     """The principal ``name`` votes as, or the reason they may not decide approvals of ``dag_id``."""
-    available, user = _lookup(name)
+    available, user = find_user(name=name)
     if not available:
         return Principal.of(name, extra_roles), None
     if user is None:
         return None, f"{name!r} is not a user of this Airflow"
-    from airflow_hitl.api.security import EDIT, is_authorized_dag, principal_of
-
     if not is_authorized_dag(user, method=EDIT, dag_id=dag_id):
         return None, f"you do not have edit access to DAG {dag_id!r}"
     principal = principal_of(user)

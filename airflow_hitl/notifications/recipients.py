@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from airflow_hitl.identity import find_user
 from airflow_hitl.notifications.config import NotifySettings
 
 log = logging.getLogger(__name__)
@@ -41,21 +42,7 @@ def _simple_auth_users() -> dict[str, str]:
 
 def _auth_manager_record(name: str) -> Any | None:
     # Only the api-server initialises an auth manager; elsewhere this quietly finds nothing.
-    try:
-        from airflow_hitl.api.security import auth_manager
-
-        manager = auth_manager()
-    except Exception:
-        return None
-    security_manager = getattr(manager, "security_manager", None)
-    finder = getattr(security_manager, "find_user", None)
-    if finder is None:
-        return None
-    try:
-        return finder(username=name)
-    except Exception:
-        log.debug("auth manager lookup of %s failed", name, exc_info=True)
-        return None
+    return find_user(name=name)[1]
 
 
 class UserDirectory:
@@ -99,13 +86,7 @@ class UserDirectory:
             if value.strip().lower() == wanted:
                 return user
         if self.use_auth_manager:
-            try:
-                from airflow_hitl.api.security import auth_manager
-
-                finder = getattr(getattr(auth_manager(), "security_manager", None), "find_user", None)
-                record = finder(email=email) if finder else None
-            except Exception:
-                record = None
+            record = find_user(email=email)[1]
             name = getattr(record, "username", None)
             if isinstance(name, str) and name:
                 return name

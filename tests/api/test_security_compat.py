@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from airflow.api_fastapi.core_api.security import get_user
 
-from airflow_hitl.api.security import _oauth_token_param
+from airflow_hitl.identity import _oauth_token_param
 
 
 async def _get_user_3_1(request: Any, oauth_token: Any = None, bearer_credentials: Any = None) -> None:

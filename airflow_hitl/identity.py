@@ -1,0 +1,142 @@
+"""Who a user is and what they may do, asked of Airflow's auth manager.
+
+This is the ONE module of airflow-hitl that imports ``airflow.api_fastapi.*``: that package
+is not Airflow's public API and moves between releases, so when it does, only this file
+changes. It sits low in the layers so that both the REST API (a caller's token) and the
+notifications (the recipient of a link, the user behind a Slack click, the people of a role)
+ask the same questions the same way.
+
+Only the api-server initialises an auth manager; elsewhere (a worker, a script) the lookups
+here find nothing, and their callers fall back to ``[hitl]`` configuration.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from airflow_hitl.policy import Principal
+
+if TYPE_CHECKING:
+    from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
+    from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+    from fastapi import Request
+    from fastapi.security import HTTPAuthorizationCredentials
+
+log = logging.getLogger(__name__)
+
+#: The auth manager's methods for reading and for editing a DAG.
+READ = "GET"
+EDIT = "PUT"
+
+
+def auth_manager() -> BaseAuthManager:
+    """The auth manager the api-server initialised (SimpleAuthManager, FabAuthManager, ...)."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return get_auth_manager()
+
+
+def principal_of(user: BaseUser) -> Principal:
+    """Our :class:`Principal` for an Airflow user of any auth manager.
+
+    The name is ``get_name()`` (the user name that DAG authors write in ``allowed_approvers``).
+    Roles come from SimpleAuthManager's single ``role`` or FabAuthManager's ``roles`` (role
+    objects with a ``name``, or plain strings); an auth manager with neither gives none.
+    """
+    name = str(user.get_name() or user.get_id())
+    roles: list[str] = []
+    single = getattr(user, "role", None)
+    if isinstance(single, str) and single:
+        roles.append(single)
+    many = getattr(user, "roles", None)
+    if many and not isinstance(many, str):
+        for role in many:
+            role_name = getattr(role, "name", role)
+            if isinstance(role_name, str) and role_name:
+                roles.append(role_name)
+    return Principal.of(name, roles)
+
+
+def team_names(dag_ids: Iterable[str]) -> dict[str, str | None]:
+    # Team ownership only exists in multi-team mode; elsewhere it would be a wasted query.
+    from airflow.configuration import conf
+
+    ids = list(dag_ids)
+    if not ids or not conf.getboolean("core", "multi_team", fallback=False):
+        return dict.fromkeys(ids)
+    from airflow.models.dag import DagModel
+
+    return dict(DagModel.get_dag_id_to_team_name_mapping(ids))
+
+
+def is_authorized_dag(user: Any, *, method: str, dag_id: str | None) -> bool:
+    """Ask the auth manager whether ``user`` may ``method`` the DAG (all DAGs when ``dag_id`` is None)."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+    details = None
+    if dag_id is not None:
+        details = DagDetails(id=dag_id, team_name=team_names([dag_id]).get(dag_id))
+    return bool(auth_manager().is_authorized_dag(method=method, user=user, details=details))  # type: ignore[arg-type]
+
+
+def authorized_dag_ids(user: Any, *, method: str, dag_ids: Iterable[str]) -> set[str]:
+    """Those of ``dag_ids`` that ``user`` may ``method``, one auth-manager question each."""
+    ids = set(dag_ids)
+    if not ids:
+        return set()
+    teams = team_names(ids)
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+    manager = auth_manager()
+    return {
+        dag_id
+        for dag_id in ids
+        if manager.is_authorized_dag(
+            method=method,  # type: ignore[arg-type]
+            user=user,
+            details=DagDetails(id=dag_id, team_name=teams.get(dag_id)),
+        )
+    }
+
+
+def find_user(*, name: str | None = None, email: str | None = None) -> tuple[bool, Any | None]:
+    """(an auth manager is available, its user record by ``name`` or ``email``, or None).
+
+    SimpleAuthManager lists its configured users; FabAuthManager's security manager finds a
+    user of its table by user name or email.
+    """
+    try:
+        manager = auth_manager()
+    except Exception:
+        return False, None
+    get_users = getattr(manager, "get_users", None)
+    if callable(get_users):  # SimpleAuthManager: users come from [core] simple_auth_manager_users
+        if name is None:
+            return True, None
+        return True, next((user for user in get_users() if user.get_name() == name), None)
+    finder = getattr(getattr(manager, "security_manager", None), "find_user", None)
+    if callable(finder):  # FabAuthManager
+        try:
+            return True, finder(username=name) if name is not None else finder(email=email)
+        except Exception:
+            log.warning("auth manager lookup of user %r failed", name or email, exc_info=True)
+            return True, None
+    return True, None
+
+
+@functools.cache
+def _oauth_token_param(get_user: Callable[..., Any]) -> str:
+    # Airflow 3.3 renamed get_user's ``oauth_token`` to ``_oauth_token``; passing the wrong
+    # name is a TypeError, which would turn every call into a 401 on 3.1 and 3.2.
+    return "_oauth_token" if "_oauth_token" in inspect.signature(get_user).parameters else "oauth_token"
+
+
+async def user_from_request(request: Request, credentials: HTTPAuthorizationCredentials | None) -> BaseUser:
+    """Airflow's ``get_user``: the user of a bearer token, or of the UI's ``_token`` cookie."""
+    from airflow.api_fastapi.core_api.security import get_user
+
+    return await get_user(request=request, bearer_credentials=credentials, **{_oauth_token_param(get_user): None})
