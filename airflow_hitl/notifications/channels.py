@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.notifier import BaseNotifier
@@ -316,8 +317,10 @@ class HitlWebhookNotifier(BaseNotifier):
     ``standardwebhooks`` library: ``webhook-id`` (unique, the same on retries),
     ``webhook-timestamp`` (Unix seconds) and ``webhook-signature: v1,<base64>``, the
     HMAC-SHA256 of ``{id}.{timestamp}.{body}``, once per secret. The secrets are the
-    connection's password, else its ``secret`` extra: ``whsec_<base64>`` or a plain string,
-    several separated by spaces for key rotation (see :func:`~.signing.webhook_keys`).
+    connection's ``secret`` extra, else its password (not with a login: HttpHook would send it
+    as Basic auth): ``whsec_<base64>`` or a plain string, several separated by spaces (or a
+    JSON list) for key rotation (see :func:`~.signing.webhook_keys`). The secret itself is
+    never sent (HttpHook turns other extras into request headers; not this one).
 
     :param payload: JSON-serialisable dict (templated).
     :param http_conn_id: HTTP connection (host = the receiver); default ``[hitl] notify_webhook_conn_id``.
@@ -349,15 +352,22 @@ class HitlWebhookNotifier(BaseNotifier):
 
     def send(self, payload: Mapping[str, Any], *, message_id: str | None = None) -> dict[str, Any]:
         """POST ``payload`` once; raise :class:`DeliveryError` on a non-2xx answer or no secret."""
-        from airflow.providers.http.hooks.http import HttpHook
-
         from airflow_hitl.notifications.config import NotifySettings
 
         conn_id = self.http_conn_id or NotifySettings.load().webhook_conn_id
-        hook = HttpHook(method="POST", http_conn_id=conn_id)
+        hook = _webhook_hook_class()(method="POST", http_conn_id=conn_id)
         conn = hook.get_connection(conn_id)
         extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
-        secret = conn.password or extra.get("secret")
+        secret = extra.get(WEBHOOK_SECRET_EXTRA) or conn.password
+        if secret and secret == conn.password and conn.login:
+            # HttpHook sends login and password as Basic auth: a signing secret must never travel.
+            raise DeliveryError(
+                f"connection {conn_id!r} has a login, so its password goes out as Basic auth and cannot "
+                "be the webhook secret: put the secret in the `secret` extra"
+            )
+        if isinstance(secret, list):
+            # A JSON extra may list the secrets instead of spacing them.
+            secret = " ".join(str(item) for item in secret)
         if not secret or not str(secret).strip():
             # Receivers must be able to trust what we send: never send unsigned.
             raise DeliveryError(f"connection {conn_id!r} has no webhook secret (password or `secret` extra)")
@@ -386,6 +396,26 @@ class HitlWebhookNotifier(BaseNotifier):
         if not 200 <= response.status_code < 300:
             raise DeliveryError(f"webhook answered HTTP {response.status_code}")
         return {"message_id": message_id, "status_code": response.status_code}
+
+
+WEBHOOK_SECRET_EXTRA = "secret"
+
+
+@cache
+def _webhook_hook_class() -> type:
+    """``HttpHook`` that never sends the ``secret`` extra (it sends every unknown extra as a header)."""
+    from airflow.providers.http.hooks.http import HttpHook
+
+    class WebhookHttpHook(HttpHook):
+        """An ``HttpHook`` whose sessions carry no ``secret`` header."""
+
+        def get_conn(self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None) -> Any:
+            """The hook's session, minus the signing secret it copied from the connection's extra."""
+            session = super().get_conn(headers, extra_options)
+            session.headers.pop(WEBHOOK_SECRET_EXTRA, None)
+            return session
+
+    return WebhookHttpHook
 
 
 def _json_default(value: Any) -> Any:

@@ -298,7 +298,9 @@ class TestEveryEvent:
             assert "stop: the gate fails" in text
 
 
-def webhook_connection(receiver: WebhookReceiver, *, password: str | None = None, secret: str | None = None) -> str:
+def webhook_connection(
+    receiver: WebhookReceiver, *, password: str | None = None, secret: str | list[str] | None = None
+) -> str:
     """``AIRFLOW_CONN_HITL_WEBHOOK`` for ``receiver`` with the given password and/or ``secret`` extra."""
     conn: dict[str, Any] = {"conn_type": "http", "host": "127.0.0.1", "port": receiver.port, "schema": "http"}
     if password is not None:
@@ -349,6 +351,20 @@ class TestStandardWebhooks:
         with pytest.raises(WebhookVerificationError):
             Webhook(whsec(b"x" * 32)).verify(delivery["raw"], delivery["headers"])
 
+    def test_a_list_of_secrets_in_the_extra_signs_with_each(
+        self, manager: ApprovalManager, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        new, old = whsec(b"n" * 32), whsec(b"o" * 32)
+        monkeypatch.setenv("AIRFLOW_CONN_HITL_WEBHOOK", webhook_connection(webhook_receiver, secret=[new, old]))
+        webhook_receiver.secrets[:] = [old]
+        gate = open_gate(manager, channels=["webhook"])
+        [row] = dispatcher(manager).dispatch(gate, "required")
+        assert row.status == "sent", row.error
+        [delivery] = webhook_receiver.deliveries
+        assert delivery["valid"]
+        assert len(delivery["headers"]["webhook-signature"].split(" ")) == 2
+        assert not [h for h, v in delivery["headers"].items() if new in v or old in v or h.lower() == "secret"]
+
     def test_a_plain_secret_extra_signs_with_its_bytes(
         self, manager: ApprovalManager, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -358,6 +374,21 @@ class TestStandardWebhooks:
         [row] = dispatcher(manager).dispatch(gate, "required")
         assert row.status == "sent", row.error
         assert [d["valid"] for d in webhook_receiver.deliveries] == [True]
+        # HttpHook sends unknown extras as headers: never the signing secret.
+        [delivery] = webhook_receiver.deliveries
+        assert not [h for h, v in delivery["headers"].items() if "plain-secret" in v or h.lower() == "secret"]
+
+    def test_a_password_that_would_go_out_as_basic_auth_is_not_a_secret(
+        self, manager: ApprovalManager, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        conn = json.loads(webhook_connection(webhook_receiver, password=WEBHOOK_SECRET))
+        monkeypatch.setenv("AIRFLOW_CONN_HITL_WEBHOOK", json.dumps({**conn, "login": "hitl"}))
+        gate = open_gate(manager, channels=["webhook"])
+        [row] = dispatcher(manager).dispatch(gate, "required")
+        assert row.status == "failed"
+        assert "Basic auth" in (row.error or "")
+        assert WEBHOOK_SECRET not in (row.error or "")
+        assert webhook_receiver.deliveries == []
 
     @pytest.mark.parametrize(
         ("password", "said"),
