@@ -1,4 +1,8 @@
-"""Schema management: Alembic migrations run programmatically against the store."""
+"""Schema management: Alembic migrations run programmatically against the store.
+
+It works on anything shaped like a store (:class:`Migratable`), so it needs nothing from
+:mod:`airflow_hitl.models.store`, which calls it the first time a process opens a store.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,34 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
 from airflow_hitl.exceptions import StoreSchemaError
-from airflow_hitl.models.store import ApprovalStore
 
 log = logging.getLogger(__name__)
+
+
+class Migratable(Protocol):
+    """What migrating needs of a store (:class:`~airflow_hitl.models.store.ApprovalStore` is one)."""
+
+    engine: Engine
+    dialect: str
+
+    @property
+    def is_postgres(self) -> bool:
+        """True for PostgreSQL (advisory lock), False for SQLite (file lock)."""
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The SQLite file, when there is one."""
+
 
 VERSION_TABLE = "hitl_alembic_version"
 MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations")
@@ -39,7 +60,7 @@ class SchemaStatus:
         return self.current == self.head
 
 
-def alembic_config(store: ApprovalStore) -> Config:
+def alembic_config(store: Migratable) -> Config:
     """An Alembic config bound to ``store``; no ini file is needed."""
     config = Config()
     config.set_main_option("script_location", MIGRATIONS_DIR)
@@ -80,7 +101,7 @@ class _AlembicQuiet:
 _quiet_alembic = _AlembicQuiet()
 
 
-def schema_status(store: ApprovalStore) -> SchemaStatus:
+def schema_status(store: Migratable) -> SchemaStatus:
     """Read the store's revision; refuse a store migrated by a newer airflow-hitl."""
     script = ScriptDirectory.from_config(alembic_config(store))
     head = script.get_current_head()
@@ -97,7 +118,7 @@ def schema_status(store: ApprovalStore) -> SchemaStatus:
 
 
 @contextmanager
-def migration_lock(store: ApprovalStore) -> Iterator[None]:
+def migration_lock(store: Migratable) -> Iterator[None]:
     """Hold the store's migration lock: one migrator at a time across processes and hosts.
 
     PostgreSQL: a session advisory lock, which every host sharing the database sees.
@@ -128,7 +149,7 @@ def migration_lock(store: ApprovalStore) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def migrate(store: ApprovalStore) -> SchemaStatus:
+def migrate(store: Migratable) -> SchemaStatus:
     """Bring the store to head; a no-op when it is already there.
 
     Any number of processes may call this at once on an empty store (several api-servers
@@ -151,7 +172,7 @@ def migrate(store: ApprovalStore) -> SchemaStatus:
     return after
 
 
-def ensure_schema(store: ApprovalStore, *, migrate: bool) -> SchemaStatus:
+def ensure_schema(store: Migratable, *, migrate: bool) -> SchemaStatus:
     """Check the store before first use: migrate it when allowed, else explain what to run."""
     status = schema_status(store)
     if status.up_to_date:

@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from airflow_hitl.exceptions import StoreError
+from airflow_hitl.models.schema import ensure_schema
 from airflow_hitl.settings import HitlSettings, option
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def resolve_store_url(conn_id: str | None = None, settings: HitlSettings | None 
     if override:
         return normalize_url(override)
     name = conn_id or settings.conn_id
-    conn = _lookup_connection(name)
+    conn = find_connection(name)
     if conn is not None:
         return url_from_connection(conn)
     return sqlite_fallback_url(name, explicit=conn_id is not None, settings=settings)
@@ -175,7 +176,8 @@ def sqlite_fallback_url(conn_id: str, *, explicit: bool, settings: HitlSettings)
     return f"sqlite:///{os.path.abspath(settings.sqlite_path)}"
 
 
-def _lookup_connection(conn_id: str) -> Any | None:
+def find_connection(conn_id: str) -> Any | None:
+    """The Airflow connection ``conn_id``, or None when it is not defined (other failures raise)."""
     from airflow.sdk import BaseHook
 
     try:
@@ -302,8 +304,6 @@ def get_store(*, conn_id: str | None = None, url: str | None = None) -> Approval
         store = _stores.get(url)
         if store is None:
             store = ApprovalStore(url=url, pool_size=settings.pool_size)
-            from airflow_hitl.models.schema import ensure_schema
-
             ensure_schema(store, migrate=settings.auto_migrate)
             _stores[url] = store
         return store

@@ -76,10 +76,10 @@ def signing_key() -> bytes:
     configured = conf_get("signing_key")
     if configured:
         return configured.encode()
-    from airflow_hitl.models.store import _lookup_connection
+    from airflow_hitl.models.store import find_connection
 
     try:
-        conn = _lookup_connection(conf_get("signing_conn_id"))
+        conn = find_connection(conf_get("signing_conn_id"))
     except Exception:
         conn = None
     if conn is not None and conn.password:

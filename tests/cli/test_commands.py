@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from airflow_hitl.manager import ApprovalManager
-from airflow_hitl.models.schema import migrate
+from airflow_hitl.models.schema import migrate, schema_status
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.policy import Principal
 from tests.helpers import spec
@@ -32,9 +32,10 @@ class TestConsoleScript:
         script = str(BIN / "airflow-hitl")
         first = run([script, "db", "migrate", "--store-url", url], tmp_path)
         assert first.returncode == 0, first.stderr
-        assert "migrated from empty to 0002" in first.stdout
+        head = schema_status(ApprovalStore(url=f"sqlite:///{tmp_path / 'head.db'}")).head
+        assert f"migrated from empty to {head}" in first.stdout
         second = run([script, "db", "migrate", "--store-url", url], tmp_path)
-        assert "already at revision 0002" in second.stdout
+        assert f"already at revision {head}" in second.stdout
         assert run([script, "db", "check", "--store-url", url], tmp_path).returncode == 0
 
         manager = ApprovalManager(store=ApprovalStore(url=url))

@@ -56,10 +56,10 @@ def signing_secret(settings: NotifySettings) -> bytes | None:
     configured = conf_get("slack_signing_secret")
     if configured:
         return configured.encode()
-    from airflow_hitl.models.store import _lookup_connection
+    from airflow_hitl.models.store import find_connection
 
     try:
-        conn = _lookup_connection(settings.slack_conn_id)
+        conn = find_connection(settings.slack_conn_id)
     except Exception:
         conn = None
     extra = conn.extra_dejson if conn is not None and hasattr(conn, "extra_dejson") else {}
