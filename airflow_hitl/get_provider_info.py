@@ -94,14 +94,35 @@ def get_provider_info() -> dict[str, Any]:
                         "4000",
                         "10000",
                     ),
-                    "resume_grace_seconds": _option(
-                        "A decision made within this many seconds of a gate opening resumes the task only "
-                        "this long after the gate opened. Airflow 3 can fail a task whose trigger fires "
-                        "before the worker of the deferring try has exited (how Airflow's own HITL loses "
-                        "instant decisions); this delay avoids that race. 0 disables it.",
+                    "outbox_drainer": _option(
+                        "Run the notification outbox drainer in the api-server (every api-server may run one; "
+                        "they share the work safely). Turn off only where another process drains it.",
+                        "boolean",
+                        "True",
+                        "False",
+                    ),
+                    "outbox_poll_interval": _option(
+                        "Seconds between outbox polls when nothing wakes the drainer earlier (on PostgreSQL "
+                        "it also wakes at once on every transition through LISTEN/NOTIFY, and always at the "
+                        "next due reminder or retry).",
                         "float",
-                        "10.0",
+                        "1.0",
                         "5.0",
+                    ),
+                    "outbox_lease_seconds": _option(
+                        "How long a claimed notice is reserved for the sender that claimed it; a sender that "
+                        "dies leaves a lease that runs out, and another sender takes the notice.",
+                        "float",
+                        "120.0",
+                        "300.0",
+                    ),
+                    "outbox_final_retry_seconds": _option(
+                        "How long a notice about a closed request (decided, timed out, cancelled) keeps being "
+                        "retried after the request closed. Notices about an open request are retried while "
+                        "it stays open.",
+                        "float",
+                        "3600.0",
+                        "86400.0",
                     ),
                     "base_url": _option(
                         "Public URL of the Airflow api-server, used in links sent to approvers.",

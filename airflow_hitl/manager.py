@@ -29,6 +29,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
+from airflow_hitl import outbox
 from airflow_hitl.audit import GENESIS_HASH, ChainVerification, event_hash, verify_chain
 from airflow_hitl.exceptions import (
     AlreadyVoted,
@@ -331,6 +332,8 @@ class ApprovalManager:
                 },
                 at=now,
             )
+            if outbox.plan_opened(session, row, now):
+                self._notify(session, row.id)  # wakes the api-server's outbox drainer (PostgreSQL)
             return Approval.from_row(row)
 
     def _supersede_earlier_tries(self, session: Session, spec: ApprovalSpec, now: dt.datetime) -> None:
@@ -724,6 +727,8 @@ class ApprovalManager:
             },
             at=now,
         )
+        # Queued in this transaction: the escalation notice exists if and only if the escalation does.
+        outbox.plan_escalated(session, row, now)
         self._notify(session, row.id)
 
     # ------------------------------------------------------------------ notifications
@@ -740,6 +745,7 @@ class ApprovalManager:
         metadata: Mapping[str, Any] | None = None,
         status: str = "pending",
         notification_id: str | None = None,
+        outbox_id: str | None = None,
     ) -> Notification:
         """Record one notice about to be sent (or, for ``in_app``, delivered by being written).
 
@@ -765,6 +771,7 @@ class ApprovalManager:
                 metadata_=_json_safe(metadata or {}),
                 sent_at=now if status == "sent" else None,
                 failed_at=now if status == "failed" else None,
+                outbox_id=outbox_id,
                 created_at=now,
                 updated_at=now,
             )
@@ -841,6 +848,7 @@ class ApprovalManager:
         channel: str | None = None,
         status: str | None = None,
         event_type: str | None = None,
+        outbox_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> builtins.list[Notification]:
@@ -853,6 +861,7 @@ class ApprovalManager:
             (n.channel, channel),
             (n.status, status),
             (n.event_type, event_type),
+            (n.outbox_id, outbox_id),
         ):
             if value is not None:
                 query = query.where(column == str(value))
@@ -1009,6 +1018,7 @@ class ApprovalManager:
             },
             at=now,
         )
+        outbox.plan_closed(session, row, now)
         self._notify(session, row.id)
 
     @staticmethod

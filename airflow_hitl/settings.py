@@ -21,7 +21,10 @@ DEFAULTS: dict[str, str] = {
     "pool_size": "5",
     "max_comment_length": "4000",
     "base_url": "http://localhost:8080",
-    "resume_grace_seconds": "10.0",
+    "outbox_drainer": "True",
+    "outbox_poll_interval": "1.0",
+    "outbox_lease_seconds": "120.0",
+    "outbox_final_retry_seconds": "3600.0",
 }
 
 
@@ -57,7 +60,10 @@ class HitlSettings:
     pool_size: int
     max_comment_length: int
     base_url: str
-    resume_grace_seconds: float
+    outbox_drainer: bool
+    outbox_poll_interval: float
+    outbox_lease_seconds: float
+    outbox_final_retry_seconds: float
 
     @classmethod
     def load(cls) -> HitlSettings:
@@ -72,5 +78,8 @@ class HitlSettings:
             pool_size=int(_conf_get("pool_size")),
             max_comment_length=int(_conf_get("max_comment_length")),
             base_url=_conf_get("base_url").rstrip("/"),
-            resume_grace_seconds=float(_conf_get("resume_grace_seconds")),
+            outbox_drainer=_as_bool(_conf_get("outbox_drainer")),
+            outbox_poll_interval=float(_conf_get("outbox_poll_interval")),
+            outbox_lease_seconds=float(_conf_get("outbox_lease_seconds")),
+            outbox_final_retry_seconds=float(_conf_get("outbox_final_retry_seconds")),
         )
