@@ -242,8 +242,9 @@ class Outbox:
         limit: int = 20,
         request_id: str | None = None,
         event_types: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
     ) -> list[OutboxIntent]:
-        """Take up to ``limit`` due notices nobody else holds; each counts one attempt."""
+        """Take up to ``limit`` due notices nobody else holds (but ``exclude``); each counts one attempt."""
         now = self._clock()
         o = ApprovalOutboxRow
         query = (
@@ -256,6 +257,8 @@ class Outbox:
             query = query.where(o.request_id == str(request_id))
         if event_types:
             query = query.where(o.event_type.in_(list(event_types)))
+        if exclude:
+            query = query.where(o.id.not_in(list(exclude)))
         if self.store.is_postgres:
             # Two senders never wait for each other: each takes the rows the other has not locked.
             query = query.with_for_update(skip_locked=True)

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from airflow_hitl import __version__
 from airflow_hitl.exceptions import HitlError, NotAllowed
+from airflow_hitl.version_compat import AIRFLOW_V_3_3_PLUS
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ async def _drainer_lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _start_drainer_lazily(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    # Where the api-server does not run mounted apps' lifespans (before Airflow 3.3), start
+    # Where the api-server may not run mounted apps' lifespans (before Airflow 3.3), start
     # on the first request instead: only an api-server ever serves one.
     if not getattr(request.app.state, "hitl_lifespan", False):
         from airflow_hitl.notifications.drainer import ensure_drainer_started
@@ -109,7 +110,7 @@ def create_app(*, outbox_drainer: bool = False) -> FastAPI:
             "pass the request's own policy."
         ),
     )
-    if outbox_drainer:
+    if outbox_drainer and not AIRFLOW_V_3_3_PLUS:
         app.middleware("http")(_start_drainer_lazily)
     app.add_exception_handler(HitlError, _hitl_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

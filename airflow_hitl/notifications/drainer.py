@@ -75,22 +75,23 @@ class OutboxDrainer:
 
     def drain(self, *, request_id: str | None = None, event_types: Sequence[str] | None = None, limit: int = 20) -> int:
         """Send every due notice (of one request / some events only, if given); return how many were handled."""
-        handled = 0
+        seen: list[str] = []
         while True:
-            intents = self.outbox.claim(limit=limit, request_id=request_id, event_types=event_types)
+            # Each notice once per call: one handed back (or retried at once) waits for the next call.
+            intents = self.outbox.claim(limit=limit, request_id=request_id, event_types=event_types, exclude=seen)
             if not intents:
-                return handled
+                return len(seen)
             for intent in intents:
+                seen.append(intent.id)
                 try:
                     self.deliver(intent)
                 except Exception:
                     # The lease runs out and another attempt follows; nothing here may stop the rest.
                     log.exception("outbox notice %s (%s) could not be handled", intent.id, intent.event_type)
-                handled += 1
 
     def _retry_at(self, intent: OutboxIntent, approval: Approval, now: dt.datetime) -> dt.datetime | None:
         """When to try again if this attempt fails; None when this is the last attempt."""
-        backoff = self.notify_settings.retry_backoff * (2 ** max(0, intent.attempts - 1))
+        backoff = self.notify_settings.retry_backoff * (2 ** min(30, max(0, intent.attempts - 1)))
         at = now + dt.timedelta(seconds=min(self.notify_settings.retry_max_backoff, backoff))
         if intent.event_type in ACTION_EVENTS:
             deadline = approval.expires_at
