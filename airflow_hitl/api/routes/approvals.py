@@ -390,10 +390,8 @@ def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Re
     approval = manager.get(canonical_approval_id(approval_id))
     require_read(caller, approval.dag_id)
     item = _item(approval, caller, manager)
-    item["notices"] = [
-        {k: n.to_dict()[k] for k in NoticeResponse.model_fields}
-        for n in manager.list_notifications(request_id=approval.id, limit=1000)
-    ]
+    notices = (n.to_dict() for n in manager.list_notifications(request_id=approval.id, limit=1000))
+    item["notices"] = [{k: n[k] for k in NoticeResponse.model_fields} for n in notices]
     return _json(item)
 
 
