@@ -332,8 +332,9 @@ class ApprovalManager:
                 },
                 at=now,
             )
-            if outbox.plan_opened(session, row, now):
-                self._notify(session, row.id)  # wakes the api-server's outbox drainer (PostgreSQL)
+            outbox.plan_opened(session, row, now)
+            # Announced on commit (PostgreSQL): wakes the outbox drainer and anyone watching for new gates.
+            self._notify(session, row.id)
             return Approval.from_row(row)
 
     def _supersede_earlier_tries(self, session: Session, spec: ApprovalSpec, now: dt.datetime) -> None:
