@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import Session, joinedload
 
-from airflow_hitl import metrics
+from airflow_hitl import metrics, outbox
 from airflow_hitl.audit import GENESIS_HASH, ChainVerification, event_hash, verify_chain
 from airflow_hitl.exceptions import (
     AlreadyVoted,
@@ -384,6 +384,9 @@ class ApprovalManager:
                 },
                 at=now,
             )
+            outbox.plan_opened(session, row, now)
+            # Announced on commit (PostgreSQL): wakes the outbox drainer and anyone watching for new gates.
+            self._notify(session, row.id)
             return Approval.from_row(row)
 
     def _supersede_earlier_tries(self, session: Session, spec: ApprovalSpec, now: dt.datetime) -> None:
@@ -786,6 +789,8 @@ class ApprovalManager:
             },
             at=now,
         )
+        # Queued in this transaction: the escalation notice exists if and only if the escalation does.
+        outbox.plan_escalated(session, row, now)
         self._notify(session, row.id)
 
     # ------------------------------------------------------------------ notifications
@@ -802,6 +807,7 @@ class ApprovalManager:
         metadata: Mapping[str, Any] | None = None,
         status: str = "pending",
         notification_id: str | None = None,
+        outbox_id: str | None = None,
     ) -> Notification:
         """Record one notice about to be sent (or, for ``in_app``, delivered by being written).
 
@@ -827,6 +833,7 @@ class ApprovalManager:
                 metadata_=_json_safe(metadata or {}),
                 sent_at=now if status == "sent" else None,
                 failed_at=now if status == "failed" else None,
+                outbox_id=outbox_id,
                 created_at=now,
                 updated_at=now,
             )
@@ -903,6 +910,7 @@ class ApprovalManager:
         channel: str | None = None,
         status: str | None = None,
         event_type: str | None = None,
+        outbox_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
         newest_first: bool = False,
@@ -916,6 +924,7 @@ class ApprovalManager:
             (n.channel, channel),
             (n.status, status),
             (n.event_type, event_type),
+            (n.outbox_id, outbox_id),
         ):
             if value is not None:
                 query = query.where(column == str(value))
@@ -1110,6 +1119,7 @@ class ApprovalManager:
             },
             at=now,
         )
+        outbox.plan_closed(session, row, now)
         self._notify(session, row.id)
 
     @staticmethod

@@ -201,3 +201,32 @@ class WaitState:
     def is_waiting(self) -> bool:
         """True while the request is pending or escalated."""
         return self.state in WAITING_STATES
+
+
+def decision_summary(approval: Approval) -> dict[str, Any]:
+    """The gate's XCom: outcome, deciders, comments and times (JSON-ready)."""
+    return {
+        "request_id": approval.id,
+        "state": approval.state,
+        "decision": approval.decision,
+        "approved": approval.approved,
+        "decided_by": approval.decided_by,
+        "decided_at": approval.decided_at.isoformat() if approval.decided_at else None,
+        "decision_source": approval.decision_source,
+        "comment": approval.comment,
+        "approvers": approval.approvers,
+        "requested_by": approval.requested_by,
+        "requested_at": approval.requested_at.isoformat(),
+        "escalation_level": approval.escalation_level,
+        "votes": [
+            {
+                "user": v.user,
+                "vote": v.vote,
+                "comment": v.comment,
+                "reason": v.reason,
+                "source": v.source,
+                "at": v.created_at.isoformat(),
+            }
+            for v in approval.votes
+        ],
+    }

@@ -107,6 +107,47 @@ OPTIONS: tuple[Option, ...] = (
         description=("Longest comment or reason, in characters, accepted with a decision."),
     ),
     Option(
+        name="outbox_drainer",
+        type="boolean",
+        default="True",
+        example="False",
+        description=(
+            "Run the notification outbox drainer in the api-server (every api-server may run one; they share "
+            "the work safely). Turn off only where another process drains it."
+        ),
+    ),
+    Option(
+        name="outbox_poll_interval",
+        type="float",
+        default="1.0",
+        example="5.0",
+        description=(
+            "Seconds between outbox polls when nothing wakes the drainer earlier (on PostgreSQL it also wakes "
+            "at once on every transition through LISTEN/NOTIFY, and always at the next due reminder or "
+            "retry)."
+        ),
+    ),
+    Option(
+        name="outbox_lease_seconds",
+        type="float",
+        default="120.0",
+        example="300.0",
+        description=(
+            "How long a claimed notice is reserved for the sender that claimed it; a sender that dies leaves "
+            "a lease that runs out, and another sender takes the notice."
+        ),
+    ),
+    Option(
+        name="outbox_final_retry_seconds",
+        type="float",
+        default="3600.0",
+        example="86400.0",
+        description=(
+            "How long a notice about a closed request (decided, timed out, cancelled) keeps being retried "
+            "after the request closed. Notices about an open request are retried while it stays open."
+        ),
+    ),
+    Option(
         name="max_request_bytes",
         type="integer",
         default="1048576",
@@ -159,18 +200,6 @@ OPTIONS: tuple[Option, ...] = (
         default="10",
         example="30",
         description=("Seconds to wait for a free pooled store connection before the call fails."),
-    ),
-    Option(
-        name="resume_grace_seconds",
-        type="float",
-        default="10.0",
-        example="5.0",
-        description=(
-            "A decision made within this many seconds of a gate opening resumes the task only this long after "
-            "the gate opened. Airflow 3 can fail a task whose trigger fires before the worker of the "
-            "deferring try has exited (how Airflow's own HITL loses instant decisions); this delay avoids "
-            "that race. 0 disables it."
-        ),
     ),
     Option(
         name="base_url",
@@ -341,13 +370,16 @@ class HitlSettings:
     pool_size: int
     max_comment_length: int
     base_url: str
-    resume_grace_seconds: float
     max_request_bytes: int
     max_json_bytes: int
     max_json_depth: int
     store_connect_timeout: float
     store_statement_timeout: float
     store_pool_timeout: float
+    outbox_drainer: bool
+    outbox_poll_interval: float
+    outbox_lease_seconds: float
+    outbox_final_retry_seconds: float
 
     @classmethod
     def load(cls) -> HitlSettings:
@@ -363,11 +395,14 @@ class HitlSettings:
             pool_size=int(conf_get("pool_size")),
             max_comment_length=int(conf_get("max_comment_length")),
             base_url=conf_get("base_url").rstrip("/"),
-            resume_grace_seconds=float(conf_get("resume_grace_seconds")),
             max_request_bytes=int(conf_get("max_request_bytes")),
             max_json_bytes=int(conf_get("max_json_bytes")),
             max_json_depth=int(conf_get("max_json_depth")),
             store_connect_timeout=float(conf_get("store_connect_timeout")),
             store_statement_timeout=float(conf_get("store_statement_timeout")),
             store_pool_timeout=float(conf_get("store_pool_timeout")),
+            outbox_drainer=as_bool(conf_get("outbox_drainer")),
+            outbox_poll_interval=float(conf_get("outbox_poll_interval")),
+            outbox_lease_seconds=float(conf_get("outbox_lease_seconds")),
+            outbox_final_retry_seconds=float(conf_get("outbox_final_retry_seconds")),
         )

@@ -75,6 +75,8 @@ ACTION_EVENTS = (REQUIRED, REMINDER, ESCALATED_EVENT)
 FINAL_EVENTS = (DECIDED, TIMED_OUT, CANCELLED_EVENT)
 
 NOTIFICATION_STATUSES = ("pending", "sent", "failed", "read")
+#: An outbox intent: waiting to be sent (or retried), delivered, given up, or no longer needed.
+OUTBOX_STATUSES = ("pending", "sent", "failed", "cancelled")
 
 
 def final_event(state: str) -> str:

@@ -9,8 +9,10 @@ the API depends on :func:`airflow_hitl.api.security.current_caller`.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse
@@ -20,6 +22,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from airflow_hitl import __version__
 from airflow_hitl.api.limits import BodyLimitMiddleware
 from airflow_hitl.exceptions import HitlError, NotAllowed, StoreError, StoreOutcomeUnknown, StoreUnavailable
+from airflow_hitl.version_compat import AIRFLOW_V_3_3_PLUS
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +90,44 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def create_app() -> FastAPI:
-    """Build the ``/hitl`` app with the approvals REST API under ``/api/v1``."""
+@asynccontextmanager
+async def _drainer_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Airflow 3.3's api-server enters the lifespans of mounted plugin apps (its own lifespan
+    # walks its mounts); no other Airflow process serves this app, so the outbox drainer
+    # starts in api-servers only, one per api-server worker process, and they share the work.
+    from airflow_hitl.notifications.drainer import ensure_drainer_started, stop_drainer
+
+    app.state.hitl_lifespan = True
+    ensure_drainer_started()
+    try:
+        yield
+    finally:
+        stop_drainer()
+
+
+async def _start_drainer_lazily(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    # Where the api-server may not run mounted apps' lifespans (before Airflow 3.3), start
+    # on the first request instead: only an api-server ever serves one.
+    if not getattr(request.app.state, "hitl_lifespan", False):
+        from airflow_hitl.notifications.drainer import ensure_drainer_started
+
+        request.app.state.hitl_lifespan = True
+        ensure_drainer_started()
+    return await call_next(request)
+
+
+def create_app(*, outbox_drainer: bool = False) -> FastAPI:
+    """Build the ``/hitl`` app with the approvals REST API under ``/api/v1``.
+
+    :param outbox_drainer: Run the notification outbox drainer while the app serves (the
+        plugin's app in the api-server; ``[hitl] outbox_drainer`` can still turn it off).
+    """
     from airflow_hitl.api.routes.approvals import router as approvals_router
     from airflow_hitl.api.routes.notifications import router as notifications_router
     from airflow_hitl.api.routes.ui import router as ui_router
 
     app = FastAPI(
+        lifespan=_drainer_lifespan if outbox_drainer else None,
         title="airflow-hitl",
         version=__version__,
         description=(
@@ -103,6 +137,8 @@ def create_app() -> FastAPI:
             "pass the request's own policy."
         ),
     )
+    if outbox_drainer and not AIRFLOW_V_3_3_PLUS:
+        app.middleware("http")(_start_drainer_lazily)
     app.add_exception_handler(HitlError, _hitl_error)
     for store_error in (OperationalError, InterfaceError, SQLAlchemyTimeoutError):
         app.add_exception_handler(store_error, _store_error)

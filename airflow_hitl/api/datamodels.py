@@ -216,6 +216,19 @@ class VoteResponse(_Response):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class NoticeResponse(_Response):
+    """One notice about a request to one recipient on one channel, and how its delivery went."""
+
+    channel: str
+    recipient: str
+    event_type: str
+    status: str = Field(description="pending, sent, failed (with error) or read")
+    error: str | None = None
+    retry_count: int
+    sent_at: dt.datetime | None = None
+    created_at: dt.datetime | None = None
+
+
 class ApprovalResponse(_Response):
     """An approval request with its votes.
 
@@ -266,6 +279,9 @@ class ApprovalResponse(_Response):
     updated_at: dt.datetime
     can_approve: bool | None = None
     can_approve_reason: str | None = None
+    notices: list[NoticeResponse] | None = Field(
+        default=None, description="On the single item: the request's notices and their delivery."
+    )
 
 
 class ApprovalCollectionResponse(_Response):

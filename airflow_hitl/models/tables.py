@@ -31,7 +31,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from airflow_hitl.vocabulary import NOTIFICATION_STATUSES, ORIGINS, STATES, TIMEOUT_ACTIONS, VOTES, WAITING_STATES
+from airflow_hitl.vocabulary import (
+    NOTIFICATION_STATUSES,
+    ORIGINS,
+    OUTBOX_STATUSES,
+    STATES,
+    TIMEOUT_ACTIONS,
+    VOTES,
+    WAITING_STATES,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -234,6 +242,8 @@ class ApprovalNotificationRow(Base):
     body: Mapped[str | None] = mapped_column(Text)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, nullable=False, default=dict)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    # The outbox intent this notice delivers: retries reuse its row (and message id).
+    outbox_id: Mapped[str | None] = mapped_column(String(36))
     sent_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     read_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     failed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
@@ -245,6 +255,40 @@ class ApprovalNotificationRow(Base):
         Index(None, "request_id"),
         Index(None, "recipient", "status"),
         Index(None, "status", "next_attempt_at"),
+        Index(None, "outbox_id"),
+    )
+
+
+class ApprovalOutboxRow(Base):
+    """A notice that must go out: queued in the transaction of the transition it announces.
+
+    One row per request and ``dedupe_key`` (``required``, ``escalated:1``, ``reminder:3``,
+    ``decided``...), so a transition enqueues its notice exactly once. Senders claim due rows
+    by setting ``lease_until`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE``
+    on SQLite); a sender that dies leaves a lease that simply runs out.
+    """
+
+    __tablename__ = "approval_outbox"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    request_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("approval_requests.id", ondelete="CASCADE"), nullable=False
+    )
+    event_type: Mapped[str] = mapped_column(String(40), nullable=False)
+    dedupe_key: Mapped[str] = mapped_column(String(80), nullable=False)
+    status: Mapped[str] = mapped_column(String(20), nullable=False, default="pending")
+    due_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint(_in("status", OUTBOX_STATUSES), name="status"),
+        UniqueConstraint("request_id", "dedupe_key"),
+        Index(None, "status", "due_at"),
     )
 
 

@@ -58,12 +58,19 @@ def details_url(base_url: str, approval: Approval) -> str:
     return f"{base_url}/dags/{dag}"
 
 
+def _settled(row: Notification) -> bool:
+    """True when a notice needs no further send: delivered, or failed with no retry planned."""
+    return row.status in ("sent", "read") or (row.status == "failed" and row.next_attempt_at is None)
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Job:
     """One send: a recorded row and the callable that delivers it."""
 
     notification: Notification
     send: Callable[[], Mapping[str, Any] | None]
+    # Attempts made before this one (a retry of an outbox notice reuses its row).
+    attempt: int = 0
 
 
 class NotificationDispatcher:
@@ -93,22 +100,63 @@ class NotificationDispatcher:
         self.base_url = (base_url or HitlSettings.load().base_url).rstrip("/")
         self._sleep = sleep
         self._max_workers = max_workers
+        # Per-dispatch state (one dispatch at a time per dispatcher): see dispatch().
+        self._outbox_id: str | None = None
+        self._prior: dict[tuple[str, str], Notification] = {}
+        self._retry_at: dt.datetime | None = None
+        self._single_attempt = False
+        self._defer_unresolved = False
+        self.deferred: list[str] = []
 
     # ------------------------------------------------------------------ public
 
     def dispatch(
-        self, approval: Approval, event: str, *, notify: Mapping[str, Any] | None = None
+        self,
+        approval: Approval,
+        event: str,
+        *,
+        notify: Mapping[str, Any] | None = None,
+        outbox_id: str | None = None,
+        retry_at: dt.datetime | None = None,
+        defer_unresolved: bool = False,
     ) -> list[Notification]:
         """Send ``event`` about ``approval`` on every configured channel; return the final rows.
 
         ``notify`` defaults to the request's own ``notify`` options (set by the operator).
         Never raises: failures are logged and recorded as ``failed`` rows.
+
+        With ``outbox_id`` (the outbox drainer) every send is tried once: a recipient already
+        reached for that notice is not sent again, a retry reuses the earlier row and its
+        message id (email link tokens, webhook ``id``), and a failure is recorded with
+        ``next_attempt_at=retry_at`` (None: given up). ``defer_unresolved`` leaves recipients
+        whose address this process cannot resolve to another sender (listed in ``deferred``).
         """
+        self._outbox_id = outbox_id
+        self._single_attempt = outbox_id is not None
+        self._retry_at = retry_at
+        self._defer_unresolved = defer_unresolved
+        self.deferred = []
         try:
+            earlier = self.manager.list_notifications(outbox_id=outbox_id, limit=10_000) if outbox_id else []
+            self._prior = {(n.channel, n.recipient): n for n in earlier}
             return self._dispatch(approval, event, dict(notify if notify is not None else approval.notify))
         except Exception:
             log.exception("notifications for approval request %s (%s) failed", approval.id, event)
             return []
+
+    def _record(self, **fields: Any) -> Notification:
+        """The row of one send: the earlier one of this outbox notice, else a new one."""
+        prior = self._prior.get((fields["channel"], fields["recipient"]))
+        if prior is not None:
+            return prior
+        return self.manager.record_notification(outbox_id=self._outbox_id, **fields)
+
+    def _job(self, row: Notification, send: Callable[[], Mapping[str, Any] | None]) -> _Job | Notification:
+        """A send to make, or the row as it stands when this recipient needs nothing more."""
+        if _settled(row):
+            return row
+        retried = row.status == "failed" and self._prior.get((row.channel, row.recipient)) is row
+        return _Job(notification=row, send=send, attempt=row.retry_count + (1 if retried else 0))
 
     def recipients(self, approval: Approval, event: str, notify: Mapping[str, Any]) -> list[str]:
         """Airflow users to tell: ``notify_users`` and ``notify_roles``, else the allowed approvers."""
@@ -141,7 +189,7 @@ class NotificationDispatcher:
                 # A channel that cannot even be prepared (e.g. no signing key) fails alone.
                 log.exception("could not prepare %s notices for %s", channel, approval.id)
                 done.append(
-                    self.manager.record_notification(
+                    self._record(
                         request_id=approval.id,
                         channel=channel,
                         recipient="*",
@@ -160,6 +208,8 @@ class NotificationDispatcher:
 
     def _deliver(self, job: _Job) -> Notification:
         row = job.notification
+        if self._single_attempt:
+            return self._deliver_once(job)
         attempts = self.settings.max_retries + 1
         for attempt in range(attempts):
             try:
@@ -185,9 +235,28 @@ class NotificationDispatcher:
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
-    def _unresolved(self, approval: Approval, channel: str, event: str, user: str, what: str) -> Notification:
+    def _deliver_once(self, job: _Job) -> Notification:
+        # The outbox drainer owns the retry schedule: one try here, the next one is its call.
+        row = job.notification
+        try:
+            meta = job.send() or {}
+        except Exception as err:
+            error = f"{type(err).__name__}: {err}"
+            log.warning(
+                "%s notice %s to %s failed (attempt %d): %s", row.channel, row.id, row.recipient, job.attempt + 1, error
+            )
+            return self.manager.mark_notification_failed(
+                row.id, error=error, retry_count=job.attempt, next_attempt_at=self._retry_at
+            )
+        return self.manager.mark_notification_sent(row.id, retry_count=job.attempt, metadata=meta)
+
+    def _unresolved(self, approval: Approval, channel: str, event: str, user: str, what: str) -> Notification | None:
+        if self._defer_unresolved:
+            # Another process (the api-server, with Airflow's auth manager) may know this user.
+            self.deferred.append(user)
+            return None
         log.warning("no %s known for user %r: %s notice of %s not sent", what, user, channel, approval.id)
-        return self.manager.record_notification(
+        return self._record(
             request_id=approval.id,
             channel=channel,
             recipient=user,
@@ -240,9 +309,15 @@ class NotificationDispatcher:
         for user in people:
             address = self.directory.email_of(user)
             if not address:
-                out.append(self._unresolved(approval, "email", event, user, "email address"))
+                unresolved = self._unresolved(approval, "email", event, user, "email address")
+                out.extend([unresolved] if unresolved else [])
                 continue
-            notification_id = str(uuid.uuid4())
+            prior = self._prior.get(("email", user))
+            if prior is not None and _settled(prior):
+                out.append(prior)
+                continue
+            # A retry reuses the row's id: the links already mailed name it.
+            notification_id = prior.id if prior is not None else str(uuid.uuid4())
             if actionable:
                 links: dict[str, Any] = self._links(approval, user, notification_id, key)
             else:
@@ -251,7 +326,7 @@ class NotificationDispatcher:
             # The stored body never holds working links: they are bearer secrets.
             redacted = {k: ("[link]" if v else v) for k, v in links.items()}
             stored = self._render(approval, event, notify, user, redacted).text
-            row = self.manager.record_notification(
+            row = self._record(
                 notification_id=notification_id,
                 request_id=approval.id,
                 channel="email",
@@ -273,7 +348,7 @@ class NotificationDispatcher:
                     headers={"X-Hitl-Request-Id": approval.id, "X-Hitl-Notification-Id": nid},
                 )
 
-            out.append(_Job(notification=row, send=send))
+            out.append(self._job(row, send))
         return out
 
     # ------------------------------------------------------------------ slack
@@ -297,7 +372,7 @@ class NotificationDispatcher:
                 approval, headline=message.subject, details_url=url, buttons=False, footer=outcome_line(approval)
             )
             for channel, ts in sorted(posted):
-                row = self.manager.record_notification(
+                row = self._record(
                     request_id=approval.id,
                     channel="slack",
                     recipient=str(channel),
@@ -310,7 +385,7 @@ class NotificationDispatcher:
                 def update(channel: str = str(channel), ts: str = str(ts)) -> dict[str, Any]:
                     return notifier.update(channel=channel, ts=ts, text=message.subject, blocks=blocks)
 
-                out.append(_Job(notification=row, send=update))
+                out.append(self._job(row, update))
             if posted:
                 return out
         buttons = event in ACTION_EVENTS and approval.is_waiting
@@ -328,11 +403,12 @@ class NotificationDispatcher:
             for user in people:
                 slack_id = self.directory.slack_id_of(user)
                 if slack_id is None:
-                    out.append(self._unresolved(approval, "slack", event, user, "Slack member id"))
+                    unresolved = self._unresolved(approval, "slack", event, user, "Slack member id")
+                    out.extend([unresolved] if unresolved else [])
                 else:
                     targets.append((user, slack_id))
         for recipient, target in targets:
-            row = self.manager.record_notification(
+            row = self._record(
                 request_id=approval.id,
                 channel="slack",
                 recipient=recipient,
@@ -345,7 +421,7 @@ class NotificationDispatcher:
             def post(target: str = target) -> dict[str, Any]:
                 return notifier.post(channel=target, text=message.subject, blocks=blocks)
 
-            out.append(_Job(notification=row, send=post))
+            out.append(self._job(row, post))
         return out
 
     # ------------------------------------------------------------------ webhook
@@ -357,7 +433,9 @@ class NotificationDispatcher:
         notifier = HitlWebhookNotifier(http_conn_id=conn_id, endpoint=notify.get("webhook_endpoint"))
         url = details_url(self.base_url, approval)
         message = self._render(approval, event, notify, "", {"approve": None, "reject": None, "details": url})
-        message_id = str(uuid.uuid4())
+        prior = self._prior.get(("webhook", conn_id))
+        # The receiver deduplicates on the message id: a retry sends the same one.
+        message_id = str((prior.metadata if prior else {}).get("message_id") or uuid.uuid4())
         payload = {
             "id": message_id,
             "event": event,
@@ -367,7 +445,7 @@ class NotificationDispatcher:
             "recipients": list(people),
             "links": {"details": url, "api": f"{self.base_url}/hitl/api/v1/approvals/{approval.id}"},
         }
-        row = self.manager.record_notification(
+        row = self._record(
             request_id=approval.id,
             channel="webhook",
             recipient=conn_id,
@@ -376,7 +454,7 @@ class NotificationDispatcher:
             body=message.text,
             metadata={"message_id": message_id},
         )
-        return [_Job(notification=row, send=lambda: notifier.send(payload, message_id=message_id))]
+        return [self._job(row, lambda: notifier.send(payload, message_id=message_id))]
 
     # ------------------------------------------------------------------ in-app
 
@@ -389,7 +467,7 @@ class NotificationDispatcher:
             message = self._render(approval, event, notify, user, {"approve": None, "reject": None, "details": url})
             # Written is delivered: the UI reads these rows (unread until marked read).
             rows.append(
-                self.manager.record_notification(
+                self._record(
                     request_id=approval.id,
                     channel="in_app",
                     recipient=user,

@@ -40,6 +40,7 @@ class Notification:
     body: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
     next_attempt_at: dt.datetime | None = None
+    outbox_id: str | None = None
     sent_at: dt.datetime | None = None
     read_at: dt.datetime | None = None
     failed_at: dt.datetime | None = None
@@ -62,6 +63,7 @@ class Notification:
             body=row.body,
             metadata=dict(row.metadata_ or {}),
             next_attempt_at=row.next_attempt_at,
+            outbox_id=row.outbox_id,
             sent_at=row.sent_at,
             read_at=row.read_at,
             failed_at=row.failed_at,

@@ -29,7 +29,6 @@ import datetime as dt
 import os
 import sys
 import sysconfig
-import time
 import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -40,9 +39,9 @@ from airflow.sdk import BaseOperator
 
 import airflow_hitl as airflow_hitl_package
 from airflow_hitl.exceptions import InvalidApprovalConfig
-from airflow_hitl.manager import ApprovalManager, ApprovalSpec
+from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec, utcnow
 from airflow_hitl.policy import ConfigProblems, EscalationLevel, str_list
-from airflow_hitl.records import Approval
+from airflow_hitl.records import Approval, decision_summary
 from airflow_hitl.triggers.approval import ApprovalTrigger, ApprovalTriggerEventPayload
 from airflow_hitl.version_compat import AirflowFailException, AirflowSkipException
 from airflow_hitl.vocabulary import CHANNELS
@@ -88,7 +87,8 @@ class ApprovalOperator(BaseOperator):
     :param poll_interval: Seconds between store polls in the triggerer; default ``[hitl] poll_interval``.
     :param notify_channels: Where to tell people: any of ``email``, ``slack``, ``webhook``, ``in_app``.
         Notices go out when the gate opens, on every ``remind_every``, on escalation, and when it is
-        decided, times out or is cancelled. Sent from the worker, never from the triggerer.
+        decided, times out or is cancelled: queued in the notification outbox with each transition and sent by
+        the api-server (the worker sends the first one at once), never from the triggerer.
     :param notify_users: Airflow user names to tell (default: ``allowed_approvers``).
     :param notify_roles: Roles whose members to tell (default: ``allowed_roles``).
     :param slack_channel: Post to this Slack channel instead of direct messages to each person.
@@ -257,6 +257,16 @@ class ApprovalOperator(BaseOperator):
         """Open (or find again) the request, then wait in the triggerer unless already decided."""
         ti = context["ti"]
         dag_run = context["dag_run"]
+        manager = self._manager()
+        earlier = self._decided_by_earlier_try(manager, ti)
+        if earlier is not None:
+            self.log.info(
+                "approval request %s of try %s was %s: a retry does not ask again (clear the task to ask again)",
+                earlier.id,
+                earlier.try_number,
+                earlier.state,
+            )
+            return self._finish(context, earlier)
         gate_context = dict(self.context)
         gate_context.update(self._pull_context(context))
         spec = self._spec(
@@ -268,7 +278,6 @@ class ApprovalOperator(BaseOperator):
             context=gate_context,
             requested_by=getattr(dag_run, "triggering_user_name", None),
         )
-        manager = self._manager()
         approval = manager.create(spec)
         self.log.info(
             "approval request %s for %s.%s (try %s) is %s",
@@ -292,42 +301,56 @@ class ApprovalOperator(BaseOperator):
                 self.log.info("condition is false: waiting for people")
         if not approval.is_waiting:
             return self._finish(context, approval)
-        if self.notify.get("channels") and not manager.list_notifications(
-            request_id=approval.id, event_type="required", limit=1
-        ):
-            # Only once per request: a retried execute() of the same try finds its request again.
-            self._send_notices(manager, approval, "required")
+        # Fast path: the worker is here anyway, so "required" goes out now rather than at the
+        # api-server drainer's next wake-up; the outbox claim makes sure only one of them sends it.
+        self._drain_outbox(manager, approval.id, event_types=("required",))
         self._defer(approval)
 
-    def _send_notices(self, manager: ApprovalManager, approval: Approval, event: str) -> None:
-        """Tell people on every configured channel; a failure is logged, never raised."""
+    def _decided_by_earlier_try(self, manager: ApprovalManager, ti: Any) -> Approval | None:
+        """A rejected or cancelled request of an earlier try of this clear, which a retry must not re-open.
+
+        Retries are for failures of the machinery (a store outage, a lost worker), not a second
+        chance to ask: Airflow routes a gate failed by a rejection to ``up_for_retry`` when the
+        task has retries, and that retry ends at once with the same decision. Clearing the task
+        starts a new series of tries (Airflow raises ``max_tries``) and asks again.
+        """
+        retries = int(self.retries or 0)
+        max_tries = getattr(ti, "max_tries", None)
+        if not retries or not isinstance(max_tries, int) or ti.try_number <= 1:
+            return None
+        first_try = max_tries - retries + 1
+        approvals, _ = manager.list(
+            ApprovalFilter(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id),
+            limit=1000,
+            order_by="-requested_at",
+        )
+        map_index = getattr(ti, "map_index", -1)
+        map_index = -1 if map_index is None else map_index
+        for approval in approvals:
+            if approval.map_index != map_index or approval.try_number is None:
+                continue
+            if not first_try <= approval.try_number < ti.try_number:
+                continue
+            if approval.is_waiting or approval.approved:
+                return None
+            if approval.state == "cancelled" and approval.decision_source in ("system", "airflow"):
+                return None  # superseded or killed by Airflow itself: not a person's decision
+            return approval
+        return None
+
+    def _drain_outbox(
+        self, manager: ApprovalManager, request_id: str, event_types: Sequence[str] | None = None
+    ) -> None:
+        """Send the request's due notices from this worker; a failure is logged, never raised."""
         if not self.notify.get("channels"):
             return
         try:
-            from airflow_hitl.notifications.dispatcher import NotificationDispatcher
+            from airflow_hitl.notifications.drainer import OutboxDrainer
 
-            rows = NotificationDispatcher(manager=manager).dispatch(approval, event)
+            # Users this process cannot resolve (FAB users' emails) are left to the api-server.
+            OutboxDrainer(manager=manager, defer_unresolved=True).drain(request_id=request_id, event_types=event_types)
         except Exception:
-            self.log.exception("could not send %s notices for approval request %s", event, approval.id)
-            return
-        failed = [r for r in rows if r.status == "failed"]
-        self.log.info(
-            "%s notices for approval request %s: %d sent, %d failed",
-            event,
-            approval.id,
-            len(rows) - len(failed),
-            len(failed),
-        )
-        for row in failed:
-            self.log.warning("%s notice to %s failed: %s", row.channel, row.recipient, row.error or row.metadata)
-
-    def _next_reminder(self, approval: Approval) -> float | None:
-        if self.remind_every is None or not approval.is_waiting:
-            return None
-        at = time.time() + self.remind_every.total_seconds()
-        if approval.expires_at is not None and at >= approval.expires_at.timestamp():
-            return None  # the expiry notice (timed out / escalated) comes instead
-        return at
+            self.log.exception("could not send the notices of approval request %s", request_id)
 
     def _defer(self, approval: Approval) -> None:
         self.defer(
@@ -335,35 +358,34 @@ class ApprovalOperator(BaseOperator):
                 request_id=approval.id,
                 conn_id=self.conn_id,
                 poll_interval=self.poll_interval,
-                remind_at=self._next_reminder(approval),
+                end_task=True,
             ),
             method_name="execute_complete",
         )
 
     def execute_complete(self, context: Context, event: ApprovalTriggerEventPayload | None = None) -> Any:
-        """Resume after the trigger's event: finish the task, or wait again after an escalation."""
+        """Resume on a worker: only for triggers of older releases and for ``airflow dags test``.
+
+        A trigger of this release ends the task itself (success, failure or skip with the
+        decision as XCom) and this method never runs. The manager queued the escalation,
+        reminder and outcome notices in the outbox; this worker sends what is due now.
+        """
         if not event or "request_id" not in event:
             raise AirflowFailException(f"approval trigger returned no usable event: {event!r}")
         if event.get("status") == "error":
             raise AirflowFailException(event.get("error") or "approval trigger failed")
         manager = self._manager()
         approval = manager.get(event["request_id"])
-        if approval.is_waiting:
-            if event.get("status") == "escalated":
-                self.log.info(
-                    "approval request %s escalated to level %s; waiting for the new approvers until %s",
-                    approval.id,
-                    approval.escalation_level,
-                    approval.expires_at,
-                )
-                self._send_notices(manager, approval, "escalated")
-            elif event.get("status") == "remind":
-                self._send_notices(manager, approval, "reminder")
-            self._defer(approval)
-        if approval.state not in ("pending", "escalated") and approval.decision_source not in ("auto", "condition"):
-            from airflow_hitl.notifications.dispatcher import event_for
+        if event.get("status") == "remind" and approval.is_waiting:
+            # Gates deferred before reminders became outbox intents: queue the one due now.
+            from airflow_hitl.outbox import Outbox
 
-            self._send_notices(manager, approval, event_for(approval))
+            every = float(approval.notify.get("remind_every_seconds") or 0)
+            Outbox(store=manager.store).plan_next_reminder(approval.id, after=utcnow() - dt.timedelta(seconds=every))
+        self._drain_outbox(manager, approval.id)
+        if approval.is_waiting:
+            self.log.info("approval request %s is %s: waiting again", approval.id, approval.state)
+            self._defer(approval)
         return self._finish(context, approval)
 
     def _finish(self, context: Context, approval: Approval) -> dict[str, Any]:
@@ -392,35 +414,6 @@ class ApprovalOperator(BaseOperator):
                 self.log.warning("context_from: no XCom %r from task %r for %r", key, task_id, name)
             pulled[name] = value
         return pulled
-
-
-def decision_summary(approval: Approval) -> dict[str, Any]:
-    """The gate's XCom: outcome, deciders, comments and times."""
-    return {
-        "request_id": approval.id,
-        "state": approval.state,
-        "decision": approval.decision,
-        "approved": approval.approved,
-        "decided_by": approval.decided_by,
-        "decided_at": approval.decided_at.isoformat() if approval.decided_at else None,
-        "decision_source": approval.decision_source,
-        "comment": approval.comment,
-        "approvers": approval.approvers,
-        "requested_by": approval.requested_by,
-        "requested_at": approval.requested_at.isoformat(),
-        "escalation_level": approval.escalation_level,
-        "votes": [
-            {
-                "user": v.user,
-                "vote": v.vote,
-                "comment": v.comment,
-                "reason": v.reason,
-                "source": v.source,
-                "at": v.created_at.isoformat(),
-            }
-            for v in approval.votes
-        ],
-    }
 
 
 def _option_of(name: str) -> str:

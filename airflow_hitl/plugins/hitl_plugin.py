@@ -44,6 +44,6 @@ class HitlPlugin(AirflowPlugin):
 
     name = "hitl"
     fastapi_apps: list[dict[str, Any]] = [
-        {"app": create_app(), "url_prefix": URL_PREFIX, "name": "airflow-hitl approvals"}
+        {"app": create_app(outbox_drainer=True), "url_prefix": URL_PREFIX, "name": "airflow-hitl approvals"}
     ]
     external_views: list[dict[str, Any]] = [APPROVALS_NAV_VIEW, APPROVAL_TASK_VIEW]

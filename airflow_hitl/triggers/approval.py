@@ -1,41 +1,51 @@
-"""ApprovalTrigger: waits in the triggerer while an approval gate is open.
+"""ApprovalTrigger: waits in the triggerer while an approval gate is open, then ends the task.
 
 The trigger never decides. It waits for its request to leave ``pending``/``escalated``
 (through the process's shared poller), or for ``expires_at``, and then asks the
 :class:`~airflow_hitl.manager.ApprovalManager` to apply the timeout, an atomic
-conditional update that exactly one caller wins. It yields exactly one event. It holds
-only the request id, so a triggerer restart resumes the wait from the store.
+conditional update that exactly one caller wins. An escalation is applied the same way and
+the trigger keeps waiting for the new expiry. It holds only the request id, so a triggerer
+restart resumes the wait from the store. Nothing slow runs here: notices (the decision, the
+timeout, the escalation, reminders) are queued by the manager in the notification outbox
+in the same transaction as the transition and sent by the api-server's drainer.
+
+Ending the gate (``end_task=True``, what the operator asks for): the trigger yields
+Airflow's ``TaskSuccessEvent`` / ``TaskFailedEvent`` / ``TaskSkippedEvent`` with the
+decision as XCom, so Airflow finishes the task instance in the triggerer's own transaction
+(``handle_event_submit`` for ``BaseTaskEndEvent``): no worker starts and the task never
+passes through ``queued``. That closes apache/airflow#72716 for good rather than dodging it
+with a hold: when a trigger's plain event resumes the task on a worker, the task goes back
+to ``scheduled``/``queued`` under the same try number, and the late "success" report of the
+deferring worker (same key) then finds it queued and fails it. A task that already ended
+has nothing the late report can fail. ``tests/e2e/test_resume_e2e.py`` asserts what this
+relies on (a gate ends deferred -> success without being queued again, one try, XCom
+pushed), so a future Airflow that changes it fails that test.
+
+The trigger falls back to a plain event for ``ApprovalOperator.execute_complete`` when it
+was serialized by an older release (no ``end_task``) or runs outside a triggerer (``airflow
+dags test`` runs triggers inline and resumes the task itself).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal, TypedDict
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskFailedEvent, TaskSkippedEvent, TaskSuccessEvent, TriggerEvent
 
 from airflow_hitl.manager import ApprovalManager, TimeoutOutcome, utcnow
 from airflow_hitl.models.store import aresolve_store_url, get_store
+from airflow_hitl.records import Approval, WaitState, decision_summary
 from airflow_hitl.settings import HitlSettings
 from airflow_hitl.triggers.poller import shared_poller
 
 # Never spin: when our clock says "expired" but the store's does not yet, look again soon.
-_MIN_WAIT = 0.2
-
-# Airflow 3.3 fails a task whose trigger fires before the scheduler has seen the worker of the
-# deferring try exit: the trigger puts the task instance back to scheduled, the scheduler queues
-# it, and the late "success" executor event of the deferring workload (same key, same try number)
-# then finds it queued and marks it failed ("task instance's state attribute is queued"). The
-# deferring worker can take several seconds to exit on a busy machine. This is how Airflow's own
-# HITL loses decisions made right after the task pauses; we hold the event until the deferring
-# try has surely been processed (only when resuming a real task instance in a triggerer), for
-# ``[hitl] resume_grace_seconds`` after the trigger started.
+_MIN_WAIT = 0.05
 
 
 class ApprovalTriggerEventPayload(TypedDict, total=False):
-    """What the trigger hands back to ``ApprovalOperator.execute_complete``."""
+    """What the trigger hands back to ``ApprovalOperator.execute_complete`` (fallback path)."""
 
     request_id: str
     status: Literal["decided", "escalated", "error", "remind"]
@@ -43,8 +53,42 @@ class ApprovalTriggerEventPayload(TypedDict, total=False):
     error: str
 
 
+def end_event(approval: Approval) -> TriggerEvent:
+    """The Airflow event that ends the gate's task for a finished request, with its XCom.
+
+    Approved (by people or by the timeout action): success, the summary as ``return_value``.
+    Rejected: failed (Airflow routes it to ``up_for_retry`` when retries remain), or skipped
+    with ``on_reject="skip"``; the summary under ``decision``. Cancelled: failed.
+    """
+    summary: dict[str, Any] = decision_summary(approval)
+    if approval.approved:
+        return TaskSuccessEvent(xcoms={"return_value": summary})
+    if approval.state != "cancelled" and approval.on_reject == "skip":
+        return TaskSkippedEvent(xcoms={"decision": summary})
+    return TaskFailedEvent(xcoms={"decision": summary})
+
+
+def _newest(seen: WaitState | None, applied: WaitState | None) -> WaitState | None:
+    # The poller may not have read the escalation we just applied yet; never go back to
+    # the older expiry, or we would apply the timeout again at once.
+    if seen is None:
+        return applied
+    if applied is None or not seen.is_waiting:
+        return seen
+    return applied if applied.escalation_level > seen.escalation_level else seen
+
+
 class ApprovalTrigger(BaseTrigger):
-    """Wait for an approval request to be decided, time out or escalate."""
+    """Wait for an approval request to be decided or time out (escalating on the way), then end the gate.
+
+    :param request_id: The approval request to wait for.
+    :param conn_id: Connection of the approval store; default ``[hitl] conn_id``.
+    :param poll_interval: Seconds between store polls; default ``[hitl] poll_interval``.
+    :param end_task: End the task instance from the trigger (Airflow's task end events) instead
+        of resuming it on a worker. Triggers serialized by older releases lack it (False).
+    :param remind_at: Unix time of a reminder, from triggers serialized by older releases only;
+        reminders are outbox intents now.
+    """
 
     def __init__(
         self,
@@ -52,6 +96,7 @@ class ApprovalTrigger(BaseTrigger):
         request_id: str,
         conn_id: str | None = None,
         poll_interval: float | None = None,
+        end_task: bool = False,
         remind_at: float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -59,16 +104,16 @@ class ApprovalTrigger(BaseTrigger):
         self.request_id = str(request_id)
         self.conn_id = conn_id
         self.poll_interval = poll_interval
-        # Unix time of the next reminder (``remind_every``): the trigger only wakes the task
-        # then; the worker sends the reminder, so nothing slow runs in the triggerer.
+        self.end_task = bool(end_task)
         self.remind_at = float(remind_at) if remind_at is not None else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Only the id and where the store is: everything else is read from the store."""
+        """Only the id, where the store is and how to end: everything else is read from the store."""
         kwargs: dict[str, Any] = {
             "request_id": self.request_id,
             "conn_id": self.conn_id,
             "poll_interval": self.poll_interval,
+            "end_task": self.end_task,
         }
         if self.remind_at is not None:
             kwargs["remind_at"] = self.remind_at
@@ -87,9 +132,13 @@ class ApprovalTrigger(BaseTrigger):
             payload["error"] = error
         return TriggerEvent(payload)
 
+    @property
+    def ends_task(self) -> bool:
+        """True when this trigger finishes the task itself (asked to, and run by a triggerer)."""
+        return self.end_task and self.task_instance is not None
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Yield one event: decided (any final state), escalated, remind (``remind_at`` passed), or error."""
-        started = time.monotonic()
+        """Yield one event: the task's end (or, on the fallback path, decided / escalated / remind / error)."""
         settings = HitlSettings.load()
         manager = await self._call_with_retry(lambda: self._manager(settings), settings)
         poller = shared_poller(
@@ -98,20 +147,22 @@ class ApprovalTrigger(BaseTrigger):
             max_backoff=settings.store_retry_max_backoff,
         )
         watch = poller.watch(self.request_id)
+        applied: WaitState | None = None
         try:
             while True:
                 if watch.missing:
                     self.log.error("approval request %s no longer exists in the store", self.request_id)
-                    await self._settle(started, settings)
-                    yield self._event("error", "missing", f"approval request {self.request_id} not found")
+                    if self.ends_task:
+                        yield TaskFailedEvent()
+                    else:
+                        yield self._event("error", "missing", f"approval request {self.request_id} not found")
                     return
-                state = watch.state
+                state = _newest(watch.state, applied)
                 timeout: float | None = None
                 if state is not None:
                     if not state.is_waiting:
                         self.log.info("approval request %s is %s", self.request_id, state.state)
-                        await self._settle(started, settings)
-                        yield self._event("decided", state.state)
+                        yield await self._final(manager, settings)
                         return
                     if state.expires_at is not None:
                         remaining = (state.expires_at - utcnow()).total_seconds()
@@ -119,26 +170,33 @@ class ApprovalTrigger(BaseTrigger):
                             outcome: TimeoutOutcome = await self._call_with_retry(
                                 lambda: asyncio.to_thread(manager.apply_timeout, self.request_id), settings
                             )
-                            if outcome.escalated:
+                            after = outcome.approval
+                            if not after.is_waiting:
+                                self.log.info("approval request %s timed out: %s", self.request_id, after.state)
+                                yield self._end(after)
+                                return
+                            if after.escalation_level > state.escalation_level:
                                 self.log.info(
-                                    "approval request %s escalated to level %s",
+                                    "approval request %s escalated to level %s; waiting until %s",
                                     self.request_id,
-                                    outcome.approval.escalation_level,
+                                    after.escalation_level,
+                                    after.expires_at,
                                 )
-                                await self._settle(started, settings)
-                                yield self._event("escalated", outcome.approval.state)
-                                return
-                            if not outcome.approval.is_waiting:
-                                await self._settle(started, settings)
-                                yield self._event("decided", outcome.approval.state)
-                                return
+                                if not self.ends_task:
+                                    yield self._event("escalated", after.state)
+                                    return
+                                applied = WaitState(
+                                    id=after.id,
+                                    state=after.state,
+                                    expires_at=after.expires_at,
+                                    escalation_level=after.escalation_level,
+                                )
+                                continue
                             remaining = _MIN_WAIT
                         timeout = max(remaining, _MIN_WAIT)
-                    if self.remind_at is not None:
-                        until_remind = self.remind_at - time.time()
+                    if self.remind_at is not None and not self.ends_task:
+                        until_remind = self.remind_at - utcnow().timestamp()
                         if until_remind <= 0:
-                            self.log.info("approval request %s: time to remind the approvers", self.request_id)
-                            await self._settle(started, settings)
                             yield self._event("remind", state.state)
                             return
                         until_remind = max(until_remind, _MIN_WAIT)
@@ -147,19 +205,16 @@ class ApprovalTrigger(BaseTrigger):
         finally:
             poller.unwatch(watch)
 
-    async def _settle(self, started: float, settings: HitlSettings) -> None:
-        # Never resume the task while its deferring try may still be exiting (see the module comment).
-        if self.task_instance is None:
-            return
-        wait = settings.resume_grace_seconds - (time.monotonic() - started)
-        if wait > 0:
-            self.log.info(
-                "approval request %s settled %.1fs after the trigger started; resuming the task in %.1fs",
-                self.request_id,
-                time.monotonic() - started,
-                wait,
-            )
-            await asyncio.sleep(wait)
+    async def _final(self, manager: ApprovalManager, settings: HitlSettings) -> TriggerEvent:
+        approval: Approval = await self._call_with_retry(
+            lambda: asyncio.to_thread(manager.get, self.request_id), settings
+        )
+        return self._end(approval)
+
+    def _end(self, approval: Approval) -> TriggerEvent:
+        if self.ends_task:
+            return end_event(approval)
+        return self._event("decided", approval.state)
 
     async def _call_with_retry(self, call: Any, settings: HitlSettings) -> Any:
         # A store that is restarting must delay the gate, never decide it.

@@ -22,10 +22,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.store import NOTIFY_CHANNEL
+from airflow_hitl.outbox import listen_conninfo
 from airflow_hitl.records import WaitState
 
 log = logging.getLogger(__name__)
@@ -201,16 +200,7 @@ class ApprovalPoller:
     # ------------------------------------------------------------------ LISTEN
 
     def _conninfo(self) -> dict[str, Any]:
-        url = make_url(self.manager.store.url)
-        info: dict[str, Any] = {
-            "host": url.host,
-            "port": url.port,
-            "user": url.username,
-            "password": url.password,
-            "dbname": url.database,
-        }
-        info.update({k: v for k, v in url.query.items() if isinstance(v, str)})
-        return {k: v for k, v in info.items() if v is not None}
+        return listen_conninfo(self.manager.store.url)
 
     async def _listen_loop(self) -> None:
         import psycopg

@@ -1,6 +1,7 @@
 """The gate's notification options: parse-time validation, the stored options, and reminders.
 
-Reminders are the trigger's "remind" event (the trigger only wakes the task; the worker sends).
+Reminders are outbox intents queued with the gate; triggers of older releases still wake the
+task with a "remind" event (kept for gates deferred before an upgrade).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from airflow_hitl.exceptions import InvalidApprovalConfig
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.store import ApprovalStore, reset_stores
 from airflow_hitl.operators.approval import ApprovalOperator
+from airflow_hitl.outbox import Outbox
 from airflow_hitl.policy import Principal
 from airflow_hitl.triggers.approval import ApprovalTrigger
 from tests.helpers import spec
@@ -100,14 +102,17 @@ class TestValidation:
 
 
 class TestReminderSchedule:
-    def test_next_reminder_never_after_expiry(self, manager: ApprovalManager) -> None:
-        operator = gate(notify_channels=["in_app"], remind_every=dt.timedelta(minutes=30))
-        short = manager.create(spec(timeout=dt.timedelta(minutes=10), timeout_action="reject"))
-        long = manager.create(spec(timeout=dt.timedelta(hours=2), timeout_action="reject"))
-        assert operator._next_reminder(short) is None
-        at = operator._next_reminder(long)
-        assert at is not None and abs(at - (time.time() + 1800)) < 5
-        assert gate()._next_reminder(long) is None
+    def test_first_reminder_is_queued_with_the_gate_never_after_expiry(self, manager: ApprovalManager) -> None:
+        notify = {"channels": ["in_app"], "remind_every_seconds": 1800.0}
+        short = manager.create(spec(timeout=dt.timedelta(minutes=10), timeout_action="reject", notify=notify))
+        long = manager.create(spec(timeout=dt.timedelta(hours=2), timeout_action="reject", notify=notify))
+        silent = manager.create(spec(timeout=dt.timedelta(hours=2), timeout_action="reject"))
+        outbox = Outbox(store=manager.store)
+        assert [i.event_type for i in outbox.intents(short.id)] == ["required"]
+        reminders = [i for i in outbox.intents(long.id) if i.event_type == "reminder"]
+        assert len(reminders) == 1
+        assert abs((reminders[0].due_at - long.requested_at).total_seconds() - 1800) < 1
+        assert outbox.intents(silent.id) == []
 
 
 @pytest.fixture

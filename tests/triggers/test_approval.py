@@ -57,8 +57,19 @@ class TestSerialize:
         trigger = ApprovalTrigger(request_id="abc", conn_id="hitl_pg", poll_interval=3.0)
         classpath, kwargs = trigger.serialize()
         assert classpath == "airflow_hitl.triggers.approval.ApprovalTrigger"
-        assert kwargs == {"request_id": "abc", "conn_id": "hitl_pg", "poll_interval": 3.0}
+        assert kwargs == {"request_id": "abc", "conn_id": "hitl_pg", "poll_interval": 3.0, "end_task": False}
         assert ApprovalTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+    def test_round_trip_end_task(self) -> None:
+        classpath, kwargs = ApprovalTrigger(request_id="abc", end_task=True).serialize()
+        assert kwargs["end_task"] is True
+        assert ApprovalTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+    def test_kwargs_of_an_older_release_still_load(self) -> None:
+        # A gate deferred by the previous release: no end_task, a remind_at. It resumes on a worker.
+        trigger = ApprovalTrigger(request_id="abc", conn_id=None, poll_interval=2.0, remind_at=1_800_000_000.0)
+        assert trigger.end_task is False
+        assert trigger.serialize()[1]["remind_at"] == 1_800_000_000.0
 
 
 class TestRun:

@@ -33,6 +33,7 @@ from airflow_hitl.api.datamodels import (
     BulkResponse,
     CancelBody,
     CreateBody,
+    NoticeResponse,
     RejectBody,
     VoteResponse,
     error_responses,
@@ -150,7 +151,7 @@ def _visible(caller: Caller, manager: ApprovalManager, filters: ApprovalFilter) 
 
 
 _ITEM_FIELDS = tuple(
-    name for name in ApprovalResponse.model_fields if name not in {"can_approve", "can_approve_reason"}
+    name for name in ApprovalResponse.model_fields if name not in {"can_approve", "can_approve_reason", "notices"}
 )
 _VOTE_FIELDS = tuple(VoteResponse.model_fields)
 
@@ -182,7 +183,7 @@ def _item(approval: Approval, caller: Caller | None = None, manager: ApprovalMan
         else:
             data[name] = _plain(getattr(approval, name))
     # Only the pending list and the single item say what the caller may do; null elsewhere.
-    data["can_approve"] = data["can_approve_reason"] = None
+    data["can_approve"] = data["can_approve_reason"] = data["notices"] = None
     if caller is not None and manager is not None:
         refusal = caller.edit_refusal(approval.dag_id)
         if refusal is None:
@@ -447,10 +448,13 @@ def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) ->
     responses=error_responses(403, 404),
 )
 def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Response:
-    """One request, with ``can_approve`` for the caller."""
+    """One request, with ``can_approve`` for the caller and its notices' delivery."""
     approval = manager.get(canonical_approval_id(approval_id))
     require_read(caller, approval.dag_id)
-    return _json(_item(approval, caller, manager))
+    item = _item(approval, caller, manager)
+    notices = (n.to_dict() for n in manager.list_notifications(request_id=approval.id, limit=1000))
+    item["notices"] = [{k: n[k] for k in NoticeResponse.model_fields} for n in notices]
+    return _json(item)
 
 
 @router.post("/{approval_id}/approve", response_model=ApprovalResponse, summary="Approve", responses=_DECISION_ERRORS)

@@ -1,0 +1,324 @@
+"""The notification outbox: every notice a transition owes is queued with the transition.
+
+The :class:`~airflow_hitl.manager.ApprovalManager` calls :func:`plan_opened`,
+:func:`plan_escalated` and :func:`plan_closed` inside the transaction of the transition
+(request opened, escalated, decided / timed out / cancelled), so a notice is queued if and
+only if its transition commits, whatever process made it (a worker, the triggerer, an
+api-server) and whether or not a mail server is up at that moment. Reminders
+(``remind_every``) are intents with a due time, planned one at a time.
+
+Senders (the api-server's drainer, the worker's fast path for ``required``) take due intents
+with :meth:`Outbox.claim`: a lease (``lease_until``) set under ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, under SQLite's ``BEGIN IMMEDIATE`` write lock otherwise, so any number of senders
+share the work and a notice is sent by one of them; a sender that dies leaves a lease that
+runs out. Delivering (recipients, rendering, channels) lives above this layer, in
+:mod:`airflow_hitl.notifications.drainer`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from airflow_hitl.models.store import ApprovalStore
+from airflow_hitl.models.tables import (
+    WAITING_STATES,
+    ApprovalNotificationRow,
+    ApprovalOutboxRow,
+    ApprovalRequestRow,
+)
+
+ACTION_EVENTS = ("required", "reminder", "escalated")
+FINAL_EVENTS = {"approved": "decided", "rejected": "decided", "timeout": "timed_out", "cancelled": "cancelled"}
+# Gates opened and closed by the operator itself (approval_type auto, a true condition) tell nobody.
+AUTOMATIC_SOURCES = ("auto", "condition")
+
+
+def listen_conninfo(store_url: str) -> dict[str, Any]:
+    """psycopg connection arguments for LISTENing to the store's NOTIFY channel (PostgreSQL)."""
+    url = make_url(store_url)
+    info: dict[str, Any] = {
+        "host": url.host,
+        "port": url.port,
+        "user": url.username,
+        "password": url.password,
+        "dbname": url.database,
+    }
+    info.update({k: v for k, v in url.query.items() if isinstance(v, str)})
+    return {k: v for k, v in info.items() if v is not None}
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxIntent:
+    """One queued notice as a sender sees it after claiming it."""
+
+    id: str
+    request_id: str
+    event_type: str
+    dedupe_key: str
+    status: str
+    due_at: dt.datetime
+    attempts: int
+    last_error: str | None = None
+    created_at: dt.datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: ApprovalOutboxRow) -> OutboxIntent:
+        """Copy an outbox row."""
+        return cls(
+            id=row.id,
+            request_id=row.request_id,
+            event_type=row.event_type,
+            dedupe_key=row.dedupe_key,
+            status=row.status,
+            due_at=row.due_at,
+            attempts=row.attempts,
+            last_error=row.last_error,
+            created_at=row.created_at,
+        )
+
+
+# ---------------------------------------------------------------------- planning (in the transition)
+
+
+def _announces(row: ApprovalRequestRow) -> bool:
+    return bool((row.notify or {}).get("channels"))
+
+
+def _enqueue(session: Session, row: ApprovalRequestRow, *, event_type: str, key: str, due_at: dt.datetime) -> bool:
+    # The caller holds the request's row lock (or just inserted it), so check-then-insert is
+    # safe; the unique (request_id, dedupe_key) makes a duplicate impossible regardless.
+    exists = session.scalar(
+        select(ApprovalOutboxRow.id).where(ApprovalOutboxRow.request_id == row.id, ApprovalOutboxRow.dedupe_key == key)
+    )
+    if exists is not None:
+        return False
+    session.add(
+        ApprovalOutboxRow(
+            id=str(uuid.uuid4()),
+            request_id=row.id,
+            event_type=event_type,
+            dedupe_key=key,
+            status="pending",
+            due_at=due_at,
+            attempts=0,
+            created_at=_utcnow(),
+            updated_at=_utcnow(),
+        )
+    )
+    return True
+
+
+def next_reminder_at(row: ApprovalRequestRow, after: dt.datetime) -> dt.datetime | None:
+    """When the next reminder is due after ``after``; None without ``remind_every`` or past the expiry."""
+    every = (row.notify or {}).get("remind_every_seconds")
+    if not every:
+        return None
+    at = after + dt.timedelta(seconds=float(every))
+    if row.expires_at is not None and at >= row.expires_at:
+        return None  # the timeout or escalation notice comes instead
+    return at
+
+
+def plan_reminder(session: Session, row: ApprovalRequestRow, after: dt.datetime) -> bool:
+    """Queue the next reminder (at most one waits at a time); True when one was queued."""
+    if not _announces(row) or row.state not in WAITING_STATES:
+        return False
+    o = ApprovalOutboxRow
+    reminders = session.scalars(select(o.status).where(o.request_id == row.id, o.event_type == "reminder")).all()
+    if "pending" in reminders:
+        return False
+    at = next_reminder_at(row, after)
+    if at is None:
+        return False
+    return _enqueue(session, row, event_type="reminder", key=f"reminder:{len(reminders) + 1}", due_at=at)
+
+
+def plan_opened(session: Session, row: ApprovalRequestRow, now: dt.datetime) -> bool:
+    """A gate opened: queue ``required`` (due now) and the first reminder."""
+    if not _announces(row):
+        return False
+    _enqueue(session, row, event_type="required", key="required", due_at=now)
+    plan_reminder(session, row, now)
+    return True
+
+
+def plan_escalated(session: Session, row: ApprovalRequestRow, now: dt.datetime) -> bool:
+    """A gate escalated: queue ``escalated`` for this level, and a reminder against the new expiry."""
+    if not _announces(row):
+        return False
+    _enqueue(session, row, event_type="escalated", key=f"escalated:{row.escalation_level}", due_at=now)
+    plan_reminder(session, row, now)
+    return True
+
+
+def plan_closed(session: Session, row: ApprovalRequestRow, now: dt.datetime) -> bool:
+    """A gate closed: settle what it still owed people, then queue how it ended.
+
+    Notices asking for a decision that were never tried are no longer wanted (``cancelled``);
+    those that failed and were waiting for a retry are recorded ``failed`` with the reason,
+    and so are their per-recipient rows, so the request's detail shows who never heard.
+    """
+    if not _announces(row):
+        return False
+    reason = f"not delivered before the request was {row.state}"
+    o = ApprovalOutboxRow
+    open_intents = session.scalars(
+        select(o).where(o.request_id == row.id, o.status == "pending", o.event_type.in_(ACTION_EVENTS))
+    ).all()
+    for intent in open_intents:
+        # A failed attempt left its error; one in flight right now may still succeed (its rows say so).
+        tried = intent.last_error is not None and intent.event_type != "reminder"
+        intent.status = "failed" if tried else "cancelled"
+        intent.last_error = f"{reason}; last error: {intent.last_error}" if intent.last_error else reason
+        intent.lease_until = None
+        intent.updated_at = now
+    n = ApprovalNotificationRow
+    undelivered = session.scalars(
+        select(n).where(
+            n.request_id == row.id,
+            n.event_type.in_(ACTION_EVENTS),
+            (n.status == "pending") | ((n.status == "failed") & n.next_attempt_at.is_not(None)),
+        )
+    ).all()
+    for notice in undelivered:
+        notice.error = f"{reason}; last error: {notice.error}" if notice.error else reason
+        notice.status = "failed"
+        notice.next_attempt_at = None
+        notice.failed_at = now
+        notice.updated_at = now
+    if row.decision_source in AUTOMATIC_SOURCES:
+        return True
+    _enqueue(session, row, event_type=FINAL_EVENTS.get(row.state, "decided"), key=f"final:{row.state}", due_at=now)
+    return True
+
+
+# ---------------------------------------------------------------------- claiming (senders)
+
+
+def default_owner() -> str:
+    """Who claims: host, process and a random suffix (several senders may share a process)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:200]
+
+
+class Outbox:
+    """Claim, settle and reschedule queued notices.
+
+    :param store: The approval store.
+    :param owner: Name written to ``claimed_by``; default host:pid:random.
+    :param lease_seconds: How long a claim reserves a notice for this sender.
+    :param clock: Current time (tests move it).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: ApprovalStore,
+        owner: str | None = None,
+        lease_seconds: float = 120.0,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
+        self.store = store
+        self.owner = owner or default_owner()
+        self.lease = dt.timedelta(seconds=lease_seconds)
+        self._clock = clock
+
+    def claim(
+        self,
+        *,
+        limit: int = 20,
+        request_id: str | None = None,
+        event_types: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+    ) -> list[OutboxIntent]:
+        """Take up to ``limit`` due notices nobody else holds (but ``exclude``); each counts one attempt."""
+        now = self._clock()
+        o = ApprovalOutboxRow
+        query = (
+            select(o)
+            .where(o.status == "pending", o.due_at <= now, o.lease_until.is_(None) | (o.lease_until < now))
+            .order_by(o.due_at, o.id)
+            .limit(limit)
+        )
+        if request_id is not None:
+            query = query.where(o.request_id == str(request_id))
+        if event_types:
+            query = query.where(o.event_type.in_(list(event_types)))
+        if exclude:
+            query = query.where(o.id.not_in(list(exclude)))
+        if self.store.is_postgres:
+            # Two senders never wait for each other: each takes the rows the other has not locked.
+            query = query.with_for_update(skip_locked=True)
+        with self.store.begin() as session:
+            rows = session.scalars(query).all()
+            for row in rows:
+                row.lease_until = now + self.lease
+                row.claimed_by = self.owner
+                row.attempts += 1
+                row.updated_at = now
+            session.flush()
+            return [OutboxIntent.from_row(r) for r in rows]
+
+    def _settle(self, intent_id: str, **values: object) -> bool:
+        # Only while we still hold it: a lease that ran out may have passed it to another sender,
+        # and a request that closed meanwhile has settled it already (plan_closed).
+        o = ApprovalOutboxRow
+        with self.store.begin() as session:
+            result = session.execute(
+                update(o)
+                .where(o.id == intent_id, o.status == "pending", o.claimed_by == self.owner)
+                .values(lease_until=None, updated_at=self._clock(), **values)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    def complete(self, intent_id: str, *, status: str, error: str | None = None) -> bool:
+        """The notice is done: ``sent``, ``failed`` (given up) or ``cancelled`` (no longer wanted)."""
+        return self._settle(intent_id, status=status, last_error=error[:4000] if error else None)
+
+    def retry(self, intent_id: str, *, at: dt.datetime, error: str) -> bool:
+        """Release the notice to be tried again at ``at`` (by any sender)."""
+        return self._settle(intent_id, due_at=at, last_error=error[:4000])
+
+    def release(self, intent_id: str) -> bool:
+        """Hand the notice back at once, e.g. to a sender that can resolve more recipients."""
+        return self._settle(intent_id, due_at=self._clock())
+
+    def plan_next_reminder(self, request_id: str, *, after: dt.datetime) -> bool:
+        """After a reminder went out, queue the next one (under the request's row lock)."""
+        with self.store.begin() as session:
+            row = session.scalar(
+                select(ApprovalRequestRow).where(ApprovalRequestRow.id == str(request_id)).with_for_update()
+            )
+            if row is None:
+                return False
+            return plan_reminder(session, row, after)
+
+    def next_due(self) -> dt.datetime | None:
+        """When the earliest pending notice can next be claimed (None: nothing is queued)."""
+        o = ApprovalOutboxRow
+        with self.store.session() as session:
+            due = session.scalar(select(func.min(o.due_at)).where(o.status == "pending", o.lease_until.is_(None)))
+            leased = session.scalar(select(func.min(o.lease_until)).where(o.status == "pending"))
+        times = [t for t in (due, leased) if t is not None]
+        return min(times) if times else None
+
+    def intents(self, request_id: str) -> list[OutboxIntent]:
+        """The request's queued and settled notices, oldest first."""
+        o = ApprovalOutboxRow
+        with self.store.session() as session:
+            rows = session.scalars(select(o).where(o.request_id == str(request_id)).order_by(o.created_at, o.id))
+            return [OutboxIntent.from_row(r) for r in rows]

@@ -1,0 +1,296 @@
+"""Decision to gate success: airflow-hitl's ApprovalOperator next to Airflow's native one (issue 12).
+
+Not a test: it prints figures. One real Airflow stack per executor (api-server, scheduler,
+triggerer, dag-processor; LocalExecutor, and CeleryExecutor on Redis 127.0.0.1:6379 with a
+Celery worker), Airflow's metadata DB and the approval store on PostgreSQL, both operators
+in the same stack:
+
+- ours: ``airflow_hitl.operators.approval.ApprovalOperator``, decided with
+  ``POST /hitl/api/v1/approvals/{id}/approve`` as soon as its request row exists (0 s) or
+  ``--late-delay`` seconds later; its trigger ends the task (no worker resume);
+- native: ``airflow.providers.standard.operators.hitl.ApprovalOperator``, decided with
+  ``PATCH /api/v2/.../hitlDetails`` as soon as its ``hitl_detail`` exists, or later.
+
+Resume = from the decision's HTTP response to the task instance's ``success`` as Airflow's
+REST API reports it (polled every 20 ms). A run whose gate ends in any other state is
+"lost". Timeout lateness = when the gate reached ``success`` minus its expiry (ours: the
+request's ``expires_at``; native: ``hitl_detail.created_at`` + ``response_timeout``), for
+5 s timeouts. Prints lost / p50 / p99 / max per scenario for both and ours/native ratios.
+
+Usage::
+
+    .venv/bin/python benchmarks/resume_vs_native.py [--runs 5] [--timeout-runs 5] [--late-delay 15]
+        [--executor local|celery|both] [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+from api_latency import fresh_databases  # noqa: E402
+
+from airflow_hitl.manager import ApprovalFilter  # noqa: E402
+from tests.e2e.harness import AirflowHarness, AirflowProcess  # noqa: E402
+
+TIMEOUT = dt.timedelta(seconds=5)
+POLL = 0.02
+
+DAGS = textwrap.dedent(
+    f'''
+    """Both operators side by side, for benchmarks/resume_vs_native.py."""
+    from __future__ import annotations
+
+    import datetime as dt
+
+    from airflow.providers.standard.operators.hitl import ApprovalOperator as NativeApproval
+    from airflow.sdk import DAG
+
+    from airflow_hitl.operators.approval import ApprovalOperator
+
+    START = dt.datetime(2026, 1, 1)
+    TIMEOUT = dt.timedelta(seconds={TIMEOUT.total_seconds()})
+
+    with DAG(dag_id="bench_ours", schedule=None, start_date=START, catchup=False, max_active_runs=50):
+        ApprovalOperator(task_id="gate", title="bench")
+    with DAG(dag_id="bench_native", schedule=None, start_date=START, catchup=False, max_active_runs=50):
+        NativeApproval(task_id="gate", subject="bench")
+    with DAG(dag_id="bench_ours_timeout", schedule=None, start_date=START, catchup=False, max_active_runs=50):
+        ApprovalOperator(task_id="gate", title="bench timeout", timeout=TIMEOUT, timeout_action="approve")
+    with DAG(dag_id="bench_native_timeout", schedule=None, start_date=START, catchup=False, max_active_runs=50):
+        NativeApproval(task_id="gate", subject="bench timeout", defaults=["Approve"], response_timeout=TIMEOUT)
+    '''
+)
+DAG_IDS = ("bench_ours", "bench_native", "bench_ours_timeout", "bench_native_timeout")
+
+
+class BenchHarness(AirflowHarness):
+    """The e2e harness, plus a Celery worker (started before the warm-up run needs it)."""
+
+    def __init__(self, *, celery: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.celery = celery
+
+    def warm_up(self, *, attempts: int = 3) -> None:
+        """Start the Celery worker first when the executor is Celery."""
+        if self.celery and "celery-worker" not in self.processes:
+            self.processes["celery-worker"] = AirflowProcess(
+                name="celery-worker",
+                argv=[self.airflow_bin, "celery", "worker", "--concurrency", "8"],
+                env=self.env,
+                log_path=self.logs_folder / "celery-worker.log",
+            )
+        super().warm_up(attempts=attempts)
+
+
+@dataclass
+class Scenario:
+    """Samples of one operator in one scenario."""
+
+    name: str
+    values: list[float] = field(default_factory=list)
+    lost: int = 0
+
+    def add(self, value: float | None) -> None:
+        """A measured value, or None for a lost run."""
+        if value is None:
+            self.lost += 1
+        else:
+            self.values.append(value)
+
+    def p(self, q: float) -> float | None:
+        """The q-quantile (nearest rank) of the values."""
+        if not self.values:
+            return None
+        ordered = sorted(self.values)
+        return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _ti_path(dag_id: str, run_id: str) -> str:
+    return f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/gate"
+
+
+def _wait(check: Any, timeout: float = 300.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark step timed out")
+        time.sleep(POLL)
+
+
+def _end_state(h: AirflowHarness, dag_id: str, run_id: str) -> tuple[str, float]:
+    """Poll the gate's task instance until it ends; return its state and when it was seen."""
+
+    def ended() -> tuple[str, float] | None:
+        state = h.api("GET", _ti_path(dag_id, run_id)).json()["state"]
+        if state in ("success", "failed", "skipped", "upstream_failed", "up_for_retry"):
+            return state, time.monotonic()
+        return None
+
+    return _wait(ended)  # type: ignore[no-any-return]
+
+
+def _open_ours(h: AirflowHarness, dag_id: str, run_id: str) -> Any:
+    def opened() -> Any:
+        items, _ = h.manager.pending(ApprovalFilter(dag_id=dag_id, run_id=run_id))
+        return items[0] if items else None
+
+    return _wait(opened)
+
+
+def _open_native(h: AirflowHarness, dag_id: str, run_id: str) -> dict[str, Any]:
+    def opened() -> dict[str, Any] | None:
+        response = h.api("GET", f"{_ti_path(dag_id, run_id)}/-1/hitlDetails", expect=None)
+        return dict(response.json()) if response.status_code == 200 else None
+
+    return _wait(opened)  # type: ignore[no-any-return]
+
+
+def decide_once(h: AirflowHarness, kind: str, delay: float) -> float | None:
+    """One run: open the gate, decide after ``delay`` s, return decision -> success (None: lost)."""
+    dag_id = f"bench_{kind}"
+    run_id = h.trigger(dag_id, unpause=False, run_id=f"{kind}_{uuid.uuid4().hex[:10]}")
+    if kind == "ours":
+        approval = _open_ours(h, dag_id, run_id)
+        opened = time.monotonic()
+        time.sleep(max(0.0, delay - (time.monotonic() - opened)))
+        h.api("POST", f"/hitl/api/v1/approvals/{approval.id}/approve", json_body={"comment": "bench"})
+    else:
+        _open_native(h, dag_id, run_id)
+        opened = time.monotonic()
+        time.sleep(max(0.0, delay - (time.monotonic() - opened)))
+        h.api(
+            "PATCH",
+            f"{_ti_path(dag_id, run_id)}/-1/hitlDetails",
+            json_body={"chosen_options": ["Approve"], "params_input": {}},
+        )
+    decided = time.monotonic()
+    state, seen = _end_state(h, dag_id, run_id)
+    return seen - decided if state == "success" else None
+
+
+def timeout_once(h: AirflowHarness, kind: str) -> float | None:
+    """One run of a 5 s timeout: seconds from expiry to the gate's success (None: lost)."""
+    dag_id = f"bench_{kind}_timeout"
+    run_id = h.trigger(dag_id, unpause=False, run_id=f"{kind}_t_{uuid.uuid4().hex[:10]}")
+    if kind == "ours":
+        expires = _open_ours(h, dag_id, run_id).expires_at.timestamp()
+    else:
+        created = _open_native(h, dag_id, run_id)["created_at"]
+        expires = dt.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() + TIMEOUT.total_seconds()
+    state, seen = _end_state(h, dag_id, run_id)
+    # Wall-clock expiry against a monotonic observation: convert the observation to wall time.
+    seen_wall = time.time() - (time.monotonic() - seen)
+    return seen_wall - expires if state == "success" else None
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _ratio(ours: float | None, native: float | None) -> str:
+    return "-" if ours is None or not native else f"{ours / native:.2f}"
+
+
+def print_table(executor: str, results: dict[str, dict[str, Scenario]]) -> None:
+    """One row per scenario: both operators and ours/native."""
+    print(f"\n{executor}: ours vs Airflow native ApprovalOperator (seconds)")
+    head = f"{'scenario':<24} {'op':<7} {'n':>3} {'lost':>4} {'p50':>7} {'p99':>7} {'max':>7}"
+    print(head + f" {'p50 ratio':>10}")
+    print("-" * (len(head) + 11))
+    for name, pair in results.items():
+        for kind in ("ours", "native"):
+            s = pair[kind]
+            ratio = _ratio(pair["ours"].p(0.5), pair["native"].p(0.5)) if kind == "ours" else ""
+            print(
+                f"{name:<24} {kind:<7} {len(s.values) + s.lost:>3} {s.lost:>4} {_fmt(s.p(0.5)):>7} "
+                f"{_fmt(s.p(0.99)):>7} {_fmt(max(s.values) if s.values else None):>7} {ratio:>10}"
+            )
+    print(
+        "resume = decision HTTP response -> task success in Airflow's REST API; "
+        "timeout = gate success - expiry; lost = gate ended in another state"
+    )
+
+
+def bench(executor: str, args: argparse.Namespace) -> dict[str, dict[str, Scenario]]:
+    """Start a stack for ``executor``, run every scenario, stop it."""
+    suffix = uuid.uuid4().hex[:8]
+    with fresh_databases(args.pg, f"bench_resume_af_{suffix}", f"bench_resume_store_{suffix}") as (meta, store):
+        root = Path(tempfile.mkdtemp(prefix=f"resume-{executor}-"))
+        dag_dir = root / "bench-dags"
+        dag_dir.mkdir()
+        (dag_dir / "bench_resume.py").write_text(DAGS)
+        celery = executor == "celery"
+        h = BenchHarness(root=root / "stack", extra_dag_dirs=[dag_dir], metadata_db_url=meta, celery=celery)
+        h.store_url = store
+        env = {
+            "AIRFLOW_HITL_STORE_URL": store,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": meta,
+            "AIRFLOW__CORE__PARALLELISM": "8",
+        }
+        if celery:
+            env.update(
+                {
+                    "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                    "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{args.redis_db}",
+                    "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + meta,
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": "8",
+                }
+            )
+        h.env.update(env)
+        print(f"starting {executor} stack in {root}", file=sys.stderr)
+        h.start()
+        try:
+            for dag_id in DAG_IDS:
+                h.unpause(dag_id)
+            results: dict[str, dict[str, Scenario]] = {}
+            for delay in (0.0, args.late_delay):
+                name = f"decision at {delay:g} s"
+                pair = {"ours": Scenario(name), "native": Scenario(name)}
+                for i in range(args.runs):
+                    for kind in ("ours", "native") if i % 2 == 0 else ("native", "ours"):
+                        pair[kind].add(decide_once(h, kind, delay))
+                results[name] = pair
+                print(f"{executor}: {name} done", file=sys.stderr)
+            pair = {"ours": Scenario("timeout"), "native": Scenario("timeout")}
+            for i in range(args.timeout_runs):
+                for kind in ("ours", "native") if i % 2 == 0 else ("native", "ours"):
+                    pair[kind].add(timeout_once(h, kind))
+            results[f"{TIMEOUT.total_seconds():g} s timeout late by"] = pair
+            return results
+        finally:
+            h.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison on the chosen executors and print a table per executor."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="decisions per operator per delay (default 5)")
+    parser.add_argument("--timeout-runs", type=int, default=5, help="5 s timeouts per operator (default 5)")
+    parser.add_argument("--late-delay", type=float, default=15.0, help="the later decision's delay (default 15)")
+    parser.add_argument("--executor", choices=("local", "celery", "both"), default="local")
+    parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--redis-db", type=int, default=7, help="Redis database for the Celery broker")
+    args = parser.parse_args(argv)
+    executors = ("local", "celery") if args.executor == "both" else (args.executor,)
+    for executor in executors:
+        print_table(executor, bench(executor, args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,254 @@
+"""ApprovalTrigger ending the gate itself: Airflow's task end events with the decision as XCom.
+
+Run in a real event loop against a real store (SQLite and PostgreSQL). ``attach`` hands the
+trigger a task instance the way the triggerer does; without one (``airflow dags test``) the
+trigger falls back to a plain event for ``execute_complete``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from airflow.models.trigger import handle_event_submit
+from airflow.triggers.base import (
+    BaseTaskEndEvent,
+    TaskFailedEvent,
+    TaskSkippedEvent,
+    TaskSuccessEvent,
+    TriggerEvent,
+)
+from airflow.utils.state import TaskInstanceState
+
+from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.models.store import ApprovalStore, reset_stores
+from airflow_hitl.policy import EscalationLevel, Principal
+from airflow_hitl.triggers.approval import ApprovalTrigger
+from tests.helpers import spec
+
+ALICE = Principal.of("alice")
+CAROL = Principal.of("carol")
+
+
+@pytest.fixture(autouse=True)
+def store_url(store: ApprovalStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Point triggers at the test store without an Airflow connection lookup."""
+    monkeypatch.setenv("AIRFLOW_HITL_STORE_URL", store.url)
+    yield store.url
+    reset_stores()
+
+
+def attach(trigger: ApprovalTrigger) -> ApprovalTrigger:
+    """Give the trigger the task instance the triggerer would set (only its identity is read)."""
+    trigger.task_instance = SimpleNamespace(  # type: ignore[assignment]
+        dag_id="release", run_id="manual__1", task_id="gate", map_index=-1, try_number=1
+    )
+    return trigger
+
+
+def gate_trigger(request_id: str, poll_interval: float = 0.2) -> ApprovalTrigger:
+    return attach(ApprovalTrigger(request_id=request_id, end_task=True, poll_interval=poll_interval))
+
+
+async def next_event(trigger: ApprovalTrigger, timeout: float = 30.0) -> TriggerEvent:
+    """Run the trigger until its first event, as the triggerer would."""
+    events = trigger.run()
+    try:
+        return await asyncio.wait_for(events.__anext__(), timeout)
+    finally:
+        await events.aclose()
+
+
+def first(trigger: ApprovalTrigger, timeout: float = 30.0) -> TriggerEvent:
+    return asyncio.run(next_event(trigger, timeout))
+
+
+def later(delay: float, fn: Any, *args: Any, **kwargs: Any) -> threading.Thread:
+    """Call ``fn`` from another thread after ``delay`` seconds (a person deciding)."""
+
+    def run() -> None:
+        time.sleep(delay)
+        fn(*args, **kwargs)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+class TestDecisions:
+    def test_approval_succeeds_with_the_summary_as_return_value(self, manager: ApprovalManager) -> None:
+        approval = manager.create(spec())
+        later(0.3, manager.approve, approval.id, user=ALICE, comment="ship it")
+        event = first(gate_trigger(approval.id))
+        assert isinstance(event, TaskSuccessEvent)
+        assert event.task_instance_state == TaskInstanceState.SUCCESS
+        assert event.xcoms is not None
+        summary = event.xcoms["return_value"]
+        assert summary["request_id"] == approval.id
+        assert summary["state"] == "approved"
+        assert summary["approved"] is True
+        assert summary["decided_by"] == "alice"
+        assert [(v["user"], v["vote"], v["comment"]) for v in summary["votes"]] == [("alice", "approve", "ship it")]
+
+    def test_rejection_fails_with_the_summary_as_decision(self, manager: ApprovalManager) -> None:
+        approval = manager.create(spec())
+        later(0.3, manager.reject, approval.id, user=ALICE, reason="metrics regressed")
+        event = first(gate_trigger(approval.id))
+        assert isinstance(event, TaskFailedEvent)
+        assert event.xcoms is not None and set(event.xcoms) == {"decision"}
+        assert event.xcoms["decision"]["state"] == "rejected"
+        assert event.xcoms["decision"]["approved"] is False
+
+    def test_rejection_with_on_reject_skip_skips(self, manager: ApprovalManager) -> None:
+        approval = manager.create(spec(on_reject="skip"))
+        manager.reject(approval.id, user=ALICE, reason="not this week")
+        event = first(gate_trigger(approval.id))
+        assert isinstance(event, TaskSkippedEvent)
+        assert event.xcoms is not None and event.xcoms["decision"]["state"] == "rejected"
+
+    def test_cancel_fails_even_with_on_reject_skip(self, manager: ApprovalManager) -> None:
+        approval = manager.create(spec(on_reject="skip"))
+        later(0.3, manager.cancel, approval.id, actor="ops", reason="release withdrawn")
+        event = first(gate_trigger(approval.id))
+        assert isinstance(event, TaskFailedEvent)
+        assert event.xcoms is not None and event.xcoms["decision"]["state"] == "cancelled"
+
+    @pytest.mark.parametrize(
+        ("action", "expected", "decision"),
+        [
+            pytest.param("approve", TaskSuccessEvent, "approved", id="approve"),
+            pytest.param("reject", TaskFailedEvent, "rejected", id="reject"),
+        ],
+    )
+    def test_timeout_applies_its_action(
+        self, manager: ApprovalManager, action: str, expected: type[BaseTaskEndEvent], decision: str
+    ) -> None:
+        approval = manager.create(spec(timeout=dt.timedelta(seconds=1), timeout_action=action))
+        event = first(gate_trigger(approval.id, poll_interval=60))
+        assert type(event) is expected
+        assert event.xcoms is not None
+        summary = next(iter(event.xcoms.values()))
+        assert summary["state"] == "timeout"
+        assert summary["decision"] == decision
+        assert manager.get(approval.id).decision_source == "timeout"
+
+    def test_missing_request_fails_the_task(self) -> None:
+        event = first(gate_trigger("00000000-0000-4000-8000-000000000000"))
+        assert isinstance(event, TaskFailedEvent)
+
+
+class TestEscalation:
+    def test_escalation_keeps_waiting_then_the_new_approver_decides(self, manager: ApprovalManager) -> None:
+        approval = manager.create(
+            spec(
+                allowed_approvers=["bob"],
+                timeout=dt.timedelta(seconds=1),
+                timeout_action="escalate",
+                escalation_targets=[EscalationLevel(approvers=("carol",), timeout=dt.timedelta(seconds=60))],
+                escalation_final_action="reject",
+            )
+        )
+
+        async def main() -> tuple[TriggerEvent, int]:
+            waiting = asyncio.create_task(next_event(gate_trigger(approval.id, poll_interval=0.3), timeout=60))
+            # Wait for the escalation itself (a condition, not a sleep), then check the trigger still waits.
+            deadline = time.monotonic() + 30
+            while (await asyncio.to_thread(manager.get, approval.id)).escalation_level == 0:
+                assert time.monotonic() < deadline, "the trigger never applied the escalation"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            still_waiting = not waiting.done()
+            await asyncio.to_thread(manager.approve, approval.id, user=CAROL)
+            return await waiting, int(still_waiting)
+
+        event, still_waiting = asyncio.run(main())
+        assert still_waiting == 1, "the trigger yielded on escalation instead of waiting"
+        assert isinstance(event, TaskSuccessEvent)
+        assert event.xcoms is not None
+        assert event.xcoms["return_value"]["escalation_level"] == 1
+        assert event.xcoms["return_value"]["decided_by"] == "carol"
+
+    def test_last_level_expiring_applies_the_final_action(self, manager: ApprovalManager) -> None:
+        approval = manager.create(
+            spec(
+                allowed_approvers=["bob"],
+                timeout=dt.timedelta(seconds=1),
+                timeout_action="escalate",
+                escalation_targets=[EscalationLevel(approvers=("carol",), timeout=dt.timedelta(seconds=1))],
+                escalation_final_action="reject",
+            )
+        )
+        event = first(gate_trigger(approval.id, poll_interval=60), timeout=60)
+        assert isinstance(event, TaskFailedEvent)
+        assert event.xcoms is not None
+        assert event.xcoms["decision"]["state"] == "timeout"
+        assert event.xcoms["decision"]["escalation_level"] == 1
+        assert [e.event_type for e in manager.events(approval.id)] == ["requested", "escalated", "timeout"]
+
+
+class TestFallback:
+    def test_without_a_triggerer_task_instance_it_yields_a_plain_event(self, manager: ApprovalManager) -> None:
+        # ``airflow dags test`` runs the trigger inline and resumes the task with the payload.
+        approval = manager.create(spec())
+        manager.approve(approval.id, user=ALICE)
+        event = first(ApprovalTrigger(request_id=approval.id, end_task=True))
+        assert type(event) is TriggerEvent
+        assert event.payload == {"request_id": approval.id, "status": "decided", "state": "approved"}
+
+    def test_older_trigger_yields_on_escalation(self, manager: ApprovalManager) -> None:
+        approval = manager.create(
+            spec(
+                timeout=dt.timedelta(seconds=1),
+                timeout_action="escalate",
+                escalation_targets=[EscalationLevel(approvers=("carol",), timeout=dt.timedelta(seconds=60))],
+                escalation_final_action="reject",
+            )
+        )
+        event = first(attach(ApprovalTrigger(request_id=approval.id, poll_interval=60)))
+        assert event.payload == {"request_id": approval.id, "status": "escalated", "state": "escalated"}
+
+
+class TestOnKill:
+    def test_on_kill_cancels_the_request(self, manager: ApprovalManager) -> None:
+        approval = manager.create(spec())
+        asyncio.run(gate_trigger(approval.id).on_kill())
+        assert manager.get(approval.id).state == "cancelled"
+
+
+class TestAirflowContract:
+    """What ending the gate from the trigger relies on in Airflow (see also tests/e2e/test_resume_e2e.py)."""
+
+    def test_task_end_events_have_their_own_submit_handler(self) -> None:
+        # The triggerer hands every event to handle_event_submit; the BaseTaskEndEvent variant sets
+        # the final state (no worker resume). If Airflow drops it, our events would resume a worker.
+        generic = handle_event_submit.dispatch(TriggerEvent)
+        for event_class in (TaskSuccessEvent, TaskFailedEvent, TaskSkippedEvent):
+            assert handle_event_submit.dispatch(event_class) is handle_event_submit.dispatch(BaseTaskEndEvent)
+            assert handle_event_submit.dispatch(event_class) is not generic
+
+    @pytest.mark.parametrize(
+        ("event", "state"),
+        [
+            pytest.param(TaskSuccessEvent(xcoms={"return_value": {"a": 1}}), TaskInstanceState.SUCCESS, id="success"),
+            pytest.param(TaskFailedEvent(xcoms={"decision": {"a": 1}}), TaskInstanceState.FAILED, id="failed"),
+            pytest.param(TaskSkippedEvent(xcoms={"decision": {"a": 1}}), TaskInstanceState.SKIPPED, id="skipped"),
+        ],
+    )
+    def test_end_events_carry_state_and_xcoms_through_serialization(
+        self, event: BaseTaskEndEvent, state: TaskInstanceState
+    ) -> None:
+        # The trigger subprocess sends its events to the triggerer as JSON; both fields must survive.
+        from airflow.triggers.base import DiscrimatedTriggerEvent
+        from pydantic import TypeAdapter
+
+        adapter: TypeAdapter[Any] = TypeAdapter(DiscrimatedTriggerEvent)
+        back = adapter.validate_json(adapter.dump_json(event))
+        assert isinstance(back, BaseTaskEndEvent)
+        assert back.task_instance_state == state
+        assert back.xcoms == event.xcoms
