@@ -123,3 +123,13 @@ class StoreOutcomeUnknown(StoreUnavailable):
     Never reported as a failure: the caller must look (GET the request) before retrying;
     a retried vote that did land is refused as already voted, never counted twice.
     """
+
+
+class LinkAlreadyUsed(HitlError):
+    """An emailed action link was already used once; links work once."""
+
+    status_code = 410
+
+    def __init__(self, notification_id: str) -> None:
+        self.notification_id = notification_id
+        super().__init__("this link has already been used")

@@ -38,6 +38,7 @@ from airflow_hitl.exceptions import (
     ApprovalNotFound,
     ApprovalNotPending,
     InvalidInput,
+    LinkAlreadyUsed,
     NotAllowed,
     StoreOutcomeUnknown,
     StoreUnavailable,
@@ -55,7 +56,6 @@ from airflow_hitl.models.tables import (
     ApprovalRequestRow,
     ApprovalVoteRow,
 )
-from airflow_hitl.notifications.record import LinkAlreadyUsed, Notification
 from airflow_hitl.policy import (
     ConfigProblems,
     Eligibility,
@@ -65,7 +65,7 @@ from airflow_hitl.policy import (
     quorum_reached,
     str_list,
 )
-from airflow_hitl.records import Approval, WaitState, policy_of
+from airflow_hitl.records import Approval, Notification, WaitState, policy_of
 from airflow_hitl.settings import HitlSettings
 from airflow_hitl.vocabulary import APPROVAL_TYPES, CHANNELS, FINAL_ACTIONS, ON_REJECT, TERMINAL_STATES, VOTE_SOURCES
 

@@ -32,10 +32,9 @@ from airflow_hitl.notifications.channels import (
 )
 from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.recipients import UserDirectory
-from airflow_hitl.notifications.record import Notification
 from airflow_hitl.notifications.signing import LinkClaims, link_expiry, make_token, signing_key
 from airflow_hitl.notifications.templates import RenderedMessage, render, template_context
-from airflow_hitl.records import Approval
+from airflow_hitl.records import Approval, Notification
 from airflow_hitl.settings import HitlSettings
 from airflow_hitl.vocabulary import ACTION_EVENTS, CHANNELS, EVENTS, FINAL_EVENTS, final_event
 

@@ -34,15 +34,21 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
 from airflow_hitl.api.routes.approvals import get_manager
-from airflow_hitl.exceptions import AlreadyVoted, ApprovalNotFound, ApprovalNotPending, InvalidInput, NotAllowed
+from airflow_hitl.exceptions import (
+    AlreadyVoted,
+    ApprovalNotFound,
+    ApprovalNotPending,
+    InvalidInput,
+    LinkAlreadyUsed,
+    NotAllowed,
+)
 from airflow_hitl.manager import ApprovalManager, utcnow
 from airflow_hitl.notifications.access import decider
 from airflow_hitl.notifications.dispatcher import details_url
 from airflow_hitl.notifications.recipients import UserDirectory
-from airflow_hitl.notifications.record import LinkAlreadyUsed, Notification
 from airflow_hitl.notifications.signing import LINK_ACTIONS, InvalidToken, LinkClaims, SigningKeyMissing, read_token
 from airflow_hitl.notifications.templates import html_env
-from airflow_hitl.records import Approval
+from airflow_hitl.records import Approval, Notification
 from airflow_hitl.settings import HitlSettings
 
 log = logging.getLogger(__name__)

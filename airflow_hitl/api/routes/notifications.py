@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from airflow_hitl.api.datamodels import MAX_ID_LENGTH
 from airflow_hitl.api.routes.approvals import ManagerDep
 from airflow_hitl.api.security import CallerDep, current_caller
-from airflow_hitl.notifications.record import Notification
+from airflow_hitl.records import Notification
 
 router = APIRouter(prefix="/notifications", tags=["notifications"], dependencies=[Depends(current_caller)])
 
