@@ -2,6 +2,8 @@
 
 Editing, deleting or reordering any event breaks every hash after it, which
 :func:`verify_chain` reports with the first sequence number that no longer matches.
+Events are appended by :mod:`airflow_hitl.transaction` when a transaction seals, and read
+back through :class:`AuditReader`.
 """
 
 from __future__ import annotations
@@ -9,9 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from airflow_hitl.models.tables import ApprovalEventRow
+
+if TYPE_CHECKING:
+    from airflow_hitl.models.store import ApprovalStore
 
 GENESIS_HASH = "0" * 64
 
@@ -91,3 +100,55 @@ def verify_chain(events: Iterable[Any]) -> ChainVerification:
         prev = ev.hash
         checked += 1
     return ChainVerification(ok=True, checked=checked)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditEvent:
+    """One audit trail entry."""
+
+    seq: int
+    request_id: str | None
+    event_type: str
+    actor: str | None
+    source: str
+    comment: str | None
+    details: dict[str, Any]
+    created_at: dt.datetime
+    hash: str
+
+
+class AuditReader:
+    """Reads the audit trail of a store (a part of :class:`~airflow_hitl.manager.ApprovalManager`)."""
+
+    store: ApprovalStore
+
+    def events(self, request_id: str | None = None) -> list[AuditEvent]:
+        """Audit events, oldest first; of one request when ``request_id`` is given."""
+        query = select(ApprovalEventRow).order_by(ApprovalEventRow.seq)
+        if request_id is not None:
+            query = query.where(ApprovalEventRow.request_id == str(request_id))
+        with self.store.session() as session:
+            return [
+                AuditEvent(
+                    seq=e.seq,
+                    request_id=e.request_id,
+                    event_type=e.event_type,
+                    actor=e.actor,
+                    source=e.source,
+                    comment=e.comment,
+                    details=dict(e.details or {}),
+                    created_at=e.created_at,
+                    hash=e.hash,
+                )
+                for e in session.scalars(query)
+            ]
+
+    def verify_audit_chain(self) -> ChainVerification:
+        """Walk the whole audit trail and check every hash."""
+        with self.store.session() as session:
+            rows: Iterator[ApprovalEventRow] = iter(
+                session.scalars(
+                    select(ApprovalEventRow).order_by(ApprovalEventRow.seq).execution_options(yield_per=1000)
+                )
+            )
+            return verify_chain(rows)

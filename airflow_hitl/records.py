@@ -163,7 +163,7 @@ class Approval:
         data["escalation_targets"] = [t.to_json() for t in self.escalation_targets]
         data["approvers"] = self.approvers
         data["approvals_needed"] = self.approvals_needed
-        return _jsonable(data)
+        return jsonable(data)
 
 
 def policy_of(row: Approval | ApprovalRequestRow) -> PolicyView:
@@ -178,13 +178,14 @@ def policy_of(row: Approval | ApprovalRequestRow) -> PolicyView:
     )
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """A JSON-ready copy of a stored value: ISO datetimes, lists for tuples (every output uses it)."""
     if isinstance(value, dt.datetime):
         return value.isoformat()
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 

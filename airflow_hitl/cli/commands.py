@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from airflow_hitl.exceptions import HitlError
-from airflow_hitl.manager import ApprovalFilter, ApprovalManager
+from airflow_hitl.manager import ApprovalFilter, ApprovalManager, Decision
 from airflow_hitl.models.schema import ensure_schema, migrate, schema_status
 from airflow_hitl.models.store import ApprovalStore, resolve_store_url, sqlite_file
 from airflow_hitl.models.tables import STATES
@@ -204,8 +204,9 @@ def approvals_approve(args: argparse.Namespace) -> None:
     """Approve a request as ``--user``, under the request's policy (source ``cli``)."""
     _decide(
         args,
-        lambda manager, request_id, user: manager.approve(
-            request_id, user=user, comment=args.comment, source=CLI_SOURCE, client=_cli_client()
+        lambda manager, request_id, user: manager.decide(
+            request_id,
+            Decision(action="approve", user=user, comment=args.comment, source=CLI_SOURCE, client=_cli_client()),
         ),
     )
 
@@ -214,13 +215,16 @@ def approvals_reject(args: argparse.Namespace) -> None:
     """Reject a request as ``--user`` with ``--reason``, under the request's policy (source ``cli``)."""
     _decide(
         args,
-        lambda manager, request_id, user: manager.reject(
+        lambda manager, request_id, user: manager.decide(
             request_id,
-            user=user,
-            reason=args.reason or "",
-            comment=args.comment,
-            source=CLI_SOURCE,
-            client=_cli_client(),
+            Decision(
+                action="reject",
+                user=user,
+                reason=args.reason or "",
+                comment=args.comment,
+                source=CLI_SOURCE,
+                client=_cli_client(),
+            ),
         ),
     )
 
@@ -229,11 +233,14 @@ def approvals_cancel(args: argparse.Namespace) -> None:
     """Cancel a waiting request as ``--user`` with ``--reason`` (source ``cli``)."""
     _decide(
         args,
-        lambda manager, request_id, user: manager.cancel(
+        lambda manager, request_id, user: manager.decide(
             request_id,
-            actor=user.name,
-            reason=args.reason or "",
-            source=CLI_SOURCE,
-            client={**_cli_client(), "comment": args.comment} if args.comment else _cli_client(),
+            Decision(
+                action="cancel",
+                user=user,
+                reason=args.reason or "",
+                source=CLI_SOURCE,
+                client={**_cli_client(), "comment": args.comment} if args.comment else _cli_client(),
+            ),
         ),
     )

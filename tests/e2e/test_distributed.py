@@ -12,7 +12,6 @@ The tests run in file order; the triggerer crash is last because it leaves one t
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import threading
@@ -27,6 +26,7 @@ from sqlalchemy import create_engine, text
 
 from airflow_hitl.manager import ApprovalFilter
 from tests.e2e.harness import AirflowHarness, HarnessError, free_port, wait_until
+from tests.e2e.links import find_links, submit_link
 from tests.notifications.conftest import SmtpSink, _Handler
 
 pytestmark = pytest.mark.e2e
@@ -242,11 +242,10 @@ class TestEmailedLinkForFabUser:
         assert (notice.recipient, notice.status) == ("alice", "sent"), notice
         mail = wait_until(lambda: next(iter(smtp.to("alice@example.com")), None), timeout=60, what="alice's email")
         text_part = mail.get_body(("plain",)).get_content()
-        link = re.search(re.escape(stack.base_url) + r"(/hitl/links/[\w\-]+\.[\w\-]+)", text_part)
-        assert link, text_part
+        links = find_links(stack.base_url, text_part)
+        assert links, text_part
         with httpx.Client(base_url=stack.base_urls[1], timeout=60, trust_env=False) as browser:
-            assert browser.get(link.group(1)).status_code == 200
-            done = browser.post(link.group(1), data={"comment": "by email"})
+            _, done = submit_link(browser, links[0], comment="by email")
             assert done.status_code == 200, done.text
         decided = stack.manager.get(approval.id)
         assert decided.state == "approved"

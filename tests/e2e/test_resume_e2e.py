@@ -13,7 +13,6 @@ again (or drops the XCom), it fails.
 from __future__ import annotations
 
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from sqlalchemy import create_engine, text
 
 from airflow_hitl.policy import Principal
 from tests.e2e.harness import AirflowHarness, HarnessError, free_port, wait_until
+from tests.e2e.links import find_links, submit_link
 from tests.notifications.conftest import SmtpSink, _Handler, notify_environment
 
 pytestmark = pytest.mark.e2e
@@ -373,11 +373,12 @@ class TestSmtpOutage:
 
         alice = next(m for m in mails() if "alice" in str(m["To"]))
         body = alice.get_body(("plain",)).get_content()
-        links = re.findall(re.escape(airflow.base_url) + r"(/hitl/links/[\w\-]+\.[\w\-]+)", body)
+        links = find_links(airflow.base_url, body)
         assert links, body
         with httpx.Client(base_url=airflow.base_url, timeout=60, trust_env=False) as browser:
             approve = next(link for link in links if "Approve as alice" in browser.get(link).text)
-            assert browser.post(approve, data={"comment": "after the outage"}).status_code == 200
+            _, done = submit_link(browser, approve, comment="after the outage")
+            assert done.status_code == 200, done.text
         airflow.wait_for_run_state(dag_id, run_id, "success")
         decided = airflow.manager.get(approval.id)
         assert [(v.user, v.source) for v in decided.votes] == [("alice", "email")]

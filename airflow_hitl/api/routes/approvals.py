@@ -48,9 +48,9 @@ from airflow_hitl.api.security import (
 )
 from airflow_hitl.exceptions import HitlError, InvalidInput
 from airflow_hitl.limits import INT32_MAX, text_problem, time_problem
-from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec
+from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec, Decision
 from airflow_hitl.policy import EscalationLevel
-from airflow_hitl.records import Approval
+from airflow_hitl.records import Approval, jsonable
 from airflow_hitl.vocabulary import STATES, TERMINAL_STATES
 
 router = APIRouter(
@@ -156,17 +156,6 @@ _ITEM_FIELDS = tuple(
 _VOTE_FIELDS = tuple(VoteResponse.model_fields)
 
 
-def _plain(value: Any) -> Any:
-    # JSON-ready copies of stored values: ISO datetimes, lists for tuples.
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def _item(approval: Approval, caller: Caller | None = None, manager: ApprovalManager | None = None) -> dict[str, Any]:
     """The API form of ``approval`` (the fields of :class:`ApprovalResponse`).
 
@@ -177,11 +166,11 @@ def _item(approval: Approval, caller: Caller | None = None, manager: ApprovalMan
     data: dict[str, Any] = {}
     for name in _ITEM_FIELDS:
         if name == "votes":
-            data[name] = [{f: _plain(getattr(v, f)) for f in _VOTE_FIELDS} for v in approval.votes]
+            data[name] = [{f: jsonable(getattr(v, f)) for f in _VOTE_FIELDS} for v in approval.votes]
         elif name == "escalation_targets":
             data[name] = [t.to_json() for t in approval.escalation_targets]
         else:
-            data[name] = _plain(getattr(approval, name))
+            data[name] = jsonable(getattr(approval, name))
     # Only the pending list and the single item say what the caller may do; null elsewhere.
     data["can_approve"] = data["can_approve_reason"] = data["notices"] = None
     if caller is not None and manager is not None:
@@ -460,16 +449,10 @@ def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Re
 @router.post("/{approval_id}/approve", response_model=ApprovalResponse, summary="Approve", responses=_DECISION_ERRORS)
 def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Vote to approve; the request is approved once its quorum is reached."""
-    decided = manager.approve(
-        canonical_approval_id(approval_id),
-        user=caller.principal,
-        comment=body.comment,
-        metadata=body.metadata,
-        source="api",
-        client=client_of(request),
-        dag_access=caller.edit_refusal,
+    decision = decision_of(
+        caller, "approve", source="api", client=client_of(request), comment=body.comment, metadata=body.metadata
     )
-    return _json(_item(decided))
+    return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
 
 @router.post(
@@ -480,16 +463,10 @@ def approve(approval_id: str, body: ApproveBody, request: Request, caller: Calle
 )
 def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Reject; one allowed rejection rejects the request at once."""
-    decided = manager.reject(
-        canonical_approval_id(approval_id),
-        user=caller.principal,
-        reason=body.reason,
-        comment=body.comment,
-        source="api",
-        client=client_of(request),
-        dag_access=caller.edit_refusal,
+    decision = decision_of(
+        caller, "reject", source="api", client=client_of(request), comment=body.comment, reason=body.reason
     )
-    return _json(_item(decided))
+    return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
 
 @router.post(
@@ -500,15 +477,8 @@ def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerD
 )
 def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Withdraw a waiting request; its task fails. Needs edit access to the DAG."""
-    cancelled = manager.cancel(
-        canonical_approval_id(approval_id),
-        actor=caller.name,
-        reason=body.reason,
-        source="api",
-        client=client_of(request),
-        dag_access=caller.edit_refusal,
-    )
-    return _json(_item(cancelled))
+    decision = decision_of(caller, "cancel", source="api", client=client_of(request), reason=body.reason)
+    return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
 
 @router.post(
@@ -522,6 +492,29 @@ def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDe
     return _json(decide_many(body, caller=caller, manager=manager, client=client_of(request)))
 
 
+def decision_of(
+    caller: Caller,
+    action: str,
+    *,
+    source: str,
+    client: Mapping[str, Any],
+    comment: str | None = None,
+    reason: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Decision:
+    """The :class:`Decision` of an authenticated caller; their edit access is asked under the row lock."""
+    return Decision(
+        action=action,
+        user=caller.principal,
+        source=source,
+        comment=comment,
+        reason=reason,
+        metadata=metadata,
+        client=client,
+        dag_access=caller.edit_refusal,
+    )
+
+
 def decide_many(
     body: BulkBody, *, caller: Caller, manager: ApprovalManager, client: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -530,34 +523,15 @@ def decide_many(
     for raw_id in body.ids:
         try:
             approval_id = canonical_approval_id(raw_id)
-            if body.action == "approve":
-                done = manager.approve(
-                    approval_id,
-                    user=caller.principal,
-                    comment=body.comment,
-                    source="bulk",
-                    client=client,
-                    dag_access=caller.edit_refusal,
-                )
-            elif body.action == "reject":
-                done = manager.reject(
-                    approval_id,
-                    user=caller.principal,
-                    reason=body.reason or "",
-                    comment=body.comment,
-                    source="bulk",
-                    client=client,
-                    dag_access=caller.edit_refusal,
-                )
-            else:
-                done = manager.cancel(
-                    approval_id,
-                    actor=caller.name,
-                    reason=body.reason or "",
-                    source="bulk",
-                    client=client,
-                    dag_access=caller.edit_refusal,
-                )
+            decision = decision_of(
+                caller,
+                body.action,
+                source="bulk",
+                client=client,
+                comment=body.comment if body.action != "cancel" else None,
+                reason=body.reason,
+            )
+            done = manager.decide(approval_id, decision)
             results.append(BulkItemResult(id=approval_id, ok=True, status_code=200, state=done.state))
         except HitlError as err:
             detail = getattr(err, "reason", None) or str(err)

@@ -42,7 +42,7 @@ from airflow_hitl.exceptions import (
     LinkAlreadyUsed,
     NotAllowed,
 )
-from airflow_hitl.manager import ApprovalManager, utcnow
+from airflow_hitl.manager import ApprovalManager, Decision, LinkUse, utcnow
 from airflow_hitl.notifications.access import decider
 from airflow_hitl.notifications.dispatcher import details_url
 from airflow_hitl.notifications.recipients import UserDirectory
@@ -237,20 +237,20 @@ def _decide(manager: ApprovalManager, fields: dict[str, list[str]], client: dict
     eligibility = manager.can_approve(user, link.approval, action=claims.action)
     if not eligibility.allowed:
         return _refusal(LinkRefused(403, "Not allowed", eligibility.reason or "You may not decide this request."))
+    decision = Decision(
+        action=claims.action,
+        user=user,
+        source="email",
+        comment=comment,
+        reason=reason or None,
+        client={**client, "via": "email_link", "notification_id": claims.notification_id},
+        # Used up in the vote's own transaction: a vote that is refused leaves the link usable.
+        link=LinkUse(notification_id=claims.notification_id, recipient=claims.recipient),
+    )
     try:
-        manager.consume_link(
-            claims.notification_id, request_id=claims.request_id, recipient=claims.recipient, action=claims.action
-        )
+        approval = manager.decide(claims.request_id, decision)
     except LinkAlreadyUsed:
         return _refusal(LinkRefused(410, "Link already used", "This link has already been used; links work once."))
-    details = {**client, "via": "email_link", "notification_id": claims.notification_id}
-    try:
-        if claims.action == "approve":
-            approval = manager.approve(claims.request_id, user=user, comment=comment, source="email", client=details)
-        else:
-            approval = manager.reject(
-                claims.request_id, user=user, reason=reason, comment=comment, source="email", client=details
-            )
     except (ApprovalNotPending, AlreadyVoted) as err:
         return _refusal(LinkRefused(409, "Not recorded", str(err), link.approval))
     except NotAllowed as err:

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response
 
 from airflow_hitl.api.routes.approvals import get_manager
 from airflow_hitl.exceptions import AlreadyVoted, ApprovalNotFound, ApprovalNotPending, HitlError, NotAllowed
-from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.manager import ApprovalManager, Decision
 from airflow_hitl.notifications.access import decider
 from airflow_hitl.notifications.channels import (
     APPROVE_ACTION_ID,
@@ -217,18 +217,22 @@ class SlackInteraction:
                 return self._tell(client, channel, "Could not open the rejection form; reject in Airflow instead.")
             return Response(status_code=200)
         try:
-            decided = self.manager.approve(
-                approval.id,
-                user=user,
-                source="slack",
-                client={"via": "slack", "slack_user_id": self.slack_user},
-            )
+            decided = self.manager.decide(approval.id, self._decision(user, "approve"))
         except (ApprovalNotPending, AlreadyVoted) as err:
             return self._tell(client, channel, f"Not recorded: {err}")
         except NotAllowed as err:
             return self._tell(client, channel, f"Not recorded: {err.reason}")
         self._update_message(client, decided, channel, ts)
         return Response(status_code=200)
+
+    def _decision(self, user: Principal, action: str, *, reason: str | None = None) -> Decision:
+        return Decision(
+            action=action,
+            user=user,
+            source="slack",
+            reason=reason,
+            client={"via": "slack", "slack_user_id": self.slack_user},
+        )
 
     # ------------------------------------------------------------------ view_submission
 
@@ -262,13 +266,7 @@ class SlackInteraction:
         if user is None:
             return error(f"Not recorded: {refusal}")
         try:
-            decided = self.manager.reject(
-                request_id,
-                user=user,
-                reason=reason,
-                source="slack",
-                client={"via": "slack", "slack_user_id": self.slack_user},
-            )
+            decided = self.manager.decide(request_id, self._decision(user, "reject", reason=reason))
         except NotAllowed as err:
             return error(f"Not recorded: {err.reason}")
         except HitlError as err:

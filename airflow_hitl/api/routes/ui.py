@@ -32,7 +32,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from airflow_hitl import __version__
 from airflow_hitl.api.datamodels import ApproveBody, BulkBody, RejectBody
-from airflow_hitl.api.routes.approvals import ManagerDep, canonical_approval_id, client_of, decide_many
+from airflow_hitl.api.routes.approvals import ManagerDep, canonical_approval_id, client_of, decide_many, decision_of
 from airflow_hitl.api.security import Caller, CallerDep, authenticate, require_same_site
 from airflow_hitl.exceptions import InvalidInput
 from airflow_hitl.records import Approval
@@ -200,33 +200,19 @@ def _answer(approval: Approval) -> JSONResponse:
 @decisions.post("/{approval_id}/approve")
 def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Approve from a page (recorded with source ``ui``)."""
-    return _answer(
-        manager.approve(
-            canonical_approval_id(approval_id),
-            user=caller.principal,
-            comment=body.comment,
-            metadata=body.metadata,
-            source="ui",
-            client=client_of(request),
-            dag_access=caller.edit_refusal,
-        )
+    decision = decision_of(
+        caller, "approve", source="ui", client=client_of(request), comment=body.comment, metadata=body.metadata
     )
+    return _answer(manager.decide(canonical_approval_id(approval_id), decision))
 
 
 @decisions.post("/{approval_id}/reject")
 def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Reject from a page (a reason is required; recorded with source ``ui``)."""
-    return _answer(
-        manager.reject(
-            canonical_approval_id(approval_id),
-            user=caller.principal,
-            reason=body.reason,
-            comment=body.comment,
-            source="ui",
-            client=client_of(request),
-            dag_access=caller.edit_refusal,
-        )
+    decision = decision_of(
+        caller, "reject", source="ui", client=client_of(request), comment=body.comment, reason=body.reason
     )
+    return _answer(manager.decide(canonical_approval_id(approval_id), decision))
 
 
 @decisions.post("/bulk")

@@ -1,0 +1,235 @@
+"""The notices of a request as the store records them: one row per channel, recipient and event.
+
+Sent by the outbox (:mod:`airflow_hitl.outbox`) through the channels of
+:mod:`airflow_hitl.notifications`; read by the pages (in-app notices, unread counts) and the
+email link handler, which uses a link up (:meth:`NoticeLog.consume_link`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from airflow_hitl.exceptions import InvalidInput, LinkAlreadyUsed
+from airflow_hitl.models.tables import NOTIFICATION_STATUSES, ApprovalNotificationRow
+from airflow_hitl.records import Notification
+from airflow_hitl.spec import json_safe
+from airflow_hitl.transaction import StoreTransactions
+from airflow_hitl.vocabulary import CHANNELS
+
+
+class NoticeLog(StoreTransactions):
+    """Records notices and their delivery (a part of :class:`~airflow_hitl.manager.ApprovalManager`)."""
+
+    _clock: Callable[[], dt.datetime]
+
+    def record_notification(
+        self,
+        *,
+        request_id: str,
+        channel: str,
+        recipient: str,
+        event_type: str,
+        subject: str | None = None,
+        body: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        status: str = "pending",
+        notification_id: str | None = None,
+        outbox_id: str | None = None,
+    ) -> Notification:
+        """Record one notice about to be sent (or, for ``in_app``, delivered by being written).
+
+        ``notification_id`` may be chosen by the caller: signed email links name the row
+        that carries them, so they are made before the row is written.
+        """
+        if channel not in CHANNELS:
+            raise InvalidInput("channel", f"must be one of {list(CHANNELS)}")
+        if status not in NOTIFICATION_STATUSES:
+            raise InvalidInput("status", f"must be one of {list(NOTIFICATION_STATUSES)}")
+        now = self._clock()
+        with self._transaction() as session:
+            row = ApprovalNotificationRow(
+                id=notification_id or str(uuid.uuid4()),
+                request_id=str(request_id),
+                channel=channel,
+                recipient=recipient[:320],
+                event_type=event_type,
+                status=status,
+                retry_count=0,
+                subject=subject[:500] if subject else subject,
+                body=body,
+                metadata_=json_safe(metadata or {}),
+                sent_at=now if status == "sent" else None,
+                failed_at=now if status == "failed" else None,
+                outbox_id=outbox_id,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            session.flush()
+            return Notification.from_row(row)
+
+    def _notification_row(self, session: Session, notification_id: str) -> ApprovalNotificationRow:
+        row = session.scalar(
+            select(ApprovalNotificationRow).where(ApprovalNotificationRow.id == str(notification_id)).with_for_update()
+        )
+        if row is None:
+            raise InvalidInput("notification_id", f"no notification {notification_id!r}")
+        return row
+
+    def mark_notification_sent(
+        self,
+        notification_id: str,
+        *,
+        retry_count: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Notification:
+        """The notice reached its channel; ``metadata`` is merged (e.g. Slack's message ``ts``)."""
+        now = self._clock()
+        with self._transaction() as session:
+            row = self._notification_row(session, notification_id)
+            row.status = "sent"
+            row.sent_at = now
+            row.error = None
+            row.next_attempt_at = None
+            if retry_count is not None:
+                row.retry_count = retry_count
+            if metadata:
+                row.metadata_ = {**(row.metadata_ or {}), **json_safe(metadata)}
+            row.updated_at = now
+            session.flush()
+            return Notification.from_row(row)
+
+    def mark_notification_failed(
+        self,
+        notification_id: str,
+        *,
+        error: str,
+        retry_count: int | None = None,
+        next_attempt_at: dt.datetime | None = None,
+    ) -> Notification:
+        """A send failed; with ``next_attempt_at`` it will be retried, without it it is final."""
+        now = self._clock()
+        with self._transaction() as session:
+            row = self._notification_row(session, notification_id)
+            row.status = "failed"
+            row.failed_at = now
+            row.error = error[:4000]
+            row.next_attempt_at = next_attempt_at
+            if retry_count is not None:
+                row.retry_count = retry_count
+            row.updated_at = now
+            session.flush()
+            return Notification.from_row(row)
+
+    def get_notification(self, notification_id: str) -> Notification:
+        """One notification by id."""
+        with self.store.session() as session:
+            row = session.get(ApprovalNotificationRow, str(notification_id))
+            if row is None:
+                raise InvalidInput("notification_id", f"no notification {notification_id!r}")
+            return Notification.from_row(row)
+
+    def list_notifications(
+        self,
+        *,
+        request_id: str | None = None,
+        recipient: str | None = None,
+        channel: str | None = None,
+        status: str | None = None,
+        event_type: str | None = None,
+        outbox_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> builtins.list[Notification]:
+        """Notifications, oldest (or newest) first, filtered by any of the given fields."""
+        n = ApprovalNotificationRow
+        query = select(n)
+        for column, value in (
+            (n.request_id, request_id),
+            (n.recipient, recipient),
+            (n.channel, channel),
+            (n.status, status),
+            (n.event_type, event_type),
+            (n.outbox_id, outbox_id),
+        ):
+            if value is not None:
+                query = query.where(column == str(value))
+        order = (n.created_at.desc(), n.id.desc()) if newest_first else (n.created_at, n.id)
+        query = query.order_by(*order).limit(limit).offset(offset)
+        with self.store.session() as session:
+            return [Notification.from_row(r) for r in session.scalars(query)]
+
+    def count_notifications(self, *, recipient: str, channel: str | None = None, status: str | None = None) -> int:
+        """How many notifications of ``recipient`` there are (on ``channel``, in ``status``)."""
+        n = ApprovalNotificationRow
+        query = select(func.count()).select_from(n).where(n.recipient == recipient)
+        if channel is not None:
+            query = query.where(n.channel == channel)
+        if status is not None:
+            query = query.where(n.status == status)
+        with self.store.session() as session:
+            return int(session.scalar(query) or 0)
+
+    def unread_count(self, recipient: str) -> int:
+        """In-app notifications of ``recipient`` not yet marked read."""
+        n = ApprovalNotificationRow
+        with self.store.session() as session:
+            return int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(n)
+                    .where(n.channel == "in_app", n.recipient == recipient, n.status == "sent")
+                )
+                or 0
+            )
+
+    def mark_read(self, recipient: str, notification_ids: Iterable[str] | None = None) -> int:
+        """Mark ``recipient``'s in-app notifications read (all, or the given ids); return how many."""
+        n = ApprovalNotificationRow
+        now = self._clock()
+        with self._transaction() as session:
+            query = select(n).where(n.channel == "in_app", n.recipient == recipient, n.status == "sent")
+            if notification_ids is not None:
+                query = query.where(n.id.in_([str(i) for i in notification_ids]))
+            rows = builtins.list(session.scalars(query))
+            for row in rows:
+                row.status = "read"
+                row.read_at = now
+                row.updated_at = now
+            session.flush()
+            return len(rows)
+
+    def consume_link(self, notification_id: str, *, request_id: str, recipient: str, action: str) -> Notification:
+        """Record that the emailed link of ``notification_id`` was used; :class:`LinkAlreadyUsed` if it was.
+
+        The row lock makes two simultaneous uses of one link produce exactly one success.
+        """
+        now = self._clock()
+        with self._transaction() as session:
+            return self._use_link(
+                session, notification_id, request_id=request_id, recipient=recipient, action=action, now=now
+            )
+
+    def _use_link(
+        self, session: Session, notification_id: str, *, request_id: str, recipient: str, action: str, now: dt.datetime
+    ) -> Notification:
+        # Inside the caller's transaction: a decision and the use of its link commit together.
+        row = self._notification_row(session, notification_id)
+        if row.request_id != str(request_id) or row.recipient != recipient:
+            raise InvalidInput("link", "does not belong to this request and recipient")
+        meta = dict(row.metadata_ or {})
+        if meta.get("link_used"):
+            raise LinkAlreadyUsed(row.id)
+        meta["link_used"] = {"action": action, "at": now.isoformat()}
+        row.metadata_ = meta
+        row.updated_at = now
+        session.flush()
+        return Notification.from_row(row)

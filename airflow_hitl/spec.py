@@ -1,0 +1,277 @@
+"""What a gate asks for, and how requests are looked up.
+
+:class:`ApprovalSpec` is everything needed to open a gate, validated before anything is
+written (naming every wrong field at once); :class:`ApprovalFilter` the filters shared by
+the lists; :class:`TimeoutOutcome` what applying a timeout did. The
+:class:`~airflow_hitl.manager.ApprovalManager` takes and returns them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+
+from airflow_hitl.exceptions import InvalidInput
+from airflow_hitl.limits import INT32_MAX, MAX_TIMEOUT_SECONDS, json_problem, text_problem
+from airflow_hitl.models.tables import TIMEOUT_ACTIONS, WAITING_PREDICATE, WAITING_STATES, ApprovalRequestRow
+from airflow_hitl.policy import ConfigProblems, EscalationLevel, Principal, str_list
+from airflow_hitl.records import Approval
+from airflow_hitl.settings import HitlSettings
+from airflow_hitl.vocabulary import APPROVAL_TYPES, FINAL_ACTIONS, ON_REJECT, TERMINAL_STATES
+
+DagAccess = Callable[[str], str | None]
+"""Checks the caller's access to a request's DAG: returns why not, or None when allowed."""
+
+#: Columns a list may be ordered by (``-`` in front for descending).
+ORDERABLE = {
+    "requested_at": ApprovalRequestRow.requested_at,
+    "expires_at": ApprovalRequestRow.expires_at,
+    "decided_at": ApprovalRequestRow.decided_at,
+    "updated_at": ApprovalRequestRow.updated_at,
+    "dag_id": ApprovalRequestRow.dag_id,
+    "state": ApprovalRequestRow.state,
+    "title": ApprovalRequestRow.title,
+}
+
+
+def utcnow() -> dt.datetime:
+    """The current time, UTC-aware."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalSpec:
+    """Everything needed to open an approval gate; validated before anything is written."""
+
+    dag_id: str
+    title: str
+    run_id: str | None = None
+    task_id: str | None = None
+    map_index: int = -1
+    try_number: int | None = None
+    description: str | None = None
+    reason: str | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+    approval_type: str = "manual"
+    requested_by: str | None = None
+    timeout: dt.timedelta | None = None
+    timeout_action: str | None = None
+    escalation_targets: Sequence[EscalationLevel] = ()
+    escalation_final_action: str | None = None
+    required_approvals: int = 1
+    require_all: bool = False
+    allowed_approvers: Sequence[str] = ()
+    allowed_roles: Sequence[str] = ()
+    allow_self_approval: bool = False
+    on_reject: str = "fail"
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    notify: Mapping[str, Any] = field(default_factory=dict)
+
+    def validate(self, error: type[InvalidInput] = InvalidInput, *, where: str = "") -> None:
+        """Raise one ``error`` naming every wrong field; the operator passes its own subclass."""
+        self.problems().raise_if_any(error, where=where)
+
+    def problems(self) -> ConfigProblems:
+        """Every wrong field, checked independently so one look shows them all."""
+        problems = ConfigProblems()
+        if not isinstance(self.dag_id, str) or not self.dag_id:
+            problems.add("dag_id", "is required")
+        if not isinstance(self.title, str) or not self.title.strip():
+            problems.add("title", "is required and must be a non-empty string")
+        elif len(self.title) > 500:
+            problems.add("title", "must be at most 500 characters")
+        if self.approval_type not in APPROVAL_TYPES:
+            problems.add("approval_type", f"must be one of {list(APPROVAL_TYPES)}, got {self.approval_type!r}")
+        if self.timeout is not None:
+            if not isinstance(self.timeout, dt.timedelta):
+                problems.add("timeout", "must be a datetime.timedelta")
+            elif self.timeout <= dt.timedelta(0):
+                problems.add("timeout", "must be positive")
+        if self.timeout_action is not None and self.timeout_action not in TIMEOUT_ACTIONS:
+            problems.add("timeout_action", f"must be one of {list(TIMEOUT_ACTIONS)}, got {self.timeout_action!r}")
+        if self.timeout_action is not None and self.timeout is None:
+            problems.add("timeout", f"is required when timeout_action={self.timeout_action!r}")
+        if self.timeout_action == "escalate":
+            if not self.escalation_targets:
+                problems.add("escalate_to", "is required when timeout_action='escalate'")
+            if self.escalation_final_action not in FINAL_ACTIONS:
+                problems.add(
+                    "escalation_final_action",
+                    f"must be one of {list(FINAL_ACTIONS)}, got {self.escalation_final_action!r}",
+                )
+        elif self.escalation_targets:
+            problems.add("escalate_to", "is only used with timeout_action='escalate'")
+        quorum_ok = (
+            isinstance(self.required_approvals, int)
+            and not isinstance(self.required_approvals, bool)
+            and self.required_approvals >= 1
+        )
+        if not quorum_ok:
+            problems.add("required_approvals", "must be a positive integer")
+        approvers = problems.parse(str_list, list(self.allowed_approvers), "allowed_approvers", default=[])
+        problems.parse(str_list, list(self.allowed_roles), "allowed_roles", default=[])
+        if quorum_ok and approvers and not self.allowed_roles and self.required_approvals > len(set(approvers)):
+            problems.add(
+                "required_approvals",
+                f"asks for {self.required_approvals} approvals but allowed_approvers names only "
+                f"{len(set(approvers))} people",
+            )
+        if self.require_all and not approvers:
+            problems.add("require_all", "needs allowed_approvers: 'all' must be a known list of people")
+        if self.on_reject not in ON_REJECT:
+            problems.add("on_reject", f"must be one of {list(ON_REJECT)}, got {self.on_reject!r}")
+        self._validate_storable(problems)
+        for name in ("context", "metadata", "notify"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                problems.add(name, "must be a dict")
+                continue
+            try:
+                json.dumps(value, default=json_default)
+            except (TypeError, ValueError, RecursionError) as err:
+                problems.add(name, f"must be JSON-serialisable: {err}")
+        return problems
+
+    def _validate_storable(self, problems: ConfigProblems) -> None:
+        # The same limits as the REST API's bodies (airflow_hitl.limits): what the store
+        # cannot keep is refused here, naming the field, not by the database later.
+        for name in ("dag_id", "title", "run_id", "task_id", "description", "reason", "requested_by"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                problems.add(name, "must be a string")
+                continue
+            problem = text_problem(value) if value else None
+            if problem:
+                problems.add(name, problem)
+        if not isinstance(self.map_index, int) or not -1 <= self.map_index <= INT32_MAX:
+            problems.add("map_index", f"must be an integer from -1 to {INT32_MAX}")
+        if isinstance(self.required_approvals, int) and self.required_approvals > INT32_MAX:
+            problems.add("required_approvals", f"must be at most {INT32_MAX}")
+        if isinstance(self.timeout, dt.timedelta) and self.timeout.total_seconds() > MAX_TIMEOUT_SECONDS:
+            problems.add("timeout", f"must be at most {MAX_TIMEOUT_SECONDS} seconds (ten years)")
+        limits = HitlSettings.load()
+        for name in ("context", "metadata"):
+            problem = json_problem(
+                getattr(self, name), max_depth=limits.max_json_depth, max_bytes=limits.max_json_bytes
+            )
+            if problem:
+                problems.add(name, problem)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalFilter:
+    """Filters shared by list, pending and history."""
+
+    states: Sequence[str] | None = None
+    dag_id: str | None = None
+    dag_ids: Iterable[str] | None = None
+    run_id: str | None = None
+    task_id: str | None = None
+    map_index: int | None = None
+    origin: str | None = None
+    requested_by: str | None = None
+    decided_by: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    ids: Iterable[str] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinkUse:
+    """The emailed link that carries a decision: used up in the same transaction as its vote."""
+
+    notification_id: str
+    recipient: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """One person's decision from any channel, as :meth:`ApprovalManager.decide` records it.
+
+    :param action: ``approve``, ``reject`` (needs ``reason``) or ``cancel`` (needs ``reason``).
+    :param user: Who decides; their vote counts under the request's own policy.
+    :param source: The channel: ``api``, ``bulk``, ``ui``, ``email``, ``slack`` or ``cli``.
+    :param client: Where it came from (address, user agent, OS user), for the audit trail.
+    :param dag_access: The channel's own access rule, asked under the row lock.
+    :param link: The emailed link the decision came through, if any.
+    """
+
+    action: str
+    user: Principal
+    source: str
+    comment: str | None = None
+    reason: str | None = None
+    metadata: Mapping[str, Any] | None = None
+    client: Mapping[str, Any] | None = None
+    dag_access: DagAccess | None = None
+    link: LinkUse | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimeoutOutcome:
+    """What :meth:`ApprovalManager.apply_timeout` did."""
+
+    approval: Approval
+    applied: bool
+    escalated: bool = False
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps`` ``default`` for the values a gate may carry: times and UUIDs."""
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def json_safe(value: Mapping[str, Any]) -> dict[str, Any]:
+    """``value`` as it will read back from a JSON column."""
+    return json.loads(json.dumps(dict(value), default=json_default))
+
+
+def where_clauses(filters: ApprovalFilter) -> list[Any]:
+    """The SQL conditions of ``filters`` on ``approval_requests``."""
+    r = ApprovalRequestRow
+    where: list[Any] = []
+    if filters.states and set(filters.states) == set(WAITING_STATES):
+        where.append(text(WAITING_PREDICATE))
+    elif filters.states:
+        where.append(r.state.in_(list(filters.states)))
+    if filters.dag_id:
+        where.append(r.dag_id == filters.dag_id)
+    if filters.dag_ids is not None:
+        where.append(r.dag_id.in_(list(filters.dag_ids)))
+    if filters.run_id:
+        where.append(r.run_id == filters.run_id)
+    if filters.task_id:
+        where.append(r.task_id == filters.task_id)
+    if filters.map_index is not None:
+        where.append(r.map_index == filters.map_index)
+    if filters.origin is not None:
+        where.append(r.origin == filters.origin)
+    if filters.requested_by:
+        where.append(r.requested_by == filters.requested_by)
+    if filters.decided_by:
+        where.append(r.decided_by == filters.decided_by)
+    if filters.ids is not None:
+        where.append(r.id.in_([str(i) for i in filters.ids]))
+    decided = filters.states is not None and set(filters.states) <= set(TERMINAL_STATES)
+    moment = r.decided_at if decided else r.requested_at
+    if filters.since:
+        where.append(moment >= filters.since)
+    if filters.until:
+        where.append(moment <= filters.until)
+    return where
+
+
+def replace_filter(filters: ApprovalFilter, **changes: Any) -> ApprovalFilter:
+    """A copy of ``filters`` with ``changes``."""
+    return dataclasses.replace(filters, **changes)
