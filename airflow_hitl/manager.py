@@ -19,24 +19,21 @@ this class brings them together as the one entry point.
 
 from __future__ import annotations
 
-import builtins
 import datetime as dt
-import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session
 
 from airflow_hitl import metrics, outbox
 from airflow_hitl.audit import AuditEvent, AuditReader
 from airflow_hitl.exceptions import (
     AlreadyVoted,
-    ApprovalNotFound,
     ApprovalNotPending,
     InvalidInput,
     NotAllowed,
@@ -50,15 +47,14 @@ from airflow_hitl.models.tables import (
 )
 from airflow_hitl.notices import NoticeLog
 from airflow_hitl.policy import (
-    Eligibility,
     EscalationLevel,
     Principal,
     check_vote,
     quorum_reached,
 )
-from airflow_hitl.records import Approval, WaitState, policy_of
+from airflow_hitl.queries import ApprovalQueries
+from airflow_hitl.records import Approval, policy_of
 from airflow_hitl.spec import (
-    ORDERABLE,
     ApprovalFilter,
     ApprovalSpec,
     DagAccess,
@@ -66,11 +62,9 @@ from airflow_hitl.spec import (
     LinkUse,
     TimeoutOutcome,
     json_safe,
-    replace_filter,
     utcnow,
-    where_clauses,
 )
-from airflow_hitl.vocabulary import ACTIONS, APPROVE, CANCEL, REJECT, TERMINAL_STATES, VOTE_SOURCES
+from airflow_hitl.vocabulary import ACTIONS, APPROVE, CANCEL, REJECT, VOTE_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +81,7 @@ __all__ = [
 ]
 
 
-class ApprovalManager(NoticeLog, AuditReader):
+class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
     """Owns every state transition, policy check and audit row of the approval store."""
 
     def __init__(
@@ -235,121 +229,6 @@ class ApprovalManager(NoticeLog, AuditReader):
                 now=now,
                 event_type="cancelled",
             )
-
-    # ------------------------------------------------------------------ read
-
-    def get(self, request_id: str) -> Approval:
-        """One request with its votes; :class:`ApprovalNotFound` when unknown."""
-        with self.store.session() as session:
-            row = session.get(ApprovalRequestRow, str(request_id), options=[joinedload(ApprovalRequestRow.votes)])
-            if row is None:
-                raise ApprovalNotFound(str(request_id))
-            return Approval.from_row(row)
-
-    def list(
-        self,
-        filters: ApprovalFilter | None = None,
-        *,
-        limit: int = 100,
-        offset: int = 0,
-        order_by: str = "-requested_at",
-    ) -> tuple[builtins.list[Approval], int]:
-        """Requests matching ``filters``, one page of them, and the total count."""
-        if limit < 0 or limit > 10_000:
-            raise InvalidInput("limit", "must be between 0 and 10000")
-        if offset < 0:
-            raise InvalidInput("offset", "must not be negative")
-        column_name = order_by.lstrip("-+")
-        if column_name not in ORDERABLE:
-            raise InvalidInput("order_by", f"must be one of {sorted(ORDERABLE)} (prefix '-' for descending)")
-        column = ORDERABLE[column_name]
-        ordering = column.desc() if order_by.startswith("-") else column.asc()
-        where = where_clauses(filters or ApprovalFilter())
-        with self.store.session() as session:
-            total = session.scalar(select(func.count()).select_from(ApprovalRequestRow).where(*where)) or 0
-            rows = session.scalars(
-                select(ApprovalRequestRow)
-                .where(*where)
-                .order_by(ordering.nulls_last(), ApprovalRequestRow.id)
-                .limit(limit)
-                .offset(offset)
-            ).all()
-            return [Approval.from_row(r) for r in rows], int(total)
-
-    def pending(
-        self,
-        filters: ApprovalFilter | None = None,
-        *,
-        limit: int = 100,
-        offset: int = 0,
-        order_by: str = "expires_at",
-    ) -> tuple[builtins.list[Approval], int]:
-        """Requests still waiting for a decision, soonest expiry first by default."""
-        base = filters or ApprovalFilter()
-        return self.list(replace_filter(base, states=WAITING_STATES), limit=limit, offset=offset, order_by=order_by)
-
-    def pending_for(
-        self, user: Principal, filters: ApprovalFilter | None = None, *, limit: int = 100, offset: int = 0
-    ) -> tuple[builtins.list[tuple[Approval, Eligibility]], int]:
-        """Waiting requests, each with whether ``user`` may approve it now."""
-        items, total = self.pending(filters, limit=limit, offset=offset)
-        return [(a, self.can_approve(user, a)) for a in items], total
-
-    def history(
-        self,
-        filters: ApprovalFilter | None = None,
-        *,
-        limit: int = 100,
-        offset: int = 0,
-        order_by: str = "-decided_at",
-    ) -> tuple[builtins.list[Approval], int]:
-        """Decided requests (``since``/``until`` apply to the decision time), newest first."""
-        base = filters or ApprovalFilter()
-        states = [s for s in (base.states or TERMINAL_STATES) if s in TERMINAL_STATES]
-        return self.list(
-            replace_filter(base, states=states or ["__none__"]), limit=limit, offset=offset, order_by=order_by
-        )
-
-    def dag_ids(self) -> builtins.list[str]:
-        """Every DAG that has approval requests (to narrow lists to the DAGs a caller may read)."""
-        with self.store.session() as session:
-            return sorted(session.scalars(select(ApprovalRequestRow.dag_id).distinct()))
-
-    def can_approve(self, user: Principal, approval: Approval, *, action: str = "approve") -> Eligibility:
-        """May ``user`` cast ``action`` on ``approval`` now? The reason says why not."""
-        if not approval.is_waiting:
-            return Eligibility(allowed=False, code="not_pending", reason=f"this request is {approval.state}")
-        if approval.expires_at is not None and self._clock() >= approval.expires_at:
-            return Eligibility(allowed=False, code="expired", reason="this request has expired")
-        return check_vote(approval.policy, user, action=action, voters=(v.user for v in approval.votes))
-
-    def wait_states(self, request_ids: Sequence[str]) -> dict[str, WaitState]:
-        """State and expiry of many requests in one query, whatever their number."""
-        if not request_ids:
-            return {}
-        ids = [str(i) for i in request_ids]
-        if self.store.is_postgres:
-            raw = text("SELECT id, state, expires_at, escalation_level FROM approval_requests WHERE id = ANY(:ids)")
-            params: dict[str, Any] = {"ids": ids}
-        else:
-            raw = text(
-                "SELECT id, state, expires_at, escalation_level FROM approval_requests "
-                "WHERE id IN (SELECT value FROM json_each(:ids))"
-            )
-            params = {"ids": json.dumps(ids)}
-        sql = raw.columns(
-            ApprovalRequestRow.id,
-            ApprovalRequestRow.state,
-            ApprovalRequestRow.expires_at,
-            ApprovalRequestRow.escalation_level,
-        )
-        with self.store.read_engine.connect() as conn:
-            rows = conn.execute(sql, params).all()
-            conn.rollback()
-        return {
-            r.id: WaitState(id=r.id, state=r.state, expires_at=r.expires_at, escalation_level=r.escalation_level)
-            for r in rows
-        }
 
     # ------------------------------------------------------------------ decide
 

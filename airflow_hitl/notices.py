@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import func, select
@@ -26,8 +26,6 @@ from airflow_hitl.vocabulary import CHANNELS
 
 class NoticeLog(StoreTransactions):
     """Records notices and their delivery (a part of :class:`~airflow_hitl.manager.ApprovalManager`)."""
-
-    _clock: Callable[[], dt.datetime]
 
     def record_notification(
         self,

@@ -42,6 +42,7 @@ class StoreTransactions:
     """Write transactions over the approval store, with their audit, NOTIFY and metrics."""
 
     store: ApprovalStore
+    _clock: Callable[[], dt.datetime]
 
     def count_waiting(self) -> int:
         """How many requests wait for people, store-wide."""
