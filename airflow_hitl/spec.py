@@ -89,6 +89,24 @@ class ApprovalSpec:
             problems.add("title", "must be at most 500 characters")
         if self.approval_type not in APPROVAL_TYPES:
             problems.add("approval_type", f"must be one of {list(APPROVAL_TYPES)}, got {self.approval_type!r}")
+        self._timing_problems(problems)
+        self._people_problems(problems)
+        if self.on_reject not in ON_REJECT:
+            problems.add("on_reject", f"must be one of {list(ON_REJECT)}, got {self.on_reject!r}")
+        self._validate_storable(problems)
+        for name in ("context", "metadata", "notify"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                problems.add(name, "must be a dict")
+                continue
+            try:
+                json.dumps(value, default=json_default)
+            except (TypeError, ValueError, RecursionError) as err:
+                problems.add(name, f"must be JSON-serialisable: {err}")
+        return problems
+
+    def _timing_problems(self, problems: ConfigProblems) -> None:
+        # How long people have, and what happens then.
         if self.timeout is not None:
             if not isinstance(self.timeout, dt.timedelta):
                 problems.add("timeout", "must be a datetime.timedelta")
@@ -108,6 +126,9 @@ class ApprovalSpec:
                 )
         elif self.escalation_targets:
             problems.add("escalate_to", "is only used with timeout_action='escalate'")
+
+    def _people_problems(self, problems: ConfigProblems) -> None:
+        # Who may decide, and how many of them must approve.
         quorum_ok = (
             isinstance(self.required_approvals, int)
             and not isinstance(self.required_approvals, bool)
@@ -125,19 +146,6 @@ class ApprovalSpec:
             )
         if self.require_all and not approvers:
             problems.add("require_all", "needs allowed_approvers: 'all' must be a known list of people")
-        if self.on_reject not in ON_REJECT:
-            problems.add("on_reject", f"must be one of {list(ON_REJECT)}, got {self.on_reject!r}")
-        self._validate_storable(problems)
-        for name in ("context", "metadata", "notify"):
-            value = getattr(self, name)
-            if not isinstance(value, Mapping):
-                problems.add(name, "must be a dict")
-                continue
-            try:
-                json.dumps(value, default=json_default)
-            except (TypeError, ValueError, RecursionError) as err:
-                problems.add(name, f"must be JSON-serialisable: {err}")
-        return problems
 
     def _validate_storable(self, problems: ConfigProblems) -> None:
         # The same limits as the REST API's bodies (airflow_hitl.limits): what the store

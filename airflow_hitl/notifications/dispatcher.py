@@ -36,7 +36,17 @@ from airflow_hitl.notifications.signing import LinkClaims, link_expiry, make_tok
 from airflow_hitl.notifications.templates import RenderedMessage, render, template_context
 from airflow_hitl.records import Approval, Notification
 from airflow_hitl.settings import HitlSettings
-from airflow_hitl.vocabulary import ACTION_EVENTS, CHANNELS, EVENTS, FINAL_EVENTS, final_event
+from airflow_hitl.vocabulary import (
+    ACTION_EVENTS,
+    CHANNELS,
+    EMAIL,
+    EVENTS,
+    FINAL_EVENTS,
+    IN_APP,
+    SLACK,
+    WEBHOOK,
+    final_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +80,10 @@ class _Job:
     send: Callable[[], Mapping[str, Any] | None]
     # Attempts made before this one (a retry of an outbox notice reuses its row).
     attempt: int = 0
+
+
+#: Builds the send jobs (or finished rows) of one channel for a notice's recipients.
+_JobBuilder = Callable[[Approval, str, Mapping[str, Any], Sequence[str]], list[Any]]
 
 
 class NotificationDispatcher:
@@ -106,6 +120,15 @@ class NotificationDispatcher:
         self._single_attempt = False
         self._defer_unresolved = False
         self.deferred: list[str] = []
+        # The channel registry: one builder of send jobs per channel of the vocabulary.
+        self._builders: dict[str, _JobBuilder] = {
+            EMAIL: self._jobs_email,
+            SLACK: self._jobs_slack,
+            WEBHOOK: self._jobs_webhook,
+            IN_APP: self._jobs_in_app,
+        }
+        if set(self._builders) != set(CHANNELS):
+            raise RuntimeError(f"channels without a builder: {sorted(set(CHANNELS) - set(self._builders))}")
 
     # ------------------------------------------------------------------ public
 
@@ -182,8 +205,7 @@ class NotificationDispatcher:
         done: list[Notification] = []
         for channel in channels:
             try:
-                builder = getattr(self, f"_jobs_{channel}")
-                jobs_or_rows = builder(approval, event, notify, people)
+                jobs_or_rows = self._builders[channel](approval, event, notify, people)
             except Exception as err:
                 # A channel that cannot even be prepared (e.g. no signing key) fails alone.
                 log.exception("could not prepare %s notices for %s", channel, approval.id)
