@@ -34,18 +34,25 @@ async def _hitl_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HitlError)
     detail = exc.reason if isinstance(exc, NotAllowed) else str(exc)
     if isinstance(exc, StoreError):
-        return _store_unavailable(request, exc)
+        return await _store_unavailable(request, exc)
     return JSONResponse(status_code=exc.status_code, content={"detail": detail})
 
 
-def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    """503 with ``Retry-After``; the detail says whether anything may have changed."""
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 with ``Retry-After``; the detail says whether anything may have changed.
+
+    Also installed for SQLAlchemy's connection, statement-timeout and pool-timeout errors
+    raised by reads, which go straight to the store and change nothing either.
+    """
     log.error("approval store unavailable on %s %s: %s", request.method, request.url.path, exc)
     if isinstance(exc, StoreOutcomeUnknown):
         detail = (
             "the approval store stopped answering while recording this change: it may or may not have been "
             "applied; read the request again before retrying"
         )
+    elif isinstance(exc, StoreError) and not isinstance(exc, StoreUnavailable):
+        # Misconfiguration (connection type, schema behind): the operator needs the reason.
+        detail = f"{exc}; nothing was changed"
     else:
         detail = "the approval store is unavailable; nothing was changed, retry later"
     return JSONResponse(
@@ -53,12 +60,6 @@ def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
         content={"detail": detail},
         headers={"Retry-After": str(StoreUnavailable.retry_after)},
     )
-
-
-async def _store_error(request: Request, exc: Exception) -> JSONResponse:
-    # Reads go straight to the store (no transaction to classify): a lost connection, a
-    # statement or pool timeout there changed nothing either.
-    return _store_unavailable(request, exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -141,8 +142,8 @@ def create_app(*, outbox_drainer: bool = False) -> FastAPI:
         app.middleware("http")(_start_drainer_lazily)
     app.add_exception_handler(HitlError, _hitl_error)
     for store_error in (OperationalError, InterfaceError, SQLAlchemyTimeoutError):
-        app.add_exception_handler(store_error, _store_error)
-    # Outermost: an oversized or unparsable body is refused before any other work.
+        app.add_exception_handler(store_error, _store_unavailable)
+    # Runs before routing and authentication: an oversized or unparsable body costs nothing more.
     app.add_middleware(BodyLimitMiddleware)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(approvals_router, prefix=API_PREFIX)

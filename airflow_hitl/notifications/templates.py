@@ -121,6 +121,8 @@ def template_context(
         "timeout_action": timeout_action_text(approval),
         "next_action": next_action(approval),
         "action_taken": action_taken,
+        # A request opened over the REST API is no task's gate; notices must say so.
+        "opened_over_api": approval.opened_over_api,
     }
 
 

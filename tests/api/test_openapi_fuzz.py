@@ -36,7 +36,7 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-EXAMPLES_PER_OPERATION = 60
+EXAMPLES_PER_OPERATION = 25
 
 
 @pytest.fixture(scope="module")

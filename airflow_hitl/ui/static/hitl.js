@@ -113,6 +113,11 @@
     return data;
   }
 
+  /** A request opened over the REST API is no task's gate: say so wherever it is shown. */
+  function originBadge(item) {
+    return item.origin === "api" ? el("span", { className: "badge origin-api", text: "opened over the API", title: "Not a task's gate: deciding it resumes no task." }) : null;
+  }
+
   function query(params) {
     const search = new URLSearchParams();
     for (const [key, value] of Object.entries(params)) {
@@ -322,6 +327,7 @@
       const state = $("m-state");
       state.textContent = item.state;
       state.className = "badge " + item.state;
+      show($("m-origin"), item.origin === "api");
       setAirflowLink($("m-dag"), dagUrl(item), item.dag_id);
       setAirflowLink($("m-run"), runUrl(item), item.run_id || "(no run)");
       setText("m-task", item.task_id ? item.task_id + (item.map_index >= 0 ? "[" + item.map_index + "]" : "") : "");
@@ -500,7 +506,8 @@
           airflowLink(dagUrl(item), item.dag_id, { className: "dag" }),
           " · ",
           airflowLink(runUrl(item), item.run_id || "(no run)", { className: "run" }),
-          item.task_id ? " · " + item.task_id : ""
+          item.task_id ? " · " + item.task_id : "",
+          originBadge(item)
         ),
         el(
           "div",
@@ -718,7 +725,8 @@
           airflowLink(dagUrl(item), item.dag_id, { className: "dag" }),
           " · ",
           airflowLink(runUrl(item), item.run_id || "(no run)", { className: "run" }),
-          item.task_id ? " · " + item.task_id : ""
+          item.task_id ? " · " + item.task_id : "",
+          originBadge(item)
         ),
         el(
           "div",
@@ -774,8 +782,10 @@
 
     async function refresh() {
       try {
-        const data = await api("/approvals" + query({ dag_id: dagId, run_id: runId, task_id: taskId, limit: 50, order_by: "-requested_at" }));
-        const mine = data.approvals.filter((a) => mapIndex === "" || String(a.map_index) === mapIndex);
+        // Only this task instance's own gates (origin "task"): a request opened over the API
+        // with the same ids is never taken for it.
+        const data = await api("/approvals" + query({ dag_id: dagId, run_id: runId, task_id: taskId, map_index: mapIndex, origin: "task", limit: 50, order_by: "-requested_at" }));
+        const mine = data.approvals;
         show($("load-error"), false);
         show($("empty"), mine.length === 0);
         show($("task-detail"), mine.length > 0);
