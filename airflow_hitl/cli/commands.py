@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from airflow_hitl.manager import ApprovalManager
@@ -13,6 +14,10 @@ from airflow_hitl.settings import HitlSettings
 
 
 def _store(args: argparse.Namespace) -> ApprovalStore:
+    # The CLI runs beside Airflow's metadata DB, like the api-server: without the "server"
+    # context the Task SDK's lookup skips connections stored in that DB (`airflow connections
+    # add hitl_default`), and the deploy step would migrate the SQLite fallback instead.
+    os.environ.setdefault("_AIRFLOW_PROCESS_CONTEXT", "server")
     url = getattr(args, "store_url", None) or resolve_store_url(getattr(args, "conn_id", None))
     return ApprovalStore(url=url, pool_size=HitlSettings.load().pool_size)
 
