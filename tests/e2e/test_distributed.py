@@ -26,7 +26,15 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from airflow_hitl.manager import ApprovalFilter
-from tests.e2e.harness import AirflowHarness, HarnessError, free_port, wait_until
+from tests.e2e.harness import (
+    INIT_COMMANDS,
+    SERVICE_COMMANDS,
+    SERVICE_FLAGS,
+    AirflowHarness,
+    HarnessError,
+    free_port,
+    wait_until,
+)
 from tests.notifications.conftest import SmtpSink, _Handler
 
 pytestmark = pytest.mark.e2e
@@ -118,6 +126,28 @@ def assert_resumed_once(stack: AirflowHarness, dag_id: str, run_id: str) -> None
     assert (gate["state"], gate["try_number"]) == ("success", 1)
     after = stack.task_instance(dag_id, run_id, "after")
     assert (after["state"], after["try_number"]) == ("success", 1)
+
+
+class TestTopology:
+    def test_stack_ran_every_command_declared_for_docker_compose(self, stack: AirflowHarness) -> None:
+        """tests/test_deployment.py holds the compose file to these declarations; here they meet real processes."""
+        ran = [tuple(command[1:]) for command in stack.commands]
+
+        def runs_of(prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
+            return [words for words in ran if words[: len(prefix)] == prefix]
+
+        for service, prefix in SERVICE_COMMANDS.items():
+            runs = runs_of(prefix)
+            assert runs, f"the stack never ran `airflow {' '.join(prefix)}`"
+            for words in runs:
+                assert {w for w in words if w.startswith("--")} <= SERVICE_FLAGS[service], words
+        for prefix, flags in INIT_COMMANDS.items():
+            runs = runs_of(prefix)
+            assert runs, f"the stack never ran `airflow {' '.join(prefix)}`"
+            for words in runs:
+                assert {w for w in words if w.startswith("--")} <= flags, words
+        assert (len(runs_of(("api-server",))), len(runs_of(("triggerer",)))) == (2, 2)
+        assert len({job for job in stack.triggerer_jobs.values()}) == 2
 
 
 class TestDecisionsThroughEitherApiServer:
