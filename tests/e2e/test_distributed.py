@@ -228,6 +228,27 @@ class TestFabRoles:
         assert_resumed_once(stack, dag_id, run_id)
 
 
+class TestFabSession:
+    def test_pages_and_api_accept_a_fab_login_session(self, stack: AirflowHarness) -> None:
+        with httpx.Client(base_url=stack.base_urls[1], timeout=60, trust_env=False, follow_redirects=True) as browser:
+            assert browser.get("/hitl/api/v1/approvals/pending").status_code == 401
+            form = browser.get("/auth/login/")
+            assert form.status_code == 200, form.text[:500]
+            csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form.text)
+            assert csrf, form.text[:2000]
+            done = browser.post(
+                "/auth/login/",
+                data={"csrf_token": csrf.group(1), "username": "alice", "password": stack.passwords["alice"]},
+            )
+            assert done.status_code == 200, done.text[:500]
+            assert browser.cookies.get("_token"), "FAB's login sets the UI's token cookie"
+            api = browser.get("/hitl/api/v1/approvals/pending")
+            assert api.status_code == 200, api.text
+            page = browser.get("/hitl/ui/")
+            assert page.status_code == 200
+            assert "Approvals" in page.text
+
+
 class TestSqliteFallbackRefused:
     # strict: once h-safety's refusal (models/store.py) is merged this passes, XPASS fails the
     # run, and the marker must go.
