@@ -111,6 +111,8 @@ INIT_COMMANDS: dict[tuple[str, ...], frozenset[str]] = {
     ),
     ("users", "add-role"): frozenset({"--username", "--role"}),
 }
+#: Seconds one ``airflow`` CLI step may take: on a loaded 2-core machine a FAB command has taken over 2 minutes.
+CLI_TIMEOUT = 900.0
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 TERMINAL_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
@@ -408,10 +410,10 @@ class AirflowHarness:
                 if path.name != "__init__.py":
                     shutil.copy2(path, self.dags_folder / path.name)
         self._create_databases()
-        self.run_cli(["db", "migrate"], log="db-migrate.log", timeout=300)
+        self.run_cli(["db", "migrate"], log="db-migrate.log", timeout=CLI_TIMEOUT)
         if self.store_kind == "postgres":
             self.create_store_connection()
-        self.run_cli(["hitl", "db", "migrate"], log="hitl-db-migrate.log", timeout=120)
+        self.run_cli(["hitl", "db", "migrate"], log="hitl-db-migrate.log", timeout=CLI_TIMEOUT)
         if self.auth_manager == "fab":
             self._create_fab_users()
 
@@ -427,14 +429,14 @@ class AirflowHarness:
         self.run_cli(
             ["connections", "add", "hitl_default", "--conn-uri", self.store_connection_uri()],
             log="connections.log",
-            timeout=120,
+            timeout=CLI_TIMEOUT,
         )
 
     def _create_fab_users(self) -> None:
         builtin = {"Admin", "Op", "User", "Viewer", "Public"}
         custom = sorted({role for roles in self.users.values() for role in roles} - builtin)
         if custom:
-            self.run_cli(["roles", "create", *custom], log="fab-users.log", timeout=120)
+            self.run_cli(["roles", "create", *custom], log="fab-users.log", timeout=CLI_TIMEOUT)
         for user, roles in self.users.items():
             password = secrets.token_urlsafe(12)
             self.run_cli(
@@ -455,11 +457,11 @@ class AirflowHarness:
                     roles[0],
                 ],
                 log="fab-users.log",
-                timeout=120,
+                timeout=CLI_TIMEOUT,
             )
             for role in roles[1:]:
                 argv = ["users", "add-role", "--username", user, "--role", role]
-                self.run_cli(argv, log="fab-users.log", timeout=120)
+                self.run_cli(argv, log="fab-users.log", timeout=CLI_TIMEOUT)
             self._passwords[user] = password
 
     def run_cli(self, args: Sequence[str], *, log: str, timeout: float) -> None:
