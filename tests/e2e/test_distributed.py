@@ -69,6 +69,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpSink) -> Iterator[
         auth_manager="fab",
         api_servers=2,
         triggerers=2,
+        startup_timeout=900,  # seven Airflow processes on two shared cores
     )
     # Email notices and links; no [hitl] user_emails: addresses come from the FAB user records.
     harness.env.update(
