@@ -79,7 +79,6 @@ FAB_USERS: dict[str, tuple[str, ...]] = {
     "alice": ("Op", "ReleaseManagers"),
     "bob": ("Op",),
 }
-FAB_CUSTOM_ROLES: tuple[str, ...] = ("ReleaseManagers",)
 
 COMPONENTS: tuple[str, ...] = ("api-server", "scheduler", "triggerer", "dag-processor")
 
@@ -97,7 +96,7 @@ SERVICE_FLAGS: dict[str, frozenset[str]] = {
     "api-server": frozenset({"--host", "--port", "--workers"}),
     "scheduler": frozenset(),
     "dag-processor": frozenset(),
-    "triggerer": frozenset({"--capacity"}),
+    "triggerer": frozenset(),
     "celery-worker": frozenset({"--concurrency", "--queues", "--celery-hostname"}),
 }
 #: One-off deploy steps, in order (``airflow`` sub-commands and the options the harness gives them).
@@ -106,9 +105,7 @@ INIT_COMMANDS: dict[tuple[str, ...], frozenset[str]] = {
     ("connections", "add"): frozenset({"--conn-uri"}),
     ("hitl", "db", "migrate"): frozenset(),
     ("roles", "create"): frozenset(),
-    ("users", "create"): frozenset(
-        {"--username", "--password", "--firstname", "--lastname", "--email", "--role", "--use-random-password"}
-    ),
+    ("users", "create"): frozenset({"--username", "--password", "--firstname", "--lastname", "--email", "--role"}),
     ("users", "add-role"): frozenset({"--username", "--role"}),
 }
 #: Seconds one ``airflow`` CLI step may take: on a loaded 2-core machine a FAB command has taken over 2 minutes.
