@@ -563,13 +563,28 @@ class AirflowHarness:
         rather than in whichever test happens to run first.
         """
         for index in range(len(self.api_ports)):
-            self.api("GET", "/execution/health", expect=None, server=index)
+            wait_until(
+                lambda index=index: self._answers("/execution/health", server=index),
+                timeout=self.startup_timeout,
+                interval=1.0,
+                what=f"api-server {index}'s Execution API",
+                on_timeout=self.dump_logs,
+            )
         for _ in range(attempts):
             run_id = self.trigger("e2e_warmup")
             run = self.wait_for_run_state("e2e_warmup", run_id, ("success", "failed"), timeout=240)
             if run["state"] == "success":
                 return
         raise HarnessError(f"e2e_warmup did not succeed in {attempts} runs:\n{self.dump_logs(lines=40)}")
+
+    def _answers(self, path: str, *, server: int) -> bool:
+        # Under heavy load the first call can outlast the client's 90 s read timeout: ask again.
+        self._check_alive()
+        try:
+            self.api("GET", path, expect=None, server=server)
+        except httpx.TimeoutException:
+            return False
+        return True
 
     def stop(self) -> None:
         """Stop every component by its own process group, drop the databases it created; remove ``root`` if asked."""
