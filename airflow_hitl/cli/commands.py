@@ -43,6 +43,10 @@ def _errors_exit() -> Iterator[None]:
 
 def _open_store(args: argparse.Namespace, *, create: bool = False) -> ApprovalStore:
     """The store the arguments name; a missing SQLite file is an error unless ``create``."""
+    # The CLI runs beside Airflow's metadata DB, like the api-server: without the "server"
+    # context the Task SDK's lookup skips connections stored in that DB (`airflow connections
+    # add hitl_default`), and the deploy step would migrate the SQLite fallback instead.
+    os.environ.setdefault("_AIRFLOW_PROCESS_CONTEXT", "server")
     with _errors_exit():
         url = getattr(args, "store_url", None) or resolve_store_url(getattr(args, "conn_id", None))
     path = sqlite_file(url)

@@ -126,3 +126,24 @@ class TestAirflowCli:
         assert result.returncode == 0, result.stderr[-2000:]
         assert target.exists()
         assert not (tmp_path / "hitl.db").exists()
+
+    @pytest.mark.postgres
+    def test_provider_cli_uses_a_connection_stored_in_the_metadata_db(self, tmp_path: Path, pg_url: str) -> None:
+        """`airflow connections add hitl_default`, then `airflow hitl db migrate`, as docs/deployment.md says."""
+        from sqlalchemy import create_engine, inspect, make_url
+
+        env = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}"}
+        airflow = str(BIN / "airflow")
+        assert run([airflow, "db", "migrate"], tmp_path, **env).returncode == 0
+        uri = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        added = run([airflow, "connections", "add", "hitl_default", "--conn-uri", uri], tmp_path, **env)
+        assert added.returncode == 0, added.stderr[-2000:]
+        result = run([airflow, "hitl", "db", "migrate"], tmp_path, **env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert str(make_url(pg_url).database) in result.stdout
+        assert not (tmp_path / "hitl.db").exists()
+        engine = create_engine(pg_url)
+        try:
+            assert "approval_requests" in inspect(engine).get_table_names()
+        finally:
+            engine.dispose()

@@ -79,7 +79,6 @@ FAB_USERS: dict[str, tuple[str, ...]] = {
     "alice": ("Op", "ReleaseManagers"),
     "bob": ("Op",),
 }
-FAB_CUSTOM_ROLES: tuple[str, ...] = ("ReleaseManagers",)
 
 COMPONENTS: tuple[str, ...] = ("api-server", "scheduler", "triggerer", "dag-processor")
 
@@ -97,7 +96,7 @@ SERVICE_FLAGS: dict[str, frozenset[str]] = {
     "api-server": frozenset({"--host", "--port", "--workers"}),
     "scheduler": frozenset(),
     "dag-processor": frozenset(),
-    "triggerer": frozenset({"--capacity"}),
+    "triggerer": frozenset(),
     "celery-worker": frozenset({"--concurrency", "--queues", "--celery-hostname"}),
 }
 #: One-off deploy steps, in order (``airflow`` sub-commands and the options the harness gives them).
@@ -106,11 +105,11 @@ INIT_COMMANDS: dict[tuple[str, ...], frozenset[str]] = {
     ("connections", "add"): frozenset({"--conn-uri"}),
     ("hitl", "db", "migrate"): frozenset(),
     ("roles", "create"): frozenset(),
-    ("users", "create"): frozenset(
-        {"--username", "--password", "--firstname", "--lastname", "--email", "--role", "--use-random-password"}
-    ),
+    ("users", "create"): frozenset({"--username", "--password", "--firstname", "--lastname", "--email", "--role"}),
     ("users", "add-role"): frozenset({"--username", "--role"}),
 }
+#: Seconds one ``airflow`` CLI step may take: on a loaded 2-core machine a FAB command has taken over 2 minutes.
+CLI_TIMEOUT = 900.0
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 TERMINAL_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
@@ -409,13 +408,13 @@ class AirflowHarness:
                 if path.name != "__init__.py":
                     shutil.copy2(path, self.dags_folder / path.name)
         self._create_databases()
-        self.run_cli(["db", "migrate"], log="db-migrate.log", timeout=300)
+        self.run_cli(["db", "migrate"], log="db-migrate.log", timeout=CLI_TIMEOUT)
         if self.store_kind == "postgres":
             self.create_store_connection()
         if self._has_provider_cli():
-            self.run_cli(["hitl", "db", "migrate"], log="hitl-db-migrate.log", timeout=120)
+            self.run_cli(["hitl", "db", "migrate"], log="hitl-db-migrate.log", timeout=CLI_TIMEOUT)
         else:  # Airflow 3.1 has no provider CLI: the same command under `airflow-hitl`
-            self.run_cli(["db", "migrate"], log="hitl-db-migrate.log", timeout=120, binary=self.hitl_bin)
+            self.run_cli(["db", "migrate"], log="hitl-db-migrate.log", timeout=CLI_TIMEOUT, binary=self.hitl_bin)
         if self.auth_manager == "fab":
             self._create_fab_users()
 
@@ -431,14 +430,14 @@ class AirflowHarness:
         self.run_cli(
             ["connections", "add", "hitl_default", "--conn-uri", self.store_connection_uri()],
             log="connections.log",
-            timeout=120,
+            timeout=CLI_TIMEOUT,
         )
 
     def _create_fab_users(self) -> None:
         builtin = {"Admin", "Op", "User", "Viewer", "Public"}
         custom = sorted({role for roles in self.users.values() for role in roles} - builtin)
         if custom:
-            self.run_cli(["roles", "create", *custom], log="fab-users.log", timeout=120)
+            self.run_cli(["roles", "create", *custom], log="fab-users.log", timeout=CLI_TIMEOUT)
         for user, roles in self.users.items():
             password = secrets.token_urlsafe(12)
             self.run_cli(
@@ -459,11 +458,11 @@ class AirflowHarness:
                     roles[0],
                 ],
                 log="fab-users.log",
-                timeout=120,
+                timeout=CLI_TIMEOUT,
             )
             for role in roles[1:]:
                 argv = ["users", "add-role", "--username", user, "--role", role]
-                self.run_cli(argv, log="fab-users.log", timeout=120)
+                self.run_cli(argv, log="fab-users.log", timeout=CLI_TIMEOUT)
             self._passwords[user] = password
 
     def _has_provider_cli(self) -> bool:
@@ -573,13 +572,28 @@ class AirflowHarness:
         rather than in whichever test happens to run first.
         """
         for index in range(len(self.api_ports)):
-            self.api("GET", "/execution/health", expect=None, server=index)
+            wait_until(
+                lambda index=index: self._answers("/execution/health", server=index),
+                timeout=self.startup_timeout,
+                interval=1.0,
+                what=f"api-server {index}'s Execution API",
+                on_timeout=self.dump_logs,
+            )
         for _ in range(attempts):
             run_id = self.trigger("e2e_warmup")
             run = self.wait_for_run_state("e2e_warmup", run_id, ("success", "failed"), timeout=240)
             if run["state"] == "success":
                 return
         raise HarnessError(f"e2e_warmup did not succeed in {attempts} runs:\n{self.dump_logs(lines=40)}")
+
+    def _answers(self, path: str, *, server: int) -> bool:
+        # Under heavy load the first call can outlast the client's 90 s read timeout: ask again.
+        self._check_alive()
+        try:
+            self.api("GET", path, expect=None, server=server)
+        except httpx.TimeoutException:
+            return False
+        return True
 
     def stop(self) -> None:
         """Stop every component by its own process group, drop the databases it created; remove ``root`` if asked."""

@@ -25,7 +25,15 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from airflow_hitl.manager import ApprovalFilter
-from tests.e2e.harness import AirflowHarness, HarnessError, free_port, wait_until
+from tests.e2e.harness import (
+    INIT_COMMANDS,
+    SERVICE_COMMANDS,
+    SERVICE_FLAGS,
+    AirflowHarness,
+    HarnessError,
+    free_port,
+    wait_until,
+)
 from tests.e2e.links import find_links, submit_link
 from tests.notifications.conftest import SmtpSink, _Handler
 
@@ -61,6 +69,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpSink) -> Iterator[
         auth_manager="fab",
         api_servers=2,
         triggerers=2,
+        startup_timeout=900,  # seven Airflow processes on two shared cores
     )
     # Email notices and links; no [hitl] user_emails: addresses come from the FAB user records.
     harness.env.update(
@@ -118,6 +127,28 @@ def assert_resumed_once(stack: AirflowHarness, dag_id: str, run_id: str) -> None
     assert (gate["state"], gate["try_number"]) == ("success", 1)
     after = stack.task_instance(dag_id, run_id, "after")
     assert (after["state"], after["try_number"]) == ("success", 1)
+
+
+class TestTopology:
+    def test_stack_ran_every_command_declared_for_docker_compose(self, stack: AirflowHarness) -> None:
+        """tests/test_deployment.py holds the compose file to these declarations; here they meet real processes."""
+        ran = [tuple(command[1:]) for command in stack.commands]
+
+        def runs_of(prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
+            return [words for words in ran if words[: len(prefix)] == prefix]
+
+        for service, prefix in SERVICE_COMMANDS.items():
+            runs = runs_of(prefix)
+            assert runs, f"the stack never ran `airflow {' '.join(prefix)}`"
+            for words in runs:
+                assert {w for w in words if w.startswith("--")} <= SERVICE_FLAGS[service], words
+        for prefix, flags in INIT_COMMANDS.items():
+            runs = runs_of(prefix)
+            assert runs, f"the stack never ran `airflow {' '.join(prefix)}`"
+            for words in runs:
+                assert {w for w in words if w.startswith("--")} <= flags, words
+        assert (len(runs_of(("api-server",))), len(runs_of(("triggerer",)))) == (2, 2)
+        assert len({job for job in stack.triggerer_jobs.values()}) == 2
 
 
 class TestDecisionsThroughEitherApiServer:
@@ -196,6 +227,27 @@ class TestFabRoles:
         assert accepted.status_code == 200, accepted.text
         assert accepted.json()["state"] == "approved"
         assert_resumed_once(stack, dag_id, run_id)
+
+
+class TestFabSession:
+    def test_pages_and_api_accept_a_fab_login_session(self, stack: AirflowHarness) -> None:
+        with httpx.Client(base_url=stack.base_urls[1], timeout=60, trust_env=False, follow_redirects=True) as browser:
+            assert browser.get("/hitl/api/v1/approvals/pending").status_code == 401
+            form = browser.get("/auth/login/")
+            assert form.status_code == 200, form.text[:500]
+            csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form.text)
+            assert csrf, form.text[:2000]
+            done = browser.post(
+                "/auth/login/",
+                data={"csrf_token": csrf.group(1), "username": "alice", "password": stack.passwords["alice"]},
+            )
+            assert done.status_code == 200, done.text[:500]
+            assert browser.cookies.get("_token"), "FAB's login sets the UI's token cookie"
+            api = browser.get("/hitl/api/v1/approvals/pending")
+            assert api.status_code == 200, api.text
+            page = browser.get("/hitl/ui/")
+            assert page.status_code == 200
+            assert "Approvals" in page.text
 
 
 class TestSqliteFallbackRefused:
