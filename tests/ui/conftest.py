@@ -106,8 +106,8 @@ def new_page(browser: Any, airflow: AirflowHarness) -> Iterator[Any]:
             locale="en-GB",
             color_scheme=color_scheme,
         )
-        context.set_default_timeout(30_000)
-        # Loading Airflow's UI bundle can take over 30 s while other stacks share the 2 cores.
+        # Airflow's React UI can take a long time to settle while other stacks share the 2 cores.
+        context.set_default_timeout(90_000)
         context.set_default_navigation_timeout(120_000)
         contexts.append(context)
         return context.new_page()
