@@ -1,5 +1,5 @@
 # airflow-hitl: `make demo` starts Airflow with the plugin and example DAGs; `make test` runs every test.
-.PHONY: install demo test test-unit test-e2e lint typecheck bench clean
+.PHONY: install demo test test-unit test-e2e lint typecheck bench screenshots clean
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -31,5 +31,10 @@ bench: install
 	$(PY) benchmarks/api_latency.py
 	$(PY) benchmarks/notify_latency.py
 
+# Refresh the README's pictures (docs/images/): light and dark, desktop and 375 px, taken by the
+# browser tests against a real Airflow. Plain test runs write screenshots to a temporary folder.
+screenshots: install
+	HITL_SCREENSHOTS_DIR=$(CURDIR)/docs/images $(PY) -m pytest tests/ui -q -k screenshots
+
 clean:
-	rm -rf .demo build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .demo build dist *.egg-info .setuptools/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -25,6 +25,19 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# jq and curl: the README's walkthrough (and its test) use them.
+for tool in jq curl; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+      echo "installing Debian's $tool"
+      apt-get update -qq >/dev/null 2>&1 || true
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
+    else
+      echo "warning: $tool is missing and cannot be installed here (need root and apt-get)" >&2
+    fi
+  fi
+done
+
 # Debian's Chromium for the browser tests: Playwright must never download its own.
 if [ "${HITL_SKIP_CHROMIUM:-0}" != "1" ] && ! command -v chromium >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then

@@ -27,7 +27,9 @@ APPROVALS_NAV_VIEW: dict[str, Any] = {
     "destination": "nav",
     # Shown at the top level of the nav, not folded under "Plugins".
     "nav_top_level": True,
+    # Two icons, like Airflow's own nav icons that follow the Appearance setting.
     "icon": f"{UI_PREFIX}/static/approvals.svg",
+    "icon_dark_mode": f"{UI_PREFIX}/static/approvals-dark.svg",
 }
 
 #: The task instance tab: that task's approval, decidable there by an allowed user.

@@ -7,6 +7,8 @@ browser. Every test gets a fresh browser context (its own cookies) and signs in 
 Airflow's own login page with :func:`login`.
 
 Set ``HITL_E2E_KEEP=1`` to keep the temporary ``AIRFLOW_HOME`` after the session.
+Screenshots go to a temporary folder (tests never change tracked files); ``make screenshots``
+sets ``HITL_SCREENSHOTS_DIR=docs/images`` to refresh the README's pictures.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 UI_DAGS = Path(__file__).resolve().parent / "dags"
-DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 375, "height": 812}
 
@@ -67,6 +68,16 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowHarness
 
 
 @pytest.fixture(scope="session")
+def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots are written: ``HITL_SCREENSHOTS_DIR`` when set, else a temporary folder."""
+    chosen = os.environ.get("HITL_SCREENSHOTS_DIR")
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots go to {folder}", file=sys.stderr)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     """Headless Debian Chromium under Playwright (never a downloaded browser)."""
     if not Path(CHROMIUM).exists() and not shutil.which(CHROMIUM):
@@ -86,11 +97,18 @@ def new_page(browser: Any, airflow: AirflowHarness) -> Iterator[Any]:
     """Factory of pages, each in its own browser context (own cookies), closed after the test."""
     contexts: list[Any] = []
 
-    def make(viewport: dict[str, int] | None = None) -> Any:
+    def make(viewport: dict[str, int] | None = None, *, color_scheme: str = "light") -> Any:
+        # color_scheme is the operating system's setting, which Airflow's own Appearance overrides.
         context = browser.new_context(
-            base_url=airflow.base_url, viewport=viewport or DESKTOP, accept_downloads=True, locale="en-GB"
+            base_url=airflow.base_url,
+            viewport=viewport or DESKTOP,
+            accept_downloads=True,
+            locale="en-GB",
+            color_scheme=color_scheme,
         )
-        context.set_default_timeout(30_000)
+        # Airflow's React UI can take a long time to settle while other stacks share the 2 cores.
+        context.set_default_timeout(90_000)
+        context.set_default_navigation_timeout(120_000)
         contexts.append(context)
         return context.new_page()
 

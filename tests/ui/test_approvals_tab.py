@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.e2e.harness import AirflowHarness, HarnessError, wait_until
-from tests.ui.conftest import DESKTOP, DOCS_IMAGES, PHONE
+from tests.ui.conftest import DESKTOP, PHONE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -498,39 +498,51 @@ class TestTaskInstanceTab:
 
 
 class TestScreenshots:
-    """Inbox and modal at desktop and phone width, for the README (docs/images/)."""
+    """Inbox, modal and history in light and dark, at desktop and phone width, for the README.
 
-    def test_screenshots(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
-        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+    Written to a temporary folder; ``make screenshots`` points ``HITL_SCREENSHOTS_DIR`` at
+    docs/images to refresh the pictures the README shows.
+    """
+
+    def test_screenshots(self, airflow: AirflowHarness, new_page: PageFactory, screenshot_dir: Path) -> None:
+        from tests.ui.test_airflow_look import set_appearance
+
         _, release_id = open_gate(airflow, "hitl_model_release", "approve_release", user="bob")
         extra = [open_gate(airflow, "e2e_gate", "gate", user="admin")[1] for _ in range(2)]
+        names = []
+        for mode in ("light", "dark"):
+            desktop = new_page(DESKTOP)
+            login(desktop, airflow, "alice")
+            desktop.goto("/plugin/approvals")
+            frame = desktop.frame_locator('iframe[title="Approvals"]')
+            expect(card(frame, release_id)).to_be_visible()
+            set_appearance(desktop, mode)
+            expect(frame.locator("html")).to_have_attribute("data-theme", mode)
+            expect(card(frame, release_id)).to_be_visible()
+            desktop.screenshot(path=str(screenshot_dir / f"approvals-inbox-desktop-{mode}.png"))
+            card(frame, release_id).get_by_role("button", name="Review").click()
+            expect(frame.locator("#m-context")).to_contain_text("Accuracy")
+            desktop.screenshot(path=str(screenshot_dir / f"approvals-modal-desktop-{mode}.png"))
+            frame.locator("#m-close").click()
+            frame.locator("#nav-history").click()
+            expect(frame.locator("#timeline li.event").first).to_be_visible()
+            desktop.screenshot(path=str(screenshot_dir / f"approvals-history-desktop-{mode}.png"))
 
-        desktop = new_page(DESKTOP)
-        login(desktop, airflow, "alice")
-        desktop.get_by_role("link", name="Approvals").click()
-        frame = desktop.frame_locator('iframe[title="Approvals"]')
-        expect(card(frame, release_id)).to_be_visible()
-        desktop.screenshot(path=str(DOCS_IMAGES / "approvals-inbox-desktop.png"))
-        card(frame, release_id).get_by_role("button", name="Review").click()
-        expect(frame.locator("#m-context")).to_contain_text("Accuracy")
-        desktop.screenshot(path=str(DOCS_IMAGES / "approvals-modal-desktop.png"))
+            phone = new_page(PHONE, color_scheme=mode)
+            login(phone, airflow, "alice", "/hitl/ui/")
+            expect(phone.locator("html")).to_have_attribute("data-theme", mode)
+            expect(card(phone, release_id)).to_be_visible()
+            # No sideways scrolling at 375 px.
+            assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+            phone.screenshot(path=str(screenshot_dir / f"approvals-inbox-phone-{mode}.png"))
+            card(phone, release_id).get_by_role("button", name="Review").click()
+            expect(phone.locator("#m-context")).to_contain_text("Accuracy")
+            assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+            phone.screenshot(path=str(screenshot_dir / f"approvals-modal-phone-{mode}.png"))
+            names += [f"{page}-{mode}" for page in ("inbox-desktop", "modal-desktop", "history-desktop")]
+            names += [f"{page}-{mode}" for page in ("inbox-phone", "modal-phone")]
 
-        desktop.goto("/hitl/ui/history")
-        expect(desktop.locator("#timeline li.event").first).to_be_visible()
-        desktop.screenshot(path=str(DOCS_IMAGES / "approvals-history-desktop.png"))
-
-        phone = new_page(PHONE)
-        login(phone, airflow, "alice", "/hitl/ui/")
-        expect(card(phone, release_id)).to_be_visible()
-        # No sideways scrolling at 375 px.
-        assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
-        phone.screenshot(path=str(DOCS_IMAGES / "approvals-inbox-phone.png"))
-        card(phone, release_id).get_by_role("button", name="Review").click()
-        expect(phone.locator("#m-context")).to_contain_text("Accuracy")
-        assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
-        phone.screenshot(path=str(DOCS_IMAGES / "approvals-modal-phone.png"))
-
-        for name in ("inbox-desktop", "modal-desktop", "history-desktop", "inbox-phone", "modal-phone"):
-            assert (DOCS_IMAGES / f"approvals-{name}.png").stat().st_size > 10_000
+        for name in names:
+            assert (screenshot_dir / f"approvals-{name}.png").stat().st_size > 10_000
         for approval_id in (release_id, *extra):
             airflow.manager.cancel(approval_id, actor="admin", reason="test cleanup", source="api")

@@ -158,9 +158,133 @@
     return duration(Date.now() - at.getTime()) + " ago";
   }
 
+  /* ------------------------------------------------------------------ Airflow's look: theme, font, timezone */
+
+  // The pages are same-origin iframes inside Airflow's React UI. Airflow keeps the user's
+  // choices in localStorage: the colour mode under "theme" (next-themes: "light", "dark" or
+  // "system", applied as a class on its <html>) and the timezone under "timezone" (a JSON
+  // string; the browser's zone when unset). We follow the same settings, live: a change in
+  // the Airflow UI fires a "storage" event here, and the parent's <html> class is observed.
+  const THEME_KEY = "theme";
+  const TIMEZONE_KEY = "timezone";
+  const onLookChange = [];
+
+  function airflowDocument() {
+    try {
+      if (window.parent !== window && window.parent.document) return window.parent.document;
+    } catch (err) {
+      // Not the same origin: only localStorage can tell.
+    }
+    return null;
+  }
+
+  function storedItem(key) {
+    try {
+      return window.localStorage.getItem(key);
+    } catch (err) {
+      return null;
+    }
+  }
+
+  function systemDark() {
+    return window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches;
+  }
+
+  /** "dark" or "light": what the Airflow UI shows (its <html> class), else its stored setting. */
+  function airflowColorMode() {
+    const parent = airflowDocument();
+    if (parent) {
+      const classes = parent.documentElement.classList;
+      if (classes.contains("dark")) return "dark";
+      if (classes.contains("light")) return "light";
+    }
+    const stored = storedItem(THEME_KEY);
+    if (stored === "dark" || stored === "light") return stored;
+    return systemDark() ? "dark" : "light";
+  }
+
+  /** The IANA zone Airflow shows times in: the user's choice in its UI, else the browser's. */
+  function airflowTimezone() {
+    const raw = storedItem(TIMEZONE_KEY);
+    if (raw) {
+      try {
+        const zone = JSON.parse(raw);
+        new Intl.DateTimeFormat("en-US", { timeZone: zone });
+        return zone;
+      } catch (err) {
+        // An unknown zone or a foreign value: fall back to the browser's, as Airflow does.
+      }
+    }
+    return Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  }
+
+  // Airflow's own CSS variables (Chakra), copied when the parent is reachable so our colours
+  // are exactly Airflow's; hitl.css carries the same palette for a page opened on its own.
+  const AIRFLOW_VARS = {
+    "--bg": "--chakra-colors-bg",
+    "--panel": "--chakra-colors-bg-panel",
+    "--text": "--chakra-colors-fg",
+    "--muted": "--chakra-colors-fg-muted",
+    "--line": "--chakra-colors-border",
+  };
+
+  function applyLook() {
+    const mode = airflowColorMode();
+    const root = document.documentElement;
+    root.dataset.theme = mode;
+    root.style.colorScheme = mode; // native controls (checkboxes, selects, date pickers) follow too
+    const parent = airflowDocument();
+    for (const name of Object.keys(AIRFLOW_VARS)) root.style.removeProperty(name);
+    if (parent) {
+      const computed = window.parent.getComputedStyle(parent.documentElement);
+      for (const [ours, theirs] of Object.entries(AIRFLOW_VARS)) {
+        const value = computed.getPropertyValue(theirs).trim();
+        if (value) root.style.setProperty(ours, value);
+      }
+      const font = window.parent.getComputedStyle(parent.body).fontFamily;
+      if (font) root.style.setProperty("--font", font);
+    }
+    onLookChange.forEach((fn) => fn());
+  }
+
+  function watchLook() {
+    applyLook();
+    window.addEventListener("storage", (event) => {
+      if (event.key === null || event.key === THEME_KEY || event.key === TIMEZONE_KEY) applyLook();
+    });
+    if (window.matchMedia) window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", applyLook);
+    const parent = airflowDocument();
+    if (parent && window.parent.MutationObserver) {
+      new window.parent.MutationObserver(applyLook).observe(parent.documentElement, { attributes: true, attributeFilter: ["class", "style"] });
+    }
+  }
+
+  const formatters = new Map();
+  function formatterFor(zone) {
+    if (!formatters.has(zone)) {
+      formatters.set(
+        zone,
+        new Intl.DateTimeFormat("en-US", {
+          timeZone: zone,
+          year: "numeric",
+          month: "2-digit",
+          day: "2-digit",
+          hour: "2-digit",
+          minute: "2-digit",
+          second: "2-digit",
+          hourCycle: "h23",
+        })
+      );
+    }
+    return formatters.get(zone);
+  }
+
+  /** A time as Airflow writes it: "2026-11-30 06:43:52" in Airflow's selected timezone. */
   function stamp(value) {
     const at = parseTime(value);
-    return at ? at.toLocaleString() : "";
+    if (!at || Number.isNaN(at.getTime())) return "";
+    const parts = Object.fromEntries(formatterFor(airflowTimezone()).formatToParts(at).map((p) => [p.type, p.value]));
+    return parts.year + "-" + parts.month + "-" + parts.day + " " + parts.hour + ":" + parts.minute + ":" + parts.second;
   }
 
   /** Risk colour: metadata.risk when the DAG author gave one, else from the time left. */
@@ -429,7 +553,7 @@
   /* ------------------------------------------------------------------ inbox */
 
   function inboxPage() {
-    const state = { items: [], selected: new Set(), openId: null, loaded: false };
+    const state = { items: [], selected: new Set(), openId: null, loaded: false, rejecting: null, rejectDraft: "" };
     const cards = $("cards");
     const modal = $("modal");
     const view = new DecisionView(() => {
@@ -516,17 +640,118 @@
           " · requested " + ago(item.requested_at) + (item.requested_by ? " by " + item.requested_by : "") + " · " + quorumText(item),
           item.state === "escalated" ? el("span", { className: "badge escalated", text: "escalated" }) : null
         ),
-        el("div", { className: "card-actions" }, rights, el("button", { type: "button", className: "btn review", onclick: () => openModal(item.id), text: "Review" }))
+        el(
+          "div",
+          { className: "card-actions" },
+          rights,
+          el(
+            "span",
+            { className: "quick" },
+            el("button", { type: "button", className: "btn review", onclick: () => openModal(item.id), text: "Review" }),
+            quickButton(item, "reject"),
+            quickButton(item, "approve")
+          )
+        ),
+        quickRejectForm(item)
       );
+    }
+
+    /* quick decisions on a card: Approve at once, Reject after a reason typed right there */
+
+    function quickButton(item, action) {
+      const allowed = action === "approve" ? WAITING.has(item.state) && item.can_approve : canReject(item);
+      return el("button", {
+        type: "button",
+        className: "btn quick-" + action + " " + action,
+        disabled: !allowed,
+        title: allowed ? "" : item.can_approve_reason || "not allowed",
+        onclick: () => (action === "approve" ? quickApprove(item) : openQuickReject(item.id)),
+        text: action === "approve" ? "Approve" : "Reject",
+      });
+    }
+
+    function quickRejectForm(item) {
+      const open = state.rejecting === item.id;
+      const input = el("textarea", { className: "quick-reason", rows: "2", maxlength: "4000", "aria-label": "Reason for rejecting " + item.title, placeholder: "Reason for rejecting (required)" });
+      input.value = open ? state.rejectDraft : "";
+      input.addEventListener("input", () => (state.rejectDraft = input.value));
+      const error = el("p", { className: "error quick-error", role: "alert", hidden: true });
+      const form = el(
+        "form",
+        { className: "quick-reject", hidden: !open, novalidate: true, onsubmit: (e) => e.preventDefault() },
+        input,
+        error,
+        el(
+          "div",
+          { className: "actions" },
+          el("button", { type: "button", className: "btn", onclick: () => openQuickReject(null), text: "Cancel" }),
+          el("button", { type: "button", className: "btn reject confirm-reject", onclick: () => quickReject(item, input.value.trim(), error), text: "Reject with this reason" })
+        )
+      );
+      return form;
+    }
+
+    function openQuickReject(id) {
+      state.rejecting = id;
+      state.rejectDraft = "";
+      render();
+      if (id) {
+        const input = cards.querySelector('li.card[data-id="' + CSS.escape(id) + '"] .quick-reason');
+        if (input) input.focus();
+      }
+    }
+
+    async function quickDecide(item, action, json, button) {
+      if (button) button.disabled = true;
+      try {
+        const result = await api("/approvals/" + encodeURIComponent(item.id) + "/" + action, { method: "POST", json, base: DECIDE });
+        toast((action === "approve" ? "Approved" : "Rejected") + ": " + result.title + " (now " + result.state + ")", "ok");
+        return true;
+      } catch (err) {
+        toast("Could not " + action + " “" + item.title + "”: " + (err.status ? err.status + ": " : "") + err.message, "bad");
+        return false;
+      } finally {
+        if (button) button.disabled = false;
+        refresh();
+      }
+    }
+
+    function quickApprove(item) {
+      const button = cards.querySelector('li.card[data-id="' + CSS.escape(item.id) + '"] .quick-approve');
+      quickDecide(item, "approve", { comment: null }, button);
+    }
+
+    async function quickReject(item, reason, error) {
+      if (!reason) {
+        // The API refuses it too (422); say so before anything is sent.
+        error.textContent = "A reason is required to reject.";
+        error.hidden = false;
+        return;
+      }
+      if (await quickDecide(item, "reject", { reason, comment: null }, null)) openQuickReject(null);
     }
 
     function render() {
       const items = filtered();
       setText("pending-count", String(items.length));
+      // The count of requests waiting for this user's decision, where Airflow lets us show it.
+      const forMe = state.items.filter((i) => i.can_approve).length;
+      document.title = (forMe ? "(" + forMe + ") " : "") + "Pending approvals · airflow-hitl";
+      setText("for-me-count", forMe ? forMe + " waiting for you" : "none waiting for you");
+      // Keep a half-typed rejection reason across the refresh that re-renders the cards.
+      const focused = document.activeElement && document.activeElement.classList.contains("quick-reason");
       // Forget selections of requests that are gone (decided elsewhere).
       const ids = new Set(state.items.map((i) => i.id));
       for (const id of [...state.selected]) if (!ids.has(id)) state.selected.delete(id);
+      if (state.rejecting && !ids.has(state.rejecting)) state.rejecting = null;
       cards.replaceChildren(...items.map(card));
+      if (focused && state.rejecting) {
+        const input = cards.querySelector('li.card[data-id="' + CSS.escape(state.rejecting) + '"] .quick-reason');
+        if (input) {
+          input.focus();
+          input.setSelectionRange(input.value.length, input.value.length);
+        }
+      }
       show($("empty"), state.loaded && items.length === 0);
       updateBulk();
     }
@@ -679,7 +904,15 @@
     setInterval(() => {
       if (!document.hidden) refresh();
     }, POLL_MS);
+    onLookChange.push(() => {
+      render();
+      if (view.item) view.fill(view.item);
+    });
     refresh();
+    // A notification opened from another page lands here as ?open=<approval id>.
+    const wanted = new URLSearchParams(window.location.search).get("open");
+    if (wanted) openModal(wanted);
+    return openModal;
   }
 
   /* ------------------------------------------------------------------ history */
@@ -737,7 +970,10 @@
           el("span", { className: "source", text: item.decision_source || "—" }),
           " · requested by " + (item.requested_by || "unknown")
         ),
-        item.comment ? el("div", { className: "comment prewrap", text: "“" + item.comment + "”" }) : null,
+        // The decision's comment is usually the deciding vote's own: show it once, with the vote.
+        item.comment && !(item.votes || []).some((v) => [v.comment, v.reason, v.reason + " — " + v.comment].includes(item.comment))
+          ? el("div", { className: "comment prewrap", text: "“" + item.comment + "”" })
+          : null,
         (item.votes || []).length ? el("ul", { className: "votes" }, item.votes.map(voteItem)) : null
       );
     }
@@ -768,6 +1004,7 @@
       load();
     });
     ["h-state", "h-since", "h-until"].forEach((id) => $(id).addEventListener("change", load));
+    onLookChange.push(load);
     setInterval(() => {
       if (!document.hidden) load();
     }, POLL_MS * 2);
@@ -814,9 +1051,96 @@
     setInterval(() => {
       if (!document.hidden) refresh();
     }, POLL_MS);
+    onLookChange.push(() => view.item && view.fill(view.item));
     refresh();
   }
 
+  /* ------------------------------------------------------------------ in-app notifications (the bell) */
+
+  const EVENT_WORDS = {
+    required: "approval needed",
+    reminder: "reminder",
+    escalated: "escalated",
+    timed_out: "timed out",
+    decided: "decided",
+    cancelled: "cancelled",
+  };
+
+  /** The bell in the header: the unread count, the list, mark read (GET/POST /notifications). */
+  function notificationBell(openApproval) {
+    const button = $("bell");
+    const panel = $("bell-panel");
+    if (!button || !panel) return;
+    let items = [];
+
+    function render(data) {
+      items = data.notifications;
+      const unread = data.unread_count;
+      const badge = $("bell-count");
+      badge.textContent = unread > 99 ? "99+" : String(unread);
+      show(badge, unread > 0);
+      button.setAttribute("aria-label", "Notifications: " + unread + " unread");
+      button.classList.toggle("has-unread", unread > 0);
+      $("bell-read-all").disabled = unread === 0;
+      show($("bell-empty"), items.length === 0);
+      $("bell-list").replaceChildren(
+        ...items.map((n) =>
+          el(
+            "li",
+            { className: "note" + (n.read ? " read" : " unread"), dataset: { id: n.id, requestId: n.request_id } },
+            el("button", { type: "button", className: "linklike note-open", onclick: () => open(n), text: n.subject || "Approval " + n.request_id }),
+            el("div", { className: "muted note-meta", text: (EVENT_WORDS[n.event_type] || n.event_type) + " · " + stamp(n.created_at) }),
+            n.read ? null : el("button", { type: "button", className: "linklike note-read", onclick: () => markRead([n.id]), text: "Mark read" })
+          )
+        )
+      );
+    }
+
+    async function refresh() {
+      try {
+        render(await api("/notifications" + query({ limit: 20 })));
+      } catch (err) {
+        // The bell is secondary: the page's own error line reports a dead API.
+      }
+    }
+
+    async function markRead(ids) {
+      try {
+        await api("/notifications/read", { method: "POST", json: ids ? { ids } : {} });
+      } catch (err) {
+        toast("Could not mark read: " + err.message, "bad");
+      }
+      refresh();
+    }
+
+    function open(n) {
+      if (!n.read) markRead([n.id]);
+      togglePanel(false);
+      openApproval(n.request_id);
+    }
+
+    function togglePanel(visible) {
+      panel.hidden = !visible;
+      button.setAttribute("aria-expanded", String(visible));
+    }
+
+    button.addEventListener("click", () => togglePanel(panel.hidden));
+    $("bell-read-all").addEventListener("click", () => markRead(null));
+    document.addEventListener("click", (e) => {
+      if (!panel.hidden && !panel.contains(e.target) && !button.contains(e.target)) togglePanel(false);
+    });
+    document.addEventListener("keydown", (e) => {
+      if (e.key === "Escape" && !panel.hidden) togglePanel(false);
+    });
+    onLookChange.push(() => render({ notifications: items, unread_count: Number($("bell-count").textContent) || 0 }));
+    setInterval(() => {
+      if (!document.hidden) refresh();
+    }, POLL_MS);
+    refresh();
+  }
+
+  watchLook();
   const pages = { inbox: inboxPage, history: historyPage, task: taskPage };
-  (pages[body.dataset.page] || (() => undefined))();
+  const openApproval = (pages[body.dataset.page] || (() => undefined))();
+  notificationBell(openApproval || ((id) => window.location.assign(APP + "/ui/" + query({ open: id }))));
 })();
