@@ -39,6 +39,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
+import httpx  # noqa: E402
 from api_latency import fresh_databases  # noqa: E402
 
 from airflow_hitl.manager import ApprovalFilter  # noqa: E402
@@ -81,6 +82,8 @@ class BenchHarness(AirflowHarness):
     def __init__(self, *, celery: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.celery = celery
+        # The api-server's first /execution call can take longer than the harness's 90 s here.
+        self._http = httpx.Client(base_url=self.base_url, timeout=300.0, trust_env=False)
 
     def warm_up(self, *, attempts: int = 3) -> None:
         """Start the Celery worker first when the executor is Celery."""
