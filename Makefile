@@ -30,6 +30,7 @@ bench: install
 	$(PY) benchmarks/trigger_scale.py
 	$(PY) benchmarks/api_latency.py
 	$(PY) benchmarks/notify_latency.py
+	$(PY) benchmarks/resume_vs_native.py
 
 clean:
 	rm -rf .demo build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

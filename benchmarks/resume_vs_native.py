@@ -166,7 +166,7 @@ def _open_native(h: AirflowHarness, dag_id: str, run_id: str) -> dict[str, Any]:
 def decide_once(h: AirflowHarness, kind: str, delay: float) -> float | None:
     """One run: open the gate, decide after ``delay`` s, return decision -> success (None: lost)."""
     dag_id = f"bench_{kind}"
-    run_id = h.trigger(dag_id, unpause=False, run_id=f"{kind}_{uuid.uuid4().hex[:10]}")
+    run_id = h.trigger(dag_id, user="op", unpause=False, run_id=f"{kind}_{uuid.uuid4().hex[:10]}")
     if kind == "ours":
         approval = _open_ours(h, dag_id, run_id)
         opened = time.monotonic()
