@@ -47,6 +47,7 @@ from tests.e2e.harness import AirflowHarness, AirflowProcess  # noqa: E402
 
 TIMEOUT = dt.timedelta(seconds=5)
 POLL = 0.02
+END_TIMEOUT = 180.0
 
 DAGS = textwrap.dedent(
     f'''
@@ -144,7 +145,11 @@ def _end_state(h: AirflowHarness, dag_id: str, run_id: str) -> tuple[str, float]
             return state, time.monotonic()
         return None
 
-    return _wait(ended)  # type: ignore[no-any-return]
+    try:
+        return _wait(ended, timeout=END_TIMEOUT)  # type: ignore[no-any-return]
+    except TimeoutError:
+        # A gate that never ends after its decision is lost too (e.g. stuck awaiting input).
+        return "stuck", time.monotonic()
 
 
 def _open_ours(h: AirflowHarness, dag_id: str, run_id: str) -> Any:
