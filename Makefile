@@ -30,6 +30,7 @@ bench: install
 	$(PY) benchmarks/trigger_scale.py
 	$(PY) benchmarks/api_latency.py
 	$(PY) benchmarks/notify_latency.py
+	$(PY) benchmarks/resume_vs_native.py
 
 # Refresh the README's pictures (docs/images/): light and dark, desktop and 375 px, taken by the
 # browser tests against a real Airflow. Plain test runs write screenshots to a temporary folder.

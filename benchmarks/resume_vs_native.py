@@ -39,6 +39,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
+import httpx  # noqa: E402
 from api_latency import fresh_databases  # noqa: E402
 
 from airflow_hitl.manager import ApprovalFilter  # noqa: E402
@@ -46,6 +47,7 @@ from tests.e2e.harness import AirflowHarness, AirflowProcess  # noqa: E402
 
 TIMEOUT = dt.timedelta(seconds=5)
 POLL = 0.02
+END_TIMEOUT = 180.0
 
 DAGS = textwrap.dedent(
     f'''
@@ -81,6 +83,8 @@ class BenchHarness(AirflowHarness):
     def __init__(self, *, celery: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.celery = celery
+        # The api-server's first /execution call can take longer than the harness's 90 s here.
+        self._http = httpx.Client(base_url=self.base_url, timeout=300.0, trust_env=False)
 
     def warm_up(self, *, attempts: int = 3) -> None:
         """Start the Celery worker first when the executor is Celery."""
@@ -141,7 +145,11 @@ def _end_state(h: AirflowHarness, dag_id: str, run_id: str) -> tuple[str, float]
             return state, time.monotonic()
         return None
 
-    return _wait(ended)  # type: ignore[no-any-return]
+    try:
+        return _wait(ended, timeout=END_TIMEOUT)  # type: ignore[no-any-return]
+    except TimeoutError:
+        # A gate that never ends after its decision is lost too (e.g. stuck awaiting input).
+        return "stuck", time.monotonic()
 
 
 def _open_ours(h: AirflowHarness, dag_id: str, run_id: str) -> Any:
@@ -163,7 +171,7 @@ def _open_native(h: AirflowHarness, dag_id: str, run_id: str) -> dict[str, Any]:
 def decide_once(h: AirflowHarness, kind: str, delay: float) -> float | None:
     """One run: open the gate, decide after ``delay`` s, return decision -> success (None: lost)."""
     dag_id = f"bench_{kind}"
-    run_id = h.trigger(dag_id, unpause=False, run_id=f"{kind}_{uuid.uuid4().hex[:10]}")
+    run_id = h.trigger(dag_id, user="op", unpause=False, run_id=f"{kind}_{uuid.uuid4().hex[:10]}")
     if kind == "ours":
         approval = _open_ours(h, dag_id, run_id)
         opened = time.monotonic()
