@@ -12,6 +12,7 @@ The tests run in file order; the triggerer crash is last because it leaves one t
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
