@@ -97,4 +97,5 @@ def for_pages() -> dict[str, Any]:
         "votes": list(VOTES),
         "sources": list(SOURCES),
         "channels": list(CHANNELS),
+        "events": list(EVENTS),
     }

@@ -30,7 +30,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from airflow_hitl import __version__
+from airflow_hitl import __version__, vocabulary
 from airflow_hitl.api.datamodels import ApproveBody, BulkBody, RejectBody
 from airflow_hitl.api.routes.approvals import ManagerDep, canonical_approval_id, client_of, decide_many, decision_of
 from airflow_hitl.api.security import Caller, CallerDep, authenticate, require_same_site
@@ -111,6 +111,8 @@ def _render(request: Request, template: str, caller: Caller, **extra: Any) -> HT
         "airflow_base": _airflow_base(request),
         "static_base": f"{root}/ui/static",
         "version": __version__,
+        # The pages read the words they show (states, channels) from here, not a copy of their own.
+        "vocabulary": vocabulary.for_pages(),
         **extra,
     }
     html = _templates().get_template(template).render(**context)

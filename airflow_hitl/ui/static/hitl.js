@@ -17,7 +17,9 @@
   // Decisions go through the pages' own endpoints: recorded as source "ui", CSRF-guarded.
   const DECIDE = APP + "/ui/api";
   const POLL_MS = 5000;
-  const WAITING = new Set(["pending", "escalated"]);
+  // The vocabulary (states, events, channels) comes from the server: airflow_hitl/vocabulary.py.
+  const VOCABULARY = JSON.parse(document.body.dataset.vocabulary || "{}");
+  const WAITING = new Set(VOCABULARY.waiting_states || []);
 
   /* ------------------------------------------------------------------ DOM helpers */
 
