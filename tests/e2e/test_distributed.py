@@ -252,12 +252,6 @@ class TestFabSession:
 
 
 class TestSqliteFallbackRefused:
-    # strict: once h-safety's refusal (models/store.py) is merged this passes, XPASS fails the
-    # run, and the marker must go.
-    @pytest.mark.xfail(
-        strict=True,
-        reason="needs the SQLite-fallback refusal under distributed executors (branch h-safety); remove after merge",
-    )
     def test_gate_without_hitl_default_fails_naming_the_connection(self, stack: AirflowHarness) -> None:
         """Under CeleryExecutor a missing ``hitl_default`` must not fall back to a per-host SQLite file."""
         dag_id = "dist_no_store"
@@ -275,12 +269,7 @@ class TestSqliteFallbackRefused:
 
 
 class TestEmailedLinkForFabUser:
-    # strict: once notices are sent from the api-server's outbox (which has FAB's auth manager)
-    # this passes, XPASS fails the run, and the marker must go.
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a Celery worker cannot read FAB users' emails; needs the notification outbox; remove after merge",
-    )
+    # Notices go out from the api-server's outbox, which has FAB's auth manager and so the email.
     def test_link_sent_to_the_fab_users_email_decides(self, stack: AirflowHarness, smtp: SmtpSink) -> None:
         dag_id = "dist_email"
         [run_id] = trigger_runs(stack, dag_id, 1)
