@@ -12,14 +12,20 @@ import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from airflow_hitl.api.datamodels import MAX_ID_LENGTH
+from airflow_hitl.api.datamodels import MAX_ID_LENGTH, error_responses
 from airflow_hitl.api.routes.approvals import ManagerDep
 from airflow_hitl.api.security import CallerDep, current_caller
+from airflow_hitl.limits import json_problem
 from airflow_hitl.records import Notification
 
-router = APIRouter(prefix="/notifications", tags=["notifications"], dependencies=[Depends(current_caller)])
+router = APIRouter(
+    prefix="/notifications",
+    tags=["notifications"],
+    dependencies=[Depends(current_caller)],
+    responses=error_responses(401, 422, 503),
+)
 
 IN_APP = "in_app"
 UNREAD = "sent"  # an in-app row is delivered ("sent") once written, until its reader marks it read
@@ -57,6 +63,15 @@ class MarkReadBody(BaseModel):
     ids: list[Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\x00]*$")]] | None = Field(
         default=None, max_length=MAX_READ_IDS, description="Notification ids; omit (or null) to mark all read."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        # Text PostgreSQL cannot take (lone surrogates, NUL) is bad input, never a 500.
+        problem = json_problem(data)
+        if problem:
+            raise ValueError(problem)
+        return data
 
 
 class MarkReadResponse(BaseModel):
@@ -100,7 +115,12 @@ def list_notifications(
     }
 
 
-@router.post("/read", response_model=MarkReadResponse, summary="Mark the caller's notifications read")
+@router.post(
+    "/read",
+    response_model=MarkReadResponse,
+    summary="Mark the caller's notifications read",
+    responses=error_responses(413),
+)
 def mark_read(caller: CallerDep, manager: ManagerDep, body: MarkReadBody) -> dict[str, int]:
     """Mark the given notifications (all when ``ids`` is omitted) of the caller read."""
     marked = manager.mark_read(caller.name, body.ids)
