@@ -7,6 +7,7 @@ access is a bug waiting in every caller that outlives its session.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -202,6 +203,20 @@ class WaitState:
     def is_waiting(self) -> bool:
         """True while the request is pending or escalated."""
         return self.state in WAITING_STATES
+
+
+def read_decision(value: Any) -> dict[str, Any]:
+    """The gate's decision XCom as a dict, however it reached the reading task.
+
+    A gate ended by its trigger hands Airflow the decision with the task end event; Airflow
+    3.3 stores such XComs serialized once more than the ones a worker pushes, so a downstream
+    task receives a JSON string where it expects a dict. Pass what you pulled through this.
+    """
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, dict):
+        raise TypeError(f"not an approval decision: {type(value).__name__}")
+    return value
 
 
 def decision_summary(approval: Approval) -> dict[str, Any]:

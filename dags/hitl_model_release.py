@@ -11,6 +11,7 @@ import datetime as dt
 from airflow.sdk import DAG, task
 
 from airflow_hitl.operators.approval import ApprovalOperator
+from airflow_hitl.records import read_decision
 
 with DAG(
     dag_id="hitl_model_release",
@@ -41,8 +42,10 @@ with DAG(
     )
 
     @task
-    def deploy(decision: dict) -> str:
-        return f"deployed after approval by {', '.join(decision['approvers']) or decision['decision_source']}"
+    def deploy(decision: dict | str) -> str:
+        # read_decision: the gate's XCom may arrive as JSON text (see README, "Writing a gate").
+        summary = read_decision(decision)
+        return f"deployed after approval by {', '.join(summary['approvers']) or summary['decision_source']}"
 
     metrics = evaluate(train())
     metrics >> gate
