@@ -60,11 +60,16 @@ class StatsdListener:
 
 
 def _initialise_stats() -> None:
-    # What each Airflow process does at start, from [metrics] as the environment now says.
+    # What each Airflow process does at start, from [metrics] as the environment now says. Both
+    # copies of Stats: an earlier test's api-server app (TestClient runs its lifespan) leaves the
+    # core's initialised, and then metrics.py sends through that one.
+    from airflow._shared.observability.metrics import stats as core_stats
+    from airflow.observability.metrics import stats_utils as core_utils
     from airflow.sdk._shared.observability.metrics import stats
     from airflow.sdk.observability.metrics import stats_utils
 
     stats.initialize(factory=stats_utils.get_stats_factory(), export_legacy_names=False)
+    core_stats.initialize(factory=core_utils.get_stats_factory(), export_legacy_names=False)
     metrics.reset()
 
 
