@@ -6,8 +6,9 @@ would pay for on two cores):
 
 - ``airflow``: api-server, scheduler, triggerer and dag-processor, LocalExecutor, PostgreSQL
   metadata DB, SQLite store, no notices.
-- ``notifying_airflow``: the same with the approval store on PostgreSQL too, and every process
-  mailing a real SMTP server (aiosmtpd, in this process) that a test can stop and start.
+- ``notifying_airflow``: the same with the approval store on PostgreSQL too, every process
+  mailing a real SMTP server (aiosmtpd, in this process) that a test can stop and start, and
+  sending its metrics to a StatsD listener (UDP, in this process).
 
 The e2e modules run in an order that keeps each stack's users together. Set
 ``HITL_E2E_KEEP=1`` to keep the temporary ``AIRFLOW_HOME`` (process and task logs) after the
@@ -26,6 +27,7 @@ import pytest
 
 from tests.e2e.harness import AirflowHarness, create_database, drop_database
 from tests.e2e.mail import MailServer, serve_mail
+from tests.helpers import StatsdListener
 from tests.notifications.conftest import notify_environment
 
 #: Shared stack fixture name -> its running harness.
@@ -64,8 +66,18 @@ def mail() -> Iterator[MailServer]:
 
 
 @pytest.fixture(scope="session")
-def notifying_airflow(tmp_path_factory: pytest.TempPathFactory, mail: MailServer) -> Iterator[AirflowHarness]:
-    """Airflow and the approval store on PostgreSQL, its processes mailing ``mail``."""
+def statsd() -> Iterator[StatsdListener]:
+    """The StatsD server (UDP on loopback) that ``notifying_airflow`` sends its metrics to."""
+    listener = StatsdListener()
+    yield listener
+    listener.close()
+
+
+@pytest.fixture(scope="session")
+def notifying_airflow(
+    tmp_path_factory: pytest.TempPathFactory, mail: MailServer, statsd: StatsdListener
+) -> Iterator[AirflowHarness]:
+    """Airflow and the approval store on PostgreSQL, its processes mailing ``mail``, metrics to ``statsd``."""
     metadata_url = create_database("hitl_e2e_af")
     store_url = create_database("hitl_e2e_store")
     harness = AirflowHarness(
@@ -89,6 +101,9 @@ def notifying_airflow(tmp_path_factory: pytest.TempPathFactory, mail: MailServer
             "AIRFLOW__HITL__NOTIFY_RETRY_BACKOFF": "1.0",
             "AIRFLOW__HITL__NOTIFY_RETRY_MAX_BACKOFF": "5.0",
             "AIRFLOW__CORE__PARALLELISM": "8",
+            "AIRFLOW__METRICS__STATSD_ON": "True",
+            "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+            "AIRFLOW__METRICS__STATSD_PORT": str(statsd.port),
         }
     )
     harness.env.update(env)
