@@ -338,6 +338,19 @@
     return el("a", Object.assign({ href, onclick: openAirflow }, props || {}), text);
   }
 
+  /** The line naming a request's DAG, run (both linked into Airflow) and task: on the cards and in the history. */
+  function whereLine(item) {
+    return el(
+      "div",
+      { className: "meta" },
+      airflowLink(dagUrl(item), item.dag_id, { className: "dag" }),
+      " · ",
+      airflowLink(runUrl(item), item.run_id || "(no run)", { className: "run" }),
+      item.task_id ? " · " + item.task_id : "",
+      originBadge(item)
+    );
+  }
+
   function setAirflowLink(node, href, text) {
     node.setAttribute("href", href);
     if (text !== undefined) node.textContent = text;
@@ -626,15 +639,7 @@
           el("button", { type: "button", className: "title linklike", onclick: () => openModal(item.id), text: item.title }),
           el("span", { className: "risk", title: "risk: " + level, text: level === "none" ? "" : level })
         ),
-        el(
-          "div",
-          { className: "meta" },
-          airflowLink(dagUrl(item), item.dag_id, { className: "dag" }),
-          " · ",
-          airflowLink(runUrl(item), item.run_id || "(no run)", { className: "run" }),
-          item.task_id ? " · " + item.task_id : "",
-          originBadge(item)
-        ),
+        whereLine(item),
         el(
           "div",
           { className: "meta" },
@@ -954,15 +959,7 @@
           " ",
           el("strong", { className: "title", text: item.title })
         ),
-        el(
-          "div",
-          { className: "meta" },
-          airflowLink(dagUrl(item), item.dag_id, { className: "dag" }),
-          " · ",
-          airflowLink(runUrl(item), item.run_id || "(no run)", { className: "run" }),
-          item.task_id ? " · " + item.task_id : "",
-          originBadge(item)
-        ),
+        whereLine(item),
         el(
           "div",
           { className: "meta" },
