@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_hitl.manager import ApprovalSpec
+
+if TYPE_CHECKING:
+    # Typing only: importing Airflow here would configure it before a test sets AIRFLOW_HOME.
+    from airflow.triggers.base import TriggerEvent
+
+    from airflow_hitl.triggers.approval import ApprovalTrigger
 
 
 class Clock:
@@ -94,3 +101,29 @@ class StatsdListener:
         self._stop.set()
         self._thread.join(timeout=5)
         self.sock.close()
+
+
+async def next_event(trigger: ApprovalTrigger, timeout: float = 30.0) -> TriggerEvent:
+    """Run the trigger until its first event, as the triggerer would."""
+    events = trigger.run()
+    try:
+        return await asyncio.wait_for(events.__anext__(), timeout)
+    finally:
+        await events.aclose()
+
+
+async def first_event(trigger: ApprovalTrigger, timeout: float = 30.0) -> dict[str, Any]:
+    """The payload of the trigger's first event."""
+    return dict((await next_event(trigger, timeout)).payload)
+
+
+def later(delay: float, fn: Any, *args: Any, **kwargs: Any) -> threading.Thread:
+    """Call ``fn`` from another thread after ``delay`` seconds (a person deciding)."""
+
+    def run() -> None:
+        time.sleep(delay)
+        fn(*args, **kwargs)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

@@ -11,7 +11,6 @@ import pytest
 
 from airflow_hitl import metrics
 from airflow_hitl.manager import ApprovalManager
-from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.policy import EscalationLevel, Principal
 from tests.helpers import Clock, StatsdListener, spec
 
@@ -45,16 +44,6 @@ def statsd(monkeypatch: pytest.MonkeyPatch) -> Iterator[StatsdListener]:
     monkeypatch.delenv("AIRFLOW__METRICS__STATSD_ON")
     _initialise_stats()
     listener.close()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def mgr(store: ApprovalStore, clock: Clock) -> ApprovalManager:
-    return ApprovalManager(store=store, clock=clock)
 
 
 class TestStatsd:
