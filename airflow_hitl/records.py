@@ -28,6 +28,8 @@ class Vote:
     created_at: dt.datetime
     user_roles: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Who cast this vote for ``user`` through a delegation (None: ``user`` did).
+    delegate: str | None = None
 
     @classmethod
     def from_row(cls, row: ApprovalVoteRow) -> Vote:
@@ -42,7 +44,13 @@ class Vote:
             created_at=row.created_at,
             user_roles=tuple(row.user_roles or ()),
             metadata=dict(row.metadata_ or {}),
+            delegate=row.delegate,
         )
+
+    @property
+    def cast_by(self) -> str:
+        """Who cast it, as shown everywhere: ``alice``, or ``bob for alice`` through a delegation."""
+        return f"{self.delegate} for {self.user}" if self.delegate else self.user
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,6 +249,7 @@ def decision_summary(approval: Approval) -> dict[str, Any]:
                 "comment": v.comment,
                 "reason": v.reason,
                 "source": v.source,
+                "delegate": v.delegate,
                 "at": v.created_at.isoformat(),
             }
             for v in approval.votes
