@@ -238,8 +238,7 @@ class Delegations(StoreTransactions):
             problems.add("ends_at", "must be in the future")
         if to and user_known is not None and user_known(to) is False:
             problems.add("delegate", f"no user {to!r} is known to Airflow's auth manager")
-        other = owner and delegator is not None and owner != actor.name
-        if other and user_known is not None and user_known(owner) is False:
+        if owner and owner != actor.name and user_known is not None and user_known(owner) is False:
             problems.add("delegator", f"no user {owner!r} is known to Airflow's auth manager")
         problems.raise_if_any(InvalidInput)
         assert owner and to and start and end  # for the type checker: problems were raised above
