@@ -60,7 +60,7 @@ def test_delegated_approval_counts_once_and_shows_bob_for_carol(airflow: Airflow
 
         airflow.wait_for_run_state(DAG_ID, run_id, "success")
         xcom = airflow.api(
-            "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/gate/xcomEntries/decision"
+            "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/gate/xcomEntries/return_value"
         ).json()["value"]
         value = read_decision(xcom)
         assert value["approvers"] == ["carol"]
