@@ -148,7 +148,7 @@ def check_delegated_vote(
                 code="self_approval",
                 reason=f"you triggered this run and cannot approve it yourself, not even for {name}",
             )
-    return Eligibility(allowed=True, code="delegate", reason=f"for {name}")
+    return Eligibility(allowed=True, code="delegate", reason=f"for {name}", on_behalf_of=name)
 
 
 def _aware(value: Any, field_name: str, problems: ConfigProblems) -> dt.datetime | None:

@@ -189,8 +189,7 @@ def _item(
             # The caller's active delegations (read once per list) may let them decide for someone.
             eligibility = manager.can_decide(caller.principal, approval, own, delegations, roles_of=delegator_roles)
             data["can_approve"], data["can_approve_reason"] = eligibility.allowed, eligibility.reason
-            if eligibility.code == "delegate":
-                data["can_approve_for"] = eligibility.reason.removeprefix("for ") if eligibility.reason else None
+            data["can_approve_for"] = eligibility.on_behalf_of
         else:
             data["can_approve"], data["can_approve_reason"] = False, refusal
     return data
