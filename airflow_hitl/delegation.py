@@ -220,6 +220,9 @@ class Delegations(StoreTransactions):
         several delegates, or for several DAG sets): a delegate with more than one delegator
         for a request says on whose behalf they decide.
         """
+        if delegator is not None and delegator != actor.name and not admin:
+            # Refused before any lookup: a non-admin learns nothing about other users.
+            raise NotAllowed("only an admin may create a delegation for someone else")
         now = self._clock()
         problems = ConfigProblems()
         owner = actor.name if delegator is None else _name(delegator, "delegator", problems)
@@ -242,8 +245,6 @@ class Delegations(StoreTransactions):
             problems.add("delegator", f"no user {owner!r} is known to Airflow's auth manager")
         problems.raise_if_any(InvalidInput)
         assert owner and to and start and end  # for the type checker: problems were raised above
-        if owner != actor.name and not admin:
-            raise NotAllowed("only an admin may create a delegation for someone else")
         with self._transaction() as session:
             row = ApprovalDelegationRow(
                 id=str(uuid.uuid4()),
