@@ -128,6 +128,66 @@ def find_user(*, name: str | None = None, email: str | None = None) -> tuple[boo
     return True, None
 
 
+def user_known(name: str) -> bool | None:
+    """Whether the auth manager has a user called ``name``; None when it cannot tell.
+
+    SimpleAuthManager and FabAuthManager can (their user lists); any other auth manager, or a
+    process without one (a worker, the CLI), cannot.
+    """
+    available, user = find_user(name=name)
+    if not available:
+        return None
+    manager = auth_manager()
+    can_tell = callable(getattr(manager, "get_users", None)) or callable(
+        getattr(getattr(manager, "security_manager", None), "find_user", None)
+    )
+    if not can_tell:
+        return None
+    return user is not None
+
+
+def roles_of(name: str) -> frozenset[str] | None:
+    """The roles the auth manager gives user ``name`` now (for a delegator's vote); None when unknown."""
+    available, user = find_user(name=name)
+    if not available or user is None:
+        return None
+    return principal_of(user).roles
+
+
+#: The role that makes a SimpleAuthManager user an admin, and FAB's default ``AUTH_ROLE_ADMIN``.
+SIMPLE_ADMIN_ROLE = "admin"
+FAB_ADMIN_ROLE = "Admin"
+
+
+def is_admin(user: Any) -> bool:
+    """Whether ``user`` is an Airflow admin, as their auth manager defines one.
+
+    SimpleAuthManager: the ``admin`` role (everyone with ``simple_auth_manager_all_admins``).
+    FabAuthManager: the security manager's admin role (``AUTH_ROLE_ADMIN``, ``Admin`` unless
+    configured). Any other auth manager has no admin we could recognise: nobody is one.
+    """
+    try:
+        manager = auth_manager()
+    except Exception:
+        return False
+    if callable(getattr(manager, "get_users", None)):  # SimpleAuthManager
+        from airflow.configuration import conf
+
+        if conf.getboolean("core", "simple_auth_manager_all_admins", fallback=False):
+            return True
+        role = getattr(user, "role", None)
+        return isinstance(role, str) and role.lower() == SIMPLE_ADMIN_ROLE
+    security_manager = getattr(manager, "security_manager", None)
+    if security_manager is not None:  # FabAuthManager
+        try:
+            admin_role = security_manager.auth_role_admin or FAB_ADMIN_ROLE
+        except Exception:
+            # Read from the Flask app's config, which needs an app context outside a FAB request.
+            admin_role = FAB_ADMIN_ROLE
+        return admin_role in principal_of(user).roles
+    return False
+
+
 @functools.cache
 def _oauth_token_param(get_user: Callable[..., Any]) -> str:
     # Airflow 3.3 renamed get_user's ``oauth_token`` to ``_oauth_token``; passing the wrong

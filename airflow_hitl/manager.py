@@ -32,11 +32,11 @@ from sqlalchemy.orm import Session
 
 from airflow_hitl import metrics, outbox
 from airflow_hitl.audit import AuditEvent, AuditReader
+from airflow_hitl.delegation import Delegations, RolesOf
 from airflow_hitl.exceptions import (
     AlreadyVoted,
     ApprovalNotPending,
     InvalidInput,
-    NotAllowed,
 )
 from airflow_hitl.models.store import ApprovalStore, get_store
 from airflow_hitl.models.tables import (
@@ -49,7 +49,6 @@ from airflow_hitl.notices import NoticeLog
 from airflow_hitl.policy import (
     EscalationLevel,
     Principal,
-    check_vote,
     quorum_reached,
 )
 from airflow_hitl.queries import ApprovalQueries
@@ -81,7 +80,7 @@ __all__ = [
 ]
 
 
-class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
+class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
     """Owns every state transition, policy check and audit row of the approval store."""
 
     def __init__(
@@ -266,6 +265,8 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
             client=decision.client,
             dag_access=decision.dag_access,
             link=decision.link,
+            on_behalf_of=decision.on_behalf_of,
+            delegator_roles=decision.delegator_roles,
         )
 
     def approve(
@@ -336,6 +337,8 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
         client: Mapping[str, Any] | None,
         dag_access: DagAccess | None,
         link: LinkUse | None = None,
+        on_behalf_of: str | None = None,
+        delegator_roles: RolesOf | None = None,
     ) -> Approval:
         if source not in VOTE_SOURCES:
             raise InvalidInput("source", f"must be one of {list(VOTE_SOURCES)}")
@@ -353,14 +356,16 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
                     now=now,
                 )
             self._ensure_open(row, now)
-            eligibility = check_vote(policy_of(row), user, action=action, voters=(v.user for v in row.votes))
-            if not eligibility.allowed:
-                if eligibility.code == "already_voted":
-                    raise AlreadyVoted(row.id, user.name)
-                raise NotAllowed(eligibility.reason or "not allowed")
+            # The caller's own vote, or a delegator's they cast (refused with the reason why not).
+            acting = self._acting(
+                session, row, user=user, action=action, on_behalf_of=on_behalf_of, roles_of=delegator_roles, now=now
+            )
+            delegated = {"delegate": acting.delegate, "delegation_id": acting.delegation_id} if acting.delegate else {}
+            user = acting.voter
             vote = ApprovalVoteRow(
                 request_id=row.id,
                 user=user.name,
+                delegate=acting.delegate,
                 user_roles=sorted(user.roles),
                 vote=action,
                 comment=comment,
@@ -383,6 +388,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
                     "reason": reason,
                     "roles": sorted(user.roles),
                     "escalation_level": row.escalation_level,
+                    **delegated,
                     **dict(client or {}),
                 },
                 at=now,
@@ -398,6 +404,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
                     source=source,
                     now=now,
                     client=client,
+                    details=delegated,
                 )
             elif quorum_reached(policy_of(row), ((v.user, v.user_roles, v.vote) for v in row.votes)):
                 self._finish(
@@ -410,6 +417,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
                     source=source,
                     now=now,
                     client=client,
+                    details=delegated,
                 )
             else:
                 row.updated_at = now

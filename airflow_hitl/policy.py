@@ -75,6 +75,8 @@ class Eligibility:
     allowed: bool
     reason: str | None = None
     code: str | None = None
+    #: Allowed through a delegation: whose vote the user would cast.
+    on_behalf_of: str | None = None
 
     def __bool__(self) -> bool:
         return self.allowed

@@ -52,6 +52,8 @@ class Vote:
     created_at: dt.datetime
     user_roles: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Who cast this vote for ``user`` through a delegation (None: ``user`` did).
+    delegate: str | None = None
 
     @classmethod
     def from_row(cls, row: ApprovalVoteRow) -> Vote:
@@ -61,6 +63,11 @@ class Vote:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: every field, datetimes as ISO strings."""
         return {name: jsonable(getattr(self, name)) for name in _VOTE_FIELDS}
+
+    @property
+    def cast_by(self) -> str:
+        """Who cast it, as shown everywhere: ``alice``, or ``bob for alice`` through a delegation."""
+        return f"{self.delegate} for {self.user}" if self.delegate else self.user
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,7 +255,7 @@ def decision_summary(approval: Approval) -> dict[str, Any]:
     }
 
 
-_SUMMARY_VOTE_FIELDS = ("user", "vote", "comment", "reason", "source")
+_SUMMARY_VOTE_FIELDS = ("user", "vote", "comment", "reason", "source", "delegate")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -209,6 +209,9 @@ class Decision:
     :param client: Where it came from (address, user agent, OS user), for the audit trail.
     :param dag_access: The channel's own access rule, asked under the row lock.
     :param link: The emailed link the decision came through, if any.
+    :param on_behalf_of: The delegator whose vote ``user`` casts (see :mod:`airflow_hitl.delegation`);
+        None: ``user``'s own vote, or else the one active delegator the policy lets it be cast for.
+    :param delegator_roles: A delegator's roles by name (the auth manager's, via :mod:`airflow_hitl.identity`).
     """
 
     action: str
@@ -220,6 +223,8 @@ class Decision:
     client: Mapping[str, Any] | None = None
     dag_access: DagAccess | None = None
     link: LinkUse | None = None
+    on_behalf_of: str | None = None
+    delegator_roles: Callable[[str], Iterable[str] | None] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -74,6 +74,14 @@ ACTION_EVENTS = (REQUIRED, REMINDER, ESCALATED_EVENT)
 #: Events that tell people how a request ended.
 FINAL_EVENTS = (DECIDED, TIMED_OUT, CANCELLED_EVENT)
 
+# ---------------------------------------------------------------- delegation
+#: Audit events of delegations (``request_id`` NULL: a delegation belongs to no request).
+DELEGATION_CREATED = "delegation_created"
+DELEGATION_ENDED = "delegation_ended"
+DELEGATION_EVENTS = (DELEGATION_CREATED, DELEGATION_ENDED)
+#: Where a delegation stands at a given time.
+DELEGATION_STATES = ("scheduled", "active", "expired", "ended")
+
 NOTIFICATION_STATUSES = ("pending", "sent", "failed", "read")
 #: An outbox intent: waiting to be sent (or retried), delivered, given up, or no longer needed.
 OUTBOX_STATUSES = ("pending", "sent", "failed", "cancelled")

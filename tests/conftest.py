@@ -27,7 +27,14 @@ from tests.helpers import Clock
 pytest_plugins = ("tests.standins",)
 
 PG_ADMIN_URL = os.environ.get("HITL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-TABLES = ("approval_outbox", "approval_notifications", "approval_votes", "approval_events", "approval_requests")
+TABLES = (
+    "approval_delegations",
+    "approval_outbox",
+    "approval_notifications",
+    "approval_votes",
+    "approval_events",
+    "approval_requests",
+)
 
 
 def _in_ci() -> bool:

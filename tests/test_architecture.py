@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("vocabulary", "exceptions", "settings", "version_compat", "limits", "metrics"),
     ("models", "policy", "migrations"),
     ("records", "spec", "audit"),
-    ("transaction", "notices", "queries", "manager", "outbox"),
+    ("transaction", "notices", "queries", "delegation", "manager", "outbox"),
     ("identity", "notifications", "triggers", "cli"),
     ("api", "operators", "ui"),
     ("plugins", "get_provider_info"),

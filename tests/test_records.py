@@ -106,6 +106,7 @@ def test_to_dict_is_every_field_json_ready():
         "created_at": "2026-11-30T06:44:52+00:00",
         "user_roles": ["Op"],
         "metadata": {"ticket": 7},
+        "delegate": None,
     }
     json.dumps(data)  # JSON-ready all the way down
 
@@ -175,6 +176,7 @@ def test_the_decision_summary_is_the_gate_xcom():
                 "comment": "fine",
                 "reason": None,
                 "source": "ui",
+                "delegate": None,
                 "at": "2026-11-30T06:44:52+00:00",
             },
             {
@@ -183,6 +185,7 @@ def test_the_decision_summary_is_the_gate_xcom():
                 "comment": None,
                 "reason": None,
                 "source": "api",
+                "delegate": None,
                 "at": "2026-11-30T06:45:52+00:00",
             },
         ],

@@ -124,6 +124,7 @@ def create_app(*, outbox_drainer: bool = False) -> FastAPI:
         plugin's app in the api-server; ``[hitl] outbox_drainer`` can still turn it off).
     """
     from airflow_hitl.api.routes.approvals import router as approvals_router
+    from airflow_hitl.api.routes.delegations import router as delegations_router
     from airflow_hitl.api.routes.notifications import router as notifications_router
     from airflow_hitl.api.routes.ui import router as ui_router
 
@@ -148,6 +149,7 @@ def create_app(*, outbox_drainer: bool = False) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(approvals_router, prefix=API_PREFIX)
     app.include_router(notifications_router, prefix=API_PREFIX)
+    app.include_router(delegations_router, prefix=API_PREFIX)
     # The Approvals pages (/hitl/ui/...), embedded in the Airflow UI through external_views.
     app.include_router(ui_router)
 

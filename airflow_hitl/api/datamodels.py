@@ -120,6 +120,14 @@ Names = Annotated[list[Name], Field(default_factory=list, max_length=1000)]
 TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=1, le=INT32_MAX)]
 RequiredText = Annotated[Text, Field(description=f"Required. {_TEXT_HELP}")]
+#: The delegator whose vote the caller casts (see "Delegation" in the README).
+OnBehalfOf = Annotated[
+    Name | None,
+    Field(
+        description="Cast this delegator's vote through an active delegation to you. Omitted: your own vote "
+        "if the policy allows it, else the one delegator it allows (409 when several do)."
+    ),
+]
 
 
 class ApproveBody(_Body):
@@ -127,6 +135,7 @@ class ApproveBody(_Body):
 
     comment: Text | None = Field(default=None, description=_TEXT_HELP)
     metadata: dict[str, Any] | None = Field(default=None, description=f"Recorded with the vote. {_JSON_HELP}")
+    on_behalf_of: OnBehalfOf = None
 
     _clean_comment = field_validator("comment")(_blank_to_none)
     _bounded = field_validator("metadata")(_bounded_json)
@@ -137,6 +146,7 @@ class RejectBody(_Body):
 
     reason: RequiredText
     comment: Text | None = Field(default=None, description=_TEXT_HELP)
+    on_behalf_of: OnBehalfOf = None
 
     _clean_comment = field_validator("comment")(_blank_to_none)
     _reason_given = field_validator("reason")(_not_blank)
@@ -220,6 +230,7 @@ class VoteResponse(_Response):
     created_at: dt.datetime
     user_roles: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    delegate: str | None = Field(default=None, description="Who cast this vote for `user` through a delegation.")
 
 
 class NoticeResponse(_Response):
@@ -285,6 +296,9 @@ class ApprovalResponse(_Response):
     updated_at: dt.datetime
     can_approve: bool | None = None
     can_approve_reason: str | None = None
+    can_approve_for: str | None = Field(
+        default=None, description="When `can_approve` through a delegation: the delegator the caller decides for."
+    )
     notices: list[NoticeResponse] | None = Field(
         default=None, description="On the single item: the request's notices and their delivery."
     )
@@ -314,6 +328,41 @@ class BulkResponse(_Response):
     results: list[BulkItemResult]
     succeeded: int
     failed: int
+
+
+class DelegationBody(_Body):
+    """Body of ``POST /delegations``: let ``delegate`` decide your approvals for a period."""
+
+    delegate: Name
+    starts_at: dt.datetime = Field(description="ISO 8601 with a time zone.")
+    ends_at: dt.datetime = Field(description="ISO 8601 with a time zone; after `starts_at`, in the future.")
+    dag_ids: list[Name] | None = Field(
+        default=None, min_length=1, max_length=1000, description="Only these DAGs; omitted: every DAG."
+    )
+    delegator: Name | None = Field(default=None, description="Admins only: whose approvals. Omitted: the caller's.")
+
+
+class DelegationResponse(_Response):
+    """A delegation and where it stands now."""
+
+    id: str
+    delegator: str
+    delegate: str
+    starts_at: dt.datetime
+    ends_at: dt.datetime
+    dag_ids: list[str] | None = Field(default=None, description="null: every DAG.")
+    created_by: str
+    created_at: dt.datetime
+    ended_at: dt.datetime | None = None
+    ended_by: str | None = None
+    state: Literal["scheduled", "active", "expired", "ended"]
+
+
+class DelegationCollectionResponse(_Response):
+    """A page of delegations and how many match in all."""
+
+    delegations: list[DelegationResponse]
+    total_entries: int
 
 
 class FieldError(_Response):

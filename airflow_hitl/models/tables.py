@@ -194,6 +194,8 @@ class ApprovalVoteRow(Base):
     escalation_level: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, nullable=False, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    # Who actually cast a vote counted as ``user``'s, through a delegation (NULL: ``user`` did).
+    delegate: Mapped[str | None] = mapped_column(String(250))
 
     request: Mapped[ApprovalRequestRow] = relationship(back_populates="votes")
 
@@ -289,6 +291,35 @@ class ApprovalOutboxRow(Base):
         CheckConstraint(_in("status", OUTBOX_STATUSES), name="status"),
         UniqueConstraint("request_id", "dedupe_key"),
         Index(None, "status", "due_at"),
+    )
+
+
+class ApprovalDelegationRow(Base):
+    """``delegator`` lets ``delegate`` decide their approvals from ``starts_at`` to ``ends_at``.
+
+    ``dag_ids`` NULL covers every DAG. Ending one early sets ``ended_at``; rows are never
+    deleted, since the audit trail and the votes cast through them speak of them.
+    """
+
+    __tablename__ = "approval_delegations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    delegator: Mapped[str] = mapped_column(String(250), nullable=False)
+    delegate: Mapped[str] = mapped_column(String(250), nullable=False)
+    starts_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    ends_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    dag_ids: Mapped[list[str] | None] = mapped_column(JsonType, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(250), nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    ended_by: Mapped[str | None] = mapped_column(String(250))
+
+    __table_args__ = (
+        CheckConstraint("delegator <> delegate", name="not_self"),
+        CheckConstraint("ends_at > starts_at", name="period"),
+        # "Whom may X decide for now": a delegate's rows whose period has not ended.
+        Index(None, "delegate", "ends_at"),
+        Index(None, "delegator", "ends_at"),
     )
 
 

@@ -45,7 +45,9 @@ from airflow_hitl.api.security import (
     require_edit,
     require_read,
 )
+from airflow_hitl.delegation import Delegation
 from airflow_hitl.exceptions import HitlError, InvalidInput
+from airflow_hitl.identity import roles_of as delegator_roles
 from airflow_hitl.limits import INT32_MAX, text_problem, time_problem
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec, Decision
 from airflow_hitl.policy import EscalationLevel
@@ -150,13 +152,18 @@ def _visible(caller: Caller, manager: ApprovalManager, filters: ApprovalFilter) 
 
 
 #: What only the API adds to :meth:`Approval.to_dict`: what the caller may do, the notices' delivery.
-CALLER_FIELDS = ("can_approve", "can_approve_reason", "notices")
+CALLER_FIELDS = ("can_approve", "can_approve_reason", "can_approve_for", "notices")
 #: What the API leaves out of :meth:`Approval.to_dict`: the DAG author's notification settings.
 HIDDEN_FIELDS = frozenset({"notify"})
 _ITEM_FIELDS = tuple(name for name in ApprovalResponse.model_fields if name not in CALLER_FIELDS)
 
 
-def _item(approval: Approval, caller: Caller | None = None, manager: ApprovalManager | None = None) -> dict[str, Any]:
+def _item(
+    approval: Approval,
+    caller: Caller | None = None,
+    manager: ApprovalManager | None = None,
+    delegations: Sequence[Delegation] = (),
+) -> dict[str, Any]:
     """The API form of ``approval``: :meth:`Approval.to_dict` in the order of :class:`ApprovalResponse`.
 
     Not validated through the response model: on a page of 100 requests that costs more than
@@ -166,12 +173,15 @@ def _item(approval: Approval, caller: Caller | None = None, manager: ApprovalMan
     full = approval.to_dict()
     data = {name: full[name] for name in _ITEM_FIELDS}
     # Only the pending list and the single item say what the caller may do; null elsewhere.
-    data["can_approve"] = data["can_approve_reason"] = data["notices"] = None
+    data["can_approve"] = data["can_approve_reason"] = data["can_approve_for"] = data["notices"] = None
     if caller is not None and manager is not None:
         refusal = caller.edit_refusal(approval.dag_id)
         if refusal is None:
-            eligibility = manager.can_approve(caller.principal, approval)
+            own = manager.can_approve(caller.principal, approval)
+            # The caller's active delegations (read once per list) may let them decide for someone.
+            eligibility = manager.can_decide(caller.principal, approval, own, delegations, roles_of=delegator_roles)
             data["can_approve"], data["can_approve_reason"] = eligibility.allowed, eligibility.reason
+            data["can_approve_for"] = eligibility.on_behalf_of
         else:
             data["can_approve"], data["can_approve_reason"] = False, refusal
     return data
@@ -282,7 +292,8 @@ def list_pending(
     if filters is None:
         return _collection([], 0)
     items, total = manager.pending(filters, limit=limit, offset=offset)
-    return _collection((_item(a, caller, manager) for a in items), total)
+    delegations = manager.delegations_to(caller.name)
+    return _collection((_item(a, caller, manager, delegations) for a in items), total)
 
 
 @router.get(
@@ -433,7 +444,7 @@ def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Re
     """One request, with ``can_approve`` for the caller and its notices' delivery."""
     approval = manager.get(canonical_approval_id(approval_id))
     require_read(caller, approval.dag_id)
-    item = _item(approval, caller, manager)
+    item = _item(approval, caller, manager, manager.delegations_to(caller.name))
     notices = (n.to_dict() for n in manager.list_notifications(request_id=approval.id, limit=1000))
     item["notices"] = [{k: n[k] for k in NoticeResponse.model_fields} for n in notices]
     return _json(item)
@@ -443,7 +454,13 @@ def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Re
 def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Vote to approve; the request is approved once its quorum is reached."""
     decision = decision_of(
-        caller, "approve", source="api", client=client_of(request), comment=body.comment, metadata=body.metadata
+        caller,
+        "approve",
+        source="api",
+        client=client_of(request),
+        comment=body.comment,
+        metadata=body.metadata,
+        on_behalf_of=body.on_behalf_of,
     )
     return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
@@ -457,7 +474,13 @@ def approve(approval_id: str, body: ApproveBody, request: Request, caller: Calle
 def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Reject; one allowed rejection rejects the request at once."""
     decision = decision_of(
-        caller, "reject", source="api", client=client_of(request), comment=body.comment, reason=body.reason
+        caller,
+        "reject",
+        source="api",
+        client=client_of(request),
+        comment=body.comment,
+        reason=body.reason,
+        on_behalf_of=body.on_behalf_of,
     )
     return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
@@ -494,8 +517,12 @@ def decision_of(
     comment: str | None = None,
     reason: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    on_behalf_of: str | None = None,
 ) -> Decision:
-    """The :class:`Decision` of an authenticated caller; their edit access is asked under the row lock."""
+    """The :class:`Decision` of an authenticated caller; their edit access is asked under the row lock.
+
+    A delegate's vote is checked against the delegator's roles as the auth manager gives them.
+    """
     return Decision(
         action=action,
         user=caller.principal,
@@ -505,6 +532,8 @@ def decision_of(
         metadata=metadata,
         client=client,
         dag_access=caller.edit_refusal,
+        on_behalf_of=on_behalf_of,
+        delegator_roles=delegator_roles,
     )
 
 

@@ -25,7 +25,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from airflow_hitl.api.routes.approvals import get_manager
-from airflow_hitl.exceptions import AlreadyVoted, ApprovalNotFound, ApprovalNotPending, HitlError, NotAllowed
+from airflow_hitl.exceptions import (
+    AlreadyVoted,
+    ApprovalConflict,
+    ApprovalNotFound,
+    ApprovalNotPending,
+    HitlError,
+    NotAllowed,
+)
+from airflow_hitl.identity import roles_of
 from airflow_hitl.manager import ApprovalManager, Decision
 from airflow_hitl.notifications.access import decider
 from airflow_hitl.notifications.channels import (
@@ -202,7 +210,10 @@ class SlackInteraction:
         if user is None:
             return self._tell(client, channel, f"Not recorded: {refusal}")
         vote = "approve" if action_id == APPROVE_ACTION_ID else "reject"
-        eligibility = self.manager.can_approve(user, approval, action=vote)
+        own = self.manager.can_approve(user, approval, action=vote)
+        # Or as a delegate: a click may cast the vote of someone who delegated to this user.
+        delegations = self.manager.delegations_to(user.name) if not own.allowed else []
+        eligibility = self.manager.can_decide(user, approval, own, delegations, roles_of=roles_of, action=vote)
         if not eligibility.allowed:
             log.info(
                 "Slack %s on %s by %s (%s) refused: %s", vote, approval.id, name, self.slack_user, eligibility.reason
@@ -218,7 +229,7 @@ class SlackInteraction:
             return Response(status_code=200)
         try:
             decided = self.manager.decide(approval.id, self._decision(user, "approve"))
-        except (ApprovalNotPending, AlreadyVoted) as err:
+        except (ApprovalNotPending, AlreadyVoted, ApprovalConflict) as err:
             return self._tell(client, channel, f"Not recorded: {err}")
         except NotAllowed as err:
             return self._tell(client, channel, f"Not recorded: {err.reason}")
@@ -232,6 +243,8 @@ class SlackInteraction:
             source="slack",
             reason=reason,
             client={"via": "slack", "slack_user_id": self.slack_user},
+            # A delegate's click may cast a delegator's vote: the policy sees the delegator's roles.
+            delegator_roles=roles_of,
         )
 
     # ------------------------------------------------------------------ view_submission

@@ -35,6 +35,7 @@ from airflow_hitl.api.datamodels import ApproveBody, BulkBody, RejectBody
 from airflow_hitl.api.routes.approvals import ManagerDep, canonical_approval_id, client_of, decide_many, decision_of
 from airflow_hitl.api.security import Caller, CallerDep, authenticate, require_same_site
 from airflow_hitl.exceptions import InvalidInput
+from airflow_hitl.identity import is_admin
 from airflow_hitl.records import Approval
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -145,6 +146,15 @@ async def history(request: Request) -> Response:
     return await _page(request, "history.html", page="history")
 
 
+@router.get("/delegations", response_class=HTMLResponse)
+async def delegations_page(request: Request) -> Response:
+    """Delegations: the user's own (given and received), a form to create one, and ending one."""
+    caller = await _page_caller(request)
+    if caller is None:
+        return _login_redirect(request)
+    return _render(request, "delegations.html", caller, page="delegations", admin=is_admin(caller.user))
+
+
 @router.get("/task", response_class=HTMLResponse)
 async def task_view(
     request: Request,
@@ -202,7 +212,13 @@ def _answer(approval: Approval) -> JSONResponse:
 def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Approve from a page (recorded with source ``ui``)."""
     decision = decision_of(
-        caller, "approve", source="ui", client=client_of(request), comment=body.comment, metadata=body.metadata
+        caller,
+        "approve",
+        source="ui",
+        client=client_of(request),
+        comment=body.comment,
+        metadata=body.metadata,
+        on_behalf_of=body.on_behalf_of,
     )
     return _answer(manager.decide(canonical_approval_id(approval_id), decision))
 
@@ -211,7 +227,13 @@ def approve(approval_id: str, body: ApproveBody, request: Request, caller: Calle
 def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Reject from a page (a reason is required; recorded with source ``ui``)."""
     decision = decision_of(
-        caller, "reject", source="ui", client=client_of(request), comment=body.comment, reason=body.reason
+        caller,
+        "reject",
+        source="ui",
+        client=client_of(request),
+        comment=body.comment,
+        reason=body.reason,
+        on_behalf_of=body.on_behalf_of,
     )
     return _answer(manager.decide(canonical_approval_id(approval_id), decision))
 

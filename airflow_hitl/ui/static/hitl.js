@@ -435,12 +435,29 @@
     if (!entries.length) container.append(el("p", { className: "muted", text: "No context was attached." }));
   }
 
+  /** Who cast a vote: "alice", or "bob for alice" when bob cast it through alice's delegation. */
+  function castBy(vote) {
+    return vote.delegate ? vote.delegate + " for " + vote.user : vote.user;
+  }
+
+  /** Who decided a request, the same way: the deciding vote's delegate is named too. */
+  function decidedBy(item) {
+    if (!item.decided_by) return null;
+    const mine = (item.votes || []).filter((v) => v.user === item.decided_by);
+    return mine.length ? castBy(mine[mine.length - 1]) : item.decided_by;
+  }
+
+  /** The body's on_behalf_of: the delegator the server said this user decides for, if any. */
+  function onBehalfOf(item) {
+    return item && item.can_approve_for ? { on_behalf_of: item.can_approve_for } : {};
+  }
+
   function voteItem(vote) {
     const what = vote.vote === "approve" ? "approved" : vote.vote === "reject" ? "rejected" : vote.vote;
     return el(
       "li",
       { className: "vote " + what },
-      el("strong", { text: vote.user }),
+      el("strong", { className: "voter", text: castBy(vote) }),
       " ",
       el("span", { className: "badge " + what, text: what }),
       " ",
@@ -515,7 +532,7 @@
       approve.disabled = !waiting || !item.can_approve;
       reject.disabled = !canReject(item);
       let why = "";
-      if (!waiting) why = "This request is " + item.state + (item.decided_by ? " (by " + item.decided_by + ")" : "") + ".";
+      if (!waiting) why = "This request is " + item.state + (item.decided_by ? " (by " + decidedBy(item) + ")" : "") + ".";
       else if (!item.can_approve) why = "You cannot approve: " + (item.can_approve_reason || "not allowed") + ".";
       approve.title = approve.disabled ? why : "";
       reject.title = reject.disabled ? why : "";
@@ -546,7 +563,7 @@
       setText(
         "m-confirm-text",
         action === "approve"
-          ? "Approve “" + item.title + "”? Yours will be approval " + (counted + 1) + " of " + needed + " needed."
+          ? "Approve “" + item.title + "”" + (item.can_approve_for ? " for " + item.can_approve_for : "") + "? Yours will be approval " + (counted + 1) + " of " + needed + " needed."
           : "Reject “" + item.title + "”? This rejects the request at once."
       );
       const ok = $("m-confirm-ok");
@@ -569,7 +586,7 @@
       const ok = $("m-confirm-ok");
       ok.disabled = true;
       const comment = $("m-comment").value.trim() || null;
-      const json = action === "approve" ? { comment } : { reason: $("m-reason-input").value.trim(), comment };
+      const json = Object.assign(action === "approve" ? { comment } : { reason: $("m-reason-input").value.trim(), comment }, onBehalfOf(this.item));
       try {
         const result = await api("/approvals/" + encodeURIComponent(this.item.id) + "/" + action, { method: "POST", json, base: DECIDE });
         const verb = action === "approve" ? "Approved" : "Rejected";
@@ -647,7 +664,7 @@
       });
       checkbox.checked = state.selected.has(item.id);
       const rights = item.can_approve
-        ? el("span", { className: "badge can", text: "you can decide" })
+        ? el("span", { className: "badge can", text: item.can_approve_for ? "you can decide for " + item.can_approve_for : "you can decide" })
         : el("span", { className: "badge cannot", text: item.can_approve_reason || "view only", title: item.can_approve_reason || "" });
       return el(
         "li",
@@ -745,7 +762,7 @@
 
     function quickApprove(item) {
       const button = cards.querySelector('li.card[data-id="' + CSS.escape(item.id) + '"] .quick-approve');
-      quickDecide(item, "approve", { comment: null }, button);
+      quickDecide(item, "approve", Object.assign({ comment: null }, onBehalfOf(item)), button);
     }
 
     async function quickReject(item, reason, error) {
@@ -755,7 +772,7 @@
         error.hidden = false;
         return;
       }
-      if (await quickDecide(item, "reject", { reason, comment: null }, null)) openQuickReject(null);
+      if (await quickDecide(item, "reject", Object.assign({ reason, comment: null }, onBehalfOf(item)), null)) openQuickReject(null);
     }
 
     function render() {
@@ -967,7 +984,7 @@
     }
 
     function entry(item) {
-      const who = item.decided_by || (item.decision_source === "timeout" ? "timeout" : "—");
+      const who = decidedBy(item) || (item.decision_source === "timeout" ? "timeout" : "—");
       return el(
         "li",
         { className: "event " + item.state, dataset: { id: item.id } },
@@ -1030,6 +1047,106 @@
     load();
   }
 
+  /* ------------------------------------------------------------------ delegations */
+
+  /** A datetime-local value ("2026-12-01T09:00") in Airflow's selected timezone, as an ISO instant. */
+  function zonedInstant(value) {
+    if (!value) return null;
+    const [date, time] = value.split("T");
+    const [y, mo, d] = date.split("-").map(Number);
+    const [h, mi] = (time || "00:00").split(":").map(Number);
+    // Guess the instant as UTC, then correct by the zone's offset at that instant (twice: DST edges).
+    let at = Date.UTC(y, mo - 1, d, h, mi);
+    for (let i = 0; i < 2; i++) {
+      const parts = Object.fromEntries(formatterFor(airflowTimezone()).formatToParts(new Date(at)).map((p) => [p.type, Number(p.value)]));
+      const shown = Date.UTC(parts.year, parts.month - 1, parts.day, parts.hour % 24, parts.minute);
+      at += Date.UTC(y, mo - 1, d, h, mi) - shown;
+    }
+    return new Date(at).toISOString();
+  }
+
+  /** A time as a datetime-local value in Airflow's selected timezone. */
+  function zonedLocal(at) {
+    const p = Object.fromEntries(formatterFor(airflowTimezone()).formatToParts(at).map((x) => [x.type, x.value]));
+    return p.year + "-" + p.month + "-" + p.day + "T" + p.hour + ":" + p.minute;
+  }
+
+  function delegationsPage() {
+    const me = body.dataset.user;
+    const now = new Date();
+    $("d-starts").value = zonedLocal(now);
+    $("d-ends").value = zonedLocal(new Date(now.getTime() + 7 * 24 * 3600 * 1000));
+    setText("d-zone", airflowTimezone());
+
+    function row(d) {
+      const ending = d.state === "active" || d.state === "scheduled";
+      const canEnd = ending && (d.delegator === me || body.dataset.admin === "true");
+      return el(
+        "tr",
+        { className: "delegation " + d.state, dataset: { id: d.id } },
+        el("td", { className: "d-who", text: d.delegate + " for " + d.delegator }),
+        el("td", { text: stamp(d.starts_at) }),
+        el("td", { text: stamp(d.ends_at) }),
+        el("td", { text: d.dag_ids ? d.dag_ids.join(", ") : "all DAGs" }),
+        el("td", {}, el("span", { className: "badge d-state " + d.state, text: d.state })),
+        el(
+          "td",
+          {},
+          canEnd ? el("button", { type: "button", className: "btn reject d-end", text: "End now", onclick: () => end(d) }) : null
+        )
+      );
+    }
+
+    async function load() {
+      try {
+        const data = await api("/delegations" + query({ limit: 500 }));
+        $("d-rows").replaceChildren(...data.delegations.map(row));
+        show($("d-empty"), data.delegations.length === 0);
+        show($("d-load-error"), false);
+      } catch (err) {
+        if (err.status === 401) return;
+        setText("d-load-error", "Could not load the delegations: " + err.message);
+        show($("d-load-error"), true);
+      }
+    }
+
+    async function end(d) {
+      if (!window.confirm("End the delegation to " + d.delegate + " now?")) return;
+      try {
+        await api("/delegations/" + encodeURIComponent(d.id), { method: "DELETE" });
+        toast("Ended: " + d.delegate + " no longer decides for " + d.delegator, "ok");
+      } catch (err) {
+        toast("Could not end it: " + (err.status ? err.status + ": " : "") + err.message, "bad");
+      }
+      load();
+    }
+
+    $("d-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const dags = $("d-dags").value.split(",").map((v) => v.trim()).filter(Boolean);
+      const json = {
+        delegate: $("d-delegate").value.trim(),
+        starts_at: zonedInstant($("d-starts").value),
+        ends_at: zonedInstant($("d-ends").value),
+      };
+      if (dags.length) json.dag_ids = dags;
+      const delegator = $("d-delegator") ? $("d-delegator").value.trim() : "";
+      if (delegator) json.delegator = delegator;
+      show($("d-error"), false);
+      try {
+        const made = await api("/delegations", { method: "POST", json });
+        toast("Delegated: " + made.delegate + " decides for " + made.delegator + " until " + stamp(made.ends_at), "ok");
+        $("d-delegate").value = "";
+        load();
+      } catch (err) {
+        setText("d-error", (err.status ? err.status + ": " : "") + err.message);
+        show($("d-error"), true);
+      }
+    });
+    onLookChange.push(load);
+    load();
+  }
+
   /* ------------------------------------------------------------------ task view */
 
   function taskPage() {
@@ -1052,7 +1169,7 @@
         const older = mine.slice(1);
         show($("t-older"), older.length > 0);
         $("t-older-list").replaceChildren(
-          ...older.map((a) => el("li", {}, el("span", { className: "badge " + a.state, text: a.state }), " try " + (a.try_number || "?") + " · requested " + stamp(a.requested_at) + (a.decided_by ? " · by " + a.decided_by : "")))
+          ...older.map((a) => el("li", {}, el("span", { className: "badge " + a.state, text: a.state }), " try " + (a.try_number || "?") + " · requested " + stamp(a.requested_at) + (a.decided_by ? " · by " + decidedBy(a) : "")))
         );
       } catch (err) {
         if (err.status === 401) return;
@@ -1159,7 +1276,7 @@
   }
 
   watchLook();
-  const pages = { inbox: inboxPage, history: historyPage, task: taskPage };
+  const pages = { inbox: inboxPage, history: historyPage, task: taskPage, delegations: delegationsPage };
   const openApproval = (pages[body.dataset.page] || (() => undefined))();
   notificationBell(openApproval || ((id) => window.location.assign(APP + "/ui/" + query({ open: id }))));
 })();

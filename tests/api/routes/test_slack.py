@@ -202,6 +202,23 @@ class TestInteractions:
         assert all(e.params["user"] == slack_user for e in ephemeral)
         assert said in ephemeral[0].params["text"].lower() or said in ephemeral[0].params["text"]
 
+    def test_a_delegates_click_casts_the_delegators_vote(
+        self, client: TestClient, sqlite_manager: ApprovalManager, slack_api: SlackApi
+    ) -> None:
+        gate, message = open_and_post(sqlite_manager)
+        now = dt.datetime.now(dt.timezone.utc)
+        sqlite_manager.create_delegation(
+            actor=Principal.of("alice"),
+            delegate="bob",
+            starts_at=now - dt.timedelta(minutes=1),
+            ends_at=now + dt.timedelta(hours=1),
+            dag_ids=["release"],
+        )
+        assert post(client, click(gate, message, "UBOB00001", "hitl_approve")).status_code == 200
+        approval = sqlite_manager.get(gate.id)
+        assert approval.state == "approved"
+        assert [(v.user, v.delegate, v.source) for v in approval.votes] == [("alice", "bob", "slack")]
+
     def test_requester_cannot_self_approve_from_slack(
         self, client: TestClient, sqlite_manager: ApprovalManager, slack_api: SlackApi
     ) -> None:

@@ -1,0 +1,181 @@
+"""``/hitl/api/v1/delegations`` and deciding as a delegate, through Airflow's api-server with real tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from airflow_hitl.api.datamodels import ApprovalResponse, DelegationCollectionResponse, DelegationResponse
+from airflow_hitl.manager import ApprovalManager
+from tests.api.conftest import API, AirflowApi, open_request, snapshot
+
+DELEGATIONS = "/hitl/api/v1/delegations"
+
+
+def _window(hours: float = 8) -> dict[str, str]:
+    now = dt.datetime.now(dt.timezone.utc)
+    return {
+        "starts_at": (now - dt.timedelta(minutes=1)).isoformat(),
+        "ends_at": (now + dt.timedelta(hours=hours)).isoformat(),
+    }
+
+
+def _create(api: AirflowApi, who: str, **body: Any) -> Any:
+    return api.client.post(DELEGATIONS, headers=api.headers(who), json={**_window(), **body})
+
+
+def _state(manager: ApprovalManager) -> tuple[Any, ...]:
+    return (*snapshot(manager), manager.list_delegations())
+
+
+class TestCreate:
+    def test_created_by_the_delegator(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        response = _create(api, "alice", delegate="bob", dag_ids=["billing"])
+        assert response.status_code == 201, response.text
+        body = DelegationResponse.model_validate(response.json())
+        assert (body.delegator, body.delegate, body.created_by, body.state) == ("alice", "bob", "alice", "active")
+        assert body.dag_ids == ["billing"]
+        event = api_manager.events()[-1]
+        assert (event.event_type, event.source, event.actor) == ("delegation_created", "api", "alice")
+
+    def test_an_admin_creates_one_for_someone_else(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        response = _create(api, "admin", delegate="bob", delegator="alice")
+        assert response.status_code == 201, response.text
+        assert (response.json()["delegator"], response.json()["created_by"]) == ("alice", "admin")
+
+    def test_a_user_cannot_create_one_for_someone_else(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        before = _state(api_manager)
+        response = _create(api, "op", delegate="bob", delegator="alice")
+        assert response.status_code == 403
+        assert "only an admin" in response.json()["detail"]
+        assert _state(api_manager) == before
+
+    @pytest.mark.parametrize(
+        ("body", "field"),
+        [
+            pytest.param({"delegate": "ghost"}, "delegate", id="unknown-user"),
+            pytest.param({"delegate": "alice"}, "delegate", id="self"),
+            pytest.param({"delegate": "bob", "starts_at": "2026-01-01T00:00:00"}, "starts_at", id="naive"),
+            pytest.param({"delegate": "bob", "ends_at": "2020-01-01T00:00:00Z"}, "ends_at", id="past"),
+            pytest.param({"delegate": "bob", "dag_ids": []}, "dag_ids", id="empty-dags"),
+            pytest.param({"delegate": "bob", "user": "alice"}, "user", id="unknown-field"),
+        ],
+    )
+    def test_bad_input_is_422_naming_the_field(
+        self, api: AirflowApi, api_manager: ApprovalManager, body: dict[str, Any], field: str
+    ) -> None:
+        before = _state(api_manager)
+        response = _create(api, "alice", **body)
+        assert response.status_code == 422, response.text
+        assert field in str(response.json()["detail"])
+        assert _state(api_manager) == before
+
+    def test_no_token_is_401(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        assert api.client.post(DELEGATIONS, json={**_window(), "delegate": "bob"}).status_code == 401
+
+
+class TestListAndEnd:
+    def test_each_sees_their_own_admins_all(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        mine = _create(api, "alice", delegate="bob").json()
+        _create(api, "op", delegate="viewer")
+        for user, expected in (("alice", [mine["id"]]), ("bob", [mine["id"]]), ("nobody", [])):
+            response = api.client.get(DELEGATIONS, headers=api.headers(user))
+            assert response.status_code == 200
+            payload = DelegationCollectionResponse.model_validate(response.json())
+            assert [d.id for d in payload.delegations] == expected
+        everything = api.client.get(DELEGATIONS, headers=api.headers("admin")).json()
+        assert everything["total_entries"] == 2
+        only_alice = api.client.get(f"{DELEGATIONS}?user=alice", headers=api.headers("admin")).json()
+        assert [d["id"] for d in only_alice["delegations"]] == [mine["id"]]
+        assert api.client.get(f"{DELEGATIONS}?user=alice", headers=api.headers("op")).status_code == 403
+
+    def test_end_by_delegator_204_others_403_unknown_404(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        made = _create(api, "alice", delegate="bob").json()
+        before = _state(api_manager)
+        for user in ("bob", "op"):
+            response = api.client.delete(f"{DELEGATIONS}/{made['id']}", headers=api.headers(user))
+            assert response.status_code == 403
+        assert _state(api_manager) == before
+        for missing in ("00000000-0000-4000-8000-000000000000", "not-an-id"):
+            response = api.client.delete(f"{DELEGATIONS}/{missing}", headers=api.headers("alice"))
+            assert response.status_code == 404
+        response = api.client.delete(f"{DELEGATIONS}/{made['id']}", headers=api.headers("alice"))
+        assert response.status_code == 204
+        listed = api.client.get(DELEGATIONS, headers=api.headers("bob")).json()["delegations"]
+        assert [(d["state"], d["ended_by"]) for d in listed] == [("ended", "alice")]
+        active = api.client.get(f"{DELEGATIONS}?state=active", headers=api.headers("bob")).json()
+        assert active["total_entries"] == 0
+        assert api_manager.events()[-1].event_type == "delegation_ended"
+
+    def test_an_admin_ends_anyones(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        made = _create(api, "alice", delegate="bob").json()
+        assert api.client.delete(f"{DELEGATIONS}/{made['id']}", headers=api.headers("admin")).status_code == 204
+
+
+class TestDecideAsDelegate:
+    def test_delegate_sees_and_decides_for_the_delegator(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        request = open_request(api_manager, allowed_approvers=["alice"])
+        before = api.client.get(f"{API}/pending", headers=api.headers("bob")).json()["approvals"][0]
+        assert before["can_approve"] is False
+        _create(api, "alice", delegate="bob")
+        item = api.client.get(f"{API}/pending", headers=api.headers("bob")).json()["approvals"][0]
+        assert (item["can_approve"], item["can_approve_reason"], item["can_approve_for"]) == (
+            True,
+            "for alice",
+            "alice",
+        )
+        response = api.client.post(f"{API}/{request.id}/approve", headers=api.headers("bob"), json={"comment": "ok"})
+        assert response.status_code == 200, response.text
+        done = ApprovalResponse.model_validate(response.json())
+        assert done.state == "approved" and done.decided_by == "alice"
+        assert [(v.user, v.delegate) for v in done.votes] == [("alice", "bob")]
+
+    def test_explicit_on_behalf_of_and_refusals(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        request = open_request(api_manager, allowed_approvers=["alice", "op"], required_approvals=2)
+        made = _create(api, "alice", delegate="bob", dag_ids=["billing"]).json()
+        # Not delegated by op: refused, nothing changes.
+        before = _state(api_manager)
+        response = api.client.post(
+            f"{API}/{request.id}/approve", headers=api.headers("bob"), json={"on_behalf_of": "op"}
+        )
+        assert response.status_code == 403
+        assert "no active delegation from 'op'" in response.json()["detail"]
+        assert _state(api_manager) == before
+        response = api.client.post(
+            f"{API}/{request.id}/approve", headers=api.headers("bob"), json={"on_behalf_of": "alice"}
+        )
+        assert response.status_code == 200
+        # Alice counts once.
+        again = api.client.post(f"{API}/{request.id}/approve", headers=api.headers("alice"), json={})
+        assert again.status_code == 409
+        api.client.delete(f"{DELEGATIONS}/{made['id']}", headers=api.headers("alice"))
+        other = open_request(api_manager, run_id="manual__2", allowed_approvers=["alice"])
+        before = _state(api_manager)
+        refused = api.client.post(
+            f"{API}/{other.id}/reject", headers=api.headers("bob"), json={"reason": "no", "on_behalf_of": "alice"}
+        )
+        assert refused.status_code == 403
+        assert _state(api_manager) == before
+
+    def test_two_delegators_is_409_until_one_is_named(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        request = open_request(api_manager, allowed_approvers=["alice", "op"], required_approvals=2)
+        _create(api, "alice", delegate="bob")
+        _create(api, "op", delegate="bob")
+        before = _state(api_manager)
+        response = api.client.post(f"{API}/{request.id}/approve", headers=api.headers("bob"), json={})
+        assert response.status_code == 409
+        assert "on_behalf_of" in response.json()["detail"]
+        assert _state(api_manager) == before
+        response = api.client.post(
+            f"{API}/{request.id}/approve", headers=api.headers("bob"), json={"on_behalf_of": "op"}
+        )
+        assert [v["user"] for v in response.json()["votes"]] == ["op"]
+
+    def test_delegate_needs_their_own_dag_access(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        request = open_request(api_manager, allowed_approvers=["alice"])
+        _create(api, "alice", delegate="viewer")
+        response = api.client.post(f"{API}/{request.id}/approve", headers=api.headers("viewer"), json={})
+        assert response.status_code == 403
+        assert "edit access" in response.json()["detail"]
