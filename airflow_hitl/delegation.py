@@ -131,6 +131,14 @@ def check_delegated_vote(
     name = delegator.name
     if name in set(voters):
         return Eligibility(allowed=False, code="already_voted", reason=f"{name} has already voted on this request")
+    if delegate in set(voters):
+        # One person counts once: bob's own vote and a vote he casts for alice would be two
+        # approvals from one human, which a two-person rule exists to prevent.
+        return Eligibility(
+            allowed=False,
+            code="counted_once",
+            reason=f"you have already voted on this request yourself and cannot also vote for {name}",
+        )
     if not is_allowed_approver(policy, name, delegator.roles):
         return Eligibility(
             allowed=False, code="not_allowed", reason=f"{name} is not an allowed approver of this request"
@@ -395,7 +403,14 @@ class Delegations(StoreTransactions):
         ``delegations`` are the user's active ones (:meth:`delegations_to`, read once per list).
         An allowed delegated answer has code ``delegate`` and the reason "for alice".
         """
-        if own.allowed or own.code in ("not_pending", "expired"):
+        if own.code in ("not_pending", "expired"):
+            return own
+        cast_for = next((v.user for v in approval.votes if v.delegate == user.name), None)
+        if cast_for is not None:
+            return Eligibility(
+                allowed=False, code="counted_once", reason=f"you have already voted on this request for {cast_for}"
+            )
+        if own.allowed:
             return own
         voters = [v.user for v in approval.votes]
         for delegation in delegations:
@@ -428,6 +443,10 @@ class Delegations(StoreTransactions):
         """
         policy = policy_of(row)
         voters = [v.user for v in row.votes]
+        cast_for = next((v.user for v in row.votes if v.delegate == user.name), None)
+        if cast_for is not None:
+            # One person counts once, whether for themselves or for one delegator.
+            raise NotAllowed(f"you have already voted on this request for {cast_for} and cannot vote on it again")
         own = check_vote(policy, user, action=action, voters=voters)
         if on_behalf_of is None or on_behalf_of == user.name:
             if own.allowed:

@@ -25,16 +25,6 @@ ADMIN = Principal.of("root", ["admin"])
 ROLES = {"alice": {"op", "finance"}, "bob": {"viewer"}, "carol": {"op"}, "ricky": {"op"}}
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def mgr(store: ApprovalStore, clock: Clock) -> ApprovalManager:
-    return ApprovalManager(store=store, clock=clock)
-
-
 def delegate(mgr: ApprovalManager, clock: Clock, actor: Principal = ALICE, to: str = "bob", **kw: Any) -> Any:
     fields: dict[str, Any] = {
         "starts_at": clock.now - dt.timedelta(minutes=1),
@@ -261,13 +251,28 @@ class TestDecideAsDelegate:
         request = mgr.create(spec(allowed_approvers=["alice"], allow_self_approval=True))
         assert decide(mgr, request.id, RICKY).state == "approved"
 
-    def test_own_vote_first_then_explicit_delegated_vote(self, mgr: ApprovalManager, clock: Clock) -> None:
+    def test_one_person_counts_once_own_vote_first(self, mgr: ApprovalManager, clock: Clock) -> None:
         delegate(mgr, clock)
         request = mgr.create(spec(required_approvals=2))
         assert decide(mgr, request.id, BOB).votes[0].user == "bob"
-        done = decide(mgr, request.id, BOB, on_behalf_of="alice")
-        assert [v.cast_by for v in done.votes] == ["bob", "bob for alice"]
-        assert done.state == "approved"
+        # Bob's own vote and alice's through him would be two approvals from one human.
+        with pytest.raises(NotAllowed, match="already voted on this request yourself"):
+            decide(mgr, request.id, BOB, on_behalf_of="alice")
+        after = mgr.get(request.id)
+        assert (after.state, [v.cast_by for v in after.votes]) == ("pending", ["bob"])
+        listed = mgr.can_decide(BOB, after, mgr.can_approve(BOB, after), mgr.delegations_to("bob"), roles_of=roles_of)
+        assert not listed.allowed
+
+    def test_one_person_counts_once_delegated_vote_first(self, mgr: ApprovalManager, clock: Clock) -> None:
+        delegate(mgr, clock)
+        request = mgr.create(spec(required_approvals=2))
+        assert decide(mgr, request.id, BOB, on_behalf_of="alice").votes[0].cast_by == "bob for alice"
+        with pytest.raises(NotAllowed, match="already voted on this request for alice"):
+            decide(mgr, request.id, BOB)
+        after = mgr.get(request.id)
+        assert (after.state, [v.cast_by for v in after.votes]) == ("pending", ["bob for alice"])
+        listed = mgr.can_decide(BOB, after, mgr.can_approve(BOB, after), mgr.delegations_to("bob"), roles_of=roles_of)
+        assert (listed.allowed, listed.code) == (False, "counted_once")
 
     def test_two_delegators_need_on_behalf_of(self, mgr: ApprovalManager, clock: Clock) -> None:
         delegate(mgr, clock)
@@ -276,8 +281,10 @@ class TestDecideAsDelegate:
         with pytest.raises(AmbiguousDelegation, match="alice and carol"):
             decide(mgr, request.id, BOB)
         assert decide(mgr, request.id, BOB, on_behalf_of="carol").votes[0].user == "carol"
-        # Carol has voted now, so only alice is left: no need to say.
-        assert decide(mgr, request.id, BOB).state == "approved"
+        # Bob has cast carol's vote: he may not also cast alice's (one person counts once).
+        with pytest.raises(NotAllowed, match="for carol"):
+            decide(mgr, request.id, BOB, on_behalf_of="alice")
+        assert decide(mgr, request.id, ALICE).state == "approved"
 
     def test_can_decide_marks_the_pending_list(self, mgr: ApprovalManager, clock: Clock) -> None:
         delegate(mgr, clock, dag_ids=["release"])
