@@ -38,6 +38,7 @@ from airflow_hitl.exceptions import (
     InvalidInput,
     NotAllowed,
 )
+from airflow_hitl.forms import parse_inputs, resolve_inputs
 from airflow_hitl.models.store import ApprovalStore, get_store
 from airflow_hitl.models.tables import (
     ORIGINS,
@@ -170,6 +171,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
                 on_reject=spec.on_reject,
                 metadata_=json_safe(spec.metadata),
                 notify=json_safe(spec.notify),
+                inputs=parse_inputs(spec.inputs),
                 created_at=now,
                 updated_at=now,
             )
@@ -266,6 +268,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
             client=decision.client,
             dag_access=decision.dag_access,
             link=decision.link,
+            inputs=decision.inputs,
         )
 
     def approve(
@@ -278,6 +281,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
         source: str = "api",
         client: Mapping[str, Any] | None = None,
         dag_access: DagAccess | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> Approval:
         """Record ``user``'s approval; approve the request once quorum is reached.
 
@@ -295,6 +299,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
             source=source,
             client=client,
             dag_access=dag_access,
+            inputs=inputs,
         )
 
     def reject(
@@ -336,6 +341,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
         client: Mapping[str, Any] | None,
         dag_access: DagAccess | None,
         link: LinkUse | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> Approval:
         if source not in VOTE_SOURCES:
             raise InvalidInput("source", f"must be one of {list(VOTE_SOURCES)}")
@@ -358,6 +364,11 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
                 if eligibility.code == "already_voted":
                     raise AlreadyVoted(row.id, user.name)
                 raise NotAllowed(eligibility.reason or "not allowed")
+            if inputs is not None and not isinstance(inputs, Mapping):
+                raise InvalidInput("inputs", "must be an object of input name -> value")
+            # Checked against the form stored with the request, under the lock: what counts is
+            # the form this very gate asked for, whatever the DAG file says now.
+            values = resolve_inputs(row.inputs or {}, inputs, approving=action == APPROVE)
             vote = ApprovalVoteRow(
                 request_id=row.id,
                 user=user.name,
@@ -368,6 +379,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
                 source=source,
                 escalation_level=row.escalation_level,
                 metadata_=json_safe(metadata or {}),
+                inputs=json_safe(values),
                 created_at=now,
             )
             row.votes.append(vote)
@@ -383,6 +395,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader):
                     "reason": reason,
                     "roles": sorted(user.roles),
                     "escalation_level": row.escalation_level,
+                    **({"inputs": json_safe(values)} if values else {}),
                     **dict(client or {}),
                 },
                 at=now,

@@ -28,6 +28,7 @@ class Vote:
     created_at: dt.datetime
     user_roles: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: ApprovalVoteRow) -> Vote:
@@ -42,6 +43,7 @@ class Vote:
             created_at=row.created_at,
             user_roles=tuple(row.user_roles or ()),
             metadata=dict(row.metadata_ or {}),
+            inputs=dict(row.inputs or {}),
         )
 
 
@@ -85,6 +87,8 @@ class Approval:
     created_at: dt.datetime
     updated_at: dt.datetime
     votes: tuple[Vote, ...] = ()
+    #: The form approvers fill in: name -> {value, schema, description, required}.
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: ApprovalRequestRow) -> Approval:
@@ -126,6 +130,7 @@ class Approval:
             created_at=row.created_at,
             updated_at=row.updated_at,
             votes=tuple(Vote.from_row(v) for v in row.votes),
+            inputs=dict(row.inputs or {}),
         )
 
     @property
@@ -234,6 +239,7 @@ def decision_summary(approval: Approval) -> dict[str, Any]:
         "requested_by": approval.requested_by,
         "requested_at": approval.requested_at.isoformat(),
         "escalation_level": approval.escalation_level,
+        "inputs": deciding_inputs(approval),
         "votes": [
             {
                 "user": v.user,
@@ -242,10 +248,27 @@ def decision_summary(approval: Approval) -> dict[str, Any]:
                 "reason": v.reason,
                 "source": v.source,
                 "at": v.created_at.isoformat(),
+                "inputs": jsonable(v.inputs),
             }
             for v in approval.votes
         ],
     }
+
+
+def deciding_inputs(approval: Approval) -> dict[str, Any]:
+    """The inputs of the vote that decided the request; the form's defaults when no person did.
+
+    A quorum gate is decided by the vote that completed it (``decided_by``). A timeout or an
+    automatic approval has no such vote: an approval then carries the defaults (required inputs
+    without one are left out), a rejection carries nothing.
+    """
+    if approval.decided_by:
+        for vote in reversed(approval.votes):
+            if vote.user == approval.decided_by:
+                return jsonable(vote.inputs)
+    if approval.approved:
+        return {name: spec.get("value") for name, spec in approval.inputs.items() if not spec.get("required")}
+    return {}
 
 
 @dataclass(frozen=True, kw_only=True)

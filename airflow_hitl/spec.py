@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import text
 
 from airflow_hitl.exceptions import InvalidInput
+from airflow_hitl.forms import parse_inputs
 from airflow_hitl.limits import INT32_MAX, MAX_TIMEOUT_SECONDS, json_problem, text_problem
 from airflow_hitl.models.tables import TIMEOUT_ACTIONS, WAITING_PREDICATE, WAITING_STATES, ApprovalRequestRow
 from airflow_hitl.policy import ConfigProblems, EscalationLevel, Principal, str_list
@@ -73,6 +74,8 @@ class ApprovalSpec:
     on_reject: str = "fail"
     metadata: Mapping[str, Any] = field(default_factory=dict)
     notify: Mapping[str, Any] = field(default_factory=dict)
+    #: Form inputs approvers fill in: name -> Airflow ``Param``, its stored form, or a plain default.
+    inputs: Mapping[str, Any] = field(default_factory=dict)
 
     def validate(self, error: type[InvalidInput] = InvalidInput, *, where: str = "") -> None:
         """Raise one ``error`` naming every wrong field; the operator passes its own subclass."""
@@ -94,6 +97,8 @@ class ApprovalSpec:
         if self.on_reject not in ON_REJECT:
             problems.add("on_reject", f"must be one of {list(ON_REJECT)}, got {self.on_reject!r}")
         self._validate_storable(problems)
+        with problems.collecting():
+            parse_inputs(self.inputs)
         for name in ("context", "metadata", "notify"):
             value = getattr(self, name)
             if not isinstance(value, Mapping):
@@ -209,6 +214,8 @@ class Decision:
     :param client: Where it came from (address, user agent, OS user), for the audit trail.
     :param dag_access: The channel's own access rule, asked under the row lock.
     :param link: The emailed link the decision came through, if any.
+    :param inputs: Values for the request's form inputs: required ones must be given to approve,
+        defaults fill the rest; on reject the given ones are checked and kept, none required.
     """
 
     action: str
@@ -220,6 +227,8 @@ class Decision:
     client: Mapping[str, Any] | None = None
     dag_access: DagAccess | None = None
     link: LinkUse | None = None
+    #: Values for the request's form inputs (see :mod:`airflow_hitl.forms`), checked under the row lock.
+    inputs: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

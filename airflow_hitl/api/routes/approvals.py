@@ -450,7 +450,13 @@ def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Re
 def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Vote to approve; the request is approved once its quorum is reached."""
     decision = decision_of(
-        caller, "approve", source="api", client=client_of(request), comment=body.comment, metadata=body.metadata
+        caller,
+        "approve",
+        source="api",
+        client=client_of(request),
+        comment=body.comment,
+        metadata=body.metadata,
+        inputs=body.inputs,
     )
     return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
@@ -501,6 +507,7 @@ def decision_of(
     comment: str | None = None,
     reason: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    inputs: Mapping[str, Any] | None = None,
 ) -> Decision:
     """The :class:`Decision` of an authenticated caller; their edit access is asked under the row lock."""
     return Decision(
@@ -512,6 +519,7 @@ def decision_of(
         metadata=metadata,
         client=client,
         dag_access=caller.edit_refusal,
+        inputs=inputs,
     )
 
 
