@@ -203,7 +203,13 @@ def _answer(approval: Approval) -> JSONResponse:
 def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Approve from a page (recorded with source ``ui``)."""
     decision = decision_of(
-        caller, "approve", source="ui", client=client_of(request), comment=body.comment, metadata=body.metadata
+        caller,
+        "approve",
+        source="ui",
+        client=client_of(request),
+        comment=body.comment,
+        metadata=body.metadata,
+        inputs=body.inputs,
     )
     return _answer(manager.decide(canonical_approval_id(approval_id), decision))
 
