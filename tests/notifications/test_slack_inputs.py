@@ -14,6 +14,7 @@ from airflow.sdk import Param
 from fastapi.testclient import TestClient
 
 from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.notifications.channels import slack_escape
 from airflow_hitl.records import Approval
 from tests.notifications.conftest import SlackApi
 from tests.notifications.test_slack import click, client, open_and_post, post, recorded
@@ -53,6 +54,12 @@ class TestInputsModal:
         self, client: TestClient, sqlite_manager: ApprovalManager, slack_api: SlackApi
     ) -> None:
         gate, message = open_and_post(sqlite_manager, inputs=FORM)
+        # The posted message lists the form.
+        [posted] = slack_api.of("chat.postMessage")
+        blocks = json.dumps(posted.params["blocks"], ensure_ascii=False)
+        assert "Inputs to fill in when approving" in blocks
+        assert "*ticket* (required)" in blocks
+        assert f"*{slack_escape('rollout_percent')}* (default: 10)" in blocks
         assert post(client, click(gate, message, "UALICE001", "hitl_approve")).status_code == 200
         assert sqlite_manager.get(gate.id).state == "pending", "the click opens the form, it decides nothing"
         view = opened_view(slack_api)
