@@ -10,8 +10,13 @@ import pytest
 from airflow.sdk import DAG, Param
 
 from airflow_hitl.exceptions import InvalidApprovalConfig
+from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.operators.approval import ApprovalBranchOperator, ApprovalOperator
 from airflow_hitl.triggers.approval import SKIPMIXIN_KEY, ApprovalTrigger
+from tests.operators.test_approval import _run_dag, _ti_states, airflow_home, store
+
+__all__ = ["airflow_home", "store"]  # fixtures shared with test_approval.py
 
 START = dt.datetime(2026, 1, 1)
 
@@ -157,3 +162,27 @@ class TestAirflowSkipsTheOtherBranch:
         assert kwargs["follow"] == {"approve": ["a"], "reject": []}
         assert ApprovalTrigger(**kwargs).follow == {"approve": ["a"], "reject": []}
         assert "follow" not in ApprovalTrigger(request_id="r").serialize()[1]
+
+
+@pytest.mark.slow
+class TestBranchRuns:
+    """The worker path (`airflow dags test` resumes the task on a worker): the same XCom, the same skip."""
+
+    def test_automatic_approval_follows_approve(self, airflow_home: dict[str, str], store: ApprovalStore) -> None:
+        result = _run_dag(airflow_home, "op_branch_auto")
+        assert ApprovalManager(store=store).get(result["request_id"]).state == "approved"
+        assert _ti_states(airflow_home, "op_branch_auto") == {
+            "gate": "success",
+            "ship": "success",
+            "roll_back": "skipped",
+        }
+
+    def test_timeout_rejection_follows_reject(self, airflow_home: dict[str, str], store: ApprovalStore) -> None:
+        result = _run_dag(airflow_home, "op_branch_timeout")
+        approval = ApprovalManager(store=store).get(result["request_id"])
+        assert (approval.state, approval.decision) == ("timeout", "rejected")
+        assert _ti_states(airflow_home, "op_branch_timeout") == {
+            "gate": "success",
+            "ship": "skipped",
+            "roll_back": "success",
+        }
