@@ -164,6 +164,52 @@ class TestAirflowSkipsTheOtherBranch:
         assert "follow" not in ApprovalTrigger(request_id="r").serialize()[1]
 
 
+class TestEndEvent:
+    """What the trigger hands Airflow for a branch gate: success either way, the followed tasks as XCom."""
+
+    @pytest.fixture
+    def manager(self, tmp_path) -> ApprovalManager:
+        from airflow_hitl.models.schema import migrate
+
+        own = ApprovalStore(url=f"sqlite:///{tmp_path / 'end_events.db'}")
+        migrate(own)
+        return ApprovalManager(store=own)
+
+    @pytest.mark.parametrize(
+        ("action", "followed"), [("approve", ["deploy", "join"]), ("reject", ["roll_back"])], ids=str
+    )
+    def test_each_outcome_succeeds_following_its_branch(
+        self, manager: ApprovalManager, action: str, followed: list[str]
+    ) -> None:
+        from airflow.triggers.base import TaskSuccessEvent
+
+        from airflow_hitl.manager import ApprovalSpec, Decision
+        from airflow_hitl.policy import Principal
+        from airflow_hitl.triggers.approval import end_event
+
+        gate = manager.create(ApprovalSpec(dag_id="d", title="t", run_id="r", task_id="gate", try_number=1))
+        decided = manager.decide(
+            gate.id, Decision(action=action, user=Principal.of("alice"), source="api", reason="no")
+        )
+        event = end_event(decided, {"approve": ["deploy", "join"], "reject": ["roll_back"]})
+        assert isinstance(event, TaskSuccessEvent)
+        assert event.xcoms is not None
+        assert event.xcoms[SKIPMIXIN_KEY] == {"followed": followed}
+        assert event.xcoms["return_value"]["state"] == decided.state
+
+    def test_cancelled_branch_gate_fails_and_follows_nothing(self, manager: ApprovalManager) -> None:
+        from airflow.triggers.base import TaskFailedEvent
+
+        from airflow_hitl.manager import ApprovalSpec
+        from airflow_hitl.triggers.approval import end_event
+
+        gate = manager.create(ApprovalSpec(dag_id="d", title="t", run_id="r", task_id="gate", try_number=1))
+        cancelled = manager.cancel(gate.id, actor="admin", reason="withdrawn")
+        event = end_event(cancelled, {"approve": ["deploy"], "reject": ["roll_back"]})
+        assert isinstance(event, TaskFailedEvent)
+        assert SKIPMIXIN_KEY not in (event.xcoms or {})
+
+
 @pytest.mark.slow
 class TestBranchRuns:
     """The worker path (`airflow dags test` resumes the task on a worker): the same XCom, the same skip."""
