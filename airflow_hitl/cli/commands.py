@@ -204,13 +204,37 @@ def _decide(args: argparse.Namespace, action: Callable[[ApprovalManager, str, Pr
     )
 
 
+def _inputs(pairs: list[str] | None) -> dict[str, Any] | None:
+    """``--input NAME=VALUE`` pairs as form values: VALUE read as JSON, else taken as text."""
+    if not pairs:
+        return None
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"error: --input {pair!r} must be NAME=VALUE")
+        try:
+            values[name.strip()] = json.loads(raw)
+        except ValueError:
+            values[name.strip()] = raw
+    return values
+
+
 def approvals_approve(args: argparse.Namespace) -> None:
-    """Approve a request as ``--user``, under the request's policy (source ``cli``)."""
+    """Approve a request as ``--user``, under the request's policy (source ``cli``), with ``--input`` values."""
+    inputs = _inputs(getattr(args, "input", None))
     _decide(
         args,
         lambda manager, request_id, user: manager.decide(
             request_id,
-            Decision(action="approve", user=user, comment=args.comment, source=CLI_SOURCE, client=_cli_client()),
+            Decision(
+                action="approve",
+                user=user,
+                comment=args.comment,
+                source=CLI_SOURCE,
+                client=_cli_client(),
+                inputs=inputs,
+            ),
         ),
     )
 
