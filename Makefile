@@ -11,7 +11,7 @@ demo:
 	bash scripts/demo.sh
 
 test: install lint typecheck
-	$(PY) -m pytest tests -q
+	PY=$(PY) bash scripts/run-tests.sh
 
 test-unit: install
 	$(PY) -m pytest tests -q -m "not e2e"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from airflow_hitl.models.tables import ApprovalEventRow
+from airflow_hitl.records import record_of
 
 if TYPE_CHECKING:
     from airflow_hitl.models.store import ApprovalStore
@@ -128,20 +129,7 @@ class AuditReader:
         if request_id is not None:
             query = query.where(ApprovalEventRow.request_id == str(request_id))
         with self.store.session() as session:
-            return [
-                AuditEvent(
-                    seq=e.seq,
-                    request_id=e.request_id,
-                    event_type=e.event_type,
-                    actor=e.actor,
-                    source=e.source,
-                    comment=e.comment,
-                    details=dict(e.details or {}),
-                    created_at=e.created_at,
-                    hash=e.hash,
-                )
-                for e in session.scalars(query)
-            ]
+            return [record_of(AuditEvent, e, details=dict(e.details or {})) for e in session.scalars(query)]
 
     def verify_audit_chain(self) -> ChainVerification:
         """Walk the whole audit trail and check every hash."""

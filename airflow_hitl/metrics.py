@@ -15,7 +15,7 @@ name                                   type     meaning
 ``hitl.escalations``                   counter  a request expired and escalated to a new level
 ``hitl.notices.sent.<channel>``        counter  a notice was delivered (``email``, ``slack``,
                                                 ``webhook``, ``in_app``)
-``hitl.notices.failed.<channel>``      counter  a notice send failed
+``hitl.notices.failed.<channel>``      counter  one attempt to send a notice failed
 ``hitl.time_to_decision``              timer    from the request's opening to its end
 ``hitl.requests.waiting``              gauge    requests waiting for people, store-wide
 =====================================  =======  ==============================================

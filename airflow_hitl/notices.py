@@ -11,11 +11,13 @@ import builtins
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from airflow_hitl import metrics
 from airflow_hitl.exceptions import InvalidInput, LinkAlreadyUsed
 from airflow_hitl.models.tables import NOTIFICATION_STATUSES, ApprovalNotificationRow
 from airflow_hitl.records import Notification
@@ -71,6 +73,8 @@ class NoticeLog(StoreTransactions):
             )
             session.add(row)
             session.flush()
+            if status in ("sent", "failed"):
+                self._measure(session, partial(metrics.notice, channel=channel, delivered=status == "sent"))
             return Notification.from_row(row)
 
     def _notification_row(self, session: Session, notification_id: str) -> ApprovalNotificationRow:
@@ -93,6 +97,7 @@ class NoticeLog(StoreTransactions):
         with self._transaction() as session:
             row = self._notification_row(session, notification_id)
             row.status = "sent"
+            self._measure(session, partial(metrics.notice, channel=row.channel, delivered=True))
             row.sent_at = now
             row.error = None
             row.next_attempt_at = None
@@ -117,6 +122,7 @@ class NoticeLog(StoreTransactions):
         with self._transaction() as session:
             row = self._notification_row(session, notification_id)
             row.status = "failed"
+            self._measure(session, partial(metrics.notice, channel=row.channel, delivered=False))
             row.failed_at = now
             row.error = error[:4000]
             row.next_attempt_at = next_attempt_at

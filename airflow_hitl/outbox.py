@@ -36,6 +36,7 @@ from airflow_hitl.models.tables import (
     ApprovalOutboxRow,
     ApprovalRequestRow,
 )
+from airflow_hitl.records import record_of
 
 ACTION_EVENTS = ("required", "reminder", "escalated")
 FINAL_EVENTS = {"approved": "decided", "rejected": "decided", "timeout": "timed_out", "cancelled": "cancelled"}
@@ -78,17 +79,7 @@ class OutboxIntent:
     @classmethod
     def from_row(cls, row: ApprovalOutboxRow) -> OutboxIntent:
         """Copy an outbox row."""
-        return cls(
-            id=row.id,
-            request_id=row.request_id,
-            event_type=row.event_type,
-            dedupe_key=row.dedupe_key,
-            status=row.status,
-            due_at=row.due_at,
-            attempts=row.attempts,
-            last_error=row.last_error,
-            created_at=row.created_at,
-        )
+        return record_of(cls, row)
 
 
 # ---------------------------------------------------------------------- planning (in the transition)

@@ -8,11 +8,35 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from airflow_hitl.models.tables import WAITING_STATES, ApprovalNotificationRow, ApprovalRequestRow, ApprovalVoteRow
 from airflow_hitl.policy import EscalationLevel, PolicyView, approvals_needed, counted_approvals
+
+R = TypeVar("R")
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    # Once per record class: ``dataclasses.fields`` walks the class on every call.
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+    return names
+
+
+def record_of(cls: type[R], row: Any, **converted: Any) -> R:
+    """The frozen record ``cls`` copied from an ORM ``row``.
+
+    Each field takes the row's attribute of the same name, except those given in
+    ``converted`` (JSON columns copied into plain dicts and tuples, ``metadata_``, children):
+    a field added to a table and its record is copied without touching this.
+    """
+    values = {name: getattr(row, name) for name in _field_names(cls) if name not in converted}
+    return cls(**values, **converted)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,23 +52,23 @@ class Vote:
     created_at: dt.datetime
     user_roles: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The form inputs this voter submitted (validated; defaults filled on approve).
     inputs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: ApprovalVoteRow) -> Vote:
         """Copy a vote row."""
-        return cls(
-            user=row.user,
-            vote=row.vote,
-            comment=row.comment,
-            reason=row.reason,
-            source=row.source,
-            escalation_level=row.escalation_level,
-            created_at=row.created_at,
+        return record_of(
+            cls,
+            row,
             user_roles=tuple(row.user_roles or ()),
             metadata=dict(row.metadata_ or {}),
             inputs=dict(row.inputs or {}),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: every field, datetimes as ISO strings."""
+        return {name: jsonable(getattr(self, name)) for name in _VOTE_FIELDS}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,42 +117,15 @@ class Approval:
     @classmethod
     def from_row(cls, row: ApprovalRequestRow) -> Approval:
         """Copy a request row and its votes."""
-        return cls(
-            id=row.id,
-            dag_id=row.dag_id,
-            run_id=row.run_id,
-            task_id=row.task_id,
-            map_index=row.map_index,
-            try_number=row.try_number,
-            origin=row.origin,
-            title=row.title,
-            description=row.description,
-            reason=row.reason,
+        return record_of(
+            cls,
+            row,
             context=dict(row.context or {}),
-            approval_type=row.approval_type,
-            state=row.state,
-            requested_by=row.requested_by,
-            requested_at=row.requested_at,
-            expires_at=row.expires_at,
-            timeout_action=row.timeout_action,
-            escalation_level=row.escalation_level,
             escalation_targets=tuple(EscalationLevel.from_json(t) for t in row.escalation_targets or ()),
-            escalation_final_action=row.escalation_final_action,
-            required_approvals=row.required_approvals,
-            require_all=row.require_all,
             allowed_approvers=tuple(row.allowed_approvers or ()),
             allowed_roles=tuple(row.allowed_roles or ()),
-            allow_self_approval=row.allow_self_approval,
-            on_reject=row.on_reject,
-            decided_by=row.decided_by,
-            decided_at=row.decided_at,
-            decision=row.decision,
-            decision_source=row.decision_source,
-            comment=row.comment,
             metadata=dict(row.metadata_ or {}),
             notify=dict(row.notify or {}),
-            created_at=row.created_at,
-            updated_at=row.updated_at,
             votes=tuple(Vote.from_row(v) for v in row.votes),
             inputs=dict(row.inputs or {}),
         )
@@ -164,12 +161,30 @@ class Approval:
         return approvals_needed(self.policy)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (datetimes as ISO strings), used for XCom and the API."""
-        data = asdict(self)
-        data["escalation_targets"] = [t.to_json() for t in self.escalation_targets]
+        """The one JSON-ready form of an approval (datetimes as ISO strings); every output derives from it.
+
+        Every dataclass field, in declaration order, plus the derived ``approvers`` and
+        ``approvals_needed``: a field added to :class:`Approval` (or :class:`Vote`) reaches
+        the REST API, the pages, the CLI, webhooks and the XCom summary from here. Built
+        field by field, not with ``dataclasses.asdict``: the API serialises pages of 100
+        requests with it, and ``asdict``'s deep copies cost more than the database.
+        """
+        data: dict[str, Any] = {}
+        for name in _APPROVAL_FIELDS:
+            value = getattr(self, name)
+            if name == "votes":
+                data[name] = [v.to_dict() for v in value]
+            elif name == "escalation_targets":
+                data[name] = [t.to_json() for t in value]
+            else:
+                data[name] = jsonable(value)
         data["approvers"] = self.approvers
         data["approvals_needed"] = self.approvals_needed
-        return jsonable(data)
+        return data
+
+
+_VOTE_FIELDS = _field_names(Vote)
+_APPROVAL_FIELDS = _field_names(Approval)
 
 
 def policy_of(row: Approval | ApprovalRequestRow) -> PolicyView:
@@ -225,34 +240,27 @@ def read_decision(value: Any) -> dict[str, Any]:
 
 
 def decision_summary(approval: Approval) -> dict[str, Any]:
-    """The gate's XCom: outcome, deciders, comments and times (JSON-ready)."""
+    """The gate's XCom: outcome, deciders, comments and times; a subset of :meth:`Approval.to_dict`."""
+    data = approval.to_dict()
     return {
-        "request_id": approval.id,
-        "state": approval.state,
-        "decision": approval.decision,
+        "request_id": data["id"],
+        "state": data["state"],
+        "decision": data["decision"],
         "approved": approval.approved,
-        "decided_by": approval.decided_by,
-        "decided_at": approval.decided_at.isoformat() if approval.decided_at else None,
-        "decision_source": approval.decision_source,
-        "comment": approval.comment,
-        "approvers": approval.approvers,
-        "requested_by": approval.requested_by,
-        "requested_at": approval.requested_at.isoformat(),
-        "escalation_level": approval.escalation_level,
+        "decided_by": data["decided_by"],
+        "decided_at": data["decided_at"],
+        "decision_source": data["decision_source"],
+        "comment": data["comment"],
+        "approvers": data["approvers"],
+        "requested_by": data["requested_by"],
+        "requested_at": data["requested_at"],
+        "escalation_level": data["escalation_level"],
         "inputs": deciding_inputs(approval),
-        "votes": [
-            {
-                "user": v.user,
-                "vote": v.vote,
-                "comment": v.comment,
-                "reason": v.reason,
-                "source": v.source,
-                "at": v.created_at.isoformat(),
-                "inputs": jsonable(v.inputs),
-            }
-            for v in approval.votes
-        ],
+        "votes": [{**{k: v[k] for k in _SUMMARY_VOTE_FIELDS}, "at": v["created_at"]} for v in data["votes"]],
     }
+
+
+_SUMMARY_VOTE_FIELDS = ("user", "vote", "comment", "reason", "source", "inputs")
 
 
 def deciding_inputs(approval: Approval) -> dict[str, Any]:
@@ -297,26 +305,7 @@ class Notification:
     @classmethod
     def from_row(cls, row: ApprovalNotificationRow) -> Notification:
         """Copy a notification row."""
-        return cls(
-            id=row.id,
-            request_id=row.request_id,
-            channel=row.channel,
-            recipient=row.recipient,
-            event_type=row.event_type,
-            status=row.status,
-            retry_count=row.retry_count,
-            error=row.error,
-            subject=row.subject,
-            body=row.body,
-            metadata=dict(row.metadata_ or {}),
-            next_attempt_at=row.next_attempt_at,
-            outbox_id=row.outbox_id,
-            sent_at=row.sent_at,
-            read_at=row.read_at,
-            failed_at=row.failed_at,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
+        return record_of(cls, row, metadata=dict(row.metadata_ or {}))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (for the UI)."""

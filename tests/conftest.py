@@ -1,9 +1,12 @@
-"""Shared fixtures: a migrated approval store on SQLite and on PostgreSQL.
+"""Shared fixtures: a migrated approval store on SQLite and on PostgreSQL, managers over it.
 
 Store tests take the ``store`` fixture and run once per backend. PostgreSQL is the server
 on 127.0.0.1:5432 (trust auth); each test session gets its own database, dropped at the
 end. Where it is unreachable the PostgreSQL variants skip, except in CI (``CI=true``),
 where they fail: a green CI must have exercised PostgreSQL.
+
+The local stand-ins of the outside world (SMTP, Slack, webhook receiver) are the plugin
+:mod:`tests.standins`; helpers that are not fixtures live in :mod:`tests.helpers`.
 """
 
 from __future__ import annotations
@@ -11,13 +14,17 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.schema import migrate
-from airflow_hitl.models.store import ApprovalStore
+from airflow_hitl.models.store import ApprovalStore, reset_stores
+from tests.helpers import Clock
+
+pytest_plugins = ("tests.standins",)
 
 PG_ADMIN_URL = os.environ.get("HITL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TABLES = ("approval_outbox", "approval_notifications", "approval_votes", "approval_events", "approval_requests")
@@ -92,3 +99,32 @@ def pg_store(request: pytest.FixtureRequest) -> Iterator[ApprovalStore]:
 def manager(store: ApprovalStore) -> ApprovalManager:
     """An ApprovalManager over the parametrised store."""
     return ApprovalManager(store=store)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A clock the test moves by hand."""
+    return Clock()
+
+
+@pytest.fixture
+def mgr(store: ApprovalStore, clock: Clock) -> ApprovalManager:
+    """An ApprovalManager over the parametrised store, on the test's :func:`clock`."""
+    return ApprovalManager(store=store, clock=clock)
+
+
+@pytest.fixture
+def sqlite_manager(tmp_path: Path) -> Iterator[ApprovalManager]:
+    """A manager over a fresh SQLite store in ``tmp_path`` (for the HTTP route tests)."""
+    store = ApprovalStore(url=f"sqlite:///{tmp_path / 'hitl.db'}")
+    migrate(store)
+    yield ApprovalManager(store=store)
+    store.dispose()
+
+
+@pytest.fixture
+def store_url(store: ApprovalStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Point triggers (and anything else resolving the store by itself) at the test store."""
+    monkeypatch.setenv("AIRFLOW_HITL_STORE_URL", store.url)
+    yield store.url
+    reset_stores()

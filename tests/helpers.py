@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from typing import Any
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
 
 from airflow_hitl.manager import ApprovalSpec
+
+if TYPE_CHECKING:
+    # Typing only: importing Airflow here would configure it before a test sets AIRFLOW_HOME.
+    from airflow.triggers.base import TriggerEvent
+
+    from airflow_hitl.triggers.approval import ApprovalTrigger
 
 
 class Clock:
@@ -40,3 +50,80 @@ def spec(**overrides: Any) -> ApprovalSpec:
     }
     fields.update(overrides)
     return ApprovalSpec(**fields)
+
+
+class StatsdListener:
+    """A UDP server that keeps every StatsD line it receives."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65535)
+            except OSError:
+                continue
+            self.lines.extend(data.decode().splitlines())
+
+    def wait_for(self, prefix: str, *, timeout: float = 30.0) -> str:
+        """The first line starting with ``prefix``, waiting for it to arrive."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if line.startswith(prefix):
+                    return line
+            time.sleep(0.02)
+        ours = [line for line in self.lines if ".hitl." in line]
+        raise AssertionError(f"no StatsD line starting {prefix!r}; of {len(self.lines)} lines, ours: {ours}")
+
+    def wait_for_count(self, name: str, count: int, *, timeout: float = 30.0) -> None:
+        """Wait until metric ``name`` arrived at least ``count`` times."""
+        deadline = time.monotonic() + timeout
+        while self.names().count(name) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} arrived {self.names().count(name)} times, not {count}")
+            time.sleep(0.05)
+
+    def names(self) -> list[str]:
+        """The metric names received so far, in order."""
+        return [line.split(":", 1)[0] for line in self.lines]
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+async def next_event(trigger: ApprovalTrigger, timeout: float = 30.0) -> TriggerEvent:
+    """Run the trigger until its first event, as the triggerer would."""
+    events = trigger.run()
+    try:
+        return await asyncio.wait_for(events.__anext__(), timeout)
+    finally:
+        await events.aclose()
+
+
+async def first_event(trigger: ApprovalTrigger, timeout: float = 30.0) -> dict[str, Any]:
+    """The payload of the trigger's first event."""
+    return dict((await next_event(trigger, timeout)).payload)
+
+
+def later(delay: float, fn: Any, *args: Any, **kwargs: Any) -> threading.Thread:
+    """Call ``fn`` from another thread after ``delay`` seconds (a person deciding)."""
+
+    def run() -> None:
+        time.sleep(delay)
+        fn(*args, **kwargs)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

@@ -1,5 +1,5 @@
 """The package's layers: an import only ever points down, there are no import circles, and no
-module uses another module's private names. See the "Architecture" section of the README.
+module uses another module's private names. docs/architecture.md draws the layers.
 """
 
 from __future__ import annotations

@@ -27,16 +27,6 @@ RICKY = Principal.of("ricky", ["op"])  # the requester in tests.helpers.spec
 MALLORY = Principal.of("mallory", ["viewer"])
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def mgr(store: ApprovalStore, clock: Clock) -> ApprovalManager:
-    return ApprovalManager(store=store, clock=clock)
-
-
 def vote_count(store: ApprovalStore, request_id: str) -> int:
     with store.session() as s:
         return s.scalar(select(func.count()).where(ApprovalVoteRow.request_id == request_id)) or 0

@@ -3,60 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
-import socket
-import threading
-import time
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from airflow_hitl import metrics
 from airflow_hitl.manager import ApprovalManager
-from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.policy import EscalationLevel, Principal
-from tests.helpers import Clock, spec
+from tests.helpers import Clock, StatsdListener, spec
 
 ALICE = Principal.of("alice")
-
-
-class StatsdListener:
-    """A UDP server that keeps every StatsD line it receives."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.lines: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65535)
-            except OSError:
-                continue
-            self.lines.extend(data.decode().splitlines())
-
-    def wait_for(self, prefix: str, *, timeout: float = 30.0) -> str:
-        """The first line starting with ``prefix``, waiting for it to arrive."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if line.startswith(prefix):
-                    return line
-            time.sleep(0.02)
-        raise AssertionError(f"no StatsD line starting {prefix!r}; got {self.lines}")
-
-    def names(self) -> list[str]:
-        return [line.split(":", 1)[0] for line in self.lines]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.sock.close()
 
 
 def _initialise_stats() -> None:
@@ -86,16 +44,6 @@ def statsd(monkeypatch: pytest.MonkeyPatch) -> Iterator[StatsdListener]:
     monkeypatch.delenv("AIRFLOW__METRICS__STATSD_ON")
     _initialise_stats()
     listener.close()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def mgr(store: ApprovalStore, clock: Clock) -> ApprovalManager:
-    return ApprovalManager(store=store, clock=clock)
 
 
 class TestStatsd:
@@ -137,3 +85,23 @@ class TestStatsd:
         mgr.reject(a.id, user=Principal.of("bob"), reason="no")
         statsd.wait_for("airflow.hitl.decided.rejected.api")
         assert not [n for n in statsd.names() if n.startswith("airflow.hitl.decided.approved")]
+
+    def test_notices_sent_and_failed_by_channel(self, statsd: StatsdListener, mgr: ApprovalManager) -> None:
+        a = mgr.create(spec())
+        mgr.record_notification(
+            request_id=a.id, channel="in_app", recipient="alice", event_type="requested", status="sent"
+        )
+        assert statsd.wait_for("airflow.hitl.notices.sent.in_app:1|c")
+        mail = mgr.record_notification(request_id=a.id, channel="email", recipient="alice", event_type="requested")
+        assert not [n for n in statsd.names() if n.startswith("airflow.hitl.notices.") and n.endswith(".email")]
+        mgr.mark_notification_failed(mail.id, error="connection refused", next_attempt_at=dt.datetime.now(dt.UTC))
+        assert statsd.wait_for("airflow.hitl.notices.failed.email:1|c")
+        mgr.mark_notification_sent(mail.id, retry_count=1)
+        assert statsd.wait_for("airflow.hitl.notices.sent.email:1|c")
+
+
+def test_readme_lists_every_metric() -> None:
+    names = re.findall(r"``(hitl\.[\w.<>]+)``", metrics.__doc__ or "")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert len(names) >= 8
+    assert [n for n in names if f"`{n}`" not in readme] == []

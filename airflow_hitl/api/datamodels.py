@@ -45,10 +45,10 @@ def _limits() -> HitlSettings:
     return HitlSettings.load()
 
 
-class _Body(BaseModel):
-    """Base of request bodies: unknown fields are refused, every value must be storable."""
+class StorableBody(BaseModel):
+    """Base of every request body: unknown fields are refused, every value must be storable."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="before")
     @classmethod
@@ -59,6 +59,12 @@ class _Body(BaseModel):
         if problem:
             raise ValueError(problem)
         return data
+
+
+class _Body(StorableBody):
+    """Base of the approvals' request bodies: text is stripped of surrounding white space too."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
 class _Response(BaseModel):

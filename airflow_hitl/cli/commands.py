@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -191,13 +191,15 @@ def principal_for(user: str, roles: list[str] | None) -> Principal:
     return Principal.of(user, UserDirectory(use_auth_manager=False).roles_of(user))
 
 
-def _decide(args: argparse.Namespace, action: Callable[[ApprovalManager, str, Principal], Approval]) -> None:
+def _decide(args: argparse.Namespace, action: str, **fields: Any) -> None:
+    """Decide as ``--user`` through the one decision path (source ``cli``) and print the outcome."""
     if not args.user.strip():
         raise SystemExit("error: --user must name an Airflow user")
     manager = _manager(args)
     user = principal_for(args.user.strip(), args.role)
     with _errors_exit():
-        approval = action(manager, _approval_id(args.approval_id), user)
+        decision = Decision(action=action, user=user, source=CLI_SOURCE, **{"client": _cli_client(), **fields})
+        approval = manager.decide(_approval_id(args.approval_id), decision)
     print(
         f"approval request {approval.id} ({approval.dag_id}): {approval.state}, "
         f"{len(approval.approvers)} of {approval.approvals_needed} approvals"
@@ -222,53 +224,16 @@ def _inputs(pairs: list[str] | None) -> dict[str, Any] | None:
 
 def approvals_approve(args: argparse.Namespace) -> None:
     """Approve a request as ``--user``, under the request's policy (source ``cli``), with ``--input`` values."""
-    inputs = _inputs(getattr(args, "input", None))
-    _decide(
-        args,
-        lambda manager, request_id, user: manager.decide(
-            request_id,
-            Decision(
-                action="approve",
-                user=user,
-                comment=args.comment,
-                source=CLI_SOURCE,
-                client=_cli_client(),
-                inputs=inputs,
-            ),
-        ),
-    )
+    _decide(args, "approve", comment=args.comment, inputs=_inputs(getattr(args, "input", None)))
 
 
 def approvals_reject(args: argparse.Namespace) -> None:
     """Reject a request as ``--user`` with ``--reason``, under the request's policy (source ``cli``)."""
-    _decide(
-        args,
-        lambda manager, request_id, user: manager.decide(
-            request_id,
-            Decision(
-                action="reject",
-                user=user,
-                reason=args.reason or "",
-                comment=args.comment,
-                source=CLI_SOURCE,
-                client=_cli_client(),
-            ),
-        ),
-    )
+    _decide(args, "reject", reason=args.reason or "", comment=args.comment)
 
 
 def approvals_cancel(args: argparse.Namespace) -> None:
     """Cancel a waiting request as ``--user`` with ``--reason`` (source ``cli``)."""
-    _decide(
-        args,
-        lambda manager, request_id, user: manager.decide(
-            request_id,
-            Decision(
-                action="cancel",
-                user=user,
-                reason=args.reason or "",
-                source=CLI_SOURCE,
-                client={**_cli_client(), "comment": args.comment} if args.comment else _cli_client(),
-            ),
-        ),
-    )
+    # A cancellation records no comment of its own: the CLI's goes with the client details.
+    client = {**_cli_client(), "comment": args.comment} if args.comment else _cli_client()
+    _decide(args, "cancel", reason=args.reason or "", client=client)

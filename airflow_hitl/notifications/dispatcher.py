@@ -166,6 +166,20 @@ class NotificationDispatcher:
             log.exception("notifications for approval request %s (%s) failed", approval.id, event)
             return []
 
+    def _row(
+        self,
+        approval: Approval,
+        channel: str,
+        recipient: str,
+        event: str,
+        message: RenderedMessage | None = None,
+        **fields: Any,
+    ) -> Notification:
+        """The row of one notice about ``approval``: ``message``'s subject and text unless ``fields`` name others."""
+        if message is not None:
+            fields = {"subject": message.subject, "body": message.text, **fields}
+        return self._record(request_id=approval.id, channel=channel, recipient=recipient, event_type=event, **fields)
+
     def _record(self, **fields: Any) -> Notification:
         """The row of one send: the earlier one of this outbox notice, else a new one."""
         prior = self._prior.get((fields["channel"], fields["recipient"]))
@@ -209,16 +223,8 @@ class NotificationDispatcher:
             except Exception as err:
                 # A channel that cannot even be prepared (e.g. no signing key) fails alone.
                 log.exception("could not prepare %s notices for %s", channel, approval.id)
-                done.append(
-                    self._record(
-                        request_id=approval.id,
-                        channel=channel,
-                        recipient="*",
-                        event_type=event,
-                        status="failed",
-                        metadata={"error": f"{type(err).__name__}: {err}"},
-                    )
-                )
+                error = f"{type(err).__name__}: {err}"
+                done.append(self._row(approval, channel, "*", event, status="failed", metadata={"error": error}))
                 continue
             for item in jobs_or_rows:
                 (jobs if isinstance(item, _Job) else done).append(item)
@@ -277,13 +283,8 @@ class NotificationDispatcher:
             self.deferred.append(user)
             return None
         log.warning("no %s known for user %r: %s notice of %s not sent", what, user, channel, approval.id)
-        return self._record(
-            request_id=approval.id,
-            channel=channel,
-            recipient=user,
-            event_type=event,
-            status="failed",
-            metadata={"error": f"no {what} known for user {user!r}"},
+        return self._row(
+            approval, channel, user, event, status="failed", metadata={"error": f"no {what} known for user {user!r}"}
         )
 
     def _render(
@@ -347,13 +348,13 @@ class NotificationDispatcher:
             # The stored body never holds working links: they are bearer secrets.
             redacted = {k: ("[link]" if v else v) for k, v in links.items()}
             stored = self._render(approval, event, notify, user, redacted).text
-            row = self._record(
+            row = self._row(
+                approval,
+                "email",
+                user,
+                event,
+                message,
                 notification_id=notification_id,
-                request_id=approval.id,
-                channel="email",
-                recipient=user,
-                event_type=event,
-                subject=message.subject,
                 body=stored,
                 metadata={"address": address, "links": actionable},
             )
@@ -393,15 +394,8 @@ class NotificationDispatcher:
                 approval, headline=message.subject, details_url=url, buttons=False, footer=outcome_line(approval)
             )
             for channel, ts in sorted(posted):
-                row = self._record(
-                    request_id=approval.id,
-                    channel="slack",
-                    recipient=str(channel),
-                    event_type=event,
-                    subject=message.subject,
-                    body=message.text,
-                    metadata={"channel": channel, "ts": ts, "update": True},
-                )
+                update_of = {"channel": channel, "ts": ts, "update": True}
+                row = self._row(approval, "slack", str(channel), event, message, metadata=update_of)
 
                 def update(channel: str = str(channel), ts: str = str(ts)) -> dict[str, Any]:
                     return notifier.update(channel=channel, ts=ts, text=message.subject, blocks=blocks)
@@ -429,15 +423,7 @@ class NotificationDispatcher:
                 else:
                     targets.append((user, slack_id))
         for recipient, target in targets:
-            row = self._record(
-                request_id=approval.id,
-                channel="slack",
-                recipient=recipient,
-                event_type=event,
-                subject=message.subject,
-                body=message.text,
-                metadata={"target": target},
-            )
+            row = self._row(approval, "slack", recipient, event, message, metadata={"target": target})
 
             def post(target: str = target) -> dict[str, Any]:
                 return notifier.post(channel=target, text=message.subject, blocks=blocks)
@@ -466,15 +452,7 @@ class NotificationDispatcher:
             "recipients": list(people),
             "links": {"details": url, "api": f"{self.base_url}/hitl/api/v1/approvals/{approval.id}"},
         }
-        row = self._record(
-            request_id=approval.id,
-            channel="webhook",
-            recipient=conn_id,
-            event_type=event,
-            subject=message.subject,
-            body=message.text,
-            metadata={"message_id": message_id},
-        )
+        row = self._row(approval, "webhook", conn_id, event, message, metadata={"message_id": message_id})
         return [self._job(row, lambda: notifier.send(payload, message_id=message_id))]
 
     # ------------------------------------------------------------------ in-app
@@ -488,15 +466,6 @@ class NotificationDispatcher:
             message = self._render(approval, event, notify, user, {"approve": None, "reject": None, "details": url})
             # Written is delivered: the UI reads these rows (unread until marked read).
             rows.append(
-                self._record(
-                    request_id=approval.id,
-                    channel="in_app",
-                    recipient=user,
-                    event_type=event,
-                    subject=message.subject,
-                    body=message.text,
-                    metadata={"details_url": url},
-                    status="sent",
-                )
+                self._row(approval, "in_app", user, event, message, metadata={"details_url": url}, status="sent")
             )
         return rows

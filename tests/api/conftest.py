@@ -172,3 +172,14 @@ def snapshot(manager: ApprovalManager) -> tuple[list[dict[str, Any]], int]:
     """Every request as a dict, and the number of audit events: equal before and after = no change."""
     items, _ = manager.list(limit=10_000, order_by="requested_at")
     return [a.to_dict() for a in items], len(manager.events())
+
+
+def fill_id(value: Any, approval_id: str) -> Any:
+    """``value`` (a path or a JSON body) with every ``{id}`` replaced by ``approval_id``."""
+    if isinstance(value, str):
+        return value.replace("{id}", approval_id)
+    if isinstance(value, list):
+        return [fill_id(v, approval_id) for v in value]
+    if isinstance(value, dict):
+        return {k: fill_id(v, approval_id) for k, v in value.items()}
+    return value

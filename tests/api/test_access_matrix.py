@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from airflow_hitl.manager import ApprovalManager
-from tests.api.conftest import API, AirflowApi, open_request, snapshot
+from tests.api.conftest import API, AirflowApi, fill_id, open_request, snapshot
 
 READERS = ("admin", "op", "viewer")
 EDIT_ONLY = {"admin": 200, "op": 200, "viewer": 403, "nobody": 403}
@@ -51,16 +51,6 @@ ENDPOINTS: list[tuple[str, str, str, Any, dict[str, int]]] = [
 WRITES = {"create", "approve", "reject", "cancel", "bulk"}
 
 
-def _fill(value: Any, approval_id: str) -> Any:
-    if isinstance(value, str):
-        return value.replace("{id}", approval_id)
-    if isinstance(value, list):
-        return [_fill(v, approval_id) for v in value]
-    if isinstance(value, dict):
-        return {k: _fill(v, approval_id) for k, v in value.items()}
-    return value
-
-
 MATRIX = [
     pytest.param(name, method, path, body, user, expected[user], id=f"{name}-{user}")
     for name, method, path, body, expected in ENDPOINTS
@@ -88,7 +78,7 @@ class TestAccessMatrix:
         api_manager.reject(decided.id, user=_principal("someone"), reason="old")
         before = snapshot(api_manager)
 
-        response = _call(api, method, _fill(path, approval.id), user, _fill(body, approval.id))
+        response = _call(api, method, fill_id(path, approval.id), user, fill_id(body, approval.id))
 
         assert response.status_code == expected, response.text
         if expected >= 400:
@@ -129,7 +119,9 @@ class TestAccessMatrix:
             # A real token with its signature altered.
             "forged": {"Authorization": f"Bearer {api.tokens['admin'][:-4]}AAAA"},
         }[token]
-        response = api.client.request(method, _fill(path, approval.id), headers=headers, json=_fill(body, approval.id))
+        response = api.client.request(
+            method, fill_id(path, approval.id), headers=headers, json=fill_id(body, approval.id)
+        )
         assert response.status_code == 401, response.text
         assert snapshot(api_manager) == before
 

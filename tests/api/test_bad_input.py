@@ -8,7 +8,7 @@ import pytest
 
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.settings import option
-from tests.api.conftest import API, AirflowApi, open_request, snapshot
+from tests.api.conftest import API, AirflowApi, fill_id, open_request, snapshot
 
 MAX_COMMENT_LENGTH = int(option("max_comment_length").default)
 LONG = "x" * (MAX_COMMENT_LENGTH + 1)
@@ -89,7 +89,7 @@ class TestBadInput:
         if isinstance(body, bytes):
             kwargs["content"] = body
         elif body is not None:
-            kwargs["json"] = _fill(body, approval.id)
+            kwargs["json"] = fill_id(body, approval.id)
         response = api.client.request(method, url, **kwargs)
         assert response.status_code == expected, response.text
         assert isinstance(response.json()["detail"], (str, list))
@@ -110,13 +110,3 @@ class TestBadInput:
             f"{API}/{approval.id}/approve", content=body, headers={"Content-Type": "application/json"}
         )
         assert response.status_code == 401
-
-
-def _fill(value: Any, approval_id: str) -> Any:
-    if isinstance(value, str):
-        return value.replace("{id}", approval_id)
-    if isinstance(value, list):
-        return [_fill(v, approval_id) for v in value]
-    if isinstance(value, dict):
-        return {k: _fill(v, approval_id) for k, v in value.items()}
-    return value

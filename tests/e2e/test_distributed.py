@@ -32,11 +32,10 @@ from tests.e2e.harness import (
     SERVICE_FLAGS,
     AirflowHarness,
     HarnessError,
-    free_port,
     wait_until,
 )
 from tests.e2e.links import find_links, submit_link
-from tests.notifications.conftest import SmtpSink, _Handler
+from tests.e2e.mail import MailServer, serve_mail
 
 pytestmark = pytest.mark.e2e
 
@@ -45,19 +44,13 @@ INSTANT_GATES = 20
 
 
 @pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpSink]:
+def smtp() -> Iterator[MailServer]:
     """The local mail catcher (a real SMTP server on loopback)."""
-    from aiosmtpd.controller import Controller
-
-    sink = SmtpSink(port=free_port())
-    controller = Controller(_Handler(sink), hostname="127.0.0.1", port=sink.port)
-    controller.start()
-    yield sink
-    controller.stop()
+    yield from serve_mail()
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpSink) -> Iterator[AirflowHarness]:
+def stack(tmp_path_factory: pytest.TempPathFactory, smtp: MailServer) -> Iterator[AirflowHarness]:
     """The distributed stack, started once for the module."""
     import json
 
@@ -270,7 +263,7 @@ class TestSqliteFallbackRefused:
 
 class TestEmailedLinkForFabUser:
     # Notices go out from the api-server's outbox, which has FAB's auth manager and so the email.
-    def test_link_sent_to_the_fab_users_email_decides(self, stack: AirflowHarness, smtp: SmtpSink) -> None:
+    def test_link_sent_to_the_fab_users_email_decides(self, stack: AirflowHarness, smtp: MailServer) -> None:
         dag_id = "dist_email"
         [run_id] = trigger_runs(stack, dag_id, 1)
         approval = stack.wait_for_approval(dag_id, run_id, "gate", states=["pending"], timeout=300)
@@ -282,7 +275,7 @@ class TestEmailedLinkForFabUser:
 
         [notice] = wait_until(notice_settled, timeout=300, what="the email notice to be sent or to fail")
         assert (notice.recipient, notice.status) == ("alice", "sent"), notice
-        mail = wait_until(lambda: next(iter(smtp.to("alice@example.com")), None), timeout=60, what="alice's email")
+        mail = wait_until(lambda: next(iter(smtp.sink.to("alice@example.com")), None), timeout=60, what="alice's email")
         text_part = mail.get_body(("plain",)).get_content()
         links = find_links(stack.base_url, text_part)
         assert links, text_part

@@ -1,71 +1,44 @@
 """Email notifications on real Airflow: the gate mails its approver, who approves by the link.
 
-Its own Airflow (api-server, scheduler, triggerer, dag-processor) because the processes need
-the SMTP connection and ``[hitl]`` notification options in their environment; the SMTP
-server is ``aiosmtpd`` in this test process, on loopback.
+On the shared ``notifying_airflow`` stack (tests/e2e/conftest.py), whose processes have the
+SMTP connection and ``[hitl]`` notification options in their environment; the SMTP server is
+``aiosmtpd`` in this test process, on loopback.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from urllib.parse import urljoin
 
 import httpx
 import pytest
 
 from tests.e2e.harness import AirflowHarness, wait_until
-from tests.notifications.conftest import SmtpSink, notify_environment
+from tests.e2e.mail import MailServer
 
 pytestmark = pytest.mark.e2e
 
 DAG_ID = "e2e_notify_email"
 
 
-@pytest.fixture(scope="module")
-def smtp_module() -> Iterator[SmtpSink]:
-    """A real SMTP server for the whole module."""
-    from aiosmtpd.controller import Controller
-
-    from tests.e2e.harness import free_port
-    from tests.notifications.conftest import _Handler
-
-    sink = SmtpSink(port=free_port())
-    controller = Controller(_Handler(sink), hostname="127.0.0.1", port=sink.port)
-    controller.start()
-    yield sink
-    controller.stop()
-
-
-@pytest.fixture(scope="module")
-def notifying_airflow(tmp_path_factory: pytest.TempPathFactory, smtp_module: SmtpSink) -> Iterator[AirflowHarness]:
-    """Airflow whose processes send email to the loopback SMTP server."""
-    harness = AirflowHarness(root=tmp_path_factory.mktemp("airflow-notify"))
-    env = notify_environment(smtp_port=smtp_module.port)
-    env["AIRFLOW__HITL__BASE_URL"] = harness.base_url
-    harness.env.update(env)
-    harness.start()
-    try:
-        yield harness
-    finally:
-        harness.stop()
-
-
 class TestEmailLinkApproval:
-    def test_approve_by_following_the_emailed_link(
-        self, notifying_airflow: AirflowHarness, smtp_module: SmtpSink
-    ) -> None:
+    def test_approve_by_following_the_emailed_link(self, notifying_airflow: AirflowHarness, mail: MailServer) -> None:
         airflow = notifying_airflow
         run_id = airflow.trigger(DAG_ID, user="admin")
         approval = airflow.wait_for_approval(DAG_ID, run_id, "gate", states=["pending"])
         airflow.wait_for_ti_state(DAG_ID, run_id, "gate", "deferred")
 
-        [mail] = smtp_module.wait(1, timeout=120)
-        assert str(mail["To"]) == "alice@example.com"
-        assert str(mail["Subject"]).strip() == f"Approval required: Ship build {run_id}"
-        html = mail.get_body(("html",)).get_content()
+        # The stack is shared: this run's message is the one naming its run.
+        message = wait_until(
+            lambda: next((m for m in mail.sink.messages if run_id in str(m["Subject"])), None),
+            timeout=120,
+            what="the approval email",
+        )
+        assert str(message["To"]) == "alice@example.com"
+        assert str(message["Subject"]).strip() == f"Approval required: Ship build {run_id}"
+        html = message.get_body(("html",)).get_content()
         assert "&lt;b&gt;not bold&lt;/b&gt;" in html
-        text = mail.get_body(("plain",)).get_content()
+        text = message.get_body(("plain",)).get_content()
         approve = re.search(re.escape(airflow.base_url) + r"(/hitl/links\?token=[\w\-]+\.[\w\-]+)", text)
         assert approve, text
         link = approve.group(1)

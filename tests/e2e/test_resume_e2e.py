@@ -1,8 +1,8 @@
 """The trigger ends the gate on real Airflow (issue 12), and the outbox notifies (issue 10).
 
-One stack for the module: api-server, scheduler, triggerer and dag-processor with
-LocalExecutor, Airflow's metadata DB and the approval store on PostgreSQL, and a real SMTP
-server (aiosmtpd) in this process that a test can stop and start.
+On the shared ``notifying_airflow`` stack (tests/e2e/conftest.py): api-server, scheduler,
+triggerer and dag-processor with LocalExecutor, Airflow's metadata DB and the approval store on
+PostgreSQL, and a real SMTP server (aiosmtpd) in this process that a test can stop and start.
 
 ``TestAirflowContract`` is the guard on what the fix relies on in Airflow: a gate task goes
 deferred -> success in the triggerer without being queued again and without a second worker
@@ -17,110 +17,21 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
 from airflow_hitl.policy import Principal
-from tests.e2e.harness import AirflowHarness, HarnessError, free_port, wait_until
+from tests.e2e.harness import AirflowHarness, HarnessError, wait_until
 from tests.e2e.links import find_links, submit_link
-from tests.notifications.conftest import SmtpSink, _Handler, notify_environment
+from tests.e2e.mail import MailServer
 
 pytestmark = pytest.mark.e2e
 
 ALICE = Principal.of("alice", ["op"])
 CAROL = Principal.of("carol", ["op"])
-PG_ADMIN_URL = os.environ.get("HITL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-DAGS = Path(__file__).resolve().parent / "dags_resume"
 BURST_RUNS = int(os.environ.get("HITL_E2E_BURST_RUNS", "100"))
-
-
-class Smtp:
-    """A real SMTP server on a fixed loopback port, stoppable for an outage."""
-
-    def __init__(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        self.sink = SmtpSink(port=free_port())
-        self._controller_class = Controller
-        self._controller: Any = None
-
-    def start(self) -> None:
-        self._controller = self._controller_class(_Handler(self.sink), hostname="127.0.0.1", port=self.sink.port)
-        self._controller.start()
-
-    def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
-
-
-def _database(name: str) -> Iterator[str]:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as err:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {err}")
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[Smtp]:
-    server = Smtp()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, smtp: Smtp) -> Iterator[AirflowHarness]:
-    """Airflow + approval store on PostgreSQL, mailing the loopback SMTP server."""
-    suffix = uuid.uuid4().hex[:8]
-    metadata = _database(f"hitl_e2e_af_{suffix}")
-    store = _database(f"hitl_e2e_store_{suffix}")
-    metadata_url, store_url = next(metadata), next(store)
-    harness = AirflowHarness(
-        root=tmp_path_factory.mktemp("airflow-resume"),
-        extra_dag_dirs=[DAGS],
-        metadata_db_url=metadata_url,
-    )
-    harness.store_url = store_url
-    # On this shared 2-core machine the api-server's first /execution call has taken 77-93 s
-    # (beyond the harness's 90 s client timeout) with a PostgreSQL metadata DB.
-    harness._http = httpx.Client(base_url=harness.base_url, timeout=300.0, trust_env=False)
-    env = notify_environment(smtp_port=smtp.sink.port)
-    env.update(
-        {
-            "AIRFLOW_HITL_STORE_URL": store_url,
-            # psycopg 3 serves Airflow's async engine too (asyncpg is not installed).
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": metadata_url,
-            "AIRFLOW__HITL__BASE_URL": harness.base_url,
-            # Same backoff law, shorter ceiling: a 60 s outage is noticed within 5 s of its end.
-            "AIRFLOW__HITL__NOTIFY_RETRY_BACKOFF": "1.0",
-            "AIRFLOW__HITL__NOTIFY_RETRY_MAX_BACKOFF": "5.0",
-            "AIRFLOW__CORE__PARALLELISM": "8",
-        }
-    )
-    harness.env.update(env)
-    harness.start()
-    try:
-        yield harness
-    finally:
-        harness.stop()
-        for gen in (metadata, store):
-            next(gen, None)
 
 
 def gate_ti(airflow: AirflowHarness, dag_id: str, run_id: str) -> dict[str, Any]:
@@ -157,7 +68,7 @@ class CpuBurners:
 
 
 class TestInstantDecisions:
-    def test_decisions_as_the_gates_open_are_never_lost(self, stack: AirflowHarness) -> None:
+    def test_decisions_as_the_gates_open_are_never_lost(self, notifying_airflow: AirflowHarness) -> None:
         import threading
 
         import psycopg
@@ -166,7 +77,7 @@ class TestInstantDecisions:
         from airflow_hitl.models.store import NOTIFY_CHANNEL
         from airflow_hitl.outbox import listen_conninfo
 
-        airflow = stack
+        airflow = notifying_airflow
         dag_id = "e2e_resume_burst"
         run_ids: list[str] = []
         lag: dict[str, float] = {}  # run_id -> seconds from the gate's NOTIFY (its commit) to our decision
@@ -225,8 +136,10 @@ class TestInstantDecisions:
 
 
 class TestAirflowContract:
-    def test_the_gate_ends_in_the_triggerer_without_a_second_worker_try(self, stack: AirflowHarness) -> None:
-        airflow = stack
+    def test_the_gate_ends_in_the_triggerer_without_a_second_worker_try(
+        self, notifying_airflow: AirflowHarness
+    ) -> None:
+        airflow = notifying_airflow
         dag_id = "e2e_resume_gate"
         run_id = airflow.trigger(dag_id)
         approval = airflow.wait_for_approval(dag_id, run_id, "gate", states=["pending"])
@@ -249,8 +162,8 @@ class TestAirflowContract:
 
 
 class TestOutcomes:
-    def test_rejection_fails_the_run_with_the_decision_as_xcom(self, stack: AirflowHarness) -> None:
-        airflow = stack
+    def test_rejection_fails_the_run_with_the_decision_as_xcom(self, notifying_airflow: AirflowHarness) -> None:
+        airflow = notifying_airflow
         dag_id = "e2e_resume_gate"
         run_id = airflow.trigger(dag_id)
         approval = airflow.wait_for_approval(dag_id, run_id, "gate", states=["pending"])
@@ -261,8 +174,8 @@ class TestOutcomes:
         assert decision["state"] == "rejected"
         assert decision["votes"][0]["reason"] == "metrics regressed"
 
-    def test_skip_on_reject_skips_downstream(self, stack: AirflowHarness) -> None:
-        airflow = stack
+    def test_skip_on_reject_skips_downstream(self, notifying_airflow: AirflowHarness) -> None:
+        airflow = notifying_airflow
         dag_id = "e2e_resume_skip"
         run_id = airflow.trigger(dag_id)
         approval = airflow.wait_for_approval(dag_id, run_id, "gate", states=["pending"])
@@ -271,8 +184,8 @@ class TestOutcomes:
         assert airflow.task_states(dag_id, run_id) == {"gate": "skipped", "after": "skipped"}
         assert xcom(airflow, dag_id, run_id, "decision")["state"] == "rejected"
 
-    def test_a_rejection_is_final_despite_retries(self, stack: AirflowHarness) -> None:
-        airflow = stack
+    def test_a_rejection_is_final_despite_retries(self, notifying_airflow: AirflowHarness) -> None:
+        airflow = notifying_airflow
         dag_id = "e2e_resume_retry"
         run_id = airflow.trigger(dag_id)
         approval = airflow.wait_for_approval(dag_id, run_id, "gate", states=["pending"])
@@ -283,8 +196,8 @@ class TestOutcomes:
         assert gate_ti(airflow, dag_id, run_id)["try_number"] == 2
         assert xcom(airflow, dag_id, run_id, "decision")["state"] == "rejected"
 
-    def test_a_five_second_timeout_acts(self, stack: AirflowHarness) -> None:
-        airflow = stack
+    def test_a_five_second_timeout_acts(self, notifying_airflow: AirflowHarness) -> None:
+        airflow = notifying_airflow
         dag_id = "e2e_resume_timeout"
         run_id = airflow.trigger(dag_id)
         approval = airflow.wait_for_approval(dag_id, run_id, "gate")
@@ -293,8 +206,8 @@ class TestOutcomes:
         assert (done.state, done.decision, done.decision_source) == ("timeout", "approved", "timeout")
         assert xcom(airflow, dag_id, run_id, "return_value")["state"] == "timeout"
 
-    def test_escalation_then_decision(self, stack: AirflowHarness, smtp: Smtp) -> None:
-        airflow = stack
+    def test_escalation_then_decision(self, notifying_airflow: AirflowHarness, mail: MailServer) -> None:
+        airflow = notifying_airflow
         dag_id = "e2e_resume_escalate"
         run_id = airflow.trigger(dag_id)
         approval = airflow.wait_for_approval(dag_id, run_id, "gate")
@@ -310,10 +223,10 @@ class TestOutcomes:
         airflow.manager.approve(approval.id, user=CAROL, comment="covering for bob")
         airflow.wait_for_run_state(dag_id, run_id, "success")
         assert xcom(airflow, dag_id, run_id, "return_value")["decided_by"] == "carol"
-        assert any("carol@example.com" in str(m["To"]) for m in smtp.sink.messages)
+        assert any("carol@example.com" in str(m["To"]) for m in mail.sink.messages)
 
-    def test_reminders_arrive_then_stop(self, stack: AirflowHarness, smtp: Smtp) -> None:
-        airflow = stack
+    def test_reminders_arrive_then_stop(self, notifying_airflow: AirflowHarness, mail: MailServer) -> None:
+        airflow = notifying_airflow
         dag_id = "e2e_resume_remind"
         run_id = airflow.trigger(dag_id)
         approval = airflow.wait_for_approval(dag_id, run_id, "gate")
@@ -322,7 +235,7 @@ class TestOutcomes:
             return airflow.manager.list_notifications(request_id=approval.id, event_type="reminder", status="sent")
 
         wait_until(lambda: len(reminders()) >= 2, timeout=180, what="two reminders")
-        subjects = [str(m["Subject"]) for m in smtp.sink.messages if run_id in str(m["Subject"])]
+        subjects = [str(m["Subject"]) for m in mail.sink.messages if run_id in str(m["Subject"])]
         assert sum("eminder" in s for s in subjects) >= 2, subjects
         airflow.manager.approve(approval.id, user=ALICE)
         airflow.wait_for_run_state(dag_id, run_id, "success")
@@ -342,11 +255,11 @@ class TestSmtpOutage:
     OUTAGE_SECONDS = 60.0
 
     def test_every_approver_gets_the_email_once_after_the_outage_and_its_link_decides(
-        self, stack: AirflowHarness, smtp: Smtp
+        self, notifying_airflow: AirflowHarness, mail: MailServer
     ) -> None:
-        airflow = stack
+        airflow = notifying_airflow
         dag_id = "e2e_resume_outage"
-        smtp.stop()
+        mail.stop()
         try:
             run_id = airflow.trigger(dag_id)
             approval = airflow.wait_for_approval(dag_id, run_id, "gate")
@@ -363,10 +276,10 @@ class TestSmtpOutage:
             # The outage lasts a minute from the gate opening (a scenario, not a measurement).
             time.sleep(max(0.0, self.OUTAGE_SECONDS - (time.monotonic() - opened)))
         finally:
-            smtp.start()
+            mail.start()
 
         def mails() -> list[Any]:
-            return [m for m in smtp.sink.messages if str(m["X-Hitl-Request-Id"]) == approval.id]
+            return [m for m in mail.sink.messages if str(m["X-Hitl-Request-Id"]) == approval.id]
 
         wait_until(lambda: len(mails()) >= 2, timeout=120, what="both approvers' emails after the outage")
         required = airflow.manager.list_notifications(request_id=approval.id, event_type="required")

@@ -21,7 +21,7 @@ from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.notifications.signing import slack_signature
 from tests.api.conftest import AirflowApi, airflow_api  # noqa: F401  (the session's real api-server app)
-from tests.notifications.conftest import BASE_URL, SLACK_SIGNING_SECRET, SlackApi, SmtpSink
+from tests.standins import BASE_URL, SLACK_SIGNING_SECRET, SlackApi, SmtpSink
 
 LINK = re.compile(re.escape(BASE_URL) + r"/hitl/links\?token=([\w\-]+\.[\w\-]+)")
 

@@ -20,7 +20,7 @@ from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.policy import Principal
 from airflow_hitl.records import Approval
 from tests.helpers import spec
-from tests.notifications.conftest import WEBHOOK_SECRET, SlackApi, SmtpSink, WebhookReceiver
+from tests.standins import WEBHOOK_SECRET, SlackApi, SmtpSink, WebhookReceiver
 
 ALL_CHANNELS = ["email", "slack", "webhook", "in_app"]
 

@@ -27,7 +27,7 @@ from airflow_hitl.records import Approval
 from airflow_hitl.settings import HitlSettings
 from tests.e2e.harness import free_port
 from tests.helpers import spec
-from tests.notifications.conftest import SmtpSink, _Handler, notify_environment, wait_for
+from tests.standins import SmtpSink, _Handler, notify_environment, wait_for
 
 ALICE = Principal.of("alice")
 

@@ -9,19 +9,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from airflow_hitl.exceptions import InvalidApprovalConfig
 from airflow_hitl.manager import ApprovalManager
-from airflow_hitl.models.store import ApprovalStore, reset_stores
 from airflow_hitl.operators.approval import ApprovalOperator
 from airflow_hitl.outbox import Outbox
 from airflow_hitl.policy import Principal
 from airflow_hitl.triggers.approval import ApprovalTrigger
-from tests.helpers import spec
+from tests.helpers import first_event, spec
 
 
 def gate(**kwargs: Any) -> ApprovalOperator:
@@ -113,24 +111,6 @@ class TestReminderSchedule:
         assert len(reminders) == 1
         assert abs((reminders[0].due_at - long.requested_at).total_seconds() - 1800) < 1
         assert outbox.intents(silent.id) == []
-
-
-@pytest.fixture
-def store_url(store: ApprovalStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Point triggers at the test store."""
-    monkeypatch.setenv("AIRFLOW_HITL_STORE_URL", store.url)
-    yield store.url
-    reset_stores()
-
-
-async def first_event(trigger: ApprovalTrigger, timeout: float = 20.0) -> dict[str, Any]:
-    """Run the trigger until its first event, as the triggerer would."""
-    events = trigger.run()
-    try:
-        event = await asyncio.wait_for(events.__anext__(), timeout)
-        return dict(event.payload)
-    finally:
-        await events.aclose()
 
 
 @pytest.mark.usefixtures("store_url")

@@ -4,52 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from airflow_hitl.manager import ApprovalManager
-from airflow_hitl.models.store import ApprovalStore, reset_stores
+from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.policy import EscalationLevel, Principal
 from airflow_hitl.triggers.approval import ApprovalTrigger
 from airflow_hitl.triggers.poller import shared_poller
-from tests.helpers import spec
+from tests.helpers import first_event, later, spec
 
 ALICE = Principal.of("alice")
-
-
-@pytest.fixture(autouse=True)
-def store_url(store: ApprovalStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Point triggers at the test store without an Airflow connection lookup."""
-    monkeypatch.setenv("AIRFLOW_HITL_STORE_URL", store.url)
-    yield store.url
-    reset_stores()
-
-
-async def first_event(trigger: ApprovalTrigger, timeout: float = 20.0) -> dict[str, Any]:
-    """Run the trigger until its first event, as the triggerer would."""
-    events = trigger.run()
-    try:
-        event = await asyncio.wait_for(events.__anext__(), timeout)
-        return event.payload
-    finally:
-        await events.aclose()
-
-
-def later(delay: float, fn: Any, *args: Any, **kwargs: Any) -> threading.Thread:
-    """Call ``fn`` from another thread after ``delay`` seconds (a person deciding)."""
-
-    def run() -> None:
-        time.sleep(delay)
-        fn(*args, **kwargs)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 class TestSerialize:

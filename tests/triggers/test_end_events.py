@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import threading
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,21 +25,12 @@ from airflow.triggers.base import (
 from airflow.utils.state import TaskInstanceState
 
 from airflow_hitl.manager import ApprovalManager
-from airflow_hitl.models.store import ApprovalStore, reset_stores
 from airflow_hitl.policy import EscalationLevel, Principal
 from airflow_hitl.triggers.approval import ApprovalTrigger
-from tests.helpers import spec
+from tests.helpers import later, next_event, spec
 
 ALICE = Principal.of("alice")
 CAROL = Principal.of("carol")
-
-
-@pytest.fixture(autouse=True)
-def store_url(store: ApprovalStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Point triggers at the test store without an Airflow connection lookup."""
-    monkeypatch.setenv("AIRFLOW_HITL_STORE_URL", store.url)
-    yield store.url
-    reset_stores()
 
 
 def attach(trigger: ApprovalTrigger) -> ApprovalTrigger:
@@ -56,29 +45,8 @@ def gate_trigger(request_id: str, poll_interval: float = 0.2) -> ApprovalTrigger
     return attach(ApprovalTrigger(request_id=request_id, end_task=True, poll_interval=poll_interval))
 
 
-async def next_event(trigger: ApprovalTrigger, timeout: float = 30.0) -> TriggerEvent:
-    """Run the trigger until its first event, as the triggerer would."""
-    events = trigger.run()
-    try:
-        return await asyncio.wait_for(events.__anext__(), timeout)
-    finally:
-        await events.aclose()
-
-
 def first(trigger: ApprovalTrigger, timeout: float = 30.0) -> TriggerEvent:
     return asyncio.run(next_event(trigger, timeout))
-
-
-def later(delay: float, fn: Any, *args: Any, **kwargs: Any) -> threading.Thread:
-    """Call ``fn`` from another thread after ``delay`` seconds (a person deciding)."""
-
-    def run() -> None:
-        time.sleep(delay)
-        fn(*args, **kwargs)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 class TestDecisions:

@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.e2e.harness import AirflowHarness
-from tests.ui.test_approvals_tab import card, login, open_gate
+from tests.ui.test_approvals_tab import API, card, login, open_gate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -142,3 +142,34 @@ class TestTimezone:
         set_timezone(page, "UTC")
         expect(frame.locator("#m-requested-at")).to_contain_text(utc_text)
         airflow.manager.cancel(approval_id, actor="admin", reason="test cleanup", source="api")
+
+    def test_history_date_filters_use_airflows_timezone(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
+        _, approval_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
+        airflow.api("POST", f"{API}/{approval_id}/approve", user="alice", json_body={"comment": "dated"})
+        decided_at = airflow.manager.get(approval_id).decided_at
+        assert decided_at is not None
+        if decided_at.tzinfo is None:
+            decided_at = decided_at.replace(tzinfo=dt.timezone.utc)
+
+        page = new_page()
+        login(page, airflow, "alice")
+        browser_zone = page.evaluate("() => Intl.DateTimeFormat().resolvedOptions().timeZone")
+        browser_day = decided_at.astimezone(ZoneInfo(browser_zone)).date().isoformat()
+        # A zone whose calendar day at the moment of the decision is not the browser's.
+        zone, airflow_day = next(
+            (z, day)
+            for z in ("Pacific/Kiritimati", "Pacific/Pago_Pago")
+            if (day := decided_at.astimezone(ZoneInfo(z)).date().isoformat()) != browser_day
+        )
+        page.goto("/plugin/approvals")
+        set_timezone(page, zone)
+
+        page.goto("/hitl/ui/history")
+        entry = page.locator(f'#timeline li[data-id="{approval_id}"]')
+        expect(entry).to_be_visible()
+        # The day it was decided on in Airflow's timezone shows it; the browser's day does not.
+        for day, count in ((browser_day, 0), (airflow_day, 1)):
+            page.locator("#h-since").fill(day)
+            page.locator("#h-until").fill(day)
+            page.locator("#h-apply").click()
+            expect(entry).to_have_count(count)

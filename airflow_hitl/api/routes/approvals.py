@@ -35,7 +35,6 @@ from airflow_hitl.api.datamodels import (
     CreateBody,
     NoticeResponse,
     RejectBody,
-    VoteResponse,
     error_responses,
 )
 from airflow_hitl.api.security import (
@@ -50,7 +49,7 @@ from airflow_hitl.exceptions import HitlError, InvalidInput
 from airflow_hitl.limits import INT32_MAX, text_problem, time_problem
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec, Decision
 from airflow_hitl.policy import EscalationLevel
-from airflow_hitl.records import Approval, jsonable
+from airflow_hitl.records import Approval
 from airflow_hitl.vocabulary import STATES, TERMINAL_STATES
 
 router = APIRouter(
@@ -150,27 +149,22 @@ def _visible(caller: Caller, manager: ApprovalManager, filters: ApprovalFilter) 
     return replace(filters, dag_ids=sorted(dag_ids))
 
 
-_ITEM_FIELDS = tuple(
-    name for name in ApprovalResponse.model_fields if name not in {"can_approve", "can_approve_reason", "notices"}
-)
-_VOTE_FIELDS = tuple(VoteResponse.model_fields)
+#: What only the API adds to :meth:`Approval.to_dict`: what the caller may do, the notices' delivery.
+CALLER_FIELDS = ("can_approve", "can_approve_reason", "notices")
+#: What the API leaves out of :meth:`Approval.to_dict`: the DAG author's notification settings.
+HIDDEN_FIELDS = frozenset({"notify"})
+_ITEM_FIELDS = tuple(name for name in ApprovalResponse.model_fields if name not in CALLER_FIELDS)
 
 
 def _item(approval: Approval, caller: Caller | None = None, manager: ApprovalManager | None = None) -> dict[str, Any]:
-    """The API form of ``approval`` (the fields of :class:`ApprovalResponse`).
+    """The API form of ``approval``: :meth:`Approval.to_dict` in the order of :class:`ApprovalResponse`.
 
-    Built field by field rather than with ``Approval.to_dict()`` and response-model validation:
-    on a page of 100 requests those two cost more than the database. The tests check every
-    response against the models.
+    Not validated through the response model: on a page of 100 requests that costs more than
+    the database. tests/test_records.py checks that the record and the model name the same
+    fields, and the API tests check every response against the models.
     """
-    data: dict[str, Any] = {}
-    for name in _ITEM_FIELDS:
-        if name == "votes":
-            data[name] = [{f: jsonable(getattr(v, f)) for f in _VOTE_FIELDS} for v in approval.votes]
-        elif name == "escalation_targets":
-            data[name] = [t.to_json() for t in approval.escalation_targets]
-        else:
-            data[name] = jsonable(getattr(approval, name))
+    full = approval.to_dict()
+    data = {name: full[name] for name in _ITEM_FIELDS}
     # Only the pending list and the single item say what the caller may do; null elsewhere.
     data["can_approve"] = data["can_approve_reason"] = data["notices"] = None
     if caller is not None and manager is not None:
@@ -356,8 +350,6 @@ def history(
 def _csv_cell(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
     if not isinstance(value, str):
         # Numbers and booleans are ours, never a formula: -1 stays -1.
         return str(value)
@@ -372,10 +364,11 @@ def _csv(items: Iterable[Approval]) -> str:
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     for a in items:
+        data = a.to_dict()
         row: Mapping[str, Any] = {
-            **{c: getattr(a, c, None) for c in CSV_COLUMNS},
-            "approvers": ";".join(a.approvers),
-            "votes": ";".join(f"{v.user}:{v.vote}" for v in a.votes),
+            **data,
+            "approvers": ";".join(data["approvers"]),
+            "votes": ";".join(f"{v['user']}:{v['vote']}" for v in data["votes"]),
         }
         writer.writerow([_csv_cell(row[c]) for c in CSV_COLUMNS])
     return buffer.getvalue()

@@ -12,12 +12,11 @@ import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
 
-from airflow_hitl.api.datamodels import MAX_ID_LENGTH, error_responses
+from airflow_hitl.api.datamodels import MAX_ID_LENGTH, StorableBody, error_responses
 from airflow_hitl.api.routes.approvals import ManagerDep
 from airflow_hitl.api.security import CallerDep, current_caller
-from airflow_hitl.limits import json_problem
 from airflow_hitl.records import Notification
 
 router = APIRouter(
@@ -55,23 +54,12 @@ class NotificationCollectionResponse(BaseModel):
     unread_count: int
 
 
-class MarkReadBody(BaseModel):
+class MarkReadBody(StorableBody):
     """Body of ``POST /notifications/read``: the ids to mark, or none for every unread one."""
-
-    model_config = ConfigDict(extra="forbid")
 
     ids: list[Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\x00]*$")]] | None = Field(
         default=None, max_length=MAX_READ_IDS, description="Notification ids; omit (or null) to mark all read."
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _storable(cls, data: Any) -> Any:
-        # Text PostgreSQL cannot take (lone surrogates, NUL) is bad input, never a 500.
-        problem = json_problem(data)
-        if problem:
-            raise ValueError(problem)
-        return data
 
 
 class MarkReadResponse(BaseModel):

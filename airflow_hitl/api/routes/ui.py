@@ -119,6 +119,14 @@ def _render(request: Request, template: str, caller: Caller, **extra: Any) -> HT
     return HTMLResponse(html, headers=SECURITY_HEADERS)
 
 
+async def _page(request: Request, template: str, **extra: Any) -> Response:
+    """``template`` rendered for the user of the cookie; without a valid one, Airflow's login."""
+    caller = await _page_caller(request)
+    if caller is None:
+        return _login_redirect(request)
+    return _render(request, template, caller, **extra)
+
+
 @router.get("")
 async def ui_root(request: Request) -> RedirectResponse:
     """``/hitl/ui`` -> ``/hitl/ui/`` (relative links in the pages assume the slash)."""
@@ -128,19 +136,13 @@ async def ui_root(request: Request) -> RedirectResponse:
 @router.get("/", response_class=HTMLResponse)
 async def inbox(request: Request) -> Response:
     """The inbox: pending approvals the user can see, with the decision modal and bulk actions."""
-    caller = await _page_caller(request)
-    if caller is None:
-        return _login_redirect(request)
-    return _render(request, "inbox.html", caller, page="inbox")
+    return await _page(request, "inbox.html", page="inbox")
 
 
 @router.get("/history", response_class=HTMLResponse)
 async def history(request: Request) -> Response:
     """Decided approvals as a timeline, with filters and the CSV export."""
-    caller = await _page_caller(request)
-    if caller is None:
-        return _login_redirect(request)
-    return _render(request, "history.html", caller, page="history")
+    return await _page(request, "history.html", page="history")
 
 
 @router.get("/task", response_class=HTMLResponse)
@@ -152,14 +154,11 @@ async def task_view(
     map_index: str = "-1",
 ) -> Response:
     """The approval of one task instance (the ``task_instance`` external view of the Airflow UI)."""
-    caller = await _page_caller(request)
-    if caller is None:
-        return _login_redirect(request)
     # The Airflow UI substitutes {MAP_INDEX} with -1 for unmapped tasks; anything else
     # that is not an integer means "whatever index", left for the script to ignore.
     index = map_index if map_index.lstrip("-").isdigit() else ""
-    return _render(
-        request, "task.html", caller, page="task", dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=index
+    return await _page(
+        request, "task.html", page="task", dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=index
     )
 
 

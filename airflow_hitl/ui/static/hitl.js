@@ -290,6 +290,26 @@
     return parts.year + "-" + parts.month + "-" + parts.day + " " + parts.hour + ":" + parts.minute + ":" + parts.second;
   }
 
+  /** How far ``zone``'s wall clock is ahead of UTC at the instant ``ms`` (milliseconds). */
+  function zoneOffset(zone, ms) {
+    const at = Math.floor(ms / 1000) * 1000;
+    const p = Object.fromEntries(formatterFor(zone).formatToParts(new Date(at)).map((x) => [x.type, Number(x.value)]));
+    return Date.UTC(p.year, p.month - 1, p.day, p.hour % 24, p.minute, p.second) - at;
+  }
+
+  /**
+   * The instant (ISO, UTC) of a wall-clock time in Airflow's selected timezone, as its pages
+   * read the dates typed into filters (not in the browser's zone). The offset is asked twice:
+   * once for the guess, once for the result, which settles a day that changes its offset.
+   */
+  function zonedInstant(year, month, day, hour, minute, second, ms) {
+    const zone = airflowTimezone();
+    const wall = Date.UTC(year, month - 1, day, hour, minute, second, ms);
+    let at = wall - zoneOffset(zone, wall);
+    at = wall - zoneOffset(zone, at);
+    return new Date(at).toISOString();
+  }
+
   /** Risk colour: metadata.risk when the DAG author gave one, else from the time left. */
   function risk(item) {
     const given = String((item.metadata && item.metadata.risk) || "").toLowerCase();
@@ -337,6 +357,19 @@
 
   function airflowLink(href, text, props) {
     return el("a", Object.assign({ href, onclick: openAirflow }, props || {}), text);
+  }
+
+  /** The line naming a request's DAG, run (both linked into Airflow) and task: on the cards and in the history. */
+  function whereLine(item) {
+    return el(
+      "div",
+      { className: "meta" },
+      airflowLink(dagUrl(item), item.dag_id, { className: "dag" }),
+      " · ",
+      airflowLink(runUrl(item), item.run_id || "(no run)", { className: "run" }),
+      item.task_id ? " · " + item.task_id : "",
+      originBadge(item)
+    );
   }
 
   function setAirflowLink(node, href, text) {
@@ -751,15 +784,7 @@
           el("button", { type: "button", className: "title linklike", onclick: () => openModal(item.id), text: item.title }),
           el("span", { className: "risk", title: "risk: " + level, text: level === "none" ? "" : level })
         ),
-        el(
-          "div",
-          { className: "meta" },
-          airflowLink(dagUrl(item), item.dag_id, { className: "dag" }),
-          " · ",
-          airflowLink(runUrl(item), item.run_id || "(no run)", { className: "run" }),
-          item.task_id ? " · " + item.task_id : "",
-          originBadge(item)
-        ),
+        whereLine(item),
         el(
           "div",
           { className: "meta" },
@@ -1049,11 +1074,11 @@
     const fields = { state: "h-state", decided_by: "h-approver", dag_id: "h-dag", since: "h-since", until: "h-until" };
     for (const [name, id] of Object.entries(fields)) if (params.get(name)) $(id).value = params.get(name);
 
+    // A day of the filters starts and ends in Airflow's timezone, like every time the pages show.
     function dayStart(value, endOfDay) {
       if (!value) return null;
       const [y, m, d] = value.split("-").map(Number);
-      const at = endOfDay ? new Date(y, m - 1, d, 23, 59, 59, 999) : new Date(y, m - 1, d, 0, 0, 0, 0);
-      return at.toISOString();
+      return endOfDay ? zonedInstant(y, m, d, 23, 59, 59, 999) : zonedInstant(y, m, d, 0, 0, 0, 0);
     }
 
     function filters() {
@@ -1079,15 +1104,7 @@
           " ",
           el("strong", { className: "title", text: item.title })
         ),
-        el(
-          "div",
-          { className: "meta" },
-          airflowLink(dagUrl(item), item.dag_id, { className: "dag" }),
-          " · ",
-          airflowLink(runUrl(item), item.run_id || "(no run)", { className: "run" }),
-          item.task_id ? " · " + item.task_id : "",
-          originBadge(item)
-        ),
+        whereLine(item),
         el(
           "div",
           { className: "meta" },

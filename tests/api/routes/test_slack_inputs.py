@@ -1,7 +1,7 @@
 """Slack and form inputs: Approve on a gate with required inputs opens a modal of input blocks; its
 submission approves with the values, and refused values come back into the modal by field.
 
-Plays Slack against the local Web API stand-in, as tests/notifications/test_slack.py does.
+Plays Slack against the local Web API stand-in, as tests/api/routes/test_slack.py does.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ from fastapi.testclient import TestClient
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.notifications.channels import slack_escape
 from airflow_hitl.records import Approval
-from tests.notifications.conftest import SlackApi
-from tests.notifications.test_slack import click, client, open_and_post, post, recorded
-
-__all__ = ["client"]  # the fixture, shared with test_slack.py
+from tests.api.routes.test_slack import click, open_and_post, post, recorded
+from tests.standins import SlackApi
 
 FORM = {
     "rollout_percent": Param(10, type="integer", minimum=1, maximum=100, description="Share of traffic"),

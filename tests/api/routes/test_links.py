@@ -13,7 +13,6 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -28,20 +27,11 @@ from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.records import Approval
 from tests.e2e.harness import free_port
-from tests.notifications.conftest import BASE_URL, SmtpSink, wait_for
+from tests.standins import BASE_URL, SmtpSink, wait_for
 
 LINK = re.compile(re.escape(BASE_URL) + r"/hitl/links\?token=([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)")
 HOSTILE = '<script>alert("x")</script>'
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-
-
-@pytest.fixture
-def client(sqlite_manager: ApprovalManager) -> Iterator[TestClient]:
-    """The ``/hitl`` app over this test's store."""
-    app = create_app()
-    app.state.hitl_manager = sqlite_manager
-    with TestClient(app) as test_client:
-        yield test_client
 
 
 def show(client: TestClient, token: str) -> Any:

@@ -12,10 +12,8 @@ from airflow.sdk import Param
 from fastapi.testclient import TestClient
 
 from airflow_hitl.manager import ApprovalManager
-from tests.notifications.conftest import SmtpSink
-from tests.notifications.test_links import client, open_and_mail, show, state_of, use
-
-__all__ = ["client"]  # the fixture, shared with test_links.py
+from tests.api.routes.test_links import open_and_mail, show, state_of, use
+from tests.standins import SmtpSink
 
 FORM = {
     "rollout_percent": Param(10, type="integer", minimum=1, maximum=100, description="Share of traffic"),

@@ -12,14 +12,12 @@ import html
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 from fastapi.testclient import TestClient
 
-from airflow_hitl.api.app import create_app
 from airflow_hitl.manager import ApprovalManager, ApprovalSpec
 from airflow_hitl.notifications.channels import slack_escape
 from airflow_hitl.notifications.config import NotifySettings
@@ -27,18 +25,9 @@ from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.notifications.signing import slack_signature
 from airflow_hitl.policy import Principal
 from airflow_hitl.records import Approval
-from tests.notifications.conftest import SLACK_SIGNING_SECRET, SlackApi
+from tests.standins import SLACK_SIGNING_SECRET, SlackApi
 
 URL = "/slack/interactions"
-
-
-@pytest.fixture
-def client(sqlite_manager: ApprovalManager) -> Iterator[TestClient]:
-    """The ``/hitl`` app over this test's store."""
-    app = create_app()
-    app.state.hitl_manager = sqlite_manager
-    with TestClient(app) as test_client:
-        yield test_client
 
 
 def open_and_post(manager: ApprovalManager, **overrides: Any) -> tuple[Approval, dict[str, str]]:
