@@ -38,6 +38,7 @@ from airflow_hitl.exceptions import (
     ApprovalNotPending,
     InvalidInput,
 )
+from airflow_hitl.forms import parse_inputs, resolve_inputs
 from airflow_hitl.models.store import ApprovalStore, get_store
 from airflow_hitl.models.tables import (
     ORIGINS,
@@ -169,6 +170,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                 on_reject=spec.on_reject,
                 metadata_=json_safe(spec.metadata),
                 notify=json_safe(spec.notify),
+                inputs=parse_inputs(spec.inputs),
                 created_at=now,
                 updated_at=now,
             )
@@ -267,6 +269,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
             link=decision.link,
             on_behalf_of=decision.on_behalf_of,
             delegator_roles=decision.delegator_roles,
+            inputs=decision.inputs,
         )
 
     def approve(
@@ -279,6 +282,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
         source: str = "api",
         client: Mapping[str, Any] | None = None,
         dag_access: DagAccess | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> Approval:
         """Record ``user``'s approval; approve the request once quorum is reached.
 
@@ -296,6 +300,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
             source=source,
             client=client,
             dag_access=dag_access,
+            inputs=inputs,
         )
 
     def reject(
@@ -339,6 +344,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
         link: LinkUse | None = None,
         on_behalf_of: str | None = None,
         delegator_roles: RolesOf | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> Approval:
         if source not in VOTE_SOURCES:
             raise InvalidInput("source", f"must be one of {list(VOTE_SOURCES)}")
@@ -362,6 +368,11 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
             )
             delegated = {"delegate": acting.delegate, "delegation_id": acting.delegation_id} if acting.delegate else {}
             user = acting.voter
+            if inputs is not None and not isinstance(inputs, Mapping):
+                raise InvalidInput("inputs", "must be an object of input name -> value")
+            # Checked against the form stored with the request, under the lock: what counts is
+            # the form this very gate asked for, whatever the DAG file says now.
+            values = resolve_inputs(row.inputs or {}, inputs, approving=action == APPROVE)
             vote = ApprovalVoteRow(
                 request_id=row.id,
                 user=user.name,
@@ -373,6 +384,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                 source=source,
                 escalation_level=row.escalation_level,
                 metadata_=json_safe(metadata or {}),
+                inputs=json_safe(values),
                 created_at=now,
             )
             row.votes.append(vote)
@@ -389,6 +401,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                     "roles": sorted(user.roles),
                     "escalation_level": row.escalation_level,
                     **delegated,
+                    **({"inputs": json_safe(values)} if values else {}),
                     **dict(client or {}),
                 },
                 at=now,

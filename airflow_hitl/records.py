@@ -54,11 +54,19 @@ class Vote:
     metadata: dict[str, Any] = field(default_factory=dict)
     #: Who cast this vote for ``user`` through a delegation (None: ``user`` did).
     delegate: str | None = None
+    #: The form inputs this voter submitted (validated; defaults filled on approve).
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: ApprovalVoteRow) -> Vote:
         """Copy a vote row."""
-        return record_of(cls, row, user_roles=tuple(row.user_roles or ()), metadata=dict(row.metadata_ or {}))
+        return record_of(
+            cls,
+            row,
+            user_roles=tuple(row.user_roles or ()),
+            metadata=dict(row.metadata_ or {}),
+            inputs=dict(row.inputs or {}),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: every field, datetimes as ISO strings."""
@@ -110,6 +118,8 @@ class Approval:
     created_at: dt.datetime
     updated_at: dt.datetime
     votes: tuple[Vote, ...] = ()
+    #: The form approvers fill in: name -> {value, schema, description, required}.
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: ApprovalRequestRow) -> Approval:
@@ -124,6 +134,7 @@ class Approval:
             metadata=dict(row.metadata_ or {}),
             notify=dict(row.notify or {}),
             votes=tuple(Vote.from_row(v) for v in row.votes),
+            inputs=dict(row.inputs or {}),
         )
 
     @property
@@ -251,11 +262,28 @@ def decision_summary(approval: Approval) -> dict[str, Any]:
         "requested_by": data["requested_by"],
         "requested_at": data["requested_at"],
         "escalation_level": data["escalation_level"],
+        "inputs": deciding_inputs(approval),
         "votes": [{**{k: v[k] for k in _SUMMARY_VOTE_FIELDS}, "at": v["created_at"]} for v in data["votes"]],
     }
 
 
-_SUMMARY_VOTE_FIELDS = ("user", "vote", "comment", "reason", "source", "delegate")
+_SUMMARY_VOTE_FIELDS = ("user", "vote", "comment", "reason", "source", "delegate", "inputs")
+
+
+def deciding_inputs(approval: Approval) -> dict[str, Any]:
+    """The inputs of the vote that decided the request; the form's defaults when no person did.
+
+    A quorum gate is decided by the vote that completed it (``decided_by``). A timeout or an
+    automatic approval has no such vote: an approval then carries the defaults (required inputs
+    without one are left out), a rejection carries nothing.
+    """
+    if approval.decided_by:
+        for vote in reversed(approval.votes):
+            if vote.user == approval.decided_by:
+                return jsonable(vote.inputs)
+    if approval.approved:
+        return {name: spec.get("value") for name, spec in approval.inputs.items() if not spec.get("required")}
+    return {}
 
 
 @dataclass(frozen=True, kw_only=True)

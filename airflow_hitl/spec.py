@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import text
 
 from airflow_hitl.exceptions import InvalidInput
+from airflow_hitl.forms import parse_inputs
 from airflow_hitl.limits import INT32_MAX, MAX_TIMEOUT_SECONDS, json_problem, text_problem
 from airflow_hitl.models.tables import TIMEOUT_ACTIONS, WAITING_PREDICATE, WAITING_STATES, ApprovalRequestRow
 from airflow_hitl.policy import ConfigProblems, EscalationLevel, Principal, str_list
@@ -73,6 +74,8 @@ class ApprovalSpec:
     on_reject: str = "fail"
     metadata: Mapping[str, Any] = field(default_factory=dict)
     notify: Mapping[str, Any] = field(default_factory=dict)
+    #: Form inputs approvers fill in: name -> Airflow ``Param``, its stored form, or a plain default.
+    inputs: Mapping[str, Any] = field(default_factory=dict)
 
     def validate(self, error: type[InvalidInput] = InvalidInput, *, where: str = "") -> None:
         """Raise one ``error`` naming every wrong field; the operator passes its own subclass."""
@@ -94,6 +97,8 @@ class ApprovalSpec:
         if self.on_reject not in ON_REJECT:
             problems.add("on_reject", f"must be one of {list(ON_REJECT)}, got {self.on_reject!r}")
         self._validate_storable(problems)
+        with problems.collecting():
+            parse_inputs(self.inputs)
         for name in ("context", "metadata", "notify"):
             value = getattr(self, name)
             if not isinstance(value, Mapping):
@@ -212,6 +217,8 @@ class Decision:
     :param on_behalf_of: The delegator whose vote ``user`` casts (see :mod:`airflow_hitl.delegation`);
         None: ``user``'s own vote, or else the one active delegator the policy lets it be cast for.
     :param delegator_roles: A delegator's roles by name (the auth manager's, via :mod:`airflow_hitl.identity`).
+    :param inputs: Values for the request's form inputs: required ones must be given to approve,
+        defaults fill the rest; on reject the given ones are checked and kept, none required.
     """
 
     action: str
@@ -225,6 +232,8 @@ class Decision:
     link: LinkUse | None = None
     on_behalf_of: str | None = None
     delegator_roles: Callable[[str], Iterable[str] | None] | None = None
+    #: Values for the request's form inputs (see :mod:`airflow_hitl.forms`), checked under the row lock.
+    inputs: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "airflow_hitl"
 #: Bottom up. A module may import from its own layer or any layer below it, never above.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("vocabulary", "exceptions", "settings", "version_compat", "limits", "metrics"),
-    ("models", "policy", "migrations"),
+    ("models", "policy", "migrations", "forms"),
     ("records", "spec", "audit"),
     ("transaction", "notices", "queries", "delegation", "manager", "outbox"),
     ("identity", "notifications", "triggers", "cli"),

@@ -107,6 +107,7 @@ def test_to_dict_is_every_field_json_ready():
         "user_roles": ["Op"],
         "metadata": {"ticket": 7},
         "delegate": None,
+        "inputs": {},
     }
     json.dumps(data)  # JSON-ready all the way down
 
@@ -169,6 +170,7 @@ def test_the_decision_summary_is_the_gate_xcom():
         "requested_by": "carol",
         "requested_at": "2026-11-30T06:43:52+00:00",
         "escalation_level": 1,
+        "inputs": {},
         "votes": [
             {
                 "user": "alice",
@@ -178,6 +180,7 @@ def test_the_decision_summary_is_the_gate_xcom():
                 "source": "ui",
                 "delegate": None,
                 "at": "2026-11-30T06:44:52+00:00",
+                "inputs": {},
             },
             {
                 "user": "bob",
@@ -187,6 +190,7 @@ def test_the_decision_summary_is_the_gate_xcom():
                 "source": "api",
                 "delegate": None,
                 "at": "2026-11-30T06:45:52+00:00",
+                "inputs": {},
             },
         ],
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
@@ -21,7 +22,14 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from airflow_hitl import __version__
 from airflow_hitl.api.limits import BodyLimitMiddleware
-from airflow_hitl.exceptions import HitlError, NotAllowed, StoreError, StoreOutcomeUnknown, StoreUnavailable
+from airflow_hitl.exceptions import (
+    HitlError,
+    InvalidInput,
+    NotAllowed,
+    StoreError,
+    StoreOutcomeUnknown,
+    StoreUnavailable,
+)
 from airflow_hitl.version_compat import AIRFLOW_V_3_3_PLUS
 
 log = logging.getLogger(__name__)
@@ -35,7 +43,20 @@ async def _hitl_error(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.reason if isinstance(exc, NotAllowed) else str(exc)
     if isinstance(exc, StoreError):
         return await _store_unavailable(request, exc)
+    if isinstance(exc, InvalidInput) and all(field.startswith("inputs.") for field, _ in exc.problems):
+        # Form inputs answer in FastAPI's own 422 shape, one entry per field, so a client (the
+        # decision modal) can put each message next to its input.
+        return JSONResponse(status_code=exc.status_code, content={"detail": input_errors(exc)})
     return JSONResponse(status_code=exc.status_code, content={"detail": detail})
+
+
+def input_errors(exc: InvalidInput) -> list[dict[str, Any]]:
+    """``exc``'s problems with form inputs as FastAPI-style field errors (``loc`` ends with the input)."""
+    errors = []
+    for field, message in exc.problems:
+        name = field.removeprefix("inputs.")
+        errors.append({"loc": ["body", "inputs", name], "msg": f"{name}: {message}", "type": "value_error"})
+    return errors
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -136,9 +136,15 @@ class ApproveBody(_Body):
     comment: Text | None = Field(default=None, description=_TEXT_HELP)
     metadata: dict[str, Any] | None = Field(default=None, description=f"Recorded with the vote. {_JSON_HELP}")
     on_behalf_of: OnBehalfOf = None
+    inputs: dict[str, Any] | None = Field(
+        default=None,
+        description="Values for the request's form inputs (its `inputs`): required ones must be given, defaults "
+        "fill the rest. A value the input's schema refuses, or an unknown name, is a 422 naming the field "
+        f"(`loc` ends with the input's name). {_JSON_HELP}",
+    )
 
     _clean_comment = field_validator("comment")(_blank_to_none)
-    _bounded = field_validator("metadata")(_bounded_json)
+    _bounded = field_validator("metadata", "inputs")(_bounded_json)
 
 
 class RejectBody(_Body):
@@ -231,6 +237,7 @@ class VoteResponse(_Response):
     user_roles: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     delegate: str | None = Field(default=None, description="Who cast this vote for `user` through a delegation.")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="The form inputs this voter submitted.")
 
 
 class NoticeResponse(_Response):
@@ -292,6 +299,11 @@ class ApprovalResponse(_Response):
     decision_source: str | None = None
     comment: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="The form approvers fill in: input name -> `value` (the default), `schema` (JSON Schema), "
+        "`description` and `required` (no default: an approval must give it).",
+    )
     created_at: dt.datetime
     updated_at: dt.datetime
     can_approve: bool | None = None

@@ -206,9 +206,25 @@ def _decide(args: argparse.Namespace, action: str, **fields: Any) -> None:
     )
 
 
+def _inputs(pairs: list[str] | None) -> dict[str, Any] | None:
+    """``--input NAME=VALUE`` pairs as form values: VALUE read as JSON, else taken as text."""
+    if not pairs:
+        return None
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"error: --input {pair!r} must be NAME=VALUE")
+        try:
+            values[name.strip()] = json.loads(raw)
+        except ValueError:
+            values[name.strip()] = raw
+    return values
+
+
 def approvals_approve(args: argparse.Namespace) -> None:
-    """Approve a request as ``--user``, under the request's policy (source ``cli``)."""
-    _decide(args, "approve", comment=args.comment)
+    """Approve a request as ``--user``, under the request's policy (source ``cli``), with ``--input`` values."""
+    _decide(args, "approve", comment=args.comment, inputs=_inputs(getattr(args, "input", None)))
 
 
 def approvals_reject(args: argparse.Namespace) -> None:

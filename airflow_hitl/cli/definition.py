@@ -57,6 +57,15 @@ ARGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     ),
     "comment": (("--comment",), {"help": "Comment recorded with the decision"}),
     "reason": (("--reason",), {"help": "Why (required to reject or cancel)"}),
+    "input": (
+        ("--input",),
+        {
+            "help": "A form input of the request as NAME=VALUE (repeat for several); VALUE is read as JSON "
+            '(25, true, "text") and otherwise taken as text',
+            "action": "append",
+            "metavar": "NAME=VALUE",
+        },
+    ),
 }
 
 
@@ -89,7 +98,12 @@ COMMANDS: dict[str, tuple[str, tuple[Command, ...]]] = {
                 "list", "approvals_list", "List approval requests", ("state", "dag_id", "limit", "output", *_STORE_ARGS)
             ),
             Command("show", "approvals_show", "Show one approval request", ("approval_id", "output", *_STORE_ARGS)),
-            Command("approve", "approvals_approve", "Approve a request as --user", _DECISION_ARGS),
+            Command(
+                "approve",
+                "approvals_approve",
+                "Approve a request as --user (--input for its form)",
+                (*_DECISION_ARGS, "input"),
+            ),
             Command("reject", "approvals_reject", "Reject a request as --user (--reason required)", _DECISION_ARGS),
             Command(
                 "cancel", "approvals_cancel", "Cancel a waiting request as --user (--reason required)", _DECISION_ARGS

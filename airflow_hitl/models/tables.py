@@ -144,6 +144,8 @@ class ApprovalRequestRow(Base):
     # ``metadata`` is reserved by SQLAlchemy's declarative classes; the column keeps its name.
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, nullable=False, default=dict)
     notify: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False, default=dict)
+    # The form approvers fill in: input name -> {value, schema, description, required} (airflow_hitl.forms).
+    inputs: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False, default=dict, server_default="{}")
 
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
@@ -193,6 +195,8 @@ class ApprovalVoteRow(Base):
     source: Mapped[str] = mapped_column(String(20), nullable=False)
     escalation_level: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, nullable=False, default=dict)
+    # What this voter filled in (validated against the request's form, defaults filled on approve).
+    inputs: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False, default=dict, server_default="{}")
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
     # Who actually cast a vote counted as ``user``'s, through a delegation (NULL: ``user`` did).
     delegate: Mapped[str | None] = mapped_column(String(250))

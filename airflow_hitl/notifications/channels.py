@@ -200,6 +200,14 @@ def approval_blocks(
             shown = json.dumps(value, default=str, sort_keys=True) if isinstance(value, (dict, list)) else value
             lines.append(f"• *{esc(key)}*: {esc(shown)}")
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_text("\n".join(lines))}})
+    if approval.inputs:
+        # The form an approval asks for; Approve opens it as a modal when an input is required.
+        lines = ["*Inputs to fill in when approving:*"]
+        for name, spec in approval.inputs.items():
+            default = json.dumps(spec.get("value"), default=str)
+            note = " (required)" if spec.get("required") else f" (default: {esc(default)})"
+            lines.append(f"• *{esc(name)}*{note}")
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_text("\n".join(lines))}})
     elements: list[dict[str, Any]] = []
     if buttons:
         elements += [

@@ -39,10 +39,11 @@ from airflow.sdk import BaseOperator
 
 import airflow_hitl as airflow_hitl_package
 from airflow_hitl.exceptions import InvalidApprovalConfig
+from airflow_hitl.forms import parse_inputs
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec, utcnow
 from airflow_hitl.policy import ConfigProblems, EscalationLevel, str_list
 from airflow_hitl.records import Approval, decision_summary
-from airflow_hitl.triggers.approval import ApprovalTrigger, ApprovalTriggerEventPayload
+from airflow_hitl.triggers.approval import SKIPMIXIN_KEY, ApprovalTrigger, ApprovalTriggerEventPayload
 from airflow_hitl.version_compat import AirflowFailException, AirflowSkipException
 from airflow_hitl.vocabulary import CHANNELS
 
@@ -99,6 +100,10 @@ class ApprovalOperator(BaseOperator):
     :param remind_every: Remind the approvers this often while the gate waits (a ``timedelta``).
     :param notify_templates: Jinja2 overrides per event (``required``, ``reminder``, ``escalated``,
         ``timed_out``, ``decided``, ``cancelled``), each a dict with any of ``subject``, ``text``, ``html``.
+    :param inputs: A form approvers fill in with their decision: input name (an identifier) ->
+        Airflow ``Param`` (``Param(10, type="integer", minimum=1, maximum=100)``) or a plain default.
+        An input without a default is required to approve; the decision XCom carries the values
+        under ``inputs`` (those of the vote that decided) and each vote's under ``votes[].inputs``.
     """
 
     template_fields: Sequence[str] = ("title", "description", "reason", "context", "metadata")
@@ -138,6 +143,7 @@ class ApprovalOperator(BaseOperator):
         webhook_endpoint: str | None = None,
         remind_every: dt.timedelta | None = None,
         notify_templates: Mapping[str, Mapping[str, str]] | None = None,
+        inputs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -184,6 +190,7 @@ class ApprovalOperator(BaseOperator):
             problems=problems,
         )
         self.remind_every = remind_every
+        self.inputs = problems.parse(parse_inputs, inputs, default={})
         self._validate(problems)
         if problems:
             dag_file_frame = _dag_file_frame()
@@ -244,6 +251,7 @@ class ApprovalOperator(BaseOperator):
             "on_reject": self.on_reject,
             "metadata": self.metadata,
             "notify": self.notify,
+            "inputs": self.inputs,
         }
         fields.update(overrides)
         return ApprovalSpec(**fields)
@@ -257,6 +265,8 @@ class ApprovalOperator(BaseOperator):
         """Open (or find again) the request, then wait in the triggerer unless already decided."""
         ti = context["ti"]
         dag_run = context["dag_run"]
+        # A branch gate checks its branches against the DAG before asking anyone.
+        self._followed_tasks()
         manager = self._manager()
         earlier = self._decided_by_earlier_try(manager, ti)
         if earlier is not None:
@@ -359,6 +369,7 @@ class ApprovalOperator(BaseOperator):
                 conn_id=self.conn_id,
                 poll_interval=self.poll_interval,
                 end_task=True,
+                follow=self._followed_tasks(),
             ),
             method_name="execute_complete",
         )
@@ -388,8 +399,19 @@ class ApprovalOperator(BaseOperator):
             self._defer(approval)
         return self._finish(context, approval)
 
+    def _followed_tasks(self) -> dict[str, list[str]] | None:
+        """The direct downstream tasks each outcome follows; None for a gate that does not branch."""
+        return None
+
     def _finish(self, context: Context, approval: Approval) -> dict[str, Any]:
         result = decision_summary(approval)
+        follow = self._followed_tasks()
+        if follow is not None and approval.state != "cancelled":
+            # The same XCom the trigger's end event carries: the scheduler skips the other branch.
+            outcome = "approve" if approval.approved else "reject"
+            self.log.info("%s: following %s", approval.state, follow.get(outcome, []))
+            context["ti"].xcom_push(key=SKIPMIXIN_KEY, value={"followed": follow.get(outcome, [])})
+            return result
         if approval.approved:
             self.log.info("approved by %s (%s)", approval.approvers or approval.decision_source, approval.state)
             return result
@@ -575,3 +597,90 @@ def _parse_notify(
         else:
             notify["templates"] = {event: dict(parts) for event, parts in templates.items()}
     return notify if channels else {}
+
+
+BRANCH_OUTCOMES = ("approve", "reject")
+
+
+def _parse_branches(value: Any) -> dict[str, list[str]]:
+    """``branches`` as outcome -> task ids; every problem named in one error."""
+    if not isinstance(value, Mapping) or not value:
+        raise InvalidApprovalConfig("branches", 'must be a dict like {"approve": "deploy", "reject": "rollback"}')
+    problems = ConfigProblems()
+    parsed: dict[str, list[str]] = {}
+    for outcome, targets in value.items():
+        if outcome not in BRANCH_OUTCOMES:
+            problems.add("branches", f"unknown outcome {outcome!r}; use {list(BRANCH_OUTCOMES)}")
+            continue
+        ids = [targets] if isinstance(targets, str) else targets
+        if (
+            isinstance(ids, (str, Mapping))
+            or not isinstance(ids, Sequence)
+            or not ids
+            or not all(isinstance(t, str) and t for t in ids)
+        ):
+            problems.add(f"branches[{outcome!r}]", "must be a task id or a non-empty list of task ids")
+            continue
+        parsed[outcome] = list(dict.fromkeys(ids))
+    both = set(parsed.get("approve", ())) & set(parsed.get("reject", ()))
+    if both:
+        problems.add("branches", f"tasks {sorted(both)} are on both branches")
+    problems.raise_if_any()
+    return parsed
+
+
+class ApprovalBranchOperator(ApprovalOperator):
+    """An approval gate that succeeds either way and follows the branch of the outcome.
+
+    Takes every option of :class:`ApprovalOperator` plus ``branches``; approved (by people or a
+    timeout whose action is ``approve``) follows ``branches["approve"]``, rejected follows
+    ``branches["reject"]``, and every other direct downstream task is skipped, as with Airflow's
+    branch operators. Quorum, roles, escalation and the audit work as for any gate; a cancelled
+    request fails the task. ``on_reject`` does not apply: a rejection is a branch, not a failure.
+
+    :param branches: ``{"approve": <task id or list>, "reject": <task id or list>}``; the ids
+        must be direct downstream tasks of the gate (checked when the gate runs, naming the
+        field). An outcome left out follows no task: all direct downstream tasks are skipped.
+    """
+
+    # Tells the scheduler (through the serialized DAG) to honour our ``skipmixin_key`` XCom.
+    inherits_from_skipmixin = True
+    ui_color = "#f6c365"
+
+    def __init__(self, *, branches: Mapping[str, Any], **kwargs: Any) -> None:
+        # Set before the base class validates, so one error names every bad option.
+        self._branch_problems = ConfigProblems()
+        self.branches = self._branch_problems.parse(_parse_branches, branches, default={})
+        if "on_reject" in kwargs:
+            self._branch_problems.add(
+                "on_reject", "does not apply to a branch gate: a rejection follows branches['reject']"
+            )
+            kwargs.pop("on_reject")
+        super().__init__(**kwargs)
+
+    def _validate(self, problems: ConfigProblems) -> None:
+        problems.items.extend(self._branch_problems.items)
+        super()._validate(problems)
+
+    def _followed_tasks(self) -> dict[str, list[str]]:
+        """Per outcome, the direct downstream tasks to follow; raises when a branch is not downstream.
+
+        Like Airflow's ``skip_all_except``: a task downstream of a followed branch task (a join)
+        is followed too, so it is not skipped for being a direct child of the gate as well.
+        """
+        downstream = set(self.downstream_task_ids)
+        stray = sorted({t for ids in self.branches.values() for t in ids} - downstream)
+        if stray:
+            raise InvalidApprovalConfig(
+                "branches",
+                f"tasks {stray} are not direct downstream tasks of the gate "
+                f"(downstream: {sorted(downstream) or 'none'}); set gate >> [{', '.join(stray)}]",
+                where=self._where(None),
+            )
+        follow: dict[str, list[str]] = {}
+        for outcome in BRANCH_OUTCOMES:
+            ids = set(self.branches.get(outcome, ()))
+            for task_id in list(ids):
+                ids.update(self.dag.get_task(task_id).get_flat_relative_ids(upstream=False))
+            follow[outcome] = sorted(downstream & ids)
+        return follow

@@ -53,14 +53,30 @@ class ApprovalTriggerEventPayload(TypedDict, total=False):
     error: str
 
 
-def end_event(approval: Approval) -> TriggerEvent:
+#: The XCom key and shape Airflow's branch operators (SkipMixin) write and the scheduler's
+#: ``NotPreviouslySkippedDep`` reads: a direct downstream task not in ``followed`` is skipped.
+SKIPMIXIN_KEY = "skipmixin_key"
+
+
+def end_event(approval: Approval, follow: dict[str, list[str]] | None = None) -> TriggerEvent:
     """The Airflow event that ends the gate's task for a finished request, with its XCom.
 
     Approved (by people or by the timeout action): success, the summary as ``return_value``.
     Rejected: failed (Airflow routes it to ``up_for_retry`` when retries remain), or skipped
     with ``on_reject="skip"``; the summary under ``decision``. Cancelled: failed.
+
+    A branch gate (``follow``: outcome -> the direct downstream task ids it follows) succeeds
+    either way, approved or rejected, with the summary as ``return_value`` and the followed
+    tasks under ``skipmixin_key``: no worker runs ``skip_all_except``, the scheduler skips the
+    other branch when it next looks at those tasks (``NotPreviouslySkippedDep``), exactly as
+    it does for a cleared branch operator. Cancelled: failed, no branch taken.
     """
     summary: dict[str, Any] = decision_summary(approval)
+    if follow is not None and approval.state != "cancelled":
+        outcome = "approve" if approval.approved else "reject"
+        return TaskSuccessEvent(
+            xcoms={"return_value": summary, SKIPMIXIN_KEY: {"followed": list(follow.get(outcome, []))}}
+        )
     if approval.approved:
         return TaskSuccessEvent(xcoms={"return_value": summary})
     if approval.state != "cancelled" and approval.on_reject == "skip":
@@ -88,6 +104,8 @@ class ApprovalTrigger(BaseTrigger):
         of resuming it on a worker. Triggers serialized by older releases lack it (False).
     :param remind_at: Unix time of a reminder, from triggers serialized by older releases only;
         reminders are outbox intents now.
+    :param follow: A branch gate's direct downstream task ids to follow per outcome
+        (``{"approve": [...], "reject": [...]}``); None for a plain gate.
     """
 
     def __init__(
@@ -98,6 +116,7 @@ class ApprovalTrigger(BaseTrigger):
         poll_interval: float | None = None,
         end_task: bool = False,
         remind_at: float | None = None,
+        follow: dict[str, list[str]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -106,6 +125,7 @@ class ApprovalTrigger(BaseTrigger):
         self.poll_interval = poll_interval
         self.end_task = bool(end_task)
         self.remind_at = float(remind_at) if remind_at is not None else None
+        self.follow = {k: list(v) for k, v in follow.items()} if follow is not None else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Only the id, where the store is and how to end: everything else is read from the store."""
@@ -117,6 +137,8 @@ class ApprovalTrigger(BaseTrigger):
         }
         if self.remind_at is not None:
             kwargs["remind_at"] = self.remind_at
+        if self.follow is not None:
+            kwargs["follow"] = self.follow
         return ("airflow_hitl.triggers.approval.ApprovalTrigger", kwargs)
 
     async def _manager(self, settings: HitlSettings | None = None) -> ApprovalManager:
@@ -213,7 +235,7 @@ class ApprovalTrigger(BaseTrigger):
 
     def _end(self, approval: Approval) -> TriggerEvent:
         if self.ends_task:
-            return end_event(approval)
+            return end_event(approval, self.follow)
         return self._event("decided", approval.state)
 
     async def _call_with_retry(self, call: Any, settings: HitlSettings) -> Any:

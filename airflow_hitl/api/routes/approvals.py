@@ -461,6 +461,7 @@ def approve(approval_id: str, body: ApproveBody, request: Request, caller: Calle
         comment=body.comment,
         metadata=body.metadata,
         on_behalf_of=body.on_behalf_of,
+        inputs=body.inputs,
     )
     return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
@@ -518,6 +519,7 @@ def decision_of(
     reason: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     on_behalf_of: str | None = None,
+    inputs: Mapping[str, Any] | None = None,
 ) -> Decision:
     """The :class:`Decision` of an authenticated caller; their edit access is asked under the row lock.
 
@@ -534,6 +536,7 @@ def decision_of(
         dag_access=caller.edit_refusal,
         on_behalf_of=on_behalf_of,
         delegator_roles=delegator_roles,
+        inputs=inputs,
     )
 
 

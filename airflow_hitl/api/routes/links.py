@@ -23,6 +23,7 @@ longer pending 409; each as an HTML page that says so. Every value on a page is 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -171,7 +172,78 @@ def _check(manager: ApprovalManager, token: str) -> CheckedLink:
     return CheckedLink(token=token, claims=claims, approval=approval, notification=notification)
 
 
-def _confirm_page(link: CheckedLink, status: int = 200, message: str | None = None) -> HTMLResponse:
+def _input_kind(schema: dict[str, Any]) -> str:
+    kind = schema.get("type")
+    kind = next((k for k in kind if k != "null"), None) if isinstance(kind, list) else kind
+    return "enum" if isinstance(schema.get("enum"), list) else str(kind or "json")
+
+
+def form_fields(
+    approval: Approval, given: dict[str, str] | None = None, errors: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The request's form inputs as the confirmation page shows them (no script: plain HTML fields).
+
+    ``given`` holds what the recipient typed (re-shown after a refusal), ``errors`` each field's problem.
+    """
+    fields = []
+    for name, spec in approval.inputs.items():
+        schema = spec.get("schema") or {}
+        kind = _input_kind(schema)
+        default = spec.get("value")
+        if given is not None:
+            value = given.get(name, "")
+        elif kind == "enum":
+            value = str(schema["enum"].index(default)) if default in schema["enum"] else ""
+        elif default is None:
+            value = ""
+        else:
+            value = default if kind == "string" else json.dumps(default)
+        fields.append(
+            {
+                "name": name,
+                "kind": kind,
+                "required": bool(spec.get("required")),
+                "description": spec.get("description"),
+                "minimum": schema.get("minimum"),
+                "maximum": schema.get("maximum"),
+                "options": [(str(i), str(choice)) for i, choice in enumerate(schema.get("enum") or [])],
+                "value": value,
+                "error": (errors or {}).get(name),
+            }
+        )
+    return fields
+
+
+def _posted_inputs(approval: Approval, form: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values posted in ``input.<name>`` fields; an empty field is left out (its default applies)."""
+    values: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name, spec in approval.inputs.items():
+        raw = form.get(f"input.{name}", "").strip()
+        if raw == "":
+            continue
+        schema = spec.get("schema") or {}
+        kind = _input_kind(schema)
+        try:
+            if kind == "enum":
+                values[name] = schema["enum"][int(raw)]
+            elif kind == "string":
+                values[name] = form[f"input.{name}"]
+            else:
+                values[name] = json.loads(raw)  # numbers, true/false and JSON alike
+        except (ValueError, IndexError):
+            errors[name] = f"{raw!r} is not a valid value"
+    return values, errors
+
+
+def _confirm_page(
+    link: CheckedLink,
+    status: int = 200,
+    message: str | None = None,
+    *,
+    given: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+) -> HTMLResponse:
     action = link.claims.action
     heading = {"approve": "Approve this request?", "reject": "Reject this request?"}.get(action, "Approval request")
     return _page(
@@ -185,6 +257,8 @@ def _confirm_page(link: CheckedLink, status: int = 200, message: str | None = No
         post_url="links",
         token=link.token,
         details_url=details_url(HitlSettings.load().base_url, link.approval),
+        # The form goes with an approval; a rejection needs none of it.
+        inputs=form_fields(link.approval, given, errors) if action == "approve" else [],
     )
 
 
@@ -230,6 +304,12 @@ def _decide(manager: ApprovalManager, fields: dict[str, list[str]], client: dict
         return _confirm_page(link, 422, "A reason is required to reject")
     if len(reason) > limit or len(comment or "") > limit:
         return _confirm_page(link, 422, f"Comments are limited to {limit} characters")
+    inputs: dict[str, Any] | None = None
+    if claims.action == "approve" and link.approval.inputs:
+        given = {name: form.get(f"input.{name}", "") for name in link.approval.inputs}
+        inputs, unreadable = _posted_inputs(link.approval, form)
+        if unreadable:
+            return _confirm_page(link, 422, "Some inputs are not valid", given=given, errors=unreadable)
     directory = UserDirectory(use_auth_manager=True)
     user, refusal = decider(claims.recipient, link.approval.dag_id, extra_roles=directory.roles_of(claims.recipient))
     if user is None:
@@ -246,6 +326,7 @@ def _decide(manager: ApprovalManager, fields: dict[str, list[str]], client: dict
         client={**client, "via": "email_link", "notification_id": claims.notification_id},
         # Used up in the vote's own transaction: a vote that is refused leaves the link usable.
         link=LinkUse(notification_id=claims.notification_id, recipient=claims.recipient),
+        inputs=inputs,
     )
     try:
         approval = manager.decide(claims.request_id, decision)
@@ -255,6 +336,11 @@ def _decide(manager: ApprovalManager, fields: dict[str, list[str]], client: dict
         return _refusal(LinkRefused(409, "Not recorded", str(err), link.approval))
     except NotAllowed as err:
         return _refusal(LinkRefused(403, "Not allowed", err.reason, link.approval))
+    except InvalidInput as err:
+        # Refused values leave the link usable: the page comes back with each field's problem.
+        problems = {field.removeprefix("inputs."): message for field, message in err.problems}
+        given = {name: form.get(f"input.{name}", "") for name in link.approval.inputs}
+        return _confirm_page(link, 422, "Some inputs are not valid", given=given, errors=problems)
     verb = "approved" if claims.action == "approve" else "rejected"
     if approval.is_waiting:
         message = (

@@ -8,6 +8,9 @@ else Slack's ``users.info`` email matched against ``[hitl] user_emails`` or the 
 manager's users), the request's own policy is applied exactly as for the REST API, the vote
 is recorded with source ``slack``, and the original message is updated to show who decided.
 Reject opens a modal asking for the reason (``views.open``); its ``view_submission`` rejects.
+Approve on a request whose form has required inputs opens a modal with one input block per
+form input instead; its ``view_submission`` approves with the values, and refused values come
+back into the modal next to their field (``response_action: errors``).
 
 Slack expects an answer within three seconds and shows nothing for non-200 answers to
 clicks, so refusals after verification are told to the clicker as an ephemeral message.
@@ -31,8 +34,10 @@ from airflow_hitl.exceptions import (
     ApprovalNotFound,
     ApprovalNotPending,
     HitlError,
+    InvalidInput,
     NotAllowed,
 )
+from airflow_hitl.forms import required_names
 from airflow_hitl.identity import roles_of
 from airflow_hitl.manager import ApprovalManager, Decision
 from airflow_hitl.notifications.access import decider
@@ -57,6 +62,11 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/slack", tags=["slack"], include_in_schema=False)
 
 MAX_BODY_BYTES = 256 * 1024
+
+#: ``callback_id`` of the modal asking for a request's form inputs before approving.
+APPROVE_MODAL_ID = "hitl_approve_inputs"
+#: Slack keys an input block's errors by its ``block_id``: ``input:<name>``.
+INPUT_BLOCK_PREFIX = "input:"
 
 
 def signing_secret(settings: NotifySettings) -> bytes | None:
@@ -113,6 +123,8 @@ async def interactions(request: Request) -> Response:
         return await run_in_threadpool(handler.block_action)
     if kind == "view_submission" and payload.get("view", {}).get("callback_id") == REJECT_MODAL_ID:
         return await run_in_threadpool(handler.reject_submission)
+    if kind == "view_submission" and payload.get("view", {}).get("callback_id") == APPROVE_MODAL_ID:
+        return await run_in_threadpool(handler.approve_submission)
     return Response(status_code=200)
 
 
@@ -219,13 +231,17 @@ class SlackInteraction:
                 "Slack %s on %s by %s (%s) refused: %s", vote, approval.id, name, self.slack_user, eligibility.reason
             )
             return self._tell(client, channel, f"Not recorded: {eligibility.reason}")
-        if vote == "reject":
-            view = reject_modal(approval, channel=channel, ts=ts)
+        if vote == "reject" or required_names(approval.inputs):
+            # A reason to reject, or the form's required inputs to approve: asked in a modal.
+            if vote == "reject":
+                view, form = reject_modal(approval, channel=channel, ts=ts), "rejection form"
+            else:
+                view, form = inputs_modal(approval, channel=channel, ts=ts), "approval form"
             try:
                 client.views_open(trigger_id=self.payload.get("trigger_id"), view=view)
             except Exception as err:
                 log.warning("views.open failed: %s", err)
-                return self._tell(client, channel, "Could not open the rejection form; reject in Airflow instead.")
+                return self._tell(client, channel, f"Could not open the {form}; decide in Airflow instead.")
             return Response(status_code=200)
         try:
             decided = self.manager.decide(approval.id, self._decision(user, "approve"))
@@ -236,7 +252,9 @@ class SlackInteraction:
         self._update_message(client, decided, channel, ts)
         return Response(status_code=200)
 
-    def _decision(self, user: Principal, action: str, *, reason: str | None = None) -> Decision:
+    def _decision(
+        self, user: Principal, action: str, *, reason: str | None = None, inputs: dict[str, Any] | None = None
+    ) -> Decision:
         return Decision(
             action=action,
             user=user,
@@ -245,9 +263,53 @@ class SlackInteraction:
             client={"via": "slack", "slack_user_id": self.slack_user},
             # A delegate's click may cast a delegator's vote: the policy sees the delegator's roles.
             delegator_roles=roles_of,
+            inputs=inputs,
         )
 
     # ------------------------------------------------------------------ view_submission
+
+    def approve_submission(self) -> Response:
+        """Approve with the form inputs typed into the modal; refused values go back into it."""
+        view = self.payload.get("view") or {}
+        try:
+            meta = json.loads(view.get("private_metadata") or "{}")
+            request_id = str(meta["request_id"])
+        except (ValueError, KeyError):
+            return Response(status_code=200)
+        try:
+            approval = self.manager.get(request_id)
+        except HitlError:
+            return Response(status_code=200)
+        first_block = next((INPUT_BLOCK_PREFIX + name for name in approval.inputs), "")
+
+        def errors(found: dict[str, str]) -> JSONResponse:
+            return JSONResponse({"response_action": "errors", "errors": {k: v[:150] for k, v in found.items()}})
+
+        inputs, unreadable = submitted_inputs(approval, (view.get("state") or {}).get("values") or {})
+        if unreadable:
+            return errors(unreadable)
+        client = _slack_client(approval, self.settings)
+        name = self._airflow_user(client)
+        if name is None:
+            return errors({first_block: "Your Slack account is not linked to an Airflow user."})
+        user, refusal = self._principal(name, approval.dag_id)
+        if user is None:
+            return errors({first_block: f"Not recorded: {refusal}"})
+        try:
+            decided = self.manager.decide(request_id, self._decision(user, "approve", inputs=inputs))
+        except InvalidInput as err:
+            found: dict[str, str] = {}
+            for field, message in err.problems:
+                input_name = field.removeprefix("inputs.")
+                block = INPUT_BLOCK_PREFIX + input_name if input_name in approval.inputs else first_block
+                found.setdefault(block, message)
+            return errors(found)
+        except NotAllowed as err:
+            return errors({first_block: f"Not recorded: {err.reason}"})
+        except HitlError as err:
+            return errors({first_block: f"Not recorded: {err}"})
+        self._update_message(client, decided, meta.get("channel"), meta.get("ts"))
+        return Response(status_code=200)
 
     def reject_submission(self) -> Response:
         """Reject with the reason typed into the modal; errors are shown in the modal."""
@@ -308,3 +370,95 @@ def reject_modal(approval: Approval, *, channel: str | None, ts: str | None) -> 
             },
         ],
     }
+
+
+def _input_element(spec: dict[str, Any]) -> dict[str, Any]:
+    """The Block Kit element for one form input, from its JSON Schema."""
+    schema = spec.get("schema") or {}
+    kind = schema.get("type")
+    kind = next((k for k in kind if k != "null"), None) if isinstance(kind, list) else kind
+    value = spec.get("value")
+    if isinstance(schema.get("enum"), list):
+        options = [
+            {"text": {"type": "plain_text", "text": slack_escape(str(choice))[:75]}, "value": str(index)}
+            for index, choice in enumerate(schema["enum"][:100])
+        ]
+        element: dict[str, Any] = {"type": "static_select", "action_id": "value", "options": options}
+        if value in schema["enum"]:
+            element["initial_option"] = options[schema["enum"].index(value)]
+        return element
+    if kind == "boolean":
+        option = {"text": {"type": "plain_text", "text": "Yes"}, "value": "true"}
+        element = {"type": "checkboxes", "action_id": "value", "options": [option]}
+        if value is True:
+            element["initial_options"] = [option]
+        return element
+    if kind in ("integer", "number"):
+        element = {"type": "number_input", "action_id": "value", "is_decimal_allowed": kind == "number"}
+        for bound, key in (("minimum", "min_value"), ("maximum", "max_value")):
+            if isinstance(schema.get(bound), (int, float)):
+                element[key] = str(schema[bound])
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            element["initial_value"] = str(value)
+        return element
+    element = {"type": "plain_text_input", "action_id": "value", "multiline": kind != "string"}
+    if value is not None:
+        element["initial_value"] = value if kind == "string" and isinstance(value, str) else json.dumps(value)
+    return element
+
+
+def inputs_modal(approval: Approval, *, channel: str | None, ts: str | None) -> dict[str, Any]:
+    """The modal asking for the form inputs before approving; one input block per input."""
+    title = approval.title if len(approval.title) <= 200 else approval.title[:199] + "…"
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "plain_text", "text": slack_escape(title)}}]
+    for name, spec in list(approval.inputs.items())[:90]:
+        block: dict[str, Any] = {
+            "type": "input",
+            "block_id": INPUT_BLOCK_PREFIX + name,
+            "optional": not spec.get("required"),
+            "label": {"type": "plain_text", "text": name[:2000]},
+            "element": _input_element(spec),
+        }
+        if spec.get("description"):
+            block["hint"] = {"type": "plain_text", "text": slack_escape(str(spec["description"]))[:2000]}
+        blocks.append(block)
+    return {
+        "type": "modal",
+        "callback_id": APPROVE_MODAL_ID,
+        "private_metadata": json.dumps({"request_id": approval.id, "channel": channel, "ts": ts}),
+        "title": {"type": "plain_text", "text": "Approve request"},
+        "submit": {"type": "plain_text", "text": "Approve"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": blocks,
+    }
+
+
+def submitted_inputs(approval: Approval, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values typed into :func:`inputs_modal`, and per block the ones that are not even readable."""
+    inputs: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name, spec in approval.inputs.items():
+        block_id = INPUT_BLOCK_PREFIX + name
+        state = (values.get(block_id) or {}).get("value") or {}
+        schema = spec.get("schema") or {}
+        kind = state.get("type")
+        if kind == "static_select":
+            option = state.get("selected_option")
+            if option is not None:
+                inputs[name] = schema.get("enum", [])[int(option["value"])]
+        elif kind == "checkboxes":
+            inputs[name] = bool(state.get("selected_options"))
+        elif state.get("value") not in (None, ""):
+            raw = str(state["value"])
+            declared = schema.get("type")
+            try:
+                if kind == "number_input":
+                    number = float(raw)
+                    inputs[name] = int(number) if number.is_integer() and declared != "number" else number
+                elif declared == "string" or (isinstance(declared, list) and "string" in declared):
+                    inputs[name] = raw
+                else:
+                    inputs[name] = json.loads(raw)
+            except ValueError:
+                errors[block_id] = "Not a valid value."
+    return inputs, errors

@@ -219,6 +219,7 @@ def approve(approval_id: str, body: ApproveBody, request: Request, caller: Calle
         comment=body.comment,
         metadata=body.metadata,
         on_behalf_of=body.on_behalf_of,
+        inputs=body.inputs,
     )
     return _answer(manager.decide(canonical_approval_id(approval_id), decision))
 

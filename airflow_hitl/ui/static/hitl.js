@@ -65,9 +65,10 @@
   /* ------------------------------------------------------------------ API */
 
   class ApiError extends Error {
-    constructor(status, detail) {
+    constructor(status, detail, raw) {
       super(detail);
       this.status = status;
+      this.detail = raw; // the answer's own detail: a list of {loc, msg} for invalid form inputs
     }
   }
 
@@ -110,7 +111,7 @@
       data = null;
     }
     if (!response.ok) {
-      throw new ApiError(response.status, data && data.detail ? detailText(data.detail) : response.statusText);
+      throw new ApiError(response.status, data && data.detail ? detailText(data.detail) : response.statusText, data && data.detail);
     }
     return data;
   }
@@ -463,8 +464,110 @@
       " ",
       el("span", { className: "muted", text: "via " + vote.source + " · " + ago(vote.created_at) }),
       vote.reason ? el("div", { className: "prewrap", text: "Reason: " + vote.reason }) : null,
-      vote.comment ? el("div", { className: "prewrap", text: "“" + vote.comment + "”" }) : null
+      vote.comment ? el("div", { className: "prewrap", text: "“" + vote.comment + "”" }) : null,
+      vote.inputs && Object.keys(vote.inputs).length
+        ? el(
+            "div",
+            { className: "vote-inputs" },
+            "Inputs: ",
+            ...Object.entries(vote.inputs).map(([name, value], i) =>
+              el("span", { className: "input-value", dataset: { name } }, (i ? ", " : "") + name + " = " + JSON.stringify(value))
+            )
+          )
+        : null
     );
+  }
+
+  /* ------------------------------------------------------------------ form inputs */
+
+  function schemaType(schema) {
+    const type = Array.isArray(schema.type) ? schema.type.find((t) => t !== "null") : schema.type;
+    if (Array.isArray(schema.enum)) return "enum";
+    return type || "any";
+  }
+
+  /** One labelled control per form input of the request, built from its JSON Schema. */
+  function renderInputs(container, inputs) {
+    container.replaceChildren();
+    for (const [name, spec] of Object.entries(inputs || {})) {
+      const schema = spec.schema || {};
+      const type = schemaType(schema);
+      const id = "m-input-" + name;
+      let control;
+      if (type === "enum") {
+        control = el("select", { id });
+        if (!spec.required) control.append(el("option", { value: "", text: "(default)" }));
+        schema.enum.forEach((choice, i) => control.append(el("option", { value: String(i), text: String(choice) })));
+        const at = schema.enum.findIndex((c) => JSON.stringify(c) === JSON.stringify(spec.value));
+        control.value = spec.required ? String(Math.max(at, 0)) : at >= 0 ? String(at) : "";
+      } else if (type === "boolean") {
+        control = el("input", { id, type: "checkbox" });
+        control.checked = spec.value === true;
+      } else if (type === "integer" || type === "number") {
+        control = el("input", { id, type: "number", step: type === "integer" ? "1" : "any" });
+        if (schema.minimum !== undefined) control.min = String(schema.minimum);
+        if (schema.maximum !== undefined) control.max = String(schema.maximum);
+        if (spec.value !== null && spec.value !== undefined) control.value = String(spec.value);
+      } else if (type === "string") {
+        control = el("input", { id, type: "text" });
+        if (spec.value !== null && spec.value !== undefined) control.value = spec.value;
+      } else {
+        control = el("textarea", { id, rows: 2, placeholder: "JSON" });
+        if (spec.value !== null && spec.value !== undefined) control.value = JSON.stringify(spec.value);
+      }
+      control.dataset.name = name;
+      control.dataset.kind = type;
+      control.required = Boolean(spec.required);
+      const hint = [spec.description, schema.minimum !== undefined ? "min " + schema.minimum : null, schema.maximum !== undefined ? "max " + schema.maximum : null]
+        .filter(Boolean)
+        .join(" · ");
+      container.append(
+        el(
+          "div",
+          { className: "input-field", dataset: { name } },
+          el("label", { for: id }, name, spec.required ? el("span", { className: "required", text: " *", title: "required" }) : null),
+          control,
+          hint ? el("span", { className: "muted hint", text: hint }) : null,
+          el("p", { className: "error field-error", id: "m-input-error-" + name, role: "alert", hidden: true })
+        )
+      );
+    }
+  }
+
+  function inputError(name, message) {
+    const node = document.getElementById("m-input-error-" + name);
+    if (!node) return false;
+    node.textContent = message || "";
+    node.hidden = !message;
+    const control = document.getElementById("m-input-" + name);
+    if (control) control.setAttribute("aria-invalid", message ? "true" : "false");
+    return true;
+  }
+
+  /** The values filled in, by input name; an empty field is left out (its default applies). */
+  function collectInputs(container, inputs) {
+    const values = {};
+    let bad = false;
+    for (const control of container.querySelectorAll("[data-name]:is(input, select, textarea)")) {
+      const name = control.dataset.name;
+      const spec = inputs[name] || {};
+      inputError(name, null);
+      if (control.dataset.kind === "boolean") values[name] = control.checked;
+      else if (control.dataset.kind === "enum") {
+        if (control.value !== "") values[name] = spec.schema.enum[Number(control.value)];
+      } else if (control.value.trim() === "") continue;
+      else if (control.dataset.kind === "integer" || control.dataset.kind === "number") values[name] = Number(control.value);
+      else if (control.dataset.kind === "string") values[name] = control.value;
+      else {
+        try {
+          values[name] = JSON.parse(control.value);
+        } catch (err) {
+          inputError(name, name + ": not valid JSON");
+          bad = true;
+        }
+      }
+    }
+    return bad ? null : values;
   }
 
   /**
@@ -498,7 +601,11 @@
     fill(item) {
       const changed = !this.item || this.item.id !== item.id;
       this.item = item;
-      if (changed) this.reset();
+      if (changed) {
+        this.reset();
+        renderInputs($("m-inputs-fields"), item.inputs);
+      }
+      show($("m-inputs"), Object.keys(item.inputs || {}).length > 0 && WAITING.has(item.state));
       setText("m-title", item.title);
       const state = $("m-state");
       state.textContent = item.state;
@@ -538,7 +645,7 @@
       reject.title = reject.disabled ? why : "";
       setText("m-disabled-reason", why);
       show($("m-disabled-reason"), Boolean(why));
-      const inputs = [$("m-comment"), $("m-reason-input")];
+      const inputs = [$("m-comment"), $("m-reason-input"), ...$("m-inputs-fields").querySelectorAll("[data-name]")];
       inputs.forEach((node) => (node.disabled = approve.disabled && reject.disabled));
       if (approve.disabled && reject.disabled) this.cancelConfirm();
     }
@@ -587,6 +694,17 @@
       ok.disabled = true;
       const comment = $("m-comment").value.trim() || null;
       const json = Object.assign(action === "approve" ? { comment } : { reason: $("m-reason-input").value.trim(), comment }, onBehalfOf(this.item));
+      if (action === "approve" && Object.keys(this.item.inputs || {}).length) {
+        // Inputs go with an approval; a rejection needs none.
+        const values = collectInputs($("m-inputs-fields"), this.item.inputs);
+        if (values === null) {
+          this.cancelConfirm();
+          ok.disabled = false;
+          this.error("Some inputs are not valid.");
+          return;
+        }
+        json.inputs = values;
+      }
       try {
         const result = await api("/approvals/" + encodeURIComponent(this.item.id) + "/" + action, { method: "POST", json, base: DECIDE });
         const verb = action === "approve" ? "Approved" : "Rejected";
@@ -595,7 +713,14 @@
         this.onDecided(result);
       } catch (err) {
         this.cancelConfirm();
-        this.error(err.status ? err.status + ": " + err.message : String(err));
+        // The server's 422 for form inputs names each field: show each message by its input.
+        const fields = Array.isArray(err.detail) ? err.detail.filter((d) => d && d.loc && d.loc[1] === "inputs") : [];
+        const placed = fields.filter((d) => inputError(String(d.loc[d.loc.length - 1]), d.msg));
+        if (placed.length && placed.length === fields.length && fields.length === err.detail.length) {
+          this.error("Some inputs are not valid.");
+        } else {
+          this.error(err.status ? err.status + ": " + err.message : String(err));
+        }
       } finally {
         ok.disabled = false;
       }

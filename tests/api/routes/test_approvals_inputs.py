@@ -1,0 +1,88 @@
+"""Form inputs over the REST API: the form in the item, values in the approve body, 422 naming the field."""
+
+from __future__ import annotations
+
+import pytest
+from airflow.sdk import Param
+
+from airflow_hitl.api.datamodels import ApprovalResponse, BulkResponse, ErrorResponse
+from airflow_hitl.manager import ApprovalManager
+from tests.api.conftest import API, AirflowApi, open_request, snapshot
+
+FORM = {
+    "rollout_percent": Param(10, type="integer", minimum=1, maximum=100),
+    "ticket": Param(type="string"),
+}
+
+
+def test_item_shows_the_form_and_each_votes_inputs(api: AirflowApi, api_manager: ApprovalManager) -> None:
+    approval = open_request(api_manager, inputs=FORM)
+    item = api.client.get(f"{API}/{approval.id}", headers=api.headers("alice")).json()
+    ApprovalResponse.model_validate(item)
+    ticket = {"value": None, "schema": {"type": "string"}, "description": None, "required": True}
+    assert item["inputs"]["ticket"] == ticket
+    assert item["inputs"]["rollout_percent"]["value"] == 10
+
+    response = api.client.post(
+        f"{API}/{approval.id}/approve",
+        headers=api.headers("alice"),
+        json={"comment": "go", "inputs": {"ticket": "CHG-42", "rollout_percent": 25}},
+    )
+    assert response.status_code == 200, response.text
+    body = ApprovalResponse.model_validate(response.json())
+    assert body.state == "approved"
+    assert body.votes[0].inputs == {"ticket": "CHG-42", "rollout_percent": 25}
+
+
+@pytest.mark.parametrize(
+    ("inputs", "names"),
+    [
+        pytest.param({"rollout_percent": 500, "ticket": "CHG-1"}, ["rollout_percent"], id="over-maximum"),
+        pytest.param({"rollout_percent": "ten"}, ["rollout_percent", "ticket"], id="wrong-type-and-missing"),
+        pytest.param(None, ["ticket"], id="required-missing"),
+        pytest.param({"ticket": "CHG-1", "colour": "red"}, ["colour"], id="unknown"),
+    ],
+)
+def test_bad_inputs_are_a_422_naming_the_field(
+    api: AirflowApi, api_manager: ApprovalManager, inputs: dict | None, names: list[str]
+) -> None:
+    approval = open_request(api_manager, inputs=FORM)
+    before = snapshot(api_manager)
+    body = {"comment": "go"} if inputs is None else {"comment": "go", "inputs": inputs}
+    response = api.client.post(f"{API}/{approval.id}/approve", headers=api.headers("alice"), json=body)
+    assert response.status_code == 422, response.text
+    detail = ErrorResponse.model_validate(response.json()).detail
+    assert isinstance(detail, list)
+    assert sorted(error.loc[-1] for error in detail) == sorted(names)
+    assert all(error.loc[:2] == ["body", "inputs"] for error in detail)
+    assert all(error.msg.startswith(f"{error.loc[-1]}: ") for error in detail)
+    assert snapshot(api_manager) == before
+
+
+def test_inputs_must_be_an_object(api: AirflowApi, api_manager: ApprovalManager) -> None:
+    approval = open_request(api_manager, inputs=FORM)
+    response = api.client.post(f"{API}/{approval.id}/approve", headers=api.headers("alice"), json={"inputs": ["CHG-1"]})
+    assert response.status_code == 422
+    assert "inputs" in str(response.json()["detail"])
+
+
+def test_reject_needs_no_inputs(api: AirflowApi, api_manager: ApprovalManager) -> None:
+    approval = open_request(api_manager, inputs=FORM)
+    response = api.client.post(f"{API}/{approval.id}/reject", headers=api.headers("alice"), json={"reason": "no"})
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "rejected"
+
+
+def test_bulk_approve_refuses_items_with_required_inputs(api: AirflowApi, api_manager: ApprovalManager) -> None:
+    with_form = open_request(api_manager, inputs=FORM)
+    plain = open_request(api_manager, run_id="manual__2")
+    response = api.client.post(
+        f"{API}/bulk", headers=api.headers("alice"), json={"ids": [with_form.id, plain.id], "action": "approve"}
+    )
+    assert response.status_code == 200, response.text
+    results = {r.id: r for r in BulkResponse.model_validate(response.json()).results}
+    assert results[plain.id].ok and results[plain.id].state == "approved"
+    refused = results[with_form.id]
+    assert (refused.ok, refused.status_code) == (False, 422)
+    assert "ticket" in (refused.detail or "")
+    assert api_manager.get(with_form.id).state == "pending"

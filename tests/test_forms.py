@@ -1,0 +1,182 @@
+"""Form inputs: parsing a gate's Params, and the manager validating each decision's values.
+
+The manager tests run on SQLite and PostgreSQL (the ``store`` fixture): the form is stored
+with the request and checked under the row lock, so a refused value changes nothing.
+"""
+
+from __future__ import annotations
+
+import pytest
+from airflow.sdk import Param
+from sqlalchemy import func, select
+
+from airflow_hitl.exceptions import InvalidInput
+from airflow_hitl.forms import parse_inputs, resolve_inputs
+from airflow_hitl.manager import ApprovalManager, Decision
+from airflow_hitl.models.store import ApprovalStore
+from airflow_hitl.models.tables import ApprovalVoteRow
+from airflow_hitl.policy import Principal
+from airflow_hitl.records import decision_summary
+from tests.helpers import spec
+
+ALICE = Principal.of("alice", ["op"])
+BOB = Principal.of("bob", ["op"])
+
+FORM = {
+    "rollout_percent": Param(10, type="integer", minimum=1, maximum=100, description="How much traffic"),
+    "ticket": Param(type="string", minLength=3),
+    "region": Param("eu", enum=["eu", "us"]),
+    "note": Param(None, type=["null", "string"]),
+}
+
+
+class TestParse:
+    def test_params_become_their_stored_form(self) -> None:
+        form = parse_inputs(FORM)
+        assert form["rollout_percent"] == {
+            "value": 10,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+            "description": "How much traffic",
+            "required": False,
+        }
+        assert form["ticket"]["required"] is True
+        assert form["note"]["required"] is False  # a None default the schema accepts
+        assert parse_inputs(form) == form  # the stored form parses back to itself
+
+    def test_plain_value_is_wrapped(self) -> None:
+        assert parse_inputs({"owner": "ml-team"})["owner"] == {
+            "value": "ml-team",
+            "schema": {},
+            "description": None,
+            "required": False,
+        }
+
+    def test_every_bad_input_is_named(self) -> None:
+        with pytest.raises(InvalidInput) as err:
+            parse_inputs(
+                {
+                    "not an identifier": Param(1),
+                    "pct": Param(500, type="integer", maximum=100),
+                    "kind": Param(type="no-such-type"),
+                    "ok": Param(1, type="integer"),
+                }
+            )
+        fields = [field for field, _ in err.value.problems]
+        assert fields == ["inputs['not an identifier']", "inputs['pct']", "inputs['kind']"]
+        assert "does not satisfy the schema" in str(err.value)
+        assert "not valid JSON Schema" in str(err.value)
+
+    def test_inputs_must_be_a_dict(self) -> None:
+        with pytest.raises(InvalidInput, match="inputs"):
+            parse_inputs(["ticket"])
+
+
+class TestResolve:
+    form = parse_inputs(FORM)
+
+    def test_defaults_fill_what_the_approver_left_out(self) -> None:
+        assert resolve_inputs(self.form, {"ticket": "CHG-1"}, approving=True) == {
+            "rollout_percent": 10,
+            "ticket": "CHG-1",
+            "region": "eu",
+            "note": None,
+        }
+
+    def test_reject_requires_nothing_and_fills_nothing(self) -> None:
+        assert resolve_inputs(self.form, None, approving=False) == {}
+        assert resolve_inputs(self.form, {"rollout_percent": 5}, approving=False) == {"rollout_percent": 5}
+        with pytest.raises(InvalidInput, match=r"inputs\.rollout_percent"):
+            resolve_inputs(self.form, {"rollout_percent": 0}, approving=False)
+
+    def test_every_bad_value_is_named(self) -> None:
+        with pytest.raises(InvalidInput) as err:
+            resolve_inputs(self.form, {"rollout_percent": "ten", "region": "mars", "colour": "red"}, approving=True)
+        fields = sorted(field for field, _ in err.value.problems)
+        assert fields == ["inputs.colour", "inputs.region", "inputs.rollout_percent", "inputs.ticket"]
+
+
+class TestManager:
+    @pytest.fixture
+    def mgr(self, store: ApprovalStore) -> ApprovalManager:
+        return ApprovalManager(store=store)
+
+    def _votes(self, store: ApprovalStore, request_id: str) -> int:
+        with store.session() as s:
+            return s.scalar(select(func.count()).where(ApprovalVoteRow.request_id == request_id)) or 0
+
+    def test_form_is_stored_with_the_request(self, mgr: ApprovalManager) -> None:
+        created = mgr.create(spec(inputs=FORM))
+        assert mgr.get(created.id).inputs == parse_inputs(FORM)
+
+    def test_bad_spec_inputs_are_refused_before_anything_is_written(self, mgr: ApprovalManager) -> None:
+        with pytest.raises(InvalidInput, match=r"inputs\['pct'\]"):
+            mgr.create(spec(inputs={"pct": Param(0, type="integer", minimum=1)}))
+        assert mgr.list()[1] == 0
+
+    def test_approve_with_inputs(self, mgr: ApprovalManager) -> None:
+        created = mgr.create(spec(inputs=FORM))
+        decided = mgr.decide(
+            created.id,
+            Decision(action="approve", user=ALICE, source="api", inputs={"ticket": "CHG-7", "rollout_percent": 25}),
+        )
+        assert decided.state == "approved"
+        assert decided.votes[0].inputs == {"rollout_percent": 25, "ticket": "CHG-7", "region": "eu", "note": None}
+        summary = decision_summary(decided)
+        assert summary["inputs"] == decided.votes[0].inputs
+        assert summary["votes"][0]["inputs"] == decided.votes[0].inputs
+        vote_event = next(e for e in mgr.events(created.id) if e.event_type == "vote")
+        assert vote_event.details["inputs"]["ticket"] == "CHG-7"
+
+    @pytest.mark.parametrize(
+        ("inputs", "field"),
+        [
+            pytest.param({}, "inputs.ticket", id="required-missing"),
+            pytest.param({"ticket": "CHG-1", "rollout_percent": 101}, "inputs.rollout_percent", id="over-maximum"),
+            pytest.param({"ticket": "CHG-1", "typo": 1}, "inputs.typo", id="unknown-name"),
+            pytest.param({"ticket": None}, "inputs.ticket", id="null-not-allowed"),
+        ],
+    )
+    def test_bad_inputs_are_refused_and_change_nothing(
+        self, mgr: ApprovalManager, store: ApprovalStore, inputs: dict, field: str
+    ) -> None:
+        created = mgr.create(spec(inputs=FORM))
+        with pytest.raises(InvalidInput) as err:
+            mgr.decide(created.id, Decision(action="approve", user=ALICE, source="api", inputs=inputs))
+        assert err.value.field == field
+        assert err.value.status_code == 422
+        assert mgr.get(created.id).state == "pending"
+        assert self._votes(store, created.id) == 0
+
+    def test_inputs_must_be_an_object(self, mgr: ApprovalManager) -> None:
+        created = mgr.create(spec(inputs=FORM))
+        with pytest.raises(InvalidInput, match="inputs"):
+            mgr.decide(created.id, Decision(action="approve", user=ALICE, source="api", inputs=["CHG-1"]))  # type: ignore[arg-type]
+
+    def test_reject_keeps_valid_inputs_and_requires_none(self, mgr: ApprovalManager) -> None:
+        created = mgr.create(spec(inputs=FORM))
+        decided = mgr.decide(
+            created.id,
+            Decision(action="reject", user=ALICE, source="api", reason="not today", inputs={"ticket": "INC-9"}),
+        )
+        assert decided.state == "rejected"
+        assert decided.votes[0].inputs == {"ticket": "INC-9"}
+        assert decision_summary(decided)["inputs"] == {"ticket": "INC-9"}
+
+    def test_quorum_decision_carries_the_deciding_vote(self, mgr: ApprovalManager) -> None:
+        created = mgr.create(spec(inputs=FORM, required_approvals=2, allowed_approvers=["alice", "bob"]))
+        mgr.decide(created.id, Decision(action="approve", user=ALICE, source="api", inputs={"ticket": "A-1"}))
+        decided = mgr.decide(created.id, Decision(action="approve", user=BOB, source="api", inputs={"ticket": "B-2"}))
+        summary = decision_summary(decided)
+        assert summary["inputs"]["ticket"] == "B-2"
+        assert [v["inputs"]["ticket"] for v in summary["votes"]] == ["A-1", "B-2"]
+
+    def test_request_without_inputs_refuses_any(self, mgr: ApprovalManager) -> None:
+        created = mgr.create(spec())
+        with pytest.raises(InvalidInput, match=r"inputs\.ticket"):
+            mgr.decide(created.id, Decision(action="approve", user=ALICE, source="api", inputs={"ticket": "X"}))
+        assert mgr.decide(created.id, Decision(action="approve", user=ALICE, source="api")).votes[0].inputs == {}
+
+    def test_automatic_approval_carries_the_defaults(self, mgr: ApprovalManager) -> None:
+        created = mgr.create(spec(inputs=FORM))
+        decided = mgr.decide_automatically(created.id, source="auto", comment="auto")
+        assert decision_summary(decided)["inputs"] == {"rollout_percent": 10, "region": "eu", "note": None}
