@@ -250,7 +250,8 @@ def _run_dag(env: dict[str, str], dag_id: str, decide: Callable[[Approval], None
 
     thread = threading.Thread(target=approver, daemon=True)
     thread.start()
-    proc = subprocess.run([AIRFLOW, "dags", "test", dag_id], env=env, capture_output=True, text=True, timeout=240)
+    # Generous: `airflow dags test` took 240-390 s while three Airflow stacks shared the two cores.
+    proc = subprocess.run([AIRFLOW, "dags", "test", dag_id], env=env, capture_output=True, text=True, timeout=800)
     stop.set()
     thread.join(5)
     runs, _ = manager.list(ApprovalFilter(dag_id=dag_id), limit=1)
