@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel
 
 from airflow_hitl.api.datamodels import (
     MAX_ID_LENGTH,
@@ -453,16 +453,7 @@ def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Re
 @router.post("/{approval_id}/approve", response_model=ApprovalResponse, summary="Approve", responses=_DECISION_ERRORS)
 def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Vote to approve; the request is approved once its quorum is reached."""
-    decision = decision_of(
-        caller,
-        "approve",
-        source="api",
-        client=client_of(request),
-        comment=body.comment,
-        metadata=body.metadata,
-        on_behalf_of=body.on_behalf_of,
-        inputs=body.inputs,
-    )
+    decision = body_decision(caller, "approve", body, source="api", request=request)
     return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
 
@@ -474,15 +465,7 @@ def approve(approval_id: str, body: ApproveBody, request: Request, caller: Calle
 )
 def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Reject; one allowed rejection rejects the request at once."""
-    decision = decision_of(
-        caller,
-        "reject",
-        source="api",
-        client=client_of(request),
-        comment=body.comment,
-        reason=body.reason,
-        on_behalf_of=body.on_behalf_of,
-    )
+    decision = body_decision(caller, "reject", body, source="api", request=request)
     return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
 
@@ -494,7 +477,7 @@ def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerD
 )
 def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Withdraw a waiting request; its task fails. Needs edit access to the DAG."""
-    decision = decision_of(caller, "cancel", source="api", client=client_of(request), reason=body.reason)
+    decision = body_decision(caller, "cancel", body, source="api", request=request)
     return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
 
@@ -538,6 +521,16 @@ def decision_of(
         delegator_roles=delegator_roles,
         inputs=inputs,
     )
+
+
+#: The fields of a decision that a request body may carry (ApproveBody, RejectBody, CancelBody).
+_BODY_FIELDS = ("comment", "reason", "metadata", "on_behalf_of", "inputs")
+
+
+def body_decision(caller: Caller, action: str, body: BaseModel, *, source: str, request: Request) -> Decision:
+    """The :class:`Decision` a REST or page request body asks for: whichever fields the body has."""
+    fields = {name: getattr(body, name) for name in _BODY_FIELDS if name in type(body).model_fields}
+    return decision_of(caller, action, source=source, client=client_of(request), **fields)
 
 
 def decide_many(

@@ -268,14 +268,21 @@ class SlackInteraction:
 
     # ------------------------------------------------------------------ view_submission
 
-    def approve_submission(self) -> Response:
-        """Approve with the form inputs typed into the modal; refused values go back into it."""
+    def _submitted_view(self) -> tuple[dict[str, Any], dict[str, Any], str] | None:
+        """The submitted modal, its ``private_metadata`` and the request it is about (None: not ours)."""
         view = self.payload.get("view") or {}
         try:
             meta = json.loads(view.get("private_metadata") or "{}")
-            request_id = str(meta["request_id"])
-        except (ValueError, KeyError):
+            return view, meta, str(meta["request_id"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def approve_submission(self) -> Response:
+        """Approve with the form inputs typed into the modal; refused values go back into it."""
+        submitted = self._submitted_view()
+        if submitted is None:
             return Response(status_code=200)
+        view, meta, request_id = submitted
         try:
             approval = self.manager.get(request_id)
         except HitlError:
@@ -313,12 +320,10 @@ class SlackInteraction:
 
     def reject_submission(self) -> Response:
         """Reject with the reason typed into the modal; errors are shown in the modal."""
-        view = self.payload.get("view") or {}
-        try:
-            meta = json.loads(view.get("private_metadata") or "{}")
-            request_id = str(meta["request_id"])
-        except (ValueError, KeyError):
+        submitted = self._submitted_view()
+        if submitted is None:
             return Response(status_code=200)
+        view, meta, request_id = submitted
         values = (view.get("state") or {}).get("values") or {}
         reason = str(((values.get("reason") or {}).get("reason") or {}).get("value") or "").strip()
 

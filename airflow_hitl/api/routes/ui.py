@@ -32,7 +32,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from airflow_hitl import __version__, vocabulary
 from airflow_hitl.api.datamodels import ApproveBody, BulkBody, RejectBody
-from airflow_hitl.api.routes.approvals import ManagerDep, canonical_approval_id, client_of, decide_many, decision_of
+from airflow_hitl.api.routes.approvals import ManagerDep, body_decision, canonical_approval_id, client_of, decide_many
 from airflow_hitl.api.security import Caller, CallerDep, authenticate, require_same_site
 from airflow_hitl.exceptions import InvalidInput
 from airflow_hitl.identity import is_admin
@@ -211,31 +211,14 @@ def _answer(approval: Approval) -> JSONResponse:
 @decisions.post("/{approval_id}/approve")
 def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Approve from a page (recorded with source ``ui``)."""
-    decision = decision_of(
-        caller,
-        "approve",
-        source="ui",
-        client=client_of(request),
-        comment=body.comment,
-        metadata=body.metadata,
-        on_behalf_of=body.on_behalf_of,
-        inputs=body.inputs,
-    )
+    decision = body_decision(caller, "approve", body, source="ui", request=request)
     return _answer(manager.decide(canonical_approval_id(approval_id), decision))
 
 
 @decisions.post("/{approval_id}/reject")
 def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Reject from a page (a reason is required; recorded with source ``ui``)."""
-    decision = decision_of(
-        caller,
-        "reject",
-        source="ui",
-        client=client_of(request),
-        comment=body.comment,
-        reason=body.reason,
-        on_behalf_of=body.on_behalf_of,
-    )
+    decision = body_decision(caller, "reject", body, source="ui", request=request)
     return _answer(manager.decide(canonical_approval_id(approval_id), decision))
 
 
