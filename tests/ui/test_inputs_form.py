@@ -23,9 +23,11 @@ class TestInputsForm:
         run_id, approval_id = open_gate(airflow, DAG_ID, "gate", user="admin")
         page = new_page()
         login(page, airflow, "alice", "/hitl/ui/")
-        card(page, approval_id).get_by_role("button", name="Review").click()
+        # The card's quick Approve cannot skip a required input: it opens the decision modal.
+        card(page, approval_id).locator(".quick-approve").click()
         modal = page.locator("#modal")
         expect(modal).to_be_visible()
+        assert not airflow.manager.get(approval_id).votes
 
         # The form, from the schema: bounds, defaults, required marks, choices.
         expect(modal.locator("#m-inputs")).to_be_visible()

@@ -886,6 +886,8 @@
     }
 
     function quickApprove(item) {
+      // A form with required inputs is filled in the decision modal, not skipped from the card.
+      if (Object.values(item.inputs || {}).some((spec) => spec && spec.required)) return openModal(item.id);
       const button = cards.querySelector('li.card[data-id="' + CSS.escape(item.id) + '"] .quick-approve');
       quickDecide(item, "approve", Object.assign({ comment: null }, onBehalfOf(item)), button);
     }
