@@ -163,6 +163,19 @@ class Approval:
         return sorted(counted_approvals(self.policy, ((v.user, v.user_roles, v.vote) for v in self.votes)))
 
     @property
+    def decider(self) -> str | None:
+        """Who decided, as notices show it: ``alice``, or ``bob for alice`` through a delegation."""
+        if not self.decided_by:
+            return None
+        deciding = next((v for v in reversed(self.votes) if v.user == self.decided_by), None)
+        return deciding.cast_by if deciding is not None else self.decided_by
+
+    def approvers_shown(self) -> list[str]:
+        """:attr:`approvers` as notices show them, each with the delegate who cast the vote, if any."""
+        cast_by = {v.user: v.cast_by for v in self.votes if v.vote == "approve"}
+        return [cast_by.get(name, name) for name in self.approvers]
+
+    @property
     def approvals_needed(self) -> int:
         """Distinct allowed approvals that complete the request."""
         return approvals_needed(self.policy)

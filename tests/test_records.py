@@ -212,3 +212,22 @@ def test_both_forms_read_the_same(value):
 def test_anything_else_is_refused(value):
     with pytest.raises(TypeError, match="not an approval decision"):
         read_decision(value)
+
+
+def test_notices_show_a_delegated_decision_as_bob_for_alice():
+    from airflow_hitl.notifications.channels import outcome_line
+    from airflow_hitl.notifications.templates import render, template_context
+
+    plain = make_approval()
+    assert (plain.decider, plain.approvers_shown()) == ("bob", ["alice", "bob"])
+    alice, bob = plain.votes
+    delegated = make_approval(votes=(alice, dataclasses.replace(bob, delegate="carol")))
+    assert delegated.decider == "carol for bob"
+    assert delegated.approvers_shown() == ["alice", "carol for bob"]
+    assert outcome_line(delegated) == "Approved by alice, carol for bob"
+    context = template_context(
+        delegated, event="decided", recipient="carol", links={"details": "http://airflow.test/x"}
+    )
+    text = render("decided", context).text
+    assert "Approver: carol for bob (approvals: alice, carol for bob)" in text
+    assert make_approval(decided_by=None, votes=()).decider is None

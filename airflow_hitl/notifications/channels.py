@@ -246,9 +246,9 @@ def outcome_line(approval: Approval) -> str:
     """One line saying how a gate ended, for the updated Slack message."""
     if approval.is_waiting:
         return f"Waiting: {len(approval.approvers)} of {approval.approvals_needed} approvals"
-    who = approval.decided_by or approval.decision_source or "airflow"
+    who = approval.decider or approval.decision_source or "airflow"
     if approval.state == "approved":
-        return f"Approved by {', '.join(approval.approvers) or who}"
+        return f"Approved by {', '.join(approval.approvers_shown()) or who}"
     if approval.state == "rejected":
         return f"Rejected by {who}: {approval.comment or ''}".rstrip(": ")
     if approval.state == "timeout":
