@@ -1177,19 +1177,12 @@
   /* ------------------------------------------------------------------ delegations */
 
   /** A datetime-local value ("2026-12-01T09:00") in Airflow's selected timezone, as an ISO instant. */
-  function zonedInstant(value) {
+  function localInputInstant(value) {
     if (!value) return null;
     const [date, time] = value.split("T");
     const [y, mo, d] = date.split("-").map(Number);
     const [h, mi] = (time || "00:00").split(":").map(Number);
-    // Guess the instant as UTC, then correct by the zone's offset at that instant (twice: DST edges).
-    let at = Date.UTC(y, mo - 1, d, h, mi);
-    for (let i = 0; i < 2; i++) {
-      const parts = Object.fromEntries(formatterFor(airflowTimezone()).formatToParts(new Date(at)).map((p) => [p.type, Number(p.value)]));
-      const shown = Date.UTC(parts.year, parts.month - 1, parts.day, parts.hour % 24, parts.minute);
-      at += Date.UTC(y, mo - 1, d, h, mi) - shown;
-    }
-    return new Date(at).toISOString();
+    return zonedInstant(y, mo, d, h, mi, 0, 0);
   }
 
   /** A time as a datetime-local value in Airflow's selected timezone. */
@@ -1253,8 +1246,8 @@
       const dags = $("d-dags").value.split(",").map((v) => v.trim()).filter(Boolean);
       const json = {
         delegate: $("d-delegate").value.trim(),
-        starts_at: zonedInstant($("d-starts").value),
-        ends_at: zonedInstant($("d-ends").value),
+        starts_at: localInputInstant($("d-starts").value),
+        ends_at: localInputInstant($("d-ends").value),
       };
       if (dags.length) json.dag_ids = dags;
       const delegator = $("d-delegator") ? $("d-delegator").value.trim() : "";
