@@ -1,44 +1,53 @@
 #!/usr/bin/env bash
-# Run the whole test suite as three pytest processes side by side, then print each one's report.
+# Run the whole test suite as three lanes of pytest side by side, then print each lane's report.
 #
-#   unit: every test not marked e2e (stores on SQLite and PostgreSQL, API, CLI, operators, ...)
+#   unit: every test neither e2e nor slow (stores on SQLite and PostgreSQL, API, CLI, ...)
 #   e2e:  the real-Airflow suites of tests/e2e (and any other e2e test outside the UI's)
-#   ui:   the Playwright pages (tests/ui) and the README walkthrough
+#   ui:   the Playwright pages (tests/ui) and the README walkthrough, then the slow tests that
+#         are not e2e (`airflow dags test` runs, the 50-thread race, the OpenAPI fuzz, the CLI)
 #
-# The three together are every test exactly once. Most of an e2e test's time is spent waiting
-# for Airflow's loops, so on two cores the three finish in a little over the time of the longest.
-# Extra arguments go to every pytest (e.g. -x, -k). Exits non-zero if any part failed.
+# Together the lanes run every test exactly once. Most of an e2e test's time is spent waiting
+# for Airflow's loops, so on two cores the lanes finish in a little over the longest one.
+# Extra arguments go to every pytest (e.g. -x, -k). Exits non-zero if any lane failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+extra=("$@")
 logs=$(mktemp -d "${TMPDIR:-/tmp}/hitl-tests.XXXXXX")
-parts=(unit e2e ui)
+lanes=(unit e2e ui)
+# A lane is one or more pytest argument lists, separated by "|", run one after the other.
 declare -A args=(
-  [unit]='tests -m "not e2e"'
+  [unit]='tests -m "not e2e and not slow"'
   [e2e]='tests -m e2e --ignore=tests/ui --ignore=tests/test_readme_walkthrough.py'
-  [ui]='tests/ui tests/test_readme_walkthrough.py -m e2e'
+  [ui]='tests/ui tests/test_readme_walkthrough.py -m e2e | tests -m "slow and not e2e"'
 )
 started=$(date +%s)
-for part in "${parts[@]}"; do
+for lane in "${lanes[@]}"; do
   (
-    eval "set -- ${args[$part]} \"\$@\""
-    # no:cacheprovider: three processes must not write one .pytest_cache at once.
-    "$PY" -m pytest -q -p no:cacheprovider "$@" >"$logs/$part.log" 2>&1
-    echo $? >"$logs/$part.rc"
-    echo "[$part] finished after $(($(date +%s) - started)) s with exit code $(cat "$logs/$part.rc")"
+    status=0
+    IFS='|' read -ra runs <<<"${args[$lane]}"
+    for run in "${runs[@]}"; do
+      # no:cacheprovider: the lanes must not write one .pytest_cache at once.
+      eval "set -- $run"
+      echo "----- pytest $run ${extra[*]}" >>"$logs/$lane.log"
+      "$PY" -m pytest -q -p no:cacheprovider "$@" "${extra[@]}" >>"$logs/$lane.log" 2>&1
+      rc=$?
+      # 5: no test collected, which is only fine for a filtered run (-k) that left a lane empty.
+      if [ "$rc" != 0 ] && ! { [ "$rc" = 5 ] && [ ${#extra[@]} -gt 0 ]; }; then status=1; fi
+    done
+    echo $status >"$logs/$lane.rc"
+    echo "[$lane] finished after $(($(date +%s) - started)) s with exit code $status"
   ) &
 done
 wait
 status=0
-for part in "${parts[@]}"; do
+for lane in "${lanes[@]}"; do
   echo
-  echo "=============================== $part: ${args[$part]}"
-  cat "$logs/$part.log"
-  rc=$(cat "$logs/$part.rc" 2>/dev/null || echo 1)
-  # 5: no test collected, which is only fine for a filtered run (-k) that left a part empty.
-  if [ "$rc" != 0 ] && ! { [ "$rc" = 5 ] && [ $# -gt 0 ]; }; then status=1; fi
+  echo "=============================== $lane: ${args[$lane]}"
+  cat "$logs/$lane.log"
+  [ "$(cat "$logs/$lane.rc" 2>/dev/null || echo 1)" = 0 ] || status=1
 done
 echo
-echo "all parts done in $(($(date +%s) - started)) s; exit $status"
+echo "all lanes done in $(($(date +%s) - started)) s; exit $status"
 rm -rf "$logs"
 exit $status
