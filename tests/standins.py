@@ -155,6 +155,11 @@ class SlackApi:
 @pytest.fixture
 def slack_api() -> Iterator[SlackApi]:
     """A loopback HTTP server answering like Slack's Web API."""
+    yield from serve_slack_api()
+
+
+def serve_slack_api() -> Iterator[SlackApi]:
+    """Body of a fixture yielding the Slack Web API stand-in (any scope)."""
     api = SlackApi(base_url="")
     counter = iter(range(1, 1_000_000))
 

@@ -7,8 +7,9 @@ would pay for on two cores):
 - ``airflow``: api-server, scheduler, triggerer and dag-processor, LocalExecutor, PostgreSQL
   metadata DB, SQLite store, no notices.
 - ``notifying_airflow``: the same with the approval store on PostgreSQL too, every process
-  mailing a real SMTP server (aiosmtpd, in this process) that a test can stop and start, and
-  sending its metrics to a StatsD listener (UDP, in this process).
+  mailing a real SMTP server (aiosmtpd, in this process) that a test can stop and start,
+  posting to a Slack Web API stand-in and sending its metrics to a StatsD listener (both
+  served by this process on loopback).
 
 The e2e modules run in an order that keeps each stack's users together. Set
 ``HITL_E2E_KEEP=1`` to keep the temporary ``AIRFLOW_HOME`` (process and task logs) after the
@@ -28,7 +29,7 @@ import pytest
 from tests.e2e.harness import AirflowHarness, create_database, drop_database
 from tests.e2e.mail import MailServer, serve_mail
 from tests.helpers import StatsdListener
-from tests.notifications.conftest import notify_environment
+from tests.standins import SlackApi, notify_environment, serve_slack_api
 
 #: Shared stack fixture name -> its running harness.
 _running: dict[str, AirflowHarness] = {}
@@ -74,10 +75,17 @@ def statsd() -> Iterator[StatsdListener]:
 
 
 @pytest.fixture(scope="session")
+def slack() -> Iterator[SlackApi]:
+    """The Slack Web API stand-in (HTTP on loopback) that ``notifying_airflow`` posts to."""
+    yield from serve_slack_api()
+
+
+@pytest.fixture(scope="session")
 def notifying_airflow(
-    tmp_path_factory: pytest.TempPathFactory, mail: MailServer, statsd: StatsdListener
+    tmp_path_factory: pytest.TempPathFactory, mail: MailServer, statsd: StatsdListener, slack: SlackApi
 ) -> Iterator[AirflowHarness]:
-    """Airflow and the approval store on PostgreSQL, its processes mailing ``mail``, metrics to ``statsd``."""
+    """Airflow and the approval store on PostgreSQL, its processes mailing ``mail``, posting to
+    ``slack``, sending metrics to ``statsd``."""
     metadata_url = create_database("hitl_e2e_af")
     store_url = create_database("hitl_e2e_store")
     harness = AirflowHarness(
@@ -90,7 +98,7 @@ def notifying_airflow(
     # (beyond the harness's 90 s client timeout) with a PostgreSQL metadata DB.
     harness._clients[0].close()
     harness._clients[0] = harness._http = httpx.Client(base_url=harness.base_url, timeout=300.0, trust_env=False)
-    env = notify_environment(smtp_port=mail.port)
+    env = notify_environment(smtp_port=mail.port, slack_base_url=slack.base_url)
     env.update(
         {
             "AIRFLOW_HITL_STORE_URL": store_url,
