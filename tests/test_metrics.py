@@ -74,6 +74,8 @@ class TestStatsd:
         clock.advance(minutes=2)
         assert mgr.apply_timeout(a.id).approval.state == "timeout"
         assert statsd.wait_for("airflow.hitl.decided.timeout.timeout:1|c")
+        # Sent after decided.timeout.timeout, by UDP: wait for it rather than count at once.
+        statsd.wait_for_count("airflow.hitl.timeouts", 2)
         assert statsd.names().count("airflow.hitl.timeouts") == 2
 
     def test_refused_decision_counts_nothing(self, statsd: StatsdListener, mgr: ApprovalManager) -> None:

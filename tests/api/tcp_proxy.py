@@ -104,7 +104,7 @@ class TcpProxy:
                     if sock is client and self._mode == "cut_at_commit" and b"COMMIT\x00" in data:
                         self.commits_cut += 1
                         return
-        except OSError:
+        except (OSError, ValueError):  # ValueError: the proxy closed a socket under select()
             return
         finally:
             for sock in pair:
