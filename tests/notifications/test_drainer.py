@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from airflow_hitl.exceptions import NotAllowed
 from airflow_hitl.manager import ApprovalManager
@@ -25,9 +24,9 @@ from airflow_hitl.outbox import Outbox
 from airflow_hitl.policy import EscalationLevel, Principal
 from airflow_hitl.records import Approval
 from airflow_hitl.settings import HitlSettings
-from tests.e2e.harness import free_port
+from tests.e2e.mail import MailServer
 from tests.helpers import spec
-from tests.standins import SmtpSink, _Handler, notify_environment, wait_for
+from tests.standins import notify_environment, wait_for
 
 ALICE = Principal.of("alice")
 
@@ -50,27 +49,10 @@ def events_of(manager: ApprovalManager, request_id: str) -> list[tuple[str, str]
     return [(i.dedupe_key, i.status) for i in Outbox(store=manager.store).intents(request_id)]
 
 
-class SwitchableSmtp:
-    """A real SMTP server (aiosmtpd) on a fixed loopback port that can be stopped and started."""
-
-    def __init__(self) -> None:
-        self.sink = SmtpSink(port=free_port())
-        self._controller: Controller | None = None
-
-    def start(self) -> None:
-        self._controller = Controller(_Handler(self.sink), hostname="127.0.0.1", port=self.sink.port)
-        self._controller.start()
-
-    def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
-
-
 @pytest.fixture
-def smtp(monkeypatch: pytest.MonkeyPatch) -> Iterator[SwitchableSmtp]:
+def smtp(monkeypatch: pytest.MonkeyPatch) -> Iterator[MailServer]:
     """An SMTP server, down until the test starts it, wired into ``smtp_default``."""
-    server = SwitchableSmtp()
+    server = MailServer()
     for key, value in notify_environment(smtp_port=server.sink.port).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("AIRFLOW__HITL__NOTIFY_RETRY_BACKOFF", "0.05")
@@ -135,7 +117,7 @@ class TestPlanning:
 
 @pytest.mark.usefixtures("smtp")
 class TestDelivery:
-    def test_each_recipient_gets_the_notice_once(self, manager: ApprovalManager, smtp: SwitchableSmtp) -> None:
+    def test_each_recipient_gets_the_notice_once(self, manager: ApprovalManager, smtp: MailServer) -> None:
         smtp.start()
         gate = open_gate(manager)
         drainer = OutboxDrainer(manager=manager)
@@ -152,7 +134,7 @@ class TestDelivery:
         assert intent.status == "sent"
 
     def test_concurrent_drainers_send_every_notice_exactly_once(
-        self, manager: ApprovalManager, smtp: SwitchableSmtp
+        self, manager: ApprovalManager, smtp: MailServer
     ) -> None:
         smtp.start()
         gates = [open_gate(manager) for _ in range(12)]
@@ -175,7 +157,7 @@ class TestDelivery:
         assert {len(v) for v in per_gate.values()} == {2}
 
     def test_smtp_outage_is_retried_with_the_same_row_and_link(
-        self, manager: ApprovalManager, smtp: SwitchableSmtp
+        self, manager: ApprovalManager, smtp: MailServer
     ) -> None:
         gate = open_gate(manager)
         drainer = OutboxDrainer(manager=manager)
@@ -202,9 +184,7 @@ class TestDelivery:
             claims = read_token(token, key=key)
             assert claims.notification_id == rows[recipient].id
 
-    def test_closing_records_undelivered_notices_as_failed(
-        self, manager: ApprovalManager, smtp: SwitchableSmtp
-    ) -> None:
+    def test_closing_records_undelivered_notices_as_failed(self, manager: ApprovalManager, smtp: MailServer) -> None:
         gate = open_gate(manager)
         OutboxDrainer(manager=manager).drain()  # SMTP is down
         manager.approve(gate.id, user=ALICE)
@@ -216,7 +196,7 @@ class TestDelivery:
         assert events_of(manager, gate.id) == [("required", "failed"), ("final:approved", "pending")]
 
     def test_worker_fast_path_leaves_unknown_users_to_the_api_server(
-        self, manager: ApprovalManager, smtp: SwitchableSmtp, monkeypatch: pytest.MonkeyPatch
+        self, manager: ApprovalManager, smtp: MailServer, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         smtp.start()
         gate = open_gate(manager, notify={"users": ["alice", "dora"]})
@@ -236,7 +216,7 @@ class TestDelivery:
 @pytest.mark.usefixtures("smtp")
 class TestReminders:
     def test_reminders_come_while_waiting_and_never_after_expiry(
-        self, manager: ApprovalManager, smtp: SwitchableSmtp
+        self, manager: ApprovalManager, smtp: MailServer
     ) -> None:
         smtp.start()
         # Seconds, not minutes, but with room: a loaded machine must not make a reminder late.
@@ -266,7 +246,7 @@ class TestReminders:
         assert keys[0] == "required" and keys[-1] == "final:timeout"
         assert [s for k, s in events_of(manager, gate.id) if k.startswith("reminder")][-1] in ("sent", "cancelled")
 
-    def test_a_decision_stops_the_reminders(self, manager: ApprovalManager, smtp: SwitchableSmtp) -> None:
+    def test_a_decision_stops_the_reminders(self, manager: ApprovalManager, smtp: MailServer) -> None:
         smtp.start()
         gate = open_gate(manager, notify={"users": ["alice"], "remind_every_seconds": 600})
         manager.approve(gate.id, user=ALICE)
