@@ -355,26 +355,38 @@ class SlackInteraction:
         return Response(status_code=200)
 
 
-def reject_modal(approval: Approval, *, channel: str | None, ts: str | None) -> dict[str, Any]:
-    """The modal asking why; ``private_metadata`` carries the request and the message to update."""
+def _modal(
+    approval: Approval,
+    *,
+    callback_id: str,
+    verb: str,
+    fields: list[dict[str, Any]],
+    channel: str | None,
+    ts: str | None,
+) -> dict[str, Any]:
+    """A decision modal: the request's title, then ``fields``; ``private_metadata`` carries the
+    request and the message to update."""
     title = approval.title if len(approval.title) <= 200 else approval.title[:199] + "…"
     return {
         "type": "modal",
-        "callback_id": REJECT_MODAL_ID,
+        "callback_id": callback_id,
         "private_metadata": json.dumps({"request_id": approval.id, "channel": channel, "ts": ts}),
-        "title": {"type": "plain_text", "text": "Reject request"},
-        "submit": {"type": "plain_text", "text": "Reject"},
+        "title": {"type": "plain_text", "text": f"{verb} request"},
+        "submit": {"type": "plain_text", "text": verb},
         "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": [
-            {"type": "section", "text": {"type": "plain_text", "text": slack_escape(title)}},
-            {
-                "type": "input",
-                "block_id": "reason",
-                "label": {"type": "plain_text", "text": "Reason"},
-                "element": {"type": "plain_text_input", "action_id": "reason", "multiline": True, "max_length": 3000},
-            },
-        ],
+        "blocks": [{"type": "section", "text": {"type": "plain_text", "text": slack_escape(title)}}, *fields],
     }
+
+
+def reject_modal(approval: Approval, *, channel: str | None, ts: str | None) -> dict[str, Any]:
+    """The modal asking why."""
+    reason = {
+        "type": "input",
+        "block_id": "reason",
+        "label": {"type": "plain_text", "text": "Reason"},
+        "element": {"type": "plain_text_input", "action_id": "reason", "multiline": True, "max_length": 3000},
+    }
+    return _modal(approval, callback_id=REJECT_MODAL_ID, verb="Reject", fields=[reason], channel=channel, ts=ts)
 
 
 def _input_element(spec: dict[str, Any]) -> dict[str, Any]:
@@ -414,8 +426,7 @@ def _input_element(spec: dict[str, Any]) -> dict[str, Any]:
 
 def inputs_modal(approval: Approval, *, channel: str | None, ts: str | None) -> dict[str, Any]:
     """The modal asking for the form inputs before approving; one input block per input."""
-    title = approval.title if len(approval.title) <= 200 else approval.title[:199] + "…"
-    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "plain_text", "text": slack_escape(title)}}]
+    blocks: list[dict[str, Any]] = []
     for name, spec in list(approval.inputs.items())[:90]:
         block: dict[str, Any] = {
             "type": "input",
@@ -427,15 +438,7 @@ def inputs_modal(approval: Approval, *, channel: str | None, ts: str | None) -> 
         if spec.get("description"):
             block["hint"] = {"type": "plain_text", "text": slack_escape(str(spec["description"]))[:2000]}
         blocks.append(block)
-    return {
-        "type": "modal",
-        "callback_id": APPROVE_MODAL_ID,
-        "private_metadata": json.dumps({"request_id": approval.id, "channel": channel, "ts": ts}),
-        "title": {"type": "plain_text", "text": "Approve request"},
-        "submit": {"type": "plain_text", "text": "Approve"},
-        "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": blocks,
-    }
+    return _modal(approval, callback_id=APPROVE_MODAL_ID, verb="Approve", fields=blocks, channel=channel, ts=ts)
 
 
 def submitted_inputs(approval: Approval, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
