@@ -165,10 +165,15 @@ class Approval:
     @property
     def decider(self) -> str | None:
         """Who decided, as notices show it: ``alice``, or ``bob for alice`` through a delegation."""
+        deciding = self.deciding_vote
+        return deciding.cast_by if deciding is not None else self.decided_by
+
+    @property
+    def deciding_vote(self) -> Vote | None:
+        """The vote that decided the request (the last of ``decided_by``); None when no person did."""
         if not self.decided_by:
             return None
-        deciding = next((v for v in reversed(self.votes) if v.user == self.decided_by), None)
-        return deciding.cast_by if deciding is not None else self.decided_by
+        return next((v for v in reversed(self.votes) if v.user == self.decided_by), None)
 
     def approvers_shown(self) -> list[str]:
         """:attr:`approvers` as notices show them, each with the delegate who cast the vote, if any."""
@@ -290,10 +295,9 @@ def deciding_inputs(approval: Approval) -> dict[str, Any]:
     automatic approval has no such vote: an approval then carries the defaults (required inputs
     without one are left out), a rejection carries nothing.
     """
-    if approval.decided_by:
-        for vote in reversed(approval.votes):
-            if vote.user == approval.decided_by:
-                return jsonable(vote.inputs)
+    deciding = approval.deciding_vote
+    if deciding is not None:
+        return jsonable(deciding.inputs)
     if approval.approved:
         return {name: spec.get("value") for name, spec in approval.inputs.items() if not spec.get("required")}
     return {}
