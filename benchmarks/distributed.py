@@ -17,15 +17,14 @@ per setup:
   request), **decided** (decisions / time from the first to the last decision) and
   **resumed** (gate tasks ended / time from the first decision to the last gate's end);
 * decision to gate-task success, p50 and p99 (the store's ``decided_at`` to the task
-  instance's ``end_date``). ``[hitl] resume_grace_seconds`` (default 10 s, ``--resume-grace``)
-  holds back a decision made that soon after the gate opened, which is every decision here;
+  instance's ``end_date``); the trigger ends the task itself, so no worker slot is involved;
 * the store's queries per second: ``pg_stat_database.xact_commit`` of the store database over
   the whole measurement, divided by its duration (every statement the store runs is its own
   transaction or part of one, so this counts transactions, not statements).
 
 Usage::
 
-    .venv/bin/python benchmarks/distributed.py [--gates 200] [--setups distributed,single] [--resume-grace 10]
+    .venv/bin/python benchmarks/distributed.py [--gates 200] [--setups distributed,single]
 
 On the 2-core development machine, shared with other work, one setup takes several minutes.
 """
@@ -226,7 +225,7 @@ def measure(airflow: AirflowHarness, *, setup: str, gates: int) -> Figures:
     )
 
 
-def run_setup(setup: str, *, gates: int, resume_grace: float) -> Figures:
+def run_setup(setup: str, *, gates: int) -> Figures:
     """Start ``setup``, measure it, stop it."""
     with tempfile.TemporaryDirectory(prefix=f"hitl-bench-{setup}-") as tmp:
         root = Path(tmp)
@@ -237,7 +236,6 @@ def run_setup(setup: str, *, gates: int, resume_grace: float) -> Figures:
         airflow.env.update(
             {
                 "AIRFLOW__CORE__PARALLELISM": "32",
-                "AIRFLOW__HITL__RESUME_GRACE_SECONDS": str(resume_grace),
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": "8",
             }
         )
@@ -250,9 +248,9 @@ def run_setup(setup: str, *, gates: int, resume_grace: float) -> Figures:
             airflow.stop()
 
 
-def print_table(results: Sequence[Figures], resume_grace: float) -> None:
+def print_table(results: Sequence[Figures]) -> None:
     """The figures, one row per setup."""
-    print(f"\n{results[0].gates} gates opened at once, approved through the REST API (resume grace {resume_grace} s)\n")
+    print(f"\n{results[0].gates} gates opened at once, approved through the REST API\n")
     print("| setup | opened/s | decided/s | resumed/s | decision->success p50 s | p99 s | store q/s | failed |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
@@ -267,14 +265,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--gates", type=int, default=200)
     parser.add_argument("--setups", default="distributed,single")
-    parser.add_argument("--resume-grace", type=float, default=10.0)
     args = parser.parse_args(argv)
     setups = [s.strip() for s in args.setups.split(",") if s.strip()]
     unknown = set(setups) - set(SETUPS)
     if unknown:
         parser.error(f"unknown setups {sorted(unknown)}; choose from {sorted(SETUPS)}")
-    results = [run_setup(setup, gates=args.gates, resume_grace=args.resume_grace) for setup in setups]
-    print_table(results, args.resume_grace)
+    results = [run_setup(setup, gates=args.gates) for setup in setups]
+    print_table(results)
     return 0
 
 

@@ -15,21 +15,30 @@ Resume = from the decision's HTTP response to the task instance's ``success`` as
 REST API reports it (polled every 20 ms). A run whose gate ends in any other state is
 "lost". Timeout lateness = when the gate reached ``success`` minus its expiry (ours: the
 request's ``expires_at``; native: ``hitl_detail.created_at`` + ``response_timeout``), for
-5 s timeouts. Prints lost / p50 / p99 / max per scenario for both and ours/native ratios.
+5 s timeouts; reminder lateness = when an in-app reminder was sent minus when it was due (ours
+only: native HITL has no reminders), for a gate reminding every 3 s. Prints lost / p50 / p99 /
+max per scenario for both and ours/native ratios.
+
+``--burst N`` adds the race scenario of issue 12: N runs of ours triggered back to back, each
+approved through the REST API the moment its request is committed (the store's NOTIFY on
+PostgreSQL), and counts the gates that did not end in ``success`` and the decisions made within
+100 ms of the gate opening (NOTIFY received to decision answered).
 
 Usage::
 
     .venv/bin/python benchmarks/resume_vs_native.py [--runs 5] [--timeout-runs 5] [--late-delay 15]
-        [--executor local|celery|both] [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
+        [--burst 100] [--executor local|celery|both] [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import statistics
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,12 +49,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 import httpx  # noqa: E402
+import psycopg  # noqa: E402
 from api_latency import fresh_databases  # noqa: E402
 
+from airflow_hitl.exceptions import ApprovalNotFound  # noqa: E402
 from airflow_hitl.manager import ApprovalFilter  # noqa: E402
+from airflow_hitl.models.store import NOTIFY_CHANNEL  # noqa: E402
+from airflow_hitl.outbox import listen_conninfo  # noqa: E402
 from tests.e2e.harness import AirflowHarness, AirflowProcess  # noqa: E402
 
 TIMEOUT = dt.timedelta(seconds=5)
+REMIND_EVERY = dt.timedelta(seconds=3)
 POLL = 0.02
 END_TIMEOUT = 180.0
 
@@ -72,9 +86,18 @@ DAGS = textwrap.dedent(
         ApprovalOperator(task_id="gate", title="bench timeout", timeout=TIMEOUT, timeout_action="approve")
     with DAG(dag_id="bench_native_timeout", schedule=None, start_date=START, catchup=False, max_active_runs=50):
         NativeApproval(task_id="gate", subject="bench timeout", defaults=["Approve"], response_timeout=TIMEOUT)
+    with DAG(dag_id="bench_ours_remind", schedule=None, start_date=START, catchup=False):
+        ApprovalOperator(
+            task_id="gate",
+            title="bench reminders",
+            allowed_approvers=["admin"],
+            notify_channels=["in_app"],
+            remind_every=dt.timedelta(seconds={REMIND_EVERY.total_seconds()}),
+            timeout=dt.timedelta(minutes=10),
+        )
     '''
 )
-DAG_IDS = ("bench_ours", "bench_native", "bench_ours_timeout", "bench_native_timeout")
+DAG_IDS = ("bench_ours", "bench_native", "bench_ours_timeout", "bench_native_timeout", "bench_ours_remind")
 
 
 class BenchHarness(AirflowHarness):
@@ -206,6 +229,86 @@ def timeout_once(h: AirflowHarness, kind: str) -> float | None:
     return seen_wall - expires if state == "success" else None
 
 
+def reminders_late(h: AirflowHarness, count: int) -> Scenario:
+    """Open one gate that reminds every 3 s; how late each of its first ``count`` reminders went out."""
+    from airflow_hitl.outbox import Outbox
+
+    dag_id = "bench_ours_remind"
+    run_id = h.trigger(dag_id, user="op", unpause=False, run_id=f"remind_{uuid.uuid4().hex[:10]}")
+    approval = _open_ours(h, dag_id, run_id)
+
+    def sent() -> list[Any] | None:
+        rows = h.manager.list_notifications(request_id=approval.id, event_type="reminder", status="sent")
+        return rows if len(rows) >= count else None
+
+    rows = _wait(sent, timeout=count * REMIND_EVERY.total_seconds() + 120)
+    due = {i.id: i.due_at for i in Outbox(store=h.manager.store).intents(approval.id)}
+    scenario = Scenario("reminder")
+    for row in rows[:count]:
+        scenario.add((row.sent_at - due[row.outbox_id]).total_seconds())
+    h.api("POST", f"/hitl/api/v1/approvals/{approval.id}/approve", json_body={"comment": "bench"})
+    return scenario
+
+
+@dataclass
+class Burst:
+    """The race scenario: gates decided the moment they open."""
+
+    runs: int
+    lost: int
+    within_100ms: int
+    lags: list[float]
+
+
+def burst(h: AirflowHarness, runs: int) -> Burst:
+    """Trigger ``runs`` runs of ours at once; approve each the moment its request is committed."""
+    dag_id = "bench_ours"
+    run_ids: list[str] = []
+    lags: dict[str, float] = {}
+    with psycopg.connect(autocommit=True, **listen_conninfo(h.store_url)) as conn:
+        # The manager NOTIFYs every new request on commit: the earliest moment anyone could decide.
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+
+        def trigger_all() -> None:
+            for i in range(runs):
+                run_ids.append(h.trigger(dag_id, user="op", unpause=False, run_id=f"burst_{i}_{uuid.uuid4().hex[:8]}"))
+
+        triggering = threading.Thread(target=trigger_all)
+        triggering.start()
+        deadline = time.monotonic() + 900
+        while len(lags) < runs and time.monotonic() < deadline:
+            for note in conn.notifies(timeout=1.0):
+                received = time.monotonic()
+                try:
+                    approval = h.manager.get(note.payload)
+                except ApprovalNotFound:
+                    continue
+                if approval.dag_id != dag_id or not approval.is_waiting or approval.run_id in lags:
+                    continue
+                h.api("POST", f"/hitl/api/v1/approvals/{approval.id}/approve", json_body={"comment": "burst"})
+                lags[str(approval.run_id)] = time.monotonic() - received
+                if len(lags) == runs:
+                    break
+        triggering.join()
+    states = [_end_state(h, dag_id, run_id)[0] for run_id in run_ids]
+    return Burst(
+        runs=runs,
+        lost=sum(1 for state in states if state != "success"),
+        within_100ms=sum(1 for lag in lags.values() if lag <= 0.1),
+        lags=sorted(lags.values()),
+    )
+
+
+def print_burst(executor: str, result: Burst) -> None:
+    """The race scenario's line."""
+    lags = result.lags or [float("nan")]
+    print(
+        f"{executor}: {result.runs} gates decided as they opened: lost {result.lost}; "
+        f"{result.within_100ms} decided within 100 ms of opening "
+        f"(open -> decision p50 {statistics.median(lags) * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms)"
+    )
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -230,11 +333,12 @@ def print_table(executor: str, results: dict[str, dict[str, Scenario]]) -> None:
             )
     print(
         "resume = decision HTTP response -> task success in Airflow's REST API; "
-        "timeout = gate success - expiry; lost = gate ended in another state"
+        "timeout = gate success - expiry; reminder = sent - due (native has none); "
+        "lost = gate ended in another state"
     )
 
 
-def bench(executor: str, args: argparse.Namespace) -> dict[str, dict[str, Scenario]]:
+def bench(executor: str, args: argparse.Namespace) -> tuple[dict[str, dict[str, Scenario]], Burst | None]:
     """Start a stack for ``executor``, run every scenario, stop it."""
     suffix = uuid.uuid4().hex[:8]
     with fresh_databases(args.pg, f"bench_resume_af_{suffix}", f"bench_resume_store_{suffix}") as (meta, store):
@@ -279,7 +383,13 @@ def bench(executor: str, args: argparse.Namespace) -> dict[str, dict[str, Scenar
                 for kind in ("ours", "native") if i % 2 == 0 else ("native", "ours"):
                     pair[kind].add(timeout_once(h, kind))
             results[f"{TIMEOUT.total_seconds():g} s timeout late by"] = pair
-            return results
+            if args.reminders:
+                late = reminders_late(h, args.reminders)
+                results[f"reminder (every {REMIND_EVERY.total_seconds():g} s) late by"] = {
+                    "ours": late,
+                    "native": Scenario("reminder"),
+                }
+            return results, (burst(h, args.burst) if args.burst else None)
         finally:
             h.stop()
 
@@ -290,13 +400,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="decisions per operator per delay (default 5)")
     parser.add_argument("--timeout-runs", type=int, default=5, help="5 s timeouts per operator (default 5)")
     parser.add_argument("--late-delay", type=float, default=15.0, help="the later decision's delay (default 15)")
+    parser.add_argument("--reminders", type=int, default=5, help="reminders whose lateness is measured (default 5)")
+    parser.add_argument("--burst", type=int, default=0, help="gates of ours decided as they open (issue 12: 100)")
     parser.add_argument("--executor", choices=("local", "celery", "both"), default="local")
     parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis-db", type=int, default=7, help="Redis database for the Celery broker")
     args = parser.parse_args(argv)
     executors = ("local", "celery") if args.executor == "both" else (args.executor,)
     for executor in executors:
-        print_table(executor, bench(executor, args))
+        results, race = bench(executor, args)
+        print_table(executor, results)
+        if race:
+            print_burst(executor, race)
     return 0
 
 

@@ -5,8 +5,10 @@
 #   e2e:  the real-Airflow suites of tests/e2e (and any other e2e test outside the UI's)
 #   ui:   the Playwright pages (tests/ui) and the README walkthrough, then the slow tests that
 #         are not e2e (`airflow dags test` runs, the 50-thread race, the OpenAPI fuzz, the CLI)
+#   compat: the end-to-end gate and REST API suites again on the newest Airflow 3.1.x and 3.2.x,
+#         each in its own virtualenv (scripts/test-airflow-versions.sh); HITL_COMPAT=0 leaves it out
 #
-# Together the lanes run every test exactly once. Most of an e2e test's time is spent waiting
+# Together the first three lanes run every test exactly once. Most of an e2e test's time is spent waiting
 # for Airflow's loops, so on two cores the lanes finish in a little over the longest one.
 # Extra arguments go to every pytest (e.g. -x, -k). Exits non-zero if any lane failed.
 set -uo pipefail
@@ -15,11 +17,14 @@ PY=${PY:-.venv/bin/python}
 extra=("$@")
 logs=$(mktemp -d "${TMPDIR:-/tmp}/hitl-tests.XXXXXX")
 lanes=(unit e2e ui)
-# A lane is one or more pytest argument lists, separated by "|", run one after the other.
+[ "${HITL_COMPAT:-1}" = 0 ] || lanes+=(compat)
+# A lane is one or more pytest argument lists, separated by "|", run one after the other;
+# one that starts with "script " is a script run with the extra arguments after "--".
 declare -A args=(
   [unit]='tests -m "not e2e and not slow"'
   [e2e]='tests -m e2e --ignore=tests/ui --ignore=tests/test_readme_walkthrough.py'
   [ui]='tests/ui tests/test_readme_walkthrough.py -m e2e | tests -m "slow and not e2e"'
+  [compat]='script scripts/test-airflow-versions.sh'
 )
 started=$(date +%s)
 for lane in "${lanes[@]}"; do
@@ -29,8 +34,13 @@ for lane in "${lanes[@]}"; do
     for run in "${runs[@]}"; do
       # no:cacheprovider: the lanes must not write one .pytest_cache at once.
       eval "set -- $run"
-      echo "----- pytest $run ${extra[*]}" >>"$logs/$lane.log"
-      "$PY" -m pytest -q -p no:cacheprovider "$@" "${extra[@]}" >>"$logs/$lane.log" 2>&1
+      if [ "$1" = script ]; then
+        echo "----- $run -- ${extra[*]}" >>"$logs/$lane.log"
+        bash "$2" -- "${extra[@]}" >>"$logs/$lane.log" 2>&1
+      else
+        echo "----- pytest $run ${extra[*]}" >>"$logs/$lane.log"
+        "$PY" -m pytest -q -p no:cacheprovider "$@" "${extra[@]}" >>"$logs/$lane.log" 2>&1
+      fi
       rc=$?
       # 5: no test collected, which is only fine for a filtered run (-k) that left a lane empty.
       if [ "$rc" != 0 ] && ! { [ "$rc" = 5 ] && [ ${#extra[@]} -gt 0 ]; }; then status=1; fi
