@@ -97,7 +97,7 @@ class TestSimpleAuthManager:
     @pytest.mark.usefixtures("simple")
     def test_users_are_found_by_name(self) -> None:
         available, user = find_user(name="olga")
-        assert available
+        assert available and user is not None
         assert (user.get_name(), user.role) == ("olga", "op")
         assert find_user(name="ghost") == (True, None)
         assert find_user(email="olga@example.com") == (True, None)  # it keeps no email addresses

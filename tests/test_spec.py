@@ -195,7 +195,7 @@ class TestFilters:
         assert self.matching(store, ApprovalFilter(origin="api")) == {api.id}
         assert self.matching(store, ApprovalFilter(requested_by="dora")) == {etl.id}
         assert self.matching(store, ApprovalFilter(decided_by="alice")) == {etl.id}
-        assert self.matching(store, ApprovalFilter(ids=[uuid.UUID(ml.id), api.id])) == {ml.id, api.id}
+        assert self.matching(store, ApprovalFilter(ids=[ml.id, api.id])) == {ml.id, api.id}
         assert self.matching(store, ApprovalFilter(ids=[])) == set()
         assert self.matching(store, ApprovalFilter(states=["approved"])) == {etl.id}
 

@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
 from sqlalchemy import create_engine, select, text
+from sqlalchemy.orm import Session
 
 from airflow_hitl.exceptions import ApprovalNotFound, NotAllowed, StoreOutcomeUnknown, StoreUnavailable
 from airflow_hitl.manager import ApprovalManager
@@ -22,6 +23,9 @@ from airflow_hitl.policy import EscalationLevel, Principal
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import Clock, spec
 
+Kill = Callable[[int], None]
+"""Terminates a PostgreSQL backend by its process id."""
+
 ALICE = Principal.of("alice", ["op"])
 
 
@@ -31,10 +35,10 @@ def chain(store: ApprovalStore) -> list[ApprovalEventRow]:
         return list(session.scalars(select(ApprovalEventRow).order_by(ApprovalEventRow.seq)))
 
 
-def audit(mgr: ApprovalManager, session: object, request_id: str, event_type: str, **details: object) -> None:
+def audit(mgr: ApprovalManager, session: Session, request_id: str, event_type: str, **details: object) -> None:
     """Queue one audit event in ``session`` (as a transition does)."""
     mgr._audit(
-        session,  # type: ignore[arg-type]
+        session,
         request_id=request_id,
         event_type=event_type,
         actor="tester",
@@ -139,7 +143,7 @@ class TestStoreLost:
             store.dispose()
 
     @pytest.fixture
-    def kill(self, pg_store: ApprovalStore) -> Iterator[object]:
+    def kill(self, pg_store: ApprovalStore) -> Iterator[Kill]:
         """Terminates a backend of the test store, waiting until it has gone."""
         admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
 
@@ -150,23 +154,23 @@ class TestStoreLost:
         yield terminate
         admin.dispose()
 
-    def test_lost_before_commit_is_unavailable(self, pg_store: ApprovalStore, kill: object) -> None:
+    def test_lost_before_commit_is_unavailable(self, pg_store: ApprovalStore, kill: Kill) -> None:
         mgr = ApprovalManager(store=pg_store)
         a = mgr.create(spec())
         with pytest.raises(StoreUnavailable) as err, mgr._transaction() as session:
             mgr._lock(session, a.id)
             audit(mgr, session, a.id, "note")  # sealing it needs the server before COMMIT
-            kill(session.scalar(text("SELECT pg_backend_pid()")))  # type: ignore[operator]
+            kill(session.execute(text("SELECT pg_backend_pid()")).scalar_one())
         assert type(err.value) is StoreUnavailable
         assert mgr.get(a.id).state == "pending"
 
-    def test_lost_while_committing_is_outcome_unknown(self, pg_store: ApprovalStore, kill: object) -> None:
+    def test_lost_while_committing_is_outcome_unknown(self, pg_store: ApprovalStore, kill: Kill) -> None:
         mgr = ApprovalManager(store=pg_store)
         a = mgr.create(spec())
         with pytest.raises(StoreOutcomeUnknown), mgr._transaction() as session:
             mgr._lock(session, a.id)
             # Nothing to seal: the next word to the server is COMMIT.
-            kill(session.scalar(text("SELECT pg_backend_pid()")))  # type: ignore[operator]
+            kill(session.execute(text("SELECT pg_backend_pid()")).scalar_one())
 
 
 class TestNotify:
