@@ -1,4 +1,4 @@
-"""audit: the hash chain on its own (the store's events are checked in tests/test_manager.py)."""
+"""audit: the hash chain on its own, then the store's chain as the manager writes it (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,18 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-from airflow_hitl.audit import GENESIS_HASH, canonical_time, event_hash, verify_chain
+from sqlalchemy import select, text
 
+from airflow_hitl.audit import GENESIS_HASH, canonical_time, event_hash, verify_chain
+from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.models.store import ApprovalStore
+from airflow_hitl.models.tables import ApprovalEventRow
+from airflow_hitl.policy import Principal
+from tests.helpers import spec
+
+ALICE = Principal.of("alice", ["op"])
+BOB = Principal.of("bob", ["op"])
+CAROL = Principal.of("carol", ["op"])
 T0 = dt.datetime(2026, 11, 30, 6, 43, 52, 123456, tzinfo=dt.timezone.utc)
 
 
@@ -98,3 +108,38 @@ def test_a_deleted_or_reordered_event_breaks_the_link() -> None:
     )
     swapped = verify_chain([events[0], events[2], events[1], *events[3:]])
     assert (swapped.ok, swapped.checked, swapped.first_bad_seq) == (False, 1, 3)
+
+
+class TestStoredChain:
+    def _trail(self, mgr: ApprovalManager) -> list[str]:
+        a = mgr.create(spec(required_approvals=2))
+        mgr.approve(a.id, user=ALICE, comment="ok")
+        mgr.approve(a.id, user=BOB)
+        b = mgr.create(spec())
+        mgr.reject(b.id, user=CAROL, reason="no")
+        return [a.id, b.id]
+
+    def test_chain_verifies(self, mgr: ApprovalManager) -> None:
+        self._trail(mgr)
+        result = mgr.verify_audit_chain()
+        assert result.ok
+        assert result.checked == 7
+
+    def test_edited_event_is_detected(self, mgr: ApprovalManager, store: ApprovalStore) -> None:
+        self._trail(mgr)
+        with store.engine.begin() as conn:
+            seq = conn.execute(text("SELECT seq FROM approval_events WHERE comment = 'ok'")).scalar_one()
+            conn.execute(text("UPDATE approval_events SET comment = 'forged' WHERE seq = :s"), {"s": seq})
+        result = mgr.verify_audit_chain()
+        assert not result.ok
+        assert result.first_bad_seq == seq
+
+    def test_deleted_event_is_detected(self, mgr: ApprovalManager, store: ApprovalStore) -> None:
+        self._trail(mgr)
+        with store.session() as s:
+            seqs = list(s.scalars(select(ApprovalEventRow.seq).order_by(ApprovalEventRow.seq)))
+        with store.engine.begin() as conn:
+            conn.execute(text("DELETE FROM approval_events WHERE seq = :s"), {"s": seqs[2]})
+        result = mgr.verify_audit_chain()
+        assert not result.ok
+        assert result.first_bad_seq == seqs[3]

@@ -1,0 +1,189 @@
+"""queries: reading requests (one, lists, the inbox, history, wait states) on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from airflow_hitl.exceptions import ApprovalNotFound, InvalidInput
+from airflow_hitl.manager import ApprovalFilter, ApprovalManager
+from airflow_hitl.models.store import ApprovalStore
+from airflow_hitl.policy import EscalationLevel, Principal
+from tests.helpers import Clock, spec
+
+ALICE = Principal.of("alice", ["op"])
+BOB = Principal.of("bob", ["op"])
+MALLORY = Principal.of("mallory", ["viewer"])
+
+
+class TestGet:
+    def test_unknown_id(self, mgr: ApprovalManager) -> None:
+        with pytest.raises(ApprovalNotFound):
+            mgr.get("00000000-0000-0000-0000-000000000000")
+
+    def test_one_request_with_its_votes(self, mgr: ApprovalManager) -> None:
+        a = mgr.create(spec(required_approvals=3))
+        mgr.approve(a.id, user=BOB, comment="fine")
+        mgr.approve(a.id, user=ALICE)
+        got = mgr.get(a.id)
+        assert (got.id, got.state) == (a.id, "pending")
+        assert [(v.user, v.vote, v.comment) for v in got.votes] == [
+            ("bob", "approve", "fine"),
+            ("alice", "approve", None),
+        ]
+
+    def test_reads_wait_for_no_writer(self, mgr: ApprovalManager, store: ApprovalStore) -> None:
+        # A decision holding the row lock (and, on SQLite, the write lock) must not hold up
+        # polls and pages: were reads to take a write lock, these would wait and fail.
+        a = mgr.create(spec())
+        with mgr._transaction() as session:
+            mgr._lock(session, a.id)
+            assert mgr.get(a.id).state == "pending"
+            assert mgr.list()[1] == 1
+            assert mgr.wait_states([a.id])[a.id].state == "pending"
+
+
+class TestQueries:
+    def test_list_filters_pagination_and_order(self, mgr: ApprovalManager, clock: Clock) -> None:
+        ids = []
+        for i in range(5):
+            clock.advance(seconds=1)
+            ids.append(mgr.create(spec(dag_id="etl" if i % 2 else "ml", requested_by=f"u{i}")).id)
+        mgr.approve(ids[0], user=ALICE)
+        items, total = mgr.list(ApprovalFilter(dag_id="ml"))
+        assert total == 3
+        assert {a.dag_id for a in items} == {"ml"}
+        page, total = mgr.list(limit=2, offset=1, order_by="requested_at")
+        assert total == 5
+        assert [a.id for a in page] == ids[1:3]
+        newest, _ = mgr.list(limit=1)
+        assert newest[0].id == ids[-1]
+        pending, total = mgr.pending()
+        assert total == 4
+        assert ids[0] not in {a.id for a in pending}
+        history, total = mgr.history()
+        assert [a.id for a in history] == [ids[0]]
+        assert mgr.list(ApprovalFilter(requested_by="u3"))[1] == 1
+        assert mgr.list(ApprovalFilter(decided_by="alice"))[1] == 1
+
+    def test_history_date_range(self, mgr: ApprovalManager, clock: Clock) -> None:
+        early = mgr.create(spec())
+        mgr.approve(early.id, user=ALICE)
+        cut = clock.advance(hours=1)
+        late = mgr.create(spec())
+        clock.advance(minutes=1)
+        mgr.reject(late.id, user=ALICE, reason="no")
+        assert [a.id for a in mgr.history(ApprovalFilter(since=cut))[0]] == [late.id]
+        assert [a.id for a in mgr.history(ApprovalFilter(until=cut))[0]] == [early.id]
+        assert [a.id for a in mgr.history(ApprovalFilter(states=["rejected"]))[0]] == [late.id]
+
+    @pytest.mark.parametrize(
+        ("kwargs", "field"),
+        [({"limit": -1}, "limit"), ({"offset": -5}, "offset"), ({"order_by": "password"}, "order_by")],
+    )
+    def test_bad_paging(self, mgr: ApprovalManager, kwargs: dict, field: str) -> None:
+        with pytest.raises(InvalidInput) as err:
+            mgr.list(**kwargs)
+        assert err.value.field == field
+
+    def test_pending_for_says_who_can_approve(self, mgr: ApprovalManager) -> None:
+        a = mgr.create(spec(allowed_approvers=["alice", "bob"], required_approvals=2))
+        mgr.approve(a.id, user=BOB)
+        flags = {user.name: mgr.pending_for(user)[0][0][1] for user in (ALICE, BOB, MALLORY)}
+        assert flags["alice"].allowed
+        assert flags["bob"].code == "already_voted"
+        assert flags["mallory"].code == "not_allowed"
+
+    def test_wait_states_in_one_query(self, mgr: ApprovalManager, store: ApprovalStore) -> None:
+        ids = [mgr.create(spec()).id for _ in range(3)]
+        mgr.approve(ids[1], user=ALICE)
+        many = ids + [f"00000000-0000-4000-8000-{i:012d}" for i in range(40_000)]
+        statements: list[str] = []
+        from sqlalchemy import event
+
+        def count(*args: object) -> None:
+            statements.append(str(args[2]))
+
+        event.listen(store.engine, "before_cursor_execute", count)
+        try:
+            states = mgr.wait_states(many)
+        finally:
+            event.remove(store.engine, "before_cursor_execute", count)
+        assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
+        assert set(states) == set(ids)
+        assert states[ids[1]].state == "approved"
+        assert states[ids[0]].is_waiting
+
+    def test_limit_bounds(self, mgr: ApprovalManager) -> None:
+        mgr.create(spec())
+        assert mgr.list(limit=0) == ([], 1)
+        assert mgr.list(limit=10_000)[1] == 1
+        with pytest.raises(InvalidInput) as err:
+            mgr.list(limit=10_001)
+        assert err.value.field == "limit"
+
+    def test_order_ascending_descending_and_unset_times_last(self, mgr: ApprovalManager) -> None:
+        never = mgr.create(spec(title="b never expires"))
+        soon = mgr.create(spec(title="c soon", timeout=dt.timedelta(minutes=5), timeout_action="reject"))
+        later = mgr.create(spec(title="a later", timeout=dt.timedelta(hours=5), timeout_action="reject"))
+        assert [a.id for a in mgr.list(order_by="expires_at")[0]] == [soon.id, later.id, never.id]
+        assert [a.id for a in mgr.list(order_by="-expires_at")[0]] == [later.id, soon.id, never.id]
+        assert [a.title for a in mgr.list(order_by="+title")[0]] == ["a later", "b never expires", "c soon"]
+        assert [a.title for a in mgr.list(order_by="-title")[0]] == ["c soon", "b never expires", "a later"]
+
+    def test_pending_is_the_waiting_soonest_expiry_first(self, mgr: ApprovalManager, clock: Clock) -> None:
+        never = mgr.create(spec())
+        escalated = mgr.create(
+            spec(
+                timeout=dt.timedelta(minutes=1),
+                timeout_action="escalate",
+                escalation_targets=[EscalationLevel(approvers=("carol",), timeout=dt.timedelta(hours=2))],
+                escalation_final_action="reject",
+            )
+        )
+        soon = mgr.create(spec(timeout=dt.timedelta(minutes=30), timeout_action="reject"))
+        decided = mgr.create(spec())
+        mgr.approve(decided.id, user=ALICE)
+        clock.advance(minutes=1)
+        assert mgr.apply_timeout(escalated.id).escalated  # now expires in two hours
+        items, total = mgr.pending()
+        assert total == 3
+        assert [a.id for a in items] == [soon.id, escalated.id, never.id]
+
+    def test_history_never_lists_a_waiting_request(self, mgr: ApprovalManager) -> None:
+        waiting = mgr.create(spec())
+        done = mgr.create(spec())
+        mgr.approve(done.id, user=ALICE)
+        assert mgr.history(ApprovalFilter(states=["pending"])) == ([], 0)
+        assert [a.id for a in mgr.history(ApprovalFilter(states=["pending", "approved"]))[0]] == [done.id]
+        assert waiting.id in {a.id for a in mgr.list()[0]}
+
+    def test_dag_ids_each_once_sorted(self, mgr: ApprovalManager) -> None:
+        assert mgr.dag_ids() == []
+        for dag_id in ("ml", "etl", "ml"):
+            mgr.create(spec(dag_id=dag_id))
+        assert mgr.dag_ids() == ["etl", "ml"]
+
+    def test_can_approve_a_decided_request(self, mgr: ApprovalManager) -> None:
+        a = mgr.create(spec())
+        mgr.reject(a.id, user=ALICE, reason="no")
+        verdict = mgr.can_approve(BOB, mgr.get(a.id))
+        assert (verdict.allowed, verdict.code) == (False, "not_pending")
+        assert verdict.reason == "this request is rejected"
+
+    def test_wait_states_of_nothing_and_of_an_escalation(self, mgr: ApprovalManager, clock: Clock) -> None:
+        assert mgr.wait_states([]) == {}
+        a = mgr.create(
+            spec(
+                timeout=dt.timedelta(minutes=1),
+                timeout_action="escalate",
+                escalation_targets=[EscalationLevel(approvers=("carol",), timeout=dt.timedelta(hours=1))],
+                escalation_final_action="reject",
+            )
+        )
+        clock.advance(minutes=1)
+        mgr.apply_timeout(a.id)
+        state = mgr.wait_states([a.id])[a.id]
+        assert (state.state, state.escalation_level, state.is_waiting) == ("escalated", 1, True)
+        assert state.expires_at == clock.now + dt.timedelta(hours=1)
