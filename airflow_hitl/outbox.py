@@ -37,6 +37,7 @@ from airflow_hitl.models.tables import (
     ApprovalRequestRow,
 )
 from airflow_hitl.records import record_of
+from airflow_hitl.spec import utcnow
 
 ACTION_EVENTS = ("required", "reminder", "escalated")
 FINAL_EVENTS = {"approved": "decided", "rejected": "decided", "timeout": "timed_out", "cancelled": "cancelled"}
@@ -56,10 +57,6 @@ def listen_conninfo(store_url: str) -> dict[str, Any]:
     }
     info.update({k: v for k, v in url.query.items() if isinstance(v, str)})
     return {k: v for k, v in info.items() if v is not None}
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,8 +103,8 @@ def _enqueue(session: Session, row: ApprovalRequestRow, *, event_type: str, key:
             status="pending",
             due_at=due_at,
             attempts=0,
-            created_at=_utcnow(),
-            updated_at=_utcnow(),
+            created_at=utcnow(),
+            updated_at=utcnow(),
         )
     )
     return True
@@ -220,7 +217,7 @@ class Outbox:
         store: ApprovalStore,
         owner: str | None = None,
         lease_seconds: float = 120.0,
-        clock: Callable[[], dt.datetime] = _utcnow,
+        clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.store = store
         self.owner = owner or default_owner()

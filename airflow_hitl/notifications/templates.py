@@ -22,6 +22,7 @@ from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
 from airflow_hitl.records import Approval
+from airflow_hitl.spec import utcnow
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE_PARTS = ("subject", "text", "html")
@@ -108,7 +109,7 @@ def template_context(
     now: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """Variables every template sees."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or utcnow()
     action_taken = ""
     if approval.state == "timeout":
         action_taken = f"{approval.decision} automatically (timeout_action)"
