@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
@@ -93,21 +93,15 @@ class NoticeLog(StoreTransactions):
         metadata: Mapping[str, Any] | None = None,
     ) -> Notification:
         """The notice reached its channel; ``metadata`` is merged (e.g. Slack's message ``ts``)."""
-        now = self._clock()
-        with self._transaction() as session:
-            row = self._notification_row(session, notification_id)
-            row.status = "sent"
-            self._measure(session, partial(metrics.notice, channel=row.channel, delivered=True))
+
+        def sent(row: ApprovalNotificationRow, now: dt.datetime) -> None:
             row.sent_at = now
             row.error = None
             row.next_attempt_at = None
-            if retry_count is not None:
-                row.retry_count = retry_count
             if metadata:
                 row.metadata_ = {**(row.metadata_ or {}), **json_safe(metadata)}
-            row.updated_at = now
-            session.flush()
-            return Notification.from_row(row)
+
+        return self._settle(notification_id, delivered=True, retry_count=retry_count, record=sent)
 
     def mark_notification_failed(
         self,
@@ -118,14 +112,29 @@ class NoticeLog(StoreTransactions):
         next_attempt_at: dt.datetime | None = None,
     ) -> Notification:
         """A send failed; with ``next_attempt_at`` it will be retried, without it it is final."""
-        now = self._clock()
-        with self._transaction() as session:
-            row = self._notification_row(session, notification_id)
-            row.status = "failed"
-            self._measure(session, partial(metrics.notice, channel=row.channel, delivered=False))
+
+        def failed(row: ApprovalNotificationRow, now: dt.datetime) -> None:
             row.failed_at = now
             row.error = error[:4000]
             row.next_attempt_at = next_attempt_at
+
+        return self._settle(notification_id, delivered=False, retry_count=retry_count, record=failed)
+
+    def _settle(
+        self,
+        notification_id: str,
+        *,
+        delivered: bool,
+        retry_count: int | None,
+        record: Callable[[ApprovalNotificationRow, dt.datetime], None],
+    ) -> Notification:
+        # One send's outcome under the row lock: the status, its metric, what ``record`` keeps.
+        now = self._clock()
+        with self._transaction() as session:
+            row = self._notification_row(session, notification_id)
+            row.status = "sent" if delivered else "failed"
+            self._measure(session, partial(metrics.notice, channel=row.channel, delivered=delivered))
+            record(row, now)
             if retry_count is not None:
                 row.retry_count = retry_count
             row.updated_at = now
