@@ -266,23 +266,16 @@ class Delegations(StoreTransactions):
             )
             session.add(row)
             session.flush()
-            self._audit(
+            self._audit_delegation(
                 session,
-                request_id=None,
+                row,
                 event_type=DELEGATION_CREATED,
-                actor=actor.name,
+                actor=actor,
+                admin=admin,
                 source=source,
-                details={
-                    "delegation_id": row.id,
-                    "delegator": owner,
-                    "delegate": to,
-                    "starts_at": start.isoformat(),
-                    "ends_at": end.isoformat(),
-                    "dag_ids": dags,
-                    "admin": admin and owner != actor.name,
-                    **dict(client or {}),
-                },
+                client=client,
                 at=now,
+                terms={"starts_at": start.isoformat(), "ends_at": end.isoformat(), "dag_ids": dags},
             )
             return Delegation.from_row(row)
 
@@ -347,23 +340,50 @@ class Delegations(StoreTransactions):
             # Ended, not deleted: the audit trail and the votes cast through it name it.
             row.ended_at = now
             row.ended_by = actor.name
-            self._audit(
+            self._audit_delegation(
                 session,
-                request_id=None,
+                row,
                 event_type=DELEGATION_ENDED,
-                actor=actor.name,
+                actor=actor,
+                admin=admin,
                 source=source,
-                details={
-                    "delegation_id": row.id,
-                    "delegator": row.delegator,
-                    "delegate": row.delegate,
-                    "admin": admin and actor.name != row.delegator,
-                    **dict(client or {}),
-                },
+                client=client,
                 at=now,
             )
             session.flush()
             return Delegation.from_row(row)
+
+    def _audit_delegation(
+        self,
+        session: Session,
+        row: ApprovalDelegationRow,
+        *,
+        event_type: str,
+        actor: Principal,
+        admin: bool,
+        source: str,
+        client: Mapping[str, Any] | None,
+        at: dt.datetime,
+        terms: Mapping[str, Any] | None = None,
+    ) -> None:
+        # A delegation's events have no request: the chain names the delegation, both people,
+        # its terms when it is created, and whether an admin acted for someone else.
+        self._audit(
+            session,
+            request_id=None,
+            event_type=event_type,
+            actor=actor.name,
+            source=source,
+            details={
+                "delegation_id": row.id,
+                "delegator": row.delegator,
+                "delegate": row.delegate,
+                **dict(terms or {}),
+                "admin": admin and actor.name != row.delegator,
+                **dict(client or {}),
+            },
+            at=at,
+        )
 
     def describe_delegation(self, delegation: Delegation) -> dict[str, Any]:
         """``delegation`` as JSON with its state now (the API's and the pages' shape)."""
