@@ -26,33 +26,34 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
-import os
-import sys
-import sysconfig
-import types
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-import airflow as airflow_package
 from airflow.sdk import BaseOperator
 
-import airflow_hitl as airflow_hitl_package
 from airflow_hitl.exceptions import InvalidApprovalConfig
 from airflow_hitl.forms import parse_inputs
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec, utcnow
-from airflow_hitl.policy import ConfigProblems, EscalationLevel, str_list
+from airflow_hitl.operators.options import (
+    BRANCH_OUTCOMES,
+    ContextSource,
+    dag_file_frame,
+    option_of,
+    parse_branches,
+    parse_context_from,
+    parse_escalation,
+    parse_notify,
+    raise_at,
+)
+from airflow_hitl.policy import ConfigProblems, str_list
 from airflow_hitl.records import Approval, decision_summary
 from airflow_hitl.triggers.approval import SKIPMIXIN_KEY, ApprovalTrigger, ApprovalTriggerEventPayload
 from airflow_hitl.version_compat import AirflowFailException, AirflowSkipException
-from airflow_hitl.vocabulary import CHANNELS
 
 if TYPE_CHECKING:
     from types import FrameType
 
     from airflow.sdk import Context
-
-ContextSource = str | tuple[str, str]
 
 
 class ApprovalOperator(BaseOperator):
@@ -160,12 +161,12 @@ class ApprovalOperator(BaseOperator):
         self.description = description
         self.reason = reason
         self.context = dict(context or {}) if isinstance(context, Mapping) or context is None else context
-        self.context_from = problems.parse(_parse_context_from, context_from, default={})
+        self.context_from = problems.parse(parse_context_from, context_from, default={})
         self.approval_type = approval_type
         self.condition = condition
         self.timeout = timeout
         self.timeout_action = timeout_action
-        self.escalate_to = problems.parse(_parse_escalation, escalate_to, timeout, default=[])
+        self.escalate_to = problems.parse(parse_escalation, escalate_to, timeout, default=[])
         self.escalation_final_action = escalation_final_action
         self.required_approvals = required_approvals
         self.require_all = require_all
@@ -176,7 +177,7 @@ class ApprovalOperator(BaseOperator):
         self.metadata = dict(metadata or {}) if isinstance(metadata, Mapping) or metadata is None else metadata
         self.conn_id = conn_id
         self.poll_interval = poll_interval
-        self.notify = _parse_notify(
+        self.notify = parse_notify(
             channels=notify_channels,
             users=notify_users,
             roles=notify_roles,
@@ -193,9 +194,9 @@ class ApprovalOperator(BaseOperator):
         self.inputs = problems.parse(parse_inputs, inputs, default={})
         self._validate(problems)
         if problems:
-            dag_file_frame = _dag_file_frame()
-            error = InvalidApprovalConfig.of(problems.items, where=self._where(dag_file_frame))
-            _raise_at(error, dag_file_frame)
+            frame = dag_file_frame()
+            error = InvalidApprovalConfig.of(problems.items, where=self._where(frame))
+            raise_at(error, frame)
 
     # ------------------------------------------------------------------ parse time
 
@@ -218,9 +219,9 @@ class ApprovalOperator(BaseOperator):
             problems.add("poll_interval", "must be a positive number of seconds")
         # Templated values are not rendered yet; check the shape of everything else now. A field
         # already reported (say escalate_to, left empty after its own error) is not reported again.
-        reported = {_option_of(name) for name, _ in problems.items}
+        reported = {option_of(name) for name, _ in problems.items}
         for name, message in self._spec(dag_id="validation", context={}, metadata={}).problems().items:
-            if _option_of(name) not in reported:
+            if option_of(name) not in reported:
                 problems.add(name, message)
 
     def _where(self, frame: FrameType | None) -> str:
@@ -438,197 +439,6 @@ class ApprovalOperator(BaseOperator):
         return pulled
 
 
-def _option_of(name: str) -> str:
-    """The operator argument a reported field belongs to: ``escalate_to[0].timeout`` -> ``escalate_to``."""
-    return name.split("[", 1)[0].split(".", 1)[0]
-
-
-_LIBRARY_DIRS = tuple(
-    str(Path(path).resolve()) + os.sep
-    for path in (
-        Path(airflow_hitl_package.__file__).parent,
-        Path(airflow_package.__file__).parent,
-        sysconfig.get_paths()["stdlib"],
-    )
-)
-
-
-def _dag_file_frame() -> FrameType | None:
-    """The innermost frame outside airflow-hitl, Airflow and the standard library: the DAG file's line."""
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith("<") and not str(Path(filename).resolve()).startswith(_LIBRARY_DIRS):
-            return frame
-        frame = frame.f_back
-    return None
-
-
-def _raise_at(error: InvalidApprovalConfig, frame: FrameType | None) -> NoReturn:
-    """Raise ``error`` with the DAG file's line as its innermost traceback entry.
-
-    Airflow keeps only the innermost entries of an import error's traceback
-    (``[core] dagbag_import_error_traceback_depth``, 2 by default), which would all be ours;
-    a traceback entry for the author's own line (as Jinja2 does for template lines) makes the
-    import error point at the line to fix.
-    """
-    if frame is None:
-        raise error
-    raise error.with_traceback(types.TracebackType(None, frame, frame.f_lasti, frame.f_lineno))
-
-
-def _parse_context_from(value: Any) -> dict[str, tuple[str, str]]:
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        raise InvalidApprovalConfig("context_from", "must be a dict or a list of task ids, not a string")
-    if isinstance(value, Mapping):
-        parsed: dict[str, tuple[str, str]] = {}
-        for name, source in value.items():
-            if not isinstance(name, str) or not name:
-                raise InvalidApprovalConfig("context_from", "keys must be non-empty strings")
-            if isinstance(source, str) and source:
-                parsed[name] = (source, "return_value")
-            elif (
-                isinstance(source, (tuple, list)) and len(source) == 2 and all(isinstance(s, str) and s for s in source)
-            ):
-                parsed[name] = (source[0], source[1])
-            else:
-                raise InvalidApprovalConfig(
-                    f"context_from[{name!r}]", "must be a task id or a (task_id, xcom_key) pair"
-                )
-        return parsed
-    if isinstance(value, Sequence) and all(isinstance(v, str) and v for v in value):
-        return {task_id: (task_id, "return_value") for task_id in value}
-    raise InvalidApprovalConfig("context_from", "must be a dict or a list of task ids")
-
-
-def _parse_escalation(value: Any, timeout: dt.timedelta | None) -> list[EscalationLevel]:
-    if value is None:
-        return []
-    if isinstance(value, (EscalationLevel, Mapping)):
-        value = [value]
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, Sequence) or not value:
-        raise InvalidApprovalConfig("escalate_to", "must be a non-empty list of levels or user names")
-    if all(isinstance(v, str) for v in value):
-        if not isinstance(timeout, dt.timedelta):
-            raise InvalidApprovalConfig("escalate_to", "a list of user names needs `timeout` for the level")
-        return [EscalationLevel.parse({"approvers": list(value), "timeout": timeout})]
-    problems = ConfigProblems()
-    levels = [problems.parse(EscalationLevel.parse, v, index=i, default=None) for i, v in enumerate(value)]
-    problems.raise_if_any()
-    return [level for level in levels if level is not None]
-
-
-NOTIFY_CHANNELS = CHANNELS
-
-
-def _optional_str(name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidApprovalConfig(name, "must be a non-empty string")
-    return value
-
-
-def _parse_notify(
-    *,
-    channels: Any,
-    users: Any,
-    roles: Any,
-    slack_channel: Any,
-    slack_conn_id: Any,
-    smtp_conn_id: Any,
-    webhook_conn_id: Any,
-    webhook_endpoint: Any,
-    remind_every: Any,
-    templates: Any,
-    problems: ConfigProblems,
-) -> dict[str, Any]:
-    """The request's ``notify`` options, checked now so a wrong one fails the DAG import naming it."""
-    from airflow_hitl.notifications.templates import validate_overrides
-
-    if channels is None:
-        channels = []
-    if isinstance(channels, str) or not isinstance(channels, Sequence):
-        problems.add("notify_channels", f"must be a list of channels from {list(NOTIFY_CHANNELS)}")
-        channels = []
-    for channel in channels:
-        if channel not in NOTIFY_CHANNELS:
-            problems.add("notify_channels", f"unknown channel {channel!r}; use {list(NOTIFY_CHANNELS)}")
-    channels = [channel for channel in dict.fromkeys(channels) if channel in NOTIFY_CHANNELS]
-    notify: dict[str, Any] = {"channels": channels}
-    user_list = problems.parse(str_list, users, "notify_users", default=[])
-    role_list = problems.parse(str_list, roles, "notify_roles", default=[])
-    if user_list:
-        notify["users"] = user_list
-    if role_list:
-        notify["roles"] = role_list
-    per_channel = {
-        "slack_channel": ("slack", slack_channel),
-        "slack_conn_id": ("slack", slack_conn_id),
-        "smtp_conn_id": ("email", smtp_conn_id),
-        "webhook_conn_id": ("webhook", webhook_conn_id),
-        "webhook_endpoint": ("webhook", webhook_endpoint),
-    }
-    for name, (channel, value) in per_channel.items():
-        if problems.parse(_optional_str, name, value, default=None) is None:
-            continue
-        if channel not in channels:
-            problems.add(name, f"is only used when notify_channels includes {channel!r}")
-        notify[name] = value
-    if (user_list or role_list) and not channels:
-        problems.add("notify_channels", "is required when notify_users or notify_roles is given")
-    if remind_every is not None:
-        if not isinstance(remind_every, dt.timedelta) or remind_every <= dt.timedelta(0):
-            problems.add("remind_every", "must be a positive datetime.timedelta")
-        elif not channels:
-            problems.add("remind_every", "needs notify_channels to remind anyone")
-        else:
-            notify["remind_every_seconds"] = remind_every.total_seconds()
-    problem = validate_overrides(templates)
-    if problem:
-        problems.add("notify_templates", problem)
-    elif templates:
-        if not channels:
-            problems.add("notify_templates", "needs notify_channels")
-        else:
-            notify["templates"] = {event: dict(parts) for event, parts in templates.items()}
-    return notify if channels else {}
-
-
-BRANCH_OUTCOMES = ("approve", "reject")
-
-
-def _parse_branches(value: Any) -> dict[str, list[str]]:
-    """``branches`` as outcome -> task ids; every problem named in one error."""
-    if not isinstance(value, Mapping) or not value:
-        raise InvalidApprovalConfig("branches", 'must be a dict like {"approve": "deploy", "reject": "rollback"}')
-    problems = ConfigProblems()
-    parsed: dict[str, list[str]] = {}
-    for outcome, targets in value.items():
-        if outcome not in BRANCH_OUTCOMES:
-            problems.add("branches", f"unknown outcome {outcome!r}; use {list(BRANCH_OUTCOMES)}")
-            continue
-        ids = [targets] if isinstance(targets, str) else targets
-        if (
-            isinstance(ids, (str, Mapping))
-            or not isinstance(ids, Sequence)
-            or not ids
-            or not all(isinstance(t, str) and t for t in ids)
-        ):
-            problems.add(f"branches[{outcome!r}]", "must be a task id or a non-empty list of task ids")
-            continue
-        parsed[outcome] = list(dict.fromkeys(ids))
-    both = set(parsed.get("approve", ())) & set(parsed.get("reject", ()))
-    if both:
-        problems.add("branches", f"tasks {sorted(both)} are on both branches")
-    problems.raise_if_any()
-    return parsed
-
-
 class ApprovalBranchOperator(ApprovalOperator):
     """An approval gate that succeeds either way and follows the branch of the outcome.
 
@@ -650,7 +460,7 @@ class ApprovalBranchOperator(ApprovalOperator):
     def __init__(self, *, branches: Mapping[str, Any], **kwargs: Any) -> None:
         # Set before the base class validates, so one error names every bad option.
         self._branch_problems = ConfigProblems()
-        self.branches = self._branch_problems.parse(_parse_branches, branches, default={})
+        self.branches = self._branch_problems.parse(parse_branches, branches, default={})
         if "on_reject" in kwargs:
             self._branch_problems.add(
                 "on_reject", "does not apply to a branch gate: a rejection follows branches['reject']"
