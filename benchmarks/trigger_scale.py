@@ -285,6 +285,40 @@ async def loop_lag_monitor(result: RunResult, stop: asyncio.Event, tick: float =
         result.loop_lag_max_ms = max(result.loop_lag_max_ms, lag)
 
 
+async def consume(
+    trigger: ApprovalTrigger,
+    result: RunResult,
+    decided_at: dict[str, float],
+    waiters: dict[str, asyncio.Future[float]],
+) -> None:
+    """What the triggerer does with ``trigger.run()``: iterate it and hand events on (here: time them)."""
+    async for ev in trigger.run():
+        now = time.perf_counter()
+        payload = ev.payload
+        rid = trigger.request_id
+        if rid not in decided_at:
+            result.early_events += 1
+            log.error("trigger %s yielded %r before any decision", rid, payload)
+        elif payload.get("status") != "decided" or payload.get("state") != "approved":
+            result.wrong_events += 1
+            log.error("trigger %s yielded %r, expected decided/approved", rid, payload)
+        fut = waiters.get(rid)
+        if fut is not None and not fut.done():
+            fut.set_result(now)
+
+
+def record_latencies(
+    result: RunResult, decided_at: dict[str, float], waiters: dict[str, asyncio.Future[float]]
+) -> None:
+    """Decision-to-event latency of every decided request; one that saw no event is lost."""
+    for request_id, fut in waiters.items():
+        if fut.done():
+            result.latencies_ms.append((fut.result() - decided_at[request_id]) * 1000)
+        else:
+            result.lost += 1
+            log.error("no event for decided request %s within the deadline", request_id)
+
+
 async def run_triggers(
     *,
     result: RunResult,
@@ -309,25 +343,9 @@ async def run_triggers(
     waiters: dict[str, asyncio.Future[float]] = {}
     tasks: set[asyncio.Task[None]] = set()
 
-    async def consume(trigger: ApprovalTrigger) -> None:
-        # What the triggerer does with trigger.run(): iterate it and hand events on.
-        async for ev in trigger.run():
-            now = time.perf_counter()
-            payload = ev.payload
-            rid = trigger.request_id
-            if rid not in decided_at:
-                result.early_events += 1
-                log.error("trigger %s yielded %r before any decision", rid, payload)
-            elif payload.get("status") != "decided" or payload.get("state") != "approved":
-                result.wrong_events += 1
-                log.error("trigger %s yielded %r, expected decided/approved", rid, payload)
-            fut = waiters.get(rid)
-            if fut is not None and not fut.done():
-                fut.set_result(now)
-
     def start(request_id: str) -> None:
         trigger = ApprovalTrigger(request_id=request_id, poll_interval=poll_interval)
-        task = loop.create_task(consume(trigger), name=f"trigger-{request_id}")
+        task = loop.create_task(consume(trigger, result, decided_at, waiters), name=f"trigger-{request_id}")
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         waiting.append(request_id)
@@ -385,12 +403,7 @@ async def run_triggers(
             await asyncio.wait(pending, timeout=deadline)
     finally:
         decider.shutdown(wait=True)
-    for request_id, fut in waiters.items():
-        if fut.done():
-            result.latencies_ms.append((fut.result() - decided_at[request_id]) * 1000)
-        else:
-            result.lost += 1
-            log.error("no event for decided request %s within the deadline", request_id)
+    record_latencies(result, decided_at, waiters)
 
     stop_monitor.set()
     await monitor
