@@ -116,6 +116,17 @@
     return data;
   }
 
+  /**
+   * A page could not load its data: say so in its error line and return true. A 401 returns
+   * false and shows nothing: api() is already taking the user to Airflow's login.
+   */
+  function loadFailed(errorId, what, err) {
+    if (err.status === 401) return false;
+    setText(errorId, "Could not load " + what + ": " + err.message);
+    show($(errorId), true);
+    return true;
+  }
+
   /** A request opened over the REST API is no task's gate: say so wherever it is shown. */
   function originBadge(item) {
     return item.origin === "api" ? el("span", { className: "badge origin-api", text: "opened over the API", title: "Not a task's gate: deciding it resumes no task." }) : null;
@@ -950,10 +961,7 @@
           if (state.openId === item.id) view.fill(item);
         }
       } catch (err) {
-        if (err.status === 401) return;
-        setText("load-error", "Could not load approvals: " + err.message);
-        show($("load-error"), true);
-        $("live-status").className = "live stale";
+        if (loadFailed("load-error", "approvals", err)) $("live-status").className = "live stale";
       }
     }
 
@@ -1152,9 +1160,7 @@
         show($("empty"), data.approvals.length === 0);
         show($("load-error"), false);
       } catch (err) {
-        if (err.status === 401) return;
-        setText("load-error", "Could not load the history: " + err.message);
-        show($("load-error"), true);
+        loadFailed("load-error", "the history", err);
       }
     }
 
@@ -1224,9 +1230,7 @@
         show($("d-empty"), data.delegations.length === 0);
         show($("d-load-error"), false);
       } catch (err) {
-        if (err.status === 401) return;
-        setText("d-load-error", "Could not load the delegations: " + err.message);
-        show($("d-load-error"), true);
+        loadFailed("d-load-error", "the delegations", err);
       }
     }
 
@@ -1292,9 +1296,7 @@
           ...older.map((a) => el("li", {}, el("span", { className: "badge " + a.state, text: a.state }), " try " + (a.try_number || "?") + " · requested " + stamp(a.requested_at) + (a.decided_by ? " · by " + decidedBy(a) : "")))
         );
       } catch (err) {
-        if (err.status === 401) return;
-        setText("load-error", "Could not load the approval: " + err.message);
-        show($("load-error"), true);
+        loadFailed("load-error", "the approval", err);
       }
     }
 
