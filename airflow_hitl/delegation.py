@@ -204,6 +204,17 @@ def _dag_ids(value: Any, problems: ConfigProblems) -> list[str] | None:
     return sorted({v.strip() for v in value})
 
 
+def _refusal(request_id: str, user: str, own: Eligibility, refusals: Iterable[str]) -> HitlError:
+    """Why ``user`` may cast no vote: their own refusal, and each delegation's (once each)."""
+    reasons = list(dict.fromkeys(refusals))
+    if own.code == "already_voted" and not reasons:
+        return AlreadyVoted(request_id, user)
+    reason = own.reason or "not allowed"
+    if reasons:
+        reason += "; as a delegate: " + "; ".join(reasons)
+    return NotAllowed(reason)
+
+
 class Delegations(StoreTransactions):
     """Create, list and end delegations; resolve on whose behalf a vote is cast."""
 
@@ -492,12 +503,7 @@ class Delegations(StoreTransactions):
                     f"you may decide for {names} here: say on whose behalf with `on_behalf_of` "
                     "(your own name for your own vote)"
                 )
-            if own.code == "already_voted" and not refusals:
-                raise AlreadyVoted(row.id, user.name)
-            reason = own.reason or "not allowed"
-            if refusals:
-                reason += "; as a delegate: " + "; ".join(dict.fromkeys(refusals))
-            raise NotAllowed(reason)
+            raise _refusal(row.id, user.name, own, refusals)
         chosen = next(
             (
                 d

@@ -67,13 +67,17 @@ def json_problem(value: Any, *, max_depth: int | None = None, max_bytes: int | N
         else:
             # Left to the caller's own serialisation rules (datetimes, UUIDs in DAG code).
             continue
-    if max_bytes is not None:
-        try:
-            size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8"))
-        except (TypeError, ValueError, RecursionError) as err:
-            return f"must be JSON-serialisable: {err}"
-        if size > max_bytes:
-            return f"is {size} bytes of JSON, more than the limit of {max_bytes} (`[hitl] max_json_bytes`)"
+    return None if max_bytes is None else _json_size_problem(value, max_bytes)
+
+
+def _json_size_problem(value: Any, max_bytes: int) -> str | None:
+    # The size of the compact JSON text, as the store will keep it.
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8"))
+    except (TypeError, ValueError, RecursionError) as err:
+        return f"must be JSON-serialisable: {err}"
+    if size > max_bytes:
+        return f"is {size} bytes of JSON, more than the limit of {max_bytes} (`[hitl] max_json_bytes`)"
     return None
 
 
