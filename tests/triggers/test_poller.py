@@ -164,8 +164,9 @@ class TestSubscriptions:
         gone = "00000000-0000-4000-8000-000000000000"
 
         async def main() -> tuple[Watch, Watch, int]:
-            # A two-minute interval: only the targeted first read can answer within the test.
-            poller = ApprovalPoller(manager=manager, poll_interval=120)
+            # A two-minute interval: only the targeted first read can answer within the test (and
+            # no LISTEN, whose connecting would read the watched ids once more).
+            poller = ApprovalPoller(manager=manager, poll_interval=120, listen=False)
             watch, missing = poller.watch(gate.id), poller.watch(gone)
             await asyncio.wait_for(watch.wait(None), 30)
             while not missing.missing:
