@@ -245,6 +245,11 @@ class TestSharedPoller:
             elsewhere = loops[1].run_until_complete(one())
         finally:
             for loop in loops:
+                # As asyncio.run ends: cancel what is left (the stopped poller's tasks), then close.
+                left = asyncio.all_tasks(loop)
+                for task in left:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
                 loop.close()
         assert renewed is not first
         assert again is renewed
