@@ -249,7 +249,8 @@ class TestSharedPoller:
                 left = asyncio.all_tasks(loop)
                 for task in left:
                     task.cancel()
-                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+                if left:
+                    loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
                 loop.close()
         assert renewed is not first
         assert again is renewed
