@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tests.e2e.harness import free_port
-from tests.notifications.conftest import SmtpSink, _Handler
+from tests.standins import SmtpSink, _Handler
 
 
 class MailServer:

@@ -6,13 +6,10 @@ Runs on SQLite and PostgreSQL (the ``manager`` fixture): every send is a row in
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 from typing import Any
 
 import pytest
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.notifications.config import NotifySettings
@@ -20,7 +17,7 @@ from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.policy import Principal
 from airflow_hitl.records import Approval
 from tests.helpers import spec
-from tests.standins import WEBHOOK_SECRET, SlackApi, SmtpSink, WebhookReceiver
+from tests.standins import SlackApi, SmtpSink, WebhookReceiver
 
 ALL_CHANNELS = ["email", "slack", "webhook", "in_app"]
 
@@ -216,45 +213,6 @@ class TestInApp:
 
 
 @pytest.mark.usefixtures("notify_env")
-class TestStandaloneNotifiers:
-    """The channel classes work as plain Airflow notifiers (e.g. in ``on_failure_callback``)."""
-
-    def test_email_notifier_renders_its_templated_fields(self, smtp_server: SmtpSink) -> None:
-        from airflow_hitl.notifications.channels import HitlEmailNotifier
-
-        notifier = HitlEmailNotifier(
-            to="ops@example.com", subject="{{ task_id }} failed", text="see {{ task_id }}", html="<p>{{ task_id }}</p>"
-        )
-        notifier({"task_id": "load"})
-        [mail] = smtp_server.wait(1)
-        assert mail["Subject"] == "load failed"
-        assert mail.get_body(("plain",)).get_content().strip() == "see load"
-        assert "<p>load</p>" in mail.get_body(("html",)).get_content()
-
-    def test_slack_notifier_posts(self, slack_api: SlackApi) -> None:
-        from airflow_hitl.notifications.channels import HitlSlackNotifier
-
-        HitlSlackNotifier(channel="#ops", text="{{ task_id }} failed")({"task_id": "load"})
-        [call] = slack_api.of("chat.postMessage")
-        assert (call.params["channel"], call.params["text"]) == ("#ops", "load failed")
-
-    def test_webhook_notifier_signs(self, webhook_receiver: WebhookReceiver) -> None:
-        import asyncio
-        from concurrent.futures import ThreadPoolExecutor
-
-        from airflow_hitl.notifications.channels import HitlWebhookNotifier
-
-        notifier = HitlWebhookNotifier(payload={"failed": "{{ task_id }}"})
-        notifier.render_template_fields({"task_id": "load"})  # type: ignore[arg-type]
-        # Its own thread: Playwright's sync API (tests/ui) leaves a loop running in this one.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(asyncio.run, notifier.async_notify({})).result()  # type: ignore[arg-type]
-        [delivery] = webhook_receiver.deliveries
-        assert delivery["valid"]
-        assert delivery["body"] == {"failed": "load"}
-
-
-@pytest.mark.usefixtures("notify_env")
 class TestEveryEvent:
     """Every event's default templates render and deliver, in the state the gate is in then."""
 
@@ -296,120 +254,3 @@ class TestEveryEvent:
         if event == "decided":
             assert "not <yet>" in text
             assert "stop: the gate fails" in text
-
-
-def webhook_connection(
-    receiver: WebhookReceiver, *, password: str | None = None, secret: str | list[str] | None = None
-) -> str:
-    """``AIRFLOW_CONN_HITL_WEBHOOK`` for ``receiver`` with the given password and/or ``secret`` extra."""
-    conn: dict[str, Any] = {"conn_type": "http", "host": "127.0.0.1", "port": receiver.port, "schema": "http"}
-    if password is not None:
-        conn["password"] = password
-    if secret is not None:
-        conn["extra"] = {"secret": secret}
-    return json.dumps(conn)
-
-
-def whsec(raw: bytes) -> str:
-    """A Standard Webhooks secret for the key ``raw``."""
-    return "whsec_" + base64.b64encode(raw).decode()
-
-
-@pytest.mark.usefixtures("notify_env")
-class TestStandardWebhooks:
-    """Deliveries any receiver can verify with the ``standardwebhooks`` library."""
-
-    def test_a_delivery_verifies_with_the_library_and_carries_the_standard_headers(
-        self, manager: ApprovalManager, webhook_receiver: WebhookReceiver
-    ) -> None:
-        gate = open_gate(manager, channels=["webhook"])
-        [row] = dispatcher(manager).dispatch(gate, "required")
-        assert row.status == "sent", row.error
-        [delivery] = webhook_receiver.deliveries
-        headers = delivery["headers"]
-        assert headers["webhook-id"] == row.metadata["message_id"]
-        assert headers["webhook-signature"].startswith("v1,")
-        assert not any(name.lower().startswith("x-hitl") for name in headers)
-        verified = Webhook(WEBHOOK_SECRET).verify(delivery["raw"], headers)
-        assert verified["approval"]["id"] == gate.id
-        # One changed byte and the library refuses it.
-        with pytest.raises(WebhookVerificationError):
-            Webhook(WEBHOOK_SECRET).verify(delivery["raw"].replace(b"required", b"requirex"), headers)
-
-    def test_several_secrets_sign_every_message_for_key_rotation(
-        self, manager: ApprovalManager, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        new, old = whsec(b"n" * 32), whsec(b"o" * 32)
-        monkeypatch.setenv("AIRFLOW_CONN_HITL_WEBHOOK", webhook_connection(webhook_receiver, password=f"{new} {old}"))
-        gate = open_gate(manager, channels=["webhook"])
-        [row] = dispatcher(manager).dispatch(gate, "required")
-        assert row.status == "sent", row.error
-        [delivery] = webhook_receiver.deliveries
-        assert len(delivery["headers"]["webhook-signature"].split(" ")) == 2
-        for secret in (new, old):  # a receiver still on the old secret, one already on the new
-            assert Webhook(secret).verify(delivery["raw"], delivery["headers"])["event"] == "required"
-        with pytest.raises(WebhookVerificationError):
-            Webhook(whsec(b"x" * 32)).verify(delivery["raw"], delivery["headers"])
-
-    def test_a_list_of_secrets_in_the_extra_signs_with_each(
-        self, manager: ApprovalManager, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        new, old = whsec(b"n" * 32), whsec(b"o" * 32)
-        monkeypatch.setenv("AIRFLOW_CONN_HITL_WEBHOOK", webhook_connection(webhook_receiver, secret=[new, old]))
-        webhook_receiver.secrets[:] = [old]
-        gate = open_gate(manager, channels=["webhook"])
-        [row] = dispatcher(manager).dispatch(gate, "required")
-        assert row.status == "sent", row.error
-        [delivery] = webhook_receiver.deliveries
-        assert delivery["valid"]
-        assert len(delivery["headers"]["webhook-signature"].split(" ")) == 2
-        assert not [h for h, v in delivery["headers"].items() if new in v or old in v or h.lower() == "secret"]
-
-    def test_a_plain_secret_extra_signs_with_its_bytes(
-        self, manager: ApprovalManager, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        monkeypatch.setenv("AIRFLOW_CONN_HITL_WEBHOOK", webhook_connection(webhook_receiver, secret="plain-secret"))
-        webhook_receiver.secrets[:] = [b"plain-secret"]
-        gate = open_gate(manager, channels=["webhook"])
-        [row] = dispatcher(manager).dispatch(gate, "required")
-        assert row.status == "sent", row.error
-        assert [d["valid"] for d in webhook_receiver.deliveries] == [True]
-        # HttpHook sends unknown extras as headers: never the signing secret.
-        [delivery] = webhook_receiver.deliveries
-        assert not [h for h, v in delivery["headers"].items() if "plain-secret" in v or h.lower() == "secret"]
-
-    def test_a_password_that_would_go_out_as_basic_auth_is_not_a_secret(
-        self, manager: ApprovalManager, webhook_receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        conn = json.loads(webhook_connection(webhook_receiver, password=WEBHOOK_SECRET))
-        monkeypatch.setenv("AIRFLOW_CONN_HITL_WEBHOOK", json.dumps({**conn, "login": "hitl"}))
-        gate = open_gate(manager, channels=["webhook"])
-        [row] = dispatcher(manager).dispatch(gate, "required")
-        assert row.status == "failed"
-        assert "Basic auth" in (row.error or "")
-        assert WEBHOOK_SECRET not in (row.error or "")
-        assert webhook_receiver.deliveries == []
-
-    @pytest.mark.parametrize(
-        ("password", "said"),
-        [
-            pytest.param("whsec_!!not-base64!!", "not valid base64", id="bad-whsec"),
-            pytest.param("   ", "no webhook secret", id="blank"),
-        ],
-    )
-    def test_a_bad_secret_sends_nothing_and_says_why(
-        self,
-        manager: ApprovalManager,
-        webhook_receiver: WebhookReceiver,
-        monkeypatch: pytest.MonkeyPatch,
-        password: str,
-        said: str,
-    ) -> None:
-        monkeypatch.setenv("AIRFLOW_CONN_HITL_WEBHOOK", webhook_connection(webhook_receiver, password=password))
-        gate = open_gate(manager, channels=["webhook"])
-        [row] = dispatcher(manager).dispatch(gate, "required")
-        assert row.status == "failed"
-        assert said in (row.error or "")
-        assert "not-base64" not in (row.error or ""), "the secret is never echoed"
-        assert webhook_receiver.deliveries == []
-        assert manager.get(gate.id).state == "pending"

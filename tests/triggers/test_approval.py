@@ -1,20 +1,16 @@
-"""ApprovalTrigger and its shared poller, run in a real event loop against a real store."""
+"""ApprovalTrigger, run in a real event loop against a real store (its shared poller: test_poller.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from airflow_hitl.manager import ApprovalManager
-from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.policy import EscalationLevel, Principal
 from airflow_hitl.triggers.approval import ApprovalTrigger
-from airflow_hitl.triggers.poller import shared_poller
 from tests.helpers import first_event, later, spec
 
 ALICE = Principal.of("alice")
@@ -107,37 +103,6 @@ class TestRun:
         assert {p["state"] for p in payloads} == {"approved"}
 
 
-class TestStoreOutage:
-    def test_outage_delays_but_never_decides(self, manager: ApprovalManager, store: ApprovalStore) -> None:
-        approval = manager.create(spec(timeout=dt.timedelta(minutes=5), timeout_action="approve"))
-
-        async def main() -> dict[str, Any]:
-            trigger = ApprovalTrigger(request_id=approval.id, poll_interval=0.2)
-            waiting = asyncio.create_task(first_event(trigger, timeout=60))
-            await asyncio.sleep(0.6)
-            poller = shared_poller(manager, poll_interval=0.2)
-            # The store "goes away": every read now fails.
-            await asyncio.to_thread(_rename, store, "approval_requests", "approval_requests_away")
-            errors_before = poller.errors
-            deadline = time.monotonic() + 15
-            while poller.errors == errors_before and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            assert poller.errors > errors_before
-            assert not waiting.done()
-            await asyncio.to_thread(_rename, store, "approval_requests_away", "approval_requests")
-            await asyncio.to_thread(manager.approve, approval.id, user=ALICE)
-            return await waiting
-
-        payload = asyncio.run(main())
-        assert payload["state"] == "approved"
-        assert manager.get(approval.id).decision_source == "api"
-
-
-def _rename(store: ApprovalStore, old: str, new: str) -> None:
-    with store.engine.begin() as conn:
-        conn.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
-
-
 class TestOnKill:
     def test_on_kill_cancels_the_request(self, manager: ApprovalManager) -> None:
         approval = manager.create(spec())
@@ -151,51 +116,3 @@ class TestOnKill:
         manager.approve(approval.id, user=ALICE)
         asyncio.run(ApprovalTrigger(request_id=approval.id).on_kill())
         assert manager.get(approval.id).state == "approved"
-
-
-class TestPoller:
-    @staticmethod
-    def _count_queries(manager: ApprovalManager, n: int, seconds: float) -> int:
-        ids = [manager.create(spec()).id for _ in range(n)]
-
-        async def main() -> int:
-            waits = [
-                asyncio.create_task(first_event(ApprovalTrigger(request_id=i, poll_interval=0.5), 60)) for i in ids
-            ]
-            await asyncio.sleep(1.2)  # every trigger registered and read once
-            poller = shared_poller(manager, poll_interval=0.5)
-            start = poller.queries
-            await asyncio.sleep(seconds)
-            counted = poller.queries - start
-            for w in waits:
-                w.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
-            return counted
-
-        return asyncio.run(main())
-
-    def test_idle_queries_do_not_grow_with_waiting_gates(self, manager: ApprovalManager) -> None:
-        few = self._count_queries(manager, 3, 3.0)
-        many = self._count_queries(manager, 300, 3.0)
-        # One query per 0.5 s interval whatever the number of gates: about 6 in 3 s.
-        assert 3 <= few <= 8
-        assert 3 <= many <= 8
-
-    @pytest.mark.postgres
-    def test_notify_wakes_before_the_next_poll(self, pg_store: ApprovalStore, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("AIRFLOW_HITL_STORE_URL", pg_store.url)
-        manager = ApprovalManager(store=pg_store)
-        approval = manager.create(spec())
-
-        async def main() -> tuple[dict[str, Any], float]:
-            waiting = asyncio.create_task(first_event(ApprovalTrigger(request_id=approval.id, poll_interval=120), 60))
-            await asyncio.sleep(1.5)  # registered, first read done, LISTEN connected
-            started = time.monotonic()
-            await asyncio.to_thread(manager.approve, approval.id, user=ALICE)
-            payload = await waiting
-            return payload, time.monotonic() - started
-
-        payload, waited = asyncio.run(main())
-        assert payload["state"] == "approved"
-        # With a 120 s poll interval only the NOTIFY can have woken it this soon.
-        assert waited < 60

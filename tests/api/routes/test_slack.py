@@ -19,7 +19,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from airflow_hitl.manager import ApprovalManager, ApprovalSpec
-from airflow_hitl.notifications.channels import slack_escape
 from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.notifications.signing import slack_signature
@@ -365,16 +364,3 @@ class TestSlackEscaping:
         assert post(client, click(gate, message, "UOPS00001", "hitl_approve")).status_code == 200
         [ephemeral] = slack_api.of("chat.postEphemeral")
         assert live_markup(ephemeral.params["text"]) == [], ephemeral.params["text"]
-
-    @pytest.mark.parametrize(
-        ("raw", "visible"),
-        [
-            pytest.param("a & b", "a &amp; b", id="ampersand"),
-            pytest.param("<!channel>", "&lt;!channel&gt;", id="mention"),
-            pytest.param("*x*", "\u200d*\u200dx\u200d*\u200d", id="bold"),
-            pytest.param("line\n> quote", "line\n\u200d&gt; quote", id="quote"),
-            pytest.param("a > b", "a &gt; b", id="inline-gt-is-not-a-quote"),
-        ],
-    )
-    def test_slack_escape(self, raw: str, visible: str) -> None:
-        assert slack_escape(raw) == visible

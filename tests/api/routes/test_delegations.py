@@ -179,3 +179,64 @@ class TestDecideAsDelegate:
         response = api.client.post(f"{API}/{request.id}/approve", headers=api.headers("viewer"), json={})
         assert response.status_code == 403
         assert "edit access" in response.json()["detail"]
+
+
+class TestRoutes:
+    """What the handlers themselves add: the caller's view, paging, ids, and ending twice."""
+
+    def test_pages_newest_first_with_the_total(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        made = [_create(api, "alice", delegate=who).json()["id"] for who in ("bob", "op", "viewer")]
+        first = api.client.get(f"{DELEGATIONS}?limit=2", headers=api.headers("alice")).json()
+        second = api.client.get(f"{DELEGATIONS}?limit=2&offset=2", headers=api.headers("alice")).json()
+        assert (first["total_entries"], second["total_entries"]) == (3, 3)
+        pages = first["delegations"] + second["delegations"]
+        assert sorted(d["id"] for d in pages) == sorted(made), "every one once"
+        created = [dt.datetime.fromisoformat(d["created_at"]) for d in pages]
+        assert created == sorted(created, reverse=True), "newest first"
+
+    def test_active_leaves_out_scheduled_and_a_bad_state_is_422(
+        self, api: AirflowApi, api_manager: ApprovalManager
+    ) -> None:
+        now = dt.datetime.now(dt.timezone.utc)
+        later = {
+            "starts_at": (now + dt.timedelta(days=1)).isoformat(),
+            "ends_at": (now + dt.timedelta(days=2)).isoformat(),
+        }
+        scheduled = api.client.post(DELEGATIONS, headers=api.headers("alice"), json={"delegate": "bob", **later})
+        assert scheduled.json()["state"] == "scheduled"
+        active = _create(api, "alice", delegate="op").json()
+        listed = api.client.get(f"{DELEGATIONS}?state=active", headers=api.headers("alice")).json()
+        assert [d["id"] for d in listed["delegations"]] == [active["id"]]
+        assert api.client.get(f"{DELEGATIONS}?state=paused", headers=api.headers("alice")).status_code == 422
+
+    def test_a_user_may_name_themselves(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        made = _create(api, "alice", delegate="bob").json()
+        _create(api, "op", delegate="viewer")
+        response = api.client.get(f"{DELEGATIONS}?user=bob", headers=api.headers("bob"))
+        assert response.status_code == 200
+        assert [d["id"] for d in response.json()["delegations"]] == [made["id"]]
+
+    def test_the_id_is_read_in_any_case_and_a_long_one_is_404(
+        self, api: AirflowApi, api_manager: ApprovalManager
+    ) -> None:
+        made = _create(api, "alice", delegate="bob").json()
+        assert api.client.delete(f"{DELEGATIONS}/{'f' * 65}", headers=api.headers("alice")).status_code == 404
+        response = api.client.delete(f"{DELEGATIONS}/{made['id'].upper()}", headers=api.headers("alice"))
+        assert response.status_code == 204
+        assert api_manager.list_delegations()[0][0].ended_by == "alice"
+
+    def test_ending_one_already_ended_is_204_and_records_nothing(
+        self, api: AirflowApi, api_manager: ApprovalManager
+    ) -> None:
+        made = _create(api, "alice", delegate="bob").json()
+        assert api.client.delete(f"{DELEGATIONS}/{made['id']}", headers=api.headers("alice")).status_code == 204
+        before = _state(api_manager)
+        assert api.client.delete(f"{DELEGATIONS}/{made['id']}", headers=api.headers("admin")).status_code == 204
+        assert _state(api_manager) == before
+        assert api_manager.list_delegations()[0][0].ended_by == "alice"
+
+    def test_the_openapi_document_speaks_of_delegations(self, api: AirflowApi) -> None:
+        document = api.client.get("/hitl/openapi.json").json()
+        responses = document["paths"]["/api/v1/delegations/{delegation_id}"]["delete"]["responses"]
+        assert responses["404"]["description"] == "No delegation with this id."
+        assert set(responses) >= {"204", "401", "403", "404", "422", "503"}
