@@ -117,13 +117,16 @@ async def _drainer_lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Airflow 3.3's api-server enters the lifespans of mounted plugin apps (its own lifespan
     # walks its mounts); no other Airflow process serves this app, so the outbox drainer
     # starts in api-servers only, one per api-server worker process, and they share the work.
+    from airflow_hitl.api.gate_closer import ensure_gate_closer_started, stop_gate_closer
     from airflow_hitl.notifications.drainer import ensure_drainer_started, stop_drainer
 
     app.state.hitl_lifespan = True
     ensure_drainer_started()
+    ensure_gate_closer_started()
     try:
         yield
     finally:
+        stop_gate_closer()
         stop_drainer()
 
 
@@ -131,18 +134,21 @@ async def _start_drainer_lazily(request: Request, call_next: Callable[[Request],
     # Where the api-server may not run mounted apps' lifespans (before Airflow 3.3), start
     # on the first request instead: only an api-server ever serves one.
     if not getattr(request.app.state, "hitl_lifespan", False):
+        from airflow_hitl.api.gate_closer import ensure_gate_closer_started
         from airflow_hitl.notifications.drainer import ensure_drainer_started
 
         request.app.state.hitl_lifespan = True
         ensure_drainer_started()
+        ensure_gate_closer_started()
     return await call_next(request)
 
 
 def create_app(*, outbox_drainer: bool = False) -> FastAPI:
     """Build the ``/hitl`` app with the approvals REST API under ``/api/v1``.
 
-    :param outbox_drainer: Run the notification outbox drainer while the app serves (the
-        plugin's app in the api-server; ``[hitl] outbox_drainer`` can still turn it off).
+    :param outbox_drainer: Run the api-server's background services while the app serves
+        (the plugin's app in the api-server): the notification outbox drainer and the gate
+        closer (``[hitl] outbox_drainer`` and ``[hitl] gate_closer`` can still turn each off).
     """
     from airflow_hitl.api.routes.approvals import router as approvals_router
     from airflow_hitl.api.routes.delegations import router as delegations_router

@@ -264,6 +264,11 @@ class ApprovalTrigger(BaseTrigger):
         """
         try:
             manager = await self._manager()
+            current = await asyncio.to_thread(manager.get, self.request_id)
+            if not current.is_waiting:
+                # Also how a trigger ends whose task the api-server's gate closer already ended.
+                self.log.info("approval request %s is already %s", self.request_id, current.state)
+                return
             await asyncio.to_thread(
                 manager.cancel,
                 self.request_id,

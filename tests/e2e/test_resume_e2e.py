@@ -161,6 +161,44 @@ class TestAirflowContract:
         assert [v["comment"] for v in summary["votes"]] == ["contract"]
 
 
+class TestApiServerEndsGates:
+    """The api-server's gate closer (``airflow_hitl.api.gate_closer``) ends a decided gate itself."""
+
+    def test_a_decision_ends_the_gate_while_every_triggerer_is_stopped(self, notifying_airflow: AirflowHarness) -> None:
+        import signal
+
+        airflow = notifying_airflow
+        dag_id = "e2e_resume_gate"
+        run_id = airflow.trigger(dag_id)
+        approval = airflow.wait_for_approval(dag_id, run_id, "gate", states=["pending"])
+        airflow.wait_for_ti_state(dag_id, run_id, "gate", "deferred")
+        triggerers = [p for name, p in airflow.processes.items() if name.startswith("triggerer")]
+        assert triggerers
+        # Frozen, not killed: no triggerer can run the gate's trigger, so only the api-server can end it.
+        for process in triggerers:
+            os.killpg(process.pid, signal.SIGSTOP)
+        try:
+            airflow.api(
+                "POST",
+                f"/hitl/api/v1/approvals/{approval.id}/approve",
+                user="alice",
+                json_body={"comment": "no triggerer"},
+            )
+            airflow.wait_for_run_state(dag_id, run_id, "success", timeout=120)
+            ti = gate_ti(airflow, dag_id, run_id)
+            assert ti["state"] == "success"
+            assert [t["try_number"] for t in tries(airflow, dag_id, run_id)] == [1]
+            assert parse_time(ti["queued_when"]) < approval.requested_at.timestamp()
+            summary = xcom(airflow, dag_id, run_id, "return_value")
+            assert summary["request_id"] == approval.id
+            assert [v["comment"] for v in summary["votes"]] == ["no triggerer"]
+        finally:
+            for process in triggerers:
+                os.killpg(process.pid, signal.SIGCONT)
+        # The trigger, now unused, is cancelled by its triggerer; its on_kill leaves the decision be.
+        assert airflow.manager.get(approval.id).state == "approved"
+
+
 class TestOutcomes:
     def test_rejection_fails_the_run_with_the_decision_as_xcom(self, notifying_airflow: AirflowHarness) -> None:
         airflow = notifying_airflow

@@ -1,0 +1,155 @@
+"""api/gate_closer.py: the api-server's thread that ends decided gates, on a real store.
+
+On PostgreSQL the closer hears every transition through the store's NOTIFY; ``end`` is the
+part that writes to Airflow's metadata DB, replaced here by a recorder (the real one is run
+end to end in tests/e2e/test_resume_e2e.py, with every triggerer frozen).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from airflow_hitl.api.gate_closer import ENDED, NOT_YET, NOTHING, TRIGGER_CLASSPATH, GateCloser, end_gate
+from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.models.store import ApprovalStore
+from airflow_hitl.policy import Principal
+from airflow_hitl.records import Approval
+from airflow_hitl.triggers.approval import ApprovalTrigger
+from tests.helpers import spec
+
+ALICE = Principal.of("alice")
+
+
+class Recorder:
+    """Stands in for the Airflow side: records each call, answers from a script."""
+
+    def __init__(self, answers: Callable[[Approval, int], str] = lambda a, n: ENDED) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.answers = answers
+        self.changed = threading.Condition()
+
+    def __call__(self, approval: Approval) -> str:
+        with self.changed:
+            self.calls.append((approval.id, approval.state))
+            answer = self.answers(approval, sum(1 for i, _ in self.calls if i == approval.id))
+            self.changed.notify_all()
+        return answer
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[tuple[str, str]]:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.calls) >= count, timeout), self.calls
+            return list(self.calls)
+
+
+@pytest.fixture
+def pg_manager(pg_store: ApprovalStore) -> ApprovalManager:
+    return ApprovalManager(store=pg_store)
+
+
+@pytest.fixture
+def closer_of(pg_manager: ApprovalManager) -> Iterator[Callable[..., GateCloser]]:
+    manager = pg_manager
+    started: list[GateCloser] = []
+
+    def make(end: Recorder, wait_seconds: float = 30.0) -> GateCloser:
+        closer = GateCloser(manager_factory=lambda: manager, wait_seconds=wait_seconds, end=end)
+        closer.start()
+        started.append(closer)
+        return closer
+
+    yield make
+    for closer in started:
+        closer.stop()
+
+
+def _listening(closer: GateCloser) -> None:
+    # LISTEN is issued by the listener thread once it connects; a NOTIFY before that is not heard.
+    assert closer.listening.wait(20), "the closer listens on a PostgreSQL store"
+
+
+@pytest.mark.postgres
+class TestOnPostgres:
+    def test_a_decision_ends_its_gate_once(
+        self, pg_manager: ApprovalManager, closer_of: Callable[..., GateCloser]
+    ) -> None:
+        end = Recorder()
+        closer = closer_of(end)
+        _listening(closer)
+        approval = pg_manager.create(spec())
+        pg_manager.approve(approval.id, user=ALICE)
+        assert end.wait_for(1) == [(approval.id, "approved")]
+        time.sleep(0.3)
+        assert end.calls == [(approval.id, "approved")], "the create's NOTIFY asks nothing of Airflow"
+        assert closer.ended == 1
+
+    def test_a_task_still_deferring_is_asked_again_until_it_has_deferred(
+        self, pg_manager: ApprovalManager, closer_of: Callable[..., GateCloser]
+    ) -> None:
+        end = Recorder(lambda a, n: NOT_YET if n < 3 else ENDED)
+        closer = closer_of(end)
+        _listening(closer)
+        approval = pg_manager.create(spec())
+        pg_manager.reject(approval.id, user=ALICE, reason="no")
+        assert end.wait_for(3) == [(approval.id, "rejected")] * 3
+        time.sleep(0.3)
+        assert len(end.calls) == 3 and closer.ended == 1
+
+    def test_a_task_that_never_defers_is_left_to_the_trigger_after_the_wait(
+        self, pg_manager: ApprovalManager, closer_of: Callable[..., GateCloser]
+    ) -> None:
+        end = Recorder(lambda a, n: NOT_YET)
+        closer = closer_of(end, wait_seconds=0.5)
+        _listening(closer)
+        approval = pg_manager.create(spec())
+        pg_manager.cancel(approval.id, actor="admin", reason="stop")
+        end.wait_for(2)
+        time.sleep(1.0)
+        count = len(end.calls)
+        time.sleep(0.5)
+        assert len(end.calls) == count, "no more attempts after wait_seconds"
+        assert closer.ended == 0
+
+    def test_a_failing_airflow_side_never_stops_the_closer(
+        self, pg_manager: ApprovalManager, closer_of: Callable[..., GateCloser]
+    ) -> None:
+        def answers(approval: Approval, n: int) -> str:
+            if approval.state == "rejected":
+                raise RuntimeError("metadata DB down")
+            return ENDED
+
+        end = Recorder(answers)
+        closer = closer_of(end)
+        _listening(closer)
+        first, second = pg_manager.create(spec()), pg_manager.create(spec())
+        pg_manager.reject(first.id, user=ALICE, reason="no")
+        pg_manager.approve(second.id, user=ALICE)
+        assert end.wait_for(2) == [(first.id, "rejected"), (second.id, "approved")]
+        assert closer.ended == 1
+
+
+class TestOnSqlite:
+    def test_no_thread_without_notify(self, sqlite_manager: ApprovalManager) -> None:
+        closer = GateCloser(manager_factory=lambda: sqlite_manager, end=Recorder())
+        closer.start()
+        assert closer._threads == []
+        closer.stop()
+
+
+class TestEndGate:
+    def test_a_waiting_request_or_one_opened_over_the_api_asks_nothing_of_airflow(
+        self, manager: ApprovalManager
+    ) -> None:
+        # NOTHING before any metadata DB is touched: none exists in this process.
+        waiting = manager.create(spec())
+        assert end_gate(waiting) == NOTHING
+        opened = manager.create(spec(), actor="admin", source="api", origin="api")
+        closed = manager.cancel(opened.id, actor="admin", reason="x")
+        assert end_gate(closed) == NOTHING
+
+    def test_the_classpath_is_the_triggers_own(self) -> None:
+        assert TRIGGER_CLASSPATH == "airflow_hitl.triggers.approval.ApprovalTrigger"
+        assert ApprovalTrigger(request_id="x").serialize()[0] == TRIGGER_CLASSPATH
