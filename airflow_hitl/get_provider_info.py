@@ -8,7 +8,12 @@ from airflow_hitl.settings import OPTIONS, SECTION
 
 
 def get_provider_info() -> dict[str, Any]:
-    """Describe airflow-hitl to Airflow: operators, triggers, plugin, CLI and the ``[hitl]`` config."""
+    """Describe airflow-hitl to Airflow: operators, triggers, CLI and the ``[hitl]`` config.
+
+    The plugin is not listed here: Airflow loads it through the ``airflow.plugins`` entry
+    point, and with ``[core] lazy_discover_providers = False`` it would also load the
+    providers' plugins and record the second copy as an import error.
+    """
     return {
         "package-name": "airflow-hitl",
         "name": "Human-in-the-loop approvals",
@@ -34,7 +39,6 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_hitl.triggers.approval"],
             }
         ],
-        "plugins": [{"name": "hitl", "plugin-class": "airflow_hitl.plugins.hitl_plugin.HitlPlugin"}],
         "cli": ["airflow_hitl.cli.definition.get_hitl_cli_commands"],
         "config": {
             SECTION: {

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -69,13 +72,27 @@ def test_every_module_it_lists_imports(info: dict[str, Any]) -> None:
         assert importlib.import_module(module).__name__ == module
 
 
-def test_the_plugin_and_the_cli_it_names_are_ours(info: dict[str, Any]) -> None:
-    [plugin] = info["plugins"]
-    assert plugin["name"] == HitlPlugin.name
-    assert import_string(plugin["plugin-class"]) is HitlPlugin
-    # The same class Airflow loads through the airflow.plugins entry point.
-    assert _entry_point("airflow.plugins").load() is HitlPlugin
+def test_the_cli_it_names_is_ours_and_the_plugin_comes_from_its_entry_point(info: dict[str, Any]) -> None:
     assert [import_string(path) for path in info["cli"]] == [get_hitl_cli_commands]
+    assert "plugins" not in info
+    assert _entry_point("airflow.plugins").load() is HitlPlugin
+
+
+@pytest.mark.parametrize("lazy", ["True", "False"], ids=["lazy-providers", "eager-providers"])
+def test_airflow_loads_the_plugin_once_without_an_import_error(lazy: str) -> None:
+    # A fresh interpreter: the providers manager is a process-wide singleton that caches.
+    code = (
+        "import json\n"
+        "from airflow import plugins_manager\n"
+        "plugins, errors = plugins_manager._get_plugins()\n"
+        "print(json.dumps({'names': [p.name for p in plugins], 'errors': errors}))\n"
+    )
+    env = {**os.environ, "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": lazy}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded["names"].count(HitlPlugin.name) == 1
+    assert loaded["errors"] == {}
 
 
 def test_every_integration_named_by_a_module_is_declared(info: dict[str, Any]) -> None:
@@ -90,7 +107,3 @@ def test_airflows_providers_manager_knows_it() -> None:
     manager = ProvidersManager()
     assert manager.providers[DISTRIBUTION].version == __version__
     assert get_hitl_cli_commands in manager.cli_command_functions
-    manager.initialize_providers_plugins()
-    assert [(p.name, p.plugin_class) for p in manager.plugins if p.provider_name == DISTRIBUTION] == [
-        ("hitl", "airflow_hitl.plugins.hitl_plugin.HitlPlugin")
-    ]
