@@ -22,6 +22,7 @@ from sqlalchemy import create_engine, text
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.schema import migrate
 from airflow_hitl.models.store import ApprovalStore, reset_stores
+from tests.airflow_api import airflow_api, api, api_manager  # noqa: F401  (fixtures, registered here)
 from tests.helpers import Clock
 
 pytest_plugins = ("tests.standins",)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from airflow_hitl.manager import ApprovalManager
-from tests.api.conftest import API, AirflowApi, fill_id, open_request, snapshot
+from tests.airflow_api import API, AirflowApi, fill_id, open_request, snapshot
 
 READERS = ("admin", "op", "viewer")
 EDIT_ONLY = {"admin": 200, "op": 200, "viewer": 403, "nobody": 403}

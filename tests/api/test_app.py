@@ -3,7 +3,7 @@
 Each test builds its own app with :func:`create_app` over its own SQLite store and drives it
 with a real ASGI client. Where the app must answer an error no request can provoke here (a
 store that stops answering), a route added to that test's app raises it; the API's own
-routes are answered with real tokens of Airflow's api-server (``tests/api/conftest.py``).
+routes are answered with real tokens of Airflow's api-server (``tests/airflow_api.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from airflow_hitl.exceptions import (
 )
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.store import reset_stores
-from tests.api.conftest import API, AirflowApi, open_request
+from tests.airflow_api import API, AirflowApi, open_request
 from tests.helpers import spec
 from tests.standins import wait_for
 

@@ -8,7 +8,7 @@ import pytest
 
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.settings import option
-from tests.api.conftest import API, AirflowApi, fill_id, open_request, snapshot
+from tests.airflow_api import API, AirflowApi, fill_id, open_request, snapshot
 
 MAX_COMMENT_LENGTH = int(option("max_comment_length").default)
 LONG = "x" * (MAX_COMMENT_LENGTH + 1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from airflow_hitl.manager import ApprovalManager
-from tests.api.conftest import API, AirflowApi, open_request
+from tests.airflow_api import API, AirflowApi, open_request
 
 
 class TestNotices:

@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.schema import migrate
 from airflow_hitl.models.store import ApprovalStore
-from tests.api.conftest import AirflowApi, open_request
+from tests.airflow_api import AirflowApi, open_request
 
 CHECKS = [
     not_a_server_error,

@@ -12,7 +12,7 @@ import io
 
 from airflow_hitl.manager import ApprovalManager, ApprovalSpec
 from airflow_hitl.notifications.templates import render, template_context
-from tests.api.conftest import API, AirflowApi, open_request, snapshot
+from tests.airflow_api import API, AirflowApi, open_request, snapshot
 
 GATE = {"dag_id": "billing", "run_id": "manual__1", "task_id": "gate"}
 

@@ -1,7 +1,7 @@
 """Authentication and DAG access of the API (:mod:`airflow_hitl.api.security`), with real tokens.
 
 Tokens come from Airflow's own ``POST /auth/token`` (SimpleAuthManager users of
-``tests/api/conftest.py``); the answers come from Airflow's auth manager. The dependencies
+``tests/airflow_api.py``); the answers come from Airflow's auth manager. The dependencies
 are driven through a small app of their own, so each answer is the security module's
 alone; every route of the API with every user is in ``test_access_matrix.py``.
 """
@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from airflow_hitl.api.security import CallerDep, readable_dag_ids, require_edit, require_read, require_same_site
-from tests.api.conftest import JWT_SECRET, AirflowApi
+from tests.airflow_api import JWT_SECRET, AirflowApi
 
 XHR = {"X-Requested-With": "XMLHttpRequest"}
 

@@ -16,7 +16,7 @@ import pytest
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.schema import migrate
 from airflow_hitl.models.store import ApprovalStore
-from tests.api.conftest import API, AirflowApi, open_request, snapshot
+from tests.airflow_api import API, AirflowApi, open_request, snapshot
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.schema import migrate
 from airflow_hitl.models.store import ApprovalStore
-from tests.api.conftest import API, AirflowApi, open_request
+from tests.airflow_api import API, AirflowApi, open_request
 from tests.api.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.postgres

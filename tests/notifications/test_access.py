@@ -1,7 +1,7 @@
 """Links and Slack buttons on Airflow's real api-server app: the auth manager is asked too.
 
 A link's recipient or a mapped Slack user decides only with edit access to the DAG, exactly
-as through the REST API (SimpleAuthManager users of ``tests/api/conftest.py``: ``viewer``
+as through the REST API (SimpleAuthManager users of ``tests/airflow_api.py``: ``viewer``
 may read but not edit; ``alice`` may edit).
 """
 
@@ -20,14 +20,14 @@ from airflow_hitl.manager import ApprovalManager, ApprovalSpec
 from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.notifications.signing import slack_signature
-from tests.api.conftest import AirflowApi, airflow_api  # noqa: F401  (the session's real api-server app)
+from tests.airflow_api import AirflowApi
 from tests.standins import BASE_URL, SLACK_SIGNING_SECRET, SlackApi, SmtpSink
 
 LINK = re.compile(re.escape(BASE_URL) + r"/hitl/links\?token=([\w\-]+\.[\w\-]+)")
 
 
 @pytest.fixture
-def app(airflow_api: AirflowApi, sqlite_manager: ApprovalManager) -> Any:  # noqa: F811
+def app(airflow_api: AirflowApi, sqlite_manager: ApprovalManager) -> Any:
     """Airflow's api-server with our plugin, over this test's store."""
     airflow_api.hitl_app.state.hitl_manager = sqlite_manager
     yield airflow_api

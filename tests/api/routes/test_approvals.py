@@ -12,7 +12,7 @@ import pytest
 from airflow_hitl.api.datamodels import ApprovalCollectionResponse, ApprovalResponse, BulkResponse, VoteResponse
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.policy import Principal
-from tests.api.conftest import API, AirflowApi, open_request, snapshot
+from tests.airflow_api import API, AirflowApi, open_request, snapshot
 
 ITEM_FIELDS = {
     "id",

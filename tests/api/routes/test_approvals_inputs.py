@@ -7,7 +7,7 @@ from airflow.sdk import Param
 
 from airflow_hitl.api.datamodels import ApprovalResponse, BulkResponse, ErrorResponse
 from airflow_hitl.manager import ApprovalManager
-from tests.api.conftest import API, AirflowApi, open_request, snapshot
+from tests.airflow_api import API, AirflowApi, open_request, snapshot
 
 FORM = {
     "rollout_percent": Param(10, type="integer", minimum=1, maximum=100),

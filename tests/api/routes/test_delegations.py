@@ -9,7 +9,7 @@ import pytest
 
 from airflow_hitl.api.datamodels import ApprovalResponse, DelegationCollectionResponse, DelegationResponse
 from airflow_hitl.manager import ApprovalManager
-from tests.api.conftest import API, AirflowApi, open_request, snapshot
+from tests.airflow_api import API, AirflowApi, open_request, snapshot
 
 DELEGATIONS = "/hitl/api/v1/delegations"
 

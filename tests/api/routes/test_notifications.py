@@ -6,7 +6,7 @@ import pytest
 
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
-from tests.api.conftest import AirflowApi, open_request, snapshot
+from tests.airflow_api import AirflowApi, open_request, snapshot
 
 NOTIFICATIONS = "/hitl/api/v1/notifications"
 

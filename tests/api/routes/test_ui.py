@@ -19,7 +19,7 @@ import pytest
 from airflow_hitl import __version__, vocabulary
 from airflow_hitl.api.routes.ui import SECURITY_HEADERS
 from airflow_hitl.manager import ApprovalManager
-from tests.api.conftest import AirflowApi, open_request, snapshot
+from tests.airflow_api import AirflowApi, open_request, snapshot
 
 UI = "/hitl/ui"
 XHR = {"X-Requested-With": "XMLHttpRequest"}

@@ -1,4 +1,7 @@
-"""Fixtures for the REST API tests: Airflow's real api-server app with real tokens.
+"""Airflow's real api-server app with real tokens: the fixtures and helpers of the API tests.
+
+The fixtures (``airflow_api``, ``api_manager``, ``api``) are registered in tests/conftest.py,
+so the tests of tests/api and tests/notifications share one app per session.
 
 One Airflow api-server app per test session (``airflow.api_fastapi.app.create_app``), built
 in-process over a temporary ``AIRFLOW_HOME`` with a migrated SQLite metadata DB (Airflow
