@@ -5,9 +5,9 @@ triggerer and dag-processor with LocalExecutor, Airflow's metadata DB and the ap
 PostgreSQL, and a real SMTP server (aiosmtpd) in this process that a test can stop and start.
 
 ``TestAirflowContract`` is the guard on what the fix relies on in Airflow: a gate task goes
-deferred -> success in the triggerer without being queued again and without a second worker
-try, with the decision pushed as XCom. If a future Airflow resumes such tasks on a worker
-again (or drops the XCom), it fails.
+deferred -> success (in the triggerer, or from the api-server's gate closer) without being
+queued again and without a second worker try, with the decision pushed as XCom. If a future
+Airflow resumes such tasks on a worker again (or drops the XCom), it fails.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class TestInstantDecisions:
 
 
 class TestAirflowContract:
-    def test_the_gate_ends_in_the_triggerer_without_a_second_worker_try(
+    def test_the_gate_ends_without_being_queued_again_or_a_second_worker_try(
         self, notifying_airflow: AirflowHarness
     ) -> None:
         airflow = notifying_airflow
