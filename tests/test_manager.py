@@ -311,6 +311,34 @@ class TestQueries:
         assert [a.id for a in mgr.history(ApprovalFilter(until=cut))[0]] == [early.id]
         assert [a.id for a in mgr.history(ApprovalFilter(states=["rejected"]))[0]] == [late.id]
 
+    def test_a_listed_request_is_the_request_got_alone(self, mgr: ApprovalManager) -> None:
+        # Pages are read as plain rows with JSON columns as text; one request through the ORM.
+        # Both must give the same record: every field, votes in the order they were cast.
+        rich = mgr.create(
+            spec(
+                context={"rows": 3, "nested": {"ok": [1, 2.5, None, "x"]}, "empty": {}},
+                metadata={"risk": "high"},
+                allowed_approvers=["alice", "bob", "carol"],
+                allowed_roles=["op"],
+                required_approvals=3,
+                escalation_targets=(EscalationLevel(approvers=("dave",), timeout=dt.timedelta(hours=1)),),
+                timeout=dt.timedelta(hours=2),
+                timeout_action="escalate",
+                escalation_final_action="reject",
+            )
+        )
+        mgr.approve(rich.id, user=BOB, comment="first", metadata={"ticket": 7})
+        mgr.approve(rich.id, user=ALICE)
+        plain = mgr.create(spec())
+        listed = {a.id: a for a in mgr.pending()[0]}
+        assert listed[rich.id] == mgr.get(rich.id)
+        assert [v.user for v in listed[rich.id].votes] == ["bob", "alice"]
+        assert listed[rich.id].votes[0].metadata == {"ticket": 7}
+        assert listed[rich.id].context == {"rows": 3, "nested": {"ok": [1, 2.5, None, "x"]}, "empty": {}}
+        assert listed[plain.id] == mgr.get(plain.id)
+        assert listed[plain.id].votes == ()
+        assert listed[rich.id].to_dict() == mgr.get(rich.id).to_dict()
+
     @pytest.mark.parametrize(
         ("kwargs", "field"),
         [({"limit": -1}, "limit"), ({"offset": -5}, "offset"), ({"order_by": "password"}, "order_by")],
