@@ -52,16 +52,20 @@ _VOTES_OF_PG = (
 
 
 def _votes_of(session: Session, request_ids: builtins.list[str], *, postgres: bool) -> dict[str, builtins.list[Vote]]:
-    """The votes of ``request_ids`` in one query, each request's in the order they were cast."""
-    if not request_ids:
-        return {}
+    """The votes of ``request_ids`` (one query; batches on SQLite), each request's in the order cast."""
     found: dict[str, builtins.list[Vote]] = {}
-    if postgres:
-        rows = session.execute(_VOTES_OF_PG, {"ids": request_ids})
-    else:
-        rows = session.execute(select(*_VOTE_COLUMNS).where(_VOTES.request_id.in_(request_ids)).order_by(_VOTES.id))
-    for row in rows:
-        found.setdefault(row.request_id, []).append(Vote.from_columns(_decoded(row, _VOTE_JSON)))
+    if not request_ids:
+        return found
+    # SQLite caps a statement's parameters, and a page may hold 10,000 requests.
+    step = len(request_ids) if postgres else 500
+    for start in range(0, len(request_ids), step):
+        ids = request_ids[start : start + step]
+        if postgres:
+            rows = session.execute(_VOTES_OF_PG, {"ids": ids})
+        else:
+            rows = session.execute(select(*_VOTE_COLUMNS).where(_VOTES.request_id.in_(ids)).order_by(_VOTES.id))
+        for row in rows:
+            found.setdefault(row.request_id, []).append(Vote.from_columns(_decoded(row, _VOTE_JSON)))
     return found
 
 
@@ -107,9 +111,8 @@ class ApprovalQueries(StoreTransactions):
                 .offset(offset)
             ).all()
             votes = _votes_of(session, [r.id for r in rows], postgres=self.store.is_postgres)
-        return [Approval.from_columns(_decoded(r, _REQUEST_JSON), votes=tuple(votes.get(r.id, ()))) for r in rows], int(
-            total
-        )
+        items = [Approval.from_columns(_decoded(r, _REQUEST_JSON), votes=tuple(votes.get(r.id, ()))) for r in rows]
+        return items, int(total)
 
     def pending(
         self,

@@ -311,6 +311,16 @@ class TestQueries:
         assert [a.id for a in mgr.history(ApprovalFilter(until=cut))[0]] == [early.id]
         assert [a.id for a in mgr.history(ApprovalFilter(states=["rejected"]))[0]] == [late.id]
 
+    def test_a_page_beyond_one_batch_of_votes_keeps_every_vote(self, mgr: ApprovalManager) -> None:
+        # SQLite reads a page's votes 500 requests at a time: both ends of a 501-request page.
+        ids = [mgr.create(spec(allowed_approvers=["alice", "bob"], required_approvals=2)).id for _ in range(501)]
+        for request_id in (ids[0], ids[-1]):
+            mgr.approve(request_id, user=BOB)
+        page, total = mgr.list(limit=1000, order_by="requested_at")
+        assert total == 501
+        voted = {a.id: [v.user for v in a.votes] for a in page if a.votes}
+        assert voted == {ids[0]: ["bob"], ids[-1]: ["bob"]}
+
     def test_a_listed_request_is_the_request_got_alone(self, mgr: ApprovalManager) -> None:
         # Pages are read as plain rows with JSON columns as text; one request through the ORM.
         # Both must give the same record: every field, votes in the order they were cast.
