@@ -19,16 +19,22 @@ Not a test: it prints figures. What it does, all on loopback:
    different request, vs ``PATCH .../hitlDetails``, each call a different task instance),
    reading one (``GET .../approvals/{id}`` vs ``GET .../hitlDetails``) and a 100-item page
    (``GET .../approvals/pending`` with ``can_approve`` vs ``GET /api/v2/dags/~/dagRuns/~/
-   hitlDetails``); then both decisions again at a fixed offered rate (``--rate``) from 10
-   clients, where latency counts from when each call was due. Prints p50/p99 and req/s.
-   Ours run first: under 50 concurrent PATCHes Airflow's own connection pool runs dry,
-   and the wedged server would slow whatever came after.
+   hitlDetails``); then both decisions and both 100-item pages again at each fixed offered
+   rate (``--rate``, 50 and 100 requests/s by default) from 10 clients, where latency counts
+   from when each call was due (open loop). Prints p50/p99 and req/s.
+   Ours run first; native's 100-item pages never from 50 clients, and its closed-loop
+   PATCHes last: under 50 concurrent native pages or PATCHes Airflow's own connection pool
+   runs dry, and the wedged server would slow whatever came after.
+
+Both stores are vacuumed and analysed after seeding, as autovacuum would have done on a
+real server (the test PostgreSQL runs without it): a table without statistics makes the
+planner sort every waiting request for each page instead of walking the inbox index.
 
 Closed-loop clients keep the server saturated, so their latency is mostly queueing: about
 clients x CPU time per request, divided by the cores the api-server can use. The load
 generator (:mod:`loadgen`, about 0.15 ms of CPU per call) shares the machine. Usage::
 
-    .venv/bin/python benchmarks/api_latency.py [--decisions 300] [--reads 300] [--workers 1] [--pg URL]
+    .venv/bin/python benchmarks/api_latency.py [--decisions 300] [--reads 300] [--rate 50,100] [--workers 1] [--pg URL]
 """
 
 from __future__ import annotations
@@ -269,6 +275,21 @@ _ORDER = (
 )
 
 
+def vacuum_analyze(url: str) -> None:
+    """``VACUUM ANALYZE`` the database at ``url``: what autovacuum does on a real server after a bulk load."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("VACUUM ANALYZE"))
+    engine.dispose()
+
+
+def _sort_key(result: Result) -> tuple[int, bool, float, int]:
+    # Closed loop first, then the open-loop rows by offered rate.
+    name, _, load = result.name.partition("@")
+    rate = float(load.strip().split("/", 1)[0]) if load else 0.0
+    return (_ORDER.index(name.strip()), bool(load), rate, result.clients)
+
+
 def print_table(results: Sequence[Result], seeded: int, workers: int) -> None:
     """Print the figures as a Markdown table."""
     print(
@@ -277,7 +298,7 @@ def print_table(results: Sequence[Result], seeded: int, workers: int) -> None:
     )
     print("| endpoint | clients | load | requests | errors | p50 ms | p99 ms | req/s |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-    for r in sorted(results, key=lambda r: (_ORDER.index(r.name.split(" @")[0].strip()), "@" in r.name, r.clients)):
+    for r in sorted(results, key=_sort_key):
         load = "closed loop" if r.name.find("@") < 0 else r.name.split("@", 1)[1].strip()
         print(
             f"| {r.name.split('@', 1)[0].strip()} | {r.clients} | {load} | {r.requests} | {r.errors} "
@@ -295,12 +316,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="api-server workers (Airflow's default is 1)")
     parser.add_argument("--clients", default=",".join(map(str, CONCURRENCY)), help="concurrency levels")
     parser.add_argument(
-        "--rate", type=float, default=50.0, help="decisions/s offered by 10 clients in the open-loop run (0: none)"
+        "--rate",
+        default="50,100",
+        help="comma-separated requests/s offered by 10 clients in the open-loop runs (0: none)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary AIRFLOW_HOME")
     args = parser.parse_args(argv)
     concurrency = [int(c) for c in args.clients.split(",")]
-    needed = args.decisions * (len(concurrency) + (1 if args.rate else 0))
+    rates = [float(r) for r in args.rate.split(",") if float(r) > 0]
+    needed = args.decisions * (len(concurrency) + len(rates))
     if needed > args.seed:
         parser.error(f"--seed must be at least {needed} (one request per decision)")
 
@@ -338,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.perf_counter()
             native_runs = seed_native(server.base_url, headers, meta, needed)
             print(f"parked {len(native_runs)} native HITL gates in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+            vacuum_analyze(store)
+            vacuum_analyze(meta)
 
             host = server.base_url.removeprefix("http://")
             ours = Calls(host=host, headers=headers, ids=iter(ids), one=ids[-1])
@@ -358,16 +384,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run("POST /hitl/.../approve", clients, [ours.approve() for _ in range(args.decisions)])
                 run("GET /hitl/.../approvals/{id}", clients, [ours.get_one()] * args.reads)
                 run("GET /hitl/.../pending (100 items)", clients, [ours.pending()] * args.reads)
-            if args.rate:
+            for rate in rates:
                 decisions = [ours.approve() for _ in range(args.decisions)]
-                run(f"POST /hitl/.../approve @ {args.rate:g}/s offered", 10, decisions, args.rate)
+                run(f"POST /hitl/.../approve @ {rate:g}/s offered", 10, decisions, rate)
+                run(f"GET /hitl/.../pending (100 items) @ {rate:g}/s offered", 10, [ours.pending()] * args.reads, rate)
+            # Native: a native page takes about 0.4 s; 50 clients of them drain Airflow's
+            # connection pool and leave a backlog that would slow every row after, so pages come
+            # from 10 clients at most, and the closed-loop PATCHes (which drain it too) come last.
+            for rate in rates:
+                decisions = [native.answer() for _ in range(args.decisions)]
+                run(f"PATCH /api/v2/.../hitlDetails @ {rate:g}/s offered", 10, decisions, rate)
             for clients in concurrency:
                 run("GET /api/v2/.../hitlDetails (one)", clients, [native.get_one()] * args.reads)
+            for clients in [c for c in concurrency if c <= 10]:
                 # At about 0.4 s a page, a third of the calls is plenty.
                 run("GET /api/v2/.../hitlDetails (100 items)", clients, [native.list_page()] * (args.reads // 3))
-            if args.rate:
-                decisions = [native.answer() for _ in range(args.decisions)]
-                run(f"PATCH /api/v2/.../hitlDetails @ {args.rate:g}/s offered", 10, decisions, args.rate)
+            for rate in rates:
+                # Far beyond what a 0.4 s page can serve: a few calls show it without a long queue.
+                pages = [native.list_page()] * (args.reads // 6)
+                run(f"GET /api/v2/.../hitlDetails (100 items) @ {rate:g}/s offered", 10, pages, rate)
+            time.sleep(5)  # let the pages that timed out on the client finish on the server
             for clients in concurrency:
                 run("PATCH /api/v2/.../hitlDetails", clients, [native.answer() for _ in range(args.decisions)])
 

@@ -187,3 +187,41 @@ class TestQueries:
         state = mgr.wait_states([a.id])[a.id]
         assert (state.state, state.escalation_level, state.is_waiting) == ("escalated", 1, True)
         assert state.expires_at == clock.now + dt.timedelta(hours=1)
+
+    def test_a_page_beyond_one_batch_of_votes_keeps_every_vote(self, mgr: ApprovalManager) -> None:
+        # SQLite reads a page's votes 500 requests at a time: both ends of a 501-request page.
+        ids = [mgr.create(spec(allowed_approvers=["alice", "bob"], required_approvals=2)).id for _ in range(501)]
+        for request_id in (ids[0], ids[-1]):
+            mgr.approve(request_id, user=BOB)
+        page, total = mgr.list(limit=1000, order_by="requested_at")
+        assert total == 501
+        voted = {a.id: [v.user for v in a.votes] for a in page if a.votes}
+        assert voted == {ids[0]: ["bob"], ids[-1]: ["bob"]}
+
+    def test_a_listed_request_is_the_request_got_alone(self, mgr: ApprovalManager) -> None:
+        # Pages are read as plain rows with JSON columns as text; one request through the ORM.
+        # Both must give the same record: every field, votes in the order they were cast.
+        rich = mgr.create(
+            spec(
+                context={"rows": 3, "nested": {"ok": [1, 2.5, None, "x"]}, "empty": {}},
+                metadata={"risk": "high"},
+                allowed_approvers=["alice", "bob", "carol"],
+                allowed_roles=["op"],
+                required_approvals=3,
+                escalation_targets=(EscalationLevel(approvers=("dave",), timeout=dt.timedelta(hours=1)),),
+                timeout=dt.timedelta(hours=2),
+                timeout_action="escalate",
+                escalation_final_action="reject",
+            )
+        )
+        mgr.approve(rich.id, user=BOB, comment="first", metadata={"ticket": 7})
+        mgr.approve(rich.id, user=ALICE)
+        plain = mgr.create(spec())
+        listed = {a.id: a for a in mgr.pending()[0]}
+        assert listed[rich.id] == mgr.get(rich.id)
+        assert [v.user for v in listed[rich.id].votes] == ["bob", "alice"]
+        assert listed[rich.id].votes[0].metadata == {"ticket": 7}
+        assert listed[rich.id].context == {"rows": 3, "nested": {"ok": [1, 2.5, None, "x"]}, "empty": {}}
+        assert listed[plain.id] == mgr.get(plain.id)
+        assert listed[plain.id].votes == ()
+        assert listed[rich.id].to_dict() == mgr.get(rich.id).to_dict()

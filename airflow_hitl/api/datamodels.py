@@ -28,7 +28,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from airflow_hitl.limits import INT32_MAX, MAX_TIMEOUT_SECONDS, json_problem
-from airflow_hitl.settings import HitlSettings
+from airflow_hitl.settings import conf_get
 
 # A bulk call decides one request per transaction; a bound keeps one call from holding a
 # worker thread for minutes.
@@ -40,9 +40,10 @@ _TEXT_HELP = "At most `[hitl] max_comment_length` characters (4000 unless config
 _JSON_HELP = "A JSON object within `[hitl] max_json_bytes` and `[hitl] max_json_depth`."
 
 
-def _limits() -> HitlSettings:
-    # Read when a body is validated, never at import: tests and deployments change them.
-    return HitlSettings.load()
+def _limit(name: str) -> int:
+    # Read when a body is validated, never at import: tests and deployments change them. One
+    # option at a time: loading all of HitlSettings is ~20 config reads, on every decision.
+    return int(conf_get(name))
 
 
 class StorableBody(BaseModel):
@@ -74,7 +75,7 @@ class _Response(BaseModel):
 
 
 def _within_comment_limit(value: str) -> str:
-    limit = _limits().max_comment_length
+    limit = _limit("max_comment_length")
     if len(value) > limit:
         raise ValueError(f"must be at most {limit} characters (`[hitl] max_comment_length`)")
     return value
@@ -85,7 +86,7 @@ class _CommentLimitSchema:
 
     def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         json_schema = handler(schema)
-        json_schema["maxLength"] = _limits().max_comment_length
+        json_schema["maxLength"] = _limit("max_comment_length")
         return json_schema
 
 
@@ -107,8 +108,7 @@ def _not_blank(value: str) -> str:
 def _bounded_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is None:
         return None
-    limits = _limits()
-    problem = json_problem(value, max_depth=limits.max_json_depth, max_bytes=limits.max_json_bytes)
+    problem = json_problem(value, max_depth=_limit("max_json_depth"), max_bytes=_limit("max_json_bytes"))
     if problem:
         raise ValueError(problem)
     return value
