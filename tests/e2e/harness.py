@@ -439,7 +439,8 @@ class AirflowHarness:
         if custom:
             self.run_cli(["roles", "create", *custom], log="fab-users.log", timeout=CLI_TIMEOUT)
         for user, roles in self.users.items():
-            password = secrets.token_urlsafe(12)
+            # token_urlsafe may start with "-", which argparse takes for an option (1 in 64 per user).
+            password = "pw" + secrets.token_urlsafe(12)
             self.run_cli(
                 [
                     "users",
