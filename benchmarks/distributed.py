@@ -256,7 +256,7 @@ def print_table(results: Sequence[Figures]) -> None:
     for r in results:
         print(
             f"| {r.setup} | {r.opened_per_s:.1f} | {r.decided_per_s:.1f} | {r.resumed_per_s:.1f} "
-            f"| {r.p50_s:.1f} | {r.p99_s:.1f} | {r.store_qps:.1f} | {r.failed} |"
+            f"| {r.p50_s:.2f} | {r.p99_s:.2f} | {r.store_qps:.1f} | {r.failed} |"
         )
 
 
