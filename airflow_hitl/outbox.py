@@ -18,8 +18,10 @@ runs out. Delivering (recipients, rendering, channels) lives above this layer, i
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from airflow_hitl.models.store import ApprovalStore
+from airflow_hitl.models.store import NOTIFY_CHANNEL, ApprovalStore
 from airflow_hitl.models.tables import (
     WAITING_STATES,
     ApprovalNotificationRow,
@@ -42,6 +44,8 @@ from airflow_hitl.spec import utcnow
 ACTION_EVENTS = ("required", "reminder", "escalated")
 FINAL_EVENTS = {"approved": "decided", "rejected": "decided", "timeout": "timed_out", "cancelled": "cancelled"}
 # Gates opened and closed by the operator itself (approval_type auto, a true condition) tell nobody.
+log = logging.getLogger(__name__)
+
 AUTOMATIC_SOURCES = ("auto", "condition")
 
 
@@ -57,6 +61,43 @@ def listen_conninfo(store_url: str) -> dict[str, Any]:
     }
     info.update({k: v for k, v in url.query.items() if isinstance(v, str)})
     return {k: v for k, v in info.items() if v is not None}
+
+
+def listen_for_transitions(
+    store_url: str,
+    *,
+    stop: threading.Event,
+    on_payload: Callable[[str], None],
+    on_listening: Callable[[bool], None] | None = None,
+    what: str = "store",
+    max_backoff: float = 30.0,
+) -> None:
+    """Call ``on_payload(request_id)`` for every transition's NOTIFY until ``stop`` is set.
+
+    A lost connection is reopened with exponential backoff; ``on_listening(True)`` follows each
+    LISTEN (a transition committed before it is not heard, so a caller catches up then) and
+    ``on_listening(False)`` each loss. Blocks: run it in a thread of its own.
+    """
+    import psycopg
+
+    info = listen_conninfo(store_url)
+    backoff = 1.0
+    while not stop.is_set():
+        try:
+            with psycopg.connect(autocommit=True, **info) as conn:
+                conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                backoff = 1.0
+                if on_listening is not None:
+                    on_listening(True)
+                while not stop.is_set():
+                    for note in conn.notifies(timeout=1.0):
+                        on_payload(note.payload)
+        except Exception:
+            if on_listening is not None:
+                on_listening(False)
+            log.warning("%s LISTEN connection lost; reconnecting in %.1fs", what, backoff, exc_info=True)
+            stop.wait(backoff)
+            backoff = min(max_backoff, backoff * 2)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,8 +34,7 @@ from typing import Any
 
 from airflow_hitl.exceptions import ApprovalNotFound
 from airflow_hitl.manager import ApprovalManager
-from airflow_hitl.models.store import NOTIFY_CHANNEL
-from airflow_hitl.outbox import listen_conninfo
+from airflow_hitl.outbox import listen_for_transitions
 from airflow_hitl.records import Approval
 from airflow_hitl.settings import HitlSettings
 from airflow_hitl.triggers.approval import ApprovalTrigger, end_event
@@ -144,24 +143,15 @@ class GateCloser:
         self._ids.put(request_id)
 
     def _listen(self, manager: ApprovalManager) -> None:
-        import psycopg
-
-        info = listen_conninfo(manager.store.url)
-        backoff = 1.0
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(autocommit=True, **info) as conn:
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    backoff = 1.0
-                    self.listening.set()
-                    while not self._stop.is_set():
-                        for note in conn.notifies(timeout=1.0):
-                            self.submit(note.payload)
-            except Exception:
+        def listening(up: bool) -> None:
+            if up:
+                self.listening.set()
+            else:
                 self.listening.clear()
-                log.warning("gate closer LISTEN connection lost; reconnecting in %.1fs", backoff, exc_info=True)
-                self._stop.wait(backoff)
-                backoff = min(30.0, backoff * 2)
+
+        listen_for_transitions(
+            manager.store.url, stop=self._stop, on_payload=self.submit, on_listening=listening, what="gate closer"
+        )
 
     def _work(self, manager: ApprovalManager) -> None:
         waiting: dict[str, float] = {}  # closed requests whose task is still deferring -> give up at

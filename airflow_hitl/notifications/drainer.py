@@ -24,10 +24,9 @@ from collections.abc import Callable, Sequence
 
 from airflow_hitl.exceptions import ApprovalNotFound
 from airflow_hitl.manager import ApprovalManager, utcnow
-from airflow_hitl.models.store import NOTIFY_CHANNEL
 from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
-from airflow_hitl.outbox import ACTION_EVENTS, Outbox, OutboxIntent, listen_conninfo
+from airflow_hitl.outbox import ACTION_EVENTS, Outbox, OutboxIntent, listen_for_transitions
 from airflow_hitl.records import Approval
 from airflow_hitl.settings import HitlSettings
 
@@ -227,23 +226,14 @@ class DrainerService:
 
     def _listen(self, manager: ApprovalManager) -> None:
         # A transition NOTIFYs on commit; waking at once keeps "required" and final notices prompt.
-        import psycopg
-
-        info = listen_conninfo(manager.store.url)
-        backoff = 1.0
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(autocommit=True, **info) as conn:
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    backoff = 1.0
-                    self._wake.set()
-                    while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self._wake.set()
-            except Exception:
-                log.warning("outbox LISTEN connection lost; reconnecting in %.1fs", backoff, exc_info=True)
-                self._stop.wait(backoff)
-                backoff = min(self.settings.store_retry_max_backoff, backoff * 2)
+        listen_for_transitions(
+            manager.store.url,
+            stop=self._stop,
+            on_payload=lambda _: self._wake.set(),
+            on_listening=lambda up: self._wake.set() if up else None,
+            what="outbox",
+            max_backoff=self.settings.store_retry_max_backoff,
+        )
 
 
 _service_lock = threading.Lock()

@@ -65,6 +65,24 @@ def _operations() -> list[Any]:
     ]
 
 
+def _static_segments() -> frozenset[str]:
+    # "/approvals/history" is its own route, registered before "/approvals/{approval_id}": an id
+    # generated as "history" is routed there by design and answered as a list, not as one
+    # approval. Such a case tests the other route, so it is left out (see _routed_as_declared).
+    from airflow_hitl.api.app import create_app
+
+    paths = create_app().openapi()["paths"]
+    return frozenset(seg for path in paths for seg in path.split("/") if seg and not seg.startswith("{"))
+
+
+STATIC_SEGMENTS = _static_segments()
+
+
+def _routed_as_declared(case: Any) -> bool:
+    """False when a path parameter equals a fixed segment of another route (it would be routed there)."""
+    return not any(str(value) in STATIC_SEGMENTS for value in (case.path_parameters or {}).values())
+
+
 @pytest.fixture(scope="module")
 def hitl_schema(fuzz_api: AirflowApi) -> Any:
     """The OpenAPI document as served, requests sent through the whole api-server app."""
@@ -83,7 +101,7 @@ class TestOpenApiFuzz:
         operation = hitl_schema[path][method]
         headers = fuzz_api.headers("admin")
 
-        @given(case=operation.as_strategy(generation_mode=mode))
+        @given(case=operation.as_strategy(generation_mode=mode).filter(_routed_as_declared))
         @settings(
             max_examples=EXAMPLES_PER_OPERATION,
             derandomize=True,
