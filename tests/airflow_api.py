@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,16 +140,25 @@ def airflow_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowApi
     settings.reconfigure_orm()
 
 
-@pytest.fixture
-def api_manager(airflow_api: AirflowApi, tmp_path: Path) -> Iterator[ApprovalManager]:
-    """A fresh approval store in ``tmp_path``, used by the mounted ``/hitl`` app for this test."""
-    store = ApprovalStore(url=f"sqlite:///{tmp_path / 'hitl.db'}")
+@contextmanager
+def serving(airflow_api: AirflowApi, store_url: str) -> Iterator[ApprovalManager]:
+    """The mounted ``/hitl`` app over the (migrated) store at ``store_url`` while the block runs."""
+    store = ApprovalStore(url=store_url)
     migrate(store)
     manager = ApprovalManager(store=store)
     airflow_api.hitl_app.state.hitl_manager = manager
-    yield manager
-    airflow_api.hitl_app.state.hitl_manager = None
-    store.dispose()
+    try:
+        yield manager
+    finally:
+        airflow_api.hitl_app.state.hitl_manager = None
+        store.dispose()
+
+
+@pytest.fixture
+def api_manager(airflow_api: AirflowApi, tmp_path: Path) -> Iterator[ApprovalManager]:
+    """A fresh approval store in ``tmp_path``, used by the mounted ``/hitl`` app for this test."""
+    with serving(airflow_api, f"sqlite:///{tmp_path / 'hitl.db'}") as manager:
+        yield manager
 
 
 @pytest.fixture

@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 
 from airflow_hitl.manager import ApprovalManager
-from airflow_hitl.models.schema import migrate
-from airflow_hitl.models.store import ApprovalStore
-from tests.airflow_api import API, AirflowApi, open_request, snapshot
+from tests.airflow_api import API, AirflowApi, open_request, serving, snapshot
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -25,13 +23,8 @@ def backend_manager(
 ) -> Iterator[ApprovalManager]:
     """The mounted app over a fresh SQLite store, or over the session's PostgreSQL database."""
     url = request.getfixturevalue("pg_url") if request.param == "postgres" else f"sqlite:///{tmp_path / 'hitl.db'}"
-    store = ApprovalStore(url=url)
-    migrate(store)
-    manager = ApprovalManager(store=store)
-    airflow_api.hitl_app.state.hitl_manager = manager
-    yield manager
-    airflow_api.hitl_app.state.hitl_manager = None
-    store.dispose()
+    with serving(airflow_api, url) as manager:
+        yield manager
 
 
 def _nested(depth: int) -> Any:

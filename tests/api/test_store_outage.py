@@ -15,9 +15,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from airflow_hitl.manager import ApprovalManager
-from airflow_hitl.models.schema import migrate
 from airflow_hitl.models.store import ApprovalStore
-from tests.airflow_api import API, AirflowApi, open_request
+from tests.airflow_api import API, AirflowApi, open_request, serving
 from tests.api.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.postgres
@@ -41,13 +40,8 @@ def proxy(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TcpProxy]:
 def outage_manager(airflow_api: AirflowApi, pg_url: str, proxy: TcpProxy) -> Iterator[ApprovalManager]:
     """The mounted app over PostgreSQL reached only through ``proxy``."""
     url = make_url(pg_url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    store = ApprovalStore(url=url)
-    migrate(store)
-    manager = ApprovalManager(store=store)
-    airflow_api.hitl_app.state.hitl_manager = manager
-    yield manager
-    airflow_api.hitl_app.state.hitl_manager = None
-    store.dispose()
+    with serving(airflow_api, url) as manager:
+        yield manager
 
 
 @pytest.fixture
