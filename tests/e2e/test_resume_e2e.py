@@ -320,9 +320,16 @@ class TestSmtpOutage:
             return [m for m in mail.sink.messages if str(m["X-Hitl-Request-Id"]) == approval.id]
 
         wait_until(lambda: len(mails()) >= 2, timeout=120, what="both approvers' emails after the outage")
-        required = airflow.manager.list_notifications(request_id=approval.id, event_type="required")
-        assert sorted((n.recipient, n.status) for n in required) == [("alice", "sent"), ("bob", "sent")]
-        assert all(n.retry_count >= 1 for n in required)
+
+        def required() -> list[Any]:
+            return airflow.manager.list_notifications(request_id=approval.id, event_type="required")
+
+        # The SMTP server has the message before the sender records it sent: wait for the record.
+        wait_until(
+            lambda: all(n.status == "sent" for n in required()), timeout=60, what="both notices recorded as sent"
+        )
+        assert sorted((n.recipient, n.status) for n in required()) == [("alice", "sent"), ("bob", "sent")]
+        assert all(n.retry_count >= 1 for n in required())
         assert sorted(str(m["To"]) for m in mails()) == ["alice@example.com", "bob@example.com"]
 
         alice = next(m for m in mails() if "alice" in str(m["To"]))
