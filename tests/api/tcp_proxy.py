@@ -14,13 +14,15 @@ import select
 import socket
 import threading
 
+from tests.e2e.harness import free_port
+
 
 class TcpProxy:
     """Relays 127.0.0.1:<port> to ``target``; controllable from the test thread."""
 
     def __init__(self, *, target: tuple[str, int]) -> None:
         self.target = target
-        self.port = _free_port()
+        self.port = free_port()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener: socket.socket | None = None
@@ -111,9 +113,3 @@ class TcpProxy:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -118,8 +118,33 @@ class HarnessError(RuntimeError):
     """Airflow did not start, or did not reach an expected state in time."""
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux: 32768 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
+    """A TCP port on loopback that nothing listens on right now, below the ephemeral range.
+
+    A port the kernel picked (``bind(("", 0))``) is in the ephemeral range, and any outgoing
+    connection of any process (PostgreSQL clients, HTTP calls of the stacks running beside
+    this one) may take it before the server binds it: a CI run lost a whole stack to "address
+    already in use" that way. Ports below the range are only ever taken by a listener.
+    """
+    import random
+
+    high = _ephemeral_low() - 1
+    for _ in range(200):
+        port = random.randint(min(10000, high - 1000), high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
