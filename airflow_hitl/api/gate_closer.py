@@ -154,37 +154,52 @@ class GateCloser:
         )
 
     def _work(self, manager: ApprovalManager) -> None:
-        waiting: dict[str, float] = {}  # closed requests whose task is still deferring -> give up at
+        # Closed requests whose task is still deferring -> (the request once read, give up at).
+        # A closed request stays closed, so it is read from the store once, and the waiting ones
+        # are looked at again every 50 ms, not once per NOTIFY of a burst.
+        waiting: dict[str, tuple[Approval | None, float]] = {}
+        next_retry = 0.0
         while not self._stop.is_set():
             try:
-                request_id = self._ids.get(timeout=0.05 if waiting else 1.0)
-                waiting.setdefault(request_id, time.monotonic() + self.wait_seconds)
+                request_id: str | None = self._ids.get(timeout=0.05 if waiting else 1.0)
             except queue.Empty:
-                pass
-            for request_id, give_up in list(waiting.items()):
-                if self._settle(manager, request_id) != NOT_YET or time.monotonic() > give_up:
-                    del waiting[request_id]
+                request_id = None
+            if request_id is not None and request_id not in waiting:
+                outcome, approval = self._settle(manager, request_id, None)
+                if outcome == NOT_YET:
+                    waiting[request_id] = (approval, time.monotonic() + self.wait_seconds)
+            now = time.monotonic()
+            if waiting and now >= next_retry:
+                next_retry = now + 0.05
+                for request_id, (known, give_up) in list(waiting.items()):
+                    outcome, approval = self._settle(manager, request_id, known)
+                    if outcome != NOT_YET or now > give_up:
+                        del waiting[request_id]
+                    else:
+                        waiting[request_id] = (approval, give_up)
 
-    def _settle(self, manager: ApprovalManager, request_id: str) -> str:
-        try:
-            approval = manager.get(request_id)
-        except ApprovalNotFound:
-            return NOTHING
-        except Exception:
-            log.warning("gate closer could not read request %s", request_id, exc_info=True)
-            return NOT_YET
+    def _settle(self, manager: ApprovalManager, request_id: str, known: Approval | None) -> tuple[str, Approval | None]:
+        approval = known
+        if approval is None:
+            try:
+                approval = manager.get(request_id)
+            except ApprovalNotFound:
+                return NOTHING, None
+            except Exception:
+                log.warning("gate closer could not read request %s", request_id, exc_info=True)
+                return NOT_YET, None
         if approval.is_waiting:
-            return NOTHING
+            return NOTHING, approval
         try:
             outcome = self._end(approval)
         except Exception:
             # Airflow's DB unreachable or busy: the trigger still ends the gate.
             log.warning("gate closer could not end the task of request %s", request_id, exc_info=True)
-            return NOTHING
+            return NOTHING, approval
         if outcome == ENDED:
             self.ended += 1
             log.info("ended the task of request %s (%s) from the api-server", request_id, approval.state)
-        return outcome
+        return outcome, approval
 
 
 _service_lock = threading.Lock()
