@@ -9,6 +9,7 @@ content type the document does not declare, and on a body that breaks its declar
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,11 +54,16 @@ def fuzz_api(airflow_api: AirflowApi, pg_url: str) -> Iterator[AirflowApi]:
     store.dispose()
 
 
-def _operations() -> list[Any]:
-    # Collected from the app's own document, so a new route is fuzzed without editing this file.
+@functools.cache
+def _paths() -> dict[str, Any]:
+    # The app's own document, so a new route is fuzzed without editing this file.
     from airflow_hitl.api.app import create_app
 
-    paths = create_app().openapi()["paths"]
+    return dict(create_app().openapi()["paths"])
+
+
+def _operations() -> list[Any]:
+    paths = _paths()
     return [
         pytest.param(method.upper(), path, id=f"{method.upper()} {path}")
         for path, methods in sorted(paths.items())
@@ -69,10 +75,7 @@ def _static_segments() -> frozenset[str]:
     # "/approvals/history" is its own route, registered before "/approvals/{approval_id}": an id
     # generated as "history" is routed there by design and answered as a list, not as one
     # approval. Such a case tests the other route, so it is left out (see _routed_as_declared).
-    from airflow_hitl.api.app import create_app
-
-    paths = create_app().openapi()["paths"]
-    return frozenset(seg for path in paths for seg in path.split("/") if seg and not seg.startswith("{"))
+    return frozenset(seg for path in _paths() for seg in path.split("/") if seg and not seg.startswith("{"))
 
 
 STATIC_SEGMENTS = _static_segments()
