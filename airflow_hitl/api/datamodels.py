@@ -51,11 +51,12 @@ class StorableBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    @model_validator(mode="before")
+    @field_validator("*", mode="before")
     @classmethod
     def _storable(cls, data: Any) -> Any:
         # Python's JSON parser accepts NaN and lone surrogates (\ud800); PostgreSQL refuses
-        # them, and NUL in text. Refuse all of them here as bad input (422), not later as a 500.
+        # them, and NUL in text. Refuse all of them here as bad input (422), not later as a 500,
+        # field by field so that the error names the field that holds the value.
         problem = json_problem(data)
         if problem:
             raise ValueError(problem)

@@ -172,11 +172,13 @@ class TestCreate:
     def test_bounds(self, extra: dict[str, Any], field: str) -> None:
         assert field in refused(CreateBody, {**CREATE, **extra})
 
-    def test_an_infinite_timeout_is_refused_with_the_body(self) -> None:
-        # The storable check of every body runs first and refuses Infinity wherever it is.
-        assert refused(CreateBody, {**CREATE, "timeout_seconds": float("inf")}) == {
-            "body": "Value error, numbers must be finite (no NaN or Infinity)"
-        }
+    @pytest.mark.parametrize("number", [float("inf"), float("-inf"), float("nan")])
+    def test_a_number_that_is_not_finite_is_refused_naming_its_field(self, number: float) -> None:
+        finite = "Value error, numbers must be finite (no NaN or Infinity)"
+        assert refused(CreateBody, {**CREATE, "timeout_seconds": number}) == {"timeout_seconds": finite}
+        assert refused(CreateBody, {**CREATE, "context": {"rows": [1, number]}}) == {"context": finite}
+        level = {"approvers": ["a"], "timeout_seconds": number}
+        assert refused(CreateBody, {**CREATE, "escalate_to": [level]}) == {"escalate_to": finite}
 
     def test_names_are_stripped(self) -> None:
         body = CreateBody.model_validate({**CREATE, "allowed_approvers": [" alice "], "allowed_roles": ["ops "]})
