@@ -30,11 +30,18 @@ Both stores are vacuumed and analysed after seeding, as autovacuum would have do
 real server (the test PostgreSQL runs without it): a table without statistics makes the
 planner sort every waiting request for each page instead of walking the inbox index.
 
+With ``--profile DIR`` the open-loop rows of ours run under ``py-spy`` (sampling the
+api-server from outside, whichever thread holds the GIL: where its CPU goes) and the top
+functions of each, by samples spent in them and below, are printed and their raw stacks
+kept in ``DIR``. Each row also gives the api-server's CPU time per call, which unlike its
+latency does not depend on what else the machine is doing.
+
 Closed-loop clients keep the server saturated, so their latency is mostly queueing: about
 clients x CPU time per request, divided by the cores the api-server can use. The load
 generator (:mod:`loadgen`, about 0.15 ms of CPU per call) shares the machine. Usage::
 
-    .venv/bin/python benchmarks/api_latency.py [--decisions 300] [--reads 300] [--rate 50,100] [--workers 1] [--pg URL]
+    .venv/bin/python benchmarks/api_latency.py [--decisions 300] [--reads 300] [--rate 50,100] \\
+        [--workers 1] [--pg URL] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -290,19 +297,92 @@ def _sort_key(result: Result) -> tuple[int, bool, float, int]:
     return (_ORDER.index(name.strip()), bool(load), rate, result.clients)
 
 
-def print_table(results: Sequence[Result], seeded: int, workers: int) -> None:
+@contextlib.contextmanager
+def profiled(pid: int, out: Path | None) -> Iterator[None]:
+    """Sample process ``pid`` and its children with py-spy while the block runs; print the top functions."""
+    if out is None:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--nonblocking",
+            "--gil",
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1)  # py-spy attaches before the first call
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+        print_profile(out)
+
+
+def print_profile(path: Path, top: int = 25) -> None:
+    """The functions the sampled process spent most time in (inclusive) and on (self), from py-spy's raw stacks."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")[1:]  # the first frame names the process/thread
+        if not frames:
+            continue
+        total += count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    print(f"\nprofile {path.name}: {total} samples", file=sys.stderr)
+    for title, table in (("inclusive", inclusive), ("self", own)):
+        print(f"  top {top} {title}:", file=sys.stderr)
+        for frame, count in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"    {100 * count / max(total, 1):5.1f}%  {frame}", file=sys.stderr)
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by process ``pid`` and its children, in seconds."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def print_table(results: Sequence[Result], seeded: int, workers: int, cpu_ms: dict[str, float]) -> None:
     """Print the figures as a Markdown table."""
     print(
         f"\nairflow-hitl REST API vs Airflow native HITL, one api-server ({workers} worker), "
         f"{seeded:,} requests in the store\n"
     )
-    print("| endpoint | clients | load | requests | errors | p50 ms | p99 ms | req/s |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| endpoint | clients | load | requests | errors | p50 ms | p99 ms | req/s | server CPU ms/req |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in sorted(results, key=_sort_key):
         load = "closed loop" if r.name.find("@") < 0 else r.name.split("@", 1)[1].strip()
         print(
             f"| {r.name.split('@', 1)[0].strip()} | {r.clients} | {load} | {r.requests} | {r.errors} "
-            f"| {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.throughput:.0f} |"
+            f"| {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.throughput:.0f} "
+            f"| {cpu_ms.get(f'{r.name} x{r.clients}', float('nan')):.1f} |"
         )
 
 
@@ -321,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated requests/s offered by 10 clients in the open-loop runs (0: none)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary AIRFLOW_HOME")
+    parser.add_argument("--profile", type=Path, help="py-spy the open-loop rows of ours; raw stacks go here")
     args = parser.parse_args(argv)
     concurrency = [int(c) for c in args.clients.split(",")]
     rates = [float(r) for r in args.rate.split(",") if float(r) > 0]
@@ -337,6 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = free_port()
     server: ApiServer | None = None
     results: list[Result] = []
+    # The api-server's CPU time per call of each row: unlike latency, it does not depend on
+    # what else the machine is doing.
+    cpu_ms: dict[str, float] = {}
     try:
         with fresh_databases(args.pg, f"hitl_bench_store_{suffix}", f"hitl_bench_meta_{suffix}") as (store, meta):
             env = airflow_env(home, meta_url=meta, store_url=store, port=port)
@@ -372,8 +456,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for call in (ours.pending(), ours.get_one(), native.get_one(), native.list_page()):
                 asyncio.run(measure("warm-up", 1, [call] * 20, server.base_url))
 
+            api = server
+
             def run(name: str, clients: int, calls: list[Call], rate: float | None = None) -> None:
-                result = asyncio.run(measure(name, clients, calls, server.base_url, rate=rate, timeout=30.0))
+                cpu_before = server_cpu_seconds(api.process.pid)
+                result = asyncio.run(measure(name, clients, calls, api.base_url, rate=rate, timeout=30.0))
+                cpu_used = server_cpu_seconds(api.process.pid) - cpu_before
+                cpu_ms[f"{name} x{clients}"] = 1000 * cpu_used / max(result.requests, 1)
                 results.append(result)
                 if result.first_error:
                     print(f"  {name} x{clients}: first error {result.first_error}", file=sys.stderr)
@@ -386,8 +475,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run("GET /hitl/.../pending (100 items)", clients, [ours.pending()] * args.reads)
             for rate in rates:
                 decisions = [ours.approve() for _ in range(args.decisions)]
-                run(f"POST /hitl/.../approve @ {rate:g}/s offered", 10, decisions, rate)
-                run(f"GET /hitl/.../pending (100 items) @ {rate:g}/s offered", 10, [ours.pending()] * args.reads, rate)
+                with profiled(server.process.pid, args.profile and args.profile / f"approve-{rate:g}.txt"):
+                    run(f"POST /hitl/.../approve @ {rate:g}/s offered", 10, decisions, rate)
+                with profiled(server.process.pid, args.profile and args.profile / f"pending-{rate:g}.txt"):
+                    pages = [ours.pending()] * args.reads
+                    run(f"GET /hitl/.../pending (100 items) @ {rate:g}/s offered", 10, pages, rate)
             # Native: a native page takes about 0.4 s; 50 clients of them drain Airflow's
             # connection pool and leave a backlog that would slow every row after, so pages come
             # from 10 clients at most, and the closed-loop PATCHes (which drain it too) come last.
@@ -418,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(home, ignore_errors=True)
         else:
             print(f"kept {home}", file=sys.stderr)
-    print_table(results, args.seed, args.workers)
+    print_table(results, args.seed, args.workers, cpu_ms)
     return 0
 
 

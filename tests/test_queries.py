@@ -172,6 +172,17 @@ class TestQueries:
         assert (verdict.allowed, verdict.code) == (False, "not_pending")
         assert verdict.reason == "this request is rejected"
 
+    def test_closed_task_gates_leaves_out_waiting_and_api_requests(self, mgr: ApprovalManager) -> None:
+        waiting = mgr.create(spec())
+        approved, rejected = mgr.create(spec()), mgr.create(spec())
+        over_api = mgr.create(spec(), origin="api")
+        for a in (approved, over_api):
+            mgr.approve(a.id, user=ALICE)
+        mgr.reject(rejected.id, user=ALICE, reason="no")
+        asked = [rejected.id, waiting.id, over_api.id, approved.id, rejected.id, "no-such-id"]
+        assert mgr.closed_task_gates(asked) == [rejected.id, approved.id]
+        assert mgr.closed_task_gates([]) == []
+
     def test_wait_states_of_nothing_and_of_an_escalation(self, mgr: ApprovalManager, clock: Clock) -> None:
         assert mgr.wait_states([]) == {}
         a = mgr.create(

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 #: The trigger's class path as Airflow stores it (``Trigger.classpath``).
 TRIGGER_CLASSPATH = ApprovalTrigger(request_id="-").serialize()[0]
 
+#: Transitions read from the store in one query at most.
+_BATCH = 500
+
 #: What :func:`end_gate` found: ended it, nothing to do (ever), or not deferred yet (try again).
 ENDED, NOTHING, NOT_YET = "ended", "nothing", "not_yet"
 
@@ -160,11 +163,8 @@ class GateCloser:
         waiting: dict[str, tuple[Approval | None, float]] = {}
         next_retry = 0.0
         while not self._stop.is_set():
-            try:
-                request_id: str | None = self._ids.get(timeout=0.05 if waiting else 1.0)
-            except queue.Empty:
-                request_id = None
-            if request_id is not None and request_id not in waiting:
+            heard = [i for i in self._take(timeout=0.05 if waiting else 1.0) if i not in waiting]
+            for request_id in self._closed_task_gates(manager, heard):
                 outcome, approval = self._settle(manager, request_id, None)
                 if outcome == NOT_YET:
                     waiting[request_id] = (approval, time.monotonic() + self.wait_seconds)
@@ -177,6 +177,34 @@ class GateCloser:
                         del waiting[request_id]
                     else:
                         waiting[request_id] = (approval, give_up)
+
+    def _take(self, *, timeout: float) -> list[str]:
+        # Everything heard so far, waiting up to ``timeout`` for the first: a burst of
+        # transitions is read from the store in one query, not one per NOTIFY.
+        try:
+            taken = [self._ids.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while len(taken) < _BATCH:
+            try:
+                taken.append(self._ids.get_nowait())
+            except queue.Empty:
+                break
+        return list(dict.fromkeys(taken))
+
+    @staticmethod
+    def _closed_task_gates(manager: ApprovalManager, request_ids: list[str]) -> list[str]:
+        # Most transitions are requests opening, a vote short of quorum, or requests opened
+        # over the API: one light query leaves them out before any full read.
+        if not request_ids:
+            return []
+        try:
+            return manager.closed_task_gates(request_ids)
+        except Exception:
+            log.warning(
+                "gate closer could not read %d requests; reading them one by one", len(request_ids), exc_info=True
+            )
+            return request_ids
 
     def _settle(self, manager: ApprovalManager, request_id: str, known: Approval | None) -> tuple[str, Approval | None]:
         approval = known

@@ -131,6 +131,35 @@ class TestOnPostgres:
         assert closer.ended == 1
 
 
+    def test_transitions_that_close_no_tasks_gate_are_never_read_in_full(self, pg_store: ApprovalStore) -> None:
+        reads: list[str] = []
+
+        class Counting(ApprovalManager):
+            def get(self, request_id: str) -> Approval:
+                reads.append(request_id)
+                return super().get(request_id)
+
+        manager = Counting(store=pg_store)
+        end = Recorder()
+        closer = GateCloser(manager_factory=lambda: manager, end=end)
+        closer.start()
+        try:
+            _listening(closer)
+            # Opened (NOTIFY), a vote short of quorum (NOTIFY), opened over the API and decided.
+            quorum = manager.create(spec(required_approvals=2))
+            manager.approve(quorum.id, user=ALICE)
+            over_api = [manager.create(spec(), origin="api") for _ in range(20)]
+            for approval in over_api:
+                manager.approve(approval.id, user=ALICE)
+            gate = manager.create(spec())
+            manager.reject(gate.id, user=ALICE, reason="no")
+            # The task's gate was decided last: once it is ended, every earlier NOTIFY was handled.
+            assert end.wait_for(1) == [(gate.id, "rejected")]
+            assert reads == [gate.id], "only the closed task gate is read in full"
+        finally:
+            closer.stop()
+
+
 class TestOnSqlite:
     def test_no_thread_without_notify(self, sqlite_manager: ApprovalManager) -> None:
         closer = GateCloser(manager_factory=lambda: sqlite_manager, end=Recorder())
