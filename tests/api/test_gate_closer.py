@@ -130,7 +130,6 @@ class TestOnPostgres:
         assert end.wait_for(2) == [(first.id, "rejected"), (second.id, "approved")]
         assert closer.ended == 1
 
-
     def test_transitions_that_close_no_tasks_gate_are_never_read_in_full(self, pg_store: ApprovalStore) -> None:
         reads: list[str] = []
 
