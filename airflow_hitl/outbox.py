@@ -31,7 +31,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from airflow_hitl.models.store import NOTIFY_CHANNEL, ApprovalStore
+from airflow_hitl.models.store import NOTIFY_CHANNEL, OUTBOX_QUEUED, ApprovalStore
 from airflow_hitl.models.tables import (
     WAITING_STATES,
     ApprovalNotificationRow,
@@ -71,8 +71,13 @@ def listen_for_transitions(
     on_listening: Callable[[bool], None] | None = None,
     what: str = "store",
     max_backoff: float = 30.0,
+    channel: str = NOTIFY_CHANNEL,
 ) -> None:
     """Call ``on_payload(request_id)`` for every transition's NOTIFY until ``stop`` is set.
+
+    ``channel`` is :data:`~airflow_hitl.models.store.NOTIFY_CHANNEL` (every transition, its
+    request id as payload) or :data:`~airflow_hitl.models.store.OUTBOX_CHANNEL` (transactions
+    that queued notices, no payload).
 
     A lost connection is reopened with exponential backoff; ``on_listening(True)`` follows each
     LISTEN (a transition committed before it is not heard, so a caller catches up then) and
@@ -85,7 +90,7 @@ def listen_for_transitions(
     while not stop.is_set():
         try:
             with psycopg.connect(autocommit=True, **info) as conn:
-                conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                conn.execute(f"LISTEN {channel}")
                 backoff = 1.0
                 if on_listening is not None:
                     on_listening(True)
@@ -135,6 +140,7 @@ def _enqueue(session: Session, row: ApprovalRequestRow, *, event_type: str, key:
     )
     if exists is not None:
         return False
+    session.info[OUTBOX_QUEUED] = True
     session.add(
         ApprovalOutboxRow(
             id=str(uuid.uuid4()),

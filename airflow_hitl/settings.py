@@ -147,8 +147,8 @@ OPTIONS: tuple[Option, ...] = (
         example="5.0",
         description=(
             "Seconds between outbox polls when nothing wakes the drainer earlier (on PostgreSQL it also wakes "
-            "at once on every transition through LISTEN/NOTIFY, and always at the next due reminder or "
-            "retry)."
+            "at once, through LISTEN/NOTIFY on `hitl_outbox`, whenever a transition queues notices, and always "
+            "at the next due reminder or retry)."
         ),
     ),
     Option(

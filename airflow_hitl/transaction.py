@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from airflow_hitl import metrics
 from airflow_hitl.audit import GENESIS_HASH, event_hash
 from airflow_hitl.exceptions import ApprovalNotFound, NotAllowed, StoreOutcomeUnknown, StoreUnavailable
-from airflow_hitl.models.store import NOTIFY_CHANNEL, ApprovalStore
+from airflow_hitl.models.store import NOTIFY_CHANNEL, OUTBOX_CHANNEL, OUTBOX_QUEUED, ApprovalStore
 from airflow_hitl.models.tables import WAITING_PREDICATE, ApprovalEventRow, ApprovalRequestRow
 from airflow_hitl.spec import DagAccess, json_safe
 
@@ -130,7 +130,8 @@ class StoreTransactions:
         wake: dict[str, None] = session.info.pop(_PENDING_NOTIFY, {})
         # Rows the events speak of go first, before this transaction takes the chain's turn.
         session.flush()
-        if self.store.is_postgres and (events or wake):
+        queued = session.info.pop(OUTBOX_QUEUED, False)
+        if self.store.is_postgres and (events or wake or queued):
             # One round trip queues the wake-ups and waits for the chain's turn, which is
             # ours until commit. (On SQLite, BEGIN IMMEDIATE already made it ours.)
             calls = ["pg_advisory_xact_lock(:lock)"] if events else []
@@ -138,6 +139,9 @@ class StoreTransactions:
             for i, request_id in enumerate(wake):
                 calls.append(f"pg_notify(:channel, :p{i})")
                 params[f"p{i}"] = request_id
+            if queued:
+                calls.append("pg_notify(:outbox, '')")
+                params["outbox"] = OUTBOX_CHANNEL
             session.execute(text(f"SELECT {', '.join(calls)}"), params)
         if not events:
             return

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from airflow_hitl.exceptions import ApprovalNotFound, NotAllowed, StoreOutcomeUnknown, StoreUnavailable
 from airflow_hitl.manager import ApprovalManager
-from airflow_hitl.models.store import NOTIFY_CHANNEL, ApprovalStore
+from airflow_hitl.models.store import NOTIFY_CHANNEL, OUTBOX_CHANNEL, ApprovalStore
 from airflow_hitl.models.tables import ApprovalEventRow
 from airflow_hitl.outbox import listen_conninfo
 from airflow_hitl.policy import EscalationLevel, Principal
@@ -191,3 +191,22 @@ class TestNotify:
             # Delivered in commit order: the rolled-back wake-up would come before the last one.
             got = [n.payload for n in listener.notifies(timeout=30, stop_after=3)]
         assert got == [a, b, b]
+
+    def test_only_transactions_that_queue_notices_wake_the_outbox_drainers(self, pg_store: ApprovalStore) -> None:
+        mgr = ApprovalManager(store=pg_store)
+        with psycopg.connect(**listen_conninfo(pg_store.url), autocommit=True) as listener:
+            listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            listener.execute(f"LISTEN {OUTBOX_CHANNEL}")
+            quiet = mgr.create(spec())  # nobody to notify: no notices
+            mgr.approve(quiet.id, user=Principal.of("alice"))
+            announced = mgr.create(spec(notify={"channels": ["in_app"]}))  # queues "required"
+            mgr.approve(announced.id, user=Principal.of("alice"))  # queues "decided"
+            got = [(n.channel, n.payload) for n in listener.notifies(timeout=30, stop_after=6)]
+        assert got == [
+            (NOTIFY_CHANNEL, quiet.id),
+            (NOTIFY_CHANNEL, quiet.id),
+            (NOTIFY_CHANNEL, announced.id),
+            (OUTBOX_CHANNEL, ""),
+            (NOTIFY_CHANNEL, announced.id),
+            (OUTBOX_CHANNEL, ""),
+        ]

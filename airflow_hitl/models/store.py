@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 
 # Channel on which committed decisions are announced (PostgreSQL LISTEN/NOTIFY).
 NOTIFY_CHANNEL = "hitl_approvals"
+# Channel on which a committed transaction that queued notices wakes the outbox drainers, so
+# that the many transitions that queue none (votes short of quorum, requests with nobody to
+# notify) cost them nothing.
+OUTBOX_CHANNEL = "hitl_outbox"
+#: ``Session.info`` key set by a transaction that queued notices (it then NOTIFYs OUTBOX_CHANNEL).
+OUTBOX_QUEUED = "hitl_outbox_queued"
 
 _READ_ONLY = "hitl_read_only"
 DEFAULT_CONN_ID = option("conn_id").default

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 from airflow_hitl.exceptions import ApprovalNotFound
 from airflow_hitl.manager import ApprovalManager, utcnow
+from airflow_hitl.models.store import OUTBOX_CHANNEL
 from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.outbox import ACTION_EVENTS, Outbox, OutboxIntent, listen_for_transitions
@@ -225,9 +226,11 @@ class DrainerService:
         thread.start()
 
     def _listen(self, manager: ApprovalManager) -> None:
-        # A transition NOTIFYs on commit; waking at once keeps "required" and final notices prompt.
+        # A transaction that queued notices NOTIFYs on commit; waking at once keeps "required"
+        # and final notices prompt. Transitions that queued none do not wake the drainer.
         listen_for_transitions(
             manager.store.url,
+            channel=OUTBOX_CHANNEL,
             stop=self._stop,
             on_payload=lambda _: self._wake.set(),
             on_listening=lambda up: self._wake.set() if up else None,
