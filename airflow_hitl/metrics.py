@@ -41,6 +41,7 @@ PREFIX = "hitl"
 
 _lock = threading.Lock()
 _backend: Any = None
+_enabled: bool | None = None
 
 
 def _initialised(module: Any) -> bool:
@@ -81,16 +82,23 @@ def _stats() -> Any:
 
 
 def enabled() -> bool:
-    """True when ``[metrics]`` sends metrics anywhere (then a gauge is worth a query)."""
-    try:
-        from airflow.configuration import conf
+    """True when ``[metrics]`` sends metrics anywhere (then a gauge is worth a query).
 
-        return any(
-            conf.getboolean("metrics", option, fallback=False)
-            for option in ("statsd_on", "statsd_datadog_enabled", "otel_on")
-        )
-    except Exception:
-        return False
+    Read once per process, as Airflow reads ``[metrics]`` once when it sets up ``Stats``: it is
+    asked after every decision. :func:`reset` reads it again.
+    """
+    global _enabled
+    if _enabled is None:
+        try:
+            from airflow.configuration import conf
+
+            _enabled = any(
+                conf.getboolean("metrics", option, fallback=False)
+                for option in ("statsd_on", "statsd_datadog_enabled", "otel_on")
+            )
+        except Exception:
+            return False
+    return _enabled
 
 
 def _send(kind: str, name: str, *args: Any) -> None:
@@ -138,7 +146,8 @@ def waiting(count_waiting: Callable[[], int]) -> None:
 
 
 def reset() -> None:
-    """Forget the chosen backend (tests that change ``[metrics]``)."""
-    global _backend
+    """Forget the chosen backend and whether metrics are on (tests that change ``[metrics]``)."""
+    global _backend, _enabled
     with _lock:
         _backend = None
+        _enabled = None

@@ -107,3 +107,17 @@ def test_readme_lists_every_metric() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert len(names) >= 8
     assert [n for n in names if f"`{n}`" not in readme] == []
+
+
+class TestEnabled:
+    def test_read_once_per_process_and_again_after_reset(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("AIRFLOW__METRICS__STATSD_ON", raising=False)
+        metrics.reset()
+        assert metrics.enabled() is False
+        monkeypatch.setenv("AIRFLOW__METRICS__STATSD_ON", "True")
+        assert metrics.enabled() is False, "not read again after every decision"
+        metrics.reset()
+        assert metrics.enabled() is True
+        monkeypatch.delenv("AIRFLOW__METRICS__STATSD_ON")
+        metrics.reset()
+        assert metrics.enabled() is False
