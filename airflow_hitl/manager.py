@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
 
 from airflow_hitl import metrics, outbox
 from airflow_hitl.audit import AuditEvent, AuditReader
@@ -434,6 +435,9 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                 )
             else:
                 row.updated_at = now
+                # Written even when the clock reads as before: a vote always writes a new
+                # version of its request, which is what pages of requests are kept by.
+                flag_modified(row, "updated_at")
             try:
                 # The vote and the request in one flush; the row lock makes a duplicate
                 # impossible, the unique constraint makes it impossible twice over.

@@ -8,14 +8,32 @@ from __future__ import annotations
 
 import builtins
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import JSON, Column, Label, String, Table, Text, any_, bindparam, cast, func, select, text
+from sqlalchemy import (
+    JSON,
+    Column,
+    Label,
+    String,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    cast,
+    func,
+    literal_column,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, joinedload
 
 from airflow_hitl.exceptions import ApprovalNotFound, InvalidInput
+from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.models.tables import WAITING_STATES, ApprovalRequestRow, ApprovalVoteRow
 from airflow_hitl.policy import Eligibility, Principal, check_vote
 from airflow_hitl.records import Approval, Vote, WaitState, json_column
@@ -69,6 +87,57 @@ def _votes_of(session: Session, request_ids: builtins.list[str], *, postgres: bo
     return found
 
 
+#: Requests a process keeps as read, per store: a few pages of the inbox (a snapshot with its
+#: votes takes a few kilobytes).
+SNAPSHOT_CACHE_SIZE = 2_000
+_REQUESTS = ApprovalRequestRow.__table__.c
+# PostgreSQL's row version: every UPDATE of a request writes a new one. A vote always updates
+# its request in the same transaction, so (id, version) names the request and its votes.
+_VERSION = literal_column("xmin::text", String).label("version")
+_BY_IDS_PG = select(*_REQUEST_COLUMNS, _VERSION).where(_REQUESTS.id == any_(bindparam("ids", type_=ARRAY(String))))
+
+
+class _Snapshots:
+    """The requests one process read from one store, by ``(id, row version)``, least recently used out.
+
+    A page of the inbox is then read as its ids and versions; only the requests that changed
+    since are read in full, with their votes, and turned into records again.
+    """
+
+    def __init__(self, *, size: int) -> None:
+        self._items: OrderedDict[tuple[str, str], Approval] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+
+    def get(self, key: tuple[str, str]) -> Approval | None:
+        """The snapshot of this request version, if kept."""
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[str, str], approval: Approval) -> None:
+        """Keep ``approval`` as this request version."""
+        with self._lock:
+            self._items[key] = approval
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+_SNAPSHOTS: WeakKeyDictionary[ApprovalStore, _Snapshots] = WeakKeyDictionary()
+_SNAPSHOTS_LOCK = threading.Lock()
+
+
+def _snapshots_of(store: ApprovalStore) -> _Snapshots:
+    with _SNAPSHOTS_LOCK:
+        found = _SNAPSHOTS.get(store)
+        if found is None:
+            found = _SNAPSHOTS[store] = _Snapshots(size=SNAPSHOT_CACHE_SIZE)
+        return found
+
+
 class ApprovalQueries(StoreTransactions):
     """What the store holds, as :class:`~airflow_hitl.records.Approval` snapshots."""
 
@@ -101,6 +170,15 @@ class ApprovalQueries(StoreTransactions):
         where = where_clauses(filters or ApprovalFilter())
         with self.store.session() as session:
             total = session.scalar(select(func.count()).select_from(ApprovalRequestRow).where(*where)) or 0
+            if self.store.is_postgres:
+                page = (
+                    select(_REQUESTS.id, _VERSION)
+                    .where(*where)
+                    .order_by(ordering.nulls_last(), ApprovalRequestRow.id)
+                    .limit(limit)
+                    .offset(offset)
+                )
+                return self._snapshots(session, session.execute(page).all()), int(total)
             # Core rows, not ORM objects: a page is only copied into records, and building
             # (and identity-mapping) 100 rows first cost more than the database did.
             rows = session.execute(
@@ -110,9 +188,29 @@ class ApprovalQueries(StoreTransactions):
                 .limit(limit)
                 .offset(offset)
             ).all()
-            votes = _votes_of(session, [r.id for r in rows], postgres=self.store.is_postgres)
+            votes = _votes_of(session, [r.id for r in rows], postgres=False)
         items = [Approval.from_columns(_decoded(r, _REQUEST_JSON), votes=tuple(votes.get(r.id, ()))) for r in rows]
         return items, int(total)
+
+    def _snapshots(self, session: Session, page: Sequence[Any]) -> builtins.list[Approval]:
+        """The records of a page read as ``(id, version)`` rows: kept ones as kept, the others read now."""
+        kept = _snapshots_of(self.store)
+        found: dict[str, Approval] = {}
+        for request_id, version in page:
+            snapshot = kept.get((request_id, version))
+            if snapshot is not None:
+                found[request_id] = snapshot
+        missing = [request_id for request_id, _ in page if request_id not in found]
+        if missing:
+            rows = session.execute(_BY_IDS_PG, {"ids": missing}).all()
+            votes = _votes_of(session, missing, postgres=True)
+            for row in rows:
+                snapshot = Approval.from_columns(_decoded(row, _REQUEST_JSON), votes=tuple(votes.get(row.id, ())))
+                # Kept under the version read with it: were a vote committed between this read
+                # and its votes' read, it also wrote a newer version, and this key is never asked again.
+                kept.put((row.id, row.version), snapshot)
+                found[row.id] = snapshot
+        return [found[request_id] for request_id, _ in page if request_id in found]
 
     def pending(
         self,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from airflow_hitl.exceptions import ApprovalNotFound, InvalidInput
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager
@@ -236,3 +238,60 @@ class TestQueries:
         assert listed[plain.id] == mgr.get(plain.id)
         assert listed[plain.id].votes == ()
         assert listed[rich.id].to_dict() == mgr.get(rich.id).to_dict()
+
+
+@pytest.mark.postgres
+class TestPagesKeptByRowVersion:
+    """On PostgreSQL a page is read as ids and row versions; only what changed is read in full."""
+
+    def test_a_page_read_again_reads_in_full_only_the_requests_that_changed(
+        self, pg_store: ApprovalStore, clock: Clock
+    ) -> None:
+        mgr = ApprovalManager(store=pg_store, clock=clock)
+        ids = [mgr.create(spec(required_approvals=2)).id for _ in range(5)]
+        read_in_full: list[list[str]] = []
+
+        def spy(conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool) -> None:
+            if "xmin" in statement and "ANY" in statement:
+                read_in_full.append(sorted(params["ids"]))
+
+        event.listen(pg_store.engine, "before_cursor_execute", spy)
+        try:
+            first, _ = mgr.pending()
+            again, _ = mgr.pending()
+            # The clock does not move: a vote must still be seen (it writes a new row version).
+            mgr.approve(ids[1], user=ALICE)
+            mgr.reject(ids[3], user=BOB, reason="no")
+            third, total = mgr.pending()
+        finally:
+            event.remove(pg_store.engine, "before_cursor_execute", spy)
+        assert read_in_full == [sorted(ids), [ids[1]]]
+        assert [a.id for a in again] == [a.id for a in first]
+        assert total == 4 and ids[3] not in {a.id for a in third}
+        assert [v.user for v in next(a for a in third if a.id == ids[1]).votes] == ["alice"]
+        for got in third:
+            assert got == mgr.get(got.id), "a kept request is the request as read alone"
+
+    def test_every_change_of_a_request_is_seen_on_the_next_page(self, pg_store: ApprovalStore, clock: Clock) -> None:
+        mgr = ApprovalManager(store=pg_store, clock=clock)
+        gate = mgr.create(
+            spec(
+                required_approvals=2,
+                timeout=dt.timedelta(minutes=5),
+                timeout_action="escalate",
+                escalation_targets=(EscalationLevel(approvers=("carol",), timeout=dt.timedelta(minutes=5)),),
+                escalation_final_action="reject",
+            )
+        )
+        seen = []
+        for change in (
+            lambda: mgr.approve(gate.id, user=ALICE),
+            lambda: (clock.advance(minutes=6), mgr.apply_timeout(gate.id)),
+            lambda: mgr.cancel(gate.id, actor="admin", reason="stop"),
+        ):
+            change()
+            page, _ = mgr.list()
+            [got] = page
+            assert got == mgr.get(gate.id)
+            seen.append((got.state, got.escalation_level, len(got.votes)))
+        assert seen == [("pending", 0, 1), ("escalated", 1, 1), ("cancelled", 1, 1)]
