@@ -14,8 +14,10 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -51,6 +53,7 @@ from airflow_hitl.identity import roles_of as delegator_roles
 from airflow_hitl.limits import INT32_MAX, text_problem, time_problem
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec, Decision
 from airflow_hitl.policy import EscalationLevel
+from airflow_hitl.queries import SNAPSHOT_CACHE_SIZE
 from airflow_hitl.records import Approval
 from airflow_hitl.vocabulary import STATES, TERMINAL_STATES
 
@@ -158,6 +161,28 @@ HIDDEN_FIELDS = frozenset({"notify"})
 _ITEM_FIELDS = tuple(name for name in ApprovalResponse.model_fields if name not in CALLER_FIELDS)
 
 
+def _caller_fields(
+    approval: Approval,
+    caller: Caller | None = None,
+    manager: ApprovalManager | None = None,
+    delegations: Sequence[Delegation] = (),
+) -> dict[str, Any]:
+    """What ``caller`` may do with ``approval`` (:data:`CALLER_FIELDS`); all null without a caller."""
+    # Only the pending list and the single item say what the caller may do; null elsewhere.
+    data: dict[str, Any] = dict.fromkeys(CALLER_FIELDS)
+    if caller is not None and manager is not None:
+        refusal = caller.edit_refusal(approval.dag_id)
+        if refusal is None:
+            own = manager.can_approve(caller.principal, approval)
+            # The caller's active delegations (read once per list) may let them decide for someone.
+            eligibility = manager.can_decide(caller.principal, approval, own, delegations, roles_of=delegator_roles)
+            data["can_approve"], data["can_approve_reason"] = eligibility.allowed, eligibility.reason
+            data["can_approve_for"] = eligibility.on_behalf_of
+        else:
+            data["can_approve"], data["can_approve_reason"] = False, refusal
+    return data
+
+
 def _item(
     approval: Approval,
     caller: Caller | None = None,
@@ -172,19 +197,48 @@ def _item(
     """
     full = approval.to_dict()
     data = {name: full[name] for name in _ITEM_FIELDS}
-    # Only the pending list and the single item say what the caller may do; null elsewhere.
-    data["can_approve"] = data["can_approve_reason"] = data["can_approve_for"] = data["notices"] = None
-    if caller is not None and manager is not None:
-        refusal = caller.edit_refusal(approval.dag_id)
-        if refusal is None:
-            own = manager.can_approve(caller.principal, approval)
-            # The caller's active delegations (read once per list) may let them decide for someone.
-            eligibility = manager.can_decide(caller.principal, approval, own, delegations, roles_of=delegator_roles)
-            data["can_approve"], data["can_approve_reason"] = eligibility.allowed, eligibility.reason
-            data["can_approve_for"] = eligibility.on_behalf_of
-        else:
-            data["can_approve"], data["can_approve_reason"] = False, refusal
+    data.update(_caller_fields(approval, caller, manager, delegations))
     return data
+
+
+def _dumps(content: Any) -> str:
+    # What JSONResponse writes.
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+
+
+class _ItemTexts:
+    """The JSON of listed requests' own fields, by record, least recently used out.
+
+    On PostgreSQL a page hands out the same record for a request until it changes (see
+    :mod:`airflow_hitl.queries`), so an unchanged request is serialised once, not once per
+    page. Kept by the record's identity, holding the record so that identity is never reused
+    while it is kept.
+    """
+
+    def __init__(self, *, size: int) -> None:
+        self._items: OrderedDict[int, tuple[Approval, str]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+
+    def text(self, approval: Approval) -> str:
+        """``{...`` without its closing brace: the caller's fields follow."""
+        key = id(approval)
+        with self._lock:
+            kept = self._items.get(key)
+            if kept is not None and kept[0] is approval:
+                self._items.move_to_end(key)
+                return kept[1]
+        full = approval.to_dict()
+        text = _dumps({name: full[name] for name in _ITEM_FIELDS})[:-1]
+        with self._lock:
+            self._items[key] = (approval, text)
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return text
+
+
+_item_texts = _ItemTexts(size=SNAPSHOT_CACHE_SIZE)
 
 
 def _json(content: Any, status_code: int = status.HTTP_200_OK) -> JSONResponse:
@@ -192,8 +246,17 @@ def _json(content: Any, status_code: int = status.HTTP_200_OK) -> JSONResponse:
     return JSONResponse(content=content, status_code=status_code)
 
 
-def _collection(items: Iterable[dict[str, Any]], total: int) -> JSONResponse:
-    return _json({"approvals": list(items), "total_entries": total})
+def _collection(
+    items: Iterable[Approval],
+    total: int,
+    caller: Caller | None = None,
+    manager: ApprovalManager | None = None,
+    delegations: Sequence[Delegation] = (),
+) -> Response:
+    """A page of requests: each one's own fields as kept JSON, followed by the caller's."""
+    texts = (f"{_item_texts.text(a)},{_dumps(_caller_fields(a, caller, manager, delegations))[1:]}" for a in items)
+    body = f'{{"approvals":[{",".join(texts)}],"total_entries":{int(total)}}}'
+    return Response(content=body.encode("utf-8"), media_type="application/json")
 
 
 def _states(values: Iterable[str] | None, allowed: Iterable[str]) -> list[str] | None:
@@ -268,7 +331,7 @@ def list_approvals(
     if filters is None:
         return _collection([], 0)
     items, total = manager.list(filters, limit=limit, offset=offset, order_by=order_by)
-    return _collection((_item(a) for a in items), total)
+    return _collection(items, total)
 
 
 @router.get("/pending", response_model=ApprovalCollectionResponse, summary="List pending approval requests")
@@ -292,8 +355,7 @@ def list_pending(
     if filters is None:
         return _collection([], 0)
     items, total = manager.pending(filters, limit=limit, offset=offset)
-    delegations = manager.delegations_to(caller.name)
-    return _collection((_item(a, caller, manager, delegations) for a in items), total)
+    return _collection(items, total, caller, manager, manager.delegations_to(caller.name))
 
 
 @router.get(
@@ -355,7 +417,7 @@ def history(
                 "X-Total-Count": str(total),
             },
         )
-    return _collection((_item(a) for a in items), total)
+    return _collection(items, total)
 
 
 def _csv_cell(value: Any) -> str:

@@ -11,8 +11,9 @@ import pytest
 
 from airflow_hitl.api.datamodels import ApprovalCollectionResponse, ApprovalResponse, BulkResponse, VoteResponse
 from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.policy import Principal
-from tests.airflow_api import API, AirflowApi, open_request, snapshot
+from tests.airflow_api import API, AirflowApi, open_request, serving, snapshot
 
 ITEM_FIELDS = {
     "id",
@@ -131,6 +132,41 @@ class TestRead:
             "/api/v1/approvals/bulk",
         } <= paths
         assert spec["components"]["schemas"]["ApproveBody"]["properties"]["comment"]["anyOf"][0]["maxLength"] == 4000
+
+
+@pytest.mark.postgres
+class TestPagesOnPostgres:
+    """On PostgreSQL an unchanged request's JSON is kept between pages; the caller's fields never are."""
+
+    def test_each_caller_sees_their_own_fields_and_every_change(
+        self, airflow_api: AirflowApi, pg_store: ApprovalStore
+    ) -> None:
+        with serving(airflow_api, pg_store.url) as manager:
+            quorum = open_request(manager, required_approvals=2)
+            mine = open_request(manager, run_id="manual__2", requested_by="alice")
+
+            def page(user: str) -> dict[str, dict[str, Any]]:
+                response = airflow_api.client.get(f"{API}/pending", headers=airflow_api.headers(user))
+                assert response.status_code == 200
+                ApprovalCollectionResponse.model_validate(response.json())
+                return {a["id"]: a for a in response.json()["approvals"]}
+
+            def alone(request_id: str, user: str) -> dict[str, Any]:
+                item = airflow_api.client.get(f"{API}/{request_id}", headers=airflow_api.headers(user)).json()
+                return {**item, "notices": None}  # only the single item lists its notices
+
+            for _ in range(2):  # the second page comes from what the first one kept
+                for user in ("alice", "bob"):
+                    assert page(user) == {a: alone(a, user) for a in (quorum.id, mine.id)}
+            assert page("alice")[mine.id]["can_approve"] is False
+            assert page("bob")[mine.id]["can_approve"] is True
+
+            manager.approve(quorum.id, user=Principal.of("bob"))
+            bob = page("bob")
+            assert [v["user"] for v in bob[quorum.id]["votes"]] == ["bob"]
+            assert bob[quorum.id]["can_approve"] is False and "already" in bob[quorum.id]["can_approve_reason"]
+            assert page("alice")[quorum.id] == alone(quorum.id, "alice")
+            assert page("alice")[quorum.id]["can_approve"] is True
 
 
 class TestAuthentication:
