@@ -131,6 +131,10 @@ class ApprovalSpec:
                 )
         elif self.escalation_targets:
             problems.add("escalate_to", "is only used with timeout_action='escalate'")
+        for i, level in enumerate(self.escalation_targets or ()):
+            # The operator and the REST API convert first; a Python caller may not have.
+            if not isinstance(level, EscalationLevel):
+                problems.add(f"escalate_to[{i}]", f"must be an EscalationLevel, got {type(level).__name__}")
 
     def _people_problems(self, problems: ConfigProblems) -> None:
         # Who may decide, and how many of them must approve.

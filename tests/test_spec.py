@@ -107,6 +107,17 @@ class TestValidate:
                 "only used with",
                 id="levels-without-escalate",
             ),
+            pytest.param(
+                {
+                    "timeout": dt.timedelta(hours=1),
+                    "timeout_action": "escalate",
+                    "escalation_final_action": "reject",
+                    "escalation_targets": [LEVEL, {"approvers": ["carol"], "timeout_seconds": 60}],
+                },
+                "escalate_to[1]",
+                "must be an EscalationLevel, got dict",
+                id="level-not-a-level",
+            ),
             pytest.param({"required_approvals": True}, "required_approvals", "positive integer", id="bool-quorum"),
             pytest.param(
                 {"required_approvals": INT32_MAX + 1},
