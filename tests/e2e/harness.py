@@ -30,6 +30,7 @@ Usage::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -126,19 +127,53 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+#: Where test processes reserve the ports they picked (one lock file per port).
+PORT_LOCKS = Path(os.environ.get("TMPDIR", "/tmp")) / "hitl-test-ports"
+# Reservations this process holds, oldest first. A server binds its port within a minute or
+# two of the pick; by the time a reservation is this many picks old it has long done so (or
+# never will), and a bound port is refused by the bind check anyway.
+_HELD_RESERVATIONS = 256
+_held: collections.deque[int] = collections.deque()
+
+
+def _reserve(port: int) -> bool:
+    """Take the cross-process reservation of ``port`` (False when another test process holds it)."""
+    import fcntl
+
+    PORT_LOCKS.mkdir(parents=True, exist_ok=True)
+    fd = os.open(PORT_LOCKS / str(port), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _held.append(fd)
+    while len(_held) > _HELD_RESERVATIONS:
+        os.close(_held.popleft())
+    return True
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now, below the ephemeral range.
+    """A TCP port on loopback that nothing listens on right now, below the ephemeral range, reserved.
 
     A port the kernel picked (``bind(("", 0))``) is in the ephemeral range, and any outgoing
     connection of any process (PostgreSQL clients, HTTP calls of the stacks running beside
     this one) may take it before the server binds it: a CI run lost a whole stack to "address
     already in use" that way. Ports below the range are only ever taken by a listener.
+
+    Between the pick and the server's bind (an api-server takes up to a minute on a loaded
+    machine) another test process could pick the same free port: the lanes of ``make test``
+    run side by side, and a CI run lost a whole stack when its health check was answered by
+    the stack of another lane listening on the port it had picked. So each pick is also
+    reserved with a lock file that every test process honours, held by the picking process.
     """
     import random
 
     high = _ephemeral_low() - 1
     for _ in range(200):
         port = random.randint(min(10000, high - 1000), high)
+        if not _reserve(port):
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
