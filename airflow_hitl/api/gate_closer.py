@@ -29,6 +29,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,16 @@ TRIGGER_CLASSPATH = ApprovalTrigger(request_id="-").serialize()[0]
 
 #: Transitions read from the store in one query at most.
 _BATCH = 500
+
+#: Settled requests remembered (a closed request stays closed; only late NOTIFYs ask again).
+_SETTLED = 10_000
+
+
+def _remember(settled: OrderedDict[str, None], request_id: str) -> None:
+    settled[request_id] = None
+    if len(settled) > _SETTLED:
+        settled.popitem(last=False)
+
 
 #: What :func:`end_gate` found: ended it, nothing to do (ever), or not deferred yet (try again).
 ENDED, NOTHING, NOT_YET = "ended", "nothing", "not_yet"
@@ -161,13 +172,20 @@ class GateCloser:
         # A closed request stays closed, so it is read from the store once, and the waiting ones
         # are looked at again every 50 ms, not once per NOTIFY of a burst.
         waiting: dict[str, tuple[Approval | None, float]] = {}
+        # Closed requests already settled. Their opening's NOTIFY can be read after they closed
+        # (a burst read late on a busy machine), and their closing's NOTIFY then follows: the
+        # first settles the gate, the second must not ask Airflow again.
+        settled: OrderedDict[str, None] = OrderedDict()
         next_retry = 0.0
         while not self._stop.is_set():
-            heard = [i for i in self._take(timeout=0.05 if waiting else 1.0) if i not in waiting]
+            heard = self._take(timeout=0.05 if waiting else 1.0)
+            heard = [i for i in heard if i not in waiting and i not in settled]
             for request_id in self._closed_task_gates(manager, heard):
                 outcome, approval = self._settle(manager, request_id, None)
                 if outcome == NOT_YET:
                     waiting[request_id] = (approval, time.monotonic() + self.wait_seconds)
+                else:
+                    _remember(settled, request_id)
             now = time.monotonic()
             if waiting and now >= next_retry:
                 next_retry = now + 0.05
@@ -175,6 +193,7 @@ class GateCloser:
                     outcome, approval = self._settle(manager, request_id, known)
                     if outcome != NOT_YET or now > give_up:
                         del waiting[request_id]
+                        _remember(settled, request_id)
                     else:
                         waiting[request_id] = (approval, give_up)
 

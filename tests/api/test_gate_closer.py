@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
@@ -155,6 +155,39 @@ class TestOnPostgres:
             assert end.wait_for(1) == [(gate.id, "rejected")]
             assert reads == [gate.id], "only the closed task gate is read in full"
         finally:
+            closer.stop()
+
+    def test_an_opening_notify_read_after_the_decision_ends_the_gate_once(self, pg_store: ApprovalStore) -> None:
+        # On a busy machine the closer may read a request's opening NOTIFY only after it has
+        # closed: it ends the gate then, and the closing NOTIFY that follows asks nothing more.
+        reading, release = threading.Event(), threading.Event()
+
+        class Late(ApprovalManager):
+            def closed_task_gates(self, request_ids: Sequence[str]) -> list[str]:
+                if not reading.is_set():
+                    reading.set()
+                    release.wait(20)
+                return super().closed_task_gates(request_ids)
+
+        manager = Late(store=pg_store)
+        end = Recorder()
+        closer = GateCloser(manager_factory=lambda: manager, end=end)
+        closer.start()
+        try:
+            _listening(closer)
+            approval = manager.create(spec())
+            assert reading.wait(20), "the closer reads the opening's NOTIFY"
+            manager.approve(approval.id, user=ALICE)
+            deadline = time.monotonic() + 20
+            while closer._ids.qsize() < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)  # the closing's NOTIFY is heard while the opening's is being read
+            release.set()
+            assert end.wait_for(1) == [(approval.id, "approved")]
+            time.sleep(0.5)
+            assert end.calls == [(approval.id, "approved")]
+            assert closer.ended == 1
+        finally:
+            release.set()
             closer.stop()
 
 
