@@ -11,7 +11,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import (
@@ -87,6 +87,9 @@ def _votes_of(session: Session, request_ids: builtins.list[str], *, postgres: bo
     return found
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
 #: Requests a process keeps as read, per store: a few pages of the inbox (a snapshot with its
 #: votes takes a few kilobytes).
 SNAPSHOT_CACHE_SIZE = 2_000
@@ -97,33 +100,34 @@ _VERSION = literal_column("xmin::text", String).label("version")
 _BY_IDS_PG = select(*_REQUEST_COLUMNS, _VERSION).where(_REQUESTS.id == any_(bindparam("ids", type_=ARRAY(String))))
 
 
-class _Snapshots:
-    """The requests one process read from one store, by ``(id, row version)``, least recently used out.
-
-    A page of the inbox is then read as its ids and versions; only the requests that changed
-    since are read in full, with their votes, and turned into records again.
-    """
+class Kept(Generic[K, V]):
+    """A bounded, thread-safe map, least recently used out: what a process keeps of what it read."""
 
     def __init__(self, *, size: int) -> None:
-        self._items: OrderedDict[tuple[str, str], Approval] = OrderedDict()
+        self._items: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
         self._size = size
 
-    def get(self, key: tuple[str, str]) -> Approval | None:
-        """The snapshot of this request version, if kept."""
+    def get(self, key: K) -> V | None:
+        """The value kept under ``key``, if any."""
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
             return found
 
-    def put(self, key: tuple[str, str], approval: Approval) -> None:
-        """Keep ``approval`` as this request version."""
+    def put(self, key: K, value: V) -> None:
+        """Keep ``value`` under ``key``."""
         with self._lock:
-            self._items[key] = approval
+            self._items[key] = value
             self._items.move_to_end(key)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
+
+
+# The requests one process read from one store, by ``(id, row version)``: a page of the inbox
+# is read as its ids and versions, and only the requests that changed since are read in full.
+_Snapshots = Kept[tuple[str, str], Approval]
 
 
 _SNAPSHOTS: WeakKeyDictionary[ApprovalStore, _Snapshots] = WeakKeyDictionary()

@@ -17,7 +17,6 @@ import io
 import json
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -53,7 +52,7 @@ from airflow_hitl.identity import roles_of as delegator_roles
 from airflow_hitl.limits import INT32_MAX, text_problem, time_problem
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec, Decision
 from airflow_hitl.policy import EscalationLevel
-from airflow_hitl.queries import SNAPSHOT_CACHE_SIZE
+from airflow_hitl.queries import SNAPSHOT_CACHE_SIZE, Kept
 from airflow_hitl.records import Approval
 from airflow_hitl.vocabulary import STATES, TERMINAL_STATES
 
@@ -207,7 +206,7 @@ def _dumps(content: Any) -> str:
 
 
 class _ItemTexts:
-    """The JSON of listed requests' own fields, by record, least recently used out.
+    """The JSON of listed requests' own fields, by record.
 
     On PostgreSQL a page hands out the same record for a request until it changes (see
     :mod:`airflow_hitl.queries`), so an unchanged request is serialised once, not once per
@@ -216,25 +215,16 @@ class _ItemTexts:
     """
 
     def __init__(self, *, size: int) -> None:
-        self._items: OrderedDict[int, tuple[Approval, str]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._size = size
+        self._kept: Kept[int, tuple[Approval, str]] = Kept(size=size)
 
     def text(self, approval: Approval) -> str:
         """``{...`` without its closing brace: the caller's fields follow."""
-        key = id(approval)
-        with self._lock:
-            kept = self._items.get(key)
-            if kept is not None and kept[0] is approval:
-                self._items.move_to_end(key)
-                return kept[1]
+        kept = self._kept.get(id(approval))
+        if kept is not None and kept[0] is approval:
+            return kept[1]
         full = approval.to_dict()
         text = _dumps({name: full[name] for name in _ITEM_FIELDS})[:-1]
-        with self._lock:
-            self._items[key] = (approval, text)
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+        self._kept.put(id(approval), (approval, text))
         return text
 
 
