@@ -55,8 +55,9 @@ def closer_of(pg_manager: ApprovalManager) -> Iterator[Callable[..., GateCloser]
     manager = pg_manager
     started: list[GateCloser] = []
 
-    def make(end: Recorder, wait_seconds: float = 30.0) -> GateCloser:
-        closer = GateCloser(manager_factory=lambda: manager, wait_seconds=wait_seconds, end=end)
+    def make(end: Recorder, wait_seconds: float = 30.0, over: ApprovalManager | None = None) -> GateCloser:
+        used = over or manager
+        closer = GateCloser(manager_factory=lambda: used, wait_seconds=wait_seconds, end=end)
         closer.start()
         started.append(closer)
         return closer
@@ -130,7 +131,9 @@ class TestOnPostgres:
         assert end.wait_for(2) == [(first.id, "rejected"), (second.id, "approved")]
         assert closer.ended == 1
 
-    def test_transitions_that_close_no_tasks_gate_are_never_read_in_full(self, pg_store: ApprovalStore) -> None:
+    def test_transitions_that_close_no_tasks_gate_are_never_read_in_full(
+        self, pg_store: ApprovalStore, closer_of: Callable[..., GateCloser]
+    ) -> None:
         reads: list[str] = []
 
         class Counting(ApprovalManager):
@@ -140,24 +143,22 @@ class TestOnPostgres:
 
         manager = Counting(store=pg_store)
         end = Recorder()
-        closer = GateCloser(manager_factory=lambda: manager, end=end)
-        closer.start()
-        try:
-            _listening(closer)
-            # Opened and still waiting, opened over the API and decided: each NOTIFYs.
-            manager.create(spec(required_approvals=2))
-            over_api = [manager.create(spec(), origin="api") for _ in range(20)]
-            for approval in over_api:
-                manager.approve(approval.id, user=ALICE)
-            gate = manager.create(spec())
-            manager.reject(gate.id, user=ALICE, reason="no")
-            # The task's gate was decided last: once it is ended, every earlier NOTIFY was handled.
-            assert end.wait_for(1) == [(gate.id, "rejected")]
-            assert reads == [gate.id], "only the closed task gate is read in full"
-        finally:
-            closer.stop()
+        closer = closer_of(end, over=manager)
+        _listening(closer)
+        # Opened and still waiting, opened over the API and decided: each NOTIFYs.
+        manager.create(spec(required_approvals=2))
+        over_api = [manager.create(spec(), origin="api") for _ in range(20)]
+        for approval in over_api:
+            manager.approve(approval.id, user=ALICE)
+        gate = manager.create(spec())
+        manager.reject(gate.id, user=ALICE, reason="no")
+        # The task's gate was decided last: once it is ended, every earlier NOTIFY was handled.
+        assert end.wait_for(1) == [(gate.id, "rejected")]
+        assert reads == [gate.id], "only the closed task gate is read in full"
 
-    def test_an_opening_notify_read_after_the_decision_ends_the_gate_once(self, pg_store: ApprovalStore) -> None:
+    def test_an_opening_notify_read_after_the_decision_ends_the_gate_once(
+        self, pg_store: ApprovalStore, closer_of: Callable[..., GateCloser]
+    ) -> None:
         # On a busy machine the closer may read a request's opening NOTIFY only after it has
         # closed: it ends the gate then, and the closing NOTIFY that follows asks nothing more.
         reading, release = threading.Event(), threading.Event()
@@ -171,8 +172,7 @@ class TestOnPostgres:
 
         manager = Late(store=pg_store)
         end = Recorder()
-        closer = GateCloser(manager_factory=lambda: manager, end=end)
-        closer.start()
+        closer = closer_of(end, over=manager)
         try:
             _listening(closer)
             approval = manager.create(spec())
@@ -188,7 +188,6 @@ class TestOnPostgres:
             assert closer.ended == 1
         finally:
             release.set()
-            closer.stop()
 
 
 class TestOnSqlite:
