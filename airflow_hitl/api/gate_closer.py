@@ -29,13 +29,13 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from airflow_hitl.exceptions import ApprovalNotFound
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.outbox import listen_for_transitions
+from airflow_hitl.queries import Kept
 from airflow_hitl.records import Approval
 from airflow_hitl.settings import HitlSettings
 from airflow_hitl.triggers.approval import ApprovalTrigger, end_event
@@ -50,13 +50,6 @@ _BATCH = 500
 
 #: Settled requests remembered (a closed request stays closed; only late NOTIFYs ask again).
 _SETTLED = 10_000
-
-
-def _remember(settled: OrderedDict[str, None], request_id: str) -> None:
-    settled[request_id] = None
-    if len(settled) > _SETTLED:
-        settled.popitem(last=False)
-
 
 #: What :func:`end_gate` found: ended it, nothing to do (ever), or not deferred yet (try again).
 ENDED, NOTHING, NOT_YET = "ended", "nothing", "not_yet"
@@ -175,17 +168,17 @@ class GateCloser:
         # Closed requests already settled. Their opening's NOTIFY can be read after they closed
         # (a burst read late on a busy machine), and their closing's NOTIFY then follows: the
         # first settles the gate, the second must not ask Airflow again.
-        settled: OrderedDict[str, None] = OrderedDict()
+        settled: Kept[str, bool] = Kept(size=_SETTLED)
         next_retry = 0.0
         while not self._stop.is_set():
             heard = self._take(timeout=0.05 if waiting else 1.0)
-            heard = [i for i in heard if i not in waiting and i not in settled]
+            heard = [i for i in heard if i not in waiting and not settled.get(i)]
             for request_id in self._closed_task_gates(manager, heard):
                 outcome, approval = self._settle(manager, request_id, None)
                 if outcome == NOT_YET:
                     waiting[request_id] = (approval, time.monotonic() + self.wait_seconds)
                 else:
-                    _remember(settled, request_id)
+                    settled.put(request_id, True)
             now = time.monotonic()
             if waiting and now >= next_retry:
                 next_retry = now + 0.05
@@ -193,7 +186,7 @@ class GateCloser:
                     outcome, approval = self._settle(manager, request_id, known)
                     if outcome != NOT_YET or now > give_up:
                         del waiting[request_id]
-                        _remember(settled, request_id)
+                        settled.put(request_id, True)
                     else:
                         waiting[request_id] = (approval, give_up)
 
