@@ -36,7 +36,7 @@ from airflow_hitl.exceptions import ApprovalNotFound, InvalidInput
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.models.tables import WAITING_STATES, ApprovalRequestRow, ApprovalVoteRow
 from airflow_hitl.policy import Eligibility, Principal, check_vote
-from airflow_hitl.records import Approval, Vote, WaitState, json_column
+from airflow_hitl.records import Approval, TaskGate, Vote, WaitState, json_column
 from airflow_hitl.spec import ORDERABLE, ApprovalFilter, replace_filter, where_clauses
 from airflow_hitl.transaction import StoreTransactions
 from airflow_hitl.vocabulary import TERMINAL_STATES
@@ -263,8 +263,8 @@ class ApprovalQueries(StoreTransactions):
             return Eligibility(allowed=False, code="expired", reason="this request has expired")
         return check_vote(approval.policy, user, action=action, voters=(v.user for v in approval.votes))
 
-    def closed_task_gates(self, request_ids: Sequence[str]) -> builtins.list[str]:
-        """Of ``request_ids``, those of closed requests that a task's gate opened, in one query.
+    def closed_task_gates(self, request_ids: Sequence[str]) -> builtins.list[TaskGate]:
+        """Of ``request_ids``, the closed requests that a task's gate opened, with their task instance, in one query.
 
         What the gate closer reads for each batch of transitions: most are requests opening
         or still waiting, or opened over the API, and need no more than this.
@@ -272,18 +272,31 @@ class ApprovalQueries(StoreTransactions):
         if not request_ids:
             return []
         table = ApprovalRequestRow.__table__.c
-        statement = select(table.id).where(
+        statement = select(
+            table.id, table.dag_id, table.run_id, table.task_id, table.map_index, table.try_number
+        ).where(
             table.id.in_([str(i) for i in request_ids]),
             table.origin == "task",
             table.run_id.is_not(None),
+            table.task_id.is_not(None),
             table.try_number.is_not(None),
             table.state.in_(sorted(TERMINAL_STATES)),
         )
         with self.store.read_engine.connect() as conn:
-            found = set(conn.scalars(statement))
+            found = {
+                str(row.id): TaskGate(
+                    id=str(row.id),
+                    dag_id=row.dag_id,
+                    run_id=row.run_id,
+                    task_id=row.task_id,
+                    map_index=row.map_index,
+                    try_number=row.try_number,
+                )
+                for row in conn.execute(statement)
+            }
             conn.rollback()
         # In the order asked, each once.
-        return [i for i in dict.fromkeys(str(r) for r in request_ids) if i in found]
+        return [found[i] for i in dict.fromkeys(str(r) for r in request_ids) if i in found]
 
     def wait_states(self, request_ids: Sequence[str]) -> dict[str, WaitState]:
         """State and expiry of many requests in one query, whatever their number."""

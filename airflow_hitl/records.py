@@ -330,6 +330,18 @@ class WaitState:
         return self.state in WAITING_STATES
 
 
+@dataclass(frozen=True, kw_only=True)
+class TaskGate:
+    """The task instance try whose gate a closed request was (what the gate closer looks up)."""
+
+    id: str
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    try_number: int
+
+
 def read_decision(value: Any) -> dict[str, Any]:
     """The gate's decision XCom as a dict, however it reached the reading task.
 

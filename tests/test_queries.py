@@ -182,7 +182,11 @@ class TestQueries:
             mgr.approve(a.id, user=ALICE)
         mgr.reject(rejected.id, user=ALICE, reason="no")
         asked = [rejected.id, waiting.id, over_api.id, approved.id, rejected.id, "no-such-id"]
-        assert mgr.closed_task_gates(asked) == [rejected.id, approved.id]
+        gates = mgr.closed_task_gates(asked)
+        assert [g.id for g in gates] == [rejected.id, approved.id]
+        assert [(g.dag_id, g.run_id, g.task_id, g.map_index, g.try_number) for g in gates] == [
+            (a.dag_id, a.run_id, a.task_id, a.map_index, a.try_number) for a in (rejected, approved)
+        ]
         assert mgr.closed_task_gates([]) == []
 
     def test_wait_states_of_nothing_and_of_an_escalation(self, mgr: ApprovalManager, clock: Clock) -> None:

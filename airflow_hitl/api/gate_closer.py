@@ -16,6 +16,10 @@ worker starts, and the task never passes through ``queued`` (so apache/airflow#7
 closed). The triggerer, finding the trigger unused, cancels it later; the trigger's
 ``on_kill`` sees the request closed and does nothing.
 
+Each batch of NOTIFYs costs one light query of the store (which of them closed a task's
+gate) and, per closed gate, one unlocked look at its task instance (:func:`gate_state`); only
+a task still deferred gets its request read in full and ended.
+
 Safe with any number of api-servers and triggerers: the task instance row is locked
 (``FOR UPDATE SKIP LOCKED``) and re-checked (still deferred, on our trigger for this request
 and try), so exactly one of them ends it; a decision that arrives while the worker is still
@@ -25,20 +29,24 @@ after which the trigger's own event ends it as before.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_hitl.exceptions import ApprovalNotFound
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.outbox import listen_for_transitions
 from airflow_hitl.queries import Kept
-from airflow_hitl.records import Approval
+from airflow_hitl.records import Approval, TaskGate
 from airflow_hitl.settings import HitlSettings
 from airflow_hitl.triggers.approval import ApprovalTrigger, end_event
+
+if TYPE_CHECKING:
+    from sqlalchemy import TextClause
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,46 @@ _SETTLED = 10_000
 
 #: What :func:`end_gate` found: ended it, nothing to do (ever), or not deferred yet (try again).
 ENDED, NOTHING, NOT_YET = "ended", "nothing", "not_yet"
+#: What :func:`gate_state` found when the task is deferred, so :func:`end_gate` may end it.
+DEFERRED = "deferred"
+
+
+def gate_state(gate: TaskGate) -> str:
+    """Whether ``gate``'s task try is deferred (:data:`DEFERRED`), still deferring (:data:`NOT_YET`) or neither.
+
+    One unlocked read of two columns, before anything heavier: a gate whose task the
+    trigger has already ended, or one with no task instance, costs no read of the request and
+    no lock. :func:`end_gate` checks again under the task instance's lock.
+    """
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+
+    with create_session() as session:
+        row = session.execute(
+            _task_state_sql(),
+            {"dag_id": gate.dag_id, "run_id": gate.run_id, "task_id": gate.task_id, "map_index": gate.map_index},
+        ).first()
+    if row is None or row[1] != gate.try_number:
+        return NOTHING
+    if row[0] in (TaskInstanceState.RUNNING, TaskInstanceState.QUEUED, TaskInstanceState.SCHEDULED):
+        return NOT_YET  # still deferring: look again in a moment
+    return DEFERRED if row[0] == TaskInstanceState.DEFERRED else NOTHING
+
+
+@functools.cache
+def _task_state_sql() -> TextClause:
+    # Plain SQL named from Airflow's own table: a select over its mapped columns spends more
+    # building its cache key (about 0.5 ms) than the lookup itself takes.
+    from airflow.models.taskinstance import TaskInstance
+    from sqlalchemy import text
+
+    table = TaskInstance.__table__
+    c = table.c
+    return text(
+        f"SELECT {c.state.name}, {c.try_number.name} FROM {table.name} "
+        f"WHERE {c.dag_id.name} = :dag_id AND {c.run_id.name} = :run_id "
+        f"AND {c.task_id.name} = :task_id AND {c.map_index.name} = :map_index"
+    )
 
 
 def end_gate(approval: Approval) -> str:
@@ -106,6 +154,7 @@ class GateCloser:
 
     :param manager_factory: Builds the manager of the store (default: ``[hitl]``'s store).
     :param wait_seconds: How long a closed request's task may take to finish deferring.
+    :param look: Whether a gate's task is deferred (:func:`gate_state`; tests pass their own).
     :param end: Ends one gate (:func:`end_gate`; tests pass their own).
     """
 
@@ -114,10 +163,12 @@ class GateCloser:
         *,
         manager_factory: Callable[[], ApprovalManager] = ApprovalManager,
         wait_seconds: float = 30.0,
+        look: Callable[[TaskGate], str] = gate_state,
         end: Callable[[Approval], str] = end_gate,
     ) -> None:
         self._manager_factory = manager_factory
         self.wait_seconds = wait_seconds
+        self._look = look
         self._end = end
         self._ids: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
@@ -161,34 +212,48 @@ class GateCloser:
         )
 
     def _work(self, manager: ApprovalManager) -> None:
-        # Closed requests whose task is still deferring -> (the request once read, give up at).
-        # A closed request stays closed, so it is read from the store once, and the waiting ones
-        # are looked at again every 50 ms, not once per NOTIFY of a burst.
-        waiting: dict[str, tuple[Approval | None, float]] = {}
+        # Closed gates whose task is still deferring -> (the gate, the request once read, give
+        # up at). A closed request stays closed, so it is read from the store at most once, and
+        # the waiting ones are looked at again every 50 ms, not once per NOTIFY of a burst.
+        waiting: dict[str, tuple[TaskGate, Approval | None, float]] = {}
         # Closed requests already settled. Their opening's NOTIFY can be read after they closed
         # (a burst read late on a busy machine), and their closing's NOTIFY then follows: the
         # first settles the gate, the second must not ask Airflow again.
         settled: Kept[str, bool] = Kept(size=_SETTLED)
-        next_retry = 0.0
+        # Transitions heard while the store could not be read -> give up at; read again each second.
+        unread: dict[str, float] = {}
+        next_retry = next_reread = 0.0
         while not self._stop.is_set():
-            heard = self._take(timeout=0.05 if waiting else 1.0)
+            heard = self._take(timeout=0.05 if waiting or unread else 1.0)
+            if unread and time.monotonic() >= next_reread:
+                heard = [*unread, *heard]
             heard = [i for i in heard if i not in waiting and not settled.get(i)]
-            for request_id in self._closed_task_gates(manager, heard):
-                outcome, approval = self._settle(manager, request_id, None)
+            gates = self._closed_task_gates(manager, heard)
+            now = time.monotonic()
+            if gates is None:
+                for request_id in heard:
+                    unread.setdefault(request_id, now + self.wait_seconds)
+                unread = {i: give_up for i, give_up in unread.items() if give_up > now}
+                next_reread, gates = now + 1.0, []
+            else:
+                for request_id in heard:
+                    unread.pop(request_id, None)
+            for gate in gates:
+                outcome, approval = self._settle(manager, gate, None)
                 if outcome == NOT_YET:
-                    waiting[request_id] = (approval, time.monotonic() + self.wait_seconds)
+                    waiting[gate.id] = (gate, approval, time.monotonic() + self.wait_seconds)
                 else:
-                    settled.put(request_id, True)
+                    settled.put(gate.id, True)
             now = time.monotonic()
             if waiting and now >= next_retry:
                 next_retry = now + 0.05
-                for request_id, (known, give_up) in list(waiting.items()):
-                    outcome, approval = self._settle(manager, request_id, known)
+                for request_id, (gate, known, give_up) in list(waiting.items()):
+                    outcome, approval = self._settle(manager, gate, known)
                     if outcome != NOT_YET or now > give_up:
                         del waiting[request_id]
                         settled.put(request_id, True)
                     else:
-                        waiting[request_id] = (approval, give_up)
+                        waiting[request_id] = (gate, approval, give_up)
 
     def _take(self, *, timeout: float) -> list[str]:
         # Everything heard so far, waiting up to ``timeout`` for the first: a burst of
@@ -205,40 +270,44 @@ class GateCloser:
         return list(dict.fromkeys(taken))
 
     @staticmethod
-    def _closed_task_gates(manager: ApprovalManager, request_ids: list[str]) -> list[str]:
+    def _closed_task_gates(manager: ApprovalManager, request_ids: list[str]) -> list[TaskGate] | None:
         # Most transitions are requests opening, a vote short of quorum, or requests opened
-        # over the API: one light query leaves them out before any full read.
+        # over the API: one light query leaves them out before any full read. None: the store
+        # could not be read (they are read again in a second; the triggers end them meanwhile).
         if not request_ids:
             return []
         try:
             return manager.closed_task_gates(request_ids)
         except Exception:
-            log.warning(
-                "gate closer could not read %d requests; reading them one by one", len(request_ids), exc_info=True
-            )
-            return request_ids
+            log.warning("gate closer could not read %d transitions", len(request_ids), exc_info=True)
+            return None
 
-    def _settle(self, manager: ApprovalManager, request_id: str, known: Approval | None) -> tuple[str, Approval | None]:
+    def _settle(self, manager: ApprovalManager, gate: TaskGate, known: Approval | None) -> tuple[str, Approval | None]:
+        try:
+            state = self._look(gate)
+        except Exception:
+            # Airflow's DB unreachable or busy: the trigger still ends the gate.
+            log.warning("gate closer could not look up the task of request %s", gate.id, exc_info=True)
+            return NOTHING, known
+        if state != DEFERRED:
+            return state, known
         approval = known
         if approval is None:
             try:
-                approval = manager.get(request_id)
+                approval = manager.get(gate.id)
             except ApprovalNotFound:
                 return NOTHING, None
             except Exception:
-                log.warning("gate closer could not read request %s", request_id, exc_info=True)
+                log.warning("gate closer could not read request %s", gate.id, exc_info=True)
                 return NOT_YET, None
-        if approval.is_waiting:
-            return NOTHING, approval
         try:
             outcome = self._end(approval)
         except Exception:
-            # Airflow's DB unreachable or busy: the trigger still ends the gate.
-            log.warning("gate closer could not end the task of request %s", request_id, exc_info=True)
+            log.warning("gate closer could not end the task of request %s", gate.id, exc_info=True)
             return NOTHING, approval
         if outcome == ENDED:
             self.ended += 1
-            log.info("ended the task of request %s (%s) from the api-server", request_id, approval.state)
+            log.info("ended the task of request %s (%s) from the api-server", gate.id, approval.state)
         return outcome, approval
 
 

@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from airflow_hitl.api.gate_closer import ENDED, NOT_YET, NOTHING, TRIGGER_CLASSPATH, GateCloser, end_gate
+from airflow_hitl.api.gate_closer import (
+    DEFERRED,
+    ENDED,
+    NOT_YET,
+    NOTHING,
+    TRIGGER_CLASSPATH,
+    GateCloser,
+    end_gate,
+    gate_state,
+)
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.policy import Principal
-from airflow_hitl.records import Approval
+from airflow_hitl.records import Approval, TaskGate
+from airflow_hitl.spec import utcnow
 from airflow_hitl.triggers.approval import ApprovalTrigger
 from tests.helpers import spec
 
@@ -55,9 +66,14 @@ def closer_of(pg_manager: ApprovalManager) -> Iterator[Callable[..., GateCloser]
     manager = pg_manager
     started: list[GateCloser] = []
 
-    def make(end: Recorder, wait_seconds: float = 30.0, over: ApprovalManager | None = None) -> GateCloser:
+    def make(
+        end: Recorder,
+        wait_seconds: float = 30.0,
+        over: ApprovalManager | None = None,
+        look: Callable[[TaskGate], str] = lambda gate: DEFERRED,
+    ) -> GateCloser:
         used = over or manager
-        closer = GateCloser(manager_factory=lambda: used, wait_seconds=wait_seconds, end=end)
+        closer = GateCloser(manager_factory=lambda: used, wait_seconds=wait_seconds, look=look, end=end)
         closer.start()
         started.append(closer)
         return closer
@@ -131,6 +147,89 @@ class TestOnPostgres:
         assert end.wait_for(2) == [(first.id, "rejected"), (second.id, "approved")]
         assert closer.ended == 1
 
+    def test_a_gate_whose_task_is_not_deferred_is_neither_read_in_full_nor_ended(
+        self, pg_store: ApprovalStore, closer_of: Callable[..., GateCloser]
+    ) -> None:
+        # The trigger ended it first, or there is no such task instance: one light look only.
+        reads: list[str] = []
+        looked: list[TaskGate] = []
+
+        class Counting(ApprovalManager):
+            def get(self, request_id: str) -> Approval:
+                reads.append(request_id)
+                return super().get(request_id)
+
+        manager = Counting(store=pg_store)
+        ended_already, deferred = manager.create(spec()), manager.create(spec())
+
+        def look(gate: TaskGate) -> str:
+            looked.append(gate)
+            return NOTHING if gate.id == ended_already.id else DEFERRED
+
+        end = Recorder()
+        closer = closer_of(end, over=manager, look=look)
+        _listening(closer)
+        manager.approve(ended_already.id, user=ALICE)
+        manager.approve(deferred.id, user=ALICE)
+        assert end.wait_for(1) == [(deferred.id, "approved")]
+        assert reads == [deferred.id]
+        first = looked[0]
+        assert (first.id, first.dag_id, first.run_id, first.task_id, first.map_index, first.try_number) == (
+            ended_already.id,
+            ended_already.dag_id,
+            ended_already.run_id,
+            ended_already.task_id,
+            ended_already.map_index,
+            ended_already.try_number,
+        )
+
+    def test_a_gate_still_deferring_is_looked_at_again_and_read_once_it_has_deferred(
+        self, pg_store: ApprovalStore, closer_of: Callable[..., GateCloser]
+    ) -> None:
+        reads: list[str] = []
+        looks: list[str] = []
+
+        class Counting(ApprovalManager):
+            def get(self, request_id: str) -> Approval:
+                reads.append(request_id)
+                return super().get(request_id)
+
+        def look(gate: TaskGate) -> str:
+            looks.append(gate.id)
+            return NOT_YET if len(looks) < 4 else DEFERRED
+
+        manager = Counting(store=pg_store)
+        end = Recorder()
+        closer = closer_of(end, over=manager, look=look)
+        _listening(closer)
+        approval = manager.create(spec())
+        manager.reject(approval.id, user=ALICE, reason="no")
+        assert end.wait_for(1) == [(approval.id, "rejected")]
+        time.sleep(0.3)
+        assert looks == [approval.id] * 4 and reads == [approval.id] and closer.ended == 1
+
+    def test_transitions_heard_while_the_store_cannot_be_read_are_read_again(
+        self, pg_store: ApprovalStore, closer_of: Callable[..., GateCloser]
+    ) -> None:
+        failures: list[Sequence[str]] = []
+
+        class Flaky(ApprovalManager):
+            def closed_task_gates(self, request_ids: Sequence[str]) -> list[TaskGate]:
+                if not failures:
+                    failures.append(list(request_ids))
+                    raise ConnectionError("store unreachable")
+                return super().closed_task_gates(request_ids)
+
+        manager = Flaky(store=pg_store)
+        end = Recorder()
+        closer = closer_of(end, over=manager)
+        _listening(closer)
+        approval = manager.create(spec())
+        manager.approve(approval.id, user=ALICE)
+        assert end.wait_for(1) == [(approval.id, "approved")]
+        assert failures and approval.id in failures[0]
+        assert closer.ended == 1
+
     def test_transitions_that_close_no_tasks_gate_are_never_read_in_full(
         self, pg_store: ApprovalStore, closer_of: Callable[..., GateCloser]
     ) -> None:
@@ -164,7 +263,7 @@ class TestOnPostgres:
         reading, release = threading.Event(), threading.Event()
 
         class Late(ApprovalManager):
-            def closed_task_gates(self, request_ids: Sequence[str]) -> list[str]:
+            def closed_task_gates(self, request_ids: Sequence[str]) -> list[TaskGate]:
                 if not reading.is_set():
                     reading.set()
                     release.wait(20)
@@ -208,6 +307,57 @@ class TestEndGate:
         opened = manager.create(spec(), actor="admin", source="api", origin="api")
         closed = manager.cancel(opened.id, actor="admin", reason="x")
         assert end_gate(closed) == NOTHING
+
+    @pytest.mark.parametrize(
+        ("state", "try_number", "expected"),
+        [
+            ("deferred", 1, DEFERRED),
+            ("queued", 1, NOT_YET),
+            ("running", 1, NOT_YET),
+            ("scheduled", 1, NOT_YET),
+            ("success", 1, NOTHING),
+            ("failed", 1, NOTHING),
+            ("deferred", 2, NOTHING),  # a later try of the task waits on a gate of its own
+            (None, 1, NOTHING),  # no such task instance
+        ],
+    )
+    def test_gate_state_reads_the_task_instance_try(
+        self, airflow_api: object, state: str | None, try_number: int, expected: str
+    ) -> None:
+        # Rows written straight into a real (SQLite) Airflow metadata DB: the columns the
+        # look reads are Airflow's own, so a rename in a future Airflow fails here.
+        from airflow.models.dagrun import DagRun
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+        from sqlalchemy import delete, insert
+
+        runs, tis = DagRun.__table__, TaskInstance.__table__
+        run_id = f"gate_state__{uuid.uuid4().hex[:8]}"
+        with create_session() as session:
+            session.execute(
+                insert(runs).values(dag_id="gate_dag", run_id=run_id, run_type="manual", run_after=utcnow())
+            )
+            if state is not None:
+                session.execute(
+                    insert(tis).values(
+                        id=uuid.uuid4(),
+                        dag_id="gate_dag",
+                        run_id=run_id,
+                        task_id="gate",
+                        map_index=-1,
+                        try_number=try_number,
+                        pool="default_pool",
+                        pool_slots=1,
+                        state=state,
+                    )
+                )
+        try:
+            gate = TaskGate(id="x", dag_id="gate_dag", run_id=run_id, task_id="gate", map_index=-1, try_number=1)
+            assert gate_state(gate) == expected
+        finally:
+            with create_session() as session:
+                session.execute(delete(tis).where(tis.c.run_id == run_id))
+                session.execute(delete(runs).where(runs.c.run_id == run_id))
 
     def test_the_classpath_is_the_triggers_own(self) -> None:
         assert TRIGGER_CLASSPATH == "airflow_hitl.triggers.approval.ApprovalTrigger"
