@@ -73,18 +73,24 @@ def gate_state(gate: TaskGate) -> str:
     no lock. :func:`end_gate` checks again under the task instance's lock.
     """
     from airflow.utils.session import create_session
-    from airflow.utils.state import TaskInstanceState
 
     with create_session() as session:
         row = session.execute(
             _task_state_sql(),
             {"dag_id": gate.dag_id, "run_id": gate.run_id, "task_id": gate.task_id, "map_index": gate.map_index},
         ).first()
-    if row is None or row[1] != gate.try_number:
+    return NOTHING if row is None else _deferral(state=row[0], try_number=row[1], asked=gate.try_number)
+
+
+def _deferral(*, state: str | None, try_number: int, asked: int | None) -> str:
+    # The one reading of a task instance try, for the light look and again under the lock.
+    from airflow.utils.state import TaskInstanceState
+
+    if try_number != asked:
         return NOTHING
-    if row[0] in (TaskInstanceState.RUNNING, TaskInstanceState.QUEUED, TaskInstanceState.SCHEDULED):
+    if state in (TaskInstanceState.RUNNING, TaskInstanceState.QUEUED, TaskInstanceState.SCHEDULED):
         return NOT_YET  # still deferring: look again in a moment
-    return DEFERRED if row[0] == TaskInstanceState.DEFERRED else NOTHING
+    return DEFERRED if state == TaskInstanceState.DEFERRED else NOTHING
 
 
 @functools.cache
@@ -114,7 +120,6 @@ def end_gate(approval: Approval) -> str:
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.trigger import Trigger, handle_event_submit
     from airflow.utils.session import create_session
-    from airflow.utils.state import TaskInstanceState
     from sqlalchemy import select
 
     key = (
@@ -129,11 +134,10 @@ def end_gate(approval: Approval) -> str:
             # Locked by the scheduler, the triggerer or another api-server right now: look again.
             exists = session.scalar(select(TaskInstance.try_number).where(*key))
             return NOT_YET if exists is not None else NOTHING
-        if ti.try_number != approval.try_number:
-            return NOTHING
-        if ti.state in (TaskInstanceState.RUNNING, TaskInstanceState.QUEUED, TaskInstanceState.SCHEDULED):
-            return NOT_YET  # still deferring: look again in a moment
-        if ti.state != TaskInstanceState.DEFERRED or ti.trigger_id is None:
+        found = _deferral(state=ti.state, try_number=ti.try_number, asked=approval.try_number)
+        if found != DEFERRED:
+            return found
+        if ti.trigger_id is None:
             return NOTHING
         trigger = session.get(Trigger, ti.trigger_id)
         kwargs: dict[str, Any] = dict(trigger.kwargs) if trigger is not None else {}
