@@ -23,8 +23,9 @@ a task still deferred gets its request read in full and ended.
 Safe with any number of api-servers and triggerers: the task instance row is locked
 (``FOR UPDATE SKIP LOCKED``) and re-checked (still deferred, on our trigger for this request
 and try), so exactly one of them ends it; a decision that arrives while the worker is still
-deferring is retried until the task is deferred, for ``[hitl] gate_closer_wait_seconds``,
-after which the trigger's own event ends it as before.
+deferring is retried until the task is deferred, and one that meets an error (a deadlock, a
+dropped connection, a full pool, in either database) is retried each second, both for
+``[hitl] gate_closer_wait_seconds``, after which the trigger's own event ends it as before.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_hitl.exceptions import ApprovalNotFound
@@ -63,6 +65,9 @@ _SETTLED = 10_000
 ENDED, NOTHING, NOT_YET = "ended", "nothing", "not_yet"
 #: What :func:`gate_state` found when the task is deferred, so :func:`end_gate` may end it.
 DEFERRED = "deferred"
+
+#: Seconds before a task still deferring is looked at again, and after a failure.
+_LOOK_AGAIN, _AFTER_FAILURE = 0.05, 1.0
 
 
 def gate_state(gate: TaskGate) -> str:
@@ -153,11 +158,27 @@ def end_gate(approval: Approval) -> str:
     return ENDED
 
 
+@dataclass(kw_only=True)
+class _Closing:
+    """A closed task gate the closer has not settled yet."""
+
+    gate: TaskGate
+    #: Monotonic time after which the gate is left to its trigger.
+    give_up: float
+    #: The request, once read in full (it is closed, so it no longer changes).
+    approval: Approval | None = None
+    #: Monotonic time of the next look.
+    next_look: float = 0.0
+    #: Whether a look, read or end has failed (logged once with its traceback).
+    failed: bool = False
+
+
 class GateCloser:
     """The api-server's background thread that ends decided gates (see the module docstring).
 
     :param manager_factory: Builds the manager of the store (default: ``[hitl]``'s store).
-    :param wait_seconds: How long a closed request's task may take to finish deferring.
+    :param wait_seconds: How long a closed request's task may take to finish deferring, or
+        the databases may keep failing, before the gate is left to its trigger.
     :param look: Whether a gate's task is deferred (:func:`gate_state`; tests pass their own).
     :param end: Ends one gate (:func:`end_gate`; tests pass their own).
     """
@@ -216,19 +237,19 @@ class GateCloser:
         )
 
     def _work(self, manager: ApprovalManager) -> None:
-        # Closed gates whose task is still deferring -> (the gate, the request once read, give
-        # up at). A closed request stays closed, so it is read from the store at most once, and
-        # the waiting ones are looked at again every 50 ms, not once per NOTIFY of a burst.
-        waiting: dict[str, tuple[TaskGate, Approval | None, float]] = {}
+        # Closed gates not settled yet: the task still deferring, or Airflow's DB or the store
+        # failing for a moment. A closed request stays closed, so it is read from the store at
+        # most once; a deferring task is looked at again every 50 ms, a failure after a second.
+        waiting: dict[str, _Closing] = {}
         # Closed requests already settled. Their opening's NOTIFY can be read after they closed
         # (a burst read late on a busy machine), and their closing's NOTIFY then follows: the
         # first settles the gate, the second must not ask Airflow again.
         settled: Kept[str, bool] = Kept(size=_SETTLED)
         # Transitions heard while the store could not be read -> give up at; read again each second.
         unread: dict[str, float] = {}
-        next_retry = next_reread = 0.0
+        next_reread = 0.0
         while not self._stop.is_set():
-            heard = self._take(timeout=0.05 if waiting or unread else 1.0)
+            heard = self._take(timeout=_LOOK_AGAIN if waiting or unread else 1.0)
             if unread and time.monotonic() >= next_reread:
                 heard = [*unread, *heard]
             heard = [i for i in heard if i not in waiting and not settled.get(i)]
@@ -243,21 +264,24 @@ class GateCloser:
                 for request_id in heard:
                     unread.pop(request_id, None)
             for gate in gates:
-                outcome, approval = self._settle(manager, gate, None)
-                if outcome == NOT_YET:
-                    waiting[gate.id] = (gate, approval, time.monotonic() + self.wait_seconds)
-                else:
-                    settled.put(gate.id, True)
+                waiting[gate.id] = _Closing(gate=gate, give_up=now + self.wait_seconds)
             now = time.monotonic()
-            if waiting and now >= next_retry:
-                next_retry = now + 0.05
-                for request_id, (gate, known, give_up) in list(waiting.items()):
-                    outcome, approval = self._settle(manager, gate, known)
-                    if outcome != NOT_YET or now > give_up:
-                        del waiting[request_id]
-                        settled.put(request_id, True)
-                    else:
-                        waiting[request_id] = (gate, approval, give_up)
+            for request_id, closing in list(waiting.items()):
+                if closing.next_look > now:
+                    continue
+                outcome = self._settle(manager, closing)
+                if outcome != NOT_YET:
+                    del waiting[request_id]
+                    settled.put(request_id, True)
+                elif time.monotonic() > closing.give_up:
+                    del waiting[request_id]
+                    settled.put(request_id, True)
+                    log.info(
+                        "left the task of request %s to its trigger after %.0f s (%s)",
+                        request_id,
+                        self.wait_seconds,
+                        "the databases kept failing" if closing.failed else "its task never deferred or stayed locked",
+                    )
 
     def _take(self, *, timeout: float) -> list[str]:
         # Everything heard so far, waiting up to ``timeout`` for the first: a burst of
@@ -286,33 +310,37 @@ class GateCloser:
             log.warning("gate closer could not read %d transitions", len(request_ids), exc_info=True)
             return None
 
-    def _settle(self, manager: ApprovalManager, gate: TaskGate, known: Approval | None) -> tuple[str, Approval | None]:
+    def _settle(self, manager: ApprovalManager, closing: _Closing) -> str:
+        # ENDED or NOTHING settle the gate; NOT_YET keeps it waiting, as does any error: a
+        # deadlock, a dropped connection or a full pool passes, and with every triggerer down
+        # (or slow) only this thread can end the task.
+        gate = closing.gate
+        closing.next_look = time.monotonic() + _LOOK_AGAIN
         try:
             state = self._look(gate)
+            if state != DEFERRED:
+                return state
+            if closing.approval is None:
+                closing.approval = manager.get(gate.id)
+            outcome = self._end(closing.approval)
+        except ApprovalNotFound:
+            return NOTHING
         except Exception:
-            # Airflow's DB unreachable or busy: the trigger still ends the gate.
-            log.warning("gate closer could not look up the task of request %s", gate.id, exc_info=True)
-            return NOTHING, known
-        if state != DEFERRED:
-            return state, known
-        approval = known
-        if approval is None:
-            try:
-                approval = manager.get(gate.id)
-            except ApprovalNotFound:
-                return NOTHING, None
-            except Exception:
-                log.warning("gate closer could not read request %s", gate.id, exc_info=True)
-                return NOT_YET, None
-        try:
-            outcome = self._end(approval)
-        except Exception:
-            log.warning("gate closer could not end the task of request %s", gate.id, exc_info=True)
-            return NOTHING, approval
+            closing.next_look = time.monotonic() + _AFTER_FAILURE
+            # Once per gate with the traceback; each retry would repeat it.
+            log.log(
+                logging.DEBUG if closing.failed else logging.WARNING,
+                "gate closer could not end the task of request %s yet; trying again for up to %.0f s",
+                gate.id,
+                self.wait_seconds,
+                exc_info=True,
+            )
+            closing.failed = True
+            return NOT_YET
         if outcome == ENDED:
             self.ended += 1
-            log.info("ended the task of request %s (%s) from the api-server", gate.id, approval.state)
-        return outcome, approval
+            log.info("ended the task of request %s (%s) from the api-server", gate.id, closing.approval.state)
+        return outcome
 
 
 _service_lock = threading.Lock()

@@ -142,7 +142,7 @@ class TestOnPostgres:
         assert len(end.calls) == count, "no more attempts after wait_seconds"
         assert closer.ended == 0
 
-    def test_a_failing_airflow_side_never_stops_the_closer(
+    def test_a_failing_airflow_side_never_holds_up_other_gates(
         self, pg_manager: ApprovalManager, closer_of: Callable[..., GateCloser]
     ) -> None:
         def answers(approval: Approval, n: int) -> str:
@@ -158,6 +158,72 @@ class TestOnPostgres:
         pg_manager.approve(second.id, user=ALICE)
         assert end.wait_for(2) == [(first.id, "rejected"), (second.id, "approved")]
         assert closer.ended == 1
+
+    def test_an_end_that_fails_is_tried_again_until_it_ends_the_task(
+        self, pg_manager: ApprovalManager, closer_of: Callable[..., GateCloser]
+    ) -> None:
+        # A deadlock or a dropped connection passes; with every triggerer down, only the
+        # closer's next attempt ends the task.
+        def answers(approval: Approval, n: int) -> str:
+            if n < 3:
+                raise RuntimeError("deadlock detected")
+            return ENDED
+
+        end = Recorder(answers)
+        closer = closer_of(end)
+        _listening(closer)
+        approval = pg_manager.create(spec())
+        pg_manager.approve(approval.id, user=ALICE)
+        assert end.wait_for(3) == [(approval.id, "approved")] * 3
+        time.sleep(0.3)
+        assert len(end.calls) == 3 and closer.ended == 1
+
+    def test_a_look_or_read_that_fails_is_tried_again(
+        self, pg_store: ApprovalStore, closer_of: Callable[..., GateCloser]
+    ) -> None:
+        looks: list[str] = []
+        reads: list[str] = []
+
+        def look(gate: TaskGate) -> str:
+            looks.append(gate.id)
+            if len(looks) == 1:
+                raise ConnectionError("metadata DB unreachable")
+            return DEFERRED
+
+        class FlakyRead(ApprovalManager):
+            def get(self, request_id: str) -> Approval:
+                reads.append(request_id)
+                if len(reads) == 1:
+                    raise ConnectionError("store unreachable")
+                return super().get(request_id)
+
+        manager = FlakyRead(store=pg_store)
+        end = Recorder()
+        closer = closer_of(end, over=manager, look=look)
+        _listening(closer)
+        approval = manager.create(spec())
+        manager.approve(approval.id, user=ALICE)
+        assert end.wait_for(1) == [(approval.id, "approved")]
+        assert looks == [approval.id] * 3 and reads == [approval.id] * 2
+        assert closer.ended == 1
+
+    def test_an_end_that_keeps_failing_is_left_to_the_trigger_after_the_wait(
+        self, pg_manager: ApprovalManager, closer_of: Callable[..., GateCloser]
+    ) -> None:
+        def answers(approval: Approval, n: int) -> str:
+            raise RuntimeError("metadata DB down")
+
+        end = Recorder(answers)
+        closer = closer_of(end, wait_seconds=1.5)
+        _listening(closer)
+        approval = pg_manager.create(spec())
+        pg_manager.approve(approval.id, user=ALICE)
+        end.wait_for(2)
+        time.sleep(2.0)
+        count = len(end.calls)
+        time.sleep(1.5)
+        assert len(end.calls) == count, "no more attempts after wait_seconds"
+        assert closer.ended == 0
 
     def test_a_gate_whose_task_is_not_deferred_is_neither_read_in_full_nor_ended(
         self, pg_store: ApprovalStore, closer_of: Callable[..., GateCloser]

@@ -763,6 +763,19 @@ class AirflowHarness:
             parts.append(f"===== {path.name} (last {lines} lines) =====\n{tail_file(path, lines)}")
         return "\n".join(parts)
 
+    def hitl_logs(self, lines: int = 40) -> str:
+        """Our own log lines (loggers ``airflow_hitl.*``) of every process, which polling's access lines would bury."""
+        parts = []
+        for path in sorted(self.logs_folder.glob("*.log")):
+            try:
+                text = path.read_text("utf-8", "replace")
+            except OSError:
+                continue
+            ours = [line for line in text.splitlines() if "[airflow_hitl." in line]
+            if ours:
+                parts.append(f"===== {path.name}: airflow_hitl lines (last {lines}) =====\n" + "\n".join(ours[-lines:]))
+        return "\n".join(parts)
+
     def task_logs(self, dag_id: str, run_id: str, task_id: str, lines: int = 60) -> str:
         """Tails of the task's log files (every try) in AIRFLOW_HOME/logs."""
         base = self.home / "logs"
@@ -864,6 +877,7 @@ class AirflowHarness:
                 parts.append("approvals: " + repr([(a.id, a.task_id, a.try_number, a.state) for a in approvals]))
             for tid in [task_id] if task_id else list(self.task_states(dag_id, run_id)):
                 parts.append(self.task_logs(dag_id, run_id, tid))
+            parts.append(self.hitl_logs())
             parts.append(self.dump_logs(lines=40))
             return "\n".join(parts)
 
