@@ -136,8 +136,9 @@ OPTIONS: tuple[Option, ...] = (
         default="30.0",
         example="60.0",
         description=(
-            "How long the api-server's gate closer keeps looking for the task of a closed request to "
-            "finish deferring before leaving it to the trigger."
+            "How long the api-server's gate closer keeps trying to end the task of a closed request "
+            "(still deferring, locked by another Airflow process, or a database error) before leaving "
+            "it to the trigger."
         ),
     ),
     Option(

@@ -63,6 +63,13 @@ _SETTLED = 10_000
 
 #: What :func:`end_gate` found: ended it, nothing to do (ever), or not deferred yet (try again).
 ENDED, NOTHING, NOT_YET = "ended", "nothing", "not_yet"
+#: What :func:`end_gate` found when another transaction holds the task instance's row (try again).
+LOCKED = "locked"
+#: Why a gate is still waiting, for the log line of one left to its trigger.
+_WHY = {
+    NOT_YET: "its task never deferred",
+    LOCKED: "another Airflow process kept its task instance locked",
+}
 #: What :func:`gate_state` found when the task is deferred, so :func:`end_gate` may end it.
 DEFERRED = "deferred"
 
@@ -118,7 +125,8 @@ def end_gate(approval: Approval) -> str:
     """End the task instance of ``approval``'s gate in Airflow's metadata DB if it waits on its trigger.
 
     Returns :data:`ENDED`, :data:`NOTHING` (not a task's gate, still open, already ended, or
-    deferred on something else) or :data:`NOT_YET` (the task has not deferred yet).
+    deferred on something else), :data:`NOT_YET` (the task has not deferred yet) or
+    :data:`LOCKED` (another transaction holds the task instance's row).
     """
     if approval.is_waiting or approval.origin != "task" or not approval.run_id or approval.try_number is None:
         return NOTHING
@@ -137,8 +145,10 @@ def end_gate(approval: Approval) -> str:
         ti = session.scalars(select(TaskInstance).where(*key).with_for_update(skip_locked=True)).one_or_none()
         if ti is None:
             # Locked by the scheduler, the triggerer or another api-server right now: look again.
+            # (Airflow's triggerer locks the task instance rows of the triggers it is assigning
+            # itself, until it commits: a triggerer that hangs there holds the gate's row.)
             exists = session.scalar(select(TaskInstance.try_number).where(*key))
-            return NOT_YET if exists is not None else NOTHING
+            return LOCKED if exists is not None else NOTHING
         found = _deferral(state=ti.state, try_number=ti.try_number, asked=approval.try_number)
         if found != DEFERRED:
             return found
@@ -171,6 +181,8 @@ class _Closing:
     next_look: float = 0.0
     #: Whether a look, read or end has failed (logged once with its traceback).
     failed: bool = False
+    #: Why it still waits: the last look's or end's answer, or a failure.
+    why: str = ""
 
 
 class GateCloser:
@@ -270,17 +282,17 @@ class GateCloser:
                 if closing.next_look > now:
                     continue
                 outcome = self._settle(manager, closing)
-                if outcome != NOT_YET:
+                if outcome not in _WHY:
                     del waiting[request_id]
                     settled.put(request_id, True)
                 elif time.monotonic() > closing.give_up:
                     del waiting[request_id]
                     settled.put(request_id, True)
-                    log.info(
-                        "left the task of request %s to its trigger after %.0f s (%s)",
+                    log.warning(
+                        "left the task of request %s to its trigger after %.0f s: %s",
                         request_id,
                         self.wait_seconds,
-                        "the databases kept failing" if closing.failed else "its task never deferred or stayed locked",
+                        closing.why,
                     )
 
     def _take(self, *, timeout: float) -> list[str]:
@@ -311,18 +323,20 @@ class GateCloser:
             return None
 
     def _settle(self, manager: ApprovalManager, closing: _Closing) -> str:
-        # ENDED or NOTHING settle the gate; NOT_YET keeps it waiting, as does any error: a
-        # deadlock, a dropped connection or a full pool passes, and with every triggerer down
-        # (or slow) only this thread can end the task.
+        # ENDED or NOTHING settle the gate; NOT_YET or LOCKED keep it waiting, as does any
+        # error: a deadlock, a dropped connection or a full pool passes, and with every
+        # triggerer down (or slow) only this thread can end the task.
         gate = closing.gate
         closing.next_look = time.monotonic() + _LOOK_AGAIN
         try:
             state = self._look(gate)
             if state != DEFERRED:
+                closing.why = _WHY.get(state, "")
                 return state
             if closing.approval is None:
                 closing.approval = manager.get(gate.id)
             outcome = self._end(closing.approval)
+            closing.why = _WHY.get(outcome, "")
         except ApprovalNotFound:
             return NOTHING
         except Exception:
@@ -336,6 +350,7 @@ class GateCloser:
                 exc_info=True,
             )
             closing.failed = True
+            closing.why = "Airflow's DB or the store kept failing"
             return NOT_YET
         if outcome == ENDED:
             self.ended += 1

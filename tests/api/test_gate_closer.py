@@ -7,6 +7,7 @@ end to end in tests/e2e/test_resume_e2e.py, with every triggerer frozen).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ import pytest
 from airflow_hitl.api.gate_closer import (
     DEFERRED,
     ENDED,
+    LOCKED,
     NOT_YET,
     NOTHING,
     TRIGGER_CLASSPATH,
@@ -206,6 +208,27 @@ class TestOnPostgres:
         assert end.wait_for(1) == [(approval.id, "approved")]
         assert looks == [approval.id] * 3 and reads == [approval.id] * 2
         assert closer.ended == 1
+
+    def test_a_locked_task_instance_is_tried_again_and_the_give_up_says_why(
+        self, pg_manager: ApprovalManager, closer_of: Callable[..., GateCloser], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # Another Airflow process holds the row (a triggerer assigning itself the trigger):
+        # looked at again until it lets go, and said so if it never does.
+        end = Recorder(lambda a, n: LOCKED if a.state == "rejected" or n < 3 else ENDED)
+        closer = closer_of(end, wait_seconds=1.0)
+        _listening(closer)
+        freed, held = pg_manager.create(spec()), pg_manager.create(spec())
+        with caplog.at_level(logging.WARNING, logger="airflow_hitl.api.gate_closer"):
+            pg_manager.approve(freed.id, user=ALICE)
+            pg_manager.reject(held.id, user=ALICE, reason="no")
+            deadline = time.monotonic() + 20
+            while "left the task" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert [c for c in end.calls if c[0] == freed.id] == [(freed.id, "approved")] * 3
+        assert closer.ended == 1
+        assert f"left the task of request {held.id} to its trigger" in caplog.text
+        assert "kept its task instance locked" in caplog.text
+        assert freed.id not in caplog.text
 
     def test_an_end_that_keeps_failing_is_left_to_the_trigger_after_the_wait(
         self, pg_manager: ApprovalManager, closer_of: Callable[..., GateCloser]

@@ -172,6 +172,15 @@ class TestApiServerEndsGates:
         run_id = airflow.trigger(dag_id)
         approval = airflow.wait_for_approval(dag_id, run_id, "gate", states=["pending"])
         airflow.wait_for_ti_state(dag_id, run_id, "gate", "deferred")
+        # Until a triggerer has taken the new trigger, Airflow's assignment query (one SELECT ...
+        # FOR UPDATE over the trigger and task instance tables) locks the gate's task instance
+        # row in each loop of every triggerer; one frozen there would hold that row, and nobody
+        # could end the task until it runs again. Taken, the trigger is out of that query.
+        wait_until(
+            lambda: (gate_ti(airflow, dag_id, run_id).get("trigger") or {}).get("triggerer_id"),
+            timeout=120,
+            what="a triggerer to take the gate's trigger",
+        )
         triggerers = [p for name, p in airflow.processes.items() if name.startswith("triggerer")]
         assert triggerers
         # Frozen, not killed: no triggerer can run the gate's trigger, so only the api-server can end it.
