@@ -17,8 +17,9 @@ closed). The triggerer, finding the trigger unused, cancels it later; the trigge
 ``on_kill`` sees the request closed and does nothing.
 
 Each batch of NOTIFYs costs one light query of the store (which of them closed a task's
-gate) and, per closed gate, one unlocked look at its task instance (:func:`gate_state`); only
-a task still deferred gets its request read in full and ended.
+gate) and one unlocked look at their task instances (:func:`gate_states`), repeated every
+50 ms for the gates whose tasks are still deferring, all of them in one query; only a task
+still deferred gets its request read in full and ended.
 
 Safe with any number of api-servers and triggerers: the task instance row is locked
 (``FOR UPDATE SKIP LOCKED``) and re-checked (still deferred, on our trigger for this request
@@ -35,7 +36,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -70,28 +71,44 @@ _WHY = {
     NOT_YET: "its task never deferred",
     LOCKED: "another Airflow process kept its task instance locked",
 }
-#: What :func:`gate_state` found when the task is deferred, so :func:`end_gate` may end it.
+#: What :func:`gate_states` found when the task is deferred, so :func:`end_gate` may end it.
 DEFERRED = "deferred"
 
 #: Seconds before a task still deferring is looked at again, and after a failure.
 _LOOK_AGAIN, _AFTER_FAILURE = 0.05, 1.0
+#: Gates looked up in one query at most.
+_LOOK_BATCH = 100
 
 
-def gate_state(gate: TaskGate) -> str:
-    """Whether ``gate``'s task try is deferred (:data:`DEFERRED`), still deferring (:data:`NOT_YET`) or neither.
+def gate_states(gates: Sequence[TaskGate]) -> dict[str, str]:
+    """By gate id, whether each task try is deferred (:data:`DEFERRED`), deferring (:data:`NOT_YET`) or neither.
 
-    One unlocked read of two columns, before anything heavier: a gate whose task the
-    trigger has already ended, or one with no task instance, costs no read of the request and
-    no lock. :func:`end_gate` checks again under the task instance's lock.
+    Unlocked reads of two columns, one query per :data:`_LOOK_BATCH` gates, before anything
+    heavier: a gate whose task the trigger has already ended, or one with no task instance,
+    costs no read of the request and no lock, and a hundred gates whose tasks are still
+    deferring cost one query each time they are looked at, not a hundred.
+    :func:`end_gate` checks again under the task instance's lock.
     """
     from airflow.utils.session import create_session
 
+    found: dict[tuple[str, str, str, int], tuple[str | None, int]] = {}
     with create_session() as session:
-        row = session.execute(
-            _task_state_sql(),
-            {"dag_id": gate.dag_id, "run_id": gate.run_id, "task_id": gate.task_id, "map_index": gate.map_index},
-        ).first()
-    return NOTHING if row is None else _deferral(state=row[0], try_number=row[1], asked=gate.try_number)
+        for first in range(0, len(gates), _LOOK_BATCH):
+            chunk = gates[first : first + _LOOK_BATCH]
+            params: dict[str, Any] = {}
+            for i, gate in enumerate(chunk):
+                params.update(
+                    {f"d{i}": gate.dag_id, f"r{i}": gate.run_id, f"t{i}": gate.task_id, f"m{i}": gate.map_index}
+                )
+            for dag_id, run_id, task_id, map_index, state, try_number in session.execute(
+                _task_states_sql(len(chunk)), params
+            ):
+                found[(dag_id, run_id, task_id, map_index)] = (state, try_number)
+    states = {}
+    for gate in gates:
+        row = found.get((gate.dag_id, gate.run_id, gate.task_id, gate.map_index))
+        states[gate.id] = NOTHING if row is None else _deferral(state=row[0], try_number=row[1], asked=gate.try_number)
+    return states
 
 
 def _deferral(*, state: str | None, try_number: int, asked: int | None) -> str:
@@ -106,19 +123,22 @@ def _deferral(*, state: str | None, try_number: int, asked: int | None) -> str:
 
 
 @functools.cache
-def _task_state_sql() -> TextClause:
+def _task_states_sql(count: int) -> TextClause:
     # Plain SQL named from Airflow's own table: a select over its mapped columns spends more
-    # building its cache key (about 0.5 ms) than the lookup itself takes.
+    # building its cache key (about 0.5 ms) than the lookup itself takes. Each gate is one
+    # term on the table's primary key columns, so PostgreSQL reads each row by its index.
     from airflow.models.taskinstance import TaskInstance
     from sqlalchemy import text
 
     table = TaskInstance.__table__
     c = table.c
-    return text(
-        f"SELECT {c.state.name}, {c.try_number.name} FROM {table.name} "
-        f"WHERE {c.dag_id.name} = :dag_id AND {c.run_id.name} = :run_id "
-        f"AND {c.task_id.name} = :task_id AND {c.map_index.name} = :map_index"
+    terms = " OR ".join(
+        f"({c.dag_id.name} = :d{i} AND {c.run_id.name} = :r{i} AND {c.task_id.name} = :t{i} "
+        f"AND {c.map_index.name} = :m{i})"
+        for i in range(count)
     )
+    columns = (c.dag_id, c.run_id, c.task_id, c.map_index, c.state, c.try_number)
+    return text(f"SELECT {', '.join(col.name for col in columns)} FROM {table.name} WHERE {terms}")
 
 
 def end_gate(approval: Approval) -> str:
@@ -191,7 +211,8 @@ class GateCloser:
     :param manager_factory: Builds the manager of the store (default: ``[hitl]``'s store).
     :param wait_seconds: How long a closed request's task may take to finish deferring, or
         the databases may keep failing, before the gate is left to its trigger.
-    :param look: Whether a gate's task is deferred (:func:`gate_state`; tests pass their own).
+    :param look: Whether the tasks of gates are deferred, by gate id (:func:`gate_states`;
+        tests pass their own).
     :param end: Ends one gate (:func:`end_gate`; tests pass their own).
     """
 
@@ -200,7 +221,7 @@ class GateCloser:
         *,
         manager_factory: Callable[[], ApprovalManager] = ApprovalManager,
         wait_seconds: float = 30.0,
-        look: Callable[[TaskGate], str] = gate_state,
+        look: Callable[[Sequence[TaskGate]], dict[str, str]] = gate_states,
         end: Callable[[Approval], str] = end_gate,
     ) -> None:
         self._manager_factory = manager_factory
@@ -278,10 +299,9 @@ class GateCloser:
             for gate in gates:
                 waiting[gate.id] = _Closing(gate=gate, give_up=now + self.wait_seconds)
             now = time.monotonic()
-            for request_id, closing in list(waiting.items()):
-                if closing.next_look > now:
-                    continue
-                outcome = self._settle(manager, closing)
+            due = [closing for closing in waiting.values() if closing.next_look <= now]
+            for closing, outcome in self._settle(manager, due):
+                request_id = closing.gate.id
                 if outcome not in _WHY:
                     del waiting[request_id]
                     settled.put(request_id, True)
@@ -322,40 +342,60 @@ class GateCloser:
             log.warning("gate closer could not read %d transitions", len(request_ids), exc_info=True)
             return None
 
-    def _settle(self, manager: ApprovalManager, closing: _Closing) -> str:
-        # ENDED or NOTHING settle the gate; NOT_YET or LOCKED keep it waiting, as does any
-        # error: a deadlock, a dropped connection or a full pool passes, and with every
-        # triggerer down (or slow) only this thread can end the task.
-        gate = closing.gate
-        closing.next_look = time.monotonic() + _LOOK_AGAIN
+    def _settle(self, manager: ApprovalManager, due: list[_Closing]) -> list[tuple[_Closing, str]]:
+        # One look at every due gate's task, then each deferred one read and ended. ENDED or
+        # NOTHING settle a gate; NOT_YET or LOCKED keep it waiting, as does any error: a
+        # deadlock, a dropped connection or a full pool passes, and with every triggerer down
+        # (or slow) only this thread can end the task.
+        if not due:
+            return []
         try:
-            state = self._look(gate)
-            if state != DEFERRED:
-                closing.why = _WHY.get(state, "")
-                return state
+            states = self._look([closing.gate for closing in due])
+        except Exception:
+            if not all(closing.failed for closing in due):  # not again on each retry
+                log.warning("gate closer could not look up the tasks of %d closed requests", len(due), exc_info=True)
+            return [(closing, self._failed(closing, logged=True)) for closing in due]
+        settled = []
+        for closing in due:
+            state = states.get(closing.gate.id, NOTHING)
+            if state == DEFERRED:
+                state = self._end_one(manager, closing)
+            elif state in _WHY:
+                closing.why = _WHY[state]
+                closing.next_look = time.monotonic() + _LOOK_AGAIN
+            settled.append((closing, state))
+        return settled
+
+    def _end_one(self, manager: ApprovalManager, closing: _Closing) -> str:
+        gate = closing.gate
+        try:
             if closing.approval is None:
                 closing.approval = manager.get(gate.id)
             outcome = self._end(closing.approval)
-            closing.why = _WHY.get(outcome, "")
         except ApprovalNotFound:
             return NOTHING
         except Exception:
-            closing.next_look = time.monotonic() + _AFTER_FAILURE
-            # Once per gate with the traceback; each retry would repeat it.
-            log.log(
-                logging.DEBUG if closing.failed else logging.WARNING,
-                "gate closer could not end the task of request %s yet; trying again for up to %.0f s",
-                gate.id,
-                self.wait_seconds,
-                exc_info=True,
-            )
-            closing.failed = True
-            closing.why = "Airflow's DB or the store kept failing"
-            return NOT_YET
+            return self._failed(closing)
         if outcome == ENDED:
             self.ended += 1
             log.info("ended the task of request %s (%s) from the api-server", gate.id, closing.approval.state)
+        closing.why = _WHY.get(outcome, "")
+        closing.next_look = time.monotonic() + _LOOK_AGAIN
         return outcome
+
+    def _failed(self, closing: _Closing, *, logged: bool = False) -> str:
+        # Tried again in a second; the traceback is logged once per gate, not on each retry.
+        if not (logged or closing.failed):
+            log.warning(
+                "gate closer could not end the task of request %s yet; trying again for up to %.0f s",
+                closing.gate.id,
+                self.wait_seconds,
+                exc_info=True,
+            )
+        closing.failed = True
+        closing.why = "Airflow's DB or the store kept failing"
+        closing.next_look = time.monotonic() + _AFTER_FAILURE
+        return NOT_YET
 
 
 _service_lock = threading.Lock()

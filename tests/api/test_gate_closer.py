@@ -24,7 +24,7 @@ from airflow_hitl.api.gate_closer import (
     TRIGGER_CLASSPATH,
     GateCloser,
     end_gate,
-    gate_state,
+    gate_states,
 )
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.store import ApprovalStore
@@ -87,7 +87,7 @@ def closer_of(pg_manager: ApprovalManager) -> Iterator[Callable[..., GateCloser]
         look: Callable[[TaskGate], str] = lambda gate: DEFERRED,
     ) -> GateCloser:
         used = over or manager
-        closer = GateCloser(manager_factory=lambda: used, wait_seconds=wait_seconds, look=look, end=end)
+        closer = GateCloser(manager_factory=lambda: used, wait_seconds=wait_seconds, look=each(look), end=end)
         closer.start()
         started.append(closer)
         return closer
@@ -95,6 +95,11 @@ def closer_of(pg_manager: ApprovalManager) -> Iterator[Callable[..., GateCloser]
     yield make
     for closer in started:
         closer.stop()
+
+
+def each(look: Callable[[TaskGate], str]) -> Callable[[Sequence[TaskGate]], dict[str, str]]:
+    """A closer's ``look`` (all due gates at once) from an answer per gate."""
+    return lambda gates: {gate.id: look(gate) for gate in gates}
 
 
 def _listening(closer: GateCloser) -> None:
@@ -298,6 +303,32 @@ class TestOnPostgres:
         time.sleep(0.3)
         assert looks == [approval.id] * 4 and reads == [approval.id] and closer.ended == 1
 
+    def test_the_tasks_of_many_waiting_gates_are_looked_up_together(self, pg_store: ApprovalStore) -> None:
+        # A burst of decisions made before their tasks have deferred: each look asks about all
+        # the waiting gates in one call, not one call per gate.
+        manager = ApprovalManager(store=pg_store)
+        decided = []
+        for _ in range(30):
+            approval = manager.create(spec())
+            decided.append(manager.approve(approval.id, user=ALICE).id)
+        looks: list[list[str]] = []
+
+        def look(gates: Sequence[TaskGate]) -> dict[str, str]:
+            looks.append([gate.id for gate in gates])
+            return {gate.id: NOT_YET if len(looks) < 4 else DEFERRED for gate in gates}
+
+        end = Recorder()
+        closer = GateCloser(manager_factory=lambda: manager, look=look, end=end)
+        for request_id in decided:  # heard before the closer's thread reads any: one batch
+            closer.submit(request_id)
+        closer.start()
+        try:
+            assert sorted(i for i, _ in end.wait_for(30)) == sorted(decided)
+            assert looks == [decided] * 4
+            assert closer.ended == 30
+        finally:
+            closer.stop()
+
     def test_transitions_heard_while_the_store_cannot_be_read_are_read_again(
         self, pg_store: ApprovalStore, closer_of: Callable[..., GateCloser]
     ) -> None:
@@ -407,7 +438,7 @@ class TestEndGate:
             (None, 1, NOTHING),  # no such task instance
         ],
     )
-    def test_gate_state_reads_the_task_instance_try(
+    def test_gate_states_reads_each_task_instance_try(
         self, airflow_api: object, state: str | None, try_number: int, expected: str
     ) -> None:
         # Rows written straight into a real (SQLite) Airflow metadata DB: the columns the
@@ -439,7 +470,9 @@ class TestEndGate:
                 )
         try:
             gate = TaskGate(id="x", dag_id="gate_dag", run_id=run_id, task_id="gate", map_index=-1, try_number=1)
-            assert gate_state(gate) == expected
+            # With a gate of another task instance (none exists) in the same look.
+            other = TaskGate(id="y", dag_id="gate_dag", run_id=run_id, task_id="other", map_index=-1, try_number=1)
+            assert gate_states([gate, other]) == {"x": expected, "y": NOTHING}
         finally:
             with create_session() as session:
                 session.execute(delete(tis).where(tis.c.run_id == run_id))
