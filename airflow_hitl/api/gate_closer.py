@@ -355,7 +355,7 @@ class GateCloser:
             if not all(closing.failed for closing in due):  # not again on each retry
                 log.warning("gate closer could not look up the tasks of %d closed requests", len(due), exc_info=True)
             return [(closing, self._failed(closing, logged=True)) for closing in due]
-        settled = []
+        outcomes = []
         for closing in due:
             state = states.get(closing.gate.id, NOTHING)
             if state == DEFERRED:
@@ -363,8 +363,8 @@ class GateCloser:
             elif state in _WHY:
                 closing.why = _WHY[state]
                 closing.next_look = time.monotonic() + _LOOK_AGAIN
-            settled.append((closing, state))
-        return settled
+            outcomes.append((closing, state))
+        return outcomes
 
     def _end_one(self, manager: ApprovalManager, closing: _Closing) -> str:
         gate = closing.gate
