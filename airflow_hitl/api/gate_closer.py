@@ -66,10 +66,13 @@ _SETTLED = 10_000
 ENDED, NOTHING, NOT_YET = "ended", "nothing", "not_yet"
 #: What :func:`end_gate` found when another transaction holds the task instance's row (try again).
 LOCKED = "locked"
-#: Why a gate is still waiting, for the log line of one left to its trigger.
+#: A look, read or end that raised (tried again after :data:`_AFTER_FAILURE`).
+_FAILED = "failed"
+#: What keeps a gate waiting -> why, for the log line of one left to its trigger.
 _WHY = {
     NOT_YET: "its task never deferred",
     LOCKED: "another Airflow process kept its task instance locked",
+    _FAILED: "Airflow's DB or the store kept failing",
 }
 #: What :func:`gate_states` found when the task is deferred, so :func:`end_gate` may end it.
 DEFERRED = "deferred"
@@ -201,7 +204,7 @@ class _Closing:
     next_look: float = 0.0
     #: Whether a look, read or end has failed (logged once with its traceback).
     failed: bool = False
-    #: Why it still waits: the last look's or end's answer, or a failure.
+    #: Why it still waits (:data:`_WHY` of the last try's answer).
     why: str = ""
 
 
@@ -344,9 +347,9 @@ class GateCloser:
 
     def _settle(self, manager: ApprovalManager, due: list[_Closing]) -> list[tuple[_Closing, str]]:
         # One look at every due gate's task, then each deferred one read and ended. ENDED or
-        # NOTHING settle a gate; NOT_YET or LOCKED keep it waiting, as does any error: a
-        # deadlock, a dropped connection or a full pool passes, and with every triggerer down
-        # (or slow) only this thread can end the task.
+        # NOTHING settle a gate; NOT_YET, LOCKED or an error keep it waiting: a deadlock, a
+        # dropped connection or a full pool passes, and with every triggerer down (or slow)
+        # only this thread can end the task.
         if not due:
             return []
         try:
@@ -354,15 +357,16 @@ class GateCloser:
         except Exception:
             if not all(closing.failed for closing in due):  # not again on each retry
                 log.warning("gate closer could not look up the tasks of %d closed requests", len(due), exc_info=True)
-            return [(closing, self._failed(closing, logged=True)) for closing in due]
+            states = dict.fromkeys((closing.gate.id for closing in due), _FAILED)
         outcomes = []
         for closing in due:
             state = states.get(closing.gate.id, NOTHING)
             if state == DEFERRED:
                 state = self._end_one(manager, closing)
-            elif state in _WHY:
+            if state in _WHY:
                 closing.why = _WHY[state]
-                closing.next_look = time.monotonic() + _LOOK_AGAIN
+                closing.failed = closing.failed or state == _FAILED
+                closing.next_look = time.monotonic() + (_AFTER_FAILURE if state == _FAILED else _LOOK_AGAIN)
             outcomes.append((closing, state))
         return outcomes
 
@@ -375,27 +379,18 @@ class GateCloser:
         except ApprovalNotFound:
             return NOTHING
         except Exception:
-            return self._failed(closing)
+            if not closing.failed:  # the traceback once per gate, not on each retry
+                log.warning(
+                    "gate closer could not end the task of request %s yet; trying again for up to %.0f s",
+                    gate.id,
+                    self.wait_seconds,
+                    exc_info=True,
+                )
+            return _FAILED
         if outcome == ENDED:
             self.ended += 1
             log.info("ended the task of request %s (%s) from the api-server", gate.id, closing.approval.state)
-        closing.why = _WHY.get(outcome, "")
-        closing.next_look = time.monotonic() + _LOOK_AGAIN
         return outcome
-
-    def _failed(self, closing: _Closing, *, logged: bool = False) -> str:
-        # Tried again in a second; the traceback is logged once per gate, not on each retry.
-        if not (logged or closing.failed):
-            log.warning(
-                "gate closer could not end the task of request %s yet; trying again for up to %.0f s",
-                closing.gate.id,
-                self.wait_seconds,
-                exc_info=True,
-            )
-        closing.failed = True
-        closing.why = "Airflow's DB or the store kept failing"
-        closing.next_look = time.monotonic() + _AFTER_FAILURE
-        return NOT_YET
 
 
 _service_lock = threading.Lock()
