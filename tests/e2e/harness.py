@@ -883,6 +883,19 @@ class AirflowHarness:
 
         return describe
 
+    def wait_in_triggerer(self, dag_id: str, run_id: str, task_id: str, *, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait until the task instance is deferred and a triggerer has taken its trigger; return it.
+
+        Until then each triggerer's assignment query (``SELECT ... FOR UPDATE`` over the trigger
+        and task instance tables) may hold the task instance's row for a moment.
+        """
+
+        def taken() -> dict[str, Any] | None:
+            ti = self.wait_for_ti_state(dag_id, run_id, task_id, "deferred", timeout=timeout)
+            return ti if (ti["trigger"] or {}).get("triggerer_id") is not None else None
+
+        return wait_until(taken, timeout=timeout, what=f"{dag_id}.{task_id}'s trigger to run in a triggerer")
+
     def wait_for_ti_state(
         self,
         dag_id: str,

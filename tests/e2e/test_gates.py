@@ -18,7 +18,7 @@ from airflow_hitl.exceptions import NotAllowed
 from airflow_hitl.manager import ApprovalFilter
 from airflow_hitl.policy import Principal
 from airflow_hitl.version_compat import TRIGGER_ON_KILL
-from tests.e2e.harness import AirflowHarness, HarnessError, wait_until
+from tests.e2e.harness import AirflowHarness, HarnessError
 
 pytestmark = pytest.mark.e2e
 
@@ -33,13 +33,7 @@ def assert_waiting_in_triggerer(
     airflow: AirflowHarness, dag_id: str, run_id: str, task_id: str, *, timeout: float = 120.0
 ) -> dict[str, Any]:
     """The gate is deferred to our trigger, which a triggerer runs: no worker slot is held."""
-
-    def picked_up() -> dict[str, Any] | None:
-        ti = airflow.wait_for_ti_state(dag_id, run_id, task_id, "deferred", timeout=timeout)
-        trigger = ti["trigger"] or {}
-        return ti if trigger.get("triggerer_id") is not None else None
-
-    ti = wait_until(picked_up, timeout=timeout, what=f"{dag_id}.{task_id}'s trigger to run in the triggerer")
+    ti = airflow.wait_in_triggerer(dag_id, run_id, task_id, timeout=timeout)
     assert ti["state"] == "deferred"
     assert ti["trigger"]["classpath"] == TRIGGER_CLASSPATH
     return ti

@@ -194,16 +194,10 @@ class TestApiServerEndsGates:
         dag_id = "e2e_resume_gate"
         run_id = airflow.trigger(dag_id)
         approval = airflow.wait_for_approval(dag_id, run_id, "gate", states=["pending"])
-        airflow.wait_for_ti_state(dag_id, run_id, "gate", "deferred")
-        # Until a triggerer has taken the new trigger, Airflow's assignment query (one SELECT ...
-        # FOR UPDATE over the trigger and task instance tables) locks the gate's task instance
-        # row in each loop of every triggerer; one frozen there would hold that row, and nobody
-        # could end the task until it runs again. Taken, the trigger is out of that query.
-        wait_until(
-            lambda: (gate_ti(airflow, dag_id, run_id).get("trigger") or {}).get("triggerer_id"),
-            timeout=120,
-            what="a triggerer to take the gate's trigger",
-        )
+        # Once a triggerer has taken the trigger, none holds the task instance's row any more
+        # (Airflow's assignment query locks it until it commits): frozen in that query, a
+        # triggerer would keep everybody, the api-server too, from ending the task.
+        airflow.wait_in_triggerer(dag_id, run_id, "gate")
         triggerers = [p for name, p in airflow.processes.items() if name.startswith("triggerer")]
         assert triggerers
         # Frozen, not killed: no triggerer can run the gate's trigger, so only the api-server can end it.
