@@ -308,6 +308,33 @@ class TestOnPostgres:
         finally:
             closer.stop()
 
+    def test_a_stream_of_transitions_is_read_together(
+        self, pg_store: ApprovalStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Decisions heard one after another (a stream, not a burst already queued) share one
+        # read of the store while they arrive within the gathering window of the first.
+        monkeypatch.setattr("airflow_hitl.api.gate_closer._GATHER", 5.0)  # wide: a loaded machine stays inside
+        reads: list[list[str]] = []
+
+        class Counting(ApprovalManager):
+            def closed_task_gates(self, request_ids: Sequence[str]) -> list[TaskGate]:
+                reads.append(list(request_ids))
+                return super().closed_task_gates(request_ids)
+
+        manager = Counting(store=pg_store)
+        decided = [manager.approve(manager.create(spec()).id, user=ALICE).id for _ in range(4)]
+        end = Recorder()
+        closer = GateCloser(manager_factory=lambda: manager, look=each(lambda gate: DEFERRED), end=end)
+        closer.start()
+        try:
+            for request_id in decided:
+                closer.submit(request_id)
+                time.sleep(0.05)
+            assert sorted(i for i, _ in end.wait_for(4)) == sorted(decided)
+            assert reads == [decided]
+        finally:
+            closer.stop()
+
     def test_transitions_heard_while_the_store_cannot_be_read_are_read_again(
         self, pg_store: ApprovalStore, closer_of: Callable[..., GateCloser]
     ) -> None:
