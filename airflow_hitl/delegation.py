@@ -20,7 +20,7 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from airflow_hitl.exceptions import AlreadyVoted, ApprovalConflict, HitlError, I
 from airflow_hitl.limits import MAX_TIMEOUT_SECONDS, text_problem, time_problem
 from airflow_hitl.models.tables import ApprovalDelegationRow, ApprovalRequestRow
 from airflow_hitl.policy import ConfigProblems, Eligibility, PolicyView, Principal, check_vote, is_allowed_approver
-from airflow_hitl.records import Approval, jsonable, policy_of
+from airflow_hitl.records import Approval, Vote, jsonable, policy_of
 from airflow_hitl.transaction import StoreTransactions
 from airflow_hitl.vocabulary import APPROVE, DELEGATION_CREATED, DELEGATION_ENDED
 
@@ -459,6 +459,7 @@ class Delegations(StoreTransactions):
         self,
         session: Session,
         row: ApprovalRequestRow,
+        votes: Sequence[Vote],
         *,
         user: Principal,
         action: str,
@@ -466,15 +467,15 @@ class Delegations(StoreTransactions):
         roles_of: RolesOf | None,
         now: dt.datetime,
     ) -> Acting:
-        """Whose vote ``user``'s decision casts on ``row`` (locked), or why they may not cast it.
+        """Whose vote ``user``'s decision casts on ``row`` (locked, with its ``votes``), or why they may not cast it.
 
         Without ``on_behalf_of``: the user's own vote when the policy allows it, else the one
         active delegator it allows (409 when several do). With it: that delegator's vote, if
         an active delegation to ``user`` covers the DAG.
         """
         policy = policy_of(row)
-        voters = [v.user for v in row.votes]
-        cast_for = next((v.user for v in row.votes if v.delegate == user.name), None)
+        voters = [v.user for v in votes]
+        cast_for = next((v.user for v in votes if v.delegate == user.name), None)
         if cast_for is not None:
             # One person counts once, whether for themselves or for one delegator.
             raise NotAllowed(f"you have already voted on this request for {cast_for} and cannot vote on it again")

@@ -45,7 +45,6 @@ from airflow_hitl.models.tables import (
     ORIGINS,
     WAITING_STATES,
     ApprovalRequestRow,
-    ApprovalVoteRow,
 )
 from airflow_hitl.notices import NoticeLog
 from airflow_hitl.policy import (
@@ -54,7 +53,7 @@ from airflow_hitl.policy import (
     quorum_reached,
 )
 from airflow_hitl.queries import ApprovalQueries
-from airflow_hitl.records import Approval, policy_of
+from airflow_hitl.records import Approval, Vote, policy_of
 from airflow_hitl.spec import (
     ApprovalFilter,
     ApprovalSpec,
@@ -201,7 +200,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
             outbox.plan_opened(session, row, now)
             # Announced on commit (PostgreSQL): wakes the outbox drainer and anyone watching for new gates.
             self._notify(session, row.id)
-            return Approval.from_row(row)
+            return Approval.from_row(row, votes=())
 
     def _supersede_earlier_tries(self, session: Session, spec: ApprovalSpec, now: dt.datetime) -> None:
         # A task cleared while deferred comes back as a new try. Where the triggerer could
@@ -350,7 +349,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
         if source not in VOTE_SOURCES:
             raise InvalidInput("source", f"must be one of {list(VOTE_SOURCES)}")
         with self._transaction() as session:
-            row = self._lock(session, request_id, dag_access=dag_access)
+            row, votes = self._lock(session, request_id, dag_access=dag_access)
             now = self._clock()
             if link is not None:
                 # Used up with the vote, in this transaction: a refused vote leaves it usable.
@@ -365,7 +364,14 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
             self._ensure_open(row, now)
             # The caller's own vote, or a delegator's they cast (refused with the reason why not).
             acting = self._acting(
-                session, row, user=user, action=action, on_behalf_of=on_behalf_of, roles_of=delegator_roles, now=now
+                session,
+                row,
+                votes,
+                user=user,
+                action=action,
+                on_behalf_of=on_behalf_of,
+                roles_of=delegator_roles,
+                now=now,
             )
             delegated = {"delegate": acting.delegate, "delegation_id": acting.delegation_id} if acting.delegate else {}
             user = acting.voter
@@ -374,21 +380,26 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
             # Checked against the form stored with the request, under the lock: what counts is
             # the form this very gate asked for, whatever the DAG file says now.
             values = resolve_inputs(row.inputs or {}, inputs, approving=action == APPROVE)
-            vote = ApprovalVoteRow(
-                request_id=row.id,
+            vote = Vote(
                 user=user.name,
                 delegate=acting.delegate,
-                user_roles=sorted(user.roles),
+                user_roles=tuple(sorted(user.roles)),
                 vote=action,
                 comment=comment,
                 reason=reason,
                 source=source,
                 escalation_level=row.escalation_level,
-                metadata_=json_safe(metadata or {}),
+                metadata=json_safe(metadata or {}),
                 inputs=json_safe(values),
                 created_at=now,
             )
-            row.votes.append(vote)
+            try:
+                # The row lock makes a duplicate impossible; the unique constraint makes it
+                # impossible twice over.
+                self._cast(session, row.id, vote)
+            except IntegrityError as err:
+                raise AlreadyVoted(row.id, user.name) from err
+            votes.append(vote)
             self._audit(
                 session,
                 request_id=row.id,
@@ -420,7 +431,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                     client=client,
                     details=delegated,
                 )
-            elif quorum_reached(policy_of(row), ((v.user, v.user_roles, v.vote) for v in row.votes)):
+            elif quorum_reached(policy_of(row), ((v.user, v.user_roles, v.vote) for v in votes)):
                 self._finish(
                     session,
                     row,
@@ -438,20 +449,15 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                 # Written even when the clock reads as before: a vote always writes a new
                 # version of its request, which is what pages of requests are kept by.
                 flag_modified(row, "updated_at")
-            try:
-                # The vote and the request in one flush; the row lock makes a duplicate
-                # impossible, the unique constraint makes it impossible twice over.
-                session.flush()
-            except IntegrityError as err:
-                raise AlreadyVoted(row.id, user.name) from err
-            return Approval.from_row(row)
+            session.flush()
+            return Approval.from_row(row, votes=votes)
 
     def decide_automatically(self, request_id: str, *, source: str, comment: str) -> Approval:
         """Approve at once without people (``approval_type='auto'`` or a true condition)."""
         with self._transaction() as session:
-            row = self._lock(session, request_id)
+            row, votes = self._lock(session, request_id)
             if row.state not in WAITING_STATES:
-                return Approval.from_row(row)
+                return Approval.from_row(row, votes=votes)
             self._finish(
                 session,
                 row,
@@ -463,7 +469,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                 now=self._clock(),
             )
             session.flush()
-            return Approval.from_row(row)
+            return Approval.from_row(row, votes=votes)
 
     def cancel(
         self,
@@ -479,7 +485,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidInput("reason", "a reason is required to cancel")
         with self._transaction() as session:
-            row = self._lock(session, request_id, dag_access=dag_access)
+            row, votes = self._lock(session, request_id, dag_access=dag_access)
             if row.state not in WAITING_STATES:
                 raise ApprovalNotPending(row.id, row.state)
             self._finish(
@@ -494,7 +500,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                 client=client,
             )
             session.flush()
-            return Approval.from_row(row)
+            return Approval.from_row(row, votes=votes)
 
     def apply_timeout(self, request_id: str) -> TimeoutOutcome:
         """Apply the timeout action if the request is still waiting and has expired.
@@ -503,15 +509,15 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
         of them apply it; the others see the new state and change nothing.
         """
         with self._transaction() as session:
-            row = self._lock(session, request_id)
+            row, votes = self._lock(session, request_id)
             now = self._clock()
             if row.state not in WAITING_STATES or row.expires_at is None or now < row.expires_at:
-                return TimeoutOutcome(approval=Approval.from_row(row), applied=False)
+                return TimeoutOutcome(approval=Approval.from_row(row, votes=votes), applied=False)
             targets = [EscalationLevel.from_json(t) for t in row.escalation_targets or ()]
             if row.timeout_action == "escalate" and row.escalation_level < len(targets):
                 self._escalate(session, row, targets[row.escalation_level], now)
                 session.flush()
-                return TimeoutOutcome(approval=Approval.from_row(row), applied=True, escalated=True)
+                return TimeoutOutcome(approval=Approval.from_row(row, votes=votes), applied=True, escalated=True)
             action = row.escalation_final_action if row.timeout_action == "escalate" else row.timeout_action
             decision = "approved" if action == "approve" else "rejected"
             self._finish(
@@ -526,7 +532,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                 details={"action": action, "escalation_level": row.escalation_level},
             )
             session.flush()
-            return TimeoutOutcome(approval=Approval.from_row(row), applied=True)
+            return TimeoutOutcome(approval=Approval.from_row(row, votes=votes), applied=True)
 
     def _escalate(self, session: Session, row: ApprovalRequestRow, level: EscalationLevel, now: dt.datetime) -> None:
         # Escalation widens the circle: the earlier approvers may still decide.

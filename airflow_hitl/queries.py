@@ -15,15 +15,9 @@ from typing import Any, Generic, TypeVar
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import (
-    JSON,
-    Column,
-    Label,
     String,
-    Table,
-    Text,
     any_,
     bindparam,
-    cast,
     func,
     literal_column,
     select,
@@ -34,57 +28,14 @@ from sqlalchemy.orm import Session, joinedload
 
 from airflow_hitl.exceptions import ApprovalNotFound, InvalidInput
 from airflow_hitl.models.store import ApprovalStore
-from airflow_hitl.models.tables import WAITING_STATES, ApprovalRequestRow, ApprovalVoteRow
+from airflow_hitl.models.tables import WAITING_STATES, ApprovalRequestRow
 from airflow_hitl.policy import Eligibility, Principal, check_vote
-from airflow_hitl.records import Approval, TaskGate, Vote, WaitState, json_column
+from airflow_hitl.records import Approval, TaskGate, WaitState
 from airflow_hitl.spec import ORDERABLE, ApprovalFilter, replace_filter, where_clauses
-from airflow_hitl.transaction import StoreTransactions
+from airflow_hitl.transaction import StoreTransactions, decoded, text_columns, votes_of
 from airflow_hitl.vocabulary import TERMINAL_STATES
 
-
-def _as_text(table: Table) -> tuple[list[Column[Any] | Label[Any]], frozenset[str]]:
-    # Every column of ``table``, its JSON ones read as their text: the driver's decoder costs
-    # more per value than json_column, which skips the parser for the many empty objects.
-    json_names = frozenset(c.name for c in table.c if isinstance(c.type, JSON))
-    columns = [cast(c, Text).label(c.name) if c.name in json_names else c for c in table.c]
-    return columns, json_names
-
-
-_REQUEST_COLUMNS, _REQUEST_JSON = _as_text(ApprovalRequestRow.__table__)  # type: ignore[arg-type]
-_VOTE_COLUMNS, _VOTE_JSON = _as_text(ApprovalVoteRow.__table__)  # type: ignore[arg-type]
-
-
-def _decoded(row: Any, json_names: frozenset[str]) -> dict[str, Any]:
-    values = dict(row._mapping)
-    for name in json_names:
-        values[name] = json_column(values[name])
-    return values
-
-
-_VOTES = ApprovalVoteRow.__table__.c
-# On PostgreSQL one array parameter: the statement's text is the same for any page, so the
-# driver's query cache keeps it (100 expanded IN parameters made it too long to cache).
-_VOTES_OF_PG = (
-    select(*_VOTE_COLUMNS).where(_VOTES.request_id == any_(bindparam("ids", type_=ARRAY(String)))).order_by(_VOTES.id)
-)
-
-
-def _votes_of(session: Session, request_ids: builtins.list[str], *, postgres: bool) -> dict[str, builtins.list[Vote]]:
-    """The votes of ``request_ids`` (one query; batches on SQLite), each request's in the order cast."""
-    found: dict[str, builtins.list[Vote]] = {}
-    if not request_ids:
-        return found
-    # SQLite caps a statement's parameters, and a page may hold 10,000 requests.
-    step = len(request_ids) if postgres else 500
-    for start in range(0, len(request_ids), step):
-        ids = request_ids[start : start + step]
-        if postgres:
-            rows = session.execute(_VOTES_OF_PG, {"ids": ids})
-        else:
-            rows = session.execute(select(*_VOTE_COLUMNS).where(_VOTES.request_id.in_(ids)).order_by(_VOTES.id))
-        for row in rows:
-            found.setdefault(row.request_id, []).append(Vote.from_columns(_decoded(row, _VOTE_JSON)))
-    return found
+_REQUEST_COLUMNS, _REQUEST_JSON = text_columns(ApprovalRequestRow.__table__)  # type: ignore[arg-type]
 
 
 K = TypeVar("K")
@@ -192,8 +143,8 @@ class ApprovalQueries(StoreTransactions):
                 .limit(limit)
                 .offset(offset)
             ).all()
-            votes = _votes_of(session, [r.id for r in rows], postgres=False)
-        items = [Approval.from_columns(_decoded(r, _REQUEST_JSON), votes=tuple(votes.get(r.id, ()))) for r in rows]
+            votes = votes_of(session, [r.id for r in rows], postgres=False)
+        items = [Approval.from_columns(decoded(r, _REQUEST_JSON), votes=tuple(votes.get(r.id, ()))) for r in rows]
         return items, int(total)
 
     def _snapshots(self, session: Session, page: Sequence[Any]) -> builtins.list[Approval]:
@@ -207,9 +158,9 @@ class ApprovalQueries(StoreTransactions):
         missing = [request_id for request_id, _ in page if request_id not in found]
         if missing:
             rows = session.execute(_BY_IDS_PG, {"ids": missing}).all()
-            votes = _votes_of(session, missing, postgres=True)
+            votes = votes_of(session, missing, postgres=True)
             for row in rows:
-                snapshot = Approval.from_columns(_decoded(row, _REQUEST_JSON), votes=tuple(votes.get(row.id, ())))
+                snapshot = Approval.from_columns(decoded(row, _REQUEST_JSON), votes=tuple(votes.get(row.id, ())))
                 # Kept under the version read with it: were a vote committed between this read
                 # and its votes' read, it also wrote a newer version, and this key is never asked again.
                 kept.put((row.id, row.version), snapshot)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any, TypeVar, get_type_hints
@@ -155,8 +155,8 @@ class Approval:
     inputs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_row(cls, row: ApprovalRequestRow) -> Approval:
-        """Copy a request row and its votes."""
+    def from_row(cls, row: ApprovalRequestRow, *, votes: Iterable[Vote] | None = None) -> Approval:
+        """Copy a request row and its votes (``votes`` when given, else the row's loaded ones)."""
         return record_of(
             cls,
             row,
@@ -166,7 +166,7 @@ class Approval:
             allowed_roles=tuple(row.allowed_roles or ()),
             metadata=dict(row.metadata_ or {}),
             notify=dict(row.notify or {}),
-            votes=tuple(Vote.from_row(v) for v in row.votes),
+            votes=tuple(votes) if votes is not None else tuple(Vote.from_row(v) for v in row.votes),
             inputs=dict(row.inputs or {}),
         )
 

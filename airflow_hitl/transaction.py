@@ -18,16 +18,18 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import JSON, Column, Label, String, Table, Text, any_, bindparam, cast, func, insert, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, raiseload
 
 from airflow_hitl import metrics
 from airflow_hitl.audit import GENESIS_HASH, event_hash
 from airflow_hitl.exceptions import ApprovalNotFound, NotAllowed, StoreOutcomeUnknown, StoreUnavailable
 from airflow_hitl.models.store import NOTIFY_CHANNEL, OUTBOX_CHANNEL, OUTBOX_QUEUED, ApprovalStore
-from airflow_hitl.models.tables import WAITING_PREDICATE, ApprovalEventRow, ApprovalRequestRow
+from airflow_hitl.models.tables import WAITING_PREDICATE, ApprovalEventRow, ApprovalRequestRow, ApprovalVoteRow
+from airflow_hitl.records import Vote, json_column
 from airflow_hitl.spec import DagAccess, json_safe
 
 # Any constant works; it serialises appends to the audit chain across processes.
@@ -36,6 +38,69 @@ _AUDIT_LOCK_KEY = 0x41F1_A0D1
 _PENDING_EVENTS = "hitl_pending_events"
 _PENDING_NOTIFY = "hitl_pending_notify"
 _PENDING_METRICS = "hitl_pending_metrics"
+
+# Built once: a statement object keeps its cache key, which SQLAlchemy otherwise derives
+# again on every execution (a decision runs each of these once).
+_EVENTS: Table = ApprovalEventRow.__table__  # type: ignore[assignment]
+_HEAD = select(_EVENTS.c.hash).order_by(_EVENTS.c.seq.desc()).limit(1)
+_APPEND = insert(_EVENTS)
+_VOTE_ROWS = insert(ApprovalVoteRow.__table__)  # type: ignore[arg-type]
+# The votes are read by their own statement after the lock (see _lock), never through the
+# relationship: its ORM loader cost more than the statement itself.
+_LOCK = (
+    select(ApprovalRequestRow)
+    .where(ApprovalRequestRow.id == bindparam("request_id"))
+    .options(raiseload(ApprovalRequestRow.votes))
+    .with_for_update()
+)
+
+
+def text_columns(table: Table) -> tuple[list[Column[Any] | Label[Any]], frozenset[str]]:
+    """Every column of ``table``, its JSON ones read as their text, and the names of those.
+
+    The driver's JSON decoder costs more per value than :func:`~airflow_hitl.records.json_column`,
+    which skips the parser for the many empty objects.
+    """
+    json_names = frozenset(c.name for c in table.c if isinstance(c.type, JSON))
+    columns = [cast(c, Text).label(c.name) if c.name in json_names else c for c in table.c]
+    return columns, json_names
+
+
+_VOTE_COLUMNS, _VOTE_JSON = text_columns(ApprovalVoteRow.__table__)  # type: ignore[arg-type]
+
+
+def decoded(row: Any, json_names: frozenset[str]) -> dict[str, Any]:
+    """A Core row of :func:`text_columns` as a dict, its JSON columns as values."""
+    values = dict(row._mapping)
+    for name in json_names:
+        values[name] = json_column(values[name])
+    return values
+
+
+_VOTES = ApprovalVoteRow.__table__.c
+# On PostgreSQL one array parameter: the statement's text is the same for any page, so the
+# driver's query cache keeps it (100 expanded IN parameters made it too long to cache).
+_VOTES_OF_PG = (
+    select(*_VOTE_COLUMNS).where(_VOTES.request_id == any_(bindparam("ids", type_=ARRAY(String)))).order_by(_VOTES.id)
+)
+
+
+def votes_of(session: Session, request_ids: builtins.list[str], *, postgres: bool) -> dict[str, builtins.list[Vote]]:
+    """The votes of ``request_ids`` (one query; batches on SQLite), each request's in the order cast."""
+    found: dict[str, builtins.list[Vote]] = {}
+    if not request_ids:
+        return found
+    # SQLite caps a statement's parameters, and a page may hold 10,000 requests.
+    step = len(request_ids) if postgres else 500
+    for start in range(0, len(request_ids), step):
+        ids = request_ids[start : start + step]
+        if postgres:
+            rows = session.execute(_VOTES_OF_PG, {"ids": ids})
+        else:
+            rows = session.execute(select(*_VOTE_COLUMNS).where(_VOTES.request_id.in_(ids)).order_by(_VOTES.id))
+        for row in rows:
+            found.setdefault(row.request_id, []).append(Vote.from_columns(decoded(row, _VOTE_JSON)))
+    return found
 
 
 class StoreTransactions:
@@ -80,19 +145,43 @@ class StoreTransactions:
     def _measure(session: Session, send: Callable[[], None]) -> None:
         session.info.setdefault(_PENDING_METRICS, []).append(send)
 
-    def _lock(self, session: Session, request_id: str, *, dag_access: DagAccess | None = None) -> ApprovalRequestRow:
-        # Votes must NOT be joined into this statement: after waiting for the lock, PostgreSQL
-        # re-reads the locked row but keeps the joined rows of the statement's older snapshot,
-        # so the votes of the transaction we waited for would be missing. The relationship's
-        # own SELECT runs next, with a fresh snapshot that sees them.
-        row = session.scalar(
-            select(ApprovalRequestRow).where(ApprovalRequestRow.id == str(request_id)).with_for_update()
-        )
+    def _lock(
+        self, session: Session, request_id: str, *, dag_access: DagAccess | None = None
+    ) -> tuple[ApprovalRequestRow, builtins.list[Vote]]:
+        """The request's row, locked until commit, and its votes read after the lock."""
+        # Votes must NOT be joined into the locking statement: after waiting for the lock,
+        # PostgreSQL re-reads the locked row but keeps the joined rows of the statement's older
+        # snapshot, so the votes of the transaction we waited for would be missing. Their own
+        # SELECT runs next, with a fresh snapshot that sees them.
+        row = session.scalar(_LOCK, {"request_id": str(request_id)})
         if row is None:
             raise ApprovalNotFound(str(request_id))
         if dag_access is not None and (refusal := dag_access(row.dag_id)) is not None:
             raise NotAllowed(refusal)
-        return row
+        return row, votes_of(session, [row.id], postgres=self.store.is_postgres).get(row.id, [])
+
+    @staticmethod
+    def _cast(session: Session, request_id: str, vote: Vote) -> None:
+        """Insert ``vote`` on the locked request; IntegrityError when its voter has voted already."""
+        # One plain INSERT: a vote row is never read back in this transaction, so building
+        # and flushing an ORM object for it would only cost time.
+        session.connection().execute(
+            _VOTE_ROWS,
+            {
+                "request_id": request_id,
+                "user": vote.user,
+                "delegate": vote.delegate,
+                "user_roles": list(vote.user_roles),
+                "vote": vote.vote,
+                "comment": vote.comment,
+                "reason": vote.reason,
+                "source": vote.source,
+                "escalation_level": vote.escalation_level,
+                "metadata": vote.metadata,
+                "inputs": vote.inputs,
+                "created_at": vote.created_at,
+            },
+        )
 
     @staticmethod
     def _notify(session: Session, request_id: str) -> None:
@@ -131,6 +220,7 @@ class StoreTransactions:
         # Rows the events speak of go first, before this transaction takes the chain's turn.
         session.flush()
         queued = session.info.pop(OUTBOX_QUEUED, False)
+        conn = session.connection()
         if self.store.is_postgres and (events or wake or queued):
             # One round trip queues the wake-ups and waits for the chain's turn, which is
             # ours until commit. (On SQLite, BEGIN IMMEDIATE already made it ours.)
@@ -142,14 +232,14 @@ class StoreTransactions:
             if queued:
                 calls.append("pg_notify(:outbox, '')")
                 params["outbox"] = OUTBOX_CHANNEL
-            session.execute(text(f"SELECT {', '.join(calls)}"), params)
+            conn.execute(text(f"SELECT {', '.join(calls)}"), params)
         if not events:
             return
-        prev = session.scalar(select(ApprovalEventRow.hash).order_by(ApprovalEventRow.seq.desc()).limit(1))
+        prev = conn.scalar(_HEAD)
         prev = prev or GENESIS_HASH
         for event in events:
             digest = event_hash(prev_hash=prev, **event)
             event.update(prev_hash=prev, hash=digest)
             prev = digest
         # Inserted in chain order: the sequence numbers follow the list.
-        session.execute(insert(ApprovalEventRow), events)
+        conn.execute(_APPEND, events)

@@ -369,20 +369,20 @@ def server_cpu_seconds(pid: int) -> float:
     return total
 
 
-def print_table(results: Sequence[Result], seeded: int, workers: int, cpu_ms: dict[str, float]) -> None:
-    """Print the figures as a Markdown table."""
+def print_table(results: Sequence[Result], seeded: int, workers: int, cpu_ms: Sequence[float]) -> None:
+    """Print the figures as a Markdown table; ``cpu_ms[i]`` is the api-server's CPU per call of ``results[i]``."""
     print(
         f"\nairflow-hitl REST API vs Airflow native HITL, one api-server ({workers} worker), "
         f"{seeded:,} requests in the store\n"
     )
     print("| endpoint | clients | load | requests | errors | p50 ms | p99 ms | req/s | server CPU ms/req |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in sorted(results, key=_sort_key):
+    for r, cpu in sorted(zip(results, cpu_ms, strict=True), key=lambda pair: _sort_key(pair[0])):
         load = "closed loop" if r.name.find("@") < 0 else r.name.split("@", 1)[1].strip()
         print(
             f"| {r.name.split('@', 1)[0].strip()} | {r.clients} | {load} | {r.requests} | {r.errors} "
             f"| {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.throughput:.0f} "
-            f"| {cpu_ms.get(f'{r.name} x{r.clients}', float('nan')):.1f} |"
+            f"| {cpu:.1f} |"
         )
 
 
@@ -420,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Result] = []
     # The api-server's CPU time per call of each row: unlike latency, it does not depend on
     # what else the machine is doing.
-    cpu_ms: dict[str, float] = {}
+    cpu_ms: list[float] = []
     try:
         with fresh_databases(args.pg, f"hitl_bench_store_{suffix}", f"hitl_bench_meta_{suffix}") as (store, meta):
             env = airflow_env(home, meta_url=meta, store_url=store, port=port)
@@ -462,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cpu_before = server_cpu_seconds(api.process.pid)
                 result = asyncio.run(measure(name, clients, calls, api.base_url, rate=rate, timeout=30.0))
                 cpu_used = server_cpu_seconds(api.process.pid) - cpu_before
-                cpu_ms[f"{name} x{clients}"] = 1000 * cpu_used / max(result.requests, 1)
+                cpu_ms.append(1000 * cpu_used / max(result.requests, 1))
                 results.append(result)
                 if result.first_error:
                     print(f"  {name} x{clients}: first error {result.first_error}", file=sys.stderr)

@@ -86,7 +86,7 @@ class TestSeal:
         before = len(chain(mgr.store))
         counted: list[str] = []
         with pytest.raises(RuntimeError, match="changed my mind"), mgr._transaction() as session:
-            row = mgr._lock(session, a.id)
+            row, _ = mgr._lock(session, a.id)
             row.state = "cancelled"
             audit(mgr, session, a.id, "cancelled")
             mgr._measure(session, lambda: counted.append("cancelled"))
@@ -103,7 +103,7 @@ class TestSeal:
         a = mgr.create(spec())
         seen: list[str] = []
         with mgr._transaction() as session:
-            row = mgr._lock(session, a.id)
+            row, _ = mgr._lock(session, a.id)
             row.state = "cancelled"
             # Read from another session: only a committed change is visible there.
             mgr._measure(session, lambda: seen.append(mgr.get(a.id).state))
@@ -128,7 +128,7 @@ class TestLock:
         assert asked == ["payroll"]
         assert err.value.reason == "you may not edit payroll"
         with mgr._transaction() as session:
-            assert mgr._lock(session, a.id, dag_access=lambda dag_id: None).dag_id == "payroll"
+            assert mgr._lock(session, a.id, dag_access=lambda dag_id: None)[0].dag_id == "payroll"
 
 
 class TestStoreLost:
