@@ -72,12 +72,18 @@ def listen_for_transitions(
     what: str = "store",
     max_backoff: float = 30.0,
     channel: str = NOTIFY_CHANNEL,
+    leader_key: int | None = None,
+    follow_every: float = 1.0,
 ) -> None:
     """Call ``on_payload(request_id)`` for every transition's NOTIFY until ``stop`` is set.
 
     ``channel`` is :data:`~airflow_hitl.models.store.NOTIFY_CHANNEL` (every transition, its
     request id as payload) or :data:`~airflow_hitl.models.store.OUTBOX_CHANNEL` (transactions
     that queued notices, no payload).
+
+    With ``leader_key`` only one listener per store listens at a time: the one whose
+    connection holds that PostgreSQL advisory lock, which the server frees when the connection
+    ends (its process stopped or died); the others try again every ``follow_every`` seconds.
 
     A lost connection is reopened with exponential backoff; ``on_listening(True)`` follows each
     LISTEN (a transition committed before it is not heard, so a caller catches up then) and
@@ -90,8 +96,12 @@ def listen_for_transitions(
     while not stop.is_set():
         try:
             with psycopg.connect(autocommit=True, **info) as conn:
-                conn.execute(f"LISTEN {channel}")
                 backoff = 1.0
+                if leader_key is not None:
+                    while not _leads(conn, leader_key):
+                        if stop.wait(follow_every):
+                            return
+                conn.execute(f"LISTEN {channel}")
                 if on_listening is not None:
                     on_listening(True)
                 while not stop.is_set():
@@ -103,6 +113,12 @@ def listen_for_transitions(
             log.warning("%s LISTEN connection lost; reconnecting in %.1fs", what, backoff, exc_info=True)
             stop.wait(backoff)
             backoff = min(max_backoff, backoff * 2)
+
+
+def _leads(conn: Any, key: int) -> bool:
+    # A session-level lock: held until this connection ends, whatever its transactions do.
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+    return bool(row and row[0])
 
 
 @dataclass(frozen=True, kw_only=True)

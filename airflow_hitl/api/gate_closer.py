@@ -21,6 +21,11 @@ store (which of them closed a task's gate) and one unlocked look at their task i
 (:func:`gate_states`), repeated every 50 ms for the gates whose tasks are still deferring,
 all of them in one query; only a task still deferred gets its request read in full and ended.
 
+One closer per store works at a time: every api-server worker process starts one, and the one
+holding an advisory lock on its LISTEN connection listens (:func:`listen_for_transitions`);
+the others take over within a second of its process ending. A closer that is stuck leaves the
+gates to their triggers, which end them as they did before the closer existed.
+
 Safe with any number of api-servers and triggerers: the task instance row is locked
 (``FOR UPDATE SKIP LOCKED``) and re-checked (still deferred, on our trigger for this request
 and try), so exactly one of them ends it; a decision that arrives while the worker is still
@@ -55,6 +60,9 @@ log = logging.getLogger(__name__)
 
 #: The trigger's class path as Airflow stores it (``Trigger.classpath``).
 TRIGGER_CLASSPATH = ApprovalTrigger(request_id="-").serialize()[0]
+
+#: The advisory lock whose holder is the store's one working closer (any constant works).
+LEADER_KEY = 0x41F1_C105
 
 #: Transitions read from the store in one query at most.
 _BATCH = 500
@@ -221,6 +229,10 @@ class GateCloser:
     :param look: Whether the tasks of gates are deferred, by gate id (:func:`gate_states`;
         tests pass their own).
     :param end: Ends one gate (:func:`end_gate`; tests pass their own).
+    :param leader_key: With it, this closer works only while it holds that advisory lock of
+        the store, so one of all the closers started with the same key works at a time
+        (:data:`LEADER_KEY` in the api-server); None: it always works.
+    :param follow_every: Seconds between a waiting closer's tries to take the lock.
     """
 
     def __init__(
@@ -230,15 +242,20 @@ class GateCloser:
         wait_seconds: float = 30.0,
         look: Callable[[Sequence[TaskGate]], dict[str, str]] = gate_states,
         end: Callable[[Approval], str] = end_gate,
+        leader_key: int | None = None,
+        follow_every: float = 1.0,
     ) -> None:
         self._manager_factory = manager_factory
+        self._leader_key = leader_key
+        self._follow_every = follow_every
         self.wait_seconds = wait_seconds
         self._look = look
         self._end = end
         self._ids: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        #: Set while the LISTEN connection is up (transitions before it are not heard).
+        #: Set while the LISTEN connection is up (transitions before it are not heard); with a
+        #: ``leader_key``, only while this closer is the one that works.
         self.listening = threading.Event()
         self.ended = 0
 
@@ -273,7 +290,13 @@ class GateCloser:
                 self.listening.clear()
 
         listen_for_transitions(
-            manager.store.url, stop=self._stop, on_payload=self.submit, on_listening=listening, what="gate closer"
+            manager.store.url,
+            stop=self._stop,
+            on_payload=self.submit,
+            on_listening=listening,
+            what="gate closer",
+            leader_key=self._leader_key,
+            follow_every=self._follow_every,
         )
 
     def _work(self, manager: ApprovalManager) -> None:
@@ -411,7 +434,7 @@ def ensure_gate_closer_started(settings: HitlSettings | None = None) -> GateClos
         return None
     with _service_lock:
         if _service is None:
-            _service = GateCloser(wait_seconds=settings.gate_closer_wait_seconds)
+            _service = GateCloser(wait_seconds=settings.gate_closer_wait_seconds, leader_key=LEADER_KEY)
             try:
                 _service.start()
             except Exception:

@@ -85,9 +85,18 @@ def closer_of(pg_manager: ApprovalManager) -> Iterator[Callable[..., GateCloser]
         wait_seconds: float = 30.0,
         over: ApprovalManager | None = None,
         look: Callable[[TaskGate], str] = lambda gate: DEFERRED,
+        leader_key: int | None = None,
+        follow_every: float = 1.0,
     ) -> GateCloser:
         used = over or manager
-        closer = GateCloser(manager_factory=lambda: used, wait_seconds=wait_seconds, look=each(look), end=end)
+        closer = GateCloser(
+            manager_factory=lambda: used,
+            wait_seconds=wait_seconds,
+            look=each(look),
+            end=end,
+            leader_key=leader_key,
+            follow_every=follow_every,
+        )
         closer.start()
         started.append(closer)
         return closer
@@ -410,6 +419,34 @@ class TestOnPostgres:
             assert closer.ended == 1
         finally:
             release.set()
+
+    def test_one_closer_of_a_store_works_and_another_takes_over_when_it_stops(
+        self, pg_manager: ApprovalManager, closer_of: Callable[..., GateCloser]
+    ) -> None:
+        # As in an api-server with two worker processes: both start a closer with the same key.
+        key = uuid.uuid4().int % 2**62  # this test's own: no other closer of the store shares it
+        ends = [Recorder(), Recorder()]
+        closers = [closer_of(end, leader_key=key, follow_every=0.05) for end in ends]
+        deadline = time.monotonic() + 20
+        while not any(c.listening.is_set() for c in closers) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # many tries of the other one to take the lock
+        working = [i for i, c in enumerate(closers) if c.listening.is_set()]
+        assert len(working) == 1, "exactly one of them listens"
+        leader, follower = working[0], 1 - working[0]
+
+        first = pg_manager.create(spec())
+        pg_manager.approve(first.id, user=ALICE)
+        assert ends[leader].wait_for(1) == [(first.id, "approved")]
+        time.sleep(0.3)
+        assert ends[follower].calls == [], "the other one asks nothing of Airflow"
+
+        closers[leader].stop()  # its LISTEN connection ends, and the lock with it
+        _listening(closers[follower])
+        second = pg_manager.create(spec())
+        pg_manager.reject(second.id, user=ALICE, reason="no")
+        assert ends[follower].wait_for(1) == [(second.id, "rejected")]
+        assert ends[leader].calls == [(first.id, "approved")]
 
 
 class TestOnSqlite:
