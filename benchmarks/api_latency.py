@@ -71,6 +71,8 @@ from sqlalchemy import create_engine, text
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SEED_REQUESTS = 10_000
+#: Decisions of each kind made before any row is measured.
+WARM_DECISIONS = 50
 CONCURRENCY = (1, 10, 50)
 API = "/hitl/api/v1/approvals"
 NATIVE_DAG_ID = "bench_native_hitl"
@@ -356,6 +358,18 @@ def print_profile(path: Path, top: int = 25) -> None:
             print(f"    {100 * count / max(total, 1):5.1f}%  {frame}", file=sys.stderr)
 
 
+def warm_up(ours: Calls, native: NativeCalls, base_url: str) -> None:
+    """Run both code paths (imports, pools, lazy manager) outside the measurements.
+
+    The decisions come from 10 connections: each api-server worker process takes some of them,
+    and one that never decided would pay its first decisions' set-up inside a measured row.
+    """
+    for call in (ours.pending(), ours.get_one(), native.get_one(), native.list_page()):
+        asyncio.run(measure("warm-up", 1, [call] * 20, base_url))
+    for decide in (ours.approve, native.answer):
+        asyncio.run(measure("warm-up", 10, [decide() for _ in range(WARM_DECISIONS)], base_url))
+
+
 def server_cpu_seconds(pid: int) -> float:
     """CPU time (user + system) used so far by process ``pid`` and its children, in seconds."""
     import psutil
@@ -405,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     concurrency = [int(c) for c in args.clients.split(",")]
     rates = [float(r) for r in args.rate.split(",") if float(r) > 0]
-    needed = args.decisions * (len(concurrency) + len(rates))
+    needed = args.decisions * (len(concurrency) + len(rates)) + WARM_DECISIONS
     if needed > args.seed:
         parser.error(f"--seed must be at least {needed} (one request per decision)")
 
@@ -452,9 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host = server.base_url.removeprefix("http://")
             ours = Calls(host=host, headers=headers, ids=iter(ids), one=ids[-1])
             native = NativeCalls(host=host, headers=headers, runs=iter(native_runs), one=native_runs[-1])
-            # Warm both code paths (imports, pools, lazy manager) outside the measurements.
-            for call in (ours.pending(), ours.get_one(), native.get_one(), native.list_page()):
-                asyncio.run(measure("warm-up", 1, [call] * 20, server.base_url))
+            warm_up(ours, native, server.base_url)
 
             api = server
 

@@ -11,6 +11,7 @@ The local stand-ins of the outside world (SMTP, Slack, webhook receiver) are the
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -40,6 +41,18 @@ TABLES = (
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(autouse=True)
+def _unfrozen_heap() -> Iterator[None]:
+    """Undo the gc.freeze of an api-server app's start (``[hitl] api_server_gc_freeze``) after each test.
+
+    It is meant for a server process; left in the test process it would keep every object of
+    the tests before it from ever being collected.
+    """
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

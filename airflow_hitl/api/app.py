@@ -8,6 +8,7 @@ the API depends on :func:`airflow_hitl.api.security.current_caller`.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from airflow_hitl.exceptions import (
     StoreOutcomeUnknown,
     StoreUnavailable,
 )
+from airflow_hitl.settings import HitlSettings
 from airflow_hitl.version_compat import AIRFLOW_V_3_3_PLUS
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,19 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def freeze_startup_heap() -> bool:
+    """Keep what this api-server worker built at startup out of full collections (``[hitl] api_server_gc_freeze``).
+
+    Called once per worker process, as it starts serving. Garbage made so far is collected
+    first, so nothing frozen is garbage; True when the heap was frozen.
+    """
+    if not HitlSettings.load().api_server_gc_freeze:
+        return False
+    gc.collect()
+    gc.freeze()
+    return True
+
+
 @asynccontextmanager
 async def _drainer_lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Airflow 3.3's api-server enters the lifespans of mounted plugin apps (its own lifespan
@@ -123,6 +138,7 @@ async def _drainer_lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.hitl_lifespan = True
     ensure_drainer_started()
     ensure_gate_closer_started()
+    freeze_startup_heap()
     try:
         yield
     finally:
@@ -140,6 +156,7 @@ async def _start_drainer_lazily(request: Request, call_next: Callable[[Request],
         request.app.state.hitl_lifespan = True
         ensure_drainer_started()
         ensure_gate_closer_started()
+        freeze_startup_heap()
     return await call_next(request)
 
 

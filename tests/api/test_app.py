@@ -8,6 +8,7 @@ routes are answered with real tokens of Airflow's api-server (``tests/airflow_ap
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterator
 
@@ -225,6 +226,20 @@ class TestOutboxDrainer:
             assert not _drainer_running()
         finally:
             reset_stores()
+
+    def test_a_worker_freezes_its_startup_heap_as_it_starts_serving(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AIRFLOW__HITL__OUTBOX_DRAINER", "False")
+        monkeypatch.setenv("AIRFLOW__HITL__GATE_CLOSER", "False")
+        assert gc.get_freeze_count() == 0
+        with TestClient(create_app(outbox_drainer=True)):
+            # Everything the process holds, Airflow and the test run included.
+            assert gc.get_freeze_count() > 10_000
+        gc.unfreeze()
+        with TestClient(create_app()):
+            assert gc.get_freeze_count() == 0, "an app without the api-server's services leaves the heap alone"
+        monkeypatch.setenv("AIRFLOW__HITL__API_SERVER_GC_FREEZE", "False")
+        with TestClient(create_app(outbox_drainer=True)):
+            assert gc.get_freeze_count() == 0, "the option turns it off"
 
     def test_the_option_turns_it_off(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("AIRFLOW__HITL__OUTBOX_DRAINER", "False")
