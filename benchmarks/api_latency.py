@@ -41,7 +41,10 @@ clients x CPU time per request, divided by the cores the api-server can use. The
 generator (:mod:`loadgen`, about 0.15 ms of CPU per call) shares the machine. Usage::
 
     .venv/bin/python benchmarks/api_latency.py [--decisions 300] [--reads 300] [--rate 50,100] \\
-        [--workers 1] [--pg URL] [--profile DIR]
+        [--clients 1,10,50] [--workers 1] [--skip-native] [--pg URL] [--profile DIR]
+
+``--skip-native`` measures ours alone (no native gates parked, no native rows): long open-loop
+series such as ``--clients 1 --decisions 1000 --rate 100,100,100`` then take minutes, not more.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -358,16 +361,49 @@ def print_profile(path: Path, top: int = 25) -> None:
             print(f"    {100 * count / max(total, 1):5.1f}%  {frame}", file=sys.stderr)
 
 
-def warm_up(ours: Calls, native: NativeCalls, base_url: str) -> None:
+def warm_up(ours: Calls, native: NativeCalls | None, base_url: str) -> None:
     """Run both code paths (imports, pools, lazy manager) outside the measurements.
 
     The decisions come from 10 connections: each api-server worker process takes some of them,
     and one that never decided would pay its first decisions' set-up inside a measured row.
     """
-    for call in (ours.pending(), ours.get_one(), native.get_one(), native.list_page()):
+    reads = [ours.pending(), ours.get_one()] + ([native.get_one(), native.list_page()] if native else [])
+    for call in reads:
         asyncio.run(measure("warm-up", 1, [call] * 20, base_url))
-    for decide in (ours.approve, native.answer):
+    for decide in [ours.approve] + ([native.answer] if native else []):
         asyncio.run(measure("warm-up", 10, [decide() for _ in range(WARM_DECISIONS)], base_url))
+
+
+def measure_native(
+    run: Callable[..., None],
+    native: NativeCalls,
+    *,
+    concurrency: Sequence[int],
+    rates: Sequence[float],
+    decisions: int,
+    reads: int,
+) -> None:
+    """The rows of Airflow's own HITL endpoints, each measured by ``run(name, clients, calls, rate)``.
+
+    A native page takes about 0.4 s; 50 clients of them drain Airflow's connection pool and
+    leave a backlog that would slow every row after, so pages come from 10 clients at most,
+    and the closed-loop PATCHes (which drain it too) come last.
+    """
+    for rate in rates:
+        answers = [native.answer() for _ in range(decisions)]
+        run(f"PATCH /api/v2/.../hitlDetails @ {rate:g}/s offered", 10, answers, rate)
+    for clients in concurrency:
+        run("GET /api/v2/.../hitlDetails (one)", clients, [native.get_one()] * reads)
+    for clients in [c for c in concurrency if c <= 10]:
+        # At about 0.4 s a page, a third of the calls is plenty.
+        run("GET /api/v2/.../hitlDetails (100 items)", clients, [native.list_page()] * (reads // 3))
+    for rate in rates:
+        # Far beyond what a 0.4 s page can serve: a few calls show it without a long queue.
+        pages = [native.list_page()] * (reads // 6)
+        run(f"GET /api/v2/.../hitlDetails (100 items) @ {rate:g}/s offered", 10, pages, rate)
+    time.sleep(5)  # let the pages that timed out on the client finish on the server
+    for clients in concurrency:
+        run("PATCH /api/v2/.../hitlDetails", clients, [native.answer() for _ in range(decisions)])
 
 
 def server_cpu_seconds(pid: int) -> float:
@@ -386,7 +422,8 @@ def server_cpu_seconds(pid: int) -> float:
 def print_table(results: Sequence[Result], seeded: int, workers: int, cpu_ms: Sequence[float]) -> None:
     """Print the figures as a Markdown table; ``cpu_ms[i]`` is the api-server's CPU per call of ``results[i]``."""
     print(
-        f"\nairflow-hitl REST API vs Airflow native HITL, one api-server ({workers} worker), "
+        f"\nairflow-hitl REST API vs Airflow native HITL, one api-server "
+        f"({workers} worker{'s' if workers != 1 else ''}), "
         f"{seeded:,} requests in the store\n"
     )
     print("| endpoint | clients | load | requests | errors | p50 ms | p99 ms | req/s | server CPU ms/req |")
@@ -415,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated requests/s offered by 10 clients in the open-loop runs (0: none)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary AIRFLOW_HOME")
+    parser.add_argument("--skip-native", action="store_true", help="measure ours only (no native HITL rows)")
     parser.add_argument("--profile", type=Path, help="py-spy the open-loop rows of ours; raw stacks go here")
     args = parser.parse_args(argv)
     concurrency = [int(c) for c in args.clients.split(",")]
@@ -457,15 +495,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             ).json()["access_token"]
             headers = {"Authorization": f"Bearer {token}"}
 
-            t0 = time.perf_counter()
-            native_runs = seed_native(server.base_url, headers, meta, needed)
-            print(f"parked {len(native_runs)} native HITL gates in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+            host = server.base_url.removeprefix("http://")
+            native: NativeCalls | None = None
+            if not args.skip_native:
+                t0 = time.perf_counter()
+                runs = seed_native(server.base_url, headers, meta, needed)
+                print(f"parked {len(runs)} native HITL gates in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+                native = NativeCalls(host=host, headers=headers, runs=iter(runs), one=runs[-1])
             vacuum_analyze(store)
             vacuum_analyze(meta)
 
-            host = server.base_url.removeprefix("http://")
             ours = Calls(host=host, headers=headers, ids=iter(ids), one=ids[-1])
-            native = NativeCalls(host=host, headers=headers, runs=iter(native_runs), one=native_runs[-1])
             warm_up(ours, native, server.base_url)
 
             api = server
@@ -492,24 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with profiled(server.process.pid, args.profile and args.profile / f"pending-{rate:g}.txt"):
                     pages = [ours.pending()] * args.reads
                     run(f"GET /hitl/.../pending (100 items) @ {rate:g}/s offered", 10, pages, rate)
-            # Native: a native page takes about 0.4 s; 50 clients of them drain Airflow's
-            # connection pool and leave a backlog that would slow every row after, so pages come
-            # from 10 clients at most, and the closed-loop PATCHes (which drain it too) come last.
-            for rate in rates:
-                decisions = [native.answer() for _ in range(args.decisions)]
-                run(f"PATCH /api/v2/.../hitlDetails @ {rate:g}/s offered", 10, decisions, rate)
-            for clients in concurrency:
-                run("GET /api/v2/.../hitlDetails (one)", clients, [native.get_one()] * args.reads)
-            for clients in [c for c in concurrency if c <= 10]:
-                # At about 0.4 s a page, a third of the calls is plenty.
-                run("GET /api/v2/.../hitlDetails (100 items)", clients, [native.list_page()] * (args.reads // 3))
-            for rate in rates:
-                # Far beyond what a 0.4 s page can serve: a few calls show it without a long queue.
-                pages = [native.list_page()] * (args.reads // 6)
-                run(f"GET /api/v2/.../hitlDetails (100 items) @ {rate:g}/s offered", 10, pages, rate)
-            time.sleep(5)  # let the pages that timed out on the client finish on the server
-            for clients in concurrency:
-                run("PATCH /api/v2/.../hitlDetails", clients, [native.answer() for _ in range(args.decisions)])
+            if native is not None:
+                measure_native(
+                    run, native, concurrency=concurrency, rates=rates, decisions=args.decisions, reads=args.reads
+                )
 
             server.stop()
             server = None
