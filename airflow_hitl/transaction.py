@@ -8,6 +8,10 @@ audit chain's turn is taken and its events appended in three short statements, t
 reach PostgreSQL's queue (delivered only if the transaction commits), and metrics are sent
 only once it has. A store that is lost or times out is :class:`StoreUnavailable` while
 nothing can have committed, :class:`StoreOutcomeUnknown` once COMMIT may have reached it.
+
+A locked request's votes are read as Core rows (:func:`votes_of`, which the list queries of
+:mod:`airflow_hitl.queries` share) and a vote is one plain INSERT: the ORM's relationship
+loader and unit of work cost more than the statements themselves on every decision.
 """
 
 from __future__ import annotations
