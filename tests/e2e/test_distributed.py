@@ -11,6 +11,7 @@ The tests run in file order; the triggerer crash is last because it leaves one t
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import signal
@@ -242,6 +243,65 @@ class TestFabSession:
             page = browser.get("/hitl/ui/")
             assert page.status_code == 200
             assert "Approvals" in page.text
+
+
+class TestFabDelegations:
+    """Delegation as FAB sees it: FAB's ``Admin`` role is the admin, FAB's user table says who exists,
+    and a delegate decides with the delegator's FAB roles."""
+
+    DELEGATIONS = "/hitl/api/v1/delegations"
+
+    def test_admin_delegates_for_a_release_manager_whose_roles_the_delegate_then_decides_with(
+        self, stack: AirflowHarness
+    ) -> None:
+        now = dt.datetime.now(dt.timezone.utc)
+        terms = {
+            "delegate": "bob",
+            "delegator": "alice",
+            "starts_at": (now - dt.timedelta(minutes=1)).isoformat(),
+            "ends_at": (now + dt.timedelta(hours=1)).isoformat(),
+            "dag_ids": ["dist_release_managers"],
+        }
+        # An Op is no admin: refused before anything is looked up or written.
+        refused = stack.api("POST", self.DELEGATIONS, user="bob", server=1, json_body=terms, expect=None)
+        assert refused.status_code == 403, refused.text
+        assert "only an admin" in refused.json()["detail"]
+        # FAB's user table decides who exists; a name it does not hold is named in the refusal.
+        unknown = stack.api(
+            "POST", self.DELEGATIONS, server=0, json_body={**terms, "delegate": "nobody"}, expect=None
+        )
+        assert unknown.status_code == 422, unknown.text
+        assert "nobody" in unknown.text
+        assert stack.api("GET", self.DELEGATIONS, user="alice", params={"state": "active"}).json()["total_entries"] == 0
+
+        created = stack.api("POST", self.DELEGATIONS, server=0, json_body=terms, expect=(201,)).json()
+        assert (created["delegator"], created["delegate"], created["created_by"], created["state"]) == (
+            "alice",
+            "bob",
+            "admin",
+            "active",
+        )
+        assert stack.api("GET", self.DELEGATIONS, user="bob", params={"user": "alice"}, expect=None).status_code == 403
+        listed = stack.api("GET", self.DELEGATIONS, params={"user": "alice"}, server=1).json()
+        assert [d["id"] for d in listed["delegations"]] == [created["id"]]
+        # The delegate cannot end what the delegator gave.
+        ending = stack.api("DELETE", f"{self.DELEGATIONS}/{created['id']}", user="bob", server=1, expect=None)
+        assert ending.status_code == 403, ending.text
+
+        try:
+            # The gate admits only FAB's ReleaseManagers; bob is an Op, alice a release manager.
+            [run_id] = trigger_runs(stack, "dist_release_managers", 1)
+            approval = stack.wait_for_approval("dist_release_managers", run_id, "gate", states=["pending"], timeout=300)
+            decided = decide(stack, approval.id, "approve", user="bob", server=1, comment="for alice")
+            assert decided.status_code == 200, decided.text
+            [vote] = decided.json()["votes"]
+            assert (vote["user"], vote["delegate"], decided.json()["state"]) == ("alice", "bob", "approved")
+            assert "ReleaseManagers" in vote["user_roles"]
+            assert_resumed_once(stack, "dist_release_managers", run_id)
+        finally:
+            stack.api("DELETE", f"{self.DELEGATIONS}/{created['id']}", server=1, expect=(204,))
+        ended = stack.api("GET", self.DELEGATIONS, params={"user": "alice"}).json()["delegations"]
+        assert [(d["id"], d["state"], d["ended_by"]) for d in ended] == [(created["id"], "ended", "admin")]
 
 
 class TestSqliteFallbackRefused:
