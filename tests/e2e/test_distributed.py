@@ -267,9 +267,7 @@ class TestFabDelegations:
         assert refused.status_code == 403, refused.text
         assert "only an admin" in refused.json()["detail"]
         # FAB's user table decides who exists; a name it does not hold is named in the refusal.
-        unknown = stack.api(
-            "POST", self.DELEGATIONS, server=0, json_body={**terms, "delegate": "nobody"}, expect=None
-        )
+        unknown = stack.api("POST", self.DELEGATIONS, server=0, json_body={**terms, "delegate": "nobody"}, expect=None)
         assert unknown.status_code == 422, unknown.text
         assert "nobody" in unknown.text
         assert stack.api("GET", self.DELEGATIONS, user="alice", params={"state": "active"}).json()["total_entries"] == 0
