@@ -10,12 +10,20 @@ not accept null. On approve, a required input must be given; the others take the
 when left out. On reject, inputs are never required: the ones given are validated and kept
 with the vote (a rejecting approver may still record, say, the ticket that explains why), and
 defaults are not filled in.
+
+The values come from approvers and, for a request opened over the REST API, the form itself
+from an API client, so a schema may run nothing that one crafted value can make slow: its
+regular expressions (``pattern``, ``format: regex``) run on RE2, which matches in linear time,
+instead of Python's backtracking engine (where ``^(a+)+$`` against forty characters holds a
+worker for minutes), and ``patternProperties``, which jsonschema matches with Python's engine in
+several keywords, is refused. A ``$ref`` must point inside the schema: nothing is fetched.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from airflow_hitl.exceptions import InvalidInput
@@ -23,8 +31,126 @@ from airflow_hitl.policy import ConfigProblems
 
 #: Longest input name; names are Python identifiers so they work as form fields and template keys.
 MAX_NAME_LENGTH = 100
+#: Keywords a form's schema may not use (see the module docstring).
+REFUSED_KEYWORDS = ("patternProperties",)
 
 _UNSET = object()
+_REF_KEYWORDS = ("$ref", "$dynamicRef")
+
+
+@functools.cache
+def _re2_options() -> Any:
+    import re2
+
+    options = re2.Options()
+    # A refused pattern is reported to whoever wrote it; RE2 would also log it to stderr.
+    options.log_errors = False
+    return options
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> Any:
+    """``pattern`` compiled by RE2 (cached: a form's few patterns run on every decision)."""
+    import re2
+
+    return re2.compile(pattern, _re2_options())
+
+
+def _pattern_problem(pattern: str) -> str | None:
+    """Why RE2 cannot run ``pattern``, or None."""
+    import re2
+
+    try:
+        _compiled(pattern)
+    except re2.error as err:
+        reason = err.args[0].decode(errors="replace") if err.args and isinstance(err.args[0], bytes) else str(err)
+        return f"pattern {pattern!r} is not supported ({reason}); lookarounds and backreferences are not"
+    return None
+
+
+def _re2_pattern(validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]) -> Iterator[Any]:
+    """jsonschema's ``pattern`` keyword, matched by RE2."""
+    import re2
+    from jsonschema.exceptions import ValidationError
+
+    if not validator.is_type(instance, "string"):
+        return
+    try:
+        matched = _compiled(pattern).search(instance) is not None
+    except UnicodeEncodeError:
+        yield ValidationError(f"{instance!r} is not valid text")
+        return
+    except re2.error:
+        # Refused when the form is parsed; a form stored before that check answers 422.
+        yield ValidationError(f"{_pattern_problem(pattern)}")
+        return
+    if not matched:
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@functools.cache
+def _validator_class(base: type) -> Any:
+    from jsonschema import validators
+
+    return validators.extend(base, {"pattern": _re2_pattern})
+
+
+@functools.cache
+def _format_checker() -> Any:
+    """jsonschema's format checks, with ``regex`` checked by RE2 (which also runs the values)."""
+    import re2
+    from jsonschema import FormatChecker
+
+    checker = FormatChecker()
+
+    @checker.checks("regex", raises=re2.error)
+    def _is_regex(value: object) -> bool:
+        return not isinstance(value, str) or _compiled(value) is not None
+
+    return checker
+
+
+def _subschemas(schema: Any) -> Iterator[Mapping[str, Any]]:
+    """``schema`` and every object nested in it (a keyword's name is only ever a key)."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            yield node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _unsafe_problem(schema: Mapping[str, Any]) -> str | None:
+    """Why ``schema`` may not be a form's, though it is valid JSON Schema, or None."""
+    from referencing import Registry, Resource
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    root = "urn:airflow-hitl:form"
+    resolver = None
+    for node in _subschemas(schema):
+        for keyword in REFUSED_KEYWORDS:
+            if keyword in node:
+                return f"schema may not use {keyword!r} (its expressions would not run on RE2)"
+        pattern = node.get("pattern")
+        if isinstance(pattern, str) and (problem := _pattern_problem(pattern)):
+            return problem
+        for keyword in _REF_KEYWORDS:
+            ref = node.get(keyword)
+            if not isinstance(ref, str):
+                continue
+            if not ref.startswith("#"):
+                return f"{keyword} {ref!r} must point inside the schema ('#...'): nothing is fetched"
+            if resolver is None:
+                resource = Resource.from_contents(dict(schema), default_specification=DRAFT202012)
+                resolver = Registry().with_resource(root, resource).resolver(base_uri=root)
+            try:
+                resolver.lookup(ref)
+            except Unresolvable:
+                return f"{keyword} {ref!r} points at nothing in the schema"
+    return None
 
 
 def _schema_problem(schema: Any) -> str | None:
@@ -42,19 +168,22 @@ def _schema_problem(schema: Any) -> str | None:
         validator_for(schema).check_schema(schema)
     except SchemaError as err:
         return f"schema is not valid JSON Schema: {err.message}"
-    return None
+    return _unsafe_problem(schema)
 
 
 def value_problem(value: Any, schema: Mapping[str, Any]) -> str | None:
     """Why ``value`` does not satisfy ``schema`` (one line), or None when it does."""
-    from jsonschema import FormatChecker
     from jsonschema.exceptions import ValidationError
     from jsonschema.validators import validator_for
+    from referencing.exceptions import Unresolvable
 
     try:
-        validator_for(schema)(schema, format_checker=FormatChecker()).validate(value)
+        _validator_class(validator_for(schema))(schema, format_checker=_format_checker()).validate(value)
     except ValidationError as err:
         return err.message
+    except Unresolvable as err:
+        # Refused when the form is parsed; a form stored before that check still answers 422.
+        return f"the input's schema cannot be used: {err}"
     return None
 
 

@@ -95,6 +95,58 @@ class TestResolve:
         assert fields == ["inputs.colour", "inputs.region", "inputs.rollout_percent", "inputs.ticket"]
 
 
+class TestHostileSchemas:
+    """A form's schema runs nothing a crafted value can make slow, and fetches nothing."""
+
+    # Python's backtracking engine takes minutes on this value; RE2 answers in microseconds.
+    CATASTROPHIC = {"type": "string", "pattern": "^(a+)+$"}
+
+    def test_a_pattern_runs_on_re2_so_a_catastrophic_value_is_just_refused(self) -> None:
+        form = parse_inputs({"code": Param(type="string", pattern="^(a+)+$")})
+        with pytest.raises(InvalidInput, match="does not match"):
+            resolve_inputs(form, {"code": "a" * 5000 + "!"}, approving=True)
+        assert resolve_inputs(form, {"code": "aaaa"}, approving=True) == {"code": "aaaa"}
+
+    def test_a_regex_value_is_checked_by_re2(self) -> None:
+        form = parse_inputs({"expr": Param(type="string", format="regex")})
+        assert resolve_inputs(form, {"expr": "^CHG-[0-9]+$"}, approving=True) == {"expr": "^CHG-[0-9]+$"}
+        for bad in ("(unclosed", "(?=lookahead)"):
+            with pytest.raises(InvalidInput, match="is not a 'regex'"):
+                resolve_inputs(form, {"expr": bad}, approving=True)
+
+    @pytest.mark.parametrize(
+        ("schema", "reason"),
+        [
+            pytest.param({"type": "string", "pattern": "(?=a)b"}, "not supported", id="lookahead"),
+            pytest.param({"type": "string", "pattern": r"(a)\1"}, "not supported", id="backreference"),
+            pytest.param({"properties": {"x": {"pattern": "a{1001}"}}}, "not supported", id="nested-too-large"),
+            pytest.param({"patternProperties": {"^a": {}}}, "patternProperties", id="pattern-properties"),
+            pytest.param({"$ref": "http://127.0.0.1:9/schema.json"}, "must point inside", id="remote-ref"),
+            pytest.param({"items": {"$ref": "#/$defs/missing"}}, "points at nothing", id="dangling-ref"),
+        ],
+    )
+    def test_a_schema_that_could_hang_or_fetch_is_refused_naming_the_input(self, schema: dict, reason: str) -> None:
+        with pytest.raises(InvalidInput) as err:
+            parse_inputs({"ok": Param(1, type="integer"), "bad": {"schema": schema}})
+        assert [field for field, _ in err.value.problems] == ["inputs['bad']"]
+        assert reason in str(err.value)
+
+    def test_a_local_ref_is_followed(self) -> None:
+        schema = {"$defs": {"pct": {"type": "integer", "maximum": 100}}, "$ref": "#/$defs/pct"}
+        form = parse_inputs({"pct": {"schema": schema, "value": 10}})
+        with pytest.raises(InvalidInput, match=r"inputs\.pct"):
+            resolve_inputs(form, {"pct": 101}, approving=True)
+
+    def test_a_form_stored_before_these_checks_answers_a_422_not_a_crash(self) -> None:
+        stored = {
+            "lookahead": {"value": None, "schema": {"type": "string", "pattern": "(?=a)b"}, "required": True},
+            "dangling": {"value": None, "schema": {"$ref": "#/nope"}, "required": True},
+        }
+        with pytest.raises(InvalidInput) as err:
+            resolve_inputs(stored, {"lookahead": "ab", "dangling": 1}, approving=True)
+        assert sorted(field for field, _ in err.value.problems) == ["inputs.dangling", "inputs.lookahead"]
+
+
 class TestManager:
     @pytest.fixture
     def mgr(self, store: ApprovalStore) -> ApprovalManager:

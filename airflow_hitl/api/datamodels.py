@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from airflow_hitl.forms import MAX_NAME_LENGTH, accepts_null
 from airflow_hitl.limits import INT32_MAX, MAX_TIMEOUT_SECONDS, json_problem
 from airflow_hitl.settings import conf_get
 
@@ -195,6 +196,58 @@ class EscalationBody(_Body):
     required_approvals: Count | None = None
 
 
+#: At most this many form inputs on a request opened over the API.
+MAX_INPUTS = 100
+InputName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)]
+
+
+class InputBody(StorableBody):
+    """One form input of ``POST /approvals``, in the shape an item's ``inputs`` show it.
+
+    ``value`` is the default an approval that leaves the input out gets; an input without one
+    (``value`` left out, or ``required: true``) must be given to approve. The stored form is
+    validated like a DAG's ``Param``: the schema must be JSON Schema, the default must satisfy it.
+    """
+
+    # ``schema`` is a (deprecated) method of pydantic's BaseModel: the field takes it as alias.
+    json_schema: dict[str, Any] = Field(
+        default_factory=dict, alias="schema", description="JSON Schema the value must satisfy; `{}` accepts any."
+    )
+    description: str | None = Field(default=None, max_length=2000)
+    value: Any = Field(default=None, description="The default. Leave it out for an input every approval must give.")
+    required: bool | None = Field(
+        default=None, description="Optional: `true` with no `value`, or `false` with a default the schema accepts."
+    )
+
+    _bounded = field_validator("json_schema")(_bounded_json)
+
+    @model_validator(mode="after")
+    def _default_matches_required(self) -> InputBody:
+        if self.required and self.value is not None:
+            raise ValueError("a required input has no default: leave out `value` or set `required` to false")
+        if self.required is False and self.value is None and not _accepts_null(self.json_schema):
+            raise ValueError("an optional input needs a `value` (its default) when its schema does not accept null")
+        return self
+
+    def stored(self) -> dict[str, Any]:
+        """The input as the request keeps it (see :mod:`airflow_hitl.forms`)."""
+        required = self.required if self.required is not None else "value" not in self.model_fields_set
+        return {
+            "value": None if required else self.value,
+            "schema": self.json_schema,
+            "description": self.description,
+            "required": required,
+        }
+
+
+def _accepts_null(schema: dict[str, Any]) -> bool:
+    # A schema that is not JSON Schema is named by the request's own validation instead.
+    try:
+        return accepts_null(schema)
+    except Exception:
+        return True
+
+
 class CreateBody(_Body):
     """Body of ``POST /approvals``: a gate opened from outside a task.
 
@@ -220,9 +273,22 @@ class CreateBody(_Body):
     allow_self_approval: bool = False
     on_reject: Literal["fail", "skip"] = "fail"
     metadata: dict[str, Any] = Field(default_factory=dict, description=_JSON_HELP)
+    inputs: dict[InputName, InputBody] = Field(
+        default_factory=dict,
+        max_length=MAX_INPUTS,
+        description="A form approvers fill in with their decision: input name (a Python identifier) -> its "
+        "`schema`, `description` and default `value`, as the request's items show them.",
+    )
 
     _required = field_validator("dag_id", "title")(_not_blank)
     _bounded = field_validator("context", "metadata")(_bounded_json)
+
+    @field_validator("inputs")
+    @classmethod
+    def _bounded_form(cls, value: dict[str, InputBody]) -> dict[str, InputBody]:
+        # Each schema is bounded; the whole form is stored as one JSON value, so it is too.
+        _bounded_json({name: spec.stored() for name, spec in value.items()})
+        return value
 
 
 class VoteResponse(_Response):

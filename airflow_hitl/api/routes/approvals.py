@@ -489,6 +489,7 @@ def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) ->
         allow_self_approval=body.allow_self_approval,
         on_reject=body.on_reject,
         metadata=body.metadata,
+        inputs={name: spec.stored() for name, spec in body.inputs.items()},
     )
     # Marked as opened over the API by the caller, never by the body: no task's gate.
     created = manager.create(spec, actor=caller.name, source="api", origin="api")

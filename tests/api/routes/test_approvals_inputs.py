@@ -86,3 +86,93 @@ def test_bulk_approve_refuses_items_with_required_inputs(api: AirflowApi, api_ma
     assert (refused.ok, refused.status_code) == (False, 422)
     assert "ticket" in (refused.detail or "")
     assert api_manager.get(with_form.id).state == "pending"
+
+
+class TestCreateWithAForm:
+    """``POST /approvals`` takes a form in the shape its items show it."""
+
+    FORM = {
+        "ticket": {"schema": {"type": "string", "minLength": 3}, "description": "change ticket"},
+        "rollout_percent": {"schema": {"type": "integer", "minimum": 1, "maximum": 100}, "value": 10},
+        "note": {"required": False},
+    }
+
+    def _create(self, api: AirflowApi, inputs: object) -> object:
+        body = {"dag_id": "billing", "title": "External gate", "allowed_approvers": ["alice"], "inputs": inputs}
+        return api.client.post(API, headers=api.headers("op"), json=body)
+
+    def test_the_form_is_stored_shown_and_filled_by_the_approval(
+        self, api: AirflowApi, api_manager: ApprovalManager
+    ) -> None:
+        response = self._create(api, self.FORM)
+        assert response.status_code == 201, response.text
+        created = ApprovalResponse.model_validate(response.json())
+        assert created.inputs == {
+            "ticket": {
+                "value": None,
+                "schema": {"type": "string", "minLength": 3},
+                "description": "change ticket",
+                "required": True,
+            },
+            "rollout_percent": {
+                "value": 10,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                "description": None,
+                "required": False,
+            },
+            "note": {"value": None, "schema": {}, "description": None, "required": False},
+        }
+        assert api_manager.get(created.id).inputs == created.inputs
+
+        url = f"{API}/{created.id}/approve"
+        missing = api.client.post(url, headers=api.headers("alice"), json={"inputs": {"rollout_percent": 101}})
+        assert missing.status_code == 422, missing.text
+        assert sorted(e["loc"][-1] for e in missing.json()["detail"]) == ["rollout_percent", "ticket"]
+        assert api_manager.get(created.id).state == "pending"
+
+        done = api.client.post(url, headers=api.headers("alice"), json={"inputs": {"ticket": "CHG-7"}})
+        assert done.status_code == 200, done.text
+        [vote] = ApprovalResponse.model_validate(done.json()).votes
+        assert vote.inputs == {"ticket": "CHG-7", "rollout_percent": 10, "note": None}
+
+    def test_an_items_form_opens_another_request_with_the_same_form(
+        self, api: AirflowApi, api_manager: ApprovalManager
+    ) -> None:
+        first = self._create(api, self.FORM).json()
+        again = self._create(api, first["inputs"])
+        assert again.status_code == 201, again.text
+        assert again.json()["inputs"] == first["inputs"]
+
+    @pytest.mark.parametrize(
+        ("inputs", "named"),
+        [
+            pytest.param(
+                {"ticket": {"required": True, "value": "x"}},
+                "required input has no default",
+                id="required-with-default",
+            ),
+            pytest.param(
+                {"pct": {"schema": {"type": "integer"}, "required": False}},
+                "optional input needs",
+                id="optional-no-default",
+            ),
+            pytest.param(
+                {"pct": {"schema": {"type": "integer", "maximum": 5}, "value": 50}}, "pct", id="default-refused"
+            ),
+            pytest.param({"pct": {"schema": {"type": "nonsense"}}}, "pct", id="not-json-schema"),
+            pytest.param({"two words": {}}, "two words", id="not-an-identifier"),
+            pytest.param({"x" * 101: {}}, "inputs", id="name-too-long"),
+            pytest.param({"pct": {"json_schema": {}}}, "json_schema", id="unknown-field"),
+            pytest.param({"pct": 5}, "inputs", id="not-an-object"),
+            pytest.param({f"i{n}": {} for n in range(101)}, "inputs", id="too-many"),
+            pytest.param({"pct": {"schema": {"enum": ["\x00"]}}}, "inputs", id="nul-in-schema"),
+        ],
+    )
+    def test_a_bad_form_is_a_422_naming_it_and_opens_nothing(
+        self, api: AirflowApi, api_manager: ApprovalManager, inputs: dict, named: str
+    ) -> None:
+        before = snapshot(api_manager)
+        response = self._create(api, inputs)
+        assert response.status_code == 422, response.text
+        assert named in str(response.json()["detail"])
+        assert snapshot(api_manager) == before
