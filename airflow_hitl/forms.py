@@ -14,9 +14,10 @@ defaults are not filled in.
 The values come from approvers and, for a request opened over the REST API, the form itself
 from an API client, so a schema may run nothing that one crafted value can make slow: its
 regular expressions (``pattern``, ``format: regex``) run on RE2, which matches in linear time,
-instead of Python's backtracking engine (where ``^(a+)+$`` against forty characters holds a
-worker for minutes), and ``patternProperties``, which jsonschema matches with Python's engine in
-several keywords, is refused. A ``$ref`` must point inside the schema: nothing is fetched.
+instead of Python's backtracking engine (where ``^(a+)+$`` takes 0.4 s on 24 characters and
+twice as long for each one more: half a minute at 30), and ``patternProperties``, which
+jsonschema matches with Python's engine in several keywords, is refused. A ``$ref`` must point
+inside the schema: nothing is fetched.
 """
 
 from __future__ import annotations
