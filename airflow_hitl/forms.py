@@ -49,7 +49,8 @@ def _re2_options() -> Any:
     return options
 
 
-@functools.lru_cache(maxsize=256)
+# A pattern near RE2's memory budget (8 MiB) compiles to a few MiB: few are kept.
+@functools.lru_cache(maxsize=32)
 def _compiled(pattern: str) -> Any:
     """``pattern`` compiled by RE2 (cached: a form's few patterns run on every decision)."""
     import re2
