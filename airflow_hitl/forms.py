@@ -37,6 +37,10 @@ REFUSED_KEYWORDS = ("patternProperties",)
 
 _UNSET = object()
 _REF_KEYWORDS = ("$ref", "$dynamicRef")
+#: Why a schema whose references loop without end cannot check a value.
+ENDLESS = "schema refers to itself without end"
+# One value of each JSON type, to find reference loops that any value would run into.
+_PROBES: tuple[Any, ...] = (None, True, 0, 0.5, "", [], {})
 
 
 @functools.cache
@@ -152,6 +156,11 @@ def _unsafe_problem(schema: Mapping[str, Any]) -> str | None:
                 resolver.lookup(ref)
             except Unresolvable:
                 return f"{keyword} {ref!r} points at nothing in the schema"
+    if resolver is not None and any(value_problem(probe, schema) == ENDLESS for probe in _PROBES):
+        # A loop that does not walk down the value never ends, whatever the value; one that
+        # does ends with it (a value's depth is bounded), and one only some values reach is
+        # a 422 when they come.
+        return ENDLESS
     return None
 
 
@@ -166,6 +175,10 @@ def _schema_problem(schema: Any) -> str | None:
         json.dumps(schema)
     except (TypeError, ValueError) as err:
         return f"schema must be JSON-serialisable: {err}"
+    dialect = schema.get("$schema")
+    if dialect is not None and not isinstance(dialect, str):
+        # jsonschema would take it for a URI and fail deep in urllib.
+        return "schema's $schema must be a string (a JSON Schema dialect's URI)"
     try:
         validator_for(schema).check_schema(schema)
     except SchemaError as err:
@@ -186,6 +199,9 @@ def value_problem(value: Any, schema: Mapping[str, Any]) -> str | None:
     except Unresolvable as err:
         # Refused when the form is parsed; a form stored before that check still answers 422.
         return f"the input's schema cannot be used: {err}"
+    except RecursionError:
+        # {"$ref": "#"} applies itself for ever, whatever the value.
+        return ENDLESS
     return None
 
 

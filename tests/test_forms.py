@@ -123,6 +123,8 @@ class TestHostileSchemas:
             pytest.param({"patternProperties": {"^a": {}}}, "patternProperties", id="pattern-properties"),
             pytest.param({"$ref": "http://127.0.0.1:9/schema.json"}, "must point inside", id="remote-ref"),
             pytest.param({"items": {"$ref": "#/$defs/missing"}}, "points at nothing", id="dangling-ref"),
+            pytest.param({"$schema": 5}, "must be a string", id="dialect-not-a-string"),
+            pytest.param({"allOf": [{"$ref": "#"}]}, "without end", id="endless-ref"),
         ],
     )
     def test_a_schema_that_could_hang_or_fetch_is_refused_naming_the_input(self, schema: dict, reason: str) -> None:
@@ -141,10 +143,22 @@ class TestHostileSchemas:
         stored = {
             "lookahead": {"value": None, "schema": {"type": "string", "pattern": "(?=a)b"}, "required": True},
             "dangling": {"value": None, "schema": {"$ref": "#/nope"}, "required": True},
+            "endless": {"value": None, "schema": {"$ref": "#"}, "required": True},
         }
         with pytest.raises(InvalidInput) as err:
-            resolve_inputs(stored, {"lookahead": "ab", "dangling": 1}, approving=True)
-        assert sorted(field for field, _ in err.value.problems) == ["inputs.dangling", "inputs.lookahead"]
+            resolve_inputs(stored, {"lookahead": "ab", "dangling": 1, "endless": 1}, approving=True)
+        assert sorted(field for field, _ in err.value.problems) == [
+            "inputs.dangling",
+            "inputs.endless",
+            "inputs.lookahead",
+        ]
+
+    def test_a_recursive_schema_that_walks_down_the_value_is_allowed(self) -> None:
+        tree = {"type": "object", "properties": {"child": {"$ref": "#"}}}
+        form = parse_inputs({"tree": {"schema": tree, "value": {}}})
+        assert resolve_inputs(form, {"tree": {"child": {"child": {}}}}, approving=True) == {
+            "tree": {"child": {"child": {}}}
+        }
 
 
 class TestManager:

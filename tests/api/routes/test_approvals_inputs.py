@@ -166,6 +166,8 @@ class TestCreateWithAForm:
             pytest.param({"pct": 5}, "inputs", id="not-an-object"),
             pytest.param({f"i{n}": {} for n in range(101)}, "inputs", id="too-many"),
             pytest.param({"pct": {"schema": {"enum": ["\x00"]}}}, "inputs", id="nul-in-schema"),
+            pytest.param({"pct": {"schema": {"$schema": 5}}}, "$schema", id="dialect-not-a-string"),
+            pytest.param({"pct": {"schema": {"pattern": "(?<=a)b"}}}, "not supported", id="lookbehind"),
         ],
     )
     def test_a_bad_form_is_a_422_naming_it_and_opens_nothing(
