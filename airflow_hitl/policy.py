@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from airflow_hitl.exceptions import InvalidApprovalConfig, InvalidInput
+from airflow_hitl.limits import MAX_TIMEOUT_SECONDS
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -91,6 +92,11 @@ class EscalationLevel:
     timeout: dt.timedelta
     required_approvals: int | None = None
 
+    def __post_init__(self) -> None:
+        # One name is a one-item list, as everywhere else; tuple("bob") would spell it out.
+        for name in ("approvers", "roles"):
+            object.__setattr__(self, name, names_tuple(getattr(self, name)))
+
     def to_json(self) -> dict[str, Any]:
         """The form stored in ``approval_requests.escalation_targets``."""
         return {
@@ -117,8 +123,14 @@ class EscalationLevel:
         problems = ConfigProblems()
         names_ok = True
         if isinstance(value, EscalationLevel):
-            level = value
-        elif isinstance(value, Mapping):
+            # Built by a Python caller: its fields are checked like a dict's.
+            value = {
+                "approvers": value.approvers,
+                "roles": value.roles,
+                "timeout": value.timeout,
+                "required_approvals": value.required_approvals,
+            }
+        if isinstance(value, Mapping):
             unknown = set(value) - {"approvers", "roles", "timeout", "required_approvals"}
             if unknown:
                 problems.add(name, f"unknown keys {sorted(unknown)}")
@@ -139,6 +151,9 @@ class EscalationLevel:
             problems.add(name, "names no approvers and no roles to escalate to")
         if level.timeout <= dt.timedelta(0):
             problems.add(f"{name}.timeout", "must be positive")
+        elif level.timeout.total_seconds() > MAX_TIMEOUT_SECONDS:
+            # As for the gate's own timeout: the level's deadline must stay a time we can store.
+            problems.add(f"{name}.timeout", f"must be at most {MAX_TIMEOUT_SECONDS} seconds (ten years)")
         if level.required_approvals is not None and (
             not isinstance(level.required_approvals, int)
             or isinstance(level.required_approvals, bool)
@@ -157,6 +172,19 @@ def _str_list(value: Any, field_name: str) -> list[str]:
     if not isinstance(value, (list, tuple, set, frozenset)) or not all(isinstance(v, str) and v for v in value):
         raise InvalidApprovalConfig(field_name, "must be a list of non-empty strings")
     return list(value)
+
+
+def names_tuple(value: Any) -> Any:
+    """``value`` as a tuple of names when it is one name or a collection of them; else unchanged.
+
+    For frozen dataclasses that take names: anything else stays as given, for their validation
+    to name it.
+    """
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return tuple(value)
+    return value
 
 
 def str_list(value: Any, field_name: str) -> list[str]:

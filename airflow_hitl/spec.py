@@ -22,7 +22,7 @@ from airflow_hitl.exceptions import InvalidInput
 from airflow_hitl.forms import parse_inputs
 from airflow_hitl.limits import INT32_MAX, MAX_TIMEOUT_SECONDS, json_problem, text_problem
 from airflow_hitl.models.tables import TIMEOUT_ACTIONS, WAITING_PREDICATE, WAITING_STATES, ApprovalRequestRow
-from airflow_hitl.policy import ConfigProblems, EscalationLevel, Principal, str_list
+from airflow_hitl.policy import ConfigProblems, EscalationLevel, Principal, names_tuple, str_list
 from airflow_hitl.records import Approval
 from airflow_hitl.settings import HitlSettings
 from airflow_hitl.vocabulary import APPROVAL_TYPES, FINAL_ACTIONS, ON_REJECT, TERMINAL_STATES
@@ -76,6 +76,11 @@ class ApprovalSpec:
     notify: Mapping[str, Any] = field(default_factory=dict)
     #: Form inputs approvers fill in: name -> Airflow ``Param``, its stored form, or a plain default.
     inputs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # One name is a one-item list, as the operator takes it; list("alice") would spell it out.
+        for name in ("allowed_approvers", "allowed_roles"):
+            object.__setattr__(self, name, names_tuple(getattr(self, name)))
 
     def validate(self, error: type[InvalidInput] = InvalidInput, *, where: str = "") -> None:
         """Raise one ``error`` naming every wrong field; the operator passes its own subclass."""
@@ -131,10 +136,15 @@ class ApprovalSpec:
                 )
         elif self.escalation_targets:
             problems.add("escalate_to", "is only used with timeout_action='escalate'")
-        for i, level in enumerate(self.escalation_targets or ()):
+        if not isinstance(self.escalation_targets, (list, tuple)):
+            problems.add("escalate_to", "must be a list of EscalationLevel")
+            return
+        for i, level in enumerate(self.escalation_targets):
             # The operator and the REST API convert first; a Python caller may not have.
             if not isinstance(level, EscalationLevel):
                 problems.add(f"escalate_to[{i}]", f"must be an EscalationLevel, got {type(level).__name__}")
+            else:
+                problems.parse(EscalationLevel.parse, level, index=i, default=None)
 
     def _people_problems(self, problems: ConfigProblems) -> None:
         # Who may decide, and how many of them must approve.
@@ -145,8 +155,8 @@ class ApprovalSpec:
         )
         if not quorum_ok:
             problems.add("required_approvals", "must be a positive integer")
-        approvers = problems.parse(str_list, list(self.allowed_approvers), "allowed_approvers", default=[])
-        problems.parse(str_list, list(self.allowed_roles), "allowed_roles", default=[])
+        approvers = problems.parse(str_list, self.allowed_approvers, "allowed_approvers", default=[])
+        problems.parse(str_list, self.allowed_roles, "allowed_roles", default=[])
         if quorum_ok and approvers and not self.allowed_roles and self.required_approvals > len(set(approvers)):
             problems.add(
                 "required_approvals",

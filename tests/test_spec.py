@@ -133,6 +133,58 @@ class TestValidate:
             ),
             pytest.param({"allowed_approvers": ["alice", 3]}, "allowed_approvers", "non-empty strings", id="approver"),
             pytest.param({"allowed_roles": [""]}, "allowed_roles", "non-empty strings", id="empty-role"),
+            pytest.param({"allowed_roles": 5}, "allowed_roles", "non-empty strings", id="roles-not-a-list"),
+            pytest.param({"allowed_approvers": True}, "allowed_approvers", "non-empty strings", id="approvers-bool"),
+            pytest.param(
+                {"timeout": dt.timedelta(hours=1), "timeout_action": "escalate", "escalation_targets": object()},
+                "escalate_to",
+                "must be a list",
+                id="levels-not-a-list",
+            ),
+            pytest.param(
+                {
+                    "timeout": dt.timedelta(hours=1),
+                    "timeout_action": "escalate",
+                    "escalation_final_action": "reject",
+                    "escalation_targets": [EscalationLevel(approvers=("carol",), timeout=60)],  # type: ignore[arg-type]
+                },
+                "escalate_to[0].timeout",
+                "datetime.timedelta",
+                id="level-timeout-not-timedelta",
+            ),
+            pytest.param(
+                {
+                    "timeout": dt.timedelta(hours=1),
+                    "timeout_action": "escalate",
+                    "escalation_final_action": "reject",
+                    "escalation_targets": [EscalationLevel(approvers=("carol",), timeout=dt.timedelta(-1))],
+                },
+                "escalate_to[0].timeout",
+                "positive",
+                id="level-timeout-negative",
+            ),
+            pytest.param(
+                {
+                    "timeout": dt.timedelta(hours=1),
+                    "timeout_action": "escalate",
+                    "escalation_final_action": "reject",
+                    "escalation_targets": [EscalationLevel(approvers=("carol",), timeout=dt.timedelta(days=3_000_000))],
+                },
+                "escalate_to[0].timeout",
+                "ten years",
+                id="level-timeout-past-year-9999",
+            ),
+            pytest.param(
+                {
+                    "timeout": dt.timedelta(hours=1),
+                    "timeout_action": "escalate",
+                    "escalation_final_action": "reject",
+                    "escalation_targets": [EscalationLevel(timeout=dt.timedelta(minutes=5))],
+                },
+                "escalate_to[0]",
+                "no approvers and no roles",
+                id="level-names-nobody",
+            ),
             pytest.param({"map_index": -2}, "map_index", "from -1", id="map-index-below"),
             pytest.param({"map_index": INT32_MAX + 1}, "map_index", "from -1", id="map-index-above"),
             pytest.param({"context": ["a"]}, "context", "must be a dict", id="context-not-dict"),
@@ -146,6 +198,21 @@ class TestValidate:
         problems = dict(spec(**overrides).problems().items)
         assert field in problems
         assert words in problems[field]
+
+    def test_one_name_is_a_one_item_list_not_its_letters(self, mgr: ApprovalManager) -> None:
+        level = EscalationLevel(approvers="carol", roles="ops", timeout=dt.timedelta(minutes=5))  # type: ignore[arg-type]
+        assert (level.approvers, level.roles) == (("carol",), ("ops",))
+        gate = spec(
+            allowed_approvers="alice",
+            allowed_roles="release",
+            timeout=dt.timedelta(hours=1),
+            timeout_action="escalate",
+            escalation_targets=[level],
+            escalation_final_action="reject",
+        )
+        created = mgr.create(gate)
+        assert (created.allowed_approvers, created.allowed_roles) == (("alice",), ("release",))
+        assert created.escalation_targets[0].approvers == ("carol",)
 
     def test_roles_widen_the_circle_past_the_named_people(self) -> None:
         # With a role allowed, more approvals than named people can still be met.
