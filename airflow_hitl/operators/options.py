@@ -191,7 +191,8 @@ def _notify_channels(value: Any, problems: ConfigProblems) -> list[str]:
     for channel in value:
         if channel not in NOTIFY_CHANNELS:
             problems.add("notify_channels", f"unknown channel {channel!r}; use {list(NOTIFY_CHANNELS)}")
-    return [channel for channel in dict.fromkeys(value) if channel in NOTIFY_CHANNELS]
+    # Known ones only: an unknown one (a dict, say) is a problem above, and may not be hashable.
+    return list(dict.fromkeys(channel for channel in value if isinstance(channel, str) and channel in NOTIFY_CHANNELS))
 
 
 def _remind_every_seconds(value: Any, channels: Sequence[str], problems: ConfigProblems) -> float | None:

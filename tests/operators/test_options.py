@@ -178,6 +178,8 @@ class TestNotify:
         ("given", "field", "message"),
         [
             ({"channels": "email"}, "notify_channels", "must be a list"),
+            ({"channels": [{"slack": True}]}, "notify_channels", "unknown channel {'slack': True}"),
+            ({"channels": [["email"]]}, "notify_channels", "unknown channel ['email']"),
             ({"users": ["alice"]}, "notify_channels", "is required when notify_users"),
             ({"remind_every": dt.timedelta(hours=1)}, "remind_every", "needs notify_channels"),
             ({"remind_every": 60}, "remind_every", "positive datetime.timedelta"),
