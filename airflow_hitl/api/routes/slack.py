@@ -92,6 +92,20 @@ def _slack_client(approval: Approval | None, settings: NotifySettings) -> Any:
     return SlackHook(slack_conn_id=conn_id).client
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else an empty one.
+
+    A verified payload of an unexpected shape (a Slack that changed, a replay edited before
+    signing) reads as one that lacks the field: answered, never a 500.
+    """
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    """``value`` when it is a non-empty string, else None."""
+    return value if isinstance(value, str) and value else None
+
+
 @router.post("/interactions")
 async def interactions(request: Request) -> Response:
     """Verify a Slack interaction, then act on it (button click or modal submission)."""
@@ -114,16 +128,19 @@ async def interactions(request: Request) -> Response:
         return JSONResponse({"detail": refusal}, status_code=401)
     try:
         payload = json.loads(parse_qs(body.decode())["payload"][0])
-        kind = payload["type"]
     except (KeyError, IndexError, ValueError, TypeError):
+        payload = None
+    if not isinstance(payload, dict) or "type" not in payload:
         return JSONResponse({"detail": "not a Slack interaction payload"}, status_code=400)
+    kind = payload["type"]
+    callback_id = _obj(payload.get("view")).get("callback_id")
     manager = get_manager(request)
     handler = SlackInteraction(manager=manager, settings=settings, payload=payload)
     if kind == "block_actions":
         return await run_in_threadpool(handler.block_action)
-    if kind == "view_submission" and payload.get("view", {}).get("callback_id") == REJECT_MODAL_ID:
+    if kind == "view_submission" and callback_id == REJECT_MODAL_ID:
         return await run_in_threadpool(handler.reject_submission)
-    if kind == "view_submission" and payload.get("view", {}).get("callback_id") == APPROVE_MODAL_ID:
+    if kind == "view_submission" and callback_id == APPROVE_MODAL_ID:
         return await run_in_threadpool(handler.approve_submission)
     return Response(status_code=200)
 
@@ -136,7 +153,7 @@ class SlackInteraction:
         self.settings = settings
         self.payload = payload
         self.directory = UserDirectory(settings=settings)
-        self.slack_user = str((payload.get("user") or {}).get("id") or "")
+        self.slack_user = _text(_obj(payload.get("user")).get("id")) or ""
 
     # ------------------------------------------------------------------ helpers
 
@@ -146,7 +163,7 @@ class SlackInteraction:
             return known
         try:
             info = client.users_info(user=self.slack_user)
-            address = ((info.get("user") or {}).get("profile") or {}).get("email")
+            address = _text(_obj(_obj(info.get("user")).get("profile")).get("email"))
         except Exception as err:
             log.warning("Slack users.info for %s failed: %s", self.slack_user, err)
             return None
@@ -201,15 +218,15 @@ class SlackInteraction:
 
     def block_action(self) -> Response:
         """Approve at once, or open the reason modal for Reject; refusals go to the clicker."""
-        actions = self.payload.get("actions") or []
-        action = actions[0] if actions else {}
+        actions = self.payload.get("actions")
+        action = _obj(actions[0]) if isinstance(actions, list) and actions else {}
         action_id = action.get("action_id")
         if action_id not in (APPROVE_ACTION_ID, REJECT_ACTION_ID):
             return Response(status_code=200)
-        container = self.payload.get("container") or {}
-        channel = container.get("channel_id") or (self.payload.get("channel") or {}).get("id")
-        ts = container.get("message_ts") or (self.payload.get("message") or {}).get("ts")
-        request_id = str(action.get("value") or "")
+        container = _obj(self.payload.get("container"))
+        channel = _text(container.get("channel_id")) or _text(_obj(self.payload.get("channel")).get("id"))
+        ts = _text(container.get("message_ts")) or _text(_obj(self.payload.get("message")).get("ts"))
+        request_id = _text(action.get("value")) or ""
         try:
             approval = self.manager.get(request_id)
         except (ApprovalNotFound, HitlError):
@@ -270,12 +287,13 @@ class SlackInteraction:
 
     def _submitted_view(self) -> tuple[dict[str, Any], dict[str, Any], str] | None:
         """The submitted modal, its ``private_metadata`` and the request it is about (None: not ours)."""
-        view = self.payload.get("view") or {}
+        view = _obj(self.payload.get("view"))
         try:
             meta = json.loads(view.get("private_metadata") or "{}")
-            return view, meta, str(meta["request_id"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, TypeError):
             return None
+        request_id = _text(_obj(meta).get("request_id"))
+        return (view, meta, request_id) if request_id else None
 
     def approve_submission(self) -> Response:
         """Approve with the form inputs typed into the modal; refused values go back into it."""
@@ -292,7 +310,7 @@ class SlackInteraction:
         def errors(found: dict[str, str]) -> JSONResponse:
             return JSONResponse({"response_action": "errors", "errors": {k: v[:150] for k, v in found.items()}})
 
-        inputs, unreadable = submitted_inputs(approval, (view.get("state") or {}).get("values") or {})
+        inputs, unreadable = submitted_inputs(approval, _obj(_obj(view.get("state")).get("values")))
         if unreadable:
             return errors(unreadable)
         client = _slack_client(approval, self.settings)
@@ -315,7 +333,7 @@ class SlackInteraction:
             return errors({first_block: f"Not recorded: {err.reason}"})
         except HitlError as err:
             return errors({first_block: f"Not recorded: {err}"})
-        self._update_message(client, decided, meta.get("channel"), meta.get("ts"))
+        self._update_message(client, decided, _text(meta.get("channel")), _text(meta.get("ts")))
         return Response(status_code=200)
 
     def reject_submission(self) -> Response:
@@ -324,8 +342,8 @@ class SlackInteraction:
         if submitted is None:
             return Response(status_code=200)
         view, meta, request_id = submitted
-        values = (view.get("state") or {}).get("values") or {}
-        reason = str(((values.get("reason") or {}).get("reason") or {}).get("value") or "").strip()
+        values = _obj(_obj(view.get("state")).get("values"))
+        reason = (_text(_obj(_obj(values.get("reason")).get("reason")).get("value")) or "").strip()
 
         def error(text: str) -> JSONResponse:
             return JSONResponse({"response_action": "errors", "errors": {"reason": text[:150]}})
@@ -351,7 +369,7 @@ class SlackInteraction:
             return error(f"Not recorded: {err.reason}")
         except HitlError as err:
             return error(f"Not recorded: {err}")
-        self._update_message(client, decided, meta.get("channel"), meta.get("ts"))
+        self._update_message(client, decided, _text(meta.get("channel")), _text(meta.get("ts")))
         return Response(status_code=200)
 
 
@@ -447,13 +465,19 @@ def submitted_inputs(approval: Approval, values: dict[str, Any]) -> tuple[dict[s
     errors: dict[str, str] = {}
     for name, spec in approval.inputs.items():
         block_id = INPUT_BLOCK_PREFIX + name
-        state = (values.get(block_id) or {}).get("value") or {}
+        state = _obj(_obj(values.get(block_id)).get("value"))
         schema = spec.get("schema") or {}
         kind = state.get("type")
         if kind == "static_select":
             option = state.get("selected_option")
             if option is not None:
-                inputs[name] = schema.get("enum", [])[int(option["value"])]
+                # The option's value is its index in the enum, as inputs_modal wrote it.
+                index = _obj(option).get("value")
+                enum = schema.get("enum", [])
+                if isinstance(index, str) and index.isdigit() and int(index) < len(enum):
+                    inputs[name] = enum[int(index)]
+                else:
+                    errors[block_id] = "Not one of the options."
         elif kind == "checkboxes":
             inputs[name] = bool(state.get("selected_options"))
         elif state.get("value") not in (None, ""):
