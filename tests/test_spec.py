@@ -38,6 +38,16 @@ def nested(depth: int) -> dict[str, Any]:
     return value
 
 
+def escalating(*levels: Any) -> dict[str, Any]:
+    """The options of a gate that escalates to ``levels`` after an hour, then rejects."""
+    return {
+        "timeout": dt.timedelta(hours=1),
+        "timeout_action": "escalate",
+        "escalation_final_action": "reject",
+        "escalation_targets": list(levels),
+    }
+
+
 def fields_of(value: ApprovalSpec) -> list[str]:
     """The fields ``value.problems()`` names, in the order found."""
     return [name for name, _ in value.problems().items]
@@ -108,12 +118,7 @@ class TestValidate:
                 id="levels-without-escalate",
             ),
             pytest.param(
-                {
-                    "timeout": dt.timedelta(hours=1),
-                    "timeout_action": "escalate",
-                    "escalation_final_action": "reject",
-                    "escalation_targets": [LEVEL, {"approvers": ["carol"], "timeout_seconds": 60}],
-                },
+                escalating(LEVEL, {"approvers": ["carol"], "timeout_seconds": 60}),
                 "escalate_to[1]",
                 "must be an EscalationLevel, got dict",
                 id="level-not-a-level",
@@ -142,45 +147,25 @@ class TestValidate:
                 id="levels-not-a-list",
             ),
             pytest.param(
-                {
-                    "timeout": dt.timedelta(hours=1),
-                    "timeout_action": "escalate",
-                    "escalation_final_action": "reject",
-                    "escalation_targets": [EscalationLevel(approvers=("carol",), timeout=60)],  # type: ignore[arg-type]
-                },
+                escalating(EscalationLevel(approvers=("carol",), timeout=60)),  # type: ignore[arg-type]
                 "escalate_to[0].timeout",
                 "datetime.timedelta",
                 id="level-timeout-not-timedelta",
             ),
             pytest.param(
-                {
-                    "timeout": dt.timedelta(hours=1),
-                    "timeout_action": "escalate",
-                    "escalation_final_action": "reject",
-                    "escalation_targets": [EscalationLevel(approvers=("carol",), timeout=dt.timedelta(-1))],
-                },
+                escalating(EscalationLevel(approvers=("carol",), timeout=dt.timedelta(-1))),
                 "escalate_to[0].timeout",
                 "positive",
                 id="level-timeout-negative",
             ),
             pytest.param(
-                {
-                    "timeout": dt.timedelta(hours=1),
-                    "timeout_action": "escalate",
-                    "escalation_final_action": "reject",
-                    "escalation_targets": [EscalationLevel(approvers=("carol",), timeout=dt.timedelta(days=3_000_000))],
-                },
+                escalating(EscalationLevel(approvers=("carol",), timeout=dt.timedelta(days=3_000_000))),
                 "escalate_to[0].timeout",
                 "ten years",
                 id="level-timeout-past-year-9999",
             ),
             pytest.param(
-                {
-                    "timeout": dt.timedelta(hours=1),
-                    "timeout_action": "escalate",
-                    "escalation_final_action": "reject",
-                    "escalation_targets": [EscalationLevel(timeout=dt.timedelta(minutes=5))],
-                },
+                escalating(EscalationLevel(timeout=dt.timedelta(minutes=5))),
                 "escalate_to[0]",
                 "no approvers and no roles",
                 id="level-names-nobody",
