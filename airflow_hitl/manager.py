@@ -40,6 +40,7 @@ from airflow_hitl.exceptions import (
     InvalidInput,
 )
 from airflow_hitl.forms import parse_inputs, resolve_inputs
+from airflow_hitl.limits import text_problem
 from airflow_hitl.models.store import ApprovalStore, get_store
 from airflow_hitl.models.tables import (
     ORIGINS,
@@ -48,6 +49,7 @@ from airflow_hitl.models.tables import (
 )
 from airflow_hitl.notices import NoticeLog
 from airflow_hitl.policy import (
+    ConfigProblems,
     EscalationLevel,
     Principal,
     quorum_reached,
@@ -79,6 +81,23 @@ __all__ = [
     "TimeoutOutcome",
     "utcnow",
 ]
+
+
+def _check_texts(**texts: str | None) -> None:
+    """Raise :class:`InvalidInput` naming every text the store could not keep (NUL, lone surrogates).
+
+    The REST API refuses them in its bodies; an emailed link's form, a Slack modal and the CLI's
+    arguments reach the manager as they came, and PostgreSQL would refuse them only at INSERT,
+    as an error of the store rather than of the input.
+    """
+    problems = ConfigProblems()
+    for field_name, value in texts.items():
+        if value is None:
+            continue
+        problem = text_problem(value) if isinstance(value, str) else "must be a string"
+        if problem:
+            problems.add(field_name, problem)
+    problems.raise_if_any(InvalidInput)
 
 
 class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
@@ -348,6 +367,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
     ) -> Approval:
         if source not in VOTE_SOURCES:
             raise InvalidInput("source", f"must be one of {list(VOTE_SOURCES)}")
+        _check_texts(comment=comment, reason=reason)
         with self._transaction() as session:
             row, votes = self._lock(session, request_id, dag_access=dag_access)
             now = self._clock()
@@ -484,6 +504,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
         """Cancel a waiting request (the task was cleared or marked, or someone withdrew it)."""
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidInput("reason", "a reason is required to cancel")
+        _check_texts(reason=reason)
         with self._transaction() as session:
             row, votes = self._lock(session, request_id, dag_access=dag_access)
             if row.state not in WAITING_STATES:

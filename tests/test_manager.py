@@ -70,6 +70,26 @@ class TestVoting:
         assert done.approvers == ["alice"]
         assert [e.event_type for e in mgr.events(a.id)] == ["requested", "vote", "approved"]
 
+    @pytest.mark.parametrize("text", ["ok\x00then", "ok\udc80"], ids=["nul", "lone-surrogate"])
+    def test_text_the_store_cannot_keep_is_refused_naming_the_field(
+        self, mgr: ApprovalManager, store: ApprovalStore, text: str
+    ) -> None:
+        # The REST API refuses these in its bodies; a link's form, a Slack modal or the CLI may not.
+        a = mgr.create(spec())
+        refusals = [
+            lambda: mgr.approve(a.id, user=ALICE, comment=text),
+            lambda: mgr.reject(a.id, user=ALICE, reason=text),
+            lambda: mgr.reject(a.id, user=ALICE, reason="fine", comment=text),
+            lambda: mgr.cancel(a.id, actor="admin", reason=text),
+        ]
+        fields = []
+        for refused in refusals:
+            with pytest.raises(InvalidInput) as err:
+                refused()
+            fields.append(err.value.field)
+        assert fields == ["comment", "reason", "comment", "reason"]
+        assert (mgr.get(a.id).state, vote_count(store, a.id), len(mgr.events(a.id))) == ("pending", 0, 1)
+
     def test_quorum_two_of_three(self, mgr: ApprovalManager) -> None:
         a = mgr.create(spec(allowed_approvers=["alice", "bob", "carol"], required_approvals=2))
         first = mgr.approve(a.id, user=ALICE)

@@ -39,6 +39,7 @@ from airflow_hitl.exceptions import (
     AlreadyVoted,
     ApprovalNotFound,
     ApprovalNotPending,
+    HitlError,
     InvalidInput,
     LinkAlreadyUsed,
     NotAllowed,
@@ -288,6 +289,25 @@ async def use_link(request: Request) -> HTMLResponse:
     return await run_in_threadpool(_decide, manager, fields, client)
 
 
+def _not_recorded(err: HitlError, link: CheckedLink, form: dict[str, str]) -> HTMLResponse:
+    """The page for a decision the manager refused; only a used-up link is spent."""
+    if isinstance(err, LinkAlreadyUsed):
+        return _refusal(LinkRefused(410, "Link already used", "This link has already been used; links work once."))
+    if isinstance(err, (ApprovalNotPending, AlreadyVoted)):
+        return _refusal(LinkRefused(409, "Not recorded", str(err), link.approval))
+    if isinstance(err, NotAllowed):
+        return _refusal(LinkRefused(403, "Not allowed", err.reason, link.approval))
+    if not isinstance(err, InvalidInput):
+        raise err
+    if any(not field.startswith("inputs.") for field, _ in err.problems):
+        # A comment or reason the store cannot keep (NUL): the link stays usable.
+        return _confirm_page(link, 422, str(err))
+    # Refused values leave the link usable: the page comes back with each field's problem.
+    problems = {field.removeprefix("inputs."): message for field, message in err.problems}
+    given = {name: form.get(f"input.{name}", "") for name in link.approval.inputs}
+    return _confirm_page(link, 422, "Some inputs are not valid", given=given, errors=problems)
+
+
 def _decide(manager: ApprovalManager, fields: dict[str, list[str]], client: dict[str, Any]) -> HTMLResponse:
     form = {k: v[0] for k, v in fields.items()}
     try:
@@ -330,17 +350,8 @@ def _decide(manager: ApprovalManager, fields: dict[str, list[str]], client: dict
     )
     try:
         approval = manager.decide(claims.request_id, decision)
-    except LinkAlreadyUsed:
-        return _refusal(LinkRefused(410, "Link already used", "This link has already been used; links work once."))
-    except (ApprovalNotPending, AlreadyVoted) as err:
-        return _refusal(LinkRefused(409, "Not recorded", str(err), link.approval))
-    except NotAllowed as err:
-        return _refusal(LinkRefused(403, "Not allowed", err.reason, link.approval))
-    except InvalidInput as err:
-        # Refused values leave the link usable: the page comes back with each field's problem.
-        problems = {field.removeprefix("inputs."): message for field, message in err.problems}
-        given = {name: form.get(f"input.{name}", "") for name in link.approval.inputs}
-        return _confirm_page(link, 422, "Some inputs are not valid", given=given, errors=problems)
+    except HitlError as err:
+        return _not_recorded(err, link, form)
     verb = "approved" if claims.action == "approve" else "rejected"
     if approval.is_waiting:
         message = (

@@ -286,6 +286,18 @@ class TestEmailLinks:
         assert approval.votes[0].reason == "metrics regressed"
         assert approval.votes[0].source == "email"
 
+    def test_a_comment_the_store_cannot_keep_is_a_422_that_leaves_the_link_usable(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server)
+        before = state_of(sqlite_manager, gate.id)
+        response = use(client, links["alice"]["approve"], {"comment": "ok\x00then"})
+        assert response.status_code == 422, response.text
+        assert "NUL" in response.text
+        assert state_of(sqlite_manager, gate.id) == before
+        assert use(client, links["alice"]["approve"], {"comment": "fine"}).status_code == 200
+        assert [(v.user, v.comment) for v in sqlite_manager.get(gate.id).votes] == [("alice", "fine")]
+
     def test_policy_applies_to_link_votes(
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
     ) -> None:
