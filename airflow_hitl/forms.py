@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from airflow_hitl.exceptions import InvalidInput
+from airflow_hitl.limits import json_problem
 from airflow_hitl.policy import ConfigProblems
 
 #: Longest input name; names are Python identifiers so they work as form fields and template keys.
@@ -297,7 +298,9 @@ def resolve_inputs(
     for name, spec in form.items():
         if name in given:
             value = given[name]
-            problem = value_problem(value, spec.get("schema") or {})
+            # The REST API refuses these in its bodies; an emailed link's form, a Slack modal
+            # and the CLI read values as JSON, where NaN and NUL parse but cannot be stored.
+            problem = json_problem(value) or value_problem(value, spec.get("schema") or {})
             if problem:
                 problems.add(f"inputs.{name}", problem)
                 continue

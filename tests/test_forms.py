@@ -88,6 +88,14 @@ class TestResolve:
         with pytest.raises(InvalidInput, match=r"inputs\.rollout_percent"):
             resolve_inputs(self.form, {"rollout_percent": 0}, approving=False)
 
+    def test_a_value_the_store_cannot_keep_is_named(self) -> None:
+        # What a link's form, a Slack modal or the CLI may parse from text: JSON's NaN, a NUL.
+        form = parse_inputs({"pct": Param(1.0, type="number"), "note": Param("", type="string"), "any": {"schema": {}}})
+        with pytest.raises(InvalidInput) as err:
+            resolve_inputs(form, {"pct": float("nan"), "note": "a\x00b", "any": {"x": float("inf")}}, approving=True)
+        assert sorted(field for field, _ in err.value.problems) == ["inputs.any", "inputs.note", "inputs.pct"]
+        assert "finite" in dict(err.value.problems)["inputs.pct"]
+
     def test_every_bad_value_is_named(self) -> None:
         with pytest.raises(InvalidInput) as err:
             resolve_inputs(self.form, {"rollout_percent": "ten", "region": "mars", "colour": "red"}, approving=True)
@@ -200,6 +208,7 @@ class TestManager:
             pytest.param({"ticket": "CHG-1", "rollout_percent": 101}, "inputs.rollout_percent", id="over-maximum"),
             pytest.param({"ticket": "CHG-1", "typo": 1}, "inputs.typo", id="unknown-name"),
             pytest.param({"ticket": None}, "inputs.ticket", id="null-not-allowed"),
+            pytest.param({"ticket": "CHG\x00"}, "inputs.ticket", id="nul"),
         ],
     )
     def test_bad_inputs_are_refused_and_change_nothing(
