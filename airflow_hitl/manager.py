@@ -40,7 +40,6 @@ from airflow_hitl.exceptions import (
     InvalidInput,
 )
 from airflow_hitl.forms import parse_inputs, resolve_inputs
-from airflow_hitl.limits import text_problem
 from airflow_hitl.models.store import ApprovalStore, get_store
 from airflow_hitl.models.tables import (
     ORIGINS,
@@ -63,6 +62,7 @@ from airflow_hitl.spec import (
     Decision,
     LinkUse,
     TimeoutOutcome,
+    add_text_problems,
     json_safe,
     utcnow,
 )
@@ -91,12 +91,7 @@ def _check_texts(**texts: str | None) -> None:
     as an error of the store rather than of the input.
     """
     problems = ConfigProblems()
-    for field_name, value in texts.items():
-        if value is None:
-            continue
-        problem = text_problem(value) if isinstance(value, str) else "must be a string"
-        if problem:
-            problems.add(field_name, problem)
+    add_text_problems(problems, **texts)
     problems.raise_if_any(InvalidInput)
 
 

@@ -47,6 +47,15 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def add_text_problems(problems: ConfigProblems, **texts: Any) -> None:
+    """Record each of ``texts`` that is not a string, or that the store cannot keep (None is fine)."""
+    for name, value in texts.items():
+        if value is not None and not isinstance(value, str):
+            problems.add(name, "must be a string")
+        elif value and (problem := text_problem(value)):
+            problems.add(name, problem)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ApprovalSpec:
     """Everything needed to open an approval gate; validated before anything is written."""
@@ -169,14 +178,8 @@ class ApprovalSpec:
     def _validate_storable(self, problems: ConfigProblems) -> None:
         # The same limits as the REST API's bodies (airflow_hitl.limits): what the store
         # cannot keep is refused here, naming the field, not by the database later.
-        for name in ("dag_id", "title", "run_id", "task_id", "description", "reason", "requested_by"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                problems.add(name, "must be a string")
-                continue
-            problem = text_problem(value) if value else None
-            if problem:
-                problems.add(name, problem)
+        names = ("dag_id", "title", "run_id", "task_id", "description", "reason", "requested_by")
+        add_text_problems(problems, **{name: getattr(self, name) for name in names})
         if not isinstance(self.map_index, int) or not -1 <= self.map_index <= INT32_MAX:
             problems.add("map_index", f"must be an integer from -1 to {INT32_MAX}")
         if isinstance(self.required_approvals, int) and self.required_approvals > INT32_MAX:
