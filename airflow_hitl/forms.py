@@ -219,6 +219,7 @@ def _one_input(name: str, spec: Any) -> dict[str, Any]:
             f"inputs[{name!r}]", f"input names must be Python identifiers of at most {MAX_NAME_LENGTH} characters"
         )
     default: Any = _UNSET
+    said_required: Any = None  # what a stored form says of itself, checked against its default
     if hasattr(spec, "schema") and hasattr(spec, "dump") and hasattr(spec, "resolve"):
         # Airflow's Param (SDK or core). Its ``has_value`` is False for a None default too, so
         # tell "no default" (Airflow's NOTSET sentinel) from None by the sentinel's type.
@@ -230,9 +231,13 @@ def _one_input(name: str, spec: Any) -> dict[str, Any]:
         # The stored form (from a request read back, or the REST API).
         schema = spec["schema"]
         description = spec.get("description")
-        # A required input's stored ``value`` is a placeholder None, not a default.
-        if "value" in spec and not (spec.get("required") and spec["value"] is None):
-            default = spec["value"]
+        said_required = spec.get("required")
+        if said_required and spec.get("value") is not None:
+            raise InvalidInput(field, "a required input has no default: leave out `value` or set `required` to false")
+        # A required input's stored ``value`` is a placeholder None, not a default; an optional
+        # one without a ``value`` defaults to None.
+        if not said_required and ("value" in spec or said_required is False):
+            default = spec.get("value")
     else:
         # A plain value: a Param with that default and an empty (accept anything) schema.
         schema, description, default = {}, None, spec
@@ -251,6 +256,10 @@ def _one_input(name: str, spec: Any) -> dict[str, Any]:
         if problem:
             raise InvalidInput(field, f"default {default!r} does not satisfy the schema: {problem}")
     required = default is _UNSET or (default is None and not accepts_null(schema))
+    if said_required is False and required:
+        raise InvalidInput(
+            field, "an optional input needs a `value` (its default) when its schema does not accept null"
+        )
     return {
         "value": None if default is _UNSET else default,
         "schema": dict(schema),

@@ -66,6 +66,19 @@ class TestParse:
         assert "does not satisfy the schema" in str(err.value)
         assert "not valid JSON Schema" in str(err.value)
 
+    def test_a_stored_forms_required_must_agree_with_its_value(self) -> None:
+        assert parse_inputs({"note": {"schema": {}, "required": False}})["note"]["value"] is None
+        with pytest.raises(InvalidInput) as err:
+            parse_inputs(
+                {
+                    "ticket": {"schema": {"type": "string"}, "required": True, "value": "CHG-1"},
+                    "pct": {"schema": {"type": "integer"}, "required": False},
+                }
+            )
+        messages = dict(err.value.problems)
+        assert "required input has no default" in messages["inputs['ticket']"]
+        assert "optional input needs a `value`" in messages["inputs['pct']"]
+
     def test_inputs_must_be_a_dict(self) -> None:
         with pytest.raises(InvalidInput, match="inputs"):
             parse_inputs(["ticket"])

@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from airflow_hitl.forms import MAX_NAME_LENGTH, accepts_null
+from airflow_hitl.forms import MAX_NAME_LENGTH
 from airflow_hitl.limits import INT32_MAX, MAX_TIMEOUT_SECONDS, json_problem
 from airflow_hitl.settings import conf_get
 
@@ -221,31 +221,11 @@ class InputBody(StorableBody):
 
     _bounded = field_validator("json_schema")(_bounded_json)
 
-    @model_validator(mode="after")
-    def _default_matches_required(self) -> InputBody:
-        if self.required and self.value is not None:
-            raise ValueError("a required input has no default: leave out `value` or set `required` to false")
-        if self.required is False and self.value is None and not _accepts_null(self.json_schema):
-            raise ValueError("an optional input needs a `value` (its default) when its schema does not accept null")
-        return self
-
     def stored(self) -> dict[str, Any]:
-        """The input as the request keeps it (see :mod:`airflow_hitl.forms`)."""
-        required = self.required if self.required is not None else "value" not in self.model_fields_set
-        return {
-            "value": None if required else self.value,
-            "schema": self.json_schema,
-            "description": self.description,
-            "required": required,
-        }
-
-
-def _accepts_null(schema: dict[str, Any]) -> bool:
-    # A schema that is not JSON Schema is named by the request's own validation instead.
-    try:
-        return accepts_null(schema)
-    except Exception:
-        return True
+        """The input as :mod:`airflow_hitl.forms` reads a stored form; it checks ``value`` against ``required``."""
+        form: dict[str, Any] = {"schema": self.json_schema, "description": self.description}
+        form.update((name, getattr(self, name)) for name in ("value", "required") if name in self.model_fields_set)
+        return form
 
 
 class CreateBody(_Body):
