@@ -28,6 +28,8 @@ class Option:
     description: str
     example: str | None = None
     version_added: str = "0.1.0"
+    #: A secret: Airflow masks it in ``airflow config list`` and the UI, and reads ``_CMD``/``_SECRET``.
+    sensitive: bool = False
 
     def provider_info(self) -> dict[str, Any]:
         """The option in the shape of a provider's ``config`` section."""
@@ -38,6 +40,7 @@ class Option:
             # Airflow formats defaults with str.format: braces must be doubled.
             "default": self.default.replace("{", "{{").replace("}", "}}"),
             "example": self.example,
+            "sensitive": self.sensitive,
         }
 
 
@@ -332,6 +335,7 @@ OPTIONS: tuple[Option, ...] = (
         type="string",
         default="",
         example=None,
+        sensitive=True,
         description=(
             "Secret that signs emailed approval links. Empty: the password of the signing_conn_id connection, "
             "else a key derived from [api_auth] jwt_secret."
@@ -349,6 +353,7 @@ OPTIONS: tuple[Option, ...] = (
         type="string",
         default="",
         example=None,
+        sensitive=True,
         description=(
             "Slack app signing secret that verifies button clicks at /hitl/slack/interactions. Empty: the "
             "`signing_secret` extra of the notify_slack_conn_id connection."
@@ -360,6 +365,44 @@ OPTIONS: tuple[Option, ...] = (
         default="604800",
         example="86400",
         description=("Longest life, in seconds, of an emailed link (links also expire with their request)."),
+    ),
+    Option(
+        name="audit_key",
+        type="string",
+        default="",
+        example=None,
+        sensitive=True,
+        version_added="0.2.0",
+        description=(
+            "Secret that keys the audit trail's chain: each event's link is HMAC-SHA256 under it, so write "
+            "access to the store is not enough to forge a consistent chain. Empty: links are plain SHA-256 "
+            "(`airflow hitl db check` warns). Set it on every component that writes the store; events written "
+            "before it was set keep verifying as they were."
+        ),
+    ),
+    Option(
+        name="evidence_signing_key",
+        type="string",
+        default="",
+        example=None,
+        sensitive=True,
+        version_added="0.2.0",
+        description=(
+            "Ed25519 private key (PEM) that signs each request's evidence (a compact JWS, EdDSA) at "
+            "/hitl/api/v1/approvals/{id}/evidence. `airflow hitl evidence keygen` prints a new one. Empty: "
+            "the evidence endpoints answer 503."
+        ),
+    ),
+    Option(
+        name="evidence_previous_public_keys",
+        type="string",
+        default="",
+        example=None,
+        version_added="0.2.0",
+        description=(
+            "Public keys (PEM, concatenated) of earlier evidence signing keys: still listed in the JWKS at "
+            "/hitl/api/v1/evidence/jwks.json after a rotation, so evidence signed before it keeps verifying."
+        ),
     ),
 )
 
