@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow_hitl import __version__
 from airflow_hitl.settings import OPTIONS, SECTION
 
 
@@ -19,7 +20,7 @@ def get_provider_info() -> dict[str, Any]:
         "name": "Human-in-the-loop approvals",
         "description": "Human approval gates for Apache Airflow 3: quorum, escalation, signed links, "
         "Slack buttons and an audit trail.",
-        "versions": ["0.1.0"],
+        "versions": [__version__],
         "integrations": [
             {
                 "integration-name": "Human-in-the-loop approvals",

@@ -20,7 +20,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "installing Airflow and airflow-hitl into $VENV (about a minute the first time)"
   # pipefail: a failed install fails the set-up (the filter only drops pip's noise about a missing index).
   $PIP install --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
-  $PIP install "$AIRFLOW_SPEC" "apache-airflow-providers-standard" -e ".[test]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  $PIP install "$AIRFLOW_SPEC" "apache-airflow-providers-standard" -e ".[test,dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
   "$VENV/bin/python" -c "import airflow, airflow_hitl, aiosmtpd, playwright" # fail loudly if the install did not take
   touch "$stamp"
 fi
