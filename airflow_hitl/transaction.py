@@ -9,6 +9,11 @@ reach PostgreSQL's queue (delivered only if the transaction commits), and metric
 only once it has. A store that is lost or times out is :class:`StoreUnavailable` while
 nothing can have committed, :class:`StoreOutcomeUnknown` once COMMIT may have reached it.
 
+Each appended link is an HMAC under the writer's :class:`~airflow_hitl.audit.AuditKey` when it
+has one (``[hitl] audit_key``, read once per manager), plain SHA-256 otherwise; a writer
+refuses to append after a keyed event under anything but that event's key, since every
+verification of the chain would fail from there on.
+
 A locked request's votes are read as Core rows (:func:`votes_of`, which the list queries of
 :mod:`airflow_hitl.queries` share) and a vote is one plain INSERT: the ORM's relationship
 loader and unit of work cost more than the statements themselves on every decision.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -29,12 +35,14 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import Session, raiseload
 
 from airflow_hitl import metrics
-from airflow_hitl.audit import GENESIS_HASH, event_hash
-from airflow_hitl.exceptions import ApprovalNotFound, NotAllowed, StoreOutcomeUnknown, StoreUnavailable
+from airflow_hitl.audit import GENESIS_HASH, AuditKey, event_hash, keyed_tail_problem
+from airflow_hitl.exceptions import ApprovalNotFound, NotAllowed, StoreError, StoreOutcomeUnknown, StoreUnavailable
 from airflow_hitl.models.store import NOTIFY_CHANNEL, OUTBOX_CHANNEL, OUTBOX_QUEUED, ApprovalStore
 from airflow_hitl.models.tables import WAITING_PREDICATE, ApprovalEventRow, ApprovalRequestRow, ApprovalVoteRow
 from airflow_hitl.records import Vote, json_column
 from airflow_hitl.spec import DagAccess, json_safe
+
+log = logging.getLogger(__name__)
 
 # Any constant works; it serialises appends to the audit chain across processes.
 _AUDIT_LOCK_KEY = 0x41F1_A0D1
@@ -46,7 +54,7 @@ _PENDING_METRICS = "hitl_pending_metrics"
 # Built once: a statement object keeps its cache key, which SQLAlchemy otherwise derives
 # again on every execution (a decision runs each of these once).
 _EVENTS: Table = ApprovalEventRow.__table__  # type: ignore[assignment]
-_HEAD = select(_EVENTS.c.hash).order_by(_EVENTS.c.seq.desc()).limit(1)
+_HEAD = select(_EVENTS.c.seq, _EVENTS.c.hash, _EVENTS.c.key_id).order_by(_EVENTS.c.seq.desc()).limit(1)
 _APPEND = insert(_EVENTS)
 _VOTE_ROWS = insert(ApprovalVoteRow.__table__)  # type: ignore[arg-type]
 # The votes are read by their own statement after the lock (see _lock), never through the
@@ -112,6 +120,8 @@ class StoreTransactions:
 
     store: ApprovalStore
     _clock: Callable[[], dt.datetime]
+    #: The key every link this writer appends is an HMAC under (None: plain SHA-256); read once.
+    _audit_key: AuditKey | None = None
 
     def count_waiting(self) -> int:
         """How many requests wait for people, store-wide."""
@@ -184,6 +194,7 @@ class StoreTransactions:
                 "metadata": vote.metadata,
                 "inputs": vote.inputs,
                 "created_at": vote.created_at,
+                "content_digest": vote.content_digest,
             },
         )
 
@@ -239,11 +250,26 @@ class StoreTransactions:
             conn.execute(text(f"SELECT {', '.join(calls)}"), params)
         if not events:
             return
-        prev = conn.scalar(_HEAD)
-        prev = prev or GENESIS_HASH
+        key = self._audit_key
+        head = conn.execute(_HEAD).first()
+        if head is not None and (problem := keyed_tail_problem(head.key_id, key)):
+            # Refused before anything is written: an unkeyed link (or one under another key)
+            # after a keyed one would fail every verification of the chain from then on.
+            raise StoreError(problem)
+        prev = head.hash if head is not None else GENESIS_HASH
+        key_id = key.key_id if key is not None else None
+        if key is not None and (head is None or head.key_id is None):
+            # Said outside the store, where whoever rewrites the keyed events as unkeyed cannot
+            # unsay it: a second such line, at a later seq, is a downgrade (see audit's doc).
+            log.warning(
+                "the audit trail is keyed from here on: the events after seq %s are HMAC-SHA256 under key_id %s "
+                "(`airflow hitl audit verify` reports the first of them as keyed_from)",
+                head.seq if head is not None else 0,
+                key_id,
+            )
         for event in events:
-            digest = event_hash(prev_hash=prev, **event)
-            event.update(prev_hash=prev, hash=digest)
+            digest = event_hash(prev_hash=prev, key=key, **event)
+            event.update(prev_hash=prev, hash=digest, key_id=key_id)
             prev = digest
         # Inserted in chain order: the sequence numbers follow the list.
         conn.execute(_APPEND, events)

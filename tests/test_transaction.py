@@ -14,12 +14,14 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
-from airflow_hitl.exceptions import ApprovalNotFound, NotAllowed, StoreOutcomeUnknown, StoreUnavailable
+from airflow_hitl.audit import GENESIS_HASH, AuditKey, event_hash
+from airflow_hitl.exceptions import ApprovalNotFound, NotAllowed, StoreError, StoreOutcomeUnknown, StoreUnavailable
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.store import NOTIFY_CHANNEL, OUTBOX_CHANNEL, ApprovalStore
 from airflow_hitl.models.tables import ApprovalEventRow
 from airflow_hitl.outbox import listen_conninfo
 from airflow_hitl.policy import EscalationLevel, Principal
+from airflow_hitl.records import Vote
 from tests.conftest import PG_ADMIN_URL
 from tests.helpers import Clock, spec
 
@@ -81,6 +83,24 @@ class TestSeal:
         assert events[0].details["at"] == "2026-01-01T00:00:00+00:00"  # stored as JSON reads it back
         assert mgr.verify_audit_chain().ok
 
+    def test_a_keyed_writer_links_each_event_by_hmac_and_records_the_key_id(self, store: ApprovalStore) -> None:
+        keyed = ApprovalManager(store=store, audit_key="a key")
+        key = AuditKey.of("a key")
+        assert key is not None
+        keyed.create(spec())
+        (event,) = chain(store)
+        fields = {name: getattr(event, name) for name in ("request_id", "event_type", "actor", "source", "comment")}
+        fields.update(prev_hash=GENESIS_HASH, details=event.details, created_at=event.created_at)
+        assert event.key_id == key.key_id
+        assert event.hash == event_hash(**fields, key=key) != event_hash(**fields)
+
+    def test_a_refused_seal_rolls_back_the_whole_transaction(self, store: ApprovalStore) -> None:
+        keyed = ApprovalManager(store=store, audit_key="a key")
+        a = keyed.create(spec())
+        with pytest.raises(StoreError, match="audit_key"):
+            ApprovalManager(store=store, audit_key="").cancel(a.id, actor="admin", reason="stop")
+        assert keyed.get(a.id).state == "pending" and len(chain(store)) == 1
+
     def test_a_rolled_back_transaction_leaves_no_trace(self, mgr: ApprovalManager) -> None:
         a = mgr.create(spec())
         before = len(chain(mgr.store))
@@ -108,6 +128,25 @@ class TestSeal:
             # Read from another session: only a committed change is visible there.
             mgr._measure(session, lambda: seen.append(mgr.get(a.id).state))
         assert seen == ["cancelled"]
+
+
+class TestCast:
+    def test_a_vote_is_stored_with_the_digest_it_was_cast_on(self, mgr: ApprovalManager) -> None:
+        a = mgr.create(spec())
+        vote = Vote(
+            user="alice",
+            vote="approve",
+            comment=None,
+            reason=None,
+            source="api",
+            escalation_level=0,
+            created_at=mgr._clock(),
+            content_digest="ab" * 32,
+        )
+        with mgr._transaction() as session:
+            mgr._lock(session, a.id)
+            mgr._cast(session, a.id, vote)
+        assert mgr.get(a.id).votes == (vote,)
 
 
 class TestLock:

@@ -11,19 +11,22 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import MetaData, Table, create_engine, inspect, text
+from sqlalchemy import MetaData, Table, create_engine, inspect, select, text
 
-from airflow_hitl.exceptions import StoreSchemaError
+from airflow_hitl.audit import GENESIS_HASH, event_hash
+from airflow_hitl.exceptions import StoreError, StoreSchemaError
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.schema import VERSION_TABLE, alembic_config, ensure_schema, migrate, schema_status
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.models.tables import Base
 from airflow_hitl.policy import Principal
+from tests.helpers import spec
 
 
 @pytest.fixture
@@ -89,11 +92,27 @@ def own_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[ApprovalStor
     admin.dispose()
 
 
+def _old_event(
+    store: ApprovalStore, request_id: str, event_type: str, actor: str | None, source: str = "operator", **details: Any
+) -> None:
+    """Append an event as airflow-hitl wrote them before facts and keys: an unkeyed SHA-256 link."""
+    table = Table("approval_events", MetaData(), autoload_with=store.engine)
+    now = dt.datetime.now(dt.timezone.utc)
+    with store.engine.begin() as conn:
+        tail = conn.execute(select(table.c.hash).order_by(table.c.seq.desc()).limit(1)).scalar() or GENESIS_HASH
+        content = {"request_id": request_id, "event_type": event_type, "actor": actor, "source": source}
+        link = event_hash(prev_hash=tail, comment=None, details=details, created_at=now, **content)
+        conn.execute(
+            table.insert().values(**content, comment=None, details=details, created_at=now, prev_hash=tail, hash=link)
+        )
+
+
 def _old_request(store: ApprovalStore, state: str) -> str:
-    """Insert a request row with only the columns revision 0001 has; return its id."""
+    """Insert a request row with only the columns revision 0001 has, and its event; return its id."""
     table = Table("approval_requests", MetaData(), autoload_with=store.engine)
     now = dt.datetime.now(dt.timezone.utc)
     row_id = str(uuid.uuid4())
+    _old_event(store, row_id, "requested", "ricky", dag_id="release")
     with store.engine.begin() as conn:
         conn.execute(
             table.insert().values(
@@ -156,6 +175,68 @@ class TestUpgrade:
         before = _indexes(own_store)
         command.downgrade(alembic_config(own_store), "0001")
         assert _indexes(own_store) == before - {"ix_approval_requests_waiting"}
+
+
+def _old_vote(store: ApprovalStore, request_id: str, user: str) -> None:
+    """A vote row of revision 0006 (no content digest) and its event, as airflow-hitl wrote them then."""
+    table = Table("approval_votes", MetaData(), autoload_with=store.engine)
+    with store.engine.begin() as conn:
+        conn.execute(
+            table.insert().values(
+                request_id=request_id,
+                user=user,
+                user_roles=["op"],
+                vote="approve",
+                source="api",
+                escalation_level=0,
+                metadata={},
+                inputs={},
+                created_at=dt.datetime.now(dt.timezone.utc),
+            )
+        )
+    _old_event(store, request_id, "vote", user, source="api", vote="approve", roles=["op"])
+
+
+def _columns(store: ApprovalStore, table: str) -> set[str]:
+    return {column["name"] for column in inspect(store.engine).get_columns(table)}
+
+
+class TestKeyedUpgrade:
+    """Revision 0007: a store's unkeyed events keep verifying, and it is keyed from the first keyed event on."""
+
+    def test_a_0006_store_keeps_its_unkeyed_events_and_is_keyed_from_then_on(self, own_store: ApprovalStore) -> None:
+        command.upgrade(alembic_config(own_store), "0006")
+        decided = _old_request(own_store, "approved")
+        _old_vote(own_store, decided, "alice")
+        _old_event(own_store, decided, "approved", "alice", source="api", decision="approved")
+        waiting = _old_request(own_store, "pending")
+
+        migrate(own_store)
+
+        assert "key_id" in _columns(own_store, "approval_events")
+        assert "content_digest" in _columns(own_store, "approval_votes")
+        keyed = ApprovalManager(store=own_store, audit_key="the audit key")
+        keyed.approve(waiting, user=Principal.of("alice", ["op"]))
+        events = keyed.events()
+        # The older events keep their SHA-256 links; the vote and the approval are keyed.
+        key_id = keyed._audit_key.key_id if keyed._audit_key else None
+        assert [e.key_id for e in events] == [None] * 4 + [key_id] * 2
+        result = keyed.verify_audit_chain()
+        assert result.ok, result
+        assert result.keyed_from == events[4].seq
+        # The request decided before the upgrade has no facts: its links are what is checked.
+        assert (result.requests_verified, result.requests_hash_only) == (1, 1)
+        # A component left without the key may no longer append to the keyed chain.
+        with pytest.raises(StoreError, match=r"\[hitl\] audit_key"):
+            ApprovalManager(store=own_store, audit_key="").create(spec())
+        assert len(keyed.events()) == 6
+
+    def test_downgrade_to_0006_drops_the_key_id_and_the_votes_digest(self, own_store: ApprovalStore) -> None:
+        migrate(own_store)
+        command.downgrade(alembic_config(own_store), "0006")
+        assert "key_id" not in _columns(own_store, "approval_events")
+        assert "content_digest" not in _columns(own_store, "approval_votes")
+        assert schema_status(own_store).current == "0006"
 
 
 _STARTER = """
