@@ -28,14 +28,23 @@ gates to their triggers, which end them as they did before the closer existed.
 
 Safe with any number of api-servers and triggerers: the task instance row is locked
 (``FOR UPDATE SKIP LOCKED``) and re-checked (still deferred, on our trigger for this request
-and try), so exactly one of them ends it; a decision that arrives while the worker is still
-deferring is retried until the task is deferred, and one that meets an error (a deadlock, a
-dropped connection, a full pool, in either database) is retried each second, both for
-``[hitl] gate_closer_wait_seconds``, after which the trigger's own event ends it as before.
+and try), and only then is the end claimed in the store (:mod:`airflow_hitl.gate_ends`), the
+claim the gate's trigger takes too before it yields its own end: exactly one of them ends the
+task. (The row lock alone is not enough: Airflow's triggerer reads the task instance without
+one before it writes its trigger's end, so two ends of one try met in Airflow's DB, and the
+triggerer exited on the deadlock or duplicate ``task_instance_history`` key.) The closer holds
+the claim only inside its transaction, whose statements are bounded (lock and statement
+timeouts on PostgreSQL): it commits within :data:`~airflow_hitl.gate_ends.CLOSER_COMMIT_WITHIN`
+of taking it or not at all, and gives it back when the end did not commit. A decision
+that arrives while the worker is still deferring is retried until the task is deferred, and
+one that meets an error (a deadlock, a dropped connection, a full pool, in either database) is
+retried each second, both for ``[hitl] gate_closer_wait_seconds``, after which the trigger's
+own event ends it as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import queue
@@ -46,6 +55,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_hitl.exceptions import ApprovalNotFound
+from airflow_hitl.gate_ends import CLOSER_COMMIT_WITHIN, claimant
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.outbox import listen_for_transitions
 from airflow_hitl.queries import Kept
@@ -78,6 +88,9 @@ _SETTLED = 10_000
 ENDED, NOTHING, NOT_YET = "ended", "nothing", "not_yet"
 #: What :func:`end_gate` found when another transaction holds the task instance's row (try again).
 LOCKED = "locked"
+#: What :func:`end_gate` found when another party holds the claim to end the task (its trigger
+#: ends it, or another closer did): settled, like :data:`NOTHING`.
+TAKEN = "taken"
 #: A look, read or end that raised (tried again after :data:`_AFTER_FAILURE`).
 _FAILED = "failed"
 #: What keeps a gate waiting -> why, for the log line of one left to its trigger.
@@ -93,6 +106,8 @@ DEFERRED = "deferred"
 _LOOK_AGAIN, _AFTER_FAILURE = 0.05, 1.0
 #: Gates looked up in one query at most.
 _LOOK_BATCH = 100
+#: Milliseconds one statement of an end may wait on a lock, or run, on PostgreSQL.
+_LOCK_TIMEOUT_MS, _STATEMENT_TIMEOUT_MS = 5_000, 10_000
 
 
 def gate_states(gates: Sequence[TaskGate]) -> dict[str, str]:
@@ -156,12 +171,36 @@ def _task_states_sql(count: int) -> TextClause:
     return text(f"SELECT {', '.join(col.name for col in columns)} FROM {table.name} WHERE {terms}")
 
 
-def end_gate(approval: Approval) -> str:
+@dataclass(frozen=True, kw_only=True)
+class EndClaim:
+    """The closer's claim to end one gate's task (:mod:`airflow_hitl.gate_ends`), taken at the last moment."""
+
+    manager: ApprovalManager
+    request_id: str
+    #: This closer's name in the claim (:func:`~airflow_hitl.gate_ends.claimant`).
+    by: str
+
+    def take(self) -> bool:
+        """Claim the end; True when this closer holds it (it may end the task), False when another party does."""
+        return self.manager.claim_gate_end(self.request_id, by=self.by)
+
+    def release(self) -> None:
+        """Give the claim back: the end was not committed. Failing that, the trigger takes it over later."""
+        try:
+            self.manager.release_gate_end(self.request_id, by=self.by)
+        except Exception:
+            log.warning("could not give back the claim to end the task of request %s", self.request_id, exc_info=True)
+
+
+def end_gate(approval: Approval, claim: EndClaim) -> str:
     """End the task instance of ``approval``'s gate in Airflow's metadata DB if it waits on its trigger.
 
     Returns :data:`ENDED`, :data:`NOTHING` (not a task's gate, still open, already ended, or
-    deferred on something else), :data:`NOT_YET` (the task has not deferred yet) or
-    :data:`LOCKED` (another transaction holds the task instance's row).
+    deferred on something else), :data:`TAKEN` (another party claimed the end: the gate's
+    trigger ends it), :data:`NOT_YET` (the task has not deferred yet) or :data:`LOCKED`
+    (another transaction holds the task instance's row). ``claim`` is taken only once the task
+    instance is locked and found deferred on the gate's trigger, and given back when the end
+    does not commit.
     """
     if approval.is_waiting or approval.origin != "task" or not approval.run_id or approval.try_number is None:
         return NOTHING
@@ -199,8 +238,50 @@ def end_gate(approval: Approval) -> str:
         ):
             # Deferred on something else (an older trigger resuming on a worker): leave it.
             return NOTHING
-        handle_event_submit(end_event(approval, kwargs.get("follow")), task_instance=ti, session=session)
+        trigger_id, claiming = ti.trigger_id, time.monotonic()
+        if not claim.take():
+            return TAKEN
+        try:
+            _bounded(session)
+            handle_event_submit(end_event(approval, kwargs.get("follow")), task_instance=ti, session=session)
+            session.flush()
+            if time.monotonic() - claiming > CLOSER_COMMIT_WITHIN.total_seconds():
+                # The gate's trigger may take the claim over soon: it ends the task instead.
+                raise TimeoutError(f"ending the task took over {CLOSER_COMMIT_WITHIN.total_seconds():.0f} s")
+            session.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                session.rollback()
+            # Airflow commits the end itself when it pushes the XCom (its scoped session): a
+            # failure after that leaves the task ended, and the claim with the one that ended it.
+            if _still_deferred(session, key, trigger_id):
+                claim.release()
+            raise
     return ENDED
+
+
+def _bounded(session: Any) -> None:
+    # On PostgreSQL no statement of the end waits on a lock or runs for long, so the end
+    # commits (or fails, and gives the claim back) well within CLOSER_COMMIT_WITHIN.
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        session.execute(text(f"SET LOCAL lock_timeout = {_LOCK_TIMEOUT_MS}"))
+        session.execute(text(f"SET LOCAL statement_timeout = {_STATEMENT_TIMEOUT_MS}"))
+
+
+def _still_deferred(session: Any, key: tuple[Any, ...], trigger_id: int | None) -> bool:
+    # After a failed end: True unless the task instance visibly left the trigger (the end committed).
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
+
+    try:
+        row = session.execute(select(TaskInstance.state, TaskInstance.trigger_id).where(*key)).one_or_none()
+    except Exception:
+        session.rollback()
+        return True  # cannot tell: our transaction is over either way, so giving the claim back is safe
+    return row is not None and row.state == TaskInstanceState.DEFERRED and row.trigger_id == trigger_id
 
 
 @dataclass(kw_only=True)
@@ -228,7 +309,7 @@ class GateCloser:
         the databases may keep failing, before the gate is left to its trigger.
     :param look: Whether the tasks of gates are deferred, by gate id (:func:`gate_states`;
         tests pass their own).
-    :param end: Ends one gate (:func:`end_gate`; tests pass their own).
+    :param end: Ends one gate under this closer's claim (:func:`end_gate`; tests pass their own).
     :param leader_key: With it, this closer works only while it holds that advisory lock of
         the store, so one of all the closers started with the same key works at a time
         (:data:`LEADER_KEY` in the api-server); None: it always works.
@@ -241,7 +322,7 @@ class GateCloser:
         manager_factory: Callable[[], ApprovalManager] = ApprovalManager,
         wait_seconds: float = 30.0,
         look: Callable[[Sequence[TaskGate]], dict[str, str]] = gate_states,
-        end: Callable[[Approval], str] = end_gate,
+        end: Callable[[Approval, EndClaim], str] = end_gate,
         leader_key: int | None = None,
         follow_every: float = 1.0,
     ) -> None:
@@ -252,6 +333,8 @@ class GateCloser:
         self._look = look
         self._end = end
         self._ids: queue.Queue[str] = queue.Queue()
+        #: This closer's name in the claims to end tasks (:mod:`airflow_hitl.gate_ends`).
+        self.claimant = claimant("api-server")
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         #: Set while the LISTEN connection is up (transitions before it are not heard); with a
@@ -375,8 +458,8 @@ class GateCloser:
             return None
 
     def _settle(self, manager: ApprovalManager, due: list[_Closing]) -> list[tuple[_Closing, str]]:
-        # One look at every due gate's task, then each deferred one read and ended. ENDED or
-        # NOTHING settle a gate; NOT_YET, LOCKED or an error keep it waiting: a deadlock, a
+        # One look at every due gate's task, then each deferred one read and ended. ENDED,
+        # NOTHING or TAKEN settle a gate; NOT_YET, LOCKED or an error keep it waiting: a deadlock, a
         # dropped connection or a full pool passes, and with every triggerer down (or slow)
         # only this thread can end the task.
         if not due:
@@ -404,7 +487,7 @@ class GateCloser:
         try:
             if closing.approval is None:
                 closing.approval = manager.get(gate.id)
-            outcome = self._end(closing.approval)
+            outcome = self._end(closing.approval, EndClaim(manager=manager, request_id=gate.id, by=self.claimant))
         except ApprovalNotFound:
             return NOTHING
         except Exception:
@@ -419,6 +502,8 @@ class GateCloser:
         if outcome == ENDED:
             self.ended += 1
             log.info("ended the task of request %s (%s) from the api-server", gate.id, closing.approval.state)
+        elif outcome == TAKEN:
+            log.info("left the task of request %s to its trigger, which claimed ending it first", gate.id)
         return outcome
 
 

@@ -21,6 +21,14 @@ has nothing the late report can fail. ``tests/e2e/test_resume_e2e.py`` asserts w
 relies on (a gate ends deferred -> success without being queued again, one try, XCom
 pushed), so a future Airflow that changes it fails that test.
 
+The api-server's gate closer ends decided gates too, and Airflow's DB cannot take two ends of
+one try (:mod:`airflow_hitl.gate_ends`): before yielding the end event the trigger claims the
+end in the store, a second after seeing the decision when the closer may run (PostgreSQL store,
+``[hitl] gate_closer``), since the closer is the faster path. Having lost the claim, it yields
+nothing and waits for Airflow to cancel it (the closer ended the task; ``on_kill`` then finds
+the request closed and does nothing).
+Nothing of ours raises out of ``run()``: the store's errors and our own are logged and retried.
+
 The trigger falls back to a plain event for ``ApprovalOperator.execute_complete`` when it
 was serialized by an older release (no ``end_task``) or runs outside a triggerer (``airflow
 dags test`` runs triggers inline and resumes the task itself).
@@ -34,6 +42,7 @@ from typing import Any, Literal, TypedDict
 
 from airflow.triggers.base import BaseTrigger, TaskFailedEvent, TaskSkippedEvent, TaskSuccessEvent, TriggerEvent
 
+from airflow_hitl.gate_ends import TAKE_OVER_AFTER, claimant
 from airflow_hitl.manager import ApprovalManager, TimeoutOutcome, utcnow
 from airflow_hitl.models.store import aresolve_store_url, get_store
 from airflow_hitl.records import Approval, WaitState, decision_summary
@@ -42,6 +51,12 @@ from airflow_hitl.triggers.poller import shared_poller
 
 # Never spin: when our clock says "expired" but the store's does not yet, look again soon.
 _MIN_WAIT = 0.05
+# Seconds between a losing trigger's claims (it is normally cancelled well before the first).
+_CLAIM_AGAIN = 5.0
+# Seconds the trigger leaves the api-server's gate closer to claim a decided gate's end first.
+_CLOSER_HEAD_START = 1.0
+# Ceiling of the backoff after an error of ours in run() (not the store's: that has its own).
+_MAX_BACKOFF = 30.0
 
 
 class ApprovalTriggerEventPayload(TypedDict, total=False):
@@ -126,6 +141,8 @@ class ApprovalTrigger(BaseTrigger):
         self.end_task = bool(end_task)
         self.remind_at = float(remind_at) if remind_at is not None else None
         self.follow = {k: list(v) for k, v in follow.items()} if follow is not None else None
+        # This run's name in the claim to end the task (airflow_hitl.gate_ends), once it asks.
+        self._claimant: str | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Only the id, where the store is and how to end: everything else is read from the store."""
@@ -160,7 +177,27 @@ class ApprovalTrigger(BaseTrigger):
         return self.end_task and self.task_instance is not None
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Yield one event: the task's end (or, on the fallback path, decided / escalated / remind / error)."""
+        """Yield one event: the task's end (or, on the fallback path, decided / escalated / remind / error).
+
+        Nothing raises out of here but Airflow's own cancellation: a trigger that fails makes
+        the triggerer fail its task instance in a transaction of its own, which can meet the
+        api-server's end of the same task and take the triggerer down. An error of ours (the
+        store, the configuration, a bug) is logged and the wait starts again.
+        """
+        backoff = 1.0
+        while True:
+            try:
+                event = await self._outcome()
+            except Exception:  # asyncio.CancelledError is not one: Airflow's cancel goes through
+                self.log.exception("approval request %s: waiting failed; again in %.0fs", self.request_id, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(_MAX_BACKOFF, backoff * 2)
+                continue
+            yield event
+            return
+
+    async def _outcome(self) -> TriggerEvent:
+        # The one event of run(), once the request is decided, timed out or gone.
         settings = HitlSettings.load()
         manager = await self._call_with_retry(lambda: self._manager(settings), settings)
         poller = shared_poller(
@@ -175,17 +212,14 @@ class ApprovalTrigger(BaseTrigger):
                 if watch.missing:
                     self.log.error("approval request %s no longer exists in the store", self.request_id)
                     if self.ends_task:
-                        yield TaskFailedEvent()
-                    else:
-                        yield self._event("error", "missing", f"approval request {self.request_id} not found")
-                    return
+                        return TaskFailedEvent()
+                    return self._event("error", "missing", f"approval request {self.request_id} not found")
                 state = _newest(watch.state, applied)
                 timeout: float | None = None
                 if state is not None:
                     if not state.is_waiting:
                         self.log.info("approval request %s is %s", self.request_id, state.state)
-                        yield await self._final(manager, settings)
-                        return
+                        return await self._final(manager, settings)
                     if state.expires_at is not None:
                         remaining = (state.expires_at - utcnow()).total_seconds()
                         if remaining <= 0:
@@ -195,8 +229,7 @@ class ApprovalTrigger(BaseTrigger):
                             after = outcome.approval
                             if not after.is_waiting:
                                 self.log.info("approval request %s timed out: %s", self.request_id, after.state)
-                                yield self._end(after)
-                                return
+                                return await self._end(manager, settings, after)
                             if after.escalation_level > state.escalation_level:
                                 self.log.info(
                                     "approval request %s escalated to level %s; waiting until %s",
@@ -205,8 +238,7 @@ class ApprovalTrigger(BaseTrigger):
                                     after.expires_at,
                                 )
                                 if not self.ends_task:
-                                    yield self._event("escalated", after.state)
-                                    return
+                                    return self._event("escalated", after.state)
                                 applied = WaitState(
                                     id=after.id,
                                     state=after.state,
@@ -219,8 +251,7 @@ class ApprovalTrigger(BaseTrigger):
                     if self.remind_at is not None and not self.ends_task:
                         until_remind = self.remind_at - utcnow().timestamp()
                         if until_remind <= 0:
-                            yield self._event("remind", state.state)
-                            return
+                            return self._event("remind", state.state)
                         until_remind = max(until_remind, _MIN_WAIT)
                         timeout = until_remind if timeout is None else min(timeout, until_remind)
                 await watch.wait(timeout)
@@ -231,12 +262,45 @@ class ApprovalTrigger(BaseTrigger):
         approval: Approval = await self._call_with_retry(
             lambda: asyncio.to_thread(manager.get, self.request_id), settings
         )
-        return self._end(approval)
+        return await self._end(manager, settings, approval)
 
-    def _end(self, approval: Approval) -> TriggerEvent:
-        if self.ends_task:
-            return end_event(approval, self.follow)
-        return self._event("decided", approval.state)
+    async def _end(self, manager: ApprovalManager, settings: HitlSettings, approval: Approval) -> TriggerEvent:
+        if not self.ends_task:
+            return self._event("decided", approval.state)
+        await self._claim_end(manager, settings)
+        return end_event(approval, self.follow)
+
+    async def _claim_end(self, manager: ApprovalManager, settings: HitlSettings) -> None:
+        # Returns once this trigger is the one party that ends the task (airflow_hitl.gate_ends).
+        # Lost to the api-server's gate closer: the closer ends the task, and Airflow cancels this
+        # trigger once the task instance is no longer deferred on it; until then ask again now
+        # and then, taking the claim over if its holder died before ending the task. Never
+        # return without the claim: a trigger that ends without an event fails its task.
+        me = self._claimant or claimant("trigger")
+        self._claimant = me
+        if settings.gate_closer and manager.store.is_postgres:
+            # The api-server's gate closer ends a decided gate tens of milliseconds after the
+            # decision, sooner than the triggerer submits this trigger's event: let it go first.
+            # If it has not claimed the end by then (a long burst, stuck, not running), we end it.
+            await asyncio.sleep(_CLOSER_HEAD_START)
+        told = False
+        while True:
+            won: bool = await self._call_with_retry(
+                lambda: asyncio.to_thread(
+                    manager.claim_gate_end, self.request_id, by=me, take_over_after=TAKE_OVER_AFTER
+                ),
+                settings,
+            )
+            if won:
+                return
+            if not told:
+                self.log.info(
+                    "approval request %s: its task is being ended by another party; waiting for Airflow to"
+                    " cancel this trigger",
+                    self.request_id,
+                )
+                told = True
+            await asyncio.sleep(_CLAIM_AGAIN)
 
     async def _call_with_retry(self, call: Any, settings: HitlSettings) -> Any:
         # A store that is restarting must delay the gate, never decide it.

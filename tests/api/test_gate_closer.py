@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,9 @@ from airflow_hitl.api.gate_closer import (
     LOCKED,
     NOT_YET,
     NOTHING,
+    TAKEN,
     TRIGGER_CLASSPATH,
+    EndClaim,
     GateCloser,
     end_gate,
     gate_states,
@@ -38,17 +41,25 @@ ALICE = Principal.of("alice")
 
 
 class Recorder:
-    """Stands in for the Airflow side: records each call, answers from a script."""
+    """Stands in for the Airflow side: records each call, answers from a script.
 
-    def __init__(self, answers: Callable[[Approval, int], str] = lambda a, n: ENDED) -> None:
+    With ``claims``, it takes the closer's claim as :func:`end_gate` does once the task is
+    locked and deferred: ``answers`` only when the claim is the closer's, :data:`TAKEN` when not.
+    """
+
+    def __init__(self, answers: Callable[[Approval, int], str] = lambda a, n: ENDED, *, claims: bool = False) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.claims: list[EndClaim] = []
         self.answers = answers
+        self.use_claims = claims
         self.changed = threading.Condition()
 
-    def __call__(self, approval: Approval) -> str:
+    def __call__(self, approval: Approval, claim: EndClaim) -> str:
+        taken = claim.take() if self.use_claims else True
         with self.changed:
             self.calls.append((approval.id, approval.state))
-            answer = self.answers(approval, sum(1 for i, _ in self.calls if i == approval.id))
+            self.claims.append(claim)
+            answer = self.answers(approval, sum(1 for i, _ in self.calls if i == approval.id)) if taken else TAKEN
             self.changed.notify_all()
         return answer
 
@@ -449,6 +460,68 @@ class TestOnPostgres:
         assert ends[leader].calls == [(first.id, "approved")]
 
 
+@pytest.mark.postgres
+class TestOneEnd:
+    """The closer ends a gate only under the claim the gate's trigger takes too (airflow_hitl.gate_ends)."""
+
+    def test_the_closer_ends_a_gate_under_its_own_claim(
+        self, pg_manager: ApprovalManager, closer_of: Callable[..., GateCloser]
+    ) -> None:
+        end = Recorder(claims=True)
+        closer = closer_of(end)
+        _listening(closer)
+        approval = pg_manager.create(spec())
+        pg_manager.reject(approval.id, user=ALICE, reason="no")
+        assert end.wait_for(1) == [(approval.id, "rejected")]
+        [claim] = end.claims
+        assert (claim.request_id, claim.by) == (approval.id, closer.claimant)
+        assert closer.claimant.startswith("api-server@")
+        assert pg_manager.gate_ended_by(approval.id) == closer.claimant
+        assert closer.ended == 1
+
+    def test_a_gate_whose_trigger_claimed_the_end_is_left_to_it_at_once(
+        self, pg_manager: ApprovalManager, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        approval = pg_manager.create(spec())
+        pg_manager.reject(approval.id, user=ALICE, reason="no")
+        assert pg_manager.claim_gate_end(approval.id, by="trigger@triggerer-1:42:abc")
+        end = Recorder(claims=True)
+        closer = GateCloser(manager_factory=lambda: pg_manager, look=each(lambda gate: DEFERRED), end=end)
+        closer.submit(approval.id)
+        with caplog.at_level(logging.INFO, logger="airflow_hitl.api.gate_closer"):
+            closer.start()
+            try:
+                assert end.wait_for(1) == [(approval.id, "rejected")]
+                time.sleep(0.3)
+            finally:
+                closer.stop()
+        assert end.calls == [(approval.id, "rejected")], "settled: not tried again"
+        assert closer.ended == 0
+        assert pg_manager.gate_ended_by(approval.id) == "trigger@triggerer-1:42:abc"
+        assert f"left the task of request {approval.id} to its trigger, which claimed ending it first" in caplog.text
+
+    def test_closers_of_two_api_servers_racing_on_a_burst_end_each_gate_once(
+        self, pg_manager: ApprovalManager, closer_of: Callable[..., GateCloser]
+    ) -> None:
+        # Without a leader key both work: each hears every decision and goes for every gate.
+        ends = [Recorder(claims=True), Recorder(claims=True)]
+        closers = [closer_of(end) for end in ends]
+        for closer in closers:
+            _listening(closer)
+        gates = [pg_manager.create(spec()) for _ in range(30)]
+        for gate in gates:
+            pg_manager.reject(gate.id, user=ALICE, reason="burst")
+        deadline = time.monotonic() + 30
+        while sum(c.ended for c in closers) < len(gates) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert sum(c.ended for c in closers) == len(gates)
+        ended_by = {gate.id: pg_manager.gate_ended_by(gate.id) for gate in gates}
+        assert set(ended_by.values()) <= {c.claimant for c in closers}
+        for closer in closers:
+            assert closer.ended == sum(1 for by in ended_by.values() if by == closer.claimant)
+
+
 class TestOnSqlite:
     def test_no_thread_without_notify(self, sqlite_manager: ApprovalManager) -> None:
         closer = GateCloser(manager_factory=lambda: sqlite_manager, end=Recorder())
@@ -463,10 +536,11 @@ class TestEndGate:
     ) -> None:
         # NOTHING before any metadata DB is touched: none exists in this process.
         waiting = manager.create(spec())
-        assert end_gate(waiting) == NOTHING
+        assert end_gate(waiting, EndClaim(manager=manager, request_id=waiting.id, by="api-server@t")) == NOTHING
         opened = manager.create(spec(), actor="admin", source="api", origin="api")
         closed = manager.cancel(opened.id, actor="admin", reason="x")
-        assert end_gate(closed) == NOTHING
+        assert end_gate(closed, EndClaim(manager=manager, request_id=closed.id, by="api-server@t")) == NOTHING
+        assert manager.gate_ended_by(closed.id) is None, "nothing to end: nothing claimed"
 
     @pytest.mark.parametrize(
         ("state", "try_number", "expected"),
@@ -524,3 +598,180 @@ class TestEndGate:
     def test_the_classpath_is_the_triggers_own(self) -> None:
         assert TRIGGER_CLASSPATH == "airflow_hitl.triggers.approval.ApprovalTrigger"
         assert ApprovalTrigger(request_id="x").serialize()[0] == TRIGGER_CLASSPATH
+
+
+@pytest.fixture
+def deferred_on_trigger(airflow_api: object) -> Iterator[Callable[[Approval], None]]:
+    """Write ``approval``'s task instance into a real (SQLite) Airflow metadata DB, deferred on its trigger."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.trigger import Trigger
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete, insert
+
+    runs, tis = DagRun.__table__, TaskInstance.__table__
+    written: list[tuple[str, str, int]] = []
+
+    def write(approval: Approval) -> None:
+        with create_session() as session:
+            session.execute(
+                insert(runs).values(
+                    dag_id=approval.dag_id, run_id=approval.run_id, run_type="manual", run_after=utcnow()
+                )
+            )
+            trigger = Trigger.from_object(ApprovalTrigger(request_id=approval.id, end_task=True))
+            session.add(trigger)
+            session.flush()
+            session.execute(
+                insert(tis).values(
+                    id=uuid.uuid4(),
+                    dag_id=approval.dag_id,
+                    run_id=approval.run_id,
+                    task_id=approval.task_id,
+                    map_index=approval.map_index,
+                    try_number=approval.try_number,
+                    pool="default_pool",
+                    pool_slots=1,
+                    state="deferred",
+                    trigger_id=trigger.id,
+                )
+            )
+            written.append((approval.dag_id, str(approval.run_id), trigger.id))
+
+    yield write
+    with create_session() as session:
+        for dag_id, run_id, trigger_id in written:
+            session.execute(delete(tis).where(tis.c.dag_id == dag_id, tis.c.run_id == run_id))
+            session.execute(delete(runs).where(runs.c.dag_id == dag_id, runs.c.run_id == run_id))
+            session.execute(delete(Trigger.__table__).where(Trigger.__table__.c.id == trigger_id))
+
+
+def task_instance_of(approval: Approval) -> tuple[str | None, int | None]:
+    """(state, trigger_id) of the gate's task instance in Airflow's metadata DB."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        row = session.execute(
+            select(TaskInstance.state, TaskInstance.trigger_id).where(
+                TaskInstance.dag_id == approval.dag_id,
+                TaskInstance.run_id == approval.run_id,
+                TaskInstance.task_id == approval.task_id,
+            )
+        ).one()
+    return (str(row.state) if row.state is not None else None, row.trigger_id)
+
+
+class TestEndGateInAirflow:
+    """:func:`end_gate` on task instances of a real Airflow metadata DB, with the store's real claim."""
+
+    def test_a_task_deferred_on_its_trigger_is_ended_once_under_the_claim(
+        self, manager: ApprovalManager, deferred_on_trigger: Callable[[Approval], None]
+    ) -> None:
+        # Skipped on rejection: Airflow ends it without a callback to a DAG file this DB lacks.
+        approval = manager.create(spec(on_reject="skip"))
+        deferred_on_trigger(approval)
+        rejected = manager.reject(approval.id, user=ALICE, reason="no")
+        first = EndClaim(manager=manager, request_id=approval.id, by="api-server@one")
+        assert end_gate(rejected, first) == ENDED
+        assert task_instance_of(approval) == ("skipped", None)
+        assert manager.gate_ended_by(approval.id) == "api-server@one"
+        # Another closer (or the same one again, from a late NOTIFY) finds nothing left to end.
+        second = EndClaim(manager=manager, request_id=approval.id, by="api-server@two")
+        assert end_gate(rejected, second) == NOTHING
+        assert manager.gate_ended_by(approval.id) == "api-server@one"
+
+    def test_a_task_whose_trigger_claimed_the_end_is_not_touched(
+        self, manager: ApprovalManager, deferred_on_trigger: Callable[[Approval], None]
+    ) -> None:
+        approval = manager.create(spec(on_reject="skip"))
+        deferred_on_trigger(approval)
+        rejected = manager.reject(approval.id, user=ALICE, reason="no")
+        before = task_instance_of(approval)
+        assert manager.claim_gate_end(approval.id, by="trigger@triggerer:7:abc")
+        claim = EndClaim(manager=manager, request_id=approval.id, by="api-server@one")
+        assert end_gate(rejected, claim) == TAKEN
+        assert task_instance_of(approval) == before
+        assert before[0] == "deferred"
+        assert manager.gate_ended_by(approval.id) == "trigger@triggerer:7:abc"
+
+    def test_an_end_that_fails_in_airflow_gives_the_claim_back_and_changes_nothing(
+        self,
+        manager: ApprovalManager,
+        deferred_on_trigger: Callable[[Approval], None],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        import airflow.models.trigger
+
+        approval = manager.create(spec(on_reject="skip"))
+        deferred_on_trigger(approval)
+        rejected = manager.reject(approval.id, user=ALICE, reason="no")
+        claimed: list[str | None] = []
+
+        def deadlocked(event: object, *, task_instance: object, session: object) -> None:
+            claimed.append(manager.gate_ended_by(approval.id))
+            raise RuntimeError("deadlock detected")
+
+        monkeypatch.setattr(airflow.models.trigger, "handle_event_submit", deadlocked)
+        claim = EndClaim(manager=manager, request_id=approval.id, by="api-server@one")
+        with pytest.raises(RuntimeError, match="deadlock detected"):
+            end_gate(rejected, claim)
+        assert claimed == ["api-server@one"], "Airflow is handed the end only under the claim"
+        assert manager.gate_ended_by(approval.id) is None, "given back: the trigger may end it"
+        assert task_instance_of(approval)[0] == "deferred"
+        monkeypatch.undo()
+        # The trigger claims it now and ends the task; the closer, trying again, leaves it be.
+        assert manager.claim_gate_end(approval.id, by="trigger@triggerer:7:abc")
+        assert end_gate(rejected, claim) == TAKEN
+
+    def test_an_end_slower_than_the_commit_bound_is_not_committed(
+        self,
+        manager: ApprovalManager,
+        deferred_on_trigger: Callable[[Approval], None],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # Past the bound the trigger may take the claim over: the closer must not commit then.
+        # (Airflow's end of a try with retries left pushes no XCom and leaves the commit to us.)
+        import datetime as dt
+
+        import airflow.models.trigger
+
+        def to_retry(event: object, *, task_instance: Any, session: Any) -> None:
+            task_instance.state = "up_for_retry"
+            task_instance.trigger_id = None
+
+        monkeypatch.setattr(airflow.models.trigger, "handle_event_submit", to_retry)
+        monkeypatch.setattr("airflow_hitl.api.gate_closer.CLOSER_COMMIT_WITHIN", dt.timedelta(seconds=-1))
+        approval = manager.create(spec())
+        deferred_on_trigger(approval)
+        rejected = manager.reject(approval.id, user=ALICE, reason="no")
+        with pytest.raises(TimeoutError):
+            end_gate(rejected, EndClaim(manager=manager, request_id=approval.id, by="api-server@one"))
+        assert task_instance_of(approval)[0] == "deferred"
+        assert manager.gate_ended_by(approval.id) is None
+
+    def test_an_end_airflow_committed_before_failing_keeps_the_claim(
+        self,
+        manager: ApprovalManager,
+        deferred_on_trigger: Callable[[Approval], None],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # Airflow commits the end itself when it pushes the XCom: an error after that must not
+        # give the claim back, or the record would name a party that never ended the task.
+        import airflow.models.trigger
+
+        def committed_then_failed(event: object, *, task_instance: Any, session: Any) -> None:
+            task_instance.state = "skipped"
+            task_instance.trigger_id = None
+            session.commit()
+            raise RuntimeError("connection lost")
+
+        monkeypatch.setattr(airflow.models.trigger, "handle_event_submit", committed_then_failed)
+        approval = manager.create(spec(on_reject="skip"))
+        deferred_on_trigger(approval)
+        rejected = manager.reject(approval.id, user=ALICE, reason="no")
+        with pytest.raises(RuntimeError, match="connection lost"):
+            end_gate(rejected, EndClaim(manager=manager, request_id=approval.id, by="api-server@one"))
+        assert task_instance_of(approval) == ("skipped", None)
+        assert manager.gate_ended_by(approval.id) == "api-server@one"

@@ -8,6 +8,7 @@ trigger falls back to a plain event for ``execute_complete``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 from types import SimpleNamespace
@@ -24,10 +25,12 @@ from airflow.triggers.base import (
 )
 from airflow.utils.state import TaskInstanceState
 
+from airflow_hitl.gate_ends import TAKE_OVER_AFTER
 from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.policy import EscalationLevel, Principal
 from airflow_hitl.triggers.approval import ApprovalTrigger
-from tests.helpers import later, next_event, spec
+from tests.helpers import Clock, later, next_event, spec
 
 ALICE = Principal.of("alice")
 CAROL = Principal.of("carol")
@@ -158,6 +161,194 @@ class TestEscalation:
         assert event.xcoms["decision"]["state"] == "timeout"
         assert event.xcoms["decision"]["escalation_level"] == 1
         assert [e.event_type for e in manager.events(approval.id)] == ["requested", "escalated", "timeout"]
+
+
+class TestOneEnd:
+    """The trigger hands Airflow the task's end only under the claim the api-server's closer takes too."""
+
+    def test_the_trigger_ends_the_task_under_its_own_claim(self, manager: ApprovalManager) -> None:
+        approval = manager.create(spec())
+        later(0.3, manager.reject, approval.id, user=ALICE, reason="no")
+        assert isinstance(first(gate_trigger(approval.id)), TaskFailedEvent)
+        ended_by = manager.gate_ended_by(approval.id)
+        assert ended_by is not None and ended_by.startswith("trigger@")
+
+    def test_a_timeout_is_ended_under_the_claim_too(self, manager: ApprovalManager) -> None:
+        approval = manager.create(spec(timeout=dt.timedelta(seconds=1), timeout_action="reject"))
+        assert isinstance(first(gate_trigger(approval.id, poll_interval=60)), TaskFailedEvent)
+        assert (manager.gate_ended_by(approval.id) or "").startswith("trigger@")
+
+    def test_a_trigger_that_lost_the_claim_yields_nothing_until_airflow_cancels_it(
+        self, manager: ApprovalManager
+    ) -> None:
+        # The closer claimed it and ends the task; Airflow then cancels the trigger, which must
+        # not have yielded an end (a second end of the try) nor returned (a failed trigger).
+        approval = manager.create(spec())
+        manager.reject(approval.id, user=ALICE, reason="no")
+        assert manager.claim_gate_end(approval.id, by="api-server@web-1:7:abc")
+        trigger = gate_trigger(approval.id)
+
+        async def main() -> bool:
+            events = trigger.run()
+            waiting = asyncio.ensure_future(events.__anext__())
+            await asyncio.sleep(1.5)
+            still_waiting = not waiting.done()
+            waiting.cancel()  # what the triggerer does once the task is no longer deferred
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            await events.aclose()
+            return still_waiting
+
+        assert asyncio.run(main()) is True
+        assert manager.gate_ended_by(approval.id) == "api-server@web-1:7:abc"
+        assert trigger._claimant is not None and trigger._claimant.startswith("trigger@")
+
+    def test_a_claim_whose_holder_died_is_taken_over(self, store: ApprovalStore, manager: ApprovalManager) -> None:
+        approval = manager.create(spec())
+        manager.reject(approval.id, user=ALICE, reason="no")
+        long_ago = Clock(dt.datetime.now(dt.timezone.utc) - TAKE_OVER_AFTER - dt.timedelta(seconds=5))
+        assert ApprovalManager(store=store, clock=long_ago).claim_gate_end(approval.id, by="api-server@dead:1:x")
+        assert isinstance(first(gate_trigger(approval.id)), TaskFailedEvent)
+        assert (manager.gate_ended_by(approval.id) or "").startswith("trigger@")
+
+    def test_a_claim_given_back_is_taken_on_the_next_try(
+        self, manager: ApprovalManager, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The closer's end failed in Airflow and it gave the claim back: the trigger ends the task.
+        monkeypatch.setattr("airflow_hitl.triggers.approval._CLAIM_AGAIN", 0.1)
+        approval = manager.create(spec())
+        manager.approve(approval.id, user=ALICE)
+        assert manager.claim_gate_end(approval.id, by="api-server@web-1:7:abc")
+        later(1.0, manager.release_gate_end, approval.id, by="api-server@web-1:7:abc")
+        assert isinstance(first(gate_trigger(approval.id)), TaskSuccessEvent)
+        assert (manager.gate_ended_by(approval.id) or "").startswith("trigger@")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+class TestRacingTheCloser:
+    GATES = 20
+
+    def test_each_gate_is_ended_by_exactly_one_of_its_trigger_and_the_closer(
+        self, manager: ApprovalManager, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Every decision is followed by the closer's claim from another thread, while each
+        # gate's trigger wakes on the same decision: one of the two wins each gate. (No head
+        # start for the closer here, so that the triggers win some.)
+        monkeypatch.setattr("airflow_hitl.triggers.approval._CLOSER_HEAD_START", 0.0)
+        ids = [manager.create(spec()).id for _ in range(self.GATES)]
+        closer = "api-server@web-1:7:abc"
+
+        def decide_and_claim(request_id: str) -> bool:
+            manager.reject(request_id, user=ALICE, reason="burst")
+            # The closer reaches each gate a little later each time: the trigger wins some.
+            time.sleep(0.05 * (ids.index(request_id) % 8))
+            return manager.claim_gate_end(request_id, by=closer)
+
+        async def main() -> tuple[list[bool], list[TriggerEvent | BaseException]]:
+            waits = [asyncio.create_task(next_event(gate_trigger(i, poll_interval=0.2), timeout=8)) for i in ids]
+            await asyncio.sleep(0.5)
+            closer_won = await asyncio.gather(*(asyncio.to_thread(decide_and_claim, i) for i in ids))
+            return list(closer_won), list(await asyncio.gather(*waits, return_exceptions=True))
+
+        closer_won, outcomes = asyncio.run(main())
+        trigger_won = [isinstance(o, TaskFailedEvent) for o in outcomes]
+        assert all(isinstance(o, (TaskFailedEvent, asyncio.TimeoutError)) for o in outcomes), outcomes
+        assert [c + t for c, t in zip(closer_won, trigger_won, strict=True)] == [1] * self.GATES
+        for request_id, by_closer in zip(ids, closer_won, strict=True):
+            ended_by = manager.gate_ended_by(request_id) or ""
+            assert ended_by == closer if by_closer else ended_by.startswith("trigger@")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+class TestCloserHeadStart:
+    """With a gate closer (PostgreSQL store, ``[hitl] gate_closer``) the trigger claims a second late."""
+
+    def test_a_closer_claiming_within_the_head_start_ends_the_gate(self, manager: ApprovalManager) -> None:
+        approval = manager.create(spec())
+        manager.reject(approval.id, user=ALICE, reason="no")
+        later(0.3, manager.claim_gate_end, approval.id, by="api-server@web-1:7:abc")
+        with pytest.raises(asyncio.TimeoutError):
+            first(gate_trigger(approval.id), timeout=3.0)
+        assert manager.gate_ended_by(approval.id) == "api-server@web-1:7:abc"
+
+    @pytest.mark.parametrize(("closer", "ends"), [("True", False), ("False", True)], ids=["closer-on", "closer-off"])
+    def test_only_a_configured_closer_is_waited_for(
+        self, manager: ApprovalManager, monkeypatch: pytest.MonkeyPatch, closer: str, ends: bool
+    ) -> None:
+        monkeypatch.setattr("airflow_hitl.triggers.approval._CLOSER_HEAD_START", 60.0)
+        monkeypatch.setenv("AIRFLOW__HITL__GATE_CLOSER", closer)
+        approval = manager.create(spec())
+        manager.approve(approval.id, user=ALICE)
+        if ends:
+            assert isinstance(first(gate_trigger(approval.id), timeout=20.0), TaskSuccessEvent)
+            assert (manager.gate_ended_by(approval.id) or "").startswith("trigger@")
+        else:
+            with pytest.raises(asyncio.TimeoutError):
+                first(gate_trigger(approval.id), timeout=3.0)
+            assert manager.gate_ended_by(approval.id) is None
+
+
+class TestNothingRaisesOutOfRun:
+    """An error of ours in the triggerer delays the gate; it never fails the trigger (Airflow would fail the task)."""
+
+    def test_a_configuration_error_is_logged_and_tried_again(
+        self, manager: ApprovalManager, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from airflow_hitl.settings import HitlSettings
+
+        real, calls = HitlSettings.load, []
+
+        def flaky() -> HitlSettings:
+            calls.append(1)
+            if len(calls) == 1:
+                raise ValueError("[hitl] poll_interval: not a number")
+            return real()
+
+        approval = manager.create(spec())
+        manager.approve(approval.id, user=ALICE)
+        monkeypatch.setattr("airflow_hitl.triggers.approval.HitlSettings.load", staticmethod(flaky))
+        assert isinstance(first(gate_trigger(approval.id)), TaskSuccessEvent)
+        assert len(calls) >= 2
+
+    def test_a_store_error_while_claiming_is_retried(
+        self, manager: ApprovalManager, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from airflow_hitl.exceptions import StoreUnavailable
+
+        real, calls = ApprovalManager.claim_gate_end, []
+
+        def flaky(self: ApprovalManager, request_id: str, **kwargs: Any) -> bool:
+            calls.append(request_id)
+            if len(calls) == 1:
+                raise StoreUnavailable("the approval store is unavailable: connection refused")
+            return real(self, request_id, **kwargs)
+
+        monkeypatch.setattr(ApprovalManager, "claim_gate_end", flaky)
+        approval = manager.create(spec())
+        manager.approve(approval.id, user=ALICE)
+        assert isinstance(first(gate_trigger(approval.id)), TaskSuccessEvent)
+        assert calls == [approval.id, approval.id]
+
+    def test_a_bug_of_ours_is_logged_and_tried_again(
+        self, manager: ApprovalManager, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import airflow_hitl.triggers.approval as module
+
+        real, calls = module.shared_poller, []
+
+        def broken_once(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 1:
+                raise AttributeError("'NoneType' object has no attribute 'watch'")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, "shared_poller", broken_once)
+        approval = manager.create(spec())
+        manager.approve(approval.id, user=ALICE)
+        assert isinstance(first(gate_trigger(approval.id)), TaskSuccessEvent)
+        assert len(calls) == 2
 
 
 class TestFallback:
