@@ -14,6 +14,17 @@ PORT=$HITL_DEMO_PORT
 URL=http://localhost:$PORT
 mkdir -p "$AIRFLOW_HOME/plugins"
 AIRFLOW="$ROOT/.venv/bin/airflow"
+
+# Signed evidence (/hitl/api/v1/approvals/ID/evidence): a key of this demo home, made once and
+# kept, so evidence fetched in an earlier run keeps verifying. Airflow reads it through the
+# option's _CMD variant (the option is sensitive), so the key is in no process's environment.
+EVIDENCE_KEY=$AIRFLOW_HOME/hitl-evidence-key.pem
+if [ ! -s "$EVIDENCE_KEY" ]; then
+  echo "generating the evidence signing key $EVIDENCE_KEY"
+  (umask 077 && "$ROOT/.venv/bin/airflow-hitl" evidence keygen >"$EVIDENCE_KEY.new" && mv "$EVIDENCE_KEY.new" "$EVIDENCE_KEY")
+fi
+AIRFLOW__HITL__EVIDENCE_SIGNING_KEY_CMD="cat $(printf '%q' "$EVIDENCE_KEY")"
+export AIRFLOW__HITL__EVIDENCE_SIGNING_KEY_CMD
 PASSWORDS=$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated
 
 echo "migrating Airflow's metadata DB and the approval store under $AIRFLOW_HOME"
@@ -66,4 +77,6 @@ for user, password in json.load(open(sys.argv[1])).items():
     print(f"  {user:<8} {roles.get(user, ''):<7} {password}")
 PY
 echo "logs: $AIRFLOW_HOME/*.log.  The README's \"Try it\" walks through a release approval step by step."
+echo "evidence: signed with $EVIDENCE_KEY; verify with"
+echo "  airflow hitl evidence verify FILE --jwks-url $URL/hitl/api/v1/evidence/jwks.json"
 wait
