@@ -4,32 +4,41 @@ Every failure is one line on stderr and exit status 1 (``SystemExit`` with the m
 Airflow's own commands do), never a traceback. Only ``db migrate`` may create a store:
 every other command refuses a SQLite file that does not exist, so a wrong ``AIRFLOW_HOME``
 is reported instead of silently checking a new, empty store.
+
+Decisions are made by the api-server, as the Airflow user of the caller's token
+(:mod:`airflow_hitl.cli.client`); the one decision written straight to the store is a
+break-glass cancel, recorded as ``<os user>@<host>``.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
-import socket
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from airflow_hitl.audit import AuditKey
+from airflow_hitl.cli.client import (
+    TOKEN_ENV,
+    TOKEN_HINT,
+    ApiClient,
+    ApiError,
+    client_details,
+    default_api_url,
+    obtain_token,
+)
 from airflow_hitl.exceptions import HitlError
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, Decision
 from airflow_hitl.models.schema import ensure_schema, migrate, schema_status
 from airflow_hitl.models.store import ApprovalStore, resolve_store_url, sqlite_file
 from airflow_hitl.models.tables import STATES
 from airflow_hitl.policy import Principal
-from airflow_hitl.records import Approval
-from airflow_hitl.settings import airflow_home
-
-#: The source recorded in the audit trail for decisions made here.
-CLI_SOURCE = "cli"
+from airflow_hitl.settings import airflow_home, check_options
+from airflow_hitl.vocabulary import BREAK_GLASS, CANCEL
 
 
 @contextmanager
@@ -37,7 +46,7 @@ def _errors_exit() -> Iterator[None]:
     # Domain errors already say what is wrong and what to do; a traceback adds nothing.
     try:
         yield
-    except HitlError as err:
+    except (HitlError, ApiError) as err:
         raise SystemExit(f"error: {err}") from None
 
 
@@ -80,28 +89,37 @@ def db_migrate(args: argparse.Namespace) -> None:
 
 def db_check(args: argparse.Namespace) -> None:
     """Exit 0 when the store is reachable and at this version's schema, 1 otherwise."""
+    with _errors_exit():
+        # Every [hitl] option read as its type first: a misspelt one is named, not defaulted.
+        check_options()
     store = _open_store(args)
     with _errors_exit():
         status = schema_status(store)
     print(f"approval store {store!r}: revision {status.current or 'empty'}, code head {status.head}")
+    if AuditKey.configured() is None:
+        # A warning, not a failure: an unkeyed chain still shows edits, only not a forger's.
+        print(
+            "warning: [hitl] audit_key is not set: the audit trail's links are plain SHA-256, which anyone who can "
+            "write the approval store can recompute; set it (AIRFLOW__HITL__AUDIT_KEY) on every component",
+            file=sys.stderr,
+        )
     if not status.up_to_date:
         print("run `airflow hitl db migrate`", file=sys.stderr)
         sys.exit(1)
 
 
 def audit_verify(args: argparse.Namespace) -> None:
-    """Walk the audit trail's hash chain; exit 1 and name the first bad event if it was altered."""
-    result = _manager(args).verify_audit_chain()
-    print(
-        json.dumps(
-            {
-                "ok": result.ok,
-                "checked": result.checked,
-                "first_bad_seq": result.first_bad_seq,
-                "problem": result.problem,
-            }
-        )
-    )
+    """Walk the audit trail's chain and compare the store's rows with it; exit 1 naming the first that differs.
+
+    Prints one JSON object: ``ok``, the events ``checked``, ``first_bad_seq`` and ``problem``,
+    ``keyed_from`` (the first keyed event) and ``key_id``, how many requests had their rows
+    compared (``requests_verified``) or predate facts (``requests_hash_only``), and ``row``:
+    the first row that differs (table, id, request id, field, store and chain values).
+    """
+    manager = _manager(args)
+    with _errors_exit():
+        result = manager.verify_audit_chain()
+    print(json.dumps(result.to_dict(), default=str, ensure_ascii=False))
     if not result.ok:
         sys.exit(1)
 
@@ -115,19 +133,20 @@ def _print(data: list[dict[str, Any]], output: str) -> None:
     AirflowConsole().print_as(data=data, output=output)
 
 
-def _summary(approval: Approval) -> dict[str, Any]:
+def _summary(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The list's columns of one request, from its JSON form (the store's ``to_dict`` or the API's item)."""
     return {
-        "id": approval.id,
-        "dag_id": approval.dag_id,
-        "run_id": approval.run_id,
-        "task_id": approval.task_id,
-        "title": approval.title,
-        "state": approval.state,
-        "requested_by": approval.requested_by,
-        "requested_at": approval.requested_at.isoformat(),
-        "expires_at": approval.expires_at.isoformat() if approval.expires_at else None,
-        "approvals": f"{len(approval.approvers)}/{approval.approvals_needed}",
-        "decided_by": approval.decided_by,
+        "id": data["id"],
+        "dag_id": data["dag_id"],
+        "run_id": data["run_id"],
+        "task_id": data["task_id"],
+        "title": data["title"],
+        "state": data["state"],
+        "requested_by": data["requested_by"],
+        "requested_at": data["requested_at"],
+        "expires_at": data["expires_at"],
+        "approvals": f"{len(data['approvers'])}/{data['approvals_needed']}",
+        "decided_by": data["decided_by"],
     }
 
 
@@ -138,71 +157,102 @@ def _approval_id(value: str) -> str:
         raise SystemExit(f"error: {value!r} is not a valid approval id") from None
 
 
+_API_ARGS = {"api_url": "--api-url", "token_file": "--token-file", "username": "--username"}
+_STORE_ARGS = {"conn_id": "--conn-id", "store_url": "--store-url"}
+
+
+def _given(args: argparse.Namespace, names: Mapping[str, str]) -> list[str]:
+    """The flags of ``names`` given on the command line."""
+    return [flag for name, flag in names.items() if getattr(args, name, None) is not None]
+
+
+def _reads_the_api(args: argparse.Namespace) -> bool:
+    """``list`` and ``show``: through the api-server when it or a token is named, else from the store."""
+    api, store = _given(args, _API_ARGS), _given(args, _STORE_ARGS)
+    if api and store:
+        raise SystemExit(
+            f"error: {' '.join(api)} name the api-server and {' '.join(store)} the store: read from one of them"
+        )
+    if api or store:
+        return bool(api)
+    return bool(os.environ.get(TOKEN_ENV, "").strip())
+
+
+def _api_client(args: argparse.Namespace) -> ApiClient:
+    """A client of the api-server (``--api-url`` or the configured one) with the caller's own token."""
+    with _errors_exit():
+        api_url = args.api_url or default_api_url()
+        token = obtain_token(api_url, token_file=args.token_file, username=args.username)
+        return ApiClient(api_url=api_url, token=token)
+
+
 def approvals_list(args: argparse.Namespace) -> None:
-    """List approval requests, newest first, filtered by ``--state`` and ``--dag-id``."""
+    """List approval requests, newest first, filtered by ``--state`` and ``--dag-id`` (store or API)."""
     if args.state and args.state not in STATES:
         raise SystemExit(f"error: --state {args.state!r} is not one of {', '.join(STATES)}")
-    manager = _manager(args)
-    with _errors_exit():
-        approvals, _total = manager.list(
-            ApprovalFilter(states=[args.state] if args.state else None, dag_id=args.dag_id), limit=args.limit
-        )
-    _print([_summary(a) for a in approvals], args.output)
+    if _reads_the_api(args):
+        client = _api_client(args)
+        params = {"state": args.state, "dag_id": args.dag_id, "limit": args.limit, "order_by": "-requested_at"}
+        with _errors_exit():
+            items = client.get("", {k: v for k, v in params.items() if v is not None})["approvals"]
+    else:
+        manager = _manager(args)
+        with _errors_exit():
+            approvals, _total = manager.list(
+                ApprovalFilter(states=[args.state] if args.state else None, dag_id=args.dag_id), limit=args.limit
+            )
+        items = [a.to_dict() for a in approvals]
+    _print([_summary(item) for item in items], args.output)
 
 
 def approvals_show(args: argparse.Namespace) -> None:
-    """Show one request with its votes (``--output json``/``yaml`` for every field)."""
-    manager = _manager(args)
-    with _errors_exit():
-        approval = manager.get(_approval_id(args.approval_id))
+    """Show one request with its votes (``--output json``/``yaml`` for every field), from the store or the API."""
+    approval_id = _approval_id(args.approval_id)
+    if _reads_the_api(args):
+        client = _api_client(args)
+        with _errors_exit():
+            item = client.get(f"/{approval_id}")
+    else:
+        manager = _manager(args)
+        with _errors_exit():
+            item = manager.get(approval_id).to_dict()
     if args.output in {"json", "yaml"}:
-        _print([approval.to_dict()], args.output)
+        _print([item], args.output)
         return
     votes = "; ".join(
-        f"{v.user} {v.vote} via {v.source}" + (f": {v.comment}" if v.comment else "") for v in approval.votes
+        f"{v['user']} {v['vote']} via {v['source']}" + (f": {v['comment']}" if v["comment"] else "")
+        for v in item["votes"]
     )
-    details = {**_summary(approval), "description": approval.description, "comment": approval.comment, "votes": votes}
+    details = {**_summary(item), "description": item["description"], "comment": item["comment"], "votes": votes}
     _print([{"field": key, "value": value} for key, value in details.items()], args.output)
 
 
-def os_user() -> str:
-    """The operating-system user running this command (recorded in the audit trail)."""
-    try:
-        return getpass.getuser()
-    except Exception:  # no name for this uid (containers with an arbitrary uid)
-        return str(os.getuid())
+def _refuse_named_identity(args: argparse.Namespace) -> None:
+    """``--user`` and ``--role`` named anyone; a decision is now made as the token's user."""
+    given = _given(args, {"user": "--user", "role": "--role"})
+    if given:
+        raise SystemExit(
+            f"error: {' and '.join(given)} no longer exist: decisions act as the Airflow user of your token: "
+            f"{TOKEN_HINT}"
+        )
 
 
-def _cli_client() -> dict[str, Any]:
-    return {"os_user": os_user(), "hostname": socket.gethostname()}
+def _reason(args: argparse.Namespace, action: str) -> str:
+    reason = (args.reason or "").strip()
+    if not reason:
+        raise SystemExit(f"error: --reason is required to {action}")
+    return reason
 
 
-def principal_for(user: str, roles: list[str] | None) -> Principal:
-    """The policy's view of ``--user``: its ``--role`` options, else the roles config knows.
-
-    Outside the api-server no auth manager is initialised (FAB's users and roles are not
-    reachable), so roles come from ``--role``, or from SimpleAuthManager's user list and
-    ``[hitl] role_members``, as for email links and Slack buttons.
-    """
-    if roles:
-        return Principal.of(user, roles)
-    from airflow_hitl.notifications.recipients import UserDirectory
-
-    return Principal.of(user, UserDirectory(use_auth_manager=False).roles_of(user))
-
-
-def _decide(args: argparse.Namespace, action: str, **fields: Any) -> None:
-    """Decide as ``--user`` through the one decision path (source ``cli``) and print the outcome."""
-    if not args.user.strip():
-        raise SystemExit("error: --user must name an Airflow user")
-    manager = _manager(args)
-    user = principal_for(args.user.strip(), args.role)
+def _decide(args: argparse.Namespace, action: str, body: Mapping[str, Any]) -> None:
+    """Send the decision to the api-server as the token's user (source ``cli``) and print the outcome."""
+    approval_id = _approval_id(args.approval_id)
+    client = _api_client(args)
     with _errors_exit():
-        decision = Decision(action=action, user=user, source=CLI_SOURCE, **{"client": _cli_client(), **fields})
-        approval = manager.decide(_approval_id(args.approval_id), decision)
+        item = client.decide(approval_id, action, {k: v for k, v in body.items() if v is not None})
     print(
-        f"approval request {approval.id} ({approval.dag_id}): {approval.state}, "
-        f"{len(approval.approvers)} of {approval.approvals_needed} approvals"
+        f"approval request {item['id']} ({item['dag_id']}): {item['state']}, "
+        f"{len(item['approvers'])} of {item['approvals_needed']} approvals"
     )
 
 
@@ -223,17 +273,64 @@ def _inputs(pairs: list[str] | None) -> dict[str, Any] | None:
 
 
 def approvals_approve(args: argparse.Namespace) -> None:
-    """Approve a request as ``--user``, under the request's policy (source ``cli``), with ``--input`` values."""
-    _decide(args, "approve", comment=args.comment, inputs=_inputs(getattr(args, "input", None)))
+    """Approve a request through the api-server as your token's user (source ``cli``), with ``--input`` values."""
+    _refuse_named_identity(args)
+    _decide(args, "approve", {"comment": args.comment, "inputs": _inputs(args.input)})
 
 
 def approvals_reject(args: argparse.Namespace) -> None:
-    """Reject a request as ``--user`` with ``--reason``, under the request's policy (source ``cli``)."""
-    _decide(args, "reject", reason=args.reason or "", comment=args.comment)
+    """Reject a request with ``--reason`` through the api-server as your token's user (source ``cli``)."""
+    _refuse_named_identity(args)
+    _decide(args, "reject", {"reason": _reason(args, "reject"), "comment": args.comment})
 
 
 def approvals_cancel(args: argparse.Namespace) -> None:
-    """Cancel a waiting request as ``--user`` with ``--reason`` (source ``cli``)."""
-    # A cancellation records no comment of its own: the CLI's goes with the client details.
-    client = {**_cli_client(), "comment": args.comment} if args.comment else _cli_client()
-    _decide(args, "cancel", reason=args.reason or "", client=client)
+    """Cancel a waiting request with ``--reason``: through the api-server, or ``--break-glass`` in the store."""
+    _refuse_named_identity(args)
+    reason = _reason(args, "cancel")
+    if args.break_glass:
+        _break_glass_cancel(args, reason)
+        return
+    store = _given(args, _STORE_ARGS)
+    if store:
+        raise SystemExit(
+            f"error: {' '.join(store)} only go with --break-glass: a cancel goes through the api-server ({TOKEN_HINT})"
+        )
+    _decide(args, "cancel", {"reason": reason})
+
+
+def _break_glass_cancel(args: argparse.Namespace, reason: str) -> None:
+    """Cancel straight in the store, as ``<os user>@<host>`` (source ``break-glass``): no token, no api-server.
+
+    For when the api-server is down and a gate must stop: whoever holds the store's
+    credentials can stop a gate this way, never approve or reject one (the manager refuses
+    any other action with this source).
+    """
+    api = _given(args, _API_ARGS)
+    if api:
+        raise SystemExit(f"error: --break-glass writes the store with its own credentials: drop {' '.join(api)}")
+    details = client_details()
+    actor = f"{details['os_user']}@{details['hostname']}"
+    manager = _manager(args)
+    with _errors_exit():
+        decision = Decision(action=CANCEL, user=Principal.of(actor), source=BREAK_GLASS, reason=reason, client=details)
+        approval = manager.decide(_approval_id(args.approval_id), decision)
+    print(f"approval request {approval.id} ({approval.dag_id}): {approval.state} by {actor} ({BREAK_GLASS})")
+
+
+# ---------------------------------------------------------------------- evidence
+# Implemented in airflow_hitl.cli.evidence (needs no store); imported only when run.
+
+
+def evidence_keygen(args: argparse.Namespace) -> None:
+    """Print a new Ed25519 private key (PEM) for option evidence_signing_key; its public key and kid on stderr."""
+    from airflow_hitl.cli.evidence import keygen
+
+    keygen(args)
+
+
+def evidence_verify(args: argparse.Namespace) -> None:
+    """Verify a request's evidence (JWS) against a JWKS file or URL: exit 0 only when untampered, by a listed key."""
+    from airflow_hitl.cli.evidence import verify
+
+    verify(args)

@@ -8,10 +8,13 @@ Help texts avoid square brackets: Airflow renders help with rich, which eats ``[
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
 _STORE_ARGS = ("conn_id", "store_url")
+#: How the command line reaches the api-server as the caller's own Airflow user.
+_API_ARGS = ("api_url", "token_file", "username")
 _OUTPUT_CHOICES = ("table", "json", "yaml", "plain")
 
 #: argument name -> (flags, argparse/Airflow ``Arg`` keyword arguments)
@@ -43,16 +46,41 @@ ARGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         {"help": "Show at most this many, newest first (default: 100)", "type": int, "default": 100},
     ),
     "approval_id": (("approval_id",), {"help": "Id of the approval request"}),
-    "user": (
-        ("--user",),
-        {"help": "Airflow user the decision is made as; the request's policy applies to them", "required": True},
-    ),
-    "role": (
-        ("--role",),
+    # Removed: a decision is made as the Airflow user of the caller's token. Still parsed, and
+    # hidden, so that an old command line gets an error explaining the token, not argparse's.
+    "user": (("--user",), {"help": argparse.SUPPRESS}),
+    "role": (("--role",), {"help": argparse.SUPPRESS, "action": "append"}),
+    "api_url": (
+        ("--api-url",),
         {
-            "help": "A role of that user (repeat for several). Default: what SimpleAuthManager's users and "
-            "option role_members of the hitl section say",
-            "action": "append",
+            "help": "URL of the Airflow api-server to call (default: option base_url of the hitl config "
+            "section when set, else base_url of the api section, else http://localhost:8080)",
+            "metavar": "URL",
+        },
+    ),
+    "token_file": (
+        ("--token-file",),
+        {
+            "help": "File holding your Airflow token, a JWT from POST /auth/token (default: the environment "
+            "variable AIRFLOW_HITL_TOKEN)",
+            "metavar": "PATH",
+        },
+    ),
+    "username": (
+        ("--username",),
+        {
+            "help": "Log in as this Airflow user for this command: the password is prompted for, or read from the "
+            "first line of stdin when it is not a terminal, and exchanged for a token at /auth/token",
+            "metavar": "NAME",
+        },
+    ),
+    "break_glass": (
+        ("--break-glass",),
+        {
+            "help": "Cancel straight in the store, without the api-server or a token (when it is down): recorded "
+            "as OS user@host with source break-glass; needs the store's credentials and --reason. It can only "
+            "cancel",
+            "action": "store_true",
         },
     ),
     "comment": (("--comment",), {"help": "Comment recorded with the decision"}),
@@ -65,6 +93,27 @@ ARGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
             "action": "append",
             "metavar": "NAME=VALUE",
         },
+    ),
+    "evidence_file": (
+        ("evidence_file",),
+        {
+            "help": "File holding the evidence: the JWS, or the JSON answer of the evidence endpoint; - or "
+            "nothing reads stdin",
+            "nargs": "?",
+            "default": "-",
+            "metavar": "FILE",
+        },
+    ),
+    "jwks_url": (
+        ("--jwks-url",),
+        {
+            "help": "URL of the public keys, e.g. https://airflow.example.com/hitl/api/v1/evidence/jwks.json",
+            "metavar": "URL",
+        },
+    ),
+    "jwks_file": (
+        ("--jwks-file",),
+        {"help": "File holding the public keys (a JWKS), instead of --jwks-url", "metavar": "PATH"},
     ),
 }
 
@@ -79,7 +128,8 @@ class Command:
     args: tuple[str, ...] = field(default=_STORE_ARGS)
 
 
-_DECISION_ARGS = ("approval_id", "user", "role", "comment", "reason", *_STORE_ARGS)
+#: Every decision: the request, who asks (the token's user), and the removed --user/--role.
+_DECISION_ARGS = ("approval_id", *_API_ARGS, "user", "role")
 
 #: group -> (help, commands)
 COMMANDS: dict[str, tuple[str, tuple[Command, ...]]] = {
@@ -95,18 +145,47 @@ COMMANDS: dict[str, tuple[str, tuple[Command, ...]]] = {
         "List, show and decide approval requests",
         (
             Command(
-                "list", "approvals_list", "List approval requests", ("state", "dag_id", "limit", "output", *_STORE_ARGS)
+                "list",
+                "approvals_list",
+                "List approval requests, from the store, or through the api-server when it or a token is named",
+                ("state", "dag_id", "limit", "output", *_STORE_ARGS, *_API_ARGS),
             ),
-            Command("show", "approvals_show", "Show one approval request", ("approval_id", "output", *_STORE_ARGS)),
+            Command(
+                "show",
+                "approvals_show",
+                "Show one approval request, from the store, or through the api-server when it or a token is named",
+                ("approval_id", "output", *_STORE_ARGS, *_API_ARGS),
+            ),
             Command(
                 "approve",
                 "approvals_approve",
-                "Approve a request as --user (--input for its form)",
-                (*_DECISION_ARGS, "input"),
+                "Approve a request through the api-server as the Airflow user of your token (--input for its form)",
+                (*_DECISION_ARGS, "comment", "input"),
             ),
-            Command("reject", "approvals_reject", "Reject a request as --user (--reason required)", _DECISION_ARGS),
             Command(
-                "cancel", "approvals_cancel", "Cancel a waiting request as --user (--reason required)", _DECISION_ARGS
+                "reject",
+                "approvals_reject",
+                "Reject a request through the api-server as the Airflow user of your token (--reason required)",
+                (*_DECISION_ARGS, "reason", "comment"),
+            ),
+            Command(
+                "cancel",
+                "approvals_cancel",
+                "Cancel a waiting request through the api-server as the Airflow user of your token, or with "
+                "--break-glass straight in the store (--reason required)",
+                (*_DECISION_ARGS, "reason", "break_glass", *_STORE_ARGS),
+            ),
+        ),
+    ),
+    "evidence": (
+        "Signed evidence of approval requests",
+        (
+            Command("keygen", "evidence_keygen", "Print a new Ed25519 key for option evidence_signing_key", ()),
+            Command(
+                "verify",
+                "evidence_verify",
+                "Verify a request's evidence against the public keys, offline (exit 1 when it does not verify)",
+                ("evidence_file", "jwks_url", "jwks_file"),
             ),
         ),
     ),

@@ -12,18 +12,29 @@ import pytest
 from sqlalchemy import text
 
 from airflow_hitl.manager import ApprovalManager
-from airflow_hitl.models.schema import migrate, schema_status
+from airflow_hitl.models.schema import schema_status
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.policy import Principal
+from tests.cli.conftest import ServedApi
 from tests.helpers import spec
 
 BIN = Path(sys.executable).parent
 
 
-def run(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run(args: list[str], home: Path, *, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", **env}
     full_env.pop("AIRFLOW_HITL_STORE_URL", None)
-    return subprocess.run(args, env=full_env, capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        args, env=full_env, capture_output=True, text=True, timeout=180, input=stdin if stdin is not None else ""
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The failed command's error: exit status 1, one ``error:`` line on stderr, no traceback."""
+    assert result.returncode == 1, (result.stdout, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    return line
 
 
 class TestConsoleScript:
@@ -43,7 +54,13 @@ class TestConsoleScript:
         manager.approve(approval.id, user=Principal.of("alice"))
         ok = run([script, "audit", "verify", "--store-url", url], tmp_path)
         assert ok.returncode == 0
-        assert json.loads(ok.stdout) == {"ok": True, "checked": 3, "first_bad_seq": None, "problem": None}
+        verdict = json.loads(ok.stdout)
+        assert {k: verdict[k] for k in ("ok", "checked", "first_bad_seq", "problem")} == {
+            "ok": True,
+            "checked": 3,
+            "first_bad_seq": None,
+            "problem": None,
+        }
         with manager.store.engine.begin() as conn:
             conn.execute(text("UPDATE approval_events SET actor = 'mallory' WHERE event_type = 'vote'"))
         bad = run([script, "audit", "verify", "--store-url", url], tmp_path)
@@ -93,28 +110,75 @@ class TestAirflowCli:
             assert "Context impl" not in output
             assert "alembic" not in output
 
-    def test_provider_cli_help_names_the_default_and_approvals_commands_run(self, tmp_path: Path) -> None:
+    def test_provider_cli_help_names_the_default_and_approvals_commands_run(
+        self, tmp_path: Path, api_store: ApprovalManager, served_api: ServedApi
+    ) -> None:
         help_text = run([str(BIN / "airflow"), "hitl", "db", "check", "--help"], tmp_path).stdout
         assert "(default: option conn_id of the hitl config section, hitl_default)" in " ".join(help_text.split())
-        url = f"sqlite:///{tmp_path / 'cli.db'}"
-        manager = ApprovalManager(store=ApprovalStore(url=url))
-        migrate(manager.store)
-        approval = manager.create(spec(requested_by="ricky"))
-        refused = run(
-            [str(BIN / "airflow"), "hitl", "approvals", "approve", approval.id, "--user", "ricky", "--store-url", url],
-            tmp_path,
+        approve_help = " ".join(
+            run([str(BIN / "airflow"), "hitl", "approvals", "approve", "--help"], tmp_path).stdout.split()
         )
-        assert refused.returncode == 1
-        assert "cannot approve it yourself" in refused.stderr
-        approved = run(
-            [str(BIN / "airflow"), "hitl", "approvals", "approve", approval.id, "--user", "alice", "--store-url", url],
-            tmp_path,
-        )
+        assert "option base_url of the hitl config section when set, else base_url of the api section" in approve_help
+        approval = api_store.create(spec(requested_by="alice"))
+        approve = [str(BIN / "airflow"), "hitl", "approvals", "approve", approval.id, "--api-url", served_api.url]
+        refused = run(approve, tmp_path, AIRFLOW_HITL_TOKEN=served_api.token("alice"))
+        assert "cannot approve it yourself" in one_error_line(refused)
+        approved = run(approve, tmp_path, AIRFLOW_HITL_TOKEN=served_api.token("bob"))
         assert approved.returncode == 0, approved.stderr[-2000:]
-        listed = run([str(BIN / "airflow"), "hitl", "approvals", "list", "-o", "json", "--store-url", url], tmp_path)
+        listed = run(
+            [str(BIN / "airflow"), "hitl", "approvals", "list", "-o", "json", "--store-url", api_store.store.url],
+            tmp_path,
+        )
         assert [(r["id"], r["state"], r["decided_by"]) for r in json.loads(listed.stdout)] == [
-            (approval.id, "approved", "alice")
+            (approval.id, "approved", "bob")
         ]
+
+    def test_provider_cli_refuses_a_named_user_in_one_line(
+        self, tmp_path: Path, api_store: ApprovalManager, served_api: ServedApi
+    ) -> None:
+        approval = api_store.create(spec())
+        argv = [str(BIN / "airflow"), "hitl", "approvals", "approve", approval.id, "--user", "mallory"]
+        line = one_error_line(run([*argv, "--api-url", served_api.url], tmp_path))
+        assert "decisions act as the Airflow user of your token" in line
+        assert api_store.get(approval.id).votes == ()
+
+
+@pytest.mark.slow
+class TestDecisionsFromAShell:
+    """The console script as a script runs it: the password on stdin, errors as one line."""
+
+    def test_username_with_the_password_on_stdin(
+        self, tmp_path: Path, api_store: ApprovalManager, served_api: ServedApi
+    ) -> None:
+        approval = api_store.create(spec())
+        argv = [str(BIN / "airflow-hitl"), "approvals", "approve", approval.id, "--username", "alice"]
+        result = run([*argv, "--api-url", served_api.url], tmp_path, stdin=served_api.password("alice") + "\n")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "approved, 1 of 1 approvals" in result.stdout
+        decided = api_store.get(approval.id)
+        assert (decided.decided_by, decided.decision_source) == ("alice", "cli")
+
+    @pytest.mark.parametrize(
+        ("token", "expected"),
+        [
+            pytest.param("garbage", "401 Unauthorized", id="garbage-token"),
+            pytest.param("viewer", "403 Forbidden", id="viewer"),
+            pytest.param(None, "needs your own Airflow token", id="no-token"),
+        ],
+    )
+    def test_a_refusal_is_one_line_and_records_nothing(
+        self,
+        tmp_path: Path,
+        api_store: ApprovalManager,
+        served_api: ServedApi,
+        token: str | None,
+        expected: str,
+    ) -> None:
+        approval = api_store.create(spec())
+        env = {} if token is None else {"AIRFLOW_HITL_TOKEN": served_api.token(token) if token == "viewer" else token}
+        argv = [str(BIN / "airflow-hitl"), "approvals", "approve", approval.id, "--api-url", served_api.url]
+        assert expected in one_error_line(run(argv, tmp_path, **env))
+        assert api_store.get(approval.id).votes == ()
 
     def test_provider_cli_uses_the_connection(self, tmp_path: Path) -> None:
         target = tmp_path / "via_conn.db"
@@ -147,3 +211,58 @@ class TestAirflowCli:
             assert "approval_requests" in inspect(engine).get_table_names()
         finally:
             engine.dispose()
+
+
+class TestAuditCommands:
+    """`audit verify` names the first row that differs from the audit trail; `db check` warns without a key."""
+
+    KEY = "a long random audit key"
+
+    def test_verify_names_a_rewritten_vote_and_needs_the_key(self, tmp_path: Path) -> None:
+        from airflow_hitl.models.schema import migrate
+
+        url = f"sqlite:///{tmp_path / 'audit.db'}"
+        manager = ApprovalManager(store=ApprovalStore(url=url), audit_key=self.KEY)
+        migrate(manager.store)
+        approval = manager.create(spec())
+        manager.approve(approval.id, user=Principal.of("alice"))
+        verify = [str(BIN / "airflow"), "hitl", "audit", "verify", "--store-url", url]
+        ok = run(verify, tmp_path, AIRFLOW__HITL__AUDIT_KEY=self.KEY)
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        verdict = json.loads(ok.stdout)
+        assert (verdict["ok"], verdict["keyed_from"], verdict["requests_verified"]) == (True, 1, 1)
+        assert verdict["row"] is None
+
+        with manager.store.engine.begin() as conn:
+            conn.execute(text("""UPDATE approval_votes SET "user" = 'carol' WHERE "user" = 'alice'"""))
+            vote_id = conn.execute(text("SELECT id FROM approval_votes")).scalar_one()
+        bad = run(verify, tmp_path, AIRFLOW__HITL__AUDIT_KEY=self.KEY)
+        assert bad.returncode == 1
+        verdict = json.loads(bad.stdout)
+        assert verdict["row"] == {
+            "table": "approval_votes",
+            "id": vote_id,
+            "request_id": approval.id,
+            "field": "user",
+            "store": "carol",
+            "chain": "alice",
+            "seq": 2,
+        }
+        assert verdict["ok"] is False and f"approval_votes row {vote_id}: user" in verdict["problem"]
+
+        without = run(verify, tmp_path, AIRFLOW__HITL__AUDIT_KEY="")
+        assert without.returncode == 1
+        assert "set [hitl] audit_key" in json.loads(without.stdout)["problem"]
+
+    def test_db_check_warns_without_a_key_and_keeps_its_exit_status(self, tmp_path: Path) -> None:
+        from airflow_hitl.models.schema import migrate
+
+        url = f"sqlite:///{tmp_path / 'check.db'}"
+        migrate(ApprovalStore(url=url))
+        check = [str(BIN / "airflow"), "hitl", "db", "check", "--store-url", url]
+        unkeyed = run(check, tmp_path, AIRFLOW__HITL__AUDIT_KEY="")
+        assert unkeyed.returncode == 0, unkeyed.stderr[-2000:]
+        [warning] = [line for line in unkeyed.stderr.splitlines() if "audit_key" in line]
+        assert warning.startswith("warning: [hitl] audit_key is not set")
+        keyed = run(check, tmp_path, AIRFLOW__HITL__AUDIT_KEY=self.KEY)
+        assert keyed.returncode == 0 and "audit_key" not in keyed.stderr

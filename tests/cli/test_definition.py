@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import pytest
 
@@ -46,9 +47,15 @@ class TestTable:
         used = {name for _, command in EVERY_COMMAND for name in command.args}
         assert used == set(ARGS)
 
-    def test_every_command_reaches_a_store(self) -> None:
-        for _, command in EVERY_COMMAND:
-            assert {"conn_id", "store_url"} <= set(command.args), command.name
+    @pytest.mark.parametrize(("group", "command"), EVERY_COMMAND, ids=IDS)
+    def test_store_commands_name_a_store_and_decisions_an_api_server(self, group: str, command: Command) -> None:
+        store, api = {"conn_id", "store_url"}, {"api_url", "token_file", "username"}
+        if group in ("db", "audit"):
+            assert store <= set(command.args)
+        if group == "approvals":
+            # list and show read either; a decision goes to the api-server (cancel: or --break-glass).
+            assert api <= set(command.args)
+            assert (store <= set(command.args)) == (command.name in ("list", "show", "cancel"))
 
     def test_help_texts_have_no_square_brackets(self) -> None:
         # Airflow renders help with rich, which takes [...] for markup and drops it.
@@ -103,8 +110,6 @@ class TestScriptParser:
         argv = [group, command.name]
         if "approval_id" in command.args:
             argv.append("00000000-0000-4000-8000-000000000000")
-        if "user" in command.args:
-            argv += ["--user", "alice"]
         args = build_parser().parse_args(argv)
         assert (args.group, args.action) == (group, command.name)
         assert args.func.args == (command.func,)
@@ -113,19 +118,35 @@ class TestScriptParser:
         parser = build_parser()
         listed = parser.parse_args(["approvals", "list", "--limit", "5"])
         assert (listed.limit, listed.output) == (5, "table")
-        roles = ["--role", "op", "--role", "admin"]
         inputs = ["--input", "n=3", "--input", 'ticket="T-1"']
-        approve = parser.parse_args(["approvals", "approve", "some-id", "--user", "alice", *roles, *inputs])
-        assert approve.role == ["op", "admin"]
+        approve = parser.parse_args(["approvals", "approve", "some-id", "--username", "alice", *inputs])
+        assert (approve.username, approve.token_file, approve.api_url) == ("alice", None, None)
         assert approve.input == ["n=3", 'ticket="T-1"']
+        cancel = parser.parse_args(["approvals", "cancel", "some-id", "--reason", "r"])
+        assert cancel.break_glass is False
+        assert parser.parse_args(["approvals", "cancel", "some-id", "--break-glass"]).break_glass is True
+
+    def test_user_and_role_still_parse_but_are_not_offered(self, capsys: pytest.CaptureFixture[str]) -> None:
+        # Kept only so that an old command line gets the error explaining the token (commands.py).
+        parser = build_parser()
+        roles = ["--role", "op", "--role", "admin"]
+        approve = parser.parse_args(["approvals", "approve", "some-id", "--user", "alice", *roles])
+        assert (approve.user, approve.role) == ("alice", ["op", "admin"])
+        with pytest.raises(SystemExit):
+            parser.parse_args(["approvals", "approve", "--help"])
+        shown = capsys.readouterr().out
+        flags = set(re.findall(r"--[a-z-]+", shown))
+        assert "--username" in flags and not {"--user", "--role"} & flags
 
     @pytest.mark.parametrize(
         "argv",
         [
-            pytest.param(["approvals", "approve", "some-id"], id="decision-without-user"),
+            pytest.param(["approvals", "approve", "some-id", "--break-glass"], id="break-glass-approve"),
+            pytest.param(["approvals", "reject", "some-id", "--break-glass"], id="break-glass-reject"),
+            pytest.param(["approvals", "approve", "some-id", "--store-url", "sqlite://"], id="store-for-approve"),
             pytest.param(["approvals", "list", "-o", "xml"], id="unknown-output"),
             pytest.param(["approvals", "list", "--limit", "many"], id="limit-not-a-number"),
-            pytest.param(["approvals", "reject", "some-id", "--user", "a", "--input", "n=1"], id="input-on-reject"),
+            pytest.param(["approvals", "reject", "some-id", "--input", "n=1"], id="input-on-reject"),
             pytest.param(["db"], id="group-without-command"),
         ],
     )

@@ -1,4 +1,8 @@
-"""``approvals approve --input NAME=VALUE``: the form inputs of a request from the command line."""
+"""``approvals approve --input NAME=VALUE``: the form inputs of a request from the command line.
+
+Sent to the real api-server app (``served_api``) as the REST API's ``inputs``: the api-server
+checks them against the request's form exactly as for any REST call.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,28 @@ import pytest
 from airflow.sdk import Param
 
 from airflow_hitl.manager import ApprovalManager
+from tests.cli.conftest import ServedApi
 from tests.cli.test_approvals import cli, cli_error
 from tests.helpers import spec
 
 FORM = {"rollout_percent": Param(10, type="integer", minimum=1, maximum=100), "ticket": Param(type="string")}
 
 
-def test_approve_with_inputs(capsys: pytest.CaptureFixture[str], manager: ApprovalManager) -> None:
-    approval = manager.create(spec(inputs=FORM))
+@pytest.fixture(autouse=True)
+def _alice(monkeypatch: pytest.MonkeyPatch, served_api: ServedApi) -> None:
+    monkeypatch.setenv("AIRFLOW_HITL_TOKEN", served_api.token("alice"))
+
+
+def test_approve_with_inputs(
+    capsys: pytest.CaptureFixture[str], api_store: ApprovalManager, served_api: ServedApi
+) -> None:
+    approval = api_store.create(spec(inputs=FORM))
     out = cli(
-        capsys, manager, "approvals", "approve", approval.id, "--user", "alice",
+        capsys, "approvals", "approve", approval.id, "--api-url", served_api.url,
         "--input", "rollout_percent=25", "--input", "ticket=CHG-1",
     )  # fmt: skip
     assert "approved" in out
-    assert manager.get(approval.id).votes[0].inputs == {"rollout_percent": 25, "ticket": "CHG-1"}
+    assert api_store.get(approval.id).votes[0].inputs == {"rollout_percent": 25, "ticket": "CHG-1"}
 
 
 @pytest.mark.parametrize(
@@ -31,9 +43,13 @@ def test_approve_with_inputs(capsys: pytest.CaptureFixture[str], manager: Approv
     ],
 )
 def test_refused_inputs_are_an_error_naming_the_field(
-    capsys: pytest.CaptureFixture[str], manager: ApprovalManager, extra: list[str], named: str
+    capsys: pytest.CaptureFixture[str],
+    api_store: ApprovalManager,
+    served_api: ServedApi,
+    extra: list[str],
+    named: str,
 ) -> None:
-    approval = manager.create(spec(inputs=FORM))
-    message = cli_error(capsys, manager, "approvals", "approve", approval.id, "--user", "alice", *extra)
+    approval = api_store.create(spec(inputs=FORM))
+    message = cli_error(capsys, "approvals", "approve", approval.id, "--api-url", served_api.url, *extra)
     assert named in message
-    assert manager.get(approval.id).state == "pending" and not manager.get(approval.id).votes
+    assert api_store.get(approval.id).state == "pending" and not api_store.get(approval.id).votes
