@@ -4,15 +4,18 @@ While a delegation from ``alice`` to ``bob`` is active (``starts_at <= now < end
 ended) and covers a request's DAG, ``bob`` may cast the vote ``alice`` could cast: it is
 recorded as ``alice``'s vote (it counts once, as hers) with ``delegate = bob``, and shown as
 "bob for alice" in the audit, the XCom and the pages. The request's own policy is applied to
-``alice`` (her name and roles); the self-approval rule to both of them.
+``alice`` (her name and roles); the self-approval rule to both of them. So is ``alice``'s
+access to the DAG as it is when ``bob`` votes: a delegation passes on the right to decide
+while she has it, not beyond (demoted to a viewer since, her delegate cannot decide for her).
 
 A part of :class:`~airflow_hitl.manager.ApprovalManager`: creating and ending are audited in
 the hash chain like every other change (events without a request), and the vote path asks
 :meth:`Delegations._acting` under the request's row lock whose vote a decision casts.
 
-What only the auth manager knows (whether a user exists, a delegator's roles) reaches this
-layer as callables from :mod:`airflow_hitl.identity`, passed by the caller; who counts as an
-admin is decided there too and passed in as a flag.
+What only the auth manager knows (whether a user exists, a delegator's roles and current
+access to a DAG) reaches this layer as callables from :mod:`airflow_hitl.identity` and
+:mod:`airflow_hitl.notifications.access`, passed by the channel; who counts as an admin is
+decided there too and passed in as a flag.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from airflow_hitl.vocabulary import APPROVE, DELEGATION_CREATED, DELEGATION_ENDE
 RolesOf = Callable[[str], Iterable[str] | None]
 #: Whether a user of that name exists (None: the auth manager cannot tell).
 UserKnown = Callable[[str], bool | None]
+#: Why a delegator may not decide approvals of a DAG now (delegator, dag_id -> reason), or None when they may.
+DelegatorAccess = Callable[[str, str], str | None]
 
 #: At most this many DAG ids in one delegation (a longer list is a mistake, or all DAGs).
 MAX_DAG_IDS = 1000
@@ -159,6 +164,14 @@ def check_delegated_vote(
     return Eligibility(allowed=True, code="delegate", reason=f"for {name}", on_behalf_of=name)
 
 
+def _with_access(verdict: Eligibility, access: DelegatorAccess, delegator: str, dag_id: str) -> Eligibility:
+    """``verdict`` (allowed by the policy), refused when ``delegator`` may not decide ``dag_id`` now."""
+    refusal = access(delegator, dag_id)
+    if refusal is None:
+        return verdict
+    return Eligibility(allowed=False, code="delegator_access", reason=f"{delegator} may not decide it now: {refusal}")
+
+
 def _aware(value: Any, field_name: str, problems: ConfigProblems) -> dt.datetime | None:
     if not isinstance(value, dt.datetime):
         problems.add(field_name, "must be a date and time")
@@ -207,7 +220,8 @@ def _dag_ids(value: Any, problems: ConfigProblems) -> list[str] | None:
 def _refusal(request_id: str, user: str, own: Eligibility, refusals: Iterable[str]) -> HitlError:
     """Why ``user`` may cast no vote: their own refusal, and each delegation's (once each)."""
     reasons = list(dict.fromkeys(refusals))
-    if own.code == "already_voted" and not reasons:
+    if own.code == "already_voted":
+        # One person counts once: whatever a delegation would allow, a voter has voted (409).
         return AlreadyVoted(request_id, user)
     reason = own.reason or "not allowed"
     if reasons:
@@ -428,11 +442,13 @@ class Delegations(StoreTransactions):
         *,
         roles_of: RolesOf | None = None,
         action: str = APPROVE,
+        access: DelegatorAccess | None = None,
     ) -> Eligibility:
         """``own`` eligibility, or else the first delegator ``user`` may decide ``approval`` for.
 
         ``delegations`` are the user's active ones (:meth:`delegations_to`, read once per list).
-        An allowed delegated answer has code ``delegate`` and the reason "for alice".
+        An allowed delegated answer has code ``delegate`` and the reason "for alice". ``access``
+        says why a delegator may not decide the DAG now (their current access), as the vote will.
         """
         if own.code in ("not_pending", "expired"):
             return own
@@ -451,6 +467,8 @@ class Delegations(StoreTransactions):
             verdict = check_delegated_vote(
                 approval.policy, delegate=user.name, delegator=delegator, action=action, voters=voters
             )
+            if verdict.allowed and access is not None:
+                verdict = _with_access(verdict, access, delegator.name, approval.dag_id)
             if verdict.allowed:
                 return verdict
         return own
@@ -466,19 +484,25 @@ class Delegations(StoreTransactions):
         on_behalf_of: str | None,
         roles_of: RolesOf | None,
         now: dt.datetime,
+        access: DelegatorAccess | None = None,
     ) -> Acting:
         """Whose vote ``user``'s decision casts on ``row`` (locked, with its ``votes``), or why they may not cast it.
 
         Without ``on_behalf_of``: the user's own vote when the policy allows it, else the one
         active delegator it allows (409 when several do). With it: that delegator's vote, if
-        an active delegation to ``user`` covers the DAG.
+        an active delegation to ``user`` covers the DAG. A delegator's vote needs the policy to
+        allow them and ``access`` (their access to the DAG now, asked here under the lock).
         """
         policy = policy_of(row)
         voters = [v.user for v in votes]
         cast_for = next((v.user for v in votes if v.delegate == user.name), None)
         if cast_for is not None:
-            # One person counts once, whether for themselves or for one delegator.
-            raise NotAllowed(f"you have already voted on this request for {cast_for} and cannot vote on it again")
+            # One person counts once, whether for themselves or for one delegator: a vote was cast (409).
+            raise AlreadyVoted(
+                row.id,
+                user.name,
+                detail=f"you have already voted on this request for {cast_for} and cannot vote on it again",
+            )
         own = check_vote(policy, user, action=action, voters=voters)
         if on_behalf_of is None or on_behalf_of == user.name:
             if own.allowed:
@@ -490,7 +514,7 @@ class Delegations(StoreTransactions):
                 if not candidate.covers(row.dag_id) or candidate.delegator in allowed:
                     continue
                 acting, verdict = self._delegated(
-                    candidate, policy, user=user, action=action, voters=voters, roles_of=roles_of
+                    candidate, row, user=user, action=action, voters=voters, roles_of=roles_of, access=access
                 )
                 if acting is not None:
                     allowed[candidate.delegator] = acting
@@ -515,27 +539,36 @@ class Delegations(StoreTransactions):
         )
         if chosen is None:
             raise NotAllowed(f"no active delegation from {on_behalf_of!r} to you covers DAG {row.dag_id!r}")
-        acting, verdict = self._delegated(chosen, policy, user=user, action=action, voters=voters, roles_of=roles_of)
+        acting, verdict = self._delegated(
+            chosen, row, user=user, action=action, voters=voters, roles_of=roles_of, access=access
+        )
         if acting is not None:
             return acting
         if verdict.code == "already_voted":
             raise AlreadyVoted(row.id, chosen.delegator)
+        if verdict.code == "counted_once":
+            raise AlreadyVoted(row.id, user.name, detail=verdict.reason)
         raise NotAllowed(verdict.reason or "not allowed")
 
     @staticmethod
     def _delegated(
         delegation: Delegation,
-        policy: PolicyView,
+        row: ApprovalRequestRow,
         *,
         user: Principal,
         action: str,
         voters: builtins.list[str],
         roles_of: RolesOf | None,
+        access: DelegatorAccess | None,
     ) -> tuple[Acting | None, Eligibility]:
         # The delegator's roles as the auth manager knows them now, not the delegate's.
         roles = (roles_of(delegation.delegator) if roles_of else None) or ()
         delegator = Principal.of(delegation.delegator, roles)
-        verdict = check_delegated_vote(policy, delegate=user.name, delegator=delegator, action=action, voters=voters)
+        verdict = check_delegated_vote(
+            policy_of(row), delegate=user.name, delegator=delegator, action=action, voters=voters
+        )
+        if verdict.allowed and access is not None:
+            verdict = _with_access(verdict, access, delegator.name, row.dag_id)
         if not verdict.allowed:
             return None, verdict
         return Acting(voter=delegator, delegate=user.name, delegation_id=delegation.id), verdict

@@ -82,10 +82,21 @@ class ApprovalNotPending(ApprovalConflict):
 class AlreadyVoted(ApprovalConflict):
     """The user has already voted on this request; one person counts once."""
 
-    def __init__(self, request_id: str, user: str) -> None:
+    def __init__(self, request_id: str, user: str, detail: str | None = None) -> None:
         self.request_id = request_id
         self.user = user
-        super().__init__(f"user {user!r} has already voted on approval request {request_id}")
+        super().__init__(detail or f"user {user!r} has already voted on approval request {request_id}")
+
+
+class ContentChanged(ApprovalConflict):
+    """The request is no longer what the decider was shown: its ``content_digest`` differs.
+
+    Raised under the row lock, before anything is written: no vote, no event, the link unused.
+    """
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(f"the request changed since you opened it (approval request {request_id}); review it again")
 
 
 class NotAllowed(HitlError):
@@ -123,6 +134,27 @@ class StoreOutcomeUnknown(StoreUnavailable):
     Never reported as a failure: the caller must look (GET the request) before retrying;
     a retried vote that did land is refused as already voted, never counted twice.
     """
+
+
+class ConfigInvalid(HitlError):
+    """A ``[hitl]`` option is set to what Airflow's own reading of its type refuses (``auto_migrate=Ture``).
+
+    Never replaced by the option's default: the component fails, naming every such option
+    (``problems``: ``(option, why)``; the value is quoted unless the option is a secret).
+    Answered 503 by the REST API, whose caller can do nothing about it.
+    """
+
+    status_code = 503
+
+    def __init__(self, option: str, message: str, *, problems: Sequence[tuple[str, str]] = ()) -> None:
+        self.problems = list(problems) or [(option, message)]
+        self.option, self.message = self.problems[0]
+        super().__init__("; ".join(f"invalid [hitl] {name}: {why}" for name, why in self.problems))
+
+    @property
+    def options(self) -> list[str]:
+        """The names of the options that cannot be read, in order."""
+        return list(dict.fromkeys(name for name, _ in self.problems))
 
 
 class LinkAlreadyUsed(HitlError):

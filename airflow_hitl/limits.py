@@ -5,7 +5,8 @@ validates with these functions before any work is done, so a value PostgreSQL or
 would refuse (NUL or lone surrogates in text, NaN, an integer wider than its column, a
 time past year 9999, JSON nested past the recursion limit) is bad input naming its field,
 never a server error. The walks are iterative: a deeply nested value cannot exhaust
-Python's stack while being checked.
+Python's stack while being checked, and JSON text from outside is read with
+:func:`json_loads`, which turns Python's parser running out of stack into bad input too.
 """
 
 from __future__ import annotations
@@ -68,6 +69,25 @@ def json_problem(value: Any, *, max_depth: int | None = None, max_bytes: int | N
             # Left to the caller's own serialisation rules (datetimes, UUIDs in DAG code).
             continue
     return None if max_bytes is None else _json_size_problem(value, max_bytes)
+
+
+def json_loads(text: str | bytes, *, max_depth: int | None = None) -> Any:
+    """JSON text from outside (a form field, a Slack payload) as a value; ``ValueError`` says why not.
+
+    Python's parser recurses: a few thousand ``[`` raise ``RecursionError``, which no caller
+    expects from ``json.loads`` (an emailed link's form answered 500). Here it is a
+    ``ValueError`` like any other unreadable text, and with ``max_depth`` the value is held
+    to :func:`json_problem`'s limits too (nesting, NaN, NUL).
+    """
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON is nested too deeply to be read") from None
+    if max_depth is not None:
+        problem = json_problem(value, max_depth=max_depth)
+        if problem:
+            raise ValueError(problem)
+    return value
 
 
 def _json_size_problem(value: Any, max_bytes: int) -> str | None:

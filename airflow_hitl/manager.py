@@ -32,14 +32,18 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
 from airflow_hitl import metrics, outbox
-from airflow_hitl.audit import AuditEvent, AuditReader
-from airflow_hitl.delegation import Delegations, RolesOf
+from airflow_hitl.audit import AuditEvent, AuditKey, AuditReader, with_request_facts, with_vote_facts
+from airflow_hitl.canonical import digest_problem
+from airflow_hitl.delegation import Delegations, DelegatorAccess, RolesOf
 from airflow_hitl.exceptions import (
     AlreadyVoted,
     ApprovalNotPending,
+    ContentChanged,
     InvalidInput,
+    NotAllowed,
 )
 from airflow_hitl.forms import parse_inputs, resolve_inputs
+from airflow_hitl.gate_ends import GateEnds
 from airflow_hitl.models.store import ApprovalStore, get_store
 from airflow_hitl.models.tables import (
     ORIGINS,
@@ -54,7 +58,7 @@ from airflow_hitl.policy import (
     quorum_reached,
 )
 from airflow_hitl.queries import ApprovalQueries
-from airflow_hitl.records import Approval, Vote, policy_of
+from airflow_hitl.records import Approval, Vote, content_digest_of, policy_of
 from airflow_hitl.spec import (
     ApprovalFilter,
     ApprovalSpec,
@@ -66,7 +70,7 @@ from airflow_hitl.spec import (
     json_safe,
     utcnow,
 )
-from airflow_hitl.vocabulary import ACTIONS, APPROVE, CANCEL, REJECT, VOTE_SOURCES
+from airflow_hitl.vocabulary import ACTIONS, APPROVE, BREAK_GLASS, CANCEL, REJECT, VOTE_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +99,7 @@ def _check_texts(**texts: str | None) -> None:
     problems.raise_if_any(InvalidInput)
 
 
-class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
+class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, GateEnds):
     """Owns every state transition, policy check and audit row of the approval store."""
 
     def __init__(
@@ -104,9 +108,13 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
         store: ApprovalStore | None = None,
         conn_id: str | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        audit_key: str | None = None,
     ) -> None:
         self.store = store or get_store(conn_id=conn_id)
         self._clock = clock
+        # Read once: every transaction of this manager keys its audit links with it.
+        # None reads ``[hitl] audit_key``; an empty string is no key.
+        self._audit_key = AuditKey.configured() if audit_key is None else AuditKey.of(audit_key)
 
     # ------------------------------------------------------------------ create
 
@@ -151,6 +159,8 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
 
     def _insert(self, spec: ApprovalSpec, *, actor: str | None, source: str, origin: str) -> Approval:
         now = self._clock()
+        # Parsed before the transaction: a form's schemas are checked (bounded, see forms) while no lock is held.
+        form = parse_inputs(spec.inputs)
         with self._transaction() as session:
             if origin == "task" and spec.run_id and spec.task_id and spec.try_number is not None:
                 self._supersede_earlier_tries(session, spec, now)
@@ -184,7 +194,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                 on_reject=spec.on_reject,
                 metadata_=json_safe(spec.metadata),
                 notify=json_safe(spec.notify),
-                inputs=parse_inputs(spec.inputs),
+                inputs=form,
                 created_at=now,
                 updated_at=now,
             )
@@ -197,18 +207,22 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                 event_type="requested",
                 actor=actor or spec.requested_by,
                 source=source,
-                details={
-                    "dag_id": spec.dag_id,
-                    "run_id": spec.run_id,
-                    "task_id": spec.task_id,
-                    "map_index": spec.map_index,
-                    "try_number": spec.try_number,
-                    "origin": origin,
-                    "expires_at": row.expires_at.isoformat() if row.expires_at else None,
-                    "required_approvals": spec.required_approvals,
-                    "allowed_approvers": row.allowed_approvers,
-                    "allowed_roles": row.allowed_roles,
-                },
+                details=with_request_facts(
+                    {
+                        "dag_id": spec.dag_id,
+                        "run_id": spec.run_id,
+                        "task_id": spec.task_id,
+                        "map_index": spec.map_index,
+                        "try_number": spec.try_number,
+                        "origin": origin,
+                        "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+                        "required_approvals": spec.required_approvals,
+                        "allowed_approvers": row.allowed_approvers,
+                        "allowed_roles": row.allowed_roles,
+                    },
+                    row,
+                    content=True,
+                ),
                 at=now,
             )
             outbox.plan_opened(session, row, now)
@@ -270,6 +284,8 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                 raise InvalidInput("reason", "a reason is required to reject")
         elif decision.action != APPROVE:
             raise InvalidInput("action", f"must be one of {list(ACTIONS)}")
+        if decision.content_digest is not None and (problem := digest_problem(decision.content_digest)):
+            raise InvalidInput("content_digest", problem)
         return self._vote(
             request_id,
             user=decision.user,
@@ -283,7 +299,9 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
             link=decision.link,
             on_behalf_of=decision.on_behalf_of,
             delegator_roles=decision.delegator_roles,
+            delegator_access=decision.delegator_access,
             inputs=decision.inputs,
+            content_digest=decision.content_digest.lower() if decision.content_digest else None,
         )
 
     def approve(
@@ -358,11 +376,19 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
         link: LinkUse | None = None,
         on_behalf_of: str | None = None,
         delegator_roles: RolesOf | None = None,
+        delegator_access: DelegatorAccess | None = None,
         inputs: Mapping[str, Any] | None = None,
+        content_digest: str | None = None,
     ) -> Approval:
+        if source == BREAK_GLASS:
+            # Break-glass holds the store's credentials, not an Airflow identity: it may stop a gate, never pass one.
+            raise NotAllowed(f"a {BREAK_GLASS} decision can only cancel a request, never {action} it")
         if source not in VOTE_SOURCES:
             raise InvalidInput("source", f"must be one of {list(VOTE_SOURCES)}")
         _check_texts(comment=comment, reason=reason)
+        # Given values are checked against the form before the lock: what a schema costs (bounded,
+        # see forms) is never spent while the request's other deciders wait on its row.
+        checked = self._checked_inputs(request_id, inputs, approving=action == APPROVE)
         with self._transaction() as session:
             row, votes = self._lock(session, request_id, dag_access=dag_access)
             now = self._clock()
@@ -377,6 +403,10 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                     now=now,
                 )
             self._ensure_open(row, now)
+            # What the request is now, under the lock; a decider who saw something else decides nothing.
+            digest = content_digest_of(row)
+            if content_digest is not None and content_digest != digest:
+                raise ContentChanged(row.id)
             # The caller's own vote, or a delegator's they cast (refused with the reason why not).
             acting = self._acting(
                 session,
@@ -387,14 +417,20 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                 on_behalf_of=on_behalf_of,
                 roles_of=delegator_roles,
                 now=now,
+                access=delegator_access,
             )
             delegated = {"delegate": acting.delegate, "delegation_id": acting.delegation_id} if acting.delegate else {}
             user = acting.voter
             if inputs is not None and not isinstance(inputs, Mapping):
                 raise InvalidInput("inputs", "must be an object of input name -> value")
-            # Checked against the form stored with the request, under the lock: what counts is
-            # the form this very gate asked for, whatever the DAG file says now.
-            values = resolve_inputs(row.inputs or {}, inputs, approving=action == APPROVE)
+            # Against the form stored with the request: what counts is the form this very gate
+            # asked for, whatever the DAG file says now. Only defaults and required inputs are
+            # left to do here when values were given: they were checked before the lock.
+            if isinstance(checked, InvalidInput):
+                raise checked
+            if checked is None:
+                checked = resolve_inputs(row.inputs or {}, inputs, approving=action == APPROVE)
+            values = checked
             vote = Vote(
                 user=user.name,
                 delegate=acting.delegate,
@@ -407,6 +443,9 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                 metadata=json_safe(metadata or {}),
                 inputs=json_safe(values),
                 created_at=now,
+                # What this vote was cast on: the digest the caller gave, which matched, or the
+                # request's own when none was given (the vote still decided exactly this content).
+                content_digest=digest,
             )
             try:
                 # The row lock makes a duplicate impossible; the unique constraint makes it
@@ -422,15 +461,18 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                 actor=user.name,
                 source=source,
                 comment=comment or reason,
-                details={
-                    "vote": action,
-                    "reason": reason,
-                    "roles": sorted(user.roles),
-                    "escalation_level": row.escalation_level,
-                    **delegated,
-                    **({"inputs": json_safe(values)} if values else {}),
-                    **dict(client or {}),
-                },
+                details=with_vote_facts(
+                    {
+                        "vote": action,
+                        "reason": reason,
+                        "roles": sorted(user.roles),
+                        "escalation_level": row.escalation_level,
+                        **delegated,
+                        **({"inputs": json_safe(values)} if values else {}),
+                        **dict(client or {}),
+                    },
+                    vote,
+                ),
                 at=now,
             )
             if action == "reject":
@@ -466,6 +508,26 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
                 flag_modified(row, "updated_at")
             session.flush()
             return Approval.from_row(row, votes=votes)
+
+    def _checked_inputs(
+        self, request_id: str, inputs: Mapping[str, Any] | None, *, approving: bool
+    ) -> dict[str, Any] | InvalidInput | None:
+        """Given ``inputs`` resolved against the request's form, read without a lock (a form never changes).
+
+        The values, or the :class:`InvalidInput` to raise once the decision's other checks
+        (access, state, policy) passed, in their usual order; None when nothing was given
+        or the request was not found (left to the lock).
+        """
+        if not inputs or not isinstance(inputs, Mapping):
+            return None
+        with self.store.session() as session:
+            form = session.scalar(select(ApprovalRequestRow.inputs).where(ApprovalRequestRow.id == str(request_id)))
+        if form is None:
+            return None
+        try:
+            return resolve_inputs(form, inputs, approving=approving)
+        except InvalidInput as err:
+            return err
 
     def decide_automatically(self, request_id: str, *, source: str, comment: str) -> Approval:
         """Approve at once without people (``approval_type='auto'`` or a true condition)."""
@@ -567,12 +629,15 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
             event_type="escalated",
             actor=None,
             source="timeout",
-            details={
-                "escalation_level": row.escalation_level,
-                "added_approvers": list(level.approvers),
-                "added_roles": list(level.roles),
-                "expires_at": row.expires_at.isoformat(),
-            },
+            details=with_request_facts(
+                {
+                    "escalation_level": row.escalation_level,
+                    "added_approvers": list(level.approvers),
+                    "added_roles": list(level.roles),
+                    "expires_at": row.expires_at.isoformat(),
+                },
+                row,
+            ),
             at=now,
         )
         # Queued in this transaction: the escalation notice exists if and only if the escalation does.
@@ -620,12 +685,15 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations):
             actor=by,
             source=source,
             comment=comment,
-            details={
-                "from_state": previous,
-                "decision": decision,
-                **dict(details or {}),
-                **dict(client or {}),
-            },
+            details=with_request_facts(
+                {
+                    "from_state": previous,
+                    "decision": decision,
+                    **dict(details or {}),
+                    **dict(client or {}),
+                },
+                row,
+            ),
             at=now,
         )
         outbox.plan_closed(session, row, now)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any, TypeVar, get_type_hints
 
+from airflow_hitl.canonical import content_digest
 from airflow_hitl.models.tables import WAITING_STATES, ApprovalNotificationRow, ApprovalRequestRow, ApprovalVoteRow
 from airflow_hitl.policy import EscalationLevel, PolicyView, approvals_needed, counted_approvals
 
@@ -78,6 +79,8 @@ class Vote:
     delegate: str | None = None
     #: The form inputs this voter submitted (validated; defaults filled on approve).
     inputs: dict[str, Any] = field(default_factory=dict)
+    #: SHA-256 (hex) of what the voter was shown when they voted (None: not known).
+    content_digest: str | None = None
 
     @classmethod
     def from_row(cls, row: ApprovalVoteRow) -> Vote:
@@ -238,11 +241,16 @@ class Approval:
         """Distinct allowed approvals that complete the request."""
         return approvals_needed(self.policy)
 
+    @cached_property
+    def content_digest(self) -> str:
+        """SHA-256 of what approvers are shown (see :func:`content_digest_of`); a decision may name it."""
+        return content_digest_of(self)
+
     def to_dict(self) -> dict[str, Any]:
         """The one JSON-ready form of an approval (datetimes as ISO strings); every output derives from it.
 
-        Every dataclass field, in declaration order, plus the derived ``approvers`` and
-        ``approvals_needed``: a field added to :class:`Approval` (or :class:`Vote`) reaches
+        Every dataclass field, in declaration order, plus the derived ``approvers``,
+        ``approvals_needed`` and ``content_digest``: a field added to :class:`Approval` (or :class:`Vote`) reaches
         the REST API, the pages, the CLI, webhooks and the XCom summary from here. Built
         field by field, not with ``dataclasses.asdict``: the API serialises pages of 100
         requests with it, and ``asdict``'s deep copies cost more than the database.
@@ -250,6 +258,7 @@ class Approval:
         data = {name: convert(getattr(self, name)) for name, convert in _APPROVAL_CONVERTERS}
         data["approvers"] = self.approvers
         data["approvals_needed"] = self.approvals_needed
+        data["content_digest"] = self.content_digest
         return data
 
 
@@ -298,6 +307,43 @@ def policy_of(row: Approval | ApprovalRequestRow) -> PolicyView:
         required_approvals=row.required_approvals,
         require_all=row.require_all,
     )
+
+
+#: What approvers are shown of a request, by the names its JSON gives them: what a decision's
+#: ``content_digest`` binds. Votes, state and times are not in it: another approver's vote does
+#: not change what this one is asked; an escalation (approvers, quorum) does.
+SHOWN_FIELDS = (
+    "title",
+    "description",
+    "reason",
+    "context",
+    "inputs",
+    "allowed_approvers",
+    "allowed_roles",
+    "required_approvals",
+    "require_all",
+)
+
+
+def content_digest_of(row: Approval | ApprovalRequestRow) -> str:
+    """SHA-256 (hex) of the RFC 8785 canonical JSON of the request's :data:`SHOWN_FIELDS`.
+
+    The same object as ``{name: item[name] for name in SHOWN_FIELDS}`` of the request's JSON
+    (REST item, webhook, CLI), so anyone holding an item can recompute it. Read from a record
+    or from the row locked by a decision, which compares it with the digest the decider saw.
+    """
+    shown = {
+        "title": row.title,
+        "description": row.description,
+        "reason": row.reason,
+        "context": jsonable(row.context or {}),
+        "inputs": jsonable(row.inputs or {}),
+        "allowed_approvers": list(row.allowed_approvers or ()),
+        "allowed_roles": list(row.allowed_roles or ()),
+        "required_approvals": row.required_approvals,
+        "require_all": bool(row.require_all),
+    }
+    return content_digest(shown)
 
 
 def jsonable(value: Any) -> Any:

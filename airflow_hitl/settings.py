@@ -5,13 +5,25 @@ example). ``get_provider_info()`` builds Airflow's config documentation from it,
 :func:`conf_get` falls back to its defaults, because a provider's defaults are only
 registered once Airflow's providers manager has loaded, which a test or a bare script may
 never do. Nothing here reads configuration at import time.
+
+Booleans and numbers are read as Airflow's ``conf.getboolean``/``getint``/``getfloat`` read
+them (:func:`option_value`): a value they refuse is :class:`ConfigInvalid` naming the option,
+never a silent default. Secrets are declared ``sensitive``: Airflow masks them in ``airflow
+config list`` and reads them from ``AIRFLOW__HITL__<NAME>_CMD`` and ``_SECRET`` as well.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
 from typing import Any, Literal
+
+from airflow_hitl.exceptions import ConfigInvalid
+
+log = logging.getLogger(__name__)
 
 SECTION = "hitl"
 
@@ -415,21 +427,158 @@ def option(name: str) -> Option:
 
 
 def conf_get(key: str) -> str:
-    """One ``[hitl]`` option as a string: Airflow's config (environment included), else its default."""
-    default = _BY_NAME[key].default
+    """One ``[hitl]`` option as a string: Airflow's config (environment included), else its default.
+
+    Airflow reads a secret (an option declared ``sensitive``) from ``AIRFLOW__HITL__<NAME>_CMD``
+    (a command's output) and ``_SECRET`` (a secrets backend) too; a secret read so has its
+    trailing line break removed (``echo``, ``cat`` of a file). When Airflow cannot read the
+    option (the command fails, the backend is down) the error is :class:`ConfigInvalid`, never
+    the default: a secret silently replaced by an empty one would change what it protects.
+    """
+    declared = _BY_NAME[key]
     try:
         from airflow.configuration import conf
-
-        value = conf.get(SECTION, key, fallback=None)
-    except Exception:
-        # Reading config must never break a gate; fall back to the environment and defaults.
+    except ImportError:  # pragma: no cover - the package depends on Airflow
         value = os.environ.get(f"AIRFLOW__{SECTION.upper()}__{key.upper()}")
-    return default if value is None else str(value)
+        return declared.default if value is None else value
+    if declared.sensitive:
+        _declare_sensitive(conf, key)
+    try:
+        value = conf.get(SECTION, key, fallback=None)
+    except Exception as err:
+        # Airflow's message may quote a failing command's output: not for a secret.
+        why = "Airflow could not read it" + ("" if declared.sensitive else f": {err}")
+        raise ConfigInvalid(key, why) from None
+    if value is None:
+        return declared.default
+    text = str(value)
+    return text.rstrip("\r\n") if declared.sensitive else text
 
 
-def as_bool(value: str) -> bool:
-    """Airflow's spelling of a boolean option."""
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+def _declare_sensitive(conf: Any, key: str) -> None:
+    """Make sure Airflow knows ``[hitl] key`` as sensitive, which is when it reads its ``_CMD`` and ``_SECRET``.
+
+    Airflow 3.2 and later read every provider's option declarations lazily, as soon as they
+    are asked for. Airflow 3.1 merges them into its config only when the providers manager
+    has loaded them, which its commands do but a bare script or a test may not: load them
+    here then, once (the providers manager caches it).
+    """
+    try:
+        if (SECTION, key) in conf.sensitive_config_values:
+            return
+        from airflow.providers_manager import ProvidersManager
+
+        ProvidersManager().initialize_providers_configuration()
+        # A set cached before the declarations were loaded would still leave the option out.
+        conf.__dict__.pop("sensitive_config_values", None)
+    except Exception:
+        # Without the declarations Airflow still reads the plain variable and airflow.cfg.
+        log.warning("could not load the providers' configuration; [hitl] %s _CMD/_SECRET may be ignored", key)
+
+
+def _parse_boolean(text: str) -> bool | None:
+    # Airflow's conf.getboolean: case and surrounding blanks ignored, a trailing "# comment" too.
+    value = text.lower().strip()
+    if "#" in value:
+        value = value.split("#")[0].strip()
+    if value in ("t", "true", "1"):
+        return True
+    if value in ("f", "false", "0"):
+        return False
+    return None
+
+
+def _parse_integer(text: str) -> int | None:
+    # Airflow's conf.getint: what int() reads, or a float with no fraction ("1e3").
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+        whole = int(number)
+    except (ValueError, OverflowError):
+        return None
+    return whole if number == whole else None
+
+
+def _parse_float(text: str) -> float | None:
+    # Airflow's conf.getfloat, finite only: an infinite timeout or NaN interval breaks what reads it.
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+#: How each type is read, and what the reader is told when a value is not of it.
+_PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "boolean": (_parse_boolean, "is not a boolean (Airflow reads true/false, t/f or 1/0, in any case)"),
+    "integer": (_parse_integer, "is not an integer"),
+    "float": (_parse_float, "is not a finite number"),
+}
+
+
+def option_value(key: str) -> Any:
+    """One ``[hitl]`` option read as its declared type, as Airflow's ``conf.getboolean``/``getint``/``getfloat`` would.
+
+    A value Airflow's reading refuses (``auto_migrate = Ture``, ``pool_size = five``) is
+    :class:`ConfigInvalid` naming the option and the value, never the default.
+    """
+    text = conf_get(key)
+    declared = _BY_NAME[key]
+    if declared.type not in _PARSERS:
+        return text
+    parse, expected = _PARSERS[declared.type]
+    value = parse(text)
+    if value is None:
+        shown = "the value" if declared.sensitive else repr(text)
+        raise ConfigInvalid(key, f"{shown} {expected}")
+    return value
+
+
+def conf_getboolean(key: str) -> bool:
+    """A boolean ``[hitl]`` option (see :func:`option_value`)."""
+    return bool(_typed(key, "boolean"))
+
+
+def conf_getint(key: str) -> int:
+    """An integer ``[hitl]`` option (see :func:`option_value`)."""
+    return int(_typed(key, "integer"))
+
+
+def conf_getfloat(key: str) -> float:
+    """A float ``[hitl]`` option (see :func:`option_value`)."""
+    return float(_typed(key, "float"))
+
+
+def _typed(key: str, expected: OptionType) -> Any:
+    if _BY_NAME[key].type != expected:
+        raise TypeError(f"[hitl] {key} is declared {_BY_NAME[key].type}, not {expected}")
+    return option_value(key)
+
+
+def read_options(keys: Iterable[str]) -> dict[str, Any]:
+    """Each of ``keys`` read as its declared type; one :class:`ConfigInvalid` names every one that cannot be."""
+    values: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    for key in keys:
+        try:
+            values[key] = option_value(key)
+        except ConfigInvalid as err:
+            problems.extend(err.problems)
+    if problems:
+        raise ConfigInvalid(problems[0][0], problems[0][1], problems=problems)
+    return values
+
+
+def check_options() -> None:
+    """Read every ``[hitl]`` option as its type (secrets' ``_CMD`` run too); :class:`ConfigInvalid` names each bad one.
+
+    What ``airflow hitl db check`` and the api-server's start ask first, so a misspelt option
+    stops them by name instead of failing the first gate that reads it.
+    """
+    read_options(option.name for option in OPTIONS)
 
 
 def airflow_home() -> str:
@@ -467,29 +616,9 @@ class HitlSettings:
 
     @classmethod
     def load(cls) -> HitlSettings:
-        """Read the current configuration (environment variables included)."""
-        configured_path = conf_get("sqlite_path")
-        return cls(
-            conn_id=conf_get("conn_id"),
-            sqlite_path=configured_path or os.path.join(airflow_home(), "hitl.db"),
-            sqlite_path_configured=bool(configured_path),
-            auto_migrate=as_bool(conf_get("auto_migrate")),
-            poll_interval=float(conf_get("poll_interval")),
-            store_retry_max_backoff=float(conf_get("store_retry_max_backoff")),
-            pool_size=int(conf_get("pool_size")),
-            max_comment_length=int(conf_get("max_comment_length")),
-            base_url=conf_get("base_url").rstrip("/"),
-            max_request_bytes=int(conf_get("max_request_bytes")),
-            max_json_bytes=int(conf_get("max_json_bytes")),
-            max_json_depth=int(conf_get("max_json_depth")),
-            store_connect_timeout=float(conf_get("store_connect_timeout")),
-            store_statement_timeout=float(conf_get("store_statement_timeout")),
-            store_pool_timeout=float(conf_get("store_pool_timeout")),
-            outbox_drainer=as_bool(conf_get("outbox_drainer")),
-            gate_closer=as_bool(conf_get("gate_closer")),
-            api_server_gc_freeze=as_bool(conf_get("api_server_gc_freeze")),
-            gate_closer_wait_seconds=float(conf_get("gate_closer_wait_seconds")),
-            outbox_poll_interval=float(conf_get("outbox_poll_interval")),
-            outbox_lease_seconds=float(conf_get("outbox_lease_seconds")),
-            outbox_final_retry_seconds=float(conf_get("outbox_final_retry_seconds")),
-        )
+        """Read the current configuration (environment variables included); :class:`ConfigInvalid` names bad options."""
+        values = read_options(f.name for f in fields(cls) if f.name != "sqlite_path_configured")
+        configured_path = values["sqlite_path"]
+        values["sqlite_path"] = configured_path or os.path.join(airflow_home(), "hitl.db")
+        values["base_url"] = values["base_url"].rstrip("/")
+        return cls(**values, sqlite_path_configured=bool(configured_path))

@@ -234,8 +234,14 @@ class Decision:
     :param on_behalf_of: The delegator whose vote ``user`` casts (see :mod:`airflow_hitl.delegation`);
         None: ``user``'s own vote, or else the one active delegator the policy lets it be cast for.
     :param delegator_roles: A delegator's roles by name (the auth manager's, via :mod:`airflow_hitl.identity`).
+    :param delegator_access: Why a delegator may not decide a DAG's approvals now (their own edit
+        access, asked of the auth manager under the row lock), or None when they may; a delegate's
+        vote needs it as much as the policy. None: the channel has no auth manager to ask.
     :param inputs: Values for the request's form inputs: required ones must be given to approve,
         defaults fill the rest; on reject the given ones are checked and kept, none required.
+    :param content_digest: The request's ``content_digest`` as the decider saw it (a page, a
+        link, a Slack message); when it is not the request's digest under the row lock, nothing
+        is recorded (:class:`~airflow_hitl.exceptions.ContentChanged`). None: not checked.
     """
 
     action: str
@@ -249,8 +255,10 @@ class Decision:
     link: LinkUse | None = None
     on_behalf_of: str | None = None
     delegator_roles: Callable[[str], Iterable[str] | None] | None = None
+    delegator_access: Callable[[str, str], str | None] | None = None
     #: Values for the request's form inputs (see :mod:`airflow_hitl.forms`), checked under the row lock.
     inputs: Mapping[str, Any] | None = None
+    content_digest: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -52,7 +52,17 @@ ON_REJECT = ("fail", "skip")
 VOTE_SOURCES = ("api", "ui", "email", "slack", "bulk", "cli")
 #: Sources of a decision no person made.
 SYSTEM_SOURCES = ("timeout", "auto", "condition", "airflow", "system", "operator")
-SOURCES = VOTE_SOURCES + SYSTEM_SOURCES
+#: A cancel written straight to the store by whoever holds its credentials, without the
+#: api-server (``airflow hitl approvals cancel --break-glass``): it can stop a gate, never
+#: approve or reject one, and its actor is ``<os user>@<host>``.
+BREAK_GLASS = "break-glass"
+SOURCES = (*VOTE_SOURCES, BREAK_GLASS, *SYSTEM_SOURCES)
+#: Who a REST client says it is (header :data:`CLIENT_HEADER`): the source its decisions are
+#: recorded with. Only a label: the decider is always the caller of the token.
+REST_SOURCES = ("api", "cli")
+CLIENT_HEADER = "X-HITL-Client"
+#: Where the command line says it ran (headers), recorded with its decisions as ``client`` details.
+CLIENT_DETAIL_HEADERS = {"os_user": "X-HITL-OS-User", "hostname": "X-HITL-Host"}
 
 # ---------------------------------------------------------------- notices
 EMAIL = "email"

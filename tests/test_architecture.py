@@ -15,11 +15,11 @@ PACKAGE = ROOT / "airflow_hitl"
 
 #: Bottom up. A module may import from its own layer or any layer below it, never above.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("vocabulary", "exceptions", "settings", "version_compat", "limits", "metrics"),
+    ("vocabulary", "exceptions", "settings", "version_compat", "limits", "metrics", "canonical"),
     ("models", "policy", "migrations", "forms"),
     ("records", "spec", "audit"),
-    ("transaction", "notices", "queries", "delegation", "manager", "outbox"),
-    ("identity", "notifications", "triggers", "cli"),
+    ("transaction", "notices", "queries", "delegation", "manager", "outbox", "gate_ends"),
+    ("identity", "notifications", "triggers", "cli", "evidence"),
     ("api", "operators", "ui"),
     ("plugins", "get_provider_info"),
 )

@@ -164,7 +164,8 @@ class TestDecideAsDelegate:
         # Alice counts once: neither she nor bob may cast her vote again.
         with pytest.raises(AlreadyVoted, match="alice"):
             decide(mgr, request.id, ALICE)
-        with pytest.raises(NotAllowed):
+        # One who voted gets 409 (already voted) on every way in, as the API documents, not 403.
+        with pytest.raises(AlreadyVoted, match="already voted on this request for alice"):
             decide(mgr, request.id, BOB)
         done = decide(mgr, request.id, CAROL)
         assert done.state == "approved" and done.approvers == ["alice", "carol"]
@@ -256,7 +257,7 @@ class TestDecideAsDelegate:
         request = mgr.create(spec(required_approvals=2))
         assert decide(mgr, request.id, BOB).votes[0].user == "bob"
         # Bob's own vote and alice's through him would be two approvals from one human.
-        with pytest.raises(NotAllowed, match="already voted on this request yourself"):
+        with pytest.raises(AlreadyVoted, match="already voted on this request yourself"):
             decide(mgr, request.id, BOB, on_behalf_of="alice")
         after = mgr.get(request.id)
         assert (after.state, [v.cast_by for v in after.votes]) == ("pending", ["bob"])
@@ -267,7 +268,7 @@ class TestDecideAsDelegate:
         delegate(mgr, clock)
         request = mgr.create(spec(required_approvals=2))
         assert decide(mgr, request.id, BOB, on_behalf_of="alice").votes[0].cast_by == "bob for alice"
-        with pytest.raises(NotAllowed, match="already voted on this request for alice"):
+        with pytest.raises(AlreadyVoted, match="already voted on this request for alice"):
             decide(mgr, request.id, BOB)
         after = mgr.get(request.id)
         assert (after.state, [v.cast_by for v in after.votes]) == ("pending", ["bob for alice"])
@@ -282,9 +283,42 @@ class TestDecideAsDelegate:
             decide(mgr, request.id, BOB)
         assert decide(mgr, request.id, BOB, on_behalf_of="carol").votes[0].user == "carol"
         # Bob has cast carol's vote: he may not also cast alice's (one person counts once).
-        with pytest.raises(NotAllowed, match="for carol"):
+        with pytest.raises(AlreadyVoted, match="for carol"):
             decide(mgr, request.id, BOB, on_behalf_of="alice")
         assert decide(mgr, request.id, ALICE).state == "approved"
+
+    def test_the_delegators_access_now_is_asked_as_the_vote_is_cast(self, mgr: ApprovalManager, clock: Clock) -> None:
+        # Alice delegated while she could decide; her access is asked when bob votes, not when she delegated.
+        delegate(mgr, clock)
+        request = mgr.create(spec(allowed_approvers=["alice", "carol"], required_approvals=2))
+        asked: list[tuple[str, str]] = []
+
+        def demoted(name: str, dag_id: str) -> str | None:
+            asked.append((name, dag_id))
+            return "she is a viewer now" if name == "alice" else None
+
+        for on_behalf_of in (None, "alice"):
+            with pytest.raises(NotAllowed, match="alice may not decide it now: she is a viewer now"):
+                decide(mgr, request.id, BOB, on_behalf_of=on_behalf_of, delegator_access=demoted)
+        assert asked == [("alice", "release")] * 2
+        assert mgr.get(request.id).votes == ()
+        listed = mgr.get(request.id)
+        verdict = mgr.can_decide(
+            BOB, listed, mgr.can_approve(BOB, listed), mgr.delegations_to("bob"), roles_of=roles_of, access=demoted
+        )
+        assert verdict.allowed is False
+        # With her access back, bob's vote counts, as hers.
+        assert (
+            decide(mgr, request.id, BOB, delegator_access=lambda name, dag_id: None).votes[0].cast_by == "bob for alice"
+        )
+
+    def test_one_who_voted_is_409_even_with_a_delegation(self, mgr: ApprovalManager, clock: Clock) -> None:
+        delegate(mgr, clock)
+        request = mgr.create(spec(required_approvals=3))
+        decide(mgr, request.id, BOB)
+        with pytest.raises(AlreadyVoted) as err:
+            decide(mgr, request.id, BOB, "reject")
+        assert err.value.status_code == 409
 
     def test_can_decide_marks_the_pending_list(self, mgr: ApprovalManager, clock: Clock) -> None:
         delegate(mgr, clock, dag_ids=["release"])

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import pytest
 from airflow.sdk import Param
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
-from airflow_hitl.exceptions import InvalidInput
-from airflow_hitl.forms import parse_inputs, resolve_inputs
+from airflow_hitl import manager as manager_module
+from airflow_hitl.exceptions import InvalidApprovalConfig, InvalidInput
+from airflow_hitl.forms import MAX_MESSAGE_LENGTH, TOO_COSTLY, parse_inputs, resolve_inputs
 from airflow_hitl.manager import ApprovalManager, Decision
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.models.tables import ApprovalVoteRow
+from airflow_hitl.operators.approval import ApprovalOperator
 from airflow_hitl.policy import Principal
 from airflow_hitl.records import decision_summary
 from tests.helpers import spec
@@ -182,6 +184,119 @@ class TestHostileSchemas:
         }
 
 
+#: Issue 23's payloads: 4,000 distinct objects (49 KiB), a draft-04 enum of 3,000 objects.
+DISTINCT_OBJECTS = [{"k": i} for i in range(4000)]
+DRAFT4 = "http://json-schema.org/draft-04/schema#"
+UNIQUE = {"type": "array", "uniqueItems": True}
+
+
+def _doubling_refs(levels: int) -> dict:
+    """A schema whose every level applies the next one twice: 2**levels checks of any value."""
+    defs = {f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}] * 2} for i in range(levels)}
+    return {"$defs": {**defs, f"d{levels}": {"type": "integer"}}, "$ref": "#/$defs/d0"}
+
+
+class TestBoundedWork:
+    """No form and no value may cost more than MAX_CHECK_STEPS: refused, naming the input, not checked for minutes."""
+
+    def test_unique_items_over_thousands_of_objects_is_refused_as_a_value(self) -> None:
+        form = parse_inputs({"rows": {"schema": UNIQUE, "value": []}})
+        with pytest.raises(InvalidInput) as err:
+            resolve_inputs(form, {"rows": DISTINCT_OBJECTS}, approving=True)
+        [(field, message)] = err.value.problems
+        assert field == "inputs.rows"
+        assert message == f"{TOO_COSTLY}: uniqueItems compares every pair of its 4000 items"
+        # What is cheap to compare stays allowed: strings are sorted, a few hundred objects are fine.
+        assert resolve_inputs(form, {"rows": [str(i) for i in range(4000)]}, approving=True)["rows"][-1] == "3999"
+        assert len(resolve_inputs(form, {"rows": DISTINCT_OBJECTS[:300]}, approving=True)["rows"]) == 300
+
+    @pytest.mark.parametrize(
+        ("param", "says"),
+        [
+            pytest.param(
+                Param(DISTINCT_OBJECTS, type="array", uniqueItems=True),
+                "uniqueItems compares every pair of its 4000 items",
+                id="unique-items-default",
+            ),
+            pytest.param(
+                Param({"k": 1}, schema={"$schema": DRAFT4, "enum": [{"k": i} for i in range(3000)]}),
+                "`enum` has 3000 members that are not all strings or numbers",
+                id="draft-04-enum",
+            ),
+            pytest.param(
+                Param(1, type="integer", **{"not": {"type": [{"k": i} for i in range(2000)]}}),
+                "`type` has 2000 members",
+                id="type-list-of-objects",
+            ),
+            pytest.param(Param(1, schema=_doubling_refs(30)), "references multiply the work", id="doubling-refs"),
+        ],
+    )
+    def test_a_dags_param_too_costly_to_check_is_refused_naming_it(self, param: Param, says: str) -> None:
+        with pytest.raises(InvalidInput) as err:
+            parse_inputs({"ok": Param(1, type="integer"), "costly": param})
+        [(field, message)] = err.value.problems
+        assert field == "inputs['costly']" and says in message
+        assert len(message) < 1000
+
+    def test_the_operator_refuses_it_when_the_dag_is_parsed(self) -> None:
+        with pytest.raises(InvalidApprovalConfig, match=r"inputs\['rows'\].*too costly"):
+            ApprovalOperator(
+                task_id="gate", title="Ship", inputs={"rows": Param(DISTINCT_OBJECTS, type="array", uniqueItems=True)}
+            )
+
+    def test_a_schema_times_a_value_is_bounded(self) -> None:
+        # 300 alternatives for each of 4,000 items, the last one matching: 1.2 million checks, refused.
+        alternatives = [*({"type": "string", "minLength": n} for n in range(299)), {"type": "integer"}]
+        schema = {"type": "array", "items": {"anyOf": alternatives}}
+        form = parse_inputs({"many": {"schema": schema, "value": []}})
+        with pytest.raises(InvalidInput, match=r"inputs\.many.*too costly to check"):
+            resolve_inputs(form, {"many": [1] * 4000}, approving=True)
+        # A large value of a plain schema is well within it.
+        plain = parse_inputs({"ids": {"schema": {"type": "array", "items": {"type": "integer"}}, "value": []}})
+        assert len(resolve_inputs(plain, {"ids": list(range(20_000))}, approving=True)["ids"]) == 20_000
+
+    def test_a_refusal_quoting_a_large_value_is_priced_too(self) -> None:
+        # jsonschema quotes the whole value in each refused branch: 299 of them, a hundred times over,
+        # for 72 KB of value took 10 s though few keywords ran.
+        alternatives = [*([{"type": "string"}] * 299), {"type": "object"}]
+        schema = {"$defs": {"a": {"anyOf": alternatives}}, "allOf": [{"$ref": "#/$defs/a"}] * 100}
+        form = {"x": {"schema": schema, "value": None, "required": False}}  # as stored before the budget
+        with pytest.raises(InvalidInput, match=r"inputs\.x.*too costly to check"):
+            resolve_inputs(form, {"x": {f"key{i:05d}": "v" * 8 for i in range(3000)}}, approving=True)
+
+    def test_one_budget_for_all_the_values_of_a_decision(self) -> None:
+        # Each value alone is within the budget; both together are not: the second is named.
+        rows = DISTINCT_OBJECTS[:350]
+        form = parse_inputs({"a": {"schema": UNIQUE, "value": []}, "b": {"schema": UNIQUE, "value": []}})
+        assert resolve_inputs(form, {"a": rows}, approving=True)["a"] == rows
+        with pytest.raises(InvalidInput) as err:
+            resolve_inputs(form, {"a": rows, "b": rows}, approving=True)
+        assert [field for field, _ in err.value.problems] == ["inputs.b"]
+
+    def test_only_the_root_names_a_dialect_so_every_pattern_runs_on_re2(self) -> None:
+        nested = {"properties": {"a": {"$schema": "http://json-schema.org/draft-07/schema#", "pattern": "^(a+)+$"}}}
+        with pytest.raises(InvalidInput, match=r"only the schema's root may name a dialect"):
+            parse_inputs({"x": {"schema": nested, "value": {}}})
+        # A $ref to a root that names its dialect stays on RE2 too (jsonschema's own class would backtrack for
+        # minutes), and so does a form stored before subschemas were refused a dialect.
+        rooted = {
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "properties": {"a": {"pattern": "^(a+)+$"}, "b": {"$ref": "#"}},
+        }
+        stored = {"value": None, "schema": nested, "required": True}
+        form = {**parse_inputs({"x": {"schema": rooted, "value": {}}}), "y": stored}
+        with pytest.raises(InvalidInput) as err:
+            resolve_inputs(form, {"x": {"b": {"a": "a" * 64 + "!"}}, "y": {"a": "a" * 64 + "!"}}, approving=True)
+        assert all("does not match" in message for _, message in err.value.problems)
+
+    def test_a_long_message_is_clipped_in_the_middle(self) -> None:
+        form = parse_inputs({"code": Param(type="string", pattern="^[0-9]+$")})
+        with pytest.raises(InvalidInput) as err:
+            resolve_inputs(form, {"code": "x" * 50_000}, approving=True)
+        [(_, message)] = err.value.problems
+        assert len(message) <= MAX_MESSAGE_LENGTH + 3 and message.endswith("does not match '^[0-9]+$'")
+
+
 class TestManager:
     @pytest.fixture
     def mgr(self, store: ApprovalStore) -> ApprovalManager:
@@ -190,6 +305,31 @@ class TestManager:
     def _votes(self, store: ApprovalStore, request_id: str) -> int:
         with store.session() as s:
             return s.scalar(select(func.count()).where(ApprovalVoteRow.request_id == request_id)) or 0
+
+    @pytest.mark.postgres
+    def test_values_are_checked_while_nobody_holds_the_request(
+        self, pg_store: ApprovalStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Issue 23: a costly value was checked under the row lock, and another approver's vote waited 15 s.
+        mgr = ApprovalManager(store=pg_store)
+        created = mgr.create(spec(inputs={"rows": {"schema": UNIQUE, "value": []}}))
+        checked: list[dict] = []
+
+        def lock_free_check(form: dict, given: dict | None, *, approving: bool) -> dict:
+            if given:
+                # Another approver takes the row at once, without waiting: nobody holds it.
+                with pg_store.engine.connect() as other:
+                    other.execute(
+                        text("SELECT id FROM approval_requests WHERE id = :id FOR UPDATE NOWAIT"), {"id": created.id}
+                    )
+                    other.rollback()
+                checked.append(dict(given))
+            return resolve_inputs(form, given, approving=approving)
+
+        monkeypatch.setattr(manager_module, "resolve_inputs", lock_free_check)
+        done = mgr.decide(created.id, Decision(action="approve", user=ALICE, source="api", inputs={"rows": [1, 2]}))
+        assert checked == [{"rows": [1, 2]}]
+        assert done.votes[0].inputs == {"rows": [1, 2]}
 
     def test_form_is_stored_with_the_request(self, mgr: ApprovalManager) -> None:
         created = mgr.create(spec(inputs=FORM))

@@ -107,3 +107,13 @@ def test_airflows_providers_manager_knows_it() -> None:
     manager = ProvidersManager()
     assert manager.providers[DISTRIBUTION].version == __version__
     assert get_hitl_cli_commands in manager.cli_command_functions
+
+
+def test_airflow_knows_our_secrets_as_sensitive(info: dict[str, Any]) -> None:
+    # What makes Airflow mask them and read their _CMD/_SECRET (shown end to end in test_settings.py).
+    from airflow.configuration import conf
+
+    declared = {name for name, doc in info["config"]["hitl"]["options"].items() if doc["sensitive"]}
+    assert declared == {"signing_key", "slack_signing_secret", "audit_key", "evidence_signing_key"}
+    known = {key for section, key in conf.sensitive_config_values if section == "hitl"}
+    assert known == declared

@@ -11,10 +11,11 @@ from airflow_hitl.exceptions import (
     AlreadyVoted,
     ApprovalNotFound,
     ApprovalNotPending,
+    ContentChanged,
     InvalidInput,
     NotAllowed,
 )
-from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.manager import ApprovalManager, Decision
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.models.tables import ApprovalVoteRow
 from airflow_hitl.policy import EscalationLevel, Principal
@@ -291,3 +292,89 @@ class TestAudit:
         assert vote.source == "slack"
         assert vote.details["client_address"] == "10.0.0.1"
         assert vote.details["vote"] == "approve"
+
+
+class TestContentDigest:
+    """A decision bound to what the decider saw: a different ``content_digest`` records nothing."""
+
+    @staticmethod
+    def escalated(mgr: ApprovalManager, clock: Clock) -> tuple[str, str]:
+        """A request escalated to carol: its id and the digest bob saw before the escalation."""
+        a = mgr.create(
+            spec(
+                allowed_approvers=["bob"],
+                timeout=dt.timedelta(minutes=1),
+                timeout_action="escalate",
+                escalation_targets=[EscalationLevel(approvers=("carol",), timeout=dt.timedelta(minutes=5))],
+                escalation_final_action="reject",
+            )
+        )
+        clock.advance(minutes=1)
+        assert mgr.apply_timeout(a.id).escalated
+        return a.id, a.content_digest
+
+    @pytest.mark.parametrize("action", ["approve", "reject"])
+    def test_a_stale_digest_records_nothing(
+        self, mgr: ApprovalManager, store: ApprovalStore, clock: Clock, action: str
+    ) -> None:
+        request_id, seen = self.escalated(mgr, clock)
+        before = mgr.get(request_id)
+        assert before.content_digest != seen  # the escalation widened the circle: another request
+        decision = Decision(action=action, user=BOB, source="api", reason="no", content_digest=seen)
+        with pytest.raises(ContentChanged, match="the request changed since you opened it") as raised:
+            mgr.decide(request_id, decision)
+        assert raised.value.status_code == 409
+        assert request_id in str(raised.value)
+        after = mgr.get(request_id)
+        assert vote_count(store, request_id) == 0
+        assert [e.event_type for e in mgr.events(request_id)] == ["requested", "escalated"]
+        assert (after.state, after.updated_at) == (before.state, before.updated_at)
+
+    def test_a_made_up_digest_records_nothing(self, mgr: ApprovalManager, store: ApprovalStore) -> None:
+        a = mgr.create(spec(allowed_approvers=["alice"]))
+        with pytest.raises(ContentChanged):
+            mgr.decide(a.id, Decision(action="approve", user=ALICE, source="api", content_digest="0" * 64))
+        assert vote_count(store, a.id) == 0
+        assert mgr.get(a.id).state == "pending"
+
+    @pytest.mark.parametrize("case", [str.lower, str.upper], ids=["lower", "upper"])
+    def test_the_current_digest_decides(self, mgr: ApprovalManager, clock: Clock, case) -> None:
+        request_id, _ = self.escalated(mgr, clock)
+        current = mgr.get(request_id).content_digest
+        done = mgr.decide(request_id, Decision(action="approve", user=CAROL, source="ui", content_digest=case(current)))
+        assert done.state == "approved"
+        assert done.content_digest == current
+        # The vote keeps what it was cast on, read back from the store (lower case, as written everywhere).
+        assert [v.content_digest for v in mgr.get(request_id).votes] == [current]
+
+    def test_without_a_digest_nothing_is_checked(self, mgr: ApprovalManager, clock: Clock) -> None:
+        request_id, seen = self.escalated(mgr, clock)
+        assert mgr.decide(request_id, Decision(action="approve", user=BOB, source="api")).state == "approved"
+        # The vote still records the request it decided: as it was under the lock.
+        [vote] = mgr.get(request_id).votes
+        assert vote.content_digest == mgr.get(request_id).content_digest != seen
+
+    @pytest.mark.parametrize(
+        "digest", ["abc", "g" * 64, "a" * 65, " " + "a" * 64, 64], ids=["short", "not-hex", "long", "space", "number"]
+    )
+    def test_a_malformed_digest_is_invalid_input_naming_it(
+        self, mgr: ApprovalManager, store: ApprovalStore, digest
+    ) -> None:
+        a = mgr.create(spec(allowed_approvers=["alice"]))
+        with pytest.raises(InvalidInput) as raised:
+            mgr.decide(a.id, Decision(action="approve", user=ALICE, source="api", content_digest=digest))
+        assert raised.value.field == "content_digest"
+        assert raised.value.status_code == 422
+        assert vote_count(store, a.id) == 0
+
+    def test_a_decided_request_says_so_rather_than_changed(self, mgr: ApprovalManager) -> None:
+        a = mgr.create(spec(allowed_approvers=["alice", "bob"]))
+        mgr.approve(a.id, user=ALICE)
+        with pytest.raises(ApprovalNotPending):
+            mgr.decide(a.id, Decision(action="approve", user=BOB, source="api", content_digest="0" * 64))
+
+    def test_another_approvers_vote_does_not_change_it(self, mgr: ApprovalManager) -> None:
+        a = mgr.create(spec(allowed_approvers=["alice", "bob"], required_approvals=2))
+        mgr.decide(a.id, Decision(action="approve", user=ALICE, source="api", content_digest=a.content_digest))
+        done = mgr.decide(a.id, Decision(action="approve", user=BOB, source="api", content_digest=a.content_digest))
+        assert done.state == "approved"

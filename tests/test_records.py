@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 from typing import Any
 
@@ -12,10 +13,23 @@ import pytest
 
 from airflow_hitl.api.datamodels import ApprovalResponse, VoteResponse
 from airflow_hitl.api.routes.approvals import CALLER_FIELDS, HIDDEN_FIELDS, _csv, _item
+from airflow_hitl.canonical import canonical_json
 from airflow_hitl.policy import EscalationLevel
-from airflow_hitl.records import Approval, Vote, decision_summary, jsonable, read_decision
+from airflow_hitl.records import (
+    SHOWN_FIELDS,
+    Approval,
+    Vote,
+    content_digest_of,
+    decision_summary,
+    jsonable,
+    read_decision,
+)
 
 T0 = dt.datetime(2026, 11, 30, 6, 43, 52, tzinfo=dt.timezone.utc)
+FORM = {
+    "ticket": {"value": "T-1", "schema": {"type": "string"}, "description": "Change ticket", "required": False},
+    "replicas": {"value": 3, "schema": {"type": "integer", "minimum": 1}, "description": None, "required": False},
+}
 
 
 def make_approval(**overrides: Any) -> Approval:
@@ -92,8 +106,13 @@ def test_to_dict_is_every_field_json_ready():
     expected["escalation_targets"] = [t.to_json() for t in approval.escalation_targets]
     expected["approvers"] = ["alice", "bob"]
     expected["approvals_needed"] = 2
+    expected["content_digest"] = approval.content_digest
     assert data == expected
-    assert list(data) == [f.name for f in dataclasses.fields(Approval)] + ["approvers", "approvals_needed"]
+    assert list(data) == [f.name for f in dataclasses.fields(Approval)] + [
+        "approvers",
+        "approvals_needed",
+        "content_digest",
+    ]
     assert data["requested_at"] == "2026-11-30T06:43:52+00:00"
     assert data["context"] == {"metrics": {"auc": 0.91}, "when": ["2026-11-30T06:43:52+00:00"]}
     assert data["votes"][0] == {
@@ -108,6 +127,7 @@ def test_to_dict_is_every_field_json_ready():
         "metadata": {"ticket": 7},
         "delegate": None,
         "inputs": {},
+        "content_digest": None,
     }
     json.dumps(data)  # JSON-ready all the way down
 
@@ -231,3 +251,73 @@ def test_notices_show_a_delegated_decision_as_bob_for_alice():
     text = render("decided", context).text
     assert "Approver: carol for bob (approvals: alice, carol for bob)" in text
     assert make_approval(decided_by=None, votes=()).decider is None
+
+
+class TestContentDigest:
+    """Approval.content_digest: SHA-256 of the RFC 8785 JSON of what approvers are shown."""
+
+    def test_it_is_the_digest_of_the_items_shown_fields(self):
+        # Anyone holding an item recomputes it from the item alone, with any RFC 8785 library.
+        item = json.loads(json.dumps(make_approval(inputs=FORM).to_dict()))
+        shown = {name: item[name] for name in SHOWN_FIELDS}
+        assert item["content_digest"] == hashlib.sha256(canonical_json(shown)).hexdigest()
+        assert len(item["content_digest"]) == 64
+
+    def test_it_is_stable(self):
+        # Same content, however built: the key order of the context and the form does not matter.
+        one = make_approval(context={"a": 1, "b": [1.0, {"y": 2, "x": 1}]}, inputs=FORM)
+        two = make_approval(context={"b": [1, {"x": 1, "y": 2}], "a": 1.0}, inputs=dict(reversed(FORM.items())))
+        assert one.content_digest == two.content_digest
+        assert one.content_digest == make_approval(context=one.context, inputs=FORM).content_digest
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"title": "Release 2.5"},
+            {"description": None},
+            {"reason": "hotfix"},
+            {"context": {"metrics": {"auc": 0.92}, "when": [T0]}},
+            {"inputs": {**FORM, "ticket": {**FORM["ticket"], "value": "T-2"}}},
+            {"allowed_approvers": ("alice", "bob", "dave")},
+            {"allowed_roles": ("Op",)},
+            {"required_approvals": 1},
+            {"require_all": True},
+        ],
+        ids=lambda change: next(iter(change)),
+    )
+    def test_what_approvers_are_shown_changes_it(self, change):
+        assert make_approval(**{"inputs": FORM, **change}).content_digest != make_approval(inputs=FORM).content_digest
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"state": "pending", "decided_by": None, "decided_at": None, "decision": None},
+            {"votes": ()},
+            {"expires_at": None, "updated_at": T0},
+            {"escalation_level": 0},
+            {"metadata": {"other": 1}, "notify": {}},
+        ],
+        ids=["state", "votes", "times", "escalation_level", "metadata"],
+    )
+    def test_votes_state_and_times_do_not(self, change):
+        # Another approver's vote does not change what this one is asked.
+        assert make_approval(**change).content_digest == make_approval().content_digest
+
+    def test_a_row_and_its_record_agree(self, store):
+        from airflow_hitl.manager import ApprovalManager, ApprovalSpec
+        from airflow_hitl.models.tables import ApprovalRequestRow
+
+        manager = ApprovalManager(store=store)
+        created = manager.create(
+            ApprovalSpec(
+                dag_id="release",
+                title="Ship",
+                context={"n": 2**60, "f": 0.1, "nested": {"b": 1, "a": [True, None]}},
+                allowed_approvers=("alice",),
+                inputs={"ticket": {"value": "T-1", "schema": {"type": "string"}}},
+            )
+        )
+        with store.session() as session:
+            row = session.get(ApprovalRequestRow, created.id)
+            assert content_digest_of(row) == created.content_digest
+        assert manager.get(created.id).content_digest == created.content_digest

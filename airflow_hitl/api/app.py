@@ -24,6 +24,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from airflow_hitl import __version__
 from airflow_hitl.api.limits import BodyLimitMiddleware
 from airflow_hitl.exceptions import (
+    ConfigInvalid,
     HitlError,
     InvalidInput,
     NotAllowed,
@@ -31,12 +32,18 @@ from airflow_hitl.exceptions import (
     StoreOutcomeUnknown,
     StoreUnavailable,
 )
-from airflow_hitl.settings import HitlSettings
+from airflow_hitl.settings import HitlSettings, check_options
 from airflow_hitl.version_compat import AIRFLOW_V_3_3_PLUS
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+
+
+#: At most this many field errors in one 422; the rest are counted in a last entry.
+MAX_ERRORS = 20
+#: Longest text of an error (a message, a ``loc`` part, a ``ctx`` value) echoed in a 422.
+MAX_ERROR_TEXT = 500
 
 
 async def _hitl_error(request: Request, exc: Exception) -> JSONResponse:
@@ -45,6 +52,11 @@ async def _hitl_error(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.reason if isinstance(exc, NotAllowed) else str(exc)
     if isinstance(exc, StoreError):
         return await _store_unavailable(request, exc)
+    if isinstance(exc, ConfigInvalid):
+        # The operator needs the option and its value (logged); the caller can only wait.
+        log.error("airflow-hitl is misconfigured: %s", exc)
+        options = ", ".join(f"[hitl] {name}" for name in exc.options)
+        detail = f"airflow-hitl is misconfigured ({options}); the api-server's log says how"
     if isinstance(exc, InvalidInput) and all(field.startswith("inputs.") for field, _ in exc.problems):
         # Form inputs answer in FastAPI's own 422 shape, one entry per field, so a client (the
         # decision modal) can put each message next to its input.
@@ -58,7 +70,36 @@ def input_errors(exc: InvalidInput) -> list[dict[str, Any]]:
     for field, message in exc.problems:
         name = field.removeprefix("inputs.")
         errors.append({"loc": ["body", "inputs", name], "msg": f"{name}: {message}", "type": "value_error"})
-    return errors
+    return capped_errors(errors)
+
+
+def _clipped(value: Any) -> Any:
+    """``value`` with every text in it cut to :data:`MAX_ERROR_TEXT` characters (lists and dicts walked)."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_ERROR_TEXT else value[:MAX_ERROR_TEXT] + "…"
+    if isinstance(value, (list, tuple)):
+        return [_clipped(v) for v in value[:MAX_ERRORS]]
+    if isinstance(value, dict):
+        return {_clipped(str(k)): _clipped(v) for k, v in list(value.items())[:MAX_ERRORS]}
+    return value
+
+
+def capped_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At most :data:`MAX_ERRORS` field errors, their texts clipped, and one last entry counting the rest.
+
+    A body of 80,000 unknown fields is 80,000 errors: answered in full it was a 6.6 MB 422.
+    """
+    shown = [_clipped(error) for error in errors[:MAX_ERRORS]]
+    left_out = len(errors) - len(shown)
+    if left_out > 0:
+        shown.append(
+            {
+                "loc": ["body"],
+                "msg": f"{left_out} more error{'s' if left_out > 1 else ''} not shown",
+                "type": "too_many_errors",
+            }
+        )
+    return shown
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -102,16 +143,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
                 content={"detail": auth_error.detail},
                 headers=dict(auth_error.headers or {}),
             )
-    return JSONResponse(
-        status_code=422,
-        # The offending ``input`` is not echoed: it can be huge, or not JSON at all (NaN).
-        content={
-            "detail": jsonable_encoder(
-                [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()],
-                custom_encoder={Exception: str},
-            )
-        },
-    )
+    # The offending ``input`` is not echoed: it can be huge, or not JSON at all (NaN); nor more
+    # than MAX_ERRORS errors, each clipped.
+    errors = exc.errors()
+    shown = [{k: v for k, v in error.items() if k != "input"} for error in errors[:MAX_ERRORS]]
+    encoded = jsonable_encoder(shown, custom_encoder={Exception: str})
+    return JSONResponse(status_code=422, content={"detail": capped_errors([*encoded, *errors[MAX_ERRORS:]])})
 
 
 def freeze_startup_heap() -> bool:
@@ -136,6 +173,8 @@ async def _drainer_lifespan(app: FastAPI) -> AsyncIterator[None]:
     from airflow_hitl.notifications.drainer import ensure_drainer_started, stop_drainer
 
     app.state.hitl_lifespan = True
+    # A misspelt [hitl] option stops the api-server's start, naming it, before anything runs on it.
+    check_options()
     ensure_drainer_started()
     ensure_gate_closer_started()
     freeze_startup_heap()
@@ -153,6 +192,11 @@ async def _start_drainer_lazily(request: Request, call_next: Callable[[Request],
         from airflow_hitl.api.gate_closer import ensure_gate_closer_started
         from airflow_hitl.notifications.drainer import ensure_drainer_started
 
+        try:
+            check_options()
+        except ConfigInvalid as err:
+            # Nothing starts, and every request says so, until the option is fixed.
+            return await _hitl_error(request, err)
         request.app.state.hitl_lifespan = True
         ensure_drainer_started()
         ensure_gate_closer_started()
@@ -169,6 +213,7 @@ def create_app(*, outbox_drainer: bool = False) -> FastAPI:
     """
     from airflow_hitl.api.routes.approvals import router as approvals_router
     from airflow_hitl.api.routes.delegations import router as delegations_router
+    from airflow_hitl.api.routes.evidence import router as evidence_router
     from airflow_hitl.api.routes.notifications import router as notifications_router
     from airflow_hitl.api.routes.ui import router as ui_router
 
@@ -194,6 +239,8 @@ def create_app(*, outbox_drainer: bool = False) -> FastAPI:
     app.include_router(approvals_router, prefix=API_PREFIX)
     app.include_router(notifications_router, prefix=API_PREFIX)
     app.include_router(delegations_router, prefix=API_PREFIX)
+    # Signed evidence; its JWKS is the one route of the API that needs no token (public keys).
+    app.include_router(evidence_router, prefix=API_PREFIX)
     # The Approvals pages (/hitl/ui/...), embedded in the Airflow UI through external_views.
     app.include_router(ui_router)
 

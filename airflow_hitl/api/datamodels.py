@@ -29,7 +29,7 @@ from pydantic_core import CoreSchema
 
 from airflow_hitl.forms import MAX_NAME_LENGTH
 from airflow_hitl.limits import INT32_MAX, MAX_TIMEOUT_SECONDS, json_problem
-from airflow_hitl.settings import conf_get
+from airflow_hitl.settings import conf_getint
 
 # A bulk call decides one request per transaction; a bound keeps one call from holding a
 # worker thread for minutes.
@@ -44,7 +44,7 @@ _JSON_HELP = "A JSON object within `[hitl] max_json_bytes` and `[hitl] max_json_
 def _limit(name: str) -> int:
     # Read when a body is validated, never at import: tests and deployments change them. One
     # option at a time: loading all of HitlSettings is ~20 config reads, on every decision.
-    return int(conf_get(name))
+    return conf_getint(name)
 
 
 class StorableBody(BaseModel):
@@ -122,6 +122,13 @@ Names = Annotated[list[Name], Field(default_factory=list, max_length=1000)]
 TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=1, le=INT32_MAX)]
 RequiredText = Annotated[Text, Field(description=f"Required. {_TEXT_HELP}")]
+_DIGEST_HELP = (
+    "The request's `content_digest` as you were shown it. If the request changed since (an escalation, "
+    "another form), the answer is 409 and nothing is recorded. Omitted: not checked."
+)
+#: A request's ``content_digest``: SHA-256 in hex (upper case is read as lower case).
+Digest = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$", to_lower=True)]
+ContentDigest = Annotated[Digest | None, Field(description=_DIGEST_HELP)]
 #: The delegator whose vote the caller casts (see "Delegation" in the README).
 OnBehalfOf = Annotated[
     Name | None,
@@ -144,6 +151,7 @@ class ApproveBody(_Body):
         "fill the rest. A value the input's schema refuses, or an unknown name, is a 422 naming the field "
         f"(`loc` ends with the input's name). {_JSON_HELP}",
     )
+    content_digest: ContentDigest = None
 
     _clean_comment = field_validator("comment")(_blank_to_none)
     _bounded = field_validator("metadata", "inputs")(_bounded_json)
@@ -155,9 +163,17 @@ class RejectBody(_Body):
     reason: RequiredText
     comment: Text | None = Field(default=None, description=_TEXT_HELP)
     on_behalf_of: OnBehalfOf = None
+    inputs: dict[str, Any] | None = Field(
+        default=None,
+        description="Values for some of the request's form inputs, kept with the rejection (say, the ticket that "
+        "explains why): none is required and defaults are not filled in; a value the input's schema refuses, or an "
+        f"unknown name, is a 422 naming the field. {_JSON_HELP}",
+    )
+    content_digest: ContentDigest = None
 
     _clean_comment = field_validator("comment")(_blank_to_none)
     _reason_given = field_validator("reason")(_not_blank)
+    _bounded = field_validator("inputs")(_bounded_json)
 
 
 class CancelBody(_Body):
@@ -177,6 +193,12 @@ class BulkBody(_Body):
     action: Literal["approve", "reject", "cancel"]
     comment: Text | None = Field(default=None, description=_TEXT_HELP)
     reason: Text | None = Field(default=None, description=f"Required to reject or cancel. {_TEXT_HELP}")
+    content_digests: dict[Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH)], Digest] | None = Field(
+        default=None,
+        max_length=MAX_BULK_IDS,
+        description="Per id, the `content_digest` you were shown: an id whose request changed since gets 409 in "
+        "its result and nothing is recorded for it. An id left out is not checked. Not with `cancel`.",
+    )
 
     _clean_comment = field_validator("comment", "reason")(_blank_to_none)
 
@@ -184,6 +206,13 @@ class BulkBody(_Body):
     def _reason_when_needed(self) -> BulkBody:
         if self.action in ("reject", "cancel") and not self.reason:
             raise ValueError(f"`reason` is required to {self.action}")
+        if self.content_digests:
+            # A digest that is not checked would only look like a safeguard.
+            if self.action == "cancel":
+                raise ValueError("`content_digests` go with approve or reject; a cancel is not checked against one")
+            unknown = sorted(set(self.content_digests) - set(self.ids))[:5]
+            if unknown:
+                raise ValueError(f"`content_digests` names ids that are not in `ids`: {unknown}")
         return self
 
 
@@ -285,6 +314,11 @@ class VoteResponse(_Response):
     metadata: dict[str, Any] = Field(default_factory=dict)
     delegate: str | None = Field(default=None, description="Who cast this vote for `user` through a delegation.")
     inputs: dict[str, Any] = Field(default_factory=dict, description="The form inputs this voter submitted.")
+    content_digest: str | None = Field(
+        default=None,
+        description="The request's `content_digest` when this vote was cast: what the voter decided on. "
+        "Null for votes recorded before digests.",
+    )
 
 
 class NoticeResponse(_Response):
@@ -350,6 +384,11 @@ class ApprovalResponse(_Response):
         default_factory=dict,
         description="The form approvers fill in: input name -> `value` (the default), `schema` (JSON Schema), "
         "`description` and `required` (no default: an approval must give it).",
+    )
+    content_digest: str = Field(
+        description="SHA-256 (hex) of the RFC 8785 canonical JSON of what approvers are shown: the object of this "
+        "item's `title`, `description`, `reason`, `context`, `inputs`, `allowed_approvers`, `allowed_roles`, "
+        "`required_approvals` and `require_all`. Send it with a decision to decide only what you saw."
     )
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -424,6 +463,47 @@ class DelegationCollectionResponse(_Response):
     total_entries: int
 
 
+class EvidenceResponse(_Response):
+    """A request's signed evidence."""
+
+    jws: str = Field(
+        description="Compact JWS (alg EdDSA, the key's RFC 7638 thumbprint as `kid`): the request, its policy and "
+        "`content_digest`, every vote and the request's audit events with their chain hashes. Verify it with "
+        "`/evidence/jwks.json` (`airflow hitl evidence verify`)."
+    )
+
+
+class RunEvidenceItem(_Response):
+    """The signed evidence of one gate of a run."""
+
+    approval_id: str
+    jws: str
+
+
+class RunEvidenceResponse(_Response):
+    """The evidence of a run's gates (those on DAGs the caller may read), and how many there are in all."""
+
+    evidence: list[RunEvidenceItem]
+    total_entries: int
+
+
+class JwkResponse(_Response):
+    """One evidence key's public half as a JWK (RFC 8037)."""
+
+    kty: Literal["OKP"]
+    crv: Literal["Ed25519"]
+    x: str
+    kid: str = Field(description="The key's RFC 7638 thumbprint: the `kid` in the header of what it signed.")
+    alg: Literal["EdDSA"]
+    use: Literal["sig"]
+
+
+class JwksResponse(_Response):
+    """The public evidence keys: the current one first, then earlier ones still listed after a rotation."""
+
+    keys: list[JwkResponse]
+
+
 class FieldError(_Response):
     """One problem with the input: where (``loc``, ending with the field's name), what, and its kind."""
 
@@ -444,7 +524,8 @@ _ERROR_DESCRIPTIONS = {
     401: "No token, or an invalid or expired one.",
     403: "Authenticated but not allowed (the reason is in `detail`).",
     404: "No approval request with this id.",
-    409: "The request is no longer pending, or the caller has already voted.",
+    409: "The request is no longer pending, the caller has already voted, or the request changed since the "
+    "caller saw it (`content_digest`).",
     413: "The body is larger than `[hitl] max_request_bytes`.",
     422: "Invalid input; `detail` names the field.",
     503: "The approval store is unavailable; nothing was changed unless `detail` says the outcome is unknown. "

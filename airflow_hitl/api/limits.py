@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from airflow_hitl.settings import conf_get
+from airflow_hitl.settings import conf_getint
 
 _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -29,7 +29,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         # The one option this needs: the whole HitlSettings is ~20 reads on every request.
-        limit = int(conf_get("max_request_bytes"))
+        limit = conf_getint("max_request_bytes")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         declared = headers.get("content-length", "")
         if declared.strip().isdigit() and int(declared) > limit:

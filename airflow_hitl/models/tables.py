@@ -140,6 +140,10 @@ class ApprovalRequestRow(Base):
     decision: Mapped[str | None] = mapped_column(String(20))
     decision_source: Mapped[str | None] = mapped_column(String(20))
     comment: Mapped[str | None] = mapped_column(Text)
+    # Who took the one claim to end the closed gate's task in Airflow, and when (NULL: nobody
+    # yet): the api-server's gate closer or the gate's trigger, never both (airflow_hitl.gate_ends).
+    task_ended_by: Mapped[str | None] = mapped_column(String(250))
+    task_ended_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
 
     # ``metadata`` is reserved by SQLAlchemy's declarative classes; the column keeps its name.
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, nullable=False, default=dict)
@@ -200,6 +204,8 @@ class ApprovalVoteRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
     # Who actually cast a vote counted as ``user``'s, through a delegation (NULL: ``user`` did).
     delegate: Mapped[str | None] = mapped_column(String(250))
+    # SHA-256 (hex) of what the voter was shown when they voted (NULL: not known).
+    content_digest: Mapped[str | None] = mapped_column(String(64))
 
     request: Mapped[ApprovalRequestRow] = relationship(back_populates="votes")
 
@@ -210,7 +216,7 @@ class ApprovalVoteRow(Base):
 
 
 class ApprovalEventRow(Base):
-    """Append-only audit trail; each row carries the hash of the one before it."""
+    """Append-only audit trail; each row carries the hash (keyed: the HMAC) of the one before it."""
 
     __tablename__ = "approval_events"
 
@@ -225,6 +231,8 @@ class ApprovalEventRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
     prev_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    # The fingerprint of the key ``hash`` is an HMAC under (never the key); NULL: plain SHA-256.
+    key_id: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (Index(None, "request_id", "seq"),)
 

@@ -158,6 +158,17 @@ def _slack_text(value: str, limit: int = 2900) -> str:
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
+def button_value(approval: Approval) -> str:
+    """An Approve / Reject button's value: ``<request id>:<content digest>``."""
+    return f"{approval.id}:{approval.content_digest}"
+
+
+def read_button_value(value: str) -> tuple[str, str | None]:
+    """The request id and the digest of a button's value (None from a message sent before digests)."""
+    request_id, _, digest = value.partition(":")
+    return request_id, digest or None
+
+
 def approval_blocks(
     approval: Approval,
     *,
@@ -210,20 +221,23 @@ def approval_blocks(
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_text("\n".join(lines))}})
     elements: list[dict[str, Any]] = []
     if buttons:
+        # The request and the digest of what this message shows (101 characters; Slack allows 2000):
+        # a click on a message older than the request's last change records nothing.
+        value = button_value(approval)
         elements += [
             {
                 "type": "button",
                 "action_id": APPROVE_ACTION_ID,
                 "style": "primary",
                 "text": {"type": "plain_text", "text": "Approve"},
-                "value": approval.id,
+                "value": value,
             },
             {
                 "type": "button",
                 "action_id": REJECT_ACTION_ID,
                 "style": "danger",
                 "text": {"type": "plain_text", "text": "Reject"},
-                "value": approval.id,
+                "value": value,
             },
         ]
     if details_url:

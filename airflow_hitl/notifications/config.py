@@ -1,7 +1,8 @@
 """Typed view of the notification options of the ``[hitl]`` section.
 
 The options are declared, with their defaults, in :data:`airflow_hitl.settings.OPTIONS` and
-read through :func:`airflow_hitl.settings.conf_get`, like every other ``[hitl]`` option.
+read through :mod:`airflow_hitl.settings`, like every other ``[hitl]`` option: numbers as Airflow
+reads them, a misspelt one an error naming it.
 Secrets (the link signing key, Slack's signing secret) are read where they are used, and
 never logged.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 __all__ = ["NotifySettings", "conf_get"]
 
-from airflow_hitl.settings import conf_get
+from airflow_hitl.settings import conf_get, read_options
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +59,21 @@ class NotifySettings:
     @classmethod
     def load(cls) -> NotifySettings:
         """Read the current configuration (environment variables included)."""
+        # Numbers as Airflow reads them: a misspelt one is ConfigInvalid naming it (all at once).
+        number = read_options(
+            ("notify_max_retries", "notify_retry_backoff", "notify_retry_max_backoff", "link_max_age")
+        )
         roles = {str(k): [str(u) for u in v] for k, v in _json_mapping("role_members").items() if isinstance(v, list)}
         return cls(
             smtp_conn_id=conf_get("notify_smtp_conn_id"),
             slack_conn_id=conf_get("notify_slack_conn_id"),
             webhook_conn_id=conf_get("notify_webhook_conn_id"),
             from_email=conf_get("notify_from_email"),
-            max_retries=max(0, int(conf_get("notify_max_retries"))),
-            retry_backoff=max(0.0, float(conf_get("notify_retry_backoff"))),
-            retry_max_backoff=max(0.0, float(conf_get("notify_retry_max_backoff"))),
+            max_retries=max(0, number["notify_max_retries"]),
+            retry_backoff=max(0.0, number["notify_retry_backoff"]),
+            retry_max_backoff=max(0.0, number["notify_retry_max_backoff"]),
             user_emails={str(k): str(v) for k, v in _json_mapping("user_emails").items()},
             slack_users={str(k): str(v) for k, v in _json_mapping("slack_users").items()},
             role_members=roles,
-            link_max_age=float(conf_get("link_max_age")),
+            link_max_age=float(number["link_max_age"]),
         )

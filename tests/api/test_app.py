@@ -19,11 +19,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from airflow_hitl import __version__
-from airflow_hitl.api.app import API_PREFIX, create_app, input_errors
+from airflow_hitl.api.app import API_PREFIX, MAX_ERROR_TEXT, MAX_ERRORS, create_app, input_errors
 from airflow_hitl.api.datamodels import RejectBody
 from airflow_hitl.exceptions import (
     AlreadyVoted,
     ApprovalNotFound,
+    ConfigInvalid,
     InvalidInput,
     LinkAlreadyUsed,
     NotAllowed,
@@ -52,6 +53,7 @@ RAISED: dict[str, Exception] = {
     "operational": UNANSWERED,
     "interface": InterfaceError("SELECT 1", {}, Exception("connection closed by db.internal")),
     "pool-timeout": SQLAlchemyTimeoutError("QueuePool limit of size 5 reached"),
+    "config": ConfigInvalid("auto_migrate", "'Ture' is not a boolean"),
 }
 NOTHING_CHANGED = "the approval store is unavailable; nothing was changed, retry later"
 DRAINER_THREAD = "hitl-outbox-drainer"
@@ -147,6 +149,38 @@ class TestErrorHandlers:
         assert "approval store unavailable on GET /raise/" in caplog.text
 
 
+class TestMisconfiguration:
+    def test_an_option_that_cannot_be_read_is_503_naming_it(
+        self, client: TestClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        response = client.get("/raise/config")
+        assert response.status_code == 503
+        assert response.json() == {
+            "detail": "airflow-hitl is misconfigured ([hitl] auto_migrate); the api-server's log says how"
+        }
+        # The value is for the operator's log, not for the caller.
+        assert "Ture" not in response.text and "'Ture' is not a boolean" in caplog.text
+
+    def test_the_api_server_does_not_start_with_a_misspelt_option(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # Airflow's api-server enters this lifespan as it starts: the start fails, naming the option.
+        monkeypatch.setenv("AIRFLOW__HITL__AUTO_MIGRATE", "Ture")
+        app = create_app(outbox_drainer=True)
+        with (
+            pytest.raises(ConfigInvalid, match=r"^invalid \[hitl\] auto_migrate: 'Ture' is not a boolean"),
+            TestClient(app),
+        ):
+            pass
+        assert not _drainer_running()
+
+    def test_a_limit_read_while_a_body_is_checked_is_503_naming_it(
+        self, client: TestClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("AIRFLOW__HITL__MAX_COMMENT_LENGTH", "4k")
+        response = client.post("/reject-body", json={"reason": "no"})
+        assert response.status_code == 503
+        assert "[hitl] max_comment_length" in response.json()["detail"]
+
+
 class TestValidationErrors:
     def test_outside_the_api_a_bad_body_is_422_without_echoing_it(self, client: TestClient) -> None:
         response = client.post("/reject-body", json={"reason": "x" * 5000, "user_id": "mallory"})
@@ -173,6 +207,34 @@ class TestValidationErrors:
         errors = response.json()["detail"]
         assert {e["loc"][-1] for e in errors} == {"reason", "secret"}
         assert "s3cr3t" not in response.text
+
+    def test_thousands_of_unknown_fields_answer_a_few_errors_and_say_how_many_more(self, client: TestClient) -> None:
+        # 877 KiB of unknown fields answered in full was a 6.6 MB 422.
+        body = {f"field_{i:06d}_{'x' * 40}": i for i in range(16_000)}
+        body["reason"] = "fine"
+        response = client.post("/reject-body", json=body)
+        assert response.status_code == 422
+        errors = response.json()["detail"]
+        assert len(errors) == MAX_ERRORS + 1
+        assert errors[-1] == {
+            "loc": ["body"],
+            "msg": f"{16_000 - MAX_ERRORS} more errors not shown",
+            "type": "too_many_errors",
+        }
+        assert all(e["type"] == "extra_forbidden" for e in errors[:-1])
+        assert len(response.content) < 10_000
+
+    def test_a_long_field_name_is_clipped_in_the_answer(self, client: TestClient) -> None:
+        response = client.post("/reject-body", json={"reason": "fine", "k" * 100_000: 1})
+        assert response.status_code == 422
+        [error] = response.json()["detail"]
+        assert error["loc"] == ["body", "k" * MAX_ERROR_TEXT + "…"]
+        assert len(response.content) < 2_000
+
+    def test_many_form_input_errors_are_capped_too(self) -> None:
+        error = InvalidInput.of([(f"inputs.n{i}", "is required") for i in range(100)])
+        errors = input_errors(error)
+        assert len(errors) == MAX_ERRORS + 1 and errors[-1]["msg"] == f"{100 - MAX_ERRORS} more errors not shown"
 
 
 class TestWiring:

@@ -19,13 +19,18 @@ session; its path is printed at start-up.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.models.store import ApprovalStore
 from tests.e2e.harness import AirflowHarness, create_database, drop_database
 from tests.e2e.mail import MailServer, serve_mail
 from tests.helpers import StatsdListener
@@ -37,6 +42,8 @@ _running: dict[str, AirflowHarness] = {}
 _last_user: dict[str, str] = {}
 _STACKS = ("airflow", "notifying_airflow")
 RESUME_DAGS = Path(__file__).resolve().parent / "dags_resume"
+#: ``[hitl] audit_key`` of every process of ``notifying_airflow`` (and of its harness's manager).
+AUDIT_KEY = "e2e audit key: " + secrets.token_urlsafe(24)
 E2E_DIR = Path(__file__).resolve().parent
 
 
@@ -112,9 +119,19 @@ def notifying_airflow(
             "AIRFLOW__METRICS__STATSD_ON": "True",
             "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
             "AIRFLOW__METRICS__STATSD_PORT": str(statsd.port),
+            # Keys the audit chain of every process (tests/e2e/test_audit_e2e.py).
+            "AIRFLOW__HITL__AUDIT_KEY": AUDIT_KEY,
+            # Signs every request's evidence (tests/e2e/test_evidence_e2e.py): a key of this session only.
+            "AIRFLOW__HITL__EVIDENCE_SIGNING_KEY": Ed25519PrivateKey.generate()
+            .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            .decode(),
         }
     )
     harness.env.update(env)
+    # The tests' own manager writes the same store (decisions made "by hand"): with the stack's
+    # audit key, or the keyed chain would refuse its events.
+    harness._store = ApprovalStore(url=store_url)
+    harness._manager = ApprovalManager(store=harness._store, audit_key=AUDIT_KEY)
     try:
         yield from run_stack("notifying_airflow", harness)
     finally:

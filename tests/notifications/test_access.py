@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 import pytest
 
 from airflow_hitl.manager import ApprovalManager, ApprovalSpec
+from airflow_hitl.notifications.access import delegator_refusal
 from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.notifications.signing import slack_signature
@@ -131,3 +132,22 @@ class TestAccessLog:
         assert len(access) == 4, logs
         for secret in (token, payload, signature):
             assert not [entry for entry in logs if secret in repr(entry)], f"{secret[:12]}... was logged"
+
+
+class TestDelegatorRefusal:
+    """What a delegate's vote asks about the delegator, on the real auth manager (SimpleAuthManager)."""
+
+    @pytest.mark.parametrize(
+        ("delegator", "refusal"),
+        [
+            pytest.param("alice", None, id="may-edit"),
+            pytest.param("viewer", "viewer does not have edit access to DAG 'billing'", id="read-only"),
+            pytest.param("carol", "'carol' is not a user of this Airflow", id="unknown"),
+        ],
+    )
+    def test_the_delegators_own_edit_access_now(self, app: AirflowApi, delegator: str, refusal: str | None) -> None:
+        assert delegator_refusal(delegator, "billing") == refusal
+
+    def test_a_role_change_counts_at_once(self, app: AirflowApi, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "alice:viewer,bob:user")
+        assert delegator_refusal("alice", "billing") == "alice does not have edit access to DAG 'billing'"

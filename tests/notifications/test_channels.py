@@ -382,8 +382,9 @@ class TestApprovalBlocks:
         assert sorted(lines[1:]) == ["• *percent* (default: 10)", "• *ticket* (required)"]
         assert actions["block_id"] == f"hitl:{gate.id}"
         assert [(e["action_id"], e.get("value"), e.get("url")) for e in actions["elements"]] == [
-            (APPROVE_ACTION_ID, gate.id, None),
-            (REJECT_ACTION_ID, gate.id, None),
+            # The request and the digest of what the message shows: a click on an older message is refused.
+            (APPROVE_ACTION_ID, f"{gate.id}:{gate.content_digest}", None),
+            (REJECT_ACTION_ID, f"{gate.id}:{gate.content_digest}", None),
             ("hitl_open", None, "http://hitl.test/x"),
         ]
         assert footer["elements"] == [{"type": "mrkdwn", "text": "For &lt;@U1&gt;"}]

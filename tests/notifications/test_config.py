@@ -2,7 +2,7 @@
 
 Set through environment variables, read as Airflow reads them. A JSON option that is not a
 JSON object is logged and ignored rather than failing every notice; numbers below zero are
-taken as zero.
+taken as zero; a number that is not one is an error naming the option.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 
 import pytest
 
+from airflow_hitl.exceptions import ConfigInvalid
 from airflow_hitl.notifications.config import NotifySettings
 
 
@@ -90,3 +91,13 @@ def test_blank_json_options_are_empty(monkeypatch: pytest.MonkeyPatch, caplog: p
         settings = NotifySettings.load()
     assert (settings.user_emails, settings.slack_users, settings.role_members) == ({}, {}, {})
     assert caplog.text == ""
+
+
+def test_a_number_that_is_not_one_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Read as Airflow's conf.getint / getfloat read them: never silently the default.
+    monkeypatch.setenv("AIRFLOW__HITL__NOTIFY_MAX_RETRIES", "three")
+    monkeypatch.setenv("AIRFLOW__HITL__LINK_MAX_AGE", "a week")
+    with pytest.raises(ConfigInvalid) as err:
+        NotifySettings.load()
+    assert err.value.options == ["notify_max_retries", "link_max_age"]
+    assert "[hitl] notify_max_retries: 'three' is not an integer" in str(err.value)

@@ -76,7 +76,7 @@ class TestDispatch:
         assert sorted(p.params["channel"] for p in posts) == ["UALICE001", "UBOB00001"]
         actions = next(b for b in posts[0].params["blocks"] if b["type"] == "actions")
         assert [e["action_id"] for e in actions["elements"]][:2] == ["hitl_approve", "hitl_reject"]
-        assert actions["elements"][0]["value"] == gate.id
+        assert actions["elements"][0]["value"] == f"{gate.id}:{gate.content_digest}"
         assert all(r.metadata.get("ts") for r in rows if r.channel == "slack")
 
         assert len(webhook_receiver.deliveries) == 1
@@ -84,6 +84,7 @@ class TestDispatch:
         assert delivery["valid"]
         assert delivery["body"]["event"] == "required"
         assert delivery["body"]["approval"]["id"] == gate.id
+        assert delivery["body"]["approval"]["content_digest"] == gate.content_digest
 
         assert manager.unread_count("alice") == 1
 

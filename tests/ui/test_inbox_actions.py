@@ -6,6 +6,7 @@ gates read.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Callable
 from urllib.parse import quote
@@ -13,6 +14,8 @@ from urllib.parse import quote
 import pytest
 from playwright.sync_api import Page, expect
 
+from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.spec import utcnow
 from tests.e2e.harness import AirflowHarness, wait_until
 from tests.ui.conftest import PHONE
 from tests.ui.test_approvals_tab import card, login, open_gate
@@ -170,3 +173,44 @@ class TestTaskTab:
             assert width[0] <= width[1], width
         for approval_id in (first, second):
             airflow.manager.cancel(approval_id, actor="admin", reason="test cleanup", source="api")
+
+
+class TestChangedSinceShown:
+    """The pages send the digest of the request they showed: a request changed since is not decided."""
+
+    def test_a_request_escalated_while_confirming_is_not_approved_and_is_shown_anew(
+        self, airflow: AirflowHarness, new_page: PageFactory
+    ) -> None:
+        # Opened over the API (no task): it escalates to carol when its hour is up.
+        body = {
+            "dag_id": "e2e_gate",
+            "title": "Rotate the signing keys",
+            "allowed_approvers": ["alice"],
+            "timeout_seconds": 3600,
+            "timeout_action": "escalate",
+            "escalate_to": [{"approvers": ["carol"], "roles": [], "timeout_seconds": 36000}],
+            "escalation_final_action": "reject",
+        }
+        approval_id = airflow.api("POST", "/hitl/api/v1/approvals", json_body=body, expect=(201,)).json()["id"]
+        seen = airflow.manager.get(approval_id).content_digest
+        page = new_page()
+        login(page, airflow, "alice", "/hitl/ui/")
+        card(page, approval_id).get_by_role("button", name="Review").click()
+        modal = page.locator("#modal")
+        modal.locator("#m-approve").click()
+        expect(modal.locator("#m-confirm")).to_be_visible()
+        # While alice confirms, the hour passes for the gate (a manager whose clock is later).
+        later = ApprovalManager(store=airflow.manager.store, clock=lambda: utcnow() + dt.timedelta(hours=1, minutes=1))
+        assert later.apply_timeout(approval_id).escalated
+        modal.locator("#m-confirm-ok").click()
+        expect(page.locator("#toast")).to_contain_text("the request changed since you opened it")
+        expect(modal.locator("#m-error")).to_contain_text("Not recorded")
+        assert airflow.manager.get(approval_id).votes == ()
+        # The view shows the request as it is now (escalated); confirming that decides it.
+        expect(modal.locator("#m-state")).to_have_text("escalated")
+        assert airflow.manager.get(approval_id).content_digest != seen
+        modal.locator("#m-approve").click()
+        modal.locator("#m-confirm-ok").click()
+        expect(modal).to_be_hidden()
+        decided = airflow.manager.get(approval_id)
+        assert (decided.state, decided.decided_by, decided.decision_source) == ("approved", "alice", "ui")

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel
 
@@ -51,10 +51,11 @@ from airflow_hitl.exceptions import HitlError, InvalidInput
 from airflow_hitl.identity import roles_of as delegator_roles
 from airflow_hitl.limits import INT32_MAX, text_problem, time_problem
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec, Decision
+from airflow_hitl.notifications.access import delegator_refusal
 from airflow_hitl.policy import EscalationLevel
 from airflow_hitl.queries import SNAPSHOT_CACHE_SIZE, Kept
 from airflow_hitl.records import Approval
-from airflow_hitl.vocabulary import STATES, TERMINAL_STATES
+from airflow_hitl.vocabulary import CLIENT_DETAIL_HEADERS, CLIENT_HEADER, REST_SOURCES, STATES, TERMINAL_STATES
 
 router = APIRouter(
     prefix="/approvals",
@@ -92,6 +93,8 @@ CSV_COLUMNS = (
     "required_approvals",
     "approvers",
     "votes",
+    # What the approvers were shown when it was decided (see Approval.content_digest).
+    "content_digest",
 )
 
 
@@ -183,7 +186,9 @@ def _caller_fields(
         if refusal is None:
             own = manager.can_approve(caller.principal, approval)
             # The caller's active delegations (read once per list) may let them decide for someone.
-            eligibility = manager.can_decide(caller.principal, approval, own, delegations, roles_of=delegator_roles)
+            eligibility = manager.can_decide(
+                caller.principal, approval, own, delegations, roles_of=delegator_roles, access=delegator_refusal
+            )
             data["can_approve"], data["can_approve_reason"] = eligibility.allowed, eligibility.reason
             data["can_approve_for"] = eligibility.on_behalf_of
         else:
@@ -292,6 +297,38 @@ Origin = Annotated[
     Query(description="`task`: only task instances' gates; `api`: only requests opened over the REST API."),
 ]
 MapIndex = Annotated[int | None, Query(ge=-1, le=INT32_MAX, description="Task map index (-1: not mapped).")]
+
+
+def _rest_source(value: str | None) -> str | None:
+    if value is not None and value not in REST_SOURCES:
+        raise ValueError(f"must be one of {list(REST_SOURCES)}")
+    return value
+
+
+def rest_channel(
+    x_hitl_client: Annotated[
+        str | None,
+        Header(
+            alias=CLIENT_HEADER,
+            description="`cli` when the command line sends the decision (recorded as its source); default `api`. "
+            "Only a label: who decides is always the token's user.",
+        ),
+        AfterValidator(_rest_source),
+    ] = None,
+    os_user: Annotated[
+        str | None, Header(alias=CLIENT_DETAIL_HEADERS["os_user"], max_length=255), AfterValidator(_storable_text)
+    ] = None,
+    hostname: Annotated[
+        str | None, Header(alias=CLIENT_DETAIL_HEADERS["hostname"], max_length=255), AfterValidator(_storable_text)
+    ] = None,
+) -> tuple[str, dict[str, Any]]:
+    """The source of a REST decision (``api`` or ``cli``) and, for the CLI, where it says it ran."""
+    if x_hitl_client != "cli":
+        return "api", {}
+    return "cli", {k: v for k, v in {"os_user": os_user, "hostname": hostname}.items() if v is not None}
+
+
+RestChannel = Annotated[tuple[str, dict[str, Any]], Depends(rest_channel)]
 
 
 @router.get("", response_model=ApprovalCollectionResponse, summary="List approval requests")
@@ -513,9 +550,11 @@ def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Re
 
 
 @router.post("/{approval_id}/approve", response_model=ApprovalResponse, summary="Approve", responses=_DECISION_ERRORS)
-def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
+def approve(
+    approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep, channel: RestChannel
+) -> Response:
     """Vote to approve; the request is approved once its quorum is reached."""
-    decision = body_decision(caller, "approve", body, source="api", request=request)
+    decision = body_decision(caller, "approve", body, source=channel[0], request=request, details=channel[1])
     return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
 
@@ -525,9 +564,11 @@ def approve(approval_id: str, body: ApproveBody, request: Request, caller: Calle
     summary="Reject (a reason is required)",
     responses=_DECISION_ERRORS,
 )
-def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
+def reject(
+    approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep, channel: RestChannel
+) -> Response:
     """Reject; one allowed rejection rejects the request at once."""
-    decision = body_decision(caller, "reject", body, source="api", request=request)
+    decision = body_decision(caller, "reject", body, source=channel[0], request=request, details=channel[1])
     return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
 
@@ -537,9 +578,11 @@ def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerD
     summary="Cancel a waiting request",
     responses=_DECISION_ERRORS,
 )
-def cancel(approval_id: str, body: CancelBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
+def cancel(
+    approval_id: str, body: CancelBody, request: Request, caller: CallerDep, manager: ManagerDep, channel: RestChannel
+) -> Response:
     """Withdraw a waiting request; its task fails. Needs edit access to the DAG."""
-    decision = body_decision(caller, "cancel", body, source="api", request=request)
+    decision = body_decision(caller, "cancel", body, source=channel[0], request=request, details=channel[1])
     return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
 
@@ -565,10 +608,12 @@ def decision_of(
     metadata: Mapping[str, Any] | None = None,
     on_behalf_of: str | None = None,
     inputs: Mapping[str, Any] | None = None,
+    content_digest: str | None = None,
 ) -> Decision:
     """The :class:`Decision` of an authenticated caller; their edit access is asked under the row lock.
 
-    A delegate's vote is checked against the delegator's roles as the auth manager gives them.
+    A delegate's vote is checked against the delegator's roles and edit access to the DAG as the
+    auth manager gives them when the vote is cast.
     """
     return Decision(
         action=action,
@@ -581,18 +626,32 @@ def decision_of(
         dag_access=caller.edit_refusal,
         on_behalf_of=on_behalf_of,
         delegator_roles=delegator_roles,
+        # The delegator's own edit access now, asked under the row lock like the caller's.
+        delegator_access=delegator_refusal,
         inputs=inputs,
+        content_digest=content_digest,
     )
 
 
 #: The fields of a decision that a request body may carry (ApproveBody, RejectBody, CancelBody).
-_BODY_FIELDS = ("comment", "reason", "metadata", "on_behalf_of", "inputs")
+_BODY_FIELDS = ("comment", "reason", "metadata", "on_behalf_of", "inputs", "content_digest")
 
 
-def body_decision(caller: Caller, action: str, body: BaseModel, *, source: str, request: Request) -> Decision:
-    """The :class:`Decision` a REST or page request body asks for: whichever fields the body has."""
+def body_decision(
+    caller: Caller,
+    action: str,
+    body: BaseModel,
+    *,
+    source: str,
+    request: Request,
+    details: Mapping[str, Any] | None = None,
+) -> Decision:
+    """The :class:`Decision` a REST or page request body asks for: whichever fields the body has.
+
+    ``details``: what the client says of itself (the CLI's OS user and host), kept with the client.
+    """
     fields = {name: getattr(body, name) for name in _BODY_FIELDS if name in type(body).model_fields}
-    return decision_of(caller, action, source=source, client=client_of(request), **fields)
+    return decision_of(caller, action, source=source, client={**client_of(request), **(details or {})}, **fields)
 
 
 def decide_many(
@@ -600,6 +659,7 @@ def decide_many(
 ) -> dict[str, Any]:
     """Apply ``body.action`` to each id as ``caller`` (source ``bulk``); the JSON of a :class:`BulkResponse`."""
     results: list[BulkItemResult] = []
+    digests = body.content_digests or {}
     for raw_id in body.ids:
         try:
             approval_id = canonical_approval_id(raw_id)
@@ -610,6 +670,7 @@ def decide_many(
                 client=client,
                 comment=body.comment if body.action != "cancel" else None,
                 reason=body.reason,
+                content_digest=digests.get(raw_id),
             )
             done = manager.decide(approval_id, decision)
             results.append(BulkItemResult(id=approval_id, ok=True, status_code=200, state=done.state))

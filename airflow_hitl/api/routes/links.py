@@ -39,19 +39,21 @@ from airflow_hitl.exceptions import (
     AlreadyVoted,
     ApprovalNotFound,
     ApprovalNotPending,
+    ContentChanged,
     HitlError,
     InvalidInput,
     LinkAlreadyUsed,
     NotAllowed,
 )
+from airflow_hitl.limits import json_loads
 from airflow_hitl.manager import ApprovalManager, Decision, LinkUse, utcnow
-from airflow_hitl.notifications.access import decider
+from airflow_hitl.notifications.access import decider, delegator_refusal
 from airflow_hitl.notifications.dispatcher import details_url
 from airflow_hitl.notifications.recipients import UserDirectory
 from airflow_hitl.notifications.signing import LINK_ACTIONS, InvalidToken, LinkClaims, SigningKeyMissing, read_token
 from airflow_hitl.notifications.templates import html_env
 from airflow_hitl.records import Approval, Notification
-from airflow_hitl.settings import HitlSettings
+from airflow_hitl.settings import HitlSettings, conf_getint
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +229,18 @@ def _posted_inputs(approval: Approval, form: dict[str, str]) -> tuple[dict[str, 
         kind = _input_kind(schema)
         try:
             if kind == "enum":
+                # The option's index as form_fields wrote it: plain digits only (int() reads "-1", "٣").
+                if not (raw.isascii() and raw.isdigit()):
+                    raise ValueError(raw)
                 values[name] = schema["enum"][int(raw)]
             elif kind == "string":
                 values[name] = form[f"input.{name}"]
             else:
-                values[name] = json.loads(raw)  # numbers, true/false and JSON alike
+                # Numbers, true/false and JSON alike; nested as deep as the REST API allows at most.
+                values[name] = json_loads(raw, max_depth=conf_getint("max_json_depth"))
         except (ValueError, IndexError):
-            errors[name] = f"{raw!r} is not a valid value"
+            shown = raw if len(raw) <= 40 else raw[:40] + "…"
+            errors[name] = f"{shown!r} is not a valid value"
     return values, errors
 
 
@@ -308,6 +315,20 @@ def _not_recorded(err: HitlError, link: CheckedLink, form: dict[str, str]) -> HT
     return _confirm_page(link, 422, "Some inputs are not valid", given=given, errors=problems)
 
 
+def _changed(manager: ApprovalManager, link: CheckedLink, form: dict[str, str]) -> HTMLResponse:
+    """The request changed since its page was shown: shown again as it is now, with its own digest.
+
+    Nothing was recorded and the link is not used up: the recipient reviews it and confirms again.
+    """
+    try:
+        fresh = _check(manager, link.token)
+    except LinkRefused as err:
+        return _refusal(err)
+    given = {name: form.get(f"input.{name}", "") for name in fresh.approval.inputs}
+    heading = "This request changed since you opened it: review it and confirm again"
+    return _confirm_page(fresh, 409, heading, given=given if fresh.claims.action == "approve" else None)
+
+
 def _decide(manager: ApprovalManager, fields: dict[str, list[str]], client: dict[str, Any]) -> HTMLResponse:
     form = {k: v[0] for k, v in fields.items()}
     try:
@@ -336,7 +357,9 @@ def _decide(manager: ApprovalManager, fields: dict[str, list[str]], client: dict
         return _refusal(LinkRefused(403, "Not allowed", refusal or "You may not decide this request."))
     eligibility = manager.can_approve(user, link.approval, action=claims.action)
     if not eligibility.allowed:
-        return _refusal(LinkRefused(403, "Not allowed", eligibility.reason or "You may not decide this request."))
+        # Having voted already is a conflict (409), as on every other channel; the rest is 403.
+        status, heading = (409, "Not recorded") if eligibility.code == "already_voted" else (403, "Not allowed")
+        return _refusal(LinkRefused(status, heading, eligibility.reason or "You may not decide this request."))
     decision = Decision(
         action=claims.action,
         user=user,
@@ -346,10 +369,16 @@ def _decide(manager: ApprovalManager, fields: dict[str, list[str]], client: dict
         client={**client, "via": "email_link", "notification_id": claims.notification_id},
         # Used up in the vote's own transaction: a vote that is refused leaves the link usable.
         link=LinkUse(notification_id=claims.notification_id, recipient=claims.recipient),
+        # Should a delegation ever decide through a link, the delegator's access is asked too.
+        delegator_access=delegator_refusal,
         inputs=inputs,
+        # The digest of the request as the confirmation page showed it (none from an older page).
+        content_digest=form.get("content_digest") or None,
     )
     try:
         approval = manager.decide(claims.request_id, decision)
+    except ContentChanged:
+        return _changed(manager, link, form)
     except HitlError as err:
         return _not_recorded(err, link, form)
     verb = "approved" if claims.action == "approve" else "rejected"

@@ -28,25 +28,29 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from airflow_hitl.api.routes.approvals import get_manager
+from airflow_hitl.canonical import digest_problem
 from airflow_hitl.exceptions import (
     AlreadyVoted,
     ApprovalConflict,
     ApprovalNotFound,
     ApprovalNotPending,
+    ContentChanged,
     HitlError,
     InvalidInput,
     NotAllowed,
 )
 from airflow_hitl.forms import required_names
 from airflow_hitl.identity import roles_of
+from airflow_hitl.limits import json_loads
 from airflow_hitl.manager import ApprovalManager, Decision
-from airflow_hitl.notifications.access import decider
+from airflow_hitl.notifications.access import decider, delegator_refusal
 from airflow_hitl.notifications.channels import (
     APPROVE_ACTION_ID,
     REJECT_ACTION_ID,
     REJECT_MODAL_ID,
     approval_blocks,
     outcome_line,
+    read_button_value,
     slack_escape,
 )
 from airflow_hitl.notifications.config import NotifySettings, conf_get
@@ -55,7 +59,7 @@ from airflow_hitl.notifications.recipients import UserDirectory
 from airflow_hitl.notifications.signing import verify_slack_request
 from airflow_hitl.policy import Principal
 from airflow_hitl.records import Approval
-from airflow_hitl.settings import HitlSettings
+from airflow_hitl.settings import HitlSettings, conf_getint
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +131,8 @@ async def interactions(request: Request) -> Response:
         log.warning("Slack interaction refused: %s", refusal)
         return JSONResponse({"detail": refusal}, status_code=401)
     try:
-        payload = json.loads(parse_qs(body.decode())["payload"][0])
+        # Verified, but still text from outside: thousands of nested "[" are no payload, not a 500.
+        payload = json_loads(parse_qs(body.decode())["payload"][0])
     except (KeyError, IndexError, ValueError, TypeError):
         payload = None
     if not isinstance(payload, dict) or "type" not in payload:
@@ -226,7 +231,8 @@ class SlackInteraction:
         container = _obj(self.payload.get("container"))
         channel = _text(container.get("channel_id")) or _text(_obj(self.payload.get("channel")).get("id"))
         ts = _text(container.get("message_ts")) or _text(_obj(self.payload.get("message")).get("ts"))
-        request_id = _text(action.get("value")) or ""
+        # ``<request id>:<digest of what the message showed>``; a message sent before digests has the id alone.
+        request_id, digest = read_button_value(_text(action.get("value")) or "")
         try:
             approval = self.manager.get(request_id)
         except (ApprovalNotFound, HitlError):
@@ -242,18 +248,25 @@ class SlackInteraction:
         own = self.manager.can_approve(user, approval, action=vote)
         # Or as a delegate: a click may cast the vote of someone who delegated to this user.
         delegations = self.manager.delegations_to(user.name) if not own.allowed else []
-        eligibility = self.manager.can_decide(user, approval, own, delegations, roles_of=roles_of, action=vote)
+        eligibility = self.manager.can_decide(
+            user, approval, own, delegations, roles_of=roles_of, action=vote, access=delegator_refusal
+        )
         if not eligibility.allowed:
             log.info(
                 "Slack %s on %s by %s (%s) refused: %s", vote, approval.id, name, self.slack_user, eligibility.reason
             )
             return self._tell(client, channel, f"Not recorded: {eligibility.reason}")
+        if digest is not None and (problem := digest_problem(digest)):
+            return self._tell(client, channel, f"Not recorded: invalid content_digest: {problem}")
+        if digest is not None and digest.lower() != approval.content_digest:
+            # Said before a modal asks for anything; the manager checks again under the lock.
+            return self._changed(client, approval, channel, ts)
         if vote == "reject" or required_names(approval.inputs):
             # A reason to reject, or the form's required inputs to approve: asked in a modal.
             if vote == "reject":
-                view, form = reject_modal(approval, channel=channel, ts=ts), "rejection form"
+                view, form = reject_modal(approval, channel=channel, ts=ts, digest=digest), "rejection form"
             else:
-                view, form = inputs_modal(approval, channel=channel, ts=ts), "approval form"
+                view, form = inputs_modal(approval, channel=channel, ts=ts, digest=digest), "approval form"
             try:
                 client.views_open(trigger_id=self.payload.get("trigger_id"), view=view)
             except Exception as err:
@@ -261,7 +274,9 @@ class SlackInteraction:
                 return self._tell(client, channel, f"Could not open the {form}; decide in Airflow instead.")
             return Response(status_code=200)
         try:
-            decided = self.manager.decide(approval.id, self._decision(user, "approve"))
+            decided = self.manager.decide(approval.id, self._decision(user, "approve", digest=digest))
+        except ContentChanged:
+            return self._changed(client, self.manager.get(approval.id), channel, ts)
         except (ApprovalNotPending, AlreadyVoted, ApprovalConflict) as err:
             return self._tell(client, channel, f"Not recorded: {err}")
         except NotAllowed as err:
@@ -269,8 +284,28 @@ class SlackInteraction:
         self._update_message(client, decided, channel, ts)
         return Response(status_code=200)
 
+    def _changed(self, client: Any, approval: Approval, channel: str | None, ts: str | None) -> Response:
+        """The message is older than the request's last change: show it as it is now, and say so."""
+        self._update_message(client, approval, channel, ts)
+        return self._tell(
+            client,
+            channel,
+            "Not recorded: the request changed since you opened it. The message now shows it as it is: "
+            "review it and decide again.",
+        )
+
+    def _show_as_it_is(self, client: Any, request_id: str, meta: dict[str, Any]) -> None:
+        """The modal's message, updated to the request as it is now (it changed since it was sent)."""
+        self._update_message(client, self.manager.get(request_id), _text(meta.get("channel")), _text(meta.get("ts")))
+
     def _decision(
-        self, user: Principal, action: str, *, reason: str | None = None, inputs: dict[str, Any] | None = None
+        self,
+        user: Principal,
+        action: str,
+        *,
+        reason: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        digest: str | None = None,
     ) -> Decision:
         return Decision(
             action=action,
@@ -278,9 +313,13 @@ class SlackInteraction:
             source="slack",
             reason=reason,
             client={"via": "slack", "slack_user_id": self.slack_user},
-            # A delegate's click may cast a delegator's vote: the policy sees the delegator's roles.
+            # A delegate's click may cast a delegator's vote: the policy sees the delegator's roles,
+            # and the delegator must still have edit access to the DAG (asked under the row lock).
             delegator_roles=roles_of,
+            delegator_access=delegator_refusal,
             inputs=inputs,
+            # What the clicked message showed (carried through a modal's private_metadata).
+            content_digest=digest,
         )
 
     # ------------------------------------------------------------------ view_submission
@@ -289,7 +328,7 @@ class SlackInteraction:
         """The submitted modal, its ``private_metadata`` and the request it is about (None: not ours)."""
         view = _obj(self.payload.get("view"))
         try:
-            meta = json.loads(view.get("private_metadata") or "{}")
+            meta = json_loads(view.get("private_metadata") or "{}")
         except (ValueError, TypeError):
             return None
         request_id = _text(_obj(meta).get("request_id"))
@@ -320,8 +359,12 @@ class SlackInteraction:
         user, refusal = self._principal(name, approval.dag_id)
         if user is None:
             return errors({first_block: f"Not recorded: {refusal}"})
+        digest = _text(meta.get("content_digest"))
         try:
-            decided = self.manager.decide(request_id, self._decision(user, "approve", inputs=inputs))
+            decided = self.manager.decide(request_id, self._decision(user, "approve", inputs=inputs, digest=digest))
+        except ContentChanged as err:
+            self._show_as_it_is(client, request_id, meta)
+            return errors({first_block: f"Not recorded: {err}"})
         except InvalidInput as err:
             found: dict[str, str] = {}
             for field, message in err.problems:
@@ -363,8 +406,12 @@ class SlackInteraction:
         user, refusal = self._principal(name, approval.dag_id)
         if user is None:
             return error(f"Not recorded: {refusal}")
+        digest = _text(meta.get("content_digest"))
         try:
-            decided = self.manager.decide(request_id, self._decision(user, "reject", reason=reason))
+            decided = self.manager.decide(request_id, self._decision(user, "reject", reason=reason, digest=digest))
+        except ContentChanged as err:
+            self._show_as_it_is(client, request_id, meta)
+            return error(f"Not recorded: {err}")
         except NotAllowed as err:
             return error(f"Not recorded: {err.reason}")
         except HitlError as err:
@@ -381,14 +428,18 @@ def _modal(
     fields: list[dict[str, Any]],
     channel: str | None,
     ts: str | None,
+    digest: str | None = None,
 ) -> dict[str, Any]:
     """A decision modal: the request's title, then ``fields``; ``private_metadata`` carries the
-    request and the message to update."""
+    request, the message to update and the digest of what that message showed."""
     title = approval.title if len(approval.title) <= 200 else approval.title[:199] + "…"
     return {
         "type": "modal",
         "callback_id": callback_id,
-        "private_metadata": json.dumps({"request_id": approval.id, "channel": channel, "ts": ts}),
+        # Well under Slack's 3000 characters: an id, a channel, a timestamp and 64 hex digits.
+        "private_metadata": json.dumps(
+            {"request_id": approval.id, "channel": channel, "ts": ts, "content_digest": digest}
+        ),
         "title": {"type": "plain_text", "text": f"{verb} request"},
         "submit": {"type": "plain_text", "text": verb},
         "close": {"type": "plain_text", "text": "Cancel"},
@@ -396,7 +447,9 @@ def _modal(
     }
 
 
-def reject_modal(approval: Approval, *, channel: str | None, ts: str | None) -> dict[str, Any]:
+def reject_modal(
+    approval: Approval, *, channel: str | None, ts: str | None, digest: str | None = None
+) -> dict[str, Any]:
     """The modal asking why."""
     reason = {
         "type": "input",
@@ -404,7 +457,9 @@ def reject_modal(approval: Approval, *, channel: str | None, ts: str | None) -> 
         "label": {"type": "plain_text", "text": "Reason"},
         "element": {"type": "plain_text_input", "action_id": "reason", "multiline": True, "max_length": 3000},
     }
-    return _modal(approval, callback_id=REJECT_MODAL_ID, verb="Reject", fields=[reason], channel=channel, ts=ts)
+    return _modal(
+        approval, callback_id=REJECT_MODAL_ID, verb="Reject", fields=[reason], channel=channel, ts=ts, digest=digest
+    )
 
 
 def _input_element(spec: dict[str, Any]) -> dict[str, Any]:
@@ -442,7 +497,9 @@ def _input_element(spec: dict[str, Any]) -> dict[str, Any]:
     return element
 
 
-def inputs_modal(approval: Approval, *, channel: str | None, ts: str | None) -> dict[str, Any]:
+def inputs_modal(
+    approval: Approval, *, channel: str | None, ts: str | None, digest: str | None = None
+) -> dict[str, Any]:
     """The modal asking for the form inputs before approving; one input block per input."""
     blocks: list[dict[str, Any]] = []
     for name, spec in list(approval.inputs.items())[:90]:
@@ -456,7 +513,9 @@ def inputs_modal(approval: Approval, *, channel: str | None, ts: str | None) -> 
         if spec.get("description"):
             block["hint"] = {"type": "plain_text", "text": slack_escape(str(spec["description"]))[:2000]}
         blocks.append(block)
-    return _modal(approval, callback_id=APPROVE_MODAL_ID, verb="Approve", fields=blocks, channel=channel, ts=ts)
+    return _modal(
+        approval, callback_id=APPROVE_MODAL_ID, verb="Approve", fields=blocks, channel=channel, ts=ts, digest=digest
+    )
 
 
 def submitted_inputs(approval: Approval, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -474,7 +533,7 @@ def submitted_inputs(approval: Approval, values: dict[str, Any]) -> tuple[dict[s
                 # The option's value is its index in the enum, as inputs_modal wrote it.
                 index = _obj(option).get("value")
                 enum = schema.get("enum", [])
-                if isinstance(index, str) and index.isdigit() and int(index) < len(enum):
+                if isinstance(index, str) and index.isascii() and index.isdigit() and int(index) < len(enum):
                     inputs[name] = enum[int(index)]
                 else:
                     errors[block_id] = "Not one of the options."
@@ -490,7 +549,7 @@ def submitted_inputs(approval: Approval, values: dict[str, Any]) -> tuple[dict[s
                 elif declared == "string" or (isinstance(declared, list) and "string" in declared):
                     inputs[name] = raw
                 else:
-                    inputs[name] = json.loads(raw)
+                    inputs[name] = json_loads(raw, max_depth=conf_getint("max_json_depth"))
             except ValueError:
                 errors[block_id] = "Not a valid value."
     return inputs, errors

@@ -172,14 +172,19 @@ async def task_view(
     )
 
 
+@lru_cache(maxsize=1)
+def _static_names() -> frozenset[str]:
+    """The files the package ships in its static folder, listed once."""
+    folder = resources.files(_STATIC_PACKAGE).joinpath("static")
+    return frozenset(node.name for node in folder.iterdir() if node.is_file() and not node.name.startswith("."))
+
+
 def _static_file(name: str) -> bytes | None:
-    # Only plain file names inside the package's static folder: no paths, no traversal.
-    if not name or "/" in name or "\\" in name or name.startswith("."):
+    # Only a name the folder lists: a path parameter never reaches the filesystem, so a
+    # traversal, or a name too long for the filesystem (an OSError: it was a 500), is a 404.
+    if name not in _static_names():
         return None
-    node = resources.files(_STATIC_PACKAGE).joinpath("static").joinpath(name)
-    if not node.is_file():
-        return None
-    return node.read_bytes()
+    return resources.files(_STATIC_PACKAGE).joinpath("static").joinpath(name).read_bytes()
 
 
 @router.get("/static/{name}")

@@ -459,6 +459,19 @@
     return mine.length ? castBy(mine[mine.length - 1]) : item.decided_by;
   }
 
+  /**
+   * The body's content_digest: the digest of the request as this page showed it. The server
+   * records nothing (409) when the request changed since (an escalation, say).
+   */
+  function seenDigest(digest) {
+    return digest ? { content_digest: digest } : {};
+  }
+
+  /** The server's 409 for a request that changed since the page showed it. */
+  function changedSinceShown(err) {
+    return err.status === 409 && /changed since you opened it/.test(err.message || "");
+  }
+
   /** The body's on_behalf_of: the delegator the server said this user decides for, if any. */
   function onBehalfOf(item) {
     return item && item.can_approve_for ? { on_behalf_of: item.can_approve_for } : {};
@@ -586,10 +599,12 @@
    * onDecided runs after a successful decision.
    */
   class DecisionView {
-    constructor(onDecided) {
+    constructor(onDecided, onChanged) {
       this.item = null;
       this.pending = null; // "approve" | "reject" while the confirmation step shows
+      this.pendingDigest = null; // the digest of the request as shown when the user chose
       this.onDecided = onDecided;
+      this.onChanged = onChanged; // reloads the request after the server said it changed
       $("m-approve").addEventListener("click", () => this.ask("approve"));
       $("m-reject").addEventListener("click", () => this.ask("reject"));
       $("m-confirm-cancel").addEventListener("click", () => this.cancelConfirm());
@@ -676,6 +691,8 @@
       }
       this.pending = action;
       const item = this.item;
+      // What the user is confirming is the request as shown now, not after a refresh.
+      this.pendingDigest = item.content_digest || null;
       const counted = (item.approvers || []).length;
       const needed = item.approvals_needed || 1;
       setText(
@@ -704,7 +721,11 @@
       const ok = $("m-confirm-ok");
       ok.disabled = true;
       const comment = $("m-comment").value.trim() || null;
-      const json = Object.assign(action === "approve" ? { comment } : { reason: $("m-reason-input").value.trim(), comment }, onBehalfOf(this.item));
+      const json = Object.assign(
+        action === "approve" ? { comment } : { reason: $("m-reason-input").value.trim(), comment },
+        onBehalfOf(this.item),
+        seenDigest(this.pendingDigest)
+      );
       if (action === "approve" && Object.keys(this.item.inputs || {}).length) {
         // Inputs go with an approval; a rejection needs none.
         const values = collectInputs($("m-inputs-fields"), this.item.inputs);
@@ -724,6 +745,13 @@
         this.onDecided(result);
       } catch (err) {
         this.cancelConfirm();
+        if (changedSinceShown(err)) {
+          // Nothing was recorded: show the request as it is now, to be reviewed and decided again.
+          toast(err.message, "bad");
+          this.error("Not recorded: " + err.message);
+          this.onChanged();
+          return;
+        }
         // The server's 422 for form inputs names each field: show each message by its input.
         const fields = Array.isArray(err.detail) ? err.detail.filter((d) => d && d.loc && d.loc[1] === "inputs") : [];
         const placed = fields.filter((d) => inputError(String(d.loc[d.loc.length - 1]), d.msg));
@@ -744,10 +772,13 @@
     const state = { items: [], selected: new Set(), openId: null, loaded: false, rejecting: null, rejectDraft: "" };
     const cards = $("cards");
     const modal = $("modal");
-    const view = new DecisionView(() => {
-      closeModal();
-      refresh();
-    });
+    const view = new DecisionView(
+      () => {
+        closeModal();
+        refresh();
+      },
+      () => refresh()
+    );
 
     function filtered() {
       const dag = $("filter-dag").value;
@@ -888,7 +919,9 @@
         toast((action === "approve" ? "Approved" : "Rejected") + ": " + result.title + " (now " + result.state + ")", "ok");
         return true;
       } catch (err) {
-        toast("Could not " + action + " “" + item.title + "”: " + (err.status ? err.status + ": " : "") + err.message, "bad");
+        // A request that changed since its card was shown: the refresh below shows it as it is now.
+        const why = changedSinceShown(err) ? "not recorded, " + err.message : (err.status ? err.status + ": " : "") + err.message;
+        toast("Could not " + action + " “" + item.title + "”: " + why, "bad");
         return false;
       } finally {
         if (button) button.disabled = false;
@@ -900,7 +933,7 @@
       // A form with required inputs is filled in the decision modal, not skipped from the card.
       if (Object.values(item.inputs || {}).some((spec) => spec && spec.required)) return openModal(item.id);
       const button = cards.querySelector('li.card[data-id="' + CSS.escape(item.id) + '"] .quick-approve');
-      quickDecide(item, "approve", Object.assign({ comment: null }, onBehalfOf(item)), button);
+      quickDecide(item, "approve", Object.assign({ comment: null }, onBehalfOf(item), seenDigest(item.content_digest)), button);
     }
 
     async function quickReject(item, reason, error) {
@@ -910,7 +943,7 @@
         error.hidden = false;
         return;
       }
-      if (await quickDecide(item, "reject", Object.assign({ reason, comment: null }, onBehalfOf(item)), null)) openQuickReject(null);
+      if (await quickDecide(item, "reject", Object.assign({ reason, comment: null }, onBehalfOf(item), seenDigest(item.content_digest)), null)) openQuickReject(null);
     }
 
     function render() {
@@ -1003,9 +1036,11 @@
 
     /* bulk */
     let bulkAction = null;
+    let bulkSeen = {}; // id -> the digest of the request as the bulk dialog listed it
     function openBulk(action) {
       bulkAction = action;
       const chosen = state.items.filter((i) => state.selected.has(i.id));
+      bulkSeen = Object.fromEntries(chosen.filter((i) => i.content_digest).map((i) => [i.id, i.content_digest]));
       setText("b-title", (action === "approve" ? "Approve " : "Reject ") + chosen.length + " request" + (chosen.length === 1 ? "" : "s") + "?");
       $("b-list").replaceChildren(...chosen.map((i) => el("li", { dataset: { id: i.id } }, el("strong", { text: i.title }), " ", el("span", { className: "muted", text: i.dag_id + " · " + (i.run_id || "") }))));
       show($("b-reason-wrap"), action === "reject");
@@ -1041,7 +1076,14 @@
         const result = await api("/approvals/bulk", {
           method: "POST",
           base: DECIDE,
-          json: { ids, action: bulkAction, comment: $("b-comment").value.trim() || null, reason: reason || null },
+          json: {
+            ids,
+            action: bulkAction,
+            comment: $("b-comment").value.trim() || null,
+            reason: reason || null,
+            // Each request as the dialog listed it: one that changed since fails alone (409).
+            content_digests: Object.fromEntries(ids.filter((id) => bulkSeen[id]).map((id) => [id, bulkSeen[id]])),
+          },
         });
         show($("b-form"), false);
         const list = $("b-results");
@@ -1275,7 +1317,10 @@
 
   function taskPage() {
     const { dagId, runId, taskId, mapIndex } = body.dataset;
-    const view = new DecisionView(() => refresh());
+    const view = new DecisionView(
+      () => refresh(),
+      () => refresh()
+    );
 
     async function refresh() {
       try {

@@ -178,3 +178,91 @@ class TestCreateWithAForm:
         assert response.status_code == 422, response.text
         assert named in str(response.json()["detail"])
         assert snapshot(api_manager) == before
+
+
+#: The payloads of issue 23: 4,000 distinct objects (49 KiB of JSON), and a draft-04 enum of 3,000 objects.
+DISTINCT_OBJECTS = [{"k": i} for i in range(4000)]
+DRAFT4_ENUM = {"$schema": "http://json-schema.org/draft-04/schema#", "enum": [{"k": i} for i in range(3000)]}
+
+
+class TestWhatIsTooCostlyToCheck:
+    """Refused with a 422 naming the input, before the work is done (uniqueItems compares every pair)."""
+
+    def test_a_vote_whose_value_is_too_costly_is_a_422_naming_the_input(
+        self, api: AirflowApi, api_manager: ApprovalManager
+    ) -> None:
+        form = {"rows": {"schema": {"type": "array", "uniqueItems": True}, "value": []}}
+        approval = open_request(api_manager, inputs=form, allowed_approvers=["alice", "bob"], required_approvals=2)
+        before = snapshot(api_manager)
+        response = api.client.post(
+            f"{API}/{approval.id}/approve", headers=api.headers("alice"), json={"inputs": {"rows": DISTINCT_OBJECTS}}
+        )
+        assert response.status_code == 422, response.text
+        [error] = ErrorResponse.model_validate(response.json()).detail
+        assert error.loc == ["body", "inputs", "rows"]
+        assert "too costly to check" in error.msg and "uniqueItems compares every pair of its 4000 items" in error.msg
+        assert len(response.content) < 2000
+        assert snapshot(api_manager) == before
+        # The request is not held: another approver decides at once.
+        other = api.client.post(f"{API}/{approval.id}/approve", headers=api.headers("bob"), json={})
+        assert other.status_code == 200, other.text
+
+    @pytest.mark.parametrize(
+        ("form", "says"),
+        [
+            pytest.param(
+                {"rows": {"schema": {"type": "array", "uniqueItems": True}, "value": DISTINCT_OBJECTS}},
+                "uniqueItems compares every pair of its 4000 items",
+                id="unique-items-default",
+            ),
+            pytest.param(
+                {"choice": {"schema": DRAFT4_ENUM, "value": {"k": 1}}},
+                "`enum` has 3000 members that are not all strings or numbers",
+                id="draft-04-enum",
+            ),
+        ],
+    )
+    def test_a_form_too_costly_to_check_opens_nothing(
+        self, api: AirflowApi, api_manager: ApprovalManager, form: dict, says: str
+    ) -> None:
+        before = snapshot(api_manager)
+        body = {"dag_id": "billing", "title": "External gate", "allowed_approvers": ["alice"], "inputs": form}
+        response = api.client.post(API, headers=api.headers("op"), json=body)
+        assert response.status_code == 422, response.text
+        detail = str(response.json()["detail"])
+        assert f"inputs['{next(iter(form))}']" in detail and says in detail
+        assert snapshot(api_manager) == before
+
+
+def test_a_rejection_keeps_the_values_given_with_it(api: AirflowApi, api_manager: ApprovalManager) -> None:
+    # README: "Values given with a rejection are validated and kept with the vote"; defaults are not filled in.
+    approval = open_request(api_manager, inputs=FORM)
+    response = api.client.post(
+        f"{API}/{approval.id}/reject",
+        headers=api.headers("alice"),
+        json={"reason": "no", "inputs": {"ticket": "INC-7"}},
+    )
+    assert response.status_code == 200, response.text
+    assert ApprovalResponse.model_validate(response.json()).votes[0].inputs == {"ticket": "INC-7"}
+    refused = open_request(api_manager, run_id="manual__2", inputs=FORM)
+    before = snapshot(api_manager)
+    response = api.client.post(
+        f"{API}/{refused.id}/reject",
+        headers=api.headers("alice"),
+        json={"reason": "no", "inputs": {"rollout_percent": 500}},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "inputs", "rollout_percent"]
+    assert snapshot(api_manager) == before
+
+
+def test_a_page_rejection_keeps_them_too(api: AirflowApi, api_manager: ApprovalManager) -> None:
+    approval = open_request(api_manager, inputs=FORM)
+    response = api.client.post(
+        f"/hitl/ui/api/approvals/{approval.id}/reject",
+        cookies={"_token": api.tokens["alice"]},
+        headers={"X-Requested-With": "XMLHttpRequest"},
+        json={"reason": "no", "inputs": {"ticket": "INC-8"}},
+    )
+    assert response.status_code == 200, response.text
+    assert api_manager.get(approval.id).votes[0].inputs == {"ticket": "INC-8"}

@@ -9,7 +9,7 @@ import pytest
 
 from airflow_hitl.api.datamodels import ApprovalResponse, DelegationCollectionResponse, DelegationResponse
 from airflow_hitl.manager import ApprovalManager
-from tests.airflow_api import API, AirflowApi, open_request, snapshot
+from tests.airflow_api import API, USERS, AirflowApi, open_request, snapshot
 
 DELEGATIONS = "/hitl/api/v1/delegations"
 
@@ -179,6 +179,71 @@ class TestDecideAsDelegate:
         response = api.client.post(f"{API}/{request.id}/approve", headers=api.headers("viewer"), json={})
         assert response.status_code == 403
         assert "edit access" in response.json()["detail"]
+
+
+def _set_users(monkeypatch: pytest.MonkeyPatch, **roles: str) -> None:
+    """SimpleAuthManager's users now: the session's, with ``roles`` changed (it reads them on every lookup)."""
+    users = {**USERS, **roles}
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", ",".join(f"{u}:{r}" for u, r in users.items()))
+
+
+def _vote_for_alice(api: AirflowApi, request_id: str, channel: str) -> tuple[int, str]:
+    """Bob approves ``request_id`` as alice's delegate through ``channel``: (status, the refusal's text)."""
+    if channel == "bulk":
+        response = api.client.post(
+            f"{API}/bulk", headers=api.headers("bob"), json={"ids": [request_id], "action": "approve"}
+        )
+        [result] = response.json()["results"]
+        return result["status_code"], str(result["detail"])
+    if channel == "ui":
+        response = api.client.post(
+            f"/hitl/ui/api/approvals/{request_id}/approve",
+            cookies={"_token": api.tokens["bob"]},
+            headers={"X-Requested-With": "XMLHttpRequest"},
+            json={},
+        )
+    else:
+        response = api.client.post(
+            f"{API}/{request_id}/approve", headers=api.headers("bob"), json={"on_behalf_of": "alice"}
+        )
+    return response.status_code, response.text
+
+
+class TestADelegatorWhoLostTheRight:
+    """Alice delegates to bob, then is demoted to viewer: bob's vote for her must not count (issue 23)."""
+
+    @pytest.mark.parametrize("channel", ["rest", "bulk", "ui"])
+    def test_their_delegate_decides_nothing_for_them(
+        self, api: AirflowApi, api_manager: ApprovalManager, monkeypatch: pytest.MonkeyPatch, channel: str
+    ) -> None:
+        request = open_request(api_manager, allowed_approvers=["alice", "op"], required_approvals=2)
+        assert _create(api, "alice", delegate="bob").status_code == 201
+        _set_users(monkeypatch, alice="viewer")
+        before = _state(api_manager)
+        status, text = _vote_for_alice(api, request.id, channel)
+        assert status == 403, text
+        assert "alice may not decide it now: alice does not have edit access to DAG 'billing'" in text
+        assert _state(api_manager) == before
+        # The pending list says so too, before anyone tries.
+        item = api.client.get(f"{API}/{request.id}", headers=api.headers("bob")).json()
+        assert (item["can_approve"], item["can_approve_for"]) == (False, None)
+        # Her access back, the same vote counts, as hers.
+        _set_users(monkeypatch)
+        status, text = _vote_for_alice(api, request.id, channel)
+        assert status == 200, text
+        assert [(v.user, v.delegate) for v in api_manager.get(request.id).votes] == [("alice", "bob")]
+
+    def test_a_delegator_the_auth_manager_no_longer_knows_decides_nothing(
+        self, api: AirflowApi, api_manager: ApprovalManager, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        request = open_request(api_manager, allowed_approvers=["alice"])
+        assert _create(api, "alice", delegate="bob").status_code == 201
+        users = dict(USERS)
+        del users["alice"]
+        monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", ",".join(f"{u}:{r}" for u, r in users.items()))
+        status, text = _vote_for_alice(api, request.id, "rest")
+        assert status == 403 and "'alice' is not a user of this Airflow" in text
+        assert api_manager.get(request.id).votes == ()
 
 
 class TestRoutes:

@@ -25,6 +25,7 @@ from airflow_hitl.api.app import create_app
 from airflow_hitl.manager import ApprovalManager, ApprovalSpec
 from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
+from airflow_hitl.policy import Principal
 from airflow_hitl.records import Approval
 from tests.e2e.harness import free_port
 from tests.standins import BASE_URL, SmtpSink, wait_for
@@ -271,6 +272,17 @@ class TestEmailLinks:
         assert response.status_code == 409
         assert "no longer pending" in response.text
         assert sqlite_manager.get(gate.id).votes == ()
+
+    def test_one_who_voted_already_is_409_as_on_every_channel(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server, required_approvals=2)
+        sqlite_manager.approve(gate.id, user=Principal.of("alice"), source="ui")
+        before = state_of(sqlite_manager, gate.id)
+        response = use(client, links["alice"]["reject"], {"reason": "changed my mind"})
+        assert response.status_code == 409
+        assert "already voted" in response.text
+        assert state_of(sqlite_manager, gate.id) == before
 
     def test_reject_needs_a_reason_and_does_not_use_the_link_without_one(
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink

@@ -76,3 +76,36 @@ class TestLinkForm:
         done = use(client, links["alice"]["approve"], {"input.ticket": "CHG-1"})
         assert done.status_code == 200, done.text
         assert sqlite_manager.get(gate.id).votes[0].inputs == {"rollout_percent": 10, "ticket": "CHG-1", "region": "eu"}
+
+
+@pytest.mark.usefixtures("notify_env")
+class TestUnreadableValues:
+    @pytest.mark.parametrize(
+        ("typed", "says"),
+        [
+            # Python's JSON parser runs out of stack on 2,000 "[" (RecursionError): it was a 500.
+            pytest.param("[" * 2000, "is not a valid value", id="nested-past-the-parser"),
+            pytest.param("[" * 40 + "]" * 40, "is not a valid value", id="nested-past-max-json-depth"),
+            pytest.param("9" * 5000, "is not a valid value", id="too-many-digits"),
+        ],
+    )
+    def test_an_unreadable_number_brings_the_page_back_and_the_link_stays_usable(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink, typed: str, says: str
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server, inputs=FORM)
+        before = state_of(sqlite_manager, gate.id)
+        refused = use(client, links["alice"]["approve"], {"input.rollout_percent": typed, "input.ticket": "CHG-1"})
+        assert refused.status_code == 422, refused.text[:500]
+        assert says in html.unescape(refused.text)
+        assert len(refused.text) < 20_000, "what was typed is not echoed whole in the message"
+        assert state_of(sqlite_manager, gate.id) == before
+        assert use(client, links["alice"]["approve"], {"input.ticket": "CHG-1"}).status_code == 200
+
+    @pytest.mark.parametrize("index", ["-1", "\u0663", "\u00b2", "1" * 5000])
+    def test_an_option_is_its_plain_index(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink, index: str
+    ) -> None:
+        gate, links = open_and_mail(sqlite_manager, smtp_server, inputs=FORM)
+        refused = use(client, links["alice"]["approve"], {"input.region": index, "input.ticket": "CHG-1"})
+        assert refused.status_code == 422
+        assert sqlite_manager.get(gate.id).votes == ()

@@ -24,6 +24,7 @@ from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.notifications.signing import slack_signature
 from airflow_hitl.policy import Principal
 from airflow_hitl.records import Approval
+from tests.airflow_api import USERS, AirflowApi
 from tests.standins import SLACK_SIGNING_SECRET, SlackApi
 
 URL = "/slack/interactions"
@@ -84,8 +85,9 @@ def post(
     secret: str = SLACK_SIGNING_SECRET,
     age: float = 0,
     signature: str | None = None,
+    path: str = URL,
 ) -> Any:
-    """POST ``payload`` the way Slack does: form-encoded, timestamped and signed."""
+    """POST ``payload`` the way Slack does: form-encoded, timestamped and signed (to ``path``)."""
     body = urlencode({"payload": json.dumps(payload)}).encode()
     timestamp = str(int(time.time() - age))
     headers = {
@@ -93,7 +95,7 @@ def post(
         "X-Slack-Request-Timestamp": timestamp,
         "X-Slack-Signature": signature or slack_signature(secret.encode(), timestamp=timestamp, body=body),
     }
-    return client.post(URL, content=body, headers=headers)
+    return client.post(path, content=body, headers=headers)
 
 
 def recorded(manager: ApprovalManager, request_id: str) -> tuple[Any, ...]:
@@ -115,7 +117,7 @@ class TestSlackMessage:
             assert fact in text
         actions = next(b for b in call.params["blocks"] if b["type"] == "actions")
         buttons = {e["action_id"]: e for e in actions["elements"]}
-        assert buttons["hitl_approve"]["value"] == gate.id
+        assert buttons["hitl_approve"]["value"] == f"{gate.id}:{gate.content_digest}"
         assert buttons["hitl_reject"]["style"] == "danger"
         assert buttons["hitl_open"]["url"].startswith("http://hitl.test/dags/release/runs/")
 
@@ -364,3 +366,32 @@ class TestSlackEscaping:
         assert post(client, click(gate, message, "UOPS00001", "hitl_approve")).status_code == 200
         [ephemeral] = slack_api.of("chat.postEphemeral")
         assert live_markup(ephemeral.params["text"]) == [], ephemeral.params["text"]
+
+
+@pytest.mark.usefixtures("notify_env")
+class TestADelegatorWhoLostTheRight:
+    """On Airflow's real api-server: a delegate's click needs the delegator's edit access now (issue 23)."""
+
+    def test_a_demoted_delegators_vote_is_not_cast_by_their_delegate(
+        self, api: AirflowApi, api_manager: ApprovalManager, slack_api: SlackApi, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        gate, message = open_and_post(api_manager, required_approvals=2)
+        now = dt.datetime.now(dt.timezone.utc)
+        api_manager.create_delegation(
+            actor=Principal.of("alice"),
+            delegate="bob",
+            starts_at=now - dt.timedelta(minutes=1),
+            ends_at=now + dt.timedelta(hours=1),
+        )
+        users = {**USERS, "alice": "viewer"}
+        monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", ",".join(f"{u}:{r}" for u, r in users.items()))
+        before = recorded(api_manager, gate.id)
+        response = post(api.client, click(gate, message, "UBOB00001", "hitl_approve"), path="/hitl" + URL)
+        assert response.status_code == 200, response.text
+        assert recorded(api_manager, gate.id) == before
+        assert "Not recorded" in slack_api.of("chat.postEphemeral")[-1].params["text"]
+        # With her access back the same click casts her vote.
+        monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", ",".join(f"{u}:{r}" for u, r in USERS.items()))
+        again = post(api.client, click(gate, message, "UBOB00001", "hitl_approve"), path="/hitl" + URL)
+        assert again.status_code == 200
+        assert [(v.user, v.delegate) for v in api_manager.get(gate.id).votes] == [("alice", "bob")]

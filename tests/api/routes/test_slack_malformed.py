@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from airflow.sdk import Param
 from fastapi.testclient import TestClient
 
 from airflow_hitl.manager import ApprovalManager
-from tests.api.routes.test_slack import click, open_and_post, post, recorded, submission
+from airflow_hitl.notifications.signing import slack_signature
+from tests.api.routes.test_slack import URL, click, open_and_post, post, recorded, submission
 from tests.api.routes.test_slack_inputs import approve_submission
-from tests.standins import SlackApi
+from tests.standins import SLACK_SIGNING_SECRET, SlackApi
 
 #: What a field is replaced by: every JSON type but its own (an equal value changes nothing).
 WRONG = (None, 7, "x", [], {}, [{"a": 1}], {"a": [1]})
@@ -88,3 +91,42 @@ def test_every_malformed_signed_payload_is_answered_without_a_5xx_and_records_no
         votes = sqlite_manager.get(gate.id).votes
         if recorded(sqlite_manager, gate.id) != before[gate.id]:
             assert [(v.user, v.source) for v in votes] == [("alice", "slack")]
+
+
+def _post_text(client: TestClient, payload_text: str) -> Any:
+    """POST ``payload_text`` as Slack's signed ``payload`` field, whatever it is."""
+    body = urlencode({"payload": payload_text}).encode()
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Slack-Request-Timestamp": timestamp,
+        "X-Slack-Signature": slack_signature(SLACK_SIGNING_SECRET.encode(), timestamp=timestamp, body=body),
+    }
+    return client.post(URL, content=body, headers=headers)
+
+
+@pytest.mark.usefixtures("notify_env")
+class TestNestedPastThePythonParser:
+    """A correctly signed payload of 3,000 nested "[" was a 500 (Python's parser ran out of stack)."""
+
+    def test_as_the_payload_it_is_no_payload(self, client: TestClient) -> None:
+        response = _post_text(TestClient(client.app, raise_server_exceptions=False), "[" * 3000)
+        assert response.status_code == 400
+        assert response.json() == {"detail": "not a Slack interaction payload"}
+
+    def test_as_the_modals_metadata_or_a_typed_value_it_records_nothing(
+        self, client: TestClient, sqlite_manager: ApprovalManager, slack_api: SlackApi
+    ) -> None:
+        gate, message = open_and_post(sqlite_manager, inputs={"extra": Param(None, type=["null", "array"])})
+        answering = TestClient(client.app, raise_server_exceptions=False)
+        before = recorded(sqlite_manager, gate.id)
+        meta = approve_submission(gate, message, "UALICE001", {})
+        meta["view"]["private_metadata"] = "[" * 3000
+        assert post(answering, meta).status_code == 200
+        typed = approve_submission(
+            gate, message, "UALICE001", {"extra": {"type": "plain_text_input", "value": "[" * 3000}}
+        )
+        response = post(answering, typed)
+        assert response.status_code == 200
+        assert response.json()["errors"] == {"input:extra": "Not a valid value."}
+        assert recorded(sqlite_manager, gate.id) == before

@@ -142,7 +142,20 @@ class TestStatic:
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.content
 
-    @pytest.mark.parametrize("name", ["nope.js", ".hidden", "..%2F__init__.py", "..%5C__init__.py", "%2Fetc%2Fpasswd"])
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "nope.js",
+            ".hidden",
+            "..%2F__init__.py",
+            "..%5C__init__.py",
+            "%2Fetc%2Fpasswd",
+            # Longer than any file name may be: the filesystem's OSError was a 500 (issue 23).
+            "a" * 5000,
+            "x" * 300 + ".js",
+            "hitl.js%00.txt",
+        ],
+    )
     def test_anything_else_is_404(self, api: AirflowApi, name: str) -> None:
         assert api.client.get(f"{UI}/static/{name}").status_code == 404
 
