@@ -32,6 +32,7 @@ from airflow_hitl.cli.client import (
     obtain_token,
 )
 from airflow_hitl.exceptions import HitlError
+from airflow_hitl.limits import json_loads
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, Decision
 from airflow_hitl.models.schema import ensure_schema, migrate, schema_status
 from airflow_hitl.models.store import ApprovalStore, resolve_store_url, sqlite_file
@@ -223,7 +224,16 @@ def approvals_show(args: argparse.Namespace) -> None:
         f"{v['user']} {v['vote']} via {v['source']}" + (f": {v['comment']}" if v["comment"] else "")
         for v in item["votes"]
     )
-    details = {**_summary(item), "description": item["description"], "comment": item["comment"], "votes": votes}
+    details = {
+        **_summary(item),
+        "description": item["description"],
+        "reason": item["reason"],
+        "allowed_approvers": ", ".join(item["allowed_approvers"]),
+        "allowed_roles": ", ".join(item["allowed_roles"]),
+        "content_digest": item["content_digest"],
+        "comment": item["comment"],
+        "votes": votes,
+    }
     _print([{"field": key, "value": value} for key, value in details.items()], args.output)
 
 
@@ -266,7 +276,8 @@ def _inputs(pairs: list[str] | None) -> dict[str, Any] | None:
         if not sep or not name.strip():
             raise SystemExit(f"error: --input {pair!r} must be NAME=VALUE")
         try:
-            values[name.strip()] = json.loads(raw)
+            # Bounded like every other way in: thousands of "[" are text, not a RecursionError.
+            values[name.strip()] = json_loads(raw)
         except ValueError:
             values[name.strip()] = raw
     return values
@@ -275,13 +286,26 @@ def _inputs(pairs: list[str] | None) -> dict[str, Any] | None:
 def approvals_approve(args: argparse.Namespace) -> None:
     """Approve a request through the api-server as your token's user (source ``cli``), with ``--input`` values."""
     _refuse_named_identity(args)
-    _decide(args, "approve", {"comment": args.comment, "inputs": _inputs(args.input)})
+    _decide(
+        args,
+        "approve",
+        {"comment": args.comment, "inputs": _inputs(args.input), "content_digest": args.content_digest},
+    )
 
 
 def approvals_reject(args: argparse.Namespace) -> None:
     """Reject a request with ``--reason`` through the api-server as your token's user (source ``cli``)."""
     _refuse_named_identity(args)
-    _decide(args, "reject", {"reason": _reason(args, "reject"), "comment": args.comment})
+    _decide(
+        args,
+        "reject",
+        {
+            "reason": _reason(args, "reject"),
+            "comment": args.comment,
+            "inputs": _inputs(args.input),
+            "content_digest": args.content_digest,
+        },
+    )
 
 
 def approvals_cancel(args: argparse.Namespace) -> None:

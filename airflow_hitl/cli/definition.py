@@ -94,6 +94,14 @@ ARGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
             "metavar": "NAME=VALUE",
         },
     ),
+    "content_digest": (
+        ("--content-digest",),
+        {
+            "help": "Decide only if the request is still exactly what you reviewed: its content_digest as "
+            "approvals show printed it. A request that changed since is refused (409), nothing recorded",
+            "metavar": "HEX",
+        },
+    ),
     "evidence_file": (
         ("evidence_file",),
         {
@@ -160,13 +168,13 @@ COMMANDS: dict[str, tuple[str, tuple[Command, ...]]] = {
                 "approve",
                 "approvals_approve",
                 "Approve a request through the api-server as the Airflow user of your token (--input for its form)",
-                (*_DECISION_ARGS, "comment", "input"),
+                (*_DECISION_ARGS, "comment", "input", "content_digest"),
             ),
             Command(
                 "reject",
                 "approvals_reject",
                 "Reject a request through the api-server as the Airflow user of your token (--reason required)",
-                (*_DECISION_ARGS, "reason", "comment"),
+                (*_DECISION_ARGS, "reason", "comment", "input", "content_digest"),
             ),
             Command(
                 "cancel",

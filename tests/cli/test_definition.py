@@ -146,7 +146,7 @@ class TestScriptParser:
             pytest.param(["approvals", "approve", "some-id", "--store-url", "sqlite://"], id="store-for-approve"),
             pytest.param(["approvals", "list", "-o", "xml"], id="unknown-output"),
             pytest.param(["approvals", "list", "--limit", "many"], id="limit-not-a-number"),
-            pytest.param(["approvals", "reject", "some-id", "--input", "n=1"], id="input-on-reject"),
+            pytest.param(["approvals", "cancel", "some-id", "--input", "n=1"], id="input-on-cancel"),
             pytest.param(["db"], id="group-without-command"),
         ],
     )
