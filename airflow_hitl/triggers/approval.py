@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any, Literal, TypedDict
 
 from airflow.triggers.base import BaseTrigger, TaskFailedEvent, TaskSkippedEvent, TaskSuccessEvent, TriggerEvent
@@ -161,7 +162,8 @@ class ApprovalTrigger(BaseTrigger):
     async def _manager(self, settings: HitlSettings | None = None) -> ApprovalManager:
         url = await aresolve_store_url(self.conn_id, settings)
         store = await asyncio.to_thread(get_store, url=url)
-        return ApprovalManager(store=store)
+        # Off the event loop: the manager reads [hitl] audit_key, which may run a _CMD.
+        return await asyncio.to_thread(partial(ApprovalManager, store=store))
 
     def _event(
         self, status: Literal["decided", "escalated", "error", "remind"], state: str, error: str | None = None
