@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import secrets
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ from sqlalchemy import create_engine, text
 
 from airflow_hitl.manager import ApprovalFilter
 from tests.e2e.harness import (
+    CLI_TIMEOUT,
     INIT_COMMANDS,
     SERVICE_COMMANDS,
     SERVICE_FLAGS,
@@ -300,6 +302,74 @@ class TestFabDelegations:
             stack.api("DELETE", f"{self.DELEGATIONS}/{created['id']}", server=1, expect=(204,))
         ended = stack.api("GET", self.DELEGATIONS, params={"user": "alice"}).json()["delegations"]
         assert [(d["id"], d["state"], d["ended_by"]) for d in ended] == [(created["id"], "ended", "admin")]
+
+    def test_a_delegator_demoted_in_fab_while_the_api_servers_run_decides_nothing_through_the_delegate(
+        self, stack: AirflowHarness
+    ) -> None:
+        """Issue 23, item 8: carol (Op) delegates to dave, FAB's CLI demotes her to Viewer; dave's vote
+        for her on a 2-of-[alice, bob, carol] gate is refused on both api-servers until her role is back."""
+        for user in ("carol", "dave"):
+            password = "pw" + secrets.token_urlsafe(12)
+            argv = ["users", "create", "--username", user, "--password", password, "--firstname", user]
+            argv += ["--lastname", "Example", "--email", f"{user}@example.com", "--role", "Op"]
+            stack.run_cli(argv, log="fab-users.log", timeout=CLI_TIMEOUT)
+            stack.passwords[user] = password
+        now = dt.datetime.now(dt.timezone.utc)
+        terms = {
+            "delegate": "dave",
+            "starts_at": (now - dt.timedelta(minutes=1)).isoformat(),
+            "ends_at": (now + dt.timedelta(hours=1)).isoformat(),
+            "dag_ids": ["dist_quorum"],
+        }
+        created = stack.api("POST", self.DELEGATIONS, user="carol", server=1, json_body=terms, expect=(201,)).json()
+        assert (created["delegator"], created["delegate"], created["state"]) == ("carol", "dave", "active")
+
+        def roles(*argvs: list[str]) -> None:
+            for argv in argvs:
+                stack.run_cli(["users", *argv, "--username", "carol"], log="fab-users.log", timeout=CLI_TIMEOUT)
+
+        def for_carol(server: int) -> httpx.Response:
+            return decide(stack, approval.id, "approve", user="dave", server=server, on_behalf_of="carol")
+
+        def counted_for_carol() -> httpx.Response | None:
+            response = for_carol(1)
+            return None if response.status_code == 403 else response
+
+        def seen_by_dave() -> tuple[bool, str | None]:
+            item = stack.api("GET", f"/hitl/api/v1/approvals/{approval.id}", user="dave", server=0).json()
+            return item["can_approve"], item["can_approve_for"]
+
+        try:
+            [run_id] = trigger_runs(stack, "dist_quorum", 1)
+            approval = stack.wait_for_approval("dist_quorum", run_id, "gate", states=["pending"], timeout=300)
+            assert decide(stack, approval.id, "approve", user="alice", server=0).status_code == 200
+            assert seen_by_dave() == (True, "carol")
+
+            # Viewer first: FAB's CLI keeps a user in at least one role.
+            roles(["add-role", "--role", "Viewer"], ["remove-role", "--role", "Op"])
+            # The very first vote after the demotion must be refused: a 200 here would have counted
+            # (and, as the second of two, approved the gate), so there is nothing to wait for.
+            for server in (0, 1):
+                refused = for_carol(server)
+                assert refused.status_code == 403, f"api-server {server}: {refused.status_code} {refused.text}"
+                assert refused.json()["detail"] == (
+                    "carol may not decide it now: carol does not have edit access to DAG 'dist_quorum'"
+                )
+            assert seen_by_dave() == (False, None)
+            kept = stack.api("GET", f"/hitl/api/v1/approvals/{approval.id}", user="admin", server=1).json()
+            votes = [(v["user"], v["delegate"]) for v in kept["votes"]]
+            assert (kept["state"], votes) == ("pending", [("alice", None)])
+            assert [e.event_type for e in stack.manager.events(approval.id)].count("vote") == 1
+
+            roles(["add-role", "--role", "Op"], ["remove-role", "--role", "Viewer"])
+            # A refusal records nothing, so waiting for the api-server to see her role back is safe.
+            counted = wait_until(counted_for_carol, timeout=120, what="carol's restored Op role to reach api-server 1")
+            assert counted.status_code == 200, counted.text
+            votes = [(v["user"], v["delegate"]) for v in counted.json()["votes"]]
+            assert (counted.json()["state"], votes) == ("approved", [("alice", None), ("carol", "dave")])
+            assert_resumed_once(stack, "dist_quorum", run_id)
+        finally:
+            stack.api("DELETE", f"{self.DELEGATIONS}/{created['id']}", server=0, expect=(204,))
 
 
 class TestSqliteFallbackRefused:
