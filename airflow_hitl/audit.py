@@ -66,10 +66,11 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import RowMapping, Table, bindparam, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
+from airflow_hitl.exceptions import ApprovalNotFound
 from airflow_hitl.models.tables import ApprovalEventRow, ApprovalRequestRow, ApprovalVoteRow
-from airflow_hitl.records import Vote, record_of
+from airflow_hitl.records import Approval, Vote, record_of
 from airflow_hitl.settings import conf_get
 
 if TYPE_CHECKING:
@@ -624,6 +625,13 @@ class AuditEvent:
     key_id: str | None = None
 
 
+def _events_of(session: Session, request_id: str | None) -> list[AuditEvent]:
+    query = select(ApprovalEventRow).order_by(ApprovalEventRow.seq)
+    if request_id is not None:
+        query = query.where(ApprovalEventRow.request_id == str(request_id))
+    return [record_of(AuditEvent, e, details=dict(e.details or {})) for e in session.scalars(query)]
+
+
 class AuditReader:
     """Reads the audit trail of a store (a part of :class:`~airflow_hitl.manager.ApprovalManager`)."""
 
@@ -633,11 +641,23 @@ class AuditReader:
 
     def events(self, request_id: str | None = None) -> list[AuditEvent]:
         """Audit events, oldest first; of one request when ``request_id`` is given."""
-        query = select(ApprovalEventRow).order_by(ApprovalEventRow.seq)
-        if request_id is not None:
-            query = query.where(ApprovalEventRow.request_id == str(request_id))
         with self.store.session() as session:
-            return [record_of(AuditEvent, e, details=dict(e.details or {})) for e in session.scalars(query)]
+            return _events_of(session, request_id)
+
+    def approval_with_events(self, request_id: str) -> tuple[Approval, list[AuditEvent]]:
+        """A request with its votes, and its audit events, as of one moment; :class:`ApprovalNotFound` when unknown.
+
+        One read transaction (``REPEATABLE READ`` on PostgreSQL, as :meth:`verify_audit_chain`
+        reads; one deferred transaction on SQLite's WAL): every transition writes its events in
+        the transaction that changes the request, so what is read here agrees with itself.
+        """
+        with self.store.session() as session:
+            if self.store.is_postgres:
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            row = session.get(ApprovalRequestRow, str(request_id), options=[joinedload(ApprovalRequestRow.votes)])
+            if row is None:
+                raise ApprovalNotFound(str(request_id))
+            return Approval.from_row(row), _events_of(session, request_id)
 
     def verify_audit_chain(self) -> ChainVerification:
         """Walk the whole audit trail, check every link, then compare every request's rows with its facts.

@@ -44,8 +44,8 @@ _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----", re.DOTA
 
 
 class EvidenceUnavailable(HitlError):
-    """Evidence cannot be signed now: no usable key (the message names the option), or the request
-    kept changing while it was read. The evidence endpoints answer 503."""
+    """Evidence cannot be signed now: no usable key (the message names the option). The evidence
+    endpoints answer 503."""
 
     status_code = 503
 
@@ -253,34 +253,13 @@ def evidence_claims(approval: Approval, events: Iterable[AuditEvent], *, issued_
     }
 
 
-#: Reads of a request and its events before a request that keeps changing is given up on.
-SNAPSHOT_ATTEMPTS = 5
-
-
-def snapshot(manager: ApprovalManager, request_id: str) -> tuple[Approval, list[AuditEvent]]:
-    """The request and its audit events as of one moment.
-
-    They are two reads; a decision committed between them would leave evidence whose votes
-    and events disagree. Every transition writes its events in the transaction that changes
-    the request, so a request read between two reads of the same events is the request those
-    events describe.
-    """
-    events = manager.events(request_id)
-    for _ in range(SNAPSHOT_ATTEMPTS):
-        approval = manager.get(request_id)
-        again = manager.events(request_id)
-        if [e.seq for e in again] == [e.seq for e in events]:
-            return approval, again
-        events = again
-    raise EvidenceUnavailable(f"approval request {request_id} kept changing while its evidence was read; retry")
-
-
 def sign_evidence(
     manager: ApprovalManager, approval: Approval, *, keys: EvidenceKeys, issued_at: dt.datetime | None = None
 ) -> str:
     """The compact JWS of ``approval``'s evidence: the request and its audit events as ``manager`` has them now."""
     now = issued_at or dt.datetime.now(dt.timezone.utc)
-    current, events = snapshot(manager, approval.id)
+    # Read again, in one snapshot: the caller's copy may predate a vote, and votes and events must agree.
+    current, events = manager.approval_with_events(approval.id)
     return keys.sign(evidence_claims(current, events, issued_at=now))
 
 

@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from airflow_hitl.audit import canonical_time, vote_facts
+from airflow_hitl import audit
+from airflow_hitl.audit import AuditEvent, canonical_time, vote_facts
 from airflow_hitl.evidence import (
     PREVIOUS_KEYS_OPTION,
     SIGNING_KEY_OPTION,
@@ -282,6 +283,26 @@ class TestSnapshot:
         assert [v["user"] for v in claims["votes"]] == ["alice", "carol"]
         assert [e["actor"] for e in claims["events"] if e["type"] == "vote"] == ["alice", "carol"]
         assert claims["request"]["state"] == "approved"
+
+    def test_a_vote_committed_between_reading_the_request_and_its_events_is_in_neither(
+        self, store: ApprovalStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        manager = ApprovalManager(store=store)
+        gate = manager.create(spec(allowed_approvers=("alice", "carol"), required_approvals=2))
+        manager.approve(gate.id, user=Principal.of("alice"))
+        read_events = audit._events_of
+
+        def vote_then_read(session: Any, request_id: str | None) -> list[AuditEvent]:
+            # Another approver's vote commits (its own connection) after the request was read.
+            ApprovalManager(store=store).approve(gate.id, user=Principal.of("carol"), comment="raced in")
+            return read_events(session, request_id)
+
+        monkeypatch.setattr(audit, "_events_of", vote_then_read)
+        approval, events = manager.approval_with_events(gate.id)
+
+        assert [v.user for v in approval.votes] == ["alice"] and approval.state == "pending"
+        assert [e.actor for e in events if e.event_type == "vote"] == ["alice"]
+        assert [v.user for v in manager.get(gate.id).votes] == ["alice", "carol"]
 
 
 class TestSignAndVerify:
