@@ -1,12 +1,15 @@
 # airflow-hitl: `make demo` starts Airflow with the plugin and example DAGs; `make test` runs every test.
-.PHONY: install demo test test-unit test-e2e lint typecheck bench screenshots clean
+.PHONY: install demo test test-unit test-e2e lint typecheck docs bench screenshots clean
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
+# Everything: the package with its test, dev and docs extras, Chromium and Redis (tests, CI).
 install:
 	bash scripts/bootstrap.sh
 
+# Only what the demo runs (scripts/demo.sh installs it: `bootstrap.sh --demo`). make passes a
+# TERM on to the script, which stops every component before it exits.
 demo:
 	bash scripts/demo.sh
 
@@ -26,6 +29,10 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy airflow_hitl
 
+# The docs site (mkdocs.yml), warnings as errors; SITE_DIR=... builds it elsewhere.
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir $(or $(SITE_DIR),site)
+
 bench: install
 	$(PY) benchmarks/trigger_scale.py
 	$(PY) benchmarks/api_latency.py
@@ -38,4 +45,4 @@ screenshots: install
 	HITL_SCREENSHOTS_DIR=$(CURDIR)/docs/images $(PY) -m pytest tests/ui -q -k screenshots
 
 clean:
-	rm -rf .demo build dist *.egg-info .setuptools/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .demo site build dist *.egg-info .setuptools/*.egg-info .pytest_cache .mypy_cache .ruff_cache
