@@ -31,7 +31,7 @@ typecheck: install
 
 # The docs site (mkdocs.yml), warnings as errors; SITE_DIR=... builds it elsewhere.
 docs: install
-	$(VENV)/bin/mkdocs build --strict --site-dir $(or $(SITE_DIR),site)
+	AIRFLOW_HOME=$$(mktemp -d) NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(or $(SITE_DIR),site)
 
 bench: install
 	$(PY) benchmarks/trigger_scale.py
