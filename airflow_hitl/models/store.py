@@ -8,6 +8,7 @@ engine per URL per process.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -19,7 +20,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from airflow_hitl.exceptions import StoreError
+from airflow_hitl.exceptions import StoreError, StoreUnavailable
 from airflow_hitl.models.schema import ensure_schema
 from airflow_hitl.settings import HitlSettings, option
 
@@ -44,20 +45,15 @@ _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql
 
 
 def url_from_connection(conn: Any) -> str:
-    """Build a SQLAlchemy URL from an Airflow connection (``postgres`` or ``sqlite`` type)."""
+    """Build a SQLAlchemy URL from an Airflow connection (``postgres`` or ``sqlite`` type).
+
+    A ``postgres`` connection goes through :func:`postgres_url` (``PostgresHook``); a token
+    login's connection is remembered, so that the store's engine and LISTEN connections opened
+    on this URL fetch a fresh token for each new connection (:func:`fresh_login`).
+    """
     conn_type = (conn.conn_type or "").lower()
     if conn_type in {"postgres", "postgresql"}:
-        extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
-        query = {k: str(v) for k, v in extra.items() if k in {"sslmode", "sslrootcert", "sslcert", "sslkey"}}
-        return URL.create(
-            "postgresql+psycopg",
-            username=conn.login or None,
-            password=conn.password or None,
-            host=conn.host or None,
-            port=conn.port or None,
-            database=conn.schema or None,
-            query=query,
-        ).render_as_string(hide_password=False)
+        return postgres_url(conn)
     if conn_type == "sqlite":
         path = conn.host or conn.schema
         if not path:
@@ -66,6 +62,121 @@ def url_from_connection(conn: Any) -> str:
     raise StoreError(
         f"connection {conn.conn_id!r} has type {conn.conn_type!r}; the approval store needs postgres or sqlite"
     )
+
+
+def postgres_url(conn: Any) -> str:
+    """The store's URL for a ``postgres`` connection, as ``PostgresHook`` reads the connection.
+
+    What the hook does with a connection, the store does too, so one connection serves the
+    store and every other Airflow user of it alike:
+
+    * host, port, login, password, database and the ``sqlalchemy_query`` extra: the hook's
+      ``sqlalchemy_url``;
+    * every other extra the hook hands psycopg (``PostgresHook.get_conn``: all but its
+      ``ignored_extra_options``) that is a libpq connection keyword (``sslmode``, ``sslcert``,
+      ``options``, ``application_name``, ``keepalives*``, ``target_session_attrs``,
+      ``passfile``, ...), as URL query, which SQLAlchemy's psycopg dialect passes to
+      ``psycopg.connect`` and the LISTEN connections read too (JSON booleans become libpq's
+      ``1``/``0``). An extra that is no libpq keyword is left out, as before: psycopg would
+      refuse every connection over it. The ``cursor`` extra is one of the hook's own options,
+      not the connection's: it picks the rows of the hook's cursors, and SQLAlchemy reads its
+      own rows, so it is not applied;
+    * token logins (the ``iam`` extra: AWS RDS, Redshift, Redshift Serverless, or Azure with
+      ``azure_conn_id``): the hook's ``get_iam_token``. Such a token expires (an RDS token
+      after 15 minutes) while the pool keeps opening connections for the life of the process,
+      so the URL carries no password; the engine asks the hook for a token as it opens each
+      connection (SQLAlchemy's ``do_connect`` event, see :func:`fresh_login`).
+
+    The driver stays psycopg 3 (``postgresql+psycopg``) whatever ``sqlalchemy_scheme`` says,
+    and the ``[hitl] store_*`` timeouts bound every connection of the engine whatever the
+    connection's ``connect_timeout`` (its ``options`` are kept, the statement timeout appended).
+    """
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    hook = PostgresHook(connection=conn, sqlalchemy_scheme=_PG_DRIVER)
+    extra = conn.extra_dejson
+    if _is_token_login(conn):
+        # hook.sqlalchemy_url would fetch a token now and write it into the URL (and into the
+        # connection), where it would outlive its expiry: the fields without it, as it reads them.
+        query = extra.get("sqlalchemy_query") or {}
+        if not isinstance(query, dict):
+            raise StoreError(f"connection {conn.conn_id!r}: the extra sqlalchemy_query must be an object")
+        url = URL.create(
+            _PG_DRIVER,
+            username=conn.login or None,
+            host=conn.host or None,
+            port=conn.port or None,
+            database=conn.schema or None,
+            query=query,
+        )
+    else:
+        try:
+            url = hook.sqlalchemy_url
+        except (TypeError, ValueError) as err:
+            raise StoreError(f"connection {conn.conn_id!r}: {err}") from err
+        url = url.set(
+            drivername=_PG_DRIVER,
+            username=url.username or None,
+            password=url.password or None,
+            host=url.host or None,
+            database=url.database or None,
+        )
+    ignored = set(getattr(hook, "ignored_extra_options", ())) | _CONNECTION_FIELDS
+    keywords = _libpq_keywords()
+    params = {k: _libpq_value(v) for k, v in extra.items() if k in keywords and k not in ignored and v is not None}
+    rendered = url.update_query_dict(params).render_as_string(hide_password=False)
+    if _is_token_login(conn):
+        _token_logins[rendered] = conn
+    else:  # the same URL without a token login now (the connection was edited)
+        _token_logins.pop(rendered, None)
+    return rendered
+
+
+_PG_DRIVER = "postgresql+psycopg"
+# The connection's own fields (host, port, login, password, schema) say these; an extra of the
+# same name would make SQLAlchemy read the URL's host as a list of hosts.
+_CONNECTION_FIELDS = frozenset({"host", "hostaddr", "port", "user", "password", "dbname"})
+#: URL of a token-login store -> its connection, for a fresh token per new connection.
+_token_logins: dict[str, Any] = {}
+
+
+def _is_token_login(conn: Any) -> bool:
+    return bool(conn.extra_dejson.get("iam", False))
+
+
+@functools.cache
+def _libpq_keywords() -> frozenset[str]:
+    # libpq's own list of connection keywords (the one psycopg checks a connection against).
+    from psycopg import pq
+
+    return frozenset(option.keyword.decode() for option in pq.Conninfo.get_defaults())
+
+
+def _libpq_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def fresh_login(url: str) -> dict[str, Any]:
+    """psycopg arguments that log in to the store at ``url`` now: a new token for a token login.
+
+    Empty for every other store (its URL holds its password). For a token login, the
+    ``user``, ``password`` and ``port`` ``PostgresHook.get_iam_token`` returns (Redshift may
+    name another user; the port defaults by service). Called for each new connection, never
+    cached: a token is valid for minutes, a pooled engine lives as long as its process.
+    """
+    conn = _token_logins.get(url)
+    if conn is None:
+        return {}
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    try:
+        login, password, port = PostgresHook(connection=conn).get_iam_token(conn)
+    except Exception as err:
+        # Nothing reached the store: a caller may try again, as after a lost connection.
+        raise StoreUnavailable(f"could not get a login token for connection {conn.conn_id!r}: {err}") from err
+    return {k: v for k, v in {"user": login, "password": password, "port": port}.items() if v is not None}
 
 
 def normalize_url(url: str) -> str:
@@ -219,6 +330,12 @@ def _sqlite_on_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def _log_in_with_token(url: str, _dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    # SQLAlchemy's do_connect event, before each new DBAPI connection of a token-login store:
+    # the pool may open one an hour after the last, long after a token fetched then expired.
+    cparams.update(fresh_login(url))
+
+
 class ApprovalStore:
     """An engine and session factory over one approval store."""
 
@@ -252,9 +369,15 @@ class ApprovalStore:
             return engine
         # Bounded waits, so an unreachable store fails a call in seconds (the REST API then
         # answers 503) instead of holding it until the client gives up.
+        # The [hitl] store_* timeouts win over the connection's own (they bound every call of the
+        # package); the connection's ``options`` are kept, ours appended so statement_timeout holds.
         limits = HitlSettings.load()
         statement_ms = int(limits.store_statement_timeout * 1000)
-        return create_engine(
+        own_options = make_url(self.url).query.get("options")
+        options = f"-c statement_timeout={statement_ms}"
+        if isinstance(own_options, str) and own_options.strip():
+            options = f"{own_options.strip()} {options}"
+        engine = create_engine(
             self.url,
             pool_size=pool_size,
             max_overflow=pool_size * 2,
@@ -263,11 +386,14 @@ class ApprovalStore:
             pool_timeout=limits.store_pool_timeout,
             connect_args={
                 "connect_timeout": max(1, round(limits.store_connect_timeout)),
-                "options": f"-c statement_timeout={statement_ms}",
+                "options": options,
                 # A server that vanishes mid-statement (no FIN, no RST) fails the socket too.
                 "tcp_user_timeout": statement_ms + int(limits.store_connect_timeout * 1000),
             },
         )
+        if self.url in _token_logins:
+            event.listen(engine, "do_connect", functools.partial(_log_in_with_token, self.url))
+        return engine
 
     @contextmanager
     def begin(self) -> Iterator[Session]:

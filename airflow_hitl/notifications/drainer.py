@@ -3,9 +3,10 @@
 :class:`OutboxDrainer` turns one claimed :class:`~airflow_hitl.outbox.OutboxIntent` into
 sends through the :class:`~airflow_hitl.notifications.dispatcher.NotificationDispatcher`
 (one ``approval_notifications`` row per recipient, channel and notice; a retry reuses the
-row and its message id and skips recipients already reached). A failed send is retried with
-exponential backoff (``[hitl] notify_retry_backoff`` doubled per attempt, at most
-``notify_retry_max_backoff`` apart) for as long as the notice matters: while the request is
+row and its message id and skips recipients already reached). A failed send is retried after
+the one retry policy's delay (:mod:`airflow_hitl.retry`: jittered, at least ``[hitl]
+notify_retry_backoff``, its window doubled per attempt, at most ``notify_retry_max_backoff``)
+for as long as the notice matters: while the request is
 open for the notices that ask for a decision, ``[hitl] outbox_final_retry_seconds`` after it
 closed for the ones that say how it ended. After a reminder, the next one is queued.
 
@@ -29,6 +30,7 @@ from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.outbox import ACTION_EVENTS, Outbox, OutboxIntent, listen_for_transitions
 from airflow_hitl.records import Approval
+from airflow_hitl.retry import Backoff, RetryPolicy
 from airflow_hitl.settings import HitlSettings
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,9 @@ class OutboxDrainer:
         self._factory = dispatcher_factory
         self.defer_unresolved = defer_unresolved
         self._clock = clock
+        self._retry_policy = RetryPolicy(
+            first=self.notify_settings.retry_backoff, cap=self.notify_settings.retry_max_backoff
+        )
         self.outbox = Outbox(
             store=manager.store, owner=owner, lease_seconds=self.settings.outbox_lease_seconds, clock=clock
         )
@@ -91,8 +96,9 @@ class OutboxDrainer:
 
     def _retry_at(self, intent: OutboxIntent, approval: Approval, now: dt.datetime) -> dt.datetime | None:
         """When to try again if this attempt fails; None when this is the last attempt."""
-        backoff = self.notify_settings.retry_backoff * (2 ** min(30, max(0, intent.attempts - 1)))
-        at = now + dt.timedelta(seconds=min(self.notify_settings.retry_max_backoff, backoff))
+        # intent.attempts counts this attempt too (claim() added it): the first failure is 1.
+        delay = self._retry_policy.delay(intent.attempts)
+        at = now + dt.timedelta(seconds=delay)
         if intent.event_type in ACTION_EVENTS:
             deadline = approval.expires_at
         else:
@@ -198,7 +204,7 @@ class DrainerService:
         self._wake.set()
 
     def _run(self) -> None:
-        backoff = 1.0
+        backoff = Backoff(first=1.0, cap=self.settings.store_retry_max_backoff)
         drainer: OutboxDrainer | None = None
         while not self._stop.is_set():
             try:
@@ -209,16 +215,16 @@ class DrainerService:
                         self._start_listener(manager)
                 self._wake.clear()
                 self.drained += drainer.drain()
-                backoff = 1.0
+                backoff.reset()
                 wait = self.settings.outbox_poll_interval
                 due = drainer.outbox.next_due()
                 if due is not None:
                     wait = min(wait, max(0.0, (due - utcnow()).total_seconds()))
                 self._wake.wait(wait)
             except Exception:
-                log.warning("outbox drainer failed; retrying in %.1fs", backoff, exc_info=True)
-                self._stop.wait(backoff)
-                backoff = min(self.settings.store_retry_max_backoff, backoff * 2)
+                delay = backoff.next()
+                log.warning("outbox drainer failed; retrying in %.1fs", delay, exc_info=True)
+                self._stop.wait(delay)
 
     def _start_listener(self, manager: ApprovalManager) -> None:
         thread = threading.Thread(target=self._listen, args=(manager,), name="hitl-outbox-listener", daemon=True)

@@ -10,7 +10,8 @@ reads (and the first read of a newly watched id) run beside the full poll, never
 behind it: with ten thousand waiting gates a full poll takes a few hundred milliseconds.
 When reads overlap, each watch keeps the state from the most recently started one.
 
-Store errors (a database restarting) are logged and retried with exponential backoff;
+Store errors (a database restarting) are logged and retried after the package's one retry
+policy's delay (:mod:`airflow_hitl.retry`: exponential, jittered, capped at ``max_backoff``);
 they never turn into a decision.
 """
 
@@ -23,9 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 from airflow_hitl.manager import ApprovalManager
-from airflow_hitl.models.store import NOTIFY_CHANNEL
+from airflow_hitl.models.store import NOTIFY_CHANNEL, fresh_login
 from airflow_hitl.outbox import listen_conninfo
 from airflow_hitl.records import WaitState
+from airflow_hitl.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -154,24 +156,26 @@ class ApprovalPoller:
     async def _poll_loop(self) -> None:
         # Full polls: every watched id, one query per interval. A newly watched id is read
         # at once by the targeted loop, so the first full poll can wait a whole interval.
-        backoff = 0.0
+        backoff = Backoff(first=1.0, cap=self.max_backoff)
+        delay = 0.0
         while self._watches:
-            await asyncio.sleep(backoff or self.poll_interval)
+            await asyncio.sleep(delay or self.poll_interval)
             if not self._watches:
                 break
             try:
                 await self._read(list(self._watches))
             except Exception:
                 self.errors += 1
-                backoff = min(self.max_backoff, max(1.0, backoff * 2))
-                log.warning("approval store poll failed; retrying in %.1fs", backoff, exc_info=True)
+                delay = backoff.next()
+                log.warning("approval store poll failed; retrying in %.1fs", delay, exc_info=True)
                 continue
-            backoff = 0.0
+            backoff.reset()
+            delay = 0.0
 
     async def _targeted_loop(self) -> None:
         # Reads only what was announced (NOTIFY) or newly watched, without waiting for a
         # full poll in progress to finish.
-        backoff = 0.0
+        backoff = Backoff(first=1.0, cap=self.max_backoff)
         while self._watches:
             await self._kick.wait()
             await asyncio.sleep(_KICK_DEBOUNCE)  # several triggers starting together share one read
@@ -184,13 +188,13 @@ class ApprovalPoller:
                 await self._read(ids)
             except Exception:
                 self.errors += 1
-                backoff = min(self.max_backoff, max(1.0, backoff * 2))
-                log.warning("approval store read failed; retrying in %.1fs", backoff, exc_info=True)
+                delay = backoff.next()
+                log.warning("approval store read failed; retrying in %.1fs", delay, exc_info=True)
                 self._targeted.update(ids)
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(delay)
                 self._kick.set()
                 continue
-            backoff = 0.0
+            backoff.reset()
 
     def _on_notify(self, request_id: str) -> None:
         if request_id in self._watches:
@@ -200,17 +204,21 @@ class ApprovalPoller:
     # ------------------------------------------------------------------ LISTEN
 
     def _conninfo(self) -> dict[str, Any]:
-        return listen_conninfo(self.manager.store.url)
+        # A fresh login each time: a token login's token expires between reconnections.
+        url = self.manager.store.url
+        return {**listen_conninfo(url), **fresh_login(url)}
 
     async def _listen_loop(self) -> None:
         import psycopg
 
-        backoff = 1.0
+        backoff = Backoff(first=1.0, cap=self.max_backoff)
         while self._watches:
             try:
-                async with await psycopg.AsyncConnection.connect(autocommit=True, **self._conninfo()) as conn:
+                # Off the event loop: a token login asks its identity provider for a token.
+                conninfo = await asyncio.to_thread(self._conninfo)
+                async with await psycopg.AsyncConnection.connect(autocommit=True, **conninfo) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    backoff = 1.0
+                    backoff.reset()
                     # Decisions committed while we were (re)connecting were not announced to us.
                     self._targeted.update(self._watches)
                     self._kick.set()
@@ -219,9 +227,9 @@ class ApprovalPoller:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.warning("LISTEN connection lost; polling continues, reconnecting in %.1fs", backoff, exc_info=True)
-                await asyncio.sleep(backoff)
-                backoff = min(self.max_backoff, backoff * 2)
+                delay = backoff.next()
+                log.warning("LISTEN connection lost; polling continues, reconnecting in %.1fs", delay, exc_info=True)
+                await asyncio.sleep(delay)
 
 
 _pollers: dict[tuple[int, str], ApprovalPoller] = {}
