@@ -36,7 +36,7 @@ from airflow_hitl.models.tables import ApprovalDelegationRow, ApprovalRequestRow
 from airflow_hitl.policy import ConfigProblems, Eligibility, PolicyView, Principal, check_vote, is_allowed_approver
 from airflow_hitl.records import Approval, Vote, jsonable, policy_of
 from airflow_hitl.transaction import StoreTransactions
-from airflow_hitl.vocabulary import APPROVE, DELEGATION_CREATED, DELEGATION_ENDED
+from airflow_hitl.vocabulary import Action, AuditType, Source
 
 #: A user's roles by name, as the auth manager knows them (None: it cannot tell).
 RolesOf = Callable[[str], Iterable[str] | None]
@@ -148,7 +148,7 @@ def check_delegated_vote(
         return Eligibility(
             allowed=False, code="not_allowed", reason=f"{name} is not an allowed approver of this request"
         )
-    if action == APPROVE and not policy.allow_self_approval:
+    if action == Action.APPROVE and not policy.allow_self_approval:
         if name == policy.requested_by:
             return Eligibility(
                 allowed=False,
@@ -243,7 +243,7 @@ class Delegations(StoreTransactions):
         delegator: Any = None,
         admin: bool = False,
         user_known: UserKnown | None = None,
-        source: str = "api",
+        source: str = Source.API,
         client: Mapping[str, Any] | None = None,
     ) -> Delegation:
         """Let ``delegate`` decide ``delegator``'s approvals (the actor's own unless an admin names another).
@@ -294,7 +294,7 @@ class Delegations(StoreTransactions):
             self._audit_delegation(
                 session,
                 row,
-                event_type=DELEGATION_CREATED,
+                event_type=AuditType.DELEGATION_CREATED,
                 actor=actor,
                 admin=admin,
                 source=source,
@@ -347,7 +347,7 @@ class Delegations(StoreTransactions):
         *,
         actor: Principal,
         admin: bool = False,
-        source: str = "api",
+        source: str = Source.API,
         client: Mapping[str, Any] | None = None,
     ) -> Delegation:
         """End a delegation now (its delegator or an admin); ending an ended one changes nothing."""
@@ -368,7 +368,7 @@ class Delegations(StoreTransactions):
             self._audit_delegation(
                 session,
                 row,
-                event_type=DELEGATION_ENDED,
+                event_type=AuditType.DELEGATION_ENDED,
                 actor=actor,
                 admin=admin,
                 source=source,
@@ -441,7 +441,7 @@ class Delegations(StoreTransactions):
         delegations: Iterable[Delegation],
         *,
         roles_of: RolesOf | None = None,
-        action: str = APPROVE,
+        action: str = Action.APPROVE,
         access: DelegatorAccess | None = None,
     ) -> Eligibility:
         """``own`` eligibility, or else the first delegator ``user`` may decide ``approval`` for.

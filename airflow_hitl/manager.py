@@ -70,7 +70,7 @@ from airflow_hitl.spec import (
     json_safe,
     utcnow,
 )
-from airflow_hitl.vocabulary import ACTIONS, APPROVE, BREAK_GLASS, CANCEL, REJECT, VOTE_SOURCES
+from airflow_hitl.vocabulary import ACTIONS, VOTE_SOURCES, Action, AuditType, Origin, Source, State
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
     # ------------------------------------------------------------------ create
 
     def create(
-        self, spec: ApprovalSpec, *, actor: str | None = None, source: str = "operator", origin: str = "task"
+        self, spec: ApprovalSpec, *, actor: str | None = None, source: str = Source.OPERATOR, origin: str = Origin.TASK
     ) -> Approval:
         """Open a gate; for a task try that already has one, return it instead of a second.
 
@@ -130,7 +130,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         spec.validate()
         if origin not in ORIGINS:
             raise InvalidInput("origin", f"must be one of {list(ORIGINS)}")
-        if origin == "task" and spec.run_id and spec.task_id and spec.try_number is not None:
+        if origin == Origin.TASK and spec.run_id and spec.task_id and spec.try_number is not None:
             existing = self._find_for_try(spec)
             if existing is not None:
                 return existing
@@ -152,7 +152,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
                     ApprovalRequestRow.task_id == spec.task_id,
                     ApprovalRequestRow.map_index == spec.map_index,
                     ApprovalRequestRow.try_number == spec.try_number,
-                    ApprovalRequestRow.origin == "task",
+                    ApprovalRequestRow.origin == Origin.TASK,
                 )
             )
             return Approval.from_row(row) if row is not None else None
@@ -162,7 +162,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         # Parsed before the transaction: a form's schemas are checked (bounded, see forms) while no lock is held.
         form = parse_inputs(spec.inputs)
         with self._transaction() as session:
-            if origin == "task" and spec.run_id and spec.task_id and spec.try_number is not None:
+            if origin == Origin.TASK and spec.run_id and spec.task_id and spec.try_number is not None:
                 self._supersede_earlier_tries(session, spec, now)
             row = ApprovalRequestRow(
                 id=str(uuid.uuid4()),
@@ -177,7 +177,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
                 reason=spec.reason,
                 context=json_safe(spec.context),
                 approval_type=spec.approval_type,
-                state="pending",
+                state=State.PENDING,
                 requested_by=spec.requested_by,
                 requested_at=now,
                 expires_at=now + spec.timeout if spec.timeout else None,
@@ -204,7 +204,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
             self._audit(
                 session,
                 request_id=row.id,
-                event_type="requested",
+                event_type=AuditType.REQUESTED,
                 actor=actor or spec.requested_by,
                 source=source,
                 details=with_request_facts(
@@ -241,7 +241,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
                 ApprovalRequestRow.task_id == spec.task_id,
                 ApprovalRequestRow.map_index == spec.map_index,
                 ApprovalRequestRow.try_number < spec.try_number,  # type: ignore[operator]
-                ApprovalRequestRow.origin == "task",
+                ApprovalRequestRow.origin == Origin.TASK,
                 ApprovalRequestRow.state.in_(WAITING_STATES),
             )
             .with_for_update()
@@ -250,13 +250,13 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
             self._finish(
                 session,
                 row,
-                state="cancelled",
+                state=State.CANCELLED,
                 decision=None,
                 by=None,
                 comment=f"superseded by try {spec.try_number}",
-                source="system",
+                source=Source.SYSTEM,
                 now=now,
-                event_type="cancelled",
+                event_type=AuditType.CANCELLED,
             )
 
     # ------------------------------------------------------------------ decide
@@ -268,7 +268,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         a :class:`Decision` and call this; the request's policy, the audit trail and the
         link's single use are applied here, in one transaction.
         """
-        if decision.action == CANCEL:
+        if decision.action == Action.CANCEL:
             if decision.link is not None:
                 raise InvalidInput("action", "an emailed link cannot cancel a request")
             return self.cancel(
@@ -279,10 +279,10 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
                 client=decision.client,
                 dag_access=decision.dag_access,
             )
-        if decision.action == REJECT:
+        if decision.action == Action.REJECT:
             if not isinstance(decision.reason, str) or not decision.reason.strip():
                 raise InvalidInput("reason", "a reason is required to reject")
-        elif decision.action != APPROVE:
+        elif decision.action != Action.APPROVE:
             raise InvalidInput("action", f"must be one of {list(ACTIONS)}")
         if decision.content_digest is not None and (problem := digest_problem(decision.content_digest)):
             raise InvalidInput("content_digest", problem)
@@ -291,8 +291,8 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
             user=decision.user,
             action=decision.action,
             comment=decision.comment,
-            reason=decision.reason.strip() if decision.action == REJECT and decision.reason else None,
-            metadata=decision.metadata if decision.action == APPROVE else None,
+            reason=decision.reason.strip() if decision.action == Action.REJECT and decision.reason else None,
+            metadata=decision.metadata if decision.action == Action.APPROVE else None,
             source=decision.source,
             client=decision.client,
             dag_access=decision.dag_access,
@@ -311,7 +311,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         user: Principal,
         comment: str | None = None,
         metadata: Mapping[str, Any] | None = None,
-        source: str = "api",
+        source: str = Source.API,
         client: Mapping[str, Any] | None = None,
         dag_access: DagAccess | None = None,
         inputs: Mapping[str, Any] | None = None,
@@ -325,7 +325,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         return self._vote(
             request_id,
             user=user,
-            action="approve",
+            action=Action.APPROVE,
             comment=comment,
             reason=None,
             metadata=metadata,
@@ -342,7 +342,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         user: Principal,
         reason: str,
         comment: str | None = None,
-        source: str = "api",
+        source: str = Source.API,
         client: Mapping[str, Any] | None = None,
         dag_access: DagAccess | None = None,
     ) -> Approval:
@@ -352,7 +352,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         return self._vote(
             request_id,
             user=user,
-            action="reject",
+            action=Action.REJECT,
             comment=comment,
             reason=reason.strip(),
             metadata=None,
@@ -380,15 +380,15 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         inputs: Mapping[str, Any] | None = None,
         content_digest: str | None = None,
     ) -> Approval:
-        if source == BREAK_GLASS:
+        if source == Source.BREAK_GLASS:
             # Break-glass holds the store's credentials, not an Airflow identity: it may stop a gate, never pass one.
-            raise NotAllowed(f"a {BREAK_GLASS} decision can only cancel a request, never {action} it")
+            raise NotAllowed(f"a {Source.BREAK_GLASS} decision can only cancel a request, never {action} it")
         if source not in VOTE_SOURCES:
             raise InvalidInput("source", f"must be one of {list(VOTE_SOURCES)}")
         _check_texts(comment=comment, reason=reason)
         # Given values are checked against the form before the lock: what a schema costs (bounded,
         # see forms) is never spent while the request's other deciders wait on its row.
-        checked = self._checked_inputs(request_id, inputs, approving=action == APPROVE)
+        checked = self._checked_inputs(request_id, inputs, approving=action == Action.APPROVE)
         with self._transaction() as session:
             row, votes = self._lock(session, request_id, dag_access=dag_access)
             now = self._clock()
@@ -429,7 +429,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
             if isinstance(checked, InvalidInput):
                 raise checked
             if checked is None:
-                checked = resolve_inputs(row.inputs or {}, inputs, approving=action == APPROVE)
+                checked = resolve_inputs(row.inputs or {}, inputs, approving=action == Action.APPROVE)
             values = checked
             vote = Vote(
                 user=user.name,
@@ -457,7 +457,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
             self._audit(
                 session,
                 request_id=row.id,
-                event_type="vote",
+                event_type=AuditType.VOTE,
                 actor=user.name,
                 source=source,
                 comment=comment or reason,
@@ -475,12 +475,12 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
                 ),
                 at=now,
             )
-            if action == "reject":
+            if action == Action.REJECT:
                 self._finish(
                     session,
                     row,
-                    state="rejected",
-                    decision="rejected",
+                    state=State.REJECTED,
+                    decision=State.REJECTED,
                     by=user.name,
                     comment=reason if not comment else f"{reason} — {comment}",
                     source=source,
@@ -492,8 +492,8 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
                 self._finish(
                     session,
                     row,
-                    state="approved",
-                    decision="approved",
+                    state=State.APPROVED,
+                    decision=State.APPROVED,
                     by=user.name,
                     comment=comment,
                     source=source,
@@ -538,8 +538,8 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
             self._finish(
                 session,
                 row,
-                state="approved",
-                decision="approved",
+                state=State.APPROVED,
+                decision=State.APPROVED,
                 by=None,
                 comment=comment,
                 source=source,
@@ -554,7 +554,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         *,
         actor: str | None,
         reason: str,
-        source: str = "api",
+        source: str = Source.API,
         client: Mapping[str, Any] | None = None,
         dag_access: DagAccess | None = None,
     ) -> Approval:
@@ -569,7 +569,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
             self._finish(
                 session,
                 row,
-                state="cancelled",
+                state=State.CANCELLED,
                 decision=None,
                 by=actor,
                 comment=reason.strip(),
@@ -592,20 +592,20 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
             if row.state not in WAITING_STATES or row.expires_at is None or now < row.expires_at:
                 return TimeoutOutcome(approval=Approval.from_row(row, votes=votes), applied=False)
             targets = [EscalationLevel.from_json(t) for t in row.escalation_targets or ()]
-            if row.timeout_action == "escalate" and row.escalation_level < len(targets):
+            if row.timeout_action == Action.ESCALATE and row.escalation_level < len(targets):
                 self._escalate(session, row, targets[row.escalation_level], now)
                 session.flush()
                 return TimeoutOutcome(approval=Approval.from_row(row, votes=votes), applied=True, escalated=True)
-            action = row.escalation_final_action if row.timeout_action == "escalate" else row.timeout_action
-            decision = "approved" if action == "approve" else "rejected"
+            action = row.escalation_final_action if row.timeout_action == Action.ESCALATE else row.timeout_action
+            decision = State.APPROVED if action == Action.APPROVE else State.REJECTED
             self._finish(
                 session,
                 row,
-                state="timeout",
+                state=State.TIMEOUT,
                 decision=decision,
                 by=None,
                 comment=f"timed out; action taken: {action}",
-                source="timeout",
+                source=Source.TIMEOUT,
                 now=now,
                 details={"action": action, "escalation_level": row.escalation_level},
             )
@@ -615,7 +615,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
     def _escalate(self, session: Session, row: ApprovalRequestRow, level: EscalationLevel, now: dt.datetime) -> None:
         # Escalation widens the circle: the earlier approvers may still decide.
         row.escalation_level += 1
-        row.state = "escalated"
+        row.state = State.ESCALATED
         self._measure(session, metrics.request_escalated)
         row.allowed_approvers = list(dict.fromkeys([*row.allowed_approvers, *level.approvers]))
         row.allowed_roles = list(dict.fromkeys([*row.allowed_roles, *level.roles]))
@@ -626,9 +626,9 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         self._audit(
             session,
             request_id=row.id,
-            event_type="escalated",
+            event_type=AuditType.ESCALATED,
             actor=None,
-            source="timeout",
+            source=Source.TIMEOUT,
             details=with_request_facts(
                 {
                     "escalation_level": row.escalation_level,

@@ -23,7 +23,7 @@ from airflow_hitl.models.tables import NOTIFICATION_STATUSES, ApprovalNotificati
 from airflow_hitl.records import Notification
 from airflow_hitl.spec import json_safe
 from airflow_hitl.transaction import StoreTransactions
-from airflow_hitl.vocabulary import CHANNELS
+from airflow_hitl.vocabulary import CHANNELS, Channel, NoticeStatus
 
 
 class NoticeLog(StoreTransactions):
@@ -39,7 +39,7 @@ class NoticeLog(StoreTransactions):
         subject: str | None = None,
         body: str | None = None,
         metadata: Mapping[str, Any] | None = None,
-        status: str = "pending",
+        status: str = NoticeStatus.PENDING,
         notification_id: str | None = None,
         outbox_id: str | None = None,
     ) -> Notification:
@@ -65,16 +65,16 @@ class NoticeLog(StoreTransactions):
                 subject=subject[:500] if subject else subject,
                 body=body,
                 metadata_=json_safe(metadata or {}),
-                sent_at=now if status == "sent" else None,
-                failed_at=now if status == "failed" else None,
+                sent_at=now if status == NoticeStatus.SENT else None,
+                failed_at=now if status == NoticeStatus.FAILED else None,
                 outbox_id=outbox_id,
                 created_at=now,
                 updated_at=now,
             )
             session.add(row)
             session.flush()
-            if status in ("sent", "failed"):
-                self._measure(session, partial(metrics.notice, channel=channel, delivered=status == "sent"))
+            if status in (NoticeStatus.SENT, NoticeStatus.FAILED):
+                self._measure(session, partial(metrics.notice, channel=channel, delivered=status == NoticeStatus.SENT))
             return Notification.from_row(row)
 
     def _notification_row(self, session: Session, notification_id: str) -> ApprovalNotificationRow:
@@ -132,7 +132,7 @@ class NoticeLog(StoreTransactions):
         now = self._clock()
         with self._transaction() as session:
             row = self._notification_row(session, notification_id)
-            row.status = "sent" if delivered else "failed"
+            row.status = NoticeStatus.SENT if delivered else NoticeStatus.FAILED
             self._measure(session, partial(metrics.notice, channel=row.channel, delivered=delivered))
             record(row, now)
             if retry_count is not None:
@@ -199,7 +199,7 @@ class NoticeLog(StoreTransactions):
                 session.scalar(
                     select(func.count())
                     .select_from(n)
-                    .where(n.channel == "in_app", n.recipient == recipient, n.status == "sent")
+                    .where(n.channel == Channel.IN_APP, n.recipient == recipient, n.status == NoticeStatus.SENT)
                 )
                 or 0
             )
@@ -209,12 +209,14 @@ class NoticeLog(StoreTransactions):
         n = ApprovalNotificationRow
         now = self._clock()
         with self._transaction() as session:
-            query = select(n).where(n.channel == "in_app", n.recipient == recipient, n.status == "sent")
+            query = select(n).where(
+                n.channel == Channel.IN_APP, n.recipient == recipient, n.status == NoticeStatus.SENT
+            )
             if notification_ids is not None:
                 query = query.where(n.id.in_([str(i) for i in notification_ids]))
             rows = builtins.list(session.scalars(query))
             for row in rows:
-                row.status = "read"
+                row.status = NoticeStatus.READ
                 row.read_at = now
                 row.updated_at = now
             session.flush()

@@ -40,13 +40,9 @@ from airflow_hitl.models.tables import (
 )
 from airflow_hitl.records import record_of
 from airflow_hitl.spec import utcnow
+from airflow_hitl.vocabulary import ACTION_EVENTS, AUTOMATIC_SOURCES, Event, NoticeStatus, OutboxStatus, final_event
 
-ACTION_EVENTS = ("required", "reminder", "escalated")
-FINAL_EVENTS = {"approved": "decided", "rejected": "decided", "timeout": "timed_out", "cancelled": "cancelled"}
-# Gates opened and closed by the operator itself (approval_type auto, a true condition) tell nobody.
 log = logging.getLogger(__name__)
-
-AUTOMATIC_SOURCES = ("auto", "condition")
 
 
 def listen_conninfo(store_url: str) -> dict[str, Any]:
@@ -85,18 +81,23 @@ def listen_for_transitions(
     connection holds that PostgreSQL advisory lock, which the server frees when the connection
     ends (its process stopped or died); the others try again every ``follow_every`` seconds.
 
-    A lost connection is reopened with exponential backoff; ``on_listening(True)`` follows each
-    LISTEN (a transition committed before it is not heard, so a caller catches up then) and
-    ``on_listening(False)`` each loss. Blocks: run it in a thread of its own.
+    A lost connection is reopened after the one retry policy's delay (:mod:`airflow_hitl.retry`,
+    capped at ``max_backoff``), each time with a fresh login (a token login's token expires);
+    ``on_listening(True)`` follows each LISTEN (a transition committed before it is not heard,
+    so a caller catches up then) and ``on_listening(False)`` each loss. Blocks: run it in a
+    thread of its own.
     """
     import psycopg
 
+    from airflow_hitl.models.store import fresh_login
+    from airflow_hitl.retry import Backoff
+
     info = listen_conninfo(store_url)
-    backoff = 1.0
+    backoff = Backoff(first=1.0, cap=max_backoff)
     while not stop.is_set():
         try:
-            with psycopg.connect(autocommit=True, **info) as conn:
-                backoff = 1.0
+            with psycopg.connect(autocommit=True, **{**info, **fresh_login(store_url)}) as conn:
+                backoff.reset()
                 if leader_key is not None:
                     while not _leads(conn, leader_key):
                         if stop.wait(follow_every):
@@ -110,9 +111,9 @@ def listen_for_transitions(
         except Exception:
             if on_listening is not None:
                 on_listening(False)
-            log.warning("%s LISTEN connection lost; reconnecting in %.1fs", what, backoff, exc_info=True)
-            stop.wait(backoff)
-            backoff = min(max_backoff, backoff * 2)
+            delay = backoff.next()
+            log.warning("%s LISTEN connection lost; reconnecting in %.1fs", what, delay, exc_info=True)
+            stop.wait(delay)
 
 
 def _leads(conn: Any, key: int) -> bool:
@@ -163,7 +164,7 @@ def _enqueue(session: Session, row: ApprovalRequestRow, *, event_type: str, key:
             request_id=row.id,
             event_type=event_type,
             dedupe_key=key,
-            status="pending",
+            status=OutboxStatus.PENDING,
             due_at=due_at,
             attempts=0,
             created_at=utcnow(),
@@ -189,20 +190,20 @@ def plan_reminder(session: Session, row: ApprovalRequestRow, after: dt.datetime)
     if not _announces(row) or row.state not in WAITING_STATES:
         return False
     o = ApprovalOutboxRow
-    reminders = session.scalars(select(o.status).where(o.request_id == row.id, o.event_type == "reminder")).all()
-    if "pending" in reminders:
+    reminders = session.scalars(select(o.status).where(o.request_id == row.id, o.event_type == Event.REMINDER)).all()
+    if OutboxStatus.PENDING in reminders:
         return False
     at = next_reminder_at(row, after)
     if at is None:
         return False
-    return _enqueue(session, row, event_type="reminder", key=f"reminder:{len(reminders) + 1}", due_at=at)
+    return _enqueue(session, row, event_type=Event.REMINDER, key=f"reminder:{len(reminders) + 1}", due_at=at)
 
 
 def plan_opened(session: Session, row: ApprovalRequestRow, now: dt.datetime) -> bool:
     """A gate opened: queue ``required`` (due now) and the first reminder."""
     if not _announces(row):
         return False
-    _enqueue(session, row, event_type="required", key="required", due_at=now)
+    _enqueue(session, row, event_type=Event.REQUIRED, key=str(Event.REQUIRED), due_at=now)
     plan_reminder(session, row, now)
     return True
 
@@ -211,7 +212,7 @@ def plan_escalated(session: Session, row: ApprovalRequestRow, now: dt.datetime) 
     """A gate escalated: queue ``escalated`` for this level, and a reminder against the new expiry."""
     if not _announces(row):
         return False
-    _enqueue(session, row, event_type="escalated", key=f"escalated:{row.escalation_level}", due_at=now)
+    _enqueue(session, row, event_type=Event.ESCALATED, key=f"{Event.ESCALATED}:{row.escalation_level}", due_at=now)
     plan_reminder(session, row, now)
     return True
 
@@ -228,12 +229,12 @@ def plan_closed(session: Session, row: ApprovalRequestRow, now: dt.datetime) -> 
     reason = f"not delivered before the request was {row.state}"
     o = ApprovalOutboxRow
     open_intents = session.scalars(
-        select(o).where(o.request_id == row.id, o.status == "pending", o.event_type.in_(ACTION_EVENTS))
+        select(o).where(o.request_id == row.id, o.status == OutboxStatus.PENDING, o.event_type.in_(ACTION_EVENTS))
     ).all()
     for intent in open_intents:
         # A failed attempt left its error; one in flight right now may still succeed (its rows say so).
-        tried = intent.last_error is not None and intent.event_type != "reminder"
-        intent.status = "failed" if tried else "cancelled"
+        tried = intent.last_error is not None and intent.event_type != Event.REMINDER
+        intent.status = OutboxStatus.FAILED if tried else OutboxStatus.CANCELLED
         intent.last_error = f"{reason}; last error: {intent.last_error}" if intent.last_error else reason
         intent.lease_until = None
         intent.updated_at = now
@@ -242,18 +243,18 @@ def plan_closed(session: Session, row: ApprovalRequestRow, now: dt.datetime) -> 
         select(n).where(
             n.request_id == row.id,
             n.event_type.in_(ACTION_EVENTS),
-            (n.status == "pending") | ((n.status == "failed") & n.next_attempt_at.is_not(None)),
+            (n.status == NoticeStatus.PENDING) | ((n.status == NoticeStatus.FAILED) & n.next_attempt_at.is_not(None)),
         )
     ).all()
     for notice in undelivered:
         notice.error = f"{reason}; last error: {notice.error}" if notice.error else reason
-        notice.status = "failed"
+        notice.status = NoticeStatus.FAILED
         notice.next_attempt_at = None
         notice.failed_at = now
         notice.updated_at = now
     if row.decision_source in AUTOMATIC_SOURCES:
         return True
-    _enqueue(session, row, event_type=FINAL_EVENTS.get(row.state, "decided"), key=f"final:{row.state}", due_at=now)
+    _enqueue(session, row, event_type=final_event(row.state), key=f"final:{row.state}", due_at=now)
     return True
 
 
@@ -300,7 +301,7 @@ class Outbox:
         o = ApprovalOutboxRow
         query = (
             select(o)
-            .where(o.status == "pending", o.due_at <= now, o.lease_until.is_(None) | (o.lease_until < now))
+            .where(o.status == OutboxStatus.PENDING, o.due_at <= now, o.lease_until.is_(None) | (o.lease_until < now))
             .order_by(o.due_at, o.id)
             .limit(limit)
         )
@@ -330,7 +331,7 @@ class Outbox:
         with self.store.begin() as session:
             result = session.execute(
                 update(o)
-                .where(o.id == intent_id, o.status == "pending", o.claimed_by == self.owner)
+                .where(o.id == intent_id, o.status == OutboxStatus.PENDING, o.claimed_by == self.owner)
                 .values(lease_until=None, updated_at=self._clock(), **values)
                 .execution_options(synchronize_session=False)
             )
@@ -362,8 +363,10 @@ class Outbox:
         """When the earliest pending notice can next be claimed (None: nothing is queued)."""
         o = ApprovalOutboxRow
         with self.store.session() as session:
-            due = session.scalar(select(func.min(o.due_at)).where(o.status == "pending", o.lease_until.is_(None)))
-            leased = session.scalar(select(func.min(o.lease_until)).where(o.status == "pending"))
+            due = session.scalar(
+                select(func.min(o.due_at)).where(o.status == OutboxStatus.PENDING, o.lease_until.is_(None))
+            )
+            leased = session.scalar(select(func.min(o.lease_until)).where(o.status == OutboxStatus.PENDING))
         times = [t for t in (due, leased) if t is not None]
         return min(times) if times else None
 

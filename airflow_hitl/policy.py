@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from airflow_hitl.exceptions import InvalidApprovalConfig, InvalidInput
 from airflow_hitl.limits import MAX_TIMEOUT_SECONDS
+from airflow_hitl.vocabulary import WAITING_STATES, Action, OnReject, State, TaskEnd
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -212,12 +213,12 @@ def is_allowed_approver(policy: PolicyView, name: str, roles: Iterable[str]) -> 
 
 
 def check_vote(policy: PolicyView, user: Principal, *, action: str, voters: Iterable[str]) -> Eligibility:
-    """May ``user`` cast ``action`` ('approve' or 'reject') now? The reason says why not."""
+    """May ``user`` cast ``action`` (:attr:`Action.APPROVE` or :attr:`Action.REJECT`) now? The reason says why not."""
     if user.name in set(voters):
         return Eligibility(allowed=False, code="already_voted", reason="you have already voted on this request")
     if not is_allowed_approver(policy, user.name, user.roles):
         return Eligibility(allowed=False, code="not_allowed", reason="you are not an allowed approver of this request")
-    if action == "approve" and not policy.allow_self_approval and user.name == policy.requested_by:
+    if action == Action.APPROVE and not policy.allow_self_approval and user.name == policy.requested_by:
         return Eligibility(
             allowed=False,
             code="self_approval",
@@ -238,7 +239,7 @@ def counted_approvals(policy: PolicyView, votes: Iterable[tuple[str, Iterable[st
     """The distinct users whose approve votes count now: (user, roles at vote time, vote)."""
     counted: set[str] = set()
     for user, roles, vote in votes:
-        if vote != "approve" or not is_allowed_approver(policy, user, roles):
+        if vote != Action.APPROVE or not is_allowed_approver(policy, user, roles):
             continue
         if not policy.allow_self_approval and user == policy.requested_by:
             continue
@@ -253,3 +254,48 @@ def quorum_reached(policy: PolicyView, votes: Iterable[tuple[str, Iterable[str],
         needed = {u for u in policy.allowed_approvers if policy.allow_self_approval or u != policy.requested_by}
         return needed <= counted
     return len(counted) >= policy.required_approvals
+
+
+# ---------------------------------------------------------------------- how a closed gate ends its task
+
+
+def gate_opened(*, state: str, decision: str | None) -> bool:
+    """True when a request opened its gate: approved by people, or by the timeout action."""
+    return decision == State.APPROVED and state in (State.APPROVED, State.TIMEOUT)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GateOutcome:
+    """How a closed request ends its gate's task.
+
+    :param end: Success, failure or skip of the task instance.
+    :param follow: For a branch gate that did not fail, the outcome whose branch the task follows
+        (``approve`` or ``reject``); None otherwise.
+    """
+
+    end: TaskEnd
+    follow: Action | None = None
+
+
+def gate_outcome(*, state: str, decision: str | None, on_reject: str, branching: bool) -> GateOutcome:
+    """How a request that ended in ``state`` ends its task; the trigger and the operator both ask this.
+
+    Approved (by people or by the timeout action): success. Rejected (by people or the timeout
+    action): failure, or a skip with ``on_reject="skip"``. Cancelled: failure, whatever the gate
+    (a branch gate takes no branch). A branch gate (``branching``) succeeds when approved or
+    rejected and follows that outcome's branch; ``on_reject`` does not apply to it.
+
+    :raises ValueError: The request is still waiting: it ends nothing yet.
+    """
+    if state in WAITING_STATES:
+        raise ValueError(f"a {state} request ends no task yet")
+    if state == State.CANCELLED:
+        return GateOutcome(end=TaskEnd.FAILED)
+    opened = gate_opened(state=state, decision=decision)
+    if branching:
+        return GateOutcome(end=TaskEnd.SUCCESS, follow=Action.APPROVE if opened else Action.REJECT)
+    if opened:
+        return GateOutcome(end=TaskEnd.SUCCESS)
+    if on_reject == OnReject.SKIP:
+        return GateOutcome(end=TaskEnd.SKIPPED)
+    return GateOutcome(end=TaskEnd.FAILED)

@@ -33,7 +33,7 @@ from airflow_hitl.policy import Eligibility, Principal, check_vote
 from airflow_hitl.records import Approval, TaskGate, WaitState
 from airflow_hitl.spec import ORDERABLE, ApprovalFilter, replace_filter, where_clauses
 from airflow_hitl.transaction import StoreTransactions, decoded, text_columns, votes_of
-from airflow_hitl.vocabulary import TERMINAL_STATES
+from airflow_hitl.vocabulary import TERMINAL_STATES, Action, Origin
 
 _REQUEST_COLUMNS, _REQUEST_JSON = text_columns(ApprovalRequestRow.__table__)  # type: ignore[arg-type]
 
@@ -206,7 +206,7 @@ class ApprovalQueries(StoreTransactions):
         with self.store.session() as session:
             return sorted(session.scalars(select(ApprovalRequestRow.dag_id).distinct()))
 
-    def can_approve(self, user: Principal, approval: Approval, *, action: str = "approve") -> Eligibility:
+    def can_approve(self, user: Principal, approval: Approval, *, action: str = Action.APPROVE) -> Eligibility:
         """May ``user`` cast ``action`` on ``approval`` now? The reason says why not."""
         if not approval.is_waiting:
             return Eligibility(allowed=False, code="not_pending", reason=f"this request is {approval.state}")
@@ -227,7 +227,7 @@ class ApprovalQueries(StoreTransactions):
             table.id, table.dag_id, table.run_id, table.task_id, table.map_index, table.try_number
         ).where(
             table.id.in_([str(i) for i in request_ids]),
-            table.origin == "task",
+            table.origin == Origin.TASK,
             table.run_id.is_not(None),
             table.task_id.is_not(None),
             table.try_number.is_not(None),

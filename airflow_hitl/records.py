@@ -15,7 +15,8 @@ from typing import Any, TypeVar, get_type_hints
 
 from airflow_hitl.canonical import content_digest
 from airflow_hitl.models.tables import WAITING_STATES, ApprovalNotificationRow, ApprovalRequestRow, ApprovalVoteRow
-from airflow_hitl.policy import EscalationLevel, PolicyView, approvals_needed, counted_approvals
+from airflow_hitl.policy import EscalationLevel, PolicyView, approvals_needed, counted_approvals, gate_opened
+from airflow_hitl.vocabulary import Action, Origin
 
 R = TypeVar("R")
 
@@ -201,12 +202,12 @@ class Approval:
     @property
     def opened_over_api(self) -> bool:
         """True for a request opened over the REST API: it is no task's gate, whatever ids it names."""
-        return self.origin == "api"
+        return self.origin == Origin.API
 
     @property
     def approved(self) -> bool:
         """True when the gate opened: approved by people, or by the timeout action."""
-        return self.decision == "approved" and self.state in {"approved", "timeout"}
+        return gate_opened(state=self.state, decision=self.decision)
 
     @cached_property
     def policy(self) -> PolicyView:
@@ -233,7 +234,7 @@ class Approval:
 
     def approvers_shown(self) -> list[str]:
         """:attr:`approvers` as notices show them, each with the delegate who cast the vote, if any."""
-        cast_by = {v.user: v.cast_by for v in self.votes if v.vote == "approve"}
+        cast_by = {v.user: v.cast_by for v in self.votes if v.vote == Action.APPROVE}
         return [cast_by.get(name, name) for name in self.approvers]
 
     @property

@@ -25,7 +25,26 @@ from airflow_hitl.models.tables import TIMEOUT_ACTIONS, WAITING_PREDICATE, WAITI
 from airflow_hitl.policy import ConfigProblems, EscalationLevel, Principal, names_tuple, str_list
 from airflow_hitl.records import Approval
 from airflow_hitl.settings import HitlSettings
-from airflow_hitl.vocabulary import APPROVAL_TYPES, FINAL_ACTIONS, ON_REJECT, TERMINAL_STATES
+from airflow_hitl.vocabulary import (
+    APPROVAL_TYPES,
+    FINAL_ACTIONS,
+    ON_REJECT,
+    TERMINAL_STATES,
+    Action,
+    ApprovalType,
+    ApprovalTypeWord,
+    DecisionActionWord,
+    FinalActionWord,
+    OnReject,
+    OnRejectWord,
+    Origin,
+    OriginWord,
+    Source,
+    SourceWord,
+    State,
+    StateWord,
+    TimeoutActionWord,
+)
 
 DagAccess = Callable[[str], str | None]
 """Checks the caller's access to a request's DAG: returns why not, or None when allowed."""
@@ -69,18 +88,18 @@ class ApprovalSpec:
     description: str | None = None
     reason: str | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
-    approval_type: str = "manual"
+    approval_type: ApprovalTypeWord | ApprovalType = ApprovalType.MANUAL
     requested_by: str | None = None
     timeout: dt.timedelta | None = None
-    timeout_action: str | None = None
+    timeout_action: TimeoutActionWord | Action | None = None
     escalation_targets: Sequence[EscalationLevel] = ()
-    escalation_final_action: str | None = None
+    escalation_final_action: FinalActionWord | Action | None = None
     required_approvals: int = 1
     require_all: bool = False
     allowed_approvers: Sequence[str] = ()
     allowed_roles: Sequence[str] = ()
     allow_self_approval: bool = False
-    on_reject: str = "fail"
+    on_reject: OnRejectWord | OnReject = OnReject.FAIL
     metadata: Mapping[str, Any] = field(default_factory=dict)
     notify: Mapping[str, Any] = field(default_factory=dict)
     #: Form inputs approvers fill in: name -> Airflow ``Param``, its stored form, or a plain default.
@@ -135,7 +154,7 @@ class ApprovalSpec:
             problems.add("timeout_action", f"must be one of {list(TIMEOUT_ACTIONS)}, got {self.timeout_action!r}")
         if self.timeout_action is not None and self.timeout is None:
             problems.add("timeout", f"is required when timeout_action={self.timeout_action!r}")
-        if self.timeout_action == "escalate":
+        if self.timeout_action == Action.ESCALATE:
             if not self.escalation_targets:
                 problems.add("escalate_to", "is required when timeout_action='escalate'")
             if self.escalation_final_action not in FINAL_ACTIONS:
@@ -199,13 +218,13 @@ class ApprovalSpec:
 class ApprovalFilter:
     """Filters shared by list, pending and history."""
 
-    states: Sequence[str] | None = None
+    states: Sequence[StateWord | State] | None = None
     dag_id: str | None = None
     dag_ids: Iterable[str] | None = None
     run_id: str | None = None
     task_id: str | None = None
     map_index: int | None = None
-    origin: str | None = None
+    origin: OriginWord | Origin | None = None
     requested_by: str | None = None
     decided_by: str | None = None
     since: dt.datetime | None = None
@@ -244,9 +263,9 @@ class Decision:
         is recorded (:class:`~airflow_hitl.exceptions.ContentChanged`). None: not checked.
     """
 
-    action: str
+    action: DecisionActionWord | Action
     user: Principal
-    source: str
+    source: SourceWord | Source
     comment: str | None = None
     reason: str | None = None
     metadata: Mapping[str, Any] | None = None

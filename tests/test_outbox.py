@@ -226,3 +226,11 @@ class TestClaim:
         thread.join()
         assert not blocked, "claim waited for a lock another sender held"
         assert [i.request_id for i in claimed] == [free]
+
+
+def test_the_outbox_takes_its_event_sets_from_the_vocabulary() -> None:
+    from airflow_hitl import outbox, vocabulary
+
+    assert outbox.ACTION_EVENTS is vocabulary.ACTION_EVENTS
+    assert outbox.AUTOMATIC_SOURCES is vocabulary.AUTOMATIC_SOURCES
+    assert not hasattr(outbox, "FINAL_EVENTS")  # how a request ended is vocabulary.final_event

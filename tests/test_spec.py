@@ -306,3 +306,35 @@ class TestFilters:
 def test_utcnow_is_aware_utc() -> None:
     now = utcnow()
     assert now.utcoffset() == dt.timedelta(0)
+
+
+def test_fields_that_hold_a_word_are_typed_with_its_literal() -> None:
+    # mypy names a misspelt word in a gate's options, a filter or a decision.
+    from enum import Enum
+    from typing import get_type_hints
+
+    from airflow_hitl import vocabulary as v
+    from airflow_hitl.spec import Decision
+
+    def words(cls: type, name: str) -> set[str]:
+        # Every value the field's type admits, Literal args and enum members alike.
+        found: set[str] = set()
+        stack = [get_type_hints(cls)[name]]
+        while stack:
+            hint = stack.pop()
+            if isinstance(hint, type) and issubclass(hint, Enum):
+                found.update(m.value for m in hint)
+            elif isinstance(hint, str):
+                found.add(hint)
+            else:
+                stack.extend(getattr(hint, "__args__", ()))
+        return found
+
+    assert words(ApprovalSpec, "approval_type") == set(v.APPROVAL_TYPES)
+    assert set(v.TIMEOUT_ACTIONS) <= words(ApprovalSpec, "timeout_action") <= set(v.Action)
+    assert set(v.FINAL_ACTIONS) <= words(ApprovalSpec, "escalation_final_action") <= set(v.Action)
+    assert words(ApprovalSpec, "on_reject") == set(v.ON_REJECT)
+    assert words(ApprovalFilter, "states") == set(v.STATES)
+    assert words(ApprovalFilter, "origin") == set(v.ORIGINS)
+    assert set(v.ACTIONS) <= words(Decision, "action") <= set(v.Action)
+    assert words(Decision, "source") == set(v.SOURCES)

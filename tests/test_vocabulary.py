@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
 import re
+from enum import Enum
 from pathlib import Path
+from typing import get_args
+
+import pytest
+from jinja2 import Environment
 
 from airflow_hitl import vocabulary
+from airflow_hitl.audit import event_hash, request_facts
+from airflow_hitl.canonical import canonical_json, content_digest
+from airflow_hitl.vocabulary import (
+    Action,
+    ApprovalType,
+    Channel,
+    Event,
+    OnReject,
+    Origin,
+    Source,
+    State,
+)
 
 UI = Path(__file__).resolve().parents[1] / "airflow_hitl" / "ui"
 SCRIPT = (UI / "static" / "hitl.js").read_text()
@@ -43,3 +62,160 @@ def test_template_state_filters_offer_only_known_states():
 
 def test_final_event_of_every_terminal_state():
     assert {vocabulary.final_event(s) for s in vocabulary.TERMINAL_STATES} <= set(vocabulary.FINAL_EVENTS)
+
+
+# ---------------------------------------------------------------------- the words as enums
+
+#: Every word enum of the vocabulary.
+WORDS: tuple[type[Enum], ...] = (
+    State,
+    Action,
+    ApprovalType,
+    Origin,
+    OnReject,
+    Source,
+    Channel,
+    Event,
+    vocabulary.NoticeStatus,
+    vocabulary.OutboxStatus,
+    vocabulary.AuditType,
+    vocabulary.TaskEnd,
+)
+MEMBERS = [member for word in WORDS for member in word]
+
+
+@pytest.mark.parametrize("member", MEMBERS, ids=lambda m: f"{type(m).__name__}.{m.name}")
+def test_every_text_form_of_a_word_is_its_value(member: Enum) -> None:
+    value = member.value
+    assert isinstance(member, str) and member == value and hash(member) == hash(value)
+    texts = (str(member), f"{member}", format(member), "%s" % (member,))  # noqa: UP031 (as logging formats)
+    assert texts == (value,) * 4 and f"{member:>12}" == f"{value:>12}"
+    assert repr(member) == repr(value) and repr([member]) == repr([value])
+    assert json.dumps({member: [member]}) == json.dumps({value: [value]})
+    assert Environment(autoescape=True).from_string("{{ w }}|{{ w | e }}").render(w=member) == f"{value}|{value}"
+    assert type(member)(value) is member
+
+
+def test_a_log_record_carries_the_value(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="tests.vocabulary"):
+        logging.getLogger("tests.vocabulary").info("request is %s", State.PENDING)
+    assert caplog.records[-1].getMessage() == "request is pending"
+
+
+#: Each Literal alias and the words it must name, exactly.
+LITERALS = [
+    (vocabulary.StateWord, tuple(State)),
+    (vocabulary.DecisionWord, vocabulary.DECISIONS),
+    (vocabulary.ActionWord, tuple(Action)),
+    (vocabulary.VoteWord, vocabulary.VOTES),
+    (vocabulary.DecisionActionWord, vocabulary.ACTIONS),
+    (vocabulary.TimeoutActionWord, vocabulary.TIMEOUT_ACTIONS),
+    (vocabulary.FinalActionWord, vocabulary.FINAL_ACTIONS),
+    (vocabulary.ApprovalTypeWord, tuple(ApprovalType)),
+    (vocabulary.OriginWord, tuple(Origin)),
+    (vocabulary.OnRejectWord, tuple(OnReject)),
+    (vocabulary.SourceWord, tuple(Source)),
+    (vocabulary.RestSourceWord, vocabulary.REST_SOURCES),
+    (vocabulary.ChannelWord, tuple(Channel)),
+    (vocabulary.EventWord, tuple(Event)),
+]
+
+
+@pytest.mark.parametrize(("literal", "words"), LITERALS, ids=lambda v: str(v)[:40])
+def test_each_literal_names_exactly_its_words(literal: object, words: tuple[Enum, ...]) -> None:
+    assert get_args(literal) == tuple(w.value for w in words)
+
+
+def test_the_word_lists_keep_their_values_and_order() -> None:
+    # What the check constraints, the migrations, the pages and the error messages were built from.
+    assert vocabulary.STATES == ("pending", "approved", "rejected", "timeout", "escalated", "cancelled")
+    assert vocabulary.WAITING_STATES == ("pending", "escalated")
+    assert vocabulary.TERMINAL_STATES == ("approved", "rejected", "timeout", "cancelled")
+    assert vocabulary.VOTES == ("approve", "reject")
+    assert vocabulary.ACTIONS == ("approve", "reject", "cancel")
+    assert vocabulary.TIMEOUT_ACTIONS == ("approve", "reject", "escalate")
+    assert vocabulary.FINAL_ACTIONS == ("approve", "reject")
+    assert vocabulary.APPROVAL_TYPES == ("manual", "auto", "conditional")
+    assert vocabulary.ORIGINS == ("task", "api")
+    assert vocabulary.ON_REJECT == ("fail", "skip")
+    assert vocabulary.VOTE_SOURCES == ("api", "ui", "email", "slack", "bulk", "cli")
+    assert vocabulary.SYSTEM_SOURCES == ("timeout", "auto", "condition", "airflow", "system", "operator")
+    assert (*vocabulary.VOTE_SOURCES, "break-glass", *vocabulary.SYSTEM_SOURCES) == vocabulary.SOURCES
+    assert vocabulary.REST_SOURCES == ("api", "cli")
+    assert vocabulary.CHANNELS == ("email", "slack", "webhook", "in_app")
+    assert vocabulary.EVENTS == ("required", "reminder", "escalated", "timed_out", "decided", "cancelled")
+    assert vocabulary.ACTION_EVENTS == ("required", "reminder", "escalated")
+    assert vocabulary.FINAL_EVENTS == ("decided", "timed_out", "cancelled")
+    assert vocabulary.NOTIFICATION_STATUSES == ("pending", "sent", "failed", "read")
+    assert vocabulary.OUTBOX_STATUSES == ("pending", "sent", "failed", "cancelled")
+    assert vocabulary.DELEGATION_EVENTS == ("delegation_created", "delegation_ended")
+    # The messages that list allowed words read as they did with plain strings.
+    assert f"must be one of {list(vocabulary.TIMEOUT_ACTIONS)}" == "must be one of ['approve', 'reject', 'escalate']"
+
+
+def test_the_pages_receive_plain_strings() -> None:
+    for words in vocabulary.for_pages().values():
+        assert words and all(type(w) is str for w in words)
+
+
+def test_final_event_of_each_state() -> None:
+    assert [vocabulary.final_event(s) for s in vocabulary.TERMINAL_STATES] == [
+        "decided",
+        "decided",
+        "timed_out",
+        "cancelled",
+    ]
+    assert vocabulary.final_event("approved") is Event.DECIDED
+
+
+AT = dt.datetime(2026, 5, 4, 12, 30, tzinfo=dt.timezone.utc)
+
+
+def _facts(state: str, decision: str, source: str, vote: str) -> dict[str, object]:
+    return {
+        "from_state": state,
+        "decision": decision,
+        "vote": vote,
+        "votes": [{"vote": vote, "source": source}],
+        state: {"keyed by": decision},
+    }
+
+
+def test_audit_links_and_digests_of_members_equal_those_of_plain_strings() -> None:
+    # The chain of existing rows (written with plain strings) must still verify when facts carry members.
+    with_members = _facts(State.APPROVED, State.APPROVED, Source.EMAIL, Action.APPROVE)
+    with_strings = _facts("approved", "approved", "email", "approve")
+    assert canonical_json(with_members) == canonical_json(with_strings)
+    assert content_digest(with_members) == content_digest(with_strings)
+    link = {"prev_hash": "0" * 64, "request_id": "r1", "actor": "alice", "comment": None, "created_at": AT}
+    assert event_hash(event_type=State.APPROVED, source=Source.EMAIL, details=with_members, **link) == event_hash(
+        event_type="approved", source="email", details=with_strings, **link
+    )
+
+
+def test_request_facts_of_a_row_with_members_equal_those_of_a_stored_row() -> None:
+    from airflow_hitl.models.tables import ApprovalRequestRow
+
+    def row(**words: str) -> ApprovalRequestRow:
+        return ApprovalRequestRow(
+            id="r1",
+            dag_id="d",
+            title="t",
+            map_index=-1,
+            escalation_level=0,
+            escalation_targets=[],
+            allowed_approvers=[],
+            allowed_roles=[],
+            required_approvals=1,
+            require_all=False,
+            allow_self_approval=False,
+            decided_by="alice",
+            decided_at=AT,
+            expires_at=None,
+            updated_at=AT,
+            **words,
+        )
+
+    members = row(state=State.TIMEOUT, decision=State.REJECTED, decision_source=Source.TIMEOUT)
+    strings = row(state="timeout", decision="rejected", decision_source="timeout")
+    assert canonical_json(request_facts(members)) == canonical_json(request_facts(strings))

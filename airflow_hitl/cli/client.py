@@ -25,7 +25,7 @@ import httpx
 
 from airflow_hitl import __version__
 from airflow_hitl.settings import conf_get, option
-from airflow_hitl.vocabulary import CLIENT_DETAIL_HEADERS, CLIENT_HEADER
+from airflow_hitl.vocabulary import CLIENT_DETAIL_HEADERS, CLIENT_HEADER, Source
 
 #: The environment variable holding the caller's Airflow token (a JWT from ``POST /auth/token``).
 TOKEN_ENV = "AIRFLOW_HITL_TOKEN"
@@ -212,7 +212,7 @@ class ApiClient:
         self._headers = {
             "Authorization": f"Bearer {token}",
             "User-Agent": f"airflow-hitl-cli/{__version__}",
-            CLIENT_HEADER: "cli",
+            CLIENT_HEADER: str(Source.CLI),
             **{CLIENT_DETAIL_HEADERS[name]: _header_value(value) for name, value in details.items()},
         }
 

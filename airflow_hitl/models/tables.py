@@ -39,6 +39,12 @@ from airflow_hitl.vocabulary import (
     TIMEOUT_ACTIONS,
     VOTES,
     WAITING_STATES,
+    ApprovalType,
+    NoticeStatus,
+    OnReject,
+    Origin,
+    OutboxStatus,
+    State,
 )
 
 NAMING_CONVENTION = {
@@ -84,7 +90,8 @@ BigIntPk = BigInteger().with_variant(sqlite.INTEGER(), "sqlite")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+    # The words' plain values, quoted: the migrations and the partial index carry this very text.
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
 
 
 # Queries for waiting requests use this very text, so PostgreSQL can match it to the
@@ -109,15 +116,17 @@ class ApprovalRequestRow(Base):
     task_id: Mapped[str | None] = mapped_column(String(250))
     map_index: Mapped[int] = mapped_column(Integer, nullable=False, default=-1)
     try_number: Mapped[int | None] = mapped_column(Integer)
-    origin: Mapped[str] = mapped_column(String(10), nullable=False, default="task", server_default="task")
+    origin: Mapped[str] = mapped_column(
+        String(10), nullable=False, default=Origin.TASK, server_default=str(Origin.TASK)
+    )
 
     title: Mapped[str] = mapped_column(String(500), nullable=False)
     description: Mapped[str | None] = mapped_column(Text)
     reason: Mapped[str | None] = mapped_column(Text)
     context: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False, default=dict)
-    approval_type: Mapped[str] = mapped_column(String(20), nullable=False, default="manual")
+    approval_type: Mapped[str] = mapped_column(String(20), nullable=False, default=ApprovalType.MANUAL)
 
-    state: Mapped[str] = mapped_column(String(20), nullable=False, default="pending")
+    state: Mapped[str] = mapped_column(String(20), nullable=False, default=State.PENDING)
     requested_by: Mapped[str | None] = mapped_column(String(250))
     requested_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
     expires_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
@@ -133,7 +142,7 @@ class ApprovalRequestRow(Base):
     allowed_approvers: Mapped[list[str]] = mapped_column(JsonType, nullable=False, default=list)
     allowed_roles: Mapped[list[str]] = mapped_column(JsonType, nullable=False, default=list)
     allow_self_approval: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
-    on_reject: Mapped[str] = mapped_column(String(10), nullable=False, default="fail")
+    on_reject: Mapped[str] = mapped_column(String(10), nullable=False, default=OnReject.FAIL)
 
     decided_by: Mapped[str | None] = mapped_column(String(250))
     decided_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
@@ -249,7 +258,7 @@ class ApprovalNotificationRow(Base):
     channel: Mapped[str] = mapped_column(String(20), nullable=False)
     recipient: Mapped[str] = mapped_column(String(320), nullable=False)
     event_type: Mapped[str] = mapped_column(String(40), nullable=False)
-    status: Mapped[str] = mapped_column(String(20), nullable=False, default="pending")
+    status: Mapped[str] = mapped_column(String(20), nullable=False, default=NoticeStatus.PENDING)
     retry_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     subject: Mapped[str | None] = mapped_column(String(500))
@@ -290,7 +299,7 @@ class ApprovalOutboxRow(Base):
     )
     event_type: Mapped[str] = mapped_column(String(40), nullable=False)
     dedupe_key: Mapped[str] = mapped_column(String(80), nullable=False)
-    status: Mapped[str] = mapped_column(String(20), nullable=False, default="pending")
+    status: Mapped[str] = mapped_column(String(20), nullable=False, default=OutboxStatus.PENDING)
     due_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     lease_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)

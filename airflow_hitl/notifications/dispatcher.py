@@ -36,17 +36,7 @@ from airflow_hitl.notifications.signing import LinkClaims, link_expiry, make_tok
 from airflow_hitl.notifications.templates import RenderedMessage, render, template_context
 from airflow_hitl.records import Approval, Notification
 from airflow_hitl.settings import HitlSettings
-from airflow_hitl.vocabulary import (
-    ACTION_EVENTS,
-    CHANNELS,
-    EMAIL,
-    EVENTS,
-    FINAL_EVENTS,
-    IN_APP,
-    SLACK,
-    WEBHOOK,
-    final_event,
-)
+from airflow_hitl.vocabulary import ACTION_EVENTS, CHANNELS, EVENTS, FINAL_EVENTS, Channel, NoticeStatus, final_event
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +59,9 @@ def details_url(base_url: str, approval: Approval) -> str:
 
 def _settled(row: Notification) -> bool:
     """True when a notice needs no further send: delivered, or failed with no retry planned."""
-    return row.status in ("sent", "read") or (row.status == "failed" and row.next_attempt_at is None)
+    return row.status in (NoticeStatus.SENT, NoticeStatus.READ) or (
+        row.status == NoticeStatus.FAILED and row.next_attempt_at is None
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,10 +114,10 @@ class NotificationDispatcher:
         self.deferred: list[str] = []
         # The channel registry: one builder of send jobs per channel of the vocabulary.
         self._builders: dict[str, _JobBuilder] = {
-            EMAIL: self._jobs_email,
-            SLACK: self._jobs_slack,
-            WEBHOOK: self._jobs_webhook,
-            IN_APP: self._jobs_in_app,
+            Channel.EMAIL: self._jobs_email,
+            Channel.SLACK: self._jobs_slack,
+            Channel.WEBHOOK: self._jobs_webhook,
+            Channel.IN_APP: self._jobs_in_app,
         }
         if set(self._builders) != set(CHANNELS):
             raise RuntimeError(f"channels without a builder: {sorted(set(CHANNELS) - set(self._builders))}")
@@ -191,7 +183,7 @@ class NotificationDispatcher:
         """A send to make, or the row as it stands when this recipient needs nothing more."""
         if _settled(row):
             return row
-        retried = row.status == "failed" and self._prior.get((row.channel, row.recipient)) is row
+        retried = row.status == NoticeStatus.FAILED and self._prior.get((row.channel, row.recipient)) is row
         return _Job(notification=row, send=send, attempt=row.retry_count + (1 if retried else 0))
 
     def recipients(self, approval: Approval, event: str, notify: Mapping[str, Any]) -> list[str]:
@@ -224,7 +216,9 @@ class NotificationDispatcher:
                 # A channel that cannot even be prepared (e.g. no signing key) fails alone.
                 log.exception("could not prepare %s notices for %s", channel, approval.id)
                 error = f"{type(err).__name__}: {err}"
-                done.append(self._row(approval, channel, "*", event, status="failed", metadata={"error": error}))
+                done.append(
+                    self._row(approval, channel, "*", event, status=NoticeStatus.FAILED, metadata={"error": error})
+                )
                 continue
             for item in jobs_or_rows:
                 (jobs if isinstance(item, _Job) else done).append(item)
@@ -284,7 +278,12 @@ class NotificationDispatcher:
             return None
         log.warning("no %s known for user %r: %s notice of %s not sent", what, user, channel, approval.id)
         return self._row(
-            approval, channel, user, event, status="failed", metadata={"error": f"no {what} known for user {user!r}"}
+            approval,
+            channel,
+            user,
+            event,
+            status=NoticeStatus.FAILED,
+            metadata={"error": f"no {what} known for user {user!r}"},
         )
 
     def _render(
@@ -331,10 +330,10 @@ class NotificationDispatcher:
         for user in people:
             address = self.directory.email_of(user)
             if not address:
-                unresolved = self._unresolved(approval, "email", event, user, "email address")
+                unresolved = self._unresolved(approval, Channel.EMAIL, event, user, "email address")
                 out.extend([unresolved] if unresolved else [])
                 continue
-            prior = self._prior.get(("email", user))
+            prior = self._prior.get((Channel.EMAIL, user))
             if prior is not None and _settled(prior):
                 out.append(prior)
                 continue
@@ -350,7 +349,7 @@ class NotificationDispatcher:
             stored = self._render(approval, event, notify, user, redacted).text
             row = self._row(
                 approval,
-                "email",
+                Channel.EMAIL,
                 user,
                 event,
                 message,
@@ -386,7 +385,7 @@ class NotificationDispatcher:
             posted = {
                 (n.metadata.get("channel"), n.metadata.get("ts"))
                 for n in self.manager.list_notifications(
-                    request_id=approval.id, channel="slack", status="sent", limit=1000
+                    request_id=approval.id, channel=Channel.SLACK, status=NoticeStatus.SENT, limit=1000
                 )
                 if n.metadata.get("ts") and n.event_type in ACTION_EVENTS
             }
@@ -395,7 +394,7 @@ class NotificationDispatcher:
             )
             for channel, ts in sorted(posted):
                 update_of = {"channel": channel, "ts": ts, "update": True}
-                row = self._row(approval, "slack", str(channel), event, message, metadata=update_of)
+                row = self._row(approval, Channel.SLACK, str(channel), event, message, metadata=update_of)
 
                 def update(channel: str = str(channel), ts: str = str(ts)) -> dict[str, Any]:
                     return notifier.update(channel=channel, ts=ts, text=message.subject, blocks=blocks)
@@ -418,12 +417,12 @@ class NotificationDispatcher:
             for user in people:
                 slack_id = self.directory.slack_id_of(user)
                 if slack_id is None:
-                    unresolved = self._unresolved(approval, "slack", event, user, "Slack member id")
+                    unresolved = self._unresolved(approval, Channel.SLACK, event, user, "Slack member id")
                     out.extend([unresolved] if unresolved else [])
                 else:
                     targets.append((user, slack_id))
         for recipient, target in targets:
-            row = self._row(approval, "slack", recipient, event, message, metadata={"target": target})
+            row = self._row(approval, Channel.SLACK, recipient, event, message, metadata={"target": target})
 
             def post(target: str = target) -> dict[str, Any]:
                 return notifier.post(channel=target, text=message.subject, blocks=blocks)
@@ -440,7 +439,7 @@ class NotificationDispatcher:
         notifier = HitlWebhookNotifier(http_conn_id=conn_id, endpoint=notify.get("webhook_endpoint"))
         url = details_url(self.base_url, approval)
         message = self._render(approval, event, notify, "", {"approve": None, "reject": None, "details": url})
-        prior = self._prior.get(("webhook", conn_id))
+        prior = self._prior.get((Channel.WEBHOOK, conn_id))
         # The receiver deduplicates on the message id: a retry sends the same one.
         message_id = str((prior.metadata if prior else {}).get("message_id") or uuid.uuid4())
         payload = {
@@ -452,7 +451,7 @@ class NotificationDispatcher:
             "recipients": list(people),
             "links": {"details": url, "api": f"{self.base_url}/hitl/api/v1/approvals/{approval.id}"},
         }
-        row = self._row(approval, "webhook", conn_id, event, message, metadata={"message_id": message_id})
+        row = self._row(approval, Channel.WEBHOOK, conn_id, event, message, metadata={"message_id": message_id})
         return [self._job(row, lambda: notifier.send(payload, message_id=message_id))]
 
     # ------------------------------------------------------------------ in-app
@@ -466,6 +465,14 @@ class NotificationDispatcher:
             message = self._render(approval, event, notify, user, {"approve": None, "reject": None, "details": url})
             # Written is delivered: the UI reads these rows (unread until marked read).
             rows.append(
-                self._row(approval, "in_app", user, event, message, metadata={"details_url": url}, status="sent")
+                self._row(
+                    approval,
+                    Channel.IN_APP,
+                    user,
+                    event,
+                    message,
+                    metadata={"details_url": url},
+                    status=NoticeStatus.SENT,
+                )
             )
         return rows

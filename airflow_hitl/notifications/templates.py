@@ -23,6 +23,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from airflow_hitl.records import Approval
 from airflow_hitl.spec import utcnow
+from airflow_hitl.vocabulary import EVENTS, Action, OnReject, State
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE_PARTS = ("subject", "text", "html")
@@ -75,20 +76,21 @@ def next_action(approval: Approval) -> str:
         return "keep waiting for approvers"
     if approval.approved:
         return "continue with the downstream tasks"
-    if approval.state == "cancelled":
+    if approval.state == State.CANCELLED:
         return "stop: the gate fails"
-    return "skip the gate and its downstream tasks" if approval.on_reject == "skip" else "stop: the gate fails"
+    return "skip the gate and its downstream tasks" if approval.on_reject == OnReject.SKIP else "stop: the gate fails"
 
 
 def timeout_action_text(approval: Approval) -> str:
     """What happens at expiry, in words."""
     action = approval.timeout_action
-    if action == "escalate":
+    if action == Action.ESCALATE:
         remaining = len(approval.escalation_targets) - approval.escalation_level
         if remaining > 0:
             return "escalate to the next approvers"
         action = approval.escalation_final_action
-    return {"approve": "be approved automatically", "reject": "be rejected"}.get(action or "", "wait")
+    said: dict[str, str] = {Action.APPROVE: "be approved automatically", Action.REJECT: "be rejected"}
+    return said.get(action or "", "wait")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,7 +113,7 @@ def template_context(
     """Variables every template sees."""
     now = now or utcnow()
     action_taken = ""
-    if approval.state == "timeout":
+    if approval.state == State.TIMEOUT:
         action_taken = f"{approval.decision} automatically (timeout_action)"
     return {
         "approval": approval,
@@ -156,8 +158,6 @@ def render(
 
 def validate_overrides(value: Any) -> str | None:
     """Why ``notify_templates`` is wrong (None when it is fine); templates must also compile."""
-    from airflow_hitl.vocabulary import EVENTS
-
     if value is None:
         return None
     if not isinstance(value, Mapping):

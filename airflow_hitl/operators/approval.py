@@ -45,10 +45,23 @@ from airflow_hitl.operators.options import (
     parse_notify,
     raise_at,
 )
-from airflow_hitl.policy import ConfigProblems, str_list
+from airflow_hitl.policy import ConfigProblems, gate_outcome, str_list
 from airflow_hitl.records import Approval, decision_summary
 from airflow_hitl.triggers.approval import SKIPMIXIN_KEY, ApprovalTrigger, ApprovalTriggerEventPayload
 from airflow_hitl.version_compat import AirflowFailException, AirflowSkipException
+from airflow_hitl.vocabulary import (
+    Action,
+    ApprovalType,
+    ApprovalTypeWord,
+    Event,
+    FinalActionWord,
+    OnReject,
+    OnRejectWord,
+    Source,
+    State,
+    TaskEnd,
+    TimeoutActionWord,
+)
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -119,18 +132,18 @@ class ApprovalOperator(BaseOperator):
         reason: str | None = None,
         context: Mapping[str, Any] | None = None,
         context_from: Mapping[str, ContextSource] | Sequence[str] | None = None,
-        approval_type: str = "manual",
+        approval_type: ApprovalTypeWord | ApprovalType = ApprovalType.MANUAL,
         condition: Callable[[dict[str, Any]], bool] | None = None,
         timeout: dt.timedelta | None = None,
-        timeout_action: str | None = None,
+        timeout_action: TimeoutActionWord | Action | None = None,
         escalate_to: Any = None,
-        escalation_final_action: str | None = None,
+        escalation_final_action: FinalActionWord | Action | None = None,
         required_approvals: int = 1,
         require_all: bool = False,
         allowed_approvers: Sequence[str] | None = None,
         allowed_roles: Sequence[str] | None = None,
         allow_self_approval: bool = False,
-        on_reject: str = "fail",
+        on_reject: OnRejectWord | OnReject = OnReject.FAIL,
         metadata: Mapping[str, Any] | None = None,
         conn_id: str | None = None,
         poll_interval: float | None = None,
@@ -156,7 +169,7 @@ class ApprovalOperator(BaseOperator):
                 "is not how long approvers have and would kill the waiting gate; use `timeout` instead",
             )
         if timeout is not None and timeout_action is None:
-            timeout_action = "reject"
+            timeout_action = Action.REJECT
         self.title = title
         self.description = description
         self.reason = reason
@@ -209,9 +222,9 @@ class ApprovalOperator(BaseOperator):
             problems.add("allow_self_approval", "must be True or False")
         if not isinstance(self.require_all, bool):
             problems.add("require_all", "must be True or False")
-        if self.approval_type == "conditional" and not callable(self.condition):
+        if self.approval_type == ApprovalType.CONDITIONAL and not callable(self.condition):
             problems.add("condition", "a callable is required when approval_type='conditional'")
-        if self.condition is not None and self.approval_type != "conditional":
+        if self.condition is not None and self.approval_type != ApprovalType.CONDITIONAL:
             problems.add("condition", "is only used with approval_type='conditional'")
         if self.poll_interval is not None and (
             not isinstance(self.poll_interval, (int, float)) or self.poll_interval <= 0
@@ -298,15 +311,15 @@ class ApprovalOperator(BaseOperator):
             ti.try_number,
             approval.state,
         )
-        if approval.is_waiting and self.approval_type == "auto":
+        if approval.is_waiting and self.approval_type == ApprovalType.AUTO:
             approval = manager.decide_automatically(
-                approval.id, source="auto", comment="approved automatically (approval_type='auto')"
+                approval.id, source=Source.AUTO, comment="approved automatically (approval_type='auto')"
             )
-        elif approval.is_waiting and self.approval_type == "conditional":
+        elif approval.is_waiting and self.approval_type == ApprovalType.CONDITIONAL:
             assert self.condition is not None
             if self.condition(gate_context):
                 approval = manager.decide_automatically(
-                    approval.id, source="condition", comment="approved automatically: condition is true"
+                    approval.id, source=Source.CONDITION, comment="approved automatically: condition is true"
                 )
             else:
                 self.log.info("condition is false: waiting for people")
@@ -314,7 +327,7 @@ class ApprovalOperator(BaseOperator):
             return self._finish(context, approval)
         # Fast path: the worker is here anyway, so "required" goes out now rather than at the
         # api-server drainer's next wake-up; the outbox claim makes sure only one of them sends it.
-        self._drain_outbox(manager, approval.id, event_types=("required",))
+        self._drain_outbox(manager, approval.id, event_types=(Event.REQUIRED,))
         self._defer(approval)
 
     def _decided_by_earlier_try(self, manager: ApprovalManager, ti: Any) -> Approval | None:
@@ -344,7 +357,7 @@ class ApprovalOperator(BaseOperator):
                 continue
             if approval.is_waiting or approval.approved:
                 return None
-            if approval.state == "cancelled" and approval.decision_source in ("system", "airflow"):
+            if approval.state == State.CANCELLED and approval.decision_source in (Source.SYSTEM, Source.AIRFLOW):
                 return None  # superseded or killed by Airflow itself: not a person's decision
             return approval
         return None
@@ -407,24 +420,27 @@ class ApprovalOperator(BaseOperator):
     def _finish(self, context: Context, approval: Approval) -> dict[str, Any]:
         result = decision_summary(approval)
         follow = self._followed_tasks()
-        if follow is not None and approval.state != "cancelled":
+        # The one rule the trigger's end event follows too (airflow_hitl.policy.gate_outcome).
+        outcome = gate_outcome(
+            state=approval.state, decision=approval.decision, on_reject=self.on_reject, branching=follow is not None
+        )
+        if outcome.follow is not None and follow is not None:
             # The same XCom the trigger's end event carries: the scheduler skips the other branch.
-            outcome = "approve" if approval.approved else "reject"
-            self.log.info("%s: following %s", approval.state, follow.get(outcome, []))
-            context["ti"].xcom_push(key=SKIPMIXIN_KEY, value={"followed": follow.get(outcome, [])})
+            self.log.info("%s: following %s", approval.state, follow.get(outcome.follow, []))
+            context["ti"].xcom_push(key=SKIPMIXIN_KEY, value={"followed": follow.get(outcome.follow, [])})
             return result
-        if approval.approved:
+        if outcome.end is TaskEnd.SUCCESS:
             self.log.info("approved by %s (%s)", approval.approvers or approval.decision_source, approval.state)
             return result
         context["ti"].xcom_push(key="decision", value=result)
-        if approval.state == "cancelled":
+        if approval.state == State.CANCELLED:
             raise AirflowFailException(f"approval request {approval.id} was cancelled: {approval.comment}")
         message = (
             f"approval request {approval.id} {approval.state}: "
             f"{approval.decision} by {approval.decided_by or approval.decision_source}"
             + (f" ({approval.comment})" if approval.comment else "")
         )
-        if self.on_reject == "skip":
+        if outcome.end is TaskEnd.SKIPPED:
             raise AirflowSkipException(message)
         raise AirflowFailException(message)
 
@@ -492,5 +508,6 @@ class ApprovalBranchOperator(ApprovalOperator):
             ids = set(self.branches.get(outcome, ()))
             for task_id in list(ids):
                 ids.update(self.dag.get_task(task_id).get_flat_relative_ids(upstream=False))
-            follow[outcome] = sorted(downstream & ids)
+            # A plain key: the trigger's kwargs go through Airflow's serialization.
+            follow[str(outcome)] = sorted(downstream & ids)
         return follow

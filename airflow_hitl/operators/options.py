@@ -23,7 +23,7 @@ import airflow as airflow_package
 import airflow_hitl as airflow_hitl_package
 from airflow_hitl.exceptions import InvalidApprovalConfig
 from airflow_hitl.policy import ConfigProblems, EscalationLevel, str_list
-from airflow_hitl.vocabulary import CHANNELS
+from airflow_hitl.vocabulary import CHANNELS, FINAL_ACTIONS, Action, Channel
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -158,11 +158,11 @@ def parse_notify(
     if role_list:
         notify["roles"] = role_list
     per_channel = {
-        "slack_channel": ("slack", slack_channel),
-        "slack_conn_id": ("slack", slack_conn_id),
-        "smtp_conn_id": ("email", smtp_conn_id),
-        "webhook_conn_id": ("webhook", webhook_conn_id),
-        "webhook_endpoint": ("webhook", webhook_endpoint),
+        "slack_channel": (Channel.SLACK, slack_channel),
+        "slack_conn_id": (Channel.SLACK, slack_conn_id),
+        "smtp_conn_id": (Channel.EMAIL, smtp_conn_id),
+        "webhook_conn_id": (Channel.WEBHOOK, webhook_conn_id),
+        "webhook_endpoint": (Channel.WEBHOOK, webhook_endpoint),
     }
     for name, (channel, value) in per_channel.items():
         if problems.parse(_optional_str, name, value, default=None) is None:
@@ -225,8 +225,8 @@ def _template_overrides(value: Any, channels: Sequence[str], problems: ConfigPro
     return None
 
 
-#: The outcomes a branch gate has a branch for.
-BRANCH_OUTCOMES = ("approve", "reject")
+#: The outcomes a branch gate has a branch for: how its request was decided.
+BRANCH_OUTCOMES = FINAL_ACTIONS
 
 
 def parse_branches(value: Any) -> dict[str, list[str]]:
@@ -249,7 +249,7 @@ def parse_branches(value: Any) -> dict[str, list[str]]:
             problems.add(f"branches[{outcome!r}]", "must be a task id or a non-empty list of task ids")
             continue
         parsed[outcome] = list(dict.fromkeys(ids))
-    both = set(parsed.get("approve", ())) & set(parsed.get("reject", ()))
+    both = set(parsed.get(Action.APPROVE, ())) & set(parsed.get(Action.REJECT, ()))
     if both:
         problems.add("branches", f"tasks {sorted(both)} are on both branches")
     problems.raise_if_any()

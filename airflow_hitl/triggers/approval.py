@@ -46,9 +46,11 @@ from airflow.triggers.base import BaseTrigger, TaskFailedEvent, TaskSkippedEvent
 from airflow_hitl.gate_ends import TAKE_OVER_AFTER, claimant
 from airflow_hitl.manager import ApprovalManager, TimeoutOutcome, utcnow
 from airflow_hitl.models.store import aresolve_store_url, get_store
+from airflow_hitl.policy import gate_outcome
 from airflow_hitl.records import Approval, WaitState, decision_summary
 from airflow_hitl.settings import HitlSettings
 from airflow_hitl.triggers.poller import shared_poller
+from airflow_hitl.vocabulary import Source, TaskEnd
 
 # Never spin: when our clock says "expired" but the store's does not yet, look again soon.
 _MIN_WAIT = 0.05
@@ -88,14 +90,16 @@ def end_event(approval: Approval, follow: dict[str, list[str]] | None = None) ->
     it does for a cleared branch operator. Cancelled: failed, no branch taken.
     """
     summary: dict[str, Any] = decision_summary(approval)
-    if follow is not None and approval.state != "cancelled":
-        outcome = "approve" if approval.approved else "reject"
+    outcome = gate_outcome(
+        state=approval.state, decision=approval.decision, on_reject=approval.on_reject, branching=follow is not None
+    )
+    if outcome.follow is not None and follow is not None:
         return TaskSuccessEvent(
-            xcoms={"return_value": summary, SKIPMIXIN_KEY: {"followed": list(follow.get(outcome, []))}}
+            xcoms={"return_value": summary, SKIPMIXIN_KEY: {"followed": list(follow.get(outcome.follow, []))}}
         )
-    if approval.approved:
+    if outcome.end is TaskEnd.SUCCESS:
         return TaskSuccessEvent(xcoms={"return_value": summary})
-    if approval.state != "cancelled" and approval.on_reject == "skip":
+    if outcome.end is TaskEnd.SKIPPED:
         return TaskSkippedEvent(xcoms={"decision": summary})
     return TaskFailedEvent(xcoms={"decision": summary})
 
@@ -168,7 +172,8 @@ class ApprovalTrigger(BaseTrigger):
     def _event(
         self, status: Literal["decided", "escalated", "error", "remind"], state: str, error: str | None = None
     ) -> TriggerEvent:
-        payload = ApprovalTriggerEventPayload(request_id=self.request_id, status=status, state=state)
+        # A plain string: the payload crosses to the worker through Airflow's serialization.
+        payload = ApprovalTriggerEventPayload(request_id=self.request_id, status=status, state=str(state))
         if error:
             payload["error"] = error
         return TriggerEvent(payload)
@@ -340,7 +345,7 @@ class ApprovalTrigger(BaseTrigger):
                 self.request_id,
                 actor=None,
                 reason="task instance was cleared or marked by a user in Airflow",
-                source="airflow",
+                source=Source.AIRFLOW,
             )
             self.log.info("approval request %s cancelled: task killed by user action", self.request_id)
         except Exception as err:

@@ -55,7 +55,20 @@ from airflow_hitl.notifications.access import delegator_refusal
 from airflow_hitl.policy import EscalationLevel
 from airflow_hitl.queries import SNAPSHOT_CACHE_SIZE, Kept
 from airflow_hitl.records import Approval
-from airflow_hitl.vocabulary import CLIENT_DETAIL_HEADERS, CLIENT_HEADER, REST_SOURCES, STATES, TERMINAL_STATES
+from airflow_hitl.vocabulary import (
+    CLIENT_DETAIL_HEADERS,
+    CLIENT_HEADER,
+    REST_SOURCES,
+    STATES,
+    TERMINAL_STATES,
+    Action,
+    DecisionActionWord,
+    Origin,
+    OriginWord,
+    Source,
+    SourceWord,
+    State,
+)
 
 router = APIRouter(
     prefix="/approvals",
@@ -263,14 +276,13 @@ def _collection(
     return Response(content=body.encode("utf-8"), media_type="application/json")
 
 
-def _states(values: Iterable[str] | None, allowed: Iterable[str]) -> list[str] | None:
+def _states(values: Iterable[str] | None, allowed: tuple[State, ...]) -> list[State] | None:
     if not values:
         return None
-    allowed = tuple(allowed)
     wrong = [v for v in values if v not in allowed]
     if wrong:
         raise InvalidInput("state", f"unknown state(s) {wrong}; one of {list(allowed)}")
-    return list(values)
+    return [State(v) for v in values]
 
 
 def _storable_text(value: str | None) -> str | None:
@@ -292,8 +304,8 @@ Limit = Annotated[int, Query(ge=0, le=MAX_LIMIT, description=f"Page size, 0 to {
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"Rows to skip, 0 to {MAX_OFFSET}.")]
 Text = Annotated[str | None, Query(max_length=250), AfterValidator(_storable_text)]
 Time = Annotated[dt.datetime | None, AfterValidator(_representable_time)]
-Origin = Annotated[
-    Literal["task", "api"] | None,
+OriginFilter = Annotated[
+    OriginWord | None,
     Query(description="`task`: only task instances' gates; `api`: only requests opened over the REST API."),
 ]
 MapIndex = Annotated[int | None, Query(ge=-1, le=INT32_MAX, description="Task map index (-1: not mapped).")]
@@ -321,14 +333,14 @@ def rest_channel(
     hostname: Annotated[
         str | None, Header(alias=CLIENT_DETAIL_HEADERS["hostname"], max_length=255), AfterValidator(_storable_text)
     ] = None,
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[Source, dict[str, Any]]:
     """The source of a REST decision (``api`` or ``cli``) and, for the CLI, where it says it ran."""
-    if x_hitl_client != "cli":
-        return "api", {}
-    return "cli", {k: v for k, v in {"os_user": os_user, "hostname": hostname}.items() if v is not None}
+    if x_hitl_client != Source.CLI:
+        return Source.API, {}
+    return Source.CLI, {k: v for k, v in {"os_user": os_user, "hostname": hostname}.items() if v is not None}
 
 
-RestChannel = Annotated[tuple[str, dict[str, Any]], Depends(rest_channel)]
+RestChannel = Annotated[tuple[Source, dict[str, Any]], Depends(rest_channel)]
 
 
 @router.get("", response_model=ApprovalCollectionResponse, summary="List approval requests")
@@ -340,7 +352,7 @@ def list_approvals(
     run_id: Text = None,
     task_id: Text = None,
     map_index: MapIndex = None,
-    origin: Origin = None,
+    origin: OriginFilter = None,
     requested_by: Text = None,
     decided_by: Text = None,
     limit: Limit = DEFAULT_LIMIT,
@@ -377,7 +389,7 @@ def list_pending(
     dag_id: Text = None,
     run_id: Text = None,
     task_id: Text = None,
-    origin: Origin = None,
+    origin: OriginFilter = None,
     requested_by: Text = None,
     limit: Limit = DEFAULT_LIMIT,
     offset: Offset = 0,
@@ -414,7 +426,7 @@ def history(
     requested_by: Text = None,
     run_id: Text = None,
     task_id: Text = None,
-    origin: Origin = None,
+    origin: OriginFilter = None,
     since: Annotated[Time, Query(description="Decided at or after (ISO 8601; UTC if no offset).")] = None,
     until: Annotated[Time, Query(description="Decided at or before.")] = None,
     limit: Limit = DEFAULT_LIMIT,
@@ -529,7 +541,7 @@ def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) ->
         inputs={name: spec.stored() for name, spec in body.inputs.items()},
     )
     # Marked as opened over the API by the caller, never by the body: no task's gate.
-    created = manager.create(spec, actor=caller.name, source="api", origin="api")
+    created = manager.create(spec, actor=caller.name, source=Source.API, origin=Origin.API)
     return _json(_item(created, caller, manager), status.HTTP_201_CREATED)
 
 
@@ -554,7 +566,7 @@ def approve(
     approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep, channel: RestChannel
 ) -> Response:
     """Vote to approve; the request is approved once its quorum is reached."""
-    decision = body_decision(caller, "approve", body, source=channel[0], request=request, details=channel[1])
+    decision = body_decision(caller, Action.APPROVE, body, source=channel[0], request=request, details=channel[1])
     return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
 
@@ -568,7 +580,7 @@ def reject(
     approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep, channel: RestChannel
 ) -> Response:
     """Reject; one allowed rejection rejects the request at once."""
-    decision = body_decision(caller, "reject", body, source=channel[0], request=request, details=channel[1])
+    decision = body_decision(caller, Action.REJECT, body, source=channel[0], request=request, details=channel[1])
     return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
 
@@ -582,7 +594,7 @@ def cancel(
     approval_id: str, body: CancelBody, request: Request, caller: CallerDep, manager: ManagerDep, channel: RestChannel
 ) -> Response:
     """Withdraw a waiting request; its task fails. Needs edit access to the DAG."""
-    decision = body_decision(caller, "cancel", body, source=channel[0], request=request, details=channel[1])
+    decision = body_decision(caller, Action.CANCEL, body, source=channel[0], request=request, details=channel[1])
     return _json(_item(manager.decide(canonical_approval_id(approval_id), decision)))
 
 
@@ -599,9 +611,9 @@ def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDe
 
 def decision_of(
     caller: Caller,
-    action: str,
+    action: DecisionActionWord | Action,
     *,
-    source: str,
+    source: SourceWord | Source,
     client: Mapping[str, Any],
     comment: str | None = None,
     reason: str | None = None,
@@ -639,10 +651,10 @@ _BODY_FIELDS = ("comment", "reason", "metadata", "on_behalf_of", "inputs", "cont
 
 def body_decision(
     caller: Caller,
-    action: str,
+    action: DecisionActionWord | Action,
     body: BaseModel,
     *,
-    source: str,
+    source: SourceWord | Source,
     request: Request,
     details: Mapping[str, Any] | None = None,
 ) -> Decision:
@@ -666,9 +678,9 @@ def decide_many(
             decision = decision_of(
                 caller,
                 body.action,
-                source="bulk",
+                source=Source.BULK,
                 client=client,
-                comment=body.comment if body.action != "cancel" else None,
+                comment=body.comment if body.action != Action.CANCEL else None,
                 reason=body.reason,
                 content_digest=digests.get(raw_id),
             )

@@ -54,6 +54,7 @@ from airflow_hitl.notifications.signing import LINK_ACTIONS, InvalidToken, LinkC
 from airflow_hitl.notifications.templates import html_env
 from airflow_hitl.records import Approval, Notification
 from airflow_hitl.settings import HitlSettings, conf_getint
+from airflow_hitl.vocabulary import Action, Source
 
 log = logging.getLogger(__name__)
 
@@ -361,9 +362,9 @@ def _decide(manager: ApprovalManager, fields: dict[str, list[str]], client: dict
         status, heading = (409, "Not recorded") if eligibility.code == "already_voted" else (403, "Not allowed")
         return _refusal(LinkRefused(status, heading, eligibility.reason or "You may not decide this request."))
     decision = Decision(
-        action=claims.action,
+        action=Action(claims.action),
         user=user,
-        source="email",
+        source=Source.EMAIL,
         comment=comment,
         reason=reason or None,
         client={**client, "via": "email_link", "notification_id": claims.notification_id},

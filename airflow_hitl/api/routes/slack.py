@@ -60,6 +60,7 @@ from airflow_hitl.notifications.signing import verify_slack_request
 from airflow_hitl.policy import Principal
 from airflow_hitl.records import Approval
 from airflow_hitl.settings import HitlSettings, conf_getint
+from airflow_hitl.vocabulary import DecisionActionWord, Source
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ class SlackInteraction:
     def _decision(
         self,
         user: Principal,
-        action: str,
+        action: DecisionActionWord,
         *,
         reason: str | None = None,
         inputs: dict[str, Any] | None = None,
@@ -310,7 +311,7 @@ class SlackInteraction:
         return Decision(
             action=action,
             user=user,
-            source="slack",
+            source=Source.SLACK,
             reason=reason,
             client={"via": "slack", "slack_user_id": self.slack_user},
             # A delegate's click may cast a delegator's vote: the policy sees the delegator's roles,

@@ -37,6 +37,7 @@ from airflow_hitl.api.security import Caller, CallerDep, authenticate, require_s
 from airflow_hitl.exceptions import InvalidInput
 from airflow_hitl.identity import is_admin
 from airflow_hitl.records import Approval
+from airflow_hitl.vocabulary import VOTES, Action, Source
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -216,21 +217,21 @@ def _answer(approval: Approval) -> JSONResponse:
 @decisions.post("/{approval_id}/approve")
 def approve(approval_id: str, body: ApproveBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Approve from a page (recorded with source ``ui``)."""
-    decision = body_decision(caller, "approve", body, source="ui", request=request)
+    decision = body_decision(caller, Action.APPROVE, body, source=Source.UI, request=request)
     return _answer(manager.decide(canonical_approval_id(approval_id), decision))
 
 
 @decisions.post("/{approval_id}/reject")
 def reject(approval_id: str, body: RejectBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Reject from a page (a reason is required; recorded with source ``ui``)."""
-    decision = body_decision(caller, "reject", body, source="ui", request=request)
+    decision = body_decision(caller, Action.REJECT, body, source=Source.UI, request=request)
     return _answer(manager.decide(canonical_approval_id(approval_id), decision))
 
 
 @decisions.post("/bulk")
 def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Approve or reject many requests from the inbox; one result per id (source ``bulk``)."""
-    if body.action not in ("approve", "reject"):
+    if body.action not in VOTES:
         raise InvalidInput("action", "the pages only approve or reject")
     return JSONResponse(decide_many(body, caller=caller, manager=manager, client=client_of(request)))
 
