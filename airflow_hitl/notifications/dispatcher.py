@@ -35,6 +35,7 @@ from airflow_hitl.notifications.recipients import UserDirectory
 from airflow_hitl.notifications.signing import LinkClaims, link_expiry, make_token, signing_key
 from airflow_hitl.notifications.templates import RenderedMessage, render, template_context
 from airflow_hitl.records import Approval, Notification
+from airflow_hitl.retry import RetryPolicy
 from airflow_hitl.settings import HitlSettings
 from airflow_hitl.vocabulary import ACTION_EVENTS, CHANNELS, EVENTS, FINAL_EVENTS, Channel, NoticeStatus, final_event
 
@@ -248,7 +249,8 @@ class NotificationDispatcher:
                         error,
                     )
                     return self.manager.mark_notification_failed(row.id, error=error, retry_count=attempt)
-                delay = min(self.settings.retry_max_backoff, self.settings.retry_backoff * (2**attempt))
+                policy = RetryPolicy(first=self.settings.retry_backoff, cap=self.settings.retry_max_backoff)
+                delay = policy.delay(attempt + 1)
                 log.info("%s notice %s failed (%s); retry %d in %.1fs", row.channel, row.id, error, attempt + 1, delay)
                 self.manager.mark_notification_failed(
                     row.id, error=error, retry_count=attempt, next_attempt_at=utcnow() + dt.timedelta(seconds=delay)

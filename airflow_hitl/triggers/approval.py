@@ -48,6 +48,7 @@ from airflow_hitl.manager import ApprovalManager, TimeoutOutcome, utcnow
 from airflow_hitl.models.store import aresolve_store_url, get_store
 from airflow_hitl.policy import gate_outcome
 from airflow_hitl.records import Approval, WaitState, decision_summary
+from airflow_hitl.retry import Backoff
 from airflow_hitl.settings import HitlSettings
 from airflow_hitl.triggers.poller import shared_poller
 from airflow_hitl.vocabulary import Source, TaskEnd
@@ -191,14 +192,14 @@ class ApprovalTrigger(BaseTrigger):
         api-server's end of the same task and take the triggerer down. An error of ours (the
         store, the configuration, a bug) is logged and the wait starts again.
         """
-        backoff = 1.0
+        backoff = Backoff(first=1.0, cap=_MAX_BACKOFF)
         while True:
             try:
                 event = await self._outcome()
             except Exception:  # asyncio.CancelledError is not one: Airflow's cancel goes through
-                self.log.exception("approval request %s: waiting failed; again in %.0fs", self.request_id, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(_MAX_BACKOFF, backoff * 2)
+                delay = backoff.next()
+                self.log.exception("approval request %s: waiting failed; again in %.0fs", self.request_id, delay)
+                await asyncio.sleep(delay)
                 continue
             yield event
             return
@@ -311,21 +312,21 @@ class ApprovalTrigger(BaseTrigger):
 
     async def _call_with_retry(self, call: Any, settings: HitlSettings) -> Any:
         # A store that is restarting must delay the gate, never decide it.
-        backoff = 1.0
+        backoff = Backoff(first=1.0, cap=settings.store_retry_max_backoff)
         while True:
             try:
                 return await call()
             except asyncio.CancelledError:
                 raise
             except Exception:
+                delay = backoff.next()
                 self.log.warning(
                     "approval store call failed for %s; retrying in %.1fs",
                     self.request_id,
-                    backoff,
+                    delay,
                     exc_info=True,
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(settings.store_retry_max_backoff, backoff * 2)
+                await asyncio.sleep(delay)
 
     async def on_kill(self) -> None:
         """The user cleared the task or marked it failed/succeeded: cancel the open request.

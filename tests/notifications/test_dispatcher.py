@@ -16,6 +16,7 @@ from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
 from airflow_hitl.policy import Principal
 from airflow_hitl.records import Approval
+from airflow_hitl.retry import RetryPolicy
 from tests.helpers import spec
 from tests.standins import SlackApi, SmtpSink, WebhookReceiver
 
@@ -123,7 +124,14 @@ class TestDispatch:
         assert row.retry_count == 3
         assert "HTTP 500" in (row.error or "")
         assert len(webhook_receiver.deliveries) == 4
-        assert delays == [0.01, 0.02, 0.04], "exponential backoff"
+        # Exponential backoff with full jitter: attempt n waits between the floor and floor * 2**n.
+        settings = NotifySettings.load()
+        policy = RetryPolicy(first=settings.retry_backoff, cap=settings.retry_max_backoff)
+        assert [policy.bounds(n) for n in (1, 2, 3)] == [(0.01, 0.02), (0.01, 0.04), (0.01, 0.08)]
+        assert len(delays) == 3
+        for attempt, delay in enumerate(delays, start=1):
+            low, high = policy.bounds(attempt)
+            assert low <= delay <= high, (attempt, delay)
 
     def test_a_broken_channel_does_not_block_the_others_or_the_approval(
         self, manager: ApprovalManager, smtp_server: SmtpSink, monkeypatch: pytest.MonkeyPatch
