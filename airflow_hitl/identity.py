@@ -1,10 +1,11 @@
 """Who a user is and what they may do, asked of Airflow's auth manager.
 
-This is the ONE module of airflow-hitl that imports ``airflow.api_fastapi.*``: that package
-is not Airflow's public API and moves between releases, so when it does, only this file
-changes. It sits low in the layers so that both the REST API (a caller's token) and the
-notifications (the recipient of a link, the user behind a Slack click, the people of a role)
-ask the same questions the same way.
+This is the ONE module of airflow-hitl that asks the auth manager: through its public
+interface (``BaseAuthManager``, documented on Airflow's "Public Interface" page), and through
+:mod:`airflow_hitl.seam.auth` for what is not public (the api-server's instance, ``get_user``,
+the DAGs' teams). It sits low in the layers so that both the REST API (a caller's token) and
+the notifications (the recipient of a link, the user behind a Slack click, the people of a
+role) ask the same questions the same way.
 
 Only the api-server initialises an auth manager; elsewhere (a worker, a script) the lookups
 here find nothing, and their callers fall back to ``[hitl]`` configuration.
@@ -12,13 +13,13 @@ here find nothing, and their callers fall back to ``[hitl]`` configuration.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections import defaultdict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from airflow_hitl.policy import Principal
+from airflow_hitl.seam import auth as airflow_auth
 
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
@@ -35,9 +36,7 @@ EDIT = "PUT"
 
 def auth_manager() -> BaseAuthManager:
     """The auth manager the api-server initialised (SimpleAuthManager, FabAuthManager, ...)."""
-    from airflow.api_fastapi.app import get_auth_manager
-
-    return get_auth_manager()
+    return airflow_auth.auth_manager()
 
 
 def principal_of(user: BaseUser) -> Principal:
@@ -68,9 +67,7 @@ def team_names(dag_ids: Iterable[str]) -> dict[str, str | None]:
     ids = list(dag_ids)
     if not ids or not conf.getboolean("core", "multi_team", fallback=False):
         return dict.fromkeys(ids)
-    from airflow.models.dag import DagModel
-
-    return dict(DagModel.get_dag_id_to_team_name_mapping(ids))
+    return airflow_auth.dag_teams(ids)
 
 
 def is_authorized_dag(user: Any, *, method: str, dag_id: str | None) -> bool:
@@ -84,23 +81,27 @@ def is_authorized_dag(user: Any, *, method: str, dag_id: str | None) -> bool:
 
 
 def authorized_dag_ids(user: Any, *, method: str, dag_ids: Iterable[str]) -> set[str]:
-    """Those of ``dag_ids`` that ``user`` may ``method``, one auth-manager question each."""
+    """Those of ``dag_ids`` that ``user`` may ``method``: one auth-manager question per team.
+
+    ``BaseAuthManager.filter_authorized_dag_ids`` is the public question for many DAGs: the
+    base class asks ``is_authorized_dag`` per DAG (as we did), and an auth manager may answer
+    all at once. It takes one team per call; outside multi-team mode no DAG has a team, so it
+    is one call.
+    """
     ids = set(dag_ids)
     if not ids:
         return set()
-    teams = team_names(ids)
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
-
+    by_team: dict[str | None, set[str]] = defaultdict(set)
+    for dag_id, team in team_names(ids).items():
+        by_team[team].add(dag_id)
     manager = auth_manager()
-    return {
-        dag_id
-        for dag_id in ids
-        if manager.is_authorized_dag(
-            method=method,  # type: ignore[arg-type]
-            user=user,
-            details=DagDetails(id=dag_id, team_name=teams.get(dag_id)),
-        )
-    }
+    allowed: set[str] = set()
+    for team, team_ids in by_team.items():
+        question: dict[str, Any] = {"dag_ids": team_ids, "user": user, "method": method}
+        if team is not None:
+            question["team_name"] = team  # Airflow 3.2+: 3.1 has no teams, and no such parameter
+        allowed |= manager.filter_authorized_dag_ids(**question)
+    return allowed
 
 
 def find_user(*, name: str | None = None, email: str | None = None) -> tuple[bool, Any | None]:
@@ -188,15 +189,6 @@ def is_admin(user: Any) -> bool:
     return False
 
 
-@functools.cache
-def _oauth_token_param(get_user: Callable[..., Any]) -> str:
-    # Airflow 3.3 renamed get_user's ``oauth_token`` to ``_oauth_token``; passing the wrong
-    # name is a TypeError, which would turn every call into a 401 on 3.1 and 3.2.
-    return "_oauth_token" if "_oauth_token" in inspect.signature(get_user).parameters else "oauth_token"
-
-
 async def user_from_request(request: Request, credentials: HTTPAuthorizationCredentials | None) -> BaseUser:
     """Airflow's ``get_user``: the user of a bearer token, or of the UI's ``_token`` cookie."""
-    from airflow.api_fastapi.core_api.security import get_user
-
-    return await get_user(request=request, bearer_credentials=credentials, **{_oauth_token_param(get_user): None})
+    return await airflow_auth.user_from_request(request, credentials)

@@ -21,63 +21,38 @@ name                                   type     meaning
 =====================================  =======  ==============================================
 
 Each process of Airflow 3.3 initialises its ``Stats`` (api-server, scheduler, triggerer,
-task runner), but in two copies (the core's and the Task SDK's): we use whichever this process
-initialised, and initialise the Task SDK's from ``[metrics]`` where neither was (the trigger
-runner's subprocess, a script). Sending a metric never raises.
+task runner), but in two copies (the core's and the Task SDK's): :mod:`airflow_hitl.seam.stats`
+picks the one this process initialised, and initialises the Task SDK's from ``[metrics]``
+where neither was (the trigger runner's subprocess, a script). Sending a metric never raises.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from airflow_hitl.seam.stats import StatsClient, stats_client
+
 log = logging.getLogger(__name__)
 
 PREFIX = "hitl"
 
 _lock = threading.Lock()
-_backend: Any = None
+_backend: StatsClient | None = None
 _enabled: bool | None = None
 
 
-def _initialised(module: Any) -> bool:
-    return getattr(module, "_factory", None) is not None
-
-
-def _stats() -> Any:
-    """The ``Stats`` facade of this process, initialised from ``[metrics]`` if nobody did."""
+def _stats() -> StatsClient:
+    """The ``Stats`` facade of this process (:func:`airflow_hitl.seam.stats.stats_client`), chosen once."""
     global _backend
     if _backend is not None:
         return _backend
     with _lock:
-        if _backend is not None:
-            return _backend
-        try:
-            from airflow.sdk._shared.observability.metrics import stats as sdk_stats
-        except ImportError:  # Airflow 3.1 and 3.2: one Stats, set up on first use
-            from airflow.stats import Stats
-
-            _backend = Stats
-            return _backend
-        core_stats: Any = None
-        with contextlib.suppress(ImportError):
-            from airflow._shared.observability.metrics import stats as core_stats
-        if core_stats is not None and _initialised(core_stats):
-            _backend = core_stats
-        else:
-            if not _initialised(sdk_stats):
-                from airflow.sdk.configuration import conf
-                from airflow.sdk.observability.metrics import stats_utils
-
-                sdk_stats.initialize(
-                    factory=stats_utils.get_stats_factory(),
-                    export_legacy_names=conf.getboolean("metrics", "legacy_names_on", fallback=False),
-                )
-            _backend = sdk_stats
+        if _backend is None:
+            _backend = stats_client()
         return _backend
 
 

@@ -466,9 +466,9 @@ def _declare_sensitive(conf: Any, key: str) -> None:
     try:
         if (SECTION, key) in conf.sensitive_config_values:
             return
-        from airflow.providers_manager import ProvidersManager
+        from airflow_hitl.seam.providers import load_provider_configuration
 
-        ProvidersManager().initialize_providers_configuration()
+        load_provider_configuration()
         # A set cached before the declarations were loaded would still leave the option out.
         conf.__dict__.pop("sensitive_config_values", None)
     except Exception:

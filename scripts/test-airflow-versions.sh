@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the end-to-end gate and REST API suites on the oldest Airflow minors airflow-hitl supports
+# Run the seam's contract tests (tests/seam: the Airflow internals airflow-hitl relies on), then
+# the end-to-end gate and REST API suites, on the oldest Airflow minors airflow-hitl supports
 # (apache-airflow>=3.1,<4): the newest 3.1.x and 3.2.x, each in its own virtualenv
 # (.venv-af31, .venv-af32; gitignored, reused while the pinned version stays the same).
 #
@@ -52,12 +53,17 @@ for minor in "${versions[@]}"; do
   setup_venv "$minor"
   [ "${HITL_COMPAT_SETUP_ONLY:-0}" = "1" ] && continue
   venv=".venv-af${minor/./}"
-  echo "== end-to-end gates on $("$venv/bin/python" -c 'import airflow; print("Airflow", airflow.__version__)')"
-  # One Airflow stack per version serves both files (the e2e fixture is session-scoped).
-  rc=0
-  "$venv/bin/python" -m pytest tests/e2e/test_gates.py tests/e2e/test_api_e2e.py -q -p no:cacheprovider \
-    "${pytest_args[@]}" || rc=$?
-  # 5: no test collected, which is only fine for a filtered run (-k) that selected none here.
-  if [ "$rc" != 0 ] && ! { [ "$rc" = 5 ] && [ ${#pytest_args[@]} -gt 0 ]; }; then status=1; fi
+  airflow_version=$("$venv/bin/python" -c 'import airflow; print("Airflow", airflow.__version__)')
+  # The contract tests first, in a process of their own (their in-process metadata DB is not
+  # the e2e stack's): seconds, and a failure names the internal that changed.
+  # One Airflow stack per version serves both e2e files (the e2e fixture is session-scoped).
+  for suite in "tests/seam" "tests/e2e/test_gates.py tests/e2e/test_api_e2e.py"; do
+    echo "== $suite on $airflow_version"
+    rc=0
+    # shellcheck disable=SC2086  # the suite is a list of paths
+    "$venv/bin/python" -m pytest $suite -q -p no:cacheprovider "${pytest_args[@]}" || rc=$?
+    # 5: no test collected, which is only fine for a filtered run (-k) that selected none here.
+    if [ "$rc" != 0 ] && ! { [ "$rc" = 5 ] && [ ${#pytest_args[@]} -gt 0 ]; }; then status=1; fi
+  done
 done
 exit $status

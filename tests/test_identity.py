@@ -6,17 +6,14 @@ back whatever instance was there before (the API tests' session app keeps its ow
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from airflow.api_fastapi.core_api.security import get_user
 
 from airflow_hitl.identity import (
     EDIT,
     READ,
-    _oauth_token_param,
     authorized_dag_ids,
     find_user,
     is_admin,
@@ -133,25 +130,3 @@ class TestSimpleAuthManager:
         # Without multi-team mode no DAG has a team, and Airflow's metadata DB is not asked.
         assert team_names(["a", "b"]) == {"a": None, "b": None}
         assert team_names([]) == {}
-
-
-# The one Airflow-version switch of the auth layer: the name of ``get_user``'s token parameter.
-
-
-async def _get_user_3_1(request: Any, oauth_token: Any = None, bearer_credentials: Any = None) -> None:
-    """The signature of Airflow 3.1 and 3.2."""
-
-
-async def _get_user_3_3(request: Any, _oauth_token: Any = None, bearer_credentials: Any = None) -> None:
-    """The signature of Airflow 3.3."""
-
-
-class TestOauthTokenParam:
-    @pytest.mark.parametrize(
-        ("func", "name"), [(_get_user_3_1, "oauth_token"), (_get_user_3_3, "_oauth_token")], ids=["3.1-3.2", "3.3"]
-    )
-    def test_each_signature(self, func: Any, name: str) -> None:
-        assert _oauth_token_param(func) == name
-
-    def test_the_installed_airflow_accepts_the_chosen_name(self) -> None:
-        assert _oauth_token_param(get_user) in inspect.signature(get_user).parameters

@@ -45,14 +45,13 @@ own event ends it as before.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow_hitl.exceptions import ApprovalNotFound
 from airflow_hitl.gate_ends import CLOSER_COMMIT_WITHIN, claimant
@@ -60,11 +59,9 @@ from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.outbox import listen_for_transitions
 from airflow_hitl.queries import Kept
 from airflow_hitl.records import Approval, TaskGate
+from airflow_hitl.seam import task_instances
 from airflow_hitl.settings import HitlSettings
 from airflow_hitl.triggers.approval import ApprovalTrigger, end_event
-
-if TYPE_CHECKING:
-    from sqlalchemy import TextClause
 
 log = logging.getLogger(__name__)
 
@@ -119,56 +116,32 @@ def gate_states(gates: Sequence[TaskGate]) -> dict[str, str]:
     deferring cost one query each time they are looked at, not a hundred.
     :func:`end_gate` checks again under the task instance's lock.
     """
-    from airflow.utils.session import create_session
-
-    found: dict[tuple[str, str, str, int], tuple[str | None, int]] = {}
-    with create_session() as session:
-        for first in range(0, len(gates), _LOOK_BATCH):
-            chunk = gates[first : first + _LOOK_BATCH]
-            params: dict[str, Any] = {}
-            for i, gate in enumerate(chunk):
-                params.update(
-                    {f"d{i}": gate.dag_id, f"r{i}": gate.run_id, f"t{i}": gate.task_id, f"m{i}": gate.map_index}
-                )
-            for dag_id, run_id, task_id, map_index, state, try_number in session.execute(
-                _task_states_sql(len(chunk)), params
-            ):
-                found[(dag_id, run_id, task_id, map_index)] = (state, try_number)
+    keys = [_key(gate) for gate in gates]
+    found = task_instances.task_tries(keys, batch=_LOOK_BATCH)
     states = {}
-    for gate in gates:
-        row = found.get((gate.dag_id, gate.run_id, gate.task_id, gate.map_index))
-        states[gate.id] = NOTHING if row is None else _deferral(state=row[0], try_number=row[1], asked=gate.try_number)
+    for gate, key in zip(gates, keys, strict=True):
+        row = found.get(key)
+        states[gate.id] = (
+            NOTHING if row is None else _deferral(state=row.state, try_number=row.try_number, asked=gate.try_number)
+        )
     return states
+
+
+def _key(gate: TaskGate | Approval) -> task_instances.TaskKey:
+    return task_instances.TaskKey(
+        dag_id=gate.dag_id, run_id=str(gate.run_id), task_id=str(gate.task_id), map_index=gate.map_index
+    )
 
 
 def _deferral(*, state: str | None, try_number: int, asked: int | None) -> str:
     # The one reading of a task instance try, for the light look and again under the lock.
-    from airflow.utils.state import TaskInstanceState
+    from airflow.sdk import TaskInstanceState
 
     if try_number != asked:
         return NOTHING
     if state in (TaskInstanceState.RUNNING, TaskInstanceState.QUEUED, TaskInstanceState.SCHEDULED):
         return NOT_YET  # still deferring: look again in a moment
     return DEFERRED if state == TaskInstanceState.DEFERRED else NOTHING
-
-
-@functools.cache
-def _task_states_sql(count: int) -> TextClause:
-    # Plain SQL named from Airflow's own table: a select over its mapped columns spends more
-    # building its cache key (about 0.5 ms) than the lookup itself takes. Each gate is one
-    # term on the table's primary key columns, so PostgreSQL reads each row by its index.
-    from airflow.models.taskinstance import TaskInstance
-    from sqlalchemy import text
-
-    table = TaskInstance.__table__
-    c = table.c
-    terms = " OR ".join(
-        f"({c.dag_id.name} = :d{i} AND {c.run_id.name} = :r{i} AND {c.task_id.name} = :t{i} "
-        f"AND {c.map_index.name} = :m{i})"
-        for i in range(count)
-    )
-    columns = (c.dag_id, c.run_id, c.task_id, c.map_index, c.state, c.try_number)
-    return text(f"SELECT {', '.join(col.name for col in columns)} FROM {table.name} WHERE {terms}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,31 +177,16 @@ def end_gate(approval: Approval, claim: EndClaim) -> str:
     """
     if approval.is_waiting or approval.origin != "task" or not approval.run_id or approval.try_number is None:
         return NOTHING
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.models.trigger import Trigger, handle_event_submit
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    key = (
-        TaskInstance.dag_id == approval.dag_id,
-        TaskInstance.run_id == approval.run_id,
-        TaskInstance.task_id == approval.task_id,
-        TaskInstance.map_index == approval.map_index,
-    )
-    with create_session() as session:
-        ti = session.scalars(select(TaskInstance).where(*key).with_for_update(skip_locked=True)).one_or_none()
-        if ti is None:
+    with task_instances.hold_task_instance(_key(approval)) as held:
+        if not isinstance(held, task_instances.HeldTaskInstance):
             # Locked by the scheduler, the triggerer or another api-server right now: look again.
             # (Airflow's triggerer locks the task instance rows of the triggers it is assigning
             # itself, until it commits: a triggerer that hangs there holds the gate's row.)
-            exists = session.scalar(select(TaskInstance.try_number).where(*key))
-            return LOCKED if exists is not None else NOTHING
-        found = _deferral(state=ti.state, try_number=ti.try_number, asked=approval.try_number)
+            return LOCKED if held == task_instances.LOCKED_ELSEWHERE else NOTHING
+        found = _deferral(state=held.state, try_number=held.try_number, asked=approval.try_number)
         if found != DEFERRED:
             return found
-        if ti.trigger_id is None:
-            return NOTHING
-        trigger = session.get(Trigger, ti.trigger_id)
+        trigger = held.trigger()
         kwargs: dict[str, Any] = dict(trigger.kwargs) if trigger is not None else {}
         if (
             trigger is None
@@ -238,50 +196,27 @@ def end_gate(approval: Approval, claim: EndClaim) -> str:
         ):
             # Deferred on something else (an older trigger resuming on a worker): leave it.
             return NOTHING
-        trigger_id, claiming = ti.trigger_id, time.monotonic()
+        trigger_id, claiming = held.trigger_id, time.monotonic()
         if not claim.take():
             return TAKEN
         try:
-            _bounded(session)
-            handle_event_submit(end_event(approval, kwargs.get("follow")), task_instance=ti, session=session)
-            session.flush()
+            # On PostgreSQL no statement of the end waits on a lock or runs for long, so the end
+            # commits (or fails, and gives the claim back) well within CLOSER_COMMIT_WITHIN.
+            held.bound_statements(lock_timeout_ms=_LOCK_TIMEOUT_MS, statement_timeout_ms=_STATEMENT_TIMEOUT_MS)
+            held.submit_event(end_event(approval, kwargs.get("follow")))
             if time.monotonic() - claiming > CLOSER_COMMIT_WITHIN.total_seconds():
                 # The gate's trigger may take the claim over soon: it ends the task instead.
                 raise TimeoutError(f"ending the task took over {CLOSER_COMMIT_WITHIN.total_seconds():.0f} s")
-            session.commit()
+            held.commit()
         except BaseException:
             with contextlib.suppress(Exception):
-                session.rollback()
+                held.rollback()
             # Airflow commits the end itself when it pushes the XCom (its scoped session): a
             # failure after that leaves the task ended, and the claim with the one that ended it.
-            if _still_deferred(session, key, trigger_id):
+            if held.still_deferred_on(trigger_id):
                 claim.release()
             raise
     return ENDED
-
-
-def _bounded(session: Any) -> None:
-    # On PostgreSQL no statement of the end waits on a lock or runs for long, so the end
-    # commits (or fails, and gives the claim back) well within CLOSER_COMMIT_WITHIN.
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy import text
-
-        session.execute(text(f"SET LOCAL lock_timeout = {_LOCK_TIMEOUT_MS}"))
-        session.execute(text(f"SET LOCAL statement_timeout = {_STATEMENT_TIMEOUT_MS}"))
-
-
-def _still_deferred(session: Any, key: tuple[Any, ...], trigger_id: int | None) -> bool:
-    # After a failed end: True unless the task instance visibly left the trigger (the end committed).
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.state import TaskInstanceState
-    from sqlalchemy import select
-
-    try:
-        row = session.execute(select(TaskInstance.state, TaskInstance.trigger_id).where(*key)).one_or_none()
-    except Exception:
-        session.rollback()
-        return True  # cannot tell: our transaction is over either way, so giving the claim back is safe
-    return row is not None and row.state == TaskInstanceState.DEFERRED and row.trigger_id == trigger_id
 
 
 @dataclass(kw_only=True)

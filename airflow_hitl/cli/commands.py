@@ -36,10 +36,9 @@ from airflow_hitl.limits import json_loads
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, Decision
 from airflow_hitl.models.schema import ensure_schema, migrate, schema_status
 from airflow_hitl.models.store import ApprovalStore, resolve_store_url, sqlite_file
-from airflow_hitl.models.tables import STATES
 from airflow_hitl.policy import Principal
 from airflow_hitl.settings import airflow_home, check_options
-from airflow_hitl.vocabulary import BREAK_GLASS, CANCEL
+from airflow_hitl.vocabulary import STATES, Action, Source
 
 
 @contextmanager
@@ -129,9 +128,9 @@ def audit_verify(args: argparse.Namespace) -> None:
 
 
 def _print(data: list[dict[str, Any]], output: str) -> None:
-    from airflow.cli.simple_table import AirflowConsole
+    from airflow_hitl.seam.cli import print_rows
 
-    AirflowConsole().print_as(data=data, output=output)
+    print_rows(data, output=output)
 
 
 def _summary(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -288,7 +287,7 @@ def approvals_approve(args: argparse.Namespace) -> None:
     _refuse_named_identity(args)
     _decide(
         args,
-        "approve",
+        Action.APPROVE,
         {"comment": args.comment, "inputs": _inputs(args.input), "content_digest": args.content_digest},
     )
 
@@ -298,9 +297,9 @@ def approvals_reject(args: argparse.Namespace) -> None:
     _refuse_named_identity(args)
     _decide(
         args,
-        "reject",
+        Action.REJECT,
         {
-            "reason": _reason(args, "reject"),
+            "reason": _reason(args, Action.REJECT),
             "comment": args.comment,
             "inputs": _inputs(args.input),
             "content_digest": args.content_digest,
@@ -311,7 +310,7 @@ def approvals_reject(args: argparse.Namespace) -> None:
 def approvals_cancel(args: argparse.Namespace) -> None:
     """Cancel a waiting request with ``--reason``: through the api-server, or ``--break-glass`` in the store."""
     _refuse_named_identity(args)
-    reason = _reason(args, "cancel")
+    reason = _reason(args, Action.CANCEL)
     if args.break_glass:
         _break_glass_cancel(args, reason)
         return
@@ -320,7 +319,7 @@ def approvals_cancel(args: argparse.Namespace) -> None:
         raise SystemExit(
             f"error: {' '.join(store)} only go with --break-glass: a cancel goes through the api-server ({TOKEN_HINT})"
         )
-    _decide(args, "cancel", {"reason": reason})
+    _decide(args, Action.CANCEL, {"reason": reason})
 
 
 def _break_glass_cancel(args: argparse.Namespace, reason: str) -> None:
@@ -337,9 +336,11 @@ def _break_glass_cancel(args: argparse.Namespace, reason: str) -> None:
     actor = f"{details['os_user']}@{details['hostname']}"
     manager = _manager(args)
     with _errors_exit():
-        decision = Decision(action=CANCEL, user=Principal.of(actor), source=BREAK_GLASS, reason=reason, client=details)
+        decision = Decision(
+            action=Action.CANCEL, user=Principal.of(actor), source=Source.BREAK_GLASS, reason=reason, client=details
+        )
         approval = manager.decide(_approval_id(args.approval_id), decision)
-    print(f"approval request {approval.id} ({approval.dag_id}): {approval.state} by {actor} ({BREAK_GLASS})")
+    print(f"approval request {approval.id} ({approval.dag_id}): {approval.state} by {actor} ({Source.BREAK_GLASS})")
 
 
 # ---------------------------------------------------------------------- evidence

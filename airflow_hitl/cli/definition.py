@@ -217,19 +217,19 @@ def _lazy(name: str) -> Any:
 
 def get_hitl_cli_commands() -> list[Any]:
     """Return the ``hitl`` group for Airflow's CLI: ``db``, ``audit`` and ``approvals``."""
-    from airflow.cli.cli_config import ActionCommand, Arg, GroupCommand
+    from airflow_hitl.seam.cli import action_command, argument, group_command
 
-    args = {name: Arg(flags, **kwargs) for name, (flags, kwargs) in ARGS.items()}
+    args = {name: argument(flags, **kwargs) for name, (flags, kwargs) in ARGS.items()}
     return [
-        GroupCommand(
+        group_command(
             name="hitl",
             help="Human-in-the-loop approval gates (airflow-hitl)",
             subcommands=[
-                GroupCommand(
+                group_command(
                     name=group,
                     help=group_help,
                     subcommands=[
-                        ActionCommand(
+                        action_command(
                             name=command.name,
                             help=command.help,
                             func=_lazy(command.func),

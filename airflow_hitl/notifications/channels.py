@@ -13,7 +13,6 @@ import asyncio
 import datetime as dt
 import json
 import re
-import smtplib
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -102,6 +101,7 @@ class HitlEmailNotifier(BaseNotifier):
         from airflow.providers.smtp.hooks.smtp import SmtpHook
 
         from airflow_hitl.notifications.config import NotifySettings
+        from airflow_hitl.seam.smtp import logged_in_client
 
         settings = NotifySettings.load()
         recipients = [to] if isinstance(to, str) else list(to)
@@ -121,8 +121,8 @@ class HitlEmailNotifier(BaseNotifier):
                 msg.add_alternative(html, subtype="html")
             # SmtpHook only builds HTML-only messages; we need text + HTML alternatives, so we
             # hand our own message to the client the hook logged in with.
-            client = conn._smtp_client
-            if not isinstance(client, smtplib.SMTP):
+            client = logged_in_client(conn)
+            if client is None:
                 raise DeliveryError("SMTP client did not connect")
             client.send_message(msg, from_addr=sender, to_addrs=recipients)
             return {"message_id": msg["Message-ID"]}

@@ -1,0 +1,165 @@
+"""The seam: every use of a name Airflow does not make public, in one place.
+
+Airflow's "Public Interface" page (Airflow 3.0+) lists what follows semantic versioning: the
+Task SDK (``airflow.sdk``), triggers, plugins, hooks and providers, exceptions, the auth
+manager's interface, and a few utility classes; "everything not mentioned ... should be
+considered as non-Public Interface", the metadata DB's structure included. airflow-hitl needs a
+few such names: each is imported only in a module of this package, behind a small function
+with our own name and types, and ``ruff`` (TID251, ``[tool.ruff.lint.flake8-tidy-imports]``
+in pyproject.toml) refuses their modules anywhere else in ``airflow_hitl/``. When an Airflow
+release changes one, its contract test in ``tests/seam/test_contracts.py`` fails (the unit
+lane runs them on Airflow 3.3, ``scripts/test-airflow-versions.sh`` on 3.1 and 3.2), and the
+fix is here.
+
+Internal names relied on
+========================
+
+One entry per Airflow module imported here (``tests/seam/test_contracts.py`` checks that this
+list and the imports agree): the names used; what they are; why no public interface serves;
+the Airflow version since which we rely on it (the package supports 3.1, 3.2 and 3.3); the
+contract test.
+
+``airflow.models.taskinstance``
+    Names: ``TaskInstance`` (its table ``task_instance``: ``dag_id``, ``run_id``, ``task_id``,
+    ``map_index``, ``state``, ``try_number``, ``trigger_id``; plain SQL and a ``FOR UPDATE SKIP
+    LOCKED`` select). Module: :mod:`.task_instances`.
+    What: the ORM model of a task instance in the metadata DB.
+    Why: the gate closer ends a deferred task from the api-server at once; no REST route or
+    SDK call ends a deferred task with its trigger's event, and the DB is internal.
+    Since: 3.1. Contract: ``test_task_instance_columns_we_read_and_lock``.
+``airflow.models.trigger``
+    Names: ``Trigger`` (``classpath``, ``kwargs``), ``handle_event_submit(event, *,
+    task_instance, session)``. Module: :mod:`.task_instances`.
+    What: the trigger row a task is deferred on; the function the triggerer (and the API
+    processes) call with a trigger's event to end or resume its task instance.
+    Why: as above; it is the one way Airflow itself ends a deferred task with an event.
+    Since: 3.1. Contract: ``test_handle_event_submit_ends_a_deferred_task``,
+    ``test_handle_event_submit_signature``.
+``airflow.utils.session``
+    Names: ``create_session`` (commits when the block ends, rolls back when it raises).
+    Module: :mod:`.task_instances`.
+    What: a session of Airflow's metadata DB.
+    Why: the metadata DB is internal; only Airflow's own sessions reach it with its
+    configuration (pool, SQLite or PostgreSQL). Since: 3.1.
+    Contract: ``test_create_session_commits_and_rolls_back``.
+``airflow.api_fastapi.app``
+    Names: ``get_auth_manager()`` (raises where no auth manager was initialised).
+    Module: :mod:`.auth`.
+    What: the auth manager instance the api-server created.
+    Why: ``BaseAuthManager`` is public, but not how to reach the running instance.
+    Since: 3.1. Contract: ``test_get_auth_manager_returns_the_instance_or_raises``.
+``airflow.api_fastapi.core_api.security``
+    Names: ``get_user(request, oauth_token | _oauth_token, bearer_credentials)``.
+    Module: :mod:`.auth`.
+    What: Airflow's FastAPI dependency resolving a request's bearer token or UI cookie.
+    Why: no public function turns a request into a user; re-implementing JWT checks would
+    drift from Airflow's. Since: 3.1; its token parameter was renamed in 3.3
+    (:func:`.auth.oauth_token_param`). Contract: ``test_get_user_resolves_a_real_token``,
+    ``test_get_user_token_parameter``.
+``airflow.models.dag``
+    Names: ``DagModel.get_dag_id_to_team_name_mapping(dag_ids)``. Module: :mod:`.auth`.
+    What: the team owning each DAG, for ``DagDetails(team_name=...)`` and
+    ``filter_authorized_dag_ids(team_name=...)``.
+    Why: no public interface names a DAG's team. Since: 3.2 (multi-team mode; never asked
+    on 3.1, which has no teams). Contract: ``test_dag_team_mapping``.
+``airflow.stats``
+    Names: ``Stats`` (on 3.2 also its ``factory`` and ``initialize(factory=)``).
+    Module: :mod:`.stats`.
+    What: the one metrics facade of Airflow 3.1 and 3.2.
+    Why: Airflow exposes no public metrics client; sending through its ``Stats`` is how our
+    metrics reach the user's ``[metrics]`` backend. Since: 3.1 (used on 3.1 and 3.2).
+    Contract: ``test_stats_client_counts_gauges_and_times``.
+``airflow._shared.observability.metrics.stats``
+    Names: the module (``incr``, ``gauge``, ``timing``) and its private ``_factory``.
+    Module: :mod:`.stats`.
+    What: the core's copy of ``Stats`` on Airflow 3.3, initialised by the api-server,
+    scheduler and triggerer.
+    Why: as for ``airflow.stats``; only ``_factory`` tells whether this process set it up.
+    Since: 3.3. Contract: ``test_stats_copies_are_initialised_through_factory``.
+``airflow.sdk._shared.observability.metrics.stats``
+    Names: the module, ``initialize(factory=, export_legacy_names=)`` and ``_factory``.
+    Module: :mod:`.stats`.
+    What: the Task SDK's copy of ``Stats`` on Airflow 3.3 (task runner, trigger runner).
+    Why: as above. Since: 3.3. Contract: ``test_stats_copies_are_initialised_through_factory``.
+``airflow.sdk.observability.metrics.stats_utils``
+    Names: ``get_stats_factory()``. Module: :mod:`.stats`.
+    What: builds the StatsD / DogStatsD / OpenTelemetry logger ``[metrics]`` asks for
+    (3.2: ``get_stats_factory(Stats)``, for ``Stats.initialize(factory=)``).
+    Why: not in ``airflow.sdk.__all__``; the one way to set up ``Stats`` as Airflow does
+    where Airflow did not. Since: 3.2. Contract: ``test_stats_copies_are_initialised_through_factory``.
+``airflow.cli.cli_config``
+    Names: ``GroupCommand``, ``ActionCommand``, ``Arg``. Module: :mod:`.cli`.
+    What: the command objects a provider's ``get_provider_info()["cli"]`` returns.
+    Why: the CLI is public as a command line, its Python classes are not listed, yet the
+    provider ``cli`` entry needs them. Since: 3.1 (the provider entry from 3.2).
+    Contract: ``test_cli_command_classes``.
+``airflow.cli.simple_table``
+    Names: ``AirflowConsole().print_as(data=, output=)``. Module: :mod:`.cli`.
+    What: how Airflow's commands print ``--output table|json|yaml|plain``.
+    Why: not listed public; our ``approvals list/show`` print as Airflow's commands do.
+    Since: 3.1. Contract: ``test_airflow_console_prints_json``.
+``airflow.providers_manager``
+    Names: ``ProvidersManager().initialize_providers_configuration()``.
+    Module: :mod:`.providers`.
+    What: merges the providers' option declarations into Airflow's config.
+    Why: on Airflow 3.1 a bare script must ask for it before ``[hitl]`` options are known
+    as sensitive (``_CMD``/``_SECRET``); no public call does it. Since: 3.1.
+    Contract: ``test_provider_configuration_declares_hitl_options``.
+
+The pages: ``airflow_hitl/ui/static/airflow-theme.js``
+    Names: ``localStorage`` keys ``theme`` (next-themes: ``light``, ``dark``, ``system``) and
+    ``timezone`` (a JSON string); the ``light``/``dark`` class of the UI's ``<html>``; Chakra's
+    CSS variables ``--chakra-colors-bg``, ``--chakra-colors-bg-panel``, ``--chakra-colors-fg``,
+    ``--chakra-colors-fg-muted``, ``--chakra-colors-border``; the UI body's ``font-family``.
+    What: the Airflow UI's appearance and timezone, read by our pages in their iframe.
+    Why: "Web UI ... there are no backwards compatibility guarantees on HTML elements"; no
+    API tells a plugin's page the user's colour mode or timezone. Since: 3.1.
+    Contract: ``tests/ui/test_airflow_look.py`` (real Airflow UI, Playwright; e2e lane) and
+    ``test_airflow_theme_script_names_what_it_reads`` (the header lists every key read).
+
+Private attributes of public classes
+====================================
+
+``SmtpHook._smtp_client`` (``apache-airflow-providers-smtp``)
+    Module: :mod:`.smtp`. What: the logged-in ``smtplib.SMTP`` of an entered hook.
+    Why: the hook's public ``send_email_smtp`` builds its own ``MIMEMultipart`` whose only
+    body is HTML (no text alternative, a template file when there is no HTML, local-time
+    ``Date``); ``get_conn()`` returns the hook itself, and no public method sends a message
+    the caller built (the hook's own ``test_connection`` uses ``_smtp_client`` too). Since:
+    provider 2.0 (every version Airflow 3.1 to 3.3 installs).
+    Contract: ``test_smtp_hook_keeps_its_logged_in_client``,
+    ``test_private_attributes_are_read_only_in_the_seam``.
+
+Judged public, used outside the seam
+====================================
+
+Not banned; what we decided for each name that could be doubted:
+
+``airflow.sdk``
+    ``BaseOperator``, ``BaseHook``, ``Context``, ``conf``, ``TaskInstanceState`` (the Task
+    SDK, the primary public interface). ``TaskInstanceState`` replaces
+    ``airflow.utils.state.TaskInstanceState`` (the page lists ``airflow.utils.state`` under
+    "Public Utility classes", but ``airflow.utils`` is otherwise internal and banned whole):
+    ``airflow.sdk`` exports it on 3.1, 3.2 and 3.3 with the values Airflow stores
+    (``test_sdk_task_instance_states_are_the_stored_values``).
+``airflow.sdk.exceptions``, ``airflow.exceptions``, ``airflow.__version__``
+    Public exceptions; the version string.
+``airflow.triggers.base``
+    ``BaseTrigger``, ``TriggerEvent``, ``TaskSuccessEvent``, ``TaskFailedEvent``,
+    ``TaskSkippedEvent``: public triggers.
+``airflow.plugins_manager``
+    ``AirflowPlugin``: the public plugin mechanism.
+``airflow.configuration``
+    ``conf``: Airflow's configuration (the documented way a provider reads its options).
+``airflow.api_fastapi.auth.managers``
+    ``base_auth_manager.BaseAuthManager`` (``is_authorized_dag``,
+    ``filter_authorized_dag_ids`` - one call for many DAGs; Airflow 3.1's takes no
+    ``team_name``) and ``models.base_user`` / ``models.resource_details``: "the auth manager
+    interface itself ... is public" (its implementations are not, and are never imported).
+    Contract: ``test_filter_authorized_dag_ids_signature``.
+``airflow.providers.*``
+    ``SmtpHook``, ``SlackHook``, ``HttpHook``, ``common.compat.notifier.BaseNotifier``:
+    providers' hooks and notifiers are public.
+"""
+
+from __future__ import annotations
