@@ -509,6 +509,10 @@ class TestScreenshots:
 
         _, release_id = open_gate(airflow, "hitl_model_release", "approve_release", user="bob")
         extra = [open_gate(airflow, "e2e_gate", "gate", user="admin")[1] for _ in range(2)]
+        # The history shows a decision even when this test runs alone (make screenshots).
+        body = {"dag_id": "e2e_gate", "title": "Refresh the sales dashboard"}
+        decided = airflow.api("POST", API, json_body=body, expect=(201,)).json()["id"]
+        airflow.api("POST", f"{API}/{decided}/approve", user="carol", json_body={"comment": "numbers match the source"})
         names = []
         for mode in ("light", "dark"):
             desktop = new_page(DESKTOP)

@@ -174,103 +174,30 @@
 
   /* ------------------------------------------------------------------ Airflow's look: theme, font, timezone */
 
-  // The pages are same-origin iframes inside Airflow's React UI. Airflow keeps the user's
-  // choices in localStorage: the colour mode under "theme" (next-themes: "light", "dark" or
-  // "system", applied as a class on its <html>) and the timezone under "timezone" (a JSON
-  // string; the browser's zone when unset). We follow the same settings, live: a change in
-  // the Airflow UI fires a "storage" event here, and the parent's <html> class is observed.
-  const THEME_KEY = "theme";
-  const TIMEZONE_KEY = "timezone";
+  // What the Airflow UI shows (colour mode, palette, font, timezone) is read by
+  // airflow-theme.js (window.AirflowTheme, loaded first): the one file that knows Airflow's
+  // localStorage keys and CSS variables. Here it is applied, live.
   const onLookChange = [];
-
-  function airflowDocument() {
-    try {
-      if (window.parent !== window && window.parent.document) return window.parent.document;
-    } catch (err) {
-      // Not the same origin: only localStorage can tell.
-    }
-    return null;
-  }
-
-  function storedItem(key) {
-    try {
-      return window.localStorage.getItem(key);
-    } catch (err) {
-      return null;
-    }
-  }
-
-  function systemDark() {
-    return window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches;
-  }
-
-  /** "dark" or "light": what the Airflow UI shows (its <html> class), else its stored setting. */
-  function airflowColorMode() {
-    const parent = airflowDocument();
-    if (parent) {
-      const classes = parent.documentElement.classList;
-      if (classes.contains("dark")) return "dark";
-      if (classes.contains("light")) return "light";
-    }
-    const stored = storedItem(THEME_KEY);
-    if (stored === "dark" || stored === "light") return stored;
-    return systemDark() ? "dark" : "light";
-  }
 
   /** The IANA zone Airflow shows times in: the user's choice in its UI, else the browser's. */
   function airflowTimezone() {
-    const raw = storedItem(TIMEZONE_KEY);
-    if (raw) {
-      try {
-        const zone = JSON.parse(raw);
-        new Intl.DateTimeFormat("en-US", { timeZone: zone });
-        return zone;
-      } catch (err) {
-        // An unknown zone or a foreign value: fall back to the browser's, as Airflow does.
-      }
-    }
-    return Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+    return window.AirflowTheme.timezone();
   }
 
-  // Airflow's own CSS variables (Chakra), copied when the parent is reachable so our colours
-  // are exactly Airflow's; hitl.css carries the same palette for a page opened on its own.
-  const AIRFLOW_VARS = {
-    "--bg": "--chakra-colors-bg",
-    "--panel": "--chakra-colors-bg-panel",
-    "--text": "--chakra-colors-fg",
-    "--muted": "--chakra-colors-fg-muted",
-    "--line": "--chakra-colors-border",
-  };
-
   function applyLook() {
-    const mode = airflowColorMode();
+    const theme = window.AirflowTheme;
+    const mode = theme.colorMode();
     const root = document.documentElement;
     root.dataset.theme = mode;
     root.style.colorScheme = mode; // native controls (checkboxes, selects, date pickers) follow too
-    const parent = airflowDocument();
-    for (const name of Object.keys(AIRFLOW_VARS)) root.style.removeProperty(name);
-    if (parent) {
-      const computed = window.parent.getComputedStyle(parent.documentElement);
-      for (const [ours, theirs] of Object.entries(AIRFLOW_VARS)) {
-        const value = computed.getPropertyValue(theirs).trim();
-        if (value) root.style.setProperty(ours, value);
-      }
-      const font = window.parent.getComputedStyle(parent.body).fontFamily;
-      if (font) root.style.setProperty("--font", font);
-    }
+    for (const name of theme.colorVariables) root.style.removeProperty(name);
+    for (const [name, value] of Object.entries(theme.palette())) root.style.setProperty(name, value);
     onLookChange.forEach((fn) => fn());
   }
 
   function watchLook() {
     applyLook();
-    window.addEventListener("storage", (event) => {
-      if (event.key === null || event.key === THEME_KEY || event.key === TIMEZONE_KEY) applyLook();
-    });
-    if (window.matchMedia) window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", applyLook);
-    const parent = airflowDocument();
-    if (parent && window.parent.MutationObserver) {
-      new window.parent.MutationObserver(applyLook).observe(parent.documentElement, { attributes: true, attributeFilter: ["class", "style"] });
-    }
+    window.AirflowTheme.watch(applyLook);
   }
 
   const formatters = new Map();
@@ -355,6 +282,7 @@
   function openAirflow(event) {
     const href = event.currentTarget.getAttribute("href");
     if (window.top === window || !href) return;
+    undimAirflow(); // the UI shows another page: none of ours stays open over it
     try {
       const top = window.top;
       const idx = ((top.history.state && top.history.state.idx) || 0) + 1;
@@ -392,6 +320,20 @@
     }
   }
 
+  /* ------------------------------------------------------------------ the dialogs' backdrop over Airflow */
+
+  /**
+   * While a dialog is open, dim the Airflow UI around this iframe too (airflow-theme.js, the
+   * one script that touches Airflow's page; nothing happens when the UI is not reachable).
+   */
+  function dimAirflow(onClick) {
+    if (window.AirflowBackdrop) window.AirflowBackdrop.show(onClick);
+  }
+
+  function undimAirflow() {
+    if (window.AirflowBackdrop) window.AirflowBackdrop.hide();
+  }
+
   /* ------------------------------------------------------------------ decision rules shown */
 
   /** Whether the Reject button is usable: like approving, except your own run (you may reject it). */
@@ -406,6 +348,59 @@
     const needed = item.approvals_needed || item.required_approvals || 1;
     const still = Math.max(0, needed - counted);
     return counted + " of " + needed + " approvals" + (WAITING.has(item.state) ? ", " + still + " still needed" : "");
+  }
+
+  /** Who may decide a request now: its named approvers and roles (each escalation widens them). */
+  function decidersText(item) {
+    const names = item.allowed_approvers || [];
+    const roles = item.allowed_roles || [];
+    const parts = [];
+    if (names.length) parts.push(names.join(", "));
+    if (roles.length) parts.push((roles.length === 1 ? "role " : "roles ") + roles.join(", "));
+    return parts.length ? parts.join("; ") : "anyone with edit access to the DAG";
+  }
+
+  /** "escalation level 1 of 2 added carol, role Admin": what the current level widened; "" before any. */
+  function escalationText(item) {
+    const level = item.escalation_level || 0;
+    if (!level) return "";
+    const levels = item.escalation_targets || [];
+    const target = levels[level - 1] || {};
+    const added = [...(target.approvers || []), ...(target.roles || []).map((role) => "role " + role)];
+    return "escalation level " + level + " of " + levels.length + (added.length ? " added " + added.join(", ") : "");
+  }
+
+  /** Who decides now, with what the escalation added: the detail's "Who decides" and the cards of escalated requests. */
+  function decidersLine(item) {
+    const escalation = escalationText(item);
+    return decidersText(item) + (escalation ? " (" + escalation + ")" : "");
+  }
+
+  /** True when several approvals are needed and each carries form values: only one approval's are used. */
+  function quorumOfForms(item) {
+    return (item.approvals_needed || item.required_approvals || 1) > 1 && Object.keys(item.inputs || {}).length > 0;
+  }
+
+  /**
+   * The vote whose form values the gate used: the one that completed the quorum (the last vote
+   * of decided_by, as the server's deciding_vote), only for an approval decided by a person.
+   */
+  function usedVote(item) {
+    if (item.state !== "approved" || !item.decided_by || !Object.keys(item.inputs || {}).length) return null;
+    const mine = (item.votes || []).filter((v) => v.user === item.decided_by && v.vote === "approve");
+    return mine.length ? mine[mine.length - 1] : null;
+  }
+
+  /** What the toast says after the page's vote: the outcome, or how far the quorum is. */
+  function decidedText(action, result) {
+    if (action === "reject") return "Rejected: " + result.title;
+    if (WAITING.has(result.state)) {
+      const counted = (result.approvers || []).length;
+      const needed = result.approvals_needed || result.required_approvals || 1;
+      const still = Math.max(0, needed - counted);
+      return "Your approval is recorded: " + counted + " of " + needed + "; waiting for " + still + " more";
+    }
+    return "Approved: " + result.title + (result.state === "approved" ? "" : " (now " + result.state + ")");
   }
 
   /* ------------------------------------------------------------------ detail (modal and task view) */
@@ -477,7 +472,8 @@
     return item && item.can_approve_for ? { on_behalf_of: item.can_approve_for } : {};
   }
 
-  function voteItem(vote) {
+  /** One vote in a list; ``used`` marks the vote whose form values the gate used. */
+  function voteItem(vote, used) {
     const what = vote.vote === "approve" ? "approved" : vote.vote === "reject" ? "rejected" : vote.vote;
     return el(
       "li",
@@ -496,7 +492,8 @@
             "Inputs: ",
             ...Object.entries(vote.inputs).map(([name, value], i) =>
               el("span", { className: "input-value", dataset: { name } }, (i ? ", " : "") + name + " = " + JSON.stringify(value))
-            )
+            ),
+            used ? el("span", { className: "badge approved used", text: "used", title: "The gate used these values: this approval completed the quorum." }) : null
           )
         : null
     );
@@ -594,6 +591,23 @@
     return bad ? null : values;
   }
 
+  /** Put ``values`` (input name -> value, as a vote carries them) into the form's controls. */
+  function fillInputs(container, values) {
+    for (const control of container.querySelectorAll("[data-name]:is(input, select, textarea)")) {
+      const name = control.dataset.name;
+      if (!Object.prototype.hasOwnProperty.call(values, name)) continue;
+      const value = values[name];
+      const kind = control.dataset.kind;
+      if (kind === "boolean") control.checked = value === true;
+      else if (kind === "enum") {
+        const at = [...control.options].findIndex((o) => o.value !== "" && o.textContent === String(value));
+        if (at >= 0) control.selectedIndex = at;
+      } else if (kind === "integer" || kind === "number" || kind === "string") control.value = value === null ? "" : String(value);
+      else control.value = JSON.stringify(value);
+      inputError(name, null);
+    }
+  }
+
   /**
    * A decision view bound to the #detail markup (the inbox modal and the task page share it).
    * onDecided runs after a successful decision.
@@ -649,12 +663,56 @@
       renderContext($("m-context"), item.context);
       setText("m-json", JSON.stringify(item.context || {}, null, 2));
       setText("m-quorum", "(" + quorumText(item) + ")");
+      setText("m-deciders", decidersLine(item));
+      this.fillQuorumNotes(item);
       const votes = $("m-votes");
-      votes.replaceChildren(...(item.votes || []).map(voteItem));
+      const used = usedVote(item);
+      votes.replaceChildren(...(item.votes || []).map((v) => voteItem(v, v === used)));
       if (!(item.votes || []).length) votes.append(el("li", { className: "muted", text: "No votes yet." }));
       setAirflowLink($("m-run-link"), runUrl(item));
       $("m-history-link").setAttribute("href", historyUrl(item.dag_id));
       this.applyRights();
+    }
+
+    /**
+     * With several approvals and a form, only the values of the approval that completes the
+     * quorum are used: say so above the form and in the votes, and show the earlier approvals'
+     * values (each can be copied into the form), so nobody's values are dropped unseen.
+     */
+    fillQuorumNotes(item) {
+      const quorum = quorumOfForms(item);
+      const waiting = WAITING.has(item.state);
+      const counted = (item.approvers || []).length;
+      const needed = item.approvals_needed || item.required_approvals || 1;
+      const used = usedVote(item);
+      let votesNote = "";
+      if (quorum && used) votesNote = "The gate used the values of " + castBy(used) + "'s approval, the one that completed the quorum.";
+      else if (quorum && waiting) votesNote = "The values sent with the approval that completes the quorum (approval " + needed + " of " + needed + ") are the ones used; earlier approvals' values are kept with their votes.";
+      setText("m-votes-note", votesNote);
+      show($("m-votes-note"), Boolean(votesNote));
+
+      let formNote = "";
+      if (quorum && waiting) {
+        formNote =
+          counted + 1 >= needed
+            ? "Yours completes the quorum: the values below are the ones used."
+            : "Yours will be approval " + (counted + 1) + " of " + needed + ": the values of the approval that completes the quorum are the ones used, not these.";
+      }
+      setText("m-inputs-note", formNote);
+      show($("m-inputs-note"), Boolean(formNote));
+      const earlier = quorum && waiting ? (item.votes || []).filter((v) => v.vote === "approve" && v.inputs && Object.keys(v.inputs).length) : [];
+      $("m-earlier-inputs").replaceChildren(
+        ...earlier.map((v) =>
+          el(
+            "li",
+            { className: "earlier", dataset: { user: v.user } },
+            el("strong", { text: castBy(v) + ": " }),
+            Object.entries(v.inputs).map(([name, value]) => name + " = " + JSON.stringify(value)).join(", "),
+            el("button", { type: "button", className: "linklike use-values", text: "Use these values", onclick: () => fillInputs($("m-inputs-fields"), v.inputs) })
+          )
+        )
+      );
+      show($("m-earlier-inputs"), earlier.length > 0);
     }
 
     applyRights() {
@@ -670,6 +728,8 @@
       approve.title = approve.disabled ? why : "";
       reject.title = reject.disabled ? why : "";
       setText("m-disabled-reason", why);
+      // An outcome in its own colour (approved, rejected, over); a refusal to you as a warning.
+      $("m-disabled-reason").className = "disabled-reason" + (waiting ? "" : " " + item.state);
       show($("m-disabled-reason"), Boolean(why));
       const inputs = [$("m-comment"), $("m-reason-input"), ...$("m-inputs-fields").querySelectorAll("[data-name]")];
       inputs.forEach((node) => (node.disabled = approve.disabled && reject.disabled));
@@ -739,8 +799,7 @@
       }
       try {
         const result = await api("/approvals/" + encodeURIComponent(this.item.id) + "/" + action, { method: "POST", json, base: DECIDE });
-        const verb = action === "approve" ? "Approved" : "Rejected";
-        toast(verb + ": " + result.title + " (now " + result.state + ")", "ok");
+        toast(decidedText(action, result), "ok");
         this.cancelConfirm();
         this.onDecided(result);
       } catch (err) {
@@ -851,6 +910,7 @@
           " · requested " + ago(item.requested_at) + (item.requested_by ? " by " + item.requested_by : "") + " · " + quorumText(item),
           item.state === "escalated" ? el("span", { className: "badge escalated", text: "escalated" }) : null
         ),
+        item.escalation_level ? el("div", { className: "meta escalation" }, "Who decides now: ", el("span", { className: "deciders", text: decidersLine(item) })) : null,
         el(
           "div",
           { className: "card-actions" },
@@ -858,9 +918,10 @@
           el(
             "span",
             { className: "quick" },
+            // Approve then Reject, as Airflow's own HITL buttons (its options' order).
             el("button", { type: "button", className: "btn review", onclick: () => openModal(item.id), text: "Review" }),
-            quickButton(item, "reject"),
-            quickButton(item, "approve")
+            quickButton(item, "approve"),
+            quickButton(item, "reject")
           )
         ),
         quickRejectForm(item)
@@ -916,7 +977,7 @@
       if (button) button.disabled = true;
       try {
         const result = await api("/approvals/" + encodeURIComponent(item.id) + "/" + action, { method: "POST", json, base: DECIDE });
-        toast((action === "approve" ? "Approved" : "Rejected") + ": " + result.title + " (now " + result.state + ")", "ok");
+        toast(decidedText(action, result), "ok");
         return true;
       } catch (err) {
         // A request that changed since its card was shown: the refresh below shows it as it is now.
@@ -1004,6 +1065,7 @@
         state.openId = id;
         view.fill(item);
         modal.hidden = false;
+        dimAirflow(closeModal);
         $("m-close").focus();
       } catch (err) {
         toast("Could not open the approval: " + err.message, "bad");
@@ -1013,6 +1075,7 @@
     function closeModal() {
       state.openId = null;
       modal.hidden = true;
+      undimAirflow();
     }
 
     $("m-close").addEventListener("click", closeModal);
@@ -1054,12 +1117,14 @@
       confirm.textContent = action === "approve" ? "Confirm approval" : "Confirm rejection";
       confirm.disabled = false;
       $("bulk-modal").hidden = false;
+      dimAirflow(closeBulk);
       confirm.focus();
     }
 
     function closeBulk() {
       $("bulk-modal").hidden = true;
       bulkAction = null;
+      undimAirflow();
     }
 
     async function submitBulk() {
@@ -1097,7 +1162,7 @@
               " ",
               el("strong", { text: titles[r.id] || r.id }),
               " ",
-              el("span", { className: "muted", text: r.ok ? "now " + r.state : r.detail || "failed" })
+              el("span", { className: "muted", text: r.ok ? (WAITING.has(r.state) ? "your approval is recorded; waiting for more" : "now " + r.state) : r.detail || "failed" })
             )
           )
         );
@@ -1187,7 +1252,7 @@
         item.comment && !(item.votes || []).some((v) => [v.comment, v.reason, v.reason + " — " + v.comment].includes(item.comment))
           ? el("div", { className: "comment prewrap", text: "“" + item.comment + "”" })
           : null,
-        (item.votes || []).length ? el("ul", { className: "votes" }, item.votes.map(voteItem)) : null
+        (item.votes || []).length ? el("ul", { className: "votes" }, item.votes.map((v) => voteItem(v, v === usedVote(item)))) : null
       );
     }
 
