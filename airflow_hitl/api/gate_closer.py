@@ -50,7 +50,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_hitl.exceptions import ApprovalNotFound
@@ -59,6 +59,7 @@ from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.outbox import listen_for_transitions
 from airflow_hitl.queries import Kept
 from airflow_hitl.records import Approval, TaskGate
+from airflow_hitl.retry import Backoff
 from airflow_hitl.seam import task_instances
 from airflow_hitl.settings import HitlSettings
 from airflow_hitl.triggers.approval import ApprovalTrigger, end_event
@@ -88,7 +89,7 @@ LOCKED = "locked"
 #: What :func:`end_gate` found when another party holds the claim to end the task (its trigger
 #: ends it, or another closer did): settled, like :data:`NOTHING`.
 TAKEN = "taken"
-#: A look, read or end that raised (tried again after :data:`_AFTER_FAILURE`).
+#: A look, read or end that raised (tried again after :data:`_AFTER_FAILURE` or more, jittered).
 _FAILED = "failed"
 #: What keeps a gate waiting -> why, for the log line of one left to its trigger.
 _WHY = {
@@ -232,6 +233,8 @@ class _Closing:
     next_look: float = 0.0
     #: Whether a look, read or end has failed (logged once with its traceback).
     failed: bool = False
+    #: The waits after failures: jittered, growing, still well inside the closer's give-up time.
+    retries: Backoff = field(default_factory=lambda: Backoff(first=_AFTER_FAILURE, cap=_AFTER_FAILURE * 4))
     #: Why it still waits (:data:`_WHY` of the last try's answer).
     why: str = ""
 
@@ -413,7 +416,7 @@ class GateCloser:
             if state in _WHY:
                 closing.why = _WHY[state]
                 closing.failed = closing.failed or state == _FAILED
-                closing.next_look = time.monotonic() + (_AFTER_FAILURE if state == _FAILED else _LOOK_AGAIN)
+                closing.next_look = time.monotonic() + (closing.retries.next() if state == _FAILED else _LOOK_AGAIN)
             outcomes.append((closing, state))
         return outcomes
 

@@ -110,11 +110,14 @@ The pages: ``airflow_hitl/ui/static/airflow-theme.js``
     Names: ``localStorage`` keys ``theme`` (next-themes: ``light``, ``dark``, ``system``) and
     ``timezone`` (a JSON string); the ``light``/``dark`` class of the UI's ``<html>``; Chakra's
     CSS variables ``--chakra-colors-bg``, ``--chakra-colors-bg-panel``, ``--chakra-colors-fg``,
-    ``--chakra-colors-fg-muted``, ``--chakra-colors-border``; the UI body's ``font-family``.
+    ``--chakra-colors-fg-muted``, ``--chakra-colors-border``; the UI body's ``font-family``;
+    ``window.frameElement`` and the UI's ``<body>``, where a modal's backdrop adds a dimming
+    layer over Airflow's page while it is open (``window.AirflowBackdrop``).
     What: the Airflow UI's appearance and timezone, read by our pages in their iframe.
     Why: "Web UI ... there are no backwards compatibility guarantees on HTML elements"; no
     API tells a plugin's page the user's colour mode or timezone. Since: 3.1.
-    Contract: ``tests/ui/test_airflow_look.py`` (real Airflow UI, Playwright; e2e lane) and
+    Contract: ``tests/ui/test_airflow_look.py`` and ``tests/ui/test_page_fixes.py`` (the
+    backdrop over Airflow's page) (real Airflow UI, Playwright; e2e lane) and
     ``test_airflow_theme_script_names_what_it_reads`` (the header lists every key read).
 
 Private attributes of public classes

@@ -16,8 +16,12 @@
  *   CSS variable --chakra-colors-fg-muted    muted text
  *   CSS variable --chakra-colors-border      lines
  *   the UI <body>'s font-family
+ *   window.frameElement and the UI's <body>  where a modal's backdrop also dims Airflow's own
+ *                             page (a layer appended to that <body>, removed when the modal closes)
  *
- * Plain browser JavaScript, no build step; it only reads, and exposes window.AirflowTheme.
+ * Plain browser JavaScript, no build step. It reads, exposes window.AirflowTheme, and (its last
+ * part) window.AirflowBackdrop, the one thing that writes into Airflow's page: nothing when the
+ * parent is out of reach.
  */
 "use strict";
 
