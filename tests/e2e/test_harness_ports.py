@@ -43,7 +43,8 @@ def test_a_port_another_test_process_picked_is_never_picked_again(monkeypatch: p
         monkeypatch.setattr(random, "randint", lambda a, b: next(picks, None) or pick(a, b))
         assert harness.free_port() != taken
     finally:
-        assert holder.stdin is not None
+        assert holder.stdin is not None and holder.stdout is not None
         holder.stdin.close()
         holder.wait(timeout=30)
+        holder.stdout.close()
     assert harness._reserve(taken), "free again once the process that picked it is gone"
