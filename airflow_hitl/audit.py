@@ -633,11 +633,12 @@ def _events_of(session: Session, request_id: str | None) -> list[AuditEvent]:
 
 
 class AuditReader:
-    """Reads the audit trail of a store (a part of :class:`~airflow_hitl.manager.ApprovalManager`)."""
+    """Reads the audit trail of a store (``manager.audit`` of :class:`~airflow_hitl.manager.ApprovalManager`)."""
 
-    store: ApprovalStore
-    #: The key keyed links are verified under (None: no key configured); read once per manager.
-    _audit_key: AuditKey | None = None
+    def __init__(self, *, store: ApprovalStore, audit_key: AuditKey | None = None) -> None:
+        self.store = store
+        #: The key keyed links are verified under (None: no key configured); read once per manager.
+        self.audit_key = audit_key
 
     def events(self, request_id: str | None = None) -> list[AuditEvent]:
         """Audit events, oldest first; of one request when ``request_id`` is given."""
@@ -669,7 +670,7 @@ class AuditReader:
         with self.store.session() as session:
             if self.store.is_postgres:
                 session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-            chain = verify_chain(session.execute(_CHAIN), key=self._audit_key)
+            chain = verify_chain(session.execute(_CHAIN), key=self.audit_key)
             if not chain.ok:
                 return chain
             return verify_facts(session, chain)

@@ -8,9 +8,10 @@ recorded as ``alice``'s vote (it counts once, as hers) with ``delegate = bob``, 
 access to the DAG as it is when ``bob`` votes: a delegation passes on the right to decide
 while she has it, not beyond (demoted to a viewer since, her delegate cannot decide for her).
 
-A part of :class:`~airflow_hitl.manager.ApprovalManager`: creating and ending are audited in
-the hash chain like every other change (events without a request), and the vote path asks
-:meth:`Delegations._acting` under the request's row lock whose vote a decision casts.
+A service of :class:`~airflow_hitl.manager.ApprovalManager` (``manager.delegations``): creating
+and ending are audited in the hash chain like every other change (events without a request),
+and the vote path asks :meth:`Delegations.acting` under the request's row lock whose vote a
+decision casts.
 
 What only the auth manager knows (whether a user exists, a delegator's roles and current
 access to a DAG) reaches this layer as callables from :mod:`airflow_hitl.identity` and
@@ -30,11 +31,14 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from airflow_hitl.audit import AuditKey
 from airflow_hitl.exceptions import AlreadyVoted, ApprovalConflict, HitlError, InvalidInput, NotAllowed
 from airflow_hitl.limits import MAX_TIMEOUT_SECONDS, text_problem, time_problem
+from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.models.tables import ApprovalDelegationRow, ApprovalRequestRow
 from airflow_hitl.policy import ConfigProblems, Eligibility, PolicyView, Principal, check_vote, is_allowed_approver
 from airflow_hitl.records import Approval, Vote, jsonable, policy_of
+from airflow_hitl.spec import utcnow
 from airflow_hitl.transaction import StoreTransactions
 from airflow_hitl.vocabulary import Action, AuditType, Source
 
@@ -229,8 +233,20 @@ def _refusal(request_id: str, user: str, own: Eligibility, refusals: Iterable[st
     return NotAllowed(reason)
 
 
-class Delegations(StoreTransactions):
+class Delegations:
     """Create, list and end delegations; resolve on whose behalf a vote is cast."""
+
+    def __init__(
+        self,
+        *,
+        store: ApprovalStore,
+        clock: Callable[[], dt.datetime] = utcnow,
+        audit_key: AuditKey | None = None,
+    ) -> None:
+        self.store = store
+        self._clock = clock
+        # Creating and ending a delegation append to the audit chain, under the manager's key.
+        self._transactions = StoreTransactions(store=store, audit_key=audit_key)
 
     def create_delegation(
         self,
@@ -278,7 +294,7 @@ class Delegations(StoreTransactions):
             problems.add("delegator", f"no user {owner!r} is known to Airflow's auth manager")
         problems.raise_if_any(InvalidInput)
         assert owner and to and start and end  # for the type checker: problems were raised above
-        with self._transaction() as session:
+        with self._transactions.transaction() as session:
             row = ApprovalDelegationRow(
                 id=str(uuid.uuid4()),
                 delegator=owner,
@@ -351,7 +367,7 @@ class Delegations(StoreTransactions):
         client: Mapping[str, Any] | None = None,
     ) -> Delegation:
         """End a delegation now (its delegator or an admin); ending an ended one changes nothing."""
-        with self._transaction() as session:
+        with self._transactions.transaction() as session:
             row = session.scalar(
                 select(ApprovalDelegationRow).where(ApprovalDelegationRow.id == str(delegation_id)).with_for_update()
             )
@@ -393,7 +409,7 @@ class Delegations(StoreTransactions):
     ) -> None:
         # A delegation's events have no request: the chain names the delegation, both people,
         # its terms when it is created, and whether an admin acted for someone else.
-        self._audit(
+        self._transactions.audit(
             session,
             request_id=None,
             event_type=event_type,
@@ -473,7 +489,7 @@ class Delegations(StoreTransactions):
                 return verdict
         return own
 
-    def _acting(
+    def acting(
         self,
         session: Session,
         row: ApprovalRequestRow,

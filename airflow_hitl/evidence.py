@@ -259,7 +259,7 @@ def sign_evidence(
     """The compact JWS of ``approval``'s evidence: the request and its audit events as ``manager`` has them now."""
     now = issued_at or dt.datetime.now(dt.timezone.utc)
     # Read again, in one snapshot: the caller's copy may predate a vote, and votes and events must agree.
-    current, events = manager.approval_with_events(approval.id)
+    current, events = manager.audit.approval_with_events(approval.id)
     return keys.sign(evidence_claims(current, events, issued_at=now))
 
 

@@ -20,7 +20,7 @@ waits for Airflow to cancel it (which Airflow does once the task instance is no 
 deferred on it); one whose claim was taken :data:`TAKE_OVER_AFTER` ago by a party that never
 ended the task (its process died in between) takes the claim over and ends it.
 
-A part of :class:`~airflow_hitl.manager.ApprovalManager`.
+A service of :class:`~airflow_hitl.manager.ApprovalManager` (``manager.gate_ends``).
 """
 
 from __future__ import annotations
@@ -29,10 +29,13 @@ import datetime as dt
 import os
 import socket
 import uuid
+from collections.abc import Callable
 
 from sqlalchemy import or_, select, update
 
+from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.models.tables import WAITING_STATES, ApprovalRequestRow
+from airflow_hitl.spec import utcnow
 from airflow_hitl.transaction import StoreTransactions
 
 #: A claim this old whose holder has not ended the task is taken over by the gate's trigger.
@@ -53,8 +56,14 @@ def claimant(party: str) -> str:
     return f"{party}@{host}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-class GateEnds(StoreTransactions):
+class GateEnds:
     """The claim to end a closed gate's task (see the module docstring)."""
+
+    def __init__(self, *, store: ApprovalStore, clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.store = store
+        # A claim's age is measured on the manager's clock (``take_over_after``).
+        self._clock = clock
+        self._transactions = StoreTransactions(store=store)
 
     def claim_gate_end(self, request_id: str, *, by: str, take_over_after: dt.timedelta | None = None) -> bool:
         """Claim ending the closed request's task for ``by``; True when ``by`` holds the claim now.
@@ -74,7 +83,7 @@ class GateEnds(StoreTransactions):
             .values(task_ended_by=by, task_ended_at=now)
             .execution_options(synchronize_session=False)
         )
-        with self._transaction() as session:
+        with self._transactions.transaction() as session:
             # An UPDATE's result counts the rows it changed: one when ``by`` holds the claim now.
             return bool(getattr(session.execute(claim), "rowcount", 0))
 
@@ -87,7 +96,7 @@ class GateEnds(StoreTransactions):
             .values(task_ended_by=None, task_ended_at=None)
             .execution_options(synchronize_session=False)
         )
-        with self._transaction() as session:
+        with self._transactions.transaction() as session:
             session.execute(release)
 
     def gate_ended_by(self, request_id: str) -> str | None:

@@ -12,9 +12,12 @@ The chain has one tail, so appends from all processes take turns. A transaction 
 its events and appends them all just before it commits (:mod:`airflow_hitl.transaction`):
 the turn is held for three short statements, not for the whole decision.
 
-What a gate asks for and the list filters are in :mod:`airflow_hitl.spec`, the record of
-notices in :mod:`airflow_hitl.notices`, reading the audit trail in :mod:`airflow_hitl.audit`;
-this class brings them together as the one entry point.
+What a gate asks for and the list filters are in :mod:`airflow_hitl.spec`. The manager is
+composed of its services, built once with the same store, clock and audit key: reading
+requests (``manager.queries``), the notices (``manager.notices``), the audit trail
+(``manager.audit``), delegations (``manager.delegations``), who ends a closed gate's task
+(``manager.gate_ends``), and the transaction plumbing every write takes
+(``manager.transactions``). It keeps the transitions and the one decision path.
 """
 
 from __future__ import annotations
@@ -35,28 +38,13 @@ from airflow_hitl import metrics, outbox
 from airflow_hitl.audit import AuditEvent, AuditKey, AuditReader, with_request_facts, with_vote_facts
 from airflow_hitl.canonical import digest_problem
 from airflow_hitl.delegation import Delegations, DelegatorAccess, RolesOf
-from airflow_hitl.exceptions import (
-    AlreadyVoted,
-    ApprovalNotPending,
-    ContentChanged,
-    InvalidInput,
-    NotAllowed,
-)
+from airflow_hitl.exceptions import AlreadyVoted, ApprovalNotPending, ContentChanged, InvalidInput, NotAllowed
 from airflow_hitl.forms import parse_inputs, resolve_inputs
 from airflow_hitl.gate_ends import GateEnds
 from airflow_hitl.models.store import ApprovalStore, get_store
-from airflow_hitl.models.tables import (
-    ORIGINS,
-    WAITING_STATES,
-    ApprovalRequestRow,
-)
+from airflow_hitl.models.tables import ORIGINS, WAITING_STATES, ApprovalRequestRow
 from airflow_hitl.notices import NoticeLog
-from airflow_hitl.policy import (
-    ConfigProblems,
-    EscalationLevel,
-    Principal,
-    quorum_reached,
-)
+from airflow_hitl.policy import ConfigProblems, EscalationLevel, Principal, quorum_reached
 from airflow_hitl.queries import ApprovalQueries
 from airflow_hitl.records import Approval, Vote, content_digest_of, policy_of
 from airflow_hitl.spec import (
@@ -70,6 +58,7 @@ from airflow_hitl.spec import (
     json_safe,
     utcnow,
 )
+from airflow_hitl.transaction import StoreTransactions
 from airflow_hitl.vocabulary import ACTIONS, VOTE_SOURCES, Action, AuditType, Origin, Source, State
 
 log = logging.getLogger(__name__)
@@ -99,8 +88,8 @@ def _check_texts(**texts: str | None) -> None:
     problems.raise_if_any(InvalidInput)
 
 
-class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, GateEnds):
-    """Owns every state transition, policy check and audit row of the approval store."""
+class ApprovalManager:
+    """Owns every state transition, policy check and audit row of the approval store; composed of its services."""
 
     def __init__(
         self,
@@ -115,6 +104,12 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         # Read once: every transaction of this manager keys its audit links with it.
         # None reads ``[hitl] audit_key``; an empty string is no key.
         self._audit_key = AuditKey.configured() if audit_key is None else AuditKey.of(audit_key)
+        self.transactions = StoreTransactions(store=self.store, audit_key=self._audit_key)
+        self.queries = ApprovalQueries(store=self.store, clock=clock)
+        self.notices = NoticeLog(store=self.store, clock=clock)
+        self.audit = AuditReader(store=self.store, audit_key=self._audit_key)
+        self.delegations = Delegations(store=self.store, clock=clock, audit_key=self._audit_key)
+        self.gate_ends = GateEnds(store=self.store, clock=clock)
 
     # ------------------------------------------------------------------ create
 
@@ -161,7 +156,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         now = self._clock()
         # Parsed before the transaction: a form's schemas are checked (bounded, see forms) while no lock is held.
         form = parse_inputs(spec.inputs)
-        with self._transaction() as session:
+        with self.transactions.transaction() as session:
             if origin == Origin.TASK and spec.run_id and spec.task_id and spec.try_number is not None:
                 self._supersede_earlier_tries(session, spec, now)
             row = ApprovalRequestRow(
@@ -200,8 +195,8 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
             )
             session.add(row)
             session.flush()
-            self._measure(session, metrics.request_opened)
-            self._audit(
+            self.transactions.measure(session, metrics.request_opened)
+            self.transactions.audit(
                 session,
                 request_id=row.id,
                 event_type=AuditType.REQUESTED,
@@ -227,7 +222,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
             )
             outbox.plan_opened(session, row, now)
             # Announced on commit (PostgreSQL): wakes the outbox drainer and anyone watching for new gates.
-            self._notify(session, row.id)
+            self.transactions.notify(session, row.id)
             return Approval.from_row(row, votes=())
 
     def _supersede_earlier_tries(self, session: Session, spec: ApprovalSpec, now: dt.datetime) -> None:
@@ -389,12 +384,12 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         # Given values are checked against the form before the lock: what a schema costs (bounded,
         # see forms) is never spent while the request's other deciders wait on its row.
         checked = self._checked_inputs(request_id, inputs, approving=action == Action.APPROVE)
-        with self._transaction() as session:
-            row, votes = self._lock(session, request_id, dag_access=dag_access)
+        with self.transactions.transaction() as session:
+            row, votes = self.transactions.lock(session, request_id, dag_access=dag_access)
             now = self._clock()
             if link is not None:
                 # Used up with the vote, in this transaction: a refused vote leaves it usable.
-                self._use_link(
+                self.notices.use_link(
                     session,
                     link.notification_id,
                     request_id=row.id,
@@ -408,7 +403,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
             if content_digest is not None and content_digest != digest:
                 raise ContentChanged(row.id)
             # The caller's own vote, or a delegator's they cast (refused with the reason why not).
-            acting = self._acting(
+            acting = self.delegations.acting(
                 session,
                 row,
                 votes,
@@ -450,11 +445,11 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
             try:
                 # The row lock makes a duplicate impossible; the unique constraint makes it
                 # impossible twice over.
-                self._cast(session, row.id, vote)
+                self.transactions.cast(session, row.id, vote)
             except IntegrityError as err:
                 raise AlreadyVoted(row.id, user.name) from err
             votes.append(vote)
-            self._audit(
+            self.transactions.audit(
                 session,
                 request_id=row.id,
                 event_type=AuditType.VOTE,
@@ -531,8 +526,8 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
 
     def decide_automatically(self, request_id: str, *, source: str, comment: str) -> Approval:
         """Approve at once without people (``approval_type='auto'`` or a true condition)."""
-        with self._transaction() as session:
-            row, votes = self._lock(session, request_id)
+        with self.transactions.transaction() as session:
+            row, votes = self.transactions.lock(session, request_id)
             if row.state not in WAITING_STATES:
                 return Approval.from_row(row, votes=votes)
             self._finish(
@@ -562,8 +557,8 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidInput("reason", "a reason is required to cancel")
         _check_texts(reason=reason)
-        with self._transaction() as session:
-            row, votes = self._lock(session, request_id, dag_access=dag_access)
+        with self.transactions.transaction() as session:
+            row, votes = self.transactions.lock(session, request_id, dag_access=dag_access)
             if row.state not in WAITING_STATES:
                 raise ApprovalNotPending(row.id, row.state)
             self._finish(
@@ -586,8 +581,8 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         Safe to call from any number of triggerers at once: the row lock makes exactly one
         of them apply it; the others see the new state and change nothing.
         """
-        with self._transaction() as session:
-            row, votes = self._lock(session, request_id)
+        with self.transactions.transaction() as session:
+            row, votes = self.transactions.lock(session, request_id)
             now = self._clock()
             if row.state not in WAITING_STATES or row.expires_at is None or now < row.expires_at:
                 return TimeoutOutcome(approval=Approval.from_row(row, votes=votes), applied=False)
@@ -616,14 +611,14 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         # Escalation widens the circle: the earlier approvers may still decide.
         row.escalation_level += 1
         row.state = State.ESCALATED
-        self._measure(session, metrics.request_escalated)
+        self.transactions.measure(session, metrics.request_escalated)
         row.allowed_approvers = list(dict.fromkeys([*row.allowed_approvers, *level.approvers]))
         row.allowed_roles = list(dict.fromkeys([*row.allowed_roles, *level.roles]))
         if level.required_approvals is not None:
             row.required_approvals = level.required_approvals
         row.expires_at = now + level.timeout
         row.updated_at = now
-        self._audit(
+        self.transactions.audit(
             session,
             request_id=row.id,
             event_type=AuditType.ESCALATED,
@@ -642,7 +637,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         )
         # Queued in this transaction: the escalation notice exists if and only if the escalation does.
         outbox.plan_escalated(session, row, now)
-        self._notify(session, row.id)
+        self.transactions.notify(session, row.id)
 
     @staticmethod
     def _ensure_open(row: ApprovalRequestRow, now: dt.datetime) -> None:
@@ -667,7 +662,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         details: Mapping[str, Any] | None = None,
     ) -> None:
         previous = row.state
-        self._measure(
+        self.transactions.measure(
             session,
             partial(metrics.request_ended, state=state, source=source, requested_at=row.requested_at, ended_at=now),
         )
@@ -678,7 +673,7 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
         row.decision_source = source
         row.comment = comment
         row.updated_at = now
-        self._audit(
+        self.transactions.audit(
             session,
             request_id=row.id,
             event_type=event_type or state,
@@ -697,4 +692,4 @@ class ApprovalManager(ApprovalQueries, NoticeLog, AuditReader, Delegations, Gate
             at=now,
         )
         outbox.plan_closed(session, row, now)
-        self._notify(session, row.id)
+        self.transactions.notify(session, row.id)

@@ -2,7 +2,9 @@
 
 Sent by the outbox (:mod:`airflow_hitl.outbox`) through the channels of
 :mod:`airflow_hitl.notifications`; read by the pages (in-app notices, unread counts) and the
-email link handler, which uses a link up (:meth:`NoticeLog.consume_link`).
+email link handler, which uses a link up (:meth:`NoticeLog.consume_link`). A service of
+:class:`~airflow_hitl.manager.ApprovalManager` (``manager.notices``), whose decision path uses
+an emailed link up in its own transaction (:meth:`NoticeLog.use_link`).
 """
 
 from __future__ import annotations
@@ -19,15 +21,22 @@ from sqlalchemy.orm import Session
 
 from airflow_hitl import metrics
 from airflow_hitl.exceptions import InvalidInput, LinkAlreadyUsed
+from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.models.tables import NOTIFICATION_STATUSES, ApprovalNotificationRow
 from airflow_hitl.records import Notification
-from airflow_hitl.spec import json_safe
+from airflow_hitl.spec import json_safe, utcnow
 from airflow_hitl.transaction import StoreTransactions
 from airflow_hitl.vocabulary import CHANNELS, Channel, NoticeStatus
 
 
-class NoticeLog(StoreTransactions):
-    """Records notices and their delivery (a part of :class:`~airflow_hitl.manager.ApprovalManager`)."""
+class NoticeLog:
+    """Records notices and their delivery (``manager.notices`` of :class:`~airflow_hitl.manager.ApprovalManager`)."""
+
+    def __init__(self, *, store: ApprovalStore, clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.store = store
+        self._clock = clock
+        # Notices append no audit events: no audit key is needed to write them.
+        self._transactions = StoreTransactions(store=store)
 
     def record_notification(
         self,
@@ -53,7 +62,7 @@ class NoticeLog(StoreTransactions):
         if status not in NOTIFICATION_STATUSES:
             raise InvalidInput("status", f"must be one of {list(NOTIFICATION_STATUSES)}")
         now = self._clock()
-        with self._transaction() as session:
+        with self._transactions.transaction() as session:
             row = ApprovalNotificationRow(
                 id=notification_id or str(uuid.uuid4()),
                 request_id=str(request_id),
@@ -74,7 +83,9 @@ class NoticeLog(StoreTransactions):
             session.add(row)
             session.flush()
             if status in (NoticeStatus.SENT, NoticeStatus.FAILED):
-                self._measure(session, partial(metrics.notice, channel=channel, delivered=status == NoticeStatus.SENT))
+                self._transactions.measure(
+                    session, partial(metrics.notice, channel=channel, delivered=status == NoticeStatus.SENT)
+                )
             return Notification.from_row(row)
 
     def _notification_row(self, session: Session, notification_id: str) -> ApprovalNotificationRow:
@@ -130,10 +141,10 @@ class NoticeLog(StoreTransactions):
     ) -> Notification:
         # One send's outcome under the row lock: the status, its metric, what ``record`` keeps.
         now = self._clock()
-        with self._transaction() as session:
+        with self._transactions.transaction() as session:
             row = self._notification_row(session, notification_id)
             row.status = NoticeStatus.SENT if delivered else NoticeStatus.FAILED
-            self._measure(session, partial(metrics.notice, channel=row.channel, delivered=delivered))
+            self._transactions.measure(session, partial(metrics.notice, channel=row.channel, delivered=delivered))
             record(row, now)
             if retry_count is not None:
                 row.retry_count = retry_count
@@ -208,7 +219,7 @@ class NoticeLog(StoreTransactions):
         """Mark ``recipient``'s in-app notifications read (all, or the given ids); return how many."""
         n = ApprovalNotificationRow
         now = self._clock()
-        with self._transaction() as session:
+        with self._transactions.transaction() as session:
             query = select(n).where(
                 n.channel == Channel.IN_APP, n.recipient == recipient, n.status == NoticeStatus.SENT
             )
@@ -228,15 +239,18 @@ class NoticeLog(StoreTransactions):
         The row lock makes two simultaneous uses of one link produce exactly one success.
         """
         now = self._clock()
-        with self._transaction() as session:
-            return self._use_link(
+        with self._transactions.transaction() as session:
+            return self.use_link(
                 session, notification_id, request_id=request_id, recipient=recipient, action=action, now=now
             )
 
-    def _use_link(
+    def use_link(
         self, session: Session, notification_id: str, *, request_id: str, recipient: str, action: str, now: dt.datetime
     ) -> Notification:
-        # Inside the caller's transaction: a decision and the use of its link commit together.
+        """Use up the emailed link of ``notification_id`` in ``session``; :class:`LinkAlreadyUsed` if it was.
+
+        Inside the caller's transaction: a decision and the use of its link commit together.
+        """
         row = self._notification_row(session, notification_id)
         if row.request_id != str(request_id) or row.recipient != recipient:
             raise InvalidInput("link", "does not belong to this request and recipient")

@@ -1,16 +1,17 @@
 """Reading approval requests: one, lists with filters, the inbox, history and wait states.
 
-A part of :class:`~airflow_hitl.manager.ApprovalManager`; reads take no write lock (SQLite's
-deferred BEGIN), so polls and pages never hold up a decision.
+A service of :class:`~airflow_hitl.manager.ApprovalManager` (``manager.queries``); reads take
+no write lock (SQLite's deferred BEGIN), so polls and pages never hold up a decision.
 """
 
 from __future__ import annotations
 
 import builtins
+import datetime as dt
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 from weakref import WeakKeyDictionary
 
@@ -31,8 +32,8 @@ from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.models.tables import WAITING_STATES, ApprovalRequestRow
 from airflow_hitl.policy import Eligibility, Principal, check_vote
 from airflow_hitl.records import Approval, TaskGate, WaitState
-from airflow_hitl.spec import ORDERABLE, ApprovalFilter, replace_filter, where_clauses
-from airflow_hitl.transaction import StoreTransactions, decoded, text_columns, votes_of
+from airflow_hitl.spec import ORDERABLE, ApprovalFilter, replace_filter, utcnow, where_clauses
+from airflow_hitl.transaction import decoded, text_columns, votes_of
 from airflow_hitl.vocabulary import TERMINAL_STATES, Action, Origin
 
 _REQUEST_COLUMNS, _REQUEST_JSON = text_columns(ApprovalRequestRow.__table__)  # type: ignore[arg-type]
@@ -93,8 +94,13 @@ def _snapshots_of(store: ApprovalStore) -> _Snapshots:
         return found
 
 
-class ApprovalQueries(StoreTransactions):
+class ApprovalQueries:
     """What the store holds, as :class:`~airflow_hitl.records.Approval` snapshots."""
+
+    def __init__(self, *, store: ApprovalStore, clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.store = store
+        # Whether a request has expired (``can_approve``) is asked of the manager's clock.
+        self._clock = clock
 
     def get(self, request_id: str) -> Approval:
         """One request with its votes; :class:`ApprovalNotFound` when unknown."""

@@ -1,7 +1,7 @@
 """The transaction plumbing of every state transition.
 
-One write transaction (:meth:`StoreTransactions._transaction`) locks what it changes
-(:meth:`~StoreTransactions._lock`: ``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's
+One write transaction (:meth:`StoreTransactions.transaction`) locks what it changes
+(:meth:`~StoreTransactions.lock`: ``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's
 ``BEGIN IMMEDIATE`` already did), queues its audit events, wake-ups and metrics in the
 session, and seals them just before it commits (:meth:`~StoreTransactions._seal`): the
 audit chain's turn is taken and its events appended in three short statements, the NOTIFYs
@@ -57,7 +57,7 @@ _EVENTS: Table = ApprovalEventRow.__table__  # type: ignore[assignment]
 _HEAD = select(_EVENTS.c.seq, _EVENTS.c.hash, _EVENTS.c.key_id).order_by(_EVENTS.c.seq.desc()).limit(1)
 _APPEND = insert(_EVENTS)
 _VOTE_ROWS = insert(ApprovalVoteRow.__table__)  # type: ignore[arg-type]
-# The votes are read by their own statement after the lock (see _lock), never through the
+# The votes are read by their own statement after the lock (see StoreTransactions.lock), never through the
 # relationship: its ORM loader cost more than the statement itself.
 _LOCK = (
     select(ApprovalRequestRow)
@@ -116,12 +116,16 @@ def votes_of(session: Session, request_ids: builtins.list[str], *, postgres: boo
 
 
 class StoreTransactions:
-    """Write transactions over the approval store, with their audit, NOTIFY and metrics."""
+    """Write transactions over the approval store, with their audit, NOTIFY and metrics.
 
-    store: ApprovalStore
-    _clock: Callable[[], dt.datetime]
-    #: The key every link this writer appends is an HMAC under (None: plain SHA-256); read once.
-    _audit_key: AuditKey | None = None
+    The manager and each of its services that writes hold one over the same store: it keeps
+    no state of its own between transactions (what one queues lives in its session).
+    """
+
+    def __init__(self, *, store: ApprovalStore, audit_key: AuditKey | None = None) -> None:
+        self.store = store
+        #: The key every link this writer appends is an HMAC under (None: plain SHA-256); read once.
+        self.audit_key = audit_key
 
     def count_waiting(self) -> int:
         """How many requests wait for people, store-wide."""
@@ -131,7 +135,7 @@ class StoreTransactions:
             )
 
     @contextmanager
-    def _transaction(self) -> Iterator[Session]:
+    def transaction(self) -> Iterator[Session]:
         """One write transaction whose audit events are appended just before it commits.
 
         A lost or timed-out store is :class:`StoreUnavailable` while nothing can have been
@@ -156,10 +160,11 @@ class StoreTransactions:
             metrics.waiting(self.count_waiting)
 
     @staticmethod
-    def _measure(session: Session, send: Callable[[], None]) -> None:
+    def measure(session: Session, send: Callable[[], None]) -> None:
+        """Send ``send``'s metric once the transaction of ``session`` has committed (never if it rolls back)."""
         session.info.setdefault(_PENDING_METRICS, []).append(send)
 
-    def _lock(
+    def lock(
         self, session: Session, request_id: str, *, dag_access: DagAccess | None = None
     ) -> tuple[ApprovalRequestRow, builtins.list[Vote]]:
         """The request's row, locked until commit, and its votes read after the lock."""
@@ -175,7 +180,7 @@ class StoreTransactions:
         return row, votes_of(session, [row.id], postgres=self.store.is_postgres).get(row.id, [])
 
     @staticmethod
-    def _cast(session: Session, request_id: str, vote: Vote) -> None:
+    def cast(session: Session, request_id: str, vote: Vote) -> None:
         """Insert ``vote`` on the locked request; IntegrityError when its voter has voted already."""
         # One plain INSERT: a vote row is never read back in this transaction, so building
         # and flushing an ORM object for it would only cost time.
@@ -199,13 +204,14 @@ class StoreTransactions:
         )
 
     @staticmethod
-    def _notify(session: Session, request_id: str) -> None:
+    def notify(session: Session, request_id: str) -> None:
+        """Wake whoever watches ``request_id`` once the transaction of ``session`` commits."""
         # Sent when the transaction seals, delivered by PostgreSQL only when it commits:
         # waiting triggers wake on a decision that is durable, never on one that rolls back.
         session.info.setdefault(_PENDING_NOTIFY, {})[request_id] = None
 
     @staticmethod
-    def _audit(
+    def audit(
         session: Session,
         *,
         request_id: str | None,
@@ -216,6 +222,7 @@ class StoreTransactions:
         comment: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> None:
+        """Queue an audit event in ``session``: it is linked into the chain when the transaction seals."""
         session.info.setdefault(_PENDING_EVENTS, []).append(
             {
                 "request_id": request_id,
@@ -250,7 +257,7 @@ class StoreTransactions:
             conn.execute(text(f"SELECT {', '.join(calls)}"), params)
         if not events:
             return
-        key = self._audit_key
+        key = self.audit_key
         head = conn.execute(_HEAD).first()
         if head is not None and (problem := keyed_tail_problem(head.key_id, key)):
             # Refused before anything is written: an unkeyed link (or one under another key)

@@ -180,7 +180,7 @@ def measure(airflow: AirflowHarness, *, setup: str, gates: int) -> Figures:
 
     deadline = time.monotonic() + 60 * 30
     while True:
-        waiting, _ = airflow.manager.pending(ApprovalFilter(dag_id=DAG_ID), limit=1000)
+        waiting, _ = airflow.manager.queries.pending(ApprovalFilter(dag_id=DAG_ID), limit=1000)
         for approval in waiting:
             with lock:
                 if approval.run_id in run_ids and approval.run_id not in decided:
@@ -202,7 +202,7 @@ def measure(airflow: AirflowHarness, *, setup: str, gates: int) -> Figures:
     elapsed = time.time() - started
     commits = xact_commits(airflow.store_url) - commits_before
 
-    approvals = [airflow.manager.get(request_id) for request_id in decided.values()]
+    approvals = [airflow.manager.queries.get(request_id) for request_id in decided.values()]
     opened = [a.requested_at for a in approvals]
     decisions = {a.run_id: a.decided_at for a in approvals if a.decided_at}
     end_dates = {run_id: end for run_id, (_, end) in ends.items() if end}

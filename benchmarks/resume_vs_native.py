@@ -177,7 +177,7 @@ def _end_state(h: AirflowHarness, dag_id: str, run_id: str) -> tuple[str, float]
 
 def _open_ours(h: AirflowHarness, dag_id: str, run_id: str) -> Any:
     def opened() -> Any:
-        items, _ = h.manager.pending(ApprovalFilter(dag_id=dag_id, run_id=run_id))
+        items, _ = h.manager.queries.pending(ApprovalFilter(dag_id=dag_id, run_id=run_id))
         return items[0] if items else None
 
     return _wait(opened)
@@ -238,7 +238,7 @@ def reminders_late(h: AirflowHarness, count: int) -> Scenario:
     approval = _open_ours(h, dag_id, run_id)
 
     def sent() -> list[Any] | None:
-        rows = h.manager.list_notifications(request_id=approval.id, event_type="reminder", status="sent")
+        rows = h.manager.notices.list_notifications(request_id=approval.id, event_type="reminder", status="sent")
         return rows if len(rows) >= count else None
 
     rows = _wait(sent, timeout=count * REMIND_EVERY.total_seconds() + 120)
@@ -280,7 +280,7 @@ def burst(h: AirflowHarness, runs: int) -> Burst:
             for note in conn.notifies(timeout=1.0):
                 received = time.monotonic()
                 try:
-                    approval = h.manager.get(note.payload)
+                    approval = h.manager.queries.get(note.payload)
                 except ApprovalNotFound:
                     continue
                 if approval.dag_id != dag_id or not approval.is_waiting or approval.run_id in lags:

@@ -435,8 +435,8 @@ def run_one(
         t0 = time.perf_counter()
         ids = manager_seed(manager, total) if args.seed == "manager" else bulk_seed(store, total)
         result.seed_s = time.perf_counter() - t0
-        check = manager.verify_audit_chain()
-        if not check.ok or manager.get(ids[-1]).state != "pending":
+        check = manager.audit.verify_audit_chain()
+        if not check.ok or manager.queries.get(ids[-1]).state != "pending":
             raise SystemExit(f"seeding broke the store: {check}")
 
         asyncio.run(
@@ -453,7 +453,7 @@ def run_one(
                 rng=random.Random(args.random_seed),
             )
         )
-        check = manager.verify_audit_chain()
+        check = manager.audit.verify_audit_chain()
         if not check.ok:
             log.error("audit chain broken after the run: %s", check)
         event.remove(store.engine, "before_cursor_execute", counter)

@@ -183,8 +183,8 @@ def open_request(manager: ApprovalManager, **overrides: Any) -> Approval:
 
 def snapshot(manager: ApprovalManager) -> tuple[list[dict[str, Any]], int]:
     """Every request as a dict, and the number of audit events: equal before and after = no change."""
-    items, _ = manager.list(limit=10_000, order_by="requested_at")
-    return [a.to_dict() for a in items], len(manager.events())
+    items, _ = manager.queries.list(limit=10_000, order_by="requested_at")
+    return [a.to_dict() for a in items], len(manager.audit.events())
 
 
 def fill_id(value: Any, approval_id: str) -> Any:

@@ -162,7 +162,7 @@ class TestStoredChain:
 
     def test_chain_verifies(self, mgr: ApprovalManager) -> None:
         self._trail(mgr)
-        result = mgr.verify_audit_chain()
+        result = mgr.audit.verify_audit_chain()
         assert result.ok
         assert result.checked == 7
 
@@ -171,7 +171,7 @@ class TestStoredChain:
         with store.engine.begin() as conn:
             seq = conn.execute(text("SELECT seq FROM approval_events WHERE comment = 'ok'")).scalar_one()
             conn.execute(text("UPDATE approval_events SET comment = 'forged' WHERE seq = :s"), {"s": seq})
-        result = mgr.verify_audit_chain()
+        result = mgr.audit.verify_audit_chain()
         assert not result.ok
         assert result.first_bad_seq == seq
 
@@ -181,7 +181,7 @@ class TestStoredChain:
             seqs = list(s.scalars(select(ApprovalEventRow.seq).order_by(ApprovalEventRow.seq)))
         with store.engine.begin() as conn:
             conn.execute(text("DELETE FROM approval_events WHERE seq = :s"), {"s": seqs[2]})
-        result = mgr.verify_audit_chain()
+        result = mgr.audit.verify_audit_chain()
         assert not result.ok
         assert result.first_bad_seq == seqs[3]
 
@@ -254,19 +254,19 @@ class TestFactShapes:
         assert tuple(facts) == VOTE_FACTS and set(VOTE_FACTS) == {f.name for f in dataclasses.fields(vote)}
         assert facts["created_at"] == canonical_time(vote.created_at)
         assert (facts["user"], facts["user_roles"], facts["metadata"]) == ("alice", ["op"], {"ticket": 7})
-        event = next(e for e in mgr.events(a.id) if e.event_type == "vote")
+        event = next(e for e in mgr.audit.events(a.id) if e.event_type == "vote")
         assert event.details[FACTS_VERSION_KEY] == 1 and event.details[FACTS_KEY] == {"vote": facts}
 
     def test_a_request_records_its_content_once_and_its_state_at_every_transition(self, mgr: ApprovalManager) -> None:
         a = mgr.create(spec(context={"model": "m1"}))
         mgr.approve(a.id, user=ALICE)
-        requested, vote, approved = mgr.events(a.id)
+        requested, vote, approved = mgr.audit.events(a.id)
         created = requested.details[FACTS_KEY]["request"]
         assert created == request_facts(a, content=True)
         assert (created["context"], created["state"], created["decided_by"]) == ({"model": "m1"}, "pending", None)
         assert FACTS_KEY not in vote.details or "request" not in vote.details[FACTS_KEY]
         final = approved.details[FACTS_KEY]["request"]
-        assert final == request_facts(mgr.get(a.id)) and "context" not in final
+        assert final == request_facts(mgr.queries.get(a.id)) and "context" not in final
         assert (final["state"], final["decided_by"]) == ("approved", "alice")
 
 
@@ -303,7 +303,7 @@ def trail(mgr: ApprovalManager, clock: Clock) -> dict[str, str]:
     assert mgr.apply_timeout(escalating.id).escalated
     cancelled = mgr.create(spec())
     mgr.cancel(cancelled.id, actor="admin", reason="withdrawn")
-    mgr.create_delegation(
+    mgr.delegations.create_delegation(
         actor=ALICE,
         delegate="bob",
         starts_at=clock.now - dt.timedelta(minutes=1),
@@ -366,7 +366,7 @@ class TestFacts:
 
     def test_an_untouched_store_verifies(self, mgr: ApprovalManager, clock: Clock) -> None:
         trail(mgr, clock)
-        result = mgr.verify_audit_chain()
+        result = mgr.audit.verify_audit_chain()
         assert result.ok, result
         assert (result.requests_verified, result.requests_hash_only, result.row) == (4, 0, None)
 
@@ -383,9 +383,9 @@ class TestFacts:
     ) -> None:
         ids = trail(mgr, clock)
         row_id = vote_id(store, ids["quorum"], "alice")
-        vote = next(v for v in mgr.get(ids["quorum"]).votes if v.user == "alice")
+        vote = next(v for v in mgr.queries.get(ids["quorum"]).votes if v.user == "alice")
         change(store, update(VOTES).where(VOTES.c.id == row_id).values(**values))
-        result = mgr.verify_audit_chain()
+        result = mgr.audit.verify_audit_chain()
         assert not result.ok and result.row is not None
         if field in {"created_at", "content_digest"}:  # what the vote was cast with
             chain_value = vote_facts(vote)[field]
@@ -396,10 +396,12 @@ class TestFacts:
             "field": field,
             "store": store_value,
             "chain": chain_value,
-            "seq": next(e.seq for e in mgr.events(ids["quorum"]) if e.event_type == "vote" and e.actor == "alice"),
+            "seq": next(
+                e.seq for e in mgr.audit.events(ids["quorum"]) if e.event_type == "vote" and e.actor == "alice"
+            ),
         }
         assert f"approval_votes row {row_id}: {field}" in (result.problem or "")
-        assert result.checked == len(mgr.events())  # every link held: only the row was changed
+        assert result.checked == len(mgr.audit.events())  # every link held: only the row was changed
 
     @pytest.mark.parametrize(("request_name", "values", "field", "store_value", "chain_value"), REQUEST_REWRITES)
     def test_a_rewritten_request_fails_naming_its_row(
@@ -416,9 +418,9 @@ class TestFacts:
         ids = trail(mgr, clock)
         request_id = ids[request_name]
         if field == "decided_at":
-            chain_value = canonical_time(mgr.get(request_id).decided_at)  # type: ignore[arg-type]
+            chain_value = canonical_time(mgr.queries.get(request_id).decided_at)  # type: ignore[arg-type]
         change(store, update(REQUESTS).where(REQUESTS.c.id == request_id).values(**values))
-        row = mgr.verify_audit_chain().row
+        row = mgr.audit.verify_audit_chain().row
         assert row is not None
         assert (row.table, row.id, row.request_id, row.field, row.store, row.chain) == (
             "approval_requests",
@@ -434,7 +436,7 @@ class TestFacts:
     ) -> None:
         ids = trail(mgr, clock)
         change(store, delete(VOTES).where(VOTES.c.id == vote_id(store, ids["quorum"], "alice")))
-        result = mgr.verify_audit_chain()
+        result = mgr.audit.verify_audit_chain()
         assert not result.ok and result.row is not None
         assert (result.row.table, result.row.id, result.row.request_id, result.row.store) == (
             "approval_votes",
@@ -460,7 +462,7 @@ class TestFacts:
             "created_at": clock.now,
         }
         change(store, insert(VOTES).values(**forged))
-        result = mgr.verify_audit_chain()
+        result = mgr.audit.verify_audit_chain()
         assert not result.ok and result.row is not None
         assert (result.row.table, result.row.request_id, result.row.field, result.row.chain) == (
             "approval_votes",
@@ -475,13 +477,13 @@ class TestFacts:
         a = mgr.create(spec())
         with store.engine.begin() as conn:
             conn.execute(delete(ApprovalEventRow.__table__).where(ApprovalEventRow.__table__.c.request_id == a.id))
-        row = mgr.verify_audit_chain().row
+        row = mgr.audit.verify_audit_chain().row
         assert row is not None and (row.table, row.id, row.field, row.seq) == ("approval_requests", a.id, None, None)
 
     def test_a_deleted_request_is_no_lie(self, mgr: ApprovalManager, clock: Clock, store: ApprovalStore) -> None:
         ids = trail(mgr, clock)
         change(store, delete(REQUESTS).where(REQUESTS.c.id == ids["quorum"]))
-        result = mgr.verify_audit_chain()
+        result = mgr.audit.verify_audit_chain()
         assert result.ok and result.requests_verified == 3
 
     def test_every_page_of_requests_is_compared(
@@ -490,10 +492,10 @@ class TestFacts:
         monkeypatch.setattr(audit, "_PAGE", 2)
         ids = [mgr.approve(mgr.create(spec()).id, user=ALICE).id for _ in range(5)]
         # Three pages of at most two requests, every one of them compared.
-        assert mgr.verify_audit_chain().requests_verified == 5
+        assert mgr.audit.verify_audit_chain().requests_verified == 5
         for request_id in ids:
             change(store, update(REQUESTS).where(REQUESTS.c.id == request_id).values(decided_by="carol"))
-            row = mgr.verify_audit_chain().row
+            row = mgr.audit.verify_audit_chain().row
             assert row is not None and (row.id, row.field) == (request_id, "decided_by")
             change(store, update(REQUESTS).where(REQUESTS.c.id == request_id).values(decided_by="alice"))
 
@@ -528,10 +530,10 @@ class TestEventsBeforeFacts:
     ) -> None:
         old = mgr.approve(mgr.create(spec()).id, user=ALICE)
         strip_facts(store)
-        result = mgr.verify_audit_chain()
+        result = mgr.audit.verify_audit_chain()
         assert (result.ok, result.requests_verified, result.requests_hash_only) == (True, 0, 1)
         change(store, update(VOTES).where(VOTES.c.request_id == old.id).values(user="carol"))
-        assert mgr.verify_audit_chain().ok  # the residual risk of older events (see audit's doc)
+        assert mgr.audit.verify_audit_chain().ok  # the residual risk of older events (see audit's doc)
 
     def test_a_request_opened_before_facts_is_compared_for_what_came_after(
         self, mgr: ApprovalManager, store: ApprovalStore
@@ -540,18 +542,18 @@ class TestEventsBeforeFacts:
         mgr.approve(mixed.id, user=BOB)
         strip_facts(store)
         mgr.approve(mixed.id, user=ALICE)
-        result = mgr.verify_audit_chain()
+        result = mgr.audit.verify_audit_chain()
         assert (result.ok, result.requests_verified) == (True, 1)
         change(store, update(REQUESTS).where(REQUESTS.c.id == mixed.id).values(decided_by="carol"))
-        row = mgr.verify_audit_chain().row
+        row = mgr.audit.verify_audit_chain().row
         assert row is not None and (row.field, row.store, row.chain) == ("decided_by", "carol", "alice")
 
     def test_facts_of_an_unknown_version_fail(self, store: ApprovalStore) -> None:
         mgr = ApprovalManager(store=store, audit_key="")
         a = mgr.create(spec())
-        with mgr._transaction() as session:
-            mgr._lock(session, a.id)
-            mgr._audit(
+        with mgr.transactions.transaction() as session:
+            mgr.transactions.lock(session, a.id)
+            mgr.transactions.audit(
                 session,
                 request_id=a.id,
                 event_type="note",
@@ -560,7 +562,7 @@ class TestEventsBeforeFacts:
                 at=mgr._clock(),
                 details={FACTS_VERSION_KEY: 99, FACTS_KEY: {}},
             )
-        result = mgr.verify_audit_chain()
+        result = mgr.audit.verify_audit_chain()
         assert not result.ok and "version 99" in (result.problem or "")
 
 
@@ -576,21 +578,21 @@ class TestKeyedStore:
     def test_a_keyed_store_verifies_and_reports_its_key(self, store: ApprovalStore, clock: Clock) -> None:
         mgr = self.keyed(store, clock)
         trail(mgr, clock)
-        result = mgr.verify_audit_chain()
+        result = mgr.audit.verify_audit_chain()
         assert result.ok, result
-        assert (result.keyed_from, result.key_id) == (mgr.events()[0].seq, KEY.key_id)
-        assert {e.key_id for e in mgr.events()} == {KEY.key_id}
+        assert (result.keyed_from, result.key_id) == (mgr.audit.events()[0].seq, KEY.key_id)
+        assert {e.key_id for e in mgr.audit.events()} == {KEY.key_id}
 
     def test_legacy_unkeyed_events_then_keyed_ones_verify(self, store: ApprovalStore, clock: Clock) -> None:
         before = ApprovalManager(store=store, clock=clock, audit_key="")
         before.approve(before.create(spec()).id, user=ALICE)
-        unkeyed = len(before.events())
+        unkeyed = len(before.audit.events())
         mgr = self.keyed(store, clock)
         mgr.approve(mgr.create(spec()).id, user=ALICE)
-        result = mgr.verify_audit_chain()
+        result = mgr.audit.verify_audit_chain()
         assert result.ok, result
-        assert result.keyed_from == mgr.events()[unkeyed].seq
-        assert [e.key_id for e in mgr.events()] == [None] * unkeyed + [KEY.key_id] * unkeyed
+        assert result.keyed_from == mgr.audit.events()[unkeyed].seq
+        assert [e.key_id for e in mgr.audit.events()] == [None] * unkeyed + [KEY.key_id] * unkeyed
 
     @pytest.mark.parametrize(
         ("forger", "caught"),
@@ -644,7 +646,7 @@ class TestKeyedStore:
                     prev = link
                 else:
                     prev = row.hash
-        result = mgr.verify_audit_chain()
+        result = mgr.audit.verify_audit_chain()
         if caught:
             assert (result.ok, result.first_bad_seq, result.problem) == (
                 False,
@@ -657,9 +659,9 @@ class TestKeyedStore:
     def test_verifying_a_keyed_store_needs_the_key(self, store: ApprovalStore, clock: Clock) -> None:
         mgr = self.keyed(store, clock)
         mgr.create(spec())
-        unkeyed = ApprovalManager(store=store, audit_key="").verify_audit_chain()
+        unkeyed = ApprovalManager(store=store, audit_key="").audit.verify_audit_chain()
         assert not unkeyed.ok and "set [hitl] audit_key" in (unkeyed.problem or "")
-        wrong = self.keyed(store, clock, "a key the attacker chose").verify_audit_chain()
+        wrong = self.keyed(store, clock, "a key the attacker chose").audit.verify_audit_chain()
         assert not wrong.ok and OTHER_KEY.key_id in (wrong.problem or "")
 
     def test_an_unkeyed_store_fails_once_a_key_is_configured_until_a_keyed_event(
@@ -667,10 +669,10 @@ class TestKeyedStore:
     ) -> None:
         ApprovalManager(store=store, clock=clock, audit_key="").create(spec())
         mgr = self.keyed(store, clock)
-        tail = mgr.verify_audit_chain()
+        tail = mgr.audit.verify_audit_chain()
         assert not tail.ok and "ends with an unkeyed event" in (tail.problem or "")
         mgr.create(spec())
-        assert mgr.verify_audit_chain().ok
+        assert mgr.audit.verify_audit_chain().ok
 
     @pytest.mark.parametrize(
         ("secret", "named"),
@@ -684,12 +686,15 @@ class TestKeyedStore:
     ) -> None:
         mgr = self.keyed(store, clock)
         a = mgr.create(spec())
-        count = len(mgr.events())
+        count = len(mgr.audit.events())
         other = ApprovalManager(store=store, clock=clock, audit_key=secret)
         with pytest.raises(StoreError, match=named):
             other.approve(a.id, user=ALICE)
-        assert (len(mgr.events()), mgr.get(a.id).votes) == (count, ())  # nothing of the refused vote was written
-        assert mgr.verify_audit_chain().ok
+        assert (len(mgr.audit.events()), mgr.queries.get(a.id).votes) == (
+            count,
+            (),
+        )  # nothing of the refused vote was written
+        assert mgr.audit.verify_audit_chain().ok
 
     def test_the_writer_that_starts_the_keyed_suffix_says_so_outside_the_store(
         self, store: ApprovalStore, clock: Clock, caplog: pytest.LogCaptureFixture
@@ -699,14 +704,14 @@ class TestKeyedStore:
         with caplog.at_level(logging.WARNING, logger="airflow_hitl.transaction"):
             mgr.create(spec())
             mgr.create(spec())
-        unkeyed_tail, first_keyed, _ = mgr.events()
+        unkeyed_tail, first_keyed, _ = mgr.audit.events()
         said = [r.getMessage() for r in caplog.records if "keyed from here on" in r.getMessage()]
         assert len(said) == 1 and f"after seq {unkeyed_tail.seq} " in said[0] and KEY.key_id in said[0]
-        assert mgr.verify_audit_chain().keyed_from == first_keyed.seq
+        assert mgr.audit.verify_audit_chain().keyed_from == first_keyed.seq
 
     def test_the_key_is_read_from_the_option_once(self, store: ApprovalStore, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("AIRFLOW__HITL__AUDIT_KEY", "the audit key, long and random in real life")
         mgr = ApprovalManager(store=store)
         monkeypatch.delenv("AIRFLOW__HITL__AUDIT_KEY")
         mgr.create(spec())
-        assert [e.key_id for e in mgr.events()] == [KEY.key_id]
+        assert [e.key_id for e in mgr.audit.events()] == [KEY.key_id]

@@ -111,9 +111,9 @@ class TestRaces:
                 time.sleep(timeout_ms / 1000)
                 manager.apply_timeout(approval.id)
 
-                final = manager.get(approval.id)
+                final = manager.queries.get(approval.id)
                 outcomes[final.state] += 1
-                events = manager.events(approval.id)
+                events = manager.audit.events(approval.id)
                 terminal = [e for e in events if e.event_type in TERMINAL_EVENTS]
                 assert len(terminal) == 1, f"round {round_no}: {[e.event_type for e in events]}"
                 with pg_store.session() as s:
@@ -135,6 +135,6 @@ class TestRaces:
                     assert final.state == "timeout"
                     assert rejections == 0
                     assert approvals < required
-        assert manager.verify_audit_chain().ok
+        assert manager.audit.verify_audit_chain().ok
         # The mix of delays must actually exercise every outcome, or the test proves little.
         assert set(outcomes) == {"approved", "rejected", "timeout"}, outcomes

@@ -31,7 +31,7 @@ def delegate(mgr: ApprovalManager, clock: Clock, actor: Principal = ALICE, to: s
         "ends_at": clock.now + dt.timedelta(hours=8),
     }
     fields.update(kw)
-    return mgr.create_delegation(actor=actor, delegate=to, **fields)
+    return mgr.delegations.create_delegation(actor=actor, delegate=to, **fields)
 
 
 def roles_of(name: str) -> set[str] | None:
@@ -51,17 +51,17 @@ class TestCreate:
         assert made.dag_ids == ("billing", "release")
         assert made.state_at(clock.now) == "active"
         for who in ("alice", "bob"):
-            items, total = mgr.list_delegations(involving=who)
+            items, total = mgr.delegations.list_delegations(involving=who)
             assert total == 1 and items[0].id == made.id
-        assert mgr.list_delegations(involving="carol") == ([], 0)
-        event = mgr.events()[-1]
+        assert mgr.delegations.list_delegations(involving="carol") == ([], 0)
+        event = mgr.audit.events()[-1]
         assert event.event_type == "delegation_created" and event.request_id is None
         assert event.actor == "alice" and event.details["delegation_id"] == made.id
-        assert mgr.verify_audit_chain().ok
+        assert mgr.audit.verify_audit_chain().ok
 
     def test_every_bad_field_named_at_once(self, mgr: ApprovalManager, clock: Clock) -> None:
         with pytest.raises(InvalidInput) as err:
-            mgr.create_delegation(
+            mgr.delegations.create_delegation(
                 actor=ALICE,
                 delegate="  ",
                 starts_at=dt.datetime(2026, 1, 1),  # naive
@@ -70,8 +70,8 @@ class TestCreate:
             )
         fields = {f for f, _ in err.value.problems}
         assert fields == {"delegate", "starts_at", "ends_at", "dag_ids"}
-        assert mgr.list_delegations() == ([], 0)
-        assert mgr.events() == []
+        assert mgr.delegations.list_delegations() == ([], 0)
+        assert mgr.audit.events() == []
 
     @pytest.mark.parametrize(
         ("changes", "field"),
@@ -94,7 +94,7 @@ class TestCreate:
         with pytest.raises(InvalidInput) as err:
             delegate(mgr, clock, **kw)
         assert err.value.field == field
-        assert mgr.list_delegations() == ([], 0)
+        assert mgr.delegations.list_delegations() == ([], 0)
 
     def test_unknown_delegate_refused_when_the_auth_manager_can_tell(self, mgr: ApprovalManager, clock: Clock) -> None:
         with pytest.raises(InvalidInput, match="no user 'ghost'"):
@@ -104,44 +104,44 @@ class TestCreate:
     def test_only_an_admin_delegates_for_someone_else(self, mgr: ApprovalManager, clock: Clock) -> None:
         with pytest.raises(NotAllowed, match="only an admin"):
             delegate(mgr, clock, actor=CAROL, delegator="alice")
-        assert mgr.list_delegations() == ([], 0)
+        assert mgr.delegations.list_delegations() == ([], 0)
         made = delegate(mgr, clock, actor=ADMIN, delegator="alice", admin=True)
         assert (made.delegator, made.created_by) == ("alice", "root")
-        assert mgr.events()[-1].details["admin"] is True
+        assert mgr.audit.events()[-1].details["admin"] is True
 
     def test_overlapping_delegations_are_allowed(self, mgr: ApprovalManager, clock: Clock) -> None:
         delegate(mgr, clock, to="bob")
         delegate(mgr, clock, to="carol")
         delegate(mgr, clock, to="bob", dag_ids=["release"])
-        assert mgr.list_delegations(involving="alice")[1] == 3
+        assert mgr.delegations.list_delegations(involving="alice")[1] == 3
 
 
 class TestEnd:
     def test_delegator_ends_it_now_and_it_is_audited(self, mgr: ApprovalManager, clock: Clock) -> None:
         made = delegate(mgr, clock)
         clock.advance(minutes=5)
-        ended = mgr.end_delegation(made.id, actor=ALICE)
+        ended = mgr.delegations.end_delegation(made.id, actor=ALICE)
         assert ended.state_at(clock.now) == "ended"
         assert (ended.ended_at, ended.ended_by) == (clock.now, "alice")
-        assert mgr.delegations_to("bob") == []
-        assert mgr.list_delegations(active_only=True) == ([], 0)
-        assert [e.event_type for e in mgr.events()] == ["delegation_created", "delegation_ended"]
+        assert mgr.delegations.delegations_to("bob") == []
+        assert mgr.delegations.list_delegations(active_only=True) == ([], 0)
+        assert [e.event_type for e in mgr.audit.events()] == ["delegation_created", "delegation_ended"]
         # Ending it again changes nothing.
-        assert mgr.end_delegation(made.id, actor=ALICE) == ended
-        assert len(mgr.events()) == 2
-        assert mgr.verify_audit_chain().ok
+        assert mgr.delegations.end_delegation(made.id, actor=ALICE) == ended
+        assert len(mgr.audit.events()) == 2
+        assert mgr.audit.verify_audit_chain().ok
 
     def test_only_the_delegator_or_an_admin_ends_it(self, mgr: ApprovalManager, clock: Clock) -> None:
         made = delegate(mgr, clock)
         for who in (BOB, CAROL):
             with pytest.raises(NotAllowed, match="only the delegator or an admin"):
-                mgr.end_delegation(made.id, actor=who)
-        assert mgr.get_delegation(made.id).ended_at is None
-        assert mgr.end_delegation(made.id, actor=ADMIN, admin=True).ended_by == "root"
+                mgr.delegations.end_delegation(made.id, actor=who)
+        assert mgr.delegations.get_delegation(made.id).ended_at is None
+        assert mgr.delegations.end_delegation(made.id, actor=ADMIN, admin=True).ended_by == "root"
 
     def test_unknown_id(self, mgr: ApprovalManager) -> None:
         with pytest.raises(DelegationNotFound):
-            mgr.end_delegation("00000000-0000-4000-8000-000000000000", actor=ALICE)
+            mgr.delegations.end_delegation("00000000-0000-4000-8000-000000000000", actor=ALICE)
 
     def test_states_over_time(self, mgr: ApprovalManager, clock: Clock) -> None:
         made = delegate(
@@ -169,7 +169,7 @@ class TestDecideAsDelegate:
             decide(mgr, request.id, BOB)
         done = decide(mgr, request.id, CAROL)
         assert done.state == "approved" and done.approvers == ["alice", "carol"]
-        vote_event = next(e for e in mgr.events(request.id) if e.event_type == "vote")
+        vote_event = next(e for e in mgr.audit.events(request.id) if e.event_type == "vote")
         assert vote_event.actor == "alice"
         assert vote_event.details["delegate"] == "bob"
         assert vote_event.details["delegation_id"] == made.id
@@ -177,7 +177,7 @@ class TestDecideAsDelegate:
         assert [(v["user"], v["delegate"]) for v in summary["votes"]] == [("alice", "bob"), ("carol", None)]
         with store.session() as s:
             assert s.scalars(select(ApprovalVoteRow.delegate).order_by(ApprovalVoteRow.id)).all() == ["bob", None]
-        assert mgr.verify_audit_chain().ok
+        assert mgr.audit.verify_audit_chain().ok
 
     def test_refused_when_the_delegator_already_voted(self, mgr: ApprovalManager, clock: Clock) -> None:
         delegate(mgr, clock)
@@ -187,25 +187,25 @@ class TestDecideAsDelegate:
             decide(mgr, request.id, BOB, on_behalf_of="alice")
         with pytest.raises(NotAllowed, match="alice has already voted"):
             decide(mgr, request.id, BOB)
-        assert [v.user for v in mgr.get(request.id).votes] == ["alice"]
+        assert [v.user for v in mgr.queries.get(request.id).votes] == ["alice"]
 
     def test_the_deciding_vote_by_a_delegate(self, mgr: ApprovalManager, clock: Clock) -> None:
         delegate(mgr, clock)
         request = mgr.create(spec(allowed_approvers=["alice"]))
         done = decide(mgr, request.id, BOB, "reject", reason="not today")
         assert (done.state, done.decided_by) == ("rejected", "alice")
-        finish = mgr.events(request.id)[-1]
+        finish = mgr.audit.events(request.id)[-1]
         assert finish.event_type == "rejected" and finish.details["delegate"] == "bob"
 
     def test_refused_after_the_delegation_ended(self, mgr: ApprovalManager, clock: Clock) -> None:
         made = delegate(mgr, clock)
         request = mgr.create(spec(allowed_approvers=["alice"]))
-        mgr.end_delegation(made.id, actor=ALICE)
+        mgr.delegations.end_delegation(made.id, actor=ALICE)
         with pytest.raises(NotAllowed, match="not an allowed approver"):
             decide(mgr, request.id, BOB)
         with pytest.raises(NotAllowed, match="no active delegation from 'alice'"):
             decide(mgr, request.id, BOB, on_behalf_of="alice")
-        assert mgr.get(request.id).votes == ()
+        assert mgr.queries.get(request.id).votes == ()
 
     def test_refused_after_its_period_and_before_it(self, mgr: ApprovalManager, clock: Clock) -> None:
         delegate(mgr, clock, starts_at=clock.now + dt.timedelta(hours=1), ends_at=clock.now + dt.timedelta(hours=2))
@@ -259,9 +259,11 @@ class TestDecideAsDelegate:
         # Bob's own vote and alice's through him would be two approvals from one human.
         with pytest.raises(AlreadyVoted, match="already voted on this request yourself"):
             decide(mgr, request.id, BOB, on_behalf_of="alice")
-        after = mgr.get(request.id)
+        after = mgr.queries.get(request.id)
         assert (after.state, [v.cast_by for v in after.votes]) == ("pending", ["bob"])
-        listed = mgr.can_decide(BOB, after, mgr.can_approve(BOB, after), mgr.delegations_to("bob"), roles_of=roles_of)
+        listed = mgr.delegations.can_decide(
+            BOB, after, mgr.queries.can_approve(BOB, after), mgr.delegations.delegations_to("bob"), roles_of=roles_of
+        )
         assert not listed.allowed
 
     def test_one_person_counts_once_delegated_vote_first(self, mgr: ApprovalManager, clock: Clock) -> None:
@@ -270,9 +272,11 @@ class TestDecideAsDelegate:
         assert decide(mgr, request.id, BOB, on_behalf_of="alice").votes[0].cast_by == "bob for alice"
         with pytest.raises(AlreadyVoted, match="already voted on this request for alice"):
             decide(mgr, request.id, BOB)
-        after = mgr.get(request.id)
+        after = mgr.queries.get(request.id)
         assert (after.state, [v.cast_by for v in after.votes]) == ("pending", ["bob for alice"])
-        listed = mgr.can_decide(BOB, after, mgr.can_approve(BOB, after), mgr.delegations_to("bob"), roles_of=roles_of)
+        listed = mgr.delegations.can_decide(
+            BOB, after, mgr.queries.can_approve(BOB, after), mgr.delegations.delegations_to("bob"), roles_of=roles_of
+        )
         assert (listed.allowed, listed.code) == (False, "counted_once")
 
     def test_two_delegators_need_on_behalf_of(self, mgr: ApprovalManager, clock: Clock) -> None:
@@ -301,10 +305,15 @@ class TestDecideAsDelegate:
             with pytest.raises(NotAllowed, match="alice may not decide it now: she is a viewer now"):
                 decide(mgr, request.id, BOB, on_behalf_of=on_behalf_of, delegator_access=demoted)
         assert asked == [("alice", "release")] * 2
-        assert mgr.get(request.id).votes == ()
-        listed = mgr.get(request.id)
-        verdict = mgr.can_decide(
-            BOB, listed, mgr.can_approve(BOB, listed), mgr.delegations_to("bob"), roles_of=roles_of, access=demoted
+        assert mgr.queries.get(request.id).votes == ()
+        listed = mgr.queries.get(request.id)
+        verdict = mgr.delegations.can_decide(
+            BOB,
+            listed,
+            mgr.queries.can_approve(BOB, listed),
+            mgr.delegations.delegations_to("bob"),
+            roles_of=roles_of,
+            access=demoted,
         )
         assert verdict.allowed is False
         # With her access back, bob's vote counts, as hers.
@@ -324,10 +333,10 @@ class TestDecideAsDelegate:
         delegate(mgr, clock, dag_ids=["release"])
         mine = mgr.create(spec(allowed_approvers=["alice"]))
         other = mgr.create(spec(dag_id="billing", allowed_approvers=["alice"]))
-        delegations = mgr.delegations_to("bob")
+        delegations = mgr.delegations.delegations_to("bob")
         verdicts = {
-            a.id: mgr.can_decide(BOB, a, mgr.can_approve(BOB, a), delegations, roles_of=roles_of)
-            for a in (mgr.get(mine.id), mgr.get(other.id))
+            a.id: mgr.delegations.can_decide(BOB, a, mgr.queries.can_approve(BOB, a), delegations, roles_of=roles_of)
+            for a in (mgr.queries.get(mine.id), mgr.queries.get(other.id))
         }
         assert (verdicts[mine.id].allowed, verdicts[mine.id].reason) == (True, "for alice")
         assert verdicts[other.id].allowed is False

@@ -32,6 +32,7 @@ from airflow_hitl.evidence import (
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.policy import Principal
+from airflow_hitl.queries import ApprovalQueries
 from airflow_hitl.records import Approval
 from tests.helpers import spec
 
@@ -199,7 +200,7 @@ class TestJwks:
 class TestClaims:
     def test_the_request_its_policy_votes_events_and_iat(self, manager: ApprovalManager) -> None:
         approval = decided(manager)
-        events = manager.events(approval.id)
+        events = manager.audit.events(approval.id)
         claims = evidence_claims(approval, events, issued_at=ISSUED)
 
         assert claims["sub"] == approval.id
@@ -250,36 +251,47 @@ class TestClaims:
         other = manager.create(spec())
         manager.approve(other.id, user=Principal.of("alice"))
         approval = decided(manager)
-        claims = evidence_claims(approval, manager.events(approval.id), issued_at=ISSUED)
-        theirs = {e.seq for e in manager.events(other.id)}
+        claims = evidence_claims(approval, manager.audit.events(approval.id), issued_at=ISSUED)
+        theirs = {e.seq for e in manager.audit.events(other.id)}
         assert theirs
         assert not theirs & {e["seq"] for e in claims["events"]}
-        assert [e["seq"] for e in claims["events"]] == [e.seq for e in manager.events(approval.id)]
+        assert [e["seq"] for e in claims["events"]] == [e.seq for e in manager.audit.events(approval.id)]
 
 
-class RacingManager(ApprovalManager):
-    """A real manager whose first read of a request is followed at once by another approver's vote."""
+class RacingQueries(ApprovalQueries):
+    """A real manager's reads, the first read of a request followed at once by another approver's vote."""
 
     raced = False
+
+    def __init__(self, *, manager: ApprovalManager) -> None:
+        super().__init__(store=manager.store)
+        self.manager = manager
 
     def get(self, request_id: str) -> Approval:
         read = super().get(request_id)
         if not self.raced:
             self.raced = True
-            self.approve(request_id, user=Principal.of("carol"), comment="raced in")
+            self.manager.approve(request_id, user=Principal.of("carol"), comment="raced in")
         return read
+
+
+def racing_manager(store: ApprovalStore) -> tuple[ApprovalManager, RacingQueries]:
+    """A real manager over ``store`` whose reads race (see :class:`RacingQueries`)."""
+    manager = ApprovalManager(store=store)
+    manager.queries = queries = RacingQueries(manager=manager)
+    return manager, queries
 
 
 class TestSnapshot:
     def test_a_vote_landing_while_the_evidence_is_read_is_in_both_votes_and_events(self, store: ApprovalStore) -> None:
-        racing = RacingManager(store=store)
+        racing, reads = racing_manager(store)
         gate = racing.create(spec(allowed_approvers=("alice", "carol"), required_approvals=2))
         racing.approve(gate.id, user=Principal.of("alice"))
         keys = new_keys()
 
-        claims = verify_evidence(sign_evidence(racing, racing.get(gate.id), keys=keys), keys.jwks())
+        claims = verify_evidence(sign_evidence(racing, racing.queries.get(gate.id), keys=keys), keys.jwks())
 
-        assert racing.raced
+        assert reads.raced
         assert [v["user"] for v in claims["votes"]] == ["alice", "carol"]
         assert [e["actor"] for e in claims["events"] if e["type"] == "vote"] == ["alice", "carol"]
         assert claims["request"]["state"] == "approved"
@@ -298,11 +310,11 @@ class TestSnapshot:
             return read_events(session, request_id)
 
         monkeypatch.setattr(audit, "_events_of", vote_then_read)
-        approval, events = manager.approval_with_events(gate.id)
+        approval, events = manager.audit.approval_with_events(gate.id)
 
         assert [v.user for v in approval.votes] == ["alice"] and approval.state == "pending"
         assert [e.actor for e in events if e.event_type == "vote"] == ["alice"]
-        assert [v.user for v in manager.get(gate.id).votes] == ["alice", "carol"]
+        assert [v.user for v in manager.queries.get(gate.id).votes] == ["alice", "carol"]
 
 
 class TestSignAndVerify:
@@ -314,7 +326,7 @@ class TestSignAndVerify:
         header = jwt.get_unverified_header(token)
         assert (header["alg"], header["kid"]) == ("EdDSA", key_id(public_of(keys)))
         claims = verify_evidence(token, keys.jwks())
-        assert claims == evidence_claims(approval, manager.events(approval.id), issued_at=ISSUED)
+        assert claims == evidence_claims(approval, manager.audit.events(approval.id), issued_at=ISSUED)
 
     @pytest.mark.parametrize(
         "tamper",
@@ -364,7 +376,7 @@ class TestSignAndVerify:
     def test_another_key_claiming_our_kid_is_a_bad_signature(self, sqlite_manager: ApprovalManager) -> None:
         ours, theirs = new_keys(), new_keys()
         approval = decided(sqlite_manager)
-        claims = evidence_claims(approval, sqlite_manager.events(approval.id), issued_at=ISSUED)
+        claims = evidence_claims(approval, sqlite_manager.audit.events(approval.id), issued_at=ISSUED)
         assert theirs.signing is not None
         forged = jwt.encode(claims, theirs.signing, algorithm="EdDSA", headers={"kid": ours.signing_kid})
         with pytest.raises(EvidenceRejected) as info:

@@ -333,12 +333,12 @@ class TestManager:
 
     def test_form_is_stored_with_the_request(self, mgr: ApprovalManager) -> None:
         created = mgr.create(spec(inputs=FORM))
-        assert mgr.get(created.id).inputs == parse_inputs(FORM)
+        assert mgr.queries.get(created.id).inputs == parse_inputs(FORM)
 
     def test_bad_spec_inputs_are_refused_before_anything_is_written(self, mgr: ApprovalManager) -> None:
         with pytest.raises(InvalidInput, match=r"inputs\['pct'\]"):
             mgr.create(spec(inputs={"pct": Param(0, type="integer", minimum=1)}))
-        assert mgr.list()[1] == 0
+        assert mgr.queries.list()[1] == 0
 
     def test_approve_with_inputs(self, mgr: ApprovalManager) -> None:
         created = mgr.create(spec(inputs=FORM))
@@ -351,7 +351,7 @@ class TestManager:
         summary = decision_summary(decided)
         assert summary["inputs"] == decided.votes[0].inputs
         assert summary["votes"][0]["inputs"] == decided.votes[0].inputs
-        vote_event = next(e for e in mgr.events(created.id) if e.event_type == "vote")
+        vote_event = next(e for e in mgr.audit.events(created.id) if e.event_type == "vote")
         assert vote_event.details["inputs"]["ticket"] == "CHG-7"
 
     @pytest.mark.parametrize(
@@ -372,7 +372,7 @@ class TestManager:
             mgr.decide(created.id, Decision(action="approve", user=ALICE, source="api", inputs=inputs))
         assert err.value.field == field
         assert err.value.status_code == 422
-        assert mgr.get(created.id).state == "pending"
+        assert mgr.queries.get(created.id).state == "pending"
         assert self._votes(store, created.id) == 0
 
     def test_inputs_must_be_an_object(self, mgr: ApprovalManager) -> None:

@@ -25,17 +25,17 @@ def closed(manager: ApprovalManager) -> str:
 class TestClaim:
     def test_the_first_claimant_holds_it_and_asking_again_keeps_it(self, manager: ApprovalManager) -> None:
         request_id = closed(manager)
-        assert manager.gate_ended_by(request_id) is None
-        assert manager.claim_gate_end(request_id, by="api-server@a") is True
-        assert manager.claim_gate_end(request_id, by="trigger@b") is False
-        assert manager.claim_gate_end(request_id, by="api-server@a") is True
-        assert manager.gate_ended_by(request_id) == "api-server@a"
+        assert manager.gate_ends.gate_ended_by(request_id) is None
+        assert manager.gate_ends.claim_gate_end(request_id, by="api-server@a") is True
+        assert manager.gate_ends.claim_gate_end(request_id, by="trigger@b") is False
+        assert manager.gate_ends.claim_gate_end(request_id, by="api-server@a") is True
+        assert manager.gate_ends.gate_ended_by(request_id) == "api-server@a"
 
     def test_a_waiting_or_unknown_request_cannot_be_claimed(self, manager: ApprovalManager) -> None:
         waiting = manager.create(spec())
-        assert manager.claim_gate_end(waiting.id, by="trigger@a") is False
-        assert manager.claim_gate_end("00000000-0000-4000-8000-000000000000", by="trigger@a") is False
-        assert manager.gate_ended_by(waiting.id) is None
+        assert manager.gate_ends.claim_gate_end(waiting.id, by="trigger@a") is False
+        assert manager.gate_ends.claim_gate_end("00000000-0000-4000-8000-000000000000", by="trigger@a") is False
+        assert manager.gate_ends.gate_ended_by(waiting.id) is None
 
     @pytest.mark.parametrize("close", ["approve", "cancel", "timeout"])
     def test_every_way_a_request_closes_can_be_claimed(self, mgr: ApprovalManager, clock: Clock, close: str) -> None:
@@ -47,28 +47,28 @@ class TestClaim:
         else:
             clock.advance(minutes=6)
             assert mgr.apply_timeout(approval.id).applied
-        assert mgr.claim_gate_end(approval.id, by="trigger@a") is True
+        assert mgr.gate_ends.claim_gate_end(approval.id, by="trigger@a") is True
 
     def test_a_released_claim_is_free_and_only_its_holder_releases_it(self, manager: ApprovalManager) -> None:
         request_id = closed(manager)
-        assert manager.claim_gate_end(request_id, by="api-server@a")
-        manager.release_gate_end(request_id, by="trigger@b")  # not the holder: nothing
-        assert manager.gate_ended_by(request_id) == "api-server@a"
-        manager.release_gate_end(request_id, by="api-server@a")
-        assert manager.gate_ended_by(request_id) is None
-        assert manager.claim_gate_end(request_id, by="trigger@b") is True
+        assert manager.gate_ends.claim_gate_end(request_id, by="api-server@a")
+        manager.gate_ends.release_gate_end(request_id, by="trigger@b")  # not the holder: nothing
+        assert manager.gate_ends.gate_ended_by(request_id) == "api-server@a"
+        manager.gate_ends.release_gate_end(request_id, by="api-server@a")
+        assert manager.gate_ends.gate_ended_by(request_id) is None
+        assert manager.gate_ends.claim_gate_end(request_id, by="trigger@b") is True
 
     def test_a_claim_is_taken_over_only_past_the_given_age(self, store: ApprovalStore, clock: Clock) -> None:
         manager = ApprovalManager(store=store, clock=clock)
         request_id = closed(manager)
-        assert manager.claim_gate_end(request_id, by="api-server@dead")
+        assert manager.gate_ends.claim_gate_end(request_id, by="api-server@dead")
         clock.advance(seconds=TAKE_OVER_AFTER.total_seconds() - 1)
-        assert manager.claim_gate_end(request_id, by="trigger@b", take_over_after=TAKE_OVER_AFTER) is False
-        assert manager.claim_gate_end(request_id, by="api-server@other") is False, "only with take_over_after"
+        assert manager.gate_ends.claim_gate_end(request_id, by="trigger@b", take_over_after=TAKE_OVER_AFTER) is False
+        assert manager.gate_ends.claim_gate_end(request_id, by="api-server@other") is False, "only with take_over_after"
         clock.advance(seconds=2)
-        assert manager.claim_gate_end(request_id, by="api-server@other") is False
-        assert manager.claim_gate_end(request_id, by="trigger@b", take_over_after=TAKE_OVER_AFTER) is True
-        assert manager.gate_ended_by(request_id) == "trigger@b"
+        assert manager.gate_ends.claim_gate_end(request_id, by="api-server@other") is False
+        assert manager.gate_ends.claim_gate_end(request_id, by="trigger@b", take_over_after=TAKE_OVER_AFTER) is True
+        assert manager.gate_ends.gate_ended_by(request_id) == "trigger@b"
 
     def test_the_closer_commits_well_inside_the_take_over_age(self) -> None:
         assert CLOSER_COMMIT_WITHIN * 2 <= TAKE_OVER_AFTER
@@ -98,7 +98,7 @@ class TestConcurrentClaims:
                     barrier.wait(30)  # every thread asks for the same request at the same moment
                     # Half of them as a trigger that may take an old claim over: none is old here.
                     over = TAKE_OVER_AFTER if name.startswith("trigger") else None
-                    if manager.claim_gate_end(request_id, by=name, take_over_after=over):
+                    if manager.gate_ends.claim_gate_end(request_id, by=name, take_over_after=over):
                         with lock:
                             wins[name] += 1
                             winners[request_id].append(name)
@@ -115,4 +115,4 @@ class TestConcurrentClaims:
             thread.join(120)
         assert errors == []
         assert {i: len(w) for i, w in winners.items()} == dict.fromkeys(request_ids, 1)
-        assert {i: manager.gate_ended_by(i) for i in request_ids} == {i: w[0] for i, w in winners.items()}
+        assert {i: manager.gate_ends.gate_ended_by(i) for i in request_ids} == {i: w[0] for i, w in winners.items()}

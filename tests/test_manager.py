@@ -7,6 +7,8 @@ import datetime as dt
 import pytest
 from sqlalchemy import func, select
 
+from airflow_hitl.audit import AuditKey, AuditReader
+from airflow_hitl.delegation import Delegations
 from airflow_hitl.exceptions import (
     AlreadyVoted,
     ApprovalNotFound,
@@ -15,10 +17,14 @@ from airflow_hitl.exceptions import (
     InvalidInput,
     NotAllowed,
 )
+from airflow_hitl.gate_ends import GateEnds
 from airflow_hitl.manager import ApprovalManager, Decision
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.models.tables import ApprovalVoteRow
+from airflow_hitl.notices import NoticeLog
 from airflow_hitl.policy import EscalationLevel, Principal
+from airflow_hitl.queries import ApprovalQueries
+from airflow_hitl.transaction import StoreTransactions
 from tests.helpers import Clock, spec
 
 ALICE = Principal.of("alice", ["op"])
@@ -36,28 +42,28 @@ def vote_count(store: ApprovalStore, request_id: str) -> int:
 class TestCreate:
     def test_create_then_get(self, mgr: ApprovalManager) -> None:
         created = mgr.create(spec(context={"accuracy": 0.97}, metadata={"risk": "high"}))
-        got = mgr.get(created.id)
+        got = mgr.queries.get(created.id)
         assert got.state == "pending"
         assert got.context == {"accuracy": 0.97}
         assert got.metadata == {"risk": "high"}
         assert got.requested_by == "ricky"
-        assert [e.event_type for e in mgr.events(created.id)] == ["requested"]
+        assert [e.event_type for e in mgr.audit.events(created.id)] == ["requested"]
 
     def test_same_try_is_idempotent(self, mgr: ApprovalManager) -> None:
         s = spec()
         first = mgr.create(s)
         again = mgr.create(s)
         assert again.id == first.id
-        assert mgr.list()[1] == 1
+        assert mgr.queries.list()[1] == 1
 
     def test_new_try_supersedes_the_waiting_one(self, mgr: ApprovalManager) -> None:
         first = mgr.create(spec(run_id="r1", try_number=1))
         second = mgr.create(spec(run_id="r1", try_number=2))
         assert second.id != first.id
-        old = mgr.get(first.id)
+        old = mgr.queries.get(first.id)
         assert old.state == "cancelled"
         assert "superseded by try 2" in (old.comment or "")
-        assert mgr.get(second.id).state == "pending"
+        assert mgr.queries.get(second.id).state == "pending"
 
 
 class TestVoting:
@@ -69,7 +75,7 @@ class TestVoting:
         assert done.decided_by == "alice"
         assert done.decision_source == "api"
         assert done.approvers == ["alice"]
-        assert [e.event_type for e in mgr.events(a.id)] == ["requested", "vote", "approved"]
+        assert [e.event_type for e in mgr.audit.events(a.id)] == ["requested", "vote", "approved"]
 
     @pytest.mark.parametrize("text", ["ok\x00then", "ok\udc80"], ids=["nul", "lone-surrogate"])
     def test_text_the_store_cannot_keep_is_refused_naming_the_field(
@@ -89,7 +95,7 @@ class TestVoting:
                 refused()
             fields.append(err.value.field)
         assert fields == ["comment", "reason", "comment", "reason"]
-        assert (mgr.get(a.id).state, vote_count(store, a.id), len(mgr.events(a.id))) == ("pending", 0, 1)
+        assert (mgr.queries.get(a.id).state, vote_count(store, a.id), len(mgr.audit.events(a.id))) == ("pending", 0, 1)
 
     def test_quorum_two_of_three(self, mgr: ApprovalManager) -> None:
         a = mgr.create(spec(allowed_approvers=["alice", "bob", "carol"], required_approvals=2))
@@ -120,7 +126,7 @@ class TestVoting:
         with pytest.raises(InvalidInput) as err:
             mgr.reject(a.id, user=ALICE, reason="  ")
         assert err.value.field == "reason"
-        assert mgr.get(a.id).state == "pending"
+        assert mgr.queries.get(a.id).state == "pending"
         assert vote_count(store, a.id) == 0
 
     def test_self_approval_refused_by_default(self, mgr: ApprovalManager, store: ApprovalStore) -> None:
@@ -129,7 +135,7 @@ class TestVoting:
             mgr.approve(a.id, user=RICKY)
         assert "triggered this run" in err.value.reason
         assert vote_count(store, a.id) == 0
-        assert mgr.can_approve(RICKY, mgr.get(a.id)).code == "self_approval"
+        assert mgr.queries.can_approve(RICKY, mgr.queries.get(a.id)).code == "self_approval"
 
     def test_self_approval_when_allowed(self, mgr: ApprovalManager) -> None:
         a = mgr.create(spec(allow_self_approval=True))
@@ -147,7 +153,7 @@ class TestVoting:
         with pytest.raises(AlreadyVoted):
             mgr.reject(a.id, user=ALICE, reason="changed my mind")
         assert vote_count(store, a.id) == 1
-        assert mgr.get(a.id).state == "pending"
+        assert mgr.queries.get(a.id).state == "pending"
 
     def test_allowed_users_and_roles(self, mgr: ApprovalManager, store: ApprovalStore) -> None:
         a = mgr.create(spec(allowed_approvers=["alice"], allowed_roles=["ml-leads"], required_approvals=2))
@@ -179,7 +185,7 @@ class TestVoting:
         clock.advance(minutes=5)
         with pytest.raises(ApprovalNotPending, match="expired"):
             mgr.approve(a.id, user=ALICE)
-        assert mgr.can_approve(ALICE, mgr.get(a.id)).code == "expired"
+        assert mgr.queries.can_approve(ALICE, mgr.queries.get(a.id)).code == "expired"
 
     def test_vote_on_unknown_request(self, mgr: ApprovalManager) -> None:
         with pytest.raises(ApprovalNotFound):
@@ -199,7 +205,7 @@ class TestTimeout:
         assert outcome.approval.decision_source == "timeout"
         again = mgr.apply_timeout(a.id)
         assert again.applied is False
-        assert [e.event_type for e in mgr.events(a.id)].count("timeout") == 1
+        assert [e.event_type for e in mgr.audit.events(a.id)].count("timeout") == 1
 
     def test_timeout_after_decision_changes_nothing(self, mgr: ApprovalManager, clock: Clock) -> None:
         a = mgr.create(spec(timeout=dt.timedelta(minutes=1), timeout_action="reject"))
@@ -240,7 +246,7 @@ class TestTimeout:
         assert final.escalated is False
         assert final.approval.state == "timeout"
         assert final.approval.decision == "approved"
-        kinds = [e.event_type for e in mgr.events(a.id)]
+        kinds = [e.event_type for e in mgr.audit.events(a.id)]
         assert kinds == ["requested", "escalated", "escalated", "timeout"]
 
     def test_escalation_approver_decides(self, mgr: ApprovalManager, clock: Clock) -> None:
@@ -287,7 +293,7 @@ class TestAudit:
     def test_every_event_names_actor_and_source(self, mgr: ApprovalManager) -> None:
         a = mgr.create(spec())
         mgr.approve(a.id, user=ALICE, source="slack", client={"client_address": "10.0.0.1"})
-        vote = next(e for e in mgr.events(a.id) if e.event_type == "vote")
+        vote = next(e for e in mgr.audit.events(a.id) if e.event_type == "vote")
         assert vote.actor == "alice"
         assert vote.source == "slack"
         assert vote.details["client_address"] == "10.0.0.1"
@@ -318,16 +324,16 @@ class TestContentDigest:
         self, mgr: ApprovalManager, store: ApprovalStore, clock: Clock, action: str
     ) -> None:
         request_id, seen = self.escalated(mgr, clock)
-        before = mgr.get(request_id)
+        before = mgr.queries.get(request_id)
         assert before.content_digest != seen  # the escalation widened the circle: another request
         decision = Decision(action=action, user=BOB, source="api", reason="no", content_digest=seen)
         with pytest.raises(ContentChanged, match="the request changed since you opened it") as raised:
             mgr.decide(request_id, decision)
         assert raised.value.status_code == 409
         assert request_id in str(raised.value)
-        after = mgr.get(request_id)
+        after = mgr.queries.get(request_id)
         assert vote_count(store, request_id) == 0
-        assert [e.event_type for e in mgr.events(request_id)] == ["requested", "escalated"]
+        assert [e.event_type for e in mgr.audit.events(request_id)] == ["requested", "escalated"]
         assert (after.state, after.updated_at) == (before.state, before.updated_at)
 
     def test_a_made_up_digest_records_nothing(self, mgr: ApprovalManager, store: ApprovalStore) -> None:
@@ -335,24 +341,24 @@ class TestContentDigest:
         with pytest.raises(ContentChanged):
             mgr.decide(a.id, Decision(action="approve", user=ALICE, source="api", content_digest="0" * 64))
         assert vote_count(store, a.id) == 0
-        assert mgr.get(a.id).state == "pending"
+        assert mgr.queries.get(a.id).state == "pending"
 
     @pytest.mark.parametrize("case", [str.lower, str.upper], ids=["lower", "upper"])
     def test_the_current_digest_decides(self, mgr: ApprovalManager, clock: Clock, case) -> None:
         request_id, _ = self.escalated(mgr, clock)
-        current = mgr.get(request_id).content_digest
+        current = mgr.queries.get(request_id).content_digest
         done = mgr.decide(request_id, Decision(action="approve", user=CAROL, source="ui", content_digest=case(current)))
         assert done.state == "approved"
         assert done.content_digest == current
         # The vote keeps what it was cast on, read back from the store (lower case, as written everywhere).
-        assert [v.content_digest for v in mgr.get(request_id).votes] == [current]
+        assert [v.content_digest for v in mgr.queries.get(request_id).votes] == [current]
 
     def test_without_a_digest_nothing_is_checked(self, mgr: ApprovalManager, clock: Clock) -> None:
         request_id, seen = self.escalated(mgr, clock)
         assert mgr.decide(request_id, Decision(action="approve", user=BOB, source="api")).state == "approved"
         # The vote still records the request it decided: as it was under the lock.
-        [vote] = mgr.get(request_id).votes
-        assert vote.content_digest == mgr.get(request_id).content_digest != seen
+        [vote] = mgr.queries.get(request_id).votes
+        assert vote.content_digest == mgr.queries.get(request_id).content_digest != seen
 
     @pytest.mark.parametrize(
         "digest", ["abc", "g" * 64, "a" * 65, " " + "a" * 64, 64], ids=["short", "not-hex", "long", "space", "number"]
@@ -378,3 +384,51 @@ class TestContentDigest:
         mgr.decide(a.id, Decision(action="approve", user=ALICE, source="api", content_digest=a.content_digest))
         done = mgr.decide(a.id, Decision(action="approve", user=BOB, source="api", content_digest=a.content_digest))
         assert done.state == "approved"
+
+
+class TestComposition:
+    SERVICES = {
+        "queries": ApprovalQueries,
+        "notices": NoticeLog,
+        "audit": AuditReader,
+        "delegations": Delegations,
+        "gate_ends": GateEnds,
+        "transactions": StoreTransactions,
+    }
+
+    def test_the_manager_is_composed_of_its_services(self, mgr: ApprovalManager) -> None:
+        assert ApprovalManager.__bases__ == (object,)
+        for name, kind in self.SERVICES.items():
+            service = getattr(mgr, name)
+            assert type(service) is kind, name
+            assert service.store is mgr.store, name
+
+    def test_the_manager_forwards_nothing_its_services_do(self) -> None:
+        # One way to each: a service's method is asked of the service, never of the manager.
+        for kind in self.SERVICES.values():
+            public = {name for name in vars(kind) if not name.startswith("_")}
+            assert not public & set(dir(ApprovalManager)), kind.__name__
+
+    def test_the_services_keep_the_managers_clock(self, mgr: ApprovalManager, clock: Clock) -> None:
+        a = mgr.create(spec(allowed_approvers=["alice"], timeout=dt.timedelta(minutes=5), timeout_action="reject"))
+        assert mgr.queries.can_approve(ALICE, a).allowed
+        clock.advance(minutes=6)
+        assert mgr.queries.can_approve(ALICE, a).code == "expired"
+        made = mgr.delegations.create_delegation(
+            actor=ALICE, delegate="bob", starts_at=clock.now, ends_at=clock.now + dt.timedelta(hours=1)
+        )
+        assert made.created_at == clock.now
+        assert mgr.delegations.describe_delegation(made)["state"] == "active"
+
+    def test_the_services_keep_the_managers_audit_key(self, store: ApprovalStore, clock: Clock) -> None:
+        keyed = ApprovalManager(store=store, clock=clock, audit_key="the manager's key")
+        key = AuditKey.of("the manager's key")
+        assert key is not None
+        keyed.create(spec())
+        # A delegation is audited through the delegations service's own transaction.
+        keyed.delegations.create_delegation(
+            actor=ALICE, delegate="bob", starts_at=clock.now, ends_at=clock.now + dt.timedelta(hours=1)
+        )
+        assert {e.key_id for e in keyed.audit.events()} == {key.key_id}
+        assert keyed.audit.verify_audit_chain().ok
+        assert not ApprovalManager(store=store, clock=clock, audit_key="another key").audit.verify_audit_chain().ok

@@ -90,15 +90,19 @@ class TestStatsd:
 
     def test_notices_sent_and_failed_by_channel(self, statsd: StatsdListener, mgr: ApprovalManager) -> None:
         a = mgr.create(spec())
-        mgr.record_notification(
+        mgr.notices.record_notification(
             request_id=a.id, channel="in_app", recipient="alice", event_type="requested", status="sent"
         )
         assert statsd.wait_for("airflow.hitl.notices.sent.in_app:1|c")
-        mail = mgr.record_notification(request_id=a.id, channel="email", recipient="alice", event_type="requested")
+        mail = mgr.notices.record_notification(
+            request_id=a.id, channel="email", recipient="alice", event_type="requested"
+        )
         assert not [n for n in statsd.names() if n.startswith("airflow.hitl.notices.") and n.endswith(".email")]
-        mgr.mark_notification_failed(mail.id, error="connection refused", next_attempt_at=dt.datetime.now(dt.UTC))
+        mgr.notices.mark_notification_failed(
+            mail.id, error="connection refused", next_attempt_at=dt.datetime.now(dt.UTC)
+        )
         assert statsd.wait_for("airflow.hitl.notices.failed.email:1|c")
-        mgr.mark_notification_sent(mail.id, retry_count=1)
+        mgr.notices.mark_notification_sent(mail.id, retry_count=1)
         assert statsd.wait_for("airflow.hitl.notices.sent.email:1|c")
 
 

@@ -23,14 +23,14 @@ def request_id(mgr: ApprovalManager) -> str:
 def notice(mgr: ApprovalManager, request_id: str, recipient: str = "alice", **kw: object) -> Notification:
     fields: dict[str, object] = {"channel": "in_app", "event_type": "required", "status": "sent"}
     fields.update(kw)
-    return mgr.record_notification(request_id=request_id, recipient=recipient, **fields)  # type: ignore[arg-type]
+    return mgr.notices.record_notification(request_id=request_id, recipient=recipient, **fields)  # type: ignore[arg-type]
 
 
 class TestRecord:
     def test_a_sent_notice(self, mgr: ApprovalManager, clock: Clock, request_id: str) -> None:
         at = dt.datetime(2026, 11, 30, 9, tzinfo=dt.timezone.utc)
         made = notice(mgr, request_id, channel="email", subject="Approve?", metadata={"at": at})
-        got = mgr.get_notification(made.id)
+        got = mgr.notices.get_notification(made.id)
         assert got == made
         assert (got.status, got.sent_at, got.failed_at, got.retry_count) == ("sent", clock.now, None, 0)
         assert got.metadata == {"at": "2026-11-30T09:00:00+00:00"}
@@ -44,11 +44,11 @@ class TestRecord:
     def test_the_caller_may_choose_the_id(self, mgr: ApprovalManager, request_id: str) -> None:
         chosen = "0f0f0f0f-0000-4000-8000-000000000001"
         assert notice(mgr, request_id, notification_id=chosen, outbox_id="o-1").id == chosen
-        assert mgr.get_notification(chosen).outbox_id == "o-1"
+        assert mgr.notices.get_notification(chosen).outbox_id == "o-1"
 
     def test_long_recipient_and_subject_are_cut_to_their_columns(self, mgr: ApprovalManager, request_id: str) -> None:
         made = notice(mgr, request_id, recipient="r" * 400, subject="s" * 600, channel="email")
-        got = mgr.get_notification(made.id)
+        got = mgr.notices.get_notification(made.id)
         assert (len(got.recipient), len(got.subject or "")) == (320, 500)
 
     @pytest.mark.parametrize(("kw", "field"), [({"channel": "pigeon"}, "channel"), ({"status": "lost"}, "status")])
@@ -56,13 +56,13 @@ class TestRecord:
         with pytest.raises(InvalidInput) as err:
             notice(mgr, request_id, **kw)
         assert err.value.field == field
-        assert mgr.list_notifications(request_id=request_id) == []
+        assert mgr.notices.list_notifications(request_id=request_id) == []
 
     def test_unknown_notification(self, mgr: ApprovalManager) -> None:
         for call in (
-            lambda: mgr.get_notification("nope"),
-            lambda: mgr.mark_notification_sent("nope"),
-            lambda: mgr.mark_notification_failed("nope", error="x"),
+            lambda: mgr.notices.get_notification("nope"),
+            lambda: mgr.notices.mark_notification_sent("nope"),
+            lambda: mgr.notices.mark_notification_failed("nope", error="x"),
         ):
             with pytest.raises(InvalidInput) as err:
                 call()
@@ -73,20 +73,22 @@ class TestDelivery:
     def test_failed_then_sent(self, mgr: ApprovalManager, clock: Clock, request_id: str) -> None:
         made = notice(mgr, request_id, channel="slack", status="pending", metadata={"channel": "C1"})
         retry_at = clock.advance(minutes=1) + dt.timedelta(minutes=5)
-        failed = mgr.mark_notification_failed(made.id, error="x" * 5000, retry_count=1, next_attempt_at=retry_at)
+        failed = mgr.notices.mark_notification_failed(
+            made.id, error="x" * 5000, retry_count=1, next_attempt_at=retry_at
+        )
         assert (failed.status, failed.failed_at, failed.next_attempt_at) == ("failed", clock.now, retry_at)
         assert (len(failed.error or ""), failed.retry_count) == (4000, 1)
         clock.advance(minutes=5)
-        sent = mgr.mark_notification_sent(made.id, retry_count=2, metadata={"ts": "171.5"})
+        sent = mgr.notices.mark_notification_sent(made.id, retry_count=2, metadata={"ts": "171.5"})
         # Sent clears the error and the retry; the channel's metadata is merged, not replaced.
         assert (sent.status, sent.sent_at, sent.error, sent.next_attempt_at) == ("sent", clock.now, None, None)
         assert sent.retry_count == 2
         assert sent.metadata == {"channel": "C1", "ts": "171.5"}
-        assert mgr.get_notification(made.id) == sent
+        assert mgr.notices.get_notification(made.id) == sent
 
     def test_a_final_failure_has_no_next_attempt(self, mgr: ApprovalManager, request_id: str) -> None:
         made = notice(mgr, request_id, channel="email", status="pending")
-        failed = mgr.mark_notification_failed(made.id, error="550 no such user")
+        failed = mgr.notices.mark_notification_failed(made.id, error="550 no such user")
         assert (failed.next_attempt_at, failed.retry_count, failed.error) == (None, 0, "550 no such user")
 
 
@@ -102,7 +104,7 @@ class TestList:
         ):
             clock.advance(seconds=1)
             made.append(notice(mgr, rid, recipient=recipient, channel=channel).id)
-        listed = mgr.list_notifications
+        listed = mgr.notices.list_notifications
         assert [n.id for n in listed()] == made
         assert [n.id for n in listed(newest_first=True)] == made[::-1]
         assert [n.id for n in listed(request_id=request_id, recipient="alice")] == [made[0], made[2]]
@@ -116,10 +118,10 @@ class TestList:
         notice(mgr, request_id, channel="in_app")
         notice(mgr, request_id, channel="email", status="failed")
         notice(mgr, request_id, recipient="bob")
-        assert mgr.count_notifications(recipient="alice") == 3
-        assert mgr.count_notifications(recipient="alice", channel="email") == 2
-        assert mgr.count_notifications(recipient="alice", channel="email", status="sent") == 1
-        assert mgr.count_notifications(recipient="nobody") == 0
+        assert mgr.notices.count_notifications(recipient="alice") == 3
+        assert mgr.notices.count_notifications(recipient="alice", channel="email") == 2
+        assert mgr.notices.count_notifications(recipient="alice", channel="email", status="sent") == 1
+        assert mgr.notices.count_notifications(recipient="nobody") == 0
 
 
 class TestRead:
@@ -129,38 +131,41 @@ class TestRead:
         notice(mgr, request_id, channel="email")
         notice(mgr, request_id, status="pending")
         notice(mgr, request_id, recipient="bob")
-        assert mgr.unread_count("alice") == 2
+        assert mgr.notices.unread_count("alice") == 2
 
     def test_mark_all_read(self, mgr: ApprovalManager, clock: Clock, request_id: str) -> None:
         mine = [notice(mgr, request_id).id for _ in range(2)]
         email = notice(mgr, request_id, channel="email").id
         bobs = notice(mgr, request_id, recipient="bob").id
         at = clock.advance(minutes=1)
-        assert mgr.mark_read("alice") == 2
-        assert mgr.mark_read("alice") == 0  # already read
-        assert all(mgr.get_notification(i).status == "read" and mgr.get_notification(i).read_at == at for i in mine)
-        assert mgr.get_notification(email).status == "sent"
-        assert mgr.get_notification(bobs).status == "sent"
-        assert mgr.unread_count("alice") == 0
-        assert mgr.unread_count("bob") == 1
+        assert mgr.notices.mark_read("alice") == 2
+        assert mgr.notices.mark_read("alice") == 0  # already read
+        assert all(
+            mgr.notices.get_notification(i).status == "read" and mgr.notices.get_notification(i).read_at == at
+            for i in mine
+        )
+        assert mgr.notices.get_notification(email).status == "sent"
+        assert mgr.notices.get_notification(bobs).status == "sent"
+        assert mgr.notices.unread_count("alice") == 0
+        assert mgr.notices.unread_count("bob") == 1
 
     def test_mark_some_read_and_never_someone_elses(self, mgr: ApprovalManager, request_id: str) -> None:
         first, second = (notice(mgr, request_id).id for _ in range(2))
         bobs = notice(mgr, request_id, recipient="bob").id
-        assert mgr.mark_read("alice", [first, bobs]) == 1
-        assert [mgr.get_notification(i).status for i in (first, second, bobs)] == ["read", "sent", "sent"]
-        assert mgr.mark_read("alice", []) == 0
+        assert mgr.notices.mark_read("alice", [first, bobs]) == 1
+        assert [mgr.notices.get_notification(i).status for i in (first, second, bobs)] == ["read", "sent", "sent"]
+        assert mgr.notices.mark_read("alice", []) == 0
 
 
 class TestLinks:
     def test_a_link_works_once(self, mgr: ApprovalManager, clock: Clock, request_id: str) -> None:
         link = notice(mgr, request_id, channel="email", metadata={"token_id": "t1"}).id
-        used = mgr.consume_link(link, request_id=request_id, recipient="alice", action="approve")
+        used = mgr.notices.consume_link(link, request_id=request_id, recipient="alice", action="approve")
         assert used.metadata == {"token_id": "t1", "link_used": {"action": "approve", "at": clock.now.isoformat()}}
         with pytest.raises(LinkAlreadyUsed) as err:
-            mgr.consume_link(link, request_id=request_id, recipient="alice", action="reject")
+            mgr.notices.consume_link(link, request_id=request_id, recipient="alice", action="reject")
         assert err.value.notification_id == link
-        assert mgr.get_notification(link).metadata["link_used"]["action"] == "approve"
+        assert mgr.notices.get_notification(link).metadata["link_used"]["action"] == "approve"
 
     def test_a_link_of_another_request_or_recipient_is_refused_and_stays_unused(
         self, mgr: ApprovalManager, request_id: str
@@ -169,11 +174,11 @@ class TestLinks:
         link = notice(mgr, request_id, channel="email").id
         for rid, recipient in ((other, "alice"), (request_id, "bob")):
             with pytest.raises(InvalidInput) as err:
-                mgr.consume_link(link, request_id=rid, recipient=recipient, action="approve")
+                mgr.notices.consume_link(link, request_id=rid, recipient=recipient, action="approve")
             assert err.value.field == "link"
-        assert "link_used" not in mgr.get_notification(link).metadata
+        assert "link_used" not in mgr.notices.get_notification(link).metadata
         with pytest.raises(InvalidInput):
-            mgr.consume_link("nope", request_id=request_id, recipient="alice", action="approve")
+            mgr.notices.consume_link("nope", request_id=request_id, recipient="alice", action="approve")
 
     def test_simultaneous_uses_one_success(self, pg_store: ApprovalStore) -> None:
         mgr = ApprovalManager(store=pg_store)
@@ -185,7 +190,7 @@ class TestLinks:
         def use() -> None:
             start.wait()
             try:
-                mgr.consume_link(link, request_id=rid, recipient="alice", action="approve")
+                mgr.notices.consume_link(link, request_id=rid, recipient="alice", action="approve")
                 outcomes.append("used")
             except LinkAlreadyUsed:
                 outcomes.append("refused")

@@ -117,14 +117,14 @@ class TestPlanning:
         gate = open_gate(mgr)
         [required] = outbox.claim()
         assert outbox.retry(required.id, at=clock.now + dt.timedelta(minutes=1), error="smtp down")
-        mgr.record_notification(
+        mgr.notices.record_notification(
             request_id=gate, channel="email", recipient="alice", event_type="required", status="pending"
         )
-        retrying = mgr.record_notification(
+        retrying = mgr.notices.record_notification(
             request_id=gate, channel="email", recipient="bob", event_type="required", status="pending"
         )
-        mgr.mark_notification_failed(retrying.id, error="451 try later", next_attempt_at=clock.now)
-        delivered = mgr.record_notification(
+        mgr.notices.mark_notification_failed(retrying.id, error="451 try later", next_attempt_at=clock.now)
+        delivered = mgr.notices.record_notification(
             request_id=gate, channel="email", recipient="carol", event_type="required", status="sent"
         )
         mgr.cancel(gate, actor="admin", reason="not needed")
@@ -137,7 +137,7 @@ class TestPlanning:
         )
         assert (intents["reminder:1"].status, intents["reminder:1"].last_error) == ("cancelled", reason)
         assert (intents["final:cancelled"].event_type, intents["final:cancelled"].status) == ("cancelled", "pending")
-        rows = {n.recipient: n for n in mgr.list_notifications(request_id=gate)}
+        rows = {n.recipient: n for n in mgr.notices.list_notifications(request_id=gate)}
         assert (rows["alice"].status, rows["alice"].error) == ("failed", reason)
         assert (rows["bob"].status, rows["bob"].error) == ("failed", f"{reason}; last error: 451 try later")
         assert rows["bob"].next_attempt_at is None

@@ -22,13 +22,13 @@ MALLORY = Principal.of("mallory", ["viewer"])
 class TestGet:
     def test_unknown_id(self, mgr: ApprovalManager) -> None:
         with pytest.raises(ApprovalNotFound):
-            mgr.get("00000000-0000-0000-0000-000000000000")
+            mgr.queries.get("00000000-0000-0000-0000-000000000000")
 
     def test_one_request_with_its_votes(self, mgr: ApprovalManager) -> None:
         a = mgr.create(spec(required_approvals=3))
         mgr.approve(a.id, user=BOB, comment="fine")
         mgr.approve(a.id, user=ALICE)
-        got = mgr.get(a.id)
+        got = mgr.queries.get(a.id)
         assert (got.id, got.state) == (a.id, "pending")
         assert [(v.user, v.vote, v.comment) for v in got.votes] == [
             ("bob", "approve", "fine"),
@@ -39,11 +39,11 @@ class TestGet:
         # A decision holding the row lock (and, on SQLite, the write lock) must not hold up
         # polls and pages: were reads to take a write lock, these would wait and fail.
         a = mgr.create(spec())
-        with mgr._transaction() as session:
-            mgr._lock(session, a.id)
-            assert mgr.get(a.id).state == "pending"
-            assert mgr.list()[1] == 1
-            assert mgr.wait_states([a.id])[a.id].state == "pending"
+        with mgr.transactions.transaction() as session:
+            mgr.transactions.lock(session, a.id)
+            assert mgr.queries.get(a.id).state == "pending"
+            assert mgr.queries.list()[1] == 1
+            assert mgr.queries.wait_states([a.id])[a.id].state == "pending"
 
 
 class TestQueries:
@@ -53,21 +53,21 @@ class TestQueries:
             clock.advance(seconds=1)
             ids.append(mgr.create(spec(dag_id="etl" if i % 2 else "ml", requested_by=f"u{i}")).id)
         mgr.approve(ids[0], user=ALICE)
-        items, total = mgr.list(ApprovalFilter(dag_id="ml"))
+        items, total = mgr.queries.list(ApprovalFilter(dag_id="ml"))
         assert total == 3
         assert {a.dag_id for a in items} == {"ml"}
-        page, total = mgr.list(limit=2, offset=1, order_by="requested_at")
+        page, total = mgr.queries.list(limit=2, offset=1, order_by="requested_at")
         assert total == 5
         assert [a.id for a in page] == ids[1:3]
-        newest, _ = mgr.list(limit=1)
+        newest, _ = mgr.queries.list(limit=1)
         assert newest[0].id == ids[-1]
-        pending, total = mgr.pending()
+        pending, total = mgr.queries.pending()
         assert total == 4
         assert ids[0] not in {a.id for a in pending}
-        history, total = mgr.history()
+        history, total = mgr.queries.history()
         assert [a.id for a in history] == [ids[0]]
-        assert mgr.list(ApprovalFilter(requested_by="u3"))[1] == 1
-        assert mgr.list(ApprovalFilter(decided_by="alice"))[1] == 1
+        assert mgr.queries.list(ApprovalFilter(requested_by="u3"))[1] == 1
+        assert mgr.queries.list(ApprovalFilter(decided_by="alice"))[1] == 1
 
     def test_history_date_range(self, mgr: ApprovalManager, clock: Clock) -> None:
         early = mgr.create(spec())
@@ -76,9 +76,9 @@ class TestQueries:
         late = mgr.create(spec())
         clock.advance(minutes=1)
         mgr.reject(late.id, user=ALICE, reason="no")
-        assert [a.id for a in mgr.history(ApprovalFilter(since=cut))[0]] == [late.id]
-        assert [a.id for a in mgr.history(ApprovalFilter(until=cut))[0]] == [early.id]
-        assert [a.id for a in mgr.history(ApprovalFilter(states=["rejected"]))[0]] == [late.id]
+        assert [a.id for a in mgr.queries.history(ApprovalFilter(since=cut))[0]] == [late.id]
+        assert [a.id for a in mgr.queries.history(ApprovalFilter(until=cut))[0]] == [early.id]
+        assert [a.id for a in mgr.queries.history(ApprovalFilter(states=["rejected"]))[0]] == [late.id]
 
     @pytest.mark.parametrize(
         ("kwargs", "field"),
@@ -86,13 +86,13 @@ class TestQueries:
     )
     def test_bad_paging(self, mgr: ApprovalManager, kwargs: dict, field: str) -> None:
         with pytest.raises(InvalidInput) as err:
-            mgr.list(**kwargs)
+            mgr.queries.list(**kwargs)
         assert err.value.field == field
 
     def test_pending_for_says_who_can_approve(self, mgr: ApprovalManager) -> None:
         a = mgr.create(spec(allowed_approvers=["alice", "bob"], required_approvals=2))
         mgr.approve(a.id, user=BOB)
-        flags = {user.name: mgr.pending_for(user)[0][0][1] for user in (ALICE, BOB, MALLORY)}
+        flags = {user.name: mgr.queries.pending_for(user)[0][0][1] for user in (ALICE, BOB, MALLORY)}
         assert flags["alice"].allowed
         assert flags["bob"].code == "already_voted"
         assert flags["mallory"].code == "not_allowed"
@@ -109,7 +109,7 @@ class TestQueries:
 
         event.listen(store.engine, "before_cursor_execute", count)
         try:
-            states = mgr.wait_states(many)
+            states = mgr.queries.wait_states(many)
         finally:
             event.remove(store.engine, "before_cursor_execute", count)
         assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
@@ -119,20 +119,20 @@ class TestQueries:
 
     def test_limit_bounds(self, mgr: ApprovalManager) -> None:
         mgr.create(spec())
-        assert mgr.list(limit=0) == ([], 1)
-        assert mgr.list(limit=10_000)[1] == 1
+        assert mgr.queries.list(limit=0) == ([], 1)
+        assert mgr.queries.list(limit=10_000)[1] == 1
         with pytest.raises(InvalidInput) as err:
-            mgr.list(limit=10_001)
+            mgr.queries.list(limit=10_001)
         assert err.value.field == "limit"
 
     def test_order_ascending_descending_and_unset_times_last(self, mgr: ApprovalManager) -> None:
         never = mgr.create(spec(title="b never expires"))
         soon = mgr.create(spec(title="c soon", timeout=dt.timedelta(minutes=5), timeout_action="reject"))
         later = mgr.create(spec(title="a later", timeout=dt.timedelta(hours=5), timeout_action="reject"))
-        assert [a.id for a in mgr.list(order_by="expires_at")[0]] == [soon.id, later.id, never.id]
-        assert [a.id for a in mgr.list(order_by="-expires_at")[0]] == [later.id, soon.id, never.id]
-        assert [a.title for a in mgr.list(order_by="+title")[0]] == ["a later", "b never expires", "c soon"]
-        assert [a.title for a in mgr.list(order_by="-title")[0]] == ["c soon", "b never expires", "a later"]
+        assert [a.id for a in mgr.queries.list(order_by="expires_at")[0]] == [soon.id, later.id, never.id]
+        assert [a.id for a in mgr.queries.list(order_by="-expires_at")[0]] == [later.id, soon.id, never.id]
+        assert [a.title for a in mgr.queries.list(order_by="+title")[0]] == ["a later", "b never expires", "c soon"]
+        assert [a.title for a in mgr.queries.list(order_by="-title")[0]] == ["c soon", "b never expires", "a later"]
 
     def test_pending_is_the_waiting_soonest_expiry_first(self, mgr: ApprovalManager, clock: Clock) -> None:
         never = mgr.create(spec())
@@ -149,7 +149,7 @@ class TestQueries:
         mgr.approve(decided.id, user=ALICE)
         clock.advance(minutes=1)
         assert mgr.apply_timeout(escalated.id).escalated  # now expires in two hours
-        items, total = mgr.pending()
+        items, total = mgr.queries.pending()
         assert total == 3
         assert [a.id for a in items] == [soon.id, escalated.id, never.id]
 
@@ -157,20 +157,20 @@ class TestQueries:
         waiting = mgr.create(spec())
         done = mgr.create(spec())
         mgr.approve(done.id, user=ALICE)
-        assert mgr.history(ApprovalFilter(states=["pending"])) == ([], 0)
-        assert [a.id for a in mgr.history(ApprovalFilter(states=["pending", "approved"]))[0]] == [done.id]
-        assert waiting.id in {a.id for a in mgr.list()[0]}
+        assert mgr.queries.history(ApprovalFilter(states=["pending"])) == ([], 0)
+        assert [a.id for a in mgr.queries.history(ApprovalFilter(states=["pending", "approved"]))[0]] == [done.id]
+        assert waiting.id in {a.id for a in mgr.queries.list()[0]}
 
     def test_dag_ids_each_once_sorted(self, mgr: ApprovalManager) -> None:
-        assert mgr.dag_ids() == []
+        assert mgr.queries.dag_ids() == []
         for dag_id in ("ml", "etl", "ml"):
             mgr.create(spec(dag_id=dag_id))
-        assert mgr.dag_ids() == ["etl", "ml"]
+        assert mgr.queries.dag_ids() == ["etl", "ml"]
 
     def test_can_approve_a_decided_request(self, mgr: ApprovalManager) -> None:
         a = mgr.create(spec())
         mgr.reject(a.id, user=ALICE, reason="no")
-        verdict = mgr.can_approve(BOB, mgr.get(a.id))
+        verdict = mgr.queries.can_approve(BOB, mgr.queries.get(a.id))
         assert (verdict.allowed, verdict.code) == (False, "not_pending")
         assert verdict.reason == "this request is rejected"
 
@@ -182,15 +182,15 @@ class TestQueries:
             mgr.approve(a.id, user=ALICE)
         mgr.reject(rejected.id, user=ALICE, reason="no")
         asked = [rejected.id, waiting.id, over_api.id, approved.id, rejected.id, "no-such-id"]
-        gates = mgr.closed_task_gates(asked)
+        gates = mgr.queries.closed_task_gates(asked)
         assert [g.id for g in gates] == [rejected.id, approved.id]
         assert [(g.dag_id, g.run_id, g.task_id, g.map_index, g.try_number) for g in gates] == [
             (a.dag_id, a.run_id, a.task_id, a.map_index, a.try_number) for a in (rejected, approved)
         ]
-        assert mgr.closed_task_gates([]) == []
+        assert mgr.queries.closed_task_gates([]) == []
 
     def test_wait_states_of_nothing_and_of_an_escalation(self, mgr: ApprovalManager, clock: Clock) -> None:
-        assert mgr.wait_states([]) == {}
+        assert mgr.queries.wait_states([]) == {}
         a = mgr.create(
             spec(
                 timeout=dt.timedelta(minutes=1),
@@ -201,7 +201,7 @@ class TestQueries:
         )
         clock.advance(minutes=1)
         mgr.apply_timeout(a.id)
-        state = mgr.wait_states([a.id])[a.id]
+        state = mgr.queries.wait_states([a.id])[a.id]
         assert (state.state, state.escalation_level, state.is_waiting) == ("escalated", 1, True)
         assert state.expires_at == clock.now + dt.timedelta(hours=1)
 
@@ -210,7 +210,7 @@ class TestQueries:
         ids = [mgr.create(spec(allowed_approvers=["alice", "bob"], required_approvals=2)).id for _ in range(501)]
         for request_id in (ids[0], ids[-1]):
             mgr.approve(request_id, user=BOB)
-        page, total = mgr.list(limit=1000, order_by="requested_at")
+        page, total = mgr.queries.list(limit=1000, order_by="requested_at")
         assert total == 501
         voted = {a.id: [v.user for v in a.votes] for a in page if a.votes}
         assert voted == {ids[0]: ["bob"], ids[-1]: ["bob"]}
@@ -234,14 +234,14 @@ class TestQueries:
         mgr.approve(rich.id, user=BOB, comment="first", metadata={"ticket": 7})
         mgr.approve(rich.id, user=ALICE)
         plain = mgr.create(spec())
-        listed = {a.id: a for a in mgr.pending()[0]}
-        assert listed[rich.id] == mgr.get(rich.id)
+        listed = {a.id: a for a in mgr.queries.pending()[0]}
+        assert listed[rich.id] == mgr.queries.get(rich.id)
         assert [v.user for v in listed[rich.id].votes] == ["bob", "alice"]
         assert listed[rich.id].votes[0].metadata == {"ticket": 7}
         assert listed[rich.id].context == {"rows": 3, "nested": {"ok": [1, 2.5, None, "x"]}, "empty": {}}
-        assert listed[plain.id] == mgr.get(plain.id)
+        assert listed[plain.id] == mgr.queries.get(plain.id)
         assert listed[plain.id].votes == ()
-        assert listed[rich.id].to_dict() == mgr.get(rich.id).to_dict()
+        assert listed[rich.id].to_dict() == mgr.queries.get(rich.id).to_dict()
 
 
 @pytest.mark.postgres
@@ -261,12 +261,12 @@ class TestPagesKeptByRowVersion:
 
         event.listen(pg_store.engine, "before_cursor_execute", spy)
         try:
-            first, _ = mgr.pending()
-            again, _ = mgr.pending()
+            first, _ = mgr.queries.pending()
+            again, _ = mgr.queries.pending()
             # The clock does not move: a vote must still be seen (it writes a new row version).
             mgr.approve(ids[1], user=ALICE)
             mgr.reject(ids[3], user=BOB, reason="no")
-            third, total = mgr.pending()
+            third, total = mgr.queries.pending()
         finally:
             event.remove(pg_store.engine, "before_cursor_execute", spy)
         assert read_in_full == [sorted(ids), [ids[1]]]
@@ -274,7 +274,7 @@ class TestPagesKeptByRowVersion:
         assert total == 4 and ids[3] not in {a.id for a in third}
         assert [v.user for v in next(a for a in third if a.id == ids[1]).votes] == ["alice"]
         for got in third:
-            assert got == mgr.get(got.id), "a kept request is the request as read alone"
+            assert got == mgr.queries.get(got.id), "a kept request is the request as read alone"
 
     def test_every_change_of_a_request_is_seen_on_the_next_page(self, pg_store: ApprovalStore, clock: Clock) -> None:
         mgr = ApprovalManager(store=pg_store, clock=clock)
@@ -294,8 +294,8 @@ class TestPagesKeptByRowVersion:
             lambda: mgr.cancel(gate.id, actor="admin", reason="stop"),
         ):
             change()
-            page, _ = mgr.list()
+            page, _ = mgr.queries.list()
             [got] = page
-            assert got == mgr.get(gate.id)
+            assert got == mgr.queries.get(gate.id)
             seen.append((got.state, got.escalation_level, len(got.votes)))
         assert seen == [("pending", 0, 1), ("escalated", 1, 1), ("cancelled", 1, 1)]

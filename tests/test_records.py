@@ -320,4 +320,4 @@ class TestContentDigest:
         with store.session() as session:
             row = session.get(ApprovalRequestRow, created.id)
             assert content_digest_of(row) == created.content_digest
-        assert manager.get(created.id).content_digest == created.content_digest
+        assert manager.queries.get(created.id).content_digest == created.content_digest

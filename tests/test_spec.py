@@ -72,7 +72,7 @@ class TestValidate:
         with pytest.raises(InvalidInput) as err:
             mgr.create(spec(**overrides))
         assert err.value.field == field
-        assert mgr.list()[1] == 0
+        assert mgr.queries.list()[1] == 0
 
     def test_every_wrong_field_is_named_at_once(self) -> None:
         bad = spec(dag_id="", title="  ", approval_type="sometimes", on_reject="shrug", required_approvals=0)

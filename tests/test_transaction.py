@@ -1,7 +1,7 @@
 """transaction: one write transaction, its row lock, its sealed audit events, NOTIFYs and metrics.
 
-``StoreTransactions`` is a part of the manager; the tests drive it through
-:class:`ApprovalManager` (the class that inherits it) on SQLite and PostgreSQL.
+``StoreTransactions`` is the plumbing of the manager's writes; the tests drive it as
+``manager.transactions`` of an :class:`ApprovalManager`, on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def chain(store: ApprovalStore) -> list[ApprovalEventRow]:
 
 def audit(mgr: ApprovalManager, session: Session, request_id: str, event_type: str, **details: object) -> None:
     """Queue one audit event in ``session`` (as a transition does)."""
-    mgr._audit(
+    mgr.transactions.audit(
         session,
         request_id=request_id,
         event_type=event_type,
@@ -52,7 +52,7 @@ def audit(mgr: ApprovalManager, session: Session, request_id: str, event_type: s
 
 class TestCountWaiting:
     def test_pending_and_escalated_only(self, mgr: ApprovalManager, clock: Clock) -> None:
-        assert mgr.count_waiting() == 0
+        assert mgr.transactions.count_waiting() == 0
         mgr.create(spec())
         escalating = mgr.create(
             spec(
@@ -65,15 +65,15 @@ class TestCountWaiting:
         mgr.approve(mgr.create(spec()).id, user=ALICE)
         clock.advance(minutes=1)
         assert mgr.apply_timeout(escalating.id).escalated
-        assert mgr.count_waiting() == 2
+        assert mgr.transactions.count_waiting() == 2
 
 
 class TestSeal:
     def test_events_of_one_transaction_extend_the_chain_in_order(self, mgr: ApprovalManager) -> None:
         a = mgr.create(spec())
         tail = chain(mgr.store)[-1].hash
-        with mgr._transaction() as session:
-            mgr._lock(session, a.id)
+        with mgr.transactions.transaction() as session:
+            mgr.transactions.lock(session, a.id)
             for n in range(3):
                 audit(mgr, session, a.id, "note", n=n, at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
         events = chain(mgr.store)[-3:]
@@ -81,7 +81,7 @@ class TestSeal:
         # Each links to the one before; the first to the chain's tail before this transaction.
         assert [e.prev_hash for e in events] == [tail, events[0].hash, events[1].hash]
         assert events[0].details["at"] == "2026-01-01T00:00:00+00:00"  # stored as JSON reads it back
-        assert mgr.verify_audit_chain().ok
+        assert mgr.audit.verify_audit_chain().ok
 
     def test_a_keyed_writer_links_each_event_by_hmac_and_records_the_key_id(self, store: ApprovalStore) -> None:
         keyed = ApprovalManager(store=store, audit_key="a key")
@@ -99,34 +99,34 @@ class TestSeal:
         a = keyed.create(spec())
         with pytest.raises(StoreError, match="audit_key"):
             ApprovalManager(store=store, audit_key="").cancel(a.id, actor="admin", reason="stop")
-        assert keyed.get(a.id).state == "pending" and len(chain(store)) == 1
+        assert keyed.queries.get(a.id).state == "pending" and len(chain(store)) == 1
 
     def test_a_rolled_back_transaction_leaves_no_trace(self, mgr: ApprovalManager) -> None:
         a = mgr.create(spec())
         before = len(chain(mgr.store))
         counted: list[str] = []
-        with pytest.raises(RuntimeError, match="changed my mind"), mgr._transaction() as session:
-            row, _ = mgr._lock(session, a.id)
+        with pytest.raises(RuntimeError, match="changed my mind"), mgr.transactions.transaction() as session:
+            row, _ = mgr.transactions.lock(session, a.id)
             row.state = "cancelled"
             audit(mgr, session, a.id, "cancelled")
-            mgr._measure(session, lambda: counted.append("cancelled"))
+            mgr.transactions.measure(session, lambda: counted.append("cancelled"))
             raise RuntimeError("changed my mind")
-        assert mgr.get(a.id).state == "pending"
+        assert mgr.queries.get(a.id).state == "pending"
         assert len(chain(mgr.store)) == before
         assert counted == []
         # Nothing queued in the lost transaction leaks into the next one.
-        with mgr._transaction() as session:
-            mgr._lock(session, a.id)
+        with mgr.transactions.transaction() as session:
+            mgr.transactions.lock(session, a.id)
         assert len(chain(mgr.store)) == before
 
     def test_metrics_are_sent_once_the_change_is_committed(self, mgr: ApprovalManager) -> None:
         a = mgr.create(spec())
         seen: list[str] = []
-        with mgr._transaction() as session:
-            row, _ = mgr._lock(session, a.id)
+        with mgr.transactions.transaction() as session:
+            row, _ = mgr.transactions.lock(session, a.id)
             row.state = "cancelled"
             # Read from another session: only a committed change is visible there.
-            mgr._measure(session, lambda: seen.append(mgr.get(a.id).state))
+            mgr.transactions.measure(session, lambda: seen.append(mgr.queries.get(a.id).state))
         assert seen == ["cancelled"]
 
 
@@ -143,16 +143,16 @@ class TestCast:
             created_at=mgr._clock(),
             content_digest="ab" * 32,
         )
-        with mgr._transaction() as session:
-            mgr._lock(session, a.id)
-            mgr._cast(session, a.id, vote)
-        assert mgr.get(a.id).votes == (vote,)
+        with mgr.transactions.transaction() as session:
+            mgr.transactions.lock(session, a.id)
+            mgr.transactions.cast(session, a.id, vote)
+        assert mgr.queries.get(a.id).votes == (vote,)
 
 
 class TestLock:
     def test_unknown_request(self, mgr: ApprovalManager) -> None:
-        with pytest.raises(ApprovalNotFound), mgr._transaction() as session:
-            mgr._lock(session, "00000000-0000-4000-8000-000000000000")
+        with pytest.raises(ApprovalNotFound), mgr.transactions.transaction() as session:
+            mgr.transactions.lock(session, "00000000-0000-4000-8000-000000000000")
 
     def test_the_channels_dag_access_is_asked_with_the_rows_dag(self, mgr: ApprovalManager) -> None:
         a = mgr.create(spec(dag_id="payroll"))
@@ -162,12 +162,12 @@ class TestLock:
             asked.append(dag_id)
             return f"you may not edit {dag_id}"
 
-        with pytest.raises(NotAllowed) as err, mgr._transaction() as session:
-            mgr._lock(session, a.id, dag_access=refuse)
+        with pytest.raises(NotAllowed) as err, mgr.transactions.transaction() as session:
+            mgr.transactions.lock(session, a.id, dag_access=refuse)
         assert asked == ["payroll"]
         assert err.value.reason == "you may not edit payroll"
-        with mgr._transaction() as session:
-            assert mgr._lock(session, a.id, dag_access=lambda dag_id: None)[0].dag_id == "payroll"
+        with mgr.transactions.transaction() as session:
+            assert mgr.transactions.lock(session, a.id, dag_access=lambda dag_id: None)[0].dag_id == "payroll"
 
 
 class TestStoreLost:
@@ -196,18 +196,18 @@ class TestStoreLost:
     def test_lost_before_commit_is_unavailable(self, pg_store: ApprovalStore, kill: Kill) -> None:
         mgr = ApprovalManager(store=pg_store)
         a = mgr.create(spec())
-        with pytest.raises(StoreUnavailable) as err, mgr._transaction() as session:
-            mgr._lock(session, a.id)
+        with pytest.raises(StoreUnavailable) as err, mgr.transactions.transaction() as session:
+            mgr.transactions.lock(session, a.id)
             audit(mgr, session, a.id, "note")  # sealing it needs the server before COMMIT
             kill(session.execute(text("SELECT pg_backend_pid()")).scalar_one())
         assert type(err.value) is StoreUnavailable
-        assert mgr.get(a.id).state == "pending"
+        assert mgr.queries.get(a.id).state == "pending"
 
     def test_lost_while_committing_is_outcome_unknown(self, pg_store: ApprovalStore, kill: Kill) -> None:
         mgr = ApprovalManager(store=pg_store)
         a = mgr.create(spec())
-        with pytest.raises(StoreOutcomeUnknown), mgr._transaction() as session:
-            mgr._lock(session, a.id)
+        with pytest.raises(StoreOutcomeUnknown), mgr.transactions.transaction() as session:
+            mgr.transactions.lock(session, a.id)
             # Nothing to seal: the next word to the server is COMMIT.
             kill(session.execute(text("SELECT pg_backend_pid()")).scalar_one())
 
@@ -218,15 +218,15 @@ class TestNotify:
         a, b, c = (mgr.create(spec()).id for _ in range(3))
         with psycopg.connect(**listen_conninfo(pg_store.url), autocommit=True) as listener:
             listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            with mgr._transaction() as session:
-                mgr._notify(session, a)
-                mgr._notify(session, b)
-                mgr._notify(session, a)
-            with pytest.raises(RuntimeError), mgr._transaction() as session:
-                mgr._notify(session, c)
+            with mgr.transactions.transaction() as session:
+                mgr.transactions.notify(session, a)
+                mgr.transactions.notify(session, b)
+                mgr.transactions.notify(session, a)
+            with pytest.raises(RuntimeError), mgr.transactions.transaction() as session:
+                mgr.transactions.notify(session, c)
                 raise RuntimeError("rolled back")
-            with mgr._transaction() as session:
-                mgr._notify(session, b)
+            with mgr.transactions.transaction() as session:
+                mgr.transactions.notify(session, b)
             # Delivered in commit order: the rolled-back wake-up would come before the last one.
             got = [n.payload for n in listener.notifies(timeout=30, stop_after=3)]
         assert got == [a, b, b]

@@ -156,12 +156,12 @@ class EndClaim:
 
     def take(self) -> bool:
         """Claim the end; True when this closer holds it (it may end the task), False when another party does."""
-        return self.manager.claim_gate_end(self.request_id, by=self.by)
+        return self.manager.gate_ends.claim_gate_end(self.request_id, by=self.by)
 
     def release(self) -> None:
         """Give the claim back: the end was not committed. Failing that, the trigger takes it over later."""
         try:
-            self.manager.release_gate_end(self.request_id, by=self.by)
+            self.manager.gate_ends.release_gate_end(self.request_id, by=self.by)
         except Exception:
             log.warning("could not give back the claim to end the task of request %s", self.request_id, exc_info=True)
 
@@ -390,7 +390,7 @@ class GateCloser:
         if not request_ids:
             return []
         try:
-            return manager.closed_task_gates(request_ids)
+            return manager.queries.closed_task_gates(request_ids)
         except Exception:
             log.warning("gate closer could not read %d transitions", len(request_ids), exc_info=True)
             return None
@@ -424,7 +424,7 @@ class GateCloser:
         gate = closing.gate
         try:
             if closing.approval is None:
-                closing.approval = manager.get(gate.id)
+                closing.approval = manager.queries.get(gate.id)
             outcome = self._end(closing.approval, EndClaim(manager=manager, request_id=gate.id, by=self.claimant))
         except ApprovalNotFound:
             return NOTHING

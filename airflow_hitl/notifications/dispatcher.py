@@ -152,7 +152,7 @@ class NotificationDispatcher:
         self._defer_unresolved = defer_unresolved
         self.deferred = []
         try:
-            earlier = self.manager.list_notifications(outbox_id=outbox_id, limit=10_000) if outbox_id else []
+            earlier = self.manager.notices.list_notifications(outbox_id=outbox_id, limit=10_000) if outbox_id else []
             self._prior = {(n.channel, n.recipient): n for n in earlier}
             return self._dispatch(approval, event, dict(notify if notify is not None else approval.notify))
         except Exception:
@@ -178,7 +178,7 @@ class NotificationDispatcher:
         prior = self._prior.get((fields["channel"], fields["recipient"]))
         if prior is not None:
             return prior
-        return self.manager.record_notification(outbox_id=self._outbox_id, **fields)
+        return self.manager.notices.record_notification(outbox_id=self._outbox_id, **fields)
 
     def _job(self, row: Notification, send: Callable[[], Mapping[str, Any] | None]) -> _Job | Notification:
         """A send to make, or the row as it stands when this recipient needs nothing more."""
@@ -236,7 +236,7 @@ class NotificationDispatcher:
         for attempt in range(attempts):
             try:
                 meta = job.send() or {}
-                return self.manager.mark_notification_sent(row.id, retry_count=attempt, metadata=meta)
+                return self.manager.notices.mark_notification_sent(row.id, retry_count=attempt, metadata=meta)
             except Exception as err:
                 error = f"{type(err).__name__}: {err}"
                 if attempt + 1 >= attempts:
@@ -248,11 +248,11 @@ class NotificationDispatcher:
                         attempts,
                         error,
                     )
-                    return self.manager.mark_notification_failed(row.id, error=error, retry_count=attempt)
+                    return self.manager.notices.mark_notification_failed(row.id, error=error, retry_count=attempt)
                 policy = RetryPolicy(first=self.settings.retry_backoff, cap=self.settings.retry_max_backoff)
                 delay = policy.delay(attempt + 1)
                 log.info("%s notice %s failed (%s); retry %d in %.1fs", row.channel, row.id, error, attempt + 1, delay)
-                self.manager.mark_notification_failed(
+                self.manager.notices.mark_notification_failed(
                     row.id, error=error, retry_count=attempt, next_attempt_at=utcnow() + dt.timedelta(seconds=delay)
                 )
                 self._sleep(delay)
@@ -268,10 +268,10 @@ class NotificationDispatcher:
             log.warning(
                 "%s notice %s to %s failed (attempt %d): %s", row.channel, row.id, row.recipient, job.attempt + 1, error
             )
-            return self.manager.mark_notification_failed(
+            return self.manager.notices.mark_notification_failed(
                 row.id, error=error, retry_count=job.attempt, next_attempt_at=self._retry_at
             )
-        return self.manager.mark_notification_sent(row.id, retry_count=job.attempt, metadata=meta)
+        return self.manager.notices.mark_notification_sent(row.id, retry_count=job.attempt, metadata=meta)
 
     def _unresolved(self, approval: Approval, channel: str, event: str, user: str, what: str) -> Notification | None:
         if self._defer_unresolved:
@@ -386,7 +386,7 @@ class NotificationDispatcher:
         if event in FINAL_EVENTS:
             posted = {
                 (n.metadata.get("channel"), n.metadata.get("ts"))
-                for n in self.manager.list_notifications(
+                for n in self.manager.notices.list_notifications(
                     request_id=approval.id, channel=Channel.SLACK, status=NoticeStatus.SENT, limit=1000
                 )
                 if n.metadata.get("ts") and n.event_type in ACTION_EVENTS

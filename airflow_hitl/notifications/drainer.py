@@ -111,7 +111,7 @@ class OutboxDrainer:
     def deliver(self, intent: OutboxIntent) -> str:
         """Send one claimed notice and settle it; return its new status (``pending`` when retried)."""
         try:
-            approval = self.manager.get(intent.request_id)
+            approval = self.manager.queries.get(intent.request_id)
         except ApprovalNotFound:
             self.outbox.complete(intent.id, status="cancelled", error="the request no longer exists")
             return "cancelled"

@@ -343,7 +343,7 @@ class ApprovalOperator(BaseOperator):
         if not retries or not isinstance(max_tries, int) or ti.try_number <= 1:
             return None
         first_try = max_tries - retries + 1
-        approvals, _ = manager.list(
+        approvals, _ = manager.queries.list(
             ApprovalFilter(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id),
             limit=1000,
             order_by="-requested_at",
@@ -400,7 +400,7 @@ class ApprovalOperator(BaseOperator):
         if event.get("status") == "error":
             raise AirflowFailException(event.get("error") or "approval trigger failed")
         manager = self._manager()
-        approval = manager.get(event["request_id"])
+        approval = manager.queries.get(event["request_id"])
         if event.get("status") == "remind" and approval.is_waiting:
             # Gates deferred before reminders became outbox intents: queue the one due now.
             from airflow_hitl.outbox import Outbox

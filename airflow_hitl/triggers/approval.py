@@ -268,7 +268,7 @@ class ApprovalTrigger(BaseTrigger):
 
     async def _final(self, manager: ApprovalManager, settings: HitlSettings) -> TriggerEvent:
         approval: Approval = await self._call_with_retry(
-            lambda: asyncio.to_thread(manager.get, self.request_id), settings
+            lambda: asyncio.to_thread(manager.queries.get, self.request_id), settings
         )
         return await self._end(manager, settings, approval)
 
@@ -295,7 +295,7 @@ class ApprovalTrigger(BaseTrigger):
         while True:
             won: bool = await self._call_with_retry(
                 lambda: asyncio.to_thread(
-                    manager.claim_gate_end, self.request_id, by=me, take_over_after=TAKE_OVER_AFTER
+                    manager.gate_ends.claim_gate_end, self.request_id, by=me, take_over_after=TAKE_OVER_AFTER
                 ),
                 settings,
             )
@@ -336,7 +336,7 @@ class ApprovalTrigger(BaseTrigger):
         """
         try:
             manager = await self._manager()
-            current = await asyncio.to_thread(manager.get, self.request_id)
+            current = await asyncio.to_thread(manager.queries.get, self.request_id)
             if not current.is_waiting:
                 # Also how a trigger ends whose task the api-server's gate closer already ended.
                 self.log.info("approval request %s is already %s", self.request_id, current.state)

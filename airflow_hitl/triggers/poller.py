@@ -147,7 +147,7 @@ class ApprovalPoller:
         """Read ``ids`` in one query and hand every watch of them its state."""
         self._read_seq += 1
         read_seq = self._read_seq
-        states = await asyncio.to_thread(self.manager.wait_states, ids)
+        states = await asyncio.to_thread(self.manager.queries.wait_states, ids)
         self.queries += 1
         for request_id in ids:
             for watch in list(self._watches.get(request_id, ())):

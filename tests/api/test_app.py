@@ -284,7 +284,9 @@ class TestOutboxDrainer:
             with TestClient(create_app(outbox_drainer=True)):
                 assert _drainer_running()
                 sqlite_manager.create(spec(allowed_approvers=("alice",), notify={"channels": ["in_app"]}))
-                wait_for(lambda: sqlite_manager.unread_count("alice") == 1, timeout=30, what="the in-app notice")
+                wait_for(
+                    lambda: sqlite_manager.notices.unread_count("alice") == 1, timeout=30, what="the in-app notice"
+                )
             assert not _drainer_running()
         finally:
             reset_stores()

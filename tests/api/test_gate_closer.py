@@ -32,6 +32,7 @@ from airflow_hitl.api.gate_closer import (
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.policy import Principal
+from airflow_hitl.queries import ApprovalQueries
 from airflow_hitl.records import Approval, TaskGate
 from airflow_hitl.spec import utcnow
 from airflow_hitl.triggers.approval import ApprovalTrigger
@@ -69,8 +70,8 @@ class Recorder:
             return list(self.calls)
 
 
-class CountingReads(ApprovalManager):
-    """A manager that records each request it reads in full."""
+class CountingReads(ApprovalQueries):
+    """A manager's reads that record each request read in full."""
 
     def __init__(self, *, store: ApprovalStore) -> None:
         super().__init__(store=store)
@@ -79,6 +80,13 @@ class CountingReads(ApprovalManager):
     def get(self, request_id: str) -> Approval:
         self.reads.append(request_id)
         return super().get(request_id)
+
+
+def reading_with(queries: ApprovalQueries) -> ApprovalManager:
+    """A real manager over the store of ``queries``, which it reads requests with."""
+    manager = ApprovalManager(store=queries.store)
+    manager.queries = queries
+    return manager
 
 
 @pytest.fixture
@@ -214,14 +222,14 @@ class TestOnPostgres:
                 raise ConnectionError("metadata DB unreachable")
             return DEFERRED
 
-        class FlakyRead(ApprovalManager):
+        class FlakyRead(ApprovalQueries):
             def get(self, request_id: str) -> Approval:
                 reads.append(request_id)
                 if len(reads) == 1:
                     raise ConnectionError("store unreachable")
                 return super().get(request_id)
 
-        manager = FlakyRead(store=pg_store)
+        manager = reading_with(FlakyRead(store=pg_store))
         end = Recorder()
         closer = closer_of(end, over=manager, look=look)
         _listening(closer)
@@ -257,8 +265,8 @@ class TestOnPostgres:
     ) -> None:
         # The trigger ended it first, or there is no such task instance: one light look only.
         looked: list[TaskGate] = []
-        manager = CountingReads(store=pg_store)
-        reads = manager.reads
+        reading = CountingReads(store=pg_store)
+        manager, reads = reading_with(reading), reading.reads
         ended_already, deferred = manager.create(spec()), manager.create(spec())
 
         def look(gate: TaskGate) -> str:
@@ -291,8 +299,8 @@ class TestOnPostgres:
             looks.append(gate.id)
             return NOT_YET if len(looks) < 4 else DEFERRED
 
-        manager = CountingReads(store=pg_store)
-        reads = manager.reads
+        reading = CountingReads(store=pg_store)
+        manager, reads = reading_with(reading), reading.reads
         end = Recorder()
         closer = closer_of(end, over=manager, look=look)
         _listening(closer)
@@ -336,12 +344,12 @@ class TestOnPostgres:
         monkeypatch.setattr("airflow_hitl.api.gate_closer._GATHER", 5.0)  # wide: a loaded machine stays inside
         reads: list[list[str]] = []
 
-        class Counting(ApprovalManager):
+        class Counting(ApprovalQueries):
             def closed_task_gates(self, request_ids: Sequence[str]) -> list[TaskGate]:
                 reads.append(list(request_ids))
                 return super().closed_task_gates(request_ids)
 
-        manager = Counting(store=pg_store)
+        manager = reading_with(Counting(store=pg_store))
         decided = [manager.approve(manager.create(spec()).id, user=ALICE).id for _ in range(4)]
         end = Recorder()
         closer = GateCloser(manager_factory=lambda: manager, look=each(lambda gate: DEFERRED), end=end)
@@ -360,14 +368,14 @@ class TestOnPostgres:
     ) -> None:
         failures: list[Sequence[str]] = []
 
-        class Flaky(ApprovalManager):
+        class Flaky(ApprovalQueries):
             def closed_task_gates(self, request_ids: Sequence[str]) -> list[TaskGate]:
                 if not failures:
                     failures.append(list(request_ids))
                     raise ConnectionError("store unreachable")
                 return super().closed_task_gates(request_ids)
 
-        manager = Flaky(store=pg_store)
+        manager = reading_with(Flaky(store=pg_store))
         # Opened before the closer listens: the decision is the one transition it hears, and
         # reading it fails the first time.
         approval = manager.create(spec())
@@ -382,8 +390,8 @@ class TestOnPostgres:
     def test_transitions_that_close_no_tasks_gate_are_never_read_in_full(
         self, pg_store: ApprovalStore, closer_of: Callable[..., GateCloser]
     ) -> None:
-        manager = CountingReads(store=pg_store)
-        reads = manager.reads
+        reading = CountingReads(store=pg_store)
+        manager, reads = reading_with(reading), reading.reads
         end = Recorder()
         closer = closer_of(end, over=manager)
         _listening(closer)
@@ -405,14 +413,14 @@ class TestOnPostgres:
         # closed: it ends the gate then, and the closing NOTIFY that follows asks nothing more.
         reading, release = threading.Event(), threading.Event()
 
-        class Late(ApprovalManager):
+        class Late(ApprovalQueries):
             def closed_task_gates(self, request_ids: Sequence[str]) -> list[TaskGate]:
                 if not reading.is_set():
                     reading.set()
                     release.wait(20)
                 return super().closed_task_gates(request_ids)
 
-        manager = Late(store=pg_store)
+        manager = reading_with(Late(store=pg_store))
         end = Recorder()
         closer = closer_of(end, over=manager)
         try:
@@ -476,7 +484,7 @@ class TestOneEnd:
         [claim] = end.claims
         assert (claim.request_id, claim.by) == (approval.id, closer.claimant)
         assert closer.claimant.startswith("api-server@")
-        assert pg_manager.gate_ended_by(approval.id) == closer.claimant
+        assert pg_manager.gate_ends.gate_ended_by(approval.id) == closer.claimant
         assert closer.ended == 1
 
     def test_a_gate_whose_trigger_claimed_the_end_is_left_to_it_at_once(
@@ -484,7 +492,7 @@ class TestOneEnd:
     ) -> None:
         approval = pg_manager.create(spec())
         pg_manager.reject(approval.id, user=ALICE, reason="no")
-        assert pg_manager.claim_gate_end(approval.id, by="trigger@triggerer-1:42:abc")
+        assert pg_manager.gate_ends.claim_gate_end(approval.id, by="trigger@triggerer-1:42:abc")
         end = Recorder(claims=True)
         closer = GateCloser(manager_factory=lambda: pg_manager, look=each(lambda gate: DEFERRED), end=end)
         closer.submit(approval.id)
@@ -497,7 +505,7 @@ class TestOneEnd:
                 closer.stop()
         assert end.calls == [(approval.id, "rejected")], "settled: not tried again"
         assert closer.ended == 0
-        assert pg_manager.gate_ended_by(approval.id) == "trigger@triggerer-1:42:abc"
+        assert pg_manager.gate_ends.gate_ended_by(approval.id) == "trigger@triggerer-1:42:abc"
         assert f"left the task of request {approval.id} to its trigger, which claimed ending it first" in caplog.text
 
     def test_closers_of_two_api_servers_racing_on_a_burst_end_each_gate_once(
@@ -516,7 +524,7 @@ class TestOneEnd:
             time.sleep(0.05)
         time.sleep(0.3)
         assert sum(c.ended for c in closers) == len(gates)
-        ended_by = {gate.id: pg_manager.gate_ended_by(gate.id) for gate in gates}
+        ended_by = {gate.id: pg_manager.gate_ends.gate_ended_by(gate.id) for gate in gates}
         assert set(ended_by.values()) <= {c.claimant for c in closers}
         for closer in closers:
             assert closer.ended == sum(1 for by in ended_by.values() if by == closer.claimant)
@@ -540,7 +548,7 @@ class TestEndGate:
         opened = manager.create(spec(), actor="admin", source="api", origin="api")
         closed = manager.cancel(opened.id, actor="admin", reason="x")
         assert end_gate(closed, EndClaim(manager=manager, request_id=closed.id, by="api-server@t")) == NOTHING
-        assert manager.gate_ended_by(closed.id) is None, "nothing to end: nothing claimed"
+        assert manager.gate_ends.gate_ended_by(closed.id) is None, "nothing to end: nothing claimed"
 
     @pytest.mark.parametrize(
         ("state", "try_number", "expected"),
@@ -676,11 +684,11 @@ class TestEndGateInAirflow:
         first = EndClaim(manager=manager, request_id=approval.id, by="api-server@one")
         assert end_gate(rejected, first) == ENDED
         assert task_instance_of(approval) == ("skipped", None)
-        assert manager.gate_ended_by(approval.id) == "api-server@one"
+        assert manager.gate_ends.gate_ended_by(approval.id) == "api-server@one"
         # Another closer (or the same one again, from a late NOTIFY) finds nothing left to end.
         second = EndClaim(manager=manager, request_id=approval.id, by="api-server@two")
         assert end_gate(rejected, second) == NOTHING
-        assert manager.gate_ended_by(approval.id) == "api-server@one"
+        assert manager.gate_ends.gate_ended_by(approval.id) == "api-server@one"
 
     def test_a_task_whose_trigger_claimed_the_end_is_not_touched(
         self, manager: ApprovalManager, deferred_on_trigger: Callable[[Approval], None]
@@ -689,12 +697,12 @@ class TestEndGateInAirflow:
         deferred_on_trigger(approval)
         rejected = manager.reject(approval.id, user=ALICE, reason="no")
         before = task_instance_of(approval)
-        assert manager.claim_gate_end(approval.id, by="trigger@triggerer:7:abc")
+        assert manager.gate_ends.claim_gate_end(approval.id, by="trigger@triggerer:7:abc")
         claim = EndClaim(manager=manager, request_id=approval.id, by="api-server@one")
         assert end_gate(rejected, claim) == TAKEN
         assert task_instance_of(approval) == before
         assert before[0] == "deferred"
-        assert manager.gate_ended_by(approval.id) == "trigger@triggerer:7:abc"
+        assert manager.gate_ends.gate_ended_by(approval.id) == "trigger@triggerer:7:abc"
 
     def test_an_end_that_fails_in_airflow_gives_the_claim_back_and_changes_nothing(
         self,
@@ -710,7 +718,7 @@ class TestEndGateInAirflow:
         claimed: list[str | None] = []
 
         def deadlocked(event: object, *, task_instance: object, session: object) -> None:
-            claimed.append(manager.gate_ended_by(approval.id))
+            claimed.append(manager.gate_ends.gate_ended_by(approval.id))
             raise RuntimeError("deadlock detected")
 
         monkeypatch.setattr(airflow.models.trigger, "handle_event_submit", deadlocked)
@@ -718,11 +726,11 @@ class TestEndGateInAirflow:
         with pytest.raises(RuntimeError, match="deadlock detected"):
             end_gate(rejected, claim)
         assert claimed == ["api-server@one"], "Airflow is handed the end only under the claim"
-        assert manager.gate_ended_by(approval.id) is None, "given back: the trigger may end it"
+        assert manager.gate_ends.gate_ended_by(approval.id) is None, "given back: the trigger may end it"
         assert task_instance_of(approval)[0] == "deferred"
         monkeypatch.undo()
         # The trigger claims it now and ends the task; the closer, trying again, leaves it be.
-        assert manager.claim_gate_end(approval.id, by="trigger@triggerer:7:abc")
+        assert manager.gate_ends.claim_gate_end(approval.id, by="trigger@triggerer:7:abc")
         assert end_gate(rejected, claim) == TAKEN
 
     def test_an_end_slower_than_the_commit_bound_is_not_committed(
@@ -749,7 +757,7 @@ class TestEndGateInAirflow:
         with pytest.raises(TimeoutError):
             end_gate(rejected, EndClaim(manager=manager, request_id=approval.id, by="api-server@one"))
         assert task_instance_of(approval)[0] == "deferred"
-        assert manager.gate_ended_by(approval.id) is None
+        assert manager.gate_ends.gate_ended_by(approval.id) is None
 
     def test_an_end_airflow_committed_before_failing_keeps_the_claim(
         self,
@@ -774,4 +782,4 @@ class TestEndGateInAirflow:
         with pytest.raises(RuntimeError, match="connection lost"):
             end_gate(rejected, EndClaim(manager=manager, request_id=approval.id, by="api-server@one"))
         assert task_instance_of(approval) == ("skipped", None)
-        assert manager.gate_ended_by(approval.id) == "api-server@one"
+        assert manager.gate_ends.gate_ended_by(approval.id) == "api-server@one"

@@ -11,7 +11,7 @@ class TestNotices:
         self, api: AirflowApi, api_manager: ApprovalManager
     ) -> None:
         approval = open_request(api_manager)
-        sent = api_manager.record_notification(
+        sent = api_manager.notices.record_notification(
             request_id=approval.id,
             channel="email",
             recipient="alice",
@@ -19,11 +19,11 @@ class TestNotices:
             body="secret link inside",
             metadata={"address": "alice@example.com"},
         )
-        api_manager.mark_notification_sent(sent.id)
-        failed = api_manager.record_notification(
+        api_manager.notices.mark_notification_sent(sent.id)
+        failed = api_manager.notices.record_notification(
             request_id=approval.id, channel="email", recipient="bob", event_type="required"
         )
-        api_manager.mark_notification_failed(failed.id, error="not delivered before the request was approved")
+        api_manager.notices.mark_notification_failed(failed.id, error="not delivered before the request was approved")
 
         item = api.client.get(f"{API}/{approval.id}", headers=api.headers("op")).json()
         notices = {(n["channel"], n["recipient"], n["event_type"]): n for n in item["notices"]}

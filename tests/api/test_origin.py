@@ -32,7 +32,7 @@ class TestOrigin:
         assert impostor["origin"] == "api"
         listed = api.client.get(API, headers=api.headers("admin")).json()["approvals"]
         assert {a["id"]: a["origin"] for a in listed} == {gate.id: "task", impostor["id"]: "api"}
-        assert api_manager.events(impostor["id"])[0].details["origin"] == "api"
+        assert api_manager.audit.events(impostor["id"])[0].details["origin"] == "api"
 
     def test_body_cannot_choose_the_origin(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
         before = snapshot(api_manager)
@@ -70,11 +70,11 @@ class TestOrigin:
         assert again.id == created.id
         # A later try supersedes the task's earlier gate, never the API request.
         api_manager.create(ApprovalSpec(**GATE, title="the real gate", try_number=2))
-        assert api_manager.get(created.id).state == "cancelled"
-        assert api_manager.get(impostor["id"]).state == "pending"
+        assert api_manager.queries.get(created.id).state == "cancelled"
+        assert api_manager.queries.get(impostor["id"]).state == "pending"
 
     def test_notice_says_opened_over_the_api(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
-        impostor = api_manager.get(_impostor(api)["id"])
+        impostor = api_manager.queries.get(_impostor(api)["id"])
         gate = open_request(api_manager, try_number=1)
         for approval, expected in ((impostor, True), (gate, False)):
             links = {"approve": None, "reject": None, "details": "http://localhost:8080/hitl/ui/"}

@@ -78,7 +78,7 @@ class TestStoreOutage:
             assert int(response.headers["Retry-After"]) > 0
             assert "nothing was changed" in response.json()["detail"]
 
-        stored = direct.get(approval.id)
+        stored = direct.queries.get(approval.id)
         assert stored.state == "pending" and stored.votes == ()
 
         if outage == "stopped":
@@ -104,11 +104,11 @@ class TestStoreOutage:
         assert "may or may not have been applied" in detail and "nothing was changed" not in detail
         # The server did commit (it got the COMMIT before the cut): the vote lands, and a
         # retry is refused rather than counted twice.
-        assert _eventually(lambda: direct.get(approval.id).state == "approved")
+        assert _eventually(lambda: direct.queries.get(approval.id).state == "approved")
         proxy.relay()
         retry = airflow_api.client.post(f"{API}/{approval.id}/approve", headers=headers, json={"comment": "again"})
         assert retry.status_code == 409
-        assert [v.user for v in direct.get(approval.id).votes] == ["admin"]
+        assert [v.user for v in direct.queries.get(approval.id).votes] == ["admin"]
 
 
 def _eventually(condition: Callable[[], bool], *, within: float = 60.0) -> bool:

@@ -873,7 +873,7 @@ class AirflowHarness:
                 parts.append(f"run state: {self.dag_run(dag_id, run_id).get('state')}")
                 parts.append(f"task states: {self.task_states(dag_id, run_id)}")
             with contextlib.suppress(Exception):
-                approvals, _ = self.manager.list(ApprovalFilter(dag_id=dag_id, run_id=run_id))
+                approvals, _ = self.manager.queries.list(ApprovalFilter(dag_id=dag_id, run_id=run_id))
                 parts.append("approvals: " + repr([(a.id, a.task_id, a.try_number, a.state) for a in approvals]))
             for tid in [task_id] if task_id else list(self.task_states(dag_id, run_id)):
                 parts.append(self.task_logs(dag_id, run_id, tid))
@@ -985,7 +985,7 @@ class AirflowHarness:
 
     def approvals(self, dag_id: str, run_id: str, task_id: str | None = None) -> list[Approval]:
         """Every request of the run (of ``task_id`` if given), oldest try first."""
-        items, _ = self.manager.list(
+        items, _ = self.manager.queries.list(
             ApprovalFilter(dag_id=dag_id, run_id=run_id, task_id=task_id), order_by="requested_at"
         )
         return items

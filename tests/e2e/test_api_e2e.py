@@ -50,7 +50,7 @@ class TestApiApprove:
 
         airflow.wait_for_run_state(dag_id, run_id, "success")
         assert airflow.task_states(dag_id, run_id)["deploy"] == "success"
-        vote = next(e for e in airflow.manager.events(item["id"]) if e.event_type == "vote")
+        vote = next(e for e in airflow.manager.audit.events(item["id"]) if e.event_type == "vote")
         assert (vote.actor, vote.source, vote.details["client_address"]) == ("alice", "api", "127.0.0.1")
 
     def test_viewer_is_refused_and_nothing_changes(self, airflow: AirflowHarness) -> None:
@@ -100,7 +100,7 @@ class TestApiBulk:
         for run_id in run_ids:
             airflow.wait_for_run_state(dag_id, run_id, "success")
         for approval_id in ids:
-            assert {e.source for e in airflow.manager.events(approval_id) if e.event_type == "vote"} == {"bulk"}
+            assert {e.source for e in airflow.manager.audit.events(approval_id) if e.event_type == "vote"} == {"bulk"}
 
 
 class TestApiQuorum:

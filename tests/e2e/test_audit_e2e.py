@@ -54,7 +54,7 @@ class TestAuditVerify:
         # Every process had the key: the chain is keyed, and this request's rows were compared.
         assert verdict["keyed_from"] is not None and verdict["key_id"] is not None
         assert verdict["requests_verified"] >= 1 and verdict["requests_hash_only"] == 0
-        assert {e.key_id for e in airflow.manager.events(item["id"])} == {verdict["key_id"]}
+        assert {e.key_id for e in airflow.manager.audit.events(item["id"])} == {verdict["key_id"]}
 
         engine = create_engine(airflow.store_url)
         try:
@@ -73,7 +73,7 @@ class TestAuditVerify:
                 "field": "user",
                 "store": "carol",
                 "chain": "alice",
-                "seq": next(e.seq for e in airflow.manager.events(item["id"]) if e.event_type == "vote"),
+                "seq": next(e.seq for e in airflow.manager.audit.events(item["id"]) if e.event_type == "vote"),
             }
             # The API shows what the store says; verify is what tells the two apart.
             shown = airflow.api("GET", f"{API}/{item['id']}", user="viewer").json()

@@ -51,7 +51,7 @@ class TestBranchGate:
             expect=(422,),
         ).json()
         assert sorted(e["loc"][-1] for e in refused["detail"]) == ["rollout_percent", "ticket"]
-        assert airflow.manager.get(item["id"]).is_waiting
+        assert airflow.manager.queries.get(item["id"]).is_waiting
 
         approved = airflow.api(
             "POST",

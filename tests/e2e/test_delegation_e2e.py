@@ -65,7 +65,7 @@ def test_delegated_approval_counts_once_and_shows_bob_for_carol(airflow: Airflow
         value = read_decision(xcom)
         assert value["approvers"] == ["carol"]
         assert [(v["user"], v["delegate"]) for v in value["votes"]] == [("carol", "bob")]
-        vote = next(e for e in airflow.manager.events(item["id"]) if e.event_type == "vote")
+        vote = next(e for e in airflow.manager.audit.events(item["id"]) if e.event_type == "vote")
         assert (vote.actor, vote.details["delegate"]) == ("carol", "bob")
     finally:
         airflow.api("DELETE", f"{DELEGATIONS}/{delegation['id']}", user="carol", expect=(204,))
@@ -82,7 +82,7 @@ def test_refused_after_the_delegation_ends(airflow: AirflowHarness) -> None:
     assert item["can_approve"] is False
     refused = airflow.api("POST", f"{API}/{item['id']}/approve", user="bob", json_body={}, expect=(403,))
     assert "not an allowed approver" in refused.json()["detail"]
-    assert airflow.manager.get(item["id"]).votes == ()
+    assert airflow.manager.queries.get(item["id"]).votes == ()
 
     # Carol still decides her own; the run goes on.
     airflow.api("POST", f"{API}/{item['id']}/approve", user="carol", json_body={})

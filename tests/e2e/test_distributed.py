@@ -157,7 +157,7 @@ class TestDecisionsThroughEitherApiServer:
         while len(decided) < INSTANT_GATES:
             if time.monotonic() > deadline:
                 raise HarnessError(f"only {len(decided)} of {INSTANT_GATES} gates opened\n{stack.dump_logs()}")
-            waiting, _ = stack.manager.pending(ApprovalFilter(dag_id=dag_id))
+            waiting, _ = stack.manager.queries.pending(ApprovalFilter(dag_id=dag_id))
             for approval in waiting:
                 if approval.run_id in run_ids and approval.run_id not in decided:
                     # The instant the request exists, before the task has even finished deferring.
@@ -196,10 +196,10 @@ class TestQuorumAcrossApiServers:
             thread.join()
         assert {u: r.status_code for u, r in results.items()} == {"alice": 200, "bob": 200}
 
-        decided = stack.manager.get(approval.id)
+        decided = stack.manager.queries.get(approval.id)
         assert decided.state == "approved"
         assert sorted(v.user for v in decided.votes) == ["alice", "bob"]
-        events = [e.event_type for e in stack.manager.events(approval.id)]
+        events = [e.event_type for e in stack.manager.audit.events(approval.id)]
         assert events.count("vote") == 2
         assert events.count("approved") == 1, events
         assert_resumed_once(stack, dag_id, run_id)
@@ -218,7 +218,7 @@ class TestFabRoles:
         refused = decide(stack, approval.id, "approve", user="bob", server=1)
         assert refused.status_code == 403
         assert "not an allowed approver" in refused.json()["detail"]
-        assert stack.manager.get(approval.id).state == "pending"
+        assert stack.manager.queries.get(approval.id).state == "pending"
 
         accepted = decide(stack, approval.id, "approve", user="alice", server=0, comment="release manager")
         assert accepted.status_code == 200, accepted.text
@@ -359,7 +359,7 @@ class TestFabDelegations:
             kept = stack.api("GET", f"/hitl/api/v1/approvals/{approval.id}", user="admin", server=1).json()
             votes = [(v["user"], v["delegate"]) for v in kept["votes"]]
             assert (kept["state"], votes) == ("pending", [("alice", None)])
-            assert [e.event_type for e in stack.manager.events(approval.id)].count("vote") == 1
+            assert [e.event_type for e in stack.manager.audit.events(approval.id)].count("vote") == 1
 
             roles(["add-role", "--role", "Op"], ["remove-role", "--role", "Viewer"])
             # A refusal records nothing, so waiting for the api-server to see her role back is safe.
@@ -397,7 +397,7 @@ class TestEmailedLinkForFabUser:
         approval = stack.wait_for_approval(dag_id, run_id, "gate", states=["pending"], timeout=300)
 
         def notice_settled() -> Any:
-            notices = stack.manager.list_notifications(request_id=approval.id)
+            notices = stack.manager.notices.list_notifications(request_id=approval.id)
             settled = [n for n in notices if n.channel == "email" and n.status in {"sent", "failed"}]
             return settled or None
 
@@ -410,7 +410,7 @@ class TestEmailedLinkForFabUser:
         with httpx.Client(base_url=stack.base_urls[1], timeout=60, trust_env=False) as browser:
             _, done = submit_link(browser, links[0], comment="by email")
             assert done.status_code == 200, done.text
-        decided = stack.manager.get(approval.id)
+        decided = stack.manager.queries.get(approval.id)
         assert decided.state == "approved"
         assert [(v.user, v.source) for v in decided.votes] == [("alice", "email")]
         assert_resumed_once(stack, dag_id, run_id)

@@ -81,7 +81,7 @@ class TestEvidence:
         assert (summary["request"]["state"], summary["request"]["decided_by"]) == ("approved", "alice")
         assert summary["content_digest"] == item["content_digest"]
         assert summary["votes"] == 1
-        assert summary["events"] == len(airflow.manager.events(item["id"]))
+        assert summary["events"] == len(airflow.manager.audit.events(item["id"]))
 
         tampered = verify(airflow, flip_payload(evidence), jwks_url)
         assert tampered.returncode == 1

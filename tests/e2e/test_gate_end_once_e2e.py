@@ -126,7 +126,7 @@ class TestRejectionBurst:
                 on_timeout=airflow.dump_logs,
             )
             opened = time.monotonic()
-            items, _ = airflow.manager.list(ApprovalFilter(dag_id=DAG_ID), limit=BURST * 2)
+            items, _ = airflow.manager.queries.list(ApprovalFilter(dag_id=DAG_ID), limit=BURST * 2)
             requests = {a.run_id: a.id for a in items if a.run_id in set(run_ids)}
             assert sorted(requests) == sorted(run_ids), "one waiting request per gate"
             # The triggerer's runner starts a trigger a loop after taking it; then each one waits

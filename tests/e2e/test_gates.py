@@ -86,7 +86,7 @@ class TestReject:
         states = airflow.task_states(dag_id, run_id)
         assert states["approve_release"] == "failed"
         assert states["deploy"] == "upstream_failed"
-        final = airflow.manager.get(approval.id)
+        final = airflow.manager.queries.get(approval.id)
         assert (final.state, final.decided_by) == ("rejected", "alice")
 
     def test_rejection_with_on_reject_skip_skips_gate_and_downstream(self, airflow: AirflowHarness) -> None:
@@ -99,7 +99,7 @@ class TestReject:
 
         airflow.wait_for_run_state(dag_id, run_id, "success")
         assert airflow.task_states(dag_id, run_id) == {"gate": "skipped", "after": "skipped"}
-        assert airflow.manager.get(approval.id).state == "rejected"
+        assert airflow.manager.queries.get(approval.id).state == "rejected"
 
 
 class TestTimeout:
@@ -123,7 +123,7 @@ class TestTimeout:
         states = airflow.task_states(dag_id, run_id)
         assert states["gate"] == ("success" if action == "approve" else "failed")
         assert states["after"] == after_state
-        final = airflow.manager.get(approval.id)
+        final = airflow.manager.queries.get(approval.id)
         assert final.state == "timeout"
         assert final.decision == decision
         assert final.decision_source == "timeout"
@@ -150,7 +150,7 @@ class TestEscalation:
         assert escalated.allowed_approvers == ("bob", "admin")
         assert escalated.expires_at is not None
         assert escalated.expires_at - dt.datetime.now(dt.timezone.utc) > dt.timedelta(minutes=8)
-        assert [e.event_type for e in airflow.manager.events(first.id)][:2] == ["requested", "escalated"]
+        assert [e.event_type for e in airflow.manager.audit.events(first.id)][:2] == ["requested", "escalated"]
 
         # The gate resumed on the escalation event and deferred again: same try, same request.
         ti = airflow.wait_for_ti_state(dag_id, run_id, task_id, "deferred")
@@ -160,7 +160,7 @@ class TestEscalation:
 
         airflow.wait_for_run_state(dag_id, run_id, "success")
         assert airflow.task_states(dag_id, run_id) == {task_id: "success", "migrate": "success"}
-        final = airflow.manager.get(first.id)
+        final = airflow.manager.queries.get(first.id)
         assert (final.state, final.decided_by, final.escalation_level) == ("approved", "admin", 1)
         assert [(v.user, v.escalation_level) for v in final.votes] == [("admin", 1)]
         assert len(airflow.approvals(dag_id, run_id, task_id)) == 1
@@ -189,7 +189,7 @@ class TestQuorum:
 
         airflow.wait_for_run_state(dag_id, run_id, "success")
         assert airflow.task_states(dag_id, run_id) == {task_id: "success", "load": "success"}
-        assert sorted(v.user for v in airflow.manager.get(approval.id).votes) == ["alice", "bob"]
+        assert sorted(v.user for v in airflow.manager.queries.get(approval.id).votes) == ["alice", "bob"]
 
 
 class TestSelfApproval:
@@ -204,12 +204,12 @@ class TestSelfApproval:
 
         with pytest.raises(NotAllowed, match="triggered this run"):
             airflow.manager.approve(approval.id, user=ALICE)
-        assert airflow.manager.get(approval.id).state == "pending"
+        assert airflow.manager.queries.get(approval.id).state == "pending"
         assert_waiting_in_triggerer(airflow, dag_id, run_id, "gate")
 
         airflow.manager.approve(approval.id, user=BOB)
         airflow.wait_for_run_state(dag_id, run_id, "success")
-        final = airflow.manager.get(approval.id)
+        final = airflow.manager.queries.get(approval.id)
         assert (final.state, final.decided_by) == ("approved", "bob")
         assert [v.user for v in final.votes] == ["bob"]
 
@@ -234,7 +234,7 @@ class TestClearWaitingGate:
         assert second.state == "pending"
         ti = airflow.wait_for_ti_state(dag_id, run_id, "gate", "deferred")
         assert ti["try_number"] == 2
-        waiting, _ = airflow.manager.pending(ApprovalFilter(dag_id=dag_id, run_id=run_id))
+        waiting, _ = airflow.manager.queries.pending(ApprovalFilter(dag_id=dag_id, run_id=run_id))
         assert [a.id for a in waiting] == [second.id]  # no orphan pending request
 
         airflow.manager.approve(second.id, user=ALICE)
@@ -260,7 +260,7 @@ class TestMarkWaitingGate:
             # Triggerers before Airflow 3.3 never call on_kill(): the request stays pending until
             # someone cancels it (README, "Airflow versions"); nothing else can touch it here.
             assert airflow.task_instance(dag_id, run_id, "gate")["state"] == new_state
-            assert airflow.manager.get(request.id).state == "pending"
+            assert airflow.manager.queries.get(request.id).state == "pending"
             airflow.manager.cancel(request.id, actor="admin", reason="task marked on Airflow < 3.3")
             return
 
@@ -268,7 +268,7 @@ class TestMarkWaitingGate:
         assert cancelled.id == request.id
         assert cancelled.decision_source == "airflow"
         assert airflow.task_instance(dag_id, run_id, "gate")["state"] == new_state
-        waiting, _ = airflow.manager.pending(ApprovalFilter(dag_id=dag_id, run_id=run_id))
+        waiting, _ = airflow.manager.queries.pending(ApprovalFilter(dag_id=dag_id, run_id=run_id))
         assert waiting == []
 
 
@@ -283,7 +283,7 @@ class TestInstantDecision:
         while len(approved) < self.RUNS:
             if time.monotonic() > deadline:
                 raise HarnessError(f"only {len(approved)} of {self.RUNS} gates opened\n{airflow.dump_logs()}")
-            waiting, _ = airflow.manager.pending(ApprovalFilter(dag_id=dag_id))
+            waiting, _ = airflow.manager.queries.pending(ApprovalFilter(dag_id=dag_id))
             for approval in waiting:
                 if approval.run_id in run_ids and approval.run_id not in approved:
                     airflow.manager.approve(approval.id, user=ALICE, comment="instant")

@@ -41,8 +41,8 @@ class TestMappedGate:
         # One index, on its own: only that task instance ends.
         airflow.manager.approve(waiting[0], user=ALICE, comment="eu looks fine")
         wait_until(lambda: _ti_state(airflow, run_id, 0) == "success", timeout=120, what="index 0 to succeed")
-        assert airflow.manager.get(waiting[1]).is_waiting
-        assert airflow.manager.get(waiting[2]).is_waiting
+        assert airflow.manager.queries.get(waiting[1]).is_waiting
+        assert airflow.manager.queries.get(waiting[2]).is_waiting
 
         # The REST API filters by map_index.
         listed = airflow.api(
@@ -87,12 +87,12 @@ class TestMappedGate:
         airflow.api("POST", f"/api/v2/dags/{DAG_ID}/clearTaskInstances", json_body=body)
 
         wait_until(
-            lambda: airflow.manager.get(waiting[1]).state == "cancelled",
+            lambda: airflow.manager.queries.get(waiting[1]).state == "cancelled",
             timeout=120,
             what="the cleared index's request to be cancelled",
         )
-        assert airflow.manager.get(waiting[0]).is_waiting
-        assert airflow.manager.get(waiting[2]).is_waiting
+        assert airflow.manager.queries.get(waiting[0]).is_waiting
+        assert airflow.manager.queries.get(waiting[2]).is_waiting
         # The cleared index runs again and opens a request of its own next try.
         retried = airflow.wait_for_approval(DAG_ID, run_id, TASK_ID, try_number=2, states=["pending"])
         assert retried.map_index == 1

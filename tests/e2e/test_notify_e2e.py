@@ -43,7 +43,7 @@ class TestEmailLinkApproval:
         assert approve, text
         link = approve.group(1)
 
-        notices = airflow.manager.list_notifications(request_id=approval.id)
+        notices = airflow.manager.notices.list_notifications(request_id=approval.id)
         assert {(n.channel, n.recipient, n.status) for n in notices} == {
             ("email", "alice", "sent"),
             ("in_app", "alice", "sent"),
@@ -53,7 +53,7 @@ class TestEmailLinkApproval:
             page = browser.get(link)
             assert page.status_code == 200, page.text
             assert "Approve as alice" in page.text
-            assert airflow.manager.get(approval.id).state == "pending", "GET decides nothing"
+            assert airflow.manager.queries.get(approval.id).state == "pending", "GET decides nothing"
 
             # Submit the page's form as a browser does: the token goes in the body, not the URL.
             action = re.search(r'<form method="post" action="([^"]*)">', page.text)
@@ -64,7 +64,7 @@ class TestEmailLinkApproval:
             assert done.status_code == 200, done.text
             assert browser.post(target, data={"token": token.group(1)}).status_code == 410
 
-        decided = airflow.manager.get(approval.id)
+        decided = airflow.manager.queries.get(approval.id)
         assert decided.state == "approved"
         assert [(v.user, v.source) for v in decided.votes] == [("alice", "email")]
 
@@ -74,7 +74,7 @@ class TestEmailLinkApproval:
         # The api-server's outbox drainer told alice and the requester how it ended; admin (the
         # requester) has no email address configured: recorded failed, not crashed on.
         def outcome() -> set[tuple[str, str, str]]:
-            final = airflow.manager.list_notifications(request_id=approval.id, event_type="decided")
+            final = airflow.manager.notices.list_notifications(request_id=approval.id, event_type="decided")
             return {(n.channel, n.recipient, n.status) for n in final}
 
         wait_until(

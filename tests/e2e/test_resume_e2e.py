@@ -125,7 +125,7 @@ class TestInstantDecisions:
                     for note in conn.notifies(timeout=1.0):
                         received = time.monotonic()
                         try:
-                            approval = airflow.manager.get(note.payload)
+                            approval = airflow.manager.queries.get(note.payload)
                         except ApprovalNotFound:
                             continue
                         if approval.dag_id != dag_id or not approval.is_waiting or approval.run_id in lag:
@@ -222,7 +222,7 @@ class TestApiServerEndsGates:
             for process in triggerers:
                 os.killpg(process.pid, signal.SIGCONT)
         # The trigger, now unused, is cancelled by its triggerer; its on_kill leaves the decision be.
-        assert airflow.manager.get(approval.id).state == "approved"
+        assert airflow.manager.queries.get(approval.id).state == "approved"
 
 
 class TestOutcomes:
@@ -266,7 +266,7 @@ class TestOutcomes:
         run_id = airflow.trigger(dag_id)
         approval = airflow.wait_for_approval(dag_id, run_id, "gate")
         airflow.wait_for_run_state(dag_id, run_id, "success")
-        done = airflow.manager.get(approval.id)
+        done = airflow.manager.queries.get(approval.id)
         assert (done.state, done.decision, done.decision_source) == ("timeout", "approved", "timeout")
         assert xcom(airflow, dag_id, run_id, "return_value")["state"] == "timeout"
 
@@ -280,7 +280,9 @@ class TestOutcomes:
         # The gate keeps waiting in the triggerer (no worker round trip) for the new approver.
         assert gate_ti(airflow, dag_id, run_id)["state"] == "deferred"
         wait_until(
-            lambda: airflow.manager.list_notifications(request_id=approval.id, event_type="escalated", status="sent"),
+            lambda: airflow.manager.notices.list_notifications(
+                request_id=approval.id, event_type="escalated", status="sent"
+            ),
             timeout=120,
             what="the escalation email",
         )
@@ -296,7 +298,9 @@ class TestOutcomes:
         approval = airflow.wait_for_approval(dag_id, run_id, "gate")
 
         def reminders() -> list[Any]:
-            return airflow.manager.list_notifications(request_id=approval.id, event_type="reminder", status="sent")
+            return airflow.manager.notices.list_notifications(
+                request_id=approval.id, event_type="reminder", status="sent"
+            )
 
         wait_until(lambda: len(reminders()) >= 2, timeout=180, what="two reminders")
         subjects = [str(m["Subject"]) for m in mail.sink.messages if run_id in str(m["Subject"])]
@@ -331,7 +335,7 @@ class TestSmtpOutage:
             wait_until(
                 lambda: [
                     n
-                    for n in airflow.manager.list_notifications(request_id=approval.id, event_type="required")
+                    for n in airflow.manager.notices.list_notifications(request_id=approval.id, event_type="required")
                     if n.status == "failed" and n.next_attempt_at is not None
                 ],
                 timeout=120,
@@ -348,7 +352,7 @@ class TestSmtpOutage:
         wait_until(lambda: len(mails()) >= 2, timeout=120, what="both approvers' emails after the outage")
 
         def required() -> list[Any]:
-            return airflow.manager.list_notifications(request_id=approval.id, event_type="required")
+            return airflow.manager.notices.list_notifications(request_id=approval.id, event_type="required")
 
         # The SMTP server has the message before the sender records it sent: wait for the record.
         wait_until(
@@ -367,7 +371,7 @@ class TestSmtpOutage:
             _, done = submit_link(browser, approve, comment="after the outage")
             assert done.status_code == 200, done.text
         airflow.wait_for_run_state(dag_id, run_id, "success")
-        decided = airflow.manager.get(approval.id)
+        decided = airflow.manager.queries.get(approval.id)
         assert [(v.user, v.source) for v in decided.votes] == [("alice", "email")]
         # The request detail from the REST API lists its notices and how each went.
         detail = airflow.api("GET", f"/hitl/api/v1/approvals/{approval.id}").json()

@@ -42,7 +42,7 @@ class TestSlackInputs:
         gate = airflow.wait_for_approval(DAG_ID, run_id, "gate", states=["pending"])
 
         def posted() -> dict[str, str] | None:
-            sent = airflow.manager.list_notifications(request_id=gate.id, channel="slack", status="sent")
+            sent = airflow.manager.notices.list_notifications(request_id=gate.id, channel="slack", status="sent")
             return {"channel": sent[0].metadata["channel"], "ts": sent[0].metadata["ts"]} if sent else None
 
         message = wait_until(posted, timeout=120, what="the Slack message of the gate")
@@ -50,7 +50,9 @@ class TestSlackInputs:
             opened_before = len(slack.of("views.open"))
             answer = post(slack_client, click(gate, message, "UALICE001", "hitl_approve"))
             assert answer.status_code == 200, answer.text
-            assert airflow.manager.get(gate.id).state == "pending", "the click opens the form, it decides nothing"
+            assert airflow.manager.queries.get(gate.id).state == "pending", (
+                "the click opens the form, it decides nothing"
+            )
             wait_until(lambda: len(slack.of("views.open")) > opened_before, timeout=30, what="views.open")
             view = slack.of("views.open")[-1].params["view"]
             view = json.loads(view) if isinstance(view, str) else view
@@ -63,7 +65,7 @@ class TestSlackInputs:
             errors = post(slack_client, approve_submission(gate, message, "UALICE001", refused)).json()
             assert errors["response_action"] == "errors"
             assert set(errors["errors"]) == {"input:rollout_percent", "input:ticket"}
-            assert not airflow.manager.get(gate.id).votes
+            assert not airflow.manager.queries.get(gate.id).votes
 
             valid = {
                 "rollout_percent": {"type": "number_input", "value": "25"},
@@ -72,7 +74,7 @@ class TestSlackInputs:
             done = post(slack_client, approve_submission(gate, message, "UALICE001", valid))
             assert done.status_code == 200, done.text
 
-        decided = airflow.manager.get(gate.id)
+        decided = airflow.manager.queries.get(gate.id)
         assert decided.state == "approved"
         assert [(v.user, v.source, v.inputs) for v in decided.votes] == [
             ("alice", "slack", {"rollout_percent": 25, "ticket": "CHG-7"})

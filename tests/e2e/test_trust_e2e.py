@@ -113,7 +113,7 @@ class TestDecidedAsSeen:
         shown = {name: item[name] for name in SHOWN}
         # Anyone holding the item recomputes its digest with any RFC 8785 library.
         assert digest_of(shown) == item["content_digest"]
-        events_before = [e.seq for e in airflow.manager.events(item["id"])]
+        events_before = [e.seq for e in airflow.manager.audit.events(item["id"])]
 
         # What a page opened before the title changed would send.
         stale = digest_of({**shown, "title": "e2e gate (before it was edited)"})
@@ -127,7 +127,7 @@ class TestDecidedAsSeen:
         assert "changed since you opened it" in refused.json()["detail"]
         unchanged = airflow.api("GET", f"{API}/approvals/{item['id']}", user="viewer").json()
         assert (unchanged["state"], unchanged["votes"]) == ("pending", [])
-        assert [e.seq for e in airflow.manager.events(item["id"])] == events_before
+        assert [e.seq for e in airflow.manager.audit.events(item["id"])] == events_before
 
         decided = airflow.api(
             "POST",
@@ -199,7 +199,7 @@ class TestBoundedFormWork:
         said = str(costly_default.json()["detail"])
         assert "inputs['labels']" in said and "uniqueItems compares every pair of its 4000 items" in said, said
         assert len(costly_default.content) < 64 * 1024
-        assert airflow.manager.list(ApprovalFilter(dag_id=dag_id, run_id=run_id))[0] == []
+        assert airflow.manager.queries.list(ApprovalFilter(dag_id=dag_id, run_id=run_id))[0] == []
 
         opened = airflow.api(
             "POST",
@@ -234,7 +234,7 @@ class TestBoundedFormWork:
             "bob": {"labels": []},
             "alice": {"labels": [{"n": 1}, {"n": 2}]},
         }
-        votes = [e for e in airflow.manager.events(opened["id"]) if e.event_type == "vote"]
+        votes = [e for e in airflow.manager.audit.events(opened["id"]) if e.event_type == "vote"]
         assert [e.actor for e in votes] == ["bob", "alice"]
 
 

@@ -162,13 +162,13 @@ class TestUpgrade:
         assert status.up_to_date and status.current == status.head != "0001"
         assert "ix_approval_requests_waiting" in _indexes(own_store)
         manager = ApprovalManager(store=own_store)
-        items, total = manager.pending()
+        items, total = manager.queries.pending()
         assert total == 3 and {a.id for a in items} == set(waiting)
-        assert manager.get(decided).state == "approved"
+        assert manager.queries.get(decided).state == "approved"
         assert {a.origin for a in items} == {"task"}
         manager.approve(waiting[0], user=Principal.of("alice"))
-        assert manager.get(waiting[0]).state == "approved"
-        assert manager.verify_audit_chain().ok
+        assert manager.queries.get(waiting[0]).state == "approved"
+        assert manager.audit.verify_audit_chain().ok
 
     def test_downgrade_to_0001_drops_only_the_new_index(self, own_store: ApprovalStore) -> None:
         migrate(own_store)
@@ -217,11 +217,11 @@ class TestKeyedUpgrade:
         assert "content_digest" in _columns(own_store, "approval_votes")
         keyed = ApprovalManager(store=own_store, audit_key="the audit key")
         keyed.approve(waiting, user=Principal.of("alice", ["op"]))
-        events = keyed.events()
+        events = keyed.audit.events()
         # The older events keep their SHA-256 links; the vote and the approval are keyed.
         key_id = keyed._audit_key.key_id if keyed._audit_key else None
         assert [e.key_id for e in events] == [None] * 4 + [key_id] * 2
-        result = keyed.verify_audit_chain()
+        result = keyed.audit.verify_audit_chain()
         assert result.ok, result
         assert result.keyed_from == events[4].seq
         # The request decided before the upgrade has no facts: its links are what is checked.
@@ -229,7 +229,7 @@ class TestKeyedUpgrade:
         # A component left without the key may no longer append to the keyed chain.
         with pytest.raises(StoreError, match=r"\[hitl\] audit_key"):
             ApprovalManager(store=own_store, audit_key="").create(spec())
-        assert len(keyed.events()) == 6
+        assert len(keyed.audit.events()) == 6
 
     def test_downgrade_to_0006_drops_the_key_id_and_the_votes_digest(self, own_store: ApprovalStore) -> None:
         migrate(own_store)

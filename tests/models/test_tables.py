@@ -176,7 +176,7 @@ class TestSchemaRules:
     ) -> None:
         gate = mgr.create(spec(notify={"channels": ["email"]}, required_approvals=2))
         mgr.approve(gate.id, user=Principal.of("alice"))
-        mgr.record_notification(request_id=gate.id, channel="in_app", recipient="bob", event_type="required")
+        mgr.notices.record_notification(request_id=gate.id, channel="in_app", recipient="bob", event_type="required")
         events = count(store, ApprovalEventRow, request_id=gate.id)
         assert events > 0
         with store.engine.begin() as conn:
@@ -184,7 +184,7 @@ class TestSchemaRules:
         for model in (ApprovalVoteRow, ApprovalNotificationRow, ApprovalOutboxRow):
             assert count(store, model, request_id=gate.id) == 0, model.__tablename__
         assert count(store, ApprovalEventRow, request_id=gate.id) == events
-        assert mgr.verify_audit_chain().ok
+        assert mgr.audit.verify_audit_chain().ok
 
 
 def test_the_inbox_query_can_walk_the_partial_index(pg_store: ApprovalStore) -> None:

@@ -75,7 +75,7 @@ class TestStoredValues:
         every_word = [v for row in (*request, *events, *outbox) for v in row]
         assert all(type(v) is str for v in every_word)
         # The chain written with members verifies as one written with plain strings.
-        verification = manager.verify_audit_chain()
+        verification = manager.audit.verify_audit_chain()
         assert (verification.ok, verification.checked, verification.problem) == (True, 3, None)
 
     def test_members_bound_in_core_filters_match_stored_rows(self, store: ApprovalStore) -> None:
@@ -83,7 +83,7 @@ class TestStoredValues:
         waiting = manager.create(spec())
         cancelled = manager.create(spec())
         manager.cancel(cancelled.id, actor="alice", reason="no longer needed", source=Source.API)
-        found, total = manager.list(ApprovalFilter(states=[State.CANCELLED]))
+        found, total = manager.queries.list(ApprovalFilter(states=[State.CANCELLED]))
         assert ([a.id for a in found], total) == ([cancelled.id], 1)
         with store.session() as session:
             ids = session.scalars(

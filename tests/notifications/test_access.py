@@ -70,10 +70,10 @@ class TestAuthManagerAccess:
         refused = app.client.post("/hitl/links", data={"token": links["viewer"]})
         assert refused.status_code == 403
         assert "edit access" in refused.text
-        assert sqlite_manager.get(gate.id).votes == ()
+        assert sqlite_manager.queries.get(gate.id).votes == ()
         accepted = app.client.post("/hitl/links", data={"token": links["alice"]})
         assert accepted.status_code == 200, accepted.text
-        approval = sqlite_manager.get(gate.id)
+        approval = sqlite_manager.queries.get(gate.id)
         assert approval.state == "approved"
         assert "user" in approval.votes[0].user_roles, "roles come from the auth manager"
 
@@ -101,10 +101,10 @@ class TestAuthManagerAccess:
             return int(app.client.post("/hitl/slack/interactions", content=body, headers=headers).status_code)
 
         assert click("UVIEWER01") == 200
-        assert sqlite_manager.get(gate.id).votes == ()
+        assert sqlite_manager.queries.get(gate.id).votes == ()
         assert "edit access" in slack_api.of("chat.postEphemeral")[0].params["text"]
         assert click("UALICE001") == 200
-        assert sqlite_manager.get(gate.id).state == "approved"
+        assert sqlite_manager.queries.get(gate.id).state == "approved"
 
 
 @pytest.mark.usefixtures("notify_env")
@@ -127,7 +127,7 @@ class TestAccessLog:
             assert app.client.get(f"/hitl/links?token={token}=").status_code == 403
             assert app.client.get(f"/hitl/links?token={token}&token={token}").status_code == 403
             assert app.client.post("/hitl/links", data={"token": token}).status_code == 200
-        assert sqlite_manager.get(gate.id).state == "approved"
+        assert sqlite_manager.queries.get(gate.id).state == "approved"
         access = [entry for entry in logs if str(entry.get("path", "")).startswith("/hitl/links")]
         assert len(access) == 4, logs
         for secret in (token, payload, signature):

@@ -191,7 +191,7 @@ class TestStandardWebhooks:
         assert said in (row.error or "")
         assert "not-base64" not in (row.error or ""), "the secret is never echoed"
         assert webhook_receiver.deliveries == []
-        assert manager.get(gate.id).state == "pending"
+        assert manager.queries.get(gate.id).state == "pending"
 
 
 class TestSlackEscape:

@@ -63,7 +63,7 @@ class TestDispatch:
             ("in_app", "bob"),
         }
         assert all(r.status == "sent" and r.retry_count == 0 for r in rows), rows
-        stored = manager.list_notifications(request_id=gate.id)
+        stored = manager.notices.list_notifications(request_id=gate.id)
         assert {r.id for r in stored} == {r.id for r in rows}
 
         mails = smtp_server.wait(2)
@@ -87,7 +87,7 @@ class TestDispatch:
         assert delivery["body"]["approval"]["id"] == gate.id
         assert delivery["body"]["approval"]["content_digest"] == gate.content_digest
 
-        assert manager.unread_count("alice") == 1
+        assert manager.notices.unread_count("alice") == 1
 
     def test_the_stored_body_never_holds_working_links(self, manager: ApprovalManager, smtp_server: SmtpSink) -> None:
         gate = open_gate(manager, channels=["email"])
@@ -199,26 +199,26 @@ class TestDispatch:
     def test_no_channels_no_rows(self, manager: ApprovalManager) -> None:
         gate = open_gate(manager, channels=[])
         assert dispatcher(manager).dispatch(gate, "required") == []
-        assert manager.list_notifications(request_id=gate.id) == []
+        assert manager.notices.list_notifications(request_id=gate.id) == []
 
 
 class TestInApp:
     def test_unread_count_and_mark_read(self, manager: ApprovalManager) -> None:
         gate = manager.create(spec(allowed_approvers=("alice",)))
-        first = manager.record_notification(
+        first = manager.notices.record_notification(
             request_id=gate.id, channel="in_app", recipient="alice", event_type="required", status="sent"
         )
-        manager.record_notification(
+        manager.notices.record_notification(
             request_id=gate.id, channel="in_app", recipient="alice", event_type="reminder", status="sent"
         )
-        assert manager.unread_count("alice") == 2
-        assert manager.unread_count("bob") == 0
-        assert manager.mark_read("bob", [first.id]) == 0
-        assert manager.mark_read("alice", [first.id]) == 1
-        assert manager.unread_count("alice") == 1
-        assert manager.get_notification(first.id).status == "read"
-        assert manager.mark_read("alice") == 1
-        assert manager.unread_count("alice") == 0
+        assert manager.notices.unread_count("alice") == 2
+        assert manager.notices.unread_count("bob") == 0
+        assert manager.notices.mark_read("bob", [first.id]) == 0
+        assert manager.notices.mark_read("alice", [first.id]) == 1
+        assert manager.notices.unread_count("alice") == 1
+        assert manager.notices.get_notification(first.id).status == "read"
+        assert manager.notices.mark_read("alice") == 1
+        assert manager.notices.unread_count("alice") == 0
 
 
 @pytest.mark.usefixtures("notify_env")

@@ -125,7 +125,7 @@ class TestDelivery:
         assert drainer.drain() == 0
         messages = smtp.sink.wait(2)
         assert sorted(str(m["To"]) for m in messages) == ["alice@example.com", "bob@example.com"]
-        rows = manager.list_notifications(request_id=gate.id)
+        rows = manager.notices.list_notifications(request_id=gate.id)
         intent = Outbox(store=manager.store).intents(gate.id)[0]
         assert {(r.recipient, r.status, r.outbox_id) for r in rows} == {
             ("alice", "sent", intent.id),
@@ -162,15 +162,17 @@ class TestDelivery:
         gate = open_gate(manager)
         drainer = OutboxDrainer(manager=manager)
         drainer.drain()  # SMTP is down
-        failed = {r.recipient: r for r in manager.list_notifications(request_id=gate.id)}
+        failed = {r.recipient: r for r in manager.notices.list_notifications(request_id=gate.id)}
         assert {r.status for r in failed.values()} == {"failed"}
         assert all(r.next_attempt_at is not None for r in failed.values()), "a retry is planned"
-        drain_until(drainer, lambda: manager.list_notifications(request_id=gate.id)[0].retry_count >= 2, "retries")
+        drain_until(
+            drainer, lambda: manager.notices.list_notifications(request_id=gate.id)[0].retry_count >= 2, "retries"
+        )
         smtp.start()
         drain_until(drainer, lambda: len(smtp.sink.messages) >= 2, "delivery after the outage")
         drainer.drain()
         assert len(smtp.sink.messages) == 2, "each approver gets the email once"
-        rows = {r.recipient: r for r in manager.list_notifications(request_id=gate.id)}
+        rows = {r.recipient: r for r in manager.notices.list_notifications(request_id=gate.id)}
         assert set(rows) == {"alice", "bob"}, "one row per recipient, reused by every retry"
         assert {r.id for r in rows.values()} == {r.id for r in failed.values()}
         assert all(r.status == "sent" and r.retry_count >= 2 for r in rows.values())
@@ -188,7 +190,7 @@ class TestDelivery:
         gate = open_gate(manager)
         OutboxDrainer(manager=manager).drain()  # SMTP is down
         manager.approve(gate.id, user=ALICE)
-        rows = manager.list_notifications(request_id=gate.id, event_type="required")
+        rows = manager.notices.list_notifications(request_id=gate.id, event_type="required")
         assert {r.status for r in rows} == {"failed"}
         assert all(r.next_attempt_at is None for r in rows)
         assert all((r.error or "").startswith("not delivered before the request was approved") for r in rows)
@@ -202,7 +204,9 @@ class TestDelivery:
         gate = open_gate(manager, notify={"users": ["alice", "dora"]})
         worker = OutboxDrainer(manager=manager, defer_unresolved=True)
         worker.drain(request_id=gate.id, event_types=["required"])
-        assert [(r.recipient, r.status) for r in manager.list_notifications(request_id=gate.id)] == [("alice", "sent")]
+        assert [(r.recipient, r.status) for r in manager.notices.list_notifications(request_id=gate.id)] == [
+            ("alice", "sent")
+        ]
         assert events_of(manager, gate.id) == [("required", "pending")], "handed back for the api-server"
         # The api-server knows dora (an auth-manager user there; here through user_emails).
         emails = json.loads(notify_environment()["AIRFLOW__HITL__USER_EMAILS"])
@@ -228,14 +232,14 @@ class TestReminders:
         try:
             wait_for(lambda: manager.apply_timeout(gate.id).applied, 30, "the timeout")
             wait_for(
-                lambda: manager.list_notifications(request_id=gate.id, event_type="timed_out", status="sent"),
+                lambda: manager.notices.list_notifications(request_id=gate.id, event_type="timed_out", status="sent"),
                 30,
                 "the timeout notice",
             )
         finally:
             service.stop()
-        closed = manager.get(gate.id)
-        reminders = manager.list_notifications(request_id=gate.id, event_type="reminder")
+        closed = manager.queries.get(gate.id)
+        reminders = manager.notices.list_notifications(request_id=gate.id, event_type="reminder")
         assert 1 <= len(reminders) <= 4
         assert all(r.status == "sent" for r in reminders)
         assert closed.expires_at is not None

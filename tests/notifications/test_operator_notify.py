@@ -129,7 +129,7 @@ class TestTriggerRemind:
         )
         assert payload == {"request_id": approval.id, "status": "remind", "state": "pending"}
         assert time.monotonic() - started < 3, "the trigger wakes for the reminder, not at its next poll"
-        assert manager.list_notifications(request_id=approval.id) == [], "the trigger itself sends nothing"
+        assert manager.notices.list_notifications(request_id=approval.id) == [], "the trigger itself sends nothing"
 
     def test_a_decision_before_the_reminder_wins(self, manager: ApprovalManager) -> None:
         approval = manager.create(spec())

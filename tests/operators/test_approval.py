@@ -241,7 +241,7 @@ def _run_dag(env: dict[str, str], dag_id: str, decide: Callable[[Approval], None
 
     def approver() -> None:
         while not stop.is_set():
-            items, _ = manager.pending(ApprovalFilter(dag_id=dag_id))
+            items, _ = manager.queries.pending(ApprovalFilter(dag_id=dag_id))
             if items and decide is not None:
                 decide(items[0])
                 decided.append(items[0].id)
@@ -254,7 +254,7 @@ def _run_dag(env: dict[str, str], dag_id: str, decide: Callable[[Approval], None
     proc = subprocess.run([AIRFLOW, "dags", "test", dag_id], env=env, capture_output=True, text=True, timeout=800)
     stop.set()
     thread.join(5)
-    runs, _ = manager.list(ApprovalFilter(dag_id=dag_id), limit=1)
+    runs, _ = manager.queries.list(ApprovalFilter(dag_id=dag_id), limit=1)
     assert runs, f"no approval request was created:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return {"returncode": str(proc.returncode), "output": proc.stdout + proc.stderr, "request_id": runs[0].id}
 
@@ -295,7 +295,7 @@ class TestRuns:
         result = _run_dag(
             airflow_home, "op_manual", lambda a: ApprovalManager(store=store).approve(a.id, user=Principal.of("alice"))
         )
-        approval = ApprovalManager(store=store).get(result["request_id"])
+        approval = ApprovalManager(store=store).queries.get(result["request_id"])
         assert approval.state == "approved"
         assert approval.context["metrics"] == {"accuracy": 0.97, "loss": 0.08}
         assert approval.context["build"].startswith("manual__")
@@ -320,21 +320,21 @@ class TestRuns:
         states = _ti_states(airflow_home, dag_id)
         assert states["gate"] == gate_state
         assert states["after"] == downstream_state
-        assert ApprovalManager(store=store).get(result["request_id"]).comment == "bad metrics"
+        assert ApprovalManager(store=store).queries.get(result["request_id"]).comment == "bad metrics"
 
     @pytest.mark.parametrize(("dag_id", "source"), [("op_auto", "auto"), ("op_conditional_true", "condition")])
     def test_automatic_approval(
         self, airflow_home: dict[str, str], store: ApprovalStore, dag_id: str, source: str
     ) -> None:
         result = _run_dag(airflow_home, dag_id)
-        approval = ApprovalManager(store=store).get(result["request_id"])
+        approval = ApprovalManager(store=store).queries.get(result["request_id"])
         assert approval.state == "approved"
         assert approval.decision_source == source
         assert _ti_states(airflow_home, dag_id)["after"] == "success"
 
     def test_timeout_approves(self, airflow_home: dict[str, str], store: ApprovalStore) -> None:
         result = _run_dag(airflow_home, "op_timeout_approve")
-        approval = ApprovalManager(store=store).get(result["request_id"])
+        approval = ApprovalManager(store=store).queries.get(result["request_id"])
         assert approval.state == "timeout"
         assert approval.decision == "approved"
         assert _ti_states(airflow_home, "op_timeout_approve")["after"] == "success"

@@ -216,7 +216,7 @@ class TestBranchRuns:
 
     def test_automatic_approval_follows_approve(self, airflow_home: dict[str, str], store: ApprovalStore) -> None:
         result = _run_dag(airflow_home, "op_branch_auto")
-        assert ApprovalManager(store=store).get(result["request_id"]).state == "approved"
+        assert ApprovalManager(store=store).queries.get(result["request_id"]).state == "approved"
         assert _ti_states(airflow_home, "op_branch_auto") == {
             "gate": "success",
             "ship": "success",
@@ -225,7 +225,7 @@ class TestBranchRuns:
 
     def test_timeout_rejection_follows_reject(self, airflow_home: dict[str, str], store: ApprovalStore) -> None:
         result = _run_dag(airflow_home, "op_branch_timeout")
-        approval = ApprovalManager(store=store).get(result["request_id"])
+        approval = ApprovalManager(store=store).queries.get(result["request_id"])
         assert (approval.state, approval.decision) == ("timeout", "rejected")
         assert _ti_states(airflow_home, "op_branch_timeout") == {
             "gate": "success",

@@ -54,7 +54,7 @@ class TestRun:
         later(0.2, manager.approve, approval.id, user=ALICE)
         with pytest.raises(asyncio.TimeoutError):
             asyncio.run(first_event(ApprovalTrigger(request_id=approval.id, poll_interval=0.2), timeout=2))
-        assert manager.get(approval.id).state == "pending"
+        assert manager.queries.get(approval.id).state == "pending"
 
     @pytest.mark.parametrize(("action", "decision"), [("approve", "approved"), ("reject", "rejected")])
     def test_expiry_applies_the_timeout(self, manager: ApprovalManager, action: str, decision: str) -> None:
@@ -62,7 +62,7 @@ class TestRun:
         payload = asyncio.run(first_event(ApprovalTrigger(request_id=approval.id, poll_interval=60)))
         assert payload["status"] == "decided"
         assert payload["state"] == "timeout"
-        assert manager.get(approval.id).decision == decision
+        assert manager.queries.get(approval.id).decision == decision
 
     def test_escalation_yields_and_resumes(self, manager: ApprovalManager) -> None:
         approval = manager.create(
@@ -76,7 +76,7 @@ class TestRun:
         )
         payload = asyncio.run(first_event(ApprovalTrigger(request_id=approval.id, poll_interval=60)))
         assert payload == {"request_id": approval.id, "status": "escalated", "state": "escalated"}
-        escalated = manager.get(approval.id)
+        escalated = manager.queries.get(approval.id)
         assert escalated.escalation_level == 1
         # The operator re-defers; the next trigger waits for the escalation approver.
         later(0.3, manager.approve, approval.id, user=Principal.of("carol"))
@@ -107,7 +107,7 @@ class TestOnKill:
     def test_on_kill_cancels_the_request(self, manager: ApprovalManager) -> None:
         approval = manager.create(spec())
         asyncio.run(ApprovalTrigger(request_id=approval.id).on_kill())
-        cancelled = manager.get(approval.id)
+        cancelled = manager.queries.get(approval.id)
         assert cancelled.state == "cancelled"
         assert cancelled.decision_source == "airflow"
 
@@ -115,4 +115,4 @@ class TestOnKill:
         approval = manager.create(spec())
         manager.approve(approval.id, user=ALICE)
         asyncio.run(ApprovalTrigger(request_id=approval.id).on_kill())
-        assert manager.get(approval.id).state == "approved"
+        assert manager.queries.get(approval.id).state == "approved"

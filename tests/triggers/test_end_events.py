@@ -25,7 +25,7 @@ from airflow.triggers.base import (
 )
 from airflow.utils.state import TaskInstanceState
 
-from airflow_hitl.gate_ends import TAKE_OVER_AFTER
+from airflow_hitl.gate_ends import TAKE_OVER_AFTER, GateEnds
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.policy import EscalationLevel, Principal
@@ -107,7 +107,7 @@ class TestDecisions:
         summary = next(iter(event.xcoms.values()))
         assert summary["state"] == "timeout"
         assert summary["decision"] == decision
-        assert manager.get(approval.id).decision_source == "timeout"
+        assert manager.queries.get(approval.id).decision_source == "timeout"
 
     def test_missing_request_fails_the_task(self) -> None:
         event = first(gate_trigger("00000000-0000-4000-8000-000000000000"))
@@ -130,7 +130,7 @@ class TestEscalation:
             waiting = asyncio.create_task(next_event(gate_trigger(approval.id, poll_interval=0.3), timeout=60))
             # Wait for the escalation itself (a condition, not a sleep), then check the trigger still waits.
             deadline = time.monotonic() + 30
-            while (await asyncio.to_thread(manager.get, approval.id)).escalation_level == 0:
+            while (await asyncio.to_thread(manager.queries.get, approval.id)).escalation_level == 0:
                 assert time.monotonic() < deadline, "the trigger never applied the escalation"
                 await asyncio.sleep(0.1)
             await asyncio.sleep(0.5)
@@ -160,7 +160,7 @@ class TestEscalation:
         assert event.xcoms is not None
         assert event.xcoms["decision"]["state"] == "timeout"
         assert event.xcoms["decision"]["escalation_level"] == 1
-        assert [e.event_type for e in manager.events(approval.id)] == ["requested", "escalated", "timeout"]
+        assert [e.event_type for e in manager.audit.events(approval.id)] == ["requested", "escalated", "timeout"]
 
 
 class TestOneEnd:
@@ -170,13 +170,13 @@ class TestOneEnd:
         approval = manager.create(spec())
         later(0.3, manager.reject, approval.id, user=ALICE, reason="no")
         assert isinstance(first(gate_trigger(approval.id)), TaskFailedEvent)
-        ended_by = manager.gate_ended_by(approval.id)
+        ended_by = manager.gate_ends.gate_ended_by(approval.id)
         assert ended_by is not None and ended_by.startswith("trigger@")
 
     def test_a_timeout_is_ended_under_the_claim_too(self, manager: ApprovalManager) -> None:
         approval = manager.create(spec(timeout=dt.timedelta(seconds=1), timeout_action="reject"))
         assert isinstance(first(gate_trigger(approval.id, poll_interval=60)), TaskFailedEvent)
-        assert (manager.gate_ended_by(approval.id) or "").startswith("trigger@")
+        assert (manager.gate_ends.gate_ended_by(approval.id) or "").startswith("trigger@")
 
     def test_a_trigger_that_lost_the_claim_yields_nothing_until_airflow_cancels_it(
         self, manager: ApprovalManager
@@ -185,7 +185,7 @@ class TestOneEnd:
         # not have yielded an end (a second end of the try) nor returned (a failed trigger).
         approval = manager.create(spec())
         manager.reject(approval.id, user=ALICE, reason="no")
-        assert manager.claim_gate_end(approval.id, by="api-server@web-1:7:abc")
+        assert manager.gate_ends.claim_gate_end(approval.id, by="api-server@web-1:7:abc")
         trigger = gate_trigger(approval.id)
 
         async def main() -> bool:
@@ -200,16 +200,18 @@ class TestOneEnd:
             return still_waiting
 
         assert asyncio.run(main()) is True
-        assert manager.gate_ended_by(approval.id) == "api-server@web-1:7:abc"
+        assert manager.gate_ends.gate_ended_by(approval.id) == "api-server@web-1:7:abc"
         assert trigger._claimant is not None and trigger._claimant.startswith("trigger@")
 
     def test_a_claim_whose_holder_died_is_taken_over(self, store: ApprovalStore, manager: ApprovalManager) -> None:
         approval = manager.create(spec())
         manager.reject(approval.id, user=ALICE, reason="no")
         long_ago = Clock(dt.datetime.now(dt.timezone.utc) - TAKE_OVER_AFTER - dt.timedelta(seconds=5))
-        assert ApprovalManager(store=store, clock=long_ago).claim_gate_end(approval.id, by="api-server@dead:1:x")
+        assert ApprovalManager(store=store, clock=long_ago).gate_ends.claim_gate_end(
+            approval.id, by="api-server@dead:1:x"
+        )
         assert isinstance(first(gate_trigger(approval.id)), TaskFailedEvent)
-        assert (manager.gate_ended_by(approval.id) or "").startswith("trigger@")
+        assert (manager.gate_ends.gate_ended_by(approval.id) or "").startswith("trigger@")
 
     def test_a_claim_given_back_is_taken_on_the_next_try(
         self, manager: ApprovalManager, monkeypatch: pytest.MonkeyPatch
@@ -218,10 +220,10 @@ class TestOneEnd:
         monkeypatch.setattr("airflow_hitl.triggers.approval._CLAIM_AGAIN", 0.1)
         approval = manager.create(spec())
         manager.approve(approval.id, user=ALICE)
-        assert manager.claim_gate_end(approval.id, by="api-server@web-1:7:abc")
-        later(1.0, manager.release_gate_end, approval.id, by="api-server@web-1:7:abc")
+        assert manager.gate_ends.claim_gate_end(approval.id, by="api-server@web-1:7:abc")
+        later(1.0, manager.gate_ends.release_gate_end, approval.id, by="api-server@web-1:7:abc")
         assert isinstance(first(gate_trigger(approval.id)), TaskSuccessEvent)
-        assert (manager.gate_ended_by(approval.id) or "").startswith("trigger@")
+        assert (manager.gate_ends.gate_ended_by(approval.id) or "").startswith("trigger@")
 
 
 @pytest.mark.postgres
@@ -243,7 +245,7 @@ class TestRacingTheCloser:
             manager.reject(request_id, user=ALICE, reason="burst")
             # The closer reaches each gate a little later each time: the trigger wins some.
             time.sleep(0.05 * (ids.index(request_id) % 8))
-            return manager.claim_gate_end(request_id, by=closer)
+            return manager.gate_ends.claim_gate_end(request_id, by=closer)
 
         async def main() -> tuple[list[bool], list[TriggerEvent | BaseException]]:
             waits = [asyncio.create_task(next_event(gate_trigger(i, poll_interval=0.2), timeout=8)) for i in ids]
@@ -256,7 +258,7 @@ class TestRacingTheCloser:
         assert all(isinstance(o, (TaskFailedEvent, asyncio.TimeoutError)) for o in outcomes), outcomes
         assert [c + t for c, t in zip(closer_won, trigger_won, strict=True)] == [1] * self.GATES
         for request_id, by_closer in zip(ids, closer_won, strict=True):
-            ended_by = manager.gate_ended_by(request_id) or ""
+            ended_by = manager.gate_ends.gate_ended_by(request_id) or ""
             assert ended_by == closer if by_closer else ended_by.startswith("trigger@")
 
 
@@ -268,10 +270,10 @@ class TestCloserHeadStart:
     def test_a_closer_claiming_within_the_head_start_ends_the_gate(self, manager: ApprovalManager) -> None:
         approval = manager.create(spec())
         manager.reject(approval.id, user=ALICE, reason="no")
-        later(0.3, manager.claim_gate_end, approval.id, by="api-server@web-1:7:abc")
+        later(0.3, manager.gate_ends.claim_gate_end, approval.id, by="api-server@web-1:7:abc")
         with pytest.raises(asyncio.TimeoutError):
             first(gate_trigger(approval.id), timeout=3.0)
-        assert manager.gate_ended_by(approval.id) == "api-server@web-1:7:abc"
+        assert manager.gate_ends.gate_ended_by(approval.id) == "api-server@web-1:7:abc"
 
     @pytest.mark.parametrize(("closer", "ends"), [("True", False), ("False", True)], ids=["closer-on", "closer-off"])
     def test_only_a_configured_closer_is_waited_for(
@@ -283,11 +285,11 @@ class TestCloserHeadStart:
         manager.approve(approval.id, user=ALICE)
         if ends:
             assert isinstance(first(gate_trigger(approval.id), timeout=20.0), TaskSuccessEvent)
-            assert (manager.gate_ended_by(approval.id) or "").startswith("trigger@")
+            assert (manager.gate_ends.gate_ended_by(approval.id) or "").startswith("trigger@")
         else:
             with pytest.raises(asyncio.TimeoutError):
                 first(gate_trigger(approval.id), timeout=3.0)
-            assert manager.gate_ended_by(approval.id) is None
+            assert manager.gate_ends.gate_ended_by(approval.id) is None
 
 
 class TestNothingRaisesOutOfRun:
@@ -317,15 +319,15 @@ class TestNothingRaisesOutOfRun:
     ) -> None:
         from airflow_hitl.exceptions import StoreUnavailable
 
-        real, calls = ApprovalManager.claim_gate_end, []
+        real, calls = GateEnds.claim_gate_end, []
 
-        def flaky(self: ApprovalManager, request_id: str, **kwargs: Any) -> bool:
+        def flaky(self: GateEnds, request_id: str, **kwargs: Any) -> bool:
             calls.append(request_id)
             if len(calls) == 1:
                 raise StoreUnavailable("the approval store is unavailable: connection refused")
             return real(self, request_id, **kwargs)
 
-        monkeypatch.setattr(ApprovalManager, "claim_gate_end", flaky)
+        monkeypatch.setattr(GateEnds, "claim_gate_end", flaky)
         approval = manager.create(spec())
         manager.approve(approval.id, user=ALICE)
         assert isinstance(first(gate_trigger(approval.id)), TaskSuccessEvent)
@@ -377,7 +379,7 @@ class TestOnKill:
     def test_on_kill_cancels_the_request(self, manager: ApprovalManager) -> None:
         approval = manager.create(spec())
         asyncio.run(gate_trigger(approval.id).on_kill())
-        assert manager.get(approval.id).state == "cancelled"
+        assert manager.queries.get(approval.id).state == "cancelled"
 
 
 class TestAirflowContract:

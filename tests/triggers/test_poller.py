@@ -50,7 +50,7 @@ class TestStoreOutage:
 
         payload = asyncio.run(main())
         assert payload["state"] == "approved"
-        assert manager.get(approval.id).decision_source == "api"
+        assert manager.queries.get(approval.id).decision_source == "api"
 
 
 def _rename(store: ApprovalStore, old: str, new: str) -> None:

@@ -119,7 +119,7 @@ class TestColourMode:
 class TestTimezone:
     def test_dates_in_airflows_timezone_and_format(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
         _, approval_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
-        requested_at = airflow.manager.get(approval_id).requested_at
+        requested_at = airflow.manager.queries.get(approval_id).requested_at
         assert requested_at is not None
         if requested_at.tzinfo is None:
             requested_at = requested_at.replace(tzinfo=dt.timezone.utc)
@@ -146,7 +146,7 @@ class TestTimezone:
     def test_history_date_filters_use_airflows_timezone(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
         _, approval_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
         airflow.api("POST", f"{API}/{approval_id}/approve", user="alice", json_body={"comment": "dated"})
-        decided_at = airflow.manager.get(approval_id).decided_at
+        decided_at = airflow.manager.queries.get(approval_id).decided_at
         assert decided_at is not None
         if decided_at.tzinfo is None:
             decided_at = decided_at.replace(tzinfo=dt.timezone.utc)

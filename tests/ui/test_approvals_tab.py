@@ -179,12 +179,12 @@ class TestApproveFromModal:
         modal.locator("#m-approve").click()
         # Nothing is sent before the confirmation step.
         expect(modal.locator("#m-confirm")).to_be_visible()
-        assert airflow.manager.get(approval_id).state == "pending"
+        assert airflow.manager.queries.get(approval_id).state == "pending"
         modal.locator("#m-confirm-ok").click()
         expect(modal).to_be_hidden()
         expect(item).to_have_count(0)
 
-        decided = airflow.manager.get(approval_id)
+        decided = airflow.manager.queries.get(approval_id)
         assert (decided.state, decided.decided_by, decided.comment, decided.decision_source) == (
             "approved",
             "alice",
@@ -284,7 +284,7 @@ class TestOwnRun:
         page.locator("#m-reject").click()
         page.locator("#m-confirm-ok").click()
         expect(page.locator("#modal")).to_be_hidden()
-        assert airflow.manager.get(approval_id).state == "rejected"
+        assert airflow.manager.queries.get(approval_id).state == "rejected"
 
 
 class TestReject:
@@ -299,13 +299,13 @@ class TestReject:
         page.locator("#m-reject").click()
         expect(page.locator("#m-error")).to_have_text("A reason is required to reject.")
         expect(page.locator("#m-confirm")).to_be_hidden()
-        assert airflow.manager.get(approval_id).state == "pending"
+        assert airflow.manager.queries.get(approval_id).state == "pending"
 
         refused = page.request.post(f"{API}/{approval_id}/reject", data={"comment": "no reason"}, headers=XHR)
         assert refused.status == 422
         blank = page.request.post(f"{API}/{approval_id}/reject", data={"reason": "   "}, headers=XHR)
         assert blank.status == 422
-        unchanged = airflow.manager.get(approval_id)
+        unchanged = airflow.manager.queries.get(approval_id)
         assert unchanged.state == "pending" and not unchanged.votes
 
         page.locator("#m-reason-input").fill("numbers do not add up")
@@ -315,7 +315,7 @@ class TestReject:
         expect(page.locator("#modal")).to_be_hidden()
         expect(card(page, approval_id)).to_have_count(0)
 
-        rejected = airflow.manager.get(approval_id)
+        rejected = airflow.manager.queries.get(approval_id)
         assert rejected.state == "rejected" and rejected.decided_by == "alice"
         assert (rejected.votes[0].reason, rejected.votes[0].source) == ("numbers do not add up", "ui")
         airflow.wait_for_ti_state("e2e_gate", run_id, "gate", "failed", timeout=240)
@@ -346,7 +346,7 @@ class TestViewer:
         # The pages' own decision endpoints refuse too.
         page_call = page.request.post(f"/hitl/ui/api/approvals/{approval_id}/approve", data={}, headers=XHR)
         assert page_call.status == 403, page_call.text()
-        assert airflow.manager.get(approval_id).state == "pending"
+        assert airflow.manager.queries.get(approval_id).state == "pending"
         # Leave nothing waiting for the other tests.
         airflow.manager.cancel(approval_id, actor="admin", reason="test cleanup", source="api")
 
@@ -373,7 +373,7 @@ class TestBulk:
         expect(dialog.locator("#b-results li.result.ok")).to_have_count(3)
         for _, approval_id in gates:
             expect(dialog.locator(f'#b-results li[data-id="{approval_id}"]')).to_contain_text("now approved")
-            approval = airflow.manager.get(approval_id)
+            approval = airflow.manager.queries.get(approval_id)
             assert (approval.state, approval.decided_by, approval.decision_source) == ("approved", "alice", "bulk")
         for run_id, _ in gates:
             airflow.wait_for_run_state("e2e_gate", run_id, "success", timeout=240)
@@ -493,7 +493,7 @@ class TestTaskInstanceTab:
         frame.locator("#m-confirm-ok").click()
         expect(frame.locator("#m-state")).to_have_text("approved")
         expect(frame.locator("#m-approve")).to_be_disabled()
-        assert airflow.manager.get(approval_id).state == "approved"
+        assert airflow.manager.queries.get(approval_id).state == "approved"
         airflow.wait_for_run_state("e2e_gate", run_id, "success", timeout=240)
 
 

@@ -34,7 +34,7 @@ def test_create_in_the_page_then_a_delegated_vote_shows_bob_for_carol(
     expect(row).to_have_count(1)
     expect(row.locator(".d-who")).to_have_text("bob for carol")
     expect(row).to_contain_text(DAG_ID)
-    made = airflow.manager.list_delegations(involving="carol", active_only=True)[0]
+    made = airflow.manager.delegations.list_delegations(involving="carol", active_only=True)[0]
     assert [(d.delegator, d.delegate, d.dag_ids) for d in made] == [("carol", "bob", (DAG_ID,))]
 
     try:
@@ -45,7 +45,7 @@ def test_create_in_the_page_then_a_delegated_vote_shows_bob_for_carol(
         expect(item.locator(".badge.can")).to_have_text("you can decide for carol")
         item.get_by_role("button", name="Approve", exact=True).click()
         expect(item).to_have_count(0)
-        decided = airflow.manager.get(approval_id)
+        decided = airflow.manager.queries.get(approval_id)
         assert (decided.state, decided.decided_by, decided.decision_source) == ("approved", "carol", "ui")
         assert [(v.user, v.delegate) for v in decided.votes] == [("carol", "bob")]
 
@@ -60,4 +60,4 @@ def test_create_in_the_page_then_a_delegated_vote_shows_bob_for_carol(
         carol.reload()
         carol.locator("#d-rows tr.delegation.active .d-end").click()
         expect(carol.locator(f'#d-rows tr[data-id="{made[0].id}"]')).to_have_class("delegation ended")
-    assert airflow.manager.get_delegation(made[0].id).ended_by == "carol"
+    assert airflow.manager.delegations.get_delegation(made[0].id).ended_by == "carol"

@@ -43,7 +43,7 @@ class TestQuickDecisions:
         expect(page.locator("#for-me-count")).to_have_text(f"{waiting} waiting for you")
         item.get_by_role("button", name="Approve", exact=True).click()
         expect(item).to_have_count(0)
-        decided = airflow.manager.get(approval_id)
+        decided = airflow.manager.queries.get(approval_id)
         assert (decided.state, decided.decided_by, decided.decision_source) == ("approved", "alice", "ui")
         airflow.wait_for_run_state("e2e_gate", run_id, "success", timeout=240)
 
@@ -60,14 +60,14 @@ class TestQuickDecisions:
 
         form.get_by_role("button", name="Reject with this reason").click()
         expect(form.locator(".quick-error")).to_have_text("A reason is required to reject.")
-        assert airflow.manager.get(approval_id).state == "pending"
+        assert airflow.manager.queries.get(approval_id).state == "pending"
 
         # The inbox refreshes every few seconds: typing survives it.
         form.locator(".quick-reason").type("the numbers are from the wrong week")
         page.wait_for_function("() => document.querySelectorAll('li.card').length > 0")
         form.get_by_role("button", name="Reject with this reason").click()
         expect(item).to_have_count(0)
-        decided = airflow.manager.get(approval_id)
+        decided = airflow.manager.queries.get(approval_id)
         assert (decided.state, decided.decided_by, decided.decision_source) == ("rejected", "alice", "ui")
         assert decided.votes[0].reason == "the numbers are from the wrong week"
 
@@ -115,7 +115,7 @@ class TestNotificationBell:
     ) -> None:
         page = new_page()
         login(page, airflow, "alice", "/hitl/ui/")
-        before = airflow.manager.unread_count("alice")
+        before = airflow.manager.notices.unread_count("alice")
         badge = page.locator("#bell-count")
         if before:
             expect(badge).to_have_text(str(before))
@@ -124,7 +124,7 @@ class TestNotificationBell:
 
         run_id, approval_id = open_gate(airflow, "ui_notify", "gate", user="admin")
         wait_until(
-            lambda: airflow.manager.unread_count("alice") == before + 1,
+            lambda: airflow.manager.notices.unread_count("alice") == before + 1,
             timeout=120,
             what="alice's in-app notice of the opened gate",
         )
@@ -141,7 +141,7 @@ class TestNotificationBell:
             expect(badge).to_have_text(str(before))
         else:
             expect(badge).to_be_hidden()
-        assert airflow.manager.unread_count("alice") == before
+        assert airflow.manager.notices.unread_count("alice") == before
 
         # Opening a notice from the history page lands on the inbox with that request open.
         page.goto("/hitl/ui/history")
@@ -192,7 +192,7 @@ class TestChangedSinceShown:
             "escalation_final_action": "reject",
         }
         approval_id = airflow.api("POST", "/hitl/api/v1/approvals", json_body=body, expect=(201,)).json()["id"]
-        seen = airflow.manager.get(approval_id).content_digest
+        seen = airflow.manager.queries.get(approval_id).content_digest
         page = new_page()
         login(page, airflow, "alice", "/hitl/ui/")
         card(page, approval_id).get_by_role("button", name="Review").click()
@@ -205,12 +205,12 @@ class TestChangedSinceShown:
         modal.locator("#m-confirm-ok").click()
         expect(page.locator("#toast")).to_contain_text("the request changed since you opened it")
         expect(modal.locator("#m-error")).to_contain_text("Not recorded")
-        assert airflow.manager.get(approval_id).votes == ()
+        assert airflow.manager.queries.get(approval_id).votes == ()
         # The view shows the request as it is now (escalated); confirming that decides it.
         expect(modal.locator("#m-state")).to_have_text("escalated")
-        assert airflow.manager.get(approval_id).content_digest != seen
+        assert airflow.manager.queries.get(approval_id).content_digest != seen
         modal.locator("#m-approve").click()
         modal.locator("#m-confirm-ok").click()
         expect(modal).to_be_hidden()
-        decided = airflow.manager.get(approval_id)
+        decided = airflow.manager.queries.get(approval_id)
         assert (decided.state, decided.decided_by, decided.decision_source) == ("approved", "alice", "ui")

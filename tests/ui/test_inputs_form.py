@@ -27,7 +27,7 @@ class TestInputsForm:
         card(page, approval_id).locator(".quick-approve").click()
         modal = page.locator("#modal")
         expect(modal).to_be_visible()
-        assert not airflow.manager.get(approval_id).votes
+        assert not airflow.manager.queries.get(approval_id).votes
 
         # The form, from the schema: bounds, defaults, required marks, choices.
         expect(modal.locator("#m-inputs")).to_be_visible()
@@ -51,7 +51,7 @@ class TestInputsForm:
         expect(modal.locator("#m-input-error-rollout_percent")).to_contain_text("greater than the maximum of 100")
         expect(modal.locator("#m-input-error-ticket")).to_be_hidden()
         expect(modal.locator("#m-error")).to_have_text("Some inputs are not valid.")
-        unchanged = airflow.manager.get(approval_id)
+        unchanged = airflow.manager.queries.get(approval_id)
         assert unchanged.state == "pending" and not unchanged.votes
 
         percent.fill("25")
@@ -61,7 +61,7 @@ class TestInputsForm:
         modal.locator("#m-confirm-ok").click()
         expect(modal).to_be_hidden()
 
-        decided = airflow.manager.get(approval_id)
+        decided = airflow.manager.queries.get(approval_id)
         assert decided.state == "approved"
         assert decided.votes[0].inputs == {"rollout_percent": 25, "ticket": "CHG-2026", "region": "us", "dry_run": True}
         assert decided.votes[0].source == "ui"

@@ -93,7 +93,7 @@ def opened(airflow: AirflowHarness) -> Iterator[Callable[..., str]]:
 
     yield make
     for approval_id in ids:
-        if airflow.manager.get(approval_id).state in {"pending", "escalated"}:
+        if airflow.manager.queries.get(approval_id).state in {"pending", "escalated"}:
             airflow.manager.cancel(approval_id, actor="admin", reason="test cleanup", source="api")
 
 
@@ -148,7 +148,7 @@ class TestQuorumWithAForm:
         modal.locator("#m-approve").click()
         modal.locator("#m-confirm-ok").click()
         expect(page.locator("#toast")).to_have_text("Your approval is recorded: 1 of 2; waiting for 1 more")
-        assert airflow.manager.get(approval_id).state == "pending"
+        assert airflow.manager.queries.get(approval_id).state == "pending"
 
         other = new_page()
         login(other, airflow, "bob", f"/hitl/ui/?open={approval_id}")
@@ -166,7 +166,7 @@ class TestQuorumWithAForm:
         form.locator("#m-confirm-ok").click()
         expect(other.locator("#toast")).to_have_text("Approved: Backfill the orders table")
 
-        decided = airflow.manager.get(approval_id)
+        decided = airflow.manager.queries.get(approval_id)
         assert (decided.state, decided.decided_by) == ("approved", "bob")
         assert [(v.user, v.inputs) for v in decided.votes] == [
             ("alice", {"batch_size": 250}),

@@ -15,28 +15,36 @@ import csv
 import datetime as dt
 import io
 import json
-import threading
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel
+from pydantic import AfterValidator
 
 from airflow_hitl.api.datamodels import (
-    MAX_ID_LENGTH,
     ApprovalCollectionResponse,
     ApprovalResponse,
     ApproveBody,
     BulkBody,
-    BulkItemResult,
     BulkResponse,
     CancelBody,
     CreateBody,
     NoticeResponse,
     RejectBody,
     error_responses,
+)
+from airflow_hitl.api.deps import (
+    DEFAULT_LIMIT,
+    Limit,
+    ManagerDep,
+    Offset,
+    Text,
+    body_decision,
+    canonical_approval_id,
+    client_of,
+    decide_many,
+    storable_text,
 )
 from airflow_hitl.api.security import (
     Caller,
@@ -47,10 +55,10 @@ from airflow_hitl.api.security import (
     require_read,
 )
 from airflow_hitl.delegation import Delegation
-from airflow_hitl.exceptions import HitlError, InvalidInput
+from airflow_hitl.exceptions import InvalidInput
 from airflow_hitl.identity import roles_of as delegator_roles
-from airflow_hitl.limits import INT32_MAX, text_problem, time_problem
-from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec, Decision
+from airflow_hitl.limits import INT32_MAX, time_problem
+from airflow_hitl.manager import ApprovalFilter, ApprovalManager, ApprovalSpec
 from airflow_hitl.notifications.access import delegator_refusal
 from airflow_hitl.policy import EscalationLevel
 from airflow_hitl.queries import SNAPSHOT_CACHE_SIZE, Kept
@@ -62,11 +70,9 @@ from airflow_hitl.vocabulary import (
     STATES,
     TERMINAL_STATES,
     Action,
-    DecisionActionWord,
     Origin,
     OriginWord,
     Source,
-    SourceWord,
     State,
 )
 
@@ -79,13 +85,6 @@ router = APIRouter(
 # What a single request's decision can answer besides 401, 422 and 503.
 _DECISION_ERRORS = error_responses(403, 404, 409, 413)
 
-_manager_lock = threading.Lock()
-_process_manager: ApprovalManager | None = None
-
-MAX_LIMIT = 10_000
-# Beyond any real store, within PostgreSQL's bigint OFFSET.
-MAX_OFFSET = INT32_MAX
-DEFAULT_LIMIT = 100
 CSV_COLUMNS = (
     "id",
     "dag_id",
@@ -111,54 +110,6 @@ CSV_COLUMNS = (
 )
 
 
-def get_manager(request: Request) -> ApprovalManager:
-    """The manager of this process, created on first use.
-
-    A test (or an embedding app) may set ``app.state.hitl_manager`` or override this
-    dependency. Creation is lazy because resolving the store reads the ``hitl_default``
-    connection, which must not happen when the plugin is merely imported.
-    """
-    injected = getattr(request.app.state, "hitl_manager", None)
-    if injected is not None:
-        return injected
-    global _process_manager
-    if _process_manager is None:
-        with _manager_lock:
-            if _process_manager is None:
-                _process_manager = ApprovalManager()
-    return _process_manager
-
-
-async def manager_of(request: Request) -> ApprovalManager:
-    """FastAPI dependency: :func:`get_manager`, run on the event loop.
-
-    A plain ``def`` dependency would be run in the thread pool, a hand-off that costs more
-    than the function itself on every request.
-    """
-    return get_manager(request)
-
-
-ManagerDep = Annotated[ApprovalManager, Depends(manager_of)]
-
-
-def client_of(request: Request) -> dict[str, Any]:
-    """Who sent ``request`` (address, user agent): recorded in the audit trail with every decision made over HTTP."""
-    return {
-        "client_address": request.client.host if request.client else None,
-        "user_agent": request.headers.get("user-agent"),
-    }
-
-
-def canonical_approval_id(value: str) -> str:
-    """Canonical form of an approval id; InvalidInput when it is not a UUID."""
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidInput("id", "is not a valid approval id")
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise InvalidInput("id", f"{value!r} is not a valid approval id") from None
-
-
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
     # A time without an offset is taken as UTC, the zone every stored time is in.
     if value is not None and value.tzinfo is None:
@@ -168,7 +119,7 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
 
 def _visible(caller: Caller, manager: ApprovalManager, filters: ApprovalFilter) -> ApprovalFilter | None:
     """``filters`` narrowed to the DAGs ``caller`` may read; None when nothing is visible."""
-    dag_ids = readable_dag_ids(caller, manager.dag_ids)
+    dag_ids = readable_dag_ids(caller, manager.queries.dag_ids)
     if dag_ids is None:
         return filters
     if not dag_ids:
@@ -197,9 +148,9 @@ def _caller_fields(
     if caller is not None and manager is not None:
         refusal = caller.edit_refusal(approval.dag_id)
         if refusal is None:
-            own = manager.can_approve(caller.principal, approval)
+            own = manager.queries.can_approve(caller.principal, approval)
             # The caller's active delegations (read once per list) may let them decide for someone.
-            eligibility = manager.can_decide(
+            eligibility = manager.delegations.can_decide(
                 caller.principal, approval, own, delegations, roles_of=delegator_roles, access=delegator_refusal
             )
             data["can_approve"], data["can_approve_reason"] = eligibility.allowed, eligibility.reason
@@ -285,14 +236,6 @@ def _states(values: Iterable[str] | None, allowed: tuple[State, ...]) -> list[St
     return [State(v) for v in values]
 
 
-def _storable_text(value: str | None) -> str | None:
-    # PostgreSQL refuses NUL and lone surrogates in text: a 422 here rather than a 500 there.
-    problem = text_problem(value) if value is not None else None
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
 def _representable_time(value: dt.datetime | None) -> dt.datetime | None:
     problem = time_problem(value) if value is not None else None
     if problem:
@@ -300,9 +243,6 @@ def _representable_time(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
-Limit = Annotated[int, Query(ge=0, le=MAX_LIMIT, description=f"Page size, 0 to {MAX_LIMIT}.")]
-Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"Rows to skip, 0 to {MAX_OFFSET}.")]
-Text = Annotated[str | None, Query(max_length=250), AfterValidator(_storable_text)]
 Time = Annotated[dt.datetime | None, AfterValidator(_representable_time)]
 OriginFilter = Annotated[
     OriginWord | None,
@@ -328,10 +268,10 @@ def rest_channel(
         AfterValidator(_rest_source),
     ] = None,
     os_user: Annotated[
-        str | None, Header(alias=CLIENT_DETAIL_HEADERS["os_user"], max_length=255), AfterValidator(_storable_text)
+        str | None, Header(alias=CLIENT_DETAIL_HEADERS["os_user"], max_length=255), AfterValidator(storable_text)
     ] = None,
     hostname: Annotated[
-        str | None, Header(alias=CLIENT_DETAIL_HEADERS["hostname"], max_length=255), AfterValidator(_storable_text)
+        str | None, Header(alias=CLIENT_DETAIL_HEADERS["hostname"], max_length=255), AfterValidator(storable_text)
     ] = None,
 ) -> tuple[Source, dict[str, Any]]:
     """The source of a REST decision (``api`` or ``cli``) and, for the CLI, where it says it ran."""
@@ -358,7 +298,7 @@ def list_approvals(
     limit: Limit = DEFAULT_LIMIT,
     offset: Offset = 0,
     order_by: Annotated[
-        str, Query(max_length=50, description="A column; prefix '-' for descending."), AfterValidator(_storable_text)
+        str, Query(max_length=50, description="A column; prefix '-' for descending."), AfterValidator(storable_text)
     ] = ("-requested_at"),
 ) -> Response:
     """Approval requests on DAGs the caller may read, newest first by default."""
@@ -378,7 +318,7 @@ def list_approvals(
     )
     if filters is None:
         return _collection([], 0)
-    items, total = manager.list(filters, limit=limit, offset=offset, order_by=order_by)
+    items, total = manager.queries.list(filters, limit=limit, offset=offset, order_by=order_by)
     return _collection(items, total)
 
 
@@ -402,8 +342,8 @@ def list_pending(
     )
     if filters is None:
         return _collection([], 0)
-    items, total = manager.pending(filters, limit=limit, offset=offset)
-    return _collection(items, total, caller, manager, manager.delegations_to(caller.name))
+    items, total = manager.queries.pending(filters, limit=limit, offset=offset)
+    return _collection(items, total, caller, manager, manager.delegations.delegations_to(caller.name))
 
 
 @router.get(
@@ -455,7 +395,7 @@ def history(
     items: Sequence[Approval] = []
     total = 0
     if filters is not None:
-        items, total = manager.history(filters, limit=limit, offset=offset)
+        items, total = manager.queries.history(filters, limit=limit, offset=offset)
     if format == "csv":
         return Response(
             content=_csv(items),
@@ -553,10 +493,10 @@ def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) ->
 )
 def get_approval(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Response:
     """One request, with ``can_approve`` for the caller and its notices' delivery."""
-    approval = manager.get(canonical_approval_id(approval_id))
+    approval = manager.queries.get(canonical_approval_id(approval_id))
     require_read(caller, approval.dag_id)
-    item = _item(approval, caller, manager, manager.delegations_to(caller.name))
-    notices = (n.to_dict() for n in manager.list_notifications(request_id=approval.id, limit=1000))
+    item = _item(approval, caller, manager, manager.delegations.delegations_to(caller.name))
+    notices = (n.to_dict() for n in manager.notices.list_notifications(request_id=approval.id, limit=1000))
     item["notices"] = [{k: n[k] for k in NoticeResponse.model_fields} for n in notices]
     return _json(item)
 
@@ -607,94 +547,3 @@ def cancel(
 def bulk(body: BulkBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Apply one action to every id; each gets its own result, and one failure stops nothing."""
     return _json(decide_many(body, caller=caller, manager=manager, client=client_of(request)))
-
-
-def decision_of(
-    caller: Caller,
-    action: DecisionActionWord | Action,
-    *,
-    source: SourceWord | Source,
-    client: Mapping[str, Any],
-    comment: str | None = None,
-    reason: str | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    on_behalf_of: str | None = None,
-    inputs: Mapping[str, Any] | None = None,
-    content_digest: str | None = None,
-) -> Decision:
-    """The :class:`Decision` of an authenticated caller; their edit access is asked under the row lock.
-
-    A delegate's vote is checked against the delegator's roles and edit access to the DAG as the
-    auth manager gives them when the vote is cast.
-    """
-    return Decision(
-        action=action,
-        user=caller.principal,
-        source=source,
-        comment=comment,
-        reason=reason,
-        metadata=metadata,
-        client=client,
-        dag_access=caller.edit_refusal,
-        on_behalf_of=on_behalf_of,
-        delegator_roles=delegator_roles,
-        # The delegator's own edit access now, asked under the row lock like the caller's.
-        delegator_access=delegator_refusal,
-        inputs=inputs,
-        content_digest=content_digest,
-    )
-
-
-#: The fields of a decision that a request body may carry (ApproveBody, RejectBody, CancelBody).
-_BODY_FIELDS = ("comment", "reason", "metadata", "on_behalf_of", "inputs", "content_digest")
-
-
-def body_decision(
-    caller: Caller,
-    action: DecisionActionWord | Action,
-    body: BaseModel,
-    *,
-    source: SourceWord | Source,
-    request: Request,
-    details: Mapping[str, Any] | None = None,
-) -> Decision:
-    """The :class:`Decision` a REST or page request body asks for: whichever fields the body has.
-
-    ``details``: what the client says of itself (the CLI's OS user and host), kept with the client.
-    """
-    fields = {name: getattr(body, name) for name in _BODY_FIELDS if name in type(body).model_fields}
-    return decision_of(caller, action, source=source, client={**client_of(request), **(details or {})}, **fields)
-
-
-def decide_many(
-    body: BulkBody, *, caller: Caller, manager: ApprovalManager, client: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Apply ``body.action`` to each id as ``caller`` (source ``bulk``); the JSON of a :class:`BulkResponse`."""
-    results: list[BulkItemResult] = []
-    digests = body.content_digests or {}
-    for raw_id in body.ids:
-        try:
-            approval_id = canonical_approval_id(raw_id)
-            decision = decision_of(
-                caller,
-                body.action,
-                source=Source.BULK,
-                client=client,
-                comment=body.comment if body.action != Action.CANCEL else None,
-                reason=body.reason,
-                content_digest=digests.get(raw_id),
-            )
-            done = manager.decide(approval_id, decision)
-            results.append(BulkItemResult(id=approval_id, ok=True, status_code=200, state=done.state))
-        except HitlError as err:
-            detail = getattr(err, "reason", None) or str(err)
-            results.append(BulkItemResult(id=raw_id, ok=False, status_code=err.status_code, detail=detail))
-        except HTTPException as err:
-            results.append(BulkItemResult(id=raw_id, ok=False, status_code=err.status_code, detail=str(err.detail)))
-    succeeded = sum(1 for r in results if r.ok)
-    return {
-        "action": body.action,
-        "results": [r.model_dump() for r in results],
-        "succeeded": succeeded,
-        "failed": len(results) - succeeded,
-    }

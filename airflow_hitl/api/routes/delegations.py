@@ -21,7 +21,7 @@ from airflow_hitl.api.datamodels import (
     DelegationResponse,
     error_responses,
 )
-from airflow_hitl.api.routes.approvals import DEFAULT_LIMIT, Limit, ManagerDep, Offset, Text, client_of
+from airflow_hitl.api.deps import DEFAULT_LIMIT, Limit, ManagerDep, Offset, Text, client_of
 from airflow_hitl.api.security import CallerDep, current_caller
 from airflow_hitl.delegation import DelegationNotFound
 from airflow_hitl.identity import is_admin, user_known
@@ -60,7 +60,7 @@ def _canonical_id(value: str) -> str:
 )
 def create_delegation(body: DelegationBody, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """Create a delegation from the caller (or, for an admin, from ``delegator``) to ``delegate``."""
-    created = manager.create_delegation(
+    created = manager.delegations.create_delegation(
         actor=caller.principal,
         delegate=body.delegate,
         starts_at=body.starts_at,
@@ -72,7 +72,7 @@ def create_delegation(body: DelegationBody, request: Request, caller: CallerDep,
         source="api",
         client=client_of(request),
     )
-    return JSONResponse(manager.describe_delegation(created), status_code=status.HTTP_201_CREATED)
+    return JSONResponse(manager.delegations.describe_delegation(created), status_code=status.HTTP_201_CREATED)
 
 
 @router.get(
@@ -94,10 +94,12 @@ def list_delegations(
     if user is not None and user != caller.name and not admin:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only an admin may list another user's delegations")
     involving = user if admin else caller.name
-    items, total = manager.list_delegations(
+    items, total = manager.delegations.list_delegations(
         involving=involving, active_only=state == "active", limit=limit, offset=offset
     )
-    return JSONResponse({"delegations": [manager.describe_delegation(d) for d in items], "total_entries": total})
+    return JSONResponse(
+        {"delegations": [manager.delegations.describe_delegation(d) for d in items], "total_entries": total}
+    )
 
 
 @router.delete(
@@ -108,7 +110,7 @@ def list_delegations(
 )
 def end_delegation(delegation_id: str, request: Request, caller: CallerDep, manager: ManagerDep) -> Response:
     """End it now (its delegator or an admin); ending one that is already over changes nothing."""
-    manager.end_delegation(
+    manager.delegations.end_delegation(
         _canonical_id(delegation_id),
         actor=caller.principal,
         admin=is_admin(caller.user),

@@ -26,7 +26,7 @@ from airflow_hitl.api.datamodels import (
     RunEvidenceResponse,
     error_responses,
 )
-from airflow_hitl.api.routes.approvals import ManagerDep, Offset, canonical_approval_id
+from airflow_hitl.api.deps import ManagerDep, Offset, canonical_approval_id
 from airflow_hitl.api.security import CallerDep, require_read
 from airflow_hitl.evidence import SIGNING_KEY_OPTION, EvidenceKeys, sign_evidence
 from airflow_hitl.limits import text_problem
@@ -67,7 +67,7 @@ RunKey = Annotated[str, Query(min_length=1, max_length=250), AfterValidator(_sto
 )
 def approval_evidence(approval_id: str, caller: CallerDep, manager: ManagerDep) -> Response:
     """The request, its votes and audit events, signed with ``[hitl] evidence_signing_key``."""
-    approval = manager.get(canonical_approval_id(approval_id))
+    approval = manager.queries.get(canonical_approval_id(approval_id))
     require_read(caller, approval.dag_id)
     return JSONResponse({"jws": sign_evidence(manager, approval, keys=EvidenceKeys.load())})
 
@@ -91,7 +91,7 @@ def run_evidence(
     if not caller.can_read_dag(dag_id):
         # As the lists of approvals do: what the caller may not read is not there for them.
         return JSONResponse({"evidence": [], "total_entries": 0})
-    approvals, total = manager.list(
+    approvals, total = manager.queries.list(
         ApprovalFilter(dag_id=dag_id, run_id=run_id), limit=limit, offset=offset, order_by="requested_at"
     )
     evidence = [{"approval_id": a.id, "jws": sign_evidence(manager, a, keys=keys)} for a in approvals]

@@ -34,7 +34,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
-from airflow_hitl.api.routes.approvals import get_manager
+from airflow_hitl.api.deps import get_manager
 from airflow_hitl.exceptions import (
     AlreadyVoted,
     ApprovalNotFound,
@@ -150,8 +150,8 @@ def _check(manager: ApprovalManager, token: str) -> CheckedLink:
     if claims.action not in LINK_ACTIONS:
         raise LinkRefused(403, "Invalid link", "This link is not valid.")
     try:
-        approval = manager.get(claims.request_id)
-        notification = manager.get_notification(claims.notification_id)
+        approval = manager.queries.get(claims.request_id)
+        notification = manager.notices.get_notification(claims.notification_id)
     except (ApprovalNotFound, InvalidInput) as err:
         raise LinkRefused(404, "Not found", "This approval request no longer exists.") from err
     if (
@@ -356,7 +356,7 @@ def _decide(manager: ApprovalManager, fields: dict[str, list[str]], client: dict
     user, refusal = decider(claims.recipient, link.approval.dag_id, extra_roles=directory.roles_of(claims.recipient))
     if user is None:
         return _refusal(LinkRefused(403, "Not allowed", refusal or "You may not decide this request."))
-    eligibility = manager.can_approve(user, link.approval, action=claims.action)
+    eligibility = manager.queries.can_approve(user, link.approval, action=claims.action)
     if not eligibility.allowed:
         # Having voted already is a conflict (409), as on every other channel; the rest is 403.
         status, heading = (409, "Not recorded") if eligibility.code == "already_voted" else (403, "Not allowed")

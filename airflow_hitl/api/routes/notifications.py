@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from airflow_hitl.api.datamodels import MAX_ID_LENGTH, StorableBody, error_responses
-from airflow_hitl.api.routes.approvals import ManagerDep
+from airflow_hitl.api.deps import ManagerDep
 from airflow_hitl.api.security import CallerDep, current_caller
 from airflow_hitl.records import Notification
 
@@ -93,13 +93,13 @@ def list_notifications(
 ) -> dict[str, Any]:
     """The caller's own in-app notifications, newest first, with the unread count."""
     status = UNREAD if unread_only else None
-    rows = manager.list_notifications(
+    rows = manager.notices.list_notifications(
         recipient=caller.name, channel=IN_APP, status=status, limit=limit, offset=offset, newest_first=True
     )
     return {
         "notifications": [_item(row) for row in rows],
-        "total_entries": manager.count_notifications(recipient=caller.name, channel=IN_APP, status=status),
-        "unread_count": manager.unread_count(caller.name),
+        "total_entries": manager.notices.count_notifications(recipient=caller.name, channel=IN_APP, status=status),
+        "unread_count": manager.notices.unread_count(caller.name),
     }
 
 
@@ -111,5 +111,5 @@ def list_notifications(
 )
 def mark_read(caller: CallerDep, manager: ManagerDep, body: MarkReadBody) -> dict[str, int]:
     """Mark the given notifications (all when ``ids`` is omitted) of the caller read."""
-    marked = manager.mark_read(caller.name, body.ids)
-    return {"marked": marked, "unread_count": manager.unread_count(caller.name)}
+    marked = manager.notices.mark_read(caller.name, body.ids)
+    return {"marked": marked, "unread_count": manager.notices.unread_count(caller.name)}

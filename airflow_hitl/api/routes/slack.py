@@ -27,7 +27,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from airflow_hitl.api.routes.approvals import get_manager
+from airflow_hitl.api.deps import get_manager
 from airflow_hitl.canonical import digest_problem
 from airflow_hitl.exceptions import (
     AlreadyVoted,
@@ -207,7 +207,7 @@ class SlackInteraction:
         except Exception as err:
             status, error = "failed", f"{type(err).__name__}: {err}"
             log.warning("chat.update for approval request %s failed: %s", approval.id, err)
-        row = self.manager.record_notification(
+        row = self.manager.notices.record_notification(
             request_id=approval.id,
             channel="slack",
             recipient=channel,
@@ -216,9 +216,9 @@ class SlackInteraction:
             metadata={"channel": channel, "ts": ts, "update": True, "via": "interaction"},
         )
         if status == "sent":
-            self.manager.mark_notification_sent(row.id)
+            self.manager.notices.mark_notification_sent(row.id)
         else:
-            self.manager.mark_notification_failed(row.id, error=error or "failed")
+            self.manager.notices.mark_notification_failed(row.id, error=error or "failed")
 
     # ------------------------------------------------------------------ block_actions
 
@@ -235,7 +235,7 @@ class SlackInteraction:
         # ``<request id>:<digest of what the message showed>``; a message sent before digests has the id alone.
         request_id, digest = read_button_value(_text(action.get("value")) or "")
         try:
-            approval = self.manager.get(request_id)
+            approval = self.manager.queries.get(request_id)
         except (ApprovalNotFound, HitlError):
             return self._tell(_slack_client(None, self.settings), channel, "This approval request no longer exists.")
         client = _slack_client(approval, self.settings)
@@ -246,10 +246,10 @@ class SlackInteraction:
         if user is None:
             return self._tell(client, channel, f"Not recorded: {refusal}")
         vote = "approve" if action_id == APPROVE_ACTION_ID else "reject"
-        own = self.manager.can_approve(user, approval, action=vote)
+        own = self.manager.queries.can_approve(user, approval, action=vote)
         # Or as a delegate: a click may cast the vote of someone who delegated to this user.
-        delegations = self.manager.delegations_to(user.name) if not own.allowed else []
-        eligibility = self.manager.can_decide(
+        delegations = self.manager.delegations.delegations_to(user.name) if not own.allowed else []
+        eligibility = self.manager.delegations.can_decide(
             user, approval, own, delegations, roles_of=roles_of, action=vote, access=delegator_refusal
         )
         if not eligibility.allowed:
@@ -277,7 +277,7 @@ class SlackInteraction:
         try:
             decided = self.manager.decide(approval.id, self._decision(user, "approve", digest=digest))
         except ContentChanged:
-            return self._changed(client, self.manager.get(approval.id), channel, ts)
+            return self._changed(client, self.manager.queries.get(approval.id), channel, ts)
         except (ApprovalNotPending, AlreadyVoted, ApprovalConflict) as err:
             return self._tell(client, channel, f"Not recorded: {err}")
         except NotAllowed as err:
@@ -297,7 +297,9 @@ class SlackInteraction:
 
     def _show_as_it_is(self, client: Any, request_id: str, meta: dict[str, Any]) -> None:
         """The modal's message, updated to the request as it is now (it changed since it was sent)."""
-        self._update_message(client, self.manager.get(request_id), _text(meta.get("channel")), _text(meta.get("ts")))
+        self._update_message(
+            client, self.manager.queries.get(request_id), _text(meta.get("channel")), _text(meta.get("ts"))
+        )
 
     def _decision(
         self,
@@ -342,7 +344,7 @@ class SlackInteraction:
             return Response(status_code=200)
         view, meta, request_id = submitted
         try:
-            approval = self.manager.get(request_id)
+            approval = self.manager.queries.get(request_id)
         except HitlError:
             return Response(status_code=200)
         first_block = next((INPUT_BLOCK_PREFIX + name for name in approval.inputs), "")
@@ -397,7 +399,7 @@ class SlackInteraction:
         if len(reason) > HitlSettings.load().max_comment_length:
             return error("The reason is too long.")
         try:
-            approval = self.manager.get(request_id)
+            approval = self.manager.queries.get(request_id)
         except HitlError:
             return error("This approval request no longer exists.")
         client = _slack_client(approval, self.settings)

@@ -32,7 +32,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from airflow_hitl import __version__, vocabulary
 from airflow_hitl.api.datamodels import ApproveBody, BulkBody, RejectBody
-from airflow_hitl.api.routes.approvals import ManagerDep, body_decision, canonical_approval_id, client_of, decide_many
+from airflow_hitl.api.deps import ManagerDep, body_decision, canonical_approval_id, client_of, decide_many
 from airflow_hitl.api.security import Caller, CallerDep, authenticate, require_same_site
 from airflow_hitl.exceptions import InvalidInput
 from airflow_hitl.identity import is_admin

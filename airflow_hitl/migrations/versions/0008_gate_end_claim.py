@@ -3,7 +3,7 @@
 ``approval_requests.task_ended_by`` names the party that claimed ending the gate's task in Airflow
 (the api-server's gate closer or the gate's trigger, with its host and process) and
 ``task_ended_at`` when; both NULL until a party claims it. The claim is one conditional UPDATE
-(:meth:`airflow_hitl.manager.ApprovalManager.claim_gate_end`), so with any number of
+(:meth:`airflow_hitl.gate_ends.GateEnds.claim_gate_end`), so with any number of
 api-servers and triggerers only its holder hands Airflow the task's end.
 
 Revision ID: 0008

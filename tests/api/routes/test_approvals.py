@@ -234,14 +234,14 @@ class TestDecisions:
         response = _post(api, f"{API}/{approval.id}/approve", "op", {"comment": "ok", "metadata": {"ticket": 7}})
         assert response.status_code == 200
         assert response.json()["state"] == "approved"
-        vote = next(e for e in api_manager.events(approval.id) if e.event_type == "vote")
+        vote = next(e for e in api_manager.audit.events(approval.id) if e.event_type == "vote")
         assert vote.actor == "op"
         assert vote.source == "api"
         assert vote.details["client_address"] == "testclient"
         assert vote.details["user_agent"] == "hitl-tests/1.0"
-        final = next(e for e in api_manager.events(approval.id) if e.event_type == "approved")
+        final = next(e for e in api_manager.audit.events(approval.id) if e.event_type == "approved")
         assert final.details["client_address"] == "testclient"
-        assert api_manager.get(approval.id).votes[0].metadata == {"ticket": 7}
+        assert api_manager.queries.get(approval.id).votes[0].metadata == {"ticket": 7}
 
     def test_reject_needs_reason_and_records_it(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
         approval = open_request(api_manager)
@@ -258,7 +258,7 @@ class TestDecisions:
         response = _post(api, f"{API}/{approval.id}/cancel", "admin", {"reason": "run abandoned"})
         assert response.status_code == 200
         assert response.json()["state"] == "cancelled"
-        event = next(e for e in api_manager.events(approval.id) if e.event_type == "cancelled")
+        event = next(e for e in api_manager.audit.events(approval.id) if e.event_type == "cancelled")
         assert (event.actor, event.source, event.details["client_address"]) == ("admin", "api", "testclient")
 
     def test_quorum_two_of_three(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
@@ -338,7 +338,7 @@ class TestDecisions:
         assert created["requested_by"] == "op"
         assert created["state"] == "pending"
         assert created["escalation_targets"][0]["approvers"] == ["bob"]
-        assert api_manager.get(created["id"]).requested_by == "op"
+        assert api_manager.queries.get(created["id"]).requested_by == "op"
 
     def test_create_invalid_spec_is_422(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
         body = {"dag_id": "billing", "title": "x", "allowed_approvers": ["a"], "required_approvals": 3}
@@ -362,8 +362,8 @@ class TestBulk:
         body = response.json()
         assert [r["status_code"] for r in body["results"]] == [200, 422, 200, 404, 409, 200]
         assert (body["succeeded"], body["failed"]) == (3, 3)
-        assert all(api_manager.get(i).state == "approved" for i in good)
-        sources = {e.source for i in good for e in api_manager.events(i) if e.event_type == "vote"}
+        assert all(api_manager.queries.get(i).state == "approved" for i in good)
+        sources = {e.source for i in good for e in api_manager.audit.events(i) if e.event_type == "vote"}
         assert sources == {"bulk"}
 
     @pytest.mark.parametrize("action", ["reject", "cancel"])
@@ -383,7 +383,7 @@ class TestBulk:
         first, second = response.json()["results"]
         assert (first["status_code"], second["status_code"]) == (403, 200)
         assert "not an allowed approver" in first["detail"]
-        assert api_manager.get(named.id).state == "pending"
+        assert api_manager.queries.get(named.id).state == "pending"
 
 
 class TestHistory:

@@ -97,7 +97,7 @@ class TestRest:
         assert CHANGED in response.json()["detail"]
         assert request_id in response.json()["detail"]
         assert snapshot(api_manager) == before
-        assert api_manager.get(request_id).votes == ()
+        assert api_manager.queries.get(request_id).votes == ()
         # Seen again, the request can be decided.
         again = _post(api, f"{API}/{request_id}/{action}", "op", {**body, "content_digest": _seen(api, request_id)})
         assert again.status_code == 200, again.text
@@ -150,8 +150,8 @@ class TestBulk:
         results = response.json()["results"]
         assert [(r["ok"], r["status_code"]) for r in results] == [(False, 409), (True, 200), (True, 200)]
         assert CHANGED in results[0]["detail"]
-        assert api_manager.get(changed).votes == ()
-        assert [e.event_type for e in api_manager.events(changed)] == ["requested", "escalated"]
+        assert api_manager.queries.get(changed).votes == ()
+        assert [e.event_type for e in api_manager.audit.events(changed)] == ["requested", "escalated"]
 
     @pytest.mark.parametrize(
         ("body", "message"),
@@ -203,5 +203,5 @@ class TestPages:
             api, "bulk", "op", {"ids": [changed, same], "action": "reject", "reason": "no", "content_digests": digests}
         )
         assert [r["status_code"] for r in response.json()["results"]] == [409, 200]
-        assert api_manager.get(changed).is_waiting
-        assert api_manager.get(same).state == "rejected"
+        assert api_manager.queries.get(changed).is_waiting
+        assert api_manager.queries.get(same).state == "rejected"

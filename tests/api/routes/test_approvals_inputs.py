@@ -85,7 +85,7 @@ def test_bulk_approve_refuses_items_with_required_inputs(api: AirflowApi, api_ma
     refused = results[with_form.id]
     assert (refused.ok, refused.status_code) == (False, 422)
     assert "ticket" in (refused.detail or "")
-    assert api_manager.get(with_form.id).state == "pending"
+    assert api_manager.queries.get(with_form.id).state == "pending"
 
 
 class TestCreateWithAForm:
@@ -122,13 +122,13 @@ class TestCreateWithAForm:
             },
             "note": {"value": None, "schema": {}, "description": None, "required": False},
         }
-        assert api_manager.get(created.id).inputs == created.inputs
+        assert api_manager.queries.get(created.id).inputs == created.inputs
 
         url = f"{API}/{created.id}/approve"
         missing = api.client.post(url, headers=api.headers("alice"), json={"inputs": {"rollout_percent": 101}})
         assert missing.status_code == 422, missing.text
         assert sorted(e["loc"][-1] for e in missing.json()["detail"]) == ["rollout_percent", "ticket"]
-        assert api_manager.get(created.id).state == "pending"
+        assert api_manager.queries.get(created.id).state == "pending"
 
         done = api.client.post(url, headers=api.headers("alice"), json={"inputs": {"ticket": "CHG-7"}})
         assert done.status_code == 200, done.text
@@ -265,4 +265,4 @@ def test_a_page_rejection_keeps_them_too(api: AirflowApi, api_manager: ApprovalM
         json={"reason": "no", "inputs": {"ticket": "INC-8"}},
     )
     assert response.status_code == 200, response.text
-    assert api_manager.get(approval.id).votes[0].inputs == {"ticket": "INC-8"}
+    assert api_manager.queries.get(approval.id).votes[0].inputs == {"ticket": "INC-8"}

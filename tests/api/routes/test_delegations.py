@@ -27,7 +27,7 @@ def _create(api: AirflowApi, who: str, **body: Any) -> Any:
 
 
 def _state(manager: ApprovalManager) -> tuple[Any, ...]:
-    return (*snapshot(manager), manager.list_delegations())
+    return (*snapshot(manager), manager.delegations.list_delegations())
 
 
 class TestCreate:
@@ -37,7 +37,7 @@ class TestCreate:
         body = DelegationResponse.model_validate(response.json())
         assert (body.delegator, body.delegate, body.created_by, body.state) == ("alice", "bob", "alice", "active")
         assert body.dag_ids == ["billing"]
-        event = api_manager.events()[-1]
+        event = api_manager.audit.events()[-1]
         assert (event.event_type, event.source, event.actor) == ("delegation_created", "api", "alice")
 
     def test_an_admin_creates_one_for_someone_else(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
@@ -107,7 +107,7 @@ class TestListAndEnd:
         assert [(d["state"], d["ended_by"]) for d in listed] == [("ended", "alice")]
         active = api.client.get(f"{DELEGATIONS}?state=active", headers=api.headers("bob")).json()
         assert active["total_entries"] == 0
-        assert api_manager.events()[-1].event_type == "delegation_ended"
+        assert api_manager.audit.events()[-1].event_type == "delegation_ended"
 
     def test_an_admin_ends_anyones(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
         made = _create(api, "alice", delegate="bob").json()
@@ -231,7 +231,7 @@ class TestADelegatorWhoLostTheRight:
         _set_users(monkeypatch)
         status, text = _vote_for_alice(api, request.id, channel)
         assert status == 200, text
-        assert [(v.user, v.delegate) for v in api_manager.get(request.id).votes] == [("alice", "bob")]
+        assert [(v.user, v.delegate) for v in api_manager.queries.get(request.id).votes] == [("alice", "bob")]
 
     def test_a_delegator_the_auth_manager_no_longer_knows_decides_nothing(
         self, api: AirflowApi, api_manager: ApprovalManager, monkeypatch: pytest.MonkeyPatch
@@ -243,7 +243,7 @@ class TestADelegatorWhoLostTheRight:
         monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", ",".join(f"{u}:{r}" for u, r in users.items()))
         status, text = _vote_for_alice(api, request.id, "rest")
         assert status == 403 and "'alice' is not a user of this Airflow" in text
-        assert api_manager.get(request.id).votes == ()
+        assert api_manager.queries.get(request.id).votes == ()
 
 
 class TestRoutes:
@@ -288,7 +288,7 @@ class TestRoutes:
         assert api.client.delete(f"{DELEGATIONS}/{'f' * 65}", headers=api.headers("alice")).status_code == 404
         response = api.client.delete(f"{DELEGATIONS}/{made['id'].upper()}", headers=api.headers("alice"))
         assert response.status_code == 204
-        assert api_manager.list_delegations()[0][0].ended_by == "alice"
+        assert api_manager.delegations.list_delegations()[0][0].ended_by == "alice"
 
     def test_ending_one_already_ended_is_204_and_records_nothing(
         self, api: AirflowApi, api_manager: ApprovalManager
@@ -298,7 +298,7 @@ class TestRoutes:
         before = _state(api_manager)
         assert api.client.delete(f"{DELEGATIONS}/{made['id']}", headers=api.headers("admin")).status_code == 204
         assert _state(api_manager) == before
-        assert api_manager.list_delegations()[0][0].ended_by == "alice"
+        assert api_manager.delegations.list_delegations()[0][0].ended_by == "alice"
 
     def test_the_openapi_document_speaks_of_delegations(self, api: AirflowApi) -> None:
         document = api.client.get("/hitl/openapi.json").json()

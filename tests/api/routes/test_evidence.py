@@ -66,7 +66,7 @@ class TestApprovalEvidence:
         for name in ("id", "dag_id", "run_id", "task_id", "title", "state", "decision", "content_digest"):
             assert claims["request"][name] == item[name], name
         assert [(v["user"], v["vote"], v["comment"]) for v in claims["votes"]] == [("alice", "approve", "ok")]
-        assert [e["seq"] for e in claims["events"]] == [e.seq for e in api_manager.events(gate.id)]
+        assert [e["seq"] for e in claims["events"]] == [e.seq for e in api_manager.audit.events(gate.id)]
 
     def test_a_user_who_may_not_read_the_dag_is_refused(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
         gate = open_request(api_manager)

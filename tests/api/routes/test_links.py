@@ -83,11 +83,12 @@ def open_and_mail(
 
 def state_of(manager: ApprovalManager, request_id: str) -> tuple[Any, ...]:
     """Everything a decision could change: state, votes, audit length, notification metadata."""
-    approval = manager.get(request_id)
+    approval = manager.queries.get(request_id)
     notes = sorted(
-        (n.id, json.dumps(n.metadata, sort_keys=True)) for n in manager.list_notifications(request_id=request_id)
+        (n.id, json.dumps(n.metadata, sort_keys=True))
+        for n in manager.notices.list_notifications(request_id=request_id)
     )
-    return approval.state, approval.votes, len(manager.events()), notes
+    return approval.state, approval.votes, len(manager.audit.events()), notes
 
 
 def tamper_payload(token: str, **changes: Any) -> str:
@@ -123,15 +124,15 @@ class TestEmailLinks:
         response = use(client, links["alice"]["approve"], {"comment": "looks good"})
         assert response.status_code == 200, response.text
         assert "Thank you" in response.text
-        approval = sqlite_manager.get(gate.id)
+        approval = sqlite_manager.queries.get(gate.id)
         assert approval.state == "approved"
         [vote] = approval.votes
         assert (vote.user, vote.vote, vote.source, vote.comment) == ("alice", "approve", "email", "looks good")
-        event = next(e for e in sqlite_manager.events(gate.id) if e.event_type == "vote")
+        event = next(e for e in sqlite_manager.audit.events(gate.id) if e.event_type == "vote")
         assert event.source == "email"
         assert event.actor == "alice"
         assert event.details["via"] == "email_link"
-        assert sqlite_manager.verify_audit_chain().ok
+        assert sqlite_manager.audit.verify_audit_chain().ok
 
     def test_second_post_is_410(
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
@@ -222,14 +223,14 @@ class TestEmailLinks:
         hidden = re.search(r'<input type="hidden" name="token" value="([^"]+)">', page.text)
         assert hidden and hidden.group(1) == links["alice"]["approve"]
         assert client.post(target, data={"token": hidden.group(1), "comment": "ok"}).status_code == 200
-        assert sqlite_manager.get(gate.id).state == "approved"
+        assert sqlite_manager.queries.get(gate.id).state == "approved"
 
     def test_a_token_in_the_path_is_not_a_link(
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
     ) -> None:
         gate, links = open_and_mail(sqlite_manager, smtp_server)
         assert client.post(f"/links/{links['alice']['approve']}").status_code in (404, 405)
-        assert sqlite_manager.get(gate.id).votes == ()
+        assert sqlite_manager.queries.get(gate.id).votes == ()
 
     def test_a_recipients_link_cannot_be_used_by_someone_else(
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
@@ -247,7 +248,7 @@ class TestEmailLinks:
         assert state_of(sqlite_manager, gate.id) == before
         # Each genuine link decides as its own recipient only.
         assert use(client, links["bob"]["approve"]).status_code == 200
-        assert [v.user for v in sqlite_manager.get(gate.id).votes] == ["bob"]
+        assert [v.user for v in sqlite_manager.queries.get(gate.id).votes] == ["bob"]
 
     def test_expired_link_is_410(
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
@@ -271,7 +272,7 @@ class TestEmailLinks:
         response = use(client, links["alice"]["approve"])
         assert response.status_code == 409
         assert "no longer pending" in response.text
-        assert sqlite_manager.get(gate.id).votes == ()
+        assert sqlite_manager.queries.get(gate.id).votes == ()
 
     def test_one_who_voted_already_is_409_as_on_every_channel(
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
@@ -293,7 +294,7 @@ class TestEmailLinks:
         assert use(client, links["bob"]["reject"], {"reason": "  "}).status_code == 422
         response = use(client, links["bob"]["reject"], {"reason": "metrics regressed"})
         assert response.status_code == 200
-        approval = sqlite_manager.get(gate.id)
+        approval = sqlite_manager.queries.get(gate.id)
         assert approval.state == "rejected"
         assert approval.votes[0].reason == "metrics regressed"
         assert approval.votes[0].source == "email"
@@ -308,7 +309,7 @@ class TestEmailLinks:
         assert "NUL" in response.text
         assert state_of(sqlite_manager, gate.id) == before
         assert use(client, links["alice"]["approve"], {"comment": "fine"}).status_code == 200
-        assert [(v.user, v.comment) for v in sqlite_manager.get(gate.id).votes] == [("alice", "fine")]
+        assert [(v.user, v.comment) for v in sqlite_manager.queries.get(gate.id).votes] == [("alice", "fine")]
 
     def test_policy_applies_to_link_votes(
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
@@ -335,7 +336,7 @@ class TestEmailLinks:
             assert page.status_code == 200
             assert "<form" not in page.text
         assert use(client, links["alice"]["details"]).status_code == 405
-        assert sqlite_manager.get(gate.id).votes == ()
+        assert sqlite_manager.queries.get(gate.id).votes == ()
 
     def test_hostile_values_are_escaped_in_mail_and_pages(
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
@@ -400,7 +401,7 @@ class TestUvicornAccessLog:
             thread.join(timeout=30)
             access.removeHandler(records)
             access.setLevel(level)
-        assert sqlite_manager.get(gate.id).state == "approved"
+        assert sqlite_manager.queries.get(gate.id).state == "approved"
         assert sum("/links?" in line for line in records.lines) == 2, records.lines
         assert all("token=***" in line for line in records.lines if "/links?" in line)
         payload, signature = token.split(".")

@@ -65,12 +65,12 @@ class TestConfirmationPage:
         assert "This request changed since you opened it" in response.text
         assert state_of(sqlite_manager, gate.id) == before  # no vote, no event, the link not used up
         # The page shows the request as it is now, with its own digest: confirming that decides.
-        current = sqlite_manager.get(gate.id).content_digest
+        current = sqlite_manager.queries.get(gate.id).content_digest
         assert current != seen
         assert shown_digest(response.text) == current
         decided = use(client, token, {**form, "content_digest": current})
         assert decided.status_code == 200, decided.text
-        assert sqlite_manager.get(gate.id).state == ("approved" if action == "approve" else "rejected")
+        assert sqlite_manager.queries.get(gate.id).state == ("approved" if action == "approve" else "rejected")
 
     def test_a_malformed_digest_is_422_naming_it_and_leaves_the_link_usable(
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
@@ -89,4 +89,4 @@ class TestConfirmationPage:
         # A confirmation page rendered by an older version has no digest field: decided as before.
         gate, links = open_and_mail(sqlite_manager, smtp_server)
         assert use(client, links["alice"]["approve"]).status_code == 200
-        assert sqlite_manager.get(gate.id).state == "approved"
+        assert sqlite_manager.queries.get(gate.id).state == "approved"

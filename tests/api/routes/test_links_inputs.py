@@ -51,7 +51,7 @@ class TestLinkForm:
             {"input.rollout_percent": "30", "input.ticket": "CHG-77", "input.region": "1", "comment": "ok"},
         )
         assert done.status_code == 200, done.text
-        approval = sqlite_manager.get(gate.id)
+        approval = sqlite_manager.queries.get(gate.id)
         assert approval.state == "approved"
         assert approval.votes[0].inputs == {"rollout_percent": 30, "ticket": "CHG-77", "region": "us"}
         assert approval.votes[0].source == "email"
@@ -75,7 +75,11 @@ class TestLinkForm:
 
         done = use(client, links["alice"]["approve"], {"input.ticket": "CHG-1"})
         assert done.status_code == 200, done.text
-        assert sqlite_manager.get(gate.id).votes[0].inputs == {"rollout_percent": 10, "ticket": "CHG-1", "region": "eu"}
+        assert sqlite_manager.queries.get(gate.id).votes[0].inputs == {
+            "rollout_percent": 10,
+            "ticket": "CHG-1",
+            "region": "eu",
+        }
 
 
 @pytest.mark.usefixtures("notify_env")
@@ -108,4 +112,4 @@ class TestUnreadableValues:
         gate, links = open_and_mail(sqlite_manager, smtp_server, inputs=FORM)
         refused = use(client, links["alice"]["approve"], {"input.region": index, "input.ticket": "CHG-1"})
         assert refused.status_code == 422
-        assert sqlite_manager.get(gate.id).votes == ()
+        assert sqlite_manager.queries.get(gate.id).votes == ()

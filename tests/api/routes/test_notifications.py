@@ -47,7 +47,7 @@ class TestListNotifications:
 
     def test_other_channels_are_not_listed(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
         approval = open_request(api_manager)
-        api_manager.record_notification(
+        api_manager.notices.record_notification(
             request_id=approval.id, channel="email", recipient="alice", event_type="required", status="sent"
         )
         body = api.client.get(NOTIFICATIONS, headers=api.headers("alice")).json()
@@ -90,26 +90,26 @@ class TestMarkRead:
         response = api.client.post(NOTIFICATIONS + "/read", headers=api.headers("alice"), json={})
         assert response.json() == {"marked": 2, "unread_count": 0}
         # bob's notice is his own: untouched.
-        assert api_manager.unread_count("bob") == 1
+        assert api_manager.notices.unread_count("bob") == 1
 
     def test_another_users_notice_cannot_be_marked(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
         _open_gate_telling(api_manager, "bob")
-        [bobs] = api_manager.list_notifications(recipient="bob", channel="in_app")
+        [bobs] = api_manager.notices.list_notifications(recipient="bob", channel="in_app")
         response = api.client.post(NOTIFICATIONS + "/read", headers=api.headers("alice"), json={"ids": [bobs.id]})
         assert response.json() == {"marked": 0, "unread_count": 0}
-        assert api_manager.unread_count("bob") == 1
+        assert api_manager.notices.unread_count("bob") == 1
 
     def test_cookie_only_post_needs_the_same_site_header(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
         _open_gate_telling(api_manager, "alice")
         cookies = {"_token": api.tokens["alice"]}
         refused = api.client.post(NOTIFICATIONS + "/read", cookies=cookies, json={})
         assert refused.status_code == 403
-        assert api_manager.unread_count("alice") == 1
+        assert api_manager.notices.unread_count("alice") == 1
         accepted = api.client.post(
             NOTIFICATIONS + "/read", cookies=cookies, headers={"X-Requested-With": "XMLHttpRequest"}, json={}
         )
         assert accepted.status_code == 200, accepted.text
-        assert api_manager.unread_count("alice") == 0
+        assert api_manager.notices.unread_count("alice") == 0
 
 
 class TestRefusals:
@@ -138,7 +138,7 @@ class TestRefusals:
         before = snapshot(api_manager)
         response = api.client.post(NOTIFICATIONS + "/read", headers=api.headers("alice"), json=body)
         assert response.status_code == 422, response.text
-        assert api_manager.unread_count("alice") == 1
+        assert api_manager.notices.unread_count("alice") == 1
         assert snapshot(api_manager) == before
 
     @pytest.mark.parametrize(

@@ -100,8 +100,8 @@ def post(
 
 def recorded(manager: ApprovalManager, request_id: str) -> tuple[Any, ...]:
     """State, votes and audit length: equal before and after means nothing was recorded."""
-    approval = manager.get(request_id)
-    return approval.state, approval.votes, len(manager.events(request_id))
+    approval = manager.queries.get(request_id)
+    return approval.state, approval.votes, len(manager.audit.events(request_id))
 
 
 @pytest.mark.usefixtures("notify_env")
@@ -130,11 +130,11 @@ class TestInteractions:
         gate, message = open_and_post(sqlite_manager)
         response = post(client, click(gate, message, "UALICE001", "hitl_approve"))
         assert response.status_code == 200, response.text
-        approval = sqlite_manager.get(gate.id)
+        approval = sqlite_manager.queries.get(gate.id)
         assert approval.state == "approved"
         [vote] = approval.votes
         assert (vote.user, vote.source) == ("alice", "slack")
-        event = next(e for e in sqlite_manager.events(gate.id) if e.event_type == "vote")
+        event = next(e for e in sqlite_manager.audit.events(gate.id) if e.event_type == "vote")
         assert event.details["slack_user_id"] == "UALICE001"
         [update] = slack_api.of("chat.update")
         assert (update.params["channel"], update.params["ts"]) == (message["channel"], message["ts"])
@@ -148,7 +148,7 @@ class TestInteractions:
         # op has no Slack id in [hitl] slack_users; users.info gives the email, user_emails maps it.
         assert post(client, click(gate, message, "UOPS00001", "hitl_approve")).status_code == 200
         assert [call.params["user"] for call in slack_api.of("users.info")] == ["UOPS00001"]
-        assert [(v.user, v.source) for v in sqlite_manager.get(gate.id).votes] == [("op", "slack")]
+        assert [(v.user, v.source) for v in sqlite_manager.queries.get(gate.id).votes] == [("op", "slack")]
 
     @pytest.mark.parametrize(
         ("how", "options"),
@@ -179,7 +179,7 @@ class TestInteractions:
         body = urlencode({"payload": json.dumps(click(gate, message, "UALICE001", "hitl_approve"))})
         response = client.post(URL, content=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
         assert response.status_code == 401
-        assert sqlite_manager.get(gate.id).votes == ()
+        assert sqlite_manager.queries.get(gate.id).votes == ()
 
     @pytest.mark.parametrize(
         ("slack_user", "said"),
@@ -208,7 +208,7 @@ class TestInteractions:
     ) -> None:
         gate, message = open_and_post(sqlite_manager)
         now = dt.datetime.now(dt.timezone.utc)
-        sqlite_manager.create_delegation(
+        sqlite_manager.delegations.create_delegation(
             actor=Principal.of("alice"),
             delegate="bob",
             starts_at=now - dt.timedelta(minutes=1),
@@ -216,7 +216,7 @@ class TestInteractions:
             dag_ids=["release"],
         )
         assert post(client, click(gate, message, "UBOB00001", "hitl_approve")).status_code == 200
-        approval = sqlite_manager.get(gate.id)
+        approval = sqlite_manager.queries.get(gate.id)
         assert approval.state == "approved"
         assert [(v.user, v.delegate, v.source) for v in approval.votes] == [("alice", "bob", "slack")]
 
@@ -239,15 +239,15 @@ class TestInteractions:
         view = opened.params["view"]
         view = json.loads(view) if isinstance(view, str) else view
         assert view["callback_id"] == "hitl_reject_reason"
-        assert sqlite_manager.get(gate.id).state == "pending", "a click on Reject alone decides nothing"
+        assert sqlite_manager.queries.get(gate.id).state == "pending", "a click on Reject alone decides nothing"
 
         empty = post(client, submission(gate, message, "UALICE001", "   "))
         assert empty.json()["response_action"] == "errors"
-        assert sqlite_manager.get(gate.id).votes == ()
+        assert sqlite_manager.queries.get(gate.id).votes == ()
 
         done = post(client, submission(gate, message, "UALICE001", "accuracy regressed on segment B"))
         assert done.status_code == 200
-        approval = sqlite_manager.get(gate.id)
+        approval = sqlite_manager.queries.get(gate.id)
         assert approval.state == "rejected"
         assert (approval.votes[0].user, approval.votes[0].reason, approval.votes[0].source) == (
             "alice",
@@ -343,7 +343,7 @@ class TestSlackEscaping:
         for text in texts({"blocks": [json.loads(view) if isinstance(view, str) else view]}):
             assert live_markup(text) == [], text
         assert post(client, submission(gate, message, "UALICE001", HOSTILE_SLACK)).status_code == 200
-        assert sqlite_manager.get(gate.id).state == "rejected"
+        assert sqlite_manager.queries.get(gate.id).state == "rejected"
         [update] = slack_api.of("chat.update")
         rendered = texts(update.params)
         for text in rendered:
@@ -377,7 +377,7 @@ class TestADelegatorWhoLostTheRight:
     ) -> None:
         gate, message = open_and_post(api_manager, required_approvals=2)
         now = dt.datetime.now(dt.timezone.utc)
-        api_manager.create_delegation(
+        api_manager.delegations.create_delegation(
             actor=Principal.of("alice"),
             delegate="bob",
             starts_at=now - dt.timedelta(minutes=1),
@@ -394,4 +394,4 @@ class TestADelegatorWhoLostTheRight:
         monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", ",".join(f"{u}:{r}" for u, r in USERS.items()))
         again = post(api.client, click(gate, message, "UBOB00001", "hitl_approve"), path="/hitl" + URL)
         assert again.status_code == 200
-        assert [(v.user, v.delegate) for v in api_manager.get(gate.id).votes] == [("alice", "bob")]
+        assert [(v.user, v.delegate) for v in api_manager.queries.get(gate.id).votes] == [("alice", "bob")]

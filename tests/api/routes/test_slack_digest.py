@@ -69,10 +69,10 @@ class TestButtons:
         # The message now shows the request as it is, with buttons that decide it.
         [update] = slack_api.of("chat.update")
         fresh = buttons(update.params["blocks"])[action_id]
-        assert fresh == f"{gate.id}:{sqlite_manager.get(gate.id).content_digest}" != stale
+        assert fresh == f"{gate.id}:{sqlite_manager.queries.get(gate.id).content_digest}" != stale
         post(client, pressed(click(gate, message, "UALICE001", action_id), fresh))
         if action_id == "hitl_approve":
-            assert sqlite_manager.get(gate.id).state == "approved"
+            assert sqlite_manager.queries.get(gate.id).state == "approved"
         else:
             assert json.loads(opened_view(slack_api)["private_metadata"])["content_digest"] == fresh.split(":")[1]
 
@@ -83,7 +83,7 @@ class TestButtons:
         [posted] = slack_api.of("chat.postMessage")
         value = buttons(posted.params["blocks"])["hitl_approve"]
         assert post(client, pressed(click(gate, message, "UALICE001", "hitl_approve"), value)).status_code == 200
-        assert sqlite_manager.get(gate.id).state == "approved"
+        assert sqlite_manager.queries.get(gate.id).state == "approved"
 
     def test_a_malformed_digest_in_a_signed_value_records_nothing(
         self, client: TestClient, sqlite_manager: ApprovalManager, slack_api: SlackApi
@@ -119,7 +119,9 @@ class TestModals:
         assert CHANGED in body["errors"]["reason"]
         assert recorded(sqlite_manager, gate.id) == before
         [update] = slack_api.of("chat.update")
-        assert buttons(update.params["blocks"])["hitl_reject"].endswith(sqlite_manager.get(gate.id).content_digest)
+        assert buttons(update.params["blocks"])["hitl_reject"].endswith(
+            sqlite_manager.queries.get(gate.id).content_digest
+        )
 
     def test_an_inputs_modal_opened_before_a_change_records_nothing(
         self, client: TestClient, sqlite_manager: ApprovalManager, slack_api: SlackApi

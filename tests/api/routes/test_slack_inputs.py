@@ -59,7 +59,7 @@ class TestInputsModal:
         assert "*ticket* (required)" in blocks
         assert f"*{slack_escape('rollout_percent')}* (default: 10)" in blocks
         assert post(client, click(gate, message, "UALICE001", "hitl_approve")).status_code == 200
-        assert sqlite_manager.get(gate.id).state == "pending", "the click opens the form, it decides nothing"
+        assert sqlite_manager.queries.get(gate.id).state == "pending", "the click opens the form, it decides nothing"
         view = opened_view(slack_api)
         assert view["callback_id"] == "hitl_approve_inputs"
         blocks = {b["block_id"]: b for b in view["blocks"] if b["type"] == "input"}
@@ -81,7 +81,7 @@ class TestInputsModal:
         }
         done = post(client, approve_submission(gate, message, "UALICE001", values))
         assert done.status_code == 200, done.text
-        approval = sqlite_manager.get(gate.id)
+        approval = sqlite_manager.queries.get(gate.id)
         assert approval.state == "approved"
         [vote] = approval.votes
         assert (vote.user, vote.source) == ("alice", "slack")
@@ -119,6 +119,6 @@ class TestInputsModal:
         gate, message = open_and_post(sqlite_manager, inputs={"rollout_percent": FORM["rollout_percent"]})
         assert post(client, click(gate, message, "UALICE001", "hitl_approve")).status_code == 200
         assert slack_api.of("views.open") == []
-        approval = sqlite_manager.get(gate.id)
+        approval = sqlite_manager.queries.get(gate.id)
         assert approval.state == "approved"
         assert approval.votes[0].inputs == {"rollout_percent": 10}

@@ -88,7 +88,7 @@ def test_every_malformed_signed_payload_is_answered_without_a_5xx_and_records_no
     # Some mutations leave a valid payload (a key Slack sends that we do not read): they may
     # decide. Every vote recorded must still be alice's own, from Slack.
     for gate in (plain, form):
-        votes = sqlite_manager.get(gate.id).votes
+        votes = sqlite_manager.queries.get(gate.id).votes
         if recorded(sqlite_manager, gate.id) != before[gate.id]:
             assert [(v.user, v.source) for v in votes] == [("alice", "slack")]
 

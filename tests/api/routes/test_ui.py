@@ -167,8 +167,8 @@ class TestDecisionsFromThePages:
             f"{UI}/api/approvals/{gate.id}/approve", cookies=cookie(api, "op"), headers=XHR, json={"comment": "ok"}
         )
         assert response.status_code == 200, response.text
-        assert response.json() == api_manager.get(gate.id).to_dict()
-        [vote] = api_manager.get(gate.id).votes
+        assert response.json() == api_manager.queries.get(gate.id).to_dict()
+        [vote] = api_manager.queries.get(gate.id).votes
         assert (vote.user, vote.vote, vote.source, vote.comment) == ("op", "approve", "ui", "ok")
 
     def test_reject_needs_a_reason_and_is_recorded_with_source_ui(
@@ -182,7 +182,7 @@ class TestDecisionsFromThePages:
         assert snapshot(api_manager) == before
         response = api.client.post(url, cookies=cookie(api, "op"), headers=XHR, json={"reason": "numbers off"})
         assert response.status_code == 200
-        decided = api_manager.get(gate.id)
+        decided = api_manager.queries.get(gate.id)
         assert (decided.state, decided.decision_source, decided.votes[0].reason) == ("rejected", "ui", "numbers off")
 
     def test_bulk_approves_each_with_source_bulk_and_refuses_cancel(
@@ -208,7 +208,7 @@ class TestDecisionsFromThePages:
             (ids[0], True, "approved"),
             (ids[1], True, "approved"),
         ]
-        assert {api_manager.get(i).decision_source for i in ids} == {"bulk"}
+        assert {api_manager.queries.get(i).decision_source for i in ids} == {"bulk"}
 
     @pytest.mark.parametrize(
         ("headers", "status"),
