@@ -121,7 +121,8 @@ class Delegation:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["dag_ids"] = list(self.dag_ids) if self.dag_ids is not None else None
         data["state"] = self.state_at(now)
-        return jsonable(data)
+        ready: dict[str, Any] = jsonable(data)
+        return ready
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,12 +195,12 @@ def _name(value: Any, field_name: str, problems: ConfigProblems) -> str | None:
     if not isinstance(value, str) or not value.strip():
         problems.add(field_name, "must be a user name")
         return None
-    value = value.strip()
-    problem = text_problem(value) or ("must be at most 250 characters" if len(value) > 250 else None)
+    name: str = value.strip()
+    problem = text_problem(name) or ("must be at most 250 characters" if len(name) > 250 else None)
     if problem:
         problems.add(field_name, problem)
         return None
-    return value
+    return name
 
 
 def _dag_ids(value: Any, problems: ConfigProblems) -> list[str] | None:

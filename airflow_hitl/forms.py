@@ -319,10 +319,11 @@ def _format_checker() -> Any:
 
     checker = FormatChecker()
 
-    @checker.checks("regex", raises=re2.error)
     def _is_regex(value: object) -> bool:
         return not isinstance(value, str) or _compiled(value) is not None
 
+    # Registered by a call rather than as a decorator: jsonschema's decorator is untyped.
+    checker.checks("regex", raises=re2.error)(_is_regex)
     return checker
 
 

@@ -34,9 +34,10 @@ from collections.abc import Callable
 from sqlalchemy import or_, select, update
 
 from airflow_hitl.models.store import ApprovalStore
-from airflow_hitl.models.tables import WAITING_STATES, ApprovalRequestRow
+from airflow_hitl.models.tables import ApprovalRequestRow
 from airflow_hitl.spec import utcnow
 from airflow_hitl.transaction import StoreTransactions
+from airflow_hitl.vocabulary import WAITING_STATES
 
 #: A claim this old whose holder has not ended the task is taken over by the gate's trigger.
 TAKE_OVER_AFTER = dt.timedelta(seconds=60)

@@ -34,7 +34,7 @@ READ = "GET"
 EDIT = "PUT"
 
 
-def auth_manager() -> BaseAuthManager:
+def auth_manager() -> BaseAuthManager[BaseUser]:
     """The auth manager the api-server initialised (SimpleAuthManager, FabAuthManager, ...)."""
     return airflow_auth.auth_manager()
 

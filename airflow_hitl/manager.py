@@ -42,9 +42,9 @@ from airflow_hitl.exceptions import AlreadyVoted, ApprovalNotPending, ContentCha
 from airflow_hitl.forms import parse_inputs, resolve_inputs
 from airflow_hitl.gate_ends import GateEnds
 from airflow_hitl.models.store import ApprovalStore, get_store
-from airflow_hitl.models.tables import ORIGINS, WAITING_STATES, ApprovalRequestRow
+from airflow_hitl.models.tables import ApprovalRequestRow
 from airflow_hitl.notices import NoticeLog
-from airflow_hitl.policy import ConfigProblems, EscalationLevel, Principal, quorum_reached
+from airflow_hitl.policy import EscalationLevel, Principal, quorum_reached
 from airflow_hitl.queries import ApprovalQueries
 from airflow_hitl.records import Approval, Vote, content_digest_of, policy_of
 from airflow_hitl.spec import (
@@ -54,12 +54,22 @@ from airflow_hitl.spec import (
     Decision,
     LinkUse,
     TimeoutOutcome,
-    add_text_problems,
+    check_texts,
     json_safe,
     utcnow,
 )
 from airflow_hitl.transaction import StoreTransactions
-from airflow_hitl.vocabulary import ACTIONS, VOTE_SOURCES, Action, AuditType, Origin, Source, State
+from airflow_hitl.vocabulary import (
+    ACTIONS,
+    ORIGINS,
+    VOTE_SOURCES,
+    WAITING_STATES,
+    Action,
+    AuditType,
+    Origin,
+    Source,
+    State,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +84,6 @@ __all__ = [
     "TimeoutOutcome",
     "utcnow",
 ]
-
-
-def _check_texts(**texts: str | None) -> None:
-    """Raise :class:`InvalidInput` naming every text the store could not keep (NUL, lone surrogates).
-
-    The REST API refuses them in its bodies; an emailed link's form, a Slack modal and the CLI's
-    arguments reach the manager as they came, and PostgreSQL would refuse them only at INSERT,
-    as an error of the store rather than of the input.
-    """
-    problems = ConfigProblems()
-    add_text_problems(problems, **texts)
-    problems.raise_if_any(InvalidInput)
 
 
 class ApprovalManager:
@@ -235,7 +233,7 @@ class ApprovalManager:
                 ApprovalRequestRow.run_id == spec.run_id,
                 ApprovalRequestRow.task_id == spec.task_id,
                 ApprovalRequestRow.map_index == spec.map_index,
-                ApprovalRequestRow.try_number < spec.try_number,  # type: ignore[operator]
+                ApprovalRequestRow.try_number < spec.try_number,
                 ApprovalRequestRow.origin == Origin.TASK,
                 ApprovalRequestRow.state.in_(WAITING_STATES),
             )
@@ -380,7 +378,7 @@ class ApprovalManager:
             raise NotAllowed(f"a {Source.BREAK_GLASS} decision can only cancel a request, never {action} it")
         if source not in VOTE_SOURCES:
             raise InvalidInput("source", f"must be one of {list(VOTE_SOURCES)}")
-        _check_texts(comment=comment, reason=reason)
+        check_texts(comment=comment, reason=reason)
         # Given values are checked against the form before the lock: what a schema costs (bounded,
         # see forms) is never spent while the request's other deciders wait on its row.
         checked = self._checked_inputs(request_id, inputs, approving=action == Action.APPROVE)
@@ -556,7 +554,7 @@ class ApprovalManager:
         """Cancel a waiting request (the task was cleared or marked, or someone withdrew it)."""
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidInput("reason", "a reason is required to cancel")
-        _check_texts(reason=reason)
+        check_texts(reason=reason)
         with self.transactions.transaction() as session:
             row, votes = self.transactions.lock(session, request_id, dag_access=dag_access)
             if row.state not in WAITING_STATES:

@@ -22,11 +22,11 @@ from sqlalchemy.orm import Session
 from airflow_hitl import metrics
 from airflow_hitl.exceptions import InvalidInput, LinkAlreadyUsed
 from airflow_hitl.models.store import ApprovalStore
-from airflow_hitl.models.tables import NOTIFICATION_STATUSES, ApprovalNotificationRow
+from airflow_hitl.models.tables import ApprovalNotificationRow
 from airflow_hitl.records import Notification
 from airflow_hitl.spec import json_safe, utcnow
 from airflow_hitl.transaction import StoreTransactions
-from airflow_hitl.vocabulary import CHANNELS, Channel, NoticeStatus
+from airflow_hitl.vocabulary import CHANNELS, NOTIFICATION_STATUSES, Channel, NoticeStatus
 
 
 class NoticeLog:

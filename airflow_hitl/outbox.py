@@ -33,14 +33,21 @@ from sqlalchemy.orm import Session
 
 from airflow_hitl.models.store import NOTIFY_CHANNEL, OUTBOX_QUEUED, ApprovalStore
 from airflow_hitl.models.tables import (
-    WAITING_STATES,
     ApprovalNotificationRow,
     ApprovalOutboxRow,
     ApprovalRequestRow,
 )
 from airflow_hitl.records import record_of
 from airflow_hitl.spec import utcnow
-from airflow_hitl.vocabulary import ACTION_EVENTS, AUTOMATIC_SOURCES, Event, NoticeStatus, OutboxStatus, final_event
+from airflow_hitl.vocabulary import (
+    ACTION_EVENTS,
+    AUTOMATIC_SOURCES,
+    WAITING_STATES,
+    Event,
+    NoticeStatus,
+    OutboxStatus,
+    final_event,
+)
 
 log = logging.getLogger(__name__)
 

@@ -29,12 +29,12 @@ from sqlalchemy.orm import Session, joinedload
 
 from airflow_hitl.exceptions import ApprovalNotFound, InvalidInput
 from airflow_hitl.models.store import ApprovalStore
-from airflow_hitl.models.tables import WAITING_STATES, ApprovalRequestRow
+from airflow_hitl.models.tables import ApprovalRequestRow
 from airflow_hitl.policy import Eligibility, Principal, check_vote
 from airflow_hitl.records import Approval, TaskGate, WaitState
 from airflow_hitl.spec import ORDERABLE, ApprovalFilter, replace_filter, utcnow, where_clauses
 from airflow_hitl.transaction import decoded, text_columns, votes_of
-from airflow_hitl.vocabulary import TERMINAL_STATES, Action, Origin
+from airflow_hitl.vocabulary import TERMINAL_STATES, WAITING_STATES, Action, Origin
 
 _REQUEST_COLUMNS, _REQUEST_JSON = text_columns(ApprovalRequestRow.__table__)  # type: ignore[arg-type]
 

@@ -14,9 +14,9 @@ from functools import cached_property
 from typing import Any, TypeVar, get_type_hints
 
 from airflow_hitl.canonical import content_digest
-from airflow_hitl.models.tables import WAITING_STATES, ApprovalNotificationRow, ApprovalRequestRow, ApprovalVoteRow
+from airflow_hitl.models.tables import ApprovalNotificationRow, ApprovalRequestRow, ApprovalVoteRow
 from airflow_hitl.policy import EscalationLevel, PolicyView, approvals_needed, counted_approvals, gate_opened
-from airflow_hitl.vocabulary import Action, Origin
+from airflow_hitl.vocabulary import WAITING_STATES, Action, Origin
 
 R = TypeVar("R")
 
@@ -28,7 +28,7 @@ def _field_names(cls: type) -> tuple[str, ...]:
     # Once per record class: ``dataclasses.fields`` walks the class on every call.
     names = _FIELD_NAMES.get(cls)
     if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
     return names
 
 
@@ -436,7 +436,8 @@ def deciding_inputs(approval: Approval) -> dict[str, Any]:
     """
     deciding = approval.deciding_vote
     if deciding is not None:
-        return jsonable(deciding.inputs)
+        inputs: dict[str, Any] = jsonable(deciding.inputs)
+        return inputs
     if approval.approved:
         return {name: spec.get("value") for name, spec in approval.inputs.items() if not spec.get("required")}
     return {}

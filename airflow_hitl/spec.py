@@ -21,7 +21,7 @@ from sqlalchemy import text
 from airflow_hitl.exceptions import InvalidInput
 from airflow_hitl.forms import parse_inputs
 from airflow_hitl.limits import INT32_MAX, MAX_TIMEOUT_SECONDS, json_problem, text_problem
-from airflow_hitl.models.tables import TIMEOUT_ACTIONS, WAITING_PREDICATE, WAITING_STATES, ApprovalRequestRow
+from airflow_hitl.models.tables import WAITING_PREDICATE, ApprovalRequestRow
 from airflow_hitl.policy import ConfigProblems, EscalationLevel, Principal, names_tuple, str_list
 from airflow_hitl.records import Approval
 from airflow_hitl.settings import HitlSettings
@@ -30,6 +30,8 @@ from airflow_hitl.vocabulary import (
     FINAL_ACTIONS,
     ON_REJECT,
     TERMINAL_STATES,
+    TIMEOUT_ACTIONS,
+    WAITING_STATES,
     Action,
     ApprovalType,
     ApprovalTypeWord,
@@ -73,6 +75,18 @@ def add_text_problems(problems: ConfigProblems, **texts: Any) -> None:
             problems.add(name, "must be a string")
         elif value and (problem := text_problem(value)):
             problems.add(name, problem)
+
+
+def check_texts(**texts: str | None) -> None:
+    """Raise :class:`InvalidInput` naming every text the store could not keep (NUL, lone surrogates).
+
+    The REST API refuses them in its bodies; an emailed link's form, a Slack modal and the CLI's
+    arguments reach the manager as they came, and PostgreSQL would refuse them only at INSERT,
+    as an error of the store rather than of the input.
+    """
+    problems = ConfigProblems()
+    add_text_problems(problems, **texts)
+    problems.raise_if_any(InvalidInput)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -300,7 +314,8 @@ def json_default(value: Any) -> Any:
 
 def json_safe(value: Mapping[str, Any]) -> dict[str, Any]:
     """``value`` as it will read back from a JSON column."""
-    return json.loads(json.dumps(dict(value), default=json_default))
+    safe: dict[str, Any] = json.loads(json.dumps(dict(value), default=json_default))
+    return safe
 
 
 def where_clauses(filters: ApprovalFilter) -> list[Any]:

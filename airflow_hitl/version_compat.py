@@ -27,7 +27,7 @@ TRIGGER_ON_KILL = AIRFLOW_V_3_3_PLUS
 if AIRFLOW_V_3_2_PLUS:
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 else:  # pragma: no cover - exercised by scripts/test-airflow-versions.sh
-    from airflow.exceptions import (  # type: ignore[no-redef,assignment]
+    from airflow.exceptions import (  # type: ignore[no-redef,assignment,unused-ignore]
         AirflowFailException,
         AirflowSkipException,
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, HTTPException, Query, Request
 from pydantic import AfterValidator, BaseModel
@@ -44,7 +44,7 @@ def get_manager(request: Request) -> ApprovalManager:
     """
     injected = getattr(request.app.state, "hitl_manager", None)
     if injected is not None:
-        return injected
+        return cast("ApprovalManager", injected)
     global _process_manager
     if _process_manager is None:
         with _manager_lock:
@@ -170,7 +170,7 @@ def decide_many(
                 body.action,
                 source=Source.BULK,
                 client=client,
-                comment=body.comment if body.action != Action.CANCEL else None,
+                comment=body.comment if body.action != Action.CANCEL.value else None,
                 reason=body.reason,
                 content_digest=digests.get(raw_id),
             )

@@ -314,7 +314,7 @@ def _raise_unless_not_found(conn_id: str, err: Exception) -> None:
 def _sqlite_on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     # pysqlite's own transaction handling defers BEGIN until the first write, which lets
     # two writers read the same row and both decide. Take control and BEGIN IMMEDIATE.
-    dbapi_conn.isolation_level = None  # type: ignore[attr-defined]
+    dbapi_conn.isolation_level = None
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")

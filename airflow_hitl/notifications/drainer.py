@@ -28,10 +28,11 @@ from airflow_hitl.manager import ApprovalManager, utcnow
 from airflow_hitl.models.store import OUTBOX_CHANNEL
 from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
-from airflow_hitl.outbox import ACTION_EVENTS, Outbox, OutboxIntent, listen_for_transitions
+from airflow_hitl.outbox import Outbox, OutboxIntent, listen_for_transitions
 from airflow_hitl.records import Approval
 from airflow_hitl.retry import Backoff, RetryPolicy
 from airflow_hitl.settings import HitlSettings
+from airflow_hitl.vocabulary import ACTION_EVENTS
 
 log = logging.getLogger(__name__)
 

@@ -240,7 +240,7 @@ class ApprovalOperator(BaseOperator):
     def _where(self, frame: FrameType | None) -> str:
         """'of task ... in DAG ... at file:line', for the error a DAG author reads."""
         where = f"of task {self.task_id!r}"
-        if self.has_dag():
+        if self.has_dag():  # type: ignore[no-untyped-call]
             where += f" in DAG {self.dag_id!r}"
         if frame is not None:
             where += f" at {frame.f_code.co_filename}:{frame.f_lineno}"

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from fastapi.security import HTTPAuthorizationCredentials
 
 
-def auth_manager() -> BaseAuthManager:
+def auth_manager() -> BaseAuthManager[BaseUser]:
     """The auth manager the api-server initialised (SimpleAuthManager, FabAuthManager, ...).
 
     Raises when this process has none (a worker, the triggerer, the CLI).

@@ -13,4 +13,4 @@ def load_provider_configuration() -> None:
     """
     from airflow.providers_manager import ProvidersManager
 
-    ProvidersManager().initialize_providers_configuration()
+    ProvidersManager().initialize_providers_configuration()  # type: ignore[no-untyped-call]

@@ -11,7 +11,7 @@ initialised is its private ``_factory``. See the table in :mod:`airflow_hitl.sea
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 
 class StatsClient(Protocol):
@@ -51,12 +51,12 @@ def stats_client() -> StatsClient:
             # Typed as Any: these are 3.2's signatures, and mypy reads 3.3's.
             factory_of: Any = stats_utils.get_stats_factory
             meta.initialize(Stats, factory=factory_of(Stats))
-        return Stats  # type: ignore[return-value]
+        return cast("StatsClient", Stats)
     core_stats: Any = None
     with contextlib.suppress(ImportError):
         import airflow._shared.observability.metrics.stats as core_stats
     if core_stats is not None and _initialised(core_stats):
-        return core_stats  # type: ignore[no-any-return]
+        return cast("StatsClient", core_stats)
     if not _initialised(sdk_stats):
         import airflow.sdk.observability.metrics.stats_utils as stats_utils
         from airflow.sdk import conf
@@ -65,4 +65,4 @@ def stats_client() -> StatsClient:
             factory=stats_utils.get_stats_factory(),
             export_legacy_names=conf.getboolean("metrics", "legacy_names_on", fallback=False),
         )
-    return sdk_stats  # type: ignore[return-value]
+    return cast("StatsClient", sdk_stats)

@@ -140,7 +140,7 @@ class ApprovalTrigger(BaseTrigger):
         follow: dict[str, list[str]] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]  # Airflow's BaseTrigger is untyped
         self.request_id = str(request_id)
         self.conn_id = conn_id
         self.poll_interval = poll_interval
@@ -177,7 +177,7 @@ class ApprovalTrigger(BaseTrigger):
         payload = ApprovalTriggerEventPayload(request_id=self.request_id, status=status, state=str(state))
         if error:
             payload["error"] = error
-        return TriggerEvent(payload)
+        return TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
     @property
     def ends_task(self) -> bool:
