@@ -352,6 +352,13 @@ class TestHelmValues:
             same = {e["envName"]: e for e in helm_values["secret"]}["AIRFLOW_CONN_HITL_DEFAULT"]
             assert store["valueFrom"]["secretKeyRef"] == {"name": same["secretName"], "key": same["secretKey"]}
 
+    def test_the_init_container_waits_with_the_checks_own_wait(self, helm_values: dict[str, Any]) -> None:
+        # `db check --wait` polls and reports itself: no shell loop around it to keep in step.
+        for component in STORE_COMPONENTS:
+            script = " ".join(wait_container(helm_values, component)["args"])
+            assert re.search(r"\bairflow hitl db check --wait 600\b", script), script
+            assert not re.search(r"\b(for|while|until|sleep)\b", script), script
+
     def test_the_migration_job_migrates_the_store_after_airflow(self, helm_values: dict[str, Any]) -> None:
         script = helm_values["migrateDatabaseJob"]["args"][-1]
         assert script.index("airflow db migrate") < script.index("airflow hitl db migrate")

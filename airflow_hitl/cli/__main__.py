@@ -6,7 +6,7 @@ import argparse
 import functools
 from collections.abc import Sequence
 
-from airflow_hitl.cli.definition import ARGS, COMMANDS, run_command
+from airflow_hitl.cli.definition import ARGS, COMMANDS, own_usage_errors, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = groups.add_parser(group, help=group_help).add_subparsers(dest="action", required=True)
         for command in commands:
             cmd = sub.add_parser(command.name, help=command.help)
+            own_usage_errors(cmd)
             for name in command.args:
                 flags, kwargs = ARGS[name]
                 cmd.add_argument(*flags, **kwargs)

@@ -16,10 +16,13 @@ import argparse
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+
+from sqlalchemy.exc import DBAPIError
 
 from airflow_hitl.audit import AuditKey
 from airflow_hitl.cli.client import (
@@ -31,14 +34,14 @@ from airflow_hitl.cli.client import (
     default_api_url,
     obtain_token,
 )
-from airflow_hitl.exceptions import HitlError
+from airflow_hitl.exceptions import HitlError, StoreSchemaError, StoreUnavailable
 from airflow_hitl.limits import json_loads
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager, Decision
-from airflow_hitl.models.schema import ensure_schema, migrate, schema_status
+from airflow_hitl.models.schema import SchemaStatus, ensure_schema, migrate, schema_status
 from airflow_hitl.models.store import ApprovalStore, resolve_store_url, sqlite_file
 from airflow_hitl.policy import Principal
 from airflow_hitl.settings import airflow_home, check_options
-from airflow_hitl.vocabulary import STATES, Action, Source
+from airflow_hitl.vocabulary import STATES, WAITING_STATES, Action, Source
 
 
 @contextmanager
@@ -50,21 +53,34 @@ def _errors_exit() -> Iterator[None]:
         raise SystemExit(f"error: {err}") from None
 
 
-def _open_store(args: argparse.Namespace, *, create: bool = False) -> ApprovalStore:
-    """The store the arguments name; a missing SQLite file is an error unless ``create``."""
+def _store_url(args: argparse.Namespace) -> str:
+    """The URL of the store the arguments name (``--store-url``, ``--conn-id``, else the default)."""
     # The CLI runs beside Airflow's metadata DB, like the api-server: without the "server"
     # context the Task SDK's lookup skips connections stored in that DB (`airflow connections
     # add hitl_default`), and the deploy step would migrate the SQLite fallback instead.
     os.environ.setdefault("_AIRFLOW_PROCESS_CONTEXT", "server")
     with _errors_exit():
-        url = getattr(args, "store_url", None) or resolve_store_url(getattr(args, "conn_id", None))
+        return getattr(args, "store_url", None) or resolve_store_url(getattr(args, "conn_id", None))
+
+
+def _no_store_file(url: str) -> str | None:
+    """Why ``url`` names no store: its SQLite file does not exist; None when there is one (or a server)."""
     path = sqlite_file(url)
-    if path is not None and not create and not os.path.exists(path):
-        raise SystemExit(
-            f"error: there is no approval store at {path}. Nothing was migrated there: is AIRFLOW_HOME "
-            f"({airflow_home()}) the one your Airflow uses (`make demo` uses .demo/airflow)? Name the store "
-            "with --conn-id or --store-url, or create it with `airflow hitl db migrate`."
-        )
+    if path is None or os.path.exists(path):
+        return None
+    return (
+        f"error: there is no approval store at {path}. Nothing was migrated there: is AIRFLOW_HOME "
+        f"({airflow_home()}) the one your Airflow uses (`make demo` uses .demo/airflow)? Name the store "
+        "with --conn-id or --store-url, or create it with `airflow hitl db migrate`."
+    )
+
+
+def _open_store(args: argparse.Namespace, *, create: bool = False) -> ApprovalStore:
+    """The store the arguments name; a missing SQLite file is an error unless ``create``."""
+    url = _store_url(args)
+    missing = None if create else _no_store_file(url)
+    if missing is not None:
+        raise SystemExit(missing)
     return ApprovalStore(url=url, pool_size=1)
 
 
@@ -87,14 +103,68 @@ def db_migrate(args: argparse.Namespace) -> None:
         print(f"approval store {store!r} migrated from {before.current or 'empty'} to {after.current}")
 
 
+#: How often ``db check --wait`` looks again: one cheap query, and pods start soon after the migration.
+WAIT_INTERVAL = 2.0
+
+
+def _schema_status(store: ApprovalStore) -> SchemaStatus:
+    """The store's schema status; a store that does not answer is a :class:`StoreUnavailable`, not a traceback."""
+    try:
+        return schema_status(store)
+    except DBAPIError as err:  # refused, unknown host or database, bad credentials: the driver's words
+        reason = " ".join(str(err.orig or err).split())
+        raise StoreUnavailable(f"cannot reach the approval store {store!r}: {reason}") from None
+
+
+def _status_when_ready(args: argparse.Namespace, wait: int) -> tuple[ApprovalStore, SchemaStatus]:
+    """The store and its schema status: at once, or once current, within ``wait`` seconds.
+
+    Waited for: a SQLite file not there yet, a store that does not answer, a schema behind this
+    version. Not waited for, as time will not change them: a store named wrongly (no such
+    connection) and a store migrated by a newer airflow-hitl.
+    """
+    url = _store_url(args)
+    deadline = time.monotonic() + wait
+    store: ApprovalStore | None = None
+    said = None
+    while True:
+        waiting = None
+        if store is None:
+            waiting = _no_store_file(url)
+            if waiting is None:
+                store = ApprovalStore(url=url, pool_size=1)
+        if store is not None:
+            try:
+                status = _schema_status(store)
+            except StoreSchemaError as err:
+                raise SystemExit(f"error: {err}") from None
+            except StoreUnavailable as err:
+                waiting = f"error: {err}"
+            else:
+                if status.up_to_date or time.monotonic() >= deadline:
+                    return store, status
+                waiting = (
+                    f"approval store {store!r}: revision {status.current or 'empty'}, code head {status.head}: "
+                    "run `airflow hitl db migrate`"
+                )
+        if time.monotonic() >= deadline:
+            raise SystemExit(waiting)
+        if waiting != said:  # what it waits for, once (a pod's log need not repeat it every 2 s)
+            print(f"waiting up to {wait} s for the approval store: {waiting}", file=sys.stderr, flush=True)
+            said = waiting
+        time.sleep(max(0.0, min(WAIT_INTERVAL, deadline - time.monotonic())))
+
+
 def db_check(args: argparse.Namespace) -> None:
-    """Exit 0 when the store is reachable and at this version's schema, 1 otherwise."""
+    """Exit 0 when the store is reachable and at this version's schema, 1 otherwise.
+
+    With ``--wait SECONDS``, look every :data:`WAIT_INTERVAL` seconds until it is, for at most
+    that long (an init container waiting for the migration job), then report as without it.
+    """
     with _errors_exit():
         # Every [hitl] option read as its type first: a misspelt one is named, not defaulted.
         check_options()
-    store = _open_store(args)
-    with _errors_exit():
-        status = schema_status(store)
+    store, status = _status_when_ready(args, getattr(args, "wait", 0) or 0)
     print(f"approval store {store!r}: revision {status.current or 'empty'}, code head {status.head}")
     if AuditKey.configured() is None:
         # A warning, not a failure: an unkeyed chain still shows edits, only not a forger's.
@@ -118,7 +188,7 @@ def audit_verify(args: argparse.Namespace) -> None:
     """
     manager = _manager(args)
     with _errors_exit():
-        result = manager.verify_audit_chain()
+        result = manager.audit.verify_audit_chain()
     print(json.dumps(result.to_dict(), default=str, ensure_ascii=False))
     if not result.ok:
         sys.exit(1)
@@ -127,10 +197,11 @@ def audit_verify(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------- approvals
 
 
-def _print(data: list[dict[str, Any]], output: str) -> None:
+def _print(data: list[dict[str, Any]], output: str, *, whole: tuple[str, ...] = (), one_line: bool = False) -> None:
+    """Print as Airflow's commands do; in a table, ``whole`` columns are never split (ids)."""
     from airflow_hitl.seam.cli import print_rows
 
-    print_rows(data, output=output)
+    print_rows(data, output=output, whole=whole, one_line=one_line)
 
 
 def _summary(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -198,11 +269,12 @@ def approvals_list(args: argparse.Namespace) -> None:
     else:
         manager = _manager(args)
         with _errors_exit():
-            approvals, _total = manager.list(
+            approvals, _total = manager.queries.list(
                 ApprovalFilter(states=[args.state] if args.state else None, dag_id=args.dag_id), limit=args.limit
             )
         items = [a.to_dict() for a in approvals]
-    _print([_summary(item) for item in items], args.output)
+    # One line per request, its id whole: the other columns are cut with an ellipsis to fit.
+    _print([_summary(item) for item in items], args.output, whole=("id",), one_line=True)
 
 
 def approvals_show(args: argparse.Namespace) -> None:
@@ -215,10 +287,11 @@ def approvals_show(args: argparse.Namespace) -> None:
     else:
         manager = _manager(args)
         with _errors_exit():
-            item = manager.get(approval_id).to_dict()
+            item = manager.queries.get(approval_id).to_dict()
     if args.output in {"json", "yaml"}:
         _print([item], args.output)
         return
+    separator = "\n" if args.output == "table" else "; "
     votes = "; ".join(
         f"{v['user']} {v['vote']} via {v['source']}" + (f": {v['comment']}" if v["comment"] else "")
         for v in item["votes"]
@@ -227,13 +300,61 @@ def approvals_show(args: argparse.Namespace) -> None:
         **_summary(item),
         "description": item["description"],
         "reason": item["reason"],
+        "context": _context_summary(item["context"], separator),
+        "who_decides": _deciders(item),
         "allowed_approvers": ", ".join(item["allowed_approvers"]),
         "allowed_roles": ", ".join(item["allowed_roles"]),
+        "escalation": _escalation(item),
+        "approved_by": ", ".join(item["approvers"]),
         "content_digest": item["content_digest"],
         "comment": item["comment"],
         "votes": votes,
     }
-    _print([{"field": key, "value": value} for key, value in details.items()], args.output)
+    _print([{"field": key, "value": value} for key, value in details.items()], args.output, whole=("field",))
+
+
+#: A context summary shows this many keys, each value cut to this many characters (json has all).
+_CONTEXT_KEYS, _CONTEXT_VALUE = 20, 60
+
+
+def _context_summary(context: Mapping[str, Any], separator: str) -> str:
+    """The request's context as ``key: value`` lines, long values cut: what approvers are shown, in short."""
+    lines = []
+    for key, value in list(context.items())[:_CONTEXT_KEYS]:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+        text = " ".join(text.split())
+        if len(text) > _CONTEXT_VALUE:
+            text = text[: _CONTEXT_VALUE - 1] + "\N{HORIZONTAL ELLIPSIS}"
+        lines.append(f"{key}: {text}")
+    if len(context) > _CONTEXT_KEYS:
+        lines.append(f"and {len(context) - _CONTEXT_KEYS} more (--output json shows them all)")
+    return separator.join(lines)
+
+
+def _deciders(item: Mapping[str, Any]) -> str:
+    """Who may decide now (allowed approvers and roles, escalations included), as the pages say it."""
+    names, roles = list(item["allowed_approvers"]), list(item["allowed_roles"])
+    parts = [", ".join(names)] if names else []
+    if roles:
+        parts.append(("role " if len(roles) == 1 else "roles ") + ", ".join(roles))
+    return "; ".join(parts) if parts else "anyone who may edit the DAG"
+
+
+def _escalation(item: Mapping[str, Any]) -> str:
+    """The escalation level reached, whom it added, and what the next one adds."""
+    levels = list(item.get("escalation_targets") or ())
+    if not levels:
+        return ""
+    level = int(item.get("escalation_level") or 0)
+
+    def added(target: Mapping[str, Any]) -> str:
+        names = [*target.get("approvers", ()), *(f"role {role}" for role in target.get("roles", ()))]
+        return ", ".join(names) or "nobody"
+
+    parts = [f"level {level} of {len(levels)}" + (f", added {added(levels[level - 1])}" if level else "")]
+    if level < len(levels) and item["state"] in WAITING_STATES and item.get("timeout_action") == Action.ESCALATE:
+        parts.append(f"next adds {added(levels[level])} when it expires")
+    return "; ".join(parts)
 
 
 def _refuse_named_identity(args: argparse.Namespace) -> None:

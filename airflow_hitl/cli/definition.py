@@ -4,18 +4,34 @@ One table of arguments and commands; :func:`get_hitl_cli_commands` turns it into
 ``GroupCommand``/``ActionCommand`` objects (the provider's ``cli`` entry, Airflow >= 3.2),
 and ``airflow_hitl.cli.__main__`` into an ``argparse`` parser (every version, 3.1 included).
 Help texts avoid square brackets: Airflow renders help with rich, which eats ``[...]``.
+
+Both parsers report a mistyped command line the same way, through :func:`own_usage_errors`:
+the command's own usage and the error, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 _STORE_ARGS = ("conn_id", "store_url")
 #: How the command line reaches the api-server as the caller's own Airflow user.
 _API_ARGS = ("api_url", "token_file", "username")
 _OUTPUT_CHOICES = ("table", "json", "yaml", "plain")
+
+
+def seconds(value: str) -> int:
+    """A whole number of seconds, 0 or more (``--wait``); anything else is a usage error naming it."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of seconds, 0 or more")
+    return number
+
 
 #: argument name -> (flags, argparse/Airflow ``Arg`` keyword arguments)
 ARGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
@@ -27,6 +43,17 @@ ARGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         },
     ),
     "store_url": (("--store-url",), {"help": "SQLAlchemy URL of the store, instead of a connection"}),
+    "wait": (
+        ("--wait",),
+        {
+            "help": "Wait up to this many seconds for the store to be reachable and migrated to this version, "
+            "checking every few seconds; exit 1 as without --wait when the time is up (default: 0, check once). "
+            "For an init container that waits for the migration job",
+            "type": seconds,
+            "default": 0,
+            "metavar": "SECONDS",
+        },
+    ),
     "output": (
         ("-o", "--output"),
         {
@@ -145,7 +172,12 @@ COMMANDS: dict[str, tuple[str, tuple[Command, ...]]] = {
         "Manage the approval store",
         (
             Command("migrate", "db_migrate", "Migrate the approval store to this version"),
-            Command("check", "db_check", "Check the approval store's schema version (never creates a store)"),
+            Command(
+                "check",
+                "db_check",
+                "Check the approval store's schema version, or wait for it with --wait (never creates a store)",
+                (*_STORE_ARGS, "wait"),
+            ),
         ),
     ),
     "audit": ("Inspect the audit trail", (Command("verify", "audit_verify", "Verify the audit trail's hash chain"),)),
@@ -200,6 +232,50 @@ COMMANDS: dict[str, tuple[str, tuple[Command, ...]]] = {
 }
 
 
+class _OwnUsageErrors(argparse.ArgumentParser):
+    """A command's parser that reports errors itself: its usage line and the error, exit status 2.
+
+    Mixed in before the parser's own class. argparse hands a sub-command's unknown arguments up
+    to the top parser, which reports them with its usage; Airflow's parser (``DefaultHelpParser``)
+    prints its whole help for any error, about 50 lines in which the error is the last.
+    """
+
+    def parse_known_args(  # type: ignore[override]  # typeshed's overloads; argparse calls it so
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Parse the command's arguments; an unknown one is this command's error, not its parent's."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+    def error(self, message: str) -> NoReturn:
+        """argparse's own report (usage, then ``<prog>: error: <message>``), not the parser class's."""
+        argparse.ArgumentParser.error(self, message)
+
+
+# One subclass per parser class, made once: Airflow's DefaultHelpParser, or argparse's own.
+_OWN_USAGE_ERRORS_CLASSES: dict[type[argparse.ArgumentParser], type[argparse.ArgumentParser]] = {}
+
+
+def own_usage_errors(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser``, one command's, report a bad command line with its own usage; no abbreviations.
+
+    Idempotent (Airflow calls it once per argument). The parser's class stays in the lineage,
+    so what it checks (Airflow's legacy command names, its help formatter) is kept. Abbreviated
+    options are refused: ``--stat`` for ``--state`` would silently mean another option once
+    one is added, and a mistyped option is then always an error.
+    """
+    parser.allow_abbrev = False
+    if not isinstance(parser, _OwnUsageErrors):
+        # The parser is built by Airflow (or by argparse for its sub-commands): its class is
+        # swapped for a subclass rather than the parser rebuilt.
+        base = type(parser)
+        if base not in _OWN_USAGE_ERRORS_CLASSES:
+            _OWN_USAGE_ERRORS_CLASSES[base] = type(f"HitlCommand{base.__name__}", (_OwnUsageErrors, base), {})
+        parser.__class__ = _OWN_USAGE_ERRORS_CLASSES[base]
+
+
 def run_command(name: str, args: Any) -> None:
     """Run ``airflow_hitl.cli.commands.<name>``; imported only now, so Airflow's CLI starts fast."""
     from airflow_hitl.cli import commands
@@ -219,7 +295,7 @@ def get_hitl_cli_commands() -> list[Any]:
     """Return the ``hitl`` group for Airflow's CLI: ``db``, ``audit`` and ``approvals``."""
     from airflow_hitl.seam.cli import action_command, argument, group_command
 
-    args = {name: argument(flags, **kwargs) for name, (flags, kwargs) in ARGS.items()}
+    args = {name: argument(flags, on_parser=own_usage_errors, **kwargs) for name, (flags, kwargs) in ARGS.items()}
     return [
         group_command(
             name="hitl",

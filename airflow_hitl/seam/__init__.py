@@ -63,12 +63,16 @@ contract test.
     Why: no public interface names a DAG's team. Since: 3.2 (multi-team mode; never asked
     on 3.1, which has no teams). Contract: ``test_dag_team_mapping``.
 ``airflow.stats``
-    Names: ``Stats`` (on 3.2 also its ``factory`` and ``initialize(factory=)``).
-    Module: :mod:`.stats`.
-    What: the one metrics facade of Airflow 3.1 and 3.2.
+    Names: ``Stats``. Module: :mod:`.stats`.
+    What: the one metrics facade of Airflow 3.1.
     Why: Airflow exposes no public metrics client; sending through its ``Stats`` is how our
-    metrics reach the user's ``[metrics]`` backend. Since: 3.1 (used on 3.1 and 3.2).
-    Contract: ``test_stats_client_counts_gauges_and_times``.
+    metrics reach the user's ``[metrics]`` backend. Since: 3.1 (used on 3.1 only: 3.2 warns
+    that the import moved). Contract: ``test_stats_client_counts_gauges_and_times``.
+``airflow.sdk.observability.stats``
+    Names: ``Stats``, its ``factory`` and ``initialize(factory=)``. Module: :mod:`.stats`.
+    What: the same facade where Airflow 3.2 moved it (``airflow.stats`` re-exports it there
+    with a deprecation warning). Why: as for ``airflow.stats``; not in ``airflow.sdk.__all__``.
+    Since: 3.2 (used on 3.2). Contract: ``test_stats_client_counts_gauges_and_times``.
 ``airflow._shared.observability.metrics.stats``
     Names: the module (``incr``, ``gauge``, ``timing``) and its private ``_factory``.
     Module: :mod:`.stats`.
@@ -88,16 +92,23 @@ contract test.
     Why: not in ``airflow.sdk.__all__``; the one way to set up ``Stats`` as Airflow does
     where Airflow did not. Since: 3.2. Contract: ``test_stats_copies_are_initialised_through_factory``.
 ``airflow.cli.cli_config``
-    Names: ``GroupCommand``, ``ActionCommand``, ``Arg``. Module: :mod:`.cli`.
+    Names: ``GroupCommand``, ``ActionCommand``, ``Arg`` (subclassed: ``add_to_parser(parser)``
+    is called with the parser of the command the argument belongs to; a hook then makes that
+    parser report its own errors, as ``DefaultHelpParser``'s ``error`` prints the whole
+    ``airflow`` help for an unknown argument). Module: :mod:`.cli`.
     What: the command objects a provider's ``get_provider_info()["cli"]`` returns.
     Why: the CLI is public as a command line, its Python classes are not listed, yet the
-    provider ``cli`` entry needs them. Since: 3.1 (the provider entry from 3.2).
-    Contract: ``test_cli_command_classes``.
+    provider ``cli`` entry needs them; no public hook reaches a command's parser. Since: 3.1
+    (the provider entry from 3.2). Contract: ``test_cli_command_classes``,
+    ``test_arg_reaches_the_parser_of_its_command``.
 ``airflow.cli.simple_table``
-    Names: ``AirflowConsole().print_as(data=, output=)``. Module: :mod:`.cli`.
+    Names: ``AirflowConsole`` (subclassed: ``print_as(data=, output=)``, ``print_as_table``,
+    ``print``, ``show_header``; its width, 200 columns when not printing to a terminal) and
+    ``SimpleTable`` (``add_column``, ``add_row``). Module: :mod:`.cli`.
     What: how Airflow's commands print ``--output table|json|yaml|plain``.
-    Why: not listed public; our ``approvals list/show`` print as Airflow's commands do.
-    Since: 3.1. Contract: ``test_airflow_console_prints_json``.
+    Why: not listed public; our ``approvals list/show`` print as Airflow's commands do, with
+    ids kept whole in tables. Since: 3.1. Contract: ``test_airflow_console_prints_json``,
+    ``test_airflow_console_tables_keep_whole_columns``.
 ``airflow.providers_manager``
     Names: ``ProvidersManager().initialize_providers_configuration()``.
     Module: :mod:`.providers`.

@@ -39,7 +39,10 @@ def stats_client() -> StatsClient:
     if sdk_stats is None or not hasattr(sdk_stats, "initialize"):
         # Airflow 3.1 and 3.2: one Stats. (3.2 has the SDK's module, but not 3.3's module-level
         # initialize: initialising that failed there, and every metric was dropped.)
-        from airflow.stats import Stats
+        try:  # 3.2 moved it to the SDK, and warns on the old import
+            from airflow.sdk.observability.stats import Stats
+        except ImportError:  # 3.1
+            from airflow.stats import Stats
 
         meta: Any = type(Stats)
         # Read as Airflow reads it: initialize() sets it on Stats, the metaclass holds the default.

@@ -26,12 +26,12 @@ import yaml
 from airflow_hitl.cli.__main__ import main
 from airflow_hitl.exceptions import NotAllowed
 from airflow_hitl.manager import ApprovalManager, Decision
-from airflow_hitl.policy import Principal
+from airflow_hitl.policy import EscalationLevel, Principal
 from airflow_hitl.vocabulary import BREAK_GLASS
 from tests.airflow_api import snapshot
 from tests.cli.conftest import ServedApi, resigned
 from tests.e2e.harness import free_port
-from tests.helpers import spec
+from tests.helpers import Clock, spec
 
 #: What a refused decision tells the caller to do about their identity.
 TOKEN_HINT = "set AIRFLOW_HITL_TOKEN, --token-file or --username"
@@ -71,6 +71,51 @@ def as_user(monkeypatch: pytest.MonkeyPatch, served_api: ServedApi) -> Callable[
         monkeypatch.setenv("AIRFLOW_HITL_TOKEN", token if token is not None else served_api.token(user or ""))
 
     return use
+
+
+def escalated_request(manager: ApprovalManager, clock: Clock) -> str:
+    """A request with a reason, a context, approvers and roles, one vote, escalated to its first level."""
+    approval = manager.create(
+        spec(
+            reason="monthly retraining",
+            context={"accuracy": 0.93, "notes": "n" * 200, "metrics": {"auc": 0.9, "f1": 0.8}},
+            allowed_approvers=["bob"],
+            allowed_roles=["Op"],
+            required_approvals=2,
+            timeout=dt.timedelta(minutes=10),
+            timeout_action="escalate",
+            escalation_targets=[
+                EscalationLevel(approvers=("carol",), roles=("Admin",), timeout=dt.timedelta(minutes=30)),
+                EscalationLevel(approvers=("dave",), timeout=dt.timedelta(hours=1)),
+            ],
+            escalation_final_action="reject",
+        )
+    )
+    manager.approve(approval.id, user=Principal.of("bob"), comment="looks right", source="cli")
+    clock.advance(minutes=10)
+    assert manager.apply_timeout(approval.id).escalated
+    return approval.id
+
+
+def assert_shows_reason_context_and_deciders(table: str, plain: str) -> None:
+    """What ``show`` prints of :func:`escalated_request`, in a table and in plain output."""
+    rows = {line.split("|")[0].strip(): line for line in table.splitlines() if "|" in line}
+    assert "monthly retraining" in rows["reason"]
+    # The context, one key a line, the long value cut (json and yaml carry it whole).
+    cut = "notes: " + "n" * 59 + "\N{HORIZONTAL ELLIPSIS}"
+    for shown in ("accuracy: 0.93", cut, "metrics: {"):
+        assert shown in table, table
+    [metrics] = [line for line in table.splitlines() if "metrics: {" in line]
+    assert '"auc": 0.9' in metrics and '"f1": 0.8' in metrics  # PostgreSQL's JSONB orders keys its way
+    assert "n" * 60 not in table
+    assert "bob, carol; roles Op, Admin" in rows["who_decides"]
+    assert "level 1 of 2, added carol, role Admin; next adds dave when it expires" in rows["escalation"]
+    assert "bob" in rows["approved_by"] and "bob approve via cli: looks right" in rows["votes"]
+    assert "1/2" in rows["approvals"]
+    # One line in plain output, for grep.
+    [context] = [line for line in plain.splitlines() if "accuracy: 0.93" in line]
+    assert context.split()[0] == "context" and cut in context and "metrics: {" in context
+    assert context.count("; ") == 2
 
 
 class TestListFromTheStore:
@@ -113,6 +158,16 @@ class TestShowFromTheStore:
         table = cli(capsys, "approvals", "show", approval.id, *on_store(manager))
         assert "alice approve via cli: fine" in table and "1/2" in table
 
+    def test_reason_context_and_who_decides(
+        self, capsys: pytest.CaptureFixture[str], mgr: ApprovalManager, clock: Clock
+    ) -> None:
+        approval_id = escalated_request(mgr, clock)
+        table = cli(capsys, "approvals", "show", approval_id, *on_store(mgr))
+        plain = cli(capsys, "approvals", "show", approval_id, "-o", "plain", *on_store(mgr))
+        assert_shows_reason_context_and_deciders(table, plain)
+        shown = json.loads(cli(capsys, "approvals", "show", approval_id, "-o", "json", *on_store(mgr)))
+        assert shown[0]["context"]["notes"] == "n" * 200  # json is the item as it is
+
     @pytest.mark.parametrize(
         ("approval_id", "message"),
         [("00000000-0000-0000-0000-000000000000", "not found"), ("not-a-uuid", "not a valid approval id")],
@@ -142,6 +197,16 @@ class TestReadThroughTheApi:
         as_user("nobody")  # may read no DAG: the API shows them nothing
         assert json.loads(cli(capsys, "approvals", "list", "--api-url", served_api.url, "-o", "json")) == []
         assert "403" in cli_error(capsys, "approvals", "show", waiting.id, "--api-url", served_api.url)
+
+    def test_show_has_the_reason_context_and_who_decides(
+        self, capsys: pytest.CaptureFixture[str], api_store: ApprovalManager, served_api: ServedApi, as_user
+    ) -> None:
+        clock = Clock()
+        approval_id = escalated_request(ApprovalManager(store=api_store.store, clock=clock), clock)
+        as_user("viewer")
+        table = cli(capsys, "approvals", "show", approval_id, "--api-url", served_api.url)
+        plain = cli(capsys, "approvals", "show", approval_id, "--api-url", served_api.url, "-o", "plain")
+        assert_shows_reason_context_and_deciders(table, plain)
 
     def test_a_token_in_the_environment_reads_through_the_configured_api_server(
         self,
@@ -176,12 +241,12 @@ class TestDecideThroughTheApi:
         as_user("alice")
         out = cli(capsys, *decide(served_api, "approvals", "approve", approval.id, "--comment", "lgtm"))
         assert f"approval request {approval.id} (release): approved, 1 of 1 approvals" in out
-        decided = api_store.get(approval.id)
+        decided = api_store.queries.get(approval.id)
         assert (decided.state, decided.decided_by, decided.decision_source) == ("approved", "alice", "cli")
         assert [(v.user, v.source, v.user_roles, v.comment) for v in decided.votes] == [
             ("alice", "cli", ("user",), "lgtm")
         ]
-        vote_event = next(e for e in api_store.events(approval.id) if e.event_type == "vote")
+        vote_event = next(e for e in api_store.audit.events(approval.id) if e.event_type == "vote")
         assert (vote_event.actor, vote_event.source, vote_event.comment) == ("alice", "cli", "lgtm")
         assert (vote_event.details["os_user"], vote_event.details["hostname"]) == (
             getpass.getuser(),
@@ -189,7 +254,7 @@ class TestDecideThroughTheApi:
         )
         assert vote_event.details["client_address"] == "127.0.0.1"
         assert vote_event.details["user_agent"].startswith("airflow-hitl-cli/")
-        assert api_store.verify_audit_chain().ok
+        assert api_store.audit.verify_audit_chain().ok
 
     def test_the_requests_policy_applies_to_the_tokens_user(
         self, capsys: pytest.CaptureFixture[str], api_store: ApprovalManager, served_api: ServedApi, as_user
@@ -198,7 +263,7 @@ class TestDecideThroughTheApi:
         as_user("alice")
         message = cli_error(capsys, *decide(served_api, "approvals", "approve", approval.id))
         assert "403" in message and "cannot approve it yourself" in message
-        assert api_store.get(approval.id).votes == ()
+        assert api_store.queries.get(approval.id).votes == ()
 
     @pytest.mark.parametrize(
         ("user", "token_kind", "status"),
@@ -272,7 +337,7 @@ class TestDecideThroughTheApi:
         approval = api_store.create(spec())
         message = cli_error(capsys, *decide(served_api, "approvals", "approve", approval.id))
         assert "needs your own Airflow token" in message and TOKEN_HINT in message
-        assert api_store.get(approval.id).state == "pending"
+        assert api_store.queries.get(approval.id).state == "pending"
 
     def test_username_with_the_password_on_stdin(
         self,
@@ -288,7 +353,10 @@ class TestDecideThroughTheApi:
         monkeypatch.setattr(sys, "stdin", io.StringIO(served_api.password("alice") + "\n"))
         out = cli(capsys, *decide(served_api, "approvals", "approve", approval.id, "--username", "alice"))
         assert "approved" in out
-        assert (api_store.get(approval.id).decided_by, api_store.get(approval.id).decision_source) == ("alice", "cli")
+        assert (api_store.queries.get(approval.id).decided_by, api_store.queries.get(approval.id).decision_source) == (
+            "alice",
+            "cli",
+        )
 
     def test_token_file(
         self, capsys: pytest.CaptureFixture[str], api_store: ApprovalManager, served_api: ServedApi, tmp_path: Path
@@ -298,7 +366,7 @@ class TestDecideThroughTheApi:
         token_file.write_text(served_api.token("bob") + "\n")
         argv = decide(served_api, "approvals", "approve", approval.id, "--token-file", str(token_file))
         assert "approved" in cli(capsys, *argv)
-        assert api_store.get(approval.id).decided_by == "bob"
+        assert api_store.queries.get(approval.id).decided_by == "bob"
         missing = decide(served_api, "approvals", "show", approval.id, "--token-file", str(tmp_path / "nope"))
         assert "No such file" in cli_error(capsys, *missing)
 
@@ -308,9 +376,9 @@ class TestDecideThroughTheApi:
         approval = api_store.create(spec())
         as_user("op")
         assert "--reason is required" in cli_error(capsys, *decide(served_api, "approvals", "reject", approval.id))
-        assert api_store.get(approval.id).state == "pending"
+        assert api_store.queries.get(approval.id).state == "pending"
         cli(capsys, *decide(served_api, "approvals", "reject", approval.id, "--reason", "metrics dropped"))
-        rejected = api_store.get(approval.id)
+        rejected = api_store.queries.get(approval.id)
         assert (rejected.state, rejected.decided_by, rejected.decision_source) == ("rejected", "op", "cli")
         assert "metrics dropped" in (rejected.comment or "")
 
@@ -336,7 +404,7 @@ class TestDecideThroughTheApi:
         nowhere = f"http://127.0.0.1:{free_port()}"
         message = cli_error(capsys, "approvals", "approve", approval.id, "--api-url", nowhere)
         assert f"cannot reach the api-server at {nowhere}" in message and "nothing was recorded" in message
-        assert api_store.get(approval.id).votes == ()
+        assert api_store.queries.get(approval.id).votes == ()
         assert "http" in cli_error(capsys, "approvals", "approve", approval.id, "--api-url", "localhost:8080")
 
     def test_cancel_through_the_api_server(
@@ -349,9 +417,9 @@ class TestDecideThroughTheApi:
         assert "--reason is required" in cli_error(capsys, *decide(served_api, "approvals", "cancel", approval.id))
         out = cli(capsys, *decide(served_api, "approvals", "cancel", approval.id, "--reason", "superseded"))
         assert "cancelled" in out
-        cancelled = api_store.get(approval.id)
+        cancelled = api_store.queries.get(approval.id)
         assert (cancelled.state, cancelled.decided_by, cancelled.decision_source) == ("cancelled", "op", "cli")
-        event = api_store.events(approval.id)[-1]
+        event = api_store.audit.events(approval.id)[-1]
         assert (event.actor, event.source, event.details["os_user"]) == ("op", "cli", getpass.getuser())
 
     def test_the_store_without_break_glass_is_an_error(
@@ -363,7 +431,7 @@ class TestDecideThroughTheApi:
             capsys, "approvals", "cancel", approval.id, "--reason", "x", "--store-url", api_store.store.url
         )
         assert "--store-url only go with --break-glass" in message
-        assert api_store.get(approval.id).state == "pending"
+        assert api_store.queries.get(approval.id).state == "pending"
 
 
 class TestBreakGlass:
@@ -378,13 +446,13 @@ class TestBreakGlass:
         assert "--reason is required" in cli_error(capsys, *argv)
         out = cli(capsys, *argv, "--reason", "api-server down, stop the deploy")
         assert f"cancelled by {actor} (break-glass)" in out
-        cancelled = manager.get(approval.id)
+        cancelled = manager.queries.get(approval.id)
         assert (cancelled.state, cancelled.decided_by, cancelled.decision_source) == ("cancelled", actor, BREAK_GLASS)
         assert cancelled.comment == "api-server down, stop the deploy"
-        event = manager.events(approval.id)[-1]
+        event = manager.audit.events(approval.id)[-1]
         assert (event.event_type, event.actor, event.source) == ("cancelled", actor, BREAK_GLASS)
         assert (event.details["os_user"], event.details["hostname"]) == (getpass.getuser(), socket.gethostname())
-        assert manager.verify_audit_chain().ok
+        assert manager.audit.verify_audit_chain().ok
         # Shown like any other ending: the store's JSON form, as the API and pages get it.
         assert (
             json.loads(cli(capsys, "approvals", "show", approval.id, "-o", "json", *on_store(manager)))[0][
@@ -427,4 +495,4 @@ class TestBreakGlass:
         approval = manager.create(spec())
         argv = ("approvals", "cancel", approval.id, "--break-glass", "--reason", "x", *on_store(manager))
         assert "drop --api-url" in cli_error(capsys, *argv, "--api-url", "http://127.0.0.1:9")
-        assert manager.get(approval.id).state == "pending"
+        assert manager.queries.get(approval.id).state == "pending"

@@ -101,7 +101,7 @@ class TestTheApiServersSide:
         response = api.client.post(f"{API}/{request.id}/approve", json={}, headers=headers)
         assert response.status_code == 200, response.text
         assert (response.json()["decided_by"], response.json()["decision_source"]) == ("alice", "cli")
-        vote = next(e for e in api_manager.events(request.id) if e.event_type == "vote")
+        vote = next(e for e in api_manager.audit.events(request.id) if e.event_type == "vote")
         assert (vote.actor, vote.source, vote.details["os_user"], vote.details["hostname"]) == (
             "alice",
             "cli",
@@ -115,7 +115,7 @@ class TestTheApiServersSide:
         request = open_request(api_manager)
         headers = {**api.headers("alice"), "X-HITL-OS-User": "deploy", "X-HITL-Client": "api"}
         assert api.client.post(f"{API}/{request.id}/approve", json={}, headers=headers).status_code == 200
-        vote = next(e for e in api_manager.events(request.id) if e.event_type == "vote")
+        vote = next(e for e in api_manager.audit.events(request.id) if e.event_type == "vote")
         assert vote.source == "api" and "os_user" not in vote.details
 
     @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ class TestApiClient:
         client = ApiClient(api_url=served_api.url + "/", token=served_api.token("op"))
         decided = client.decide(request.id, "reject", {"reason": "numbers are off"})
         assert (decided["state"], decided["decided_by"], decided["decision_source"]) == ("rejected", "op", "cli")
-        event = next(e for e in api_store.events(request.id) if e.event_type == "vote")
+        event = next(e for e in api_store.audit.events(request.id) if e.event_type == "vote")
         assert (event.details["os_user"], event.details["hostname"]) == (getpass.getuser(), socket.gethostname())
 
     def test_a_refusal_names_the_status_and_the_reason(self, served_api: ServedApi, api_store: ApprovalManager) -> None:

@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import text
 
 from airflow_hitl.manager import ApprovalManager
-from airflow_hitl.models.schema import schema_status
+from airflow_hitl.models.schema import migrate, schema_status
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.policy import Principal
 from tests.cli.conftest import ServedApi
+from tests.e2e.harness import create_database, drop_database, free_port
 from tests.helpers import spec
 
 BIN = Path(sys.executable).parent
@@ -97,6 +98,78 @@ class TestConsoleScript:
         assert not (tmp_path / "hitl.db").exists()
 
 
+def until_waiting(process: subprocess.Popen[str]) -> str:
+    """The line ``db check --wait`` prints once it has found the store not ready (stderr, read as it comes)."""
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line.startswith("waiting up to "):
+            return line
+    raise AssertionError(f"it never waited: exit status {process.wait()}")
+
+
+class TestDbCheckWait:
+    """``db check --wait SECONDS``: what an init container runs until the migration job is done."""
+
+    @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+    def test_waits_until_the_store_is_migrated(self, tmp_path: Path, backend: str) -> None:
+        # SQLite: not even the file exists yet. PostgreSQL: an empty database.
+        url = f"sqlite:///{tmp_path / 'later.db'}" if backend == "sqlite" else create_database("hitl_cliwait")
+        try:
+            env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+            env.pop("AIRFLOW_HITL_STORE_URL", None)
+            waiting = subprocess.Popen(
+                [str(BIN / "airflow-hitl"), "db", "check", "--wait", "170", "--store-url", url],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                line = until_waiting(waiting)
+                assert line.startswith("waiting up to 170 s for the approval store: "), line
+                expected = "there is no approval store at" if backend == "sqlite" else "revision empty"
+                assert expected in line and "airflow hitl db migrate" in line, line
+                store = ApprovalStore(url=url)
+                head = migrate(store).current
+                store.dispose()
+                out, err = waiting.communicate(timeout=120)
+            finally:
+                if waiting.poll() is None:
+                    waiting.kill()
+            assert waiting.returncode == 0, err
+            assert f"revision {head}, code head {head}" in out
+            assert "Traceback" not in err
+        finally:
+            if backend == "postgres":
+                drop_database(url)
+
+    def test_when_the_time_is_up_it_fails_as_the_check_does(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'empty.db'}"
+        ApprovalStore(url=url).ping()  # an empty database file, never migrated
+        script = str(BIN / "airflow-hitl")
+        once = run([script, "db", "check", "--store-url", url], tmp_path)
+        waited = run([script, "db", "check", "--wait", "3", "--store-url", url], tmp_path)
+        assert once.returncode == waited.returncode == 1
+        assert waited.stdout == once.stdout and "revision empty" in once.stdout
+        [said] = [line for line in waited.stderr.splitlines() if line.startswith("waiting up to")]
+        assert said.startswith("waiting up to 3 s for the approval store: ")
+        assert [line for line in waited.stderr.splitlines() if line != said] == once.stderr.splitlines()
+
+    @pytest.mark.parametrize("wait", [[], ["--wait", "2"]], ids=["once", "waiting"])
+    def test_an_unreachable_store_is_one_line(self, tmp_path: Path, wait: list[str]) -> None:
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"
+        result = run([str(BIN / "airflow-hitl"), "db", "check", *wait, "--store-url", url], tmp_path)
+        line = one_error_line(result)
+        assert line.startswith("error: cannot reach the approval store ApprovalStore(postgresql+psycopg://"), line
+        assert "refused" in line.lower()
+
+    def test_a_store_that_names_nothing_is_not_waited_for(self, tmp_path: Path) -> None:
+        # A connection that does not exist will not come into being: the error is at once.
+        result = run([str(BIN / "airflow-hitl"), "db", "check", "--wait", "600", "--conn-id", "nope"], tmp_path)
+        assert "connection 'nope' is not defined" in one_error_line(result)
+        assert "waiting up to" not in result.stderr
+
+
 @pytest.mark.slow
 class TestAirflowCli:
     def test_provider_cli_uses_the_sqlite_fallback(self, tmp_path: Path) -> None:
@@ -140,7 +213,7 @@ class TestAirflowCli:
         argv = [str(BIN / "airflow"), "hitl", "approvals", "approve", approval.id, "--user", "mallory"]
         line = one_error_line(run([*argv, "--api-url", served_api.url], tmp_path))
         assert "decisions act as the Airflow user of your token" in line
-        assert api_store.get(approval.id).votes == ()
+        assert api_store.queries.get(approval.id).votes == ()
 
 
 @pytest.mark.slow
@@ -155,7 +228,7 @@ class TestDecisionsFromAShell:
         result = run([*argv, "--api-url", served_api.url], tmp_path, stdin=served_api.password("alice") + "\n")
         assert result.returncode == 0, result.stderr[-2000:]
         assert "approved, 1 of 1 approvals" in result.stdout
-        decided = api_store.get(approval.id)
+        decided = api_store.queries.get(approval.id)
         assert (decided.decided_by, decided.decision_source) == ("alice", "cli")
 
     @pytest.mark.parametrize(
@@ -178,7 +251,7 @@ class TestDecisionsFromAShell:
         env = {} if token is None else {"AIRFLOW_HITL_TOKEN": served_api.token(token) if token == "viewer" else token}
         argv = [str(BIN / "airflow-hitl"), "approvals", "approve", approval.id, "--api-url", served_api.url]
         assert expected in one_error_line(run(argv, tmp_path, **env))
-        assert api_store.get(approval.id).votes == ()
+        assert api_store.queries.get(approval.id).votes == ()
 
     def test_provider_cli_uses_the_connection(self, tmp_path: Path) -> None:
         target = tmp_path / "via_conn.db"

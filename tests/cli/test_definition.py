@@ -126,6 +126,11 @@ class TestScriptParser:
         assert cancel.break_glass is False
         assert parser.parse_args(["approvals", "cancel", "some-id", "--break-glass"]).break_glass is True
 
+    def test_db_check_checks_once_unless_told_to_wait(self) -> None:
+        parser = build_parser()
+        assert parser.parse_args(["db", "check"]).wait == 0
+        assert parser.parse_args(["db", "check", "--wait", "600"]).wait == 600
+
     def test_user_and_role_still_parse_but_are_not_offered(self, capsys: pytest.CaptureFixture[str]) -> None:
         # Kept only so that an old command line gets the error explaining the token (commands.py).
         parser = build_parser()
@@ -148,6 +153,8 @@ class TestScriptParser:
             pytest.param(["approvals", "list", "--limit", "many"], id="limit-not-a-number"),
             pytest.param(["approvals", "cancel", "some-id", "--input", "n=1"], id="input-on-cancel"),
             pytest.param(["db"], id="group-without-command"),
+            pytest.param(["db", "check", "--wait", "-1"], id="negative-wait"),
+            pytest.param(["db", "check", "--wait", "soon"], id="wait-not-a-number"),
         ],
     )
     def test_bad_command_lines_are_refused(self, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

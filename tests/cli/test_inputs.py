@@ -31,7 +31,7 @@ def test_approve_with_inputs(
         "--input", "rollout_percent=25", "--input", "ticket=CHG-1",
     )  # fmt: skip
     assert "approved" in out
-    assert api_store.get(approval.id).votes[0].inputs == {"rollout_percent": 25, "ticket": "CHG-1"}
+    assert api_store.queries.get(approval.id).votes[0].inputs == {"rollout_percent": 25, "ticket": "CHG-1"}
 
 
 @pytest.mark.parametrize(
@@ -52,7 +52,7 @@ def test_refused_inputs_are_an_error_naming_the_field(
     approval = api_store.create(spec(inputs=FORM))
     message = cli_error(capsys, "approvals", "approve", approval.id, "--api-url", served_api.url, *extra)
     assert named in message
-    assert api_store.get(approval.id).state == "pending" and not api_store.get(approval.id).votes
+    assert api_store.queries.get(approval.id).state == "pending" and not api_store.queries.get(approval.id).votes
 
 
 def test_reject_keeps_the_inputs_given_with_it(
@@ -64,7 +64,7 @@ def test_reject_keeps_the_inputs_given_with_it(
         "--reason", "wrong ticket", "--input", "ticket=CHG-2",
     )  # fmt: skip
     assert "rejected" in out
-    vote = api_store.get(approval.id).votes[0]
+    vote = api_store.queries.get(approval.id).votes[0]
     assert (vote.vote, vote.inputs["ticket"]) == ("reject", "CHG-2")
 
 
@@ -77,7 +77,7 @@ def test_a_value_nested_past_any_parser_is_text_the_form_refuses(
         "--input", "ticket=CHG-1", "--input", "rollout_percent=" + "[" * 5000,
     )  # fmt: skip
     assert "inputs.rollout_percent" in message
-    assert not api_store.get(approval.id).votes
+    assert not api_store.queries.get(approval.id).votes
 
 
 class TestWhatTheApproverSaw:
@@ -97,7 +97,7 @@ class TestWhatTheApproverSaw:
         approval = api_store.create(spec())
         cli(capsys, "approvals", "approve", approval.id, "--api-url", served_api.url,
             "--content-digest", approval.content_digest)  # fmt: skip
-        vote = api_store.get(approval.id).votes[0]
+        vote = api_store.queries.get(approval.id).votes[0]
         assert (vote.user, vote.content_digest) == ("alice", approval.content_digest)
 
     @pytest.mark.parametrize("action", ["approve", "reject"])
@@ -112,4 +112,4 @@ class TestWhatTheApproverSaw:
             *reason, "--content-digest", other.content_digest,
         )  # fmt: skip
         assert "409" in message and "changed since you opened it" in message
-        assert api_store.get(approval.id).votes == () and api_store.get(approval.id).state == "pending"
+        assert api_store.queries.get(approval.id).votes == () and api_store.queries.get(approval.id).state == "pending"

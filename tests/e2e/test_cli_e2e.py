@@ -61,7 +61,7 @@ class TestCliOnAirflow:
         )
         assert "decisions act as the Airflow user of your token" in named
         assert "401" in error_line(hitl(airflow, "approvals", "approve", approval.id, token="not-a-token"))
-        assert airflow.manager.get(approval.id).votes == ()
+        assert airflow.manager.queries.get(approval.id).votes == ()
 
         # Read through the api-server named by [hitl] base_url, as the token's user.
         listed = hitl(airflow, "approvals", "list", "--dag-id", DAG_ID, "-o", "json", token=airflow.token("viewer"))
@@ -75,13 +75,13 @@ class TestCliOnAirflow:
         assert f"approval request {approval.id} ({DAG_ID}): approved" in done.stdout
         airflow.wait_for_run_state(DAG_ID, run_id, "success")
 
-        decided = airflow.manager.get(approval.id)
+        decided = airflow.manager.queries.get(approval.id)
         assert (decided.decided_by, decided.decision_source) == ("alice", "cli")
         assert [(v.user, v.source, v.comment) for v in decided.votes] == [("alice", "cli", "from a shell")]
-        vote = next(e for e in airflow.manager.events(approval.id) if e.event_type == "vote")
+        vote = next(e for e in airflow.manager.audit.events(approval.id) if e.event_type == "vote")
         assert (vote.actor, vote.source) == ("alice", "cli")
         assert (vote.details["os_user"], vote.details["hostname"]) == (getpass.getuser(), socket.gethostname())
-        assert airflow.manager.verify_audit_chain().ok
+        assert airflow.manager.audit.verify_audit_chain().ok
 
     def test_break_glass_cancel_ends_the_gate_and_is_audited(self, notifying_airflow: AirflowHarness) -> None:
         airflow = notifying_airflow
@@ -99,11 +99,11 @@ class TestCliOnAirflow:
         assert f"cancelled by {actor} (break-glass)" in result.stdout
 
         airflow.wait_for_ti_state(DAG_ID, run_id, TASK_ID, "failed")
-        cancelled = airflow.manager.get(approval.id)
+        cancelled = airflow.manager.queries.get(approval.id)
         assert (cancelled.state, cancelled.decided_by, cancelled.decision_source) == ("cancelled", actor, "break-glass")
-        event = airflow.manager.events(approval.id)[-1]
+        event = airflow.manager.audit.events(approval.id)[-1]
         assert (event.event_type, event.actor, event.source) == ("cancelled", actor, "break-glass")
-        assert airflow.manager.verify_audit_chain().ok
+        assert airflow.manager.audit.verify_audit_chain().ok
         # The api-server shows the ending like any other.
         item = airflow.api("GET", f"/hitl/api/v1/approvals/{approval.id}", user="viewer").json()
         assert (item["state"], item["decided_by"], item["decision_source"]) == ("cancelled", actor, "break-glass")

@@ -369,9 +369,13 @@ def test_stats_client_counts_gauges_and_times() -> None:
 
 def test_stats_copies_are_initialised_through_factory() -> None:
     if not SINCE_3_3:
-        # One Stats, set up on first use: the seam must take airflow.stats. Airflow 3.2 has the
-        # SDK's module already, but without 3.3's initialize and _factory.
-        from airflow.stats import Stats
+        # One Stats, set up on first use: the seam must take it from where this Airflow keeps it
+        # (3.2: airflow.sdk.observability.stats; 3.1: airflow.stats). Airflow 3.2 has the SDK's
+        # _shared module already, but without 3.3's initialize and _factory.
+        if SINCE_3_2:
+            from airflow.sdk.observability.stats import Stats
+        else:
+            from airflow.stats import Stats
 
         assert stats.stats_client() is Stats
         if SINCE_3_2:
@@ -427,6 +431,60 @@ def test_airflow_console_prints_json(capsys: pytest.CaptureFixture[str]) -> None
     assert json.loads(capsys.readouterr().out) == [{"id": "a1", "state": "pending"}]
     cli.print_rows([{"id": "a1", "state": "pending"}], output="plain")
     assert "a1" in capsys.readouterr().out
+
+
+def test_arg_reaches_the_parser_of_its_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from airflow.cli import cli_parser
+
+    if SINCE_3_2:
+        parser = cli_parser.get_parser()  # Airflow's own, with the provider's hitl group
+    else:
+        # Airflow 3.1 reads no provider's cli entry: the group is added as get_parser adds each.
+        from airflow.cli.cli_config import DefaultHelpParser, core_commands
+
+        from airflow_hitl.cli.definition import get_hitl_cli_commands
+
+        parser = DefaultHelpParser(prog="airflow")
+        subparsers = parser.add_subparsers(dest="subcommand")
+        [version] = [command for command in core_commands if command.name == "version"]
+        for command in (*get_hitl_cli_commands(), version):
+            cli_parser._add_command(subparsers, command)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["hitl", "approvals", "list", "--sate", "pending"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    # The command's parser reported it (the hook reached it through Arg.add_to_parser)...
+    assert re.search(r"^usage: airflow hitl approvals list ", err, re.I | re.M), err
+    assert "airflow hitl approvals list: error: unrecognized arguments: --sate pending" in err
+    assert "GROUP_OR_COMMAND" not in err and len(err.splitlines()) < 15, err
+    # ...while Airflow's own commands keep DefaultHelpParser's report: the whole help, then the error.
+    with pytest.raises(SystemExit):
+        parser.parse_args(["version", "--sate"])
+    err = capsys.readouterr().err
+    assert "airflow command error: unrecognized arguments: --sate, see help above" in err, err
+
+    seen: list[argparse.ArgumentParser] = []
+    probe = argparse.ArgumentParser(prog="probe")
+    cli.argument(("--limit",), type=int, default=100, help="at most", on_parser=seen.append).add_to_parser(probe)
+    assert seen == [probe] and probe.parse_args(["--limit", "7"]).limit == 7
+
+
+def test_airflow_console_tables_keep_whole_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    long = "x" * 60
+    rows = [{"id": i, **{f"column_{n}": f"{long} [b]{n}[/b]" for n in range(8)}} for i in ids]
+    cli.print_rows(rows, output="table", whole=("id",), one_line=True)
+    lines = capsys.readouterr().out.splitlines()
+    # Not a terminal: Airflow's console is 200 columns wide, far too narrow for these rows.
+    assert max(len(line.rstrip()) for line in lines) <= 200
+    for approval_id in ids:
+        [line] = [line for line in lines if approval_id in line]  # whole, and on one line
+        assert line.count("\N{HORIZONTAL ELLIPSIS}") == 8, line
+    cli.print_rows([{"field": "title", "value": f"{long} [b]bold[/b] :smile: {long} {long} {long}"}], output="table")
+    shown = capsys.readouterr().out
+    assert "[b]bold[/b] :smile:" in shown and len([line for line in shown.splitlines() if long in line]) > 1
+    cli.print_rows([], output="table")
+    assert "No data found" in capsys.readouterr().out
 
 
 def test_provider_configuration_declares_hitl_options() -> None:
