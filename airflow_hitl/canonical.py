@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import rfc8785
+
+from airflow_hitl.exceptions import ApprovalMismatch
 
 #: Integers RFC 8785 writes as they are: those a double holds exactly (I-JSON, RFC 7493).
 _SAFE_INTEGER = 2**53 - 1
@@ -70,3 +74,29 @@ def digest_problem(value: Any) -> str | None:
     if not isinstance(value, str) or not DIGEST_PATTERN.fullmatch(value):
         return "must be a SHA-256 digest: 64 hexadecimal characters"
     return None
+
+
+def bound_digest(value: str) -> str:
+    """SHA-256 (lowercase hex) of a bound value's UTF-8 text: what a gate's decision carries under ``bound``."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def verify_bound(decision: Mapping[str, Any] | str, name: str, value: str) -> None:
+    """Raise :class:`ApprovalMismatch` unless ``value`` is what the gate's ``bind[name]`` was when it was approved.
+
+    ``decision`` is the gate's decision XCom (a dict, or the JSON text Airflow may hand a task
+    pulling a trigger-ended gate's XCom). A decision that was not an approval, binds no ``name``
+    or bound another value is refused, naming ``name``: deploy nothing but what was approved.
+    """
+    if isinstance(decision, str):
+        decision = json.loads(decision)
+    if not isinstance(decision, Mapping):
+        raise ApprovalMismatch(name, f"cannot be checked: not an approval decision ({type(decision).__name__})")
+    if decision.get("approved") is not True:
+        raise ApprovalMismatch(name, f"was not approved: the request is {decision.get('state')!r}")
+    bound = decision.get("bound")
+    expected = bound.get(name) if isinstance(bound, Mapping) else None
+    if expected is None:
+        raise ApprovalMismatch(name, "was not bound by the gate's `bind`")
+    if not isinstance(value, str) or bound_digest(value) != expected:
+        raise ApprovalMismatch(name, "differs from the value that was approved")

@@ -109,6 +109,16 @@ class NotAllowed(HitlError):
         super().__init__(reason)
 
 
+class ApprovalMismatch(HitlError):
+    """What a downstream task was given is not what was approved (``verify_bound``); ``field`` names the bound value."""
+
+    status_code = 409
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"bound value {field!r} {message}")
+
+
 class StoreError(HitlError):
     """The approval store is unreachable or misconfigured."""
 

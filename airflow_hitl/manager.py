@@ -188,6 +188,8 @@ class ApprovalManager:
                 metadata_=json_safe(spec.metadata),
                 notify=json_safe(spec.notify),
                 inputs=form,
+                distinct_from=list(dict.fromkeys(spec.distinct_from)) or None,
+                bound=dict(spec.bound) or None,
                 created_at=now,
                 updated_at=now,
             )
@@ -412,6 +414,9 @@ class ApprovalManager:
                 now=now,
                 access=delegator_access,
             )
+            # Four eyes across the run: neither the voter nor a delegate casting it voted on a gate this one names.
+            if not (apart := self.queries.separation(session, row, (acting.voter.name, acting.delegate), lock=True)):
+                raise NotAllowed(apart.reason or "this gate needs someone else")
             delegated = {"delegate": acting.delegate, "delegation_id": acting.delegation_id} if acting.delegate else {}
             user = acting.voter
             if inputs is not None and not isinstance(inputs, Mapping):

@@ -227,6 +227,26 @@ def check_vote(policy: PolicyView, user: Principal, *, action: str, voters: Iter
     return Eligibility(allowed=True)
 
 
+def separation_check(deciders: Iterable[str | None], took_part: Mapping[str, Iterable[str]]) -> Eligibility:
+    """Four eyes across a run: may ``deciders`` vote on a gate whose named gates had ``took_part`` in them?
+
+    ``deciders`` are everyone a vote would stand for: its voter and, through a delegation, the
+    delegate who casts it. ``took_part`` maps each gate the request names (``distinct_from``) to
+    everyone who voted there in the same run, voters and their delegates alike: whoever is in
+    both may not vote, whichever way round the delegation went.
+    """
+    names = [name for name in deciders if name]
+    for gate, people in took_part.items():
+        found = next((name for name in names if name in set(people)), None)
+        if found is not None:
+            return Eligibility(
+                allowed=False,
+                code="distinct_from",
+                reason=f"{found} already voted on gate {gate!r} of this run; this gate needs someone else",
+            )
+    return Eligibility(allowed=True)
+
+
 def approvals_needed(policy: PolicyView) -> int:
     """How many distinct allowed approvals complete the request."""
     if policy.require_all and policy.allowed_approvers:

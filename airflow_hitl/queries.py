@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session, joinedload
 
 from airflow_hitl.exceptions import ApprovalNotFound, InvalidInput
 from airflow_hitl.models.store import ApprovalStore
-from airflow_hitl.models.tables import ApprovalRequestRow
-from airflow_hitl.policy import Eligibility, Principal, check_vote
+from airflow_hitl.models.tables import ApprovalRequestRow, ApprovalVoteRow
+from airflow_hitl.policy import Eligibility, Principal, check_vote, separation_check
 from airflow_hitl.records import Approval, TaskGate, WaitState
 from airflow_hitl.spec import ORDERABLE, ApprovalFilter, replace_filter, utcnow, where_clauses
 from airflow_hitl.transaction import decoded, text_columns, votes_of
@@ -50,6 +50,12 @@ _REQUESTS = ApprovalRequestRow.__table__.c
 # its request in the same transaction, so (id, version) names the request and its votes.
 _VERSION = literal_column("xmin::text", String).label("version")
 _BY_IDS_PG = select(*_REQUEST_COLUMNS, _VERSION).where(_REQUESTS.id == any_(bindparam("ids", type_=ARRAY(String))))
+# Votes on gates of one run that another gate names (four eyes across a run) take turns per run
+# under this transaction-level advisory lock: two gates naming each other could otherwise each
+# pass its check on the other's votes while neither is committed. The two-key form keeps it
+# apart from the audit chain's one-key lock.
+_SEPARATION_LOCK = text("SELECT pg_advisory_xact_lock(CAST(:space AS integer), hashtext(:run))")
+SEPARATION_LOCK_SPACE = 0x48495431  # "HIT1"
 
 
 class Kept(Generic[K, V]):
@@ -218,7 +224,69 @@ class ApprovalQueries:
             return Eligibility(allowed=False, code="not_pending", reason=f"this request is {approval.state}")
         if approval.expires_at is not None and self._clock() >= approval.expires_at:
             return Eligibility(allowed=False, code="expired", reason="this request has expired")
-        return check_vote(approval.policy, user, action=action, voters=(v.user for v in approval.votes))
+        own = check_vote(approval.policy, user, action=action, voters=(v.user for v in approval.votes))
+        if not own.allowed or not approval.distinct_from:
+            return own
+        return self.separated(approval, (user.name,))
+
+    def apart(self, approval: Approval, user: str, eligibility: Eligibility) -> Eligibility:
+        """``eligibility`` (from ``can_decide``), or why not when its delegator voted on a gate this one names.
+
+        ``can_approve`` already asked about ``user``; a delegated answer names someone else, who
+        counts as much under ``distinct_from``.
+        """
+        if not eligibility.allowed or not eligibility.on_behalf_of:
+            return eligibility
+        separation = self.separated(approval, (user, eligibility.on_behalf_of))
+        return eligibility if separation.allowed else separation
+
+    def separated(self, approval: Approval, deciders: Sequence[str | None]) -> Eligibility:
+        """May ``deciders`` (a voter, and the delegate casting it) vote on ``approval`` under its ``distinct_from``?
+
+        Read without a lock, for what the pages, links and Slack show; the vote asks again under
+        the request's lock (:meth:`separation`).
+        """
+        if not approval.distinct_from:
+            return Eligibility(allowed=True)
+        with self.store.session() as session:
+            return self.separation(session, approval, deciders)
+
+    def separation(
+        self,
+        session: Session,
+        request: Approval | ApprovalRequestRow,
+        deciders: Sequence[str | None],
+        *,
+        lock: bool = False,
+    ) -> Eligibility:
+        """Four eyes across a run: may ``deciders`` vote on ``request``, given who voted on the gates it names?
+
+        Only a task's gate is separated: the named gates are the ``task`` requests of the same DAG
+        run (any map index, any try), and everyone who voted there counts, a delegate as well as
+        the person they voted for. With ``lock`` (the vote's own transaction on PostgreSQL), votes
+        under such a rule in one run take turns first, so the votes read are every committed one.
+        """
+        gates = tuple(request.distinct_from or ())
+        if not gates or request.run_id is None or request.origin != Origin.TASK:
+            return Eligibility(allowed=True)
+        if lock and self.store.is_postgres:
+            session.execute(
+                _SEPARATION_LOCK, {"space": SEPARATION_LOCK_SPACE, "run": f"{request.dag_id}/{request.run_id}"}
+            )
+        found = session.execute(
+            select(ApprovalRequestRow.task_id, ApprovalVoteRow.user, ApprovalVoteRow.delegate)
+            .join(ApprovalVoteRow, ApprovalVoteRow.request_id == ApprovalRequestRow.id)
+            .where(
+                ApprovalRequestRow.dag_id == request.dag_id,
+                ApprovalRequestRow.run_id == request.run_id,
+                ApprovalRequestRow.task_id.in_(gates),
+                ApprovalRequestRow.origin == Origin.TASK,
+            )
+        ).all()
+        took_part: dict[str, set[str]] = {gate: set() for gate in gates}
+        for task_id, user, delegate in found:
+            took_part[str(task_id)].update(name for name in (user, delegate) if name)
+        return separation_check(deciders, took_part)
 
     def closed_task_gates(self, request_ids: Sequence[str]) -> builtins.list[TaskGate]:
         """Of ``request_ids``, the closed requests that a task's gate opened, with their task instance, in one query.

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any, TypeVar, get_type_hints
 
-from airflow_hitl.canonical import content_digest
+from airflow_hitl.canonical import bound_digest, content_digest
 from airflow_hitl.models.tables import ApprovalNotificationRow, ApprovalRequestRow, ApprovalVoteRow
 from airflow_hitl.policy import EscalationLevel, PolicyView, approvals_needed, counted_approvals, gate_opened
 from airflow_hitl.vocabulary import WAITING_STATES, Action, Origin
@@ -157,6 +157,10 @@ class Approval:
     votes: tuple[Vote, ...] = ()
     #: The form approvers fill in: name -> {value, schema, description, required}.
     inputs: dict[str, Any] = field(default_factory=dict)
+    #: Task ids of the run's gates whose voters may not vote on this one (four eyes across a run).
+    distinct_from: tuple[str, ...] = ()
+    #: Approve exactly this artifact: the gate's rendered ``bind`` values (name -> text), shown and digested.
+    bound: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: ApprovalRequestRow, *, votes: Iterable[Vote] | None = None) -> Approval:
@@ -172,6 +176,8 @@ class Approval:
             notify=dict(row.notify or {}),
             votes=tuple(votes) if votes is not None else tuple(Vote.from_row(v) for v in row.votes),
             inputs=dict(row.inputs or {}),
+            distinct_from=tuple(row.distinct_from or ()),
+            bound=dict(row.bound or {}),
         )
 
     @classmethod
@@ -192,6 +198,8 @@ class Approval:
             notify=dict(values["notify"] or {}),
             votes=votes,
             inputs=dict(values["inputs"] or {}),
+            distinct_from=tuple(values["distinct_from"] or ()),
+            bound=dict(values["bound"] or {}),
         )
 
     @property
@@ -330,7 +338,8 @@ def content_digest_of(row: Approval | ApprovalRequestRow) -> str:
     """SHA-256 (hex) of the RFC 8785 canonical JSON of the request's :data:`SHOWN_FIELDS`.
 
     The same object as ``{name: item[name] for name in SHOWN_FIELDS}`` of the request's JSON
-    (REST item, webhook, CLI), so anyone holding an item can recompute it. Read from a record
+    (REST item, webhook, CLI), plus ``bound`` when the gate binds values (``bind``), so anyone
+    holding an item can recompute it. Read from a record
     or from the row locked by a decision, which compares it with the digest the decider saw.
     """
     shown = {
@@ -344,6 +353,9 @@ def content_digest_of(row: Approval | ApprovalRequestRow) -> str:
         "required_approvals": row.required_approvals,
         "require_all": bool(row.require_all),
     }
+    if row.bound:
+        # Only when the gate binds values: the digest of every other request stays what it was.
+        shown["bound"] = dict(row.bound)
     return content_digest(shown)
 
 
@@ -406,7 +418,7 @@ def read_decision(value: Any) -> dict[str, Any]:
 def decision_summary(approval: Approval) -> dict[str, Any]:
     """The gate's XCom: outcome, deciders, comments and times; a subset of :meth:`Approval.to_dict`."""
     data = approval.to_dict()
-    return {
+    summary = {
         "request_id": data["id"],
         "state": data["state"],
         "decision": data["decision"],
@@ -422,6 +434,10 @@ def decision_summary(approval: Approval) -> dict[str, Any]:
         "inputs": deciding_inputs(approval),
         "votes": [{**{k: v[k] for k in _SUMMARY_VOTE_FIELDS}, "at": v["created_at"]} for v in data["votes"]],
     }
+    if approval.bound:
+        # Approve exactly this artifact: each bound value's SHA-256, for airflow_hitl.verify_bound downstream.
+        summary["bound"] = {name: bound_digest(value) for name, value in approval.bound.items()}
+    return summary
 
 
 _SUMMARY_VOTE_FIELDS = ("user", "vote", "comment", "reason", "source", "delegate", "inputs")

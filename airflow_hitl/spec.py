@@ -63,6 +63,12 @@ ORDERABLE = {
 }
 
 
+#: At most this many gates in one ``distinct_from`` (a DAG with more gates than that is not separation of duties).
+MAX_DISTINCT_FROM = 100
+#: At most this many bound values on one gate.
+MAX_BOUND = 50
+
+
 def utcnow() -> dt.datetime:
     """The current time, UTC-aware."""
     return dt.datetime.now(dt.timezone.utc)
@@ -118,10 +124,14 @@ class ApprovalSpec:
     notify: Mapping[str, Any] = field(default_factory=dict)
     #: Form inputs approvers fill in: name -> Airflow ``Param``, its stored form, or a plain default.
     inputs: Mapping[str, Any] = field(default_factory=dict)
+    #: Task ids of gates of the same DAG run whose voters may not vote on this one (four eyes across a run).
+    distinct_from: Sequence[str] = ()
+    #: Approve exactly this artifact: the rendered ``bind`` values, name -> text, shown to approvers.
+    bound: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # One name is a one-item list, as the operator takes it; list("alice") would spell it out.
-        for name in ("allowed_approvers", "allowed_roles"):
+        for name in ("allowed_approvers", "allowed_roles", "distinct_from"):
             object.__setattr__(self, name, names_tuple(getattr(self, name)))
 
     def validate(self, error: type[InvalidInput] = InvalidInput, *, where: str = "") -> None:
@@ -141,6 +151,7 @@ class ApprovalSpec:
             problems.add("approval_type", f"must be one of {list(APPROVAL_TYPES)}, got {self.approval_type!r}")
         self._timing_problems(problems)
         self._people_problems(problems)
+        self._bound_problems(problems)
         if self.on_reject not in ON_REJECT:
             problems.add("on_reject", f"must be one of {list(ON_REJECT)}, got {self.on_reject!r}")
         self._validate_storable(problems)
@@ -207,6 +218,37 @@ class ApprovalSpec:
             )
         if self.require_all and not approvers:
             problems.add("require_all", "needs allowed_approvers: 'all' must be a known list of people")
+        self._separation_problems(problems)
+
+    def _separation_problems(self, problems: ConfigProblems) -> None:
+        # Four eyes across a run: gates of the same run, so only a task's gate can name them.
+        names = problems.parse(str_list, self.distinct_from, "distinct_from", default=[])
+        if not names:
+            return
+        if len(names) > MAX_DISTINCT_FROM:
+            problems.add("distinct_from", f"names at most {MAX_DISTINCT_FROM} gates")
+        if any(len(name) > 250 for name in names):
+            problems.add("distinct_from", "task ids are at most 250 characters")
+        if self.task_id is not None and self.task_id in names:
+            problems.add("distinct_from", f"names the gate itself ({self.task_id!r})")
+        add_text_problems(problems, **{f"distinct_from[{i}]": name for i, name in enumerate(names)})
+
+    def _bound_problems(self, problems: ConfigProblems) -> None:
+        # Bound values are shown and digested as they are: names like inputs', texts the store can keep.
+        if not isinstance(self.bound, Mapping):
+            problems.add("bind", "must be a dict of name -> value")
+            return
+        if len(self.bound) > MAX_BOUND:
+            problems.add("bind", f"binds at most {MAX_BOUND} values")
+        for name, value in self.bound.items():
+            if not isinstance(name, str) or not name.isidentifier() or len(name) > 100:
+                problems.add("bind", f"names must be identifiers of at most 100 characters, got {name!r}")
+            elif not isinstance(value, str):
+                problems.add(f"bind[{name!r}]", f"must render to a string, got {type(value).__name__}")
+            elif len(value) > 10_000:
+                problems.add(f"bind[{name!r}]", "must be at most 10000 characters")
+            else:
+                add_text_problems(problems, **{f"bind[{name!r}]": value})
 
     def _validate_storable(self, problems: ConfigProblems) -> None:
         # The same limits as the REST API's bodies (airflow_hitl.limits): what the store

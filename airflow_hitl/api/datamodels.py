@@ -388,7 +388,18 @@ class ApprovalResponse(_Response):
     content_digest: str = Field(
         description="SHA-256 (hex) of the RFC 8785 canonical JSON of what approvers are shown: the object of this "
         "item's `title`, `description`, `reason`, `context`, `inputs`, `allowed_approvers`, `allowed_roles`, "
-        "`required_approvals` and `require_all`. Send it with a decision to decide only what you saw."
+        "`required_approvals` and `require_all`, plus `bound` when not empty. Send it with a decision to decide "
+        "only what you saw."
+    )
+    distinct_from: list[str] = Field(
+        default_factory=list,
+        description="Task ids of gates of the same DAG run: whoever voted on one of them (any map index, any try; "
+        "a delegate's vote counts for both people) may not vote on this request (403).",
+    )
+    bound: dict[str, str] = Field(
+        default_factory=dict,
+        description="Approve exactly this artifact: the gate's rendered `bind` values (name -> text). Part of "
+        "`content_digest` when not empty; the decision carries each value's SHA-256 under `bound`.",
     )
     created_at: dt.datetime
     updated_at: dt.datetime

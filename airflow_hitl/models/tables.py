@@ -85,6 +85,8 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 
 # JSONB on PostgreSQL (indexable, compact), plain JSON text elsewhere.
 JsonType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+# The same, for a column where None is SQL NULL rather than the JSON value null.
+NullableJsonType = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 # SQLite only auto-increments an INTEGER PRIMARY KEY, not a BIGINT one.
 BigIntPk = BigInteger().with_variant(sqlite.INTEGER(), "sqlite")
 
@@ -159,6 +161,11 @@ class ApprovalRequestRow(Base):
     notify: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False, default=dict)
     # The form approvers fill in: input name -> {value, schema, description, required} (airflow_hitl.forms).
     inputs: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False, default=dict, server_default="{}")
+    # Four eyes across a run: task ids of the run's gates whose voters may not vote on this one.
+    # NULL (not JSON null) when the gate names none, so a query can skip the gates without one.
+    distinct_from: Mapped[list[str] | None] = mapped_column(NullableJsonType)
+    # Approve exactly this artifact: the gate's rendered ``bind`` values, name -> text (NULL: none).
+    bound: Mapped[dict[str, str] | None] = mapped_column(NullableJsonType)
 
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)

@@ -38,9 +38,11 @@ from airflow_hitl.operators.options import (
     BRANCH_OUTCOMES,
     ContextSource,
     dag_file_frame,
+    distinct_from_problems,
     option_of,
     parse_branches,
     parse_context_from,
+    parse_distinct_from,
     parse_escalation,
     parse_notify,
     raise_at,
@@ -118,9 +120,19 @@ class ApprovalOperator(BaseOperator):
         Airflow ``Param`` (``Param(10, type="integer", minimum=1, maximum=100)``) or a plain default.
         An input without a default is required to approve; the decision XCom carries the values
         under ``inputs`` (those of the vote that decided) and each vote's under ``votes[].inputs``.
+    :param distinct_from: Four eyes across a run: task ids of other approval gates of this DAG.
+        Whoever voted (approved or rejected) on one of them in the same DAG run, at any map index
+        and any try, may not vote on this gate: every channel refuses them with a 403 naming the
+        earlier gate. A delegate's vote counts for both people, the delegate and the one they voted
+        for. Each id must be an approval gate of the same DAG: the DAG's import error names a wrong one.
+    :param bind: Approve exactly this artifact: name (an identifier) -> a value rendered when the gate
+        runs (templated), such as ``"{{ ti.xcom_pull('train')['artifact_sha'] }}"``. Approvers are shown
+        the values; they are part of the request's ``content_digest``; the decision XCom carries
+        ``bound: {name: SHA-256 of the value}``, and ``airflow_hitl.verify_bound(decision, name, value)``
+        lets a later task refuse anything but what was approved (``ApprovalMismatch`` naming the field).
     """
 
-    template_fields: Sequence[str] = ("title", "description", "reason", "context", "metadata")
+    template_fields: Sequence[str] = ("title", "description", "reason", "context", "metadata", "bind")
     template_fields_renderers = {"context": "json", "metadata": "json", "description": "md"}
     ui_color = "#f6d365"
 
@@ -158,6 +170,8 @@ class ApprovalOperator(BaseOperator):
         remind_every: dt.timedelta | None = None,
         notify_templates: Mapping[str, Mapping[str, str]] | None = None,
         inputs: Mapping[str, Any] | None = None,
+        distinct_from: Sequence[str] | None = None,
+        bind: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -205,6 +219,8 @@ class ApprovalOperator(BaseOperator):
         )
         self.remind_every = remind_every
         self.inputs = problems.parse(parse_inputs, inputs, default={})
+        self.distinct_from = problems.parse(parse_distinct_from, distinct_from, self.task_id, default=[])
+        self.bind = dict(bind or {}) if isinstance(bind, Mapping) or bind is None else bind
         self._validate(problems)
         if problems:
             frame = dag_file_frame()
@@ -237,6 +253,26 @@ class ApprovalOperator(BaseOperator):
             if option_of(name) not in reported:
                 problems.add(name, message)
 
+    def resolve_template_files(self) -> None:
+        """Airflow's step once the DAG is complete (``DagBag.bag_dag``): check ``distinct_from`` against it too.
+
+        The one call Airflow makes on each task after the whole DAG is built and before it is
+        kept: an error here is the DAG's import error. A gate only knows its own options when
+        it joins the DAG, not which tasks come after it.
+        """
+        super().resolve_template_files()
+        self._check_distinct_from()
+
+    def _check_distinct_from(self) -> None:
+        """Raise naming the DAG, this task and each name of ``distinct_from`` that is not a gate of the DAG."""
+        if not self.distinct_from or not self.has_dag():  # type: ignore[no-untyped-call]
+            return
+        problems = distinct_from_problems(self.distinct_from, self.dag.task_dict, is_gate=is_approval_gate)
+        if problems:
+            raise InvalidApprovalConfig.of(
+                [("distinct_from", message) for message in problems], where=self._where(None)
+            )
+
     def _where(self, frame: FrameType | None) -> str:
         """'of task ... in DAG ... at file:line', for the error a DAG author reads."""
         where = f"of task {self.task_id!r}"
@@ -266,6 +302,8 @@ class ApprovalOperator(BaseOperator):
             "metadata": self.metadata,
             "notify": self.notify,
             "inputs": self.inputs,
+            "distinct_from": tuple(self.distinct_from),
+            "bound": self.bind,
         }
         fields.update(overrides)
         return ApprovalSpec(**fields)
@@ -279,8 +317,10 @@ class ApprovalOperator(BaseOperator):
         """Open (or find again) the request, then wait in the triggerer unless already decided."""
         ti = context["ti"]
         dag_run = context["dag_run"]
-        # A branch gate checks its branches against the DAG before asking anyone.
+        # A branch gate checks its branches against the DAG before asking anyone; every gate its
+        # distinct_from (a mapped gate's options are first checked here, when it is unmapped).
         self._followed_tasks()
+        self._check_distinct_from()
         manager = self._manager()
         earlier = self._decided_by_earlier_try(manager, ti)
         if earlier is not None:
@@ -301,6 +341,8 @@ class ApprovalOperator(BaseOperator):
             try_number=ti.try_number,
             context=gate_context,
             requested_by=getattr(dag_run, "triggering_user_name", None),
+            # Rendered by now (a template field): what approvers are shown and the decision binds.
+            bound=self.bind,
         )
         approval = manager.create(spec)
         self.log.info(
@@ -453,6 +495,15 @@ class ApprovalOperator(BaseOperator):
                 self.log.warning("context_from: no XCom %r from task %r for %r", key, task_id, name)
             pulled[name] = value
         return pulled
+
+
+def is_approval_gate(task: Any) -> bool:
+    """True for an :class:`ApprovalOperator` or a subclass (the branch gate), mapped or not."""
+    if isinstance(task, ApprovalOperator):
+        return True
+    # A mapped gate is a MappedOperator until it runs; it keeps the class it will be.
+    operator_class = getattr(task, "operator_class", None)
+    return isinstance(operator_class, type) and issubclass(operator_class, ApprovalOperator)
 
 
 class ApprovalBranchOperator(ApprovalOperator):

@@ -225,6 +225,34 @@ def _template_overrides(value: Any, channels: Sequence[str], problems: ConfigPro
     return None
 
 
+def parse_distinct_from(value: Any, task_id: str) -> list[str]:
+    """``distinct_from`` as the task ids of other gates, each once; one id is a one-item list.
+
+    Whether each names an approval gate of the same DAG is known only once the DAG is complete:
+    :func:`distinct_from_problems` answers that.
+    """
+    names = str_list(value, "distinct_from")
+    if task_id in names:
+        raise InvalidApprovalConfig("distinct_from", f"names the gate itself ({task_id!r})")
+    return list(dict.fromkeys(names))
+
+
+def distinct_from_problems(names: Sequence[str], tasks: Mapping[str, Any], *, is_gate: Any) -> list[str]:
+    """What is wrong with each of ``names`` in a complete DAG whose tasks are ``tasks`` (task id -> task).
+
+    Each must be a task of the DAG for which ``is_gate`` (the gate classes' own test, mapped
+    gates included) is true.
+    """
+    problems: list[str] = []
+    for name in names:
+        task = tasks.get(name)
+        if task is None:
+            problems.append(f"{name!r} is no task of this DAG")
+        elif not is_gate(task):
+            problems.append(f"{name!r} is a {type(task).__name__}, not an approval gate")
+    return problems
+
+
 #: The outcomes a branch gate has a branch for: how its request was decided.
 BRANCH_OUTCOMES = FINAL_ACTIONS
 

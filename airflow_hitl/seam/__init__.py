@@ -144,6 +144,19 @@ Private attributes of public classes
     Contract: ``test_smtp_hook_keeps_its_logged_in_client``,
     ``test_private_attributes_are_read_only_in_the_seam``.
 
+Behaviour of public methods relied on
+=====================================
+
+``BaseOperator.resolve_template_files()`` called once the DAG is complete
+    Where: :meth:`airflow_hitl.operators.approval.ApprovalOperator.resolve_template_files`
+    (no import: an override). What: ``DagBag.bag_dag`` calls it on every task after the whole
+    DAG is built and before keeping it, so an error raised there is the DAG's import error.
+    Why: no public hook runs after a DAG is complete; ``distinct_from`` names gates that may be
+    defined after this one. Where a DAG is built outside a DagBag, the gate checks when it runs.
+    Since: 3.1. Contract: ``tests/operators/test_distinct_from.py``
+    (``test_gates_named_before_or_after_mapped_or_branching_parse``,
+    ``test_an_unknown_name_is_the_dags_import_error``).
+
 Judged public, used outside the seam
 ====================================
 

@@ -153,6 +153,8 @@ def _caller_fields(
             eligibility = manager.delegations.can_decide(
                 caller.principal, approval, own, delegations, roles_of=delegator_roles, access=delegator_refusal
             )
+            # Four eyes across a run: a delegator who voted on a gate this one names may not vote here either.
+            eligibility = manager.queries.apart(approval, caller.name, eligibility)
             data["can_approve"], data["can_approve_reason"] = eligibility.allowed, eligibility.reason
             data["can_approve_for"] = eligibility.on_behalf_of
         else:

@@ -252,6 +252,8 @@ class SlackInteraction:
         eligibility = self.manager.delegations.can_decide(
             user, approval, own, delegations, roles_of=roles_of, action=vote, access=delegator_refusal
         )
+        # Four eyes across a run: a delegator who voted on a gate this one names may not vote here either.
+        eligibility = self.manager.queries.apart(approval, user.name, eligibility)
         if not eligibility.allowed:
             log.info(
                 "Slack %s on %s by %s (%s) refused: %s", vote, approval.id, name, self.slack_user, eligibility.reason

@@ -385,6 +385,41 @@ class TestBulk:
         assert "not an allowed approver" in first["detail"]
         assert api_manager.queries.get(named.id).state == "pending"
 
+    def test_bulk_four_eyes_refusal_is_per_id(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        review = open_request(api_manager, run_id="manual__1", task_id="review")
+        deploy = open_request(api_manager, run_id="manual__1", task_id="deploy", distinct_from=["review"])
+        elsewhere = open_request(api_manager, run_id="manual__2", task_id="deploy", distinct_from=["review"])
+        assert _post(api, f"{API}/{review.id}/approve", "alice", {}).status_code == 200
+        response = _post(api, f"{API}/bulk", "alice", {"ids": [deploy.id, elsewhere.id], "action": "approve"})
+        first, second = response.json()["results"]
+        assert (first["status_code"], second["status_code"]) == (403, 200)
+        assert "alice already voted on gate 'review' of this run; this gate needs someone else" in first["detail"]
+        assert api_manager.queries.get(deploy.id).votes == ()
+
+
+class TestFourEyes:
+    """``distinct_from``: the item says who may not vote and why; a vote from them is a 403 naming the earlier gate."""
+
+    def test_a_voter_on_the_named_gate_is_refused_and_told_why(
+        self, api: AirflowApi, api_manager: ApprovalManager
+    ) -> None:
+        review = open_request(api_manager, run_id="manual__1", task_id="review")
+        deploy = open_request(api_manager, run_id="manual__1", task_id="deploy", distinct_from=["review"])
+        assert _post(api, f"{API}/{review.id}/reject", "alice", {"reason": "not yet"}).status_code == 200
+        item = api.client.get(f"{API}/{deploy.id}", headers=api.headers("alice")).json()
+        assert item["distinct_from"] == ["review"]
+        assert item["can_approve"] is False
+        assert item["can_approve_reason"] == (
+            "alice already voted on gate 'review' of this run; this gate needs someone else"
+        )
+        assert api.client.get(f"{API}/{deploy.id}", headers=api.headers("bob")).json()["can_approve"] is True
+        before = snapshot(api_manager)
+        refused = _post(api, f"{API}/{deploy.id}/approve", "alice", {})
+        assert refused.status_code == 403
+        assert "gate 'review'" in refused.json()["detail"]
+        assert snapshot(api_manager) == before
+        assert _post(api, f"{API}/{deploy.id}/approve", "bob", {}).json()["state"] == "approved"
+
 
 class TestHistory:
     """Decided requests: filters, pagination and the CSV export."""

@@ -327,6 +327,23 @@ class TestEmailLinks:
         # Refused links are not used up.
         assert show(client, links["carol"]["approve"]).status_code == 200
 
+    def test_four_eyes_across_a_run_applies_to_link_votes(
+        self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
+    ) -> None:
+        review = sqlite_manager.create(
+            ApprovalSpec(dag_id="release", run_id="manual__1", task_id="review", try_number=1, title="Review")
+        )
+        sqlite_manager.approve(review.id, user=Principal.of("alice"), source="ui")
+        gate, links = open_and_mail(sqlite_manager, smtp_server, task_id="deploy", distinct_from=["review"])
+        before = state_of(sqlite_manager, gate.id)
+        response = use(client, links["alice"]["approve"])
+        assert response.status_code == 403
+        assert "alice already voted on gate &#39;review&#39; of this run; this gate needs someone else" in response.text
+        assert state_of(sqlite_manager, gate.id) == before
+        assert show(client, links["alice"]["approve"]).status_code == 200
+        assert use(client, links["bob"]["approve"]).status_code == 200
+        assert sqlite_manager.queries.get(gate.id).state == "approved"
+
     def test_details_link_shows_the_request_any_number_of_times(
         self, client: TestClient, sqlite_manager: ApprovalManager, smtp_server: SmtpSink
     ) -> None:

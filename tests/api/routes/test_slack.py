@@ -220,6 +220,31 @@ class TestInteractions:
         assert approval.state == "approved"
         assert [(v.user, v.delegate, v.source) for v in approval.votes] == [("alice", "bob", "slack")]
 
+    def test_four_eyes_across_a_run_refuses_a_click_and_a_delegates_click(
+        self, client: TestClient, sqlite_manager: ApprovalManager, slack_api: SlackApi
+    ) -> None:
+        gate, message = open_and_post(sqlite_manager, task_id="deploy", distinct_from=["review"])
+        review = sqlite_manager.create(
+            ApprovalSpec(dag_id="release", run_id=gate.run_id, task_id="review", try_number=1, title="Review")
+        )
+        sqlite_manager.approve(review.id, user=Principal.of("alice"), source="ui")
+        now = dt.datetime.now(dt.timezone.utc)
+        sqlite_manager.delegations.create_delegation(
+            actor=Principal.of("alice"),
+            delegate="bob",
+            starts_at=now - dt.timedelta(minutes=1),
+            ends_at=now + dt.timedelta(hours=1),
+        )
+        before = recorded(sqlite_manager, gate.id)
+        for slack_user in ("UALICE001", "UBOB00001"):
+            assert post(client, click(gate, message, slack_user, "hitl_approve")).status_code == 200
+        assert recorded(sqlite_manager, gate.id) == before
+        refusals = [e.params["text"] for e in slack_api.of("chat.postEphemeral")]
+        assert (
+            refusals
+            == ["Not recorded: alice already voted on gate 'review' of this run; this gate needs someone else"] * 2
+        )
+
     def test_requester_cannot_self_approve_from_slack(
         self, client: TestClient, sqlite_manager: ApprovalManager, slack_api: SlackApi
     ) -> None:
