@@ -205,6 +205,10 @@ def approval_blocks(
         blocks.append(
             {"type": "section", "text": {"type": "mrkdwn", "text": _slack_text(f"*Reason:* {esc(approval.reason)}")}}
         )
+    if approval.bound:
+        # What the approver approves exactly (bind=): each value whole, as the pages and emails show it.
+        lines = [f"*Approving exactly:* {esc(name)} = `{esc(value)}`" for name, value in approval.bound.items()]
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_text("\n".join(lines))}})
     if approval.context:
         lines = []
         for key, value in approval.context.items():

@@ -29,6 +29,7 @@ README = REPO / "README.md"
 ROOT_PAGES = ("SECURITY.md", "CHANGELOG.md", "CONTRIBUTING.md")
 #: Example file -> the DAG id it defines; a new example is added here and in the e2e test's table.
 EXAMPLE_DAG_IDS = {
+    "bound_release.py": "bound_release",
     "branch_rollout.py": "branch_rollout",
     "migration_after.py": "release_hitl",
     "migration_before.py": "release_native",

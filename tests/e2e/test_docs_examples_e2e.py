@@ -5,7 +5,8 @@ One stack for the module, whose dags folder holds the files of ``docs/examples/`
 Every example is triggered at once; each gate must open a pending request with the title,
 reason, approvers and form its example defines. Then each is decided over the REST API, as a
 reader would, and the run must go on with what the example's downstream task promises: the
-decision read by ``read_decision``, the form's values, the branch taken. ``notified_release``
+decision read by ``read_decision``, the form's values, the branch taken, the bound artifact
+verified. ``notified_release``
 names connections this stack lacks: its emails, Slack messages and webhook calls fail, but
 its gate opens and its in-app notice arrives.
 """
@@ -13,6 +14,7 @@ its gate opens and its in-app notice arrives.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import shutil
 import sys
@@ -22,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from airflow_hitl.canonical import content_digest
+from airflow_hitl.records import SHOWN_FIELDS
 from tests.e2e.harness import REPO_ROOT, TEST_DAGS, AirflowHarness, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -30,6 +34,8 @@ EXAMPLES = REPO_ROOT / "docs" / "examples"
 #: Airflow's own HITL operator (the migration page's "before"): not a gate of ours to open.
 NOT_RUN = {"migration_before.py"}
 API = "/hitl/api/v1/approvals"
+#: The artifact bound_release.py's train task builds, as its gate binds it.
+MODEL_SHA = hashlib.sha256(b"model weights 2.1.0").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,13 @@ class Gate:
 
 
 GATES: dict[str, Gate] = {
+    "bound_release.py": Gate(
+        dag_id="bound_release",
+        task_id="approve_model",
+        title="Deploy the model trained in this run",
+        fields={"bound": {"model": MODEL_SHA}, "allowed_roles": ["op"], "timeout_action": "reject"},
+        timeout=dt.timedelta(hours=4),
+    ),
     "model_release.py": Gate(
         dag_id="release",
         task_id="approve_release",
@@ -239,3 +252,26 @@ def test_notified_release_notifies_in_app_without_the_other_connections(
     found = wait_until(notice, timeout=120, what="alice's in-app notice", on_timeout=stack.hitl_logs)
     assert found["event_type"] == "required"
     assert found["subject"] == "Please release Release model 2.1.0"  # the example's own template
+
+
+def test_bound_release_deploys_exactly_the_approved_model(stack: AirflowHarness, runs: dict[str, str]) -> None:
+    dag_id = "bound_release"
+    run_id = runs[dag_id]
+    item = open_request(stack, dag_id, run_id)
+    assert item["bound"] == {"model": MODEL_SHA}
+    # A client that digested what it showed without the bound values approved something else: 409.
+    unbound = content_digest({name: item[name] for name in SHOWN_FIELDS})
+    assert unbound != item["content_digest"]
+    stale = stack.api(
+        "POST", f"{API}/{item['id']}/approve", user="alice", json_body={"content_digest": unbound}, expect=(409,)
+    )
+    assert "changed since you opened it" in stale.json()["detail"]
+    [stored] = stack.approvals(dag_id, run_id, "approve_model")
+    assert stored.state == "pending"  # the refused decision wrote nothing
+    approved = decide(stack, item["id"], "approve", user="alice", content_digest=item["content_digest"])
+    assert approved["state"] == "approved"
+    stack.wait_for_run_state(dag_id, run_id, "success")
+    assert stack.task_states(dag_id, run_id) == {"train": "success", "approve_model": "success", "deploy": "success"}
+    decision = xcom(stack, dag_id, run_id, "approve_model")
+    assert decision["bound"] == {"model": hashlib.sha256(MODEL_SHA.encode()).hexdigest()}
+    assert xcom(stack, dag_id, run_id, "deploy") == f"deployed model {MODEL_SHA}"

@@ -401,6 +401,25 @@ class TestApprovalBlocks:
             "*Approvals*\n0 of 1",
         ]
 
+    def test_bound_values_are_shown_whole_and_escaped(self, sqlite_manager: ApprovalManager) -> None:
+        sha = "a" * 64
+        gate = sqlite_manager.create(spec(bound={"model": sha, "data": "<!here> *v1*"}))
+        texts = [
+            b["text"]["text"]
+            for b in approval_blocks(gate, headline="h", details_url=None, buttons=True)
+            if "text" in b
+        ]
+        [bound] = [t for t in texts if t.startswith("*Approving exactly:*")]
+        assert bound.splitlines()[0] == f"*Approving exactly:* model = `{sha}`"
+        # Values from the request are escaped: no link, mention or formatting of the approver's message.
+        assert "<!here>" not in bound and "&lt;!here&gt;" in bound
+        assert "*v1*" not in bound
+
+    def test_a_gate_without_bind_has_no_bound_section(self, sqlite_manager: ApprovalManager) -> None:
+        gate = sqlite_manager.create(spec())
+        blocks = approval_blocks(gate, headline="h", details_url=None, buttons=True)
+        assert not [b for b in blocks if "Approving exactly" in str(b)]
+
     def test_the_link_alone_without_buttons(self, sqlite_manager: ApprovalManager) -> None:
         gate = sqlite_manager.create(spec())
         [actions] = [

@@ -164,6 +164,23 @@ class TestRender:
         assert message.subject == "Approval required: <script>x()</script>"
         assert "note: <b>bold</b>" in message.text
 
+    @pytest.mark.parametrize("event", ["required", "reminder", "escalated"])
+    def test_bound_values_are_shown_whole_in_text_and_html(self, sqlite_manager: ApprovalManager, event: str) -> None:
+        sha = "9f2c" * 16
+        gate = sqlite_manager.create(spec(title="Release", bound={"model": sha, "data": "<s3://b>"}))
+        message = render(event, context_of(gate, event), html=True)
+        lines = message.text.splitlines()
+        assert f"Approving exactly: model = {sha}" in lines
+        assert "Approving exactly: data = <s3://b>" in lines  # plain text keeps what was bound
+        assert message.html is not None
+        assert f"<strong>model</strong> = <code>{sha}</code>" in message.html
+        assert "<strong>data</strong> = <code>&lt;s3://b&gt;</code>" in message.html
+
+    def test_a_gate_without_bind_says_nothing_of_it(self, sqlite_manager: ApprovalManager) -> None:
+        message = render("required", context_of(sqlite_manager.create(spec(title="Release"))), html=True)
+        assert message.html is not None
+        assert "Approving exactly" not in message.text + message.html
+
     def test_overrides_of_the_event_replace_each_part(self, sqlite_manager: ApprovalManager) -> None:
         gate = sqlite_manager.create(spec(title="Release <v2>"))
         overrides = {

@@ -442,6 +442,20 @@
     if (!entries.length) container.append(el("p", { className: "muted", text: "No context was attached." }));
   }
 
+  /**
+   * A gate's bound values (bind=), one line each: "Approving exactly: model = 9f2c...". The
+   * approval is for these exact texts, so they are shown whole (wrapped, never shortened).
+   */
+  function renderBound(container, bound) {
+    const entries = Object.entries(bound || {});
+    container.replaceChildren(
+      ...entries.map(([name, value]) =>
+        el("p", { className: "bound prewrap" }, el("strong", { text: "Approving exactly: " }), el("span", { className: "k", text: name + " = " }), el("code", { className: "v", text: value })),
+      ),
+    );
+    return entries.length > 0;
+  }
+
   /** Who cast a vote: "alice", or "bob for alice" when bob cast it through alice's delegation. */
   function castBy(vote) {
     return vote.delegate ? vote.delegate + " for " + vote.user : vote.user;
@@ -660,6 +674,7 @@
       setText("m-description", item.description || "No description.");
       setText("m-reason", item.reason ? "Why: " + item.reason : "");
       show($("m-reason"), Boolean(item.reason));
+      show($("m-bound-block"), renderBound($("m-bound"), item.bound));
       renderContext($("m-context"), item.context);
       setText("m-json", JSON.stringify(item.context || {}, null, 2));
       setText("m-quorum", "(" + quorumText(item) + ")");

@@ -10,9 +10,11 @@ browser is in ``tests/ui``.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -23,6 +25,8 @@ from tests.airflow_api import AirflowApi, open_request, snapshot
 
 UI = "/hitl/ui"
 XHR = {"X-Requested-With": "XMLHttpRequest"}
+#: Debian's Chromium, as tests/ui drives it (never a downloaded browser).
+CHROMIUM = os.environ.get("HITL_CHROMIUM", "/usr/bin/chromium")
 
 
 class _Body(HTMLParser):
@@ -243,3 +247,77 @@ class TestDecisionsFromThePages:
         anonymous = page_post(api, f"{gate.id}/approve", None, {})
         assert anonymous.status_code == 401
         assert snapshot(api_manager) == before
+
+
+@pytest.fixture
+def browser_of(api: AirflowApi) -> Iterator[Any]:
+    """Open a page of this app in headless Chromium as a user: ``browser_of(user, path)`` -> the page.
+
+    Every request of the browser is answered by the in-process app (Playwright's routing), so
+    the page, its script and the REST calls it makes are the real ones without an Airflow
+    started: the page as a browser renders it, at the cost of one Chromium.
+    """
+    from playwright.sync_api import sync_playwright
+
+    def answer(route: Any) -> None:
+        request = route.request
+        url = urlsplit(request.url)
+        # The session cookie is the one the page was opened with; the client passes it on.
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in {"host", "cookie"}}
+        response = api.client.request(
+            request.method,
+            url.path + (f"?{url.query}" if url.query else ""),
+            headers=headers,
+            content=request.post_data_buffer,
+            cookies=cookie(api, user_of[0]),
+        )
+        kept = {k: v for k, v in response.headers.items() if k.lower() not in {"content-encoding", "content-length"}}
+        route.fulfill(status=response.status_code, headers=kept, body=response.content)
+
+    user_of: list[str] = []
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            context = instance.new_context(base_url="http://testserver")
+            context.set_default_timeout(30_000)
+            context.route("**/*", answer)
+
+            def open_page(user: str, path: str) -> Any:
+                user_of[:] = [user]
+                page = context.new_page()
+                page.goto(path)
+                return page
+
+            yield open_page
+        finally:
+            instance.close()
+
+
+class TestBoundValuesShown:
+    """A gate's ``bind`` values are what an approval is for: the detail view says so, whole."""
+
+    def test_the_task_view_shows_each_bound_value(self, api_manager: ApprovalManager, browser_of: Any) -> None:
+        from playwright.sync_api import expect
+
+        sha = "9f2c" * 16
+        open_request(api_manager, run_id="manual__bound", bound={"model": sha, "data": "s3://b/2026-01"})
+        page = browser_of("alice", f"{UI}/task?dag_id=billing&run_id=manual__bound&task_id=gate")
+        lines = page.locator("#m-bound p")
+        expect(lines).to_have_count(2)
+        # In the stored order (PostgreSQL's jsonb keeps its own), one line per value.
+        assert sorted(lines.all_inner_texts()) == [
+            "Approving exactly: data = s3://b/2026-01",
+            f"Approving exactly: model = {sha}",
+        ]
+        expect(page.locator("#m-bound-block")).to_be_visible()
+        # Whole, never shortened: the approver compares it with the artifact.
+        assert page.locator("#m-bound code").first.inner_text() == sha
+
+    def test_a_gate_without_bind_shows_no_such_line(self, api_manager: ApprovalManager, browser_of: Any) -> None:
+        from playwright.sync_api import expect
+
+        open_request(api_manager, run_id="manual__plain")
+        page = browser_of("alice", f"{UI}/task?dag_id=billing&run_id=manual__plain&task_id=gate")
+        expect(page.locator("#m-title")).to_have_text("Load the billing extract")
+        expect(page.locator("#m-bound-block")).to_be_hidden()
+        assert page.locator("#m-bound p").count() == 0
