@@ -90,12 +90,12 @@ class TestPagesWithoutBrowser:
                 location = response.headers["location"]
                 assert location.startswith("/api/v2/auth/login?next="), location
                 # A forged cookie is no better than none.
-                forged = client.get(path, cookies={"_token": "not-a-jwt"}, follow_redirects=False)
+                forged = client.get(path, headers={"Cookie": "_token=not-a-jwt"}, follow_redirects=False)
                 assert forged.status_code == 303
 
     def test_page_with_token_has_strict_headers(self, airflow: AirflowHarness) -> None:
         with httpx.Client(base_url=airflow.base_url, trust_env=False) as client:
-            response = client.get("/hitl/ui/", cookies={"_token": airflow.token("alice")})
+            response = client.get("/hitl/ui/", headers={"Cookie": f"_token={airflow.token('alice')}"})
         assert response.status_code == 200
         csp = response.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "frame-ancestors 'self'" in csp and "unsafe-inline" not in csp
@@ -122,19 +122,19 @@ class TestPagesWithoutBrowser:
 
     def test_page_decisions_refuse_cross_site_requests(self, airflow: AirflowHarness) -> None:
         url = f"/hitl/ui/api/approvals/{uuid.uuid4()}/approve"
-        cookie = {"_token": airflow.token("alice")}
+        cookie = {"Cookie": f"_token={airflow.token('alice')}"}  # sent as a browser sends it
         with httpx.Client(base_url=airflow.base_url, trust_env=False) as client:
             # A cross-site form post: the cookie rides along, the custom header cannot.
-            forged = client.post(url, cookies=cookie, data={"comment": "x"})
+            forged = client.post(url, headers=cookie, data={"comment": "x"})
             assert forged.status_code == 403 and "X-Requested-With" in forged.json()["detail"]
-            other_site = client.post(url, cookies=cookie, json={}, headers={**XHR, "Origin": "https://evil.example"})
+            other_site = client.post(url, json={}, headers={**cookie, **XHR, "Origin": "https://evil.example"})
             assert other_site.status_code == 403
             anonymous = client.post(url, json={}, headers=XHR)
             assert anonymous.status_code == 401
             # Same site, header present: past the guard, to the lookup of the unknown id.
-            assert client.post(url, cookies=cookie, json={}, headers=XHR).status_code == 404
+            assert client.post(url, json={}, headers={**cookie, **XHR}).status_code == 404
             origin = {**XHR, "Origin": airflow.base_url}
-            assert client.post(url, cookies=cookie, json={}, headers=origin).status_code == 404
+            assert client.post(url, json={}, headers={**cookie, **origin}).status_code == 404
 
     def test_external_views_registered(self, airflow: AirflowHarness) -> None:
         plugins = airflow.api("GET", "/api/v2/plugins").json()["plugins"]
