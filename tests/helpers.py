@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_hitl.manager import ApprovalSpec
@@ -127,3 +133,36 @@ def later(delay: float, fn: Any, *args: Any, **kwargs: Any) -> threading.Thread:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+def parse_in_child(home: Path, files: Mapping[str, str]) -> dict[str, Any]:
+    """DagBag's view (dag ids, import errors) of ``files`` written to ``home/dags``, parsed in a child process.
+
+    A fresh AIRFLOW_HOME per call: Airflow reads its configuration once, at import, so the
+    parse runs in a process of its own (``tests/docs/dagbag_report.py``), as a dag-processor does.
+    """
+    dags = home / "dags"
+    dags.mkdir()
+    for name, text in files.items():
+        (dags / name).write_text(text)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+            "AIRFLOW_HITL_STORE_URL": f"sqlite:///{home / 'hitl.db'}",
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("docs") / "dagbag_report.py"), str(dags)],
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))

@@ -9,11 +9,7 @@ option when it is built, so a wrong one is an import error here.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers import parse_in_child
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "docs" / "examples"
@@ -279,32 +277,7 @@ class TestIncludes:
 @pytest.fixture(scope="module")
 def dagbag(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """DagBag's view of a dags folder holding every example, parsed in a fresh AIRFLOW_HOME."""
-    home = tmp_path_factory.mktemp("examples-home")
-    dags = home / "dags"
-    dags.mkdir()
-    for name, text in example_files().items():
-        (dags / name).write_text(text)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
-    env.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
-            "AIRFLOW_HITL_STORE_URL": f"sqlite:///{home / 'hitl.db'}",
-        }
-    )
-    result = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("dagbag_report.py")), str(dags)],
-        env=env,
-        cwd=home,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+    return parse_in_child(tmp_path_factory.mktemp("examples-home"), example_files())
 
 
 class TestExamplesParse:

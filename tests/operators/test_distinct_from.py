@@ -8,19 +8,13 @@ each task's ``resolve_template_files`` after the whole DAG is built and before k
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from airflow_hitl.exceptions import InvalidApprovalConfig
 from airflow_hitl.operators.approval import ApprovalBranchOperator, ApprovalOperator, is_approval_gate
-
-REPORT = Path(__file__).parents[1] / "docs" / "dagbag_report.py"
+from tests.helpers import parse_in_child
 
 HEADER = """\
 import datetime as dt
@@ -63,32 +57,8 @@ with DAG("itself", schedule=None, start_date=dt.datetime(2026, 1, 1)):
 @pytest.fixture(scope="module")
 def dagbag(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """DagBag's view of the DAG files above, parsed in a fresh AIRFLOW_HOME."""
-    home = tmp_path_factory.mktemp("distinct-from-home")
-    dags = home / "dags"
-    dags.mkdir()
-    for name, text in DAG_FILES.items():
-        (dags / name).write_text(HEADER + text)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
-    env.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
-            "AIRFLOW_HITL_STORE_URL": f"sqlite:///{home / 'hitl.db'}",
-        }
-    )
-    result = subprocess.run(
-        [sys.executable, str(REPORT), str(dags)],
-        env=env,
-        cwd=home,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+    files = {name: HEADER + text for name, text in DAG_FILES.items()}
+    return parse_in_child(tmp_path_factory.mktemp("distinct-from-home"), files)
 
 
 def error_of(dagbag: dict[str, Any], file: str) -> str:
