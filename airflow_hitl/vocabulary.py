@@ -175,8 +175,7 @@ RestSourceWord = Literal["api", "cli"]
 VOTE_SOURCES = (Source.API, Source.UI, Source.EMAIL, Source.SLACK, Source.BULK, Source.CLI)
 #: Sources of a decision no person made.
 SYSTEM_SOURCES = (Source.TIMEOUT, Source.AUTO, Source.CONDITION, Source.AIRFLOW, Source.SYSTEM, Source.OPERATOR)
-BREAK_GLASS = Source.BREAK_GLASS
-SOURCES = (*VOTE_SOURCES, BREAK_GLASS, *SYSTEM_SOURCES)
+SOURCES = (*VOTE_SOURCES, Source.BREAK_GLASS, *SYSTEM_SOURCES)
 #: Gates the operator opens and closes itself (``approval_type`` auto, a true condition): they tell nobody.
 AUTOMATIC_SOURCES = (Source.AUTO, Source.CONDITION)
 #: Who a REST client says it is (header :data:`CLIENT_HEADER`): the source its decisions are

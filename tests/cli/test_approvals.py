@@ -27,7 +27,7 @@ from airflow_hitl.cli.__main__ import main
 from airflow_hitl.exceptions import NotAllowed
 from airflow_hitl.manager import ApprovalManager, Decision
 from airflow_hitl.policy import EscalationLevel, Principal
-from airflow_hitl.vocabulary import BREAK_GLASS
+from airflow_hitl.vocabulary import Source
 from tests.airflow_api import snapshot
 from tests.cli.conftest import ServedApi, resigned
 from tests.e2e.harness import free_port
@@ -447,10 +447,14 @@ class TestBreakGlass:
         out = cli(capsys, *argv, "--reason", "api-server down, stop the deploy")
         assert f"cancelled by {actor} (break-glass)" in out
         cancelled = manager.queries.get(approval.id)
-        assert (cancelled.state, cancelled.decided_by, cancelled.decision_source) == ("cancelled", actor, BREAK_GLASS)
+        assert (cancelled.state, cancelled.decided_by, cancelled.decision_source) == (
+            "cancelled",
+            actor,
+            Source.BREAK_GLASS,
+        )
         assert cancelled.comment == "api-server down, stop the deploy"
         event = manager.audit.events(approval.id)[-1]
-        assert (event.event_type, event.actor, event.source) == ("cancelled", actor, BREAK_GLASS)
+        assert (event.event_type, event.actor, event.source) == ("cancelled", actor, Source.BREAK_GLASS)
         assert (event.details["os_user"], event.details["hostname"]) == (getpass.getuser(), socket.gethostname())
         assert manager.audit.verify_audit_chain().ok
         # Shown like any other ending: the store's JSON form, as the API and pages get it.
@@ -458,7 +462,7 @@ class TestBreakGlass:
             json.loads(cli(capsys, "approvals", "show", approval.id, "-o", "json", *on_store(manager)))[0][
                 "decision_source"
             ]
-            == BREAK_GLASS
+            == Source.BREAK_GLASS
         )
         assert "not pending" in cli_error(capsys, *argv, "--reason", "again")
 
@@ -471,7 +475,7 @@ class TestBreakGlass:
             f"/hitl/api/v1/approvals/{approval.id}", headers=served_api.airflow_api.headers("viewer")
         )
         assert response.status_code == 200
-        assert (response.json()["state"], response.json()["decision_source"]) == ("cancelled", BREAK_GLASS)
+        assert (response.json()["state"], response.json()["decision_source"]) == ("cancelled", Source.BREAK_GLASS)
 
     @pytest.mark.parametrize("action", ["approve", "reject"])
     def test_break_glass_can_never_approve_or_reject(
@@ -483,12 +487,12 @@ class TestBreakGlass:
             main(["approvals", action, approval.id, "--break-glass", "--reason", "x", *on_store(manager)])
         assert exit_info.value.code == 2
         # ...and the manager refuses it from anyone who builds the decision by hand.
-        decision = Decision(action=action, user=Principal.of("root@host"), source=BREAK_GLASS, reason="x")
+        decision = Decision(action=action, user=Principal.of("root@host"), source=Source.BREAK_GLASS, reason="x")
         before = snapshot(manager)
         with pytest.raises(NotAllowed, match="can only cancel"):
             manager.decide(approval.id, decision)
         with pytest.raises(NotAllowed, match="can only cancel"):
-            manager.approve(approval.id, user=Principal.of("root@host"), source=BREAK_GLASS)
+            manager.approve(approval.id, user=Principal.of("root@host"), source=Source.BREAK_GLASS)
         assert snapshot(manager) == before
 
     def test_break_glass_takes_no_token(self, capsys: pytest.CaptureFixture[str], manager: ApprovalManager) -> None:
