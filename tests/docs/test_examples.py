@@ -22,6 +22,9 @@ from tests.helpers import parse_in_child
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "docs" / "examples"
+#: The migration page's before-and-after pairs: parsed by tests/docs/test_migration_examples.py,
+#: run by tests/e2e/test_migration_e2e.py.
+MIGRATION_EXAMPLES = EXAMPLES / "migration"
 README = REPO / "README.md"
 #: Repository files the site publishes as pages (docs/gen_pages.py's ROOT_PAGES), besides README.md.
 ROOT_PAGES = ("SECURITY.md", "CHANGELOG.md", "CONTRIBUTING.md")
@@ -177,7 +180,7 @@ class TestPagesShowOnlyExamples:
             included = block.included()
             if included:
                 for inc in included:
-                    if inc.path.parent != EXAMPLES or inc.section is not None:
+                    if inc.path.parent not in (EXAMPLES, MIGRATION_EXAMPLES) or inc.section is not None:
                         problems.append(f"{block.where}: includes {inc.target}, not a whole file of docs/examples/")
                     shown.setdefault(inc.path.name, []).append(f"{block.where} (include)")
                 if not block.only_includes():
