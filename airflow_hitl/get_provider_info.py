@@ -9,7 +9,7 @@ from airflow_hitl.settings import OPTIONS, SECTION
 
 
 def get_provider_info() -> dict[str, Any]:
-    """Describe airflow-hitl to Airflow: operators, triggers, CLI and the ``[hitl]`` config.
+    """Describe airflow-hitl to Airflow: operators, triggers, TaskFlow decorators, CLI and the ``[hitl]`` config.
 
     The plugin is not listed here: Airflow loads it through the ``airflow.plugins`` entry
     point, and with ``[core] lazy_discover_providers = False`` it would also load the
@@ -39,6 +39,11 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": "Human-in-the-loop approvals",
                 "python-modules": ["airflow_hitl.triggers.approval"],
             }
+        ],
+        # ``@task.approval`` and ``@task.approval_branch`` (Airflow's TaskFlow looks them up by name).
+        "task-decorators": [
+            {"name": "approval", "class-name": "airflow_hitl.operators.decorators.approval_task"},
+            {"name": "approval_branch", "class-name": "airflow_hitl.operators.decorators.approval_branch_task"},
         ],
         "cli": ["airflow_hitl.cli.definition.get_hitl_cli_commands"],
         "config": {

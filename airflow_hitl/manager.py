@@ -47,17 +47,20 @@ from airflow_hitl.notices import NoticeLog
 from airflow_hitl.policy import EscalationLevel, Principal, quorum_reached
 from airflow_hitl.queries import ApprovalQueries
 from airflow_hitl.records import Approval, Vote, content_digest_of, policy_of
+from airflow_hitl.sla import SlaWatch
 from airflow_hitl.spec import (
     ApprovalFilter,
     ApprovalSpec,
     DagAccess,
     Decision,
     LinkUse,
+    StandingUse,
     TimeoutOutcome,
     check_texts,
     json_safe,
     utcnow,
 )
+from airflow_hitl.standing import StandingApprovals
 from airflow_hitl.transaction import StoreTransactions
 from airflow_hitl.vocabulary import (
     ACTIONS,
@@ -108,6 +111,8 @@ class ApprovalManager:
         self.audit = AuditReader(store=self.store, audit_key=self._audit_key)
         self.delegations = Delegations(store=self.store, clock=clock, audit_key=self._audit_key)
         self.gate_ends = GateEnds(store=self.store, clock=clock)
+        self.standing = StandingApprovals(store=self.store, clock=clock, audit_key=self._audit_key)
+        self.sla = SlaWatch(store=self.store, clock=clock, audit_key=self._audit_key)
 
     # ------------------------------------------------------------------ create
 
@@ -176,6 +181,7 @@ class ApprovalManager:
                 expires_at=now + spec.timeout if spec.timeout else None,
                 timeout_seconds=spec.timeout.total_seconds() if spec.timeout else None,
                 timeout_action=spec.timeout_action if spec.timeout else None,
+                sla_seconds=spec.sla.total_seconds() if spec.sla else None,
                 escalation_level=0,
                 escalation_targets=[level.to_json() for level in spec.escalation_targets],
                 escalation_final_action=spec.escalation_final_action,
@@ -221,6 +227,7 @@ class ApprovalManager:
                 at=now,
             )
             outbox.plan_opened(session, row, now)
+            self.standing.plan(session, row, now)
             # Announced on commit (PostgreSQL): wakes the outbox drainer and anyone watching for new gates.
             self.transactions.notify(session, row.id)
             return Approval.from_row(row, votes=())
@@ -297,6 +304,7 @@ class ApprovalManager:
             delegator_access=decision.delegator_access,
             inputs=decision.inputs,
             content_digest=decision.content_digest.lower() if decision.content_digest else None,
+            standing=decision.standing,
         )
 
     def approve(
@@ -374,16 +382,19 @@ class ApprovalManager:
         delegator_access: DelegatorAccess | None = None,
         inputs: Mapping[str, Any] | None = None,
         content_digest: str | None = None,
+        standing: StandingUse | None = None,
     ) -> Approval:
         if source == Source.BREAK_GLASS:
             # Break-glass holds the store's credentials, not an Airflow identity: it may stop a gate, never pass one.
             raise NotAllowed(f"a {Source.BREAK_GLASS} decision can only cancel a request, never {action} it")
         if source not in VOTE_SOURCES:
             raise InvalidInput("source", f"must be one of {list(VOTE_SOURCES)}")
+        if (source == Source.STANDING) != (standing is not None and action == Action.APPROVE):
+            raise InvalidInput("source", "only a standing approval casts a 'standing' vote, and only to approve")
         check_texts(comment=comment, reason=reason)
         # Given values are checked against the form before the lock: what a schema costs (bounded,
         # see forms) is never spent while the request's other deciders wait on its row.
-        checked = self._checked_inputs(request_id, inputs, approving=action == Action.APPROVE)
+        checked = self.queries.checked_inputs(request_id, inputs, approving=action == Action.APPROVE)
         with self.transactions.transaction() as session:
             row, votes = self.transactions.lock(session, request_id, dag_access=dag_access)
             now = self._clock()
@@ -398,6 +409,8 @@ class ApprovalManager:
                     now=now,
                 )
             self._ensure_open(row, now)
+            if standing is not None:  # spent with this vote, or not at all (a refusal below rolls it back)
+                metadata = {**(metadata or {}), "standing": self.standing.spend(session, standing, row, now)}
             # What the request is now, under the lock; a decider who saw something else decides nothing.
             digest = content_digest_of(row)
             if content_digest is not None and content_digest != digest:
@@ -506,26 +519,6 @@ class ApprovalManager:
                 flag_modified(row, "updated_at")
             session.flush()
             return Approval.from_row(row, votes=votes)
-
-    def _checked_inputs(
-        self, request_id: str, inputs: Mapping[str, Any] | None, *, approving: bool
-    ) -> dict[str, Any] | InvalidInput | None:
-        """Given ``inputs`` resolved against the request's form, read without a lock (a form never changes).
-
-        The values, or the :class:`InvalidInput` to raise once the decision's other checks
-        (access, state, policy) passed, in their usual order; None when nothing was given
-        or the request was not found (left to the lock).
-        """
-        if not inputs or not isinstance(inputs, Mapping):
-            return None
-        with self.store.session() as session:
-            form = session.scalar(select(ApprovalRequestRow.inputs).where(ApprovalRequestRow.id == str(request_id)))
-        if form is None:
-            return None
-        try:
-            return resolve_inputs(form, inputs, approving=approving)
-        except InvalidInput as err:
-            return err
 
     def decide_automatically(self, request_id: str, *, source: str, comment: str) -> Approval:
         """Approve at once without people (``approval_type='auto'`` or a true condition)."""
@@ -640,6 +633,7 @@ class ApprovalManager:
         )
         # Queued in this transaction: the escalation notice exists if and only if the escalation does.
         outbox.plan_escalated(session, row, now)
+        self.standing.plan(session, row, now)
         self.transactions.notify(session, row.id)
 
     @staticmethod

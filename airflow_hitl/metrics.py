@@ -103,6 +103,17 @@ def request_escalated() -> None:
     _send("incr", "escalations")
 
 
+def sla_breached(*, dag_id: str, task_id: str | None) -> None:
+    """A gate still waited when its SLA ran out (named by DAG and task, as Airflow names ``ti.finish``)."""
+    _send("incr", "sla_breached")
+    _send("incr", f"sla_breached.{dag_id}.{task_id or 'api'}")
+
+
+def standing_used() -> None:
+    """A standing approval cast its owner's vote on a gate."""
+    _send("incr", "standing.used")
+
+
 def notice(*, channel: str, delivered: bool) -> None:
     """A notice was delivered, or its send failed."""
     _send("incr", f"notices.{'sent' if delivered else 'failed'}.{channel}")

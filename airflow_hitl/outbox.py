@@ -51,6 +51,9 @@ from airflow_hitl.vocabulary import (
 
 log = logging.getLogger(__name__)
 
+#: The outbox key of a standing approval's notice to its owner: ``standing_used:<id>:<level>``.
+STANDING_USED_PREFIX = f"{Event.STANDING_USED}:"
+
 
 def listen_conninfo(store_url: str) -> dict[str, Any]:
     """psycopg connection arguments for LISTENing to the store's NOTIFY channel (PostgreSQL)."""
@@ -207,7 +210,12 @@ def plan_reminder(session: Session, row: ApprovalRequestRow, after: dt.datetime)
 
 
 def plan_opened(session: Session, row: ApprovalRequestRow, now: dt.datetime) -> bool:
-    """A gate opened: queue ``required`` (due now) and the first reminder."""
+    """A gate opened: queue ``required`` (due now), the first reminder, and its SLA's notice (due at ``sla``)."""
+    if row.sla_seconds:
+        # Queued whether or not the gate tells anyone: the sender that takes it due records the
+        # breach (airflow_hitl.sla), and a gate closed before then cancels it (plan_closed).
+        due = row.requested_at + dt.timedelta(seconds=row.sla_seconds)
+        _enqueue(session, row, event_type=Event.SLA_BREACHED, key=str(Event.SLA_BREACHED), due_at=due)
     if not _announces(row):
         return False
     _enqueue(session, row, event_type=Event.REQUIRED, key=str(Event.REQUIRED), due_at=now)
@@ -224,6 +232,19 @@ def plan_escalated(session: Session, row: ApprovalRequestRow, now: dt.datetime) 
     return True
 
 
+def plan_standing_used(session: Session, row: ApprovalRequestRow, *, standing_id: str, now: dt.datetime) -> bool:
+    """A standing approval cast its owner's vote on ``row``: queue the owner's notice (key names it)."""
+    key = f"{STANDING_USED_PREFIX}{standing_id}:{row.escalation_level}"
+    return _enqueue(session, row, event_type=Event.STANDING_USED, key=key, due_at=now)
+
+
+def standing_of(dedupe_key: str) -> str | None:
+    """The standing approval a ``standing_used`` notice is about, from its outbox key."""
+    if not dedupe_key.startswith(STANDING_USED_PREFIX):
+        return None
+    return dedupe_key[len(STANDING_USED_PREFIX) :].rsplit(":", 1)[0] or None
+
+
 def plan_closed(session: Session, row: ApprovalRequestRow, now: dt.datetime) -> bool:
     """A gate closed: settle what it still owed people, then queue how it ended.
 
@@ -232,6 +253,18 @@ def plan_closed(session: Session, row: ApprovalRequestRow, now: dt.datetime) -> 
     and so are their per-recipient rows, so the request's detail shows who never heard.
     """
     if not _announces(row):
+        # Only its SLA's notice can be queued: no longer due, with nobody told of the end either.
+        if not row.sla_seconds:
+            return False
+        session.execute(
+            update(ApprovalOutboxRow)
+            .where(
+                ApprovalOutboxRow.request_id == row.id,
+                ApprovalOutboxRow.status == OutboxStatus.PENDING,
+                ApprovalOutboxRow.event_type == Event.SLA_BREACHED,
+            )
+            .values(status=OutboxStatus.CANCELLED, last_error=f"the request was {row.state} first", updated_at=now)
+        )
         return False
     reason = f"not delivered before the request was {row.state}"
     o = ApprovalOutboxRow

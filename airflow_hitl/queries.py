@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 from weakref import WeakKeyDictionary
 
@@ -28,8 +28,9 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, joinedload
 
 from airflow_hitl.exceptions import ApprovalNotFound, InvalidInput
+from airflow_hitl.forms import resolve_inputs
 from airflow_hitl.models.store import ApprovalStore
-from airflow_hitl.models.tables import ApprovalRequestRow, ApprovalVoteRow
+from airflow_hitl.models.tables import WAITING_PREDICATE, ApprovalRequestRow, ApprovalVoteRow
 from airflow_hitl.policy import Eligibility, Principal, check_vote, separation_check
 from airflow_hitl.records import Approval, TaskGate, WaitState
 from airflow_hitl.spec import ORDERABLE, ApprovalFilter, replace_filter, utcnow, where_clauses
@@ -288,6 +289,26 @@ class ApprovalQueries:
             took_part[str(task_id)].update(name for name in (user, delegate) if name)
         return separation_check(deciders, took_part)
 
+    def checked_inputs(
+        self, request_id: str, inputs: Mapping[str, Any] | None, *, approving: bool
+    ) -> dict[str, Any] | InvalidInput | None:
+        """Given ``inputs`` resolved against the request's form, read without a lock (a form never changes).
+
+        The values, or the :class:`InvalidInput` to raise once the decision's other checks
+        (access, state, policy) passed, in their usual order; None when nothing was given
+        or the request was not found (left to the lock).
+        """
+        if not inputs or not isinstance(inputs, Mapping):
+            return None
+        with self.store.session() as session:
+            form = session.scalar(select(ApprovalRequestRow.inputs).where(ApprovalRequestRow.id == str(request_id)))
+        if form is None:
+            return None
+        try:
+            return resolve_inputs(form, inputs, approving=approving)
+        except InvalidInput as err:
+            return err
+
     def closed_task_gates(self, request_ids: Sequence[str]) -> builtins.list[TaskGate]:
         """Of ``request_ids``, the closed requests that a task's gate opened, with their task instance, in one query.
 
@@ -350,3 +371,25 @@ class ApprovalQueries:
             r.id: WaitState(id=r.id, state=r.state, expires_at=r.expires_at, escalation_level=r.escalation_level)
             for r in rows
         }
+
+    def deadlines(self, *, limit: int) -> builtins.list[WaitState]:
+        """The ``limit`` waiting requests with an expiry, soonest ``expires_at`` first (due or not).
+
+        What the api-server's deadline worker reads each time it wakes: one walk of the
+        partial index of waiting requests (``ix_approval_requests_waiting``, in expiry order),
+        stopped after ``limit`` rows however many requests wait.
+        """
+        table = ApprovalRequestRow.__table__.c
+        statement = (
+            select(table.id, table.state, table.expires_at, table.escalation_level)
+            .where(text(WAITING_PREDICATE), table.expires_at.is_not(None))
+            .order_by(table.expires_at, table.id)
+            .limit(limit)
+        )
+        with self.store.read_engine.connect() as conn:
+            rows = conn.execute(statement).all()
+            conn.rollback()
+        return [
+            WaitState(id=r.id, state=r.state, expires_at=r.expires_at, escalation_level=r.escalation_level)
+            for r in rows
+        ]

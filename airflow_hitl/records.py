@@ -161,6 +161,9 @@ class Approval:
     distinct_from: tuple[str, ...] = ()
     #: Approve exactly this artifact: the gate's rendered ``bind`` values (name -> text), shown and digested.
     bound: dict[str, str] = field(default_factory=dict)
+    #: How long a decision should take, in seconds (``sla``; None: none), and when it was found overdue.
+    sla_seconds: float | None = None
+    sla_breached_at: dt.datetime | None = None
 
     @classmethod
     def from_row(cls, row: ApprovalRequestRow, *, votes: Iterable[Vote] | None = None) -> Approval:

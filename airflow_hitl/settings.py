@@ -170,6 +170,66 @@ OPTIONS: tuple[Option, ...] = (
         ),
     ),
     Option(
+        name="gate_closer_poll_interval",
+        type="float",
+        default="0.25",
+        example="1.0",
+        description=(
+            "Seconds between the gate closer's looks for closed gates whose task has not ended yet, on a SQLite "
+            "store (no NOTIFY there: every api-server process looks). A decision then ends its gate within about "
+            "this long plus the end itself, with no triggerer running. Unused on PostgreSQL."
+        ),
+        version_added="0.3.0",
+    ),
+    Option(
+        name="deadline_worker",
+        type="boolean",
+        default="True",
+        example="False",
+        description=(
+            "Act on the gates' deadlines from the api-server: at a waiting gate's expires_at, apply its timeout "
+            "action or its next escalation level (the gate closer then ends a timed-out gate's task), without "
+            "waiting for the gate's trigger. One api-server process per PostgreSQL store works at a time (an "
+            "advisory lock), woken by the store's NOTIFY; on SQLite every api-server process looks. Safe beside "
+            "the triggers, which still act on deadlines where no api-server runs."
+        ),
+        version_added="0.3.0",
+    ),
+    Option(
+        name="deadline_poll_interval",
+        type="float",
+        default="0.25",
+        example="1.0",
+        description=(
+            "Seconds between the deadline worker's looks for new or changed deadlines on a SQLite store (on "
+            "PostgreSQL the store's NOTIFY wakes it, and it sleeps until the soonest deadline). A gate opened "
+            "with an earlier deadline than any before is seen within this long."
+        ),
+        version_added="0.3.0",
+    ),
+    Option(
+        name="standing_approval_max_days",
+        type="integer",
+        default="30",
+        example="7",
+        description=(
+            "The longest window, in days, of a standing approval (an approver's vote given ahead of time for a "
+            "DAG's gates, POST /hitl/api/v1/standing-approvals); a longer one is refused (422)."
+        ),
+        version_added="0.3.0",
+    ),
+    Option(
+        name="standing_poll_interval",
+        type="float",
+        default="0.5",
+        example="2.0",
+        description=(
+            "Seconds between the api-server's looks for gates a standing approval should vote on, when nothing "
+            "wakes it earlier (on PostgreSQL, LISTEN/NOTIFY wakes it as soon as a gate opens or escalates)."
+        ),
+        version_added="0.3.0",
+    ),
+    Option(
         name="outbox_poll_interval",
         type="float",
         default="1.0",
@@ -610,6 +670,11 @@ class HitlSettings:
     gate_closer: bool
     api_server_gc_freeze: bool
     gate_closer_wait_seconds: float
+    gate_closer_poll_interval: float
+    deadline_worker: bool
+    deadline_poll_interval: float
+    standing_approval_max_days: int
+    standing_poll_interval: float
     outbox_poll_interval: float
     outbox_lease_seconds: float
     outbox_final_retry_seconds: float

@@ -112,6 +112,8 @@ class ApprovalSpec:
     requested_by: str | None = None
     timeout: dt.timedelta | None = None
     timeout_action: TimeoutActionWord | Action | None = None
+    #: How long a decision should take: past it, the approvers are told and it is recorded (no timeout).
+    sla: dt.timedelta | None = None
     escalation_targets: Sequence[EscalationLevel] = ()
     escalation_final_action: FinalActionWord | Action | None = None
     required_approvals: int = 1
@@ -175,6 +177,7 @@ class ApprovalSpec:
                 problems.add("timeout", "must be a datetime.timedelta")
             elif self.timeout <= dt.timedelta(0):
                 problems.add("timeout", "must be positive")
+        self._sla_problems(problems)
         if self.timeout_action is not None and self.timeout_action not in TIMEOUT_ACTIONS:
             problems.add("timeout_action", f"must be one of {list(TIMEOUT_ACTIONS)}, got {self.timeout_action!r}")
         if self.timeout_action is not None and self.timeout is None:
@@ -198,6 +201,17 @@ class ApprovalSpec:
                 problems.add(f"escalate_to[{i}]", f"must be an EscalationLevel, got {type(level).__name__}")
             else:
                 problems.parse(EscalationLevel.parse, level, index=i, default=None)
+
+    def _sla_problems(self, problems: ConfigProblems) -> None:
+        # An SLA tells people a gate is overdue: it must run out while the gate can still wait.
+        if self.sla is None:
+            return
+        if not isinstance(self.sla, dt.timedelta):
+            problems.add("sla", "must be a datetime.timedelta")
+        elif self.sla <= dt.timedelta(0):
+            problems.add("sla", "must be positive")
+        elif isinstance(self.timeout, dt.timedelta) and self.sla >= self.timeout:
+            problems.add("sla", f"must be shorter than the timeout ({self.timeout}): nothing waits past it")
 
     def _people_problems(self, problems: ConfigProblems) -> None:
         # Who may decide, and how many of them must approve.
@@ -297,6 +311,14 @@ class LinkUse:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StandingUse:
+    """The standing approval whose owed vote a decision casts: spent in the same transaction as its vote."""
+
+    due_id: int
+    standing_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Decision:
     """One person's decision from any channel, as :meth:`ApprovalManager.decide` records it.
 
@@ -317,6 +339,8 @@ class Decision:
     :param content_digest: The request's ``content_digest`` as the decider saw it (a page, a
         link, a Slack message); when it is not the request's digest under the row lock, nothing
         is recorded (:class:`~airflow_hitl.exceptions.ContentChanged`). None: not checked.
+    :param standing: The standing approval casting ``user``'s vote (source ``standing``, the
+        api-server's applier only; see :mod:`airflow_hitl.standing`).
     """
 
     action: DecisionActionWord | Action
@@ -334,6 +358,7 @@ class Decision:
     #: Values for the request's form inputs (see :mod:`airflow_hitl.forms`), checked under the row lock.
     inputs: Mapping[str, Any] | None = None
     content_digest: str | None = None
+    standing: StandingUse | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -140,6 +140,9 @@ class Source(_Word):
     SLACK = "slack"
     BULK = "bulk"
     CLI = "cli"
+    #: A vote cast ahead of time: the owner of a standing approval, applied when a gate opens
+    #: or escalates inside its window (:mod:`airflow_hitl.standing`).
+    STANDING = "standing"
     #: A cancel written straight to the store by whoever holds its credentials, without the
     #: api-server (``airflow hitl approvals cancel --break-glass``): it can stop a gate, never
     #: approve or reject one, and its actor is ``<os user>@<host>``.
@@ -160,6 +163,7 @@ SourceWord = Literal[
     "slack",
     "bulk",
     "cli",
+    "standing",
     "break-glass",
     "timeout",
     "auto",
@@ -172,7 +176,7 @@ SourceWord = Literal[
 RestSourceWord = Literal["api", "cli"]
 
 #: Channels through which a person votes.
-VOTE_SOURCES = (Source.API, Source.UI, Source.EMAIL, Source.SLACK, Source.BULK, Source.CLI)
+VOTE_SOURCES = (Source.API, Source.UI, Source.EMAIL, Source.SLACK, Source.BULK, Source.CLI, Source.STANDING)
 #: Sources of a decision no person made.
 SYSTEM_SOURCES = (Source.TIMEOUT, Source.AUTO, Source.CONDITION, Source.AIRFLOW, Source.SYSTEM, Source.OPERATOR)
 SOURCES = (*VOTE_SOURCES, Source.BREAK_GLASS, *SYSTEM_SOURCES)
@@ -194,9 +198,11 @@ class Channel(_Word):
     SLACK = "slack"
     WEBHOOK = "webhook"
     IN_APP = "in_app"
+    #: Microsoft Teams: an Adaptive Card posted to a Workflows or incoming-webhook URL.
+    TEAMS = "teams"
 
 
-ChannelWord = Literal["email", "slack", "webhook", "in_app"]
+ChannelWord = Literal["email", "slack", "webhook", "in_app", "teams"]
 CHANNELS: tuple[Channel, ...] = tuple(Channel)
 
 
@@ -209,13 +215,19 @@ class Event(_Word):
     TIMED_OUT = "timed_out"
     DECIDED = "decided"
     CANCELLED = "cancelled"
+    #: To the owner of a standing approval: it cast their vote on a gate (never to approvers).
+    STANDING_USED = "standing_used"
+    #: A gate still waits at ``requested_at + sla``: its current approvers are told (it keeps waiting).
+    SLA_BREACHED = "sla_breached"
 
 
-EventWord = Literal["required", "reminder", "escalated", "timed_out", "decided", "cancelled"]
+EventWord = Literal[
+    "required", "reminder", "escalated", "timed_out", "decided", "cancelled", "standing_used", "sla_breached"
+]
 #: Notice events, in the order a request can go through them.
 EVENTS: tuple[Event, ...] = tuple(Event)
 #: Events that ask people to act (they carry decision links and buttons).
-ACTION_EVENTS = (Event.REQUIRED, Event.REMINDER, Event.ESCALATED)
+ACTION_EVENTS = (Event.REQUIRED, Event.REMINDER, Event.ESCALATED, Event.SLA_BREACHED)
 #: Events that tell people how a request ended.
 FINAL_EVENTS = (Event.DECIDED, Event.TIMED_OUT, Event.CANCELLED)
 
@@ -244,6 +256,17 @@ class OutboxStatus(_Word):
 OUTBOX_STATUSES: tuple[OutboxStatus, ...] = tuple(OutboxStatus)
 
 
+class StandingDue(_Word):
+    """A standing approval's vote owed to a gate: not cast yet, cast, or refused (with the reason)."""
+
+    DUE = "due"
+    USED = "used"
+    SKIPPED = "skipped"
+
+
+STANDING_DUE_STATUSES: tuple[StandingDue, ...] = tuple(StandingDue)
+
+
 # ---------------------------------------------------------------- the gate's task
 class TaskEnd(_Word):
     """How a closed request ends its gate's task in Airflow (never stored: Airflow's own states)."""
@@ -267,9 +290,17 @@ class AuditType(_Word):
     #: Audit events of delegations (``request_id`` NULL: a delegation belongs to no request).
     DELEGATION_CREATED = "delegation_created"
     DELEGATION_ENDED = "delegation_ended"
+    #: Audit events of standing approvals (``request_id`` NULL); their uses are the votes they cast.
+    STANDING_CREATED = "standing_created"
+    STANDING_REVOKED = "standing_revoked"
+    #: A gate still waited when its SLA ran out (``sla``): recorded once; the gate keeps waiting.
+    SLA_BREACHED = "sla_breached"
 
 
 DELEGATION_EVENTS = (AuditType.DELEGATION_CREATED, AuditType.DELEGATION_ENDED)
+STANDING_EVENTS = (AuditType.STANDING_CREATED, AuditType.STANDING_REVOKED)
+#: Where a standing approval stands at a given time.
+STANDING_STATES = ("scheduled", "active", "expired", "used_up", "revoked")
 #: Where a delegation stands at a given time.
 DELEGATION_STATES = ("scheduled", "active", "expired", "ended")
 

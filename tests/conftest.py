@@ -30,6 +30,8 @@ pytest_plugins = ("tests.standins",)
 
 PG_ADMIN_URL = os.environ.get("HITL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TABLES = (
+    "approval_standing_due",
+    "approval_standing",
     "approval_delegations",
     "approval_outbox",
     "approval_notifications",

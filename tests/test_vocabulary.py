@@ -138,17 +138,28 @@ def test_the_word_lists_keep_their_values_and_order() -> None:
     assert vocabulary.APPROVAL_TYPES == ("manual", "auto", "conditional")
     assert vocabulary.ORIGINS == ("task", "api")
     assert vocabulary.ON_REJECT == ("fail", "skip")
-    assert vocabulary.VOTE_SOURCES == ("api", "ui", "email", "slack", "bulk", "cli")
+    assert vocabulary.VOTE_SOURCES == ("api", "ui", "email", "slack", "bulk", "cli", "standing")
     assert vocabulary.SYSTEM_SOURCES == ("timeout", "auto", "condition", "airflow", "system", "operator")
     assert (*vocabulary.VOTE_SOURCES, "break-glass", *vocabulary.SYSTEM_SOURCES) == vocabulary.SOURCES
     assert vocabulary.REST_SOURCES == ("api", "cli")
-    assert vocabulary.CHANNELS == ("email", "slack", "webhook", "in_app")
-    assert vocabulary.EVENTS == ("required", "reminder", "escalated", "timed_out", "decided", "cancelled")
-    assert vocabulary.ACTION_EVENTS == ("required", "reminder", "escalated")
+    assert vocabulary.CHANNELS == ("email", "slack", "webhook", "in_app", "teams")
+    assert vocabulary.EVENTS == (
+        "required",
+        "reminder",
+        "escalated",
+        "timed_out",
+        "decided",
+        "cancelled",
+        "standing_used",
+        "sla_breached",
+    )
+    assert vocabulary.ACTION_EVENTS == ("required", "reminder", "escalated", "sla_breached")
     assert vocabulary.FINAL_EVENTS == ("decided", "timed_out", "cancelled")
     assert vocabulary.NOTIFICATION_STATUSES == ("pending", "sent", "failed", "read")
     assert vocabulary.OUTBOX_STATUSES == ("pending", "sent", "failed", "cancelled")
     assert vocabulary.DELEGATION_EVENTS == ("delegation_created", "delegation_ended")
+    assert vocabulary.STANDING_EVENTS == ("standing_created", "standing_revoked")
+    assert vocabulary.STANDING_DUE_STATUSES == ("due", "used", "skipped")
     # The messages that list allowed words read as they did with plain strings.
     assert f"must be one of {list(vocabulary.TIMEOUT_ACTIONS)}" == "must be one of ['approve', 'reject', 'escalate']"
 

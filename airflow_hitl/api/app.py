@@ -169,7 +169,9 @@ async def _drainer_lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Airflow 3.3's api-server enters the lifespans of mounted plugin apps (its own lifespan
     # walks its mounts); no other Airflow process serves this app, so the outbox drainer
     # starts in api-servers only, one per api-server worker process, and they share the work.
+    from airflow_hitl.api.deadlines import ensure_deadline_worker_started, stop_deadline_worker
     from airflow_hitl.api.gate_closer import ensure_gate_closer_started, stop_gate_closer
+    from airflow_hitl.api.standing_applier import ensure_standing_applier_started, stop_standing_applier
     from airflow_hitl.notifications.drainer import ensure_drainer_started, stop_drainer
 
     app.state.hitl_lifespan = True
@@ -177,10 +179,14 @@ async def _drainer_lifespan(app: FastAPI) -> AsyncIterator[None]:
     check_options()
     ensure_drainer_started()
     ensure_gate_closer_started()
+    ensure_deadline_worker_started()
+    ensure_standing_applier_started()
     freeze_startup_heap()
     try:
         yield
     finally:
+        stop_standing_applier()
+        stop_deadline_worker()
         stop_gate_closer()
         stop_drainer()
 
@@ -189,7 +195,9 @@ async def _start_drainer_lazily(request: Request, call_next: Callable[[Request],
     # Where the api-server may not run mounted apps' lifespans (before Airflow 3.3), start
     # on the first request instead: only an api-server ever serves one.
     if not getattr(request.app.state, "hitl_lifespan", False):
+        from airflow_hitl.api.deadlines import ensure_deadline_worker_started
         from airflow_hitl.api.gate_closer import ensure_gate_closer_started
+        from airflow_hitl.api.standing_applier import ensure_standing_applier_started
         from airflow_hitl.notifications.drainer import ensure_drainer_started
 
         try:
@@ -200,6 +208,8 @@ async def _start_drainer_lazily(request: Request, call_next: Callable[[Request],
         request.app.state.hitl_lifespan = True
         ensure_drainer_started()
         ensure_gate_closer_started()
+        ensure_deadline_worker_started()
+        ensure_standing_applier_started()
         freeze_startup_heap()
     return await call_next(request)
 
@@ -215,6 +225,7 @@ def create_app(*, outbox_drainer: bool = False) -> FastAPI:
     from airflow_hitl.api.routes.delegations import router as delegations_router
     from airflow_hitl.api.routes.evidence import router as evidence_router
     from airflow_hitl.api.routes.notifications import router as notifications_router
+    from airflow_hitl.api.routes.standing import router as standing_router
     from airflow_hitl.api.routes.ui import router as ui_router
 
     app = FastAPI(
@@ -239,6 +250,7 @@ def create_app(*, outbox_drainer: bool = False) -> FastAPI:
     app.include_router(approvals_router, prefix=API_PREFIX)
     app.include_router(notifications_router, prefix=API_PREFIX)
     app.include_router(delegations_router, prefix=API_PREFIX)
+    app.include_router(standing_router, prefix=API_PREFIX)
     # Signed evidence; its JWKS is the one route of the API that needs no token (public keys).
     app.include_router(evidence_router, prefix=API_PREFIX)
     # The Approvals pages (/hitl/ui/...), embedded in the Airflow UI through external_views.

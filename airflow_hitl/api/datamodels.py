@@ -30,6 +30,7 @@ from pydantic_core import CoreSchema
 from airflow_hitl.forms import MAX_NAME_LENGTH
 from airflow_hitl.limits import INT32_MAX, MAX_TIMEOUT_SECONDS, json_problem
 from airflow_hitl.settings import conf_getint
+from airflow_hitl.standing import MAX_USES as MAX_STANDING_USES
 
 # A bulk call decides one request per transaction; a bound keeps one call from holding a
 # worker thread for minutes.
@@ -273,6 +274,11 @@ class CreateBody(_Body):
     context: dict[str, Any] = Field(default_factory=dict, description=f"Facts shown to approvers. {_JSON_HELP}")
     timeout_seconds: TimeoutSeconds | None = None
     timeout_action: Literal["approve", "reject", "escalate"] | None = None
+    sla_seconds: TimeoutSeconds | None = Field(
+        default=None,
+        description="How long a decision should take: past it the approvers are told it is overdue and it is "
+        "recorded; the request keeps waiting. Shorter than `timeout_seconds` when both are given.",
+    )
     escalate_to: list[EscalationBody] = Field(default_factory=list, max_length=20)
     escalation_final_action: Literal["approve", "reject"] | None = None
     required_approvals: Count = 1
@@ -400,6 +406,13 @@ class ApprovalResponse(_Response):
         default_factory=dict,
         description="Approve exactly this artifact: the gate's rendered `bind` values (name -> text). Part of "
         "`content_digest` when not empty; the decision carries each value's SHA-256 under `bound`.",
+    )
+    sla_seconds: float | None = Field(
+        default=None,
+        description="How long a decision should take (the gate's `sla`), in seconds; null: no SLA. Not a timeout.",
+    )
+    sla_breached_at: dt.datetime | None = Field(
+        default=None, description="When the request was found still waiting past its SLA; null: not (yet) overdue."
     )
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -555,3 +568,81 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
             }
         responses[code] = entry
     return responses
+
+
+#: Where a standing approval stands now (``vocabulary.STANDING_STATES``).
+StandingState = Literal["scheduled", "active", "expired", "used_up", "revoked"]
+
+
+class StandingApprovalBody(_Body):
+    """Body of ``POST /standing-approvals``: approve ahead the gates of a DAG that open in a window.
+
+    The approver is the caller (the token's user); the body cannot name anyone else.
+    """
+
+    dag_id: Name = Field(description="The DAG whose gates it approves; it must exist and you must be able to edit it.")
+    task_id: Name | None = Field(default=None, description="Only this task's gates. Omitted or null: every gate.")
+    valid_from: dt.datetime | None = Field(
+        default=None, description="ISO 8601 with a time zone. Omitted, null or past: now (it never reaches back)."
+    )
+    valid_until: dt.datetime = Field(
+        description="ISO 8601 with a time zone; in the future and at most `[hitl] standing_approval_max_days` "
+        "(30 unless configured) after `valid_from`."
+    )
+    max_uses: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_STANDING_USES,
+        description="Votes it may cast at most. Omitted or null: no limit within the window.",
+    )
+    comment: RequiredText = Field(
+        description=f"Required: why you approve ahead (recorded with each vote). {_TEXT_HELP}"
+    )
+
+    _comment_given = field_validator("comment")(_not_blank)
+
+
+class StandingApprovalResponse(_Response):
+    """A standing approval and where it stands now."""
+
+    id: str
+    approver: str = Field(description="Whose vote it casts: the user who created it.")
+    dag_id: str
+    task_id: str | None = Field(default=None, description="null: every gate of the DAG.")
+    valid_from: dt.datetime
+    valid_until: dt.datetime
+    max_uses: int | None = Field(default=None, description="null: no limit.")
+    uses_left: int | None = Field(default=None, description="null: no limit.")
+    comment: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None = None
+    revoked_by: str | None = None
+    state: StandingState
+
+
+class StandingApprovalCollectionResponse(_Response):
+    """A page of standing approvals and how many match in all."""
+
+    standing_approvals: list[StandingApprovalResponse]
+    total_entries: int
+
+
+class StandingOwedVoteResponse(_Response):
+    """A vote a standing approval owed a request (when it opened or escalated), and how it was settled."""
+
+    standing_id: str
+    approver: str
+    escalation_level: int = Field(description="The level the request was at when the vote was owed.")
+    status: Literal["due", "used", "skipped"] = Field(
+        description="`due`: not cast yet; `used`: cast (one use spent); `skipped`: refused, `reason` says why."
+    )
+    reason: str | None = None
+    due_at: dt.datetime
+    settled_at: dt.datetime | None = None
+
+
+class StandingOwedVotesResponse(_Response):
+    """The votes standing approvals owed one request, oldest first."""
+
+    owed_votes: list[StandingOwedVoteResponse]
+    total_entries: int

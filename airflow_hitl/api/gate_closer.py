@@ -26,6 +26,14 @@ holding an advisory lock on its LISTEN connection listens (:func:`listen_for_tra
 the others take over within a second of its process ending. A closer that is stuck leaves the
 gates to their triggers, which end them as they did before the closer existed.
 
+A SQLite store has no NOTIFY: there every api-server process's closer looks every ``[hitl]
+gate_closer_poll_interval`` seconds for the closed task gates whose end nobody has claimed yet
+(``task_ended_by`` still empty, decided within ``[hitl] gate_closer_wait_seconds``:
+:func:`unended_task_gates`, one query of a few rows) and hands them to the same work as heard
+NOTIFYs. A decision, or a timeout applied by the deadline worker
+(:mod:`airflow_hitl.api.deadlines`), so ends its gate within a second with every triggerer
+stopped on SQLite too; several processes going for one gate meet at the claim.
+
 Safe with any number of api-servers and triggerers: the task instance row is locked
 (``FOR UPDATE SKIP LOCKED``) and re-checked (still deferred, on our trigger for this request
 and try), and only then is the end claimed in the store (:mod:`airflow_hitl.gate_ends`), the
@@ -45,6 +53,7 @@ own event ends it as before.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import queue
 import threading
@@ -53,9 +62,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
+
 from airflow_hitl.exceptions import ApprovalNotFound
 from airflow_hitl.gate_ends import CLOSER_COMMIT_WITHIN, claimant
-from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.manager import ApprovalManager, utcnow
+from airflow_hitl.models.tables import ApprovalRequestRow
 from airflow_hitl.outbox import listen_for_transitions
 from airflow_hitl.queries import Kept
 from airflow_hitl.records import Approval, TaskGate
@@ -63,6 +75,7 @@ from airflow_hitl.retry import Backoff
 from airflow_hitl.seam import task_instances
 from airflow_hitl.settings import HitlSettings
 from airflow_hitl.triggers.approval import ApprovalTrigger, end_event
+from airflow_hitl.vocabulary import TERMINAL_STATES, Origin
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +119,33 @@ _LOOK_AGAIN, _AFTER_FAILURE = 0.05, 1.0
 _LOOK_BATCH = 100
 #: Milliseconds one statement of an end may wait on a lock, or run, on PostgreSQL.
 _LOCK_TIMEOUT_MS, _STATEMENT_TIMEOUT_MS = 5_000, 10_000
+
+
+def unended_task_gates(manager: ApprovalManager, *, since: dt.datetime, limit: int = _BATCH) -> list[str]:
+    """Ids of the closed task gates decided at or after ``since`` whose end nobody has claimed yet, oldest first.
+
+    What the closer of a SQLite store polls for, instead of hearing NOTIFYs: the decided index
+    (``decided_at``) narrows it to the last moments' decisions, and a gate its trigger or a
+    closer has ended (``task_ended_by`` set) is never returned again.
+    """
+    table = ApprovalRequestRow.__table__.c
+    statement = (
+        select(table.id)
+        .where(
+            table.decided_at >= since,
+            table.task_ended_by.is_(None),
+            table.origin == Origin.TASK,
+            table.state.in_(sorted(TERMINAL_STATES)),
+            table.run_id.is_not(None),
+            table.try_number.is_not(None),
+        )
+        .order_by(table.decided_at, table.id)
+        .limit(limit)
+    )
+    with manager.store.read_engine.connect() as conn:
+        found = [str(request_id) for request_id in conn.scalars(statement)]
+        conn.rollback()
+    return found
 
 
 def gate_states(gates: Sequence[TaskGate]) -> dict[str, str]:
@@ -252,6 +292,8 @@ class GateCloser:
         the store, so one of all the closers started with the same key works at a time
         (:data:`LEADER_KEY` in the api-server); None: it always works.
     :param follow_every: Seconds between a waiting closer's tries to take the lock.
+    :param poll_interval: On a SQLite store (no NOTIFY), seconds between looks for closed
+        gates whose task has not ended (:func:`unended_task_gates`).
     """
 
     def __init__(
@@ -263,8 +305,10 @@ class GateCloser:
         end: Callable[[Approval, EndClaim], str] = end_gate,
         leader_key: int | None = None,
         follow_every: float = 1.0,
+        poll_interval: float = 0.25,
     ) -> None:
         self._manager_factory = manager_factory
+        self.poll_interval = max(0.05, poll_interval)
         self._leader_key = leader_key
         self._follow_every = follow_every
         self.wait_seconds = wait_seconds
@@ -276,18 +320,17 @@ class GateCloser:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         #: Set while the LISTEN connection is up (transitions before it are not heard); with a
-        #: ``leader_key``, only while this closer is the one that works.
+        #: ``leader_key``, only while this closer is the one that works. On SQLite: once it polls.
         self.listening = threading.Event()
         self.ended = 0
 
     def start(self) -> None:
-        """Start listening (only a PostgreSQL store NOTIFYs; on SQLite the triggers end the gates)."""
+        """Start listening to the store's NOTIFY (PostgreSQL), or polling it (SQLite), and working."""
         if self._threads:
             return
         manager = self._manager_factory()
-        if not manager.store.is_postgres:
-            return
-        for target, name in ((self._listen, "hitl-gate-listener"), (self._work, "hitl-gate-closer")):
+        hear = (self._listen, "hitl-gate-listener") if manager.store.is_postgres else (self._poll, "hitl-gate-poller")
+        for target, name in (hear, (self._work, "hitl-gate-closer")):
             thread = threading.Thread(target=target, args=(manager,), name=name, daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -319,6 +362,27 @@ class GateCloser:
             leader_key=self._leader_key,
             follow_every=self._follow_every,
         )
+
+    def _poll(self, manager: ApprovalManager) -> None:
+        # SQLite: no NOTIFY, so look for what it would have said. A gate already handed to the
+        # work (waiting, or settled) is left out there, before any further read.
+        self.listening.set()
+        backoff = Backoff(first=_AFTER_FAILURE, cap=30.0)
+        delay = self.poll_interval
+        while not self._stop.wait(delay):
+            since = utcnow() - dt.timedelta(seconds=self.wait_seconds)
+            try:
+                found = unended_task_gates(manager, since=since)
+            except Exception:
+                delay = backoff.next()
+                log.warning(
+                    "gate closer could not look for closed gates; again in %.1fs", delay, exc_info=backoff.failures == 1
+                )
+                continue
+            backoff.reset()
+            delay = self.poll_interval
+            for request_id in found:
+                self.submit(request_id)
 
     def _work(self, manager: ApprovalManager) -> None:
         # Closed gates not settled yet: the task still deferring, or Airflow's DB or the store
@@ -457,7 +521,11 @@ def ensure_gate_closer_started(settings: HitlSettings | None = None) -> GateClos
         return None
     with _service_lock:
         if _service is None:
-            _service = GateCloser(wait_seconds=settings.gate_closer_wait_seconds, leader_key=LEADER_KEY)
+            _service = GateCloser(
+                wait_seconds=settings.gate_closer_wait_seconds,
+                leader_key=LEADER_KEY,
+                poll_interval=settings.gate_closer_poll_interval,
+            )
             try:
                 _service.start()
             except Exception:

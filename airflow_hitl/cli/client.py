@@ -5,6 +5,9 @@ API (``/hitl/api/v1/approvals/...``) with the caller's Airflow token, so the api
 decides exactly as for any REST call (authentication, DAG access, the request's policy, the
 audit trail), recording source ``cli`` (header :data:`~airflow_hitl.vocabulary.CLIENT_HEADER`)
 and the OS user and host the command ran as. Who decides comes from the token alone.
+``airflow hitl standing ...`` calls ``/hitl/api/v1/standing-approvals`` the same way: the
+token's user is the approver of what it creates, and sees (or, as an admin, revokes) what the
+api-server lets them.
 
 The token is the caller's own: the environment variable :data:`TOKEN_ENV`, a file, or a user
 name and password exchanged at Airflow's ``POST /auth/token``. Every failure is an
@@ -31,6 +34,8 @@ from airflow_hitl.vocabulary import CLIENT_DETAIL_HEADERS, CLIENT_HEADER, Source
 TOKEN_ENV = "AIRFLOW_HITL_TOKEN"
 #: Where the approvals live under the api-server's URL.
 APPROVALS_PATH = "/hitl/api/v1/approvals"
+#: Where the standing approvals live under the api-server's URL.
+STANDING_PATH = "/hitl/api/v1/standing-approvals"
 #: The flags that give a token, named in every message that asks for one.
 TOKEN_HINT = f"set {TOKEN_ENV}, --token-file or --username"
 # A loaded api-server may take a while; connecting may not (nothing is sent until it does).
@@ -111,8 +116,20 @@ def _check_url(api_url: str) -> str:
     return api_url.rstrip("/")
 
 
-def _send(api_url: str, method: str, path: str, *, decides: bool, **kwargs: Any) -> httpx.Response:
-    """One call; transport failures become an :class:`ApiError` saying whether anything may have changed."""
+#: What an unanswered decision may have done, and where to look before retrying it.
+DECISION_UNKNOWN = "the decision may or may not have been recorded: look with `airflow hitl approvals show`"
+#: The same for a standing approval created or revoked.
+STANDING_UNKNOWN = "it may or may not have been recorded: look with `airflow hitl standing list`"
+
+
+def _send(
+    api_url: str, method: str, path: str, *, decides: bool, unknown: str = DECISION_UNKNOWN, **kwargs: Any
+) -> httpx.Response:
+    """One call; transport failures become an :class:`ApiError` saying whether anything may have changed.
+
+    ``decides``: the call changes something, so a call left unanswered may have done it;
+    ``unknown`` then says so and where to look.
+    """
     url = f"{api_url}{path}"
     try:
         with httpx.Client(timeout=_TIMEOUT) as http:
@@ -123,11 +140,7 @@ def _send(api_url: str, method: str, path: str, *, decides: bool, **kwargs: Any)
             "nothing was recorded (name it with --api-url)"
         ) from None
     except httpx.TimeoutException:
-        outcome = (
-            "the decision may or may not have been recorded: look with `airflow hitl approvals show` before retrying"
-            if decides
-            else "nothing was changed"
-        )
+        outcome = f"{unknown} before retrying" if decides else "nothing was changed"
         raise ApiError(f"no answer from the api-server at {api_url} in time; {outcome}") from None
     except httpx.HTTPError as err:
         raise ApiError(f"{method} {url} failed: {_one_line(str(err)) or type(err).__name__}") from None
@@ -197,7 +210,7 @@ def obtain_token(
     else:
         token = os.environ.get(TOKEN_ENV, "").strip()
         if not token:
-            raise ApiError(f"deciding needs your own Airflow token: {TOKEN_HINT}")
+            raise ApiError(f"the api-server needs your own Airflow token: {TOKEN_HINT}")
     if not token.isascii() or not token.isprintable() or " " in token:
         raise ApiError("the token is not a token (one line of printable ASCII, as POST /auth/token gives)")
     return token
@@ -218,16 +231,41 @@ class ApiClient:
 
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         """``GET /hitl/api/v1/approvals<path>``: the answer's JSON, or an :class:`ApiError`."""
-        return self._call("GET", path, decides=False, params=dict(params or {}))
+        return self._call("GET", f"{APPROVALS_PATH}{path}", decides=False, params=dict(params or {}))
 
     def decide(self, approval_id: str, action: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST .../<id>/<action>`` (approve, reject, cancel): the request as decided."""
-        return dict(self._call("POST", f"/{approval_id}/{action}", decides=True, json=dict(body)))
+        return self._record(
+            self._call("POST", f"{APPROVALS_PATH}/{approval_id}/{action}", decides=True, json=dict(body))
+        )
+
+    def list_standing(self, params: Mapping[str, Any] | None = None) -> tuple[list[dict[str, Any]], int]:
+        """``GET /hitl/api/v1/standing-approvals``: the page of standing approvals and how many match."""
+        page = self._call("GET", STANDING_PATH, decides=False, params=dict(params or {}))
+        items = page.get("standing_approvals") if isinstance(page, Mapping) else None
+        if not isinstance(items, list) or not all(isinstance(item, Mapping) for item in items):
+            raise ApiError(f"{self.api_url}{STANDING_PATH} answered no list of standing_approvals")
+        total = page.get("total_entries")
+        return [dict(item) for item in items], total if isinstance(total, int) else len(items)
+
+    def create_standing(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /hitl/api/v1/standing-approvals``: the standing approval as stored (the caller approves)."""
+        answer = self._call("POST", STANDING_PATH, decides=True, unknown=STANDING_UNKNOWN, json=dict(body))
+        return self._record(answer)
+
+    def revoke_standing(self, standing_id: str) -> dict[str, Any]:
+        """``DELETE /hitl/api/v1/standing-approvals/<id>``: the standing approval as revoked."""
+        answer = self._call("DELETE", f"{STANDING_PATH}/{standing_id}", decides=True, unknown=STANDING_UNKNOWN)
+        return self._record(answer)
+
+    def _record(self, answer: Any) -> dict[str, Any]:
+        # A JSON object is what every route that changes something answers; anything else is not ours.
+        if not isinstance(answer, Mapping):
+            raise ApiError(f"{self.api_url} answered {type(answer).__name__} where a record was due")
+        return dict(answer)
 
     def _call(self, method: str, path: str, *, decides: bool, **kwargs: Any) -> Any:
-        response = _send(
-            self.api_url, method, f"{APPROVALS_PATH}{path}", decides=decides, headers=self._headers, **kwargs
-        )
+        response = _send(self.api_url, method, path, decides=decides, headers=self._headers, **kwargs)
         if response.status_code >= 400:
             raise _refused(response, self.api_url)
         return _json_of(response, self.api_url)

@@ -7,12 +7,14 @@ is reported instead of silently checking a new, empty store.
 
 Decisions are made by the api-server, as the Airflow user of the caller's token
 (:mod:`airflow_hitl.cli.client`); the one decision written straight to the store is a
-break-glass cancel, recorded as ``<os user>@<host>``.
+break-glass cancel, recorded as ``<os user>@<host>``. Standing approvals are listed, created
+and revoked only through the api-server, as that user too.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -41,7 +43,7 @@ from airflow_hitl.models.schema import SchemaStatus, ensure_schema, migrate, sch
 from airflow_hitl.models.store import ApprovalStore, resolve_store_url, sqlite_file
 from airflow_hitl.policy import Principal
 from airflow_hitl.settings import airflow_home, check_options
-from airflow_hitl.vocabulary import STATES, WAITING_STATES, Action, Source
+from airflow_hitl.vocabulary import STANDING_STATES, STATES, WAITING_STATES, Action, Source
 
 
 @contextmanager
@@ -462,6 +464,106 @@ def _break_glass_cancel(args: argparse.Namespace, reason: str) -> None:
         )
         approval = manager.decide(_approval_id(args.approval_id), decision)
     print(f"approval request {approval.id} ({approval.dag_id}): {approval.state} by {actor} ({Source.BREAK_GLASS})")
+
+
+# ---------------------------------------------------------------------- standing approvals
+# Only through the api-server, as the token's user: it decides whose they may see or revoke
+# (their own; an admin's, everyone's) and whether they may approve a DAG's gates ahead.
+
+
+def _standing_summary(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The table's columns of one standing approval, from the API's record."""
+    max_uses = data["max_uses"]
+    return {
+        "id": data["id"],
+        "approver": data["approver"],
+        "dag_id": data["dag_id"],
+        "task_id": data["task_id"] or "every gate",
+        "state": data["state"],
+        "valid_from": data["valid_from"],
+        "valid_until": data["valid_until"],
+        "uses_left": "no limit" if max_uses is None else f"{data['uses_left']} of {max_uses}",
+        "comment": data["comment"],
+    }
+
+
+def _print_standing(records: list[dict[str, Any]], output: str) -> None:
+    """json and yaml: the API's records whole (numbers, nulls, revoked_by); table and plain: the summary."""
+    if output in {"json", "yaml"}:
+        _print(records, output)
+        return
+    _print([_standing_summary(record) for record in records], output, whole=("id",), one_line=True)
+
+
+def _required(args: argparse.Namespace, name: str, flag: str, what: str) -> str:
+    value = getattr(args, name, None)
+    if value is None or not str(value).strip():
+        raise SystemExit(f"error: {flag} is required: {what}")
+    return str(value)
+
+
+def _aware_time(value: str | None, flag: str) -> str | None:
+    """``value`` as ISO 8601 with its time zone, or None; a time without a zone is an error naming ``flag``."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        # Python 3.10's fromisoformat knows no "Z"; it is UTC.
+        parsed = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in {"Z", "z"} else text)
+    except ValueError:
+        raise SystemExit(
+            f"error: {flag} {value!r} is not a date and time: give ISO 8601 with a time zone, e.g. 2026-12-01T09:00:00Z"
+        ) from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        example = parsed.isoformat()
+        raise SystemExit(f"error: {flag} {value!r} has no time zone: add one, e.g. {example}Z or {example}+02:00")
+    return parsed.isoformat()
+
+
+def standing_list(args: argparse.Namespace) -> None:
+    """List standing approvals through the api-server, newest first: yours (an admin's: everyone's)."""
+    if args.state and args.state not in STANDING_STATES:
+        raise SystemExit(f"error: --state {args.state!r} is not one of {', '.join(STANDING_STATES)}")
+    client = _api_client(args)
+    params = {"approver": args.approver, "dag_id": args.dag_id, "state": args.state, "limit": args.limit}
+    with _errors_exit():
+        records, _total = client.list_standing({k: v for k, v in params.items() if v is not None})
+    _print_standing(records, args.output)
+
+
+def standing_create(args: argparse.Namespace) -> None:
+    """Approve ahead, as your token's user, the gates of ``--dag-id`` (``--task-id``'s) opening in the window.
+
+    The api-server checks it as for a REST call: you must be able to decide that DAG's gates,
+    the window must lie ahead and be no longer than ``[hitl] standing_approval_max_days``.
+    """
+    body = {
+        "dag_id": _required(args, "dag_id", "--dag-id", "the DAG whose gates you approve ahead"),
+        "task_id": args.task_id,
+        "valid_from": _aware_time(args.valid_from, "--valid-from"),
+        "valid_until": _aware_time(
+            _required(args, "valid_until", "--valid-until", "when it ends, e.g. 2026-12-05T18:00:00Z"), "--valid-until"
+        ),
+        "max_uses": args.max_uses,
+        "comment": _required(args, "comment", "--comment", "say why you approve ahead"),
+    }
+    client = _api_client(args)
+    with _errors_exit():
+        record = client.create_standing({k: v for k, v in body.items() if v is not None})
+    _print_standing([record], args.output)
+
+
+def standing_revoke(args: argparse.Namespace) -> None:
+    """Revoke a standing approval now through the api-server (yours; any, as an admin)."""
+    value = _required(args, "standing_id", "ID", "the standing approval to revoke, as `standing list` prints it")
+    try:
+        standing_id = str(uuid.UUID(value))
+    except ValueError:
+        raise SystemExit(f"error: {value!r} is not a valid standing approval id") from None
+    client = _api_client(args)
+    with _errors_exit():
+        record = client.revoke_standing(standing_id)
+    _print_standing([record], args.output)
 
 
 # ---------------------------------------------------------------------- evidence

@@ -150,6 +150,56 @@ ARGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         ("--jwks-file",),
         {"help": "File holding the public keys (a JWKS), instead of --jwks-url", "metavar": "PATH"},
     ),
+    # Standing approvals: the same flags as the REST API's fields, with help of their own.
+    "approver": (
+        ("--approver",),
+        {"help": "Admins: only the standing approvals of this user (others see only their own)", "metavar": "NAME"},
+    ),
+    "standing_state": (
+        ("--state",),
+        {"help": "Only standing approvals in this state (scheduled, active, expired, used_up, revoked)"},
+    ),
+    "standing_dag_filter": (("--dag-id",), {"help": "Only standing approvals of this DAG"}),
+    "standing_dag_id": (
+        ("--dag-id",),
+        {"help": "The DAG whose gates you approve ahead (required); you must be able to decide them"},
+    ),
+    "standing_task_id": (
+        ("--task-id",),
+        {"help": "Only the gates of this task of the DAG (default: every gate of the DAG)"},
+    ),
+    "valid_from": (
+        ("--valid-from",),
+        {
+            "help": "When it starts: ISO 8601 with a time zone, e.g. 2026-12-01T09:00:00Z (default: now)",
+            "metavar": "TIME",
+        },
+    ),
+    "valid_until": (
+        ("--valid-until",),
+        {
+            "help": "When it ends (required): ISO 8601 with a time zone, e.g. 2026-12-05T18:00:00+01:00; "
+            "at most the days of option standing_approval_max_days of the hitl config section after it starts",
+            "metavar": "TIME",
+        },
+    ),
+    "max_uses": (
+        ("--max-uses",),
+        {
+            "help": "Vote on at most this many gates, 1 or more (default: no limit within the window)",
+            "type": int,
+            "metavar": "N",
+        },
+    ),
+    "standing_comment": (
+        ("--comment",),
+        {"help": "Why you approve ahead (required): recorded, and the comment of every vote it casts"},
+    ),
+    "standing_id": (
+        ("standing_id",),
+        # Optional to argparse so that a missing id is the command's one-line error, as for --reason.
+        {"help": "Id of the standing approval, as standing list prints it", "nargs": "?", "metavar": "ID"},
+    ),
 }
 
 
@@ -214,6 +264,38 @@ COMMANDS: dict[str, tuple[str, tuple[Command, ...]]] = {
                 "Cancel a waiting request through the api-server as the Airflow user of your token, or with "
                 "--break-glass straight in the store (--reason required)",
                 (*_DECISION_ARGS, "reason", "break_glass", *_STORE_ARGS),
+            ),
+        ),
+    ),
+    "standing": (
+        "Standing approvals: your vote given ahead for a DAG's gates, scoped, expiring and counted",
+        (
+            Command(
+                "list",
+                "standing_list",
+                "List standing approvals through the api-server: your own; an admin's lists everyone's",
+                ("approver", "standing_dag_filter", "standing_state", "limit", "output", *_API_ARGS),
+            ),
+            Command(
+                "create",
+                "standing_create",
+                "Approve ahead, as the Airflow user of your token, the gates of a DAG that open in a window",
+                (
+                    "standing_dag_id",
+                    "standing_task_id",
+                    "valid_from",
+                    "valid_until",
+                    "max_uses",
+                    "standing_comment",
+                    "output",
+                    *_API_ARGS,
+                ),
+            ),
+            Command(
+                "revoke",
+                "standing_revoke",
+                "Revoke a standing approval now (yours, or any as an admin): it casts no vote from then on",
+                ("standing_id", "output", *_API_ARGS),
             ),
         ),
     ),
@@ -292,7 +374,7 @@ def _lazy(name: str) -> Any:
 
 
 def get_hitl_cli_commands() -> list[Any]:
-    """Return the ``hitl`` group for Airflow's CLI: ``db``, ``audit`` and ``approvals``."""
+    """Return the ``hitl`` group for Airflow's CLI: ``db``, ``audit``, ``approvals``, ``standing``, ``evidence``."""
     from airflow_hitl.seam.cli import action_command, argument, group_command
 
     args = {name: argument(flags, on_parser=own_usage_errors, **kwargs) for name, (flags, kwargs) in ARGS.items()}

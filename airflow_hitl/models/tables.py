@@ -35,6 +35,7 @@ from airflow_hitl.vocabulary import (
     NOTIFICATION_STATUSES,
     ORIGINS,
     OUTBOX_STATUSES,
+    STANDING_DUE_STATUSES,
     STATES,
     TIMEOUT_ACTIONS,
     VOTES,
@@ -44,6 +45,7 @@ from airflow_hitl.vocabulary import (
     OnReject,
     Origin,
     OutboxStatus,
+    StandingDue,
     State,
 )
 
@@ -166,6 +168,10 @@ class ApprovalRequestRow(Base):
     distinct_from: Mapped[list[str] | None] = mapped_column(NullableJsonType)
     # Approve exactly this artifact: the gate's rendered ``bind`` values, name -> text (NULL: none).
     bound: Mapped[dict[str, str] | None] = mapped_column(NullableJsonType)
+    # How long a decision should take (``sla``; NULL: none) and when the gate was found still
+    # waiting at ``requested_at + sla`` (NULL: not breached, or not yet). An SLA is no timeout.
+    sla_seconds: Mapped[float | None] = mapped_column()
+    sla_breached_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
 
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
@@ -348,6 +354,75 @@ class ApprovalDelegationRow(Base):
         # "Whom may X decide for now": a delegate's rows whose period has not ended.
         Index(None, "delegate", "ends_at"),
         Index(None, "delegator", "ends_at"),
+    )
+
+
+class ApprovalStandingRow(Base):
+    """``approver``'s vote given ahead of time for the gates of ``dag_id`` (one task, or all) in a window.
+
+    ``uses_left`` NULL: no limit; otherwise spent one at a time, under this row's lock, by the
+    vote it casts. Revoking sets ``revoked_at``; rows are never deleted, since the audit trail
+    and the votes cast through them speak of them.
+    """
+
+    __tablename__ = "approval_standing"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    approver: Mapped[str] = mapped_column(String(250), nullable=False)
+    dag_id: Mapped[str] = mapped_column(String(250), nullable=False)
+    task_id: Mapped[str | None] = mapped_column(String(250))
+    valid_from: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    valid_until: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    max_uses: Mapped[int | None] = mapped_column(Integer)
+    uses_left: Mapped[int | None] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    revoked_by: Mapped[str | None] = mapped_column(String(250))
+
+    __table_args__ = (
+        CheckConstraint("valid_until > valid_from", name="window"),
+        CheckConstraint("max_uses IS NULL OR max_uses >= 1", name="max_uses"),
+        CheckConstraint("uses_left IS NULL OR (uses_left >= 0 AND uses_left <= max_uses)", name="uses_left"),
+        # "Which standing approvals cover a gate of this DAG that opens now": by DAG, live ones last.
+        Index(None, "dag_id", "valid_until"),
+        Index(None, "approver", "valid_until"),
+    )
+
+
+class ApprovalStandingDueRow(Base):
+    """A standing approval owes its vote to a gate that opened (or escalated) inside its window.
+
+    Written in the transaction that opened or escalated the gate, so what was live *then* is
+    what counts; settled by the api-server (``used``: the vote was cast, in that very
+    transaction; ``skipped``: the policy, a revocation or the uses left refused it, ``reason``
+    says why). One row per standing approval, request and escalation level.
+    """
+
+    __tablename__ = "approval_standing_due"
+
+    id: Mapped[int] = mapped_column(BigIntPk, primary_key=True, autoincrement=True)
+    standing_id: Mapped[str] = mapped_column(String(36), ForeignKey("approval_standing.id"), nullable=False)
+    request_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("approval_requests.id", ondelete="CASCADE"), nullable=False
+    )
+    escalation_level: Mapped[int] = mapped_column(Integer, nullable=False)
+    due_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, nullable=False)
+    status: Mapped[str] = mapped_column(String(10), nullable=False, default=StandingDue.DUE)
+    reason: Mapped[str | None] = mapped_column(Text)
+    settled_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        CheckConstraint(_in("status", STANDING_DUE_STATUSES), name="status"),
+        UniqueConstraint("standing_id", "request_id", "escalation_level"),
+        # The api-server's look for work walks only the unsettled rows, however many were settled.
+        Index(
+            "ix_approval_standing_due_due",
+            "due_at",
+            postgresql_where=text(f"status = '{StandingDue.DUE}'"),
+            sqlite_where=text(f"status = '{StandingDue.DUE}'"),
+        ),
+        Index(None, "request_id"),
     )
 
 

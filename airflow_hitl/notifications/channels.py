@@ -1,10 +1,10 @@
-"""Channel notifiers: email (SmtpHook), Slack (SlackHook), webhook (HttpHook).
+"""Channel notifiers: email (SmtpHook), Slack (SlackHook), webhook and Microsoft Teams (HttpHook).
 
 Each class is an Airflow notifier (``BaseNotifier``, templated fields, sync ``notify`` and
 async ``async_notify``), usable on its own, e.g. ``on_failure_callback=HitlSlackNotifier(
 channel="#ops", text="{{ ti.task_id }} failed")``. The dispatcher uses their ``send``/``post``
 methods directly with messages it has rendered itself. Secrets come from the connections
-(SMTP password, Slack token, webhook secret), never from arguments or logs.
+(SMTP password, Slack token, webhook secret, Teams webhook URL), never from arguments or logs.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from functools import cache
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.notifier import BaseNotifier
 
 from airflow_hitl.notifications.signing import webhook_keys, webhook_signature
 
 if TYPE_CHECKING:
+    from adaptive_cards.card import AdaptiveCard
     from airflow.sdk import Context
 
     from airflow_hitl.records import Approval
@@ -427,24 +429,131 @@ class HitlWebhookNotifier(BaseNotifier):
 WEBHOOK_SECRET_EXTRA = "secret"
 
 
-@cache
 def _webhook_hook_class() -> type:
     """``HttpHook`` that never sends the ``secret`` extra (it sends every unknown extra as a header)."""
+    return _quiet_hook_class(WEBHOOK_SECRET_EXTRA)
+
+
+@cache
+def _quiet_hook_class(extra: str) -> type:
+    """``HttpHook`` whose sessions never send the connection's ``extra`` (a secret) as a header.
+
+    HttpHook turns every extra it does not know into a request header; a signing secret or a
+    webhook URL (which holds its own signature) must not travel that way.
+    """
     from airflow.providers.http.hooks.http import HttpHook
 
-    class WebhookHttpHook(HttpHook):
-        """An ``HttpHook`` whose sessions carry no ``secret`` header."""
+    class QuietHttpHook(HttpHook):
+        """An ``HttpHook`` whose sessions carry no header of one extra."""
 
         def get_conn(self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None) -> Any:
-            """The hook's session, minus the signing secret it copied from the connection's extra."""
+            """The hook's session, minus the extra it copied into its headers."""
             session = super().get_conn(headers, extra_options)
-            session.headers.pop(WEBHOOK_SECRET_EXTRA, None)
+            session.headers.pop(extra, None)
             return session
 
-    return WebhookHttpHook
+    return QuietHttpHook
 
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
     return str(value)
+
+
+# ---------------------------------------------------------------------------- teams
+
+
+#: The extra of a Teams connection that holds the whole webhook URL (else the host does).
+TEAMS_URL_EXTRA = "webhook_url"
+
+
+class HitlTeamsNotifier(BaseNotifier):
+    """Post an Adaptive Card to Microsoft Teams through ``HttpHook``.
+
+    The card goes to a Teams Workflows ("When a Teams webhook request is received") or
+    incoming-webhook URL, as a ``message`` with one Adaptive Card attachment. The URL is the
+    HTTP connection's: its ``webhook_url`` extra, else the host (a full ``https://...`` URL,
+    or a host name with the schema and port beside it, as ``HttpHook`` composes them). The
+    URL carries the webhook's signature (``sig=...``), so it is never logged or recorded: an
+    error names the connection, not the URL.
+
+    :param text: Plain text of the card (templated); escaped, so it cannot format, mention or link.
+    :param title: Bold title above the text (templated), escaped the same way.
+    :param card: An Adaptive Card (a dict, or an ``adaptive_cards`` card) sent as given instead.
+    :param teams_conn_id: HTTP connection holding the webhook URL; default ``teams_default``.
+    """
+
+    template_fields: Sequence[str] = ("text", "title", "teams_conn_id")
+
+    def __init__(
+        self,
+        *,
+        text: str = "",
+        title: str | None = None,
+        card: AdaptiveCard | Mapping[str, Any] | None = None,
+        teams_conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.text = text
+        self.title = title
+        self.card = card
+        self.teams_conn_id = teams_conn_id
+
+    def notify(self, context: Context) -> None:
+        """Post the (rendered) card."""
+        from airflow_hitl.notifications.teams import text_card
+
+        self.send(self.card if self.card is not None else text_card(self.text, title=self.title))
+
+    async def async_notify(self, context: Context) -> None:
+        """Post without blocking the event loop."""
+        await asyncio.to_thread(self.notify, context)
+
+    def send(self, card: AdaptiveCard | Mapping[str, Any]) -> dict[str, Any]:
+        """POST ``card`` once; raise :class:`DeliveryError` on a non-2xx answer or a connection without a URL."""
+        from requests import Request
+
+        # Imported when a card is sent: building the card models costs a process a moment.
+        from airflow_hitl.notifications.teams import DEFAULT_TEAMS_CONN_ID, teams_message
+
+        conn_id = self.teams_conn_id or DEFAULT_TEAMS_CONN_ID
+        hook = _quiet_hook_class(TEAMS_URL_EXTRA)(method="POST", http_conn_id=conn_id)
+        conn = hook.get_connection(conn_id)
+        extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
+        url = str(extra.get(TEAMS_URL_EXTRA) or "").strip() or (hook.url_from_endpoint(None) if conn.host else "")
+        if not url:
+            raise DeliveryError(
+                f"connection {conn_id!r} holds no Teams webhook URL: put the full https URL in its host "
+                f"or in its `{TEAMS_URL_EXTRA}` extra"
+            )
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise DeliveryError(f"connection {conn_id!r}: its Teams webhook URL is not an https:// URL")
+        # Teams reads the card as UTF-8 when told so (emoji, accents).
+        session = hook.get_conn({"Content-Type": "application/json; charset=utf-8"})
+        body = json.dumps(teams_message(card), separators=(",", ":"), ensure_ascii=False).encode()
+        request = session.prepare_request(Request("POST", url, data=body))
+        try:
+            response = hook.run_and_check(
+                session, request, {"timeout": float(extra.get("timeout", 10)), "check_response": False}
+            )
+        except Exception as err:
+            hidden = _without_url(f"{type(err).__name__}: {err}", url, request.url or "")
+            raise DeliveryError(f"Teams request of connection {conn_id!r} failed: {hidden}") from err
+        if not 200 <= response.status_code < 300:
+            raise DeliveryError(f"Teams answered HTTP {response.status_code} (connection {conn_id!r})")
+        return {"status_code": response.status_code}
+
+
+def _without_url(text: str, *urls: str) -> str:
+    """``text`` without the path and query of ``urls``: a webhook URL's path and signature are its secret."""
+    for url in urls:
+        parts = urlsplit(url)
+        secret = parts.path + (f"?{parts.query}" if parts.query else "")
+        for piece in sorted({url, secret, parts.query}, key=len, reverse=True):
+            if len(piece) > 1:
+                text = text.replace(piece, "[hidden]")
+    # Whatever form a library quoted it in, a signature never shows.
+    return re.sub(r"(?i)(sig=)[^&\s'\"]+", r"\1[hidden]", text)

@@ -26,6 +26,7 @@ from airflow_hitl.manager import ApprovalManager, utcnow
 from airflow_hitl.notifications.channels import (
     HitlEmailNotifier,
     HitlSlackNotifier,
+    HitlTeamsNotifier,
     HitlWebhookNotifier,
     approval_blocks,
     outcome_line,
@@ -33,6 +34,7 @@ from airflow_hitl.notifications.channels import (
 from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.recipients import UserDirectory
 from airflow_hitl.notifications.signing import LinkClaims, link_expiry, make_token, signing_key
+from airflow_hitl.notifications.teams import DEFAULT_TEAMS_CONN_ID, approval_card
 from airflow_hitl.notifications.templates import RenderedMessage, render, template_context
 from airflow_hitl.records import Approval, Notification
 from airflow_hitl.retry import RetryPolicy
@@ -119,6 +121,7 @@ class NotificationDispatcher:
             Channel.SLACK: self._jobs_slack,
             Channel.WEBHOOK: self._jobs_webhook,
             Channel.IN_APP: self._jobs_in_app,
+            Channel.TEAMS: self._jobs_teams,
         }
         if set(self._builders) != set(CHANNELS):
             raise RuntimeError(f"channels without a builder: {sorted(set(CHANNELS) - set(self._builders))}")
@@ -455,6 +458,24 @@ class NotificationDispatcher:
         }
         row = self._row(approval, Channel.WEBHOOK, conn_id, event, message, metadata={"message_id": message_id})
         return [self._job(row, lambda: notifier.send(payload, message_id=message_id))]
+
+    # ------------------------------------------------------------------ teams
+
+    def _jobs_teams(
+        self, approval: Approval, event: str, notify: Mapping[str, Any], people: Sequence[str]
+    ) -> list[Any]:
+        # One card per event to the connection's channel or chat: Teams has no per-person
+        # address here, so the recipient is the connection, like a webhook's.
+        conn_id = str(notify.get("teams_conn_id") or DEFAULT_TEAMS_CONN_ID)
+        notifier = HitlTeamsNotifier(teams_conn_id=conn_id)
+        url = details_url(self.base_url, approval)
+        message = self._render(approval, event, notify, "", {"approve": None, "reject": None, "details": url})
+        asks = event in ACTION_EVENTS and approval.is_waiting
+        card = approval_card(
+            approval, headline=message.subject, details_url=url, footer=None if asks else outcome_line(approval)
+        )
+        row = self._row(approval, Channel.TEAMS, conn_id, event, message)
+        return [self._job(row, lambda: notifier.send(card))]
 
     # ------------------------------------------------------------------ in-app
 

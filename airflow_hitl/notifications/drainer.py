@@ -22,17 +22,18 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from airflow_hitl.exceptions import ApprovalNotFound
 from airflow_hitl.manager import ApprovalManager, utcnow
 from airflow_hitl.models.store import OUTBOX_CHANNEL
 from airflow_hitl.notifications.config import NotifySettings
 from airflow_hitl.notifications.dispatcher import NotificationDispatcher
-from airflow_hitl.outbox import Outbox, OutboxIntent, listen_for_transitions
+from airflow_hitl.outbox import Outbox, OutboxIntent, listen_for_transitions, standing_of
 from airflow_hitl.records import Approval
 from airflow_hitl.retry import Backoff, RetryPolicy
 from airflow_hitl.settings import HitlSettings
-from airflow_hitl.vocabulary import ACTION_EVENTS
+from airflow_hitl.vocabulary import ACTION_EVENTS, Channel, Event
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,20 @@ class OutboxDrainer:
             return None
         return at
 
+    def _owners_notify(self, intent: OutboxIntent, approval: Approval) -> dict[str, Any] | None:
+        """Where a standing approval's notice goes: its owner only, in-app, and by email when the gate emails.
+
+        None for every other notice (the request's own ``notify``: its approvers, its channels).
+        """
+        standing_id = standing_of(intent.dedupe_key) if intent.event_type == Event.STANDING_USED else None
+        if standing_id is None:
+            return None
+        owner = self.manager.standing.get(standing_id).approver
+        channels = [Channel.IN_APP] + (
+            [Channel.EMAIL] if Channel.EMAIL in (approval.notify.get("channels") or ()) else []
+        )
+        return {**approval.notify, "channels": channels, "users": [owner], "roles": []}
+
     def deliver(self, intent: OutboxIntent) -> str:
         """Send one claimed notice and settle it; return its new status (``pending`` when retried)."""
         try:
@@ -116,6 +131,9 @@ class OutboxDrainer:
         except ApprovalNotFound:
             self.outbox.complete(intent.id, status="cancelled", error="the request no longer exists")
             return "cancelled"
+        if intent.event_type == Event.SLA_BREACHED and approval.is_waiting:
+            # Recorded before anyone is told (once, under the request's lock), whatever the channels.
+            _, approval = self.manager.sla.breach(intent.request_id)
         now = self._clock()
         if intent.event_type in ACTION_EVENTS:
             if not approval.is_waiting:
@@ -130,6 +148,7 @@ class OutboxDrainer:
         rows = dispatcher.dispatch(
             approval,
             intent.event_type,
+            notify=self._owners_notify(intent, approval),
             outbox_id=intent.id,
             retry_at=retry_at,
             defer_unresolved=self.defer_unresolved,

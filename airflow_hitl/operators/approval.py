@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ from airflow_hitl.operators.options import (
     parse_context_from,
     parse_distinct_from,
     parse_escalation,
+    parse_notifiers,
     parse_notify,
     raise_at,
 )
@@ -68,7 +70,7 @@ from airflow_hitl.vocabulary import (
 if TYPE_CHECKING:
     from types import FrameType
 
-    from airflow.sdk import Context
+    from airflow.sdk import BaseNotifier, Context
 
 
 class ApprovalOperator(BaseOperator):
@@ -87,6 +89,9 @@ class ApprovalOperator(BaseOperator):
     :param timeout: How long people have (a ``timedelta``); None waits for ever. Not
         ``execution_timeout``, which would kill the waiting task.
     :param timeout_action: What happens at expiry: ``approve``, ``reject`` or ``escalate``.
+    :param sla: How long approvers should take (not a timeout): a gate still waiting then is
+        recorded as overdue and its approvers get an ``sla_breached`` notice; it keeps waiting.
+        Positive, and shorter than ``timeout`` when both are set.
     :param escalate_to: With ``timeout_action="escalate"``: one or more levels, each a dict or
         :class:`~airflow_hitl.policy.EscalationLevel` with ``approvers`` and/or ``roles``, its own
         ``timeout`` and optionally ``required_approvals``. A list of user names is one level
@@ -102,7 +107,7 @@ class ApprovalOperator(BaseOperator):
     :param metadata: Free-form dict (environment, model version, ``risk``) kept with the request (templated).
     :param conn_id: Connection of the approval store; default ``[hitl] conn_id``.
     :param poll_interval: Seconds between store polls in the triggerer; default ``[hitl] poll_interval``.
-    :param notify_channels: Where to tell people: any of ``email``, ``slack``, ``webhook``, ``in_app``.
+    :param notify_channels: Where to tell people: any of ``email``, ``slack``, ``webhook``, ``in_app``, ``teams``.
         Notices go out when the gate opens, on every ``remind_every``, on escalation, and when it is
         decided, times out or is cancelled: queued in the notification outbox with each transition and sent by
         the api-server (the worker sends the first one at once), never from the triggerer.
@@ -113,6 +118,13 @@ class ApprovalOperator(BaseOperator):
     :param smtp_conn_id: SMTP connection; default ``[hitl] notify_smtp_conn_id``.
     :param webhook_conn_id: HTTP connection of the webhook receiver; default ``[hitl] notify_webhook_conn_id``.
     :param webhook_endpoint: Path appended to the webhook connection's URL.
+    :param teams_conn_id: HTTP connection holding the Microsoft Teams Workflows or incoming-webhook URL
+        (only with ``notify_channels`` including ``teams``); default ``teams_default``.
+    :param notifiers: Airflow notifiers (``BaseNotifier`` instances, e.g. ``SlackNotifier(...)``), called
+        with the task's context when the request opens, as Airflow's own HITL operators call theirs,
+        beside ``notify_channels``. The context also holds ``approval``: the request as the REST API
+        shows it. A notifier that raises is logged naming the gate and the notifier and never fails
+        the gate; together they get ``notifier_budget`` seconds, after which the gate waits without them.
     :param remind_every: Remind the approvers this often while the gate waits (a ``timedelta``).
     :param notify_templates: Jinja2 overrides per event (``required``, ``reminder``, ``escalated``,
         ``timed_out``, ``decided``, ``cancelled``), each a dict with any of ``subject``, ``text``, ``html``.
@@ -135,6 +147,8 @@ class ApprovalOperator(BaseOperator):
     template_fields: Sequence[str] = ("title", "description", "reason", "context", "metadata", "bind")
     template_fields_renderers = {"context": "json", "metadata": "json", "description": "md"}
     ui_color = "#f6d365"
+    #: Seconds the gate's ``notifiers`` get, all together, before it defers without waiting for them.
+    notifier_budget: float = 30.0
 
     def __init__(
         self,
@@ -148,6 +162,7 @@ class ApprovalOperator(BaseOperator):
         condition: Callable[[dict[str, Any]], bool] | None = None,
         timeout: dt.timedelta | None = None,
         timeout_action: TimeoutActionWord | Action | None = None,
+        sla: dt.timedelta | None = None,
         escalate_to: Any = None,
         escalation_final_action: FinalActionWord | Action | None = None,
         required_approvals: int = 1,
@@ -167,11 +182,13 @@ class ApprovalOperator(BaseOperator):
         smtp_conn_id: str | None = None,
         webhook_conn_id: str | None = None,
         webhook_endpoint: str | None = None,
+        teams_conn_id: str | None = None,
         remind_every: dt.timedelta | None = None,
         notify_templates: Mapping[str, Mapping[str, str]] | None = None,
         inputs: Mapping[str, Any] | None = None,
         distinct_from: Sequence[str] | None = None,
         bind: Mapping[str, str] | None = None,
+        notifiers: Sequence[BaseNotifier] | BaseNotifier | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -184,7 +201,8 @@ class ApprovalOperator(BaseOperator):
             )
         if timeout is not None and timeout_action is None:
             timeout_action = Action.REJECT
-        self.title = title
+        # None only on a TaskFlow gate whose function returns its title (see operators/decorators.py).
+        self.title: str | None = title
         self.description = description
         self.reason = reason
         self.context = dict(context or {}) if isinstance(context, Mapping) or context is None else context
@@ -193,6 +211,7 @@ class ApprovalOperator(BaseOperator):
         self.condition = condition
         self.timeout = timeout
         self.timeout_action = timeout_action
+        self.sla = sla
         self.escalate_to = problems.parse(parse_escalation, escalate_to, timeout, default=[])
         self.escalation_final_action = escalation_final_action
         self.required_approvals = required_approvals
@@ -216,11 +235,13 @@ class ApprovalOperator(BaseOperator):
             remind_every=remind_every,
             templates=notify_templates,
             problems=problems,
+            teams_conn_id=teams_conn_id,
         )
         self.remind_every = remind_every
         self.inputs = problems.parse(parse_inputs, inputs, default={})
         self.distinct_from = problems.parse(parse_distinct_from, distinct_from, self.task_id, default=[])
         self.bind = dict(bind or {}) if isinstance(bind, Mapping) or bind is None else bind
+        self.notifiers: list[BaseNotifier] = problems.parse(parse_notifiers, notifiers, default=[])
         self._validate(problems)
         if problems:
             frame = dag_file_frame()
@@ -291,6 +312,7 @@ class ApprovalOperator(BaseOperator):
             "approval_type": self.approval_type,
             "timeout": self.timeout,
             "timeout_action": self.timeout_action,
+            "sla": self.sla,
             "escalation_targets": tuple(self.escalate_to),
             "escalation_final_action": self.escalation_final_action,
             "required_approvals": self.required_approvals,
@@ -370,6 +392,7 @@ class ApprovalOperator(BaseOperator):
         # Fast path: the worker is here anyway, so "required" goes out now rather than at the
         # api-server drainer's next wake-up; the outbox claim makes sure only one of them sends it.
         self._drain_outbox(manager, approval.id, event_types=(Event.REQUIRED,))
+        self._call_notifiers(context, approval)
         self._defer(approval)
 
     def _decided_by_earlier_try(self, manager: ApprovalManager, ti: Any) -> Approval | None:
@@ -417,6 +440,42 @@ class ApprovalOperator(BaseOperator):
             OutboxDrainer(manager=manager, defer_unresolved=True).drain(request_id=request_id, event_types=event_types)
         except Exception:
             self.log.exception("could not send the notices of approval request %s", request_id)
+
+    def _call_notifiers(self, context: Context, approval: Approval) -> None:
+        """Call the gate's Airflow notifiers with the task's context; never raise, never wait past the budget.
+
+        The request is open (and our own channels' first notices queued) before any notifier runs,
+        so a slow or broken notifier cannot keep people from deciding: each runs in turn on one
+        thread, a failure is logged naming the gate and the notifier, and after
+        ``notifier_budget`` seconds the gate defers while the rest finish, or not, on their own.
+        """
+        if not self.notifiers:
+            return
+        where = f"gate {self.task_id!r} of DAG {approval.dag_id!r} (approval request {approval.id})"
+        # Each notifier gets its own copy: BaseNotifier merges its template fields into the context it is given.
+        shared = {**context, "approval": approval.to_dict()}
+        running: list[str] = []
+
+        def call_each() -> None:
+            for index, notifier in enumerate(self.notifiers):
+                name = f"notifiers[{index}] ({type(notifier).__name__})"
+                running[:] = [name]
+                try:
+                    notifier(dict(shared))
+                except Exception:
+                    self.log.exception("%s: %s failed; the gate waits regardless", where, name)
+            running.clear()
+
+        thread = threading.Thread(target=call_each, name=f"hitl-notifiers-{approval.id}", daemon=True)
+        thread.start()
+        thread.join(self.notifier_budget)
+        if thread.is_alive():
+            self.log.warning(
+                "%s: %s still running after %s s; the gate waits without it and any notifier after it",
+                where,
+                ", ".join(running) or "a notifier",
+                self.notifier_budget,
+            )
 
     def _defer(self, approval: Approval) -> None:
         self.defer(

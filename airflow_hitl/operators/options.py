@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import airflow as airflow_package
+from airflow.sdk import BaseNotifier
 
 import airflow_hitl as airflow_hitl_package
 from airflow_hitl.exceptions import InvalidApprovalConfig
@@ -143,6 +144,7 @@ def parse_notify(
     remind_every: Any,
     templates: Any,
     problems: ConfigProblems,
+    teams_conn_id: Any = None,
 ) -> dict[str, Any]:
     """The request's ``notify`` options, checked now so a wrong one fails the DAG import naming it.
 
@@ -163,6 +165,7 @@ def parse_notify(
         "smtp_conn_id": (Channel.EMAIL, smtp_conn_id),
         "webhook_conn_id": (Channel.WEBHOOK, webhook_conn_id),
         "webhook_endpoint": (Channel.WEBHOOK, webhook_endpoint),
+        "teams_conn_id": (Channel.TEAMS, teams_conn_id),
     }
     for name, (channel, value) in per_channel.items():
         if problems.parse(_optional_str, name, value, default=None) is None:
@@ -223,6 +226,38 @@ def _template_overrides(value: Any, channels: Sequence[str], problems: ConfigPro
         else:
             return {event: dict(parts) for event, parts in value.items()}
     return None
+
+
+def parse_notifiers(value: Any) -> list[BaseNotifier]:
+    """``notifiers`` as a list of Airflow notifiers; one notifier is a one-item list.
+
+    Each must be an instance of Airflow's ``BaseNotifier`` (``airflow.sdk.BaseNotifier``), as
+    Airflow's own HITL operators take them; a class, a callable or anything else is named here,
+    with its position, so the DAG's import error says which one.
+    """
+    if value is None:
+        return []
+    if isinstance(value, BaseNotifier):
+        return [value]
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        raise InvalidApprovalConfig(
+            "notifiers", f"must be a list of Airflow notifiers (airflow.sdk.BaseNotifier), got {type(value).__name__}"
+        )
+    problems = ConfigProblems()
+    for index, notifier in enumerate(value):
+        if isinstance(notifier, BaseNotifier):
+            continue
+        if isinstance(notifier, type) and issubclass(notifier, BaseNotifier):
+            problems.add(
+                f"notifiers[{index}]", f"is the class {notifier.__name__}: pass an instance, {notifier.__name__}(...)"
+            )
+        else:
+            problems.add(
+                f"notifiers[{index}]",
+                f"must be an Airflow notifier (airflow.sdk.BaseNotifier), got {type(notifier).__name__}",
+            )
+    problems.raise_if_any()
+    return list(value)
 
 
 def parse_distinct_from(value: Any, task_id: str) -> list[str]:

@@ -36,8 +36,9 @@ contract test.
     Since: 3.1. Contract: ``test_handle_event_submit_ends_a_deferred_task``,
     ``test_handle_event_submit_signature``.
 ``airflow.utils.session``
-    Names: ``create_session`` (commits when the block ends, rolls back when it raises).
-    Module: :mod:`.task_instances`.
+    Names: ``create_session`` (commits when the block ends, rolls back when it raises; a
+    ``RuntimeError`` where the process set up no session). Modules: :mod:`.task_instances`,
+    :mod:`.dags`.
     What: a session of Airflow's metadata DB.
     Why: the metadata DB is internal; only Airflow's own sessions reach it with its
     configuration (pool, SQLite or PostgreSQL). Since: 3.1.
@@ -57,11 +58,22 @@ contract test.
     (:func:`.auth.oauth_token_param`). Contract: ``test_get_user_resolves_a_real_token``,
     ``test_get_user_token_parameter``.
 ``airflow.models.dag``
-    Names: ``DagModel.get_dag_id_to_team_name_mapping(dag_ids)``. Module: :mod:`.auth`.
+    Names: ``DagModel.get_dag_id_to_team_name_mapping(dag_ids)`` (module :mod:`.auth`);
+    ``DagModel.dag_id``, the primary key of its table ``dag`` (module :mod:`.dags`).
     What: the team owning each DAG, for ``DagDetails(team_name=...)`` and
-    ``filter_authorized_dag_ids(team_name=...)``.
-    Why: no public interface names a DAG's team. Since: 3.2 (multi-team mode; never asked
-    on 3.1, which has no teams). Contract: ``test_dag_team_mapping``.
+    ``filter_authorized_dag_ids(team_name=...)``; whether a DAG of that id exists at all
+    (``dag_exists``: a standing approval for an unknown DAG is a 422).
+    Why: no public interface names a DAG's team; the public REST API tells whether a DAG
+    exists only to a caller with a token and read access to it, and the DB is internal.
+    Since: 3.2 for the teams (multi-team mode; never asked on 3.1, which has no teams), 3.1
+    for ``dag_id``. Contract: ``test_dag_team_mapping``, ``test_dag_exists_reads_the_dag_table``.
+``airflow.sdk.definitions._internal.contextmanager``
+    Names: ``DagContext.get_current()`` (the DAG of the innermost open ``with DAG(...)`` block
+    or ``@dag`` function, None outside one). Module: :mod:`.dags`.
+    What: the context stack Airflow's operators join their DAG from.
+    Why: a TaskFlow gate's options are checked when ``@task.approval`` is applied, before
+    any operator exists; its parse-time error must name the DAG, and no public call says
+    which DAG is being defined. Since: 3.1. Contract: ``test_dag_being_defined_names_the_open_dag``.
 ``airflow.stats``
     Names: ``Stats``. Module: :mod:`.stats`.
     What: the one metrics facade of Airflow 3.1.
@@ -187,6 +199,11 @@ Not banned; what we decided for each name that could be doubted:
 ``airflow.providers.*``
     ``SmtpHook``, ``SlackHook``, ``HttpHook``, ``common.compat.notifier.BaseNotifier``:
     providers' hooks and notifiers are public.
+``airflow.sdk.bases.decorator``
+    ``DecoratedOperator``, ``task_decorator_factory``, ``TaskDecorator``: how Airflow's
+    "Creating Custom @task Decorators" how-to builds a provider's ``task-decorators``.
+``airflow.sdk`` ``BaseNotifier``
+    Exported by the Task SDK: the type ``notifiers=[...]`` accepts.
 """
 
 from __future__ import annotations

@@ -6,12 +6,15 @@ before and after every call that is expected to fail.
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from airflow_hitl.manager import ApprovalManager
 from tests.airflow_api import API, AirflowApi, fill_id, open_request, snapshot
+from tests.api.routes.test_standing import STANDING, known_dags
 
 READERS = ("admin", "op", "viewer")
 EDIT_ONLY = {"admin": 200, "op": 200, "viewer": 403, "nobody": 403}
@@ -47,8 +50,31 @@ ENDPOINTS: list[tuple[str, str, str, Any, dict[str, int]]] = [
     ),
     ("cancel", "POST", f"{API}/{{id}}/cancel", {"reason": "not needed"}, EDIT_ONLY),
     ("bulk", "POST", f"{API}/bulk", {"ids": ["{id}"], "action": "approve"}, dict.fromkeys(ALL_USERS, 200)),
+    (
+        "standing-create",
+        "POST",
+        STANDING,
+        {
+            "dag_id": "billing",
+            "valid_until": (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=7)).isoformat(),
+            "comment": "approved ahead",
+        },
+        {"admin": 201, "op": 201, "viewer": 403, "nobody": 403},
+    ),
+    ("standing-list", "GET", STANDING, None, dict.fromkeys(ALL_USERS, 200)),
+    # {id} is a request's id, no standing approval's: unknown to everyone (owners: TestStandingAccess).
+    ("standing-get", "GET", f"{STANDING}/{{id}}", None, dict.fromkeys(ALL_USERS, 404)),
+    ("standing-revoke", "DELETE", f"{STANDING}/{{id}}", None, dict.fromkeys(ALL_USERS, 404)),
+    ("standing-owed", "GET", f"{API}/{{id}}/standing", None, {"admin": 200, "op": 200, "viewer": 200, "nobody": 403}),
 ]
-WRITES = {"create", "approve", "reject", "cancel", "bulk"}
+WRITES = {"create", "approve", "reject", "cancel", "bulk", "standing-create", "standing-revoke"}
+
+
+@pytest.fixture(autouse=True)
+def _billing_is_a_dag(airflow_api: AirflowApi) -> Iterator[None]:
+    # A standing approval may only name a DAG Airflow knows: the requests' DAG is one here.
+    with known_dags("billing"):
+        yield
 
 
 MATRIX = [
@@ -102,6 +128,11 @@ class TestAccessMatrix:
             lines = response.text.strip().splitlines()
             assert lines[0].startswith("id,dag_id,run_id")
             assert len(lines) == (2 if user in READERS else 1)
+        if name == "standing-create" and expected == 201:
+            assert response.json()["approver"] == user
+            assert api_manager.audit.events()[-1].event_type == "standing_created"
+        if name == "standing-list":
+            assert response.json() == {"standing_approvals": [], "total_entries": 0}
 
     @pytest.mark.parametrize(
         ("name", "method", "path", "body"),
@@ -139,6 +170,39 @@ class TestAccessMatrix:
         assert item["can_approve"] is (user in EDITORS)
         if user == "viewer":
             assert "edit access" in item["can_approve_reason"]
+
+
+class TestStandingAccess:
+    """A standing approval is its approver's and the admins': anyone else gets the 404 of an unknown one."""
+
+    @pytest.mark.parametrize(("user", "expected"), [("op", 200), ("admin", 200), ("viewer", 404), ("nobody", 404)])
+    @pytest.mark.parametrize("method", ["GET", "DELETE"])
+    def test_by_user(
+        self, api: AirflowApi, api_manager: ApprovalManager, method: str, user: str, expected: int
+    ) -> None:
+        created = _call(api, "POST", STANDING, "op", ENDPOINTS_BY_NAME["standing-create"])
+        assert created.status_code == 201, created.text
+        standing_id = created.json()["id"]
+        before = snapshot(api_manager)
+
+        response = _call(api, method, f"{STANDING}/{standing_id}", user)
+
+        assert response.status_code == expected, response.text
+        if expected == 404:
+            assert snapshot(api_manager) == before
+            assert api_manager.standing.get(standing_id).revoked_at is None
+            return
+        assert response.json()["id"] == standing_id
+        if method == "DELETE":
+            assert (response.json()["state"], response.json()["revoked_by"]) == ("revoked", user)
+            assert api_manager.audit.events()[-1].event_type == "standing_revoked"
+        else:
+            assert snapshot(api_manager) == before
+        listed = _call(api, "GET", STANDING, user).json()["standing_approvals"]
+        assert [s["id"] for s in listed] == [standing_id]
+
+
+ENDPOINTS_BY_NAME = {name: body for name, _, _, body, _ in ENDPOINTS}
 
 
 def _principal(name: str) -> Any:

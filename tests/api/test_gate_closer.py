@@ -7,6 +7,7 @@ end to end in tests/e2e/test_resume_e2e.py, with every triggerer frozen).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -28,15 +29,17 @@ from airflow_hitl.api.gate_closer import (
     GateCloser,
     end_gate,
     gate_states,
+    unended_task_gates,
 )
 from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.models.schema import migrate
 from airflow_hitl.models.store import ApprovalStore
-from airflow_hitl.policy import Principal
+from airflow_hitl.policy import EscalationLevel, Principal
 from airflow_hitl.queries import ApprovalQueries
 from airflow_hitl.records import Approval, TaskGate
 from airflow_hitl.spec import utcnow
 from airflow_hitl.triggers.approval import ApprovalTrigger
-from tests.helpers import spec
+from tests.helpers import Clock, spec
 
 ALICE = Principal.of("alice")
 
@@ -530,12 +533,132 @@ class TestOneEnd:
             assert closer.ended == sum(1 for by in ended_by.values() if by == closer.claimant)
 
 
+@pytest.mark.postgres
+class TestDeadlines:
+    """What the deadline worker's transitions (airflow_hitl.api.deadlines) ask of the closer."""
+
+    def test_a_timeout_ends_its_gate_and_an_escalation_leaves_it_waiting(
+        self, pg_store: ApprovalStore, closer_of: Callable[..., GateCloser]
+    ) -> None:
+        clock = Clock()
+        manager = ApprovalManager(store=pg_store, clock=clock)
+        end = Recorder(claims=True)
+        closer = closer_of(end, over=manager)
+        _listening(closer)
+        gate = manager.create(
+            spec(
+                allowed_approvers=["bob"],
+                timeout=dt.timedelta(minutes=10),
+                timeout_action="escalate",
+                escalation_targets=[EscalationLevel(approvers=("carol",), timeout=dt.timedelta(minutes=30))],
+                escalation_final_action="reject",
+            )
+        )
+        clock.advance(minutes=10)
+        assert manager.apply_timeout(gate.id).escalated
+        # The escalation's NOTIFY is heard and read: the gate still waits, so nothing ends its task.
+        marker = manager.create(spec())
+        manager.approve(marker.id, user=ALICE)
+        assert end.wait_for(1) == [(marker.id, "approved")]
+        clock.advance(minutes=30)
+        assert manager.apply_timeout(gate.id).approval.state == "timeout"
+        assert end.wait_for(2)[1] == (gate.id, "timeout")
+        assert manager.gate_ends.gate_ended_by(gate.id) == closer.claimant
+
+
+def sqlite_closer(manager: ApprovalManager, end: Recorder, **kw: Any) -> GateCloser:
+    """A started closer of a SQLite store, polling it often, every gate's task deferred."""
+    closer = GateCloser(manager_factory=lambda: manager, look=each(lambda gate: DEFERRED), end=end, **kw)
+    closer.start()
+    assert closer.listening.wait(20), "the closer polls a SQLite store"
+    return closer
+
+
 class TestOnSqlite:
-    def test_no_thread_without_notify(self, sqlite_manager: ApprovalManager) -> None:
-        closer = GateCloser(manager_factory=lambda: sqlite_manager, end=Recorder())
-        closer.start()
-        assert closer._threads == []
-        closer.stop()
+    """No NOTIFY: the closer polls the store for closed gates whose task nobody has ended."""
+
+    def test_a_decision_ends_its_gate_once(self, sqlite_manager: ApprovalManager) -> None:
+        end = Recorder(claims=True)
+        closer = sqlite_closer(sqlite_manager, end, poll_interval=0.05)
+        try:
+            waiting = sqlite_manager.create(spec())
+            approval = sqlite_manager.create(spec())
+            sqlite_manager.approve(approval.id, user=ALICE)
+            assert end.wait_for(1) == [(approval.id, "approved")]
+            rejected = sqlite_manager.create(spec())
+            sqlite_manager.reject(rejected.id, user=ALICE, reason="no")
+            assert end.wait_for(2)[1] == (rejected.id, "rejected")
+            time.sleep(0.3)  # many polls
+        finally:
+            closer.stop()
+        assert end.calls == [(approval.id, "approved"), (rejected.id, "rejected")], "each once; the waiting one never"
+        assert closer.ended == 2
+        assert sqlite_manager.gate_ends.gate_ended_by(approval.id) == closer.claimant
+        assert sqlite_manager.queries.get(waiting.id).state == "pending"
+
+    def test_a_timed_out_gate_is_ended_and_an_escalated_one_is_not(self, tmp_path: Any) -> None:
+        store = ApprovalStore(url=f"sqlite:///{tmp_path / 'hitl.db'}")
+        migrate(store)
+        clock = Clock()
+        manager = ApprovalManager(store=store, clock=clock)
+        end = Recorder(claims=True)
+        closer = sqlite_closer(manager, end, poll_interval=0.05)
+        try:
+            plain = manager.create(spec(timeout=dt.timedelta(minutes=1), timeout_action="approve"))
+            climbing = manager.create(
+                spec(
+                    timeout=dt.timedelta(minutes=1),
+                    timeout_action="escalate",
+                    escalation_targets=[EscalationLevel(approvers=("carol",), timeout=dt.timedelta(hours=1))],
+                    escalation_final_action="reject",
+                )
+            )
+            clock.advance(minutes=1)
+            assert manager.apply_timeout(climbing.id).escalated
+            assert manager.apply_timeout(plain.id).approval.state == "timeout"
+            assert end.wait_for(1) == [(plain.id, "timeout")]
+            time.sleep(0.3)  # many polls: the escalated gate waits on
+            assert end.calls == [(plain.id, "timeout")]
+        finally:
+            closer.stop()
+            store.dispose()
+
+    def test_a_gate_whose_trigger_claimed_the_end_is_never_polled(self, sqlite_manager: ApprovalManager) -> None:
+        approval = sqlite_manager.create(spec())
+        sqlite_manager.reject(approval.id, user=ALICE, reason="no")
+        assert sqlite_manager.gate_ends.claim_gate_end(approval.id, by="trigger@triggerer-1:42:abc")
+        end = Recorder(claims=True)
+        closer = sqlite_closer(sqlite_manager, end, poll_interval=0.05)
+        try:
+            marker = sqlite_manager.create(spec())
+            sqlite_manager.approve(marker.id, user=ALICE)
+            assert end.wait_for(1) == [(marker.id, "approved")]
+        finally:
+            closer.stop()
+        assert end.calls == [(marker.id, "approved")]
+
+    def test_unended_task_gates_are_the_recent_unclaimed_closed_gates_of_tasks(
+        self, mgr: ApprovalManager, clock: Clock
+    ) -> None:
+        old = mgr.create(spec())
+        mgr.approve(old.id, user=ALICE)
+        clock.advance(minutes=5)
+        since = clock.now
+        waiting = mgr.create(spec())
+        over_api = mgr.create(spec(), origin="api")
+        mgr.approve(over_api.id, user=ALICE)
+        claimed = mgr.create(spec())
+        mgr.approve(claimed.id, user=ALICE)
+        assert mgr.gate_ends.claim_gate_end(claimed.id, by="trigger@t:1:x")
+        first = mgr.create(spec())
+        mgr.reject(first.id, user=ALICE, reason="no")
+        clock.advance(seconds=1)
+        second = mgr.create(spec())
+        mgr.cancel(second.id, actor="ops", reason="withdrawn")
+        assert unended_task_gates(mgr, since=since) == [first.id, second.id]
+        assert unended_task_gates(mgr, since=since, limit=1) == [first.id]
+        assert waiting.id not in unended_task_gates(mgr, since=since - dt.timedelta(hours=1))
+        assert old.id in unended_task_gates(mgr, since=since - dt.timedelta(hours=1))
 
 
 class TestEndGate:

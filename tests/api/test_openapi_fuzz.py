@@ -9,6 +9,7 @@ content type the document does not declare, and on a body that breaks its declar
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +31,8 @@ from airflow_hitl.evidence import private_key_pem
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.schema import migrate
 from airflow_hitl.models.store import ApprovalStore
+from airflow_hitl.policy import Principal
+from airflow_hitl.spec import utcnow
 from tests.airflow_api import AirflowApi, open_request
 
 CHECKS = [
@@ -48,6 +51,14 @@ def fuzz_api(airflow_api: AirflowApi, pg_url: str) -> Iterator[AirflowApi]:
     store = ApprovalStore(url=pg_url)
     migrate(store)
     manager = ApprovalManager(store=store)
+    # A standing approval first: the lists answer a real record, and the requests owe it a vote.
+    manager.standing.create(
+        actor=Principal.of("admin"),
+        dag_id="billing",
+        valid_until=utcnow() + dt.timedelta(days=7),
+        comment="fuzzed ahead",
+        max_uses=2,
+    )
     for n in range(3):
         open_request(manager, run_id=f"fuzz__{n}")
     airflow_api.hitl_app.state.hitl_manager = manager

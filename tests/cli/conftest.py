@@ -8,8 +8,10 @@ own approval store, as the ``api`` fixture does.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import sys
 import threading
@@ -87,6 +89,36 @@ def _quiet_access_log(monkeypatch: pytest.MonkeyPatch) -> None:
         from structlog.testing import ReturnLogger
 
         monkeypatch.setattr(http_access_log, "logger", ReturnLogger())
+
+
+def _repoint_closed_log_streams() -> None:
+    """Point every log handler whose stream was closed at the process's own stderr."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            # A FileHandler closed on purpose reopens itself; only plain streams are stranded.
+            if isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler):
+                continue
+            if getattr(handler.stream, "closed", False):
+                # Not setStream(): it flushes the old stream first, which a closed one refuses.
+                with handler.lock or contextlib.nullcontext():
+                    handler.stream = sys.__stderr__
+
+
+@pytest.fixture(autouse=True)
+def _log_handlers_outlive_capture() -> Iterator[None]:
+    """Airflow's log handlers write to a stream that outlives each test's captured output.
+
+    Airflow configures logging when it is first imported, with a handler on the ``sys.stderr``
+    of that moment. Run alone, a module of these tests imports Airflow inside its first test,
+    whose ``capsys`` stream pytest closes at the test's end; every later log record (a refused
+    token, the served app's thread shutting down) then fails with "--- Logging error ---" and
+    a traceback on the current test's stderr, which the tests read as the command's own.
+    After a module that imported Airflow outside such a test, the stream stays open and it hid.
+    """
+    _repoint_closed_log_streams()
+    yield
+    _repoint_closed_log_streams()
 
 
 def resigned(token: str, *, expires_in: dt.timedelta, key: str = JWT_SECRET) -> str:

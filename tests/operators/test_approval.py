@@ -85,6 +85,12 @@ class TestValidation:
             pytest.param({"execution_timeout": dt.timedelta(1)}, "execution_timeout", id="execution-timeout"),
             pytest.param({"title": ""}, "title", id="empty-title"),
             pytest.param({"poll_interval": -1}, "poll_interval", id="poll-interval"),
+            pytest.param({"sla": dt.timedelta(0)}, "sla", id="sla-zero"),
+            pytest.param({"sla": 60}, "sla", id="sla-not-timedelta"),
+            pytest.param(
+                {"sla": dt.timedelta(hours=2), "timeout": dt.timedelta(hours=1)}, "sla", id="sla-past-timeout"
+            ),
+            pytest.param({"sla": dt.timedelta(minutes=30), "timeout": dt.timedelta(hours=1)}, None, id="sla-ok"),
         ],
     )
     def test_field_is_named(self, kwargs: dict, field: str | None) -> None:

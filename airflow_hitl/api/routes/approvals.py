@@ -463,6 +463,7 @@ def create_approval(body: CreateBody, caller: CallerDep, manager: ManagerDep) ->
         requested_by=caller.name,
         timeout=dt.timedelta(seconds=body.timeout_seconds) if body.timeout_seconds else None,
         timeout_action=body.timeout_action,
+        sla=dt.timedelta(seconds=body.sla_seconds) if body.sla_seconds else None,
         escalation_targets=tuple(
             EscalationLevel(
                 approvers=tuple(level.approvers),

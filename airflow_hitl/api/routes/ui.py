@@ -1,4 +1,4 @@
-"""``/ui``: the Approvals pages embedded in the Airflow UI (inbox, history, per-task view).
+"""``/ui``: the Approvals pages embedded in the Airflow UI (inbox, history, delegations, standing, task view).
 
 The pages are server-rendered shells (Jinja2, autoescaped) plus one local script and one
 stylesheet; the script reads and decides through the REST API under ``/api/v1`` with the
@@ -37,7 +37,8 @@ from airflow_hitl.api.security import Caller, CallerDep, authenticate, require_s
 from airflow_hitl.exceptions import InvalidInput
 from airflow_hitl.identity import is_admin
 from airflow_hitl.records import Approval
-from airflow_hitl.vocabulary import VOTES, Action, Source
+from airflow_hitl.settings import HitlSettings
+from airflow_hitl.vocabulary import STANDING_STATES, VOTES, Action, Source
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -154,6 +155,24 @@ async def delegations_page(request: Request) -> Response:
     if caller is None:
         return _login_redirect(request)
     return _render(request, "delegations.html", caller, page="delegations", admin=is_admin(caller.user))
+
+
+@router.get("/standing", response_class=HTMLResponse)
+async def standing_page(request: Request) -> Response:
+    """Standing approvals: the user's own (admins: everyone's), a form to approve ahead, and revoking one."""
+    caller = await _page_caller(request)
+    if caller is None:
+        return _login_redirect(request)
+    return _render(
+        request,
+        "standing.html",
+        caller,
+        page="standing",
+        admin=is_admin(caller.user),
+        # The page offers the server's words and limit, not copies of its own.
+        standing_states=STANDING_STATES,
+        max_days=HitlSettings.load().standing_approval_max_days,
+    )
 
 
 @router.get("/task", response_class=HTMLResponse)

@@ -486,17 +486,53 @@
     return item && item.can_approve_for ? { on_behalf_of: item.can_approve_for } : {};
   }
 
+  /* ------------------------------------------------------------------ standing approvals' votes */
+
+  /** The standing approval a vote was cast by (source "standing"), as its metadata records it; else null. */
+  function standingOf(vote) {
+    if (!vote || vote.source !== "standing") return null;
+    return (vote.metadata && vote.metadata.standing) || {};
+  }
+
+  /** "2 uses left", "1 use left", "no uses left" or "no use limit" (max_uses null). */
+  function usesLeftText(usesLeft, maxUses) {
+    if (maxUses === null || maxUses === undefined || usesLeft === null || usesLeft === undefined) return "no use limit";
+    if (usesLeft === 0) return "no uses left";
+    return usesLeft + (usesLeft === 1 ? " use left" : " uses left");
+  }
+
+  /**
+   * A vote a standing approval cast, said so: "approved ahead by alice, standing approval, 2 uses
+   * left" (the uses left once this vote spent its own). The voter's name is its own element.
+   */
+  function standingLine(vote, props) {
+    const standing = standingOf(vote);
+    return el(
+      "span",
+      Object.assign({ className: "standing-note", dataset: { standingId: standing.id || "" } }, props || {}),
+      "approved ahead by ",
+      el("strong", { className: "voter", text: castBy(vote) }),
+      ", standing approval, " + usesLeftText(standing.uses_left, standing.max_uses)
+    );
+  }
+
+  /** The votes of ``item`` its owners' standing approvals cast. */
+  function standingVotes(item) {
+    return (item.votes || []).filter((v) => standingOf(v) !== null);
+  }
+
   /** One vote in a list; ``used`` marks the vote whose form values the gate used. */
   function voteItem(vote, used) {
     const what = vote.vote === "approve" ? "approved" : vote.vote === "reject" ? "rejected" : vote.vote;
+    const ahead = standingOf(vote) !== null;
     return el(
       "li",
-      { className: "vote " + what },
-      el("strong", { className: "voter", text: castBy(vote) }),
+      { className: "vote " + what + (ahead ? " standing" : "") },
+      ahead ? el("span", { className: "badge " + what, text: what }) : el("strong", { className: "voter", text: castBy(vote) }),
       " ",
-      el("span", { className: "badge " + what, text: what }),
+      ahead ? standingLine(vote) : el("span", { className: "badge " + what, text: what }),
       " ",
-      el("span", { className: "muted", text: "via " + vote.source + " · " + ago(vote.created_at) }),
+      el("span", { className: "muted", text: (ahead ? "" : "via " + vote.source + " · ") + ago(vote.created_at) }),
       vote.reason ? el("div", { className: "prewrap", text: "Reason: " + vote.reason }) : null,
       vote.comment ? el("div", { className: "prewrap", text: "“" + vote.comment + "”" }) : null,
       vote.inputs && Object.keys(vote.inputs).length
@@ -687,6 +723,36 @@
       setAirflowLink($("m-run-link"), runUrl(item));
       $("m-history-link").setAttribute("href", historyUrl(item.dag_id));
       this.applyRights();
+      this.fillStanding(item);
+    }
+
+    /**
+     * The standing approvals owed this request a vote that is not among its votes: one the
+     * gate's rules refused ("alice's standing approval did not vote: ...") or one still to vote.
+     */
+    async fillStanding(item) {
+      const list = $("m-standing");
+      let owed = [];
+      try {
+        owed = (await api("/approvals/" + encodeURIComponent(item.id) + "/standing")).owed_votes || [];
+      } catch (err) {
+        owed = []; // secondary: the votes above are what counts
+      }
+      if (!this.item || this.item.id !== item.id) return;
+      const open = owed.filter((o) => o.status === "skipped" || (o.status === "due" && WAITING.has(item.state)));
+      list.replaceChildren(
+        ...open.map((o) =>
+          el(
+            "li",
+            { className: "vote standing-" + o.status, dataset: { standingId: o.standing_id } },
+            el("strong", { className: "voter", text: o.approver }),
+            o.status === "skipped"
+              ? "'s standing approval did not vote: " + (o.reason || "the gate's rules refused it")
+              : "'s standing approval is about to vote"
+          )
+        )
+      );
+      show(list, open.length > 0);
     }
 
     /**
@@ -926,6 +992,7 @@
           item.state === "escalated" ? el("span", { className: "badge escalated", text: "escalated" }) : null
         ),
         item.escalation_level ? el("div", { className: "meta escalation" }, "Who decides now: ", el("span", { className: "deciders", text: decidersLine(item) })) : null,
+        ...standingVotes(item).map((v) => el("div", { className: "meta standing" }, standingLine(v))),
         el(
           "div",
           { className: "card-actions" },
@@ -1240,8 +1307,25 @@
       };
     }
 
-    function entry(item) {
+    /** "by alice via ui", or, for a decision a standing approval's vote made, what that approval was. */
+    function decidedLine(item) {
+      const deciding = item.decided_by ? (item.votes || []).filter((v) => v.user === item.decided_by).pop() : null;
+      if (item.decision_source === "standing" && standingOf(deciding)) {
+        return el("div", { className: "meta" }, standingLine(deciding, { className: "standing-note who-standing" }), " · requested by " + (item.requested_by || "unknown"));
+      }
       const who = decidedBy(item) || (item.decision_source === "timeout" ? "timeout" : "—");
+      return el(
+        "div",
+        { className: "meta" },
+        "by ",
+        el("strong", { className: "who", text: who }),
+        " via ",
+        el("span", { className: "source", text: item.decision_source || "—" }),
+        " · requested by " + (item.requested_by || "unknown")
+      );
+    }
+
+    function entry(item) {
       return el(
         "li",
         { className: "event " + item.state, dataset: { id: item.id } },
@@ -1254,15 +1338,7 @@
           el("strong", { className: "title", text: item.title })
         ),
         whereLine(item),
-        el(
-          "div",
-          { className: "meta" },
-          "by ",
-          el("strong", { className: "who", text: who }),
-          " via ",
-          el("span", { className: "source", text: item.decision_source || "—" }),
-          " · requested by " + (item.requested_by || "unknown")
-        ),
+        decidedLine(item),
         // The decision's comment is usually the deciding vote's own: show it once, with the vote.
         item.comment && !(item.votes || []).some((v) => [v.comment, v.reason, v.reason + " — " + v.comment].includes(item.comment))
           ? el("div", { className: "comment prewrap", text: "“" + item.comment + "”" })
@@ -1393,6 +1469,153 @@
     load();
   }
 
+  /* ------------------------------------------------------------------ standing approvals */
+
+  // Which form control each field the API names is typed into.
+  const STANDING_FIELDS = { dag_id: "s-dag", task_id: "s-task", valid_from: "s-from", valid_until: "s-until", max_uses: "s-uses", comment: "s-comment" };
+
+  /**
+   * The fields an API error names, and its text with each named: a 422 is either our own
+   * ("invalid `valid_until`: must be in the future") or FastAPI's list of {loc, msg}.
+   */
+  function fieldErrors(err) {
+    if (Array.isArray(err.detail)) {
+      const items = err.detail.map((d) => {
+        const loc = (d && Array.isArray(d.loc) ? d.loc : []).filter((part) => part !== "body");
+        const field = loc.length ? String(loc[0]) : "";
+        const msg = (d && d.msg) || JSON.stringify(d);
+        return { field, text: field && !msg.startsWith(field) ? field + ": " + msg : msg };
+      });
+      return { fields: items.map((i) => i.field).filter(Boolean), text: items.map((i) => i.text).join("; ") };
+    }
+    const fields = [...String(err.message || "").matchAll(/`(\w+)`/g)].map((m) => m[1]);
+    return { fields, text: err.message };
+  }
+
+  function standingPage() {
+    const me = body.dataset.user;
+    const admin = body.dataset.admin === "true";
+    const maxDays = Number(body.dataset.maxDays) || 30;
+    const now = new Date();
+    // A week ahead, or the longest window allowed when that is shorter.
+    $("s-until").value = zonedLocal(new Date(now.getTime() + Math.min(7, maxDays) * 24 * 3600 * 1000));
+    setText("s-zone", airflowTimezone());
+
+    function cell(label, ...children) {
+      return el("td", { dataset: { label } }, ...children);
+    }
+
+    function row(s) {
+      const live = s.state === "active" || s.state === "scheduled";
+      const canRevoke = live && (s.approver === me || admin);
+      return el(
+        "tr",
+        { className: "standing-row " + s.state, dataset: { id: s.id } },
+        cell("Approver", el("strong", { className: "s-approver", text: s.approver })),
+        cell("DAG · task", el("span", { className: "s-scope", text: s.dag_id + " · " + (s.task_id || "every gate") })),
+        cell("From", stamp(s.valid_from)),
+        cell("Until", stamp(s.valid_until)),
+        cell("Uses left", el("span", { className: "s-uses", text: s.max_uses === null || s.max_uses === undefined ? "no use limit" : s.uses_left + " of " + s.max_uses })),
+        cell("State", el("span", { className: "badge s-state " + s.state, text: s.state.replace(/_/g, " ") })),
+        cell("Comment", el("span", { className: "s-comment prewrap", text: s.comment })),
+        cell(
+          "Actions",
+          canRevoke
+            ? el("button", { type: "button", className: "btn reject s-revoke", "aria-label": "Revoke the standing approval of " + s.approver + " for " + s.dag_id, text: "Revoke", onclick: () => revoke(s) })
+            : s.revoked_by
+              ? el("span", { className: "muted", text: "revoked by " + s.revoked_by + " " + stamp(s.revoked_at) })
+              : null
+        )
+      );
+    }
+
+    function filters() {
+      const approver = $("s-approver") ? $("s-approver").value.trim() : "";
+      return { state: $("s-state").value, approver };
+    }
+
+    async function load() {
+      try {
+        const data = await api("/standing-approvals" + query(Object.assign({ limit: 500 }, filters())));
+        const items = data.standing_approvals || [];
+        // A refresh keeps the keyboard where it was: on the same row's Revoke button.
+        const focused = document.activeElement && document.activeElement.closest ? document.activeElement.closest("#s-rows tr") : null;
+        $("s-rows").replaceChildren(...items.map(row));
+        if (focused) {
+          const again = $("s-rows").querySelector('tr[data-id="' + CSS.escape(focused.dataset.id) + '"] .s-revoke');
+          if (again) again.focus();
+        }
+        show($("s-empty"), items.length === 0);
+        show($("s-load-error"), false);
+      } catch (err) {
+        loadFailed("s-load-error", "the standing approvals", err);
+      }
+    }
+
+    async function revoke(s) {
+      const scope = s.dag_id + (s.task_id ? " (task " + s.task_id + ")" : "");
+      if (!window.confirm("Revoke " + (s.approver === me ? "your" : s.approver + "'s") + " standing approval for " + scope + "? It approves nothing from now on.")) return;
+      try {
+        await api("/standing-approvals/" + encodeURIComponent(s.id), { method: "DELETE" });
+        toast("Revoked: the standing approval for " + scope + " approves nothing more", "ok");
+      } catch (err) {
+        toast("Could not revoke it: " + (err.status ? err.status + ": " : "") + err.message, "bad");
+      }
+      load();
+    }
+
+    function markInvalid(fields) {
+      for (const [field, id] of Object.entries(STANDING_FIELDS)) $(id).setAttribute("aria-invalid", fields.includes(field) ? "true" : "false");
+    }
+
+    $("s-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const uses = $("s-uses").value.trim();
+      const json = {
+        dag_id: $("s-dag").value.trim(),
+        task_id: $("s-task").value.trim() || null,
+        valid_from: localInputInstant($("s-from").value),
+        valid_until: localInputInstant($("s-until").value),
+        // The server names a wrong number (422); a text that is no number is sent as it is.
+        max_uses: uses === "" ? null : Number.isFinite(Number(uses)) ? Number(uses) : uses,
+        comment: $("s-comment").value.trim(),
+      };
+      show($("s-error"), false);
+      markInvalid([]);
+      const button = $("s-create");
+      button.disabled = true;
+      try {
+        const made = await api("/standing-approvals", { method: "POST", json });
+        toast("Approved ahead: " + made.dag_id + (made.task_id ? " · " + made.task_id : "") + " until " + stamp(made.valid_until) + ", " + usesLeftText(made.uses_left, made.max_uses), "ok");
+        ["s-dag", "s-task", "s-from", "s-uses", "s-comment"].forEach((id) => ($(id).value = ""));
+        load();
+      } catch (err) {
+        if (err.status === 401) return;
+        const named = fieldErrors(err);
+        setText("s-error", (err.status ? err.status + ": " : "") + named.text);
+        show($("s-error"), true);
+        markInvalid(named.fields);
+        const first = named.fields.map((f) => STANDING_FIELDS[f]).find(Boolean);
+        if (first) $(first).focus();
+      } finally {
+        button.disabled = false;
+      }
+    });
+    $("s-filters").addEventListener("submit", (e) => {
+      e.preventDefault();
+      load();
+    });
+    $("s-state").addEventListener("change", load);
+    onLookChange.push(() => {
+      setText("s-zone", airflowTimezone());
+      load();
+    });
+    setInterval(() => {
+      if (!document.hidden) load();
+    }, POLL_MS * 2);
+    load();
+  }
+
   /* ------------------------------------------------------------------ task view */
 
   function taskPage() {
@@ -1447,6 +1670,8 @@
     timed_out: "timed out",
     decided: "decided",
     cancelled: "cancelled",
+    standing_used: "your standing approval voted",
+    sla_breached: "overdue (SLA)",
   };
 
   /** The bell in the header: the unread count, the list, mark read (GET/POST /notifications). */
@@ -1523,7 +1748,7 @@
   }
 
   watchLook();
-  const pages = { inbox: inboxPage, history: historyPage, task: taskPage, delegations: delegationsPage };
+  const pages = { inbox: inboxPage, history: historyPage, task: taskPage, delegations: delegationsPage, standing: standingPage };
   const openApproval = (pages[body.dataset.page] || (() => undefined))();
   notificationBell(openApproval || ((id) => window.location.assign(APP + "/ui/" + query({ open: id }))));
 })();

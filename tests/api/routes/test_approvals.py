@@ -340,6 +340,21 @@ class TestDecisions:
         assert created["escalation_targets"][0]["approvers"] == ["bob"]
         assert api_manager.queries.get(created["id"]).requested_by == "op"
 
+    def test_create_with_an_sla(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        body = {"dag_id": "billing", "title": "Overdue at 10 minutes", "sla_seconds": 600, "timeout_seconds": 3600}
+        response = _post(api, API, "op", body)
+        assert response.status_code == 201, response.text
+        created = response.json()
+        assert (created["sla_seconds"], created["sla_breached_at"]) == (600, None)
+        assert api_manager.queries.get(created["id"]).sla_seconds == 600
+
+    def test_an_sla_not_shorter_than_the_timeout_is_422(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
+        body = {"dag_id": "billing", "title": "x", "sla_seconds": 3600, "timeout_seconds": 600}
+        response = _post(api, API, "op", body)
+        assert response.status_code == 422
+        assert "sla" in response.json()["detail"] and "shorter than the timeout" in response.json()["detail"]
+        assert snapshot(api_manager) == ([], 0)
+
     def test_create_invalid_spec_is_422(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
         body = {"dag_id": "billing", "title": "x", "allowed_approvers": ["a"], "required_approvals": 3}
         response = _post(api, API, "op", body)

@@ -67,7 +67,13 @@ def _quoted(path: str) -> str:
 class TestPages:
     @pytest.mark.parametrize(
         ("path", "page"),
-        [("/", "inbox"), ("/history", "history"), ("/delegations", "delegations"), ("/task?dag_id=d", "task")],
+        [
+            ("/", "inbox"),
+            ("/history", "history"),
+            ("/delegations", "delegations"),
+            ("/standing", "standing"),
+            ("/task?dag_id=d", "task"),
+        ],
     )
     def test_a_page_is_rendered_for_the_cookies_user_with_strict_headers(
         self, api: AirflowApi, path: str, page: str
@@ -92,7 +98,9 @@ class TestPages:
         assert "script-src 'self'" in policy and "unsafe-inline" not in policy
         assert "frame-ancestors 'self'" in policy
 
-    @pytest.mark.parametrize("path", ["/", "/history", "/delegations", "/task?dag_id=a&run_id=b&task_id=c"])
+    @pytest.mark.parametrize(
+        "path", ["/", "/history", "/delegations", "/standing", "/task?dag_id=a&run_id=b&task_id=c"]
+    )
     def test_without_a_session_the_browser_goes_to_airflows_login_and_back(self, api: AirflowApi, path: str) -> None:
         for cookies in ({}, {"_token": "not-a-jwt"}):
             response = api.client.get(f"{UI}{path}", cookies=cookies, follow_redirects=False)
