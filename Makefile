@@ -38,6 +38,7 @@ bench: install
 	$(PY) benchmarks/api_latency.py
 	$(PY) benchmarks/notify_latency.py
 	$(PY) benchmarks/resume_vs_native.py
+	$(PY) benchmarks/analytics.py
 
 # Refresh the README's pictures (docs/images/): light and dark, desktop and 375 px, taken by the
 # browser tests against a real Airflow. Plain test runs write screenshots to a temporary folder.

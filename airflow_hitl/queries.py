@@ -393,3 +393,37 @@ class ApprovalQueries:
             WaitState(id=r.id, state=r.state, expires_at=r.expires_at, escalation_level=r.escalation_level)
             for r in rows
         ]
+
+    def waiting_task_gates(self) -> builtins.list[tuple[TaskGate, dt.datetime | None]]:
+        """Every waiting request a task's gate opened, with its task instance try and its ``expires_at``.
+
+        What the api-server's reconcile of parked gates compares with Airflow's task instances
+        (:mod:`airflow_hitl.api.gate_closer`): one walk of the partial index of waiting requests.
+        """
+        table = ApprovalRequestRow.__table__.c
+        statement = select(
+            table.id, table.dag_id, table.run_id, table.task_id, table.map_index, table.try_number, table.expires_at
+        ).where(
+            text(WAITING_PREDICATE),
+            table.origin == Origin.TASK,
+            table.run_id.is_not(None),
+            table.task_id.is_not(None),
+            table.try_number.is_not(None),
+        )
+        with self.store.read_engine.connect() as conn:
+            rows = conn.execute(statement).all()
+            conn.rollback()
+        return [
+            (
+                TaskGate(
+                    id=str(r.id),
+                    dag_id=r.dag_id,
+                    run_id=r.run_id,
+                    task_id=r.task_id,
+                    map_index=r.map_index,
+                    try_number=r.try_number,
+                ),
+                r.expires_at,
+            )
+            for r in rows
+        ]

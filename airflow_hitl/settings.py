@@ -140,9 +140,9 @@ OPTIONS: tuple[Option, ...] = (
             "End a decided gate's task from the api-server (Airflow's own task end event, on the task "
             "instance deferred on the gate's trigger) the moment the decision commits, instead of waiting "
             "for the triggerer to start the trigger: a decision made as the gate opens no longer waits "
-            "one to three seconds for Airflow's triggerer loops. PostgreSQL store only (it listens to the "
-            "store's NOTIFY); safe with several api-servers and triggerers. The trigger still ends gates "
-            "this misses."
+            "one to three seconds for Airflow's triggerer loops. It listens to the store's NOTIFY (a SQLite "
+            "store is polled every gate_closer_poll_interval seconds); safe with several api-servers and "
+            "triggerers. The trigger still ends gates this misses."
         ),
     ),
     Option(
@@ -204,6 +204,16 @@ OPTIONS: tuple[Option, ...] = (
             "Seconds between the deadline worker's looks for new or changed deadlines on a SQLite store (on "
             "PostgreSQL the store's NOTIFY wakes it, and it sleeps until the soonest deadline). A gate opened "
             "with an earlier deadline than any before is seen within this long."
+        ),
+        version_added="0.3.0",
+    ),
+    Option(
+        name="park_gates",
+        type="boolean",
+        default="True",
+        description=(
+            "On Airflow 3.3+ a waiting gate parks in awaiting_input (no trigger or triggerer slot): the gate closer "
+            "ends it, so with gate_closer off, or False here, it defers to its trigger as on 3.1 and 3.2."
         ),
         version_added="0.3.0",
     ),
@@ -673,6 +683,7 @@ class HitlSettings:
     gate_closer_poll_interval: float
     deadline_worker: bool
     deadline_poll_interval: float
+    park_gates: bool
     standing_approval_max_days: int
     standing_poll_interval: float
     outbox_poll_interval: float

@@ -21,6 +21,9 @@ HAS_PROVIDER_CLI = AIRFLOW_V_3_2_PLUS
 #: Triggerers call ``BaseTrigger.on_kill`` when a deferred task is cleared or marked from 3.3 on;
 #: before, the next try's supersede cancels a cleared gate's request, a marked one stays pending.
 TRIGGER_ON_KILL = AIRFLOW_V_3_3_PLUS
+#: Airflow 3.3 added the ``awaiting_input`` task state (``TaskAwaitingInput``): a waiting gate parks
+#: there, holding no trigger, triggerer slot or worker; 3.1 and 3.2 defer it to its trigger.
+HAS_AWAITING_INPUT = AIRFLOW_V_3_3_PLUS
 
 # The task exceptions moved to the Task SDK in 3.2; 3.1 only has them in airflow.exceptions
 # (3.2+ still has those too, but deprecated).
@@ -35,6 +38,7 @@ else:  # pragma: no cover - exercised by scripts/test-airflow-versions.sh
 __all__ = [
     "AIRFLOW_V_3_2_PLUS",
     "AIRFLOW_V_3_3_PLUS",
+    "HAS_AWAITING_INPUT",
     "HAS_PROVIDER_CLI",
     "TRIGGER_ON_KILL",
     "AirflowFailException",

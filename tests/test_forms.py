@@ -10,7 +10,7 @@ import pytest
 from airflow.sdk import Param
 from sqlalchemy import func, select, text
 
-from airflow_hitl import manager as manager_module
+from airflow_hitl import queries as queries_module
 from airflow_hitl.exceptions import InvalidApprovalConfig, InvalidInput
 from airflow_hitl.forms import MAX_MESSAGE_LENGTH, TOO_COSTLY, parse_inputs, resolve_inputs
 from airflow_hitl.manager import ApprovalManager, Decision
@@ -326,7 +326,8 @@ class TestManager:
                 checked.append(dict(given))
             return resolve_inputs(form, given, approving=approving)
 
-        monkeypatch.setattr(manager_module, "resolve_inputs", lock_free_check)
+        # Given values are checked by the queries service, before the decision takes the row.
+        monkeypatch.setattr(queries_module, "resolve_inputs", lock_free_check)
         done = mgr.decide(created.id, Decision(action="approve", user=ALICE, source="api", inputs={"rows": [1, 2]}))
         assert checked == [{"rows": [1, 2]}]
         assert done.votes[0].inputs == {"rows": [1, 2]}

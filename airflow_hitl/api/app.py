@@ -171,6 +171,7 @@ async def _drainer_lifespan(app: FastAPI) -> AsyncIterator[None]:
     # starts in api-servers only, one per api-server worker process, and they share the work.
     from airflow_hitl.api.deadlines import ensure_deadline_worker_started, stop_deadline_worker
     from airflow_hitl.api.gate_closer import ensure_gate_closer_started, stop_gate_closer
+    from airflow_hitl.api.parked import move_backstop
     from airflow_hitl.api.standing_applier import ensure_standing_applier_started, stop_standing_applier
     from airflow_hitl.notifications.drainer import ensure_drainer_started, stop_drainer
 
@@ -179,7 +180,8 @@ async def _drainer_lifespan(app: FastAPI) -> AsyncIterator[None]:
     check_options()
     ensure_drainer_started()
     ensure_gate_closer_started()
-    ensure_deadline_worker_started()
+    # An escalated gate parked in awaiting_input (Airflow 3.3+): its backstop moves at once.
+    ensure_deadline_worker_started(on_applied=move_backstop)
     ensure_standing_applier_started()
     freeze_startup_heap()
     try:
@@ -197,6 +199,7 @@ async def _start_drainer_lazily(request: Request, call_next: Callable[[Request],
     if not getattr(request.app.state, "hitl_lifespan", False):
         from airflow_hitl.api.deadlines import ensure_deadline_worker_started
         from airflow_hitl.api.gate_closer import ensure_gate_closer_started
+        from airflow_hitl.api.parked import move_backstop
         from airflow_hitl.api.standing_applier import ensure_standing_applier_started
         from airflow_hitl.notifications.drainer import ensure_drainer_started
 
@@ -208,7 +211,7 @@ async def _start_drainer_lazily(request: Request, call_next: Callable[[Request],
         request.app.state.hitl_lifespan = True
         ensure_drainer_started()
         ensure_gate_closer_started()
-        ensure_deadline_worker_started()
+        ensure_deadline_worker_started(on_applied=move_backstop)
         ensure_standing_applier_started()
         freeze_startup_heap()
     return await call_next(request)
@@ -221,6 +224,7 @@ def create_app(*, outbox_drainer: bool = False) -> FastAPI:
         (the plugin's app in the api-server): the notification outbox drainer and the gate
         closer (``[hitl] outbox_drainer`` and ``[hitl] gate_closer`` can still turn each off).
     """
+    from airflow_hitl.api.routes.analytics import router as analytics_router
     from airflow_hitl.api.routes.approvals import router as approvals_router
     from airflow_hitl.api.routes.delegations import router as delegations_router
     from airflow_hitl.api.routes.evidence import router as evidence_router
@@ -251,6 +255,7 @@ def create_app(*, outbox_drainer: bool = False) -> FastAPI:
     app.include_router(notifications_router, prefix=API_PREFIX)
     app.include_router(delegations_router, prefix=API_PREFIX)
     app.include_router(standing_router, prefix=API_PREFIX)
+    app.include_router(analytics_router, prefix=API_PREFIX)
     # Signed evidence; its JWKS is the one route of the API that needs no token (public keys).
     app.include_router(evidence_router, prefix=API_PREFIX)
     # The Approvals pages (/hitl/ui/...), embedded in the Airflow UI through external_views.

@@ -646,3 +646,48 @@ class StandingOwedVotesResponse(_Response):
 
     owed_votes: list[StandingOwedVoteResponse]
     total_entries: int
+
+
+class GateFiguresResponse(_Response):
+    """One gate's figures: a DAG's task (``task_id`` null for requests opened over the API without one)."""
+
+    dag_id: str
+    task_id: str | None
+    requests: int
+    approved: int
+    rejected: int
+    timed_out: int
+    cancelled: int
+    escalated: int = Field(description="Requests that escalated at least once, however they ended.")
+    time_to_decision_p50_s: float | None = Field(description="Seconds from request to approval or rejection.")
+    time_to_decision_p90_s: float | None = Field(description="null: no request of the gate was decided.")
+    pending_now: int = Field(description="Requests still waiting (pending or escalated).")
+    oldest_pending_s: float | None = Field(description="How long the oldest waiting one has waited; null: none.")
+    sla_breaches: int = Field(description="Requests found still waiting past their SLA.")
+
+
+class ApproverFiguresResponse(_Response):
+    """One person's votes on the requests of the report (a delegate's vote counts as its delegator's)."""
+
+    user: str
+    decisions: int
+    approvals: int
+    rejections: int
+    median_response_s: float | None = Field(description="Median seconds from request to this person's vote.")
+
+
+class DayFiguresResponse(_Response):
+    """The requests opened on one UTC day, and how many of them ended decided or timed out."""
+
+    date: dt.date
+    requests: int
+    decided: int = Field(description="Approved or rejected (by now).")
+    timed_out: int
+
+
+class AnalyticsResponse(_Response):
+    """Approval figures per gate, per approver and per day, of the requests on DAGs the caller may read."""
+
+    gates: list[GateFiguresResponse]
+    approvers: list[ApproverFiguresResponse]
+    daily: list[DayFiguresResponse]

@@ -30,13 +30,12 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import logging
-import threading
 import time
 from collections.abc import Callable
 
+from airflow_hitl.api.background import ServiceSlot, StoreWatcher
 from airflow_hitl.exceptions import ApprovalNotFound, StoreError
 from airflow_hitl.manager import ApprovalManager, TimeoutOutcome, utcnow
-from airflow_hitl.outbox import listen_for_transitions
 from airflow_hitl.records import WaitState
 from airflow_hitl.retry import Backoff
 from airflow_hitl.settings import HitlSettings
@@ -64,7 +63,7 @@ class _HeldBack:
         self.until = 0.0
 
 
-class DeadlineWorker:
+class DeadlineWorker(StoreWatcher):
     """The api-server's background thread that applies due timeouts and escalations (see the module docstring).
 
     :param manager_factory: Builds the manager of the store (default: ``[hitl]``'s store).
@@ -73,7 +72,12 @@ class DeadlineWorker:
     :param follow_every: Seconds between a waiting worker's tries to take the lock.
     :param recheck: On PostgreSQL, seconds between looks at most when nothing wakes it.
     :param clock: What time it is (the manager's clock, which ``apply_timeout`` asks, in tests).
+    :param on_applied: Called in the worker's thread with each timeout or escalation it applied
+        (say, to move what else waits on the request's deadline); its errors are logged, never raised.
     """
+
+    name = "hitl-deadlines"
+    what = "deadline worker"
 
     def __init__(
         self,
@@ -84,69 +88,19 @@ class DeadlineWorker:
         follow_every: float = 1.0,
         recheck: float = _RECHECK,
         clock: Callable[[], dt.datetime] = utcnow,
+        on_applied: Callable[[TimeoutOutcome], None] | None = None,
     ) -> None:
-        self._manager_factory = manager_factory
+        super().__init__(manager_factory=manager_factory, leader_key=leader_key, follow_every=follow_every)
+        self._on_applied = on_applied
         self.poll_interval = max(0.05, poll_interval)
-        self._leader_key = leader_key
-        self._follow_every = follow_every
         self._recheck = max(self.poll_interval, recheck)
         self._clock = clock
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._held: dict[str, _HeldBack] = {}
-        #: Set while this worker may work: always on SQLite; on PostgreSQL while it listens (and leads).
-        self.working = threading.Event()
         #: Timeouts this worker applied that closed a request, and escalations it applied.
         self.timed_out = 0
         self.escalated = 0
         #: Seconds after ``expires_at`` each of them was applied, the latest last.
         self.lateness: collections.deque[float] = collections.deque(maxlen=_KEPT_LATENESS)
-
-    def start(self) -> None:
-        """Start the worker (and, on PostgreSQL, its LISTEN connection)."""
-        if self._threads:
-            return
-        manager = self._manager_factory()
-        targets: list[tuple[Callable[[ApprovalManager], None], str]] = [(self._work, "hitl-deadlines")]
-        if manager.store.is_postgres:
-            targets.append((self._listen, "hitl-deadlines-listener"))
-        else:
-            self.working.set()
-        for target, name in targets:
-            thread = threading.Thread(target=target, args=(manager,), name=name, daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def stop(self) -> None:
-        """Stop its threads."""
-        self._stop.set()
-        self._wake.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._threads.clear()
-
-    def wake(self) -> None:
-        """Look at the deadlines now (a gate opened or escalated)."""
-        self._wake.set()
-
-    def _listen(self, manager: ApprovalManager) -> None:
-        def listening(up: bool) -> None:
-            if up:
-                self.working.set()
-                self._wake.set()  # deadlines that passed, or moved, while nobody listened
-            else:
-                self.working.clear()
-
-        listen_for_transitions(
-            manager.store.url,
-            stop=self._stop,
-            on_payload=lambda _request_id: self._wake.set(),
-            on_listening=listening,
-            what="deadline worker",
-            leader_key=self._leader_key,
-            follow_every=self._follow_every,
-        )
 
     def _work(self, manager: ApprovalManager) -> None:
         # Short: a deadline waits for the store to come back, and should not wait much longer.
@@ -258,6 +212,11 @@ class DeadlineWorker:
         else:
             self.timed_out += 1
             log.info("timed out request %s (%s) %.3fs after its deadline", approval.id, approval.decision, late)
+        if self._on_applied is not None:
+            try:
+                self._on_applied(outcome)
+            except Exception:
+                log.warning("deadline worker's on_applied failed for request %s", approval.id, exc_info=True)
 
     def _next_retry(self) -> dt.datetime | None:
         # When the soonest held-back request may be tried again, on the worker's clock.
@@ -267,32 +226,27 @@ class DeadlineWorker:
         return self._clock() + dt.timedelta(seconds=max(0.0, seconds))
 
 
-_service_lock = threading.Lock()
-_service: DeadlineWorker | None = None
-
-
-def ensure_deadline_worker_started(settings: HitlSettings | None = None) -> DeadlineWorker | None:
-    """Start this process's deadline worker once (the api-server calls it); None when turned off or unreachable."""
-    global _service
-    settings = settings or HitlSettings.load()
+def _build(
+    settings: HitlSettings, *, on_applied: Callable[[TimeoutOutcome], None] | None = None
+) -> DeadlineWorker | None:
     if not settings.deadline_worker:
         return None
-    with _service_lock:
-        if _service is None:
-            _service = DeadlineWorker(poll_interval=settings.deadline_poll_interval, leader_key=LEADER_KEY)
-            try:
-                _service.start()
-            except Exception:
-                # The store is unreachable now: the triggers act on deadlines; try again next start.
-                log.warning("deadline worker not started", exc_info=True)
-                _service = None
-        return _service
+    return DeadlineWorker(poll_interval=settings.deadline_poll_interval, leader_key=LEADER_KEY, on_applied=on_applied)
+
+
+_slot: ServiceSlot[DeadlineWorker] = ServiceSlot(build=_build, what="deadline worker")
+
+
+def ensure_deadline_worker_started(
+    settings: HitlSettings | None = None, *, on_applied: Callable[[TimeoutOutcome], None] | None = None
+) -> DeadlineWorker | None:
+    """Start this process's deadline worker once (the api-server calls it); None when turned off or unreachable.
+
+    ``on_applied``: see :class:`DeadlineWorker` (only the call that starts the worker passes it on).
+    """
+    return _slot.ensure_started(settings, on_applied=on_applied)
 
 
 def stop_deadline_worker() -> None:
     """Stop this process's deadline worker, if it runs."""
-    global _service
-    with _service_lock:
-        if _service is not None:
-            _service.stop()
-            _service = None
+    _slot.stop()

@@ -1,10 +1,11 @@
 """What several routers of the ``/hitl`` app share: FastAPI dependencies and the way a body becomes a decision.
 
-The manager of the process (:func:`get_manager`, :data:`ManagerDep`), who sent a request
-(:func:`client_of`), an approval id in its canonical form, the paging and text query
-parameters, and a request body turned into the :class:`~airflow_hitl.manager.Decision` of the
-one decision path (:func:`body_decision`, and :func:`decide_many` for the REST API's and the
-pages' bulk actions). The routers in :mod:`airflow_hitl.api.routes` import them from here.
+The manager of the process (:func:`get_manager`, :data:`ManagerDep`) and the figures of its
+store (:func:`analytics_of`), who sent a request (:func:`client_of`), an approval id in its
+canonical form, the paging and text query parameters, and a request body turned into the
+:class:`~airflow_hitl.manager.Decision` of the one decision path (:func:`body_decision`, and
+:func:`decide_many` for the REST API's and the pages' bulk actions). The routers in
+:mod:`airflow_hitl.api.routes` import them from here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Annotated, Any, cast
 from fastapi import Depends, HTTPException, Query, Request
 from pydantic import AfterValidator, BaseModel
 
+from airflow_hitl.analytics import ApprovalAnalytics
 from airflow_hitl.api.datamodels import MAX_ID_LENGTH, BulkBody, BulkItemResult
 from airflow_hitl.api.security import Caller
 from airflow_hitl.exceptions import HitlError, InvalidInput
@@ -63,6 +65,15 @@ async def manager_of(request: Request) -> ApprovalManager:
 
 
 ManagerDep = Annotated[ApprovalManager, Depends(manager_of)]
+
+
+async def analytics_of(request: Request) -> ApprovalAnalytics:
+    """FastAPI dependency: the figures of the store of this process's manager (:func:`get_manager`).
+
+    Built per request, which costs nothing (it only holds the store); the manager does not
+    hand one out.
+    """
+    return ApprovalAnalytics(store=get_manager(request).store)
 
 
 def client_of(request: Request) -> dict[str, Any]:

@@ -48,6 +48,18 @@ that arrives while the worker is still deferring is retried until the task is de
 one that meets an error (a deadlock, a dropped connection, a full pool, in either database) is
 retried each second, both for ``[hitl] gate_closer_wait_seconds``, after which the trigger's
 own event ends it as before.
+
+On Airflow 3.3+ a gate waits parked in ``awaiting_input`` instead (:mod:`airflow_hitl.seam.parking`):
+no trigger, so the closer is what ends it. A parked task instance is ended exactly as a deferred
+one (locked, re-checked: same try, parked to resume in ``execute_complete`` with this request's
+id; the same claim and end event), and a gate deferred before an upgrade still ends on its
+trigger's shape. A decision that lands while the task still runs (between opening the request
+and parking) is retried until it has parked: a running task is never ended. What a trigger did
+besides is the working closer's
+periodic pass over the parked gates (:mod:`airflow_hitl.api.parked`): closed gates whose task is
+still parked, however old (decided while no api-server ran, or given up on here), are handed
+back to the closer; requests whose parked task was cleared or marked are cancelled; backstop
+deadlines follow escalations.
 """
 
 from __future__ import annotations
@@ -64,8 +76,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from airflow_hitl.api import parked
 from airflow_hitl.exceptions import ApprovalNotFound
-from airflow_hitl.gate_ends import CLOSER_COMMIT_WITHIN, claimant
+from airflow_hitl.gate_ends import CLOSER_COMMIT_WITHIN, TAKE_OVER_AFTER, claimant
 from airflow_hitl.manager import ApprovalManager, utcnow
 from airflow_hitl.models.tables import ApprovalRequestRow
 from airflow_hitl.outbox import listen_for_transitions
@@ -75,6 +88,7 @@ from airflow_hitl.retry import Backoff
 from airflow_hitl.seam import task_instances
 from airflow_hitl.settings import HitlSettings
 from airflow_hitl.triggers.approval import ApprovalTrigger, end_event
+from airflow_hitl.version_compat import HAS_AWAITING_INPUT
 from airflow_hitl.vocabulary import TERMINAL_STATES, Origin
 
 log = logging.getLogger(__name__)
@@ -110,7 +124,8 @@ _WHY = {
     LOCKED: "another Airflow process kept its task instance locked",
     _FAILED: "Airflow's DB or the store kept failing",
 }
-#: What :func:`gate_states` found when the task is deferred, so :func:`end_gate` may end it.
+#: What :func:`gate_states` found when the task waits (deferred, or parked in ``awaiting_input``),
+#: so :func:`end_gate` may end it.
 DEFERRED = "deferred"
 
 #: Seconds before a task still deferring is looked at again, and after a failure.
@@ -149,7 +164,7 @@ def unended_task_gates(manager: ApprovalManager, *, since: dt.datetime, limit: i
 
 
 def gate_states(gates: Sequence[TaskGate]) -> dict[str, str]:
-    """By gate id, whether each task try is deferred (:data:`DEFERRED`), deferring (:data:`NOT_YET`) or neither.
+    """By gate id, whether each task try waits (:data:`DEFERRED`, or parked), is about to (:data:`NOT_YET`) or neither.
 
     Unlocked reads of two columns, one query per :data:`_LOOK_BATCH` gates, before anything
     heavier: a gate whose task the trigger has already ended, or one with no task instance,
@@ -181,8 +196,8 @@ def _deferral(*, state: str | None, try_number: int, asked: int | None) -> str:
     if try_number != asked:
         return NOTHING
     if state in (TaskInstanceState.RUNNING, TaskInstanceState.QUEUED, TaskInstanceState.SCHEDULED):
-        return NOT_YET  # still deferring: look again in a moment
-    return DEFERRED if state == TaskInstanceState.DEFERRED else NOTHING
+        return NOT_YET  # still deferring or parking (or resumed on a worker, which finishes it): look again
+    return DEFERRED if state in (TaskInstanceState.DEFERRED, task_instances.AWAITING_INPUT) else NOTHING
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,9 +209,13 @@ class EndClaim:
     #: This closer's name in the claim (:func:`~airflow_hitl.gate_ends.claimant`).
     by: str
 
-    def take(self) -> bool:
-        """Claim the end; True when this closer holds it (it may end the task), False when another party does."""
-        return self.manager.gate_ends.claim_gate_end(self.request_id, by=self.by)
+    def take(self, *, take_over_after: dt.timedelta | None = None) -> bool:
+        """Claim the end; True when this closer holds it (it may end the task), False when another party does.
+
+        ``take_over_after``: take over a claim held longer than that (a parked gate has no
+        trigger to take over from a closer whose process died before ending it).
+        """
+        return self.manager.gate_ends.claim_gate_end(self.request_id, by=self.by, take_over_after=take_over_after)
 
     def release(self) -> None:
         """Give the claim back: the end was not committed. Failing that, the trigger takes it over later."""
@@ -207,14 +226,15 @@ class EndClaim:
 
 
 def end_gate(approval: Approval, claim: EndClaim) -> str:
-    """End the task instance of ``approval``'s gate in Airflow's metadata DB if it waits on its trigger.
+    """End the task instance of ``approval``'s gate in Airflow's metadata DB if it waits on this request.
 
-    Returns :data:`ENDED`, :data:`NOTHING` (not a task's gate, still open, already ended, or
-    deferred on something else), :data:`TAKEN` (another party claimed the end: the gate's
-    trigger ends it), :data:`NOT_YET` (the task has not deferred yet) or :data:`LOCKED`
-    (another transaction holds the task instance's row). ``claim`` is taken only once the task
-    instance is locked and found deferred on the gate's trigger, and given back when the end
-    does not commit.
+    It waits deferred on the gate's trigger, or parked in ``awaiting_input`` with this request's
+    id (Airflow 3.3+). Returns :data:`ENDED`, :data:`NOTHING` (not a task's gate, still open,
+    already ended, or waiting on something else), :data:`TAKEN` (another party claimed the end:
+    the gate's trigger ends it), :data:`NOT_YET` (the task has not deferred or parked yet) or
+    :data:`LOCKED` (another transaction holds the task instance's row). ``claim`` is taken only
+    once the task instance is locked and found waiting on this request, and given back when
+    the end does not commit.
     """
     if approval.is_waiting or approval.origin != "task" or not approval.run_id or approval.try_number is None:
         return NOTHING
@@ -227,24 +247,20 @@ def end_gate(approval: Approval, claim: EndClaim) -> str:
         found = _deferral(state=held.state, try_number=held.try_number, asked=approval.try_number)
         if found != DEFERRED:
             return found
-        trigger = held.trigger()
-        kwargs: dict[str, Any] = dict(trigger.kwargs) if trigger is not None else {}
-        if (
-            trigger is None
-            or trigger.classpath != TRIGGER_CLASSPATH
-            or kwargs.get("request_id") != approval.id
-            or not kwargs.get("end_task")
-        ):
+        waits = _waits_on(held, approval)
+        if waits is None:
             # Deferred on something else (an older trigger resuming on a worker): leave it.
             return NOTHING
-        trigger_id, claiming = held.trigger_id, time.monotonic()
-        if not claim.take():
+        follow, trigger_id = waits
+        claiming = time.monotonic()
+        # A parked gate has no trigger to take over from a closer that died holding the claim.
+        if not claim.take(take_over_after=TAKE_OVER_AFTER if trigger_id is None else None):
             return TAKEN
         try:
             # On PostgreSQL no statement of the end waits on a lock or runs for long, so the end
             # commits (or fails, and gives the claim back) well within CLOSER_COMMIT_WITHIN.
             held.bound_statements(lock_timeout_ms=_LOCK_TIMEOUT_MS, statement_timeout_ms=_STATEMENT_TIMEOUT_MS)
-            held.submit_event(end_event(approval, kwargs.get("follow")))
+            held.submit_event(end_event(approval, follow))
             if time.monotonic() - claiming > CLOSER_COMMIT_WITHIN.total_seconds():
                 # The gate's trigger may take the claim over soon: it ends the task instead.
                 raise TimeoutError(f"ending the task took over {CLOSER_COMMIT_WITHIN.total_seconds():.0f} s")
@@ -258,6 +274,30 @@ def end_gate(approval: Approval, claim: EndClaim) -> str:
                 claim.release()
             raise
     return ENDED
+
+
+def _waits_on(
+    held: task_instances.HeldTaskInstance, approval: Approval
+) -> tuple[dict[str, list[str]] | None, int | None] | None:
+    # (the branches it follows, its trigger's id: None when parked), when the locked task
+    # instance waits on ``approval``'s gate: parked to resume in execute_complete with its id
+    # (Airflow 3.3+), or deferred on its trigger, which asks the task to be ended; else None.
+    parked_with = held.parked()
+    if parked_with is not None:
+        if parked_with.method_name != parked.RESUME_METHOD or parked_with.request_id != approval.id:
+            return None
+        follow = parked_with.follow
+        return ({str(k): [str(t) for t in v] for k, v in follow.items()} if follow is not None else None), None
+    trigger = held.trigger()
+    kwargs: dict[str, Any] = dict(trigger.kwargs) if trigger is not None else {}
+    if (
+        trigger is None
+        or trigger.classpath != TRIGGER_CLASSPATH
+        or kwargs.get("request_id") != approval.id
+        or not kwargs.get("end_task")
+    ):
+        return None
+    return kwargs.get("follow"), held.trigger_id
 
 
 @dataclass(kw_only=True)
@@ -294,6 +334,9 @@ class GateCloser:
     :param follow_every: Seconds between a waiting closer's tries to take the lock.
     :param poll_interval: On a SQLite store (no NOTIFY), seconds between looks for closed
         gates whose task has not ended (:func:`unended_task_gates`).
+    :param reconcile_every: Seconds between passes over the gates parked in ``awaiting_input``
+        (:func:`airflow_hitl.api.parked.reconcile`), while this closer works; None: none (the
+        api-server's closer passes :data:`airflow_hitl.api.parked.RECONCILE_EVERY` on Airflow 3.3+).
     """
 
     def __init__(
@@ -306,8 +349,10 @@ class GateCloser:
         leader_key: int | None = None,
         follow_every: float = 1.0,
         poll_interval: float = 0.25,
+        reconcile_every: float | None = None,
     ) -> None:
         self._manager_factory = manager_factory
+        self._reconcile_every = reconcile_every
         self.poll_interval = max(0.05, poll_interval)
         self._leader_key = leader_key
         self._follow_every = follow_every
@@ -315,6 +360,9 @@ class GateCloser:
         self._look = look
         self._end = end
         self._ids: queue.Queue[str] = queue.Queue()
+        # Closed gates handed back by the pass over parked gates: looked at again even if settled.
+        self._again: set[str] = set()
+        self._again_lock = threading.Lock()
         #: This closer's name in the claims to end tasks (:mod:`airflow_hitl.gate_ends`).
         self.claimant = claimant("api-server")
         self._stop = threading.Event()
@@ -330,7 +378,10 @@ class GateCloser:
             return
         manager = self._manager_factory()
         hear = (self._listen, "hitl-gate-listener") if manager.store.is_postgres else (self._poll, "hitl-gate-poller")
-        for target, name in (hear, (self._work, "hitl-gate-closer")):
+        targets = [hear, (self._work, "hitl-gate-closer")]
+        if self._reconcile_every is not None:
+            targets.append((self._reconcile, "hitl-gate-reconcile"))
+        for target, name in targets:
             thread = threading.Thread(target=target, args=(manager,), name=name, daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -345,6 +396,31 @@ class GateCloser:
     def submit(self, request_id: str) -> None:
         """A transition of ``request_id`` was committed."""
         self._ids.put(request_id)
+
+    def submit_again(self, request_id: str) -> None:
+        """``request_id`` is closed and its task still parked: end it, even if this closer settled it before."""
+        with self._again_lock:
+            self._again.add(request_id)
+        self._ids.put(request_id)
+
+    def _reconcile(self, manager: ApprovalManager) -> None:
+        # While this closer works (the store's leader on PostgreSQL; always on SQLite): a pass
+        # at once, then one every reconcile_every seconds (sooner again after a failure).
+        assert self._reconcile_every is not None
+        backoff = Backoff(first=_AFTER_FAILURE * 5, cap=self._reconcile_every)
+        while not self._stop.is_set():
+            if not self.listening.wait(1.0):
+                continue
+            try:
+                parked.reconcile(manager, end=self.submit_again)
+                backoff.reset()
+                delay = self._reconcile_every
+            except Exception:
+                delay = backoff.next()
+                log.warning(
+                    "could not reconcile the parked gates; again in %.0fs", delay, exc_info=backoff.failures == 1
+                )
+            self._stop.wait(delay)
 
     def _listen(self, manager: ApprovalManager) -> None:
         def listening(up: bool) -> None:
@@ -398,6 +474,10 @@ class GateCloser:
         next_reread = 0.0
         while not self._stop.is_set():
             heard = self._take(timeout=_LOOK_AGAIN if waiting or unread else 1.0)
+            with self._again_lock:
+                again, self._again = self._again, set()
+            for request_id in again:
+                settled.put(request_id, False)
             if unread and time.monotonic() >= next_reread:
                 heard = [*unread, *heard]
             heard = [i for i in heard if i not in waiting and not settled.get(i)]
@@ -424,7 +504,8 @@ class GateCloser:
                     del waiting[request_id]
                     settled.put(request_id, True)
                     log.warning(
-                        "left the task of request %s to its trigger after %.0f s: %s",
+                        "left the task of request %s to its trigger (or, parked, to the next pass over"
+                        " parked gates) after %.0f s: %s",
                         request_id,
                         self.wait_seconds,
                         closing.why,
@@ -525,6 +606,7 @@ def ensure_gate_closer_started(settings: HitlSettings | None = None) -> GateClos
                 wait_seconds=settings.gate_closer_wait_seconds,
                 leader_key=LEADER_KEY,
                 poll_interval=settings.gate_closer_poll_interval,
+                reconcile_every=parked.RECONCILE_EVERY if HAS_AWAITING_INPUT else None,
             )
             try:
                 _service.start()

@@ -21,13 +21,13 @@ the owed row is re-read under the request's lock and spent once.
 from __future__ import annotations
 
 import logging
-import threading
+import time
 from collections.abc import Callable, Iterable
 
+from airflow_hitl.api.background import ServiceSlot, StoreWatcher
 from airflow_hitl.exceptions import HitlError, StoreError
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.notifications.access import delegator_refusal
-from airflow_hitl.outbox import listen_for_transitions
 from airflow_hitl.policy import Principal
 from airflow_hitl.retry import Backoff
 from airflow_hitl.settings import HitlSettings
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: The advisory lock whose holder is the store's one working applier (any constant, not the closer's).
 LEADER_KEY = 0x41F1_5A9D
+#: Seconds between two looks at least (a gate opening is voted on within this much of its NOTIFY).
+_MIN_SPACING = 0.1
 
 
 def _roles_of(name: str) -> frozenset[str] | None:
@@ -47,7 +49,7 @@ def _roles_of(name: str) -> frozenset[str] | None:
     return roles_of(name)
 
 
-class StandingApplier:
+class StandingApplier(StoreWatcher):
     """The api-server's background thread that casts owed standing votes (see the module docstring).
 
     :param manager_factory: Builds the manager of the store (default: ``[hitl]``'s store).
@@ -57,6 +59,9 @@ class StandingApplier:
     :param leader_key: On PostgreSQL, work only while holding this advisory lock (None: always).
     :param follow_every: Seconds between a waiting applier's tries to take the lock.
     """
+
+    name = "hitl-standing"
+    what = "standing approvals"
 
     def __init__(
         self,
@@ -68,73 +73,26 @@ class StandingApplier:
         leader_key: int | None = None,
         follow_every: float = 1.0,
     ) -> None:
-        self._manager_factory = manager_factory
+        super().__init__(manager_factory=manager_factory, leader_key=leader_key, follow_every=follow_every)
         self.poll_interval = max(0.05, poll_interval)
         self._roles_of = roles_of
         self._access = access
-        self._leader_key = leader_key
-        self._follow_every = follow_every
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._threads: list[threading.Thread] = []
-        #: Set while this applier may work: always on SQLite; on PostgreSQL while it listens (and leads).
-        self.working = threading.Event()
         #: Votes cast and owed votes settled skipped by this applier, for logs and tests.
         self.cast = 0
         self.skipped = 0
 
-    def start(self) -> None:
-        """Start the applier (and, on PostgreSQL, its LISTEN connection)."""
-        if self._threads:
-            return
-        manager = self._manager_factory()
-        targets: list[tuple[Callable[[ApprovalManager], None], str]] = [(self._work, "hitl-standing")]
-        if manager.store.is_postgres:
-            targets.append((self._listen, "hitl-standing-listener"))
-        else:
-            self.working.set()
-        for target, name in targets:
-            thread = threading.Thread(target=target, args=(manager,), name=name, daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def stop(self) -> None:
-        """Stop its threads."""
-        self._stop.set()
-        self._wake.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._threads.clear()
-
-    def wake(self) -> None:
-        """Look for owed votes now (a gate opened or escalated)."""
-        self._wake.set()
-
-    def _listen(self, manager: ApprovalManager) -> None:
-        def listening(up: bool) -> None:
-            if up:
-                self.working.set()
-                self._wake.set()  # catch up with what was owed while nobody listened
-            else:
-                self.working.clear()
-
-        listen_for_transitions(
-            manager.store.url,
-            stop=self._stop,
-            on_payload=lambda _request_id: self._wake.set(),
-            on_listening=listening,
-            what="standing approvals",
-            leader_key=self._leader_key,
-            follow_every=self._follow_every,
-        )
-
     def _work(self, manager: ApprovalManager) -> None:
         backoff = Backoff(first=1.0, cap=30.0)
+        last_look = 0.0
         while not self._stop.is_set():
-            self._wake.wait(self.poll_interval)
-            self._wake.clear()
+            if self._wake.wait(self.poll_interval):
+                # Every transition NOTIFYs, most of them decisions that owe nothing: a stream of
+                # them (100 decisions a second) costs one look per _MIN_SPACING, not one each.
+                self._stop.wait(max(0.0, last_look + _MIN_SPACING - time.monotonic()))
+                self._wake.clear()
             if self._stop.is_set() or not self.working.is_set():
                 continue
+            last_look = time.monotonic()
             try:
                 while self.apply(manager) >= DUE_BATCH and not self._stop.is_set():
                     pass  # a full batch: there may be more
@@ -145,11 +103,26 @@ class StandingApplier:
                 self._stop.wait(delay)
 
     def apply(self, manager: ApprovalManager) -> int:
-        """Cast or settle one batch of owed votes; how many were handled (a full batch: look again)."""
+        """Cast or settle one batch of owed votes; how many were settled (a full batch: look again)."""
         owed = manager.standing.owed()
+        settled = 0
         for vote in owed:
-            self._cast(manager, vote)
-        return len(owed)
+            try:
+                self._cast(manager, vote)
+            except StoreError:
+                raise  # the store is away: every owed vote waits for it
+            except Exception:
+                # This vote's own trouble (the auth manager failing on its owner, say): the others
+                # are cast all the same, and it is tried again at the next look.
+                log.warning(
+                    "could not cast the vote standing approval %s owes request %s",
+                    vote.standing_id,
+                    vote.request_id,
+                    exc_info=True,
+                )
+                continue
+            settled += 1
+        return settled
 
     def _cast(self, manager: ApprovalManager, owed: OwedVote) -> None:
         roles = self._roles_of(owed.approver)
@@ -183,30 +156,17 @@ class StandingApplier:
             log.info("standing approval %s did not vote on request %s: %s", owed.standing_id, owed.request_id, reason)
 
 
-_service_lock = threading.Lock()
-_service: StandingApplier | None = None
+_slot: ServiceSlot[StandingApplier] = ServiceSlot(
+    build=lambda settings: StandingApplier(poll_interval=settings.standing_poll_interval, leader_key=LEADER_KEY),
+    what="standing approvals applier",
+)
 
 
 def ensure_standing_applier_started(settings: HitlSettings | None = None) -> StandingApplier | None:
     """Start this process's applier once (the api-server calls it); None when the store is unreachable."""
-    global _service
-    settings = settings or HitlSettings.load()
-    with _service_lock:
-        if _service is None:
-            _service = StandingApplier(poll_interval=settings.standing_poll_interval, leader_key=LEADER_KEY)
-            try:
-                _service.start()
-            except Exception:
-                # The store is unreachable now: owed votes wait in the store; try again next start.
-                log.warning("standing approvals applier not started", exc_info=True)
-                _service = None
-        return _service
+    return _slot.ensure_started(settings)
 
 
 def stop_standing_applier() -> None:
     """Stop this process's applier, if it runs."""
-    global _service
-    with _service_lock:
-        if _service is not None:
-            _service.stop()
-            _service = None
+    _slot.stop()

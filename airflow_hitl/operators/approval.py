@@ -1,8 +1,9 @@
 """ApprovalOperator: a human approval gate in a DAG.
 
-The task opens an approval request in the store, defers to :class:`ApprovalTrigger`
-(no worker slot is held while people decide), and on resume succeeds, fails, skips its
-downstream tasks, or waits again after an escalation, exactly as configured. Every option
+The task opens an approval request in the store and waits without holding a worker slot:
+parked in Airflow's ``awaiting_input`` state on Airflow 3.3+ (no trigger either; the
+api-server ends it), deferred to :class:`ApprovalTrigger` on 3.1 and 3.2. It then succeeds,
+fails, skips its downstream tasks, or waits again after an escalation, exactly as configured. Every option
 is checked when the DAG is parsed, with an error naming the field.
 
 Example::
@@ -51,8 +52,10 @@ from airflow_hitl.operators.options import (
 )
 from airflow_hitl.policy import ConfigProblems, gate_outcome, str_list
 from airflow_hitl.records import Approval, decision_summary
+from airflow_hitl.seam import parking
+from airflow_hitl.settings import HitlSettings
 from airflow_hitl.triggers.approval import SKIPMIXIN_KEY, ApprovalTrigger, ApprovalTriggerEventPayload
-from airflow_hitl.version_compat import AirflowFailException, AirflowSkipException
+from airflow_hitl.version_compat import HAS_AWAITING_INPUT, AirflowFailException, AirflowSkipException
 from airflow_hitl.vocabulary import (
     Action,
     ApprovalType,
@@ -147,7 +150,7 @@ class ApprovalOperator(BaseOperator):
     template_fields: Sequence[str] = ("title", "description", "reason", "context", "metadata", "bind")
     template_fields_renderers = {"context": "json", "metadata": "json", "description": "md"}
     ui_color = "#f6d365"
-    #: Seconds the gate's ``notifiers`` get, all together, before it defers without waiting for them.
+    #: Seconds the gate's ``notifiers`` get, all together, before it waits (parks or defers) without them.
     notifier_budget: float = 30.0
 
     def __init__(
@@ -336,7 +339,7 @@ class ApprovalOperator(BaseOperator):
         return ApprovalManager(conn_id=self.conn_id)
 
     def execute(self, context: Context) -> Any:
-        """Open (or find again) the request, then wait in the triggerer unless already decided."""
+        """Open (or find again) the request, then wait (parked, or in the triggerer) unless already decided."""
         ti = context["ti"]
         dag_run = context["dag_run"]
         # A branch gate checks its branches against the DAG before asking anyone; every gate its
@@ -393,7 +396,7 @@ class ApprovalOperator(BaseOperator):
         # api-server drainer's next wake-up; the outbox claim makes sure only one of them sends it.
         self._drain_outbox(manager, approval.id, event_types=(Event.REQUIRED,))
         self._call_notifiers(context, approval)
-        self._defer(approval)
+        self._wait(approval)
 
     def _decided_by_earlier_try(self, manager: ApprovalManager, ti: Any) -> Approval | None:
         """A rejected or cancelled request of an earlier try of this clear, which a retry must not re-open.
@@ -477,7 +480,29 @@ class ApprovalOperator(BaseOperator):
                 self.notifier_budget,
             )
 
-    def _defer(self, approval: Approval) -> None:
+    def _wait(self, approval: Approval) -> None:
+        """Wait for people without holding a worker: park in ``awaiting_input``, or defer to the trigger.
+
+        Airflow 3.3+ parks the task (no trigger, no triggerer slot); the api-server ends it once
+        the request closes, and Airflow's own deadline sweep resumes it here (``execute_complete``)
+        a grace period after ``expires_at`` if nothing did. Airflow 3.1 and 3.2, ``airflow dags
+        test``, ``[hitl] park_gates = False`` and ``[hitl] gate_closer = False`` defer to
+        :class:`ApprovalTrigger` instead.
+        """
+        settings = HitlSettings.load()
+        # Only the api-server's gate closer ends a parked gate: without it, the trigger must.
+        if HAS_AWAITING_INPUT and settings.park_gates and settings.gate_closer and parking.can_park():
+            self.log.info(
+                "approval request %s: waiting in awaiting_input (no trigger) until it is decided%s",
+                approval.id,
+                f" or expires at {approval.expires_at.isoformat()}" if approval.expires_at else "",
+            )
+            parking.park(
+                method_name="execute_complete",
+                # Plain JSON: Airflow keeps it as given, and the api-server reads the request id in it.
+                kwargs={"request_id": approval.id, "follow": self._followed_tasks()},
+                timeout=parking.backstop_timeout(approval.expires_at, now=utcnow()),
+            )
         self.defer(
             trigger=ApprovalTrigger(
                 request_id=approval.id,
@@ -489,13 +514,25 @@ class ApprovalOperator(BaseOperator):
             method_name="execute_complete",
         )
 
-    def execute_complete(self, context: Context, event: ApprovalTriggerEventPayload | None = None) -> Any:
-        """Resume on a worker: only for triggers of older releases and for ``airflow dags test``.
+    def execute_complete(
+        self,
+        context: Context,
+        event: ApprovalTriggerEventPayload | Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        follow: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Resume on a worker: a parked gate Airflow's deadline sweep resumed, or a trigger's event.
 
-        A trigger of this release ends the task itself (success, failure or skip with the
-        decision as XCom) and this method never runs. The manager queued the escalation,
-        reminder and outcome notices in the outbox; this worker sends what is due now.
+        A parked gate (``request_id`` given: what it parked with) is resumed by Airflow's sweep
+        of passed deadlines only when nothing acted on its deadline (no api-server ran): the
+        timeout is applied here, then the gate finishes, or waits again after an escalation.
+        A trigger of this release ends the task itself and this method never runs for it; only
+        triggers of older releases and ``airflow dags test`` resume here with their event. The
+        manager queued the escalation, reminder and outcome notices in the outbox; this worker
+        sends what is due now.
         """
+        if request_id is not None:
+            return self._resume_parked(context, request_id, event)
         if not event or "request_id" not in event:
             raise AirflowFailException(f"approval trigger returned no usable event: {event!r}")
         if event.get("status") == "error":
@@ -511,7 +548,24 @@ class ApprovalOperator(BaseOperator):
         self._drain_outbox(manager, approval.id)
         if approval.is_waiting:
             self.log.info("approval request %s is %s: waiting again", approval.id, approval.state)
-            self._defer(approval)
+            self._wait(approval)
+        return self._finish(context, approval)
+
+    def _resume_parked(self, context: Context, request_id: str, event: Mapping[str, Any] | None) -> Any:
+        """A parked gate resumed on a worker: apply its timeout if due, then finish or park again."""
+        self.log.info(
+            "approval request %s: resumed by Airflow%s",
+            request_id,
+            " at its backstop deadline" if parking.is_timeout_event(event) else f" with {event!r}",
+        )
+        manager = self._manager()
+        # A no-op unless the request still waits past expires_at: the api-server's deadline
+        # worker, or a decision, may have come first (its row lock makes exactly one apply it).
+        approval = manager.apply_timeout(request_id).approval
+        self._drain_outbox(manager, approval.id)
+        if approval.is_waiting:
+            self.log.info("approval request %s is %s: waiting again", approval.id, approval.state)
+            self._wait(approval)
         return self._finish(context, approval)
 
     def _followed_tasks(self) -> dict[str, list[str]] | None:

@@ -22,19 +22,29 @@ contract test.
 ``airflow.models.taskinstance``
     Names: ``TaskInstance`` (its table ``task_instance``: ``dag_id``, ``run_id``, ``task_id``,
     ``map_index``, ``state``, ``try_number``, ``trigger_id``; plain SQL and a ``FOR UPDATE SKIP
-    LOCKED`` select). Module: :mod:`.task_instances`.
-    What: the ORM model of a task instance in the metadata DB.
-    Why: the gate closer ends a deferred task from the api-server at once; no REST route or
-    SDK call ends a deferred task with its trigger's event, and the DB is internal.
-    Since: 3.1. Contract: ``test_task_instance_columns_we_read_and_lock``.
+    LOCKED`` select; for a gate parked in ``awaiting_input`` also ``next_method``,
+    ``next_kwargs`` and ``trigger_timeout``, read in one select over the ``ti_state`` index and
+    updated conditionally). Module: :mod:`.task_instances`.
+    What: the ORM model of a task instance in the metadata DB. A parked task keeps what it
+    parked with on the row (``next_kwargs``: our request id) and its deadline in
+    ``trigger_timeout``, which the scheduler's ``check_awaiting_input_timeouts`` sweeps: past it,
+    a parked task with no ``hitl_detail`` row is resumed on a worker with a timeout event.
+    Why: the gate closer ends a deferred or parked task from the api-server at once, and moves a
+    parked gate's deadline after an escalation; no REST route or SDK call ends such a task with
+    an event or sets its deadline, and the DB is internal.
+    Since: 3.1 (``awaiting_input`` and its sweep: 3.3). Contract: ``test_task_instance_columns_we_read_and_lock``,
+    ``test_a_task_parks_in_awaiting_input_without_a_trigger``,
+    ``test_the_sweep_resumes_a_parked_task_past_its_deadline_with_a_timeout_event``,
+    ``test_trigger_timeout_is_the_parked_deadline``, ``test_tasks_parked_by_others_are_not_ours``.
 ``airflow.models.trigger``
     Names: ``Trigger`` (``classpath``, ``kwargs``), ``handle_event_submit(event, *,
     task_instance, session)``. Module: :mod:`.task_instances`.
     What: the trigger row a task is deferred on; the function the triggerer (and the API
-    processes) call with a trigger's event to end or resume its task instance.
-    Why: as above; it is the one way Airflow itself ends a deferred task with an event.
+    processes) call with a trigger's event to end or resume its task instance, deferred or
+    parked in ``awaiting_input`` alike (it does not look at the state).
+    Why: as above; it is the one way Airflow itself ends a deferred or parked task with an event.
     Since: 3.1. Contract: ``test_handle_event_submit_ends_a_deferred_task``,
-    ``test_handle_event_submit_signature``.
+    ``test_handle_event_submit_ends_a_parked_task``, ``test_handle_event_submit_signature``.
 ``airflow.utils.session``
     Names: ``create_session`` (commits when the block ends, rolls back when it raises; a
     ``RuntimeError`` where the process set up no session). Modules: :mod:`.task_instances`,
@@ -43,6 +53,16 @@ contract test.
     Why: the metadata DB is internal; only Airflow's own sessions reach it with its
     configuration (pool, SQLite or PostgreSQL). Since: 3.1.
     Contract: ``test_create_session_commits_and_rolls_back``.
+``airflow.sdk.execution_time.task_runner``
+    Names: ``SUPERVISOR_COMMS`` (the running task's comms) and, through it,
+    ``airflow.sdk.execution_time.supervisor.InProcessSupervisorComms`` (the comms of the
+    in-process runner of ``airflow dags test``, looked up in ``sys.modules``, never imported).
+    Module: :mod:`.parking`.
+    What: which runner runs the task: a worker's supervisor, or ``dag.test()`` in one process.
+    Why: ``dag.test()`` runs a deferred task's trigger inline but leaves a parked task waiting
+    for an api-server to end it; a gate must defer there, and no public call says which runner
+    this is. Since: 3.1 (asked from 3.3, where gates park).
+    Contract: ``test_the_in_process_runner_of_dags_test_never_parks``.
 ``airflow.api_fastapi.app``
     Names: ``get_auth_manager()`` (raises where no auth manager was initialised).
     Module: :mod:`.auth`.
@@ -182,7 +202,8 @@ Not banned; what we decided for each name that could be doubted:
     ``airflow.sdk`` exports it on 3.1, 3.2 and 3.3 with the values Airflow stores
     (``test_sdk_task_instance_states_are_the_stored_values``).
 ``airflow.sdk.exceptions``, ``airflow.exceptions``, ``airflow.__version__``
-    Public exceptions; the version string.
+    Public exceptions (``TaskAwaitingInput``, Airflow 3.3+, is raised only in :mod:`.parking`,
+    behind ``can_park()`` and ``test_a_task_parks_in_awaiting_input_without_a_trigger``); the version string.
 ``airflow.triggers.base``
     ``BaseTrigger``, ``TriggerEvent``, ``TaskSuccessEvent``, ``TaskFailedEvent``,
     ``TaskSkippedEvent``: public triggers.

@@ -3,12 +3,18 @@
 The only code of airflow-hitl that reads or writes Airflow's ``task_instance`` and ``trigger``
 tables, and the only caller of Airflow's ``handle_event_submit``: see the table in
 :mod:`airflow_hitl.seam`. Callers see our own types (:class:`TaskKey`, :class:`TaskTry`,
-:class:`HeldTaskInstance`), never Airflow's ORM classes or sessions.
+:class:`HeldTaskInstance`, :class:`ParkedTask`), never Airflow's ORM classes or sessions.
+
+A gate waits either deferred on its trigger (Airflow 3.1 and 3.2, and ``airflow dags test``) or
+parked in ``awaiting_input`` (Airflow 3.3+, :mod:`airflow_hitl.seam.parking`): then the row
+itself holds what the gate parked with (``next_method``, ``next_kwargs`` with our request id)
+and its backstop deadline (``trigger_timeout``, which Airflow's scheduler sweeps).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +28,8 @@ if TYPE_CHECKING:
 MISSING = "missing"
 #: What :func:`hold_task_instance` yields when another transaction holds the row's lock.
 LOCKED_ELSEWHERE = "locked"
+#: The state of a parked task instance (Airflow 3.3+; ``TaskInstanceState.AWAITING_INPUT``).
+AWAITING_INPUT = "awaiting_input"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +56,50 @@ class DeferralTrigger:
 
     classpath: str
     kwargs: Mapping[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParkedRequest:
+    """What a task instance parked in ``awaiting_input`` with: the method it resumes in and our arguments.
+
+    ``request_id`` is None when the task parked without one (Airflow's own HITL operators).
+    """
+
+    method_name: str | None
+    request_id: str | None
+    follow: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParkedTask:
+    """A task instance parked in ``awaiting_input`` on one of our requests, as a light look found it."""
+
+    key: TaskKey
+    try_number: int
+    request_id: str
+    #: When Airflow's deadline sweep resumes it (``trigger_timeout``); None: never.
+    backstop: dt.datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackstopMove:
+    """A new deadline for the task instance try of ``key``, while it stays parked."""
+
+    key: TaskKey
+    try_number: int
+    deadline: dt.datetime | None
+
+
+def _parked_request(next_method: Any, next_kwargs: Any) -> ParkedRequest:
+    # Our gate parks with plain JSON arguments, which Airflow stores as given (its serde leaves
+    # str keys and JSON values alone, and re-encodes them alike when its sweep adds an event).
+    request_id = follow = None
+    if isinstance(next_kwargs, Mapping):
+        found = next_kwargs.get("request_id")
+        request_id = found if isinstance(found, str) else None
+        kept = next_kwargs.get("follow")
+        follow = kept if isinstance(kept, Mapping) else None
+    return ParkedRequest(method_name=next_method, request_id=request_id, follow=follow)
 
 
 def task_tries(keys: Sequence[TaskKey], *, batch: int) -> dict[TaskKey, TaskTry]:
@@ -91,6 +143,62 @@ def _task_states_sql(count: int) -> TextClause:
     return text(f"SELECT {', '.join(col.name for col in columns)} FROM {table.name} WHERE {terms}")
 
 
+def parked_tasks(*, method_name: str) -> list[ParkedTask]:
+    """Every task instance parked in ``awaiting_input`` to resume in ``method_name`` with one of our request ids.
+
+    One unlocked read over Airflow's index of task states: parked tasks of other operators
+    (Airflow's own HITL operators park too) are left out by their arguments.
+    """
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    ti = TaskInstance
+    statement = select(
+        ti.dag_id, ti.run_id, ti.task_id, ti.map_index, ti.try_number, ti.next_kwargs, ti.trigger_timeout
+    ).where(ti.state == AWAITING_INPUT, ti.next_method == method_name)
+    found = []
+    with create_session() as session:
+        for row in session.execute(statement):
+            request_id = _parked_request(method_name, row.next_kwargs).request_id
+            if request_id is None:
+                continue
+            key = TaskKey(dag_id=row.dag_id, run_id=row.run_id, task_id=row.task_id, map_index=row.map_index)
+            found.append(
+                ParkedTask(key=key, try_number=row.try_number, request_id=request_id, backstop=row.trigger_timeout)
+            )
+    return found
+
+
+def move_backstops(moves: Sequence[BackstopMove]) -> int:
+    """Set the deadline of each task instance try of ``moves`` that is still parked on its request; how many moved.
+
+    Airflow's deadline sweep resumes a parked task once ``trigger_timeout`` passes; after an
+    escalation the gate's deadline is later, and so must its backstop be. One conditional
+    UPDATE per move, all in one transaction: a task that has been ended, resumed or cleared
+    meanwhile is left alone.
+    """
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    moved = 0
+    with create_session() as session:
+        for move in moves:
+            statement = (
+                update(TaskInstance)
+                .where(
+                    *_where(move.key),
+                    TaskInstance.try_number == move.try_number,
+                    TaskInstance.state == AWAITING_INPUT,
+                )
+                .values(trigger_timeout=move.deadline)
+                .execution_options(synchronize_session=False)
+            )
+            moved += int(getattr(session.execute(statement), "rowcount", 0) or 0)
+    return moved
+
+
 def _where(key: TaskKey) -> tuple[Any, ...]:
     from airflow.models.taskinstance import TaskInstance
 
@@ -129,6 +237,12 @@ class HeldTaskInstance:
         """The id of the trigger the task instance is deferred on, if any."""
         trigger_id: int | None = self._ti.trigger_id
         return trigger_id
+
+    def parked(self) -> ParkedRequest | None:
+        """What the task instance parked with, while it is parked in ``awaiting_input``; else None."""
+        if self.state != AWAITING_INPUT:
+            return None
+        return _parked_request(self._ti.next_method, self._ti.next_kwargs)
 
     def trigger(self) -> DeferralTrigger | None:
         """The trigger the task instance is deferred on (its row), or None."""
@@ -169,7 +283,10 @@ class HeldTaskInstance:
         self._session.rollback()
 
     def still_deferred_on(self, trigger_id: int | None) -> bool:
-        """After a failed end: True unless the task instance visibly left ``trigger_id`` (the end committed)."""
+        """After a failed end: True unless the task instance visibly left ``trigger_id`` (the end committed).
+
+        With ``trigger_id`` None: unless it visibly left ``awaiting_input`` (a parked gate's end).
+        """
         from airflow.models.taskinstance import TaskInstance
         from sqlalchemy import select
 
@@ -180,7 +297,11 @@ class HeldTaskInstance:
         except Exception:
             self._session.rollback()
             return True  # cannot tell: the transaction is over either way
-        return row is not None and _value(row.state) == _deferred() and row.trigger_id == trigger_id
+        if row is None:
+            return False
+        if trigger_id is None:
+            return _value(row.state) == AWAITING_INPUT
+        return _value(row.state) == _deferred() and row.trigger_id == trigger_id
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import pytest
 
 from airflow_hitl.manager import ApprovalManager
 from tests.airflow_api import API, AirflowApi, fill_id, open_request, snapshot
+from tests.api.routes.test_analytics import ANALYTICS
 from tests.api.routes.test_standing import STANDING, known_dags
 
 READERS = ("admin", "op", "viewer")
@@ -66,6 +67,9 @@ ENDPOINTS: list[tuple[str, str, str, Any, dict[str, int]]] = [
     ("standing-get", "GET", f"{STANDING}/{{id}}", None, dict.fromkeys(ALL_USERS, 404)),
     ("standing-revoke", "DELETE", f"{STANDING}/{{id}}", None, dict.fromkeys(ALL_USERS, 404)),
     ("standing-owed", "GET", f"{API}/{{id}}/standing", None, {"admin": 200, "op": 200, "viewer": 200, "nobody": 403}),
+    # Everyone may ask; the figures are of the DAGs the caller may read (none: an empty report).
+    ("analytics", "GET", ANALYTICS, None, dict.fromkeys(ALL_USERS, 200)),
+    ("analytics-csv", "GET", f"{ANALYTICS}.csv?table=gates", None, dict.fromkeys(ALL_USERS, 200)),
 ]
 WRITES = {"create", "approve", "reject", "cancel", "bulk", "standing-create", "standing-revoke"}
 
@@ -131,6 +135,16 @@ class TestAccessMatrix:
         if name == "standing-create" and expected == 201:
             assert response.json()["approver"] == user
             assert api_manager.audit.events()[-1].event_type == "standing_created"
+        if name == "analytics":
+            gates = response.json()["gates"]
+            # The request and the rejected one, both of billing's gate.
+            assert [(g["dag_id"], g["requests"], g["rejected"]) for g in gates] == (
+                [("billing", 2, 1)] if user in READERS else []
+            )
+        if name == "analytics-csv":
+            lines = response.text.strip().splitlines()
+            assert lines[0].startswith("dag_id,task_id,requests")
+            assert len(lines) == (2 if user in READERS else 1)
         if name == "standing-list":
             assert response.json() == {"standing_approvals": [], "total_entries": 0}
 

@@ -123,6 +123,23 @@ class TestRunDue:
         assert [g.id for g in mgr.queries.closed_task_gates([gate.id])] == [gate.id]
         assert audited(mgr, gate.id) == ["requested", "escalated", "timeout"]
 
+    def test_each_applied_deadline_is_handed_to_on_applied_whose_errors_change_nothing(
+        self, mgr: ApprovalManager, clock: Clock
+    ) -> None:
+        seen: list[tuple[str, str, bool]] = []
+
+        def on_applied(outcome: TimeoutOutcome) -> None:
+            seen.append((outcome.approval.id, outcome.approval.state, outcome.escalated))
+            raise RuntimeError("a listener's own failure")
+
+        worker = DeadlineWorker(manager_factory=lambda: mgr, clock=clock, on_applied=on_applied)
+        plain = mgr.create(spec(timeout=MINUTE, timeout_action="approve"))
+        climbing = mgr.create(escalating(MINUTE, dt.timedelta(hours=1)))
+        clock.advance(minutes=1)
+        assert worker.run_due(mgr) == clock.now + dt.timedelta(hours=1)
+        assert sorted(seen) == sorted([(plain.id, "timeout", False), (climbing.id, "escalated", True)])
+        assert (worker.timed_out, worker.escalated) == (1, 1)
+
     def test_more_due_than_one_read_holds_are_all_applied(
         self, mgr: ApprovalManager, clock: Clock, monkeypatch: pytest.MonkeyPatch
     ) -> None:

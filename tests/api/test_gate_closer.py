@@ -637,9 +637,11 @@ class TestOnSqlite:
             closer.stop()
         assert end.calls == [(marker.id, "approved")]
 
-    def test_unended_task_gates_are_the_recent_unclaimed_closed_gates_of_tasks(
-        self, mgr: ApprovalManager, clock: Clock
-    ) -> None:
+
+class TestUnendedTaskGates:
+    """What a SQLite store's closer polls for (on either store)."""
+
+    def test_the_recent_unclaimed_closed_gates_of_tasks(self, mgr: ApprovalManager, clock: Clock) -> None:
         old = mgr.create(spec())
         mgr.approve(old.id, user=ALICE)
         clock.advance(minutes=5)

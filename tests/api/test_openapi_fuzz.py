@@ -61,6 +61,9 @@ def fuzz_api(airflow_api: AirflowApi, pg_url: str) -> Iterator[AirflowApi]:
     )
     for n in range(3):
         open_request(manager, run_id=f"fuzz__{n}")
+    # One decided, so the analytics answer times to decision and an approver, not only nulls.
+    decided = open_request(manager, run_id="fuzz__decided")
+    manager.reject(decided.id, user=Principal.of("fuzzer", ["op"]), reason="fuzzed")
     airflow_api.hitl_app.state.hitl_manager = manager
     # Without an evidence key the evidence routes rightly answer 503, which the fuzz counts as a failure.
     with pytest.MonkeyPatch.context() as patch:

@@ -51,12 +51,15 @@ import httpx
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.records import Approval
+from airflow_hitl.version_compat import HAS_AWAITING_INPUT
 
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_DAGS = REPO_ROOT / "dags"
 TEST_DAGS = Path(__file__).resolve().parent / "dags"
+#: The state a waiting gate's task instance is in: parked on Airflow 3.3+, deferred to its trigger before.
+GATE_WAITS = "awaiting_input" if HAS_AWAITING_INPUT else "deferred"
 
 #: user -> SimpleAuthManager role. ``admin``, ``op`` and ``viewer`` are relied on by the API tests.
 DEFAULT_USERS: dict[str, str] = {
@@ -884,14 +887,18 @@ class AirflowHarness:
         return describe
 
     def wait_in_triggerer(self, dag_id: str, run_id: str, task_id: str, *, timeout: float = 120.0) -> dict[str, Any]:
-        """Wait until the task instance is deferred and a triggerer has taken its trigger; return it.
+        """Wait until the gate's task instance waits without a worker; return it.
 
-        Until then each triggerer's assignment query (``SELECT ... FOR UPDATE`` over the trigger
-        and task instance tables) may hold the task instance's row for a moment.
+        Parked in ``awaiting_input`` (Airflow 3.3+: no trigger, nothing else holds its row), or
+        deferred with its trigger taken by a triggerer: until then each triggerer's assignment
+        query (``SELECT ... FOR UPDATE`` over the trigger and task instance tables) may hold the
+        task instance's row for a moment.
         """
 
         def taken() -> dict[str, Any] | None:
-            ti = self.wait_for_ti_state(dag_id, run_id, task_id, "deferred", timeout=timeout)
+            ti = self.wait_for_ti_state(dag_id, run_id, task_id, ("deferred", "awaiting_input"), timeout=timeout)
+            if ti["state"] == "awaiting_input":
+                return ti
             return ti if (ti["trigger"] or {}).get("triggerer_id") is not None else None
 
         return wait_until(taken, timeout=timeout, what=f"{dag_id}.{task_id}'s trigger to run in a triggerer")

@@ -71,6 +71,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, smtp: MailServer) -> Iterato
     # Email notices and links; no [hitl] user_emails: addresses come from the FAB user records.
     harness.env.update(
         {
+            # This suite keeps gates on their triggers (triggerer failover is one of its tests);
+            # gates parked in awaiting_input, the default on Airflow 3.3+, are test_parking_e2e.py's.
+            "AIRFLOW__HITL__PARK_GATES": "False",
             "AIRFLOW__HITL__BASE_URL": harness.base_url,
             "AIRFLOW__HITL__SIGNING_KEY": "distributed-e2e-signing-key",
             "AIRFLOW__HITL__NOTIFY_FROM_EMAIL": "airflow@example.com",

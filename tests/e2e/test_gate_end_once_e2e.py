@@ -3,7 +3,8 @@
 On the shared ``notifying_airflow`` stack (tests/e2e/conftest.py): one api-server whose gate
 closer ends decided gates, one triggerer whose triggers end them too, Airflow's metadata DB and
 the approval store on PostgreSQL. A burst of rejections lands on gates whose tasks have a retry
-left, each trigger already running: the closer and the triggers both go for every gate at once.
+left, each trigger already running: the closer and the triggers both go for every gate at once
+(on Airflow 3.3+ the gates are parked, with no trigger: the closer ends them all, still once each).
 Ending such a task writes a ``task_instance_history`` row and gives the task instance a new id,
 so two ends of one try collide in Airflow's DB (a deadlock, or a duplicate history key), and
 the triggerer, which submits its triggers' events outside any retry, exited on it.
@@ -113,16 +114,20 @@ class TestRejectionBurst:
         airflow.unpause(DAG_ID)
         run_ids = [airflow.trigger(DAG_ID, unpause=False) for _ in range(BURST)]
         try:
-            # Every gate deferred, its trigger taken by the triggerer: both parties are there.
+            # Every gate parked (Airflow 3.3+), or deferred with its trigger taken by the triggerer:
+            # every party that may end it is there.
             def all_in_triggerer() -> bool:
                 rows = gate_rows(metadata_db, run_ids)
-                return len(rows) == BURST and all(r["state"] == "deferred" and r["in_triggerer"] for r in rows.values())
+                return len(rows) == BURST and all(
+                    r["state"] == "awaiting_input" or (r["state"] == "deferred" and r["in_triggerer"])
+                    for r in rows.values()
+                )
 
             wait_until(
                 all_in_triggerer,
                 timeout=600,
                 interval=1.0,
-                what=f"{BURST} gates deferred with their triggers in the triggerer",
+                what=f"{BURST} gates parked, or deferred with their triggers in the triggerer",
                 on_timeout=airflow.dump_logs,
             )
             opened = time.monotonic()
@@ -149,7 +154,8 @@ class TestRejectionBurst:
             def all_ended() -> dict[str, dict[str, Any]] | None:
                 airflow._check_alive()  # a dead triggerer or api-server fails the test here, naming it
                 rows = gate_rows(metadata_db, run_ids)
-                return rows if all(row["state"] != "deferred" for row in rows.values()) else None
+                waiting = [row for row in rows.values() if row["state"] in ("deferred", "awaiting_input")]
+                return None if waiting else rows
 
             rows = wait_until(all_ended, timeout=300, interval=0.5, what="every rejected gate's task to end")
             ended = time.monotonic()

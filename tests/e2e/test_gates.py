@@ -1,7 +1,8 @@
 """Approval gates end to end on real Airflow processes (issue 2).
 
 Every test triggers a DAG run through Airflow's REST API as some user (the gate's
-requester), watches the gate defer in the triggerer, decides through
+requester), watches the gate wait without a worker (parked in ``awaiting_input`` on Airflow
+3.3+, deferred in the triggerer before), decides through
 :class:`~airflow_hitl.manager.ApprovalManager` on the same store, and checks what Airflow
 did with the run.
 """
@@ -17,8 +18,8 @@ import pytest
 from airflow_hitl.exceptions import NotAllowed
 from airflow_hitl.manager import ApprovalFilter
 from airflow_hitl.policy import Principal
-from airflow_hitl.version_compat import TRIGGER_ON_KILL
-from tests.e2e.harness import AirflowHarness, HarnessError
+from airflow_hitl.version_compat import HAS_AWAITING_INPUT, TRIGGER_ON_KILL
+from tests.e2e.harness import GATE_WAITS, AirflowHarness, HarnessError
 
 pytestmark = pytest.mark.e2e
 
@@ -29,13 +30,16 @@ ADMIN = Principal.of("admin", ["admin"])
 TRIGGER_CLASSPATH = "airflow_hitl.triggers.approval.ApprovalTrigger"
 
 
-def assert_waiting_in_triggerer(
+def assert_waiting_without_a_worker(
     airflow: AirflowHarness, dag_id: str, run_id: str, task_id: str, *, timeout: float = 120.0
 ) -> dict[str, Any]:
-    """The gate is deferred to our trigger, which a triggerer runs: no worker slot is held."""
+    """No worker slot is held: the gate is parked with no trigger (Airflow 3.3+), or deferred to our trigger."""
     ti = airflow.wait_in_triggerer(dag_id, run_id, task_id, timeout=timeout)
-    assert ti["state"] == "deferred"
-    assert ti["trigger"]["classpath"] == TRIGGER_CLASSPATH
+    assert ti["state"] == GATE_WAITS
+    if HAS_AWAITING_INPUT:
+        assert ti["trigger"] is None
+    else:
+        assert ti["trigger"]["classpath"] == TRIGGER_CLASSPATH
     return ti
 
 
@@ -45,7 +49,7 @@ class TestApprove:
         run_id = airflow.trigger(dag_id, user="op")
         assert airflow.dag_run(dag_id, run_id)["triggering_user_name"] == "op"
 
-        assert_waiting_in_triggerer(airflow, dag_id, run_id, "approve_release")
+        assert_waiting_without_a_worker(airflow, dag_id, run_id, "approve_release")
         approval = airflow.wait_for_approval(dag_id, run_id, "approve_release")
         assert approval.state == "pending"
         assert approval.requested_by == "op"
@@ -76,7 +80,7 @@ class TestReject:
     def test_rejection_fails_gate_and_run(self, airflow: AirflowHarness) -> None:
         dag_id = "hitl_model_release"
         run_id = airflow.trigger(dag_id, user="op")
-        assert_waiting_in_triggerer(airflow, dag_id, run_id, "approve_release")
+        assert_waiting_without_a_worker(airflow, dag_id, run_id, "approve_release")
         approval = airflow.wait_for_approval(dag_id, run_id, "approve_release", states=["pending"])
 
         decided = airflow.manager.reject(approval.id, user=ALICE, reason="recall dropped on the EU segment")
@@ -92,7 +96,7 @@ class TestReject:
     def test_rejection_with_on_reject_skip_skips_gate_and_downstream(self, airflow: AirflowHarness) -> None:
         dag_id = "e2e_skip"
         run_id = airflow.trigger(dag_id, user="op")
-        assert_waiting_in_triggerer(airflow, dag_id, run_id, "gate")
+        assert_waiting_without_a_worker(airflow, dag_id, run_id, "gate")
         approval = airflow.wait_for_approval(dag_id, run_id, "gate", states=["pending"])
 
         airflow.manager.reject(approval.id, user=ALICE, reason="not this week")
@@ -135,7 +139,7 @@ class TestEscalation:
     def test_escalates_then_the_escalation_approver_approves(self, airflow: AirflowHarness) -> None:
         dag_id, task_id = "hitl_escalation", "approve_hotfix"
         run_id = airflow.trigger(dag_id, user="op")
-        assert_waiting_in_triggerer(airflow, dag_id, run_id, task_id)
+        assert_waiting_without_a_worker(airflow, dag_id, run_id, task_id)
         first = airflow.wait_for_approval(dag_id, run_id, task_id)
         assert first.state == "pending"
         assert first.escalation_level == 0
@@ -152,8 +156,8 @@ class TestEscalation:
         assert escalated.expires_at - dt.datetime.now(dt.timezone.utc) > dt.timedelta(minutes=8)
         assert [e.event_type for e in airflow.manager.audit.events(first.id)][:2] == ["requested", "escalated"]
 
-        # The gate resumed on the escalation event and deferred again: same try, same request.
-        ti = airflow.wait_for_ti_state(dag_id, run_id, task_id, "deferred")
+        # Still waiting after the escalation: same try, same request.
+        ti = airflow.wait_for_ti_state(dag_id, run_id, task_id, GATE_WAITS)
         assert ti["try_number"] == 1
         decided = airflow.manager.approve(first.id, user=ADMIN, comment="approved after escalation")
         assert decided.state == "approved"
@@ -170,7 +174,7 @@ class TestQuorum:
     def test_two_of_three_first_approval_keeps_waiting_second_completes(self, airflow: AirflowHarness) -> None:
         dag_id, task_id = "hitl_quorum", "approve_load"
         run_id = airflow.trigger(dag_id, user="admin")
-        assert_waiting_in_triggerer(airflow, dag_id, run_id, task_id)
+        assert_waiting_without_a_worker(airflow, dag_id, run_id, task_id)
         approval = airflow.wait_for_approval(dag_id, run_id, task_id)
         assert approval.required_approvals == 2
         assert set(approval.allowed_approvers) == {"alice", "bob", "carol"}
@@ -178,9 +182,9 @@ class TestQuorum:
         after_one = airflow.manager.approve(approval.id, user=ALICE)
         assert after_one.state == "pending"
         assert [v.user for v in after_one.votes] == ["alice"]
-        # Several poll intervals later the gate is still waiting in the triggerer.
+        # Several poll intervals later the gate is still waiting.
         time.sleep(4 * airflow.poll_interval + 2)
-        assert_waiting_in_triggerer(airflow, dag_id, run_id, task_id)
+        assert_waiting_without_a_worker(airflow, dag_id, run_id, task_id)
         assert airflow.dag_run(dag_id, run_id)["state"] == "running"
         assert airflow.task_states(dag_id, run_id)["load"] in (None, "none")
 
@@ -197,7 +201,7 @@ class TestSelfApproval:
         dag_id = "e2e_gate"
         run_id = airflow.trigger(dag_id, user="alice")
         assert airflow.dag_run(dag_id, run_id)["triggering_user_name"] == "alice"
-        assert_waiting_in_triggerer(airflow, dag_id, run_id, "gate")
+        assert_waiting_without_a_worker(airflow, dag_id, run_id, "gate")
         approval = airflow.wait_for_approval(dag_id, run_id, "gate")
         assert approval.requested_by == "alice"
         assert approval.allow_self_approval is False
@@ -205,7 +209,7 @@ class TestSelfApproval:
         with pytest.raises(NotAllowed, match="triggered this run"):
             airflow.manager.approve(approval.id, user=ALICE)
         assert airflow.manager.queries.get(approval.id).state == "pending"
-        assert_waiting_in_triggerer(airflow, dag_id, run_id, "gate")
+        assert_waiting_without_a_worker(airflow, dag_id, run_id, "gate")
 
         airflow.manager.approve(approval.id, user=BOB)
         airflow.wait_for_run_state(dag_id, run_id, "success")
@@ -215,10 +219,10 @@ class TestSelfApproval:
 
 
 class TestClearWaitingGate:
-    def test_clearing_a_deferred_gate_cancels_its_request(self, airflow: AirflowHarness) -> None:
+    def test_clearing_a_waiting_gate_cancels_its_request(self, airflow: AirflowHarness) -> None:
         dag_id = "e2e_gate"
         run_id = airflow.trigger(dag_id, user="admin")
-        assert_waiting_in_triggerer(airflow, dag_id, run_id, "gate")
+        assert_waiting_without_a_worker(airflow, dag_id, run_id, "gate")
         first = airflow.wait_for_approval(dag_id, run_id, "gate", try_number=1, states=["pending"])
 
         airflow.clear_task(dag_id, run_id, "gate")
@@ -226,13 +230,14 @@ class TestClearWaitingGate:
         cancelled = airflow.wait_for_approval(dag_id, run_id, "gate", try_number=1, states=["cancelled"], timeout=90)
         assert cancelled.id == first.id
         assert cancelled.decision is None
-        # Whichever comes first cancels it: the triggerer's on_kill() (source "airflow") or the
-        # new try, whose request supersedes the old one (source "system"). Both race on purpose.
+        # Whichever comes first cancels it: the triggerer's on_kill() or, for a parked gate, the
+        # api-server's pass over parked gates (source "airflow"), or the new try, whose request
+        # supersedes the old one (source "system"). They race on purpose.
         assert cancelled.decision_source in ("airflow", "system"), cancelled.comment
         second = airflow.wait_for_approval(dag_id, run_id, "gate", try_number=2, timeout=120)
         assert second.id != first.id
         assert second.state == "pending"
-        ti = airflow.wait_for_ti_state(dag_id, run_id, "gate", "deferred")
+        ti = airflow.wait_for_ti_state(dag_id, run_id, "gate", GATE_WAITS)
         assert ti["try_number"] == 2
         waiting, _ = airflow.manager.queries.pending(ApprovalFilter(dag_id=dag_id, run_id=run_id))
         assert [a.id for a in waiting] == [second.id]  # no orphan pending request
@@ -244,11 +249,12 @@ class TestClearWaitingGate:
 
 class TestMarkWaitingGate:
     @pytest.mark.parametrize("new_state", ["failed", "success"])
-    def test_marking_a_deferred_gate_cancels_its_request(self, airflow: AirflowHarness, new_state: str) -> None:
-        # No new try follows a mark, so only the trigger's on_kill() can cancel the request here.
+    def test_marking_a_waiting_gate_cancels_its_request(self, airflow: AirflowHarness, new_state: str) -> None:
+        # No new try follows a mark, so only the trigger's on_kill() (or, for a parked gate, the
+        # api-server's pass over parked gates, every 30 s) can cancel the request here.
         dag_id = "e2e_gate"
         run_id = airflow.trigger(dag_id, user="admin")
-        assert_waiting_in_triggerer(airflow, dag_id, run_id, "gate")
+        assert_waiting_without_a_worker(airflow, dag_id, run_id, "gate")
         request = airflow.wait_for_approval(dag_id, run_id, "gate", try_number=1, states=["pending"])
 
         airflow.api(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import AirflowHarness, wait_until
+from tests.e2e.harness import GATE_WAITS, AirflowHarness, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +51,7 @@ class TestImpostor:
         run_a = airflow.trigger(DAG_ID, user="admin")
         run_b = airflow.trigger(DAG_ID, user="admin", unpause=False)
         gate_a, gate_b = real_gate(airflow, run_a), real_gate(airflow, run_b)
-        airflow.wait_for_ti_state(DAG_ID, run_a, TASK_ID, "deferred")
+        airflow.wait_for_ti_state(DAG_ID, run_a, TASK_ID, GATE_WAITS)
         assert gate_a["origin"] == "task"
 
         impostor = airflow.api(
@@ -75,7 +75,7 @@ class TestImpostor:
         # polled since the impostor was approved. Gate A must still be waiting.
         airflow.api("POST", f"{API}/{gate_b['id']}/approve", user="alice", json_body={})
         airflow.wait_for_run_state(DAG_ID, run_b, "success")
-        assert airflow.task_instance(DAG_ID, run_a, TASK_ID)["state"] == "deferred"
+        assert airflow.task_instance(DAG_ID, run_a, TASK_ID)["state"] == GATE_WAITS
         assert airflow.api("GET", f"{API}/{gate_a['id']}", user="viewer").json()["state"] == "pending"
 
         decided = airflow.api("POST", f"{API}/{gate_a['id']}/approve", user="bob", json_body={"comment": "real"}).json()

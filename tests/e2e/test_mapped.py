@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from airflow_hitl.policy import Principal
-from tests.e2e.harness import AirflowHarness, wait_until
+from tests.e2e.harness import GATE_WAITS, AirflowHarness, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -69,7 +69,7 @@ class TestMappedGate:
         waiting = _waiting_by_index(airflow, run_id, 3)
         for index in range(3):
             wait_until(
-                lambda index=index: _ti_state(airflow, run_id, index) == "deferred",
+                lambda index=index: _ti_state(airflow, run_id, index) == GATE_WAITS,
                 timeout=180,
                 what=f"index {index} to wait in the triggerer",
             )

@@ -13,7 +13,7 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
-from tests.e2e.harness import AirflowHarness, wait_until
+from tests.e2e.harness import GATE_WAITS, AirflowHarness, wait_until
 from tests.e2e.mail import MailServer
 
 pytestmark = pytest.mark.e2e
@@ -26,7 +26,7 @@ class TestEmailLinkApproval:
         airflow = notifying_airflow
         run_id = airflow.trigger(DAG_ID, user="admin")
         approval = airflow.wait_for_approval(DAG_ID, run_id, "gate", states=["pending"])
-        airflow.wait_for_ti_state(DAG_ID, run_id, "gate", "deferred")
+        airflow.wait_for_ti_state(DAG_ID, run_id, "gate", GATE_WAITS)
 
         # The stack is shared: this run's message is the one naming its run.
         message = wait_until(

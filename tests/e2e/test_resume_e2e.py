@@ -5,9 +5,10 @@ triggerer and dag-processor with LocalExecutor, Airflow's metadata DB and the ap
 PostgreSQL, and a real SMTP server (aiosmtpd) in this process that a test can stop and start.
 
 ``TestAirflowContract`` is the guard on what the fix relies on in Airflow: a gate task goes
-deferred -> success (in the triggerer, or from the api-server's gate closer) without being
-queued again and without a second worker try, with the decision pushed as XCom. If a future
-Airflow resumes such tasks on a worker again (or drops the XCom), it fails.
+from waiting (parked in ``awaiting_input`` on Airflow 3.3+, deferred before) -> success (from
+the api-server's gate closer, or in the triggerer) without being queued again and without a
+second worker try, with the decision pushed as XCom. If a future Airflow resumes such tasks on
+a worker again (or drops the XCom), it fails.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import httpx
 import pytest
 
 from airflow_hitl.policy import Principal
-from tests.e2e.harness import AirflowHarness, HarnessError, wait_until
+from tests.e2e.harness import GATE_WAITS, AirflowHarness, HarnessError, wait_until
 from tests.e2e.links import find_links, submit_link
 from tests.e2e.mail import MailServer
 
@@ -166,7 +167,7 @@ class TestAirflowContract:
         dag_id = "e2e_resume_gate"
         run_id = airflow.trigger(dag_id)
         approval = airflow.wait_for_approval(dag_id, run_id, "gate", states=["pending"])
-        airflow.wait_for_ti_state(dag_id, run_id, "gate", "deferred")
+        airflow.wait_for_ti_state(dag_id, run_id, "gate", GATE_WAITS)
         airflow.manager.approve(approval.id, user=ALICE, comment="contract")
         airflow.wait_for_run_state(dag_id, run_id, "success")
         ti = gate_ti(airflow, dag_id, run_id)
@@ -277,8 +278,8 @@ class TestOutcomes:
         approval = airflow.wait_for_approval(dag_id, run_id, "gate")
         escalated = airflow.wait_for_approval(dag_id, run_id, "gate", states=["escalated"], timeout=120)
         assert escalated.escalation_level == 1
-        # The gate keeps waiting in the triggerer (no worker round trip) for the new approver.
-        assert gate_ti(airflow, dag_id, run_id)["state"] == "deferred"
+        # The gate keeps waiting (no worker round trip) for the new approver.
+        assert gate_ti(airflow, dag_id, run_id)["state"] == GATE_WAITS
         wait_until(
             lambda: airflow.manager.notices.list_notifications(
                 request_id=approval.id, event_type="escalated", status="sent"

@@ -34,7 +34,7 @@ import rfc8785
 
 from airflow_hitl.spec import ApprovalFilter
 from tests.e2e.conftest import AUDIT_KEY
-from tests.e2e.harness import AirflowHarness, wait_until
+from tests.e2e.harness import GATE_WAITS, AirflowHarness, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -109,7 +109,7 @@ class TestDecidedAsSeen:
         dag_id = "e2e_gate"
         run_id = airflow.trigger(dag_id, user="admin")
         item = pending_item(airflow, dag_id, run_id, user="alice")
-        airflow.wait_for_ti_state(dag_id, run_id, "gate", "deferred")
+        airflow.wait_for_ti_state(dag_id, run_id, "gate", GATE_WAITS)
         shown = {name: item[name] for name in SHOWN}
         # Anyone holding the item recomputes its digest with any RFC 8785 library.
         assert digest_of(shown) == item["content_digest"]

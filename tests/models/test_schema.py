@@ -170,11 +170,11 @@ class TestUpgrade:
         assert manager.queries.get(waiting[0]).state == "approved"
         assert manager.audit.verify_audit_chain().ok
 
-    def test_downgrade_to_0001_drops_only_the_new_index(self, own_store: ApprovalStore) -> None:
+    def test_downgrade_to_0001_drops_only_the_new_indexes(self, own_store: ApprovalStore) -> None:
         migrate(own_store)
         before = _indexes(own_store)
         command.downgrade(alembic_config(own_store), "0001")
-        assert _indexes(own_store) == before - {"ix_approval_requests_waiting"}
+        assert _indexes(own_store) == before - {"ix_approval_requests_waiting", "ix_approval_requests_analytics"}
 
 
 def _old_vote(store: ApprovalStore, request_id: str, user: str) -> None:

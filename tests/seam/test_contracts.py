@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import datetime as dt
 import inspect
 import json
 import re
@@ -590,3 +591,273 @@ def test_dag_being_defined_names_the_open_dag() -> None:
         assert dags.dag_being_defined() == "seam_outer"
         assert dags.dag_being_defined(inner) == "seam_inner"  # an explicit dag= wins
     assert dags.dag_being_defined() is None
+
+
+# ------------------------------------------------------------------------------ parking (Airflow 3.3+)
+
+
+def _parked_row(key: task_instances.TaskKey) -> dict[str, Any]:
+    """The columns of ``key``'s task instance that parking reads and writes."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    ti = TaskInstance
+    with create_session() as session:
+        row = session.execute(
+            select(
+                ti.id, ti.state, ti.try_number, ti.trigger_id, ti.trigger_timeout, ti.next_method, ti.next_kwargs
+            ).where(ti.run_id == key.run_id)
+        ).one()
+    found = dict(row._mapping)
+    found["state"] = None if row.state is None else str(getattr(row.state, "value", row.state))
+    return found
+
+
+def _trigger_rows() -> int:
+    from airflow.models.trigger import Trigger
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    with create_session() as session:
+        return int(session.scalar(select(func.count()).select_from(Trigger)) or 0)
+
+
+@pytest.fixture
+def parked_task_instance(
+    task_instance: Callable[..., task_instances.TaskKey],
+) -> Callable[..., task_instances.TaskKey]:
+    """Write a task instance parked in ``awaiting_input`` as Airflow's Execution API leaves one."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    def write(
+        *, request_id: str | None, deadline: dt.datetime | None, method_name: str = "execute_complete"
+    ) -> task_instances.TaskKey:
+        key = task_instance(state="running")
+        kwargs = {} if request_id is None else {"request_id": request_id, "follow": None}
+        with create_session() as session:
+            session.execute(
+                update(TaskInstance)
+                .where(TaskInstance.run_id == key.run_id)
+                .values(
+                    state=task_instances.AWAITING_INPUT,
+                    trigger_id=None,
+                    next_method=method_name,
+                    next_kwargs=kwargs,
+                    trigger_timeout=deadline,
+                )
+            )
+        return key
+
+    return write
+
+
+def test_a_task_parks_in_awaiting_input_without_a_trigger(
+    task_instance: Callable[..., task_instances.TaskKey], dag_row: str
+) -> None:
+    from airflow_hitl.seam import parking
+    from airflow_hitl.version_compat import HAS_AWAITING_INPUT
+
+    assert HAS_AWAITING_INPUT == SINCE_3_3
+    if not SINCE_3_3:
+        # No such state before 3.3: the gate defers to its trigger, and the Task SDK has no exception for it.
+        assert parking.can_park() is False
+        import airflow.sdk.exceptions
+
+        assert not hasattr(airflow.sdk.exceptions, "TaskAwaitingInput")
+        return
+    from airflow.sdk import TaskInstanceState
+    from airflow.sdk.exceptions import TaskAwaitingInput
+    from airflow.sdk.execution_time.supervisor import InProcessTestSupervisor
+    from airflow.sdk.execution_time.task_runner import _await_input_task
+
+    assert TaskInstanceState.AWAITING_INPUT.value == task_instances.AWAITING_INPUT
+    assert parking.can_park() is True, "a process with no in-process runner (a worker's task) parks"
+    key = task_instance(state="running")
+    follow = {"approve": ["deploy"], "reject": []}
+    with pytest.raises(TaskAwaitingInput) as raised:
+        parking.park(
+            method_name="execute_complete",
+            kwargs={"request_id": "seam-park", "follow": follow},
+            timeout=dt.timedelta(minutes=5),
+        )
+    assert not issubclass(TaskAwaitingInput, Exception), "an operator's `except Exception` cannot swallow it"
+    # What the task runner makes of it, sent to the Execution API as a worker's supervisor sends it.
+    ti = _parked_row(key)
+    runtime_ti = type("RuntimeTI", (), {"dag_id": key.dag_id, "task_id": key.task_id, "run_id": key.run_id})()
+    message, state = _await_input_task(raised.value, runtime_ti, _quiet_log())  # type: ignore[arg-type]
+    assert state == TaskInstanceState.AWAITING_INPUT
+    triggers = _trigger_rows()
+    before = utcnow()
+    InProcessTestSupervisor._api_client().task_instances.await_input(ti["id"], message)
+    row = _parked_row(key)
+    assert (row["state"], row["trigger_id"], row["next_method"]) == ("awaiting_input", None, "execute_complete")
+    assert row["next_kwargs"] == {"request_id": "seam-park", "follow": follow}, "stored as given"
+    assert before + dt.timedelta(minutes=4) < row["trigger_timeout"] < utcnow() + dt.timedelta(minutes=6)
+    assert _trigger_rows() == triggers, "no trigger row: no triggerer slot"
+    # What the api-server reads of it: the light look of every parked gate, and the locked row.
+    [parked] = [p for p in task_instances.parked_tasks(method_name="execute_complete") if p.key == key]
+    assert parked == task_instances.ParkedTask(
+        key=key, try_number=1, request_id="seam-park", backstop=row["trigger_timeout"]
+    )
+    with task_instances.hold_task_instance(key) as held:
+        assert isinstance(held, task_instances.HeldTaskInstance)
+        assert held.state == "awaiting_input" and held.trigger() is None
+        assert held.parked() == task_instances.ParkedRequest(
+            method_name="execute_complete", request_id="seam-park", follow=follow
+        )
+
+
+@pytest.fixture
+def dag_row(airflow_api: object) -> Iterator[str]:
+    """A ``dag`` row for ``seam_dag``, as the dag processor writes one (the Execution API joins it)."""
+    from airflow.models.dag import DagModel
+    from airflow.models.dagbundle import DagBundleModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete
+
+    bundle = f"seam_bundle_{uuid.uuid4().hex[:8]}"
+    with create_session() as session:
+        session.add(DagBundleModel(name=bundle))
+        session.flush()
+        session.add(
+            DagModel(
+                dag_id="seam_dag",
+                bundle_name=bundle,
+                max_active_tasks=1,
+                max_consecutive_failed_dag_runs=0,
+                has_task_concurrency_limits=False,
+            )
+        )
+    yield "seam_dag"
+    with create_session() as session:
+        session.execute(delete(DagModel.__table__).where(DagModel.__table__.c.dag_id == "seam_dag"))
+        session.execute(delete(DagBundleModel.__table__).where(DagBundleModel.__table__.c.name == bundle))
+
+
+def _quiet_log() -> Any:
+    import structlog
+
+    return structlog.get_logger("seam-contract")
+
+
+def test_the_in_process_runner_of_dags_test_never_parks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_hitl.seam import parking
+
+    if not SINCE_3_3:
+        assert parking.can_park() is False
+        return
+    from airflow.sdk.execution_time import supervisor, task_runner
+
+    # dag.test() runs each task through InProcessTestSupervisor, whose comms stand in for the
+    # worker's socket (airflow.sdk.definitions.dag: it runs a trigger inline, never resumes a parked task).
+    comms = object.__new__(supervisor.InProcessSupervisorComms)
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
+    assert parking.can_park() is False
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", object(), raising=False)
+    assert parking.can_park() is True
+
+
+def test_handle_event_submit_ends_a_parked_task(
+    parked_task_instance: Callable[..., task_instances.TaskKey],
+) -> None:
+    # Skipped: Airflow ends it without a callback to a DAG file this metadata DB lacks (as above).
+    from airflow.triggers.base import TaskSkippedEvent
+
+    if not SINCE_3_3:
+        return  # nothing parks before 3.3 (test_a_task_parks_in_awaiting_input_without_a_trigger)
+    key = parked_task_instance(request_id="seam-end", deadline=utcnow() + dt.timedelta(hours=1))
+    with task_instances.hold_task_instance(key) as held:
+        assert isinstance(held, task_instances.HeldTaskInstance)
+        assert held.parked() == task_instances.ParkedRequest(
+            method_name="execute_complete", request_id="seam-end", follow=None
+        )
+        assert held.still_deferred_on(None), "parked: still waiting"
+        held.submit_event(TaskSkippedEvent())
+        held.commit()
+        assert not held.still_deferred_on(None)
+    row = _parked_row(key)
+    assert (row["state"], row["trigger_id"], row["try_number"]) == ("skipped", None, 1), "ended in place"
+    assert not [p for p in task_instances.parked_tasks(method_name="execute_complete") if p.key == key]
+
+
+def test_the_sweep_resumes_a_parked_task_past_its_deadline_with_a_timeout_event(
+    parked_task_instance: Callable[..., task_instances.TaskKey],
+) -> None:
+    # Airflow's scheduler: check_awaiting_input_timeouts, every [scheduler] trigger_timeout_check_interval.
+    import logging
+    from types import SimpleNamespace
+
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+
+    from airflow_hitl.seam import parking
+
+    if not SINCE_3_3:
+        assert not hasattr(SchedulerJobRunner, "check_awaiting_input_timeouts")
+        return
+    due = parked_task_instance(request_id="seam-due", deadline=utcnow() - dt.timedelta(seconds=1))
+    ahead = parked_task_instance(request_id="seam-ahead", deadline=utcnow() + dt.timedelta(hours=1))
+    never = parked_task_instance(request_id="seam-never", deadline=None)
+    SchedulerJobRunner.check_awaiting_input_timeouts(SimpleNamespace(log=logging.getLogger("seam.sweep")))  # type: ignore[arg-type]
+    resumed = _parked_row(due)
+    # No hitl_detail row (ours never has one): not failed, but resumed on a worker, same try,
+    # with what it parked with and the sweep's timeout event.
+    assert (resumed["state"], resumed["try_number"], resumed["next_method"]) == ("scheduled", 1, "execute_complete")
+    kwargs = dict(resumed["next_kwargs"])
+    event = kwargs.pop("event")
+    assert kwargs == {"request_id": "seam-due", "follow": None}
+    assert parking.is_timeout_event(event), event
+    for waiting in (ahead, never):
+        assert _parked_row(waiting)["state"] == "awaiting_input"
+
+
+def test_trigger_timeout_is_the_parked_deadline(
+    parked_task_instance: Callable[..., task_instances.TaskKey],
+    task_instance: Callable[..., task_instances.TaskKey],
+) -> None:
+    import logging
+    from types import SimpleNamespace
+
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+    from airflow.models.taskinstance import TaskInstance
+
+    from airflow_hitl.seam import parking
+
+    assert "trigger_timeout" in TaskInstance.__table__.c
+    assert parking.backstop_deadline(None) is None
+    expires = utcnow()
+    assert parking.backstop_deadline(expires) == expires + parking.BACKSTOP_GRACE
+    assert parking.backstop_timeout(expires - dt.timedelta(hours=1), now=expires) == parking.BACKSTOP_GRACE
+    if not SINCE_3_3:
+        return
+    key = parked_task_instance(request_id="seam-move", deadline=utcnow() + dt.timedelta(hours=1))
+    running = task_instance(state="running")
+    earlier = utcnow() - dt.timedelta(seconds=1)
+    moves = [
+        task_instances.BackstopMove(key=key, try_number=2, deadline=earlier),  # another try: left alone
+        task_instances.BackstopMove(key=running, try_number=1, deadline=earlier),  # not parked: left alone
+    ]
+    assert task_instances.move_backstops(moves) == 0
+    assert _parked_row(running)["trigger_timeout"] is None
+    assert task_instances.move_backstops([task_instances.BackstopMove(key=key, try_number=1, deadline=earlier)]) == 1
+    [parked] = [p for p in task_instances.parked_tasks(method_name="execute_complete") if p.key == key]
+    assert parked.backstop == earlier
+    # The sweep acts on the moved deadline: the column is the one it reads.
+    SchedulerJobRunner.check_awaiting_input_timeouts(SimpleNamespace(log=logging.getLogger("seam.sweep")))  # type: ignore[arg-type]
+    assert _parked_row(key)["state"] == "scheduled"
+
+
+def test_tasks_parked_by_others_are_not_ours(parked_task_instance: Callable[..., task_instances.TaskKey]) -> None:
+    if not SINCE_3_3:
+        return
+    # Airflow's own HITL operators park in execute_complete too, with no arguments of ours.
+    native = parked_task_instance(request_id=None, deadline=None)
+    other_method = parked_task_instance(request_id="seam-other", deadline=None, method_name="resume_here")
+    found = {p.key for p in task_instances.parked_tasks(method_name="execute_complete")}
+    assert native not in found and other_method not in found
+    with task_instances.hold_task_instance(native) as held:
+        assert isinstance(held, task_instances.HeldTaskInstance)
+        parked = held.parked()
+        assert parked is not None and parked.request_id is None

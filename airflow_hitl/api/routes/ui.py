@@ -1,7 +1,8 @@
-"""``/ui``: the Approvals pages embedded in the Airflow UI (inbox, history, delegations, standing, task view).
+"""``/ui``: the Approvals pages in the Airflow UI (inbox, history, delegations, standing, analytics, task view).
 
 The pages are server-rendered shells (Jinja2, autoescaped) plus one local script and one
-stylesheet; the script reads and decides through the REST API under ``/api/v1`` with the
+stylesheet (the analytics page also loads the charting library kept in the package, see
+:data:`CHART_SCRIPT`); the script reads and decides through the REST API under ``/api/v1`` with the
 Airflow UI's ``_token`` cookie, so nobody logs in twice. A page request without a valid
 cookie is redirected to Airflow's own login, which sends the user back here afterwards.
 
@@ -21,8 +22,10 @@ is another site.
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import Iterator
 from functools import lru_cache
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -45,6 +48,9 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 #: Mount point of our app inside the api-server (``HitlPlugin`` mounts it at ``/hitl``).
 _STATIC_PACKAGE = "airflow_hitl.ui"
 _STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".png": "image/png"}
+#: The analytics page's charts: Chart.js's UMD build from the npm registry, kept in the package
+#: with its licence (``static/vendor/chart.js-<version>/``), never fetched from the internet.
+CHART_SCRIPT = "vendor/chart.js-4.6.2/chart.umd.min.js"
 
 # 'self' for scripts, styles and fetches; no inline script at all; framing only by the
 # Airflow UI on the same origin (the external view's iframe).
@@ -175,6 +181,12 @@ async def standing_page(request: Request) -> Response:
     )
 
 
+@router.get("/analytics", response_class=HTMLResponse)
+async def analytics_page(request: Request) -> Response:
+    """Analytics: time to decision, daily volume, the gates' and approvers' tables, SLA breaches, the oldest waiting."""
+    return await _page(request, "analytics.html", page="analytics", chart_script=CHART_SCRIPT)
+
+
 @router.get("/task", response_class=HTMLResponse)
 async def task_view(
     request: Request,
@@ -192,11 +204,21 @@ async def task_view(
     )
 
 
+def _listed(folder: Traversable, prefix: str = "") -> Iterator[str]:
+    """The files under ``folder`` as ``/``-separated paths (hidden files and folders left out)."""
+    for node in folder.iterdir():
+        if node.name.startswith("."):
+            continue
+        if node.is_file():
+            yield prefix + node.name
+        elif node.is_dir():
+            yield from _listed(node, f"{prefix}{node.name}/")
+
+
 @lru_cache(maxsize=1)
 def _static_names() -> frozenset[str]:
-    """The files the package ships in its static folder, listed once."""
-    folder = resources.files(_STATIC_PACKAGE).joinpath("static")
-    return frozenset(node.name for node in folder.iterdir() if node.is_file() and not node.name.startswith("."))
+    """The files the package ships in its static folder (and its ``vendor/`` subfolders), listed once."""
+    return frozenset(_listed(resources.files(_STATIC_PACKAGE).joinpath("static")))
 
 
 def _static_file(name: str) -> bytes | None:
@@ -204,10 +226,13 @@ def _static_file(name: str) -> bytes | None:
     # traversal, or a name too long for the filesystem (an OSError: it was a 500), is a 404.
     if name not in _static_names():
         return None
-    return resources.files(_STATIC_PACKAGE).joinpath("static").joinpath(name).read_bytes()
+    node = resources.files(_STATIC_PACKAGE).joinpath("static")
+    for part in name.split("/"):
+        node = node.joinpath(part)
+    return node.read_bytes()
 
 
-@router.get("/static/{name}")
+@router.get("/static/{name:path}")
 async def static(name: str) -> Response:
     """The pages' script, stylesheet and icon, shipped as package data (no CDN: offline machines)."""
     data = _static_file(name)

@@ -1,7 +1,10 @@
 /*
- * airflow-hitl Approvals pages: inbox with decision modal and bulk actions, history, task view.
+ * airflow-hitl Approvals pages: inbox with decision modal and bulk actions, history, delegations,
+ * standing approvals, analytics, task view.
  *
- * Plain browser JavaScript, no build step and no third-party code (the machines are offline).
+ * Plain browser JavaScript, no build step and no third-party code (the machines are offline); the
+ * analytics page's charts are drawn by Chart.js, kept in the package (static/vendor/) and loaded
+ * by that page alone.
  * Every value that comes from the API is written with textContent or as an attribute value
  * set through the DOM, never parsed as HTML: titles, descriptions, context and comments are
  * user-supplied. Reads use the REST API; decisions use the pages' own endpoints under
@@ -246,6 +249,16 @@
     let at = wall - zoneOffset(zone, wall);
     at = wall - zoneOffset(zone, at);
     return new Date(at).toISOString();
+  }
+
+  /**
+   * The first (or, ``endOfDay``, the last) instant of a filter's day ("2026-03-02"), as an ISO
+   * instant: a day of the filters starts and ends in Airflow's timezone, like every time the pages show.
+   */
+  function dayBound(value, endOfDay) {
+    if (!value) return null;
+    const [y, m, d] = value.split("-").map(Number);
+    return endOfDay ? zonedInstant(y, m, d, 23, 59, 59, 999) : zonedInstant(y, m, d, 0, 0, 0, 0);
   }
 
   /** Risk colour: metadata.risk when the DAG author gave one, else from the time left. */
@@ -1290,20 +1303,13 @@
     const fields = { state: "h-state", decided_by: "h-approver", dag_id: "h-dag", since: "h-since", until: "h-until" };
     for (const [name, id] of Object.entries(fields)) if (params.get(name)) $(id).value = params.get(name);
 
-    // A day of the filters starts and ends in Airflow's timezone, like every time the pages show.
-    function dayStart(value, endOfDay) {
-      if (!value) return null;
-      const [y, m, d] = value.split("-").map(Number);
-      return endOfDay ? zonedInstant(y, m, d, 23, 59, 59, 999) : zonedInstant(y, m, d, 0, 0, 0, 0);
-    }
-
     function filters() {
       return {
         state: $("h-state").value,
         decided_by: $("h-approver").value.trim(),
         dag_id: $("h-dag").value.trim(),
-        since: dayStart($("h-since").value, false),
-        until: dayStart($("h-until").value, true),
+        since: dayBound($("h-since").value, false),
+        until: dayBound($("h-until").value, true),
       };
     }
 
@@ -1661,6 +1667,271 @@
     refresh();
   }
 
+  /* ------------------------------------------------------------------ analytics */
+
+  /** Seconds from the analytics report as the pages write a wait ("2m 5s"); "—" for none. */
+  function waited(value) {
+    return value === null || value === undefined ? "—" : duration(value * 1000);
+  }
+
+  /** A step for a time axis up to ``max`` seconds: a round duration, about five ticks. */
+  function timeStep(max) {
+    const steps = [1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800];
+    return steps.find((step) => max / step <= 6) || Math.ceil(max / 6 / 604800) * 604800;
+  }
+
+  /** A gate's name: its DAG and task (a request opened over the API may have no task). */
+  function gateName(gate) {
+    return gate.dag_id + " · " + (gate.task_id || "no task");
+  }
+
+  function analyticsPage() {
+    // The chart of time to decision shows this many gates (the slowest); the table lists all.
+    const CHARTED_GATES = 15;
+    const REFRESH_MS = 60000;
+    const params = new URLSearchParams(window.location.search);
+    const fields = { dag_id: "a-dag", task_id: "a-task", since: "a-since", until: "a-until" };
+    for (const [name, id] of Object.entries(fields)) if (params.get(name)) $(id).value = params.get(name);
+    const charts = {};
+    const knownDags = new Set();
+    let report = null;
+
+    function filters() {
+      return {
+        dag_id: $("a-dag").value.trim(),
+        task_id: $("a-task").value.trim(),
+        since: dayBound($("a-since").value, false),
+        until: dayBound($("a-until").value, true),
+      };
+    }
+
+    /** The page's colours now (Airflow's, when the page is inside its UI): the charts are drawn in them. */
+    function palette() {
+      const css = getComputedStyle(document.documentElement);
+      const v = (name) => css.getPropertyValue(name).trim();
+      return { text: v("--text"), muted: v("--muted"), line: v("--line"), ok: v("--ok"), warn: v("--warn"), accent: v("--accent"), font: getComputedStyle(body).fontFamily };
+    }
+
+    function chartOptions(p, options) {
+      return Object.assign(
+        {
+          responsive: true,
+          maintainAspectRatio: false,
+          animation: false,
+          plugins: { legend: { position: "bottom", labels: { color: p.text, boxWidth: 12 } } },
+        },
+        options
+      );
+    }
+
+    function timeToDecision(p, gates) {
+      const decided = gates
+        .filter((g) => g.time_to_decision_p50_s !== null)
+        .sort((a, b) => b.time_to_decision_p90_s - a.time_to_decision_p90_s);
+      const charted = decided.slice(0, CHARTED_GATES);
+      show($("c-ttd-area"), charted.length > 0);
+      show($("c-ttd-empty"), charted.length === 0);
+      show($("c-ttd-note"), decided.length > charted.length);
+      setText("c-ttd-note", "The " + charted.length + " slowest of " + decided.length + " gates (by the 90th percentile); the table lists all.");
+      if (!charted.length) return null;
+      // One bar pair per gate: the area grows with them rather than squeezing them.
+      $("c-ttd-area").style.height = Math.max(170, 70 + charted.length * 38) + "px";
+      const label = (ctx) => ctx.dataset.label + ": " + waited(ctx.parsed.x);
+      const slowest = Math.max(...charted.map((g) => g.time_to_decision_p90_s));
+      return {
+        type: "bar",
+        data: {
+          labels: charted.map(gateName),
+          datasets: [
+            { label: "Median", data: charted.map((g) => g.time_to_decision_p50_s), backgroundColor: p.accent },
+            { label: "90th percentile", data: charted.map((g) => g.time_to_decision_p90_s), backgroundColor: p.warn },
+          ],
+        },
+        options: chartOptions(p, {
+          indexAxis: "y",
+          scales: {
+            // Round steps, written without their zero part: "30m", "1h", "1h 30m".
+            x: { beginAtZero: true, ticks: { color: p.muted, callback: (value) => waited(value).replace(/ 0[smh]$/, ""), stepSize: timeStep(slowest) }, grid: { color: p.line } },
+            y: {
+              ticks: {
+                color: p.text,
+                autoSkip: false,
+                // A long name is cut on the axis (shorter on a phone); the tooltip and the table keep it whole.
+                callback(value) {
+                  const name = this.getLabelForValue(value);
+                  const room = this.chart.width < 480 ? 22 : 32;
+                  return name.length > room ? name.slice(0, room - 1) + "…" : name;
+                },
+              },
+              grid: { display: false },
+            },
+          },
+          plugins: {
+            legend: { position: "bottom", labels: { color: p.text, boxWidth: 12 } },
+            tooltip: { callbacks: { label } },
+          },
+        }),
+      };
+    }
+
+    function dailyVolume(p, days) {
+      show($("c-daily-area"), days.length > 0);
+      show($("c-daily-empty"), days.length === 0);
+      if (!days.length) return null;
+      return {
+        type: "bar",
+        data: {
+          labels: days.map((d) => d.date),
+          datasets: [
+            { label: "Decided", data: days.map((d) => d.decided), backgroundColor: p.ok },
+            { label: "Timed out", data: days.map((d) => d.timed_out), backgroundColor: p.warn },
+            { label: "Waiting or cancelled", data: days.map((d) => d.requests - d.decided - d.timed_out), backgroundColor: p.muted },
+          ],
+        },
+        options: chartOptions(p, {
+          scales: {
+            x: { stacked: true, ticks: { color: p.muted, maxRotation: 0, autoSkip: true }, grid: { display: false } },
+            y: { stacked: true, beginAtZero: true, ticks: { color: p.muted, precision: 0 }, grid: { color: p.line } },
+          },
+        }),
+      };
+    }
+
+    function drawCharts() {
+      const Chart = window.Chart;
+      if (!Chart) {
+        setText("a-error", "The charts could not be drawn: the charting library did not load.");
+        show($("a-error"), true);
+        return;
+      }
+      const p = palette();
+      Chart.defaults.color = p.muted;
+      Chart.defaults.borderColor = p.line;
+      Chart.defaults.font.family = p.font;
+      const configs = { ttd: timeToDecision(p, report.gates), daily: dailyVolume(p, report.daily) };
+      for (const [name, config] of Object.entries(configs)) {
+        if (charts[name]) charts[name].destroy();
+        charts[name] = config ? new Chart($("chart-" + name), config) : null;
+      }
+    }
+
+    function cell(label, value, className) {
+      return el("td", { dataset: { label }, className }, value === null || value === undefined ? "—" : value);
+    }
+
+    function gateRow(g) {
+      return el(
+        "tr",
+        { className: "gate-row", dataset: { dag: g.dag_id, task: g.task_id || "" } },
+        cell("Gate", el("span", { className: "g-name", text: gateName(g) }), "name"),
+        cell("Requests", g.requests, "num g-requests"),
+        cell("Approved", g.approved, "num g-approved"),
+        cell("Rejected", g.rejected, "num g-rejected"),
+        cell("Timed out", g.timed_out, "num g-timed-out"),
+        cell("Cancelled", g.cancelled, "num g-cancelled"),
+        cell("Escalated", g.escalated, "num g-escalated"),
+        cell("Median", waited(g.time_to_decision_p50_s), "num g-p50"),
+        cell("90th pct.", waited(g.time_to_decision_p90_s), "num g-p90"),
+        cell("Waiting", g.pending_now, "num g-pending"),
+        cell("Oldest waiting", waited(g.oldest_pending_s), "num g-oldest"),
+        cell("SLA breaches", g.sla_breaches, "num g-sla" + (g.sla_breaches ? " breached" : ""))
+      );
+    }
+
+    function approverRow(a) {
+      return el(
+        "tr",
+        { className: "approver-row", dataset: { user: a.user } },
+        cell("Approver", el("strong", { className: "ap-user", text: a.user }), "name"),
+        cell("Votes", a.decisions, "num ap-decisions"),
+        cell("Approvals", a.approvals, "num ap-approvals"),
+        cell("Rejections", a.rejections, "num ap-rejections"),
+        cell("Median response", waited(a.median_response_s), "num ap-median")
+      );
+    }
+
+    function dayRow(d) {
+      return el(
+        "tr",
+        { className: "day-row", dataset: { date: d.date } },
+        cell("Day", d.date, "name day-date"),
+        cell("Requests", d.requests, "num day-requests"),
+        cell("Decided", d.decided, "num day-decided"),
+        cell("Timed out", d.timed_out, "num day-timed-out")
+      );
+    }
+
+    function table(name, rows) {
+      $(name + "-rows").replaceChildren(...rows);
+      show($(name + "-table"), rows.length > 0);
+      show($(name + "-empty"), rows.length === 0);
+    }
+
+    function watchItem(className, gate, ...text) {
+      return el("li", { className, dataset: { dag: gate.dag_id, task: gate.task_id || "" } }, el("strong", { className: "w-gate", text: gateName(gate) }), " ", el("span", { className: "w-figure" }, ...text));
+    }
+
+    function render() {
+      const gates = report.gates;
+      const total = (key) => gates.reduce((sum, g) => sum + g[key], 0);
+      setText("t-requests", total("requests"));
+      setText("t-approved", total("approved"));
+      setText("t-rejected", total("rejected"));
+      setText("t-timed-out", total("timed_out"));
+      setText("t-pending", total("pending_now"));
+      setText("t-sla", total("sla_breaches"));
+      setText("a-zone", airflowTimezone());
+
+      const waiting = gates.filter((g) => g.pending_now > 0).sort((a, b) => b.oldest_pending_s - a.oldest_pending_s);
+      $("oldest-list").replaceChildren(
+        ...waiting.slice(0, 10).map((g) => watchItem("oldest-item", g, "waiting for " + waited(g.oldest_pending_s) + (g.pending_now > 1 ? " (the oldest of " + g.pending_now + ")" : "")))
+      );
+      show($("oldest-empty"), waiting.length === 0);
+      const breached = gates.filter((g) => g.sla_breaches > 0).sort((a, b) => b.sla_breaches - a.sla_breaches);
+      $("sla-list").replaceChildren(
+        ...breached.slice(0, 10).map((g) => watchItem("sla-item", g, g.sla_breaches + " of " + g.requests + " request" + (g.requests === 1 ? "" : "s") + " waited past the SLA"))
+      );
+      show($("sla-empty"), breached.length === 0);
+
+      table("gates", gates.map(gateRow));
+      table("approvers", report.approvers.map(approverRow));
+      table("daily", report.daily.map(dayRow));
+      for (const g of gates) knownDags.add(g.dag_id);
+      $("a-dag-ids").replaceChildren(...[...knownDags].sort().map((id) => el("option", { value: id })));
+      drawCharts();
+    }
+
+    async function load() {
+      const f = filters();
+      // Each table's export: the same filters, the API's CSV of it (sent with the UI cookie).
+      for (const name of ["gates", "approvers", "daily"]) $("csv-" + name).setAttribute("href", API + "/analytics.csv" + query(Object.assign({ table: name }, f)));
+      try {
+        report = await api("/analytics" + query(f));
+        show($("a-error"), false);
+        render();
+        setText("a-updated", "as of " + stamp(new Date().toISOString()));
+      } catch (err) {
+        loadFailed("a-error", "the analytics", err);
+      }
+    }
+
+    $("a-filters").addEventListener("submit", (e) => {
+      e.preventDefault();
+      // Keep the filters in the address so a link (and the Airflow UI's URL sync) keeps them.
+      const shown = { dag_id: $("a-dag").value.trim(), task_id: $("a-task").value.trim(), since: $("a-since").value, until: $("a-until").value };
+      window.history.replaceState(null, "", window.location.pathname + query(shown));
+      load();
+    });
+    ["a-since", "a-until"].forEach((id) => $(id).addEventListener("change", load));
+    // Another colour mode or timezone: drawn again in it, nothing asked of the server.
+    onLookChange.push(() => report && render());
+    setInterval(() => {
+      if (!document.hidden) load();
+    }, REFRESH_MS);
+    setText("a-zone", airflowTimezone());
+    load();
+  }
+
   /* ------------------------------------------------------------------ in-app notifications (the bell) */
 
   const EVENT_WORDS = {
@@ -1748,7 +2019,7 @@
   }
 
   watchLook();
-  const pages = { inbox: inboxPage, history: historyPage, task: taskPage, delegations: delegationsPage, standing: standingPage };
+  const pages = { inbox: inboxPage, history: historyPage, task: taskPage, delegations: delegationsPage, standing: standingPage, analytics: analyticsPage };
   const openApproval = (pages[body.dataset.page] || (() => undefined))();
   notificationBell(openApproval || ((id) => window.location.assign(APP + "/ui/" + query({ open: id }))));
 })();

@@ -1,0 +1,180 @@
+"""Gates parked in Airflow's ``awaiting_input`` state, kept in step with their requests by the api-server.
+
+On Airflow 3.3+ a waiting gate parks its task in ``awaiting_input`` (:mod:`airflow_hitl.seam.parking`):
+no trigger waits for it, so three things a trigger did are the api-server's now, and
+:func:`reconcile` does them in one pass, run by the store's working gate closer (one per
+PostgreSQL store, every api-server process on SQLite) every ``RECONCILE_EVERY`` seconds:
+
+- **Catch-up.** A request closed while its task stays parked (decided while no api-server ran,
+  or the gate closer gave up on it) is handed to the gate closer, which ends the task in place.
+  No time window: however long ago the decision was.
+- **Clear and mark.** Clearing a parked task, or marking it success or failed, calls no
+  trigger's ``on_kill``, so nothing else cancels its request: a waiting request whose task
+  instance try is over (cleared: a new try; marked success or failed) is cancelled, source
+  ``airflow``, as ``on_kill`` does for a deferred gate. A request with no task instance at all
+  (opened by a script in a task's name, or its run deleted) is left for a person to cancel.
+- **Backstops.** Airflow's deadline sweep resumes a parked gate a grace period after its
+  ``expires_at`` (:data:`~airflow_hitl.seam.parking.BACKSTOP_GRACE`); after an escalation the
+  gate waits until a later ``expires_at``, so its backstop moves with it (a conditional update
+  of the parked task instance), well before the old one passes.
+
+A pass reads each side once: the waiting requests of tasks' gates (one walk of the store's
+partial index of waiting requests) and the tasks parked on our requests (one select over
+Airflow's index of task states), then looks up only the task instances of the requests that
+are not parked (a task about to park, or one resumed on a worker, or gone). The store is read
+first: a request that closes between the two reads is seen as waiting and left to the next pass.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from airflow_hitl.exceptions import ApprovalNotFound, ApprovalNotPending
+from airflow_hitl.manager import ApprovalManager, TimeoutOutcome
+from airflow_hitl.records import TaskGate
+from airflow_hitl.seam import parking, task_instances
+from airflow_hitl.vocabulary import Source
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two passes: well inside the backstop's grace, so an escalated gate's
+#: backstop moves before the old one passes.
+RECONCILE_EVERY = 30.0
+#: The method a parked gate resumes in (``ApprovalOperator.execute_complete``).
+RESUME_METHOD = "execute_complete"
+#: Task instance states in which a try may still end its gate: it runs (and parks or defers),
+#: waits, or is being resumed. Anything else (finished, cleared to no state, up for retry) is over.
+LIVE_STATES = frozenset(
+    {"running", "queued", "scheduled", "deferred", task_instances.AWAITING_INPUT, "up_for_reschedule"}
+)
+#: A parked gate's backstop is moved when it differs from the one it should have by more than this.
+_TOLERANCE = dt.timedelta(seconds=5)
+#: Task instances looked up in one query, and request ids read in one query.
+_BATCH = 100
+_READ_BATCH = 500
+
+
+@dataclass(kw_only=True)
+class Reconciled:
+    """What one :func:`reconcile` pass found and did."""
+
+    #: Tasks parked on our requests.
+    parked: int = 0
+    #: Closed requests whose task was still parked: handed to the gate closer to end.
+    ended: list[str] = field(default_factory=list)
+    #: Waiting requests whose task instance try was over: cancelled.
+    cancelled: list[str] = field(default_factory=list)
+    #: Parked gates whose backstop deadline was moved.
+    moved: int = 0
+
+
+def reconcile(manager: ApprovalManager, *, end: Callable[[str], None]) -> Reconciled:
+    """One pass over the parked gates (see the module docstring); ``end`` hands a closed request to the gate closer.
+
+    Raises when the store or Airflow's DB cannot be read (nothing half done matters: each part
+    is idempotent, and the next pass does it again).
+    """
+    waiting = manager.queries.waiting_task_gates()
+    parked = task_instances.parked_tasks(method_name=RESUME_METHOD)
+    done = Reconciled(parked=len(parked))
+    on_request = {task.request_id: task for task in parked}
+    moves: list[task_instances.BackstopMove] = []
+    not_parked: list[TaskGate] = []
+    for gate, expires_at in waiting:
+        task = on_request.get(gate.id)
+        if task is None or task.key != _key(gate) or task.try_number != gate.try_number:
+            not_parked.append(gate)
+            continue
+        wanted = parking.backstop_deadline(expires_at)
+        if _differs(task.backstop, wanted):
+            moves.append(task_instances.BackstopMove(key=task.key, try_number=task.try_number, deadline=wanted))
+    if moves:
+        done.moved = task_instances.move_backstops(moves)
+    done.cancelled = _cancel_ended_tries(manager, not_parked)
+    waiting_ids = {gate.id for gate, _ in waiting}
+    unsettled = [task for task in parked if task.request_id not in waiting_ids]
+    for first in range(0, len(unsettled), _READ_BATCH):
+        chunk = {task.request_id: task for task in unsettled[first : first + _READ_BATCH]}
+        for gate in manager.queries.closed_task_gates(list(chunk)):
+            task = chunk[gate.id]
+            if task.key == _key(gate) and task.try_number == gate.try_number:
+                done.ended.append(gate.id)
+                end(gate.id)
+    if done.ended or done.cancelled or done.moved:
+        log.info(
+            "parked gates: %d parked; %d closed handed to the gate closer, %d cancelled (task over), "
+            "%d backstops moved",
+            done.parked,
+            len(done.ended),
+            len(done.cancelled),
+            done.moved,
+        )
+    return done
+
+
+def move_backstop(outcome: TimeoutOutcome) -> None:
+    """After the deadline worker escalated a task's gate, move its backstop with the new deadline at once.
+
+    The deadline worker's ``on_applied`` hook (:mod:`airflow_hitl.api.deadlines`): one
+    conditional update, a no-op unless the gate's task is parked on that try. Without it the
+    next :func:`reconcile` pass moves it, still well before the old backstop passes.
+    """
+    approval = outcome.approval
+    if not outcome.escalated or approval.origin != "task" or not approval.run_id or approval.try_number is None:
+        return
+    key = task_instances.TaskKey(
+        dag_id=approval.dag_id, run_id=approval.run_id, task_id=str(approval.task_id), map_index=approval.map_index
+    )
+    deadline = parking.backstop_deadline(approval.expires_at)
+    task_instances.move_backstops(
+        [task_instances.BackstopMove(key=key, try_number=approval.try_number, deadline=deadline)]
+    )
+
+
+def _key(gate: TaskGate) -> task_instances.TaskKey:
+    return task_instances.TaskKey(
+        dag_id=gate.dag_id, run_id=gate.run_id, task_id=gate.task_id, map_index=gate.map_index
+    )
+
+
+def _differs(have: dt.datetime | None, wanted: dt.datetime | None) -> bool:
+    if have is None or wanted is None:
+        return have is not wanted
+    return abs(have - wanted) > _TOLERANCE
+
+
+def _cancel_ended_tries(manager: ApprovalManager, gates: Sequence[TaskGate]) -> list[str]:
+    # The waiting requests whose task is not parked on them: most are running (about to park or
+    # defer), deferred, or resumed on a worker; a try that is over cancels its request.
+    if not gates:
+        return []
+    found = task_instances.task_tries([_key(gate) for gate in gates], batch=_BATCH)
+    cancelled = []
+    for gate in gates:
+        row = found.get(_key(gate))
+        if row is None:
+            # No task instance at all: a request a script opened in a task's name, or one whose run
+            # was deleted. Nothing says its gate will never wait again (a run can be re-created under
+            # its id); it is left waiting for a person, who may cancel it.
+            continue
+        if row.try_number == gate.try_number and row.state in LIVE_STATES:
+            continue
+        what = f"try {gate.try_number} of its task instance is over (try {row.try_number}: {row.state or 'cleared'})"
+        try:
+            manager.cancel(
+                gate.id,
+                actor=None,
+                reason=f"task instance was cleared or marked in Airflow: {what}",
+                source=Source.AIRFLOW,
+            )
+        except (ApprovalNotPending, ApprovalNotFound):
+            continue  # decided or gone meanwhile: nothing to cancel
+        except Exception:
+            log.warning("could not cancel approval request %s, whose task is over", gate.id, exc_info=True)
+            continue
+        log.info("cancelled approval request %s: %s", gate.id, what)
+        cancelled.append(gate.id)
+    return cancelled

@@ -1,0 +1,326 @@
+"""api/parked.py: the api-server's reconcile of gates parked in ``awaiting_input``, on a real store and metadata DB.
+
+The task instances are written straight into a real (SQLite) Airflow metadata DB, as Airflow
+leaves them (the ``airflow_api`` fixture migrates one); the store is a real one of each kind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from airflow_hitl.api.gate_closer import DEFERRED, ENDED, NOTHING, TAKEN, EndClaim, GateCloser, end_gate, gate_states
+from airflow_hitl.api.parked import LIVE_STATES, RESUME_METHOD, move_backstop, reconcile
+from airflow_hitl.gate_ends import TAKE_OVER_AFTER
+from airflow_hitl.manager import ApprovalManager
+from airflow_hitl.models.store import ApprovalStore
+from airflow_hitl.policy import EscalationLevel, Principal
+from airflow_hitl.records import Approval, TaskGate
+from airflow_hitl.seam.parking import BACKSTOP_GRACE
+from airflow_hitl.spec import utcnow
+from tests.helpers import Clock, spec
+
+ALICE = Principal.of("alice")
+
+TaskWriter = Callable[..., None]
+
+
+@pytest.fixture
+def task_of(airflow_api: object) -> Iterator[TaskWriter]:
+    """Write the task instance of ``approval``'s gate: parked on it, or in another state or try."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete, insert
+
+    runs, tis = DagRun.__table__, TaskInstance.__table__
+    written: list[tuple[str, str]] = []
+
+    def write(
+        approval: Approval,
+        *,
+        state: str | None = "awaiting_input",
+        try_number: int | None = None,
+        backstop: dt.datetime | None = None,
+    ) -> None:
+        parked = state == "awaiting_input"
+        with create_session() as session:
+            session.execute(
+                insert(runs).values(
+                    dag_id=approval.dag_id, run_id=approval.run_id, run_type="manual", run_after=utcnow()
+                )
+            )
+            session.execute(
+                insert(tis).values(
+                    id=uuid.uuid4(),
+                    dag_id=approval.dag_id,
+                    run_id=approval.run_id,
+                    task_id=approval.task_id,
+                    map_index=approval.map_index,
+                    try_number=try_number or approval.try_number,
+                    pool="default_pool",
+                    pool_slots=1,
+                    state=state,
+                    next_method=RESUME_METHOD if parked else None,
+                    next_kwargs={"request_id": approval.id, "follow": None} if parked else None,
+                    trigger_timeout=backstop,
+                )
+            )
+        written.append((approval.dag_id, str(approval.run_id)))
+
+    yield write
+    with create_session() as session:
+        for dag_id, run_id in written:
+            session.execute(delete(tis).where(tis.c.dag_id == dag_id, tis.c.run_id == run_id))
+            session.execute(delete(runs).where(runs.c.dag_id == dag_id, runs.c.run_id == run_id))
+
+
+def backstop_of(approval: Approval) -> Any:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalar(
+            select(TaskInstance.trigger_timeout).where(
+                TaskInstance.dag_id == approval.dag_id, TaskInstance.run_id == approval.run_id
+            )
+        )
+
+
+class Ends:
+    """The gate closer's side: the requests handed to it to end."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def __call__(self, request_id: str) -> None:
+        self.ids.append(request_id)
+
+
+class TestCatchUp:
+    def test_a_closed_request_whose_task_is_still_parked_is_handed_to_the_closer(
+        self, manager: ApprovalManager, task_of: TaskWriter
+    ) -> None:
+        decided, waiting = manager.create(spec()), manager.create(spec())
+        task_of(decided)
+        task_of(waiting)
+        manager.approve(decided.id, user=ALICE)
+        ends = Ends()
+        done = reconcile(manager, end=ends)
+        assert ends.ids == done.ended == [decided.id]
+        assert done.cancelled == [] and done.parked >= 2
+        assert manager.queries.get(waiting.id).is_waiting
+
+    def test_however_long_ago_it_was_decided(self, mgr: ApprovalManager, clock: Clock, task_of: TaskWriter) -> None:
+        decided = mgr.create(spec())
+        task_of(decided)
+        mgr.reject(decided.id, user=ALICE, reason="no")
+        clock.advance(days=30)
+        ends = Ends()
+        reconcile(mgr, end=ends)
+        assert ends.ids == [decided.id]
+
+    def test_a_task_parked_on_another_try_is_not_this_requests(
+        self, manager: ApprovalManager, task_of: TaskWriter
+    ) -> None:
+        decided = manager.create(spec())
+        task_of(decided, try_number=2)
+        manager.approve(decided.id, user=ALICE)
+        ends = Ends()
+        reconcile(manager, end=ends)
+        assert ends.ids == []
+
+
+class TestClearAndMark:
+    @pytest.mark.parametrize(
+        ("state", "try_number"),
+        [
+            pytest.param("success", None, id="marked-success"),
+            pytest.param("failed", None, id="marked-failed"),
+            pytest.param(None, None, id="cleared"),
+            pytest.param("scheduled", 2, id="next-try"),
+            pytest.param("up_for_retry", None, id="up-for-retry"),
+        ],
+    )
+    def test_a_waiting_request_whose_try_is_over_is_cancelled_by_airflow(
+        self, manager: ApprovalManager, task_of: TaskWriter, state: str | None, try_number: int | None
+    ) -> None:
+        approval = manager.create(spec())
+        task_of(approval, state=state, try_number=try_number)
+        done = reconcile(manager, end=Ends())
+        assert done.cancelled == [approval.id]
+        cancelled = manager.queries.get(approval.id)
+        assert (cancelled.state, cancelled.decision_source, cancelled.decision) == ("cancelled", "airflow", None)
+        assert "cleared or marked in Airflow" in str(cancelled.comment)
+        # Once: the next pass finds nothing waiting.
+        assert reconcile(manager, end=Ends()).cancelled == []
+
+    def test_a_request_with_no_task_instance_is_left_for_a_person(self, manager: ApprovalManager) -> None:
+        # Opened by a script in a task's name (the benchmarks seed thousands), or its run deleted.
+        approval = manager.create(spec())
+        assert reconcile(manager, end=Ends()).cancelled == []
+        assert manager.queries.get(approval.id).state == "pending"
+
+    @pytest.mark.parametrize("state", sorted(LIVE_STATES))
+    def test_a_try_that_may_still_end_its_gate_keeps_its_request(
+        self, manager: ApprovalManager, task_of: TaskWriter, state: str
+    ) -> None:
+        # Running (about to park or defer), deferred, parked, or resumed on a worker.
+        approval = manager.create(spec())
+        task_of(approval, state=state)
+        assert reconcile(manager, end=Ends()).cancelled == []
+        assert manager.queries.get(approval.id).is_waiting
+
+    def test_requests_opened_over_the_api_are_not_a_tasks(self, manager: ApprovalManager) -> None:
+        opened = manager.create(spec(), actor="admin", source="api", origin="api")
+        assert reconcile(manager, end=Ends()).cancelled == []
+        assert manager.queries.get(opened.id).is_waiting
+
+
+class TestBackstops:
+    def test_a_parked_gates_backstop_follows_its_deadline(
+        self, mgr: ApprovalManager, clock: Clock, task_of: TaskWriter
+    ) -> None:
+        approval = mgr.create(
+            spec(
+                allowed_approvers=("bob",),
+                timeout=dt.timedelta(minutes=5),
+                timeout_action="escalate",
+                escalation_targets=(EscalationLevel(approvers=("carol",), timeout=dt.timedelta(hours=2)),),
+                escalation_final_action="reject",
+            )
+        )
+        assert approval.expires_at is not None
+        task_of(approval, backstop=approval.expires_at + BACKSTOP_GRACE)
+        assert reconcile(mgr, end=Ends()).moved == 0, "where it parked: nothing to move"
+        clock.advance(minutes=6)
+        escalated = mgr.apply_timeout(approval.id).approval
+        assert escalated.state == "escalated" and escalated.expires_at is not None
+        done = reconcile(mgr, end=Ends())
+        assert done.moved == 1 and done.cancelled == []
+        assert backstop_of(approval) == escalated.expires_at + BACKSTOP_GRACE
+        assert reconcile(mgr, end=Ends()).moved == 0
+
+    def test_the_deadline_workers_hook_moves_it_at_once(
+        self, mgr: ApprovalManager, clock: Clock, task_of: TaskWriter
+    ) -> None:
+        approval = mgr.create(
+            spec(
+                allowed_approvers=("bob",),
+                timeout=dt.timedelta(minutes=5),
+                timeout_action="escalate",
+                escalation_targets=(EscalationLevel(approvers=("carol",), timeout=dt.timedelta(hours=2)),),
+                escalation_final_action="reject",
+            )
+        )
+        assert approval.expires_at is not None
+        task_of(approval, backstop=approval.expires_at + BACKSTOP_GRACE)
+        assert not mgr.apply_timeout(approval.id).applied, "not due yet"
+        move_backstop(mgr.apply_timeout(approval.id))
+        assert backstop_of(approval) == approval.expires_at + BACKSTOP_GRACE, "nothing applied: nothing moved"
+        clock.advance(minutes=6)
+        outcome = mgr.apply_timeout(approval.id)
+        assert outcome.escalated and outcome.approval.expires_at is not None
+        move_backstop(outcome)
+        assert backstop_of(approval) == outcome.approval.expires_at + BACKSTOP_GRACE
+
+    def test_a_gate_with_no_deadline_has_no_backstop(self, manager: ApprovalManager, task_of: TaskWriter) -> None:
+        approval = manager.create(spec())
+        task_of(approval, backstop=utcnow() + dt.timedelta(hours=1))
+        assert reconcile(manager, end=Ends()).moved == 1
+        assert backstop_of(approval) is None
+
+
+def state_of(approval: Approval) -> str | None:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        state = session.scalar(
+            select(TaskInstance.state).where(
+                TaskInstance.dag_id == approval.dag_id, TaskInstance.run_id == approval.run_id
+            )
+        )
+    return None if state is None else str(getattr(state, "value", state))
+
+
+class TestEndingParkedGates:
+    """The gate closer's :func:`end_gate` on parked task instances of a real metadata DB."""
+
+    def test_a_parked_gate_is_ended_in_place_once_under_the_claim(
+        self, manager: ApprovalManager, task_of: TaskWriter
+    ) -> None:
+        # Skipped on rejection: Airflow ends it without a callback to a DAG file this DB lacks.
+        approval = manager.create(spec(on_reject="skip"))
+        task_of(approval)
+        rejected = manager.reject(approval.id, user=ALICE, reason="no")
+        assert gate_states([task_gate(approval)]) == {approval.id: DEFERRED}, "parked: may be ended"
+        assert end_gate(rejected, EndClaim(manager=manager, request_id=approval.id, by="api-server@one")) == ENDED
+        assert state_of(approval) == "skipped"
+        assert manager.gate_ends.gate_ended_by(approval.id) == "api-server@one"
+        again = EndClaim(manager=manager, request_id=approval.id, by="api-server@two")
+        assert end_gate(rejected, again) == NOTHING
+
+    def test_a_task_parked_on_another_request_or_by_another_operator_is_left_alone(
+        self, manager: ApprovalManager, task_of: TaskWriter
+    ) -> None:
+        other = manager.create(spec())
+        approval = manager.create(spec(dag_id=other.dag_id, run_id=other.run_id, try_number=2))
+        task_of(other, try_number=2)  # the same task instance try, parked on the other request
+        rejected = manager.reject(approval.id, user=ALICE, reason="no")
+        claim = EndClaim(manager=manager, request_id=approval.id, by="api-server@one")
+        assert end_gate(rejected, claim) == NOTHING
+        assert state_of(approval) == "awaiting_input"
+        assert manager.gate_ends.gate_ended_by(approval.id) is None, "nothing ended: nothing claimed"
+
+    def test_a_claim_left_by_a_closer_that_died_is_taken_over(
+        self, mgr: ApprovalManager, clock: Clock, task_of: TaskWriter
+    ) -> None:
+        # No trigger takes over for a parked gate: the next closer does, once the claim is old.
+        approval = mgr.create(spec(on_reject="skip"))
+        task_of(approval)
+        rejected = mgr.reject(approval.id, user=ALICE, reason="no")
+        assert mgr.gate_ends.claim_gate_end(approval.id, by="api-server@dead")
+        claim = EndClaim(manager=mgr, request_id=approval.id, by="api-server@next")
+        assert end_gate(rejected, claim) == TAKEN
+        clock.advance(seconds=TAKE_OVER_AFTER.total_seconds() + 1)
+        assert end_gate(rejected, claim) == ENDED
+        assert state_of(approval) == "skipped"
+        assert mgr.gate_ends.gate_ended_by(approval.id) == "api-server@next"
+
+    def test_the_closers_pass_ends_a_gate_decided_long_ago_whose_task_is_still_parked(
+        self, store: ApprovalStore, task_of: TaskWriter
+    ) -> None:
+        # Decided a day ago (no api-server then): outside any window the closer looks back over.
+        manager = ApprovalManager(store=store, clock=Clock(utcnow() - dt.timedelta(days=1)))
+        approval = manager.create(spec(on_reject="skip"))
+        task_of(approval)
+        manager.reject(approval.id, user=ALICE, reason="no")
+        closer = GateCloser(manager_factory=lambda: manager, reconcile_every=0.2, poll_interval=0.05)
+        closer.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not (closer.ended and state_of(approval) == "skipped") and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            closer.stop()
+        assert closer.ended == 1 and state_of(approval) == "skipped"
+        assert str(manager.gate_ends.gate_ended_by(approval.id)).startswith("api-server@")
+
+
+def task_gate(approval: Approval) -> TaskGate:
+    return TaskGate(
+        id=approval.id,
+        dag_id=approval.dag_id,
+        run_id=str(approval.run_id),
+        task_id=str(approval.task_id),
+        map_index=approval.map_index,
+        try_number=int(approval.try_number or 1),
+    )
