@@ -33,12 +33,12 @@ from sqlalchemy.orm import Session
 
 from airflow_hitl.audit import AuditKey
 from airflow_hitl.exceptions import AlreadyVoted, ApprovalConflict, HitlError, InvalidInput, NotAllowed
-from airflow_hitl.limits import MAX_TIMEOUT_SECONDS, text_problem, time_problem
+from airflow_hitl.limits import MAX_TIMEOUT_SECONDS, text_problem
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.models.tables import ApprovalDelegationRow, ApprovalRequestRow
 from airflow_hitl.policy import ConfigProblems, Eligibility, PolicyView, Principal, check_vote, is_allowed_approver
 from airflow_hitl.records import Approval, Vote, jsonable, policy_of
-from airflow_hitl.spec import utcnow
+from airflow_hitl.spec import aware_utc, utcnow
 from airflow_hitl.transaction import StoreTransactions
 from airflow_hitl.vocabulary import Action, AuditType, Source
 
@@ -177,20 +177,6 @@ def _with_access(verdict: Eligibility, access: DelegatorAccess, delegator: str, 
     return Eligibility(allowed=False, code="delegator_access", reason=f"{delegator} may not decide it now: {refusal}")
 
 
-def _aware(value: Any, field_name: str, problems: ConfigProblems) -> dt.datetime | None:
-    if not isinstance(value, dt.datetime):
-        problems.add(field_name, "must be a date and time")
-        return None
-    if value.tzinfo is None or value.utcoffset() is None:
-        problems.add(field_name, "must carry a time zone (e.g. 2026-12-01T09:00:00Z)")
-        return None
-    problem = time_problem(value)
-    if problem:
-        problems.add(field_name, problem)
-        return None
-    return value.astimezone(dt.timezone.utc)
-
-
 def _name(value: Any, field_name: str, problems: ConfigProblems) -> str | None:
     if not isinstance(value, str) or not value.strip():
         problems.add(field_name, "must be a user name")
@@ -277,8 +263,8 @@ class Delegations:
         problems = ConfigProblems()
         owner = actor.name if delegator is None else _name(delegator, "delegator", problems)
         to = _name(delegate, "delegate", problems)
-        start = _aware(starts_at, "starts_at", problems)
-        end = _aware(ends_at, "ends_at", problems)
+        start = aware_utc(starts_at, "starts_at", problems)
+        end = aware_utc(ends_at, "ends_at", problems)
         dags = _dag_ids(dag_ids, problems)
         if owner and to and owner == to:
             problems.add("delegate", "must be someone else than the delegator")

@@ -20,7 +20,7 @@ from sqlalchemy import text
 
 from airflow_hitl.exceptions import InvalidInput
 from airflow_hitl.forms import parse_inputs
-from airflow_hitl.limits import INT32_MAX, MAX_TIMEOUT_SECONDS, json_problem, text_problem
+from airflow_hitl.limits import INT32_MAX, MAX_TIMEOUT_SECONDS, json_problem, text_problem, time_problem
 from airflow_hitl.models.tables import WAITING_PREDICATE, ApprovalRequestRow
 from airflow_hitl.policy import ConfigProblems, EscalationLevel, Principal, names_tuple, str_list
 from airflow_hitl.records import Approval
@@ -72,6 +72,20 @@ MAX_BOUND = 50
 def utcnow() -> dt.datetime:
     """The current time, UTC-aware."""
     return dt.datetime.now(dt.timezone.utc)
+
+
+def aware_utc(value: Any, field_name: str, problems: ConfigProblems) -> dt.datetime | None:
+    """``value`` as a UTC time, or None with the problem added: a date and time, with a zone, the store can keep."""
+    if not isinstance(value, dt.datetime):
+        problems.add(field_name, "must be a date and time")
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        problems.add(field_name, "must carry a time zone (e.g. 2026-12-01T09:00:00Z)")
+        return None
+    if problem := time_problem(value):
+        problems.add(field_name, problem)
+        return None
+    return value.astimezone(dt.timezone.utc)
 
 
 def add_text_problems(problems: ConfigProblems, **texts: Any) -> None:

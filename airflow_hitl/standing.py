@@ -41,12 +41,12 @@ from sqlalchemy.orm import Session
 from airflow_hitl import metrics, outbox
 from airflow_hitl.audit import AuditKey
 from airflow_hitl.exceptions import HitlError, InvalidInput, NotAllowed
-from airflow_hitl.limits import text_problem, time_problem
+from airflow_hitl.limits import text_problem
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.models.tables import ApprovalRequestRow, ApprovalStandingDueRow, ApprovalStandingRow
 from airflow_hitl.policy import ConfigProblems, Principal
 from airflow_hitl.records import jsonable
-from airflow_hitl.spec import DagAccess, StandingUse, utcnow
+from airflow_hitl.spec import DagAccess, StandingUse, aware_utc, utcnow
 from airflow_hitl.transaction import StoreTransactions
 from airflow_hitl.vocabulary import STANDING_STATES, AuditType, Source, StandingDue
 
@@ -132,19 +132,6 @@ class OwedVote:
         return StandingUse(due_id=self.due_id, standing_id=self.standing_id)
 
 
-def _aware(value: Any, field_name: str, problems: ConfigProblems) -> dt.datetime | None:
-    if not isinstance(value, dt.datetime):
-        problems.add(field_name, "must be a date and time")
-        return None
-    if value.tzinfo is None or value.utcoffset() is None:
-        problems.add(field_name, "must carry a time zone (e.g. 2026-12-01T09:00:00Z)")
-        return None
-    if problem := time_problem(value):
-        problems.add(field_name, problem)
-        return None
-    return value.astimezone(dt.timezone.utc)
-
-
 def _id(value: Any, field_name: str, problems: ConfigProblems, *, required: bool) -> str | None:
     if value is None and not required:
         return None
@@ -204,8 +191,8 @@ class StandingApprovals:
         problems = ConfigProblems()
         dag = _id(dag_id, "dag_id", problems, required=True)
         task = _id(task_id, "task_id", problems, required=False)
-        start = now if valid_from is None else _aware(valid_from, "valid_from", problems)
-        end = _aware(valid_until, "valid_until", problems)
+        start = now if valid_from is None else aware_utc(valid_from, "valid_from", problems)
+        end = aware_utc(valid_until, "valid_until", problems)
         if isinstance(max_uses, bool) or (max_uses is not None and not isinstance(max_uses, int)):
             problems.add("max_uses", "must be a whole number of at least 1, or null for no limit")
         elif max_uses is not None and not 1 <= max_uses <= MAX_USES:
