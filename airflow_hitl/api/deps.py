@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any, cast
 
-from fastapi import Depends, HTTPException, Query, Request
+from fastapi import Depends, Header, HTTPException, Query, Request
 from pydantic import AfterValidator, BaseModel
 
 from airflow_hitl.analytics import ApprovalAnalytics
@@ -26,7 +26,15 @@ from airflow_hitl.identity import roles_of as delegator_roles
 from airflow_hitl.limits import INT32_MAX, text_problem
 from airflow_hitl.manager import ApprovalManager, Decision
 from airflow_hitl.notifications.access import delegator_refusal
-from airflow_hitl.vocabulary import Action, DecisionActionWord, Source, SourceWord
+from airflow_hitl.vocabulary import (
+    CLIENT_DETAIL_HEADERS,
+    CLIENT_HEADER,
+    REST_SOURCES,
+    Action,
+    DecisionActionWord,
+    Source,
+    SourceWord,
+)
 
 _manager_lock = threading.Lock()
 _process_manager: ApprovalManager | None = None
@@ -103,6 +111,38 @@ def storable_text(value: str | None) -> str | None:
     if problem:
         raise ValueError(problem)
     return value
+
+
+def _rest_source(value: str | None) -> str | None:
+    if value is not None and value not in REST_SOURCES:
+        raise ValueError(f"must be one of {list(REST_SOURCES)}")
+    return value
+
+
+def rest_channel(
+    x_hitl_client: Annotated[
+        str | None,
+        Header(
+            alias=CLIENT_HEADER,
+            description="`cli` when the command line sends the decision (recorded as its source); default `api`. "
+            "Only a label: who decides is always the token's user.",
+        ),
+        AfterValidator(_rest_source),
+    ] = None,
+    os_user: Annotated[
+        str | None, Header(alias=CLIENT_DETAIL_HEADERS["os_user"], max_length=255), AfterValidator(storable_text)
+    ] = None,
+    hostname: Annotated[
+        str | None, Header(alias=CLIENT_DETAIL_HEADERS["hostname"], max_length=255), AfterValidator(storable_text)
+    ] = None,
+) -> tuple[Source, dict[str, Any]]:
+    """The source of a REST decision (``api`` or ``cli``) and, for the CLI, where it says it ran."""
+    if x_hitl_client != Source.CLI:
+        return Source.API, {}
+    return Source.CLI, {k: v for k, v in {"os_user": os_user, "hostname": hostname}.items() if v is not None}
+
+
+RestChannel = Annotated[tuple[Source, dict[str, Any]], Depends(rest_channel)]
 
 
 Limit = Annotated[int, Query(ge=0, le=MAX_LIMIT, description=f"Page size, 0 to {MAX_LIMIT}.")]

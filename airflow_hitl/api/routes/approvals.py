@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator
 
@@ -39,6 +39,7 @@ from airflow_hitl.api.deps import (
     Limit,
     ManagerDep,
     Offset,
+    RestChannel,
     Text,
     body_decision,
     canonical_approval_id,
@@ -64,9 +65,6 @@ from airflow_hitl.policy import EscalationLevel
 from airflow_hitl.queries import SNAPSHOT_CACHE_SIZE, Kept
 from airflow_hitl.records import Approval
 from airflow_hitl.vocabulary import (
-    CLIENT_DETAIL_HEADERS,
-    CLIENT_HEADER,
-    REST_SOURCES,
     STATES,
     TERMINAL_STATES,
     Action,
@@ -251,38 +249,6 @@ OriginFilter = Annotated[
     Query(description="`task`: only task instances' gates; `api`: only requests opened over the REST API."),
 ]
 MapIndex = Annotated[int | None, Query(ge=-1, le=INT32_MAX, description="Task map index (-1: not mapped).")]
-
-
-def _rest_source(value: str | None) -> str | None:
-    if value is not None and value not in REST_SOURCES:
-        raise ValueError(f"must be one of {list(REST_SOURCES)}")
-    return value
-
-
-def rest_channel(
-    x_hitl_client: Annotated[
-        str | None,
-        Header(
-            alias=CLIENT_HEADER,
-            description="`cli` when the command line sends the decision (recorded as its source); default `api`. "
-            "Only a label: who decides is always the token's user.",
-        ),
-        AfterValidator(_rest_source),
-    ] = None,
-    os_user: Annotated[
-        str | None, Header(alias=CLIENT_DETAIL_HEADERS["os_user"], max_length=255), AfterValidator(storable_text)
-    ] = None,
-    hostname: Annotated[
-        str | None, Header(alias=CLIENT_DETAIL_HEADERS["hostname"], max_length=255), AfterValidator(storable_text)
-    ] = None,
-) -> tuple[Source, dict[str, Any]]:
-    """The source of a REST decision (``api`` or ``cli``) and, for the CLI, where it says it ran."""
-    if x_hitl_client != Source.CLI:
-        return Source.API, {}
-    return Source.CLI, {k: v for k, v in {"os_user": os_user, "hostname": hostname}.items() if v is not None}
-
-
-RestChannel = Annotated[tuple[Source, dict[str, Any]], Depends(rest_channel)]
 
 
 @router.get("", response_model=ApprovalCollectionResponse, summary="List approval requests")

@@ -30,8 +30,16 @@ from airflow_hitl.api.datamodels import (
     StandingState,
     error_responses,
 )
-from airflow_hitl.api.deps import DEFAULT_LIMIT, Limit, ManagerDep, Offset, Text, canonical_approval_id, client_of
-from airflow_hitl.api.routes.approvals import RestChannel
+from airflow_hitl.api.deps import (
+    DEFAULT_LIMIT,
+    Limit,
+    ManagerDep,
+    Offset,
+    RestChannel,
+    Text,
+    canonical_approval_id,
+    client_of,
+)
 from airflow_hitl.api.security import Caller, CallerDep, current_caller, require_read
 from airflow_hitl.identity import is_admin
 from airflow_hitl.manager import ApprovalManager
