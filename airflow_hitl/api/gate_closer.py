@@ -64,6 +64,7 @@ deadlines follow escalations.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as dt
 import logging
@@ -132,6 +133,11 @@ DEFERRED = "deferred"
 _LOOK_AGAIN, _AFTER_FAILURE = 0.05, 1.0
 #: Gates looked up in one query at most.
 _LOOK_BATCH = 100
+#: Gates ended at once. An end spends most of its time waiting on the two databases (three
+#: commits, each a WAL flush), not on Python: 1,000 gates expiring within a minute among 20,000
+#: waiting ones were ended 4 to 10 s late one at a time on 2 cores, the databases idle between
+#: statements. Each end holds one connection of Airflow's pool and one of the store's.
+_ENDERS = 4
 #: Milliseconds one statement of an end may wait on a lock, or run, on PostgreSQL.
 _LOCK_TIMEOUT_MS, _STATEMENT_TIMEOUT_MS = 5_000, 10_000
 
@@ -371,12 +377,15 @@ class GateCloser:
         #: ``leader_key``, only while this closer is the one that works. On SQLite: once it polls.
         self.listening = threading.Event()
         self.ended = 0
+        self._ended_lock = threading.Lock()
+        self._enders: concurrent.futures.ThreadPoolExecutor | None = None
 
     def start(self) -> None:
         """Start listening to the store's NOTIFY (PostgreSQL), or polling it (SQLite), and working."""
         if self._threads:
             return
         manager = self._manager_factory()
+        self._enders = concurrent.futures.ThreadPoolExecutor(max_workers=_ENDERS, thread_name_prefix="hitl-gate-end")
         hear = (self._listen, "hitl-gate-listener") if manager.store.is_postgres else (self._poll, "hitl-gate-poller")
         targets = [hear, (self._work, "hitl-gate-closer")]
         if self._reconcile_every is not None:
@@ -392,6 +401,9 @@ class GateCloser:
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads.clear()
+        if self._enders is not None:
+            self._enders.shutdown(wait=False, cancel_futures=True)
+            self._enders = None
 
     def submit(self, request_id: str) -> None:
         """A transition of ``request_id`` was committed."""
@@ -553,11 +565,17 @@ class GateCloser:
             if not all(closing.failed for closing in due):  # not again on each retry
                 log.warning("gate closer could not look up the tasks of %d closed requests", len(due), exc_info=True)
             states = dict.fromkeys((closing.gate.id for closing in due), _FAILED)
+        waits = [closing for closing in due if states.get(closing.gate.id, NOTHING) == DEFERRED]
+        # Each gate's end locks its own task instance and takes its own claim: they run side by side.
+        enders = self._enders
+        if enders is None or len(waits) < 2:
+            ends = {closing.gate.id: self._end_one(manager, closing) for closing in waits}
+        else:
+            running = {closing.gate.id: enders.submit(self._end_one, manager, closing) for closing in waits}
+            ends = {request_id: _outcome(future) for request_id, future in running.items()}
         outcomes = []
         for closing in due:
-            state = states.get(closing.gate.id, NOTHING)
-            if state == DEFERRED:
-                state = self._end_one(manager, closing)
+            state = ends.get(closing.gate.id) or states.get(closing.gate.id, NOTHING)
             if state in _WHY:
                 closing.why = _WHY[state]
                 closing.failed = closing.failed or state == _FAILED
@@ -583,11 +601,20 @@ class GateCloser:
                 )
             return _FAILED
         if outcome == ENDED:
-            self.ended += 1
+            with self._ended_lock:
+                self.ended += 1
             log.info("ended the task of request %s (%s) from the api-server", gate.id, closing.approval.state)
         elif outcome == TAKEN:
             log.info("left the task of request %s to its trigger, which claimed ending it first", gate.id)
         return outcome
+
+
+def _outcome(future: concurrent.futures.Future[str]) -> str:
+    # An end cancelled because the closer is stopping is tried again by whoever works next.
+    try:
+        return future.result()
+    except concurrent.futures.CancelledError:
+        return _FAILED
 
 
 _service_lock = threading.Lock()

@@ -152,6 +152,28 @@ class TestRunDue:
         assert {mgr.queries.get(g.id).state for g in gates} == {"timeout"}
         assert worker.timed_out == 11
 
+    def test_a_pass_that_only_times_out_reads_the_deadlines_once(
+        self, mgr: ApprovalManager, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # What it read still says what comes next when nothing escalated and the read was not
+        # full: at 20,000 waiting gates reading again after each pass was half the thread's time.
+        reads: list[int] = []
+        read = mgr.queries.deadlines
+
+        def counted(*, limit: int) -> Any:
+            found = read(limit=limit)
+            reads.append(len(found))
+            return found
+
+        monkeypatch.setattr(mgr.queries, "deadlines", counted)
+        gates = [mgr.create(spec(timeout=MINUTE, timeout_action="reject")) for _ in range(5)]
+        later = mgr.create(spec(timeout=dt.timedelta(hours=1), timeout_action="approve"))
+        worker = DeadlineWorker(manager_factory=lambda: mgr, clock=clock)
+        clock.advance(minutes=1)
+        assert worker.run_due(mgr) == later.expires_at
+        assert {mgr.queries.get(g.id).state for g in gates} == {"timeout"}
+        assert reads == [6], "one read: five due and the one ahead"
+
     def test_a_request_that_cannot_be_timed_out_never_holds_up_the_others(
         self, store: ApprovalStore, clock: Clock
     ) -> None:

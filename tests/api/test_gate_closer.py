@@ -339,6 +339,36 @@ class TestOnPostgres:
         finally:
             closer.stop()
 
+    def test_the_ends_of_several_closed_gates_run_side_by_side(self, pg_store: ApprovalStore) -> None:
+        # An end mostly waits on the two databases: a burst of expiries is ended several at a
+        # time. Each end here waits until four are in progress at once, which ends one after
+        # another could never reach (the barrier would break and every end fail).
+        manager = ApprovalManager(store=pg_store)
+        decided = [manager.approve(manager.create(spec()).id, user=ALICE).id for _ in range(8)]
+        together = threading.Barrier(4, timeout=20)
+        names: set[str] = set()
+
+        def end(approval: Approval, claim: EndClaim) -> str:
+            names.add(threading.current_thread().name)
+            together.wait()
+            return ENDED
+
+        ended = Recorder()
+        closer = GateCloser(
+            manager_factory=lambda: manager,
+            look=each(lambda gate: DEFERRED),
+            end=lambda approval, claim: ended(approval, claim) if end(approval, claim) == ENDED else "",
+        )
+        for request_id in decided:  # heard before the closer's thread reads any: one batch
+            closer.submit(request_id)
+        closer.start()
+        try:
+            assert sorted(i for i, _ in ended.wait_for(8)) == sorted(decided)
+            assert closer.ended == 8
+            assert len(names) == 4 and all(name.startswith("hitl-gate-end") for name in names), names
+        finally:
+            closer.stop()
+
     def test_a_stream_of_transitions_is_read_together(
         self, pg_store: ApprovalStore, monkeypatch: pytest.MonkeyPatch
     ) -> None:

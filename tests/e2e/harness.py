@@ -779,6 +779,20 @@ class AirflowHarness:
                 parts.append(f"===== {path.name}: airflow_hitl lines (last {lines}) =====\n" + "\n".join(ours[-lines:]))
         return "\n".join(parts)
 
+    def run_lines(self, run_id: str, lines: int = 25) -> str:
+        """The last lines of every process log that name ``run_id`` (the scheduler's view of its task instances)."""
+        parts = []
+        for path in sorted(self.logs_folder.glob("*.log")):
+            try:
+                text = path.read_text("utf-8", "replace")
+            except OSError:
+                continue
+            named = [line[:600] for line in text.splitlines() if run_id in line and "http.access" not in line]
+            if named:
+                heading = f"===== {path.name}: lines naming the run (last {lines}) ====="
+                parts.append(heading + "\n" + "\n".join(named[-lines:]))
+        return "\n".join(parts)
+
     def task_logs(self, dag_id: str, run_id: str, task_id: str, lines: int = 60) -> str:
         """Tails of the task's log files (every try) in AIRFLOW_HOME/logs."""
         base = self.home / "logs"
@@ -878,6 +892,9 @@ class AirflowHarness:
             with contextlib.suppress(Exception):
                 approvals, _ = self.manager.queries.list(ApprovalFilter(dag_id=dag_id, run_id=run_id))
                 parts.append("approvals: " + repr([(a.id, a.task_id, a.try_number, a.state) for a in approvals]))
+            # First what Airflow's processes said of this run (a task that failed before its own
+            # log began, say on a refused start): a long report is cut from its end.
+            parts.append(self.run_lines(run_id))
             for tid in [task_id] if task_id else list(self.task_states(dag_id, run_id)):
                 parts.append(self.task_logs(dag_id, run_id, tid))
             parts.append(self.hitl_logs())
