@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_hitl.policy import Principal
 from airflow_hitl.seam import auth as airflow_auth
+from airflow_hitl.seam.dags import dag_exists
 
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.base_auth_manager import BaseAuthManager
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 #: The auth manager's methods for reading and for editing a DAG.
 READ = "GET"
 EDIT = "PUT"
+
+#: The role that makes a SimpleAuthManager user an admin, and FAB's default ``AUTH_ROLE_ADMIN``.
+SIMPLE_ADMIN_ROLE = "admin"
+FAB_ADMIN_ROLE = "Admin"
 
 
 def auth_manager() -> BaseAuthManager[BaseUser]:
@@ -61,41 +66,78 @@ def principal_of(user: BaseUser) -> Principal:
 
 
 def team_names(dag_ids: Iterable[str]) -> dict[str, str | None]:
-    # Team ownership only exists in multi-team mode; elsewhere it would be a wasted query.
+    """The team owning each of ``dag_ids`` (None: no team); a DAG whose team cannot be known is left out.
+
+    Outside multi-team mode no DAG has a team, and Airflow's metadata DB is not asked. In
+    multi-team mode a DAG's team is its bundle's; a DAG of a bundle of no team has None. A
+    DAG the metadata DB does not have (deleted since its approvals were opened, or a DB that
+    cannot be read) is left out: it may have been any team's, so only a user who may read
+    every DAG (:func:`reads_every_dag`) may see its approvals.
+    """
     from airflow.configuration import conf
 
-    ids = list(dag_ids)
+    ids = list(dict.fromkeys(dag_ids))
     if not ids or not conf.getboolean("core", "multi_team", fallback=False):
         return dict.fromkeys(ids)
-    return airflow_auth.dag_teams(ids)
+    teams = airflow_auth.dag_teams(ids)
+    # Airflow's mapping names only DAGs that have a team; those without one are every reader's.
+    return {dag_id: teams.get(dag_id) for dag_id in ids if dag_id in teams or dag_exists(dag_id)}
 
 
-def is_authorized_dag(user: Any, *, method: str, dag_id: str | None) -> bool:
-    """Ask the auth manager whether ``user`` may ``method`` the DAG (all DAGs when ``dag_id`` is None)."""
+def reads_every_dag(user: Any) -> bool:
+    """Whether the auth manager provably lets ``user`` read and edit every DAG, of every team.
+
+    Only SimpleAuthManager's admin role: its checks say yes to it before they look at the
+    DAG or its team. ``is_authorized_dag`` asked without a DAG is no such promise: FAB says
+    yes to GET for anyone who may read one DAG (it means "may list DAGs"), SimpleAuthManager
+    in multi-team mode to a viewer of any team (it means "DAGs of no team"), and any other
+    auth manager may mean either. Everyone else is asked DAG by DAG (:func:`authorized_dag_ids`).
+    """
+    try:
+        manager = auth_manager()
+    except Exception:
+        return False
+    if not callable(getattr(manager, "get_users", None)):  # not SimpleAuthManager
+        return False
+    # The user's own role, as SimpleAuthManager checks it: not [core] simple_auth_manager_all_admins,
+    # which a token minted before the option was set does not follow.
+    role = getattr(user, "role", None)
+    return isinstance(role, str) and role.lower() == SIMPLE_ADMIN_ROLE
+
+
+def is_authorized_dag(user: Any, *, method: str, dag_id: str) -> bool:
+    """Ask the auth manager whether ``user`` may ``method`` the DAG ``dag_id``, of its team.
+
+    There is deliberately no question about "all DAGs": see :func:`reads_every_dag`.
+    """
     from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
 
-    details = None
-    if dag_id is not None:
-        details = DagDetails(id=dag_id, team_name=team_names([dag_id]).get(dag_id))
+    teams = team_names([dag_id])
+    if dag_id not in teams:
+        return reads_every_dag(user)
+    details = DagDetails(id=dag_id, team_name=teams[dag_id])
     return bool(auth_manager().is_authorized_dag(method=method, user=user, details=details))  # type: ignore[arg-type]
 
 
 def authorized_dag_ids(user: Any, *, method: str, dag_ids: Iterable[str]) -> set[str]:
     """Those of ``dag_ids`` that ``user`` may ``method``: one auth-manager question per team.
 
-    ``BaseAuthManager.filter_authorized_dag_ids`` is the public question for many DAGs: the
-    base class asks ``is_authorized_dag`` per DAG (as we did), and an auth manager may answer
-    all at once. It takes one team per call; outside multi-team mode no DAG has a team, so it
-    is one call.
+    ``BaseAuthManager.filter_authorized_dag_ids`` is the public question for many DAGs (the
+    one Airflow's own list routes ask, through ``get_authorized_dag_ids``): the base class asks
+    ``is_authorized_dag`` per DAG, and an auth manager may answer all at once. It takes one
+    team per call; outside multi-team mode no DAG has a team, so it is one call.
     """
     ids = set(dag_ids)
     if not ids:
         return set()
+    teams = team_names(ids)
+    allowed: set[str] = set()
+    if len(teams) < len(ids) and reads_every_dag(user):
+        allowed |= ids - teams.keys()  # DAGs of no known team: only for who reads every DAG
     by_team: dict[str | None, set[str]] = defaultdict(set)
-    for dag_id, team in team_names(ids).items():
+    for dag_id, team in teams.items():
         by_team[team].add(dag_id)
     manager = auth_manager()
-    allowed: set[str] = set()
     for team, team_ids in by_team.items():
         question: dict[str, Any] = {"dag_ids": team_ids, "user": user, "method": method}
         if team is not None:
@@ -153,11 +195,6 @@ def roles_of(name: str) -> frozenset[str] | None:
     if not available or user is None:
         return None
     return principal_of(user).roles
-
-
-#: The role that makes a SimpleAuthManager user an admin, and FAB's default ``AUTH_ROLE_ADMIN``.
-SIMPLE_ADMIN_ROLE = "admin"
-FAB_ADMIN_ROLE = "Admin"
 
 
 def is_admin(user: Any) -> bool:

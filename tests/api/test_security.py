@@ -9,6 +9,7 @@ alone; every route of the API with every user is in ``test_access_matrix.py``.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -16,8 +17,18 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from airflow_hitl.api.security import CallerDep, readable_dag_ids, require_edit, require_read, require_same_site
-from tests.airflow_api import JWT_SECRET, AirflowApi
+from airflow_hitl.api.security import (
+    Caller,
+    CallerDep,
+    readable_dag_ids,
+    require_edit,
+    require_read,
+    require_same_site,
+)
+from airflow_hitl.identity import principal_of
+from airflow_hitl.manager import ApprovalManager
+from tests.airflow_api import API, JWT_SECRET, AirflowApi, open_request
+from tests.test_identity import GONE_DAG, TEAM_DAGS, airflow_dags, fab, fab_user, no_auth_manager, team_user  # noqa: F401
 
 XHR = {"X-Requested-With": "XMLHttpRequest"}
 
@@ -180,11 +191,73 @@ class TestDagAccess:
         if status == 403:
             assert response.json()["detail"] == f"you do not have {access} access to DAG 'billing'"
 
-    def test_who_may_read_every_dag_costs_no_store_query(self, probe: TestClient, airflow_api: AirflowApi) -> None:
-        for user in ("admin", "viewer"):
-            answer = probe.get("/readable", headers=airflow_api.headers(user)).json()
-            assert answer == {"ids": None, "asked_the_store": False}, user
+    def test_only_the_admin_reads_every_dag_without_a_store_query(
+        self, probe: TestClient, airflow_api: AirflowApi
+    ) -> None:
+        answer = probe.get("/readable", headers=airflow_api.headers("admin")).json()
+        assert answer == {"ids": None, "asked_the_store": False}
+        # A viewer reads every DAG here too, but only the auth manager can say so, DAG by DAG.
+        answer = probe.get("/readable", headers=airflow_api.headers("viewer")).json()
+        assert answer == {"ids": ["billing", "payroll"], "asked_the_store": True}
 
     def test_who_may_read_no_dag_gets_an_empty_set(self, probe: TestClient, airflow_api: AirflowApi) -> None:
         answer = probe.get("/readable", headers=airflow_api.headers("nobody")).json()
         assert answer == {"ids": [], "asked_the_store": True}
+
+
+def _token(user: Any) -> dict[str, str]:
+    """Authorization headers of ``user``, signed by the api-server's own auth manager as at login."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return {"Authorization": f"Bearer {get_auth_manager().generate_jwt(user)}"}
+
+
+class TestTeams:
+    """Multi-team mode: a viewer of the red team never sees the blue team's approvals."""
+
+    @pytest.fixture
+    def team_dags(self, api: AirflowApi, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+        monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", "True")
+        with airflow_dags(TEAM_DAGS):
+            yield
+
+    @pytest.mark.usefixtures("team_dags")
+    def test_lists_hold_only_the_approvals_of_dags_the_caller_may_read(
+        self, api: AirflowApi, api_manager: ApprovalManager
+    ) -> None:
+        opened = {dag_id: open_request(api_manager, dag_id=dag_id).id for dag_id in [*TEAM_DAGS, GONE_DAG]}
+        red_viewer = _token(team_user("rita", "viewer", ["red"]))
+        for path in (API, f"{API}/pending"):
+            payload = api.client.get(path, headers=red_viewer).json()
+            assert sorted(a["dag_id"] for a in payload["approvals"]) == ["teams_red_payroll", "teams_shared"], path
+            assert payload["total_entries"] == 2, path
+        admin = api.client.get(API, headers=_token(team_user("root", "admin", []))).json()
+        assert {a["id"] for a in admin["approvals"]} == set(opened.values())
+
+    @pytest.mark.usefixtures("team_dags")
+    def test_another_teams_approval_is_403_and_so_is_a_gone_dags(
+        self, api: AirflowApi, api_manager: ApprovalManager
+    ) -> None:
+        opened = {dag_id: open_request(api_manager, dag_id=dag_id).id for dag_id in [*TEAM_DAGS, GONE_DAG]}
+        red_viewer = _token(team_user("rita", "viewer", ["red"]))
+        statuses = {
+            dag_id: api.client.get(f"{API}/{opened[dag_id]}", headers=red_viewer).status_code for dag_id in opened
+        }
+        assert statuses == {"teams_red_payroll": 200, "teams_blue_payroll": 403, "teams_shared": 200, GONE_DAG: 403}
+
+
+class TestFab:
+    """FabAuthManager: read access to one DAG (``DAG:billing``) is not read access to every DAG."""
+
+    @pytest.mark.usefixtures("fab")
+    def test_a_reader_of_one_dag_reads_only_that_dag(self) -> None:
+        dora = fab_user("dora", "BillingReaders", ("can_read", "DAG:billing"))
+        caller = Caller(user=dora, principal=principal_of(dora))
+        assert readable_dag_ids(caller, lambda: ["billing", "payroll"]) == {"billing"}
+        assert (caller.can_read_dag("billing"), caller.can_read_dag("payroll")) == (True, False)
+
+    @pytest.mark.usefixtures("fab")
+    def test_a_reader_of_the_dags_resource_reads_every_dag(self) -> None:
+        vera = fab_user("vera", "Viewer", ("can_read", "DAGs"))
+        caller = Caller(user=vera, principal=principal_of(vera))
+        assert readable_dag_ids(caller, lambda: ["billing", "payroll"]) == {"billing", "payroll"}

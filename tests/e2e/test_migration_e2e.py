@@ -160,10 +160,32 @@ def answer_ours(stack: AirflowHarness, pair: Pair, run_id: str) -> dict[str, Any
     return dict(decided)
 
 
+def parking_reported(stack: AirflowHarness, dag_id: str, run_id: str, task_id: str) -> bool:
+    """Whether the scheduler has taken in the executor's report that the worker which parked the task exited."""
+    try:
+        text = (stack.logs_folder / "scheduler.log").read_text("utf-8", "replace")
+    except OSError:
+        return False
+    return f"TaskInstance Finished: dag_id={dag_id}, task_id={task_id}, run_id={run_id}," in text
+
+
 def answer_native(stack: AirflowHarness, pair: Pair, run_id: str) -> dict[str, Any]:
-    """Answer the gate of ``<name>_native.py`` with Airflow's ``PATCH .../hitlDetails``; Airflow's answer."""
+    """Answer the gate of ``<name>_native.py`` with Airflow's ``PATCH .../hitlDetails``; Airflow's answer.
+
+    Answered once the scheduler has heard that the worker which parked the task has exited.
+    Answered sooner, Airflow 3.3 resumes the task (``scheduled``, then ``queued``, the same try)
+    and the scheduler then reads that exit ("finished with state success") as a queued task's,
+    marks it failed and the run with it ("task state changed externally"): seen here on a loaded
+    machine with the answer 1.4 s after the task parked. Our gates are ended in place by the
+    api-server and never pass through ``queued``, so our side is answered as soon as it waits.
+    """
     dag_id = pair.native_dag
     stack.wait_for_ti_state(dag_id, run_id, pair.gate, NATIVE_WAITING, timeout=240)
+    wait_until(
+        lambda: parking_reported(stack, dag_id, run_id, pair.gate),
+        timeout=120,
+        what=f"the scheduler to hear the exit of the worker that parked {dag_id}/{run_id}/{pair.gate}",
+    )
     path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{pair.gate}/-1/hitlDetails"
     detail = stack.api("GET", path, user=pair.user).json()
     assert (detail["subject"], detail["response_received"]) == (pair.title, False)
