@@ -82,7 +82,8 @@ contract test.
     ``DagModel.dag_id``, the primary key of its table ``dag`` (module :mod:`.dags`).
     What: the team owning each DAG, for ``DagDetails(team_name=...)`` and
     ``filter_authorized_dag_ids(team_name=...)``; whether a DAG of that id exists at all
-    (``dag_exists``: a standing approval for an unknown DAG is a 422).
+    (``dag_exists``: a standing approval for an unknown DAG is a 422; in multi-team mode, a
+    DAG with no team row is every reader's only if it exists, else it may have been any team's).
     Why: no public interface names a DAG's team; the public REST API tells whether a DAG
     exists only to a caller with a token and read access to it, and the DB is internal.
     Since: 3.2 for the teams (multi-team mode; never asked on 3.1, which has no teams), 3.1
