@@ -234,8 +234,8 @@ OPTIONS: tuple[Option, ...] = (
         default="0.5",
         example="2.0",
         description=(
-            "Seconds between the api-server's looks for gates a standing approval should vote on, when nothing "
-            "wakes it earlier (on PostgreSQL, LISTEN/NOTIFY wakes it as soon as a gate opens or escalates)."
+            "Seconds between the api-server's looks for gates a standing approval should vote on, on SQLite. On "
+            "PostgreSQL LISTEN/NOTIFY wakes it as soon as a gate opens or escalates, and it looks every 30 s."
         ),
         version_added="0.3.0",
     ),
@@ -245,9 +245,9 @@ OPTIONS: tuple[Option, ...] = (
         default="1.0",
         example="5.0",
         description=(
-            "Seconds between outbox polls when nothing wakes the drainer earlier (on PostgreSQL it also wakes "
-            "at once, through LISTEN/NOTIFY on `hitl_outbox`, whenever a transition queues notices, and always "
-            "at the next due reminder or retry)."
+            "Seconds between outbox polls when nothing wakes the drainer earlier (on PostgreSQL it wakes at "
+            "once, through LISTEN/NOTIFY on `hitl_outbox`, whenever a transition queues notices, and polls every "
+            "30 s while it listens), and always at the next due reminder or retry."
         ),
     ),
     Option(

@@ -12,7 +12,8 @@ approval's use is spent in the vote's own transaction; a vote refused there is s
 On PostgreSQL the store's NOTIFY (one per transition, so one when a gate opens or escalates)
 wakes the applier at once, and one applier per store works at a time: the one holding an
 advisory lock on its LISTEN connection, as the gate closer does; the others take over within
-a second of its process ending. SQLite has no NOTIFY: every api-server process looks every
+a second of its process ending. The leader looks again at least every 30 s
+all the same. SQLite has no NOTIFY: every api-server process looks every
 ``[hitl] standing_poll_interval`` seconds (one indexed query of the owed votes), and the
 store's write lock makes their casts take turns. Either way a vote cast twice is impossible:
 the owed row is re-read under the request's lock and spent once.
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 LEADER_KEY = 0x41F1_5A9D
 #: Seconds between two looks at least (a gate opening is voted on within this much of its NOTIFY).
 _MIN_SPACING = 0.1
+#: Seconds a leading applier on PostgreSQL sleeps at most when nothing wakes it: every gate
+#: opening or escalating NOTIFYs, so a look is only a safety net there (and a retry of a vote
+#: that failed on its own). Looking every poll_interval cost the idle api-server 120 queries a minute.
+_RECHECK = 30.0
 
 
 def _roles_of(name: str) -> frozenset[str] | None:
@@ -58,6 +63,7 @@ class StandingApplier(StoreWatcher):
     :param access: Why an owner may not decide a DAG's gates now, or None when they may.
     :param leader_key: On PostgreSQL, work only while holding this advisory lock (None: always).
     :param follow_every: Seconds between a waiting applier's tries to take the lock.
+    :param recheck: On PostgreSQL, seconds between looks at most when nothing wakes it.
     """
 
     name = "hitl-standing"
@@ -72,9 +78,11 @@ class StandingApplier(StoreWatcher):
         access: Callable[[str, str], str | None] = delegator_refusal,
         leader_key: int | None = None,
         follow_every: float = 1.0,
+        recheck: float = _RECHECK,
     ) -> None:
         super().__init__(manager_factory=manager_factory, leader_key=leader_key, follow_every=follow_every)
         self.poll_interval = max(0.05, poll_interval)
+        self._recheck = max(self.poll_interval, recheck)
         self._roles_of = roles_of
         self._access = access
         #: Votes cast and owed votes settled skipped by this applier, for logs and tests.
@@ -84,8 +92,9 @@ class StandingApplier(StoreWatcher):
     def _work(self, manager: ApprovalManager) -> None:
         backoff = Backoff(first=1.0, cap=30.0)
         last_look = 0.0
+        ceiling = self._recheck if manager.store.is_postgres else self.poll_interval
         while not self._stop.is_set():
-            if self._wake.wait(self.poll_interval):
+            if self._wake.wait(ceiling):
                 # Every transition NOTIFYs, most of them decisions that owe nothing: a stream of
                 # them (100 decisions a second) costs one look per _MIN_SPACING, not one each.
                 self._stop.wait(max(0.0, last_look + _MIN_SPACING - time.monotonic()))

@@ -12,8 +12,8 @@ closed for the ones that say how it ended. After a reminder, the next one is que
 
 :class:`DrainerService` runs a drainer in a background thread of the api-server (never in
 the triggerer's event loop): it drains, then sleeps until the next due notice, the
-``[hitl] outbox_poll_interval``, or (PostgreSQL) a NOTIFY from a transition, whichever
-comes first. Any number of api-servers may run one: claims never overlap.
+``[hitl] outbox_poll_interval`` (30 s while it listens on PostgreSQL), or (PostgreSQL) a
+NOTIFY from a transition, whichever comes first. Any number of api-servers may run one: claims never overlap.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ from airflow_hitl.settings import HitlSettings
 from airflow_hitl.vocabulary import ACTION_EVENTS, Channel, Event
 
 log = logging.getLogger(__name__)
+
+#: Seconds the drainer sleeps at most while a LISTEN connection would wake it (PostgreSQL).
+_RECHECK = 30.0
 
 
 class OutboxDrainer:
@@ -194,6 +197,8 @@ class DrainerService:
         self.settings = settings or HitlSettings.load()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        #: Set while the LISTEN connection is up (PostgreSQL): then a NOTIFY wakes the drainer.
+        self._listening = threading.Event()
         self._threads: list[threading.Thread] = []
         self.drained = 0
 
@@ -236,7 +241,10 @@ class DrainerService:
                 self._wake.clear()
                 self.drained += drainer.drain()
                 backoff.reset()
-                wait = self.settings.outbox_poll_interval
+                # Listening on PostgreSQL, every transaction that queues notices wakes the drainer and
+                # the next due one is known: a look is only a safety net (polling every second cost the
+                # idle api-server three queries a second).
+                wait = _RECHECK if self._listening.is_set() else self.settings.outbox_poll_interval
                 due = drainer.outbox.next_due()
                 if due is not None:
                     wait = min(wait, max(0.0, (due - utcnow()).total_seconds()))
@@ -245,6 +253,13 @@ class DrainerService:
                 delay = backoff.next()
                 log.warning("outbox drainer failed; retrying in %.1fs", delay, exc_info=True)
                 self._stop.wait(delay)
+
+    def _listening_changed(self, up: bool) -> None:
+        if up:
+            self._listening.set()
+            self._wake.set()  # catch up with what was queued while nobody listened
+        else:
+            self._listening.clear()
 
     def _start_listener(self, manager: ApprovalManager) -> None:
         thread = threading.Thread(target=self._listen, args=(manager,), name="hitl-outbox-listener", daemon=True)
@@ -259,7 +274,7 @@ class DrainerService:
             channel=OUTBOX_CHANNEL,
             stop=self._stop,
             on_payload=lambda _: self._wake.set(),
-            on_listening=lambda up: self._wake.set() if up else None,
+            on_listening=self._listening_changed,
             what="outbox",
             max_backoff=self.settings.store_retry_max_backoff,
         )
