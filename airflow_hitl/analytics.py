@@ -1,13 +1,13 @@
 """Approval analytics: how long gates wait, where they stall, which time out, and who answers.
 
 Every figure is computed by the store, in SQL aggregates over ``approval_requests`` and
-``approval_votes``: three statements (gates, approvers, days) reading one snapshot. Python
-only renames and rounds what comes back: a report over 100,000 requests moves a few hundred
-rows, not 100,000. Percentiles are PostgreSQL's ``percentile_cont``; SQLite has none, so
-there the same linear interpolation is done with window functions (``ROW_NUMBER`` and
-``COUNT`` over each group), and both backends answer the same numbers for the same rows.
-On PostgreSQL the approvers' statement runs beside the two others, on a second connection
-importing the first one's snapshot (``pg_export_snapshot``).
+``approval_votes``: four statements (gates, approvers, days, the histogram of time to decision)
+reading one snapshot. Python only renames and rounds what comes back: a report over 100,000
+requests moves a few hundred rows, not 100,000. Percentiles are PostgreSQL's
+``percentile_cont``; SQLite has none, so there the same linear interpolation is done with
+window functions (``ROW_NUMBER`` and ``COUNT`` over each group), and both backends answer the
+same numbers for the same rows. On PostgreSQL the approvers' statement runs beside the others,
+on a second connection importing the first one's snapshot (``pg_export_snapshot``).
 
 A service over a store and a clock, like the manager's (the route and the page call it).
 """
@@ -53,6 +53,21 @@ _SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
 #: The percentiles of a gate's time to decision, by output name.
 GATE_PERCENTILES = {"time_to_decision_p50_s": 0.5, "time_to_decision_p90_s": 0.9}
 
+#: The bars of the time-to-decision histogram: each bar's upper bound in seconds (inclusive; None:
+#: none, the last bar) and its label. Fixed, human durations rather than bins computed from the
+#: data: a team reads "most within 5 minutes, a few over a day", and a bar means the same in
+#: every report, whatever the filters.
+HISTOGRAM_BUCKETS: tuple[tuple[float | None, str], ...] = (
+    (60.0, "≤ 1 min"),
+    (300.0, "1-5 min"),
+    (900.0, "5-15 min"),
+    (3600.0, "15-60 min"),
+    (14_400.0, "1-4 h"),
+    (86_400.0, "4-24 h"),
+    (259_200.0, "1-3 days"),
+    (None, "> 3 days"),
+)
+
 _R = ApprovalRequestRow
 _V = ApprovalVoteRow
 
@@ -94,12 +109,31 @@ class DayFigures(TypedDict):
     timed_out: int
 
 
+class BucketFigures(TypedDict):
+    """One bar of the time-to-decision histogram: the decided requests whose wait it holds.
+
+    ``le_s``: the bar's upper bound in seconds, inclusive (None: the last bar, unbounded); its
+    lower bound, exclusive, is the previous bar's (0 for the first, which holds 0 s too).
+    """
+
+    le_s: float | None
+    label: str
+    approved: int
+    rejected: int
+
+
 class AnalyticsReport(TypedDict):
     """What :meth:`ApprovalAnalytics.report` answers."""
 
     gates: list[GateFigures]
     approvers: list[ApproverFigures]
     daily: list[DayFigures]
+    time_to_decision_histogram: list[BucketFigures]
+
+
+def empty_report() -> AnalyticsReport:
+    """The report of no request: no gate, approver or day, and every bar of the histogram at 0."""
+    return {"gates": [], "approvers": [], "daily": [], "time_to_decision_histogram": _histogram({})}
 
 
 class ApprovalAnalytics:
@@ -149,12 +183,16 @@ class ApprovalAnalytics:
           of ``vote.created_at - request.requested_at``.
         * Daily: by the UTC date of ``requested_at``; ``decided``: of that day's requests, those
           approved or rejected (by now); ``timed_out``: those timed out.
+        * ``time_to_decision_histogram``: the decided requests of every gate of the report, by
+          their time to decision (as the percentiles measure it) in the bars of
+          :data:`HISTOGRAM_BUCKETS`; a wait equal to a bar's bound is in that bar. Every bar is
+          there, in order, empty ones at 0, so the bars sum to the gates' approved and rejected.
 
         Gates come by DAG and task (a DAG's gate without a task last), approvers by most votes, days in order.
         """
         dag_ids = _checked(dag_ids, dag_id=dag_id, task_id=task_id, since=since, until=until)
         if dag_ids is not None and not dag_ids:
-            return {"gates": [], "approvers": [], "daily": []}
+            return empty_report()
         where = where_clauses(ApprovalFilter(dag_ids=dag_ids, dag_id=dag_id, task_id=task_id, since=since, until=until))
         if not self.store.is_postgres:
             # One read transaction: SQLite's WAL gives its statements one snapshot.
@@ -164,6 +202,7 @@ class ApprovalAnalytics:
                         "gates": self._gates(conn, where, postgres=False),
                         "approvers": self._approvers(conn, where, postgres=False),
                         "daily": self._daily(conn, where, postgres=False),
+                        "time_to_decision_histogram": self._histogram(conn, where, postgres=False),
                     }
                 finally:
                     conn.rollback()
@@ -175,7 +214,13 @@ class ApprovalAnalytics:
             approvers = pool.submit(self._approvers_in, snapshot, where)
             gates = self._gates(conn, where, postgres=True)
             daily = self._daily(conn, where, postgres=True)
-            return {"gates": gates, "approvers": approvers.result(), "daily": daily}
+            histogram = self._histogram(conn, where, postgres=True)
+            return {
+                "gates": gates,
+                "approvers": approvers.result(),
+                "daily": daily,
+                "time_to_decision_histogram": histogram,
+            }
 
     @contextmanager
     def _snapshot(self, snapshot: str | None = None) -> Iterator[Connection]:
@@ -313,6 +358,44 @@ class ApprovalAnalytics:
             }
             for row in conn.execute(statement).mappings()
         ]
+
+    def _histogram(self, conn: Connection, where: list[Any], *, postgres: bool) -> list[BucketFigures]:
+        bounds = [bound for bound, _label in HISTOGRAM_BUCKETS if bound is not None]
+        # The first bar whose bound the wait does not pass (CASE takes the first true branch).
+        bar = case(
+            *((_decided_within(bound, postgres=postgres), index) for index, bound in enumerate(bounds)),
+            else_=len(bounds),
+        )
+        # Grouped in an outer query by the inner one's column: PostgreSQL would not see a CASE
+        # with bound values in both SELECT and GROUP BY as one expression.
+        decided = select(bar.label("bar"), _R.state).where(*where, _R.state.in_(DECISIONS)).subquery("decided")
+        statement = select(
+            decided.c.bar,
+            _count_if(decided.c.state == State.APPROVED).label("approved"),
+            _count_if(decided.c.state == State.REJECTED).label("rejected"),
+        ).group_by(decided.c.bar)
+        return _histogram({row.bar: (row.approved, row.rejected) for row in conn.execute(statement)})
+
+
+def _histogram(counts: Mapping[int, tuple[int, int]]) -> list[BucketFigures]:
+    """Every bar of :data:`HISTOGRAM_BUCKETS`, in order, with its (approved, rejected) from ``counts`` (0: none)."""
+    bars: list[BucketFigures] = []
+    for index, (bound, label) in enumerate(HISTOGRAM_BUCKETS):
+        approved, rejected = counts.get(index, (0, 0))
+        bars.append({"le_s": bound, "label": label, "approved": approved, "rejected": rejected})
+    return bars
+
+
+def _decided_within(seconds: float, *, postgres: bool) -> ColumnElement[bool]:
+    """Whether a request's time to decision (:func:`_wait` of ``decided_at``) is at most ``seconds``.
+
+    PostgreSQL: ``decided_at <= requested_at + interval``, the same comparison to the
+    microsecond, about a quarter cheaper over 100,000 rows than an ``interval`` subtracted and
+    compared per row and bar. SQLite: the wait in seconds, to the millisecond, against the bound.
+    """
+    if postgres:
+        return _R.decided_at <= _R.requested_at + literal(dt.timedelta(seconds=seconds), Interval)
+    return _wait(_R.decided_at, _R.requested_at, postgres=False) <= literal(seconds)
 
 
 def _checked(

@@ -20,7 +20,8 @@ Not a test: it prints figures. For each backend it
 3. analyses the tables (``VACUUM ANALYZE``; SQLite ``ANALYZE``), as autovacuum would have;
 4. calls ``report()`` ``--calls`` times per filter (after a few warm-up calls) and prints
    p50, p99 (nearest rank) and max in milliseconds, and how many gates, approvers and days
-   each answered;
+   each answered and how many decisions its time-to-decision histogram counted (the report's
+   four statements: gates, approvers, days, histogram);
 5. unless ``--no-proposed``, adds what the migration proposed with the report would add
    (:data:`PROPOSED`: one covering index on ``approval_requests``; on PostgreSQL, statistics
    of the UTC day of ``requested_at``), analyses again and measures again.
@@ -376,6 +377,8 @@ def run(backend: str, store: ApprovalStore, *, requests: int, calls: int, propos
         for case in filters(now):
             got = measure(lambda case=case: dict(analytics.report(**case.arguments)), calls, cpu)
             sizes = "/".join(str(len(got.answer[k])) for k in ("gates", "approvers", "daily"))
+            bars = got.answer["time_to_decision_histogram"]
+            sizes += "/" + str(sum(b["approved"] + b["rejected"] for b in bars))
             store_cpu = "-" if got.store_cpu_ms is None else f"{got.store_cpu_ms:.0f}"
             rows.append(
                 f"| {backend} | {schema} | {case.name} | {sizes} | {statistics.median(got.times):.1f} | "
@@ -427,7 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ApprovalAnalytics.report() over {args.requests:,} requests, {args.calls} calls a row; {machine()}:")
     print()
     print(
-        "| store | schema | filter | gates/approvers/days | p50 ms | p99 ms | max ms | store CPU ms | client CPU ms |"
+        "| store | schema | filter | gates/approvers/days/decided | p50 ms | p99 ms | max ms | store CPU ms "
+        "| client CPU ms |"
     )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     print("\n".join(rows))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select
 
-from airflow_hitl.analytics import ApprovalAnalytics
+from airflow_hitl.analytics import HISTOGRAM_BUCKETS, ApprovalAnalytics, empty_report
 from airflow_hitl.exceptions import InvalidInput
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.store import ApprovalStore
@@ -153,6 +153,21 @@ GATE = gate(
     oldest_pending_s=float(NOW),
     sla_breaches=2,
 )
+
+
+def bars(*counts: tuple[int, int]) -> list[dict[str, Any]]:
+    """The histogram whose first bars hold ``counts`` (approved, rejected), the rest none."""
+    padded = [*counts] + [(0, 0)] * (len(HISTOGRAM_BUCKETS) - len(counts))
+    return [
+        {"le_s": bound, "label": label, "approved": approved, "rejected": rejected}
+        for (bound, label), (approved, rejected) in zip(HISTOGRAM_BUCKETS, padded, strict=True)
+    ]
+
+
+# Decided requests waited 0 s (d2, automatic) and 60 s (r1, on the first bar's bound): both in
+# "<= 1 min"; 120 s (r3) and 300 s (r2, rejected, on the second bar's bound): "1-5 min"; 600 s
+# (d1): "5-15 min". The timeout and the cancel are no decision; r6, r7 and e1 still wait.
+HISTOGRAM = bars((2, 0), (1, 1), (1, 0))
 ALICE_FIGURES = {"user": "alice", "decisions": 2, "approvals": 2, "rejections": 0, "median_response_s": 45.0}
 BOB_FIGURES = {"user": "bob", "decisions": 2, "approvals": 1, "rejections": 1, "median_response_s": 210.0}
 CAROL_FIGURES = {"user": "carol", "decisions": 1, "approvals": 1, "rejections": 0, "median_response_s": 600.0}
@@ -181,6 +196,7 @@ class TestReport:
                 {"date": "2026-03-02", "requests": 8, "decided": 5, "timed_out": 1},
                 {"date": "2026-03-03", "requests": 2, "decided": 0, "timed_out": 0},
             ],
+            "time_to_decision_histogram": HISTOGRAM,
         }
         # Each breach counted is one sla_breached event of the audit trail.
         with store.session() as session:
@@ -196,11 +212,15 @@ class TestReport:
         assert report["gates"] == [DEPLOY, GATE]
         assert report["approvers"] == [ALICE_FIGURES, BOB_FIGURES, CAROL_FIGURES]
         assert report["daily"][1] == {"date": "2026-03-03", "requests": 1, "decided": 0, "timed_out": 0}
+        assert report["time_to_decision_histogram"] == HISTOGRAM
         assert analytics.report({"etl"})["gates"] == [ETL]
         assert analytics.report({"etl"})["approvers"] == []
+        # etl's one request still waits: every bar is there, empty.
+        assert analytics.report({"etl"})["time_to_decision_histogram"] == bars()
         # A caller who may read no DAG reads nothing, however many DAGs the store holds.
-        assert analytics.report(set()) == {"gates": [], "approvers": [], "daily": []}
-        assert analytics.report(frozenset({"payroll"})) == {"gates": [], "approvers": [], "daily": []}
+        nothing = {"gates": [], "approvers": [], "daily": [], "time_to_decision_histogram": bars()}
+        assert analytics.report(set()) == empty_report() == nothing
+        assert analytics.report(frozenset({"payroll"})) == nothing
 
     def test_one_dag_and_task(self, analytics: ApprovalAnalytics) -> None:
         report = analytics.report(None, dag_id="release", task_id="deploy")
@@ -208,7 +228,9 @@ class TestReport:
             "gates": [DEPLOY],
             "approvers": [CAROL_FIGURES],
             "daily": [{"date": "2026-03-02", "requests": 2, "decided": 2, "timed_out": 0}],
+            "time_to_decision_histogram": bars((1, 0), (0, 0), (1, 0)),
         }
+        assert analytics.report(None, task_id="gate")["time_to_decision_histogram"] == bars((1, 0), (1, 1))
         # The filters narrow what the caller may read, never widen it.
         assert analytics.report({"etl"}, dag_id="release")["gates"] == []
         assert [g["task_id"] for g in analytics.report(None, task_id="gate")["gates"]] == ["gate"]
@@ -222,9 +244,11 @@ class TestReport:
         ]
         assert later["approvers"] == []
         assert later["daily"] == [{"date": "2026-03-03", "requests": 2, "decided": 0, "timed_out": 0}]
+        assert later["time_to_decision_histogram"] == bars()
         earlier = analytics.report(None, until=second_day - dt.timedelta(seconds=1))
         assert earlier["gates"] == [DEPLOY, {**GATE, "requests": 6, "pending_now": 1, "sla_breaches": 1}]
         assert earlier["approvers"] == [ALICE_FIGURES, BOB_FIGURES, CAROL_FIGURES]
+        assert earlier["time_to_decision_histogram"] == HISTOGRAM
         # Both bounds are inclusive: a window of one instant holds the requests opened then.
         exactly = analytics.report(None, since=second_day, until=second_day)
         assert [(g["dag_id"], g["requests"]) for g in exactly["gates"]] == [("etl", 1), ("release", 1)]
@@ -237,7 +261,7 @@ class TestReport:
         by_dag = {g["dag_id"]: g["oldest_pending_s"] for g in analytics.report(None, task_id=None)["gates"]}
         assert by_dag["etl"] == 3600.0 + 1800.0
 
-    def test_three_aggregates_whatever_the_rows(self, analytics: ApprovalAnalytics, store: ApprovalStore) -> None:
+    def test_four_aggregates_whatever_the_rows(self, analytics: ApprovalAnalytics, store: ApprovalStore) -> None:
         # Computed in the store: one aggregate statement per table of the report, no rows loaded one by one.
         statements: list[str] = []
 
@@ -251,7 +275,7 @@ class TestReport:
         finally:
             event.remove(store.engine, "before_cursor_execute", seen)
         aggregates = [s for s in statements if "GROUP BY" in s]
-        assert len(aggregates) == 3
+        assert len(aggregates) == 4
         # Besides them, PostgreSQL's report only exports its snapshot to the votes' statement.
         assert [s for s in statements if s not in aggregates] == (
             ["SELECT pg_export_snapshot()"] if store.is_postgres else []
@@ -294,7 +318,56 @@ class TestPercentiles:
         assert (figures["time_to_decision_p50_s"], figures["time_to_decision_p90_s"]) == (42.5, 42.5)
 
     def test_an_empty_store(self, analytics: ApprovalAnalytics) -> None:
-        assert analytics.report(None) == {"gates": [], "approvers": [], "daily": []}
+        assert analytics.report(None) == empty_report()
+
+
+class TestHistogram:
+    def test_a_wait_on_a_bound_is_in_that_bar_a_millisecond_more_in_the_next(
+        self, mgr: ApprovalManager, analytics: ApprovalAnalytics, clock: Clock
+    ) -> None:
+        # Two requests per bound: one decided exactly on it, one a millisecond after (approved,
+        # then rejected, then approved...), and one a week long. Bar i holds the wait on its own
+        # bound and the one just past the bound before it.
+        bounds = [bound for bound, _label in HISTOGRAM_BUCKETS if bound is not None]
+        waits = [w for bound in bounds for w in (bound, bound + 0.001)] + [7 * DAY]
+        expected = [[0, 0] for _ in HISTOGRAM_BUCKETS]
+        for index, wait in enumerate(waits):
+            at(clock, index)
+            request = mgr.create(spec(task_id="model"))
+            at(clock, index + wait)
+            rejected = index % 3 == 1
+            if rejected:
+                mgr.reject(request.id, user=BOB, reason="no")
+            else:
+                mgr.approve(request.id, user=ALICE)
+            expected[(index + 1) // 2][1 if rejected else 0] += 1
+        # An automatic approval waited nothing: the first bar.
+        at(clock, 0)
+        automatic = mgr.create(spec(task_id="model"))
+        mgr.decide_automatically(automatic.id, source=Source.AUTO, comment="approval_type=auto")
+        expected[0][0] += 1
+        # A request cancelled or timed out after any wait is no decision: in no bar.
+        for ending in ("cancel", "timeout"):
+            at(clock, 0)
+            opened = mgr.create(spec(task_id="model", timeout=dt.timedelta(minutes=2), timeout_action="reject"))
+            at(clock, 150)
+            if ending == "cancel":
+                mgr.cancel(opened.id, actor="ricky", reason="withdrawn")
+            else:
+                assert mgr.apply_timeout(opened.id).approval.state == "timeout"
+
+        report = analytics.report(None)
+        assert report["time_to_decision_histogram"] == bars(*(tuple(pair) for pair in expected))
+        assert expected == [[2, 0], [1, 1], [1, 1], [2, 0], [1, 1], [1, 1], [2, 0], [1, 1]]
+        (figures,) = report["gates"]
+        histogram = report["time_to_decision_histogram"]
+        assert sum(b["approved"] for b in histogram) == figures["approved"] == 11
+        assert sum(b["rejected"] for b in histogram) == figures["rejected"] == 5
+        # Filtered like every figure: by task, and by when the requests were opened.
+        assert analytics.report(None, task_id="other")["time_to_decision_histogram"] == bars()
+        first = analytics.report(None, until=START + dt.timedelta(seconds=1))["time_to_decision_histogram"]
+        # Opened at +0: the wait of exactly 60 s, the automatic approval, the cancel and the timeout; at +1: 60.001 s.
+        assert first == bars((2, 0), (0, 1))
 
 
 class TestBadInput:

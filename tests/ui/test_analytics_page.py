@@ -28,6 +28,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from airflow_hitl.analytics import HISTOGRAM_BUCKETS
 from airflow_hitl.api.routes.ui import CHART_SCRIPT
 from airflow_hitl.manager import ApprovalManager, ApprovalSpec
 from airflow_hitl.policy import Principal
@@ -56,6 +57,16 @@ CHART_DATA = """canvas => {
   const chart = window.Chart.getChart(canvas);
   return chart ? { labels: chart.data.labels, datasets: chart.data.datasets.map((d) => [d.label, d.data]) } : null;
 }"""
+#: The colours of a chart's datasets, and the page's --ok and --bad now.
+CHART_COLOURS = """canvas => {
+  const css = getComputedStyle(document.documentElement);
+  return {
+    drawn: window.Chart.getChart(canvas).data.datasets.map((d) => d.backgroundColor),
+    page: [css.getPropertyValue("--ok").trim(), css.getPropertyValue("--bad").trim()],
+  };
+}"""
+#: The histogram's bars, as the report labels them.
+BAR_LABELS = [label for _bound, label in HISTOGRAM_BUCKETS]
 
 
 #: How many days back the known requests start, and the pictures' two weeks of history.
@@ -210,6 +221,15 @@ def assert_charts_drawn(page: Page) -> None:
         assert painted(page, canvas) > 1000, canvas
 
 
+def histogram(approved: list[int], rejected: list[int]) -> dict[str, Any]:
+    """The chart of time to decision holding these counts in its first bars (the others 0)."""
+
+    def padded(counts: list[int]) -> list[int]:
+        return counts + [0] * (len(HISTOGRAM_BUCKETS) - len(counts))
+
+    return {"labels": BAR_LABELS, "datasets": [["Approved", padded(approved)], ["Rejected", padded(rejected)]]}
+
+
 def cells(page: Page, row: str, names: list[str]) -> list[str]:
     """The text of the cells ``names`` (their classes) of the table row ``row``."""
     return [page.locator(f"{row} .{name}").inner_text() for name in names]
@@ -278,8 +298,15 @@ def test_the_numbers_charts_filters_and_exports(
     assert page.locator("#daily-rows .day-requests").all_inner_texts() == ["5", "3"]
     assert page.locator("#daily-rows .day-decided").all_inner_texts() == ["4", "1"]
     assert page.locator("#daily-rows .day-timed-out").all_inner_texts() == ["1", "0"]
+    # The histogram's table, the chart's text alternative: every bar, its decisions and their share.
+    # s1 waited 60 s (on the first bar's bound); g1 120 s and g2 300 s (on the second's); g5 600 s;
+    # g3, rejected, 1200 s. g4 timed out and s2 was cancelled: no decision.
+    assert page.locator("#histogram-rows .bar-label").all_inner_texts() == BAR_LABELS
+    assert page.locator("#histogram-rows .bar-approved").all_inner_texts() == ["1", "2", "1", "0", "0", "0", "0", "0"]
+    assert page.locator("#histogram-rows .bar-rejected").all_inner_texts() == ["0", "0", "0", "1", "0", "0", "0", "0"]
+    assert page.locator("#histogram-rows .bar-share").all_inner_texts() == ["20%", "40%", "20%", "20%"] + ["0%"] * 4
     # On a desktop the tables are tables, as wide as the page.
-    for table in ("#gates-table", "#approvers-table", "#daily-table"):
+    for table in ("#gates-table", "#histogram-table", "#approvers-table", "#daily-table"):
         spans = page.locator(table).evaluate(
             "t => [getComputedStyle(t).display, t.offsetWidth >= t.parentElement.clientWidth - 1]"
         )
@@ -289,12 +316,14 @@ def test_the_numbers_charts_filters_and_exports(
     expect(page.locator("#oldest-list li .w-gate")).to_have_text(f"{dag_id} · approve")
     expect(page.locator("#sla-list li .w-figure")).to_have_text("1 of 6 requests waited past the SLA")
 
-    # The charts: drawn, with the report's numbers (slowest gate first; the day's outcomes stacked).
+    # The charts: drawn, with the report's numbers (each bar's approved and rejected stacked; the
+    # day's outcomes stacked), the histogram summed up in words beside it.
     assert_charts_drawn(page)
-    assert page.locator("#chart-ttd").evaluate(CHART_DATA) == {
-        "labels": [f"{dag_id} · approve", f"{dag_id} · sign_off"],
-        "datasets": [["Median", [450, 60]], ["90th percentile", [1020, 60]]],
-    }
+    assert page.locator("#chart-ttd").evaluate(CHART_DATA) == histogram([1, 2, 1], [0, 0, 0, 1])
+    expect(page.locator("#c-ttd-note")).to_have_text(
+        "At least half of the 5 decisions came within 5m, 90% within 1h. The table below lists each bar."
+    )
+    assert page.locator("#chart-ttd").get_attribute("aria-describedby") == "c-ttd-note"
     assert page.locator("#chart-daily").evaluate(CHART_DATA) == {
         "labels": days,
         "datasets": [["Decided", [4, 1]], ["Timed out", [1, 0]], ["Waiting or cancelled", [0, 2]]],
@@ -310,13 +339,20 @@ def test_the_numbers_charts_filters_and_exports(
         ("approve", "6", "450.0"),
         ("sign_off", "2", "60.0"),
     ]
-    for table, count in (("approvers", 3), ("daily", 2)):
+    for table, count in (("approvers", 3), ("daily", 2), ("histogram", len(HISTOGRAM_BUCKETS))):
         href = page.locator(f"#csv-{table}").get_attribute("href") or ""
         assert f"table={table}" in href and f"dag_id={dag_id}" in href
         with page.expect_download() as download:
             page.locator(f"#csv-{table}").click()
         download.value.save_as(tmp_path / f"{table}.csv")
         assert len(list(csv.DictReader(io.StringIO((tmp_path / f"{table}.csv").read_text())))) == count
+    bars = list(csv.DictReader(io.StringIO((tmp_path / "histogram.csv").read_text())))
+    assert [(b["label"], b["approved"], b["rejected"]) for b in bars[:4]] == [
+        ("≤ 1 min", "1", "0"),
+        ("1-5 min", "2", "0"),
+        ("5-15 min", "1", "0"),
+        ("15-60 min", "0", "1"),
+    ]
 
     # Filters: the task, then day 1 on (From, in Airflow's timezone), kept in the address.
     page.locator("#a-task").fill("sign_off")
@@ -324,12 +360,26 @@ def test_the_numbers_charts_filters_and_exports(
     expect(page.locator("#t-requests")).to_have_text("2")
     expect(page.locator("#gates-rows tr")).to_have_count(1)
     expect(page).to_have_url(re.compile(r"task_id=sign_off"))
+    # The histogram follows the filters: s1's one approval, drawn again.
+    assert page.locator("#chart-ttd").evaluate(CHART_DATA) == histogram([1], [])
+    expect(page.locator("#c-ttd-note")).to_have_text("The one decision came within 1m. The table below lists each bar.")
+    assert painted(page, "#chart-ttd") > 1000
     page.locator("#a-task").fill("")
     page.locator("#a-since").fill(days[1])
     page.locator("#a-apply").click()
     expect(page.locator("#t-requests")).to_have_text("3")
     expect(page.locator("#approvers-rows tr")).to_have_count(1)
     expect(page.locator("#daily-rows .day-date")).to_have_text([days[1]])
+    assert page.locator("#chart-ttd").evaluate(CHART_DATA) == histogram([0, 0, 1], [])
+    # Day 1 on, on the task that decided nothing then: no chart, the words say so, no empty table.
+    page.locator("#a-task").fill("sign_off")
+    page.locator("#a-apply").click()
+    expect(page.locator("#t-requests")).to_have_text("1")
+    expect(page.locator("#c-ttd-empty")).to_be_visible()
+    expect(page.locator("#chart-ttd")).to_be_hidden()
+    expect(page.locator("#histogram-table")).to_be_hidden()
+    expect(page.locator("#histogram-empty")).to_be_visible()
+    page.locator("#a-task").fill("")
     assert errors == []
     # A window that ends before it starts: the API's 422, named, in the error line (the browser
     # logs the refused fetch, nothing else).
@@ -352,6 +402,15 @@ def test_screenshots_light_and_dark_on_a_desktop_and_at_375px(
         expect(page.locator("html")).to_have_attribute("data-theme", mode)
         expect(page.locator("#gates-rows tr").first).to_be_visible()
         assert_charts_drawn(page)
+        # The histogram's bars hold every decision of the totals, in this mode's green and red.
+        drawn = page.locator("#chart-ttd").evaluate(CHART_DATA)
+        assert drawn["labels"] == BAR_LABELS
+        sums = [sum(counts) for _label, counts in drawn["datasets"]]
+        assert sums == [int(page.locator(t).inner_text()) for t in ("#t-approved", "#t-rejected")]
+        colours = page.locator("#chart-ttd").evaluate(CHART_COLOURS)
+        assert colours["drawn"] == colours["page"], colours
+        expect(page.locator("#c-ttd-note")).to_contain_text("At least half of the")
+        expect(page.locator("#histogram-rows tr")).to_have_count(len(HISTOGRAM_BUCKETS))
         background, text = page_colours(page)
         if mode == "dark":
             assert background < 0.35 < text, (background, text)

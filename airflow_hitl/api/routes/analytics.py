@@ -1,4 +1,5 @@
-"""``/api/v1/analytics``: approval figures per gate, approver and day; ``/api/v1/analytics.csv``: one table.
+"""``/api/v1/analytics``: approval figures per gate, approver and day, and the histogram of time to
+decision; ``/api/v1/analytics.csv``: one table.
 
 Thin handlers over :class:`~airflow_hitl.analytics.ApprovalAnalytics`: the caller's readable
 DAGs are asked of the auth manager (as the approvals' lists ask them), the figures are computed
@@ -23,13 +24,14 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, AwareDatetime
 
 from airflow_hitl.analytics import AnalyticsReport, ApprovalAnalytics
-from airflow_hitl.api.datamodels import (
+from airflow_hitl.api.analytics_models import (
     AnalyticsResponse,
     ApproverFiguresResponse,
+    BucketFiguresResponse,
     DayFiguresResponse,
     GateFiguresResponse,
-    error_responses,
 )
+from airflow_hitl.api.datamodels import error_responses
 from airflow_hitl.api.deps import ManagerDep, analytics_of, storable_text
 from airflow_hitl.api.security import Caller, CallerDep, current_caller, readable_dag_ids
 from airflow_hitl.limits import time_problem
@@ -44,8 +46,11 @@ CSV_TABLES: dict[str, tuple[str, ...]] = {
     "gates": tuple(GateFiguresResponse.model_fields),
     "approvers": tuple(ApproverFiguresResponse.model_fields),
     "daily": tuple(DayFiguresResponse.model_fields),
+    "histogram": tuple(BucketFiguresResponse.model_fields),
 }
-TableWord = Literal["gates", "approvers", "daily"]
+TableWord = Literal["gates", "approvers", "daily", "histogram"]
+#: The key of the report each table is, where the table's short name differs from it.
+REPORT_KEYS: dict[str, str] = {"histogram": "time_to_decision_histogram"}
 
 #: What a spreadsheet runs as a formula when a cell starts with it (tab and CR too, as OWASP lists).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -100,13 +105,17 @@ def _report(
     return analytics.report(dag_ids, dag_id=f.dag_id, task_id=f.task_id, since=f.since, until=f.until)
 
 
-@router.get("/analytics", response_model=AnalyticsResponse, summary="Approval figures per gate, approver and day")
+@router.get(
+    "/analytics",
+    response_model=AnalyticsResponse,
+    summary="Approval figures per gate, approver and day, and the time to decision's distribution",
+)
 def analytics(caller: CallerDep, manager: ManagerDep, service: AnalyticsDep, filters: FiltersDep) -> Response:
     """How long gates wait, where they stall, which time out and who answers, of the requests opened in the window.
 
-    Only requests on DAGs the caller may read count. ``time_to_decision_*`` are of approved
-    and rejected requests; ``oldest_pending_s`` is measured now; ``daily`` is by the UTC day
-    a request was opened.
+    Only requests on DAGs the caller may read count. ``time_to_decision_*`` and
+    ``time_to_decision_histogram`` are of approved and rejected requests; ``oldest_pending_s``
+    is measured now; ``daily`` is by the UTC day a request was opened.
     """
     # Already JSON-ready (text, numbers, null): FastAPI's second pass through the model is skipped.
     return JSONResponse(content=dict(_report(caller, manager, service, filters)))
@@ -157,15 +166,18 @@ def csv_text(columns: tuple[str, ...], rows: Iterable[Mapping[str, Any]]) -> str
     responses={200: {"description": "The table with a header row."}, **_json_errors(401, 422, 503)},
 )
 def analytics_csv(
-    table: Annotated[TableWord, Query(description="Which table: `gates`, `approvers` or `daily`.")],
+    table: Annotated[
+        TableWord,
+        Query(description="Which table: `gates`, `approvers`, `daily` or `histogram` (`time_to_decision_histogram`)."),
+    ],
     caller: CallerDep,
     manager: ManagerDep,
     service: AnalyticsDep,
     filters: FiltersDep,
 ) -> Response:
-    """The ``gates``, ``approvers`` or ``daily`` table of ``GET /analytics`` with the same filters, as a download."""
-    report = _report(caller, manager, service, filters)
-    rows: list[Any] = list(report[table])
+    """One table of ``GET /analytics`` (``histogram``: ``time_to_decision_histogram``), same filters, as a download."""
+    report: Mapping[str, Any] = _report(caller, manager, service, filters)
+    rows: list[Any] = list(report[REPORT_KEYS.get(table, table)])
     return CsvResponse(
         content=csv_text(CSV_TABLES[table], rows),
         headers={"Content-Disposition": f'attachment; filename="hitl-analytics-{table}.csv"'},

@@ -1674,10 +1674,35 @@
     return value === null || value === undefined ? "—" : duration(value * 1000);
   }
 
-  /** A step for a time axis up to ``max`` seconds: a round duration, about five ticks. */
-  function timeStep(max) {
-    const steps = [1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800];
-    return steps.find((step) => max / step <= 6) || Math.ceil(max / 6 / 604800) * 604800;
+  /** A round wait written without its zero part: "5m", "1h", "3d" (as a bar's bound reads). */
+  function roundWait(seconds) {
+    return waited(seconds).replace(/ 0[smh]$/, "");
+  }
+
+  /** How many decisions a bar of the time-to-decision histogram holds. */
+  function barTotal(bar) {
+    return bar.approved + bar.rejected;
+  }
+
+  /** The bound within which at least ``share`` of the histogram's ``total`` decisions came ("5m"); null: only the unbounded last bar reaches it. */
+  function decidedWithin(bars, share, total) {
+    let seen = 0;
+    for (const bar of bars) {
+      seen += barTotal(bar);
+      if (seen >= share * total) return bar.le_s === null ? null : roundWait(bar.le_s);
+    }
+    return null;
+  }
+
+  /** The histogram in words: where half and 90% of its decisions fall ("At least half of the 12 decisions came within 5m, 90% within 4h."). */
+  function histogramWords(bars, total) {
+    const decisions = total + " decision" + (total === 1 ? "" : "s");
+    const longest = roundWait(bars[bars.length - 2].le_s);
+    const half = decidedWithin(bars, 0.5, total);
+    if (total === 1) return "The one decision came " + (half === null ? "after more than " + longest : "within " + half) + ".";
+    if (half === null) return "Fewer than half of the " + decisions + " came within " + longest + ".";
+    const most = decidedWithin(bars, 0.9, total);
+    return "At least half of the " + decisions + " came within " + half + ", " + (most === null ? "fewer than 90% within " + longest : "90% within " + most) + ".";
   }
 
   /** A gate's name: its DAG and task (a request opened over the API may have no task). */
@@ -1686,9 +1711,8 @@
   }
 
   function analyticsPage() {
-    // The chart of time to decision shows this many gates (the slowest); the table lists all.
-    const CHARTED_GATES = 15;
     const REFRESH_MS = 60000;
+    const TABLES = ["gates", "histogram", "approvers", "daily"];
     const params = new URLSearchParams(window.location.search);
     const fields = { dag_id: "a-dag", task_id: "a-task", since: "a-since", until: "a-until" };
     for (const [name, id] of Object.entries(fields)) if (params.get(name)) $(id).value = params.get(name);
@@ -1709,7 +1733,7 @@
     function palette() {
       const css = getComputedStyle(document.documentElement);
       const v = (name) => css.getPropertyValue(name).trim();
-      return { text: v("--text"), muted: v("--muted"), line: v("--line"), ok: v("--ok"), warn: v("--warn"), accent: v("--accent"), font: getComputedStyle(body).fontFamily };
+      return { text: v("--text"), muted: v("--muted"), line: v("--line"), ok: v("--ok"), bad: v("--bad"), warn: v("--warn"), accent: v("--accent"), font: getComputedStyle(body).fontFamily };
     }
 
     function chartOptions(p, options) {
@@ -1724,51 +1748,33 @@
       );
     }
 
-    function timeToDecision(p, gates) {
-      const decided = gates
-        .filter((g) => g.time_to_decision_p50_s !== null)
-        .sort((a, b) => b.time_to_decision_p90_s - a.time_to_decision_p90_s);
-      const charted = decided.slice(0, CHARTED_GATES);
-      show($("c-ttd-area"), charted.length > 0);
-      show($("c-ttd-empty"), charted.length === 0);
-      show($("c-ttd-note"), decided.length > charted.length);
-      setText("c-ttd-note", "The " + charted.length + " slowest of " + decided.length + " gates (by the 90th percentile); the table lists all.");
-      if (!charted.length) return null;
-      // One bar pair per gate: the area grows with them rather than squeezing them.
-      $("c-ttd-area").style.height = Math.max(170, 70 + charted.length * 38) + "px";
-      const label = (ctx) => ctx.dataset.label + ": " + waited(ctx.parsed.x);
-      const slowest = Math.max(...charted.map((g) => g.time_to_decision_p90_s));
+    /** The histogram of time to decision: per bar of waits, the approved and rejected requests stacked. */
+    function timeToDecision(p, bars) {
+      const total = bars.reduce((sum, bar) => sum + barTotal(bar), 0);
+      show($("c-ttd-area"), total > 0);
+      show($("c-ttd-empty"), total === 0);
+      show($("c-ttd-note"), total > 0);
+      // The chart's words for a screen reader (and a summary for everyone): where the middle and the tail fall.
+      setText("c-ttd-note", total ? histogramWords(bars, total) + " The table below lists each bar." : "");
+      if (!total) return null;
       return {
         type: "bar",
         data: {
-          labels: charted.map(gateName),
+          labels: bars.map((bar) => bar.label),
           datasets: [
-            { label: "Median", data: charted.map((g) => g.time_to_decision_p50_s), backgroundColor: p.accent },
-            { label: "90th percentile", data: charted.map((g) => g.time_to_decision_p90_s), backgroundColor: p.warn },
+            { label: "Approved", data: bars.map((bar) => bar.approved), backgroundColor: p.ok },
+            { label: "Rejected", data: bars.map((bar) => bar.rejected), backgroundColor: p.bad },
           ],
         },
         options: chartOptions(p, {
-          indexAxis: "y",
           scales: {
-            // Round steps, written without their zero part: "30m", "1h", "1h 30m".
-            x: { beginAtZero: true, ticks: { color: p.muted, callback: (value) => waited(value).replace(/ 0[smh]$/, ""), stepSize: timeStep(slowest) }, grid: { color: p.line } },
-            y: {
-              ticks: {
-                color: p.text,
-                autoSkip: false,
-                // A long name is cut on the axis (shorter on a phone); the tooltip and the table keep it whole.
-                callback(value) {
-                  const name = this.getLabelForValue(value);
-                  const room = this.chart.width < 480 ? 22 : 32;
-                  return name.length > room ? name.slice(0, room - 1) + "…" : name;
-                },
-              },
-              grid: { display: false },
-            },
+            // Every bar labelled (tilted when the chart is narrow), never skipped.
+            x: { stacked: true, title: { display: true, text: "Waited", color: p.muted }, ticks: { color: p.muted, autoSkip: false }, grid: { display: false } },
+            y: { stacked: true, beginAtZero: true, title: { display: true, text: "Requests", color: p.muted }, ticks: { color: p.muted, precision: 0 }, grid: { color: p.line } },
           },
           plugins: {
             legend: { position: "bottom", labels: { color: p.text, boxWidth: 12 } },
-            tooltip: { callbacks: { label } },
+            tooltip: { callbacks: { title: (items) => "Waited " + items[0].label } },
           },
         }),
       };
@@ -1808,7 +1814,7 @@
       Chart.defaults.color = p.muted;
       Chart.defaults.borderColor = p.line;
       Chart.defaults.font.family = p.font;
-      const configs = { ttd: timeToDecision(p, report.gates), daily: dailyVolume(p, report.daily) };
+      const configs = { ttd: timeToDecision(p, report.time_to_decision_histogram), daily: dailyVolume(p, report.daily) };
       for (const [name, config] of Object.entries(configs)) {
         if (charts[name]) charts[name].destroy();
         charts[name] = config ? new Chart($("chart-" + name), config) : null;
@@ -1847,6 +1853,18 @@
         cell("Approvals", a.approvals, "num ap-approvals"),
         cell("Rejections", a.rejections, "num ap-rejections"),
         cell("Median response", waited(a.median_response_s), "num ap-median")
+      );
+    }
+
+    function barRow(bar, decided) {
+      const share = decided ? Math.round((barTotal(bar) / decided) * 100) + "%" : "—";
+      return el(
+        "tr",
+        { className: "bar-row", dataset: { le: bar.le_s === null ? "" : bar.le_s } },
+        cell("Waited", bar.label, "name bar-label"),
+        cell("Approved", bar.approved, "num bar-approved"),
+        cell("Rejected", bar.rejected, "num bar-rejected"),
+        cell("Share of decisions", share, "num bar-share")
       );
     }
 
@@ -1894,6 +1912,10 @@
       show($("sla-empty"), breached.length === 0);
 
       table("gates", gates.map(gateRow));
+      const bars = report.time_to_decision_histogram;
+      const decided = bars.reduce((sum, bar) => sum + barTotal(bar), 0);
+      // Every bar is always there (empty ones at 0): the table shows them only when something was decided.
+      table("histogram", decided ? bars.map((bar) => barRow(bar, decided)) : []);
       table("approvers", report.approvers.map(approverRow));
       table("daily", report.daily.map(dayRow));
       for (const g of gates) knownDags.add(g.dag_id);
@@ -1904,7 +1926,7 @@
     async function load() {
       const f = filters();
       // Each table's export: the same filters, the API's CSV of it (sent with the UI cookie).
-      for (const name of ["gates", "approvers", "daily"]) $("csv-" + name).setAttribute("href", API + "/analytics.csv" + query(Object.assign({ table: name }, f)));
+      for (const name of TABLES) $("csv-" + name).setAttribute("href", API + "/analytics.csv" + query(Object.assign({ table: name }, f)));
       try {
         report = await api("/analytics" + query(f));
         show($("a-error"), false);

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from airflow_hitl.api.datamodels import AnalyticsResponse
-from airflow_hitl.api.routes.analytics import CSV_TABLES, csv_cell
+from airflow_hitl.analytics import HISTOGRAM_BUCKETS
+from airflow_hitl.api.analytics_models import AnalyticsResponse
+from airflow_hitl.api.routes.analytics import CSV_TABLES, REPORT_KEYS, csv_cell
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.policy import Principal
 from airflow_hitl.spec import utcnow
@@ -29,7 +30,19 @@ CSV = f"{ANALYTICS}.csv"
 START = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.timezone.utc)
 OP = Principal.of("op", ["op"])
 ADMIN = Principal.of("admin", ["admin"])
-EMPTY = {"gates": [], "approvers": [], "daily": []}
+
+
+def bars(*counts: tuple[int, int]) -> list[dict[str, Any]]:
+    """The histogram whose first bars hold ``counts`` (approved, rejected), the others none."""
+    padded = [*counts] + [(0, 0)] * (len(HISTOGRAM_BUCKETS) - len(counts))
+    return [
+        {"le_s": bound, "label": label, "approved": approved, "rejected": rejected}
+        for (bound, label), (approved, rejected) in zip(HISTOGRAM_BUCKETS, padded, strict=True)
+    ]
+
+
+#: No request: no rows, and every bar of the histogram at 0.
+EMPTY = {"gates": [], "approvers": [], "daily": [], "time_to_decision_histogram": bars()}
 
 
 def _at(clock: Clock, seconds: float) -> None:
@@ -119,7 +132,17 @@ OP_VOTES = {"user": "op", "decisions": 3, "approvals": 3, "rejections": 0, "medi
 ADMIN_VOTES = {"user": "admin", "decisions": 1, "approvals": 0, "rejections": 1, "median_response_s": 600.0}
 DAY_1 = {"date": "2026-03-02", "requests": 7, "decided": 4, "timed_out": 1}
 DAY_2 = {"date": "2026-03-03", "requests": 1, "decided": 0, "timed_out": 0}
-EVERYTHING = {"gates": [billing(), NIGHTLY], "approvers": [OP_VOTES, ADMIN_VOTES], "daily": [DAY_1, DAY_2]}
+# Decided after 30 s (n1) and 60 s (a1, on the first bar's bound): "<= 1 min"; 120 s (a3): "1-5
+# min"; a2 rejected after 600 s: "5-15 min". n2's timeout and n3's cancel are no decision.
+HISTOGRAM = bars((2, 0), (1, 0), (0, 1))
+HISTOGRAM_NIGHTLY = bars((1, 0))
+HISTOGRAM_BILLING = bars((1, 0), (1, 0), (0, 1))
+EVERYTHING = {
+    "gates": [billing(), NIGHTLY],
+    "approvers": [OP_VOTES, ADMIN_VOTES],
+    "daily": [DAY_1, DAY_2],
+    "time_to_decision_histogram": HISTOGRAM,
+}
 #: Of one DAG or task: its own votes and days.
 OP_NIGHTLY = {**OP_VOTES, "decisions": 1, "approvals": 1, "median_response_s": 30.0}
 OP_BILLING = {**OP_VOTES, "decisions": 2, "approvals": 2, "median_response_s": 90.0}
@@ -130,6 +153,7 @@ DAY_1_ONLY = {
     "gates": [billing(requests=4, pending_now=1), NIGHTLY],
     "approvers": [OP_VOTES, ADMIN_VOTES],
     "daily": [DAY_1],
+    "time_to_decision_histogram": HISTOGRAM,
 }
 #: Of the requests of day 2: b1 alone, waiting.
 DAY_2_BILLING = billing(
@@ -175,6 +199,15 @@ class TestFigures:
     def test_every_figure_of_the_known_requests(self, api: AirflowApi, known: dict[str, str]) -> None:
         assert report(api) == EVERYTHING
 
+    def test_the_histogram_counts_every_decision_once(self, api: AirflowApi, known: dict[str, str]) -> None:
+        body = report(api)
+        histogram = body["time_to_decision_histogram"]
+        # The bars in order, each bounded by the next's lower end; the last one unbounded.
+        assert [b["le_s"] for b in histogram] == [60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0, 259200.0, None]
+        assert histogram[0]["label"] == "≤ 1 min" and histogram[-1]["label"] == "> 3 days"
+        for outcome in ("approved", "rejected"):
+            assert sum(b[outcome] for b in histogram) == sum(g[outcome] for g in body["gates"])
+
     def test_a_decision_made_over_the_rest_api_counts(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
         opened = open_request(api_manager, dag_id="payroll", task_id="sign_off")
         response = api.client.post(
@@ -201,25 +234,38 @@ class TestFigures:
                 "median_response_s": pytest.approx(waited, abs=0.0011),
             }
         ]
+        # One approval, in the bar its wait falls in.
+        bar = next(i for i, (bound, _label) in enumerate(HISTOGRAM_BUCKETS) if bound is None or waited <= bound)
+        assert body["time_to_decision_histogram"] == bars(*[(0, 0)] * bar, (1, 0))
 
     @pytest.mark.parametrize(
         ("params", "expected"),
         [
             pytest.param(
                 {"dag_id": "nightly"},
-                {"gates": [NIGHTLY], "approvers": [OP_NIGHTLY], "daily": [DAY_1_NIGHTLY]},
+                {
+                    "gates": [NIGHTLY],
+                    "approvers": [OP_NIGHTLY],
+                    "daily": [DAY_1_NIGHTLY],
+                    "time_to_decision_histogram": HISTOGRAM_NIGHTLY,
+                },
                 id="dag",
             ),
             pytest.param(
                 {"task_id": "gate"},
-                {"gates": [billing()], "approvers": [OP_BILLING, ADMIN_VOTES], "daily": [DAY_1_BILLING, DAY_2]},
+                {
+                    "gates": [billing()],
+                    "approvers": [OP_BILLING, ADMIN_VOTES],
+                    "daily": [DAY_1_BILLING, DAY_2],
+                    "time_to_decision_histogram": HISTOGRAM_BILLING,
+                },
                 id="task",
             ),
             pytest.param({"dag_id": "billing", "task_id": "load"}, EMPTY, id="dag-and-task"),
             # Requests opened from noon on day 1: b1 alone (the SLA breach was a4's, on day 1).
             pytest.param(
                 {"since": (START + dt.timedelta(hours=3)).isoformat()},
-                {"gates": [DAY_2_BILLING], "approvers": [], "daily": [DAY_2]},
+                {"gates": [DAY_2_BILLING], "approvers": [], "daily": [DAY_2], "time_to_decision_histogram": bars()},
                 id="since",
             ),
             pytest.param({"until": (START + dt.timedelta(hours=3)).isoformat()}, DAY_1_ONLY, id="until"),
@@ -251,7 +297,9 @@ class TestAccess:
         for table, columns in CSV_TABLES.items():
             response = api.client.get(CSV, params={"table": table}, headers=api.headers("nobody"))
             assert response.status_code == 200
-            assert list(csv.reader(io.StringIO(response.text))) == [list(columns)]
+            # The histogram's bars are fixed: there, each at 0.
+            empty = [[csv_cell(b[c]) for c in columns] for b in bars()] if table == "histogram" else []
+            assert list(csv.reader(io.StringIO(response.text))) == [list(columns), *empty]
 
     @pytest.mark.parametrize("path", [ANALYTICS, f"{CSV}?table=gates"])
     def test_without_a_token_it_is_401(self, api: AirflowApi, known: dict[str, str], path: str) -> None:
@@ -270,7 +318,7 @@ def rows_of(response: Any) -> list[list[str]]:
 class TestCsv:
     @pytest.mark.parametrize("table", list(CSV_TABLES))
     def test_each_table_as_the_json_has_it(self, api: AirflowApi, known: dict[str, str], table: str) -> None:
-        json_rows = api.client.get(ANALYTICS, headers=api.headers("admin")).json()[table]
+        json_rows = api.client.get(ANALYTICS, headers=api.headers("admin")).json()[REPORT_KEYS.get(table, table)]
         response = api.client.get(CSV, params={"table": table}, headers=api.headers("admin"))
         rows = rows_of(response)
         assert response.headers["content-disposition"] == f'attachment; filename="hitl-analytics-{table}.csv"'
@@ -307,6 +355,29 @@ class TestCsv:
             ["nightly", "load", "3", "1", "0", "1", "1", "0", "30.0", "30.0", "0", "", "0"],
         ]
 
+    @pytest.mark.parametrize(
+        ("params", "counts"),
+        [
+            pytest.param({}, [("2", "0"), ("1", "0"), ("0", "1")], id="every-dag"),
+            pytest.param({"dag_id": "nightly"}, [("1", "0")], id="dag"),
+            pytest.param({"task_id": "gate"}, [("1", "0"), ("1", "0"), ("0", "1")], id="task"),
+            pytest.param({"since": (START + dt.timedelta(hours=3)).isoformat()}, [], id="since"),
+        ],
+    )
+    def test_the_histogram_table_in_full(
+        self, api: AirflowApi, known: dict[str, str], params: dict[str, str], counts: list[tuple[str, str]]
+    ) -> None:
+        response = api.client.get(CSV, params={"table": "histogram", **params}, headers=api.headers("op"))
+        assert response.headers["content-disposition"] == 'attachment; filename="hitl-analytics-histogram.csv"'
+        rows = rows_of(response)
+        padded = counts + [("0", "0")] * (8 - len(counts))
+        labels = ["≤ 1 min", "1-5 min", "5-15 min", "15-60 min", "1-4 h", "4-24 h", "1-3 days", "> 3 days"]
+        bounds = ["60.0", "300.0", "900.0", "3600.0", "14400.0", "86400.0", "259200.0", ""]
+        assert rows == [
+            ["le_s", "label", "approved", "rejected"],
+            *([bound, label, *pair] for bound, label, pair in zip(bounds, labels, padded, strict=True)),
+        ]
+
     def test_text_is_quoted_and_never_a_formula(self, api: AirflowApi, api_manager: ApprovalManager) -> None:
         hostile_dag = '=HYPERLINK("http://evil.example","click"),x'
         gate = open_request(api_manager, dag_id=hostile_dag, task_id="@SUM(A1)")
@@ -339,6 +410,8 @@ class TestBadInput:
             pytest.param(ANALYTICS, {"task_id": "a\x00b"}, "task_id", id="task-id-with-nul"),
             pytest.param(CSV, {}, "table", id="csv-without-a-table"),
             pytest.param(CSV, {"table": "votes"}, "table", id="csv-unknown-table"),
+            pytest.param(CSV, {"table": "time_to_decision_histogram"}, "table", id="csv-histogram-by-its-long-name"),
+            pytest.param(CSV, {"table": "histogram", "until": "2026-03-02"}, "until", id="csv-histogram-until-a-date"),
             pytest.param(CSV, {"table": "gates", "since": "2026-03-02T09:00:00"}, "since", id="csv-naive-since"),
         ],
     )
@@ -360,3 +433,15 @@ class TestBadInput:
         response = api.client.get(path, params=params, headers=api.headers("admin"))
         assert response.status_code == 422, response.text
         assert "`until`" in response.json()["detail"]
+
+
+def test_the_histogram_is_declared_in_the_openapi_document(api: AirflowApi) -> None:
+    document = api.client.get("/hitl/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    histogram = schemas["AnalyticsResponse"]["properties"]["time_to_decision_histogram"]
+    assert histogram["items"] == {"$ref": "#/components/schemas/BucketFiguresResponse"}
+    assert "time_to_decision_histogram" in schemas["AnalyticsResponse"]["required"]
+    bar = schemas["BucketFiguresResponse"]
+    assert set(bar["properties"]) == set(bar["required"]) == {"le_s", "label", "approved", "rejected"}
+    (table,) = [p for p in document["paths"]["/api/v1/analytics.csv"]["get"]["parameters"] if p["name"] == "table"]
+    assert table["schema"]["enum"] == ["gates", "approvers", "daily", "histogram"]
