@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
@@ -56,9 +55,13 @@ from airflow_hitl.spec import (
     LinkUse,
     StandingUse,
     TimeoutOutcome,
+    adopted,
     check_texts,
+    closed_by,
     json_safe,
+    same_task_try,
     utcnow,
+    why_closed,
 )
 from airflow_hitl.standing import StandingApprovals
 from airflow_hitl.transaction import StoreTransactions
@@ -119,49 +122,57 @@ class ApprovalManager:
     def create(
         self, spec: ApprovalSpec, *, actor: str | None = None, source: str = Source.OPERATOR, origin: str = Origin.TASK
     ) -> Approval:
-        """Open a gate; for a task try that already has one, return it instead of a second.
+        """Open a gate; for a task instance try that already has one, return it instead of a second.
 
         ``origin`` is the caller's, never the request body's: ``task`` for the operator's
         gate, ``api`` for a request opened over the REST API. Only a ``task`` request is ever
-        taken for a task instance's gate, whatever dag, run and task ids an ``api`` one names.
+        taken for a task instance's gate, whatever dag, run and task ids an ``api`` one names,
+        and only one its own task instance try opened (see :func:`~airflow_hitl.spec.adopted`):
+        a DAG run deleted and created again under its run id asks again.
         """
         spec.validate()
         if origin not in ORIGINS:
             raise InvalidInput("origin", f"must be one of {list(ORIGINS)}")
-        if origin == Origin.TASK and spec.run_id and spec.task_id and spec.try_number is not None:
-            existing = self._find_for_try(spec)
-            if existing is not None:
-                return existing
+        if origin != Origin.TASK and spec.task_instance_id is not None:
+            raise InvalidInput("task_instance_id", "only a task's gate (origin 'task') names its task instance")
+        task_try = origin == Origin.TASK and bool(spec.run_id and spec.task_id) and spec.try_number is not None
+        if task_try and (existing := self._find_for_try(spec)) is not None:
+            return existing
         try:
-            return self._insert(spec, actor=actor, source=source, origin=origin)
+            return self._insert(spec, actor=actor, source=source, origin=origin, task_try=task_try)
         except IntegrityError:
             # Two workers running the same try raced; the other one's row is the request.
-            existing = self._find_for_try(spec)
+            existing = self._find_for_try(spec) if task_try else None
             if existing is None:
                 raise
             return existing
 
     def _find_for_try(self, spec: ApprovalSpec) -> Approval | None:
         with self.store.session() as session:
-            row = session.scalar(
-                select(ApprovalRequestRow).where(
-                    ApprovalRequestRow.dag_id == spec.dag_id,
-                    ApprovalRequestRow.run_id == spec.run_id,
-                    ApprovalRequestRow.task_id == spec.task_id,
-                    ApprovalRequestRow.map_index == spec.map_index,
-                    ApprovalRequestRow.try_number == spec.try_number,
-                    ApprovalRequestRow.origin == Origin.TASK,
-                )
-            )
+            row = adopted(spec, session.scalars(same_task_try(spec)).all())
             return Approval.from_row(row) if row is not None else None
 
-    def _insert(self, spec: ApprovalSpec, *, actor: str | None, source: str, origin: str) -> Approval:
+    def _insert(self, spec: ApprovalSpec, *, actor: str | None, source: str, origin: str, task_try: bool) -> Approval:
         now = self._clock()
         # Parsed before the transaction: a form's schemas are checked (bounded, see forms) while no lock is held.
         form = parse_inputs(spec.inputs)
         with self.transactions.transaction() as session:
-            if origin == Origin.TASK and spec.run_id and spec.task_id and spec.try_number is not None:
-                self._supersede_earlier_tries(session, spec, now)
+            if task_try:
+                # Closed in this transaction, audited as every cancel: an earlier try cleared while it
+                # waited (the triggerer may not have cancelled it), or an earlier life of the DAG run.
+                for stale in session.scalars(closed_by(spec).with_for_update()).all():
+                    why, closer = why_closed(spec, stale)
+                    self._finish(
+                        session,
+                        stale,
+                        state=State.CANCELLED,
+                        decision=None,
+                        by=None,
+                        comment=why,
+                        source=closer,
+                        now=now,
+                        event_type=AuditType.CANCELLED,
+                    )
             row = ApprovalRequestRow(
                 id=str(uuid.uuid4()),
                 dag_id=spec.dag_id,
@@ -169,6 +180,7 @@ class ApprovalManager:
                 task_id=spec.task_id,
                 map_index=spec.map_index,
                 try_number=spec.try_number,
+                task_instance_id=spec.task_instance_id,
                 origin=origin,
                 title=spec.title,
                 description=spec.description,
@@ -215,6 +227,7 @@ class ApprovalManager:
                         "task_id": spec.task_id,
                         "map_index": spec.map_index,
                         "try_number": spec.try_number,
+                        "task_instance_id": spec.task_instance_id,
                         "origin": origin,
                         "expires_at": row.expires_at.isoformat() if row.expires_at else None,
                         "required_approvals": spec.required_approvals,
@@ -231,35 +244,6 @@ class ApprovalManager:
             # Announced on commit (PostgreSQL): wakes the outbox drainer and anyone watching for new gates.
             self.transactions.notify(session, row.id)
             return Approval.from_row(row, votes=())
-
-    def _supersede_earlier_tries(self, session: Session, spec: ApprovalSpec, now: dt.datetime) -> None:
-        # A task cleared while deferred comes back as a new try. Where the triggerer could
-        # not cancel the old request (on_kill missing, triggerer down), do it here.
-        stale = session.scalars(
-            select(ApprovalRequestRow)
-            .where(
-                ApprovalRequestRow.dag_id == spec.dag_id,
-                ApprovalRequestRow.run_id == spec.run_id,
-                ApprovalRequestRow.task_id == spec.task_id,
-                ApprovalRequestRow.map_index == spec.map_index,
-                ApprovalRequestRow.try_number < spec.try_number,
-                ApprovalRequestRow.origin == Origin.TASK,
-                ApprovalRequestRow.state.in_(WAITING_STATES),
-            )
-            .with_for_update()
-        ).all()
-        for row in stale:
-            self._finish(
-                session,
-                row,
-                state=State.CANCELLED,
-                decision=None,
-                by=None,
-                comment=f"superseded by try {spec.try_number}",
-                source=Source.SYSTEM,
-                now=now,
-                event_type=AuditType.CANCELLED,
-            )
 
     # ------------------------------------------------------------------ decide
 

@@ -3,7 +3,9 @@
 :class:`ApprovalSpec` is everything needed to open a gate, validated before anything is
 written (naming every wrong field at once); :class:`ApprovalFilter` the filters shared by
 the lists; :class:`TimeoutOutcome` what applying a timeout did. The
-:class:`~airflow_hitl.manager.ApprovalManager` takes and returns them.
+:class:`~airflow_hitl.manager.ApprovalManager` takes and returns them. Which request a task
+instance try's gate is, and which waiting ones its new request closes, is decided here too
+(:func:`same_task_try`, :func:`adopted`, :func:`closed_by`, :func:`why_closed`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Select, false, or_, select, text
 
 from airflow_hitl.exceptions import InvalidInput
 from airflow_hitl.forms import parse_inputs
@@ -144,11 +146,18 @@ class ApprovalSpec:
     distinct_from: Sequence[str] = ()
     #: Approve exactly this artifact: the rendered ``bind`` values, name -> text, shown to approvers.
     bound: Mapping[str, str] = field(default_factory=dict)
+    #: Airflow's id of the task instance try whose gate this is (``ti.id``: a UUID, new for every
+    #: try). A DAG run deleted and created again under its run id starts again at try 1 with new
+    #: task instances: the id tells its gate from the old run's. None: not known.
+    task_instance_id: str | None = None
 
     def __post_init__(self) -> None:
         # One name is a one-item list, as the operator takes it; list("alice") would spell it out.
         for name in ("allowed_approvers", "allowed_roles", "distinct_from"):
             object.__setattr__(self, name, names_tuple(getattr(self, name)))
+        # One spelling of an id (Airflow hands a UUID, its DB 32 hex digits on SQLite): compared as text.
+        if (canonical := canonical_uuid(self.task_instance_id)) is not None:
+            object.__setattr__(self, "task_instance_id", canonical)
 
     def validate(self, error: type[InvalidInput] = InvalidInput, *, where: str = "") -> None:
         """Raise one ``error`` naming every wrong field; the operator passes its own subclass."""
@@ -168,6 +177,7 @@ class ApprovalSpec:
         self._timing_problems(problems)
         self._people_problems(problems)
         self._bound_problems(problems)
+        self._task_instance_problems(problems)
         if self.on_reject not in ON_REJECT:
             problems.add("on_reject", f"must be one of {list(ON_REJECT)}, got {self.on_reject!r}")
         self._validate_storable(problems)
@@ -278,6 +288,15 @@ class ApprovalSpec:
             else:
                 add_text_problems(problems, **{f"bind[{name!r}]": value})
 
+    def _task_instance_problems(self, problems: ConfigProblems) -> None:
+        # It names one try of one task instance: the try's own key must come with it.
+        if self.task_instance_id is None:
+            return
+        if canonical_uuid(self.task_instance_id) is None:
+            problems.add("task_instance_id", "must be a UUID (Airflow's id of the task instance try)")
+        elif not self.run_id or not self.task_id or self.try_number is None:
+            problems.add("task_instance_id", "names a task instance try: run_id, task_id and try_number go with it")
+
     def _validate_storable(self, problems: ConfigProblems) -> None:
         # The same limits as the REST API's bodies (airflow_hitl.limits): what the store
         # cannot keep is refused here, naming the field, not by the database later.
@@ -382,6 +401,92 @@ class TimeoutOutcome:
     approval: Approval
     applied: bool
     escalated: bool = False
+
+
+def canonical_uuid(value: Any) -> str | None:
+    """``value`` as the canonical text of a UUID (lower case, with dashes), or None when it is none."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if not isinstance(value, str) or len(value) > 45:  # the longest spelling: "urn:uuid:" and 36
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def same_task_try(spec: ApprovalSpec) -> Select[ApprovalRequestRow]:
+    """The requests task gates opened for ``spec``'s task instance try, newest first.
+
+    Usually one; more when its DAG run was deleted and created again under the same run id
+    (each life of the run starts again at try 1, with new task instances).
+    """
+    r = ApprovalRequestRow
+    return select(r).where(*_task_clauses(spec), r.try_number == spec.try_number).order_by(r.requested_at.desc(), r.id)
+
+
+def adopted(spec: ApprovalSpec, rows: Sequence[ApprovalRequestRow]) -> ApprovalRequestRow | None:
+    """Of the requests of ``spec``'s task try (:func:`same_task_try`), the one its gate takes as its own.
+
+    The one its own task instance try opened (two workers running one try, or ``execute`` run
+    again): never a request of another task instance, which an earlier life of the DAG run
+    opened and whose decision is not this run's. A request that records no task instance
+    (opened before revision 0013), or a spec that names none, keeps the rule from before:
+    one request per try. None: the gate opens a new one.
+    """
+    wanted = (spec.task_instance_id, None) if spec.task_instance_id is not None else (None,)
+    for task_instance_id in wanted:
+        found = next((row for row in rows if row.task_instance_id == task_instance_id), None)
+        if found is not None:
+            return found
+    return rows[0] if rows and spec.task_instance_id is None else None
+
+
+def closed_by(spec: ApprovalSpec) -> Select[ApprovalRequestRow]:
+    """The waiting requests the gate of ``spec`` closes when it opens its own (to lock: ``with_for_update``).
+
+    Those of the task instance's earlier tries (cleared while it waited: the triggerer may not
+    have cancelled them), and those of another task instance at this try or a later one: tries
+    only go up within one life of a DAG run, so those are an earlier life's, a run deleted and
+    created again under the same run id. A request that records no task instance is only ever
+    closed as an earlier try, as before.
+    """
+    r = ApprovalRequestRow
+    earlier_life = (
+        (r.try_number >= spec.try_number)
+        & r.task_instance_id.is_not(None)
+        & (r.task_instance_id != spec.task_instance_id)
+        if spec.task_instance_id is not None
+        else false()
+    )
+    return select(r).where(
+        *_task_clauses(spec),
+        r.state.in_(WAITING_STATES),
+        or_(r.try_number < spec.try_number, earlier_life),
+    )
+
+
+def why_closed(spec: ApprovalSpec, row: ApprovalRequestRow) -> tuple[str, Source]:
+    """Why the gate of ``spec`` closes ``row`` (one of :func:`closed_by`), and the source that closes it."""
+    if row.try_number is not None and spec.try_number is not None and row.try_number < spec.try_number:
+        return f"superseded by try {spec.try_number}", Source.SYSTEM
+    return (
+        f"its DAG run was deleted and created again: try {spec.try_number} of task {spec.task_id!r} is "
+        f"another task instance now ({spec.task_instance_id}), whose gate asks again",
+        Source.AIRFLOW,
+    )
+
+
+def _task_clauses(spec: ApprovalSpec) -> list[Any]:
+    # Every try of the task instance of ``spec``, in every life of its DAG run: task gates only.
+    r = ApprovalRequestRow
+    return [
+        r.dag_id == spec.dag_id,
+        r.run_id == spec.run_id,
+        r.task_id == spec.task_id,
+        r.map_index == spec.map_index,
+        r.origin == Origin.TASK,
+    ]
 
 
 def json_default(value: Any) -> Any:

@@ -211,6 +211,7 @@ def seed_store(store_url: str, count: int) -> list[str]:
     from airflow_hitl.manager import ApprovalManager, ApprovalSpec
     from airflow_hitl.models.schema import migrate
     from airflow_hitl.models.store import ApprovalStore
+    from airflow_hitl.vocabulary import Origin
 
     store = ApprovalStore(url=store_url, pool_size=8)
     migrate(store)
@@ -228,7 +229,9 @@ def seed_store(store_url: str, count: int) -> list[str]:
             timeout=dt.timedelta(days=7),
             timeout_action="reject",
         )
-        return manager.create(spec, source="benchmark").id
+        # Opened as over the REST API: these name runs that do not exist, and the api-server's pass
+        # over parked gates cancels a task's waiting request whose DAG run is gone.
+        return manager.create(spec, source="benchmark", origin=Origin.API).id
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         ids = list(pool.map(one, range(count)))

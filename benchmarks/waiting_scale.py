@@ -248,7 +248,15 @@ def clone_gates(h: AirflowHarness, meta: Engine, store: Engine, *, dag_id: str, 
                 conn.execute(
                     insert(requests),
                     [
-                        {**base, "id": gate.request_id, "run_id": gate.run_id, "expires_at": now + LONG}
+                        {
+                            **base,
+                            "id": gate.request_id,
+                            "run_id": gate.run_id,
+                            "expires_at": now + LONG,
+                            # Each copy's own task instance: the api-server's pass cancels a request
+                            # whose task instance is another one (its run was deleted and re-created).
+                            **({"task_instance_id": gate.ti_id} if "task_instance_id" in base else {}),
+                        }
                         for gate in chunk
                     ],
                 )

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -18,9 +22,9 @@ from airflow_hitl.exceptions import (
     NotAllowed,
 )
 from airflow_hitl.gate_ends import GateEnds
-from airflow_hitl.manager import ApprovalManager, Decision
+from airflow_hitl.manager import ApprovalManager, ApprovalSpec, Decision
 from airflow_hitl.models.store import ApprovalStore
-from airflow_hitl.models.tables import ApprovalVoteRow
+from airflow_hitl.models.tables import ApprovalRequestRow, ApprovalVoteRow
 from airflow_hitl.notices import NoticeLog
 from airflow_hitl.policy import EscalationLevel, Principal
 from airflow_hitl.queries import ApprovalQueries
@@ -64,6 +68,124 @@ class TestCreate:
         assert old.state == "cancelled"
         assert "superseded by try 2" in (old.comment or "")
         assert mgr.queries.get(second.id).state == "pending"
+
+
+def ti() -> str:
+    """A new task instance try's id, as Airflow gives one (``ti.id``)."""
+    return str(uuid.uuid4())
+
+
+def gate_of(run_id: str, task_instance_id: str, try_number: int = 1) -> ApprovalSpec:
+    return spec(run_id=run_id, task_instance_id=task_instance_id, try_number=try_number)
+
+
+class TestRunCreatedAgain:
+    """A DAG run deleted and created again under its run id: new task instances, try 1 again."""
+
+    def test_the_same_task_instance_try_finds_its_request_again(self, mgr: ApprovalManager) -> None:
+        mine = ti()
+        first = mgr.create(gate_of("scheduled__1", mine))
+        assert mgr.create(gate_of("scheduled__1", mine)).id == first.id
+        assert mgr.queries.list()[1] == 1
+
+    def test_an_approval_of_the_old_run_never_opens_the_new_runs_gate(self, mgr: ApprovalManager) -> None:
+        old = mgr.create(gate_of("scheduled__1", ti()))
+        assert mgr.approve(old.id, user=ALICE).approved
+        new = mgr.create(gate_of("scheduled__1", ti()))
+        assert new.id != old.id and new.state == "pending" and new.votes == ()
+        # The old run's decision stays in the history as it was.
+        kept = mgr.queries.get(old.id)
+        assert (kept.state, kept.decided_by) == ("approved", "alice")
+        assert [e.event_type for e in mgr.audit.events(old.id)] == ["requested", "vote", "approved"]
+
+    def test_the_old_runs_waiting_request_is_cancelled_by_airflow(self, mgr: ApprovalManager) -> None:
+        old = mgr.create(gate_of("scheduled__1", ti()))
+        new_ti = ti()
+        new = mgr.create(gate_of("scheduled__1", new_ti))
+        assert new.id != old.id and new.is_waiting
+        cancelled = mgr.queries.get(old.id)
+        assert (cancelled.state, cancelled.decision, cancelled.decision_source) == ("cancelled", None, "airflow")
+        assert "its DAG run was deleted and created again" in str(cancelled.comment)
+        assert new_ti in str(cancelled.comment)
+        events = mgr.audit.events(old.id)
+        assert [e.event_type for e in events] == ["requested", "cancelled"]
+        assert (events[1].source, events[1].actor) == ("airflow", None)
+        assert mgr.audit.verify_audit_chain().ok
+
+    def test_a_later_try_of_the_old_run_is_closed_too(self, mgr: ApprovalManager) -> None:
+        # The old run got to try 3; the new one starts at try 1, which tries never go back to in one run.
+        old = mgr.create(gate_of("scheduled__1", ti(), try_number=3))
+        new = mgr.create(gate_of("scheduled__1", ti()))
+        closed = mgr.queries.get(old.id)
+        assert (closed.state, closed.decision_source) == ("cancelled", "airflow")
+        assert mgr.queries.get(new.id).is_waiting
+
+    def test_an_earlier_try_is_superseded_whatever_its_task_instance(self, mgr: ApprovalManager) -> None:
+        first = mgr.create(gate_of("manual__1", ti()))
+        second = mgr.create(gate_of("manual__1", ti(), try_number=2))
+        old = mgr.queries.get(first.id)
+        assert (old.state, old.decision_source, old.comment) == ("cancelled", "system", "superseded by try 2")
+        assert mgr.queries.get(second.id).is_waiting
+
+    def test_a_request_that_names_no_task_instance_keeps_one_per_try(self, mgr: ApprovalManager) -> None:
+        # Opened before revision 0013 recorded the task instance: a gate of that try takes it, as before.
+        legacy = mgr.create(spec(run_id="manual__1"))
+        assert mgr.create(gate_of("manual__1", ti())).id == legacy.id
+        assert mgr.create(spec(run_id="manual__1")).id == legacy.id
+        assert mgr.queries.list()[1] == 1
+
+    def test_the_id_is_kept_in_its_canonical_form_and_audited(self, mgr: ApprovalManager, store: ApprovalStore) -> None:
+        mine = uuid.uuid4()
+        created = mgr.create(spec(task_instance_id=mine.hex.upper()))  # as Airflow's DB holds it on SQLite
+        with store.session() as session:
+            assert session.get(ApprovalRequestRow, created.id).task_instance_id == str(mine)  # type: ignore[union-attr]
+        assert mgr.audit.events(created.id)[0].details["task_instance_id"] == str(mine)
+        assert mgr.create(spec(run_id=created.run_id, task_instance_id=mine)).id == created.id
+
+    @pytest.mark.parametrize(
+        ("overrides", "message"),
+        [
+            pytest.param({"task_instance_id": "ti-1"}, "must be a UUID", id="not-a-uuid"),
+            pytest.param({"task_instance_id": 7}, "must be a UUID", id="not-text"),
+            pytest.param({"task_instance_id": str(uuid.uuid4()), "try_number": None}, "go with it", id="no-try"),
+            pytest.param({"task_instance_id": str(uuid.uuid4()), "run_id": None}, "go with it", id="no-run"),
+        ],
+    )
+    def test_a_wrong_id_is_refused_naming_the_field(
+        self, mgr: ApprovalManager, overrides: dict[str, Any], message: str
+    ) -> None:
+        with pytest.raises(InvalidInput) as err:
+            mgr.create(spec(**overrides))
+        assert err.value.field == "task_instance_id" and message in str(err.value)
+        assert mgr.queries.list()[1] == 0
+
+    def test_only_a_tasks_gate_names_its_task_instance(self, mgr: ApprovalManager) -> None:
+        with pytest.raises(InvalidInput) as err:
+            mgr.create(spec(task_instance_id=ti()), actor="admin", source="api", origin="api")
+        assert err.value.field == "task_instance_id"
+        assert mgr.queries.list()[1] == 0
+
+    @pytest.mark.parametrize("named", [True, False], ids=["task-instance", "no-task-instance"])
+    def test_workers_racing_on_one_try_get_one_request(self, store: ApprovalStore, named: bool) -> None:
+        # Several workers run the same try at once (each with its own manager, as each process has):
+        # whoever loses the insert finds the winner's row, on either unique index.
+        rounds, workers = 5, 6
+        for round_ in range(rounds):
+            gate = spec(run_id=f"race__{round_}", task_instance_id=ti() if named else None)
+            barrier = threading.Barrier(workers)
+            managers = [ApprovalManager(store=store) for _ in range(workers)]
+
+            def open_gate(
+                manager: ApprovalManager, gate: ApprovalSpec = gate, barrier: threading.Barrier = barrier
+            ) -> str:
+                barrier.wait(timeout=60)
+                return manager.create(gate).id
+
+            with ThreadPoolExecutor(workers) as pool:
+                ids = set(pool.map(open_gate, managers))
+            assert len(ids) == 1
+        assert managers[0].queries.list()[1] == rounds
+        assert managers[0].audit.verify_audit_chain().ok
 
 
 class TestVoting:

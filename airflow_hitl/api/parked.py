@@ -10,9 +10,16 @@ PostgreSQL store, every api-server process on SQLite) every ``RECONCILE_EVERY`` 
   No time window: however long ago the decision was.
 - **Clear and mark.** Clearing a parked task, or marking it success or failed, calls no
   trigger's ``on_kill``, so nothing else cancels its request: a waiting request whose task
-  instance try is over (cleared: a new try; marked success or failed) is cancelled, source
-  ``airflow``, as ``on_kill`` does for a deferred gate. A request with no task instance at all
-  (opened by a script in a task's name, or its run deleted) is left for a person to cancel.
+  instance try is over (cleared: a new try; marked success or failed; its task removed from
+  the DAG, which Airflow marks ``removed``) is cancelled, source ``airflow``, as ``on_kill``
+  does for a deferred gate.
+- **Runs deleted.** Deleting a DAG run deletes its task instances, and nothing ends their
+  gates: a waiting request that recorded its task instance (every gate opened since revision
+  0013) whose DAG run is gone is cancelled (source ``airflow``, "its DAG run was deleted in
+  Airflow"), and so is one whose run was created again under its run id: its task instance is
+  gone or is another one. A request that records no task instance (opened before revision
+  0013, or by a script in a task's name) and has none is left for a person to cancel: nothing
+  says it is over, or that its run ever existed.
 - **Backstops.** Airflow's deadline sweep resumes a parked gate a grace period after its
   ``expires_at`` (:data:`~airflow_hitl.seam.parking.BACKSTOP_GRACE`); after an escalation the
   gate waits until a later ``expires_at``, so its backstop moves with it (a conditional update
@@ -21,8 +28,10 @@ PostgreSQL store, every api-server process on SQLite) every ``RECONCILE_EVERY`` 
 A pass reads each side once: the waiting requests of tasks' gates (one walk of the store's
 partial index of waiting requests) and the tasks parked on our requests (one select over
 Airflow's index of task states), then looks up only the task instances of the requests that
-are not parked (a task about to park, or one resumed on a worker, or gone). The store is read
-first: a request that closes between the two reads is seen as waiting and left to the next pass.
+are not parked (a task about to park, or one resumed on a worker, or gone), the task instance
+ids those requests recorded, and the runs of those whose task instance is gone (batched
+queries). The store is read first: a request that closes between the two reads is seen as
+waiting and left to the next pass.
 """
 
 from __future__ import annotations
@@ -32,8 +41,11 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
+
 from airflow_hitl.exceptions import ApprovalNotFound, ApprovalNotPending
 from airflow_hitl.manager import ApprovalManager, TimeoutOutcome
+from airflow_hitl.models.tables import ApprovalRequestRow
 from airflow_hitl.records import TaskGate
 from airflow_hitl.seam import parking, task_instances
 from airflow_hitl.vocabulary import Source
@@ -50,6 +62,11 @@ RESUME_METHOD = "execute_complete"
 LIVE_STATES = frozenset(
     {"running", "queued", "scheduled", "deferred", task_instances.AWAITING_INPUT, "up_for_reschedule"}
 )
+#: The state Airflow gives the task instances of a task no longer in its DAG (the row stays).
+REMOVED = "removed"
+#: States in which a task instance has its next try's id but still its last try's number: cleared,
+#: reset by the scheduler, up for retry, restarting (the number goes up when it is scheduled).
+_NEXT_TRY_STATES = frozenset({None, "up_for_retry", "restarting"})
 #: A parked gate's backstop is moved when it differs from the one it should have by more than this.
 _TOLERANCE = dt.timedelta(seconds=5)
 #: Task instances looked up in one query, and request ids read in one query.
@@ -65,7 +82,7 @@ class Reconciled:
     parked: int = 0
     #: Closed requests whose task was still parked: handed to the gate closer to end.
     ended: list[str] = field(default_factory=list)
-    #: Waiting requests whose task instance try was over: cancelled.
+    #: Waiting requests whose task instance try was over, or whose DAG run was deleted: cancelled.
     cancelled: list[str] = field(default_factory=list)
     #: Parked gates whose backstop deadline was moved.
     moved: int = 0
@@ -105,7 +122,7 @@ def reconcile(manager: ApprovalManager, *, end: Callable[[str], None]) -> Reconc
                 end(gate.id)
     if done.ended or done.cancelled or done.moved:
         log.info(
-            "parked gates: %d parked; %d closed handed to the gate closer, %d cancelled (task over), "
+            "parked gates: %d parked; %d closed handed to the gate closer, %d cancelled (task over or run deleted), "
             "%d backstops moved",
             done.parked,
             len(done.ended),
@@ -148,28 +165,22 @@ def _differs(have: dt.datetime | None, wanted: dt.datetime | None) -> bool:
 
 def _cancel_ended_tries(manager: ApprovalManager, gates: Sequence[TaskGate]) -> list[str]:
     # The waiting requests whose task is not parked on them: most are running (about to park or
-    # defer), deferred, or resumed on a worker; a try that is over cancels its request.
+    # defer), deferred, or resumed on a worker; a try that is over, or a run that was deleted,
+    # cancels its request.
     if not gates:
         return []
     found = task_instances.task_tries([_key(gate) for gate in gates], batch=_BATCH)
+    opened_by = _task_instance_ids(manager, [gate.id for gate in gates])
+    gone = list(dict.fromkeys(_key(gate).run for gate in gates if _key(gate) not in found))
+    runs = task_instances.existing_runs(gone, batch=_BATCH) if gone else set()
     cancelled = []
     for gate in gates:
-        row = found.get(_key(gate))
-        if row is None:
-            # No task instance at all: a request a script opened in a task's name, or one whose run
-            # was deleted. Nothing says its gate will never wait again (a run can be re-created under
-            # its id); it is left waiting for a person, who may cancel it.
+        key = _key(gate)
+        what = _why_over(gate, found.get(key), opened_by.get(gate.id), run_exists=key.run in runs)
+        if what is None:
             continue
-        if row.try_number == gate.try_number and row.state in LIVE_STATES:
-            continue
-        what = f"try {gate.try_number} of its task instance is over (try {row.try_number}: {row.state or 'cleared'})"
         try:
-            manager.cancel(
-                gate.id,
-                actor=None,
-                reason=f"task instance was cleared or marked in Airflow: {what}",
-                source=Source.AIRFLOW,
-            )
+            manager.cancel(gate.id, actor=None, reason=what, source=Source.AIRFLOW)
         except (ApprovalNotPending, ApprovalNotFound):
             continue  # decided or gone meanwhile: nothing to cancel
         except Exception:
@@ -178,3 +189,54 @@ def _cancel_ended_tries(manager: ApprovalManager, gates: Sequence[TaskGate]) -> 
         log.info("cancelled approval request %s: %s", gate.id, what)
         cancelled.append(gate.id)
     return cancelled
+
+
+def _why_over(
+    gate: TaskGate, row: task_instances.TaskTry | None, opened_by: str | None, *, run_exists: bool
+) -> str | None:
+    # Why the gate's try can never end its request (the reason it is cancelled with); None: it may.
+    if row is None:
+        if opened_by is None:
+            # A request a script opened in a task's name (its run may never have existed), or one
+            # opened before task instances were recorded: nothing says its gate will never wait
+            # again, and nothing ties it to a run that once was. Left for a person to cancel.
+            return None
+        if not run_exists:
+            return "its DAG run was deleted in Airflow"
+        return f"its DAG run was deleted and created again: task instance {opened_by} is gone"
+    if _another_life(gate, row, opened_by):
+        return (
+            f"its DAG run was deleted and created again: task instance {opened_by} is gone "
+            f"(try {row.try_number} is {row.id} now: {row.state or 'no state'})"
+        )
+    if row.try_number == gate.try_number and row.state in LIVE_STATES:
+        return None
+    if row.state == REMOVED:
+        return "its task was removed from the DAG (Airflow marked its task instance removed)"
+    what = f"try {gate.try_number} of its task instance is over (try {row.try_number}: {row.state or 'cleared'})"
+    return f"task instance was cleared or marked in Airflow: {what}"
+
+
+def _another_life(gate: TaskGate, row: task_instances.TaskTry, opened_by: str | None) -> bool:
+    # The task instance try the request recorded is gone and another has its key, at a try its
+    # own run could not be at now: tries only go up within one life of a run, and a new try has its
+    # new id under the old number only while it waits to be scheduled (_NEXT_TRY_STATES).
+    if opened_by is None or row.id is None or row.id == opened_by:
+        return False
+    if row.try_number == gate.try_number:
+        return row.state not in _NEXT_TRY_STATES
+    return row.try_number < gate.try_number
+
+
+def _task_instance_ids(manager: ApprovalManager, request_ids: Sequence[str]) -> dict[str, str | None]:
+    # The task instance try each request recorded when it opened (None: not recorded); it never
+    # changes, so this second read of the store agrees with the first.
+    table = ApprovalRequestRow.__table__.c
+    found: dict[str, str | None] = {}
+    with manager.store.read_engine.connect() as conn:
+        for first in range(0, len(request_ids), _READ_BATCH):
+            chunk = list(request_ids[first : first + _READ_BATCH])
+            statement = select(table.id, table.task_instance_id).where(table.id.in_(chunk))
+            found.update((str(row.id), row.task_instance_id) for row in conn.execute(statement))
+        conn.rollback()
+    return found

@@ -103,6 +103,12 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 WAITING_PREDICATE = _in("state", WAITING_STATES)
 
 
+# The columns that name one task try, and the predicates of revision 0013's two unique indexes over them.
+TASK_TRY = ("dag_id", "run_id", "task_id", "map_index", "try_number")
+_HAS_TASK_INSTANCE = "task_instance_id IS NOT NULL"
+_NO_TASK_INSTANCE = "task_instance_id IS NULL"
+
+
 class Base(DeclarativeBase):
     """Declarative base with a naming convention so Alembic names constraints predictably."""
 
@@ -123,6 +129,10 @@ class ApprovalRequestRow(Base):
     origin: Mapped[str] = mapped_column(
         String(10), nullable=False, default=Origin.TASK, server_default=str(Origin.TASK)
     )
+    # Airflow's id of the task instance try that opened a task's gate (a UUID, new for every try;
+    # NULL: opened before revision 0013, or over the API). A DAG run deleted and created again
+    # under its run id starts again at try 1: the id tells the new run's request from the old's.
+    task_instance_id: Mapped[str | None] = mapped_column(String(36))
 
     title: Mapped[str] = mapped_column(String(500), nullable=False)
     description: Mapped[str | None] = mapped_column(Text)
@@ -185,8 +195,25 @@ class ApprovalRequestRow(Base):
         CheckConstraint(f"timeout_action IS NULL OR {_in('timeout_action', TIMEOUT_ACTIONS)}", name="timeout_action"),
         CheckConstraint("required_approvals >= 1", name="required_approvals"),
         CheckConstraint(_in("origin", ORIGINS), name="origin"),
-        # One request per task try: retrying execute() of the same try finds it again.
-        UniqueConstraint("dag_id", "run_id", "task_id", "map_index", "try_number"),
+        # One request per task instance try: two workers running one try, or execute() run again,
+        # find the same one. A run deleted and created again has other task instances, so its
+        # gate gets a request of its own. A request with no task instance id keeps the rule from
+        # before revision 0013, one per try: a second index, since a unique key never equates NULLs.
+        Index(
+            "uq_approval_requests_task_instance_try",
+            *TASK_TRY,
+            "task_instance_id",
+            unique=True,
+            postgresql_where=text(_HAS_TASK_INSTANCE),
+            sqlite_where=text(_HAS_TASK_INSTANCE),
+        ),
+        Index(
+            "uq_approval_requests_task_try",
+            *TASK_TRY,
+            unique=True,
+            postgresql_where=text(_NO_TASK_INSTANCE),
+            sqlite_where=text(_NO_TASK_INSTANCE),
+        ),
         Index(None, "state", "expires_at"),
         # The inbox (pending, soonest expiry first) walks this in order and stops after a
         # page, however many requests wait; without it every page sorts all of them.

@@ -339,7 +339,7 @@ class ApprovalOperator(BaseOperator):
         return ApprovalManager(conn_id=self.conn_id)
 
     def execute(self, context: Context) -> Any:
-        """Open (or find again) the request, then wait (parked, or in the triggerer) unless already decided."""
+        """Open (or find again) this try's request, then wait (parked, or in the triggerer) unless already decided."""
         ti = context["ti"]
         dag_run = context["dag_run"]
         # A branch gate checks its branches against the DAG before asking anyone; every gate its
@@ -364,6 +364,9 @@ class ApprovalOperator(BaseOperator):
             task_id=ti.task_id,
             map_index=getattr(ti, "map_index", -1) if getattr(ti, "map_index", None) is not None else -1,
             try_number=ti.try_number,
+            # This try's own id (new for every try, and for a DAG run deleted and created again):
+            # the request an earlier life of the run opened under the same try is never taken.
+            task_instance_id=getattr(ti, "id", None),
             context=gate_context,
             requested_by=getattr(dag_run, "triggering_user_name", None),
             # Rendered by now (a template field): what approvers are shown and the decision binds.

@@ -21,21 +21,34 @@ contract test.
 
 ``airflow.models.taskinstance``
     Names: ``TaskInstance`` (its table ``task_instance``: ``dag_id``, ``run_id``, ``task_id``,
-    ``map_index``, ``state``, ``try_number``, ``trigger_id``; plain SQL and a ``FOR UPDATE SKIP
-    LOCKED`` select; for a gate parked in ``awaiting_input`` also ``next_method``,
+    ``map_index``, ``state``, ``try_number``, ``id``, ``trigger_id``; plain SQL and a ``FOR UPDATE
+    SKIP LOCKED`` select; for a gate parked in ``awaiting_input`` also ``next_method``,
     ``next_kwargs`` and ``trigger_timeout``, read in one select over the ``ti_state`` index and
     updated conditionally). Module: :mod:`.task_instances`.
     What: the ORM model of a task instance in the metadata DB. A parked task keeps what it
     parked with on the row (``next_kwargs``: our request id) and its deadline in
     ``trigger_timeout``, which the scheduler's ``check_awaiting_input_timeouts`` sweeps: past it,
     a parked task with no ``hitl_detail`` row is resumed on a worker with a timeout event.
+    ``id`` is the task instance try's (new for every try, as ``ti.id`` on the worker, the Task
+    SDK's public ``RuntimeTaskInstanceProtocol.id``): a request records the one that opened it.
     Why: the gate closer ends a deferred or parked task from the api-server at once, and moves a
-    parked gate's deadline after an escalation; no REST route or SDK call ends such a task with
-    an event or sets its deadline, and the DB is internal.
+    parked gate's deadline after an escalation; the pass over parked gates cancels a waiting
+    request whose task instance try is over or is another one; no REST route or SDK call ends
+    such a task with an event or sets its deadline, and the DB is internal.
     Since: 3.1 (``awaiting_input`` and its sweep: 3.3). Contract: ``test_task_instance_columns_we_read_and_lock``,
     ``test_a_task_parks_in_awaiting_input_without_a_trigger``,
     ``test_the_sweep_resumes_a_parked_task_past_its_deadline_with_a_timeout_event``,
-    ``test_trigger_timeout_is_the_parked_deadline``, ``test_tasks_parked_by_others_are_not_ours``.
+    ``test_trigger_timeout_is_the_parked_deadline``, ``test_tasks_parked_by_others_are_not_ours``,
+    ``test_a_task_instance_has_a_new_id_for_every_try``.
+``airflow.models.dagrun``
+    Names: ``DagRun`` (its table ``dag_run`` and its unique key ``dag_id``, ``run_id``; plain
+    SQL, unlocked). Module: :mod:`.task_instances`.
+    What: the ORM model of a DAG run in the metadata DB; deleting a run deletes its task
+    instances (a foreign key, ``ON DELETE CASCADE``).
+    Why: a waiting request whose task instance is gone is cancelled only when its DAG run is
+    gone too (deleted in Airflow): the pass over parked gates asks which runs of many exist in
+    one query; the REST API answers one run at a time, to a caller with a token, and the DB is
+    internal. Since: 3.1. Contract: ``test_dag_run_key_we_read``.
 ``airflow.models.trigger``
     Names: ``Trigger`` (``classpath``, ``kwargs``), ``handle_event_submit(event, *,
     task_instance, session)``. Module: :mod:`.task_instances`.

@@ -1,9 +1,10 @@
 """Task instances and triggers in Airflow's metadata DB, for the api-server's gate closer.
 
 The only code of airflow-hitl that reads or writes Airflow's ``task_instance`` and ``trigger``
-tables, and the only caller of Airflow's ``handle_event_submit``: see the table in
-:mod:`airflow_hitl.seam`. Callers see our own types (:class:`TaskKey`, :class:`TaskTry`,
-:class:`HeldTaskInstance`, :class:`ParkedTask`), never Airflow's ORM classes or sessions.
+tables (and reads which DAG runs exist, in ``dag_run``), and the only caller of Airflow's
+``handle_event_submit``: see the table in :mod:`airflow_hitl.seam`. Callers see our own types
+(:class:`TaskKey`, :class:`TaskTry`, :class:`HeldTaskInstance`, :class:`ParkedTask`), never
+Airflow's ORM classes or sessions.
 
 A gate waits either deferred on its trigger (Airflow 3.1 and 3.2, and ``airflow dags test``) or
 parked in ``awaiting_input`` (Airflow 3.3+, :mod:`airflow_hitl.seam.parking`): then the row
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,13 +43,31 @@ class TaskKey:
     task_id: str
     map_index: int
 
+    @property
+    def run(self) -> RunKey:
+        """The DAG run this task instance belongs to."""
+        return RunKey(dag_id=self.dag_id, run_id=self.run_id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunKey:
+    """The key of one DAG run: a run deleted and created again under its run id has the same key."""
+
+    dag_id: str
+    run_id: str
+
 
 @dataclass(frozen=True, kw_only=True)
 class TaskTry:
-    """What a light, unlocked look found of a task instance: its state and its current try."""
+    """What a light, unlocked look found of a task instance: its state, its current try and that try's id.
+
+    ``id`` is Airflow's id of the task instance try (a new one for every try, and for the task
+    instances of a DAG run deleted and created again), as the canonical text of a UUID.
+    """
 
     state: str | None
     try_number: int
+    id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,9 +123,9 @@ def _parked_request(next_method: Any, next_kwargs: Any) -> ParkedRequest:
 
 
 def task_tries(keys: Sequence[TaskKey], *, batch: int) -> dict[TaskKey, TaskTry]:
-    """The state and try of each task instance of ``keys`` that exists, ``batch`` keys per query.
+    """The state, try and id of each task instance of ``keys`` that exists, ``batch`` keys per query.
 
-    Unlocked reads of two columns in one session: the cheapest look at Airflow's DB there is.
+    Unlocked reads of three columns in one session: the cheapest look at Airflow's DB there is.
     """
     from airflow.utils.session import create_session
 
@@ -116,12 +136,38 @@ def task_tries(keys: Sequence[TaskKey], *, batch: int) -> dict[TaskKey, TaskTry]
             params: dict[str, Any] = {}
             for i, key in enumerate(chunk):
                 params.update({f"d{i}": key.dag_id, f"r{i}": key.run_id, f"t{i}": key.task_id, f"m{i}": key.map_index})
-            for dag_id, run_id, task_id, map_index, state, try_number in session.execute(
+            for dag_id, run_id, task_id, map_index, state, try_number, ti_id in session.execute(
                 _task_states_sql(len(chunk)), params
             ):
                 key = TaskKey(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index)
-                found[key] = TaskTry(state=state, try_number=try_number)
+                found[key] = TaskTry(state=state, try_number=try_number, id=_uuid_text(ti_id))
     return found
+
+
+def existing_runs(runs: Sequence[RunKey], *, batch: int) -> set[RunKey]:
+    """Which of ``runs`` exist in Airflow's metadata DB, ``batch`` runs per query.
+
+    Unlocked reads of ``dag_run``'s unique key (dag_id, run_id), one term per run.
+    """
+    from airflow.utils.session import create_session
+
+    found: set[RunKey] = set()
+    with create_session() as session:
+        for first in range(0, len(runs), batch):
+            chunk = runs[first : first + batch]
+            params: dict[str, Any] = {}
+            for i, run in enumerate(chunk):
+                params.update({f"d{i}": run.dag_id, f"r{i}": run.run_id})
+            for dag_id, run_id in session.execute(_runs_sql(len(chunk)), params):
+                found.add(RunKey(dag_id=dag_id, run_id=run_id))
+    return found
+
+
+def _uuid_text(value: Any) -> str | None:
+    # Airflow 3.2+ keeps the id as a UUID (PostgreSQL's uuid, 32 hex digits on SQLite), 3.1 as text.
+    if value is None:
+        return None
+    return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
 
 
 @functools.cache
@@ -139,8 +185,21 @@ def _task_states_sql(count: int) -> TextClause:
         f"AND {c.map_index.name} = :m{i})"
         for i in range(count)
     )
-    columns = (c.dag_id, c.run_id, c.task_id, c.map_index, c.state, c.try_number)
+    columns = (c.dag_id, c.run_id, c.task_id, c.map_index, c.state, c.try_number, c.id)
     return text(f"SELECT {', '.join(col.name for col in columns)} FROM {table.name} WHERE {terms}")
+
+
+@functools.cache
+def _runs_sql(count: int) -> TextClause:
+    # As _task_states_sql: plain SQL over Airflow's own table and column names, each run one term
+    # on its unique key (dag_id, run_id).
+    from airflow.models.dagrun import DagRun
+    from sqlalchemy import text
+
+    table = DagRun.__table__
+    c = table.c
+    terms = " OR ".join(f"({c.dag_id.name} = :d{i} AND {c.run_id.name} = :r{i})" for i in range(count))
+    return text(f"SELECT {c.dag_id.name}, {c.run_id.name} FROM {table.name} WHERE {terms}")
 
 
 def parked_tasks(*, method_name: str) -> list[ParkedTask]:

@@ -47,6 +47,9 @@ def task_of(airflow_api: object) -> Iterator[TaskWriter]:
         state: str | None = "awaiting_input",
         try_number: int | None = None,
         backstop: dt.datetime | None = None,
+        ti_id: str | None = None,
+        task: bool = True,
+        parked_on: str | None = None,
     ) -> None:
         parked = state == "awaiting_input"
         with create_session() as session:
@@ -55,9 +58,12 @@ def task_of(airflow_api: object) -> Iterator[TaskWriter]:
                     dag_id=approval.dag_id, run_id=approval.run_id, run_type="manual", run_after=utcnow()
                 )
             )
+            written.append((approval.dag_id, str(approval.run_id)))
+            if not task:  # a run without this task (created again after the task left the DAG)
+                return
             session.execute(
                 insert(tis).values(
-                    id=uuid.uuid4(),
+                    id=uuid.UUID(ti_id) if ti_id else uuid.uuid4(),
                     dag_id=approval.dag_id,
                     run_id=approval.run_id,
                     task_id=approval.task_id,
@@ -67,17 +73,29 @@ def task_of(airflow_api: object) -> Iterator[TaskWriter]:
                     pool_slots=1,
                     state=state,
                     next_method=RESUME_METHOD if parked else None,
-                    next_kwargs={"request_id": approval.id, "follow": None} if parked else None,
+                    next_kwargs={"request_id": parked_on or approval.id, "follow": None} if parked else None,
                     trigger_timeout=backstop,
                 )
             )
-        written.append((approval.dag_id, str(approval.run_id)))
 
     yield write
     with create_session() as session:
         for dag_id, run_id in written:
             session.execute(delete(tis).where(tis.c.dag_id == dag_id, tis.c.run_id == run_id))
             session.execute(delete(runs).where(runs.c.dag_id == dag_id, runs.c.run_id == run_id))
+
+
+def delete_run(approval: Approval) -> None:
+    """Delete the request's DAG run and its task instances, as Airflow's ``DELETE .../dagRuns/{run_id}`` does."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete
+
+    runs, tis = DagRun.__table__, TaskInstance.__table__
+    with create_session() as session:
+        session.execute(delete(tis).where(tis.c.dag_id == approval.dag_id, tis.c.run_id == approval.run_id))
+        session.execute(delete(runs).where(runs.c.dag_id == approval.dag_id, runs.c.run_id == approval.run_id))
 
 
 def backstop_of(approval: Approval) -> Any:
@@ -161,11 +179,22 @@ class TestClearAndMark:
         # Once: the next pass finds nothing waiting.
         assert reconcile(manager, end=Ends()).cancelled == []
 
-    def test_a_request_with_no_task_instance_is_left_for_a_person(self, manager: ApprovalManager) -> None:
-        # Opened by a script in a task's name (the benchmarks seed thousands), or its run deleted.
+    def test_a_request_naming_no_task_instance_in_a_run_that_exists_is_left_for_a_person(
+        self, manager: ApprovalManager, task_of: TaskWriter
+    ) -> None:
+        # Opened by a script in a task's name, or before requests recorded their task instance:
+        # nothing says its gate will never wait again.
         approval = manager.create(spec())
+        task_of(approval, task=False)
         assert reconcile(manager, end=Ends()).cancelled == []
         assert manager.queries.get(approval.id).state == "pending"
+
+    def test_a_removed_tasks_request_is_cancelled(self, manager: ApprovalManager, task_of: TaskWriter) -> None:
+        # Airflow keeps the task instance of a task no longer in the DAG, marked removed: it never runs again.
+        approval = manager.create(spec())
+        task_of(approval, state="removed")
+        assert reconcile(manager, end=Ends()).cancelled == [approval.id]
+        assert "removed from the DAG" in str(manager.queries.get(approval.id).comment)
 
     @pytest.mark.parametrize("state", sorted(LIVE_STATES))
     def test_a_try_that_may_still_end_its_gate_keeps_its_request(
@@ -181,6 +210,105 @@ class TestClearAndMark:
         opened = manager.create(spec(), actor="admin", source="api", origin="api")
         assert reconcile(manager, end=Ends()).cancelled == []
         assert manager.queries.get(opened.id).is_waiting
+
+
+def approval_ti(manager: ApprovalManager, approval: Approval) -> str | None:
+    """The task instance try ``approval`` recorded (None: none), read from the store."""
+    from airflow_hitl.models.tables import ApprovalRequestRow
+
+    with manager.store.session() as session:
+        row = session.get(ApprovalRequestRow, approval.id)
+        return row.task_instance_id if row is not None else None
+
+
+def opened(manager: ApprovalManager, **overrides: Any) -> Approval:
+    """A task's gate that recorded its task instance try, as the operator opens one."""
+    return manager.create(spec(task_instance_id=str(uuid.uuid4()), **overrides))
+
+
+class TestRunsDeleted:
+    """A DAG run deleted in Airflow (its task instances with it), or deleted and created again under its run id."""
+
+    def test_a_waiting_request_whose_run_was_deleted_is_cancelled_by_airflow(
+        self, manager: ApprovalManager, task_of: TaskWriter
+    ) -> None:
+        approval = opened(manager)
+        task_of(approval, state="running", ti_id=approval_ti(manager, approval))
+        delete_run(approval)
+        done = reconcile(manager, end=Ends())
+        assert done.cancelled == [approval.id]
+        cancelled = manager.queries.get(approval.id)
+        assert (cancelled.state, cancelled.decision_source, cancelled.comment) == (
+            "cancelled",
+            "airflow",
+            "its DAG run was deleted in Airflow",
+        )
+        events = manager.audit.events(approval.id)
+        assert [(e.event_type, e.source) for e in events] == [("requested", "operator"), ("cancelled", "airflow")]
+        assert manager.audit.verify_audit_chain().ok
+        assert reconcile(manager, end=Ends()).cancelled == []
+
+    def test_a_request_that_recorded_no_task_instance_and_has_no_run_is_left_for_a_person(
+        self, manager: ApprovalManager, task_of: TaskWriter
+    ) -> None:
+        # Opened before revision 0013, or by a script in a task's name for a run that never
+        # existed: nothing ties it to a run that once was.
+        approval = manager.create(spec())
+        task_of(approval, state="running")
+        delete_run(approval)
+        assert reconcile(manager, end=Ends()).cancelled == []
+        assert manager.queries.get(approval.id).state == "pending"
+
+    @pytest.mark.parametrize("state", ["running", "queued", "awaiting_input", "deferred", "success", "failed"])
+    def test_the_same_try_of_another_task_instance_is_a_run_created_again(
+        self, manager: ApprovalManager, task_of: TaskWriter, state: str
+    ) -> None:
+        # The new run's task instance, at the old one's try: the old run's request is over, whatever
+        # the new one does (a new run's gate parks on a request of its own).
+        approval = opened(manager)
+        task_of(approval, state=state, parked_on=str(uuid.uuid4()))
+        done = reconcile(manager, end=Ends())
+        assert done.cancelled == [approval.id]
+        cancelled = manager.queries.get(approval.id)
+        assert cancelled.decision_source == "airflow"
+        assert str(cancelled.comment).startswith(
+            f"its DAG run was deleted and created again: task instance {approval_ti(manager, approval)} is gone"
+        )
+
+    def test_a_run_created_again_without_the_task_cancels_its_request(
+        self, manager: ApprovalManager, task_of: TaskWriter
+    ) -> None:
+        approval = opened(manager)
+        task_of(approval, task=False)
+        assert reconcile(manager, end=Ends()).cancelled == [approval.id]
+        assert "deleted and created again" in str(manager.queries.get(approval.id).comment)
+
+    def test_a_run_created_again_at_an_earlier_try_cancels_the_old_runs_request(
+        self, manager: ApprovalManager, task_of: TaskWriter
+    ) -> None:
+        approval = opened(manager, try_number=3)
+        task_of(approval, state="scheduled", try_number=1)
+        assert reconcile(manager, end=Ends()).cancelled == [approval.id]
+        assert "deleted and created again" in str(manager.queries.get(approval.id).comment)
+
+    @pytest.mark.parametrize("state", [None, "up_for_retry", "restarting"])
+    def test_a_try_that_has_its_next_id_already_is_cleared_not_created_again(
+        self, manager: ApprovalManager, task_of: TaskWriter, state: str | None
+    ) -> None:
+        # Cleared, up for retry, restarting: Airflow gave the row its next try's id, the number follows.
+        approval = opened(manager)
+        task_of(approval, state=state)
+        assert reconcile(manager, end=Ends()).cancelled == [approval.id]
+        assert "cleared or marked in Airflow" in str(manager.queries.get(approval.id).comment)
+
+    @pytest.mark.parametrize("state", sorted(LIVE_STATES))
+    def test_its_own_task_instance_try_keeps_its_request(
+        self, manager: ApprovalManager, task_of: TaskWriter, state: str
+    ) -> None:
+        approval = opened(manager)
+        task_of(approval, state=state, ti_id=approval_ti(manager, approval))
+        assert reconcile(manager, end=Ends()).cancelled == []
+        assert manager.queries.get(approval.id).is_waiting
 
 
 class TestBackstops:

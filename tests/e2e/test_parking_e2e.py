@@ -9,7 +9,9 @@ group) from the moment it is up until its tests are done: nothing here needs a t
   panel of Airflow's own; a decision ends a parked gate in place (success, the decision as
   XCom, one try, no worker resumed); at its deadline a gate times out and its task fails per
   its timeout action; an escalation leaves the gate parked, its backstop moved to the new
-  deadline; a parked gate marked success in Airflow has its request cancelled.
+  deadline; a parked gate marked success in Airflow has its request cancelled; a run deleted
+  and created again under its run id asks again, and a waiting gate's run deleted has its
+  request cancelled.
 - ``TestBackstop`` (``[hitl] deadline_worker = False``: nobody acts on deadlines but Airflow's
   own sweep, as when no api-server runs): past the backstop Airflow resumes the gate on a
   worker, which applies the timeout action, or escalates it and parks it again.
@@ -23,6 +25,7 @@ import datetime as dt
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,6 +247,74 @@ class TestApiServer:
         assert cancelled.id == gate.id
         assert cancelled.decision_source == "airflow"
         assert airflow.task_instance(MARK, run_id, "gate")["state"] == "success"
+
+    def test_a_run_deleted_and_created_again_asks_again(self, api_server: Parked) -> None:
+        # A run deleted in Airflow and created again under its run id starts again at try 1: its
+        # gate asks again, whatever the old run's request said, which keeps its decision.
+        airflow, run_id = api_server.airflow, f"again__{uuid.uuid4().hex[:8]}"
+        assert airflow.trigger(DECIDE, run_id=run_id) == run_id
+        old = airflow.wait_for_approval(DECIDE, run_id, "gate", states=["pending"], timeout=300)
+        airflow.wait_for_ti_state(DECIDE, run_id, "gate", "awaiting_input", timeout=300)
+        airflow.api("POST", f"{API}/approvals/{old.id}/approve", user="alice", json_body={"comment": "first run"})
+        airflow.wait_for_run_state(DECIDE, run_id, "success", timeout=180)
+
+        delete_run(airflow, DECIDE, run_id)
+        assert airflow.trigger(DECIDE, run_id=run_id) == run_id
+        new = airflow.wait_for_approval(DECIDE, run_id, "gate", states=["pending"], timeout=300)
+        ti = airflow.wait_for_ti_state(DECIDE, run_id, "gate", "awaiting_input", timeout=300)
+        assert new.id != old.id and (new.try_number, ti["try_number"]) == (1, 1)
+        assert not new.votes and airflow.task_states(DECIDE, run_id)["after"] != "success"
+        # The new request records the new task instance; the old one keeps its approval in the history.
+        [(ti_id,)] = metadata(
+            airflow,
+            "SELECT id FROM task_instance WHERE dag_id = %s AND run_id = %s AND task_id = 'gate'",
+            DECIDE,
+            run_id,
+        )
+        assert opened_by(airflow, new.id) == str(ti_id) != opened_by(airflow, old.id)
+        kept = airflow.manager.queries.get(old.id)
+        assert (kept.state, kept.decided_by, kept.comment) == ("approved", "alice", "first run")
+
+        # Deleted while its gate waits: the api-server's next pass over parked gates cancels the request.
+        delete_run(airflow, DECIDE, run_id)
+        cancelled = wait_until(
+            lambda: None if (now := airflow.manager.queries.get(new.id)).is_waiting else now,
+            timeout=180,
+            what="the deleted run's waiting request to be cancelled",
+        )
+        assert (cancelled.state, cancelled.decision_source, cancelled.comment) == (
+            "cancelled",
+            "airflow",
+            "its DAG run was deleted in Airflow",
+        )
+        assert airflow.manager.queries.get(old.id).state == "approved"
+        assert airflow.manager.audit.verify_audit_chain().ok
+
+
+def delete_run(airflow: AirflowHarness, dag_id: str, run_id: str) -> None:
+    """Delete a DAG run over Airflow's REST API, as a person does in Airflow's UI.
+
+    Airflow deletes a run only when it is queued, successful or failed (409 while it runs): a
+    running one is marked queued first, which leaves its task instances as they are, and deleted
+    before the scheduler starts it again (else both again).
+    """
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+
+    def deleted() -> bool:
+        if airflow.dag_run(dag_id, run_id)["state"] == "running":
+            airflow.api("PATCH", path, json_body={"state": "queued"}, params={"update_mask": "state"})
+        return airflow.api("DELETE", path, expect=(204, 409)).status_code == 204
+
+    wait_until(deleted, timeout=120, interval=0.1, what=f"DAG run {dag_id}/{run_id} to be deleted")
+
+
+def opened_by(airflow: AirflowHarness, request_id: str) -> str | None:
+    """The task instance try a request recorded when it opened, read from the store."""
+    from airflow_hitl.models.tables import ApprovalRequestRow
+
+    with airflow.manager.store.session() as session:
+        row = session.get(ApprovalRequestRow, request_id)
+        return row.task_instance_id if row is not None else None
 
 
 class TestBackstop:

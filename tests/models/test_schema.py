@@ -24,7 +24,7 @@ from airflow_hitl.exceptions import StoreError, StoreSchemaError
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.schema import VERSION_TABLE, alembic_config, ensure_schema, migrate, schema_status
 from airflow_hitl.models.store import ApprovalStore
-from airflow_hitl.models.tables import Base
+from airflow_hitl.models.tables import TASK_TRY, Base
 from airflow_hitl.policy import Principal
 from tests.helpers import spec
 
@@ -148,6 +148,15 @@ def _indexes(store: ApprovalStore) -> set[str]:
     return {ix["name"] for ix in inspect(store.engine).get_indexes("approval_requests")}
 
 
+#: Revision 0013's unique indexes, and the unique constraint of 0001 they replace.
+TASK_TRY_INDEXES = ("uq_approval_requests_task_instance_try", "uq_approval_requests_task_try")
+OLD_TASK_TRY_UNIQUE = "uq_approval_requests_dag_id_run_id_task_id_map_index_try_number"
+
+
+def _unique_keys(store: ApprovalStore) -> list[list[str]]:
+    return [list(uq["column_names"]) for uq in inspect(store.engine).get_unique_constraints("approval_requests")]
+
+
 class TestUpgrade:
     def test_a_0001_store_with_waiting_requests_upgrades_in_place(self, own_store: ApprovalStore) -> None:
         # A store of the first release, with requests in it.
@@ -174,7 +183,10 @@ class TestUpgrade:
         migrate(own_store)
         before = _indexes(own_store)
         command.downgrade(alembic_config(own_store), "0001")
-        assert _indexes(own_store) == before - {"ix_approval_requests_waiting", "ix_approval_requests_analytics"}
+        # 0013's two partial unique indexes go, and 0001's unique constraint (an index on PostgreSQL) is back.
+        new = {"ix_approval_requests_waiting", "ix_approval_requests_analytics", *TASK_TRY_INDEXES}
+        assert _indexes(own_store) - {OLD_TASK_TRY_UNIQUE} == before - new
+        assert _unique_keys(own_store) == [list(TASK_TRY)]
 
 
 def _old_vote(store: ApprovalStore, request_id: str, user: str) -> None:
@@ -237,6 +249,45 @@ class TestKeyedUpgrade:
         assert "key_id" not in _columns(own_store, "approval_events")
         assert "content_digest" not in _columns(own_store, "approval_votes")
         assert schema_status(own_store).current == "0006"
+
+
+class TestTaskInstanceUpgrade:
+    """Revision 0013: requests record their task instance try; the ones before it keep one request per try."""
+
+    def test_a_0012_stores_requests_keep_being_found_by_their_try(self, own_store: ApprovalStore) -> None:
+        command.upgrade(alembic_config(own_store), "0012")
+        waiting = _old_request(own_store, "pending")
+        decided = _old_request(own_store, "approved")
+
+        migrate(own_store)
+
+        assert "task_instance_id" in _columns(own_store, "approval_requests")
+        assert set(TASK_TRY_INDEXES) <= _indexes(own_store) and _unique_keys(own_store) == []
+        manager = ApprovalManager(store=own_store)
+        for old in (waiting, decided):
+            assert manager.queries.get(old).state in {"pending", "approved"}
+            # A gate of that try (it names its task instance now) finds the request opened before the upgrade.
+            again = spec(run_id=f"manual__{old}", task_instance_id=str(uuid.uuid4()))
+            assert manager.create(again).id == old
+        assert manager.audit.verify_audit_chain().ok
+
+    def test_downgrade_refuses_while_a_try_has_two_requests(self, own_store: ApprovalStore) -> None:
+        migrate(own_store)
+        manager = ApprovalManager(store=own_store)
+        first = manager.create(spec(run_id="scheduled__1", task_instance_id=str(uuid.uuid4())))
+        manager.approve(first.id, user=Principal.of("alice"))
+        # The run was deleted and created again: its gate asked again, under the same try.
+        second = manager.create(spec(run_id="scheduled__1", task_instance_id=str(uuid.uuid4())))
+        assert second.id != first.id
+        with pytest.raises(RuntimeError, match="1 task tries have more than one request"):
+            command.downgrade(alembic_config(own_store), "0012")
+        assert schema_status(own_store).up_to_date, "nothing changed"
+        with own_store.engine.begin() as conn:
+            conn.execute(text("DELETE FROM approval_requests WHERE id = :id"), {"id": second.id})
+        command.downgrade(alembic_config(own_store), "0012")
+        assert "task_instance_id" not in _columns(own_store, "approval_requests")
+        assert _unique_keys(own_store) == [list(TASK_TRY)]
+        assert not set(TASK_TRY_INDEXES) & _indexes(own_store)
 
 
 _STARTER = """

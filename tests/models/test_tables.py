@@ -114,6 +114,23 @@ class TestSchemaRules:
             session.add(request_row(**{**try_of, "try_number": 2}))
         assert count(store, ApprovalRequestRow) == 2
 
+    def test_one_request_per_task_instance_try(self, store: ApprovalStore) -> None:
+        # A DAG run deleted and created again: the same try of other task instances, one request each.
+        try_of = {"run_id": "r1", "task_id": "gate", "map_index": 0, "try_number": 1}
+        first, second = str(uuid.uuid4()), str(uuid.uuid4())
+        with store.begin() as session:
+            session.add(request_row(**try_of, task_instance_id=first))
+        with pytest.raises(IntegrityError), store.begin() as session:
+            session.add(request_row(**try_of, task_instance_id=first))
+        with store.begin() as session:
+            session.add(request_row(**try_of, task_instance_id=second))
+        # One with no id (opened before revision 0013) is one per try among those with none.
+        with store.begin() as session:
+            session.add(request_row(**try_of))
+        with pytest.raises(IntegrityError), store.begin() as session:
+            session.add(request_row(**try_of))
+        assert count(store, ApprovalRequestRow) == 3
+
     def test_a_person_votes_once_per_request(self, store: ApprovalStore) -> None:
         row = request_row()
         with store.begin() as session:

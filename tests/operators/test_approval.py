@@ -7,13 +7,16 @@ from its own process through ApprovalManager on the same store, as an approver w
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from airflow_hitl.exceptions import InvalidApprovalConfig
 from airflow_hitl.manager import ApprovalFilter, ApprovalManager
 from airflow_hitl.models.schema import migrate
 from airflow_hitl.models.store import ApprovalStore
+from airflow_hitl.models.tables import ApprovalRequestRow
 from airflow_hitl.operators.approval import ApprovalOperator
 from airflow_hitl.policy import EscalationLevel, Principal
 from airflow_hitl.records import Approval
@@ -282,6 +286,16 @@ def _ti_states(env: dict[str, str], dag_id: str) -> dict[str, str]:
     return states
 
 
+def _ti_id(env: dict[str, str], dag_id: str, task_id: str) -> str:
+    """The id of the task instance of the last run, read from the metadata DB (SQLite, in AIRFLOW_HOME)."""
+    with contextlib.closing(sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db")) as conn:
+        [(found,)] = conn.execute(
+            "SELECT id FROM task_instance WHERE dag_id = ? AND task_id = ? AND run_id = ?",
+            (dag_id, task_id, _last_run_id(env, dag_id)),
+        ).fetchall()
+    return str(uuid.UUID(str(found)))
+
+
 def _last_run_id(env: dict[str, str], dag_id: str) -> str:
     out = subprocess.run(
         [AIRFLOW, "dags", "list-runs", dag_id, "-o", "plain"],
@@ -307,6 +321,10 @@ class TestRuns:
         assert approval.context["build"].startswith("manual__")
         assert approval.title == "Gate of op_manual"
         assert _ti_states(airflow_home, "op_manual") == {"evaluate": "success", "gate": "success", "after": "success"}
+        # The request records the task instance try that opened it: Airflow's id of the gate's task instance.
+        with store.session() as session:
+            row = session.get(ApprovalRequestRow, approval.id)
+            assert row is not None and row.task_instance_id == _ti_id(airflow_home, "op_manual", "gate")
 
     @pytest.mark.parametrize(
         ("dag_id", "gate_state", "downstream_state"),

@@ -201,7 +201,7 @@ def test_task_instance_columns_we_read_and_lock(
 
     table = TaskInstance.__table__
     assert table.name == "task_instance"
-    for column in ("dag_id", "run_id", "task_id", "map_index", "state", "try_number", "trigger_id"):
+    for column in ("dag_id", "run_id", "task_id", "map_index", "state", "try_number", "id", "trigger_id"):
         assert column in table.c, f"task_instance.{column}"
     # One row per (dag_id, run_id, task_id, map_index): what a key names is one task instance.
     unique = [
@@ -213,15 +213,72 @@ def test_task_instance_columns_we_read_and_lock(
 
     running, deferred = task_instance(state="running", try_number=2), task_instance(state="deferred")
     absent = _task_key()
-    assert task_instances.task_tries([running, deferred, absent], batch=2) == {
-        running: task_instances.TaskTry(state="running", try_number=2),
-        deferred: task_instances.TaskTry(state="deferred", try_number=1),
+    found = task_instances.task_tries([running, deferred, absent], batch=2)
+    assert {key: (t.state, t.try_number) for key, t in found.items()} == {
+        running: ("running", 2),
+        deferred: ("deferred", 1),
     }
+    # The try's id as the canonical text of a UUID, whatever the column's type (a UUID, or text on 3.1).
+    assert found[running].id == _ti_id(running) and found[deferred].id == _ti_id(deferred)
     with task_instances.hold_task_instance(deferred) as held:
         assert isinstance(held, task_instances.HeldTaskInstance)
         assert (held.state, held.try_number, held.trigger_id, held.trigger()) == ("deferred", 1, None, None)
     with task_instances.hold_task_instance(absent) as held:
         assert held == task_instances.MISSING
+
+
+def _ti_id(key: task_instances.TaskKey) -> str:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        found = session.scalar(select(TaskInstance.id).where(TaskInstance.run_id == key.run_id))
+    return str(uuid.UUID(str(found)))
+
+
+def test_a_task_instance_has_a_new_id_for_every_try(task_instance: Callable[..., task_instances.TaskKey]) -> None:
+    # A request records the task instance try that opened it: ``ti.id`` on the worker (the Task
+    # SDK's public protocol), the row's id in the metadata DB. Airflow gives the row a new id where
+    # it starts a new try (a clear, a retry, the scheduler's reset of an orphan), and a DAG run
+    # created again has new rows: only the try that opened a request has its id.
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.sdk.types import RuntimeTaskInstanceProtocol
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    assert "id" in RuntimeTaskInstanceProtocol.__annotations__
+    assert TaskInstance.__table__.c.id.primary_key
+    key = task_instance(state="awaiting_input")
+    first = task_instances.task_tries([key], batch=1)[key].id
+    assert first == _ti_id(key)
+    with create_session() as session:
+        ti = session.scalars(select(TaskInstance).where(TaskInstance.run_id == key.run_id)).one()
+        ti.state = "scheduled"  # resumed: still the same try, the same id
+        session.flush()
+        assert str(uuid.UUID(str(ti.id))) == first
+        ti.prepare_db_for_next_try(session)
+    assert task_instances.task_tries([key], batch=1)[key].id not in {first, None}
+
+
+def test_dag_run_key_we_read(task_instance: Callable[..., task_instances.TaskKey]) -> None:
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+
+    table = DagRun.__table__
+    assert table.name == "dag_run" and {"dag_id", "run_id"} <= set(table.c.keys())
+    unique = [
+        {c.name for c in constraint.columns} for constraint in table.constraints if hasattr(constraint, "columns")
+    ]
+    assert {"dag_id", "run_id"} in unique, "one run per (dag_id, run_id)"
+    # Deleting a run deletes its task instances: a request whose task instance is gone may ask about its run.
+    to_runs = [fk for fk in TaskInstance.__table__.foreign_key_constraints if fk.referred_table.name == "dag_run"]
+    assert [(sorted(c.name for c in fk.columns), fk.ondelete) for fk in to_runs] == [(["dag_id", "run_id"], "CASCADE")]
+
+    live = task_instance(state="running")
+    gone = task_instances.RunKey(dag_id=live.dag_id, run_id=f"seam__gone_{uuid.uuid4().hex[:8]}")
+    assert task_instances.existing_runs([live.run, gone], batch=1) == {live.run}
+    assert task_instances.existing_runs([], batch=1) == set()
 
 
 def test_handle_event_submit_signature() -> None:
