@@ -768,29 +768,25 @@ class AirflowHarness:
 
     def hitl_logs(self, lines: int = 40) -> str:
         """Our own log lines (loggers ``airflow_hitl.*``) of every process, which polling's access lines would bury."""
-        parts = []
-        for path in sorted(self.logs_folder.glob("*.log")):
-            try:
-                text = path.read_text("utf-8", "replace")
-            except OSError:
-                continue
-            ours = [line for line in text.splitlines() if "[airflow_hitl." in line]
-            if ours:
-                parts.append(f"===== {path.name}: airflow_hitl lines (last {lines}) =====\n" + "\n".join(ours[-lines:]))
-        return "\n".join(parts)
+        return self._log_lines(lambda line: "[airflow_hitl." in line, what="airflow_hitl lines", lines=lines)
 
     def run_lines(self, run_id: str, lines: int = 25) -> str:
         """The last lines of every process log that name ``run_id`` (the scheduler's view of its task instances)."""
+        return self._log_lines(
+            lambda line: run_id in line and "http.access" not in line, what="lines naming the run", lines=lines
+        )
+
+    def _log_lines(self, wanted: Callable[[str], bool], *, what: str, lines: int) -> str:
+        # The last ``lines`` wanted lines of each process log (each cut to 600 characters), under a heading.
         parts = []
         for path in sorted(self.logs_folder.glob("*.log")):
             try:
                 text = path.read_text("utf-8", "replace")
             except OSError:
                 continue
-            named = [line[:600] for line in text.splitlines() if run_id in line and "http.access" not in line]
-            if named:
-                heading = f"===== {path.name}: lines naming the run (last {lines}) ====="
-                parts.append(heading + "\n" + "\n".join(named[-lines:]))
+            found = [line[:600] for line in text.splitlines() if wanted(line)]
+            if found:
+                parts.append(f"===== {path.name}: {what} (last {lines}) =====\n" + "\n".join(found[-lines:]))
         return "\n".join(parts)
 
     def task_logs(self, dag_id: str, run_id: str, task_id: str, lines: int = 60) -> str:
