@@ -46,6 +46,8 @@ V = TypeVar("V")
 #: Requests a process keeps as read, per store: a few pages of the inbox (a snapshot with its
 #: votes takes a few kilobytes).
 SNAPSHOT_CACHE_SIZE = 2_000
+#: Request ids read in one query at most (an IN list well under every driver's parameter limit).
+_ID_BATCH = 500
 _REQUESTS = ApprovalRequestRow.__table__.c
 # PostgreSQL's row version: every UPDATE of a request writes a new one. A vote always updates
 # its request in the same transaction, so (id, version) names the request and its votes.
@@ -308,6 +310,22 @@ class ApprovalQueries:
             return resolve_inputs(form, inputs, approving=approving)
         except InvalidInput as err:
             return err
+
+    def task_instance_ids(self, request_ids: Sequence[str]) -> dict[str, str | None]:
+        """The task instance try each of ``request_ids`` recorded when it opened (None: not recorded).
+
+        What the pass over parked gates compares with Airflow's task instances
+        (:mod:`airflow_hitl.api.parked`); it never changes once written.
+        """
+        table = ApprovalRequestRow.__table__.c
+        found: dict[str, str | None] = {}
+        with self.store.read_engine.connect() as conn:
+            for first in range(0, len(request_ids), _ID_BATCH):
+                chunk = [str(i) for i in request_ids[first : first + _ID_BATCH]]
+                statement = select(table.id, table.task_instance_id).where(table.id.in_(chunk))
+                found.update((str(row.id), row.task_instance_id) for row in conn.execute(statement))
+            conn.rollback()
+        return found
 
     def closed_task_gates(self, request_ids: Sequence[str]) -> builtins.list[TaskGate]:
         """Of ``request_ids``, the closed requests that a task's gate opened, with their task instance, in one query.

@@ -41,11 +41,8 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
-
 from airflow_hitl.exceptions import ApprovalNotFound, ApprovalNotPending
 from airflow_hitl.manager import ApprovalManager, TimeoutOutcome
-from airflow_hitl.models.tables import ApprovalRequestRow
 from airflow_hitl.records import TaskGate
 from airflow_hitl.seam import parking, task_instances
 from airflow_hitl.vocabulary import Source
@@ -170,7 +167,7 @@ def _cancel_ended_tries(manager: ApprovalManager, gates: Sequence[TaskGate]) -> 
     if not gates:
         return []
     found = task_instances.task_tries([_key(gate) for gate in gates], batch=_BATCH)
-    opened_by = _task_instance_ids(manager, [gate.id for gate in gates])
+    opened_by = manager.queries.task_instance_ids([gate.id for gate in gates])
     gone = list(dict.fromkeys(_key(gate).run for gate in gates if _key(gate) not in found))
     runs = task_instances.existing_runs(gone, batch=_BATCH) if gone else set()
     cancelled = []
@@ -226,17 +223,3 @@ def _another_life(gate: TaskGate, row: task_instances.TaskTry, opened_by: str | 
     if row.try_number == gate.try_number:
         return row.state not in _NEXT_TRY_STATES
     return row.try_number < gate.try_number
-
-
-def _task_instance_ids(manager: ApprovalManager, request_ids: Sequence[str]) -> dict[str, str | None]:
-    # The task instance try each request recorded when it opened (None: not recorded); it never
-    # changes, so this second read of the store agrees with the first.
-    table = ApprovalRequestRow.__table__.c
-    found: dict[str, str | None] = {}
-    with manager.store.read_engine.connect() as conn:
-        for first in range(0, len(request_ids), _READ_BATCH):
-            chunk = list(request_ids[first : first + _READ_BATCH])
-            statement = select(table.id, table.task_instance_id).where(table.id.in_(chunk))
-            found.update((str(row.id), row.task_instance_id) for row in conn.execute(statement))
-        conn.rollback()
-    return found
