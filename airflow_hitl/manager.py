@@ -445,7 +445,7 @@ class ApprovalManager:
             try:
                 # The row lock makes a duplicate impossible; the unique constraint makes it
                 # impossible twice over.
-                self.transactions.cast(session, row.id, vote)
+                self.transactions.cast(session, row, vote)
             except IntegrityError as err:
                 raise AlreadyVoted(row.id, user.name) from err
             votes.append(vote)

@@ -180,14 +180,18 @@ class StoreTransactions:
         return row, votes_of(session, [row.id], postgres=self.store.is_postgres).get(row.id, [])
 
     @staticmethod
-    def cast(session: Session, request_id: str, vote: Vote) -> None:
-        """Insert ``vote`` on the locked request; IntegrityError when its voter has voted already."""
+    def cast(session: Session, request: ApprovalRequestRow, vote: Vote) -> None:
+        """Insert ``vote`` on the locked ``request``; IntegrityError when its voter has voted already."""
         # One plain INSERT: a vote row is never read back in this transaction, so building
         # and flushing an ORM object for it would only cost time.
         session.connection().execute(
             _VOTE_ROWS,
             {
-                "request_id": request_id,
+                "request_id": request.id,
+                # The request's own, never changed once it is opened: what the analytics read.
+                "dag_id": request.dag_id,
+                "task_id": request.task_id,
+                "requested_at": request.requested_at,
                 "user": vote.user,
                 "delegate": vote.delegate,
                 "user_roles": list(vote.user_roles),

@@ -210,6 +210,10 @@ class Synthetic:
                     "reason": "no" if vote == Action.REJECT else None,
                     "source": Source.API,
                     "created_at": at,
+                    # The request's own, as the manager writes them with every vote (revision 0014).
+                    "dag_id": dag_id,
+                    "task_id": requests[-1]["task_id"],
+                    "requested_at": requested_at,
                 }
             )
             self._event(events, request_id, AuditType.VOTE, at)

@@ -450,8 +450,12 @@ class TestFacts:
         self, mgr: ApprovalManager, clock: Clock, store: ApprovalStore
     ) -> None:
         ids = trail(mgr, clock)
+        request = mgr.queries.get(ids["rejected"])
         forged = {
             "request_id": ids["rejected"],
+            "dag_id": request.dag_id,
+            "task_id": request.task_id,
+            "requested_at": request.requested_at,
             "user": "mallory",
             "user_roles": ["op"],
             "vote": "approve",

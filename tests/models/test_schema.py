@@ -24,8 +24,9 @@ from airflow_hitl.exceptions import StoreError, StoreSchemaError
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.schema import VERSION_TABLE, alembic_config, ensure_schema, migrate, schema_status
 from airflow_hitl.models.store import ApprovalStore
-from airflow_hitl.models.tables import TASK_TRY, Base
+from airflow_hitl.models.tables import REQUEST_ANALYTICS, TASK_TRY, VOTE_ANALYTICS, Base
 from airflow_hitl.policy import Principal
+from airflow_hitl.vocabulary import Origin, Source
 from tests.helpers import spec
 
 
@@ -279,15 +280,80 @@ class TestTaskInstanceUpgrade:
         # The run was deleted and created again: its gate asked again, under the same try.
         second = manager.create(spec(run_id="scheduled__1", task_instance_id=str(uuid.uuid4())))
         assert second.id != first.id
+        # Down to 0013 first: SQLite's DDL is not transactional, so a refusal after later
+        # revisions' downgrades would keep those; this test is about 0013's own refusal.
+        command.downgrade(alembic_config(own_store), "0013")
         with pytest.raises(RuntimeError, match="1 task tries have more than one request"):
             command.downgrade(alembic_config(own_store), "0012")
-        assert schema_status(own_store).up_to_date, "nothing changed"
+        assert schema_status(own_store).current == "0013", "nothing changed"
         with own_store.engine.begin() as conn:
             conn.execute(text("DELETE FROM approval_requests WHERE id = :id"), {"id": second.id})
         command.downgrade(alembic_config(own_store), "0012")
         assert "task_instance_id" not in _columns(own_store, "approval_requests")
         assert _unique_keys(own_store) == [list(TASK_TRY)]
         assert not set(TASK_TRY_INDEXES) & _indexes(own_store)
+
+
+def _vote_indexes(store: ApprovalStore) -> dict[str, list[str]]:
+    return {ix["name"]: list(ix["column_names"]) for ix in inspect(store.engine).get_indexes("approval_votes")}
+
+
+def _request_analytics_index(store: ApprovalStore) -> list[str]:
+    found = {ix["name"]: ix["column_names"] for ix in inspect(store.engine).get_indexes("approval_requests")}
+    return list(found["ix_approval_requests_analytics"])
+
+
+class TestVoteRequestFacts:
+    """Revision 0014: votes carry their request's DAG, task and opening time, for the analytics."""
+
+    def test_a_0013_stores_votes_get_their_requests_values(self, own_store: ApprovalStore) -> None:
+        command.upgrade(alembic_config(own_store), "0013")
+        request_id = _old_request(own_store, "approved")
+        _old_vote(own_store, request_id, "alice")
+        _old_vote(own_store, request_id, "bob")
+
+        migrate(own_store)
+
+        request = ApprovalManager(store=own_store).queries.get(request_id)
+        with own_store.engine.connect() as conn:
+            rows = conn.execute(
+                text('SELECT "user", dag_id, task_id, requested_at FROM approval_votes ORDER BY "user"')
+            ).all()
+        assert [(r.user, r.dag_id, r.task_id) for r in rows] == [
+            ("alice", "release", "gate"),
+            ("bob", "release", "gate"),
+        ]
+        # The very instant (SQLite hands back naive UTC, PostgreSQL an aware timestamp).
+        for row in rows:
+            at = row.requested_at
+            at = dt.datetime.fromisoformat(at) if isinstance(at, str) else at
+            assert (at if at.tzinfo else at.replace(tzinfo=dt.timezone.utc)) == request.requested_at
+        assert _vote_indexes(own_store)["ix_approval_votes_analytics"] == list(VOTE_ANALYTICS)
+        assert _request_analytics_index(own_store) == list(REQUEST_ANALYTICS)
+        assert ApprovalManager(store=own_store).audit.verify_audit_chain().ok
+
+    def test_a_vote_cast_now_carries_its_requests_values(self, own_store: ApprovalStore) -> None:
+        migrate(own_store)
+        manager = ApprovalManager(store=own_store)
+        approval = manager.create(spec(run_id="scheduled__1", task_instance_id=str(uuid.uuid4())))
+        manager.approve(approval.id, user=Principal.of("alice"))
+        over_api = manager.create(
+            spec(run_id=None, task_id=None, try_number=None), source=Source.API, origin=Origin.API
+        )
+        manager.reject(over_api.id, user=Principal.of("bob"), reason="no")
+        with own_store.engine.connect() as conn:
+            rows = conn.execute(text('SELECT request_id, dag_id, task_id FROM approval_votes ORDER BY "user"')).all()
+        assert [tuple(r) for r in rows] == [
+            (approval.id, approval.dag_id, approval.task_id),
+            (over_api.id, over_api.dag_id, None),
+        ]
+
+    def test_downgrade_to_0013_drops_the_columns_and_puts_the_old_index_back(self, own_store: ApprovalStore) -> None:
+        migrate(own_store)
+        command.downgrade(alembic_config(own_store), "0013")
+        assert not {"dag_id", "task_id", "requested_at"} & _columns(own_store, "approval_votes")
+        assert "ix_approval_votes_analytics" not in _vote_indexes(own_store)
+        assert _request_analytics_index(own_store) == [*REQUEST_ANALYTICS, "id"]
 
 
 _STARTER = """

@@ -136,6 +136,7 @@ class TestSchemaRules:
         with store.begin() as session:
             session.add(row)
         vote = {"request_id": row.id, "user": "alice", "vote": "approve", "source": "api", "created_at": T0}
+        vote |= {"dag_id": row.dag_id, "task_id": row.task_id, "requested_at": row.requested_at}
         with store.begin() as session:
             session.add(ApprovalVoteRow(**vote))
         with pytest.raises(IntegrityError), store.begin() as session:
