@@ -445,3 +445,29 @@ class ApprovalQueries:
             )
             for r in rows
         ]
+
+    def waiting_task_gates_fingerprint(self) -> tuple[int, dt.datetime | None, int]:
+        """What :meth:`waiting_task_gates` would read, summed up by the database in one row.
+
+        ``(count, latest updated_at, sum of escalation levels)`` over the same rows: a new
+        waiting request adds one, a closed (or deleted) one takes one away, and every other
+        change of a waiting request writes ``updated_at`` (a vote, an escalation: the only
+        change of ``expires_at``; ``try_number`` and the task never change). The escalation
+        levels go up with each escalation whatever the clock reads, so an escalation changes
+        the fingerprint even when the store's clock stepped back. Equal fingerprints: nothing
+        the api-server's pass over parked gates acts on has changed in the store.
+        """
+        table = ApprovalRequestRow.__table__.c
+        statement = select(
+            func.count(), func.max(table.updated_at), func.coalesce(func.sum(table.escalation_level), 0)
+        ).where(
+            text(WAITING_PREDICATE),
+            table.origin == Origin.TASK,
+            table.run_id.is_not(None),
+            table.task_id.is_not(None),
+            table.try_number.is_not(None),
+        )
+        with self.store.read_engine.connect() as conn:
+            count, latest, levels = conn.execute(statement).one()
+            conn.rollback()
+        return int(count), latest, int(levels)

@@ -189,6 +189,38 @@ class TestQueries:
         ]
         assert mgr.queries.closed_task_gates([]) == []
 
+    def test_waiting_task_gates_fingerprint_changes_with_what_the_pass_over_parked_gates_reads(
+        self, mgr: ApprovalManager, clock: Clock
+    ) -> None:
+        fingerprint = mgr.queries.waiting_task_gates_fingerprint
+        assert fingerprint() == (0, None, 0)
+        start = clock.now
+        escalating = mgr.create(
+            spec(
+                timeout=dt.timedelta(minutes=1),
+                timeout_action="escalate",
+                escalation_targets=[EscalationLevel(approvers=("carol",), timeout=dt.timedelta(hours=1))],
+                escalation_final_action="reject",
+            )
+        )
+        assert fingerprint() == (1, start, 0) == fingerprint(), "read again, nothing changed: the same"
+        mgr.create(spec(), origin="api")
+        assert fingerprint() == (1, start, 0), "a request opened over the API is no task's gate"
+        voted = mgr.create(spec(allowed_approvers=["alice", "bob"], required_approvals=2))
+        assert fingerprint() == (2, start, 0), "opened: one more"
+        clock.advance(minutes=10)
+        mgr.approve(voted.id, user=ALICE)
+        assert fingerprint() == (2, clock.now, 0), "a vote writes updated_at"
+        # The store's clock stepped back (NTP): the escalation's updated_at is not the latest,
+        # yet the fingerprint changes, with its expires_at.
+        clock.now = start + dt.timedelta(minutes=1)
+        assert mgr.apply_timeout(escalating.id).escalated
+        assert fingerprint() == (2, start + dt.timedelta(minutes=10), 1)
+        mgr.reject(voted.id, user=BOB, reason="no")
+        assert fingerprint() == (1, start + dt.timedelta(minutes=1), 1), "closed: one fewer"
+        mgr.cancel(escalating.id, actor="admin", reason="done")
+        assert fingerprint() == (0, None, 0)
+
     def test_wait_states_of_nothing_and_of_an_escalation(self, mgr: ApprovalManager, clock: Clock) -> None:
         assert mgr.queries.wait_states([]) == {}
         a = mgr.create(

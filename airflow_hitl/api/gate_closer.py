@@ -56,10 +56,11 @@ id; the same claim and end event), and a gate deferred before an upgrade still e
 trigger's shape. A decision that lands while the task still runs (between opening the request
 and parking) is retried until it has parked: a running task is never ended. What a trigger did
 besides is the working closer's
-periodic pass over the parked gates (:mod:`airflow_hitl.api.parked`): closed gates whose task is
-still parked, however old (decided while no api-server ran, or given up on here), are handed
-back to the closer; requests whose parked task was cleared or marked are cancelled; backstop
-deadlines follow escalations.
+pass over the parked gates (:mod:`airflow_hitl.api.parked`), run when a look every 30 s at two
+one-row fingerprints finds something changed, and every 5 minutes anyway: closed gates whose
+task is still parked, however old (decided while no api-server ran, or given up on here), are
+handed back to the closer; requests whose parked task was cleared or marked are cancelled;
+backstop deadlines follow escalations.
 """
 
 from __future__ import annotations
@@ -340,8 +341,11 @@ class GateCloser:
     :param follow_every: Seconds between a waiting closer's tries to take the lock.
     :param poll_interval: On a SQLite store (no NOTIFY), seconds between looks for closed
         gates whose task has not ended (:func:`unended_task_gates`).
-    :param reconcile_every: Seconds between passes over the gates parked in ``awaiting_input``
-        (:func:`airflow_hitl.api.parked.reconcile`), while this closer works; None: none (the
+    :param reconcile_every: Seconds between looks at whether the gates parked in
+        ``awaiting_input`` need a pass (:class:`airflow_hitl.api.parked.ParkedGates`: two one-row
+        fingerprints; a pass, :func:`airflow_hitl.api.parked.reconcile`, at once when this closer
+        starts working, then when either changed or every ``parked.FULL_EVERY`` seconds, and
+        never sooner than this after the last), while this closer works; None: none (the
         api-server's closer passes :data:`airflow_hitl.api.parked.RECONCILE_EVERY` on Airflow 3.3+).
     """
 
@@ -416,23 +420,35 @@ class GateCloser:
         self._ids.put(request_id)
 
     def _reconcile(self, manager: ApprovalManager) -> None:
-        # While this closer works (the store's leader on PostgreSQL; always on SQLite): a pass
-        # at once, then one every reconcile_every seconds (sooner again after a failure).
-        assert self._reconcile_every is not None
-        backoff = Backoff(first=_AFTER_FAILURE * 5, cap=self._reconcile_every)
+        # While this closer works (the store's leader on PostgreSQL; always on SQLite): a tick
+        # every reconcile_every seconds, which passes over the parked gates only when something
+        # changed, or the safety net is due (parked.ParkedGates; sooner again after a failure).
+        # Each working term gets a new driver, so a closer that has just taken over passes at once.
+        every = self._reconcile_every
+        assert every is not None
+        backoff = Backoff(first=_AFTER_FAILURE * 5, cap=every)
         while not self._stop.is_set():
             if not self.listening.wait(1.0):
                 continue
-            try:
-                parked.reconcile(manager, end=self.submit_again)
-                backoff.reset()
-                delay = self._reconcile_every
-            except Exception:
-                delay = backoff.next()
-                log.warning(
-                    "could not reconcile the parked gates; again in %.0fs", delay, exc_info=backoff.failures == 1
-                )
-            self._stop.wait(delay)
+            gates = parked.ParkedGates(manager=manager, end=self.submit_again, every=every)
+            while self.listening.is_set() and not self._stop.is_set():
+                try:
+                    if gates.tick() is not None:
+                        backoff.reset()
+                    # The next look when a pass may run again (after a pass: every seconds or
+                    # more), or every seconds after a look that found nothing changed.
+                    delay = gates.due_in() or every
+                except Exception:
+                    delay = backoff.next()
+                    log.warning(
+                        "could not reconcile the parked gates; again in %.0fs", delay, exc_info=backoff.failures == 1
+                    )
+                # Cut short when this closer stops working: a second at most between looks, so a
+                # term lost and won again within one wait still gets a new driver.
+                until = time.monotonic() + delay
+                while self.listening.is_set() and (left := until - time.monotonic()) > 0:
+                    if self._stop.wait(min(1.0, left)):
+                        break
 
     def _listen(self, manager: ApprovalManager) -> None:
         def listening(up: bool) -> None:

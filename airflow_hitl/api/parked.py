@@ -3,7 +3,8 @@
 On Airflow 3.3+ a waiting gate parks its task in ``awaiting_input`` (:mod:`airflow_hitl.seam.parking`):
 no trigger waits for it, so three things a trigger did are the api-server's now, and
 :func:`reconcile` does them in one pass, run by the store's working gate closer (one per
-PostgreSQL store, every api-server process on SQLite) every ``RECONCILE_EVERY`` seconds:
+PostgreSQL store, every api-server process on SQLite) through :class:`ParkedGates` whenever
+something it acts on may have changed (see "When a pass runs" below):
 
 - **Catch-up.** A request closed while its task stays parked (decided while no api-server ran,
   or the gate closer gave up on it) is handed to the gate closer, which ends the task in place.
@@ -32,12 +33,40 @@ are not parked (a task about to park, or one resumed on a worker, or gone), the 
 ids those requests recorded, and the runs of those whose task instance is gone (batched
 queries). The store is read first: a request that closes between the two reads is seen as
 waiting and left to the next pass.
+
+When a pass runs
+================
+
+A pass costs in proportion to the waiting gates (at 20,000 of them, a pass every 30 s kept an
+idle api-server at about 2.2 CPU s a minute), so :class:`ParkedGates` runs one only when it may
+find something. Every ``RECONCILE_EVERY`` seconds it takes two fingerprints, one row each,
+computed by the databases: the store's waiting requests of tasks' gates
+(:meth:`~airflow_hitl.queries.ApprovalQueries.waiting_task_gates_fingerprint`: a request
+opened, closed or escalated changes it) and Airflow's parked task instances
+(:func:`~airflow_hitl.seam.task_instances.parked_fingerprint`: a task parked, cleared, marked,
+removed, resumed by the deadline sweep or ended, or its run deleted, changes it). It passes:
+
+- at its first tick (a gate closer that has just started working, or taken over as leader);
+- when either fingerprint differs from the one taken just before the last pass (taken before
+  it, so a change during a pass brings the next one; a pass that acts is followed by one more);
+- when ``FULL_EVERY`` seconds have passed since the last pass, whatever the fingerprints say:
+  the safety net for what they do not see, a closed request whose task stays parked after the
+  gate closer gave up on it (nothing changes on either side), a waiting request whose task was
+  cleared or its run deleted before it parked (no parked task changed), and a row written
+  around Airflow's ORM or the manager;
+
+and never sooner than ``max(RECONCILE_EVERY, 20 x the last pass's duration)`` after the last
+pass ended, so a store with a huge backlog keeps the pass under about 5 % of one core. Clearing
+or marking a parked gate, deleting its run, deciding or escalating it therefore still acts
+within ``RECONCILE_EVERY`` seconds (unless a pass takes over 1.5 s); a tick that finds nothing
+changed costs the two one-row statements.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -49,9 +78,14 @@ from airflow_hitl.vocabulary import Source
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two passes: well inside the backstop's grace, so an escalated gate's
-#: backstop moves before the old one passes.
+#: Seconds between two ticks of :class:`ParkedGates` (a look at both fingerprints), and between
+#: two passes at least: well inside the backstop's grace, so an escalated gate's backstop moves
+#: before the old one passes.
 RECONCILE_EVERY = 30.0
+#: Seconds after which a pass runs even though neither fingerprint changed: the safety net.
+FULL_EVERY = 300.0
+#: A pass runs at most once in this many times its own duration (about 5 % of one core at most).
+PASS_SHARE = 20
 #: The method a parked gate resumes in (``ApprovalOperator.execute_complete``).
 RESUME_METHOD = "execute_complete"
 #: Task instance states in which a try may still end its gate: it runs (and parks or defers),
@@ -127,6 +161,84 @@ def reconcile(manager: ApprovalManager, *, end: Callable[[str], None]) -> Reconc
             done.moved,
         )
     return done
+
+
+class ParkedGates:
+    """Runs :func:`reconcile` when it may find something (see "When a pass runs" in the module docstring).
+
+    One per working term of a gate closer: a new one passes at its first :meth:`tick`. The
+    fingerprints catch every change a pass acts on but a few (a closed request whose task stays
+    parked after the gate closer gave up on it, a task cleared or a run deleted before its gate
+    parked, a row written around Airflow's ORM or the manager): for those a pass runs every
+    ``full_every`` seconds anyway, the safety net.
+
+    :param manager: The store's manager.
+    :param end: Hands a closed request whose task is still parked to the gate closer.
+    :param clock: Monotonic seconds (tests pass their own).
+    :param every: Seconds between two passes at least (:data:`RECONCILE_EVERY`).
+    :param full_every: Seconds after which a pass runs whatever the fingerprints say (:data:`FULL_EVERY`).
+    """
+
+    def __init__(
+        self,
+        *,
+        manager: ApprovalManager,
+        end: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+        every: float = RECONCILE_EVERY,
+        full_every: float = FULL_EVERY,
+    ) -> None:
+        self._manager = manager
+        self._end = end
+        self._clock = clock
+        self._every = every
+        self._full_every = full_every
+        # The fingerprints taken just before the last pass (None: no pass yet, or it failed).
+        self._seen: tuple[object, object] | None = None
+        # When the last pass ended, and how long after it the next may run.
+        self._ended: float | None = None
+        self._gap = every
+        #: Passes run so far.
+        self.passes = 0
+
+    def due_in(self) -> float:
+        """Seconds until a pass may run again (0: now); a :meth:`tick` before that reads nothing."""
+        if self._ended is None:
+            return 0.0
+        return max(0.0, self._ended + self._gap - self._clock())
+
+    def tick(self) -> Reconciled | None:
+        """Run a pass if one is due (see the class docstring) and return what it did; None: skipped.
+
+        Raises when a database cannot be read (the next due tick tries again; after a failed
+        pass it passes whatever the fingerprints say).
+        """
+        if self.due_in() > 0:
+            return None
+        seen = (
+            self._manager.queries.waiting_task_gates_fingerprint(),
+            task_instances.parked_fingerprint(method_name=RESUME_METHOD),
+        )
+        if (
+            self._seen is not None
+            and self._ended is not None
+            and seen == self._seen
+            and self._clock() < self._ended + self._full_every
+        ):
+            return None
+        started = self._clock()
+        try:
+            done = reconcile(self._manager, end=self._end)
+        except Exception:
+            # Nothing is remembered, so the next due tick passes again; a quick failure may be
+            # retried as soon as the caller's backoff says, a slow one keeps the spacing.
+            self._seen, self._ended = None, self._clock()
+            self._gap = PASS_SHARE * (self._ended - started)
+            raise
+        self._seen, self._ended = seen, self._clock()
+        self._gap = max(self._every, PASS_SHARE * (self._ended - started))
+        self.passes += 1
+        return done
 
 
 def move_backstop(outcome: TimeoutOutcome) -> None:

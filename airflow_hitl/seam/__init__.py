@@ -24,7 +24,8 @@ contract test.
     ``map_index``, ``state``, ``try_number``, ``id``, ``trigger_id``; plain SQL and a ``FOR UPDATE
     SKIP LOCKED`` select; for a gate parked in ``awaiting_input`` also ``next_method``,
     ``next_kwargs`` and ``trigger_timeout``, read in one select over the ``ti_state`` index and
-    updated conditionally). Module: :mod:`.task_instances`.
+    updated conditionally, and ``updated_at``, which Airflow writes on every change of a row: the
+    parked tasks' fingerprint, one aggregate row). Module: :mod:`.task_instances`.
     What: the ORM model of a task instance in the metadata DB. A parked task keeps what it
     parked with on the row (``next_kwargs``: our request id) and its deadline in
     ``trigger_timeout``, which the scheduler's ``check_awaiting_input_timeouts`` sweeps: past it,
@@ -39,7 +40,8 @@ contract test.
     ``test_a_task_parks_in_awaiting_input_without_a_trigger``,
     ``test_the_sweep_resumes_a_parked_task_past_its_deadline_with_a_timeout_event``,
     ``test_trigger_timeout_is_the_parked_deadline``, ``test_tasks_parked_by_others_are_not_ours``,
-    ``test_a_task_instance_has_a_new_id_for_every_try``.
+    ``test_a_task_instance_has_a_new_id_for_every_try``; ``tests/seam/test_parked_fingerprint.py``
+    (every change of a parked task, through Airflow's own calls, changes the fingerprint).
 ``airflow.models.dagrun``
     Names: ``DagRun`` (its table ``dag_run`` and its unique key ``dag_id``, ``run_id``; plain
     SQL, unlocked). Module: :mod:`.task_instances`.

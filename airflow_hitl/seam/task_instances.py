@@ -229,6 +229,31 @@ def parked_tasks(*, method_name: str) -> list[ParkedTask]:
     return found
 
 
+def parked_fingerprint(*, method_name: str) -> tuple[int, dt.datetime | None, int]:
+    """What :func:`parked_tasks` would read, summed up by the database in one row (Airflow 3.3+).
+
+    ``(count, latest updated_at, sum of tries)`` of the task instances parked in
+    ``awaiting_input`` to resume in ``method_name``: a task that parks adds one; one cleared,
+    marked, removed, resumed by the deadline sweep or ended leaves the state, and one whose run
+    is deleted leaves the table, taking one away; Airflow writes ``updated_at`` on each change
+    of the row (its column's ``onupdate``, also for an ``UPDATE`` statement over the model, as
+    the Execution API parks a task and :func:`move_backstops` moves a deadline). Equal
+    fingerprints: no parked task changed. Portable SQL over the ``ti_state`` index (PostgreSQL,
+    MySQL, SQLite); the function is only called on Airflow 3.3+, but the columns exist since 3.1.
+    """
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    ti = TaskInstance
+    statement = select(func.count(), func.max(ti.updated_at), func.coalesce(func.sum(ti.try_number), 0)).where(
+        ti.state == AWAITING_INPUT, ti.next_method == method_name
+    )
+    with create_session() as session:
+        count, latest, tries = session.execute(statement).one()
+    return int(count), latest, int(tries)
+
+
 def move_backstops(moves: Sequence[BackstopMove]) -> int:
     """Set the deadline of each task instance try of ``moves`` that is still parked on its request; how many moved.
 

@@ -72,6 +72,12 @@ class Recorder:
             assert self.changed.wait_for(lambda: len(self.calls) >= count, timeout), self.calls
             return list(self.calls)
 
+    def wait_for_each(self, *calls: tuple[str, str], timeout: float = 20.0) -> list[tuple[str, str]]:
+        """Wait until every one of ``calls`` was made, in whatever order (gates end side by side)."""
+        with self.changed:
+            assert self.changed.wait_for(lambda: all(c in self.calls for c in calls), timeout), self.calls
+            return list(self.calls)
+
 
 class CountingReads(ApprovalQueries):
     """A manager's reads that record each request read in full."""
@@ -210,7 +216,12 @@ class TestOnPostgres:
         first, second = pg_manager.create(spec()), pg_manager.create(spec())
         pg_manager.reject(first.id, user=ALICE, reason="no")
         pg_manager.approve(second.id, user=ALICE)
-        assert end.wait_for(2) == [(first.id, "rejected"), (second.id, "approved")]
+        # Gates end side by side: the two calls come in either order, the failing one again and again.
+        calls = end.wait_for_each((first.id, "rejected"), (second.id, "approved"))
+        assert set(calls) == {(first.id, "rejected"), (second.id, "approved")}
+        deadline = time.monotonic() + 20
+        while closer.ended < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert closer.ended == 1
 
     def test_a_look_or_read_that_fails_is_tried_again(

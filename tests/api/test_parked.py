@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 
 from airflow_hitl.api.gate_closer import DEFERRED, ENDED, NOTHING, TAKEN, EndClaim, GateCloser, end_gate, gate_states
-from airflow_hitl.api.parked import LIVE_STATES, RESUME_METHOD, move_backstop, reconcile
+from airflow_hitl.api.parked import (
+    FULL_EVERY,
+    LIVE_STATES,
+    RECONCILE_EVERY,
+    RESUME_METHOD,
+    ParkedGates,
+    move_backstop,
+    reconcile,
+)
 from airflow_hitl.gate_ends import TAKE_OVER_AFTER
 from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.store import ApprovalStore
@@ -452,3 +460,260 @@ def task_gate(approval: Approval) -> TaskGate:
         map_index=approval.map_index,
         try_number=int(approval.try_number or 1),
     )
+
+
+class Ticks:
+    """A monotonic clock the test moves by hand (the driver's, apart from the store's clock)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move forward by ``seconds``."""
+        self.now += seconds
+
+
+def driver(manager: ApprovalManager, end: Callable[[str], None], ticks: Ticks) -> ParkedGates:
+    """A driver that has passed once, as a gate closer's does at its first tick."""
+    gates = ParkedGates(manager=manager, end=end, clock=ticks)
+    assert gates.tick() is not None and gates.passes == 1, "a new driver passes at once"
+    return gates
+
+
+def set_state(approval: Approval, state: str | None) -> None:
+    """Set the state of the request's task instance as Airflow's ORM does (``updated_at`` with it)."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    with create_session() as session:
+        session.execute(
+            update(TaskInstance)
+            .where(TaskInstance.dag_id == approval.dag_id, TaskInstance.run_id == approval.run_id)
+            .values(state=state)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def waiting_only_for_the_safety_net(gates: ParkedGates, ticks: Ticks) -> None:
+    """Tick every RECONCILE_EVERY seconds up to just before FULL_EVERY after the last pass: no pass."""
+    for _ in range(int(FULL_EVERY // RECONCILE_EVERY) - 1):
+        ticks.advance(RECONCILE_EVERY)
+        assert gates.tick() is None
+    ticks.advance(RECONCILE_EVERY)
+
+
+class TestWhenAPassRuns:
+    """:class:`ParkedGates`: a pass only when a fingerprint changed, the safety net is due, or never yet."""
+
+    @pytest.mark.parametrize("behind", ["airflow", "store"])
+    def test_nothing_changed_no_pass_until_the_safety_net(
+        self, manager: ApprovalManager, task_of: TaskWriter, behind: str
+    ) -> None:
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+        from sqlalchemy import update
+
+        from airflow_hitl.models.tables import ApprovalRequestRow
+
+        approval = manager.create(spec(timeout=dt.timedelta(hours=1)))
+        assert approval.expires_at is not None
+        task_of(approval, backstop=approval.expires_at + BACKSTOP_GRACE)
+        ticks = Ticks()
+        gates = driver(manager, Ends(), ticks)
+        # A change only a pass would act on, written behind both fingerprints' back (the row's
+        # updated_at kept): the backstop no longer follows the gate's deadline.
+        later = approval.expires_at + dt.timedelta(hours=1)
+        if behind == "airflow":
+            tis = TaskInstance.__table__
+            with create_session() as session:
+                session.execute(
+                    update(tis)
+                    .where(tis.c.dag_id == approval.dag_id, tis.c.run_id == approval.run_id)
+                    .values(trigger_timeout=later + BACKSTOP_GRACE, updated_at=tis.c.updated_at)
+                )
+            wanted = approval.expires_at + BACKSTOP_GRACE
+        else:
+            requests = ApprovalRequestRow.__table__
+            with manager.store.engine.begin() as conn:
+                conn.execute(update(requests).where(requests.c.id == approval.id).values(expires_at=later))
+            wanted = later + BACKSTOP_GRACE
+        moved_away = backstop_of(approval)
+        assert moved_away != wanted
+        waiting_only_for_the_safety_net(gates, ticks)
+        assert backstop_of(approval) == moved_away, "not acted on: no pass ran"
+        done = gates.tick()
+        assert done is not None and done.moved == 1 and gates.passes == 2
+        assert backstop_of(approval) == wanted
+        assert ParkedGates(manager=manager, end=Ends(), clock=ticks).tick() is not None, "a new driver passes at once"
+
+    def test_a_skipped_tick_costs_one_statement_on_each_side(
+        self, manager: ApprovalManager, task_of: TaskWriter
+    ) -> None:
+        from airflow import settings
+        from sqlalchemy import event
+
+        approval = manager.create(spec())
+        task_of(approval)
+        ticks = Ticks()
+        gates = driver(manager, Ends(), ticks)
+        selects: dict[str, list[str]] = {"store": [], "airflow": []}
+
+        def spy(side: str) -> Callable[..., None]:
+            def count(*args: object) -> None:
+                if str(args[2]).lstrip().upper().startswith("SELECT"):
+                    selects[side].append(str(args[2]))
+
+            return count
+
+        store_spy, airflow_spy = spy("store"), spy("airflow")
+        event.listen(manager.store.engine, "before_cursor_execute", store_spy)
+        event.listen(settings.engine, "before_cursor_execute", airflow_spy)
+        try:
+            assert gates.tick() is None, "too soon: nothing read"
+            assert selects == {"store": [], "airflow": []}
+            ticks.advance(RECONCILE_EVERY)
+            assert gates.tick() is None
+        finally:
+            event.remove(manager.store.engine, "before_cursor_execute", store_spy)
+            event.remove(settings.engine, "before_cursor_execute", airflow_spy)
+        assert [len(found) for found in selects.values()] == [1, 1]
+        assert all("count(" in found[0].lower() for found in selects.values())
+
+    @pytest.mark.parametrize(
+        "state",
+        [
+            pytest.param("success", id="marked-success"),
+            pytest.param("failed", id="marked-failed"),
+            pytest.param(None, id="cleared"),
+            pytest.param("removed", id="removed"),
+        ],
+    )
+    def test_a_parked_task_cleared_or_marked_brings_a_pass(
+        self, manager: ApprovalManager, task_of: TaskWriter, state: str | None
+    ) -> None:
+        approval = manager.create(spec())
+        task_of(approval)
+        ticks = Ticks()
+        gates = driver(manager, Ends(), ticks)
+        ticks.advance(RECONCILE_EVERY)
+        assert gates.tick() is None
+        set_state(approval, state)
+        ticks.advance(RECONCILE_EVERY)
+        done = gates.tick()
+        assert done is not None and done.cancelled == [approval.id]
+        assert manager.queries.get(approval.id).decision_source == "airflow"
+
+    def test_a_deleted_run_brings_a_pass(self, manager: ApprovalManager, task_of: TaskWriter) -> None:
+        approval = opened(manager)
+        task_of(approval, ti_id=approval_ti(manager, approval))
+        ticks = Ticks()
+        gates = driver(manager, Ends(), ticks)
+        delete_run(approval)
+        ticks.advance(RECONCILE_EVERY)
+        done = gates.tick()
+        assert done is not None and done.cancelled == [approval.id]
+        assert manager.queries.get(approval.id).comment == "its DAG run was deleted in Airflow"
+
+    def test_a_decision_brings_a_pass_and_the_safety_net_hands_it_again(
+        self, manager: ApprovalManager, task_of: TaskWriter
+    ) -> None:
+        approval = manager.create(spec())
+        task_of(approval)
+        ticks, ends = Ticks(), Ends()
+        gates = driver(manager, ends, ticks)
+        manager.approve(approval.id, user=ALICE)
+        ticks.advance(RECONCILE_EVERY)
+        done = gates.tick()
+        assert done is not None and done.ended == ends.ids == [approval.id]
+        # The closer gives up on it (here: never ends it): nothing changes on either side, so
+        # only the safety net hands it over again.
+        waiting_only_for_the_safety_net(gates, ticks)
+        assert ends.ids == [approval.id]
+        assert gates.tick() is not None and ends.ids == [approval.id, approval.id]
+
+    def test_an_escalation_brings_a_pass_that_moves_the_backstop(
+        self, mgr: ApprovalManager, clock: Clock, task_of: TaskWriter
+    ) -> None:
+        approval = mgr.create(
+            spec(
+                allowed_approvers=("bob",),
+                timeout=dt.timedelta(minutes=5),
+                timeout_action="escalate",
+                escalation_targets=(EscalationLevel(approvers=("carol",), timeout=dt.timedelta(hours=2)),),
+                escalation_final_action="reject",
+            )
+        )
+        assert approval.expires_at is not None
+        task_of(approval, backstop=approval.expires_at + BACKSTOP_GRACE)
+        ticks = Ticks()
+        gates = driver(mgr, Ends(), ticks)
+        clock.advance(minutes=6)
+        escalated = mgr.apply_timeout(approval.id).approval
+        assert escalated.state == "escalated" and escalated.expires_at is not None
+        ticks.advance(RECONCILE_EVERY)
+        done = gates.tick()
+        assert done is not None and done.moved == 1
+        assert backstop_of(approval) == escalated.expires_at + BACKSTOP_GRACE
+        # Moving it wrote the task instance (updated_at): one more pass finds nothing, then none.
+        ticks.advance(RECONCILE_EVERY)
+        again = gates.tick()
+        assert again is not None and again.moved == 0
+        ticks.advance(RECONCILE_EVERY)
+        assert gates.tick() is None
+
+    def test_a_new_waiting_request_brings_a_pass(self, manager: ApprovalManager, task_of: TaskWriter) -> None:
+        ticks = Ticks()
+        gates = driver(manager, Ends(), ticks)
+        # Its task instance is over already and was never parked: only the store's side changed.
+        approval = manager.create(spec())
+        task_of(approval, state="success")
+        ticks.advance(RECONCILE_EVERY)
+        done = gates.tick()
+        assert done is not None and done.cancelled == [approval.id]
+
+    def test_a_slow_pass_delays_the_next_one(self, manager: ApprovalManager, task_of: TaskWriter) -> None:
+        ticks = Ticks()
+
+        def slow_end(request_id: str) -> None:
+            ticks.advance(10)  # the pass takes 10 s: the next waits 20 times that
+
+        decided = manager.create(spec())
+        task_of(decided)
+        manager.approve(decided.id, user=ALICE)
+        gates = ParkedGates(manager=manager, end=slow_end, clock=ticks)
+        assert gates.tick() is not None
+        assert gates.due_in() == 200
+        approval = manager.create(spec())
+        task_of(approval, state="success")
+        for _ in range(6):
+            ticks.advance(RECONCILE_EVERY)
+            assert gates.tick() is None, "changed, but too soon after a slow pass"
+        assert gates.due_in() == 20
+        ticks.advance(19)
+        assert gates.tick() is None
+        ticks.advance(1)
+        done = gates.tick()
+        assert done is not None and done.cancelled == [approval.id]
+
+    def test_a_failed_pass_is_run_again_at_the_next_tick(self, manager: ApprovalManager, task_of: TaskWriter) -> None:
+        decided = manager.create(spec())
+        task_of(decided)
+        manager.approve(decided.id, user=ALICE)
+        handed: list[str] = []
+
+        def failing_once(request_id: str) -> None:
+            handed.append(request_id)
+            if len(handed) == 1:
+                raise RuntimeError("the gate closer's queue is gone")
+
+        ticks = Ticks()
+        gates = ParkedGates(manager=manager, end=failing_once, clock=ticks)
+        with pytest.raises(RuntimeError):
+            gates.tick()
+        assert gates.passes == 0 and gates.due_in() == 0
+        done = gates.tick()
+        assert done is not None and done.ended == [decided.id] and handed == [decided.id, decided.id]
