@@ -21,15 +21,13 @@ Not a test: it prints figures. For each backend it
 4. calls ``report()`` ``--calls`` times per filter (after a few warm-up calls) and prints
    p50, p99 (nearest rank) and max in milliseconds, and how many gates, approvers and days
    each answered and how many decisions its time-to-decision histogram counted (the report's
-   four statements: gates, approvers, days, histogram);
-5. unless ``--no-proposed``, adds what the migration proposed with the report would add
-   (:data:`PROPOSED`: one covering index on ``approval_requests``; on PostgreSQL, statistics
-   of the UTC day of ``requested_at``), analyses again and measures again.
+   four statements: gates, approvers, days, histogram), with the store as migrated (the
+   covering indexes of revisions 0012 and 0014, and the day statistics of 0012).
 
 The target (issue 28): p99 <= 200 ms on PostgreSQL. The machine line gives its load and
 speed (``sum(range(1000000))``, as docs/benchmarks.md compares machines). Usage::
 
-    .venv/bin/python benchmarks/analytics.py [--requests 100000] [--calls 50] [--no-proposed]
+    .venv/bin/python benchmarks/analytics.py [--requests 100000] [--calls 50]
         [--backend postgres,sqlite] [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
 """
 
@@ -251,31 +249,6 @@ def fill(store: ApprovalStore, *, requests: int, now: dt.datetime) -> dict[str, 
     return data.counts
 
 
-#: The index the report's statements read instead of the table (every column they read of a
-#: request, in gate order) and, on PostgreSQL, statistics that tell the planner how many days
-#: the requests span (so the days are hashed, not sorted). Proposed as a migration.
-PROPOSED = {
-    "postgresql": (
-        "CREATE INDEX IF NOT EXISTS ix_approval_requests_analytics ON approval_requests "
-        "(dag_id, task_id, state, escalation_level, requested_at, decided_at, sla_breached_at, id)",
-        "CREATE STATISTICS IF NOT EXISTS st_approval_requests_day "
-        "ON ((timezone('UTC', requested_at))::date) FROM approval_requests",
-    ),
-    "sqlite": (
-        "CREATE INDEX IF NOT EXISTS ix_approval_requests_analytics ON approval_requests "
-        "(dag_id, task_id, state, escalation_level, requested_at, decided_at, sla_breached_at, id)",
-    ),
-}
-
-
-def add_proposed(store: ApprovalStore) -> None:
-    """Create :data:`PROPOSED` and analyse again."""
-    with store.engine.begin() as conn:
-        for statement in PROPOSED[store.dialect]:
-            conn.execute(text(statement))
-    analyse(store)
-
-
 def analyse(store: ApprovalStore) -> None:
     """Statistics (and, on PostgreSQL, the visibility map index-only scans need), as autovacuum keeps them."""
     if store.is_postgres:
@@ -361,8 +334,8 @@ def measure(call: Callable[[], dict[str, Any]], calls: int, cpu: CpuClock) -> Me
     return Measured(times=times, answer=answer, client_cpu_ms=client_ms, store_cpu_ms=store_ms)
 
 
-def run(backend: str, store: ApprovalStore, *, requests: int, calls: int, proposed: bool) -> list[str]:
-    """Fill one store and time the report on it (then with :data:`PROPOSED`); the table's rows."""
+def run(backend: str, store: ApprovalStore, *, requests: int, calls: int) -> list[str]:
+    """Fill one store and time the report on it; the table's rows."""
     now = utcnow()
     migrate(store)
     started = time.perf_counter()
@@ -375,20 +348,17 @@ def run(backend: str, store: ApprovalStore, *, requests: int, calls: int, propos
     analytics = ApprovalAnalytics(store=store)
     cpu = CpuClock(store)
     rows = []
-    for schema in ("as migrated", "+ proposed index") if proposed else ("as migrated",):
-        if schema != "as migrated":
-            add_proposed(store)
-        for case in filters(now):
-            got = measure(lambda case=case: dict(analytics.report(**case.arguments)), calls, cpu)
-            sizes = "/".join(str(len(got.answer[k])) for k in ("gates", "approvers", "daily"))
-            bars = got.answer["time_to_decision_histogram"]
-            sizes += "/" + str(sum(b["approved"] + b["rejected"] for b in bars))
-            store_cpu = "-" if got.store_cpu_ms is None else f"{got.store_cpu_ms:.0f}"
-            rows.append(
-                f"| {backend} | {schema} | {case.name} | {sizes} | {statistics.median(got.times):.1f} | "
-                f"{percentile(got.times, 99):.1f} | {max(got.times):.1f} | {store_cpu} | {got.client_cpu_ms:.0f} |"
-            )
-            print(rows[-1], flush=True)
+    for case in filters(now):
+        got = measure(lambda case=case: dict(analytics.report(**case.arguments)), calls, cpu)
+        sizes = "/".join(str(len(got.answer[k])) for k in ("gates", "approvers", "daily"))
+        bars = got.answer["time_to_decision_histogram"]
+        sizes += "/" + str(sum(b["approved"] + b["rejected"] for b in bars))
+        store_cpu = "-" if got.store_cpu_ms is None else f"{got.store_cpu_ms:.0f}"
+        rows.append(
+            f"| {backend} | {case.name} | {sizes} | {statistics.median(got.times):.1f} | "
+            f"{percentile(got.times, 99):.1f} | {max(got.times):.1f} | {store_cpu} | {got.client_cpu_ms:.0f} |"
+        )
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -421,7 +391,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--backend", default="postgres,sqlite", help="comma-separated: postgres, sqlite")
     parser.add_argument("--pg", default=PG_ADMIN_URL, help="PostgreSQL admin URL (a database is created and dropped)")
-    parser.add_argument("--no-proposed", action="store_true", help="measure the store as migrated only")
     args = parser.parse_args(argv)
     rows: list[str] = []
     for backend in [b.strip() for b in args.backend.split(",") if b.strip()]:
@@ -429,15 +398,12 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--backend: unknown backend {backend!r} (postgres, sqlite)")
         opened = postgres_store(args.pg) if backend == "postgres" else sqlite_store()
         with opened as store:
-            rows += run(backend, store, requests=args.requests, calls=args.calls, proposed=not args.no_proposed)
+            rows += run(backend, store, requests=args.requests, calls=args.calls)
     print()
     print(f"ApprovalAnalytics.report() over {args.requests:,} requests, {args.calls} calls a row; {machine()}:")
     print()
-    print(
-        "| store | schema | filter | gates/approvers/days/decided | p50 ms | p99 ms | max ms | store CPU ms "
-        "| client CPU ms |"
-    )
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| store | filter | gates/approvers/days/decided | p50 ms | p99 ms | max ms | store CPU ms | client CPU ms |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     print("\n".join(rows))
 
 
