@@ -123,6 +123,8 @@ REQUEST_CONTENT = (
     "notify",
     "created_at",
 )
+#: A vote's copies of its request's columns (revision 0014), which must be the request's.
+VOTE_COPIES = ("dag_id", "task_id", "requested_at")
 #: What a transition of a request may change: every event of a request that is not a vote records them.
 REQUEST_STATE = (
     "state",
@@ -469,14 +471,30 @@ class _Replay:
                     )
         return None
 
-    def vote_mismatch(self, request_id: str, rows: builtins.list[RowMapping]) -> RowMismatch | None:
-        """The first vote row that differs from the votes the events record, or a vote one side lacks."""
+    def vote_mismatch(self, request: RowMapping, rows: builtins.list[RowMapping]) -> RowMismatch | None:
+        """The first vote row that differs from the votes the events record, or a vote one side lacks.
+
+        A vote's copies of its request's DAG, task and opening time (what the analytics read)
+        must be the request's, which :meth:`request_mismatch` compares with the events.
+        """
+        request_id = request["id"]
         recorded = {facts.get("user"): (seq, facts) for seq, facts in self.votes}
         users = {row["user"] for row in rows}
         # Recorded votes whose user no row has: a row whose user was rewritten is compared with them.
         spare = [(seq, facts) for seq, facts in self.votes if facts.get("user") not in users]
         for row in rows:
             entry = recorded.get(row["user"])
+            for name in VOTE_COPIES:
+                if row[name] != request[name]:
+                    return RowMismatch(
+                        table=_VOTES,
+                        id=row["id"],
+                        request_id=request_id,
+                        field=name,
+                        store=_plain(row[name]),
+                        chain=_plain(request[name]),
+                        seq=None if entry is None else entry[0],
+                    )
             if entry is None:
                 if row["user"] in self.legacy_voters:
                     continue
@@ -587,7 +605,7 @@ def verify_facts(session: Session, chain: ChainVerification) -> ChainVerificatio
                 hash_only += 1
                 continue
             mismatch = (
-                replay.request_mismatch(row) or replay.vote_mismatch(row["id"], votes.get(row["id"], []))
+                replay.request_mismatch(row) or replay.vote_mismatch(row, votes.get(row["id"], []))
                 if replay.events
                 else RowMismatch(
                     table=_REQUESTS, id=row["id"], request_id=row["id"], field=None, store=None, chain=None, seq=None

@@ -341,6 +341,10 @@ VOTE_REWRITES = [
     # Equal in Python (True == 1), a different fact in JSON.
     pytest.param({"metadata": {"k": True}}, "metadata", {"k": True}, {"k": 1}, id="metadata-type"),
     pytest.param({"user_roles": ["admin"]}, "user_roles", ["admin"], ["op"], id="roles"),
+    # Its copies of the request's columns (what the analytics read) must be the request's.
+    pytest.param({"dag_id": "elsewhere"}, "dag_id", "elsewhere", "release", id="copy-dag-id"),
+    pytest.param({"task_id": None}, "task_id", None, "gate", id="copy-task-id"),
+    pytest.param({"requested_at": LATER}, "requested_at", canonical_time(LATER), None, id="copy-requested-at"),
 ]
 REQUEST_REWRITES = [
     pytest.param("quorum", {"decided_by": "carol"}, "decided_by", "carol", "bob", id="decided-by"),
@@ -389,6 +393,8 @@ class TestFacts:
         assert not result.ok and result.row is not None
         if field in {"created_at", "content_digest"}:  # what the vote was cast with
             chain_value = vote_facts(vote)[field]
+        if field == "requested_at":  # the request's own
+            chain_value = canonical_time(mgr.queries.get(ids["quorum"]).requested_at)
         assert result.row.to_dict() == {
             "table": "approval_votes",
             "id": row_id,
