@@ -8,9 +8,7 @@ default, and past that (or with every triggerer stopped) expiries and escalation
 :class:`DeadlineWorker` sleeps until the soonest ``expires_at`` among the waiting requests
 (one walk of the partial index of waiting requests, in expiry order:
 :meth:`~airflow_hitl.queries.ApprovalQueries.deadlines`) and applies the timeout of each that
-is due then, typically a few milliseconds late; when several are due at once (a worker that
-fell behind, a thousand expiring within a minute), up to ``_APPLIERS`` side by side on
-PostgreSQL, each in its own transaction on its own request's row. A timeout closes the request, and its
+is due then, typically a few milliseconds late. A timeout closes the request, and its
 transition's NOTIFY has the gate closer (:mod:`airflow_hitl.api.gate_closer`) end the task
 per the timeout action; an escalation keeps the request waiting (state ``escalated``, a new
 ``expires_at``), so nothing ends the task, and the worker sleeps until the new deadline.
@@ -30,10 +28,8 @@ it never decides a gate.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import datetime as dt
 import logging
-import threading
 import time
 from collections.abc import Callable
 
@@ -57,11 +53,6 @@ _MIN_SPACING = 0.05
 _RECHECK = 30.0
 #: Latenesses kept for the logs and the benchmark (seconds after ``expires_at`` each timeout was applied).
 _KEPT_LATENESS = 10_000
-#: Due timeouts applied side by side on PostgreSQL: each is a transaction of its own, mostly
-#: waiting on the store, on its own request's row (the audit chain's turn is taken only as it
-#: commits), so a thousand expiring within a minute keep up on a slow machine. SQLite's one
-#: write lock makes them take turns anyway: one at a time there.
-_APPLIERS = 4
 
 
 class _HeldBack:
@@ -105,8 +96,6 @@ class DeadlineWorker(StoreWatcher):
         self._recheck = max(self.poll_interval, recheck)
         self._clock = clock
         self._held: dict[str, _HeldBack] = {}
-        # The counts and latenesses below are written by the threads applying timeouts side by side.
-        self._counting = threading.Lock()
         #: Timeouts this worker applied that closed a request, and escalations it applied.
         self.timed_out = 0
         self.escalated = 0
@@ -163,7 +152,7 @@ class DeadlineWorker(StoreWatcher):
             due_ids = {state.id for state in due}
             self._held = {i: held for i, held in self._held.items() if i in due_ids}
             escalated = self.escalated
-            changed = self._apply_all(manager, due)
+            changed = {state.id: self._apply(manager, state) for state in due if not self._stop.is_set()}
             if self.escalated != escalated or (len(found) == BATCH and len(due) == BATCH):
                 # Read again: an escalation has a deadline of its own now, and a full batch may have more.
                 continue
@@ -180,23 +169,6 @@ class DeadlineWorker(StoreWatcher):
             soonest = [at for at in (*ahead[:1], *stalled, self._next_retry()) if at is not None]
             return min(soonest) if soonest else None
         return None
-
-    def _apply_all(self, manager: ApprovalManager, due: list[WaitState]) -> dict[str, bool]:
-        # Each due timeout applied (soonest first), side by side on PostgreSQL; raises the first
-        # StoreError once every one started has finished (the others' transactions are over).
-        appliers = _APPLIERS if manager.store.is_postgres else 1
-        if appliers == 1 or len(due) == 1:
-            return {state.id: self._apply(manager, state) for state in due if not self._stop.is_set()}
-        with concurrent.futures.ThreadPoolExecutor(max_workers=appliers, thread_name_prefix="hitl-deadline") as pool:
-            futures = {state.id: pool.submit(self._apply_unless_stopped, manager, state) for state in due}
-            concurrent.futures.wait(futures.values())
-        for future in futures.values():
-            if (error := future.exception()) is not None:
-                raise error
-        return {request_id: future.result() for request_id, future in futures.items()}
-
-    def _apply_unless_stopped(self, manager: ApprovalManager, state: WaitState) -> bool:
-        return False if self._stop.is_set() else self._apply(manager, state)
 
     def _apply(self, manager: ApprovalManager, state: WaitState) -> bool:
         # Whether anything changed, so the deadlines are read again (False: held back, or not due yet).
@@ -234,14 +206,10 @@ class DeadlineWorker(StoreWatcher):
     def _applied(self, outcome: TimeoutOutcome, state: WaitState) -> None:
         assert state.expires_at is not None
         late = (self._clock() - state.expires_at).total_seconds()
+        self.lateness.append(late)
         approval = outcome.approval
-        with self._counting:
-            self.lateness.append(late)
-            if outcome.escalated:
-                self.escalated += 1
-            else:
-                self.timed_out += 1
         if outcome.escalated:
+            self.escalated += 1
             log.info(
                 "escalated request %s to level %d %.3fs after its deadline; it waits until %s",
                 approval.id,
@@ -250,6 +218,7 @@ class DeadlineWorker(StoreWatcher):
                 approval.expires_at,
             )
         else:
+            self.timed_out += 1
             log.info("timed out request %s (%s) %.3fs after its deadline", approval.id, approval.decision, late)
         if self._on_applied is not None:
             try:

@@ -199,38 +199,6 @@ class TestRunDue:
         manager.cancel(first.id, actor="ops", reason="stuck")
         assert worker.run_due(manager) is None
 
-    def test_due_timeouts_are_applied_side_by_side_on_postgresql_one_at_a_time_on_sqlite(
-        self, store: ApprovalStore, clock: Clock
-    ) -> None:
-        inside = most = 0
-        counting = threading.Lock()
-
-        class Watched(ApprovalManager):
-            def apply_timeout(self, request_id: str) -> TimeoutOutcome:
-                nonlocal inside, most
-                with counting:
-                    inside += 1
-                    most = max(most, inside)
-                try:
-                    time.sleep(0.3)  # a slow store: the others go on meanwhile, or wait their turn
-                    return super().apply_timeout(request_id)
-                finally:
-                    with counting:
-                        inside -= 1
-
-        manager = Watched(store=store, clock=clock)
-        gates = [manager.create(spec(timeout=MINUTE, timeout_action="approve")) for _ in range(8)]
-        worker = DeadlineWorker(manager_factory=lambda: manager, clock=clock)
-        clock.advance(minutes=2)
-        assert worker.run_due(manager) is None
-        assert {manager.queries.get(g.id).state for g in gates} == {"timeout"}
-        assert (worker.timed_out, len(worker.lateness)) == (8, 8)
-        if store.is_postgres:
-            assert 2 <= most <= deadlines._APPLIERS, "side by side, never more than the appliers"
-        else:
-            assert most == 1, "SQLite's one write lock: one at a time"
-        assert manager.audit.verify_audit_chain().ok
-
     def test_two_workers_at_the_same_instant_apply_each_timeout_once(self, mgr: ApprovalManager, clock: Clock) -> None:
         # As two api-servers on SQLite, or a worker and a gate's trigger: the row lock decides.
         gates = [mgr.create(spec(timeout=MINUTE, timeout_action="reject")) for _ in range(20)]
