@@ -6,6 +6,7 @@ It works on anything shaped like a store (:class:`Migratable`), so it needs noth
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -101,14 +102,25 @@ class _AlembicQuiet:
 _quiet_alembic = _AlembicQuiet()
 
 
-def schema_status(store: Migratable) -> SchemaStatus:
-    """Read the store's revision; refuse a store migrated by a newer airflow-hitl."""
-    script = ScriptDirectory.from_config(alembic_config(store))
+@functools.cache
+def _shipped_revisions() -> tuple[str, frozenset[str]]:
+    # The head and every revision of the migrations this package ships, read once per process:
+    # they cannot change while it runs, and reading them loads every revision's module (each
+    # status read did, so every worker opening the store and every test's fresh store paid it).
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS_DIR)
+    script = ScriptDirectory.from_config(config)
     head = script.get_current_head()
     assert head is not None
+    return head, frozenset(rev.revision for rev in script.walk_revisions())
+
+
+def schema_status(store: Migratable) -> SchemaStatus:
+    """Read the store's revision; refuse a store migrated by a newer airflow-hitl."""
+    head, known = _shipped_revisions()
     with _quiet_alembic(), store.engine.connect() as conn:
         current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
-    if current is not None and current not in {rev.revision for rev in script.walk_revisions()}:
+    if current is not None and current not in known:
         raise StoreSchemaError(
             f"the approval store {store!r} is at schema revision {current!r}, which this airflow-hitl "
             f"(head {head!r}) does not know: it was migrated by a newer airflow-hitl. "

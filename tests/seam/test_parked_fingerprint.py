@@ -66,13 +66,15 @@ def park(airflow_api: object) -> Iterator[Park]:
             dag_id=DAG_ID, run_id=f"seam__{uuid.uuid4().hex[:8]}", task_id="gate", map_index=-1
         )
         ti_id = uuid.uuid4()
+        # A UUID column in newer Airflow releases (SQLite too); Airflow 3.1 keeps the text.
+        row_id: uuid.UUID | str = ti_id if getattr(tis.c.id.type, "as_uuid", False) else str(ti_id)
         with create_session() as session:
             session.execute(
                 insert(runs).values(dag_id=key.dag_id, run_id=key.run_id, run_type="manual", run_after=utcnow())
             )
             session.execute(
                 insert(tis).values(
-                    id=ti_id,
+                    id=row_id,
                     dag_id=key.dag_id,
                     run_id=key.run_id,
                     task_id=key.task_id,
