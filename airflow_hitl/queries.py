@@ -103,6 +103,17 @@ def _snapshots_of(store: ApprovalStore) -> _Snapshots:
         return found
 
 
+def _waiting_task_gates(table: Any) -> tuple[Any, ...]:
+    """The waiting requests a task's gate opened (with a run, a task and a try): the parked gates' pass reads them."""
+    return (
+        text(WAITING_PREDICATE),
+        table.origin == Origin.TASK,
+        table.run_id.is_not(None),
+        table.task_id.is_not(None),
+        table.try_number.is_not(None),
+    )
+
+
 class ApprovalQueries:
     """What the store holds, as :class:`~airflow_hitl.records.Approval` snapshots."""
 
@@ -421,13 +432,7 @@ class ApprovalQueries:
         table = ApprovalRequestRow.__table__.c
         statement = select(
             table.id, table.dag_id, table.run_id, table.task_id, table.map_index, table.try_number, table.expires_at
-        ).where(
-            text(WAITING_PREDICATE),
-            table.origin == Origin.TASK,
-            table.run_id.is_not(None),
-            table.task_id.is_not(None),
-            table.try_number.is_not(None),
-        )
+        ).where(*_waiting_task_gates(table))
         with self.store.read_engine.connect() as conn:
             rows = conn.execute(statement).all()
             conn.rollback()
@@ -460,13 +465,7 @@ class ApprovalQueries:
         table = ApprovalRequestRow.__table__.c
         statement = select(
             func.count(), func.max(table.updated_at), func.coalesce(func.sum(table.escalation_level), 0)
-        ).where(
-            text(WAITING_PREDICATE),
-            table.origin == Origin.TASK,
-            table.run_id.is_not(None),
-            table.task_id.is_not(None),
-            table.try_number.is_not(None),
-        )
+        ).where(*_waiting_task_gates(table))
         with self.store.read_engine.connect() as conn:
             count, latest, levels = conn.execute(statement).one()
             conn.rollback()
