@@ -234,7 +234,7 @@ class ApprovalAnalytics:
                 # kept in memory up to this size, rather than spilled to disk past the default 4 MB.
                 conn.execute(text(f"SET LOCAL work_mem = '{SORT_MEMORY}'"))
                 # The report already runs two statements at once: PostgreSQL's own parallel workers
-                # beside them only fought for the same cores (measured slower on two).
+                # beside them compete for the same cores (on two cores they made no report faster).
                 conn.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
                 yield conn
             finally:
