@@ -144,8 +144,8 @@ class TestCast:
             content_digest="ab" * 32,
         )
         with mgr.transactions.transaction() as session:
-            mgr.transactions.lock(session, a.id)
-            mgr.transactions.cast(session, a.id, vote)
+            row, _ = mgr.transactions.lock(session, a.id)
+            mgr.transactions.cast(session, row, vote)
         assert mgr.queries.get(a.id).votes == (vote,)
 
 
