@@ -319,19 +319,22 @@ class TestRunsDeleted:
         assert manager.queries.get(approval.id).is_waiting
 
 
+def escalating_spec() -> Any:
+    """Bob's gate, escalating to carol after 5 minutes (then 2 hours more), then rejected."""
+    return spec(
+        allowed_approvers=("bob",),
+        timeout=dt.timedelta(minutes=5),
+        timeout_action="escalate",
+        escalation_targets=(EscalationLevel(approvers=("carol",), timeout=dt.timedelta(hours=2)),),
+        escalation_final_action="reject",
+    )
+
+
 class TestBackstops:
     def test_a_parked_gates_backstop_follows_its_deadline(
         self, mgr: ApprovalManager, clock: Clock, task_of: TaskWriter
     ) -> None:
-        approval = mgr.create(
-            spec(
-                allowed_approvers=("bob",),
-                timeout=dt.timedelta(minutes=5),
-                timeout_action="escalate",
-                escalation_targets=(EscalationLevel(approvers=("carol",), timeout=dt.timedelta(hours=2)),),
-                escalation_final_action="reject",
-            )
-        )
+        approval = mgr.create(escalating_spec())
         assert approval.expires_at is not None
         task_of(approval, backstop=approval.expires_at + BACKSTOP_GRACE)
         assert reconcile(mgr, end=Ends()).moved == 0, "where it parked: nothing to move"
@@ -346,15 +349,7 @@ class TestBackstops:
     def test_the_deadline_workers_hook_moves_it_at_once(
         self, mgr: ApprovalManager, clock: Clock, task_of: TaskWriter
     ) -> None:
-        approval = mgr.create(
-            spec(
-                allowed_approvers=("bob",),
-                timeout=dt.timedelta(minutes=5),
-                timeout_action="escalate",
-                escalation_targets=(EscalationLevel(approvers=("carol",), timeout=dt.timedelta(hours=2)),),
-                escalation_final_action="reject",
-            )
-        )
+        approval = mgr.create(escalating_spec())
         assert approval.expires_at is not None
         task_of(approval, backstop=approval.expires_at + BACKSTOP_GRACE)
         assert not mgr.apply_timeout(approval.id).applied, "not due yet"
@@ -638,15 +633,7 @@ class TestWhenAPassRuns:
     def test_an_escalation_brings_a_pass_that_moves_the_backstop(
         self, mgr: ApprovalManager, clock: Clock, task_of: TaskWriter
     ) -> None:
-        approval = mgr.create(
-            spec(
-                allowed_approvers=("bob",),
-                timeout=dt.timedelta(minutes=5),
-                timeout_action="escalate",
-                escalation_targets=(EscalationLevel(approvers=("carol",), timeout=dt.timedelta(hours=2)),),
-                escalation_final_action="reject",
-            )
-        )
+        approval = mgr.create(escalating_spec())
         assert approval.expires_at is not None
         task_of(approval, backstop=approval.expires_at + BACKSTOP_GRACE)
         ticks = Ticks()
