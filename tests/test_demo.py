@@ -35,6 +35,8 @@ STOP_WITHIN = 15.0
 READY_WITHIN = 360.0
 StartDemo = Callable[[list[str]], "RunningDemo"]
 BANNER = re.compile(r"^airflow-hitl demo: (http://\S+)", re.M)
+#: The banner's last line: the lines before it (users, logs, CLI) are all printed once it is.
+BANNER_END = re.compile(r"^ {2}\.venv/bin/airflow hitl evidence verify FILE ", re.M)
 
 
 @dataclass
@@ -134,7 +136,8 @@ def start_demo(tmp_path: Path) -> Iterator[Callable[[list[str]], RunningDemo]]:
         demo = RunningDemo(popen=popen, home=home, output=output)
         started.append(demo)
         deadline = time.monotonic() + READY_WITHIN
-        while not BANNER.search(demo.text()):
+        # The banner is printed line by line (its users' table by a Python process): wait for its end.
+        while not (BANNER.search(demo.text()) and BANNER_END.search(demo.text())):
             demo.remember_processes()
             assert popen.poll() is None, f"the demo exited with {popen.returncode} before it was ready\n" + (
                 demo.diagnostics()

@@ -257,6 +257,7 @@ class TestApiServer:
         airflow.wait_for_ti_state(DECIDE, run_id, "gate", "awaiting_input", timeout=300)
         airflow.api("POST", f"{API}/approvals/{old.id}/approve", user="alice", json_body={"comment": "first run"})
         airflow.wait_for_run_state(DECIDE, run_id, "success", timeout=180)
+        executor_event_taken(airflow, run_id)
 
         delete_run(airflow, DECIDE, run_id)
         assert airflow.trigger(DECIDE, run_id=run_id) == run_id
@@ -306,6 +307,26 @@ def delete_run(airflow: AirflowHarness, dag_id: str, run_id: str) -> None:
         return airflow.api("DELETE", path, expect=(204, 409)).status_code == 204
 
     wait_until(deleted, timeout=120, interval=0.1, what=f"DAG run {dag_id}/{run_id} to be deleted")
+
+
+def executor_event_taken(airflow: AirflowHarness, run_id: str) -> None:
+    """Wait until the scheduler has received the executor's event of the run's gate's process.
+
+    Airflow keys executor events by DAG, task, run, map index and try, not by task instance:
+    the event of the first life's gate (its process exits once the gate parks, seconds later
+    on a busy machine) received only after the run is created again finds the new gate
+    scheduled at the same try, and the scheduler fails it as "killed externally". A person who
+    deletes a run seconds after it ran meets the same race with any task; the test waits it out.
+    """
+    log = airflow.logs_folder / "scheduler.log"
+    key = f"TaskInstanceKey(dag_id='{DECIDE}', task_id='gate', run_id='{run_id}', try_number=1"
+    wait_until(
+        lambda: any(
+            "Received executor event" in line and key in line for line in log.read_text("utf-8", "replace").splitlines()
+        ),
+        timeout=180,
+        what=f"the scheduler to receive the executor event of {DECIDE}/{run_id}'s gate",
+    )
 
 
 def opened_by(airflow: AirflowHarness, request_id: str) -> str | None:
