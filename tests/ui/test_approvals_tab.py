@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.e2e.harness import AirflowHarness, HarnessError, wait_until
@@ -452,6 +452,43 @@ class TestHistory:
         assert {r["dag_id"] for r in rows} == {"e2e_gate"}
         assert rejected_id in {r["id"] for r in rows}
         assert len(rows) == shown.count()
+
+    def test_an_older_filters_late_answer_does_not_replace_the_newer_ones(
+        self, airflow: AirflowHarness, new_page: PageFactory
+    ) -> None:
+        _, approved_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
+        _, rejected_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
+        airflow.api("POST", f"{API}/{approved_id}/approve", user="alice", json_body={"comment": "fine"})
+        airflow.api("POST", f"{API}/{rejected_id}/reject", user="carol", json_body={"reason": "no"})
+        page = new_page()
+        login(page, airflow, "alice", "/hitl/ui/history")
+        timeline = page.locator("#timeline")
+        approved, rejected = (timeline.locator(f'li[data-id="{i}"]') for i in (approved_id, rejected_id))
+        expect(approved).to_be_visible()
+
+        # The answer for "approved" is held back until the one for "rejected", asked after it, is shown.
+        held: list[Route] = []
+        asking_approved = re.compile(r".*/approvals/history\?.*state=approved")
+        page.route(asking_approved, lambda route: held.append(route))
+        page.locator("#h-state").select_option("approved")
+        for _ in range(600):  # Playwright runs the route's handler only inside its own calls
+            if held:
+                break
+            page.wait_for_timeout(100)
+        assert held, "the page did not ask for the history with state=approved"
+        page.locator("#h-state").select_option("rejected")
+        expect(rejected).to_be_visible()
+        expect(approved).to_have_count(0)
+
+        with page.expect_response(lambda r: "state=approved" in r.url) as late:
+            held[0].continue_()
+        page.unroute(asking_approved)
+        late.value.finished()
+        # The page reads the late answer within milliseconds: for 3 s it must keep the newer one.
+        for _ in range(30):
+            assert (approved.count(), rejected.count()) == (0, 1), "the older filter's answer replaced the newer's"
+            page.wait_for_timeout(100)
+        expect(page.locator("#h-state")).to_have_value("rejected")
 
 
 class TestUntrustedText:

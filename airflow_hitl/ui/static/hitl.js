@@ -86,6 +86,16 @@
     return AIRFLOW + "/api/v2/auth/login?" + new URLSearchParams({ next: here }).toString();
   }
 
+  /**
+   * Numbers a page's loads so only the newest one shows its answer: a filter changed twice in
+   * quick succession sends two requests, and the first one's answer, arriving last, must not
+   * replace the second's.
+   */
+  function newestCall() {
+    let latest = 0;
+    return { next: () => ++latest, is: (call) => call === latest };
+  }
+
   /** Call the REST API with the UI cookie; JSON in and out. */
   async function api(path, options) {
     const opts = options || {};
@@ -1353,18 +1363,21 @@
       );
     }
 
+    const newest = newestCall();
     async function load() {
       const f = filters();
       const csv = API + "/approvals/history" + query(Object.assign({}, f, { format: "csv", limit: 10000 }));
       $("csv-link").setAttribute("href", csv);
+      const call = newest.next();
       try {
         const data = await api("/approvals/history" + query(Object.assign({}, f, { limit: 200 })));
+        if (!newest.is(call)) return;
         setText("history-count", String(data.total_entries));
         $("timeline").replaceChildren(...data.approvals.map(entry));
         show($("empty"), data.approvals.length === 0);
         show($("load-error"), false);
       } catch (err) {
-        loadFailed("load-error", "the history", err);
+        if (newest.is(call)) loadFailed("load-error", "the history", err);
       }
     }
 
@@ -1923,17 +1936,21 @@
       drawCharts();
     }
 
+    const newest = newestCall();
     async function load() {
       const f = filters();
       // Each table's export: the same filters, the API's CSV of it (sent with the UI cookie).
       for (const name of TABLES) $("csv-" + name).setAttribute("href", API + "/analytics.csv" + query(Object.assign({ table: name }, f)));
+      const call = newest.next();
       try {
-        report = await api("/analytics" + query(f));
+        const answer = await api("/analytics" + query(f));
+        if (!newest.is(call)) return;
+        report = answer;
         show($("a-error"), false);
         render();
         setText("a-updated", "as of " + stamp(new Date().toISOString()));
       } catch (err) {
-        loadFailed("a-error", "the analytics", err);
+        if (newest.is(call)) loadFailed("a-error", "the analytics", err);
       }
     }
 
