@@ -57,10 +57,10 @@ trigger's shape. A decision that lands while the task still runs (between openin
 and parking) is retried until it has parked: a running task is never ended. What a trigger did
 besides is the working closer's
 pass over the parked gates (:mod:`airflow_hitl.api.parked`), run when a look every 30 s at two
-one-row fingerprints finds something changed, and every 5 minutes anyway: closed gates whose
-task is still parked, however old (decided while no api-server ran, or given up on here), are
-handed back to the closer; requests whose parked task was cleared or marked are cancelled;
-backstop deadlines follow escalations.
+one-row fingerprints finds something changed, and every 5 minutes anyway (every 30 while every
+waiting gate is parked): closed gates whose task is still parked, however old (decided while no
+api-server ran, or given up on here), are handed back to the closer; requests whose parked task
+was cleared or marked are cancelled; backstop deadlines follow escalations.
 """
 
 from __future__ import annotations

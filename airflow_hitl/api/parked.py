@@ -53,7 +53,11 @@ removed, resumed by the deadline sweep or ended, or its run deleted, changes it)
   the safety net for what they do not see, a closed request whose task stays parked after the
   gate closer gave up on it (nothing changes on either side), a waiting request whose task was
   cleared or its run deleted before it parked (no parked task changed), and a row written
-  around Airflow's ORM or the manager;
+  around Airflow's ORM or the manager. Either of the first two leaves the sides' counts apart
+  (the fingerprints count them): while the counts agree, as when every waiting gate is parked,
+  the safety net waits ``FULL_EVERY_BALANCED`` seconds instead, since only two such cases at
+  once, or a row written around the ORM, can hide there. At 20,000 parked gates a pass was
+  most of an idle api-server's own CPU time;
 
 and never sooner than ``max(RECONCILE_EVERY, 20 x the last pass's duration)`` after the last
 pass ended, so a store with a huge backlog keeps the pass under about 5 % of one core. Clearing
@@ -82,8 +86,13 @@ log = logging.getLogger(__name__)
 #: two passes at least: well inside the backstop's grace, so an escalated gate's backstop moves
 #: before the old one passes.
 RECONCILE_EVERY = 30.0
-#: Seconds after which a pass runs even though neither fingerprint changed: the safety net.
+#: Seconds after which a pass runs even though neither fingerprint changed, while the two sides
+#: differ in number (a request waits whose task is not parked, or a task is parked on a closed
+#: request): the safety net.
 FULL_EVERY = 300.0
+#: The safety net while as many tasks are parked on our requests as task gates' requests wait:
+#: what only it finds then needs two such cases at once, or a row written around the ORM.
+FULL_EVERY_BALANCED = 1800.0
 #: A pass runs at most once in this many times its own duration (about 5 % of one core at most).
 PASS_SHARE = 20
 #: The method a parked gate resumes in (``ApprovalOperator.execute_complete``).
@@ -170,13 +179,16 @@ class ParkedGates:
     fingerprints catch every change a pass acts on but a few (a closed request whose task stays
     parked after the gate closer gave up on it, a task cleared or a run deleted before its gate
     parked, a row written around Airflow's ORM or the manager): for those a pass runs every
-    ``full_every`` seconds anyway, the safety net.
+    ``full_every`` seconds anyway, the safety net, or every ``full_every_balanced`` seconds
+    while the fingerprints count as many parked tasks as waiting requests.
 
     :param manager: The store's manager.
     :param end: Hands a closed request whose task is still parked to the gate closer.
     :param clock: Monotonic seconds (tests pass their own).
     :param every: Seconds between two passes at least (:data:`RECONCILE_EVERY`).
     :param full_every: Seconds after which a pass runs whatever the fingerprints say (:data:`FULL_EVERY`).
+    :param full_every_balanced: The same while the fingerprints count as many parked tasks as
+        waiting requests (:data:`FULL_EVERY_BALANCED`).
     """
 
     def __init__(
@@ -187,12 +199,14 @@ class ParkedGates:
         clock: Callable[[], float] = time.monotonic,
         every: float = RECONCILE_EVERY,
         full_every: float = FULL_EVERY,
+        full_every_balanced: float = FULL_EVERY_BALANCED,
     ) -> None:
         self._manager = manager
         self._end = end
         self._clock = clock
         self._every = every
         self._full_every = full_every
+        self._full_every_balanced = max(full_every, full_every_balanced)
         # The fingerprints taken just before the last pass (None: no pass yet, or it failed).
         self._seen: tuple[object, object] | None = None
         # When the last pass ended, and how long after it the next may run.
@@ -215,15 +229,17 @@ class ParkedGates:
         """
         if self.due_in() > 0:
             return None
-        seen = (
+        store, airflow = (
             self._manager.queries.waiting_task_gates_fingerprint(),
             task_instances.parked_fingerprint(method_name=RESUME_METHOD),
         )
+        seen = (store, airflow)
+        net = self._full_every_balanced if store[0] == airflow[0] else self._full_every
         if (
             self._seen is not None
             and self._ended is not None
             and seen == self._seen
-            and self._clock() < self._ended + self._full_every
+            and self._clock() < self._ended + net
         ):
             return None
         started = self._clock()

@@ -17,6 +17,7 @@ import pytest
 from airflow_hitl.api.gate_closer import DEFERRED, ENDED, NOTHING, TAKEN, EndClaim, GateCloser, end_gate, gate_states
 from airflow_hitl.api.parked import (
     FULL_EVERY,
+    FULL_EVERY_BALANCED,
     LIVE_STATES,
     RECONCILE_EVERY,
     RESUME_METHOD,
@@ -493,9 +494,9 @@ def set_state(approval: Approval, state: str | None) -> None:
         )
 
 
-def waiting_only_for_the_safety_net(gates: ParkedGates, ticks: Ticks) -> None:
-    """Tick every RECONCILE_EVERY seconds up to just before FULL_EVERY after the last pass: no pass."""
-    for _ in range(int(FULL_EVERY // RECONCILE_EVERY) - 1):
+def waiting_only_for_the_safety_net(gates: ParkedGates, ticks: Ticks, net: float = FULL_EVERY) -> None:
+    """Tick every RECONCILE_EVERY seconds up to just before ``net`` after the last pass: no pass."""
+    for _ in range(int(net // RECONCILE_EVERY) - 1):
         ticks.advance(RECONCILE_EVERY)
         assert gates.tick() is None
     ticks.advance(RECONCILE_EVERY)
@@ -538,12 +539,29 @@ class TestWhenAPassRuns:
             wanted = later + BACKSTOP_GRACE
         moved_away = backstop_of(approval)
         assert moved_away != wanted
-        waiting_only_for_the_safety_net(gates, ticks)
+        # One request waits and its task is parked: the counts agree, the longer safety net.
+        waiting_only_for_the_safety_net(gates, ticks, FULL_EVERY_BALANCED)
         assert backstop_of(approval) == moved_away, "not acted on: no pass ran"
         done = gates.tick()
         assert done is not None and done.moved == 1 and gates.passes == 2
         assert backstop_of(approval) == wanted
         assert ParkedGates(manager=manager, end=Ends(), clock=ticks).tick() is not None, "a new driver passes at once"
+
+    def test_a_task_cleared_before_it_parked_is_found_by_the_sooner_safety_net(
+        self, manager: ApprovalManager, task_of: TaskWriter
+    ) -> None:
+        approval = manager.create(spec())
+        task_of(approval, state="running")
+        ticks = Ticks()
+        gates = driver(manager, Ends(), ticks)
+        assert manager.queries.get(approval.id).is_waiting, "its task runs: it may still park"
+        # Cleared before it parked: no parked task changed, and nothing in the store. A request
+        # waits with no task parked on it: the counts differ, so the safety net comes at FULL_EVERY.
+        set_state(approval, None)
+        waiting_only_for_the_safety_net(gates, ticks)
+        assert manager.queries.get(approval.id).is_waiting
+        done = gates.tick()
+        assert done is not None and done.cancelled == [approval.id]
 
     def test_a_skipped_tick_costs_one_statement_on_each_side(
         self, manager: ApprovalManager, task_of: TaskWriter
@@ -625,7 +643,7 @@ class TestWhenAPassRuns:
         done = gates.tick()
         assert done is not None and done.ended == ends.ids == [approval.id]
         # The closer gives up on it (here: never ends it): nothing changes on either side, so
-        # only the safety net hands it over again.
+        # only the safety net hands it over again, the sooner one: no request waits, a task is parked.
         waiting_only_for_the_safety_net(gates, ticks)
         assert ends.ids == [approval.id]
         assert gates.tick() is not None and ends.ids == [approval.id, approval.id]
