@@ -115,6 +115,17 @@ def demo_environment(home: Path) -> dict[str, str]:
     return env
 
 
+def signals_as_a_terminal_leaves_them() -> None:
+    """In the demo's process, before it starts: INT and QUIT at their defaults, as in a terminal's job.
+
+    A test run from a background job of a script without job control (a CI lane) inherits
+    them ignored, and bash cannot trap a signal that was ignored when it started: the demo
+    would not hear Ctrl-C there, whatever the script does.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def start_demo(tmp_path: Path) -> Iterator[Callable[[list[str]], RunningDemo]]:
     """Start ``argv`` in the repository as a person would, wait for the banner; stop leftovers after."""
@@ -132,6 +143,7 @@ def start_demo(tmp_path: Path) -> Iterator[Callable[[list[str]], RunningDemo]]:
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, as a terminal gives a foreground job
+                preexec_fn=signals_as_a_terminal_leaves_them,
             )
         demo = RunningDemo(popen=popen, home=home, output=output)
         started.append(demo)

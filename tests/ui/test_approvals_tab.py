@@ -390,15 +390,20 @@ class TestBulk:
             airflow.wait_for_run_state("e2e_gate", run_id, "success", timeout=240)
 
 
+def approved_and_rejected(airflow: AirflowHarness) -> tuple[str, str]:
+    """Two gates of ``e2e_gate`` decided: one approved by alice, one rejected by carol; their ids."""
+    _, approved_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
+    _, rejected_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
+    airflow.api("POST", f"{API}/{approved_id}/approve", user="alice", json_body={"comment": "fine"})
+    airflow.api("POST", f"{API}/{rejected_id}/reject", user="carol", json_body={"reason": "carol says no"})
+    return approved_id, rejected_id
+
+
 class TestHistory:
     """The timeline filtered by approver and state, and the CSV export of the same filter."""
 
     def test_history_filter_and_csv(self, airflow: AirflowHarness, new_page: PageFactory) -> None:
-        _, approved_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
-        _, rejected_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
-        airflow.api("POST", f"{API}/{approved_id}/approve", user="alice", json_body={"comment": "fine"})
-        airflow.api("POST", f"{API}/{rejected_id}/reject", user="carol", json_body={"reason": "carol says no"})
-
+        approved_id, rejected_id = approved_and_rejected(airflow)
         page = new_page()
         login(page, airflow, "alice", "/hitl/ui/history")
         timeline = page.locator("#timeline")
@@ -456,10 +461,7 @@ class TestHistory:
     def test_an_older_filters_late_answer_does_not_replace_the_newer_ones(
         self, airflow: AirflowHarness, new_page: PageFactory
     ) -> None:
-        _, approved_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
-        _, rejected_id = open_gate(airflow, "e2e_gate", "gate", user="admin")
-        airflow.api("POST", f"{API}/{approved_id}/approve", user="alice", json_body={"comment": "fine"})
-        airflow.api("POST", f"{API}/{rejected_id}/reject", user="carol", json_body={"reason": "no"})
+        approved_id, rejected_id = approved_and_rejected(airflow)
         page = new_page()
         login(page, airflow, "alice", "/hitl/ui/history")
         timeline = page.locator("#timeline")
