@@ -90,8 +90,10 @@ RECONCILE_EVERY = 30.0
 #: differ in number (a request waits whose task is not parked, or a task is parked on a closed
 #: request): the safety net.
 FULL_EVERY = 300.0
-#: The safety net while as many tasks are parked on our requests as task gates' requests wait:
-#: what only it finds then needs two such cases at once, or a row written around the ORM.
+#: The safety net while as many tasks are parked to resume in ``execute_complete`` as task
+#: gates' requests wait: what only it finds then needs two such cases at once, or a row written
+#: around the ORM. (Airflow's own HITL tasks park to resume there too: beside ours they mostly
+#: keep the counts apart, and the safety net at ``FULL_EVERY``.)
 FULL_EVERY_BALANCED = 1800.0
 #: A pass runs at most once in this many times its own duration (about 5 % of one core at most).
 PASS_SHARE = 20
