@@ -149,7 +149,7 @@ def start_demo(tmp_path: Path) -> Iterator[Callable[[list[str]], RunningDemo]]:
         started.append(demo)
         deadline = time.monotonic() + READY_WITHIN
         # The banner is printed line by line (its users' table by a Python process): wait for its end.
-        while not (BANNER.search(demo.text()) and BANNER_END.search(demo.text())):
+        while not (BANNER.search(text := demo.text()) and BANNER_END.search(text)):
             demo.remember_processes()
             assert popen.poll() is None, f"the demo exited with {popen.returncode} before it was ready\n" + (
                 demo.diagnostics()
