@@ -44,6 +44,7 @@ from airflow_hitl.manager import ApprovalManager, ApprovalSpec
 from airflow_hitl.models.schema import migrate
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.records import Approval
+from tests.helpers import migrated_sqlite_url
 
 USERS = {
     "admin": "admin",
@@ -157,7 +158,7 @@ def serving(airflow_api: AirflowApi, store_url: str) -> Iterator[ApprovalManager
 @pytest.fixture
 def api_manager(airflow_api: AirflowApi, tmp_path: Path) -> Iterator[ApprovalManager]:
     """A fresh approval store in ``tmp_path``, used by the mounted ``/hitl`` app for this test."""
-    with serving(airflow_api, f"sqlite:///{tmp_path / 'hitl.db'}") as manager:
+    with serving(airflow_api, migrated_sqlite_url(tmp_path / "hitl.db")) as manager:
         yield manager
 
 

@@ -24,7 +24,7 @@ from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.schema import migrate
 from airflow_hitl.models.store import ApprovalStore, reset_stores
 from tests.airflow_api import airflow_api, api, api_manager  # noqa: F401  (fixtures, registered here)
-from tests.helpers import Clock
+from tests.helpers import Clock, migrated_sqlite_url
 
 pytest_plugins = ("tests.standins",)
 
@@ -139,8 +139,7 @@ def mgr(store: ApprovalStore, clock: Clock) -> ApprovalManager:
 @pytest.fixture
 def sqlite_manager(tmp_path: Path) -> Iterator[ApprovalManager]:
     """A manager over a fresh SQLite store in ``tmp_path`` (for the HTTP route tests)."""
-    store = ApprovalStore(url=f"sqlite:///{tmp_path / 'hitl.db'}")
-    migrate(store)
+    store = ApprovalStore(url=migrated_sqlite_url(tmp_path / "hitl.db"))
     yield ApprovalManager(store=store)
     store.dispose()
 

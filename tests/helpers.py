@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import datetime as dt
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_hitl.manager import ApprovalSpec
+from airflow_hitl.models.schema import migrate
+from airflow_hitl.models.store import ApprovalStore
 
 if TYPE_CHECKING:
     # Typing only: importing Airflow here would configure it before a test sets AIRFLOW_HOME.
@@ -56,6 +61,31 @@ def spec(**overrides: Any) -> ApprovalSpec:
     }
     fields.update(overrides)
     return ApprovalSpec(**fields)
+
+
+#: A SQLite store migrated once in this process, copied by :func:`migrated_sqlite_url`.
+_migrated_template: Path | None = None
+
+
+def migrated_sqlite_url(path: Path) -> str:
+    """The URL of a migrated, empty SQLite store at ``path`` (which must not exist yet).
+
+    A copy of a store this process migrated once: a migration takes about 0.2 s of CPU, and a
+    thousand tests start from a fresh store; the copy takes milliseconds and holds the very
+    schema and revision that migrating gives.
+    """
+    global _migrated_template
+    if _migrated_template is None:
+        folder = Path(tempfile.mkdtemp(prefix="hitl-template-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        template = ApprovalStore(url=f"sqlite:///{folder / 'hitl.db'}")
+        migrate(template)
+        template.dispose()  # every connection closed: the file alone is the whole store
+        _migrated_template = folder / "hitl.db"
+    if path.exists():
+        raise FileExistsError(f"{path} exists: a migrated store is copied only to a new file")
+    shutil.copyfile(_migrated_template, path)
+    return f"sqlite:///{path}"
 
 
 class StatsdListener:

@@ -14,6 +14,7 @@ from airflow_hitl.manager import ApprovalManager
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.operators.approval import ApprovalBranchOperator, ApprovalOperator
 from airflow_hitl.triggers.approval import SKIPMIXIN_KEY, ApprovalTrigger
+from tests.helpers import migrated_sqlite_url
 from tests.operators.test_approval import _run_dag, _ti_states, airflow_home, store
 
 __all__ = ["airflow_home", "store"]  # fixtures shared with test_approval.py
@@ -169,11 +170,7 @@ class TestEndEvent:
 
     @pytest.fixture
     def manager(self, tmp_path) -> ApprovalManager:
-        from airflow_hitl.models.schema import migrate
-
-        own = ApprovalStore(url=f"sqlite:///{tmp_path / 'end_events.db'}")
-        migrate(own)
-        return ApprovalManager(store=own)
+        return ApprovalManager(store=ApprovalStore(url=migrated_sqlite_url(tmp_path / "end_events.db")))
 
     @pytest.mark.parametrize(
         ("action", "followed"), [("approve", ["deploy", "join"]), ("reject", ["roll_back"])], ids=str

@@ -23,13 +23,12 @@ from airflow.sdk import DAG, BaseNotifier
 
 from airflow_hitl.exceptions import InvalidApprovalConfig
 from airflow_hitl.manager import ApprovalManager, ApprovalSpec
-from airflow_hitl.models.schema import migrate
 from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.operators.approval import ApprovalBranchOperator, ApprovalOperator
 from airflow_hitl.operators.options import parse_notifiers, parse_notify
 from airflow_hitl.policy import ConfigProblems
 from airflow_hitl.records import Approval
-from tests.helpers import parse_in_child
+from tests.helpers import migrated_sqlite_url, parse_in_child
 
 START = dt.datetime(2026, 1, 1)
 
@@ -176,8 +175,7 @@ class TestTeamsConnection:
 @pytest.fixture
 def opened(tmp_path: Path) -> Iterator[Approval]:
     """A request opened in a SQLite store, as the gate has it when its notifiers are called."""
-    store = ApprovalStore(url=f"sqlite:///{tmp_path / 'hitl.db'}")
-    migrate(store)
+    store = ApprovalStore(url=migrated_sqlite_url(tmp_path / "hitl.db"))
     manager = ApprovalManager(store=store)
     yield manager.create(
         ApprovalSpec(dag_id="release", run_id="manual__1", task_id="approve", try_number=1, title="Release 2.1.0")

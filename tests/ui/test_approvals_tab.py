@@ -467,7 +467,7 @@ class TestHistory:
         assert {r["state"] for r in rows} == {"rejected"}
         assert {r["dag_id"] for r in rows} == {"e2e_gate"}
         assert rejected_id in {r["id"] for r in rows}
-        assert len(rows) == shown.count()
+        expect(shown).to_have_count(len(rows))
 
     def test_an_older_filters_late_answer_does_not_replace_the_newer_ones(
         self, airflow: AirflowHarness, new_page: PageFactory
