@@ -29,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -139,6 +140,39 @@ def airflow_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowApi
             os.environ[key] = value
     settings.configure_vars()
     settings.reconfigure_orm()
+
+
+@contextmanager
+def known_dags(*dag_ids: str, max_active_tasks: int = 1) -> Iterator[None]:
+    """Rows of ``dag_ids`` in Airflow's metadata DB while the block runs, as the dag processor writes them.
+
+    The DB is the ``airflow_api`` session's (the api-server app's); each call has a bundle of its own.
+    """
+    from airflow.models.dag import DagModel
+    from airflow.models.dagbundle import DagBundleModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete
+
+    bundle = f"hitl_tests_{uuid.uuid4().hex[:8]}"
+    with create_session() as session:
+        session.add(DagBundleModel(name=bundle))
+        session.flush()  # the DAG rows name the bundle
+        for dag_id in dag_ids:
+            session.add(
+                DagModel(
+                    dag_id=dag_id,
+                    bundle_name=bundle,
+                    max_active_tasks=max_active_tasks,
+                    max_consecutive_failed_dag_runs=0,
+                    has_task_concurrency_limits=False,
+                )
+            )
+    try:
+        yield
+    finally:
+        with create_session() as session:
+            session.execute(delete(DagModel.__table__).where(DagModel.__table__.c.dag_id.in_(dag_ids)))
+            session.execute(delete(DagBundleModel.__table__).where(DagBundleModel.__table__.c.name == bundle))
 
 
 @contextmanager

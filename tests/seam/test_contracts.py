@@ -31,6 +31,7 @@ import airflow_hitl.seam
 from airflow_hitl.seam import auth, cli, providers, smtp, stats, task_instances
 from airflow_hitl.spec import utcnow
 from airflow_hitl.triggers.approval import ApprovalTrigger
+from tests.airflow_api import known_dags
 from tests.standins import SmtpSink
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -596,30 +597,16 @@ def test_private_attributes_are_read_only_in_the_seam() -> None:
 def test_dag_exists_reads_the_dag_table(airflow_api: object, monkeypatch: pytest.MonkeyPatch) -> None:
     import airflow.settings
     from airflow.models.dag import DagModel
-    from airflow.models.dagbundle import DagBundleModel
     from airflow.utils.session import create_session
-    from sqlalchemy import delete, select
+    from sqlalchemy import select
 
     from airflow_hitl.seam import dags
 
     assert DagModel.__table__.name == "dag"
     assert DagModel.__table__.c.dag_id.primary_key
-    dag_id, bundle = f"seam_dag_{uuid.uuid4().hex[:8]}", f"seam_bundle_{uuid.uuid4().hex[:8]}"
+    dag_id = f"seam_dag_{uuid.uuid4().hex[:8]}"
     assert dags.dag_exists(dag_id) is False
-    with create_session() as session:
-        session.add(DagBundleModel(name=bundle))
-        session.flush()
-        # The columns a DAG row cannot do without; the dag processor fills the rest.
-        session.add(
-            DagModel(
-                dag_id=dag_id,
-                bundle_name=bundle,
-                max_active_tasks=1,
-                max_consecutive_failed_dag_runs=0,
-                has_task_concurrency_limits=False,
-            )
-        )
-    try:
+    with known_dags(dag_id):
         assert dags.dag_exists(dag_id) is True
         assert dags.dag_exists(dag_id.upper()) is False  # a DAG id is matched exactly
         # A process where Airflow set up no session (create_session raises RuntimeError): it cannot tell.
@@ -627,12 +614,9 @@ def test_dag_exists_reads_the_dag_table(airflow_api: object, monkeypatch: pytest
         assert dags.dag_exists(dag_id) is None
         monkeypatch.undo()
         assert dags.dag_exists(dag_id) is True
-    finally:
-        with create_session() as session:
-            session.execute(delete(DagModel.__table__).where(DagModel.__table__.c.dag_id == dag_id))
-            session.execute(delete(DagBundleModel.__table__).where(DagBundleModel.__table__.c.name == bundle))
-        with create_session() as session:
-            assert session.scalar(select(DagModel.dag_id).where(DagModel.dag_id == dag_id)) is None
+    with create_session() as session:
+        assert session.scalar(select(DagModel.dag_id).where(DagModel.dag_id == dag_id)) is None
+    assert dags.dag_exists(dag_id) is False
 
 
 def test_dag_being_defined_names_the_open_dag() -> None:

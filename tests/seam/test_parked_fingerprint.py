@@ -20,6 +20,7 @@ from packaging.version import Version
 
 from airflow_hitl.seam import task_instances
 from airflow_hitl.spec import utcnow
+from tests.airflow_api import known_dags
 
 SINCE_3_3 = Version(Version(airflow.__version__).base_version).release[:2] >= (3, 3)
 METHOD = "execute_complete"
@@ -35,28 +36,13 @@ def fingerprint() -> tuple[int, dt.datetime | None, int]:
 @pytest.fixture
 def park(airflow_api: object) -> Iterator[Park]:
     """Park a new task instance as a worker does: a running try, then Airflow's Execution API parks it."""
-    from airflow.models.dag import DagModel
-    from airflow.models.dagbundle import DagBundleModel
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance
+    from airflow.models.taskinstancehistory import TaskInstanceHistory
     from airflow.utils.session import create_session
     from sqlalchemy import delete, insert
 
-    runs, tis = DagRun.__table__, TaskInstance.__table__
-    bundle = f"seam_bundle_{uuid.uuid4().hex[:8]}"
-    with create_session() as session:
-        # The Execution API joins the task instance's DAG row, as the dag processor writes one.
-        session.add(DagBundleModel(name=bundle))
-        session.flush()
-        session.add(
-            DagModel(
-                dag_id=DAG_ID,
-                bundle_name=bundle,
-                max_active_tasks=16,
-                max_consecutive_failed_dag_runs=0,
-                has_task_concurrency_limits=False,
-            )
-        )
+    runs, tis, history = DagRun.__table__, TaskInstance.__table__, TaskInstanceHistory.__table__
     written: list[str] = []
 
     def write(
@@ -90,17 +76,14 @@ def park(airflow_api: object) -> Iterator[Park]:
             _park(ti_id, key, request_id=request_id)
         return key
 
-    yield write
-    from airflow.models.taskinstancehistory import TaskInstanceHistory
-
-    history = TaskInstanceHistory.__table__
-    with create_session() as session:
-        for run_id in written:
-            session.execute(delete(history).where(history.c.dag_id == DAG_ID, history.c.run_id == run_id))
-            session.execute(delete(tis).where(tis.c.dag_id == DAG_ID, tis.c.run_id == run_id))
-            session.execute(delete(runs).where(runs.c.dag_id == DAG_ID, runs.c.run_id == run_id))
-        session.execute(delete(DagModel.__table__).where(DagModel.__table__.c.dag_id == DAG_ID))
-        session.execute(delete(DagBundleModel.__table__).where(DagBundleModel.__table__.c.name == bundle))
+    # The Execution API joins the task instance's DAG row.
+    with known_dags(DAG_ID, max_active_tasks=16):
+        yield write
+        with create_session() as session:
+            for run_id in written:
+                session.execute(delete(history).where(history.c.dag_id == DAG_ID, history.c.run_id == run_id))
+                session.execute(delete(tis).where(tis.c.dag_id == DAG_ID, tis.c.run_id == run_id))
+                session.execute(delete(runs).where(runs.c.dag_id == DAG_ID, runs.c.run_id == run_id))
 
 
 def _park(ti_id: uuid.UUID, key: task_instances.TaskKey, *, request_id: str) -> None:

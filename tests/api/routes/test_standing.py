@@ -12,7 +12,6 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -30,41 +29,11 @@ from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.spec import utcnow
 from airflow_hitl.standing import StandingApproval
 from airflow_hitl.vocabulary import STANDING_STATES
-from tests.airflow_api import API, AirflowApi, open_request, serving, snapshot
+from tests.airflow_api import API, AirflowApi, known_dags, open_request, serving, snapshot
 
 STANDING = "/hitl/api/v1/standing-approvals"
 #: The DAGs Airflow knows in these tests (open_request's requests are on ``billing``).
 DAGS = ("billing", "nightly")
-
-
-@contextmanager
-def known_dags(*dag_ids: str) -> Iterator[None]:
-    """Rows of ``dag_ids`` in Airflow's metadata DB while the block runs (it must be the api-server's)."""
-    from airflow.models.dag import DagModel
-    from airflow.models.dagbundle import DagBundleModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import delete
-
-    bundle = f"hitl_tests_{uuid.uuid4().hex[:8]}"
-    with create_session() as session:
-        session.add(DagBundleModel(name=bundle))
-        session.flush()
-        for dag_id in dag_ids:
-            session.add(
-                DagModel(
-                    dag_id=dag_id,
-                    bundle_name=bundle,
-                    max_active_tasks=1,
-                    max_consecutive_failed_dag_runs=0,
-                    has_task_concurrency_limits=False,
-                )
-            )
-    try:
-        yield
-    finally:
-        with create_session() as session:
-            session.execute(delete(DagModel.__table__).where(DagModel.__table__.c.dag_id.in_(dag_ids)))
-            session.execute(delete(DagBundleModel.__table__).where(DagBundleModel.__table__.c.name == bundle))
 
 
 @pytest.fixture
