@@ -688,7 +688,10 @@ class AuditReader:
         with self.store.session() as session:
             if self.store.is_postgres:
                 session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-            chain = verify_chain(session.execute(_CHAIN), key=self.audit_key)
+            # Closed at once: a chain that breaks early leaves the rest of the stream unread, and
+            # on PostgreSQL an unclosed server-side cursor lives on until garbage collection.
+            with session.execute(_CHAIN) as events:
+                chain = verify_chain(events, key=self.audit_key)
             if not chain.ok:
                 return chain
             return verify_facts(session, chain)

@@ -41,14 +41,15 @@ for lane in "${lanes[@]}"; do
     status=0
     IFS='|' read -ra runs <<<"${args[$lane]}"
     for run in "${runs[@]}"; do
-      # no:cacheprovider: the lanes must not write one .pytest_cache at once.
+      # no:cacheprovider: the lanes must not write one .pytest_cache at once. --durations: each
+      # lane's report names its slowest tests, where the run's time goes (the lanes share two cores).
       eval "set -- $run"
       if [ "$1" = script ]; then
         echo "----- $run -- ${extra[*]}" >>"$logs/$lane.log"
         bash "$2" -- "${extra[@]}" >>"$logs/$lane.log" 2>&1
       else
         echo "----- pytest $run ${extra[*]}" >>"$logs/$lane.log"
-        "$PY" -m pytest -q -p no:cacheprovider "$@" "${extra[@]}" >>"$logs/$lane.log" 2>&1
+        "$PY" -m pytest -q -p no:cacheprovider --durations=10 "$@" "${extra[@]}" >>"$logs/$lane.log" 2>&1
       fi
       rc=$?
       # 5: no test collected, which is only fine for a filtered run (-k) that left a lane empty.

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gc
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -184,6 +186,19 @@ class TestStoredChain:
         result = mgr.audit.verify_audit_chain()
         assert not result.ok
         assert result.first_bad_seq == seqs[3]
+
+    def test_a_chain_that_breaks_early_leaves_no_cursor_open(self, mgr: ApprovalManager, store: ApprovalStore) -> None:
+        self._trail(mgr)
+        with store.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE approval_events SET comment = 'edited' WHERE seq = (SELECT MIN(seq) FROM approval_events)")
+            )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            result = mgr.audit.verify_audit_chain()
+            gc.collect()  # an unclosed cursor says so when it is collected
+        assert not result.ok
+        assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 class TestKeyedLinks:

@@ -77,13 +77,30 @@ def _no_store_file(url: str) -> str | None:
     )
 
 
+#: The stores the running command opened; :func:`close_stores` disposes of them when it ends.
+_opened: list[ApprovalStore] = []
+
+
+def _new_store(url: str) -> ApprovalStore:
+    store = ApprovalStore(url=url, pool_size=1)
+    _opened.append(store)
+    return store
+
+
+def close_stores() -> None:
+    """Close every store the command opened (its pool's connections): a caller in the same
+    process (a test, a script calling ``main``) keeps no connection once the command is done."""
+    while _opened:
+        _opened.pop().dispose()
+
+
 def _open_store(args: argparse.Namespace, *, create: bool = False) -> ApprovalStore:
     """The store the arguments name; a missing SQLite file is an error unless ``create``."""
     url = _store_url(args)
     missing = None if create else _no_store_file(url)
     if missing is not None:
         raise SystemExit(missing)
-    return ApprovalStore(url=url, pool_size=1)
+    return _new_store(url)
 
 
 def _manager(args: argparse.Namespace) -> ApprovalManager:
@@ -134,7 +151,7 @@ def _status_when_ready(args: argparse.Namespace, wait: int) -> tuple[ApprovalSto
         if store is None:
             waiting = _no_store_file(url)
             if waiting is None:
-                store = ApprovalStore(url=url, pool_size=1)
+                store = _new_store(url)
         if store is not None:
             try:
                 status = _schema_status(store)

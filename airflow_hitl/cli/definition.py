@@ -362,7 +362,10 @@ def run_command(name: str, args: Any) -> None:
     """Run ``airflow_hitl.cli.commands.<name>``; imported only now, so Airflow's CLI starts fast."""
     from airflow_hitl.cli import commands
 
-    getattr(commands, name)(args)
+    try:
+        getattr(commands, name)(args)
+    finally:
+        commands.close_stores()
 
 
 def _lazy(name: str) -> Any:

@@ -17,15 +17,18 @@ import io
 import json
 import socket
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import make_url, text
 
 from airflow_hitl.cli.__main__ import main
 from airflow_hitl.exceptions import NotAllowed
 from airflow_hitl.manager import ApprovalManager, Decision
+from airflow_hitl.models.store import ApprovalStore
 from airflow_hitl.policy import EscalationLevel, Principal
 from airflow_hitl.vocabulary import Source
 from tests.airflow_api import snapshot
@@ -138,6 +141,23 @@ class TestListFromTheStore:
         table = cli(capsys, "approvals", "list", "--state", "pending", *store)
         assert waiting.id in table and "Ship it" in table and other.id not in table
         assert "No data found" in cli(capsys, "approvals", "list", "--dag-id", "nothing-here", *store)
+
+    def test_a_command_leaves_no_connection_open(
+        self, capsys: pytest.CaptureFixture[str], pg_store: ApprovalStore
+    ) -> None:
+        manager = ApprovalManager(store=pg_store)
+        waiting = manager.create(spec(dag_id="release"))
+        application = f"hitl-cli-test-{uuid.uuid4().hex[:8]}"
+        url = make_url(pg_store.url).update_query_dict({"application_name": application}).render_as_string(False)
+
+        def connections() -> int:
+            with pg_store.engine.connect() as conn:
+                query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
+                return int(conn.execute(text(query), {"name": application}).scalar_one())
+
+        assert waiting.id in cli(capsys, "approvals", "list", "--store-url", url)
+        assert "error: " in cli_error(capsys, "approvals", "show", "no-such-id", "--store-url", url)
+        assert connections() == 0
 
     def test_an_unknown_state_is_an_error_naming_it(
         self, capsys: pytest.CaptureFixture[str], manager: ApprovalManager
