@@ -7,7 +7,8 @@
 #         processes, so that the unit tests use both cores once the stacks' lanes are done
 #   e2e:  the real-Airflow suites of tests/e2e (and any other e2e test outside the UI's), but for
 #   stacks: the suites that start stacks of their own on both stores (standing approvals with two
-#         api-servers, every triggerer stopped, parked gates): mostly waiting, so a lane of their own
+#         api-servers, every triggerer stopped, parked gates) and the CeleryExecutor one (two
+#         api-servers, two triggerers): mostly waiting, so a lane of their own
 #   ui:   the Playwright pages (tests/ui) and the README walkthrough, then the slow tests that
 #         are not e2e (`airflow dags test` runs, the 50-thread race, the OpenAPI fuzz, the CLI)
 #   compat: the end-to-end gate and REST API suites again on the newest Airflow 3.1.x and 3.2.x,
@@ -26,7 +27,8 @@ lanes=(unit api e2e stacks ui)
 # A lane is one or more pytest argument lists, separated by "|", run one after the other;
 # one that starts with "script " is a script run with the extra arguments after "--".
 # The suites of the stacks lane (each starts Airflow stacks of its own).
-STACKS=(tests/e2e/test_standing_e2e.py tests/e2e/test_triggerer_stopped_e2e.py tests/e2e/test_parking_e2e.py)
+STACKS=(tests/e2e/test_standing_e2e.py tests/e2e/test_triggerer_stopped_e2e.py tests/e2e/test_parking_e2e.py
+  tests/e2e/test_distributed.py)
 declare -A args=(
   [unit]='tests -m "not e2e and not slow" --ignore=tests/api --ignore=tests/cli'
   [api]='tests/api tests/cli -m "not e2e and not slow"'
